@@ -1,0 +1,448 @@
+//! Elementwise ops: unary math, activations, binary arithmetic with numpy
+//! broadcasting, comparisons, `where` and `cast`.
+//!
+//! Semantics: each element is computed in f64 from the operands' exact
+//! values and rounded once to the output dtype. Integer arithmetic is exact
+//! i64 arithmetic wrapped to the dtype's width; integer division truncates
+//! toward zero.
+
+use super::attrs::{Attr, AttrReader};
+use super::index::{broadcast, broadcast_map};
+use super::{arity, same_dtype, want_float, EvalCx, OpImpl};
+use crate::dim::{broadcast_shapes, TensorType};
+use crate::dtype::DType;
+use crate::tensor::Tensor;
+
+/// Unary math and activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryKind {
+    Neg,
+    Abs,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Reciprocal,
+    Tanh,
+    Erf,
+    Sigmoid,
+    Relu,
+    Silu,
+    Sin,
+    Cos,
+}
+
+impl UnaryKind {
+    pub const ALL: [UnaryKind; 14] = [
+        UnaryKind::Neg,
+        UnaryKind::Abs,
+        UnaryKind::Exp,
+        UnaryKind::Log,
+        UnaryKind::Sqrt,
+        UnaryKind::Rsqrt,
+        UnaryKind::Reciprocal,
+        UnaryKind::Tanh,
+        UnaryKind::Erf,
+        UnaryKind::Sigmoid,
+        UnaryKind::Relu,
+        UnaryKind::Silu,
+        UnaryKind::Sin,
+        UnaryKind::Cos,
+    ];
+
+    /// Ops also defined on integers (everything else needs a float operand).
+    fn accepts_int(self) -> bool {
+        matches!(self, UnaryKind::Neg | UnaryKind::Abs | UnaryKind::Relu)
+    }
+
+    fn f(self, x: f64) -> f64 {
+        match self {
+            UnaryKind::Neg => -x,
+            UnaryKind::Abs => x.abs(),
+            UnaryKind::Exp => x.exp(),
+            UnaryKind::Log => x.ln(),
+            UnaryKind::Sqrt => x.sqrt(),
+            UnaryKind::Rsqrt => 1.0 / x.sqrt(),
+            UnaryKind::Reciprocal => 1.0 / x,
+            UnaryKind::Tanh => x.tanh(),
+            UnaryKind::Erf => libm::erf(x),
+            UnaryKind::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            UnaryKind::Relu => {
+                if x > 0.0 || x.is_nan() {
+                    x
+                } else {
+                    0.0
+                }
+            }
+            UnaryKind::Silu => x / (1.0 + (-x).exp()),
+            UnaryKind::Sin => x.sin(),
+            UnaryKind::Cos => x.cos(),
+        }
+    }
+}
+
+impl OpImpl for UnaryKind {
+    fn name(&self) -> &'static str {
+        match self {
+            UnaryKind::Neg => "neg",
+            UnaryKind::Abs => "abs",
+            UnaryKind::Exp => "exp",
+            UnaryKind::Log => "log",
+            UnaryKind::Sqrt => "sqrt",
+            UnaryKind::Rsqrt => "rsqrt",
+            UnaryKind::Reciprocal => "reciprocal",
+            UnaryKind::Tanh => "tanh",
+            UnaryKind::Erf => "erf",
+            UnaryKind::Sigmoid => "sigmoid",
+            UnaryKind::Relu => "relu",
+            UnaryKind::Silu => "silu",
+            UnaryKind::Sin => "sin",
+            UnaryKind::Cos => "cos",
+        }
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity(self.name(), inputs, 1)?;
+        let x = &inputs[0];
+        if x.dtype == DType::Bool || (!self.accepts_int() && !x.dtype.is_float()) {
+            return Err(format!("{} is not defined on {}", self.name(), x.dtype));
+        }
+        Ok(vec![x.clone()])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let x = inputs[0];
+        if x.dtype().is_int() {
+            let v: Vec<i64> = x
+                .to_i64_vec()
+                .into_iter()
+                .map(|i| match self {
+                    UnaryKind::Neg => i.wrapping_neg(),
+                    UnaryKind::Abs => i.wrapping_abs(),
+                    _ => i.max(0),
+                })
+                .collect();
+            return Ok(vec![Tensor::from_i64(x.dtype(), x.shape(), &v)]);
+        }
+        let v: Vec<f64> = x.to_f64_vec().into_iter().map(|e| self.f(e)).collect();
+        Ok(vec![Tensor::from_f64(x.dtype(), x.shape(), &v)])
+    }
+}
+
+/// Which formula `gelu` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeluApprox {
+    /// `0.5·x·(1 + erf(x/√2))`.
+    None,
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    Tanh,
+}
+
+/// GELU activation, exact (erf) or tanh-approximated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gelu {
+    pub approximate: GeluApprox,
+}
+
+impl Gelu {
+    pub(crate) fn read(r: &mut AttrReader) -> Result<Gelu, String> {
+        let approximate = match r.string("approximate")?.as_deref() {
+            None | Some("none") => GeluApprox::None,
+            Some("tanh") => GeluApprox::Tanh,
+            Some(other) => {
+                return Err(format!(
+                    "gelu: approximate must be \"none\" or \"tanh\", got {other:?}"
+                ))
+            }
+        };
+        Ok(Gelu { approximate })
+    }
+}
+
+impl OpImpl for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu"
+    }
+
+    fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        let s = match self.approximate {
+            GeluApprox::None => "none",
+            GeluApprox::Tanh => "tanh",
+        };
+        vec![("approximate", Attr::Str(s.into()))]
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity("gelu", inputs, 1)?;
+        want_float("gelu", "operand", &inputs[0])?;
+        Ok(vec![inputs[0].clone()])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let x = inputs[0];
+        let v: Vec<f64> = x
+            .to_f64_vec()
+            .into_iter()
+            .map(|e| match self.approximate {
+                GeluApprox::None => 0.5 * e * (1.0 + libm::erf(e / std::f64::consts::SQRT_2)),
+                GeluApprox::Tanh => {
+                    let c = (2.0 / std::f64::consts::PI).sqrt();
+                    0.5 * e * (1.0 + (c * (e + 0.044715 * e * e * e)).tanh())
+                }
+            })
+            .collect();
+        Ok(vec![Tensor::from_f64(x.dtype(), x.shape(), &v)])
+    }
+}
+
+/// Binary arithmetic with numpy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryKind {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    /// Elementwise minimum (NaN wins, like `torch.minimum`).
+    Minimum,
+    /// Elementwise maximum (NaN wins, like `torch.maximum`).
+    Maximum,
+}
+
+impl BinaryKind {
+    pub const ALL: [BinaryKind; 7] = [
+        BinaryKind::Add,
+        BinaryKind::Sub,
+        BinaryKind::Mul,
+        BinaryKind::Div,
+        BinaryKind::Pow,
+        BinaryKind::Minimum,
+        BinaryKind::Maximum,
+    ];
+
+    fn f(self, a: f64, b: f64) -> f64 {
+        match self {
+            BinaryKind::Add => a + b,
+            BinaryKind::Sub => a - b,
+            BinaryKind::Mul => a * b,
+            BinaryKind::Div => a / b,
+            BinaryKind::Pow => a.powf(b),
+            BinaryKind::Minimum if a.is_nan() || b.is_nan() => f64::NAN,
+            BinaryKind::Maximum if a.is_nan() || b.is_nan() => f64::NAN,
+            BinaryKind::Minimum => a.min(b),
+            BinaryKind::Maximum => a.max(b),
+        }
+    }
+
+    fn int(self, a: i64, b: i64) -> Result<i64, String> {
+        Ok(match self {
+            BinaryKind::Add => a.wrapping_add(b),
+            BinaryKind::Sub => a.wrapping_sub(b),
+            BinaryKind::Mul => a.wrapping_mul(b),
+            BinaryKind::Div if b == 0 => return Err("integer division by zero".into()),
+            BinaryKind::Div => a.wrapping_div(b),
+            BinaryKind::Pow => {
+                let e = u32::try_from(b).map_err(|_| format!("integer pow with exponent {b}"))?;
+                a.wrapping_pow(e)
+            }
+            BinaryKind::Minimum => a.min(b),
+            BinaryKind::Maximum => a.max(b),
+        })
+    }
+}
+
+/// Applies `f` to two broadcast operands; returns the output shape and values.
+fn zip_broadcast<T: Copy, U>(
+    a: &[T],
+    a_shape: &[usize],
+    b: &[T],
+    b_shape: &[usize],
+    mut f: impl FnMut(T, T) -> Result<U, String>,
+) -> Result<(Vec<usize>, Vec<U>), String> {
+    let shape = broadcast(a_shape, b_shape)?;
+    let ia = broadcast_map(a_shape, &shape);
+    let ib = broadcast_map(b_shape, &shape);
+    let v = ia
+        .iter()
+        .zip(&ib)
+        .map(|(&i, &j)| f(a[i], b[j]))
+        .collect::<Result<_, _>>()?;
+    Ok((shape, v))
+}
+
+fn infer_binary(name: &str, inputs: &[TensorType]) -> Result<TensorType, String> {
+    arity(name, inputs, 2)?;
+    same_dtype(name, &inputs[0], &inputs[1])?;
+    let shape = broadcast_shapes(&inputs[0].shape, &inputs[1].shape).map_err(|e| format!("{name}: {e}"))?;
+    Ok(TensorType::new(inputs[0].dtype, shape))
+}
+
+impl OpImpl for BinaryKind {
+    fn name(&self) -> &'static str {
+        match self {
+            BinaryKind::Add => "add",
+            BinaryKind::Sub => "sub",
+            BinaryKind::Mul => "mul",
+            BinaryKind::Div => "div",
+            BinaryKind::Pow => "pow",
+            BinaryKind::Minimum => "minimum",
+            BinaryKind::Maximum => "maximum",
+        }
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        let t = infer_binary(self.name(), inputs)?;
+        if t.dtype == DType::Bool {
+            return Err(format!("{} is not defined on bool", self.name()));
+        }
+        Ok(vec![t])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let (a, b) = (inputs[0], inputs[1]);
+        if a.dtype().is_int() {
+            let (shape, v) =
+                zip_broadcast(&a.to_i64_vec(), a.shape(), &b.to_i64_vec(), b.shape(), |x, y| {
+                    self.int(x, y)
+                })?;
+            return Ok(vec![Tensor::from_i64(a.dtype(), &shape, &v)]);
+        }
+        let (shape, v) = zip_broadcast(&a.to_f64_vec(), a.shape(), &b.to_f64_vec(), b.shape(), |x, y| {
+            Ok(self.f(x, y))
+        })?;
+        Ok(vec![Tensor::from_f64(a.dtype(), &shape, &v)])
+    }
+}
+
+/// Comparisons; the result is `bool`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareKind {
+    Equal,
+    NotEqual,
+    Less,
+    LessEqual,
+    Greater,
+    GreaterEqual,
+}
+
+impl CompareKind {
+    pub const ALL: [CompareKind; 6] = [
+        CompareKind::Equal,
+        CompareKind::NotEqual,
+        CompareKind::Less,
+        CompareKind::LessEqual,
+        CompareKind::Greater,
+        CompareKind::GreaterEqual,
+    ];
+
+    fn f<T: PartialOrd>(self, a: T, b: T) -> bool {
+        match self {
+            CompareKind::Equal => a == b,
+            CompareKind::NotEqual => a != b,
+            CompareKind::Less => a < b,
+            CompareKind::LessEqual => a <= b,
+            CompareKind::Greater => a > b,
+            CompareKind::GreaterEqual => a >= b,
+        }
+    }
+}
+
+impl OpImpl for CompareKind {
+    fn name(&self) -> &'static str {
+        match self {
+            CompareKind::Equal => "equal",
+            CompareKind::NotEqual => "not_equal",
+            CompareKind::Less => "less",
+            CompareKind::LessEqual => "less_equal",
+            CompareKind::Greater => "greater",
+            CompareKind::GreaterEqual => "greater_equal",
+        }
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        let t = infer_binary(self.name(), inputs)?;
+        Ok(vec![TensorType::new(DType::Bool, t.shape)])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let (a, b) = (inputs[0], inputs[1]);
+        let (shape, v) = if a.dtype().is_float() {
+            zip_broadcast(&a.to_f64_vec(), a.shape(), &b.to_f64_vec(), b.shape(), |x, y| {
+                Ok(self.f(x, y))
+            })?
+        } else {
+            zip_broadcast(&a.to_i64_vec(), a.shape(), &b.to_i64_vec(), b.shape(), |x, y| {
+                Ok(self.f(x, y))
+            })?
+        };
+        Ok(vec![Tensor::from_bool(&shape, &v)])
+    }
+}
+
+/// `where(cond, a, b)`: `a` where `cond` is true, else `b`; all three broadcast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Where;
+
+impl OpImpl for Where {
+    fn name(&self) -> &'static str {
+        "where"
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity("where", inputs, 3)?;
+        if inputs[0].dtype != DType::Bool {
+            return Err(format!("where needs a bool condition, got {}", inputs[0]));
+        }
+        same_dtype("where", &inputs[1], &inputs[2])?;
+        let s = broadcast_shapes(&inputs[0].shape, &inputs[1].shape)
+            .and_then(|s| broadcast_shapes(&s, &inputs[2].shape))
+            .map_err(|e| format!("where: {e}"))?;
+        Ok(vec![TensorType::new(inputs[1].dtype, s)])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let (c, a, b) = (inputs[0], inputs[1], inputs[2]);
+        let shape = broadcast(&broadcast(c.shape(), a.shape())?, b.shape())?;
+        let (ic, ia, ib) = (
+            broadcast_map(c.shape(), &shape),
+            broadcast_map(a.shape(), &shape),
+            broadcast_map(b.shape(), &shape),
+        );
+        let cv = c.to_bool_vec();
+        // Pick flat indices from a virtual concatenation [a, b] so the values
+        // keep their exact dtype.
+        let n = a.numel();
+        let joined = Tensor::join_flat(&[a, b]);
+        let pick: Vec<usize> = (0..ic.len())
+            .map(|k| if cv[ic[k]] { ia[k] } else { n + ib[k] })
+            .collect();
+        Ok(vec![joined.take_flat(&shape, &pick)])
+    }
+}
+
+/// Converts to another dtype: floats round to nearest even, float to int
+/// truncates toward zero and saturates (NaN becomes 0), int to int wraps,
+/// anything to bool is `!= 0`, and f8e4m3 saturates at ±448.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cast {
+    pub to: DType,
+}
+
+impl OpImpl for Cast {
+    fn name(&self) -> &'static str {
+        "cast"
+    }
+
+    fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        vec![("to", Attr::DType(self.to))]
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity("cast", inputs, 1)?;
+        Ok(vec![TensorType::new(self.to, inputs[0].shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        Ok(vec![inputs[0].cast(self.to)])
+    }
+}

@@ -1,0 +1,311 @@
+//! The op set. Each family lives in its own file and keeps, in one place,
+//! every op's attributes, type rule (`infer`) and reference semantics
+//! (`eval`). [`Op`] is the one enum the rest of the compiler matches on.
+
+pub mod attention;
+pub mod attrs;
+pub mod creation;
+pub mod elementwise;
+pub(crate) mod index;
+pub mod indexing;
+pub mod linalg;
+pub mod nn;
+pub mod reduce;
+pub mod shape;
+
+use std::collections::BTreeMap;
+
+use crate::dim::{Bindings, Dim, TensorType};
+use crate::tensor::Tensor;
+
+pub use attention::ScaledDotProductAttention;
+pub use attrs::{Attr, AttrReader};
+pub use creation::{Arange, Constant, Full, Scalar};
+pub use elementwise::{BinaryKind, Cast, CompareKind, Gelu, GeluApprox, UnaryKind, Where};
+pub use indexing::{Concat, Gather, IndexSelect, Slice, Split};
+pub use linalg::{Linear, MatMul};
+pub use nn::{Embedding, LayerNorm, RmsNorm, Rope, Softmax};
+pub use reduce::{ArgMax, Reduce, ReduceKind};
+pub use shape::{Expand, Reshape, Squeeze, Transpose, Triangular, Unsqueeze};
+
+/// What the interpreter hands an op besides its inputs: the symbol values of
+/// this run, for ops whose attributes are symbolic (`reshape`, `full`, ...).
+pub struct EvalCx<'a> {
+    pub bindings: &'a Bindings,
+}
+
+impl EvalCx<'_> {
+    /// Concrete extents of symbolic dims.
+    pub fn shape(&self, dims: &[Dim]) -> Result<Vec<usize>, String> {
+        dims.iter().map(|d| self.dim(d)).collect()
+    }
+
+    /// One concrete extent.
+    pub fn dim(&self, d: &Dim) -> Result<usize, String> {
+        let v = d.eval(self.bindings)?;
+        usize::try_from(v).map_err(|_| format!("dim {d} evaluates to {v}, which is negative"))
+    }
+}
+
+/// The contract every op family implements.
+pub trait OpImpl {
+    /// The name in the text form.
+    fn name(&self) -> &'static str;
+    /// Attributes in printing order.
+    fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        Vec::new()
+    }
+    /// Output types from input types; the message says what is wrong with
+    /// which operand (the caller adds the node).
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String>;
+    /// Reference semantics on concrete tensors.
+    fn eval(&self, inputs: &[&Tensor], cx: &EvalCx) -> Result<Vec<Tensor>, String>;
+}
+
+/// One operation of the IR.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Unary(UnaryKind),
+    Gelu(Gelu),
+    Binary(BinaryKind),
+    Compare(CompareKind),
+    Where(Where),
+    Cast(Cast),
+    Reduce(Reduce),
+    ArgMax(ArgMax),
+    Softmax(Softmax),
+    MatMul(MatMul),
+    Linear(Linear),
+    Reshape(Reshape),
+    Transpose(Transpose),
+    Unsqueeze(Unsqueeze),
+    Squeeze(Squeeze),
+    Expand(Expand),
+    Slice(Slice),
+    Concat(Concat),
+    Split(Split),
+    Gather(Gather),
+    IndexSelect(IndexSelect),
+    Triangular(Triangular),
+    Arange(Arange),
+    Full(Full),
+    Constant(Constant),
+    Embedding(Embedding),
+    LayerNorm(LayerNorm),
+    RmsNorm(RmsNorm),
+    Rope(Rope),
+    Attention(ScaledDotProductAttention),
+}
+
+impl Op {
+    fn imp(&self) -> &dyn OpImpl {
+        match self {
+            Op::Unary(o) => o,
+            Op::Gelu(o) => o,
+            Op::Binary(o) => o,
+            Op::Compare(o) => o,
+            Op::Where(o) => o,
+            Op::Cast(o) => o,
+            Op::Reduce(o) => o,
+            Op::ArgMax(o) => o,
+            Op::Softmax(o) => o,
+            Op::MatMul(o) => o,
+            Op::Linear(o) => o,
+            Op::Reshape(o) => o,
+            Op::Transpose(o) => o,
+            Op::Unsqueeze(o) => o,
+            Op::Squeeze(o) => o,
+            Op::Expand(o) => o,
+            Op::Slice(o) => o,
+            Op::Concat(o) => o,
+            Op::Split(o) => o,
+            Op::Gather(o) => o,
+            Op::IndexSelect(o) => o,
+            Op::Triangular(o) => o,
+            Op::Arange(o) => o,
+            Op::Full(o) => o,
+            Op::Constant(o) => o,
+            Op::Embedding(o) => o,
+            Op::LayerNorm(o) => o,
+            Op::RmsNorm(o) => o,
+            Op::Rope(o) => o,
+            Op::Attention(o) => o,
+        }
+    }
+
+    /// The name in the text form (`add`, `rms_norm`, ...).
+    pub fn name(&self) -> &'static str {
+        self.imp().name()
+    }
+
+    /// Attributes in printing order.
+    pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        self.imp().attrs()
+    }
+
+    /// The type rule: output types from input types.
+    pub fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        self.imp().infer(inputs)
+    }
+
+    /// Reference semantics.
+    pub fn eval(&self, inputs: &[&Tensor], cx: &EvalCx) -> Result<Vec<Tensor>, String> {
+        self.imp().eval(inputs, cx)
+    }
+
+    /// Every symbol the op's attributes mention (they must be bound by the
+    /// graph inputs like those of value types).
+    pub fn symbols(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (_, a) in self.attrs() {
+            match a {
+                Attr::Dim(d) => out.extend(d.symbols().map(String::from)),
+                Attr::Dims(ds) => out.extend(ds.iter().flat_map(|d| d.symbols().map(String::from))),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Every op name the text form accepts.
+    pub fn names() -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = UnaryKind::ALL.iter().map(|k| k.name()).collect();
+        v.extend(BinaryKind::ALL.iter().map(|k| k.name()));
+        v.extend(CompareKind::ALL.iter().map(|k| k.name()));
+        v.extend(ReduceKind::ALL.iter().map(|k| k.name()));
+        v.extend([
+            "gelu",
+            "where",
+            "cast",
+            "argmax",
+            "softmax",
+            "log_softmax",
+            "matmul",
+            "linear",
+            "reshape",
+            "transpose",
+            "unsqueeze",
+            "squeeze",
+            "expand",
+            "slice",
+            "concat",
+            "split",
+            "gather",
+            "index_select",
+            "triu",
+            "tril",
+            "arange",
+            "full",
+            "constant",
+            "embedding",
+            "layer_norm",
+            "rms_norm",
+            "rope",
+            "scaled_dot_product_attention",
+        ]);
+        v
+    }
+
+    /// Builds an op from its text-form name and attributes, checking that
+    /// every attribute is known and of the right kind.
+    pub fn from_attrs(name: &str, attrs: BTreeMap<String, Attr>) -> Result<Op, String> {
+        let mut r = AttrReader::new(name, attrs);
+        let op = if let Some(k) = UnaryKind::ALL.iter().find(|k| k.name() == name) {
+            Op::Unary(*k)
+        } else if let Some(k) = BinaryKind::ALL.iter().find(|k| k.name() == name) {
+            Op::Binary(*k)
+        } else if let Some(k) = CompareKind::ALL.iter().find(|k| k.name() == name) {
+            Op::Compare(*k)
+        } else if let Some(k) = ReduceKind::ALL.iter().find(|k| k.name() == name) {
+            Op::Reduce(Reduce::read(*k, &mut r)?)
+        } else {
+            match name {
+                "gelu" => Op::Gelu(Gelu::read(&mut r)?),
+                "where" => Op::Where(Where),
+                "cast" => Op::Cast(Cast { to: r.dtype("to")? }),
+                "argmax" => Op::ArgMax(ArgMax::read(&mut r)?),
+                "softmax" | "log_softmax" => Op::Softmax(Softmax {
+                    axis: r.int("axis")?,
+                    log: name == "log_softmax",
+                }),
+                "matmul" => Op::MatMul(MatMul),
+                "linear" => Op::Linear(Linear),
+                "reshape" => Op::Reshape(Reshape {
+                    shape: r.dims("shape")?,
+                }),
+                "transpose" => Op::Transpose(Transpose {
+                    perm: r.ints("perm")?,
+                }),
+                "unsqueeze" => Op::Unsqueeze(Unsqueeze {
+                    axes: r.ints("axes")?,
+                }),
+                "squeeze" => Op::Squeeze(Squeeze {
+                    axes: r.ints("axes")?,
+                }),
+                "expand" => Op::Expand(Expand {
+                    shape: r.dims("shape")?,
+                }),
+                "slice" => Op::Slice(Slice::read(&mut r)?),
+                "concat" => Op::Concat(Concat { axis: r.int("axis")? }),
+                "split" => Op::Split(Split {
+                    axis: r.int("axis")?,
+                    sizes: r.dims("sizes")?,
+                }),
+                "gather" => Op::Gather(Gather { axis: r.int("axis")? }),
+                "index_select" => Op::IndexSelect(IndexSelect { axis: r.int("axis")? }),
+                "triu" | "tril" => Op::Triangular(Triangular {
+                    upper: name == "triu",
+                    k: r.int_or("k", 0)?,
+                }),
+                "arange" => Op::Arange(Arange::read(&mut r)?),
+                "full" => Op::Full(Full::read(&mut r)?),
+                "constant" => Op::Constant(Constant::read(&mut r)?),
+                "embedding" => Op::Embedding(Embedding),
+                "layer_norm" => Op::LayerNorm(LayerNorm {
+                    axis: r.int_or("axis", -1)?,
+                    eps: r.float("eps")?,
+                }),
+                "rms_norm" => Op::RmsNorm(RmsNorm {
+                    axis: r.int_or("axis", -1)?,
+                    eps: r.float("eps")?,
+                }),
+                "rope" => Op::Rope(Rope {
+                    interleaved: r.bool_or("interleaved", false)?,
+                }),
+                "scaled_dot_product_attention" => Op::Attention(ScaledDotProductAttention {
+                    causal: r.bool_or("causal", false)?,
+                    scale: r.opt_float("scale")?,
+                }),
+                _ => return Err(format!("unknown op '{name}'")),
+            }
+        };
+        r.finish()?;
+        Ok(op)
+    }
+}
+
+/// Checks the operand count.
+pub(crate) fn arity(name: &str, inputs: &[TensorType], n: usize) -> Result<(), String> {
+    if inputs.len() != n {
+        return Err(format!("{name} takes {n} operand(s) but got {}", inputs.len()));
+    }
+    Ok(())
+}
+
+/// Checks that an operand has a float dtype.
+pub(crate) fn want_float(name: &str, what: &str, t: &TensorType) -> Result<(), String> {
+    if !t.dtype.is_float() {
+        return Err(format!("{name} needs a float {what}, got {t}"));
+    }
+    Ok(())
+}
+
+/// Checks that two operands share a dtype (the IR never promotes implicitly).
+pub(crate) fn same_dtype(name: &str, a: &TensorType, b: &TensorType) -> Result<(), String> {
+    if a.dtype != b.dtype {
+        return Err(format!(
+            "{name} needs operands of one dtype, got {a} and {b} (insert a cast)"
+        ));
+    }
+    Ok(())
+}

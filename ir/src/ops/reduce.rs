@@ -1,0 +1,258 @@
+//! Reductions over axes: sum, mean, max, min (with `keepdims`) and argmax.
+//!
+//! Sums accumulate in f64 (exact i64 for integer sums). Reducing an empty
+//! axis gives the identity: 0 for sum, NaN for mean (0/0), -inf/+inf for
+//! max/min of floats and the type's bounds for integers.
+
+use super::attrs::{Attr, AttrReader};
+use super::index::strides;
+use super::{arity, EvalCx, OpImpl};
+use crate::dim::{normalize_axis, Dim, Shape, TensorType};
+use crate::dtype::DType;
+use crate::tensor::Tensor;
+
+/// Which reduction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceKind {
+    Sum,
+    Mean,
+    Max,
+    Min,
+}
+
+impl ReduceKind {
+    pub const ALL: [ReduceKind; 4] = [
+        ReduceKind::Sum,
+        ReduceKind::Mean,
+        ReduceKind::Max,
+        ReduceKind::Min,
+    ];
+
+    /// The op name in the text form.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceKind::Sum => "reduce_sum",
+            ReduceKind::Mean => "reduce_mean",
+            ReduceKind::Max => "reduce_max",
+            ReduceKind::Min => "reduce_min",
+        }
+    }
+}
+
+/// A reduction over `axes` (an empty list reduces every axis).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reduce {
+    pub kind: ReduceKind,
+    pub axes: Vec<i64>,
+    pub keepdims: bool,
+}
+
+/// Normalises and checks a list of axes (no repeats).
+pub(crate) fn normalize_axes(name: &str, axes: &[i64], rank: usize) -> Result<Vec<usize>, String> {
+    let mut out = Vec::with_capacity(axes.len());
+    for &a in axes {
+        let n = normalize_axis(a, rank).map_err(|e| format!("{name}: {e}"))?;
+        if out.contains(&n) {
+            return Err(format!("{name}: axis {a} is listed twice"));
+        }
+        out.push(n);
+    }
+    Ok(out)
+}
+
+impl Reduce {
+    pub(crate) fn read(kind: ReduceKind, r: &mut AttrReader) -> Result<Reduce, String> {
+        Ok(Reduce {
+            kind,
+            axes: r.ints("axes")?,
+            keepdims: r.bool_or("keepdims", false)?,
+        })
+    }
+
+    fn reduced_axes(&self, rank: usize) -> Result<Vec<usize>, String> {
+        if self.axes.is_empty() {
+            return Ok((0..rank).collect());
+        }
+        normalize_axes(self.kind.name(), &self.axes, rank)
+    }
+}
+
+/// The output shape of a reduction and, for each input element, the flat
+/// index of the output element it contributes to.
+fn reduce_plan(shape: &[usize], axes: &[usize], keepdims: bool) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+    let kept: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
+        .collect();
+    let kept_strides = strides(&kept);
+    let eff: Vec<usize> = (0..shape.len())
+        .map(|i| if axes.contains(&i) { 0 } else { kept_strides[i] })
+        .collect();
+    let map = super::index::map_with_strides(shape, &eff, 0);
+    let out_shape = if keepdims {
+        kept.clone()
+    } else {
+        shape
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !axes.contains(i))
+            .map(|(_, &d)| d)
+            .collect()
+    };
+    (out_shape, kept, map)
+}
+
+fn reduced_type(x: &TensorType, axes: &[usize], keepdims: bool, dtype: DType) -> TensorType {
+    let dims: Vec<Dim> = x
+        .shape
+        .dims()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| match (axes.contains(&i), keepdims) {
+            (true, true) => Some(Dim::constant(1)),
+            (true, false) => None,
+            (false, _) => Some(d.clone()),
+        })
+        .collect();
+    TensorType::new(dtype, Shape(dims))
+}
+
+impl OpImpl for Reduce {
+    fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        vec![
+            ("axes", Attr::Ints(self.axes.clone())),
+            ("keepdims", Attr::Bool(self.keepdims)),
+        ]
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity(self.name(), inputs, 1)?;
+        let x = &inputs[0];
+        if x.dtype == DType::Bool || (self.kind == ReduceKind::Mean && !x.dtype.is_float()) {
+            return Err(format!("{} is not defined on {}", self.name(), x.dtype));
+        }
+        let axes = self.reduced_axes(x.rank())?;
+        Ok(vec![reduced_type(x, &axes, self.keepdims, x.dtype)])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let x = inputs[0];
+        let axes = self.reduced_axes(x.rank())?;
+        let (out_shape, kept, map) = reduce_plan(x.shape(), &axes, self.keepdims);
+        let n_out: usize = kept.iter().product();
+        let count: usize = axes.iter().map(|&a| x.shape()[a]).product();
+        if x.dtype().is_int() {
+            let (init, f): (i64, fn(i64, i64) -> i64) = match self.kind {
+                ReduceKind::Sum | ReduceKind::Mean => (0, i64::wrapping_add),
+                ReduceKind::Max => (i64::MIN, i64::max),
+                ReduceKind::Min => (i64::MAX, i64::min),
+            };
+            let mut acc = vec![init; n_out];
+            for (v, &o) in x.to_i64_vec().into_iter().zip(&map) {
+                acc[o] = f(acc[o], v);
+            }
+            return Ok(vec![Tensor::from_i64(x.dtype(), &out_shape, &acc)]);
+        }
+        let (init, f): (f64, fn(f64, f64) -> f64) = match self.kind {
+            ReduceKind::Sum | ReduceKind::Mean => (0.0, |a, b| a + b),
+            ReduceKind::Max => (f64::NEG_INFINITY, |a, b| {
+                if a.is_nan() || b > a || b.is_nan() {
+                    b
+                } else {
+                    a
+                }
+            }),
+            ReduceKind::Min => (f64::INFINITY, |a, b| {
+                if a.is_nan() || b < a || b.is_nan() {
+                    b
+                } else {
+                    a
+                }
+            }),
+        };
+        let mut acc = vec![init; n_out];
+        for (v, &o) in x.to_f64_vec().into_iter().zip(&map) {
+            acc[o] = if acc[o].is_nan() { acc[o] } else { f(acc[o], v) };
+        }
+        if self.kind == ReduceKind::Mean {
+            for a in &mut acc {
+                *a /= count as f64;
+            }
+        }
+        Ok(vec![Tensor::from_f64(x.dtype(), &out_shape, &acc)])
+    }
+}
+
+/// Index of the largest element along `axis` (first one on ties; a NaN
+/// counts as the largest), as i64.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArgMax {
+    pub axis: i64,
+    pub keepdims: bool,
+}
+
+impl ArgMax {
+    pub(crate) fn read(r: &mut AttrReader) -> Result<ArgMax, String> {
+        Ok(ArgMax {
+            axis: r.int("axis")?,
+            keepdims: r.bool_or("keepdims", false)?,
+        })
+    }
+}
+
+impl OpImpl for ArgMax {
+    fn name(&self) -> &'static str {
+        "argmax"
+    }
+
+    fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        vec![
+            ("axis", Attr::Int(self.axis)),
+            ("keepdims", Attr::Bool(self.keepdims)),
+        ]
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity("argmax", inputs, 1)?;
+        let x = &inputs[0];
+        if x.dtype == DType::Bool {
+            return Err("argmax is not defined on bool".into());
+        }
+        let axis = x.shape.axis(self.axis).map_err(|e| format!("argmax: {e}"))?;
+        if x.shape.dims()[axis].is(0) {
+            return Err(format!("argmax: axis {} of {x} is empty", self.axis));
+        }
+        Ok(vec![reduced_type(x, &[axis], self.keepdims, DType::I64)])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let x = inputs[0];
+        let axis = normalize_axis(self.axis, x.rank())?;
+        let (outer, len, inner) = super::index::around_axis(x.shape(), axis);
+        if len == 0 {
+            return Err(format!("argmax over an empty axis of {:?}", x.shape()));
+        }
+        let v = x.to_f64_vec();
+        let mut out = Vec::with_capacity(outer * inner);
+        for o in 0..outer {
+            for i in 0..inner {
+                let at = |k: usize| v[(o * len + k) * inner + i];
+                let mut best = 0;
+                for k in 1..len {
+                    let (b, c) = (at(best), at(k));
+                    if !b.is_nan() && (c > b || c.is_nan()) {
+                        best = k;
+                    }
+                }
+                out.push(best as i64);
+            }
+        }
+        let (out_shape, _, _) = reduce_plan(x.shape(), &[axis], self.keepdims);
+        Ok(vec![Tensor::from_i64(DType::I64, &out_shape, &out)])
+    }
+}

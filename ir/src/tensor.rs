@@ -1,0 +1,421 @@
+//! Concrete tensors: what the interpreter computes on and the weight store
+//! hands out.
+
+use std::fmt;
+
+use half::{bf16, f16};
+
+use crate::dtype::{f8e4m3, DType};
+
+/// Element storage, one variant per dtype, so a tensor keeps exactly the
+/// values it was given (a bf16 weight stays bf16 until something casts it).
+#[derive(Clone)]
+enum Data {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    F8E4M3(Vec<u8>),
+    I8(Vec<i8>),
+    /// Packed two per byte, low nibble first; `numel` is on the tensor.
+    I4(Vec<u8>),
+    U4(Vec<u8>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    Bool(Vec<bool>),
+}
+
+/// A dense, row-major tensor with a concrete shape.
+#[derive(Clone)]
+pub struct Tensor {
+    dtype: DType,
+    shape: Vec<usize>,
+    data: Data,
+}
+
+/// Error for byte buffers whose length does not fit the shape and dtype.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{dtype}{shape:?} needs {expected} bytes but {found} were given")]
+pub struct SizeError {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub expected: usize,
+    pub found: usize,
+}
+
+fn unpack4(bytes: &[u8], n: usize, signed: bool) -> Vec<i64> {
+    (0..n)
+        .map(|i| {
+            let nib = (bytes[i / 2] >> ((i % 2) * 4)) & 0x0f;
+            if signed && nib >= 8 {
+                nib as i64 - 16
+            } else {
+                nib as i64
+            }
+        })
+        .collect()
+}
+
+fn pack4(values: impl Iterator<Item = i64>, n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n.div_ceil(2)];
+    for (i, v) in values.enumerate() {
+        out[i / 2] |= ((v as u8) & 0x0f) << ((i % 2) * 4);
+    }
+    out
+}
+
+/// Float to integer conversion used by casts: truncation toward zero,
+/// saturating at the type's bounds, NaN to 0.
+fn float_to_int(x: f64, dtype: DType) -> i64 {
+    let (lo, hi) = int_range(dtype);
+    if x.is_nan() {
+        0
+    } else {
+        (x.trunc().clamp(lo as f64, hi as f64)) as i64
+    }
+}
+
+fn int_range(dtype: DType) -> (i64, i64) {
+    match dtype {
+        DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+        DType::I4 => (-8, 7),
+        DType::U4 => (0, 15),
+        DType::I32 => (i32::MIN as i64, i32::MAX as i64),
+        _ => (i64::MIN, i64::MAX),
+    }
+}
+
+impl Tensor {
+    /// Builds a tensor from f32 values, rounding each to `dtype` (floats:
+    /// round to nearest even; integers: truncate and saturate; bool: != 0).
+    pub fn from_f32(dtype: DType, shape: &[usize], values: &[f32]) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape/data length");
+        let data = match dtype {
+            DType::F32 => Data::F32(values.to_vec()),
+            DType::F16 => Data::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
+            DType::BF16 => Data::BF16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
+            DType::F8E4M3 => Data::F8E4M3(values.iter().map(|&v| f8e4m3::from_f32(v)).collect()),
+            DType::Bool => Data::Bool(values.iter().map(|&v| v != 0.0).collect()),
+            _ => {
+                let ints: Vec<i64> = values.iter().map(|&v| float_to_int(v as f64, dtype)).collect();
+                return Tensor::from_i64(dtype, shape, &ints);
+            }
+        };
+        Tensor {
+            dtype,
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    /// Builds a tensor from f64 values (rounded once, straight to `dtype`).
+    pub fn from_f64(dtype: DType, shape: &[usize], values: &[f64]) -> Tensor {
+        if dtype.is_float() {
+            let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+            Tensor::from_f32(dtype, shape, &v)
+        } else if dtype == DType::Bool {
+            let v: Vec<i64> = values.iter().map(|&x| (x != 0.0) as i64).collect();
+            Tensor::from_i64(dtype, shape, &v)
+        } else {
+            let v: Vec<i64> = values.iter().map(|&x| float_to_int(x, dtype)).collect();
+            Tensor::from_i64(dtype, shape, &v)
+        }
+    }
+
+    /// Builds a tensor from integer values (wrapping to the integer type's
+    /// width, converted exactly or rounded for float types).
+    pub fn from_i64(dtype: DType, shape: &[usize], values: &[i64]) -> Tensor {
+        let n: usize = shape.iter().product();
+        assert_eq!(n, values.len(), "shape/data length");
+        let data = match dtype {
+            DType::I8 => Data::I8(values.iter().map(|&v| v as i8).collect()),
+            DType::I32 => Data::I32(values.iter().map(|&v| v as i32).collect()),
+            DType::I64 => Data::I64(values.to_vec()),
+            DType::I4 => Data::I4(pack4(values.iter().copied(), n)),
+            DType::U4 => Data::U4(pack4(values.iter().copied(), n)),
+            DType::Bool => Data::Bool(values.iter().map(|&v| v != 0).collect()),
+            _ => {
+                let f: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+                return Tensor::from_f32(dtype, shape, &f);
+            }
+        };
+        Tensor {
+            dtype,
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    /// Builds a bool tensor.
+    pub fn from_bool(shape: &[usize], values: &[bool]) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape/data length");
+        Tensor {
+            dtype: DType::Bool,
+            shape: shape.to_vec(),
+            data: Data::Bool(values.to_vec()),
+        }
+    }
+
+    /// A scalar (rank 0) f32 tensor.
+    pub fn scalar_f32(v: f32) -> Tensor {
+        Tensor::from_f32(DType::F32, &[], &[v])
+    }
+
+    /// Decodes little-endian bytes (the safetensors layout).
+    pub fn from_le_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tensor, SizeError> {
+        let n: usize = shape.iter().product();
+        let expected = dtype.storage_bytes(n);
+        if bytes.len() != expected {
+            return Err(SizeError {
+                dtype,
+                shape: shape.to_vec(),
+                expected,
+                found: bytes.len(),
+            });
+        }
+        macro_rules! chunks {
+            ($t:ty, $k:expr) => {
+                bytes
+                    .chunks_exact($k)
+                    .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk size")))
+                    .collect()
+            };
+        }
+        let data = match dtype {
+            DType::F32 => Data::F32(chunks!(f32, 4)),
+            DType::F16 => Data::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            DType::BF16 => Data::BF16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            DType::F8E4M3 => Data::F8E4M3(bytes.to_vec()),
+            DType::I8 => Data::I8(bytes.iter().map(|&b| b as i8).collect()),
+            DType::I4 => Data::I4(bytes.to_vec()),
+            DType::U4 => Data::U4(bytes.to_vec()),
+            DType::I32 => Data::I32(chunks!(i32, 4)),
+            DType::I64 => Data::I64(chunks!(i64, 8)),
+            DType::Bool => Data::Bool(bytes.iter().map(|&b| b != 0).collect()),
+        };
+        Ok(Tensor {
+            dtype,
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+
+    /// Little-endian bytes (the safetensors layout).
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match &self.data {
+            Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::BF16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::F8E4M3(v) | Data::I4(v) | Data::U4(v) => v.clone(),
+            Data::I8(v) => v.iter().map(|&x| x as u8).collect(),
+            Data::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::Bool(v) => v.iter().map(|&x| x as u8).collect(),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Every element widened to f32 (exact for every dtype but i32/i64
+    /// beyond 2^24).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match &self.data {
+            Data::F32(v) => v.clone(),
+            Data::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Data::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Data::F8E4M3(v) => v.iter().map(|&b| f8e4m3::to_f32(b)).collect(),
+            Data::Bool(v) => v.iter().map(|&b| b as u8 as f32).collect(),
+            _ => self.to_i64_vec().into_iter().map(|x| x as f32).collect(),
+        }
+    }
+
+    /// Every element widened to f64 (exact for floats and for integers up to 2^53).
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match &self.data {
+            Data::I8(_) | Data::I4(_) | Data::U4(_) | Data::I32(_) | Data::I64(_) => {
+                self.to_i64_vec().into_iter().map(|x| x as f64).collect()
+            }
+            _ => self.to_f32_vec().into_iter().map(f64::from).collect(),
+        }
+    }
+
+    /// Every element as i64 (floats truncate toward zero and saturate).
+    pub fn to_i64_vec(&self) -> Vec<i64> {
+        let n = self.numel();
+        match &self.data {
+            Data::I8(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::I32(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::I64(v) => v.clone(),
+            Data::I4(v) => unpack4(v, n, true),
+            Data::U4(v) => unpack4(v, n, false),
+            Data::Bool(v) => v.iter().map(|&x| x as i64).collect(),
+            _ => self
+                .to_f32_vec()
+                .into_iter()
+                .map(|x| float_to_int(x as f64, DType::I64))
+                .collect(),
+        }
+    }
+
+    /// Every element as bool (non-zero is true).
+    pub fn to_bool_vec(&self) -> Vec<bool> {
+        match &self.data {
+            Data::Bool(v) => v.clone(),
+            _ => self.to_f64_vec().into_iter().map(|x| x != 0.0).collect(),
+        }
+    }
+
+    /// The tensor converted to another dtype, with the rounding rules of
+    /// [`Tensor::from_f32`] (integer to integer conversions are exact when the
+    /// value fits and wrap otherwise, like a C cast).
+    pub fn cast(&self, to: DType) -> Tensor {
+        if to == self.dtype {
+            return self.clone();
+        }
+        if self.dtype.is_int() || self.dtype == DType::Bool {
+            if to.is_float() {
+                let v: Vec<f64> = self.to_i64_vec().into_iter().map(|x| x as f64).collect();
+                return Tensor::from_f64(to, &self.shape, &v);
+            }
+            return Tensor::from_i64(to, &self.shape, &self.to_i64_vec());
+        }
+        Tensor::from_f32(to, &self.shape, &self.to_f32_vec())
+    }
+
+    /// Same data, new shape (same element count).
+    pub fn reshape(&self, shape: &[usize]) -> Tensor {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            self.numel(),
+            "reshape element count"
+        );
+        Tensor {
+            dtype: self.dtype,
+            shape: shape.to_vec(),
+            data: self.data.clone(),
+        }
+    }
+
+    /// Picks elements by flat index (used by every data-movement op).
+    pub fn take_flat(&self, shape: &[usize], index: &[usize]) -> Tensor {
+        macro_rules! pick {
+            ($v:expr) => {
+                index.iter().map(|&i| $v[i]).collect()
+            };
+        }
+        let data = match &self.data {
+            Data::F32(v) => Data::F32(pick!(v)),
+            Data::F16(v) => Data::F16(pick!(v)),
+            Data::BF16(v) => Data::BF16(pick!(v)),
+            Data::F8E4M3(v) => Data::F8E4M3(pick!(v)),
+            Data::I8(v) => Data::I8(pick!(v)),
+            Data::I32(v) => Data::I32(pick!(v)),
+            Data::I64(v) => Data::I64(pick!(v)),
+            Data::Bool(v) => Data::Bool(pick!(v)),
+            Data::I4(_) | Data::U4(_) => {
+                let all = self.to_i64_vec();
+                let picked: Vec<i64> = index.iter().map(|&i| all[i]).collect();
+                return Tensor::from_i64(self.dtype, shape, &picked);
+            }
+        };
+        Tensor {
+            dtype: self.dtype,
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    /// The elements of tensors of one dtype, one after another, as a 1-D
+    /// tensor (the source that data-movement ops pick from).
+    pub fn join_flat(parts: &[&Tensor]) -> Tensor {
+        let dtype = parts.first().map_or(DType::F32, |t| t.dtype);
+        let n: usize = parts.iter().map(|t| t.numel()).sum();
+        if dtype.bits() < 8 {
+            let v: Vec<i64> = parts.iter().flat_map(|t| t.to_i64_vec()).collect();
+            return Tensor::from_i64(dtype, &[n], &v);
+        }
+        let bytes: Vec<u8> = parts.iter().flat_map(|t| t.to_le_bytes()).collect();
+        Tensor::from_le_bytes(dtype, &[n], &bytes).expect("parts share one dtype")
+    }
+
+    /// Largest absolute difference to another tensor of the same shape, in f64.
+    pub fn max_abs_diff(&self, other: &Tensor) -> f64 {
+        self.to_f64_vec()
+            .iter()
+            .zip(other.to_f64_vec())
+            .map(|(a, b)| if a == &b { 0.0 } else { (a - b).abs() })
+            .fold(0.0, f64::max)
+    }
+}
+
+impl PartialEq for Tensor {
+    /// Bitwise equality (so a NaN constant equals itself).
+    fn eq(&self, o: &Tensor) -> bool {
+        self.dtype == o.dtype && self.shape == o.shape && self.to_le_bytes() == o.to_le_bytes()
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{:?}", self.dtype, self.shape)?;
+        let n = self.numel();
+        if self.dtype.is_float() {
+            let v = self.to_f32_vec();
+            write!(f, " {:?}", &v[..n.min(16)])?;
+        } else {
+            let v = self.to_i64_vec();
+            write!(f, " {:?}", &v[..n.min(16)])?;
+        }
+        if n > 16 {
+            write!(f, " …")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_nibbles_round_trip() {
+        let t = Tensor::from_i64(DType::I4, &[3], &[-8, 7, -1]);
+        assert_eq!(t.to_le_bytes(), vec![0x78, 0x0f]);
+        assert_eq!(t.to_i64_vec(), vec![-8, 7, -1]);
+        let u = Tensor::from_le_bytes(DType::U4, &[3], &[0x78, 0x0f]).unwrap();
+        assert_eq!(u.to_i64_vec(), vec![8, 7, 15]);
+    }
+
+    #[test]
+    fn casts_round_and_saturate() {
+        let t = Tensor::from_f32(DType::F32, &[4], &[1.5, -2.7, 1e10, f32::NAN]);
+        assert_eq!(t.cast(DType::I32).to_i64_vec(), vec![1, -2, i32::MAX as i64, 0]);
+        assert_eq!(t.cast(DType::Bool).to_i64_vec(), vec![1, 1, 1, 1]);
+        let b = Tensor::from_f32(DType::F32, &[1], &[1.00390625]).cast(DType::BF16);
+        assert_eq!(b.to_f32_vec(), vec![1.0]);
+        assert!(Tensor::from_le_bytes(DType::F32, &[2], &[0; 7]).is_err());
+    }
+}

@@ -1,0 +1,385 @@
+//! The weight store: named tensors that graphs refer to by key.
+//!
+//! Tensors come from memory-mapped safetensors files (nothing is read until
+//! a tensor is materialised), from owned buffers, or from lazy views of other
+//! entries (a slice for a tensor-parallel shard, a concat for a fused GEMM, a
+//! cast). A view costs nothing until [`WeightStore::get`] builds it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, View as StView};
+
+use crate::dtype::DType;
+use crate::tensor::Tensor;
+
+/// Why a weight could not be loaded or built.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("{path}: tensor '{tensor}' has dtype {dtype}, which optc does not support")]
+    UnsupportedDType {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
+    #[error("no weight named '{0}' in the store")]
+    Unknown(String),
+    #[error("weight '{0}' is already in the store")]
+    Duplicate(String),
+    #[error("view '{name}': {message}")]
+    View { name: String, message: String },
+    #[error("cannot write '{tensor}' as safetensors: {message}")]
+    Write { tensor: String, message: String },
+}
+
+/// A lazy derivation of a weight from other weights.
+#[derive(Clone, Debug, PartialEq)]
+pub enum View {
+    /// Elements `start..end` of `source` along `axis`.
+    Slice {
+        source: String,
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
+    /// `sources` joined along `axis`.
+    Concat { sources: Vec<String>, axis: usize },
+    /// `source` converted to `dtype` (rounding as `Tensor::cast`).
+    Cast { source: String, dtype: DType },
+}
+
+struct MappedFile {
+    path: PathBuf,
+    map: Mmap,
+    data_start: usize,
+}
+
+enum Entry {
+    Mapped {
+        file: Arc<MappedFile>,
+        dtype: DType,
+        shape: Vec<usize>,
+        range: (usize, usize),
+    },
+    Owned(Arc<Tensor>),
+    View {
+        view: View,
+        dtype: DType,
+        shape: Vec<usize>,
+    },
+}
+
+/// Named tensors, materialised on demand.
+#[derive(Default)]
+pub struct WeightStore {
+    entries: BTreeMap<String, Entry>,
+}
+
+fn dtype_from_st(d: StDtype) -> Option<DType> {
+    Some(match d {
+        StDtype::F32 => DType::F32,
+        StDtype::F16 => DType::F16,
+        StDtype::BF16 => DType::BF16,
+        StDtype::F8_E4M3 => DType::F8E4M3,
+        StDtype::I8 => DType::I8,
+        StDtype::I32 => DType::I32,
+        StDtype::I64 => DType::I64,
+        StDtype::BOOL => DType::Bool,
+        _ => return None,
+    })
+}
+
+fn dtype_to_st(d: DType) -> Option<StDtype> {
+    Some(match d {
+        DType::F32 => StDtype::F32,
+        DType::F16 => StDtype::F16,
+        DType::BF16 => StDtype::BF16,
+        DType::F8E4M3 => StDtype::F8_E4M3,
+        DType::I8 => StDtype::I8,
+        DType::I32 => StDtype::I32,
+        DType::I64 => StDtype::I64,
+        DType::Bool => StDtype::BOOL,
+        DType::I4 | DType::U4 => return None,
+    })
+}
+
+impl WeightStore {
+    pub fn new() -> WeightStore {
+        WeightStore::default()
+    }
+
+    /// Maps a safetensors file and adds every tensor in it under its own
+    /// name. Returns the names added. Nothing is read beyond the header.
+    pub fn open_safetensors(&mut self, path: impl AsRef<Path>) -> Result<Vec<String>, WeightError> {
+        let path = path.as_ref().to_path_buf();
+        let io = |source| WeightError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::File::open(&path).map_err(io)?;
+        // SAFETY: the map is read-only; a file changed underneath by another
+        // process is outside what optc can guard against (as for every
+        // mmap-based loader).
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| WeightError::Format {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let mapped = Arc::new(MappedFile {
+            path: path.clone(),
+            map,
+            data_start: 8 + header_len,
+        });
+        let mut infos: Vec<(String, &safetensors::tensor::TensorInfo)> = meta.tensors().into_iter().collect();
+        infos.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut added = Vec::new();
+        for (name, info) in infos {
+            let dtype = dtype_from_st(info.dtype).ok_or_else(|| WeightError::UnsupportedDType {
+                path: path.clone(),
+                tensor: name.clone(),
+                dtype: format!("{:?}", info.dtype),
+            })?;
+            if self.entries.contains_key(&name) {
+                return Err(WeightError::Duplicate(name));
+            }
+            self.entries.insert(
+                name.clone(),
+                Entry::Mapped {
+                    file: mapped.clone(),
+                    dtype,
+                    shape: info.shape.clone(),
+                    range: info.data_offsets,
+                },
+            );
+            added.push(name);
+        }
+        Ok(added)
+    }
+
+    /// Adds an owned tensor.
+    pub fn insert(&mut self, name: impl Into<String>, t: Tensor) -> Result<(), WeightError> {
+        let name = name.into();
+        if self.entries.contains_key(&name) {
+            return Err(WeightError::Duplicate(name));
+        }
+        self.entries.insert(name, Entry::Owned(Arc::new(t)));
+        Ok(())
+    }
+
+    /// Adds a lazy view, checking its sources and shapes now so that
+    /// materialising it later cannot fail on shape grounds.
+    pub fn add_view(&mut self, name: impl Into<String>, view: View) -> Result<(), WeightError> {
+        let name = name.into();
+        if self.entries.contains_key(&name) {
+            return Err(WeightError::Duplicate(name));
+        }
+        let bad = |message: String| WeightError::View {
+            name: name.clone(),
+            message,
+        };
+        let (dtype, shape) = match &view {
+            View::Slice {
+                source,
+                axis,
+                start,
+                end,
+            } => {
+                let (dt, mut shape) = self.info(source)?;
+                if *axis >= shape.len() || start > end || *end > shape[*axis] {
+                    return Err(bad(format!(
+                        "slice {start}..{end} on axis {axis} does not fit {source} {shape:?}"
+                    )));
+                }
+                shape[*axis] = end - start;
+                (dt, shape)
+            }
+            View::Concat { sources, axis } => {
+                let first = sources.first().ok_or_else(|| bad("concat of nothing".into()))?;
+                let (dt, mut shape) = self.info(first)?;
+                if *axis >= shape.len() {
+                    return Err(bad(format!("axis {axis} is out of range for {first} {shape:?}")));
+                }
+                let mut total = 0;
+                for s in sources {
+                    let (d2, s2) = self.info(s)?;
+                    let fits = d2 == dt
+                        && s2.len() == shape.len()
+                        && s2
+                            .iter()
+                            .zip(&shape)
+                            .enumerate()
+                            .all(|(i, (a, b))| i == *axis || a == b);
+                    if !fits {
+                        return Err(bad(format!(
+                            "{s} {d2}{s2:?} does not join {first} {dt}{shape:?} on axis {axis}"
+                        )));
+                    }
+                    total += s2[*axis];
+                }
+                shape[*axis] = total;
+                (dt, shape)
+            }
+            View::Cast { source, dtype } => (*dtype, self.info(source)?.1),
+        };
+        self.entries.insert(name, Entry::View { view, dtype, shape });
+        Ok(())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Every name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Dtype and shape without materialising anything.
+    pub fn info(&self, name: &str) -> Result<(DType, Vec<usize>), WeightError> {
+        match self.entries.get(name) {
+            None => Err(WeightError::Unknown(name.into())),
+            Some(Entry::Mapped { dtype, shape, .. }) | Some(Entry::View { dtype, shape, .. }) => {
+                Ok((*dtype, shape.clone()))
+            }
+            Some(Entry::Owned(t)) => Ok((t.dtype(), t.shape().to_vec())),
+        }
+    }
+
+    /// Builds the tensor (reads the mapped bytes, applies views).
+    pub fn get(&self, name: &str) -> Result<Tensor, WeightError> {
+        match self.entries.get(name) {
+            None => Err(WeightError::Unknown(name.into())),
+            Some(Entry::Owned(t)) => Ok((**t).clone()),
+            Some(Entry::Mapped {
+                file,
+                dtype,
+                shape,
+                range,
+            }) => {
+                let bytes = file
+                    .map
+                    .get(file.data_start + range.0..file.data_start + range.1)
+                    .ok_or_else(|| WeightError::Format {
+                        path: file.path.clone(),
+                        message: format!("data of '{name}' lies outside the file"),
+                    })?;
+                Tensor::from_le_bytes(*dtype, shape, bytes).map_err(|e| WeightError::Format {
+                    path: file.path.clone(),
+                    message: format!("tensor '{name}': {e}"),
+                })
+            }
+            Some(Entry::View { view, .. }) => self.build_view(view),
+        }
+    }
+
+    /// The tensor converted to f32 (bf16/f16/f8 weights widen exactly).
+    pub fn get_f32(&self, name: &str) -> Result<Tensor, WeightError> {
+        Ok(self.get(name)?.cast(DType::F32))
+    }
+
+    fn build_view(&self, view: &View) -> Result<Tensor, WeightError> {
+        use crate::ops::{Concat, EvalCx, OpImpl, Slice};
+        let bindings = Default::default();
+        let cx = EvalCx { bindings: &bindings };
+        let run = |r: Result<Vec<Tensor>, String>| {
+            r.map(|mut v| v.remove(0)).map_err(|message| WeightError::View {
+                name: format!("{view:?}"),
+                message,
+            })
+        };
+        match view {
+            View::Slice {
+                source,
+                axis,
+                start,
+                end,
+            } => {
+                let t = self.get(source)?;
+                let s = Slice {
+                    axis: *axis as i64,
+                    start: *start as i64,
+                    end: Some(*end as i64),
+                    step: 1,
+                };
+                run(s.eval(&[&t], &cx))
+            }
+            View::Concat { sources, axis } => {
+                let parts: Vec<Tensor> = sources.iter().map(|s| self.get(s)).collect::<Result<_, _>>()?;
+                let refs: Vec<&Tensor> = parts.iter().collect();
+                run(Concat { axis: *axis as i64 }.eval(&refs, &cx))
+            }
+            View::Cast { source, dtype } => Ok(self.get(source)?.cast(*dtype)),
+        }
+    }
+}
+
+struct StTensor<'a> {
+    dtype: StDtype,
+    shape: Vec<usize>,
+    bytes: std::borrow::Cow<'a, [u8]>,
+}
+
+impl StView for StTensor<'_> {
+    fn dtype(&self) -> StDtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Serialises named tensors into safetensors bytes.
+pub fn to_safetensors(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, WeightError> {
+    let mut views = Vec::new();
+    for (name, t) in tensors {
+        let dtype = dtype_to_st(t.dtype()).ok_or_else(|| WeightError::Write {
+            tensor: name.clone(),
+            message: format!("{} has no safetensors dtype", t.dtype()),
+        })?;
+        views.push((
+            name.clone(),
+            StTensor {
+                dtype,
+                shape: t.shape().to_vec(),
+                bytes: t.to_le_bytes().into(),
+            },
+        ));
+    }
+    safetensors::tensor::serialize(views, None).map_err(|e| WeightError::Write {
+        tensor: "(file)".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Writes named tensors to a safetensors file.
+pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result<(), WeightError> {
+    let bytes = to_safetensors(tensors)?;
+    std::fs::write(path.as_ref(), bytes).map_err(|source| WeightError::Io {
+        path: path.as_ref().to_path_buf(),
+        source,
+    })
+}
