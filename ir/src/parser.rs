@@ -429,9 +429,11 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
 
     let mut pending: Vec<(NodeId, Vec<(Ref, (usize, usize))>)> = Vec::new();
     let mut returns = None;
+    let mut close_at = p.here();
     loop {
         match p.peek().clone() {
             Tok::Punct("}") => {
+                close_at = p.here();
                 p.bump();
                 break;
             }
@@ -528,7 +530,7 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
         }
     }
     let (refs, rat) =
-        returns.ok_or_else(|| p.err_at(p.here(), "expected 'return' before the closing '}'"))?;
+        returns.ok_or_else(|| p.err_at(close_at, "expected 'return' before the closing '}'"))?;
     if refs.len() != results.len() {
         return Err(p.err_at(
             rat,
