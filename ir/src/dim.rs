@@ -41,11 +41,38 @@ impl Dim {
         let mut map: BTreeMap<Monomial, i64> = BTreeMap::new();
         for (mut m, c) in terms {
             m.sort();
-            *map.entry(m).or_insert(0) += c;
+            // Wrapping: dims this large are nonsense, but must not panic
+            // (evaluation uses checked arithmetic and reports overflow).
+            let e = map.entry(m).or_insert(0);
+            *e = e.wrapping_add(c);
         }
         Dim {
             terms: map.into_iter().filter(|(_, c)| *c != 0).collect(),
         }
+    }
+
+    /// Most terms a dim may have. Products of sums grow combinatorially, so
+    /// text and shapes that would exceed this are rejected instead of
+    /// expanded (the parser and reshape use [`Dim::checked_mul`]).
+    pub const MAX_TERMS: usize = 64;
+
+    /// Product, or `None` when the expanded result would have more than
+    /// [`Dim::MAX_TERMS`] terms or a term of degree above 16.
+    pub fn checked_mul(&self, o: &Dim) -> Option<Dim> {
+        if self.terms.len().saturating_mul(o.terms.len()) > Dim::MAX_TERMS * Dim::MAX_TERMS {
+            return None;
+        }
+        let degree = |d: &Dim| d.terms.iter().map(|(m, _)| m.len()).max().unwrap_or(0);
+        if degree(self) + degree(o) > 16 {
+            return None;
+        }
+        let p = self * o;
+        (p.terms.len() <= Dim::MAX_TERMS).then_some(p)
+    }
+
+    /// How many terms the canonical polynomial has.
+    pub fn term_count(&self) -> usize {
+        self.terms.len()
     }
 
     /// The value if the dim does not depend on any symbol.
@@ -158,7 +185,12 @@ impl Add for &Dim {
 impl Neg for &Dim {
     type Output = Dim;
     fn neg(self) -> Dim {
-        Dim::from_terms(self.terms.iter().map(|(m, c)| (m.clone(), -c)).collect())
+        Dim::from_terms(
+            self.terms
+                .iter()
+                .map(|(m, c)| (m.clone(), c.wrapping_neg()))
+                .collect(),
+        )
     }
 }
 
@@ -177,7 +209,7 @@ impl Mul for &Dim {
             for (mb, cb) in &o.terms {
                 let mut m = ma.clone();
                 m.extend(mb.iter().cloned());
-                terms.push((m, ca * cb));
+                terms.push((m, ca.wrapping_mul(*cb)));
             }
         }
         Dim::from_terms(terms)
@@ -248,9 +280,12 @@ impl Shape {
         &self.0
     }
 
-    /// The product of all dims (1 for a scalar).
-    pub fn numel(&self) -> Dim {
-        self.0.iter().fold(Dim::constant(1), |acc, d| &acc * d)
+    /// The product of all dims (1 for a scalar); `None` when the expanded
+    /// polynomial would be too large (see [`Dim::checked_mul`]).
+    pub fn numel(&self) -> Option<Dim> {
+        self.0
+            .iter()
+            .try_fold(Dim::constant(1), |acc, d| acc.checked_mul(d))
     }
 
     /// Constant extents, if no dim depends on a symbol.

@@ -128,12 +128,17 @@ pub mod f8e4m3 {
 
     /// Encodes one value (round to nearest even, saturating).
     pub fn from_f32(x: f32) -> u8 {
+        from_f64(x as f64)
+    }
+
+    /// Encodes one value with a single rounding from f64.
+    pub fn from_f64(x: f64) -> u8 {
         if x.is_nan() {
             return 0x7f;
         }
         let sign: u8 = if x.is_sign_negative() { 0x80 } else { 0 };
         let a = x.abs();
-        if a >= MAX {
+        if a >= MAX as f64 {
             return sign | 0x7e;
         }
         // Codes 0..=0x7e are the non-negative finite values in increasing order,
@@ -141,13 +146,13 @@ pub mod f8e4m3 {
         let (mut lo, mut hi) = (0u8, 0x7eu8);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            if to_f32(mid) <= a {
+            if to_f32(mid) as f64 <= a {
                 lo = mid;
             } else {
                 hi = mid;
             }
         }
-        let (vlo, vhi) = (to_f32(lo), to_f32(hi));
+        let (vlo, vhi) = (to_f32(lo) as f64, to_f32(hi) as f64);
         let code = if a - vlo < vhi - a {
             lo
         } else if a - vlo > vhi - a {

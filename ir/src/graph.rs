@@ -298,29 +298,44 @@ impl Graph {
         );
     }
 
-    /// A deterministic topological order: among ready nodes, the one added
-    /// first comes first, so a graph built in order prints in that order.
-    /// On a cycle, returns a node on it.
+    /// A deterministic topological order: inputs and weights first, in
+    /// declaration order, then ops, where among ready ops the one added
+    /// first comes first. So a graph built in order prints in that order,
+    /// and the order does not depend on where weights were declared. On a
+    /// cycle, returns a node on it.
     pub fn topo_order(&self) -> Result<Vec<NodeId>, NodeId> {
         let mut indeg: HashMap<NodeId, usize> = self.g.node_indices().map(|n| (n, 0)).collect();
         for e in (&self.g).edge_references() {
             *indeg.get_mut(&e.target()).expect("edge target exists") += 1;
         }
-        let mut ready: BinaryHeap<Reverse<NodeId>> = indeg
-            .iter()
-            .filter(|(_, &d)| d == 0)
-            .map(|(&n, _)| Reverse(n))
-            .collect();
         let mut order = Vec::with_capacity(self.g.node_count());
+        let mut ready: BinaryHeap<Reverse<NodeId>> = BinaryHeap::new();
+        let release =
+            |n: NodeId, indeg: &mut HashMap<NodeId, usize>, ready: &mut BinaryHeap<Reverse<NodeId>>| {
+                for e in self.g.edges_directed(n, Direction::Outgoing) {
+                    let d = indeg.get_mut(&e.target()).expect("edge target exists");
+                    *d -= 1;
+                    if *d == 0 {
+                        ready.push(Reverse(e.target()));
+                    }
+                }
+            };
+        let sources: Vec<NodeId> = self.inputs.iter().chain(&self.weights).copied().collect();
+        let initially_ready: Vec<NodeId> = indeg
+            .iter()
+            .filter(|(n, &d)| d == 0 && !sources.contains(n))
+            .map(|(&n, _)| n)
+            .collect();
+        ready.extend(initially_ready.into_iter().map(Reverse));
+        for &n in &sources {
+            if indeg[&n] == 0 {
+                order.push(n);
+                release(n, &mut indeg, &mut ready);
+            }
+        }
         while let Some(Reverse(n)) = ready.pop() {
             order.push(n);
-            for e in self.g.edges_directed(n, Direction::Outgoing) {
-                let d = indeg.get_mut(&e.target()).expect("edge target exists");
-                *d -= 1;
-                if *d == 0 {
-                    ready.push(Reverse(e.target()));
-                }
-            }
+            release(n, &mut indeg, &mut ready);
         }
         if order.len() < self.g.node_count() {
             let stuck = self

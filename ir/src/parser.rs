@@ -174,6 +174,7 @@ impl Parser {
     fn dim(&mut self) -> Result<Dim, ParseError> {
         let mut d = self.term()?;
         loop {
+            let at = self.here();
             if self.eat("+") {
                 d = &d + &self.term()?;
             } else if self.eat("-") {
@@ -181,15 +182,29 @@ impl Parser {
             } else {
                 return Ok(d);
             }
+            if d.term_count() > Dim::MAX_TERMS {
+                return Err(self.err_at(
+                    at,
+                    format!("dimension expression has more than {} terms", Dim::MAX_TERMS),
+                ));
+            }
         }
     }
 
     fn term(&mut self) -> Result<Dim, ParseError> {
         let mut d = self.factor()?;
-        while self.eat("*") {
-            d = &d * &self.factor()?;
+        loop {
+            let at = self.here();
+            if !self.eat("*") {
+                return Ok(d);
+            }
+            d = d.checked_mul(&self.factor()?).ok_or_else(|| {
+                self.err_at(
+                    at,
+                    format!("dimension expression has more than {} terms", Dim::MAX_TERMS),
+                )
+            })?;
         }
-        Ok(d)
     }
 
     fn factor(&mut self) -> Result<Dim, ParseError> {
@@ -429,13 +444,12 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
 
     let mut pending: Vec<(NodeId, Vec<(Ref, (usize, usize))>)> = Vec::new();
     let mut returns = None;
-    let mut close_at = p.here();
-    loop {
+    let close_at = loop {
         match p.peek().clone() {
             Tok::Punct("}") => {
-                close_at = p.here();
+                let at = p.here();
                 p.bump();
-                break;
+                break at;
             }
             Tok::Ident(s) if s == "weight" => {
                 p.bump();
@@ -507,7 +521,7 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
                 pending.push((id, stmt.args));
             }
         }
-    }
+    };
     if !matches!(p.peek(), Tok::Eof) {
         return Err(p.expected("end of input after the graph"));
     }

@@ -63,6 +63,22 @@ fn pack4(values: impl Iterator<Item = i64>, n: usize) -> Vec<u8> {
     out
 }
 
+/// f64 to f32 rounding to odd (truncate, then set the last bit if anything
+/// was lost). Rounding that result to nearest-even in a format with at least
+/// two fewer mantissa bits (f16, bf16) equals rounding the f64 once, which
+/// `half`'s own f64 conversions do not guarantee.
+fn round_to_odd_f32(x: f64) -> f32 {
+    let mut y = x as f32;
+    if y.is_nan() || (y as f64) == x {
+        return y;
+    }
+    if (y as f64).abs() > x.abs() {
+        // Rounded away from zero: step one ulp back toward zero.
+        y = f32::from_bits(y.to_bits() - 1);
+    }
+    f32::from_bits(y.to_bits() | 1)
+}
+
 /// Float to integer conversion used by casts: truncation toward zero,
 /// saturating at the type's bounds, NaN to 0.
 fn float_to_int(x: f64, dtype: DType) -> i64 {
@@ -107,17 +123,35 @@ impl Tensor {
         }
     }
 
-    /// Builds a tensor from f64 values (rounded once, straight to `dtype`).
+    /// Builds a tensor from f64 values, rounded once, straight to `dtype`
+    /// (no intermediate f32 step for f16/bf16/f8).
     pub fn from_f64(dtype: DType, shape: &[usize], values: &[f64]) -> Tensor {
-        if dtype.is_float() {
-            let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
-            Tensor::from_f32(dtype, shape, &v)
-        } else if dtype == DType::Bool {
-            let v: Vec<i64> = values.iter().map(|&x| (x != 0.0) as i64).collect();
-            Tensor::from_i64(dtype, shape, &v)
-        } else {
-            let v: Vec<i64> = values.iter().map(|&x| float_to_int(x, dtype)).collect();
-            Tensor::from_i64(dtype, shape, &v)
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape/data length");
+        let data = match dtype {
+            DType::F32 => Data::F32(values.iter().map(|&v| v as f32).collect()),
+            DType::F16 => Data::F16(
+                values
+                    .iter()
+                    .map(|&v| f16::from_f32(round_to_odd_f32(v)))
+                    .collect(),
+            ),
+            DType::BF16 => Data::BF16(
+                values
+                    .iter()
+                    .map(|&v| bf16::from_f32(round_to_odd_f32(v)))
+                    .collect(),
+            ),
+            DType::F8E4M3 => Data::F8E4M3(values.iter().map(|&v| f8e4m3::from_f64(v)).collect()),
+            DType::Bool => Data::Bool(values.iter().map(|&v| v != 0.0).collect()),
+            _ => {
+                let v: Vec<i64> = values.iter().map(|&x| float_to_int(x, dtype)).collect();
+                return Tensor::from_i64(dtype, shape, &v);
+            }
+        };
+        Tensor {
+            dtype,
+            shape: shape.to_vec(),
+            data,
         }
     }
 
@@ -133,9 +167,12 @@ impl Tensor {
             DType::I4 => Data::I4(pack4(values.iter().copied(), n)),
             DType::U4 => Data::U4(pack4(values.iter().copied(), n)),
             DType::Bool => Data::Bool(values.iter().map(|&v| v != 0).collect()),
+            // `as f32` rounds an i64 once; the narrower floats go through f64,
+            // which is exact below 2^53 (beyond it, two roundings).
+            DType::F32 => Data::F32(values.iter().map(|&v| v as f32).collect()),
             _ => {
-                let f: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-                return Tensor::from_f32(dtype, shape, &f);
+                let f: Vec<f64> = values.iter().map(|&v| v as f64).collect();
+                return Tensor::from_f64(dtype, shape, &f);
             }
         };
         Tensor {
@@ -296,10 +333,6 @@ impl Tensor {
             return self.clone();
         }
         if self.dtype.is_int() || self.dtype == DType::Bool {
-            if to.is_float() {
-                let v: Vec<f64> = self.to_i64_vec().into_iter().map(|x| x as f64).collect();
-                return Tensor::from_f64(to, &self.shape, &v);
-            }
             return Tensor::from_i64(to, &self.shape, &self.to_i64_vec());
         }
         Tensor::from_f32(to, &self.shape, &self.to_f32_vec())
@@ -407,6 +440,19 @@ mod tests {
         assert_eq!(t.to_i64_vec(), vec![-8, 7, -1]);
         let u = Tensor::from_le_bytes(DType::U4, &[3], &[0x78, 0x0f]).unwrap();
         assert_eq!(u.to_i64_vec(), vec![8, 7, 15]);
+    }
+
+    #[test]
+    fn f64_rounds_once_to_half_types() {
+        // exp(0.0226898193359375) lies just below an f16 rounding midpoint;
+        // rounding through f32 first would land on the midpoint and go up.
+        let x = 1.0229491912726614f64;
+        let t = Tensor::from_f64(DType::F16, &[1], &[x]);
+        assert_eq!(t.to_f32_vec(), vec![1.0224609375]);
+        // Just above a bf16 midpoint by less than f32 precision: must go up.
+        let mid = 1.0 + 2f64.powi(-8);
+        let t = Tensor::from_f64(DType::BF16, &[2], &[mid + 2f64.powi(-40), mid]);
+        assert_eq!(t.to_f32_vec(), vec![1.0 + 2f32.powi(-7), 1.0]);
     }
 
     #[test]

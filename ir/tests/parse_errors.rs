@@ -85,6 +85,17 @@ fn types_parse_alone() {
 }
 
 #[test]
+fn dims_that_expand_combinatorially_are_rejected() {
+    let sum = "(A+B+C+D+E+F+G+H)";
+    let text = format!("graph g(%x: f32[{}]) -> () {{}}", [sum; 12].join("*"));
+    assert!(
+        err(&text).contains("dimension expression has more than 64 terms"),
+        "{}",
+        err(&text)
+    );
+}
+
+#[test]
 fn deep_nesting_is_an_error_not_a_stack_overflow() {
     let text = format!(
         "graph g(%x: f32[{}S{}]) -> () {{}}",

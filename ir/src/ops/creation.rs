@@ -62,12 +62,13 @@ impl Arange {
     }
 
     fn len_of(start: i64, end: i64, step: i64) -> i64 {
-        let span = end - start;
-        if (step > 0 && span <= 0) || (step < 0 && span >= 0) {
+        let (span, step) = (end as i128 - start as i128, step as i128);
+        let n = if (step > 0 && span <= 0) || (step < 0 && span >= 0) {
             0
         } else {
             (span + step - step.signum()) / step
-        }
+        };
+        n.min(i64::MAX as i128) as i64
     }
 }
 
@@ -110,6 +111,7 @@ impl OpImpl for Arange {
         let s = self.start.eval(cx.bindings)?;
         let e = self.end.eval(cx.bindings)?;
         let n = Arange::len_of(s, e, self.step).max(0) as usize;
+        super::check_size(&[n])?;
         let v: Vec<i64> = (0..n as i64).map(|i| s + i * self.step).collect();
         Ok(vec![Tensor::from_i64(self.dtype, &[n], &v)])
     }
@@ -176,7 +178,10 @@ impl Constant {
             .iter()
             .map(|&d| usize::try_from(d).map_err(|_| format!("constant: negative dim {d}")))
             .collect::<Result<_, _>>()?;
-        let n: usize = shape.iter().product();
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| format!("constant: shape {shape:?} is too large"))?;
         if floats.len() != n {
             return Err(format!(
                 "constant: shape {shape:?} needs {n} values but {} were given",

@@ -56,14 +56,15 @@ impl Slice {
                 }
             }
         };
-        let count = if step > 0 {
-            if end > start {
-                (end - start + step - 1) / step
+        let (s, e, st) = (start as i128, end as i128, step as i128);
+        let count = if st > 0 {
+            if e > s {
+                (e - s + st - 1) / st
             } else {
                 0
             }
-        } else if start > end {
-            (start - end + (-step) - 1) / (-step)
+        } else if s > e {
+            (s - e - st - 1) / -st
         } else {
             0
         };
@@ -84,10 +85,10 @@ impl Slice {
         let c = Dim::constant;
         Ok(match (s >= 0, e) {
             (true, None) => d - &c(s),
-            (false, None) => c(-s),
-            (true, Some(e)) if e >= 0 => c((e - s).max(0)),
+            (false, None) => c(s.saturating_neg()),
+            (true, Some(e)) if e >= 0 => c(e.saturating_sub(s).max(0)),
             (true, Some(e)) => &(d + &c(e)) - &c(s),
-            (false, Some(e)) if e < 0 => c((e - s).max(0)),
+            (false, Some(e)) if e < 0 => c(e.saturating_sub(s).max(0)),
             (false, Some(_)) => {
                 return Err(format!(
                     "slice: start {s} with end {e:?} on symbolic dim {d} has no static extent"
@@ -361,7 +362,8 @@ impl OpImpl for Gather {
     }
 }
 
-/// `torch.index_select`: picks entries along `axis` with a 1-D index list.
+/// `torch.index_select`: picks entries along `axis` with a 1-D index list
+/// (indices must lie in `0..extent`; negative ones are errors, as in torch).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexSelect {
     pub axis: i64,
@@ -394,6 +396,6 @@ impl OpImpl for IndexSelect {
 
     fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
         let axis = normalize_axis(self.axis, inputs[0].rank())?;
-        Ok(vec![take(inputs[0], inputs[1], axis, true, "index_select")?])
+        Ok(vec![take(inputs[0], inputs[1], axis, false, "index_select")?])
     }
 }

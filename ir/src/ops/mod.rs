@@ -35,9 +35,12 @@ pub struct EvalCx<'a> {
 }
 
 impl EvalCx<'_> {
-    /// Concrete extents of symbolic dims.
+    /// Concrete extents of symbolic dims, refusing tensors too large for the
+    /// reference interpreter (an error instead of an allocation abort).
     pub fn shape(&self, dims: &[Dim]) -> Result<Vec<usize>, String> {
-        dims.iter().map(|d| self.dim(d)).collect()
+        let shape: Vec<usize> = dims.iter().map(|d| self.dim(d)).collect::<Result<_, _>>()?;
+        check_size(&shape)?;
+        Ok(shape)
     }
 
     /// One concrete extent.
@@ -282,6 +285,18 @@ impl Op {
         r.finish()?;
         Ok(op)
     }
+}
+
+/// Most elements one tensor may have in the reference interpreter.
+pub const MAX_ELEMENTS: usize = 1 << 31;
+
+/// Fails for shapes beyond [`MAX_ELEMENTS`] (or whose size overflows).
+pub fn check_size(shape: &[usize]) -> Result<usize, String> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| format!("a tensor of shape {shape:?} is too large for the reference interpreter"))
 }
 
 /// Checks the operand count.

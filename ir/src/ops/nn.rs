@@ -11,7 +11,9 @@ use crate::ops::attrs::Attr;
 use crate::tensor::Tensor;
 
 /// `softmax` / `log_softmax` along `axis`, computed stably in f64 (the max
-/// is subtracted first, so large inputs do not overflow).
+/// is subtracted first, so large inputs do not overflow). A slice that is
+/// all `-inf` gives NaN, as in torch (attention handles fully masked rows
+/// itself).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Softmax {
     pub axis: i64,
@@ -197,8 +199,10 @@ impl OpImpl for RmsNorm {
 /// is the last extent of `cos`/`sin` (R < head size leaves the rest as is:
 /// partial rotary). `rotate` is `rotate_half` (`[-x₂, x₁]`, the Llama/NeoX
 /// layout) or, when `interleaved`, pairwise (`(x₀, x₁) → (-x₁, x₀)`, the
-/// GPT-J layout). `cos`/`sin` carry one value per rotated channel (the
-/// duplicated tables Hugging Face builds) and broadcast against `x`.
+/// GPT-J layout). `cos`/`sin` carry one value per rotated channel, read as
+/// `cos[k]` for channel `k` (for rotate_half, the `cat(freqs, freqs)` tables
+/// Hugging Face builds; for interleaved, the `repeat_interleave`d ones) and
+/// broadcast against `x`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rope {
     pub interleaved: bool,

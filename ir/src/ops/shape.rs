@@ -32,11 +32,17 @@ impl OpImpl for Reshape {
         if let Some(d) = self.shape.iter().find(|d| d.as_const().is_some_and(|c| c < 0)) {
             return Err(format!("reshape: target dim {d} is negative"));
         }
-        if x.shape.numel() != target.numel() {
+        let (a, b) = match (x.shape.numel(), target.numel()) {
+            (Some(a), Some(b)) => (a, b),
+            _ => {
+                return Err(format!(
+                    "reshape: {x} -> {target}: element counts are too complex to compare"
+                ))
+            }
+        };
+        if a != b {
             return Err(format!(
-                "reshape: cannot reshape {x} ({} elements) to {target} ({} elements)",
-                x.shape.numel(),
-                target.numel()
+                "reshape: cannot reshape {x} ({a} elements) to {target} ({b} elements)"
             ));
         }
         Ok(vec![TensorType::new(x.dtype, target)])

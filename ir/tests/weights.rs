@@ -1,0 +1,188 @@
+//! The weight store: safetensors files are mapped and read back exactly,
+//! views materialise only on demand and check their shapes up front, and bad
+//! files or names give errors that name them.
+
+use optc_ir::weights::{to_safetensors, write_safetensors};
+use optc_ir::{DType, Tensor, View, WeightError, WeightStore};
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("optc-weights-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn sample() -> Vec<(String, Tensor)> {
+    vec![
+        (
+            "a".into(),
+            Tensor::from_f32(DType::F32, &[2, 3], &[1., 2., 3., 4., 5., 6.]),
+        ),
+        (
+            "b".into(),
+            Tensor::from_f32(DType::BF16, &[2, 2], &[0.5, -1.5, 3.0, 1e-3]),
+        ),
+        (
+            "ids".into(),
+            Tensor::from_i64(DType::I64, &[3], &[-1, 0, 1 << 40]),
+        ),
+        ("h".into(), Tensor::from_f32(DType::F16, &[1], &[65504.0])),
+    ]
+}
+
+#[test]
+fn safetensors_round_trip_through_a_mapped_file() {
+    let path = tmp("round.safetensors");
+    write_safetensors(&path, &sample()).unwrap();
+    let mut store = WeightStore::new();
+    let names = store.open_safetensors(&path).unwrap();
+    assert_eq!(names, vec!["a", "b", "h", "ids"]);
+    for (name, t) in sample() {
+        assert_eq!(store.get(&name).unwrap(), t, "{name}");
+        assert_eq!(store.info(&name).unwrap(), (t.dtype(), t.shape().to_vec()));
+    }
+    // bf16 widens to f32 exactly.
+    let b = store.get_f32("b").unwrap();
+    assert_eq!(b.dtype(), DType::F32);
+    assert_eq!(
+        b.to_f32_vec(),
+        vec![0.5, -1.5, 3.0, half::bf16::from_f32(1e-3).to_f32()]
+    );
+}
+
+#[test]
+fn views_slice_concat_and_cast_lazily() {
+    let mut store = WeightStore::new();
+    for (n, t) in sample() {
+        store.insert(n, t).unwrap();
+    }
+    store
+        .add_view(
+            "a_rows1",
+            View::Slice {
+                source: "a".into(),
+                axis: 0,
+                start: 1,
+                end: 2,
+            },
+        )
+        .unwrap();
+    store
+        .add_view(
+            "a_cols",
+            View::Slice {
+                source: "a".into(),
+                axis: 1,
+                start: 1,
+                end: 3,
+            },
+        )
+        .unwrap();
+    store
+        .add_view(
+            "aa",
+            View::Concat {
+                sources: vec!["a".into(), "a_rows1".into()],
+                axis: 0,
+            },
+        )
+        .unwrap();
+    store
+        .add_view(
+            "a16",
+            View::Cast {
+                source: "aa".into(),
+                dtype: DType::BF16,
+            },
+        )
+        .unwrap();
+    assert_eq!(store.info("aa").unwrap(), (DType::F32, vec![3, 3]));
+    assert_eq!(store.get("a_cols").unwrap().to_f32_vec(), vec![2., 3., 5., 6.]);
+    assert_eq!(
+        store.get("aa").unwrap().to_f32_vec(),
+        vec![1., 2., 3., 4., 5., 6., 4., 5., 6.]
+    );
+    let c = store.get("a16").unwrap();
+    assert_eq!((c.dtype(), c.shape()), (DType::BF16, &[3usize, 3][..]));
+}
+
+#[test]
+fn bad_views_are_rejected_when_added() {
+    let mut store = WeightStore::new();
+    for (n, t) in sample() {
+        store.insert(n, t).unwrap();
+    }
+    let e = store
+        .add_view(
+            "x",
+            View::Slice {
+                source: "a".into(),
+                axis: 1,
+                start: 2,
+                end: 4,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "view 'x': slice 2..4 on axis 1 does not fit a [2, 3]"
+    );
+    let e = store
+        .add_view(
+            "y",
+            View::Concat {
+                sources: vec!["a".into(), "b".into()],
+                axis: 0,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "view 'y': b bf16[2, 2] does not join a f32[2, 3] on axis 0"
+    );
+    let e = store
+        .add_view(
+            "z",
+            View::Cast {
+                source: "nope".into(),
+                dtype: DType::F32,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.to_string(), "no weight named 'nope' in the store");
+    assert!(matches!(
+        store.insert("a", Tensor::scalar_f32(0.0)),
+        Err(WeightError::Duplicate(_))
+    ));
+}
+
+#[test]
+fn malformed_files_name_the_file() {
+    let path = tmp("garbage.safetensors");
+    std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
+    let e = WeightStore::new().open_safetensors(&path).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: not a valid safetensors file", path.display())),
+        "{e}"
+    );
+    let missing = tmp("missing.safetensors");
+    let e = WeightStore::new().open_safetensors(&missing).unwrap_err();
+    assert!(e.to_string().starts_with(&missing.display().to_string()), "{e}");
+    // Truncated data: header says more bytes than the file has.
+    let mut bytes = to_safetensors(&sample()).unwrap();
+    bytes.truncate(bytes.len() - 4);
+    let path = tmp("short.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    let e = WeightStore::new().open_safetensors(&path).unwrap_err();
+    assert!(e.to_string().contains("not a valid safetensors file"), "{e}");
+}
+
+#[test]
+fn packed_types_cannot_be_written_as_safetensors() {
+    let t = Tensor::from_i64(DType::I4, &[2], &[1, -1]);
+    let e = to_safetensors(&[("q".into(), t)]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cannot write 'q' as safetensors: i4 has no safetensors dtype"
+    );
+}

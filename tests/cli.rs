@@ -1,0 +1,141 @@
+//! The `optc` binary: `inspect` and `eval` on the tiny decoder, and user
+//! errors that exit non-zero with a message naming the problem (no panic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use optc::fixtures::{random_ids, tiny_decoder, SplitMix64, TinyDecoderConfig};
+use optc::ir::weights::write_safetensors;
+use optc::ir::{print, Tensor, WeightStore};
+
+fn optc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_optc"))
+        .args(args)
+        .output()
+        .expect("optc runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails with `message` in stderr, exit code 1, and no panic.
+fn assert_user_error(o: &Output, message: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains(message), "expected {message:?} in:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Writes the tiny decoder bundle into a fresh directory.
+fn bundle(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("optc-cli-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (g, store) = tiny_decoder(&TinyDecoderConfig::default()).unwrap();
+    std::fs::write(dir.join("m.ir"), print(&g)).unwrap();
+    let w: Vec<(String, Tensor)> = store
+        .names()
+        .map(|n| (n.to_string(), store.get(n).unwrap()))
+        .collect();
+    write_safetensors(dir.join("w.safetensors"), &w).unwrap();
+    let ids = random_ids(&[1, 4], 64, &mut SplitMix64(9));
+    write_safetensors(dir.join("ids.safetensors"), &[("ids".into(), ids)]).unwrap();
+    dir
+}
+
+fn p(dir: &Path, f: &str) -> String {
+    dir.join(f).display().to_string()
+}
+
+#[test]
+fn inspect_summarises_the_graph() {
+    let dir = bundle("inspect");
+    let o = optc(&["inspect", &p(&dir, "m.ir")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("input    %ids: i64[B, S]"), "{out}");
+    assert!(out.contains("output   %logits: f32[B, S, 64]"), "{out}");
+    assert!(out.contains("symbols  B, S"), "{out}");
+    assert!(
+        out.contains("weights  21 tensors, 22688 parameters (f32 22688)"),
+        "{out}"
+    );
+    assert!(out.contains("linear                         15"), "{out}");
+    let o = optc(&["inspect", "--ir", &p(&dir, "m.ir")]);
+    assert_eq!(stdout(&o), std::fs::read_to_string(dir.join("m.ir")).unwrap());
+}
+
+#[test]
+fn eval_writes_the_interpreters_outputs() {
+    let dir = bundle("eval");
+    let o = optc(&[
+        "eval",
+        &p(&dir, "m.ir"),
+        "--weights",
+        &p(&dir, "w.safetensors"),
+        "--input",
+        &format!("ids={}", p(&dir, "ids.safetensors")),
+        "--out",
+        &p(&dir, "out.safetensors"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("%logits: f32[1, 4, 64]"), "{}", stdout(&o));
+    let mut got = WeightStore::new();
+    got.open_safetensors(dir.join("out.safetensors")).unwrap();
+    let (g, store) = tiny_decoder(&TinyDecoderConfig::default()).unwrap();
+    let ids = random_ids(&[1, 4], 64, &mut SplitMix64(9));
+    let want = optc::ir::run(&g, &[("ids".to_string(), ids)].into(), &store).unwrap();
+    assert_eq!(got.get("logits").unwrap(), want[0]);
+}
+
+#[test]
+fn user_errors_are_reported_not_panicked() {
+    let dir = bundle("errors");
+    assert_user_error(&optc(&["inspect", &p(&dir, "nope.ir")]), "cannot read");
+    std::fs::write(
+        dir.join("bad.ir"),
+        "graph g(%x: f32[2]) -> (%y: f32[2]) {\n  %0: f32[2] = neg(%q)\n  return %0\n}",
+    )
+    .unwrap();
+    assert_user_error(
+        &optc(&["inspect", &p(&dir, "bad.ir")]),
+        &format!("{}:2:20: %q is not defined", p(&dir, "bad.ir")),
+    );
+    std::fs::write(
+        dir.join("ill.ir"),
+        "graph g(%x: f32[2]) -> (%y: f32[3]) {\n  %0: f32[3] = neg(%x)\n  return %0\n}",
+    )
+    .unwrap();
+    assert_user_error(
+        &optc(&["inspect", &p(&dir, "ill.ir")]),
+        "invalid graph: %0 = neg declares f32[3] but its operands give f32[2]",
+    );
+    let m = p(&dir, "m.ir");
+    let w = p(&dir, "w.safetensors");
+    assert_user_error(&optc(&["eval", &m, "--weights", &w]), "missing input %ids");
+    assert_user_error(
+        &optc(&["eval", &m, "--weights", &w, "--input", "ids"]),
+        "expected NAME=FILE.safetensors",
+    );
+    let ids = format!("ids={}", p(&dir, "ids.safetensors"));
+    assert_user_error(
+        &optc(&["eval", &m, "--input", &ids]),
+        "no weight named 'model.embed_tokens.weight'",
+    );
+    assert_user_error(
+        &optc(&["eval", &m, "--weights", &p(&dir, "m.ir"), "--input", &ids]),
+        "not a valid safetensors file",
+    );
+    // Ids of the wrong dtype.
+    let f = Tensor::from_f32(optc::ir::DType::F32, &[1, 2], &[0.0, 1.0]);
+    write_safetensors(dir.join("f.safetensors"), &[("ids".into(), f)]).unwrap();
+    let fids = format!("ids={}", p(&dir, "f.safetensors"));
+    assert_user_error(
+        &optc(&["eval", &m, "--weights", &w, "--input", &fids]),
+        "input %ids: expected i64[B, S], got f32[1, 2]",
+    );
+}
