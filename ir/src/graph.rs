@@ -413,7 +413,7 @@ impl Graph {
 
     /// The canonical structure used for equality: per node in topological
     /// order, what it is and which canonical values it reads.
-    fn canonical(&self) -> Vec<(NodeKind, Vec<TensorType>, Option<String>, Vec<String>)> {
+    fn canonical(&self) -> Vec<CanonicalNode> {
         let names = self.value_names();
         let order = self
             .topo_order()
@@ -432,6 +432,10 @@ impl Graph {
             .collect()
     }
 }
+
+/// A node as equality sees it: kind, declared types, location, and the
+/// canonical names of its operands (with their slots).
+type CanonicalNode = (NodeKind, Vec<TensorType>, Option<String>, Vec<String>);
 
 /// `describe` with precomputed names (the verifier describes many nodes).
 pub(crate) fn describe_with(g: &Graph, names: &HashMap<Value, String>, id: NodeId) -> String {

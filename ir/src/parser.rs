@@ -42,6 +42,9 @@ enum Ref {
     Global(String),
 }
 
+/// Something as written, with its line and column.
+type Located<T> = (T, (usize, usize));
+
 struct OpStmt {
     defs: Vec<(Local, TensorType, (usize, usize))>,
     op: Op,
@@ -442,7 +445,7 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
         locals.insert(key, v);
     }
 
-    let mut pending: Vec<(NodeId, Vec<(Ref, (usize, usize))>)> = Vec::new();
+    let mut pending: Vec<(NodeId, Vec<Located<Ref>>)> = Vec::new();
     let mut returns = None;
     let close_at = loop {
         match p.peek().clone() {

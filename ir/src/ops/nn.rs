@@ -114,7 +114,7 @@ impl OpImpl for LayerNorm {
         }
         let x = &inputs[0];
         want_float("layer_norm", "operand", x)?;
-        if !(self.eps >= 0.0) {
+        if self.eps.is_nan() || self.eps < 0.0 {
             return Err(format!("layer_norm: eps must be >= 0, got {}", self.eps));
         }
         let axis = x.shape.axis(self.axis).map_err(|e| format!("layer_norm: {e}"))?;
@@ -169,7 +169,7 @@ impl OpImpl for RmsNorm {
         }
         let x = &inputs[0];
         want_float("rms_norm", "operand", x)?;
-        if !(self.eps >= 0.0) {
+        if self.eps.is_nan() || self.eps < 0.0 {
             return Err(format!("rms_norm: eps must be >= 0, got {}", self.eps));
         }
         let axis = x.shape.axis(self.axis).map_err(|e| format!("rms_norm: {e}"))?;
