@@ -133,10 +133,10 @@ pub mod f8e4m3 {
 
     /// Encodes one value with a single rounding from f64.
     pub fn from_f64(x: f64) -> u8 {
-        if x.is_nan() {
-            return 0x7f;
-        }
         let sign: u8 = if x.is_sign_negative() { 0x80 } else { 0 };
+        if x.is_nan() {
+            return sign | 0x7f;
+        }
         let a = x.abs();
         if a >= MAX as f64 {
             return sign | 0x7e;

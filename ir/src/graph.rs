@@ -193,7 +193,8 @@ impl Graph {
         &mut self.g[id]
     }
 
-    /// Every node id, in insertion order.
+    /// Every node id, in index order (petgraph may reuse the index of a
+    /// removed node).
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.g.node_indices()
     }
@@ -338,13 +339,25 @@ impl Graph {
             release(n, &mut indeg, &mut ready);
         }
         if order.len() < self.g.node_count() {
-            let stuck = self
+            // Every unsorted node has an unsorted producer; walking back along
+            // those (lowest id first) must revisit a node, which is on a cycle.
+            let mut n = self
                 .g
                 .node_indices()
                 .filter(|n| indeg[n] > 0)
                 .min()
                 .expect("some node is left");
-            return Err(stuck);
+            let mut seen = std::collections::HashSet::new();
+            while seen.insert(n) {
+                n = self
+                    .g
+                    .edges_directed(n, Direction::Incoming)
+                    .map(|e| e.source())
+                    .filter(|s| indeg[s] > 0)
+                    .min()
+                    .expect("an unsorted node has an unsorted producer");
+            }
+            return Err(n);
         }
         Ok(order)
     }

@@ -140,6 +140,19 @@ pub fn run(
         }
     }
     let bindings = bind_symbols(g, inputs)?;
+    for &i in g.inputs() {
+        let name = g.node_name(i).unwrap_or_default();
+        let t = &inputs[name];
+        let ty = &g.node(i).outputs[0];
+        if ty.shape.eval(&bindings).ok().as_deref() != Some(t.shape()) {
+            return Err(EvalError::InputType {
+                name: name.into(),
+                declared: ty.clone(),
+                dtype: t.dtype(),
+                shape: t.shape().to_vec(),
+            });
+        }
+    }
     let cx = EvalCx { bindings: &bindings };
     let order = g.topo_order().map_err(|n| VerifyError::Cycle {
         node: describe_with(g, &names, n),
@@ -182,6 +195,17 @@ pub fn run(
                 vec![t]
             }
             NodeKind::Op(op) => {
+                // Refuse outputs too large to allocate before computing them.
+                for ty in &node.outputs {
+                    let shape = ty.shape.eval(&bindings).map_err(|message| EvalError::Op {
+                        node: describe(),
+                        message,
+                    })?;
+                    crate::ops::check_size(&shape).map_err(|message| EvalError::Op {
+                        node: describe(),
+                        message,
+                    })?;
+                }
                 let operands = g.operands(id);
                 let args: Vec<&Tensor> = operands.iter().map(|v| &values[v]).collect();
                 tracing::trace!(node = %describe(), "eval");

@@ -35,6 +35,17 @@ const MAX_DEPTH: usize = 64;
 /// Words that are never symbols inside dims and attribute values.
 const RESERVED: [&str; 5] = ["true", "false", "nan", "inf", "loc"];
 
+/// Whether a symbol name can be written in the text form: an identifier
+/// (letters, digits, `_`, `.`, not starting with a digit) that is neither a
+/// dtype name nor one of `true false nan inf loc`.
+pub fn is_valid_symbol(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !RESERVED.contains(&s)
+        && s.parse::<DType>().is_err()
+}
+
 /// A value reference as written, with its position.
 #[derive(Clone)]
 enum Ref {
@@ -220,6 +231,11 @@ impl Parser {
                 Ok(Dim::sym(s))
             }
             Tok::Punct("-") => {
+                // i64::MIN has no positive counterpart to negate.
+                if self.peek() == &Tok::Int(1u64 << 63) {
+                    self.bump();
+                    return Ok(Dim::constant(i64::MIN));
+                }
                 self.enter()?;
                 let d = self.factor()?;
                 self.depth -= 1;

@@ -5,8 +5,9 @@
 //! ```text
 //! graph tiny(%ids: i64[B, S]) -> (%logits: f32[B, S, 16]) {
 //!   weight @embed: f32[16, 8] = "embed.weight"
+//!   weight @head: f32[16, 8] = "lm_head.weight"
 //!   %0: f32[B, S, 8] = embedding(@embed, %ids)
-//!   %1: f32[B, S, 16] = matmul(%0, %2) ...
+//!   %1: f32[B, S, 16] = linear(%0, @head) loc("lm_head")
 //!   return %1
 //! }
 //! ```

@@ -90,7 +90,8 @@ fn float_to_int(x: f64, dtype: DType) -> i64 {
     }
 }
 
-fn int_range(dtype: DType) -> (i64, i64) {
+/// The smallest and largest value of an integer dtype.
+pub fn int_range(dtype: DType) -> (i64, i64) {
     match dtype {
         DType::I8 => (i8::MIN as i64, i8::MAX as i64),
         DType::I4 => (-8, 7),

@@ -51,6 +51,14 @@ pub enum VerifyError {
         node: String,
         bound: String,
     },
+    #[error("{node} has type {ty}, whose dim {dim} is negative")]
+    NegativeDim {
+        node: String,
+        ty: TensorType,
+        dim: String,
+    },
+    #[error("symbol name {symbol:?} (in {node}) cannot be written in the text form")]
+    BadSymbolName { symbol: String, node: String },
     #[error("weight @{name} has shape {ty}, but weight shapes must be constant")]
     SymbolicWeight { name: String, ty: TensorType },
     #[error("{what} name {name} is used twice")]
@@ -115,6 +123,12 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
         bound.iter().cloned().collect::<Vec<_>>().join(", ")
     };
     let check_symbols = |syms: BTreeSet<String>, node: &dyn Fn() -> String| -> Result<(), VerifyError> {
+        if let Some(symbol) = syms.iter().find(|s| !crate::parser::is_valid_symbol(s)) {
+            return Err(VerifyError::BadSymbolName {
+                symbol: symbol.clone(),
+                node: node(),
+            });
+        }
         match syms.into_iter().find(|s| !bound.contains(s)) {
             Some(symbol) => Err(VerifyError::UnboundSymbol {
                 symbol,
@@ -124,6 +138,33 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
             None => Ok(()),
         }
     };
+    let symbols_of = |t: &TensorType| -> BTreeSet<String> {
+        t.shape
+            .dims()
+            .iter()
+            .flat_map(|d| d.symbols().map(String::from))
+            .collect()
+    };
+    let check_dims = |t: &TensorType, node: &dyn Fn() -> String| -> Result<(), VerifyError> {
+        match t
+            .shape
+            .dims()
+            .iter()
+            .find(|d| d.as_const().is_some_and(|c| c < 0))
+        {
+            Some(d) => Err(VerifyError::NegativeDim {
+                node: node(),
+                ty: t.clone(),
+                dim: d.to_string(),
+            }),
+            None => Ok(()),
+        }
+    };
+    for &i in g.inputs().iter().chain(g.weights()) {
+        let ty = &g.node(i).outputs[0];
+        check_dims(ty, &|| describe(i))?;
+        check_symbols(symbols_of(ty), &|| describe(i))?;
+    }
 
     for id in order {
         let node = g.node(id);
@@ -167,7 +208,8 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
         }
         let mut syms: BTreeSet<String> = op.symbols().into_iter().collect();
         for t in &node.outputs {
-            syms.extend(t.shape.dims().iter().flat_map(|d| d.symbols().map(String::from)));
+            check_dims(t, &|| describe(id))?;
+            syms.extend(symbols_of(t));
         }
         check_symbols(syms, &|| describe(id))?;
         let inferred = op.infer(&operand_types).map_err(|message| VerifyError::Op {

@@ -363,3 +363,54 @@ fn casts_round_and_saturate() {
     assert_eq!(out[1].to_f32_vec(), vec![2.703125, -2.703125, 9.972771e19, 1.0]);
     assert_eq!(out[2].to_f32_vec(), vec![2.75, -2.75, 448.0, 1.0]);
 }
+
+#[test]
+fn huge_outputs_are_refused_before_allocation() {
+    let text = "graph g(%a: f32[N, 1], %b: f32[M]) -> (%y: f32[N, M]) {\n  %0: f32[N, M] = add(%a, %b)\n  return %0\n}";
+    // Tiny inputs, but the broadcast output would hold 2^40 elements.
+    let g = parse(text).unwrap();
+    let inputs: BTreeMap<String, Tensor> = [
+        ("a".to_string(), f32t(&[1 << 20, 1], &vec![0.0; 1 << 20])),
+        ("b".to_string(), f32t(&[1 << 20], &vec![0.0; 1 << 20])),
+    ]
+    .into();
+    let err = run(&g, &inputs, &WeightStore::new()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "%0 = add: a tensor of shape [1048576, 1048576] is too large for the reference interpreter"
+    );
+}
+
+#[test]
+fn empty_integer_max_and_min_give_the_type_bounds() {
+    let text = "graph g(%x: i32[0]) -> (%a: i32[], %b: i32[]) {\n  %0: i32[] = reduce_max(%x) {axes = []}\n  %1: i32[] = reduce_min(%x) {axes = [0]}\n  return %0, %1\n}";
+    let out = eval(text, &[("x", Tensor::from_i64(DType::I32, &[0], &[]))]).unwrap();
+    assert_eq!(out[0].to_i64_vec(), vec![i32::MIN as i64]);
+    assert_eq!(out[1].to_i64_vec(), vec![i32::MAX as i64]);
+}
+
+#[test]
+fn split_sizes_are_not_a_shape() {
+    // Three large pieces: their product is beyond the tensor-size limit, their sum is not.
+    let text = "graph g(%x: f32[S]) -> (%a: f32[S-2], %b: f32[1], %c: f32[1]) {\n  %0: f32[S-2], %1: f32[1], %2: f32[1] = split(%x) {axis = 0, sizes = [S-2, 1, 1]}\n  return %0, %1, %2\n}";
+    let out = eval(text, &[("x", f32t(&[4], &[1., 2., 3., 4.]))]).unwrap();
+    assert_eq!(out[0].to_f64_vec(), vec![1., 2.]);
+    let big = "graph g(%x: f32[4096, 2]) -> (%a: f32[2048, 2]) {\n  %0: f32[2048, 2], %1: f32[1024, 2], %2: f32[1024, 2] = split(%x) {axis = 0, sizes = [2048, 1024, 1024]}\n  return %0\n}";
+    let out = eval(big, &[("x", f32t(&[4096, 2], &vec![0.5; 8192]))]).unwrap();
+    assert_eq!(out[0].shape(), &[2048, 2]);
+}
+
+#[test]
+fn argmax_on_large_integers_is_exact() {
+    let big = 1i64 << 60;
+    let text = "graph g(%x: i64[2]) -> (%y: i64[]) {\n  %0: i64[] = argmax(%x) {axis = 0}\n  return %0\n}";
+    let y = eval1(text, &[("x", i64t(&[2], &[big, big + 1]))]);
+    assert_eq!(y.to_i64_vec(), vec![1]);
+}
+
+#[test]
+fn input_extent_mismatch_names_the_input() {
+    let text = "graph g(%x: f32[2, S]) -> (%y: f32[2, S]) {\n  return %x\n}";
+    let err = eval(text, &[("x", f32t(&[3, 1], &[0.0; 3]))]).unwrap_err();
+    assert_eq!(err.to_string(), "input %x: expected f32[2, S], got f32[3, 1]");
+}

@@ -31,7 +31,11 @@ fn messages_name_position_and_expectation() {
         ),
         (
             "graph g(%x: f32[2]) -> (%y: f32[2]) {\n  %0: f32[2] = softmax(%x) {axes = 1}\n  return %0\n}",
-            "2:16: softmax needs attribute 'axis'",
+            "2:16: unknown attribute 'axes' for softmax (expected one of: axis)",
+        ),
+        (
+            "graph g(%x: f32[2]) -> (%y: f32[2]) {\n  %0: f32[2] = transpose(%x)\n  return %0\n}",
+            "2:16: transpose needs attribute 'perm'",
         ),
         (
             "graph g(%x: f32[2]) -> (%y: f32[2]) {\n  %0: f32[2] = softmax(%x) {axis = 1.5}\n  return %0\n}",
@@ -130,4 +134,12 @@ proptest! {
             let _ = verify(&g);
         }
     }
+}
+
+#[test]
+fn extreme_integers_round_trip() {
+    let text = "graph g(%x: f32[1]) -> (%y: i64[2], %z: i64[1]) {\n  %0: i64[2] = constant() {dtype = i64, shape = [2], value = [-9223372036854775808, 9223372036854775807]}\n  %1: i64[1] = full() {shape = [1], value = -9223372036854775808, dtype = i64}\n  return %0, %1\n}\n";
+    let g = parse(text).unwrap();
+    verify(&g).unwrap();
+    assert_eq!(print(&g), text);
 }

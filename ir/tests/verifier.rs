@@ -183,7 +183,7 @@ fn unbound_symbol_in_an_attribute() {
         verify_text("graph g(%x: f32[B*S]) -> (%y: f32[B*S]) {\n  %0: f32[B*S] = neg(%x)\n  return %0\n}");
     assert_eq!(
         msg,
-        "symbol B used by %0 = neg is not bound by any graph input (inputs bind: none)"
+        "symbol B used by input %x is not bound by any graph input (inputs bind: none)"
     );
 }
 
@@ -212,5 +212,39 @@ fn duplicate_names() {
     assert_eq!(
         verify(&g).unwrap_err().to_string(),
         "output name %y is used twice"
+    );
+}
+
+#[test]
+fn negative_dims() {
+    let msg = verify_text("graph g(%x: f32[2]) -> (%y: f32[2]) {\n  %0: f32[-2] = neg(%x)\n  return %x\n}");
+    assert_eq!(msg, "%0 = neg has type f32[-2], whose dim -2 is negative");
+    let msg = verify_text(
+        "graph g(%x: f32[2]) -> (%y: f32[2]) {\n  %0: f32[3], %1: f32[-1] = split(%x) {axis = 0, sizes = [3, -1]}\n  return %x\n}",
+    );
+    assert_eq!(msg, "%0, %1 = split has type f32[-1], whose dim -1 is negative");
+}
+
+#[test]
+fn symbols_only_inside_products_of_inputs_are_unbound() {
+    let msg = verify_text("graph g(%x: f32[B*S]) -> (%y: f32[B*S]) {\n  return %x\n}");
+    assert_eq!(
+        msg,
+        "symbol B used by input %x is not bound by any graph input (inputs bind: none)"
+    );
+}
+
+#[test]
+fn symbol_names_must_be_printable() {
+    let mut g = Graph::new("g");
+    let t = optc_ir::TensorType::new(
+        optc_ir::DType::F32,
+        optc_ir::Shape(vec![optc_ir::Dim::sym("f32")]),
+    );
+    let x = g.add_input("x", t.clone());
+    g.add_output("y", x, t);
+    assert_eq!(
+        verify(&g).unwrap_err().to_string(),
+        "symbol name \"f32\" (in input %x) cannot be written in the text form"
     );
 }

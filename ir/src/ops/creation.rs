@@ -150,6 +150,7 @@ impl OpImpl for Full {
 
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
         arity("full", inputs, 0)?;
+        super::no_negative_dims("full", "shape", &self.shape)?;
         Ok(vec![TensorType::new(self.dtype, Shape(self.shape.clone()))])
     }
 

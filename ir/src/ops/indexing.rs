@@ -243,6 +243,7 @@ impl OpImpl for Split {
         if self.sizes.is_empty() {
             return Err("split needs at least one size".into());
         }
+        super::no_negative_dims("split", "sizes", &self.sizes)?;
         let total = self.sizes.iter().fold(Dim::constant(0), |a, s| &a + s);
         if total != x.shape.dims()[axis] {
             return Err(format!(
@@ -265,7 +266,7 @@ impl OpImpl for Split {
     fn eval(&self, inputs: &[&Tensor], cx: &EvalCx) -> Result<Vec<Tensor>, String> {
         let x = inputs[0];
         let axis = normalize_axis(self.axis, x.rank())?;
-        let sizes = cx.shape(&self.sizes)?;
+        let sizes: Vec<usize> = self.sizes.iter().map(|d| cx.dim(d)).collect::<Result<_, _>>()?;
         if sizes.iter().sum::<usize>() != x.shape()[axis] {
             return Err(format!(
                 "split: sizes {sizes:?} do not add up to axis {axis} of {:?}",

@@ -228,7 +228,7 @@ impl Op {
                 "cast" => Op::Cast(Cast { to: r.dtype("to")? }),
                 "argmax" => Op::ArgMax(ArgMax::read(&mut r)?),
                 "softmax" | "log_softmax" => Op::Softmax(Softmax {
-                    axis: r.int("axis")?,
+                    axis: r.int_or("axis", -1)?,
                     log: name == "log_softmax",
                 }),
                 "matmul" => Op::MatMul(MatMul),
@@ -297,6 +297,14 @@ pub fn check_size(shape: &[usize]) -> Result<usize, String> {
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .filter(|&n| n <= MAX_ELEMENTS)
         .ok_or_else(|| format!("a tensor of shape {shape:?} is too large for the reference interpreter"))
+}
+
+/// Rejects constant dims below zero in a dim-list attribute.
+pub(crate) fn no_negative_dims(name: &str, attr: &str, dims: &[Dim]) -> Result<(), String> {
+    match dims.iter().find(|d| d.as_const().is_some_and(|c| c < 0)) {
+        Some(d) => Err(format!("{name}: {attr} has a negative dim {d}")),
+        None => Ok(()),
+    }
 }
 
 /// Checks the operand count.

@@ -1,7 +1,8 @@
-//! Neural-network building blocks with a fused meaning: softmax,
-//! normalisations, rotary embedding and embedding lookup. Frontends never
-//! emit the fused forms (they emit the plain ops); fusion passes introduce
-//! them, and these reference semantics define what the fusions must keep.
+//! Neural-network building blocks: softmax, embedding lookup, and the fused
+//! forms of normalisation and rotary embedding. Frontends emit softmax and
+//! embedding as traced; they never emit `layer_norm`, `rms_norm` or `rope`
+//! (they emit the plain ops those stand for): fusion passes introduce them,
+//! and these reference semantics define what the fusions must keep.
 
 use super::index::{around_axis, broadcast_map};
 use super::indexing::take;

@@ -149,8 +149,8 @@ impl OpImpl for Reduce {
         if x.dtype().is_int() {
             let (init, f): (i64, fn(i64, i64) -> i64) = match self.kind {
                 ReduceKind::Sum | ReduceKind::Mean => (0, i64::wrapping_add),
-                ReduceKind::Max => (i64::MIN, i64::max),
-                ReduceKind::Min => (i64::MAX, i64::min),
+                ReduceKind::Max => (crate::tensor::int_range(x.dtype()).0, i64::max),
+                ReduceKind::Min => (crate::tensor::int_range(x.dtype()).1, i64::min),
             };
             let mut acc = vec![init; n_out];
             for (v, &o) in x.to_i64_vec().into_iter().zip(&map) {
@@ -237,15 +237,27 @@ impl OpImpl for ArgMax {
         if len == 0 {
             return Err(format!("argmax over an empty axis of {:?}", x.shape()));
         }
-        let v = x.to_f64_vec();
+        let (fv, iv) = if x.dtype().is_int() {
+            (Vec::new(), x.to_i64_vec())
+        } else {
+            (x.to_f64_vec(), Vec::new())
+        };
+        // Is element `c` a new best over `b`? (NaN beats everything, once.)
+        let better = |b: usize, c: usize| {
+            if iv.is_empty() {
+                let (b, c) = (fv[b], fv[c]);
+                !b.is_nan() && (c > b || c.is_nan())
+            } else {
+                iv[c] > iv[b]
+            }
+        };
         let mut out = Vec::with_capacity(outer * inner);
         for o in 0..outer {
             for i in 0..inner {
-                let at = |k: usize| v[(o * len + k) * inner + i];
+                let at = |k: usize| (o * len + k) * inner + i;
                 let mut best = 0;
                 for k in 1..len {
-                    let (b, c) = (at(best), at(k));
-                    if !b.is_nan() && (c > b || c.is_nan()) {
+                    if better(at(best), at(k)) {
                         best = k;
                     }
                 }

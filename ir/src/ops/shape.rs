@@ -29,9 +29,7 @@ impl OpImpl for Reshape {
         arity("reshape", inputs, 1)?;
         let x = &inputs[0];
         let target = Shape(self.shape.clone());
-        if let Some(d) = self.shape.iter().find(|d| d.as_const().is_some_and(|c| c < 0)) {
-            return Err(format!("reshape: target dim {d} is negative"));
-        }
+        super::no_negative_dims("reshape", "shape", &self.shape)?;
         let (a, b) = match (x.shape.numel(), target.numel()) {
             (Some(a), Some(b)) => (a, b),
             _ => {
@@ -224,6 +222,7 @@ impl OpImpl for Expand {
 
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
         arity("expand", inputs, 1)?;
+        super::no_negative_dims("expand", "shape", &self.shape)?;
         let x = &inputs[0];
         let target = Shape(self.shape.clone());
         let off = target.rank().checked_sub(x.rank());
