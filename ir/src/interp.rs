@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::dim::{Bindings, TensorType};
+use crate::dim::Bindings;
 use crate::graph::{describe_with, Graph, NodeKind, Value};
 use crate::ops::EvalCx;
 use crate::tensor::Tensor;
@@ -26,7 +26,7 @@ pub enum EvalError {
     #[error("input %{name}: expected {declared}, got {dtype}{shape:?}")]
     InputType {
         name: String,
-        declared: TensorType,
+        declared: String,
         dtype: crate::DType,
         shape: Vec<usize>,
     },
@@ -37,13 +37,13 @@ pub enum EvalError {
         name: String,
         key: String,
         #[source]
-        source: WeightError,
+        source: Box<WeightError>,
     },
     #[error("weight @{name} (key \"{key}\") is declared {declared} but the store holds {dtype}{shape:?}")]
     WeightType {
         name: String,
         key: String,
-        declared: TensorType,
+        declared: String,
         dtype: crate::DType,
         shape: Vec<usize>,
     },
@@ -55,7 +55,7 @@ pub enum EvalError {
     Shape {
         node: String,
         index: usize,
-        declared: TensorType,
+        declared: String,
         expected: Vec<usize>,
         dtype: crate::DType,
         actual: Vec<usize>,
@@ -133,7 +133,7 @@ pub fn run(
         if t.dtype() != ty.dtype || t.rank() != ty.rank() {
             return Err(EvalError::InputType {
                 name: name.into(),
-                declared: ty.clone(),
+                declared: ty.to_string(),
                 dtype: t.dtype(),
                 shape: t.shape().to_vec(),
             });
@@ -147,7 +147,7 @@ pub fn run(
         if ty.shape.eval(&bindings).ok().as_deref() != Some(t.shape()) {
             return Err(EvalError::InputType {
                 name: name.into(),
-                declared: ty.clone(),
+                declared: ty.to_string(),
                 dtype: t.dtype(),
                 shape: t.shape().to_vec(),
             });
@@ -179,7 +179,7 @@ pub fn run(
                 let t = weights.get(key).map_err(|source| EvalError::Weight {
                     name: name.clone(),
                     key: key.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 let ty = &node.outputs[0];
                 let want = ty.shape.eval(&bindings).unwrap_or_default();
@@ -187,7 +187,7 @@ pub fn run(
                     return Err(EvalError::WeightType {
                         name: name.clone(),
                         key: key.clone(),
-                        declared: ty.clone(),
+                        declared: ty.to_string(),
                         dtype: t.dtype(),
                         shape: t.shape().to_vec(),
                     });
@@ -242,7 +242,7 @@ pub fn run(
                 return Err(EvalError::Shape {
                     node: describe(),
                     index,
-                    declared: ty.clone(),
+                    declared: ty.to_string(),
                     expected,
                     dtype: t.dtype(),
                     actual: t.shape().to_vec(),

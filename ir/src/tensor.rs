@@ -449,7 +449,7 @@ mod tests {
         // rounding through f32 first would land on the midpoint and go up.
         let x = 1.0229491912726614f64;
         let t = Tensor::from_f64(DType::F16, &[1], &[x]);
-        assert_eq!(t.to_f32_vec(), vec![1.0224609375]);
+        assert_eq!(t.to_f32_vec(), vec![1.0 + 23.0 / 1024.0]);
         // Just above a bf16 midpoint by less than f32 precision: must go up.
         let mid = 1.0 + 2f64.powi(-8);
         let t = Tensor::from_f64(DType::BF16, &[2], &[mid + 2f64.powi(-40), mid]);
@@ -461,7 +461,7 @@ mod tests {
         let t = Tensor::from_f32(DType::F32, &[4], &[1.5, -2.7, 1e10, f32::NAN]);
         assert_eq!(t.cast(DType::I32).to_i64_vec(), vec![1, -2, i32::MAX as i64, 0]);
         assert_eq!(t.cast(DType::Bool).to_i64_vec(), vec![1, 1, 1, 1]);
-        let b = Tensor::from_f32(DType::F32, &[1], &[1.00390625]).cast(DType::BF16);
+        let b = Tensor::from_f32(DType::F32, &[1], &[1.0 + 2f32.powi(-8)]).cast(DType::BF16);
         assert_eq!(b.to_f32_vec(), vec![1.0]);
         assert!(Tensor::from_le_bytes(DType::F32, &[2], &[0; 7]).is_err());
     }

@@ -358,7 +358,11 @@ fn embedding_rejects_out_of_range_ids() {
 #[test]
 fn casts_round_and_saturate() {
     let text = "graph g(%x: f32[4]) -> (%i: i32[4], %h: bf16[4], %f: f8e4m3[4]) {\n  %0: i32[4] = cast(%x) {to = i32}\n  %1: bf16[4] = cast(%x) {to = bf16}\n  %2: f8e4m3[4] = cast(%x) {to = f8e4m3}\n  return %0, %1, %2\n}";
-    let out = eval(text, &[("x", f32t(&[4], &[2.7, -2.7, 1e20, 1.00390625]))]).unwrap();
+    let out = eval(
+        text,
+        &[("x", f32t(&[4], &[2.7, -2.7, 1e20, 1.0 + 2f32.powi(-8)]))],
+    )
+    .unwrap();
     assert_eq!(out[0].to_i64_vec(), vec![2, -2, i32::MAX as i64, 1]);
     assert_eq!(out[1].to_f32_vec(), vec![2.703125, -2.703125, 9.972771e19, 1.0]);
     assert_eq!(out[2].to_f32_vec(), vec![2.75, -2.75, 448.0, 1.0]);
