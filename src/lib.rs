@@ -6,4 +6,5 @@
 
 pub mod fixtures;
 
+pub use optc_frontends as frontends;
 pub use optc_ir as ir;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use optc::frontends::hf;
 use optc::ir::{self, Graph, Tensor, WeightStore};
 
 #[derive(Parser)]
@@ -24,13 +25,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Parse and verify a graph, then summarise it.
+    /// Load a model (a Hugging Face folder or a .ir graph) and summarise it.
     Inspect {
-        /// A graph in optc's text form (.ir).
+        /// A model folder (config.json + safetensors) or a graph in optc's
+        /// text form (.ir).
         file: PathBuf,
-        /// Print the normalised text form instead of the summary.
+        /// Print the whole graph in the text form instead of the summary.
         #[arg(long)]
         ir: bool,
+    },
+    /// Run a model on the reference interpreter and write its logits.
+    Logits {
+        /// A Hugging Face model folder.
+        model: PathBuf,
+        /// Token ids, comma-separated (e.g. 1,2,3).
+        #[arg(long, value_delimiter = ',', conflicts_with = "text")]
+        ids: Vec<i64>,
+        /// Text to tokenize with the model's tokenizer (special tokens added
+        /// as the tokenizer's post-processor says, like transformers).
+        #[arg(long)]
+        text: Option<String>,
+        /// Write an f32 tensor `logits` of shape [tokens, vocab] here.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run a graph on the reference interpreter.
     Eval {
@@ -57,6 +74,9 @@ fn load_graph(path: &Path) -> Result<Graph> {
 }
 
 fn inspect(path: &Path, print_ir: bool) -> Result<()> {
+    if path.is_dir() {
+        return inspect_model(path, print_ir);
+    }
     let g = load_graph(path)?;
     if print_ir {
         print!("{}", ir::print(&g));
@@ -104,6 +124,92 @@ fn inspect(path: &Path, print_ir: bool) -> Result<()> {
     println!("ops      {n_ops}");
     for (op, n) in counts {
         println!("  {op:<30} {n}");
+    }
+    Ok(())
+}
+
+fn inspect_model(dir: &Path, print_ir: bool) -> Result<()> {
+    let m = hf::load(dir)?;
+    if print_ir {
+        print!("{}", ir::print(&m.graph));
+        return Ok(());
+    }
+    let c = &m.config;
+    println!("model    {}", dir.display());
+    println!("arch     {:?} ({})", c.architecture, c.architecture.class_name());
+    println!(
+        "sizes    {} layers, hidden {}, {} heads / {} kv heads of {}, mlp {}, vocab {}",
+        c.num_layers,
+        c.hidden_size,
+        c.num_heads,
+        c.num_kv_heads,
+        c.head_dim,
+        c.intermediate_size,
+        c.vocab_size
+    );
+    let mut by_dtype: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for &w in m.graph.weights() {
+        let ty = &m.graph.node(w).outputs[0];
+        let n: i64 = ty.shape.as_consts().map_or(0, |d| d.iter().product());
+        let e = by_dtype.entry(ty.dtype.to_string()).or_insert((0, 0));
+        e.0 += n as u64;
+        e.1 += ty.dtype.storage_bytes(n as usize) as u64;
+    }
+    let total: u64 = by_dtype.values().map(|(n, _)| n).sum();
+    let bytes: u64 = by_dtype.values().map(|(_, b)| b).sum();
+    let parts: Vec<String> = by_dtype.iter().map(|(d, (n, _))| format!("{d} {n}")).collect();
+    println!("params   {total} ({})", parts.join(", "));
+    println!("memory   {:.2} MiB of weights", bytes as f64 / (1024.0 * 1024.0));
+    if let Some(t) = &m.tokenizer {
+        println!("tokens   vocabulary of {}", t.vocab_size());
+    }
+    println!("eos      {:?}", m.generation.eos_token_ids);
+    let counts = m.graph.op_counts();
+    println!("ops      {}", counts.values().sum::<usize>());
+    for (op, n) in counts {
+        println!("  {op:<30} {n}");
+    }
+    Ok(())
+}
+
+fn logits(model: &Path, ids: &[i64], text: Option<&str>, out: Option<&Path>) -> Result<()> {
+    let m = hf::load(model)?;
+    let ids: Vec<i64> = match text {
+        Some(t) => {
+            let tok = m
+                .tokenizer
+                .as_ref()
+                .with_context(|| format!("{}: --text needs a tokenizer.json", model.display()))?;
+            tok.encode(t, true)?
+        }
+        None => ids.to_vec(),
+    };
+    if ids.is_empty() {
+        bail!("give the prompt with --ids 1,2,3 or --text \"...\"");
+    }
+    let vocab = m.config.vocab_size;
+    if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= vocab) {
+        bail!("token id {bad} is outside the vocabulary (0..{vocab})");
+    }
+    let t = ids.len();
+    let input = Tensor::from_i64(ir::DType::I64, &[1, t], &ids);
+    let inputs = BTreeMap::from([("ids".to_string(), input)]);
+    let start = std::time::Instant::now();
+    let outs = ir::run(&m.graph, &inputs, &m.weights).context("evaluation failed")?;
+    tracing::info!(elapsed = ?start.elapsed(), tokens = t, "interpreted");
+    let logits = outs[0].cast(ir::DType::F32).reshape(&[t, vocab]);
+    let last = &logits.to_f32_vec()[(t - 1) * vocab..];
+    let mut top: Vec<(usize, f32)> = last.iter().copied().enumerate().collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let shown: Vec<String> = top.iter().take(5).map(|(i, v)| format!("{i}:{v:.4}")).collect();
+    println!("ids      {ids:?}");
+    println!(
+        "logits   f32[{t}, {vocab}]; top-5 at the last position: {}",
+        shown.join(" ")
+    );
+    if let Some(out) = out {
+        ir::weights::write_safetensors(out, &[("logits".to_string(), logits)])?;
+        println!("wrote {}", out.display());
     }
     Ok(())
 }
@@ -174,6 +280,12 @@ fn main() -> ExitCode {
         .init();
     let result = match &cli.cmd {
         Cmd::Inspect { file, ir } => inspect(file, *ir),
+        Cmd::Logits {
+            model,
+            ids,
+            text,
+            out,
+        } => logits(model, ids, text.as_deref(), out.as_deref()),
         Cmd::Eval {
             file,
             inputs,

@@ -1,0 +1,66 @@
+//! `tokenizer.json` through the HF `tokenizers` crate (built without C
+//! dependencies: fancy-regex instead of oniguruma).
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::Tokenizer;
+
+use super::HfError;
+
+/// A model's tokenizer.
+pub struct HfTokenizer {
+    path: PathBuf,
+    inner: Tokenizer,
+}
+
+impl HfTokenizer {
+    /// Loads `tokenizer.json` if the folder has one.
+    pub fn load_if_present(dir: &Path) -> Result<Option<HfTokenizer>, HfError> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let inner = Tokenizer::from_file(&path).map_err(|e| HfError::Tokenizer {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Some(HfTokenizer { path, inner }))
+    }
+
+    /// Token ids of `text`; `special` adds what the tokenizer's
+    /// post-processor adds (e.g. a BOS token), as transformers does by default.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<i64>, HfError> {
+        let enc = self.inner.encode(text, special).map_err(|e| HfError::Tokenizer {
+            path: self.path.clone(),
+            message: format!("encoding {text:?}: {e}"),
+        })?;
+        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    /// Text of token ids (special tokens skipped when `skip_special`).
+    pub fn decode(&self, ids: &[i64], skip_special: bool) -> Result<String, HfError> {
+        let ids: Vec<u32> = ids
+            .iter()
+            .map(|&i| u32::try_from(i))
+            .collect::<Result<_, _>>()
+            .map_err(|_| HfError::Tokenizer {
+                path: self.path.clone(),
+                message: "token ids must be non-negative".into(),
+            })?;
+        self.inner
+            .decode(&ids, skip_special)
+            .map_err(|e| HfError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The id of a token string, if it is in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.inner.token_to_id(token).map(i64::from)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
