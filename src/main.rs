@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use optc::frontends::hf;
+use optc::frontends::{gguf, hf};
 use optc::ir::{self, Graph, Tensor, WeightStore};
 
 #[derive(Parser)]
@@ -27,8 +27,8 @@ struct Cli {
 enum Cmd {
     /// Load a model (a Hugging Face folder or a .ir graph) and summarise it.
     Inspect {
-        /// A model folder (config.json + safetensors) or a graph in optc's
-        /// text form (.ir).
+        /// A model folder (config.json + safetensors), a .gguf file, or a
+        /// graph in optc's text form (.ir).
         file: PathBuf,
         /// Print the whole graph in the text form instead of the summary.
         #[arg(long)]
@@ -36,7 +36,7 @@ enum Cmd {
     },
     /// Run a model on the reference interpreter and write its logits.
     Logits {
-        /// A Hugging Face model folder.
+        /// A Hugging Face model folder or a .gguf file.
         model: PathBuf,
         /// Token ids, comma-separated (e.g. 1,2,3).
         #[arg(long, value_delimiter = ',', conflicts_with = "text")]
@@ -74,7 +74,7 @@ fn load_graph(path: &Path) -> Result<Graph> {
 }
 
 fn inspect(path: &Path, print_ir: bool) -> Result<()> {
-    if path.is_dir() {
+    if path.is_dir() || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         return inspect_model(path, print_ir);
     }
     let g = load_graph(path)?;
@@ -128,8 +128,21 @@ fn inspect(path: &Path, print_ir: bool) -> Result<()> {
     Ok(())
 }
 
+/// Loads a Hugging Face folder or a `.gguf` file.
+fn load_model(path: &Path) -> Result<hf::HfModel> {
+    if path.is_dir() {
+        Ok(hf::load(path)?)
+    } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        Ok(gguf::load(path)?)
+    } else if !path.exists() {
+        bail!("{}: no such file or folder", path.display())
+    } else {
+        bail!("{}: expected a model folder or a .gguf file", path.display())
+    }
+}
+
 fn inspect_model(dir: &Path, print_ir: bool) -> Result<()> {
-    let m = hf::load(dir)?;
+    let m = load_model(dir)?;
     if print_ir {
         print!("{}", ir::print(&m.graph));
         return Ok(());
@@ -173,7 +186,7 @@ fn inspect_model(dir: &Path, print_ir: bool) -> Result<()> {
 }
 
 fn logits(model: &Path, ids: &[i64], text: Option<&str>, out: Option<&Path>) -> Result<()> {
-    let m = hf::load(model)?;
+    let m = load_model(model)?;
     let ids: Vec<i64> = match text {
         Some(t) => {
             let tok = m

@@ -4,5 +4,8 @@
 //!
 //! - [`hf`]: Hugging Face model folders (config.json + safetensors +
 //!   tokenizer.json + generation_config.json).
+//! - [`gguf`]: llama.cpp GGUF files (llama architecture), dequantised on
+//!   demand into the same graph.
 
+pub mod gguf;
 pub mod hf;

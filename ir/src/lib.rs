@@ -36,4 +36,4 @@ pub use parser::{parse, parse_type, ParseError};
 pub use printer::print;
 pub use tensor::Tensor;
 pub use verify::{verify, VerifyError};
-pub use weights::{View, WeightError, WeightStore};
+pub use weights::{LazyTensor, View, WeightError, WeightStore};

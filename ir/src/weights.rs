@@ -64,7 +64,20 @@ struct MappedFile {
     data_start: usize,
 }
 
+/// A tensor computed on demand from bytes only its owner understands
+/// (e.g. a quantised GGUF block), registered with
+/// [`WeightStore::insert_lazy`].
+pub trait LazyTensor: Send + Sync {
+    /// Builds the tensor; it must have the dtype and shape it was registered with.
+    fn materialise(&self) -> Result<Tensor, WeightError>;
+}
+
 enum Entry {
+    Lazy {
+        source: Arc<dyn LazyTensor>,
+        dtype: DType,
+        shape: Vec<usize>,
+    },
     Mapped {
         file: Arc<MappedFile>,
         dtype: DType,
@@ -176,6 +189,22 @@ impl WeightStore {
         Ok(())
     }
 
+    /// Adds a tensor that `source` builds on demand with the given dtype and shape.
+    pub fn insert_lazy(
+        &mut self,
+        name: impl Into<String>,
+        dtype: DType,
+        shape: Vec<usize>,
+        source: Arc<dyn LazyTensor>,
+    ) -> Result<(), WeightError> {
+        let name = name.into();
+        if self.entries.contains_key(&name) {
+            return Err(WeightError::Duplicate(name));
+        }
+        self.entries.insert(name, Entry::Lazy { source, dtype, shape });
+        Ok(())
+    }
+
     /// Adds a lazy view, checking its sources and shapes now so that
     /// materialising it later cannot fail on shape grounds.
     pub fn add_view(&mut self, name: impl Into<String>, view: View) -> Result<(), WeightError> {
@@ -256,9 +285,9 @@ impl WeightStore {
     pub fn info(&self, name: &str) -> Result<(DType, Vec<usize>), WeightError> {
         match self.entries.get(name) {
             None => Err(WeightError::Unknown(name.into())),
-            Some(Entry::Mapped { dtype, shape, .. }) | Some(Entry::View { dtype, shape, .. }) => {
-                Ok((*dtype, shape.clone()))
-            }
+            Some(Entry::Mapped { dtype, shape, .. })
+            | Some(Entry::View { dtype, shape, .. })
+            | Some(Entry::Lazy { dtype, shape, .. }) => Ok((*dtype, shape.clone())),
             Some(Entry::Owned(t)) => Ok((t.dtype(), t.shape().to_vec())),
         }
     }
@@ -287,6 +316,20 @@ impl WeightStore {
                 })
             }
             Some(Entry::View { view, .. }) => self.build_view(view),
+            Some(Entry::Lazy { source, dtype, shape }) => {
+                let t = source.materialise()?;
+                if t.dtype() != *dtype || t.shape() != shape.as_slice() {
+                    return Err(WeightError::View {
+                        name: name.into(),
+                        message: format!(
+                            "lazy source built {}{:?}, not {dtype}{shape:?}",
+                            t.dtype(),
+                            t.shape()
+                        ),
+                    });
+                }
+                Ok(t)
+            }
         }
     }
 

