@@ -372,3 +372,90 @@ pub fn tiny_decoder(cfg: &TinyDecoderConfig) -> Result<(optc_ir::Graph, WeightSt
     })?;
     Ok((g, cx.store))
 }
+
+/// Sizes of a Llama-family checkpoint written by [`write_sparse_llama`].
+#[derive(Clone, Debug)]
+pub struct LlamaShape {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl LlamaShape {
+    /// The shape of Llama-3.2-1B (1.24 B parameters, tied embeddings).
+    pub fn llama_3_2_1b() -> LlamaShape {
+        LlamaShape {
+            vocab: 128_256,
+            hidden: 2048,
+            intermediate: 8192,
+            layers: 16,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 64,
+        }
+    }
+}
+
+/// Writes `config.json` and a bf16 `model.safetensors` of the given shape
+/// into `dir`, with a real header and a sparse data section (the file is
+/// extended, not written: all weights read as zero and take no disk). For
+/// measuring and testing that loading never reads weight bytes.
+pub fn write_sparse_llama(dir: &std::path::Path, s: &LlamaShape) -> std::io::Result<u64> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let config = format!(
+        r#"{{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": {}, "hidden_size": {},
+  "intermediate_size": {}, "num_hidden_layers": {}, "num_attention_heads": {}, "num_key_value_heads": {},
+  "head_dim": {}, "rms_norm_eps": 1e-05, "max_position_embeddings": 131072, "tie_word_embeddings": true,
+  "rope_theta": 500000.0, "rope_scaling": {{"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}, "torch_dtype": "bfloat16",
+  "bos_token_id": 128000, "eos_token_id": 128001}}"#,
+        s.vocab, s.hidden, s.intermediate, s.layers, s.heads, s.kv_heads, s.head_dim
+    );
+    std::fs::write(dir.join("config.json"), config)?;
+    let (h, q, kv) = (s.hidden, s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let mut tensors: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![s.vocab, h]),
+        ("model.norm.weight".into(), vec![h]),
+    ];
+    for i in 0..s.layers {
+        let p = format!("model.layers.{i}");
+        tensors.extend([
+            (format!("{p}.input_layernorm.weight"), vec![h]),
+            (format!("{p}.post_attention_layernorm.weight"), vec![h]),
+            (format!("{p}.self_attn.q_proj.weight"), vec![q, h]),
+            (format!("{p}.self_attn.k_proj.weight"), vec![kv, h]),
+            (format!("{p}.self_attn.v_proj.weight"), vec![kv, h]),
+            (format!("{p}.self_attn.o_proj.weight"), vec![h, q]),
+            (format!("{p}.mlp.gate_proj.weight"), vec![s.intermediate, h]),
+            (format!("{p}.mlp.up_proj.weight"), vec![s.intermediate, h]),
+            (format!("{p}.mlp.down_proj.weight"), vec![h, s.intermediate]),
+        ]);
+    }
+    let mut header = String::from("{");
+    let mut offset = 0u64;
+    for (k, (name, shape)) in tensors.iter().enumerate() {
+        let bytes = 2 * shape.iter().product::<usize>() as u64;
+        if k > 0 {
+            header.push(',');
+        }
+        header.push_str(&format!(
+            r#""{name}":{{"dtype":"BF16","shape":{shape:?},"data_offsets":[{offset},{}]}}"#,
+            offset + bytes
+        ));
+        offset += bytes;
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut f = std::fs::File::create(dir.join("model.safetensors"))?;
+    f.write_all(&(header.len() as u64).to_le_bytes())?;
+    f.write_all(header.as_bytes())?;
+    f.set_len(8 + header.len() as u64 + offset)?;
+    Ok(offset)
+}

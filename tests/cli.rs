@@ -139,3 +139,55 @@ fn user_errors_are_reported_not_panicked() {
         "input %ids: expected i64[B, S], got f32[1, 2]",
     );
 }
+
+#[test]
+fn inspect_and_logits_on_a_model_folder() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    let llama = root.join("llama").display().to_string();
+    let o = optc(&["inspect", &llama]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("arch     Llama (LlamaForCausalLM)"), "{out}");
+    assert!(
+        out.contains("2 layers, hidden 64, 4 heads / 2 kv heads of 16, mlp 128, vocab 320"),
+        "{out}"
+    );
+    assert!(out.contains("params   94528 (f32 94528)"), "{out}");
+    let o = optc(&["inspect", "--ir", &llama]);
+    assert!(stdout(&o).starts_with("graph llamaforcausallm(%ids: i64[B, S]) -> (%logits: f32[B, S, 320]) {"));
+
+    // Logits for the reference prompt, given as text, equal transformers' within 1e-4.
+    let dir = bundle("logits");
+    let outf = p(&dir, "logits.safetensors");
+    let gpt2 = root.join("gpt2").display().to_string();
+    let o = optc(&[
+        "logits",
+        &gpt2,
+        "--text",
+        "The robot and the dog.",
+        "--out",
+        &outf,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut got = WeightStore::new();
+    got.open_safetensors(&outf).unwrap();
+    let mut want = WeightStore::new();
+    want.open_safetensors(root.join("gpt2/reference.safetensors"))
+        .unwrap();
+    let (g, w) = (got.get("logits").unwrap(), want.get("logits").unwrap());
+    assert_eq!(g.shape(), w.shape());
+    assert!(g.max_abs_diff(&w) < 1e-4);
+
+    assert_user_error(
+        &optc(&["logits", &gpt2, "--ids", "1,2,999"]),
+        "token id 999 is outside the vocabulary (0..320)",
+    );
+    assert_user_error(
+        &optc(&["logits", &gpt2]),
+        "give the prompt with --ids 1,2,3 or --text",
+    );
+    assert_user_error(
+        &optc(&["logits", &p(&dir, "nothing-here")]),
+        "no such file or folder",
+    );
+}

@@ -219,10 +219,8 @@ mod tests {
         let sc: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
         let mn: [u8; 8] = [8, 7, 6, 5, 4, 3, 2, 1];
         let mut packed = [0u8; 12];
-        for j in 0..4 {
-            packed[j] = sc[j];
-            packed[j + 4] = mn[j];
-        }
+        packed[..4].copy_from_slice(&sc[..4]);
+        packed[4..8].copy_from_slice(&mn[..4]);
         for j in 4..8 {
             packed[j + 4] = (sc[j] & 0x0f) | ((mn[j] & 0x0f) << 4);
             packed[j - 4] |= (sc[j] >> 4) << 6;

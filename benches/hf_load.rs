@@ -1,0 +1,18 @@
+//! Time to load a Llama-3.2-1B-shaped checkpoint (config + mapped bf16
+//! safetensors, sparse) and build its graph: measured, never asserted. Run
+//! with `cargo bench --bench hf_load`; numbers go to docs/perf.md.
+
+use optc::fixtures::{write_sparse_llama, LlamaShape};
+use optc::frontends::hf;
+
+fn main() {
+    divan::main();
+}
+
+#[divan::bench(sample_count = 20)]
+fn load_llama_3_2_1b(bencher: divan::Bencher) {
+    let dir = std::env::temp_dir().join(format!("optc-bench-1b-{}", std::process::id()));
+    write_sparse_llama(&dir, &LlamaShape::llama_3_2_1b()).expect("writes the checkpoint");
+    bencher.bench(|| hf::load(&dir).expect("loads"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
