@@ -177,6 +177,9 @@ fn inspect_model(dir: &Path, print_ir: bool) -> Result<()> {
         println!("tokens   vocabulary of {}", t.vocab_size());
     }
     println!("eos      {:?}", m.generation.eos_token_ids);
+    if let Some(t) = &m.chat_template {
+        println!("chat     template of {} characters", t.len());
+    }
     let counts = m.graph.op_counts();
     println!("ops      {}", counts.values().sum::<usize>());
     for (op, n) in counts {

@@ -102,4 +102,6 @@ fn tokenizer_matches_transformers() {
         assert_eq!(tok.encode(text, true).unwrap(), ids_of(&c["ids"]), "{text:?}");
     }
     assert_eq!(m.generation.eos_token_ids, vec![2]);
+    let template = m.chat_template.as_deref().expect("SmolLM2 ships a chat template");
+    assert!(template.contains("<|im_start|>"), "{template}");
 }

@@ -351,6 +351,11 @@ pub fn load(path: impl AsRef<Path>) -> Result<HfModel, GgufError> {
         eos_token_ids: config.eos_token_ids.clone(),
         ..Default::default()
     };
+    let chat_template = header
+        .metadata
+        .get("tokenizer.chat_template")
+        .and_then(MetaValue::as_str)
+        .map(String::from);
     Ok(HfModel {
         dir: path,
         config,
@@ -358,5 +363,6 @@ pub fn load(path: impl AsRef<Path>) -> Result<HfModel, GgufError> {
         weights: checkpoint.into_store(),
         tokenizer,
         generation,
+        chat_template,
     })
 }

@@ -79,6 +79,8 @@ pub struct HfModel {
     pub weights: WeightStore,
     pub tokenizer: Option<HfTokenizer>,
     pub generation: GenerationConfig,
+    /// The Jinja chat template, as shipped (applied by the runtime's chat API).
+    pub chat_template: Option<String>,
 }
 
 /// Builds the graph of a config from a checkpoint's tensors.
@@ -99,6 +101,7 @@ pub fn load(dir: impl AsRef<Path>) -> Result<HfModel, HfError> {
     let graph = build_graph(&config, &checkpoint)?;
     let tokenizer = HfTokenizer::load_if_present(&dir)?;
     let generation = GenerationConfig::load(&dir, &config)?;
+    let chat_template = tokenizer::chat_template(&dir)?;
     Ok(HfModel {
         dir,
         config,
@@ -106,5 +109,6 @@ pub fn load(dir: impl AsRef<Path>) -> Result<HfModel, HfError> {
         weights: checkpoint.into_store(),
         tokenizer,
         generation,
+        chat_template,
     })
 }

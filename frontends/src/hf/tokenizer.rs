@@ -7,6 +7,41 @@ use tokenizers::Tokenizer;
 
 use super::HfError;
 
+/// The chat template of a folder: `chat_template.jinja` (transformers 5) or
+/// `chat_template` in `tokenizer_config.json` (a string, or a list of named
+/// templates of which `default` is taken).
+pub fn chat_template(dir: &Path) -> Result<Option<String>, HfError> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(|source| HfError::Io { path: jinja, source });
+    }
+    let path = dir.join("tokenizer_config.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|source| HfError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| HfError::Json {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(match v.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .or_else(|| list.first())
+            .and_then(|t| t.get("template"))
+            .and_then(|t| t.as_str())
+            .map(String::from),
+        _ => None,
+    })
+}
+
 /// A model's tokenizer.
 pub struct HfTokenizer {
     path: PathBuf,
