@@ -8,6 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use optc::frontends::{gguf, hf};
 use optc::ir::{self, Graph, Tensor, WeightStore};
+use optc::passes::check::CheckConfig;
+use optc::passes::{DumpConfig, Pipeline};
+use optc::Compiler;
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +52,38 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run a pass pipeline on a model and write the resulting text IR.
+    Compile {
+        /// A model folder, a .gguf file, or a .ir graph.
+        model: PathBuf,
+        /// A pipeline TOML file (default: the built-in pipeline).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Write the text IR after these passes (`all` or names, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        dump_after: Vec<String>,
+        /// Where --dump-after writes `NN-PASS.ir` and `NN-PASS.diff`.
+        #[arg(long, default_value = "optc-dump")]
+        dump_dir: PathBuf,
+        /// Run the interpreter before and after every pass on the same random
+        /// inputs and fail if a pass changes the results.
+        #[arg(long)]
+        check_passes: bool,
+        /// Max abs error a pass may introduce under --check-passes.
+        #[arg(long, default_value_t = 1e-4)]
+        check_tolerance: f64,
+        /// Symbol values for --check-passes inputs, e.g. `S=8` (others are 4).
+        #[arg(long = "check-symbol", value_name = "SYM=N")]
+        check_symbols: Vec<String>,
+        /// Weights for a .ir graph (needed by --check-passes).
+        #[arg(long = "weights", value_name = "FILE")]
+        weights: Vec<PathBuf>,
+        /// Write the final text IR here (default: standard output).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// List every pass with its one-line description.
+    Passes,
     /// Run a graph on the reference interpreter.
     Eval {
         /// A graph in optc's text form (.ir).
@@ -230,6 +265,75 @@ fn logits(model: &Path, ids: &[i64], text: Option<&str>, out: Option<&Path>) -> 
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn compile(
+    model: &Path,
+    pipeline: Option<&Path>,
+    dump_after: &[String],
+    dump_dir: &Path,
+    check: Option<CheckConfig>,
+    weights: &[PathBuf],
+    out: Option<&Path>,
+    verbose: bool,
+) -> Result<()> {
+    let (mut graph, mut store) = if model.extension().is_some_and(|e| e == "ir") {
+        let g = load_graph(model)?;
+        let mut store = WeightStore::new();
+        for w in weights {
+            store.open_safetensors(w)?;
+        }
+        (g, store)
+    } else {
+        let m = load_model(model)?;
+        (m.graph, m.weights)
+    };
+    let mut compiler = Compiler::new();
+    if let Some(p) = pipeline {
+        compiler.set_pipeline(Pipeline::load(p)?);
+    }
+    if !dump_after.is_empty() {
+        let after = if dump_after.iter().any(|a| a == "all") {
+            Vec::new()
+        } else {
+            dump_after.to_vec()
+        };
+        compiler.dump(DumpConfig {
+            dir: dump_dir.to_path_buf(),
+            after,
+        });
+    }
+    if let Some(c) = check {
+        compiler.check_passes(c);
+    }
+    let report = compiler.compile(&mut graph, &mut store)?;
+    let text = ir::print(&graph);
+    match out {
+        Some(o) => std::fs::write(o, &text).with_context(|| format!("cannot write {}", o.display()))?,
+        None => print!("{text}"),
+    }
+    if verbose {
+        eprint!("{}", report.table());
+    }
+    Ok(())
+}
+
+fn check_config(tolerance: f64, symbols: &[String]) -> Result<CheckConfig> {
+    let mut c = CheckConfig {
+        tolerance,
+        ..CheckConfig::default()
+    };
+    for s in symbols {
+        let (k, v) = s
+            .split_once('=')
+            .with_context(|| format!("--check-symbol {s:?}: expected SYM=N"))?;
+        let v: i64 = v
+            .parse()
+            .with_context(|| format!("--check-symbol {s:?}: {v:?} is not an integer"))?;
+        c.symbols.insert(k.to_string(), v);
+    }
+    Ok(c)
+}
+
 /// Reads one tensor for `--input NAME=FILE`.
 fn read_input(spec: &str) -> Result<(String, Tensor)> {
     let (name, file) = spec
@@ -302,6 +406,45 @@ fn main() -> ExitCode {
             text,
             out,
         } => logits(model, ids, text.as_deref(), out.as_deref()),
+        Cmd::Compile {
+            model,
+            pipeline,
+            dump_after,
+            dump_dir,
+            check_passes,
+            check_tolerance,
+            check_symbols,
+            weights,
+            out,
+        } => (|| {
+            let check = if *check_passes {
+                Some(check_config(*check_tolerance, check_symbols)?)
+            } else {
+                None
+            };
+            compile(
+                model,
+                pipeline.as_deref(),
+                dump_after,
+                dump_dir,
+                check,
+                weights,
+                out.as_deref(),
+                cli.verbose > 0,
+            )
+        })(),
+        Cmd::Passes => {
+            for p in Compiler::new().registry().all() {
+                println!("{:<24} {}", p.name(), p.description());
+            }
+            let default: Vec<String> = Pipeline::default_pipeline()
+                .passes
+                .into_iter()
+                .map(|p| p.name)
+                .collect();
+            println!("\ndefault pipeline: {}", default.join(" -> "));
+            Ok(())
+        }
         Cmd::Eval {
             file,
             inputs,

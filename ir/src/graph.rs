@@ -278,6 +278,20 @@ impl Graph {
         }
     }
 
+    /// Points operand `slot` of `node` at `value`.
+    pub fn set_operand(&mut self, node: NodeId, slot: u32, value: Value) {
+        let old: Vec<_> = self
+            .g
+            .edges_directed(node, Direction::Incoming)
+            .filter(|e| e.weight().slot == slot)
+            .map(|e| e.id())
+            .collect();
+        for e in old {
+            self.g.remove_edge(e);
+        }
+        self.add_edge(value, node, slot);
+    }
+
     /// Removes a node and its edges (its users are left with a missing
     /// operand, which the verifier reports).
     pub fn remove_node(&mut self, id: NodeId) {

@@ -1,0 +1,147 @@
+//! The cleanup passes on text IR: what each removes or rewrites, what it
+//! must leave alone, and that results are unchanged on the interpreter.
+
+use std::collections::BTreeMap;
+
+use optc_ir::{parse, print, run, verify, DType, Graph, Tensor, WeightStore};
+use optc_passes::{Pass, PassContext, PassRegistry};
+
+fn apply(pass: &str, text: &str, options: toml::Table) -> (Graph, Graph, usize) {
+    let before = parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    verify(&before).unwrap();
+    let mut g = before.clone();
+    let mut weights = WeightStore::new();
+    let p = PassRegistry::builtin().get(pass).unwrap();
+    let r = p
+        .run(
+            &mut g,
+            &mut PassContext {
+                weights: &mut weights,
+                options: &options,
+            },
+        )
+        .unwrap();
+    verify(&g).unwrap_or_else(|e| panic!("{pass} broke the graph: {e}\n{}", print(&g)));
+    (before, g, r.rewrites)
+}
+
+fn same_results(a: &Graph, b: &Graph, inputs: &[(&str, Tensor)]) {
+    let inputs: BTreeMap<String, Tensor> = inputs.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+    let mut w = WeightStore::new();
+    w.insert("w", Tensor::from_f32(DType::F32, &[4], &[1.0; 4]))
+        .unwrap();
+    assert_eq!(run(a, &inputs, &w).unwrap(), run(b, &inputs, &w).unwrap());
+}
+
+fn x234() -> Tensor {
+    let v: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 6.0).collect();
+    Tensor::from_f32(DType::F32, &[2, 3, 4], &v)
+}
+
+/// The op lines of a printed graph, without the header and return.
+fn body(g: &Graph) -> Vec<String> {
+    print(g)
+        .lines()
+        .filter(|l| l.trim_start().starts_with('%'))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn dce_removes_unused_ops_and_weights() {
+    let text = "graph g(%x: f32[2, 3, 4]) -> (%y: f32[2, 3, 4]) {\n  weight @unused: f32[4] = \"w\"\n  %0: f32[2, 3, 4] = exp(%x)\n  %1: f32[2, 3, 4] = neg(%x)\n  %2: f32[2, 3, 4] = add(%1, @unused)\n  return %0\n}";
+    let (before, g, n) = apply("dce", text, toml::Table::new());
+    assert_eq!(n, 3);
+    assert_eq!(body(&g), vec!["%0: f32[2, 3, 4] = exp(%x)"]);
+    assert!(g.weights().is_empty());
+    same_results(&before, &g, &[("x", x234())]);
+}
+
+#[test]
+fn cse_merges_identical_ops_only() {
+    let text = "graph g(%x: f32[2, 3, 4]) -> (%y: f32[2, 3, 4]) {\n  %0: f32[] = constant() {dtype = f32, shape = [], value = [2.0]}\n  %1: f32[] = constant() {dtype = f32, shape = [], value = [2.0]}\n  %2: f32[] = constant() {dtype = f32, shape = [], value = [3.0]}\n  %3: f32[2, 3, 4] = mul(%x, %0)\n  %4: f32[2, 3, 4] = mul(%x, %1)\n  %5: f32[2, 3, 4] = mul(%x, %2)\n  %6: f32[2, 3, 4] = add(%3, %4)\n  %7: f32[2, 3, 4] = add(%6, %5)\n  return %7\n}";
+    let (before, g, n) = apply("cse", text, toml::Table::new());
+    assert_eq!(n, 2, "the second 2.0 and the second mul merge; 3.0 stays");
+    assert_eq!(g.op_counts()["constant"], 2);
+    assert_eq!(g.op_counts()["mul"], 2);
+    same_results(&before, &g, &[("x", x234())]);
+}
+
+#[test]
+fn cse_compares_whole_constants() {
+    // Two constants that agree on their first 20 values but not the last.
+    let a: Vec<String> = (0..21).map(|i| format!("{i}.0")).collect();
+    let mut b = a.clone();
+    b[20] = "99.0".into();
+    let text = format!(
+        "graph g(%x: f32[21]) -> (%y: f32[21]) {{\n  %0: f32[21] = constant() {{dtype = f32, shape = [21], value = [{}]}}\n  %1: f32[21] = constant() {{dtype = f32, shape = [21], value = [{}]}}\n  %2: f32[21] = add(%x, %0)\n  %3: f32[21] = add(%2, %1)\n  return %3\n}}",
+        a.join(", "),
+        b.join(", ")
+    );
+    let (_, g, n) = apply("cse", &text, toml::Table::new());
+    assert_eq!(n, 0);
+    assert_eq!(g.op_counts()["constant"], 2);
+}
+
+#[test]
+fn constant_fold_folds_chains_within_the_size_limit() {
+    let text = "graph g(%x: f32[4]) -> (%y: f32[4]) {\n  %0: i64[4] = arange() {start = 0, end = 4, dtype = i64}\n  %1: f32[4] = cast(%0) {to = f32}\n  %2: f32[4] = exp(%1)\n  %3: f32[4] = add(%x, %2)\n  return %3\n}";
+    let (before, g, n) = apply("constant_fold", text, toml::Table::new());
+    assert_eq!(n, 3);
+    assert_eq!(g.op_counts().get("exp"), None);
+    same_results(
+        &before,
+        &g,
+        &[("x", Tensor::from_f32(DType::F32, &[4], &[1.0; 4]))],
+    );
+    let mut small = toml::Table::new();
+    small.insert("max_elements".into(), toml::Value::Integer(2));
+    let (_, g, n) = apply("constant_fold", text, small);
+    assert_eq!((n, g.op_counts()["exp"]), (0, 1));
+}
+
+#[test]
+fn constant_fold_leaves_symbolic_and_failing_ops() {
+    let text = "graph g(%x: f32[S]) -> (%y: f32[S], %z: f32[1]) {\n  %0: i64[S] = arange() {start = 0, end = S, dtype = i64}\n  %1: f32[S] = cast(%0) {to = f32}\n  %2: f32[3] = constant() {dtype = f32, shape = [3], value = [1.0, 2.0, 3.0]}\n  %3: i64[1] = constant() {dtype = i64, shape = [1], value = [7]}\n  %4: f32[1] = gather(%2, %3) {axis = 0}\n  return %1, %4\n}";
+    let (_, g, n) = apply("constant_fold", text, toml::Table::new());
+    assert_eq!(
+        n, 0,
+        "arange over S is symbolic; gather index 7 is out of range and left for run time"
+    );
+    assert_eq!(g.op_counts()["gather"], 1);
+}
+
+#[test]
+fn canonicalize_applies_exact_identities() {
+    let text = "graph g(%x: f32[2, 3, 4]) -> (%y: f32[2, 3, 4]) {\n  %0: f32[2, 3, 4] = cast(%x) {to = f32}\n  %1: f32[4, 3, 2] = transpose(%0) {perm = [2, 1, 0]}\n  %2: f32[2, 3, 4] = transpose(%1) {perm = [2, 1, 0]}\n  %3: f32[6, 4] = reshape(%2) {shape = [6, 4]}\n  %4: f32[2, 3, 4] = reshape(%3) {shape = [2, 3, 4]}\n  %5: f32[] = constant() {dtype = f32, shape = [], value = [1.0]}\n  %6: f32[2, 3, 4] = mul(%5, %4)\n  %7: f32[2, 3, 4] = div(%6, %5)\n  %8: f32[2, 3, 4] = neg(%7)\n  %9: f32[2, 3, 4] = neg(%8)\n  %10: f32[2, 3, 4] = slice(%9) {axis = 1, start = 0}\n  %11: f32[2, 3, 4] = concat(%10) {axis = 0}\n  return %11\n}";
+    let (before, mut g, _) = apply("canonicalize", text, toml::Table::new());
+    let mut w = WeightStore::new();
+    let o = toml::Table::new();
+    let dce = PassRegistry::builtin().get("dce").unwrap();
+    dce.run(
+        &mut g,
+        &mut PassContext {
+            weights: &mut w,
+            options: &o,
+        },
+    )
+    .unwrap();
+    assert!(body(&g).is_empty(), "everything folds away:\n{}", print(&g));
+    assert_eq!(g.outputs()[0].value, optc_ir::Value::of(g.inputs()[0]));
+    same_results(&before, &g, &[("x", x234())]);
+}
+
+#[test]
+fn canonicalize_leaves_near_misses() {
+    // A reversing slice keeps its length; x + 0 flips -0.0; x * 2 is not x.
+    let text = "graph g(%x: f32[2, 3, 4]) -> (%y: f32[2, 3, 4]) {\n  %0: f32[2, 3, 4] = slice(%x) {axis = 2, start = -1, step = -1}\n  %1: f32[] = constant() {dtype = f32, shape = [], value = [0.0]}\n  %2: f32[2, 3, 4] = add(%0, %1)\n  %3: f32[] = constant() {dtype = f32, shape = [], value = [2.0]}\n  %4: f32[2, 3, 4] = mul(%2, %3)\n  %5: f32[2, 4, 3] = transpose(%4) {perm = [0, 2, 1]}\n  %6: f32[2, 4, 3] = cast(%5) {to = f32}\n  %7: f32[2, 3, 4] = transpose(%6) {perm = [0, -1, 1]}\n  return %7\n}";
+    let (before, g, _) = apply("canonicalize", text, toml::Table::new());
+    let counts = g.op_counts();
+    assert_eq!((counts["slice"], counts["add"], counts["mul"]), (1, 1, 1));
+    assert_eq!(counts.get("cast"), None);
+    assert_eq!(
+        counts["transpose"], 1,
+        "the transposes compose into the identity..."
+    );
+    same_results(&before, &g, &[("x", x234())]);
+}
