@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use optc_ir::{parse, print, run, verify, DType, Graph, Tensor, WeightStore};
-use optc_passes::{Pass, PassContext, PassRegistry};
+use optc_passes::{PassContext, PassRegistry};
 
 fn apply(pass: &str, text: &str, options: toml::Table) -> (Graph, Graph, usize) {
     let before = parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
