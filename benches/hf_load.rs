@@ -16,3 +16,16 @@ fn load_llama_3_2_1b(bencher: divan::Bencher) {
     bencher.bench(|| hf::load(&dir).expect("loads"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The default pipeline on the Llama-3.2-1B-shaped graph (weights not read).
+#[divan::bench(sample_count = 10)]
+fn default_pipeline_llama_3_2_1b(bencher: divan::Bencher) {
+    let dir = std::env::temp_dir().join(format!("optc-bench-1b-pipe-{}", std::process::id()));
+    write_sparse_llama(&dir, &LlamaShape::llama_3_2_1b()).expect("writes the checkpoint");
+    let m = hf::load(&dir).expect("loads");
+    let mut weights = m.weights;
+    bencher
+        .with_inputs(|| m.graph.clone())
+        .bench_local_refs(|g| optc::Compiler::new().compile(g, &mut weights).expect("compiles"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

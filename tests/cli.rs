@@ -191,3 +191,46 @@ fn inspect_and_logits_on_a_model_folder() {
         "no such file or folder",
     );
 }
+
+#[test]
+fn compile_runs_a_pipeline_with_dumps_and_checks() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    let dir = bundle("compile");
+    let dumps = p(&dir, "dumps");
+    let out = p(&dir, "final.ir");
+    let llama = root.join("llama").display().to_string();
+    let o = optc(&[
+        "compile",
+        &llama,
+        "-v",
+        "--check-passes",
+        "--dump-after",
+        "all",
+        "--dump-dir",
+        &dumps,
+        "-o",
+        &out,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stderr(&o);
+    for pass in ["canonicalize", "constant_fold", "cse", "dce"] {
+        assert!(table.contains(pass), "{table}");
+    }
+    let text = std::fs::read_to_string(&out).unwrap();
+    optc::ir::verify(&optc::ir::parse(&text).unwrap()).unwrap();
+    for f in ["00-input.ir", "01-canonicalize.ir", "03-cse.diff", "04-dce.ir"] {
+        assert!(dir.join("dumps").join(f).exists(), "{f}");
+    }
+    // A pipeline file naming a pass that does not exist.
+    std::fs::write(dir.join("p.toml"), "[[pass]]\nname = \"fuse_magic\"\n").unwrap();
+    assert_user_error(
+        &optc(&["compile", &llama, "--pipeline", &p(&dir, "p.toml")]),
+        "unknown pass 'fuse_magic' (known: canonicalize, constant_fold, cse, dce)",
+    );
+    let o = optc(&["passes"]);
+    assert!(
+        stdout(&o).contains("cse                      merge ops"),
+        "{}",
+        stdout(&o)
+    );
+}
