@@ -92,6 +92,31 @@ fn logits_match_transformers_from_the_same_gguf() {
     }
 }
 
+/// The default pipeline fuses one QKV and one gate/up GEMM in each of the 30
+/// layers (over lazily concatenated dequantised weights) and keeps the logits.
+#[test]
+fn default_pipeline_fuses_gemms_and_keeps_logits() {
+    let Some(path) = model_path() else { return };
+    let mut m = gguf::load(&path).unwrap();
+    let before = m.graph.clone();
+    let report = optc::Compiler::new()
+        .compile(&mut m.graph, &mut m.weights)
+        .unwrap();
+    let fused = report
+        .runs
+        .iter()
+        .find(|r| r.name == "fuse_gemm")
+        .unwrap()
+        .rewrites;
+    assert_eq!(fused, 60);
+    let ids = [1i64, 504, 3575, 282, 4649, 314];
+    let inputs = BTreeMap::from([("ids".to_string(), Tensor::from_i64(DType::I64, &[1, 6], &ids))]);
+    let a = run(&before, &inputs, &m.weights).unwrap();
+    let b = run(&m.graph, &inputs, &m.weights).unwrap();
+    let err = a[0].max_abs_diff(&b[0]);
+    assert!(err <= 1e-5, "logits moved by {err}");
+}
+
 #[test]
 fn tokenizer_matches_transformers() {
     let Some(path) = model_path() else { return };

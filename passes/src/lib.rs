@@ -9,6 +9,7 @@
 
 pub mod check;
 pub mod cleanup;
+pub mod fusion;
 mod manager;
 mod pass;
 mod pipeline;

@@ -38,10 +38,10 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// The standard pipeline (the fusion passes join it as they land).
+    /// The standard pipeline (the pattern fusions join it as they land).
     pub fn default_pipeline() -> Pipeline {
         Pipeline {
-            passes: ["canonicalize", "constant_fold", "cse", "dce"]
+            passes: ["canonicalize", "constant_fold", "cse", "dce", "fuse_gemm", "dce"]
                 .iter()
                 .map(|n| PassSpec::new(n))
                 .collect(),

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::cleanup::{Canonicalize, ConstantFold, Cse, Dce};
+use crate::fusion::FuseGemm;
 use crate::{Pass, PassError};
 
 /// Every pass a pipeline can name.
@@ -28,6 +29,7 @@ impl PassRegistry {
         r.register(Arc::new(ConstantFold));
         r.register(Arc::new(Cse));
         r.register(Arc::new(Dce));
+        r.register(Arc::new(FuseGemm));
         r
     }
 

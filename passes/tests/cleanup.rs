@@ -145,3 +145,55 @@ fn canonicalize_leaves_near_misses() {
     );
     same_results(&before, &g, &[("x", x234())]);
 }
+
+fn store_with(names: &[(&str, &[usize])]) -> WeightStore {
+    let mut w = WeightStore::new();
+    for (n, shape) in names {
+        let count: usize = shape.iter().product();
+        let v: Vec<f32> = (0..count).map(|i| (i as f32 * 0.1).sin()).collect();
+        w.insert(*n, Tensor::from_f32(DType::F32, shape, &v)).unwrap();
+    }
+    w
+}
+
+#[test]
+fn fuse_gemm_fuses_linears_sharing_an_input_and_not_near_misses() {
+    let text = "graph g(%x: f32[S, 4], %y: f32[S, 4]) -> (%a: f32[S, 3], %b: f32[S, 2], %c: f32[S, 5], %d: f32[S, 3], %e: f32[S, 3]) {\n  weight @wa: f32[3, 4] = \"l.a.weight\"\n  weight @wb: f32[2, 4] = \"l.b.weight\"\n  weight @bb: f32[2] = \"l.b.bias\"\n  weight @wc: f32[5, 4] = \"l.c.weight\"\n  weight @h: bf16[3, 4] = \"l.h.weight\"\n  %0: f32[S, 3] = linear(%x, @wa)\n  %1: f32[S, 2] = linear(%x, @wb, @bb)\n  %2: f32[S, 5] = linear(%x, @wc)\n  %3: f32[S, 3] = linear(%y, @wa)\n  %4: f32[3, 4] = cast(@h) {to = f32}\n  %5: f32[S, 3] = linear(%x, %4)\n  return %0, %1, %2, %3, %5\n}";
+    let before = parse(text).unwrap();
+    let mut g = before.clone();
+    let mut w = store_with(&[
+        ("l.a.weight", &[3, 4]),
+        ("l.b.weight", &[2, 4]),
+        ("l.b.bias", &[2]),
+        ("l.c.weight", &[5, 4]),
+    ]);
+    w.insert("l.h.weight", Tensor::from_f32(DType::BF16, &[3, 4], &[0.5; 12]))
+        .unwrap();
+    let o = toml::Table::new();
+    let pass = PassRegistry::builtin().get("fuse_gemm").unwrap();
+    let r = pass
+        .run(
+            &mut g,
+            &mut PassContext {
+                weights: &mut w,
+                options: &o,
+            },
+        )
+        .unwrap();
+    verify(&g).unwrap();
+    // Only %0 and %2 fuse: %1 has a bias, %3 reads another input, %5's weight is computed.
+    assert_eq!(r.rewrites, 1);
+    assert!(w.contains("l.a+c.weight"), "{:?}", w.names().collect::<Vec<_>>());
+    assert_eq!(w.info("l.a+c.weight").unwrap(), (DType::F32, vec![8, 4]));
+    assert_eq!(g.op_counts()["linear"], 4);
+    assert_eq!(g.op_counts()["split"], 1);
+    let inputs: BTreeMap<String, Tensor> = [
+        (
+            "x".to_string(),
+            Tensor::from_f32(DType::F32, &[2, 4], &[1., 2., 3., 4., -1., 0.5, 0., 2.]),
+        ),
+        ("y".to_string(), Tensor::from_f32(DType::F32, &[2, 4], &[0.1; 8])),
+    ]
+    .into();
+    assert_eq!(run(&before, &inputs, &w).unwrap(), run(&g, &inputs, &w).unwrap());
+}
