@@ -1035,6 +1035,10 @@ def creation_cases():
 
 
 def nn_cases():
+    g = G("swiglu_f32")
+    gv, uv = g.inp("gate", "f32", g.randn(2, 3, 8, scale=3.0)), g.inp("up", "f32", g.randn(2, 3, 8))
+    gf = F(gv)
+    g.done(g.op("swiglu", [gv, uv], out=gf / (1.0 + np.exp(-gf)) * F(uv)))
     g = G("layer_norm_scale_bias")
     xv, sv, bv = g.inp("x", "f32", g.randn(2, 3, 8, scale=3.0) + 1.0), g.inp("scale", "f32", g.randn(8)), g.inp("bias", "f32", g.randn(8))
     g.done(g.op("layer_norm", [xv, sv, bv], {"axis": -1, "eps": 1e-5}, out=layer_norm_ref(F(xv), -1, 1e-5, F(sv), F(bv))))
@@ -1283,7 +1287,7 @@ ALL_OPS = (
     + ["where", "cast", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "argmax", "softmax", "log_softmax"]
     + ["matmul", "linear", "reshape", "transpose", "unsqueeze", "squeeze", "expand", "slice", "concat", "split"]
     + ["gather", "index_select", "triu", "tril", "arange", "full", "constant", "embedding", "layer_norm"]
-    + ["rms_norm", "rope", "scaled_dot_product_attention"]
+    + ["rms_norm", "rope", "scaled_dot_product_attention", "swiglu"]
 )
 
 

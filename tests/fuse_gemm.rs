@@ -34,8 +34,11 @@ fn check(name: &str, fused_per_layer: usize) {
     let inputs = BTreeMap::from([("ids".to_string(), Tensor::from_i64(DType::I64, &[1, 7], &ids))]);
     let a = run(&before, &inputs, &m.weights).unwrap();
     let b = run(&m.graph, &inputs, &m.weights).unwrap();
+    // The default pipeline also fuses norms, which in bf16 round once where
+    // the chain rounded at every op: a few bf16 ulps at logit magnitude.
+    let tol = if name.ends_with("bf16") { 0.5 } else { 1e-5 };
     let err = a[0].max_abs_diff(&b[0]);
-    assert!(err <= 1e-5, "{name}: logits moved by {err}");
+    assert!(err <= tol, "{name}: logits moved by {err}");
 }
 
 #[test]

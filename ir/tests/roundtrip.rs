@@ -29,7 +29,7 @@ fn make_op(b: &GraphBuilder, pool: &[Value], s: Step) -> Option<(Op, Vec<Value>)
     } else {
         0
     };
-    let op = match fam % 29 {
+    let op = match fam % 30 {
         0 => Op::Unary(UnaryKind::ALL[p.unsigned_abs() as usize % UnaryKind::ALL.len()]),
         1 => Op::Gelu(Gelu {
             approximate: if p > 0 { GeluApprox::Tanh } else { GeluApprox::None },
@@ -154,6 +154,7 @@ fn make_op(b: &GraphBuilder, pool: &[Value], s: Step) -> Option<(Op, Vec<Value>)
         }
         26 => return Some((Op::Rope(Rope { interleaved: p > 0 }), vec![x, y, y])),
         27 => return Some((Op::IndexSelect(IndexSelect { axis }), vec![x, y])),
+        28 if q > 0 => return Some((Op::SwiGlu(optc_ir::ops::SwiGlu), vec![x, x])),
         _ => {
             return Some((
                 Op::Attention(ScaledDotProductAttention {

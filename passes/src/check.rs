@@ -8,7 +8,10 @@ use optc_ir::{Bindings, DType, Graph, Tensor};
 /// How to check passes numerically.
 #[derive(Clone, Debug)]
 pub struct CheckConfig {
-    /// Largest max-abs difference a pass may introduce.
+    /// Largest max-abs difference a pass may introduce, on top of four
+    /// units in the last place of the output's dtype at the output's largest
+    /// magnitude (a fused op rounds once where its chain rounded at every
+    /// step, which in bf16 moves results by a few ulps).
     pub tolerance: f64,
     /// Value for every symbol not given in `symbols`.
     pub default_symbol: i64,
@@ -67,6 +70,29 @@ pub fn random_inputs(g: &Graph, cfg: &CheckConfig) -> Result<BTreeMap<String, Te
         out.insert(name, t);
     }
     Ok(out)
+}
+
+/// Whether `b` is within tolerance of the reference `a`: absolute
+/// `tolerance` plus four ulps of each output's dtype at its largest magnitude.
+pub fn within(a: &[Tensor], b: &[Tensor], tolerance: f64) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).all(|(x, y)| {
+        let ulp = match x.dtype() {
+            DType::BF16 => 2f64.powi(-7),
+            DType::F16 => 2f64.powi(-10),
+            DType::F8E4M3 => 2f64.powi(-3),
+            _ => 2f64.powi(-23),
+        };
+        let scale = x
+            .to_f64_vec()
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(0f64, |m, v| m.max(v.abs()));
+        let err = max_abs_error(std::slice::from_ref(x), std::slice::from_ref(y));
+        err <= tolerance + 4.0 * ulp * scale
+    })
 }
 
 /// Largest absolute difference over all outputs (infinite on a shape or

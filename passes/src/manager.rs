@@ -173,7 +173,7 @@ impl PassManager {
                 })?;
                 let err = check::max_abs_error(prev, &outs);
                 run.max_abs_error = Some(err);
-                if err.is_nan() || err > cfg.tolerance {
+                if err.is_nan() || !check::within(prev, &outs, cfg.tolerance) {
                     return Err(PassError::Changed {
                         pass: name,
                         error: err,

@@ -41,10 +41,21 @@ impl Pipeline {
     /// The standard pipeline (the pattern fusions join it as they land).
     pub fn default_pipeline() -> Pipeline {
         Pipeline {
-            passes: ["canonicalize", "constant_fold", "cse", "dce", "fuse_gemm", "dce"]
-                .iter()
-                .map(|n| PassSpec::new(n))
-                .collect(),
+            passes: [
+                "canonicalize",
+                "constant_fold",
+                "cse",
+                "dce",
+                "fuse_rmsnorm",
+                "fuse_swiglu",
+                "fuse_gelu",
+                "dce",
+                "fuse_gemm",
+                "dce",
+            ]
+            .iter()
+            .map(|n| PassSpec::new(n))
+            .collect(),
         }
     }
 

@@ -24,7 +24,7 @@ pub use creation::{Arange, Constant, Full, Scalar};
 pub use elementwise::{BinaryKind, Cast, CompareKind, Gelu, GeluApprox, UnaryKind, Where};
 pub use indexing::{Concat, Gather, IndexSelect, Slice, Split};
 pub use linalg::{Linear, MatMul};
-pub use nn::{Embedding, LayerNorm, RmsNorm, Rope, Softmax};
+pub use nn::{Embedding, LayerNorm, RmsNorm, Rope, Softmax, SwiGlu};
 pub use reduce::{ArgMax, Reduce, ReduceKind};
 pub use shape::{Expand, Reshape, Squeeze, Transpose, Triangular, Unsqueeze};
 
@@ -97,6 +97,7 @@ pub enum Op {
     LayerNorm(LayerNorm),
     RmsNorm(RmsNorm),
     Rope(Rope),
+    SwiGlu(SwiGlu),
     Attention(ScaledDotProductAttention),
 }
 
@@ -132,6 +133,7 @@ impl Op {
             Op::LayerNorm(o) => o,
             Op::RmsNorm(o) => o,
             Op::Rope(o) => o,
+            Op::SwiGlu(o) => o,
             Op::Attention(o) => o,
         }
     }
@@ -204,6 +206,7 @@ impl Op {
             "layer_norm",
             "rms_norm",
             "rope",
+            "swiglu",
             "scaled_dot_product_attention",
         ]);
         v
@@ -275,6 +278,7 @@ impl Op {
                 "rope" => Op::Rope(Rope {
                     interleaved: r.bool_or("interleaved", false)?,
                 }),
+                "swiglu" => Op::SwiGlu(SwiGlu),
                 "scaled_dot_product_attention" => Op::Attention(ScaledDotProductAttention {
                     causal: r.bool_or("causal", false)?,
                     scale: r.opt_float("scale")?,

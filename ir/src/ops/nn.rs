@@ -288,6 +288,40 @@ impl OpImpl for Rope {
     }
 }
 
+/// `swiglu(gate, up)`: `silu(gate) * up`, the gated MLP activation of the
+/// Llama family, computed in f64 and rounded once. Operands have one type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwiGlu;
+
+impl OpImpl for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity("swiglu", inputs, 2)?;
+        want_float("swiglu", "gate", &inputs[0])?;
+        if inputs[0] != inputs[1] {
+            return Err(format!(
+                "swiglu needs gate and up of one type, got {} and {}",
+                inputs[0], inputs[1]
+            ));
+        }
+        Ok(vec![inputs[0].clone()])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let (g, u) = (inputs[0], inputs[1]);
+        let v: Vec<f64> = g
+            .to_f64_vec()
+            .into_iter()
+            .zip(u.to_f64_vec())
+            .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        Ok(vec![Tensor::from_f64(g.dtype(), g.shape(), &v)])
+    }
+}
+
 /// Embedding lookup `embedding(weight[V, D], ids)` → `ids.shape + [D]`
 /// (the operand order of `aten::embedding`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

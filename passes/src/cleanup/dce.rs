@@ -10,6 +10,25 @@ use crate::{Pass, PassContext, PassError, PassReport};
 /// Removes nodes no output depends on.
 pub struct Dce;
 
+/// Removes every op and weight no graph output depends on; returns how many.
+pub fn remove_dead(g: &mut Graph) -> usize {
+    let mut live = HashSet::new();
+    let mut stack: Vec<_> = g.outputs().iter().map(|o| o.value.node).collect();
+    while let Some(n) = stack.pop() {
+        if live.insert(n) {
+            stack.extend(g.operands(n).into_iter().map(|v| v.node));
+        }
+    }
+    let dead: Vec<_> = g
+        .node_ids()
+        .filter(|n| !live.contains(n) && !matches!(g.node(*n).kind, NodeKind::Input { .. }))
+        .collect();
+    for &n in &dead {
+        g.remove_node(n);
+    }
+    dead.len()
+}
+
 impl Pass for Dce {
     fn name(&self) -> &str {
         "dce"
@@ -20,20 +39,6 @@ impl Pass for Dce {
     }
 
     fn run(&self, g: &mut Graph, _: &mut PassContext) -> Result<PassReport, PassError> {
-        let mut live = HashSet::new();
-        let mut stack: Vec<_> = g.outputs().iter().map(|o| o.value.node).collect();
-        while let Some(n) = stack.pop() {
-            if live.insert(n) {
-                stack.extend(g.operands(n).into_iter().map(|v| v.node));
-            }
-        }
-        let dead: Vec<_> = g
-            .node_ids()
-            .filter(|n| !live.contains(n) && !matches!(g.node(*n).kind, NodeKind::Input { .. }))
-            .collect();
-        for &n in &dead {
-            g.remove_node(n);
-        }
-        Ok(PassReport::with_rewrites(dead.len()))
+        Ok(PassReport::with_rewrites(remove_dead(g)))
     }
 }

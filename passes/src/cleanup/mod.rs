@@ -9,7 +9,7 @@ mod dce;
 pub use canonicalize::Canonicalize;
 pub use constant_fold::ConstantFold;
 pub use cse::Cse;
-pub use dce::Dce;
+pub use dce::{remove_dead, Dce};
 
 use optc_ir::{Graph, NodeId};
 

@@ -113,6 +113,11 @@ impl Pass for FuseGemm {
                 out,
             });
         }
+        // Fuse in graph order, so the new weights are declared in layer order.
+        let position: std::collections::HashMap<NodeId, usize> =
+            op_order(g).into_iter().enumerate().map(|(i, n)| (n, i)).collect();
+        let mut groups: Vec<((Value, bool), Vec<Member>)> = groups.into_iter().collect();
+        groups.sort_by_key(|(_, m)| position[&m[0].node]);
         let mut fused = 0;
         for ((x, _), members) in groups {
             if members.len() < 2 {

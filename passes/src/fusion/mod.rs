@@ -1,6 +1,12 @@
 //! Fusion passes: rewrites that turn the plain graph frontends give into
-//! fewer, larger ops that backends implement well.
+//! fewer, larger ops that backends implement well. Pattern fusions run on
+//! an e-graph ([`egraph`]) with rules kept as data ([`rules`]); GEMM fusion
+//! is a structural pass over the graph.
 
+pub mod egraph;
 mod gemm;
+mod passes;
+pub mod rules;
 
 pub use gemm::FuseGemm;
+pub use passes::{FuseGelu, FuseRmsNorm, FuseSwiglu};

@@ -1,0 +1,70 @@
+//! The e-graph fusion passes: each runs its rule family over the graph.
+
+use std::time::Duration;
+
+use optc_ir::Graph;
+
+use super::egraph::{rewrite_graph, Limits, Rule};
+use super::rules;
+use crate::{Pass, PassContext, PassError, PassReport};
+
+/// Bounds from the pass options (`max_nodes`, `max_iterations`, `max_millis`).
+fn limits(pass: &str, cx: &PassContext) -> Result<Limits, PassError> {
+    let d = Limits::default();
+    Ok(Limits {
+        nodes: cx.int_option(pass, "max_nodes", d.nodes as i64)?.max(1) as usize,
+        iterations: cx.int_option(pass, "max_iterations", d.iterations as i64)?.max(1) as usize,
+        time: Duration::from_millis(
+            cx.int_option(pass, "max_millis", d.time.as_millis() as i64)?
+                .max(1) as u64,
+        ),
+    })
+}
+
+fn run_rules(pass: &str, rules: Vec<Rule>, g: &mut Graph, cx: &PassContext) -> Result<PassReport, PassError> {
+    let out = rewrite_graph(g, &rules, limits(pass, cx)?);
+    Ok(PassReport {
+        rewrites: out.rewrites,
+        notes: out.notes,
+    })
+}
+
+macro_rules! egg_pass {
+    ($ty:ident, $name:literal, $doc:literal, $rules:expr) => {
+        #[doc = $doc]
+        pub struct $ty;
+
+        impl Pass for $ty {
+            fn name(&self) -> &str {
+                $name
+            }
+
+            fn description(&self) -> &str {
+                $doc
+            }
+
+            fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<PassReport, PassError> {
+                run_rules($name, $rules, g, cx)
+            }
+        }
+    };
+}
+
+egg_pass!(
+    FuseRmsNorm,
+    "fuse_rmsnorm",
+    "fuse x * rsqrt(mean(x^2) + eps) * w (with or without f32 casts) into rms_norm",
+    rules::rmsnorm::rules()
+);
+egg_pass!(
+    FuseSwiglu,
+    "fuse_swiglu",
+    "fuse silu(gate) * up into swiglu",
+    rules::swiglu::rules()
+);
+egg_pass!(
+    FuseGelu,
+    "fuse_gelu",
+    "fuse the written-out tanh and erf GELU formulas into gelu",
+    rules::gelu::rules()
+);

@@ -1,0 +1,136 @@
+//! Property tests for the e-graph fusions: random graphs hold each pattern
+//! in a random spelling (operand orders) or a near miss (wrong exponent,
+//! non-constant eps, a weight that broadcasts, another reduction axis,
+//! broadcasting swiglu operands, a wrong GELU constant). Every pass keeps
+//! the interpreter's results (1e-5) and fuses exactly the true patterns.
+
+use std::collections::BTreeMap;
+
+use optc_ir::ops::{BinaryKind, Constant, Op, Reduce, ReduceKind, UnaryKind};
+use optc_ir::{parse_type, run, DType, GraphBuilder, Tensor, Value, WeightStore};
+use optc_passes::check::max_abs_error;
+use optc_passes::{PassContext, PassRegistry};
+use proptest::prelude::*;
+
+fn scalar(b: &mut GraphBuilder, v: f64) -> Value {
+    b.op1(
+        Op::Constant(Constant {
+            value: Tensor::from_f64(DType::F32, &[], &[v]),
+        }),
+        &[],
+    )
+    .unwrap()
+}
+
+fn mul(b: &mut GraphBuilder, x: Value, y: Value, swap: bool) -> Value {
+    if swap {
+        b.mul(y, x).unwrap()
+    } else {
+        b.mul(x, y).unwrap()
+    }
+}
+
+fn inputs(g: &optc_ir::Graph) -> BTreeMap<String, Tensor> {
+    let mut out = BTreeMap::new();
+    for &i in g.inputs() {
+        let ty = &g.node(i).outputs[0];
+        let shape: Vec<usize> = ty
+            .shape
+            .as_consts()
+            .unwrap()
+            .iter()
+            .map(|&d| d as usize)
+            .collect();
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|k| ((k as f32 * 0.731).sin() * 1.5) + 0.1).collect();
+        out.insert(
+            g.node_name(i).unwrap().to_string(),
+            Tensor::from_f32(DType::F32, &shape, &v),
+        );
+    }
+    out
+}
+
+/// Runs one pass; returns (how many `fused` ops result, max abs error).
+fn fuse(g: optc_ir::Graph, pass: &str, fused: &str) -> (usize, f64) {
+    let before = g.clone();
+    let mut g = g;
+    let mut w = WeightStore::new();
+    let o = toml::Table::new();
+    PassRegistry::builtin()
+        .get(pass)
+        .unwrap()
+        .run(
+            &mut g,
+            &mut PassContext {
+                weights: &mut w,
+                options: &o,
+            },
+        )
+        .unwrap();
+    optc_ir::verify(&g).unwrap();
+    let i = inputs(&before);
+    let err = max_abs_error(&run(&before, &i, &w).unwrap(), &run(&g, &i, &w).unwrap());
+    (g.op_counts().get(fused).copied().unwrap_or(0), err)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn rmsnorm(exp3 in any::<bool>(), eps_input in any::<bool>(), w_bad in any::<bool>(), axis0 in any::<bool>(),
+               o1 in any::<bool>(), o2 in any::<bool>(), o3 in any::<bool>()) {
+        let mut b = GraphBuilder::new("n");
+        let x = b.input("x", parse_type("f32[3, 8]").unwrap());
+        let w = b.input("w", parse_type(if w_bad { "f32[1]" } else { "f32[8]" }).unwrap());
+        let e = if eps_input { b.input("eps", parse_type("f32[1]").unwrap()) } else { scalar(&mut b, 1e-5) };
+        let p = scalar(&mut b, if exp3 { 3.0 } else { 2.0 });
+        let sq = b.binary(BinaryKind::Pow, x, p).unwrap();
+        let m = b.op1(Op::Reduce(Reduce { kind: ReduceKind::Mean, axes: vec![if axis0 { 0 } else { -1 }], keepdims: true }), &[sq]).unwrap();
+        let v = if o1 { b.add(e, m).unwrap() } else { b.add(m, e).unwrap() };
+        let r = b.unary(UnaryKind::Rsqrt, v).unwrap();
+        let h = mul(&mut b, x, r, o2);
+        let y = mul(&mut b, w, h, o3);
+        b.output("y", y);
+        let (n, err) = fuse(b.finish().unwrap(), "fuse_rmsnorm", "rms_norm");
+        let expected = !(exp3 || eps_input || w_bad || axis0);
+        prop_assert_eq!(n, expected as usize);
+        prop_assert!(err <= 1e-5, "error {}", err);
+    }
+
+    #[test]
+    fn swiglu(broadcast in any::<bool>(), sigmoid in any::<bool>(), swap in any::<bool>()) {
+        let mut b = GraphBuilder::new("s");
+        let g = b.input("g", parse_type("f32[2, 8]").unwrap());
+        let u = b.input("u", parse_type(if broadcast { "f32[1, 8]" } else { "f32[2, 8]" }).unwrap());
+        let a = b.unary(if sigmoid { UnaryKind::Sigmoid } else { UnaryKind::Silu }, g).unwrap();
+        let y = mul(&mut b, a, u, swap);
+        b.output("y", y);
+        let (n, err) = fuse(b.finish().unwrap(), "fuse_swiglu", "swiglu");
+        prop_assert_eq!(n, (!broadcast && !sigmoid) as usize);
+        prop_assert!(err <= 1e-5, "error {}", err);
+    }
+
+    #[test]
+    fn gelu_tanh(wrong_c in any::<bool>(), wrong_half in any::<bool>()) {
+        let mut b = GraphBuilder::new("g");
+        let x = b.input("x", parse_type("f32[2, 8]").unwrap());
+        let three = scalar(&mut b, 3.0);
+        let cube = b.binary(BinaryKind::Pow, x, three).unwrap();
+        let c = scalar(&mut b, if wrong_c { 0.05 } else { 0.044715 });
+        let cube = b.mul(cube, c).unwrap();
+        let inner = b.add(x, cube).unwrap();
+        let k = scalar(&mut b, (2.0 / std::f64::consts::PI).sqrt());
+        let inner = b.mul(inner, k).unwrap();
+        let t = b.unary(UnaryKind::Tanh, inner).unwrap();
+        let one = scalar(&mut b, 1.0);
+        let t = b.add(t, one).unwrap();
+        let half = scalar(&mut b, if wrong_half { 0.25 } else { 0.5 });
+        let hx = b.mul(x, half).unwrap();
+        let y = b.mul(hx, t).unwrap();
+        b.output("y", y);
+        let (n, err) = fuse(b.finish().unwrap(), "fuse_gelu", "gelu");
+        prop_assert_eq!(n, (!wrong_c && !wrong_half) as usize);
+        prop_assert!(err <= 1e-5, "error {}", err);
+    }
+}

@@ -1,0 +1,71 @@
+//! The default pipeline on every fixture architecture: one norm op per
+//! norm, one swiglu (or gelu) per MLP, one QKV and one gate/up GEMM per
+//! layer where the checkpoint has separate projections, no leftover
+//! rsqrt/silu/tanh chains, and logits unchanged (1e-5, f32 fixtures).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use optc::frontends::hf;
+use optc::ir::{run, DType, Graph, Tensor, WeightStore};
+use optc::Compiler;
+
+fn compiled(name: &str) -> (Graph, Graph, WeightStore, usize) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name);
+    let mut m = hf::load(dir).unwrap();
+    let before = m.graph.clone();
+    Compiler::new().compile(&mut m.graph, &mut m.weights).unwrap();
+    (before, m.graph, m.weights, m.config.num_layers)
+}
+
+fn count(g: &Graph, op: &str) -> usize {
+    g.op_counts().get(op).copied().unwrap_or(0)
+}
+
+fn same_logits(before: &Graph, after: &Graph, w: &WeightStore, tol: f64) {
+    let ids: Vec<i64> = (0..9).map(|i| (i * 53 % 300) as i64).collect();
+    let inputs = BTreeMap::from([("ids".to_string(), Tensor::from_i64(DType::I64, &[1, 9], &ids))]);
+    let a = run(before, &inputs, w).unwrap();
+    let b = run(after, &inputs, w).unwrap();
+    let err = a[0].max_abs_diff(&b[0]);
+    assert!(err <= tol, "logits moved by {err}");
+}
+
+#[test]
+fn llama_family() {
+    for (name, gemms) in [("llama", 2), ("mistral", 2), ("qwen2", 2), ("phi3", 0)] {
+        let (before, g, w, l) = compiled(name);
+        assert_eq!(count(&g, "rms_norm"), 2 * l + 1, "{name}");
+        assert_eq!(count(&g, "swiglu"), l, "{name}");
+        for gone in ["rsqrt", "silu", "pow", "reduce_mean"] {
+            assert_eq!(count(&g, gone), 0, "{name}: {gone} left");
+        }
+        // QKV + o + gate/up + down per layer, and the LM head.
+        assert_eq!(count(&g, "linear"), 4 * l + 1, "{name}");
+        let _ = gemms;
+        same_logits(&before, &g, &w, 1e-5);
+    }
+}
+
+#[test]
+fn gpt2() {
+    let (before, g, w, l) = compiled("gpt2");
+    assert_eq!(count(&g, "gelu"), l);
+    assert_eq!(count(&g, "layer_norm"), 2 * l + 1);
+    for gone in ["tanh", "pow"] {
+        assert_eq!(count(&g, gone), 0, "{gone} left");
+    }
+    same_logits(&before, &g, &w, 1e-5);
+}
+
+#[test]
+fn half_precision_fuses_through_the_casts() {
+    let (_, g, _, l) = compiled("llama_bf16");
+    assert_eq!(count(&g, "rms_norm"), 2 * l + 1);
+    assert_eq!(count(&g, "rsqrt"), 0);
+    let (_, g, _, l) = compiled("qwen2_f16");
+    assert_eq!(count(&g, "rms_norm"), 2 * l + 1);
+    assert_eq!(count(&g, "swiglu"), l);
+}
