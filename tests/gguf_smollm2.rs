@@ -92,8 +92,9 @@ fn logits_match_transformers_from_the_same_gguf() {
     }
 }
 
-/// The default pipeline fuses one QKV and one gate/up GEMM in each of the 30
-/// layers (over lazily concatenated dequantised weights) and keeps the logits.
+/// The default pipeline fuses every RMSNorm and SwiGLU, and one QKV and one
+/// gate/up GEMM in each of the 30 layers (over lazily concatenated
+/// dequantised weights), and keeps the logits.
 #[test]
 fn default_pipeline_fuses_gemms_and_keeps_logits() {
     let Some(path) = model_path() else { return };
@@ -113,8 +114,10 @@ fn default_pipeline_fuses_gemms_and_keeps_logits() {
     let inputs = BTreeMap::from([("ids".to_string(), Tensor::from_i64(DType::I64, &[1, 6], &ids))]);
     let a = run(&before, &inputs, &m.weights).unwrap();
     let b = run(&m.graph, &inputs, &m.weights).unwrap();
+    // Fused norms round once where the chain rounded per op; over 30
+    // layers that moves logits of magnitude ~20 by ~1.6e-5 (measured).
     let err = a[0].max_abs_diff(&b[0]);
-    assert!(err <= 1e-5, "logits moved by {err}");
+    assert!(err <= 1e-4, "logits moved by {err}");
 }
 
 #[test]
