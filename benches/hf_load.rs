@@ -29,3 +29,21 @@ fn default_pipeline_llama_3_2_1b(bencher: divan::Bencher) {
         .bench_local_refs(|g| optc::Compiler::new().compile(g, &mut weights).expect("compiles"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The default pipeline on an 80-layer graph (Llama-3.2-1B widths, 80
+/// layers: the graph size of a 70B model).
+#[divan::bench(sample_count = 5)]
+fn default_pipeline_80_layers(bencher: divan::Bencher) {
+    let dir = std::env::temp_dir().join(format!("optc-bench-80l-{}", std::process::id()));
+    let shape = LlamaShape {
+        layers: 80,
+        ..LlamaShape::llama_3_2_1b()
+    };
+    write_sparse_llama(&dir, &shape).expect("writes the checkpoint");
+    let m = hf::load(&dir).expect("loads");
+    let mut weights = m.weights;
+    bencher
+        .with_inputs(|| m.graph.clone())
+        .bench_local_refs(|g| optc::Compiler::new().compile(g, &mut weights).expect("compiles"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
