@@ -1,5 +1,5 @@
 //! The default pipeline on every fixture architecture: one norm op per
-//! norm, one swiglu (or gelu) per MLP, one QKV and one gate/up GEMM per
+//! norm, one rope per rotated q and k, one swiglu (or gelu) per MLP, one QKV and one gate/up GEMM per
 //! layer where the checkpoint has separate projections, no leftover
 //! rsqrt/silu/tanh chains, and logits unchanged (1e-5, f32 fixtures).
 
@@ -39,7 +39,8 @@ fn llama_family() {
         let (before, g, w, l) = compiled(name);
         assert_eq!(count(&g, "rms_norm"), 2 * l + 1, "{name}");
         assert_eq!(count(&g, "swiglu"), l, "{name}");
-        for gone in ["rsqrt", "silu", "pow", "reduce_mean"] {
+        assert_eq!(count(&g, "rope"), 2 * l, "{name}");
+        for gone in ["rsqrt", "silu", "pow", "reduce_mean", "neg"] {
             assert_eq!(count(&g, gone), 0, "{name}: {gone} left");
         }
         // QKV + o + gate/up + down per layer, and the LM head.

@@ -110,6 +110,11 @@ fn default_pipeline_fuses_gemms_and_keeps_logits() {
         .unwrap()
         .rewrites;
     assert_eq!(fused, 60);
+    let counts = m.graph.op_counts();
+    assert_eq!(counts["rms_norm"], 61);
+    assert_eq!(counts["swiglu"], 30);
+    assert_eq!(counts["rope"], 60);
+    assert_eq!(counts.get("rsqrt"), None);
     let ids = [1i64, 504, 3575, 282, 4649, 314];
     let inputs = BTreeMap::from([("ids".to_string(), Tensor::from_i64(DType::I64, &[1, 6], &ids))]);
     let a = run(&before, &inputs, &m.weights).unwrap();

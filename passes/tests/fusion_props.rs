@@ -112,6 +112,28 @@ proptest! {
     }
 
     #[test]
+    fn rope_rotate_half(swap_halves in any::<bool>(), o1 in any::<bool>(), o2 in any::<bool>(), o3 in any::<bool>()) {
+        use optc_ir::ops::{Concat, Slice};
+        let mut b = GraphBuilder::new("r");
+        let x = b.input("x", parse_type("f32[2, 3, 8]").unwrap());
+        let cos = b.input("cos", parse_type("f32[3, 8]").unwrap());
+        let sin = b.input("sin", parse_type("f32[3, 8]").unwrap());
+        let lo = b.op1(Op::Slice(Slice { axis: -1, start: 0, end: Some(4), step: 1 }), &[x]).unwrap();
+        let hi = b.op1(Op::Slice(Slice { axis: -1, start: 4, end: None, step: 1 }), &[x]).unwrap();
+        // The near miss: cat(-x1, x2) is not rotate_half.
+        let (negated, kept) = if swap_halves { (lo, hi) } else { (hi, lo) };
+        let n = b.unary(UnaryKind::Neg, negated).unwrap();
+        let rot = b.op1(Op::Concat(Concat { axis: -1 }), &[n, kept]).unwrap();
+        let a = mul(&mut b, x, cos, o1);
+        let c = mul(&mut b, rot, sin, o2);
+        let y = if o3 { b.add(a, c).unwrap() } else { b.add(c, a).unwrap() };
+        b.output("y", y);
+        let (n, err) = fuse(b.finish().unwrap(), "fuse_rope", "rope");
+        prop_assert_eq!(n, (!swap_halves) as usize);
+        prop_assert!(err <= 1e-5, "error {}", err);
+    }
+
+    #[test]
     fn gelu_tanh(wrong_c in any::<bool>(), wrong_half in any::<bool>()) {
         let mut b = GraphBuilder::new("g");
         let x = b.input("x", parse_type("f32[2, 8]").unwrap());

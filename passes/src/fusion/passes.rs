@@ -57,6 +57,12 @@ egg_pass!(
     rules::rmsnorm::rules()
 );
 egg_pass!(
+    FuseRope,
+    "fuse_rope",
+    "fuse x * cos + rotate_half(x) * sin into rope",
+    rules::rope::rules()
+);
+egg_pass!(
     FuseSwiglu,
     "fuse_swiglu",
     "fuse silu(gate) * up into swiglu",

@@ -5,6 +5,7 @@
 
 pub mod gelu;
 pub mod rmsnorm;
+pub mod rope;
 pub mod swiglu;
 
 use egg::{Applier, Id, Pattern, PatternAst, Rewrite, Subst, Symbol, Var};
