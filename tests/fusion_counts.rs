@@ -1,5 +1,6 @@
 //! The default pipeline on every fixture architecture: one norm op per
-//! norm, one rope per rotated q and k, one swiglu (or gelu) per MLP, one QKV and one gate/up GEMM per
+//! norm, one rope per rotated q and k, one attention per layer (GQA
+//! through the kv heads, causal where the mask is), one swiglu (or gelu) per MLP, one QKV and one gate/up GEMM per
 //! layer where the checkpoint has separate projections, no leftover
 //! rsqrt/silu/tanh chains, and logits unchanged (1e-5, f32 fixtures).
 
@@ -7,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use optc::frontends::hf;
+use optc::ir::ops::Op;
 use optc::ir::{run, DType, Graph, Tensor, WeightStore};
 use optc::Compiler;
 
@@ -40,12 +42,22 @@ fn llama_family() {
         assert_eq!(count(&g, "rms_norm"), 2 * l + 1, "{name}");
         assert_eq!(count(&g, "swiglu"), l, "{name}");
         assert_eq!(count(&g, "rope"), 2 * l, "{name}");
-        for gone in ["rsqrt", "silu", "pow", "reduce_mean", "neg"] {
+        assert_eq!(count(&g, "scaled_dot_product_attention"), l, "{name}");
+        for gone in ["rsqrt", "silu", "pow", "reduce_mean", "neg", "softmax", "expand"] {
             assert_eq!(count(&g, gone), 0, "{name}: {gone} left");
         }
         // QKV + o + gate/up + down per layer, and the LM head.
         assert_eq!(count(&g, "linear"), 4 * l + 1, "{name}");
         let _ = gemms;
+        // Causal masks become `causal = true`; Mistral's sliding window
+        // stays an additive mask operand.
+        for n in g.node_ids() {
+            if let Some(Op::Attention(a)) = g.node(n).op() {
+                let sliding = name == "mistral";
+                assert_eq!(a.causal, !sliding, "{name}");
+                assert_eq!(g.operands(n).len(), if sliding { 4 } else { 3 }, "{name}");
+            }
+        }
         same_logits(&before, &g, &w, 1e-5);
     }
 }
@@ -55,7 +67,8 @@ fn gpt2() {
     let (before, g, w, l) = compiled("gpt2");
     assert_eq!(count(&g, "gelu"), l);
     assert_eq!(count(&g, "layer_norm"), 2 * l + 1);
-    for gone in ["tanh", "pow"] {
+    assert_eq!(count(&g, "scaled_dot_product_attention"), l);
+    for gone in ["tanh", "pow", "softmax"] {
         assert_eq!(count(&g, gone), 0, "{gone} left");
     }
     same_logits(&before, &g, &w, 1e-5);

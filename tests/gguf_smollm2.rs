@@ -114,6 +114,8 @@ fn default_pipeline_fuses_gemms_and_keeps_logits() {
     assert_eq!(counts["rms_norm"], 61);
     assert_eq!(counts["swiglu"], 30);
     assert_eq!(counts["rope"], 60);
+    assert_eq!(counts["scaled_dot_product_attention"], 30);
+    assert_eq!(counts.get("softmax"), None);
     assert_eq!(counts.get("rsqrt"), None);
     let ids = [1i64, 504, 3575, 282, 4649, 314];
     let inputs = BTreeMap::from([("ids".to_string(), Tensor::from_i64(DType::I64, &[1, 6], &ids))]);

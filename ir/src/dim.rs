@@ -163,6 +163,12 @@ impl From<i64> for Dim {
     }
 }
 
+impl From<i32> for Dim {
+    fn from(n: i32) -> Dim {
+        Dim::constant(n as i64)
+    }
+}
+
 impl From<usize> for Dim {
     fn from(n: usize) -> Dim {
         Dim::constant(n as i64)

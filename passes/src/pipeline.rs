@@ -50,6 +50,7 @@ impl Pipeline {
                 "fuse_rope",
                 "fuse_swiglu",
                 "fuse_gelu",
+                "fuse_attention",
                 "dce",
                 "fuse_gemm",
                 "dce",

@@ -134,6 +134,44 @@ proptest! {
     }
 
     #[test]
+    fn attention(tensor_scale in any::<bool>(), axis2 in any::<bool>(), causal in any::<bool>(), gqa in any::<bool>(),
+                 scale_left in any::<bool>(), mask_left in any::<bool>()) {
+        use optc_ir::ops::{Expand, Full, Scalar, Softmax, Transpose, Triangular, Unsqueeze};
+        let mut b = GraphBuilder::new("a");
+        let q = b.input("q", parse_type("f32[1, 4, 5, 8]").unwrap());
+        let kv_heads = if gqa { 2 } else { 4 };
+        let ty = format!("f32[1, {kv_heads}, 5, 8]");
+        let (mut k, mut v) = (b.input("k", parse_type(&ty).unwrap()), b.input("v", parse_type(&ty).unwrap()));
+        if gqa {
+            let rep = |b: &mut GraphBuilder, x| {
+                let u = b.op1(Op::Unsqueeze(Unsqueeze { axes: vec![2] }), &[x]).unwrap();
+                let e = b.op1(Op::Expand(Expand { shape: vec![1.into(), 2.into(), 2.into(), 5.into(), 8.into()] }), &[u]).unwrap();
+                b.reshape(e, vec![1.into(), 4.into(), 5.into(), 8.into()]).unwrap()
+            };
+            k = rep(&mut b, k);
+            v = rep(&mut b, v);
+        }
+        let kt = b.op1(Op::Transpose(Transpose { perm: vec![0, 1, 3, 2] }), &[k]).unwrap();
+        let scores = b.matmul(q, kt).unwrap();
+        let s = if tensor_scale { b.input("s", parse_type("f32[5]").unwrap()) } else { scalar(&mut b, 0.35) };
+        let scores = mul(&mut b, scores, s, scale_left);
+        let mask = if causal {
+            let f = b.op1(Op::Full(Full { shape: vec![5.into(), 5.into()], value: Scalar::Float(f64::NEG_INFINITY), dtype: DType::F32 }), &[]).unwrap();
+            b.op1(Op::Triangular(Triangular { upper: true, k: 1 }), &[f]).unwrap()
+        } else {
+            b.input("m", parse_type("f32[5, 5]").unwrap())
+        };
+        let scores = if mask_left { b.add(mask, scores).unwrap() } else { b.add(scores, mask).unwrap() };
+        let p = b.op1(Op::Softmax(Softmax { axis: if axis2 { -2 } else { -1 }, log: false }), &[scores]).unwrap();
+        let y = b.matmul(p, v).unwrap();
+        b.output("y", y);
+        let g = b.finish().unwrap();
+        let (n, err) = fuse(g.clone(), "fuse_attention", "scaled_dot_product_attention");
+        prop_assert_eq!(n, (!tensor_scale && !axis2) as usize);
+        prop_assert!(err <= 1e-5, "error {}", err);
+    }
+
+    #[test]
     fn gelu_tanh(wrong_c in any::<bool>(), wrong_half in any::<bool>()) {
         let mut b = GraphBuilder::new("g");
         let x = b.input("x", parse_type("f32[2, 8]").unwrap());

@@ -57,6 +57,12 @@ egg_pass!(
     rules::rmsnorm::rules()
 );
 egg_pass!(
+    FuseAttention,
+    "fuse_attention",
+    "fuse softmax(q k^T * scale + mask) v (with repeat_kv for GQA) into scaled_dot_product_attention",
+    rules::attention::rules()
+);
+egg_pass!(
     FuseRope,
     "fuse_rope",
     "fuse x * cos + rotate_half(x) * sin into rope",

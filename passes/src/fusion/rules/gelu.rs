@@ -15,7 +15,7 @@ use crate::fusion::egraph::{scalar_is, FusionGraph};
 
 const TOL: f64 = 1e-6;
 
-fn tanh_form(eg: &FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
+fn tanh_form(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
     let (x, half, three, c, k, one) = (v[0], v[1], v[2], v[3], v[4], v[5]);
     let ok = scalar_is(eg, half, 0.5, TOL)
         && scalar_is(eg, three, 3.0, TOL)
@@ -32,7 +32,7 @@ fn tanh_form(eg: &FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
     })
 }
 
-fn erf_mul_form(eg: &FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
+fn erf_mul_form(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
     let (x, half, r, one) = (v[0], v[1], v[2], v[3]);
     let ok = scalar_is(eg, half, 0.5, TOL)
         && scalar_is(eg, r, std::f64::consts::FRAC_1_SQRT_2, TOL)
@@ -47,7 +47,7 @@ fn erf_mul_form(eg: &FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
     })
 }
 
-fn erf_div_form(eg: &FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
+fn erf_div_form(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
     let (x, half, s, one) = (v[0], v[1], v[2], v[3]);
     let ok = scalar_is(eg, half, 0.5, TOL)
         && scalar_is(eg, s, std::f64::consts::SQRT_2, TOL)

@@ -3,6 +3,7 @@
 //! builder that checks conditions (constant values, types) and returns the
 //! fused op with its operands, or nothing.
 
+pub mod attention;
 pub mod gelu;
 pub mod rmsnorm;
 pub mod rope;
@@ -14,7 +15,7 @@ use optc_ir::ops::Op;
 use super::egraph::{add_fused, FusionGraph, Node, Rule, Types};
 
 /// Builds the fused op from the matched variables' classes, or declines.
-pub type Builder = fn(&FusionGraph, &[Id]) -> Option<(Op, Vec<Id>)>;
+pub type Builder = fn(&mut FusionGraph, &[Id]) -> Option<(Op, Vec<Id>)>;
 
 struct Fuse {
     vars: Vec<Var>,

@@ -13,7 +13,7 @@ use super::{rule, Rule};
 use crate::fusion::egraph::{scalar_is, ty, FusionGraph};
 
 /// `?x ?w ?two ?eps` → `rms_norm(x, w)`.
-fn build(eg: &FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
+fn build(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
     let (x, w, two, eps) = (v[0], v[1], v[2], v[3]);
     if !scalar_is(eg, two, 2.0, 0.0) {
         return None;

@@ -27,7 +27,7 @@ fn has_slice(eg: &FusionGraph, c: Id, x: Id, start: i64, end: Option<i64>) -> bo
     })
 }
 
-fn build(eg: &FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
+fn build(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
     let (x, cos, sin, hi, lo) = (v[0], v[1], v[2], v[3], v[4]);
     let (xt, ct, st) = (ty(eg, x)?, ty(eg, cos)?, ty(eg, sin)?);
     let d = xt.shape.dims().last()?.as_const()?;

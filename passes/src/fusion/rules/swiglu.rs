@@ -7,7 +7,7 @@ use optc_ir::ops::{Op, SwiGlu};
 use super::{rule, Rule};
 use crate::fusion::egraph::{ty, FusionGraph};
 
-fn build(eg: &FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
+fn build(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
     let (g, u) = (v[0], v[1]);
     (ty(eg, g)? == ty(eg, u)?).then(|| (Op::SwiGlu(SwiGlu), vec![g, u]))
 }
