@@ -83,3 +83,25 @@ fn half_precision_fuses_through_the_casts() {
     assert_eq!(count(&g, "rms_norm"), 2 * l + 1);
     assert_eq!(count(&g, "swiglu"), l);
 }
+
+#[test]
+fn hitting_an_e_graph_bound_is_reported() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama");
+    let mut m = hf::load(dir).unwrap();
+    let pipeline = optc::passes::Pipeline::from_toml(
+        "bounded.toml",
+        "[[pass]]\nname = \"fuse_rmsnorm\"\noptions = { max_nodes = 10 }\n",
+    )
+    .unwrap();
+    let mut c = Compiler::new();
+    c.set_pipeline(pipeline);
+    let report = c.compile(&mut m.graph, &mut m.weights).unwrap();
+    let notes = &report.runs[0].notes;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("e-graph run stopped early: NodeLimit(")),
+        "{notes:?}"
+    );
+    assert!(report.table().contains("note: e-graph run stopped early"));
+}

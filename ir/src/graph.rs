@@ -6,7 +6,7 @@
 //! it fills, so the operand list of an op is its incoming edges in slot order.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::fmt;
 
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
@@ -84,6 +84,9 @@ pub struct GraphOutput {
 pub struct Graph {
     pub name: String,
     g: StableDiGraph<Node, Edge>,
+    /// When each node was added (see [`Graph::topo_order`]).
+    seq: HashMap<NodeId, u64>,
+    next_seq: u64,
     inputs: Vec<NodeId>,
     weights: Vec<NodeId>,
     outputs: Vec<GraphOutput>,
@@ -95,15 +98,25 @@ impl Graph {
         Graph {
             name: name.into(),
             g: StableDiGraph::default(),
+            seq: HashMap::new(),
+            next_seq: 0,
             inputs: Vec::new(),
             weights: Vec::new(),
             outputs: Vec::new(),
         }
     }
 
+    /// Adds a node, recording when.
+    fn push(&mut self, node: Node) -> NodeId {
+        let id = self.g.add_node(node);
+        self.seq.insert(id, self.next_seq);
+        self.next_seq += 1;
+        id
+    }
+
     /// Adds a graph input.
     pub fn add_input(&mut self, name: impl Into<String>, ty: TensorType) -> Value {
-        let id = self.g.add_node(Node {
+        let id = self.push(Node {
             kind: NodeKind::Input { name: name.into() },
             outputs: vec![ty],
             loc: None,
@@ -114,7 +127,7 @@ impl Graph {
 
     /// Adds a weight reference (no data is touched).
     pub fn add_weight(&mut self, name: impl Into<String>, key: impl Into<String>, ty: TensorType) -> Value {
-        let id = self.g.add_node(Node {
+        let id = self.push(Node {
             kind: NodeKind::Weight {
                 name: name.into(),
                 key: key.into(),
@@ -135,7 +148,7 @@ impl Graph {
         outputs: Vec<TensorType>,
         loc: Option<String>,
     ) -> NodeId {
-        let id = self.g.add_node(Node {
+        let id = self.push(Node {
             kind: NodeKind::Op(op),
             outputs,
             loc,
@@ -296,6 +309,7 @@ impl Graph {
     /// operand, which the verifier reports).
     pub fn remove_node(&mut self, id: NodeId) {
         self.g.remove_node(id);
+        self.seq.remove(&id);
         self.inputs.retain(|&n| n != id);
         self.weights.retain(|&n| n != id);
     }
@@ -315,7 +329,8 @@ impl Graph {
 
     /// A deterministic topological order: inputs and weights first, in
     /// declaration order, then ops, where among ready ops the one added
-    /// first comes first. So a graph built in order prints in that order,
+    /// first (by insertion, not by id: petgraph reuses the ids of removed
+    /// nodes) comes first. So a graph built in order prints in that order,
     /// and the order does not depend on where weights were declared. On a
     /// cycle, returns a node on it.
     pub fn topo_order(&self) -> Result<Vec<NodeId>, NodeId> {
@@ -323,32 +338,34 @@ impl Graph {
         for e in (&self.g).edge_references() {
             *indeg.get_mut(&e.target()).expect("edge target exists") += 1;
         }
+        type Ready = BinaryHeap<Reverse<(u64, NodeId)>>;
+        let key = |n: NodeId| Reverse((self.seq.get(&n).copied().unwrap_or(u64::MAX), n));
         let mut order = Vec::with_capacity(self.g.node_count());
-        let mut ready: BinaryHeap<Reverse<NodeId>> = BinaryHeap::new();
-        let release =
-            |n: NodeId, indeg: &mut HashMap<NodeId, usize>, ready: &mut BinaryHeap<Reverse<NodeId>>| {
-                for e in self.g.edges_directed(n, Direction::Outgoing) {
-                    let d = indeg.get_mut(&e.target()).expect("edge target exists");
-                    *d -= 1;
-                    if *d == 0 {
-                        ready.push(Reverse(e.target()));
-                    }
+        let mut ready: Ready = BinaryHeap::new();
+        let release = |n: NodeId, indeg: &mut HashMap<NodeId, usize>, ready: &mut Ready| {
+            for e in self.g.edges_directed(n, Direction::Outgoing) {
+                let d = indeg.get_mut(&e.target()).expect("edge target exists");
+                *d -= 1;
+                if *d == 0 {
+                    ready.push(key(e.target()));
                 }
-            };
+            }
+        };
         let sources: Vec<NodeId> = self.inputs.iter().chain(&self.weights).copied().collect();
-        let initially_ready: Vec<NodeId> = indeg
-            .iter()
-            .filter(|(n, &d)| d == 0 && !sources.contains(n))
-            .map(|(&n, _)| n)
-            .collect();
-        ready.extend(initially_ready.into_iter().map(Reverse));
+        let source_set: HashSet<NodeId> = sources.iter().copied().collect();
+        ready.extend(
+            indeg
+                .iter()
+                .filter(|(n, &d)| d == 0 && !source_set.contains(n))
+                .map(|(&n, _)| key(n)),
+        );
         for &n in &sources {
             if indeg[&n] == 0 {
                 order.push(n);
                 release(n, &mut indeg, &mut ready);
             }
         }
-        while let Some(Reverse(n)) = ready.pop() {
+        while let Some(Reverse((_, n))) = ready.pop() {
             order.push(n);
             release(n, &mut indeg, &mut ready);
         }

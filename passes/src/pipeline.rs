@@ -47,6 +47,7 @@ impl Pipeline {
                 "cse",
                 "dce",
                 "fuse_rmsnorm",
+                "fuse_layernorm",
                 "fuse_rope",
                 "fuse_swiglu",
                 "fuse_gelu",

@@ -9,4 +9,4 @@ mod passes;
 pub mod rules;
 
 pub use gemm::FuseGemm;
-pub use passes::{FuseAttention, FuseGelu, FuseRmsNorm, FuseRope, FuseSwiglu};
+pub use passes::{FuseAttention, FuseGelu, FuseLayerNorm, FuseRmsNorm, FuseRope, FuseSwiglu};

@@ -63,6 +63,12 @@ egg_pass!(
     rules::attention::rules()
 );
 egg_pass!(
+    FuseLayerNorm,
+    "fuse_layernorm",
+    "fuse a written-out layer norm ((x - mean) / sqrt(var + eps) * w + b) into layer_norm",
+    rules::layernorm::rules()
+);
+egg_pass!(
     FuseRope,
     "fuse_rope",
     "fuse x * cos + rotate_half(x) * sin into rope",

@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod gelu;
+pub mod layernorm;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
