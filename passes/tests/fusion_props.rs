@@ -229,3 +229,41 @@ proptest! {
         prop_assert!(err <= 1e-5, "error {}", err);
     }
 }
+
+#[test]
+fn partial_rotary_fuses_into_one_rope() {
+    use optc_ir::ops::{Concat, Slice};
+    let mut b = GraphBuilder::new("p");
+    let x = b.input("x", parse_type("f32[2, 3, 8]").unwrap());
+    let cos = b.input("cos", parse_type("f32[3, 4]").unwrap());
+    let sin = b.input("sin", parse_type("f32[3, 4]").unwrap());
+    let sl = |b: &mut GraphBuilder, v, start, end| {
+        b.op1(Op::Slice(Slice { axis: -1, start, end, step: 1 }), &[v]).unwrap()
+    };
+    let xr = sl(&mut b, x, 0, Some(4));
+    let xp = sl(&mut b, x, 4, None);
+    let lo = sl(&mut b, xr, 0, Some(2));
+    let hi = sl(&mut b, xr, 2, None);
+    let n = b.unary(UnaryKind::Neg, hi).unwrap();
+    let rot = b.op1(Op::Concat(Concat { axis: -1 }), &[n, lo]).unwrap();
+    let a = b.mul(xr, cos).unwrap();
+    let c = b.mul(rot, sin).unwrap();
+    let e = b.add(a, c).unwrap();
+    let y = b.op1(Op::Concat(Concat { axis: -1 }), &[e, xp]).unwrap();
+    b.output("y", y);
+    let g = b.finish().unwrap();
+    let (n, err) = fuse(g.clone(), "fuse_rope", "rope");
+    assert_eq!(n, 1);
+    assert!(err <= 1e-6, "error {err}");
+    // One rope over the whole x: no concat or slice is left.
+    let mut fused = g;
+    let mut w = WeightStore::new();
+    let o = toml::Table::new();
+    PassRegistry::builtin()
+        .get("fuse_rope")
+        .unwrap()
+        .run(&mut fused, &mut PassContext { weights: &mut w, options: &o })
+        .unwrap();
+    let counts = fused.op_counts();
+    assert_eq!((counts.get("concat"), counts.get("slice")), (None, None), "{}", optc_ir::print(&fused));
+}
