@@ -1035,6 +1035,10 @@ def creation_cases():
 
 
 def nn_cases():
+    g = G("add_rms_norm_f32")
+    xv, rv, wv = g.inp("x", "f32", g.randn(2, 3, 8)), g.inp("r", "f32", g.randn(2, 3, 8)), g.inp("w", "f32", g.randn(8))
+    s = rnd(F(xv) + F(rv), "f32")
+    g.done(*g.op("add_rms_norm", [xv, rv, wv], {"eps": 1e-6}, out=[s, rms_norm_ref(s.astype(np.float64), -1, 1e-6, F(wv))]))
     g = G("swiglu_f32")
     gv, uv = g.inp("gate", "f32", g.randn(2, 3, 8, scale=3.0)), g.inp("up", "f32", g.randn(2, 3, 8))
     gf = F(gv)
@@ -1287,7 +1291,7 @@ ALL_OPS = (
     + ["where", "cast", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "argmax", "softmax", "log_softmax"]
     + ["matmul", "linear", "reshape", "transpose", "unsqueeze", "squeeze", "expand", "slice", "concat", "split"]
     + ["gather", "index_select", "triu", "tril", "arange", "full", "constant", "embedding", "layer_norm"]
-    + ["rms_norm", "rope", "scaled_dot_product_attention", "swiglu"]
+    + ["rms_norm", "rope", "scaled_dot_product_attention", "swiglu", "add_rms_norm"]
 )
 
 

@@ -111,7 +111,8 @@ fn default_pipeline_fuses_gemms_and_keeps_logits() {
         .rewrites;
     assert_eq!(fused, 60);
     let counts = m.graph.op_counts();
-    assert_eq!(counts["rms_norm"], 61);
+    assert_eq!(counts["rms_norm"], 1);
+    assert_eq!(counts["add_rms_norm"], 60);
     assert_eq!(counts["swiglu"], 30);
     assert_eq!(counts["rope"], 60);
     assert_eq!(counts["scaled_dot_product_attention"], 30);

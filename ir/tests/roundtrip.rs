@@ -155,6 +155,10 @@ fn make_op(b: &GraphBuilder, pool: &[Value], s: Step) -> Option<(Op, Vec<Value>)
         26 => return Some((Op::Rope(Rope { interleaved: p > 0 }), vec![x, y, y])),
         27 => return Some((Op::IndexSelect(IndexSelect { axis }), vec![x, y])),
         28 if q > 0 => return Some((Op::SwiGlu(optc_ir::ops::SwiGlu), vec![x, x])),
+        28 => {
+            let op = Op::AddRmsNorm(optc_ir::ops::AddRmsNorm { axis: -1, eps: 1e-6 });
+            return Some((op, vec![x, x]));
+        }
         _ => {
             return Some((
                 Op::Attention(ScaledDotProductAttention {

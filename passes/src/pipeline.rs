@@ -52,6 +52,7 @@ impl Pipeline {
                 "fuse_swiglu",
                 "fuse_gelu",
                 "fuse_attention",
+                "fuse_add_rmsnorm",
                 "dce",
                 "fuse_gemm",
                 "dce",

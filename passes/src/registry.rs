@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::cleanup::{Canonicalize, ConstantFold, Cse, Dce};
-use crate::fusion::{FuseAttention, FuseGelu, FuseGemm, FuseLayerNorm, FuseRmsNorm, FuseRope, FuseSwiglu};
+use crate::fusion::{
+    FuseAddRmsNorm, FuseAttention, FuseGelu, FuseGemm, FuseLayerNorm, FuseRmsNorm, FuseRope, FuseSwiglu,
+};
 use crate::{Pass, PassError};
 
 /// Every pass a pipeline can name.
@@ -35,6 +37,7 @@ impl PassRegistry {
         r.register(Arc::new(FuseRope));
         r.register(Arc::new(FuseAttention));
         r.register(Arc::new(FuseLayerNorm));
+        r.register(Arc::new(FuseAddRmsNorm));
         r.register(Arc::new(FuseGelu));
         r
     }

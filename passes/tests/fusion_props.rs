@@ -238,7 +238,16 @@ fn partial_rotary_fuses_into_one_rope() {
     let cos = b.input("cos", parse_type("f32[3, 4]").unwrap());
     let sin = b.input("sin", parse_type("f32[3, 4]").unwrap());
     let sl = |b: &mut GraphBuilder, v, start, end| {
-        b.op1(Op::Slice(Slice { axis: -1, start, end, step: 1 }), &[v]).unwrap()
+        b.op1(
+            Op::Slice(Slice {
+                axis: -1,
+                start,
+                end,
+                step: 1,
+            }),
+            &[v],
+        )
+        .unwrap()
     };
     let xr = sl(&mut b, x, 0, Some(4));
     let xp = sl(&mut b, x, 4, None);
@@ -262,8 +271,42 @@ fn partial_rotary_fuses_into_one_rope() {
     PassRegistry::builtin()
         .get("fuse_rope")
         .unwrap()
-        .run(&mut fused, &mut PassContext { weights: &mut w, options: &o })
+        .run(
+            &mut fused,
+            &mut PassContext {
+                weights: &mut w,
+                options: &o,
+            },
+        )
         .unwrap();
     let counts = fused.op_counts();
-    assert_eq!((counts.get("concat"), counts.get("slice")), (None, None), "{}", optc_ir::print(&fused));
+    assert_eq!(
+        (counts.get("concat"), counts.get("slice")),
+        (None, None),
+        "{}",
+        optc_ir::print(&fused)
+    );
+}
+
+#[test]
+fn residual_add_fuses_into_the_norm_but_not_when_broadcasting() {
+    use optc_ir::ops::RmsNorm;
+    for broadcast in [false, true] {
+        let mut b = GraphBuilder::new("r");
+        let x = b.input("x", parse_type("f32[3, 8]").unwrap());
+        let r = b.input(
+            "r",
+            parse_type(if broadcast { "f32[1, 8]" } else { "f32[3, 8]" }).unwrap(),
+        );
+        let w = b.input("w", parse_type("f32[8]").unwrap());
+        let s = b.add(x, r).unwrap();
+        let n = b
+            .op1(Op::RmsNorm(RmsNorm { axis: -1, eps: 1e-6 }), &[s, w])
+            .unwrap();
+        let y = b.mul(n, s).unwrap();
+        b.output("y", y);
+        let (count, err) = fuse(b.finish().unwrap(), "fuse_add_rmsnorm", "add_rms_norm");
+        assert_eq!(count, !broadcast as usize);
+        assert_eq!(err, 0.0, "the fused op rounds the sum like the add did");
+    }
 }

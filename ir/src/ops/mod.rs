@@ -24,7 +24,7 @@ pub use creation::{Arange, Constant, Full, Scalar};
 pub use elementwise::{BinaryKind, Cast, CompareKind, Gelu, GeluApprox, UnaryKind, Where};
 pub use indexing::{Concat, Gather, IndexSelect, Slice, Split};
 pub use linalg::{Linear, MatMul};
-pub use nn::{Embedding, LayerNorm, RmsNorm, Rope, Softmax, SwiGlu};
+pub use nn::{AddRmsNorm, Embedding, LayerNorm, RmsNorm, Rope, Softmax, SwiGlu};
 pub use reduce::{ArgMax, Reduce, ReduceKind};
 pub use shape::{Expand, Reshape, Squeeze, Transpose, Triangular, Unsqueeze};
 
@@ -96,6 +96,7 @@ pub enum Op {
     Embedding(Embedding),
     LayerNorm(LayerNorm),
     RmsNorm(RmsNorm),
+    AddRmsNorm(AddRmsNorm),
     Rope(Rope),
     SwiGlu(SwiGlu),
     Attention(ScaledDotProductAttention),
@@ -132,6 +133,7 @@ impl Op {
             Op::Embedding(o) => o,
             Op::LayerNorm(o) => o,
             Op::RmsNorm(o) => o,
+            Op::AddRmsNorm(o) => o,
             Op::Rope(o) => o,
             Op::SwiGlu(o) => o,
             Op::Attention(o) => o,
@@ -205,6 +207,7 @@ impl Op {
             "embedding",
             "layer_norm",
             "rms_norm",
+            "add_rms_norm",
             "rope",
             "swiglu",
             "scaled_dot_product_attention",
@@ -272,6 +275,10 @@ impl Op {
                     eps: r.float("eps")?,
                 }),
                 "rms_norm" => Op::RmsNorm(RmsNorm {
+                    axis: r.int_or("axis", -1)?,
+                    eps: r.float("eps")?,
+                }),
+                "add_rms_norm" => Op::AddRmsNorm(AddRmsNorm {
                     axis: r.int_or("axis", -1)?,
                     eps: r.float("eps")?,
                 }),

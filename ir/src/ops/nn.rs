@@ -195,6 +195,70 @@ impl OpImpl for RmsNorm {
     }
 }
 
+/// Residual add fused with RMSNorm: `add_rms_norm(x, residual[, weight])`
+/// returns `(s, rms_norm(s, weight))` with `s = x + residual`. The sum is
+/// rounded to the dtype before it is normalised, exactly as the unfused
+/// `add` then `rms_norm` compute; the operands have one type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AddRmsNorm {
+    pub axis: i64,
+    pub eps: f64,
+}
+
+impl OpImpl for AddRmsNorm {
+    fn name(&self) -> &'static str {
+        "add_rms_norm"
+    }
+
+    fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        vec![("axis", Attr::Int(self.axis)), ("eps", Attr::Float(self.eps))]
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        if !(2..=3).contains(&inputs.len()) {
+            return Err(format!(
+                "add_rms_norm takes 2 or 3 operands (x, residual[, weight]) but got {}",
+                inputs.len()
+            ));
+        }
+        if inputs[0] != inputs[1] {
+            return Err(format!(
+                "add_rms_norm needs x and residual of one type, got {} and {}",
+                inputs[0], inputs[1]
+            ));
+        }
+        let norm = RmsNorm {
+            axis: self.axis,
+            eps: self.eps,
+        };
+        let mut args = vec![inputs[0].clone()];
+        args.extend(inputs.get(2).cloned());
+        let out = norm
+            .infer(&args)
+            .map_err(|e| e.replace("rms_norm", "add_rms_norm"))?;
+        Ok(vec![inputs[0].clone(), out[0].clone()])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], cx: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let (x, r) = (inputs[0], inputs[1]);
+        let sum: Vec<f64> = x
+            .to_f64_vec()
+            .into_iter()
+            .zip(r.to_f64_vec())
+            .map(|(a, b)| a + b)
+            .collect();
+        let s = Tensor::from_f64(x.dtype(), x.shape(), &sum);
+        let norm = RmsNorm {
+            axis: self.axis,
+            eps: self.eps,
+        };
+        let mut args = vec![&s];
+        args.extend(inputs.get(2).copied());
+        let n = norm.eval(&args, cx)?.remove(0);
+        Ok(vec![s, n])
+    }
+}
+
 /// Rotary position embedding: `rope(x, cos, sin)` computes
 /// `x·cos + rotate(x)·sin` on the first R channels of the last axis, where R
 /// is the last extent of `cos`/`sin` (R < head size leaves the rest as is:

@@ -3,10 +3,12 @@
 //! an e-graph ([`egraph`]) with rules kept as data ([`rules`]); GEMM fusion
 //! is a structural pass over the graph.
 
+mod add_rmsnorm;
 pub mod egraph;
 mod gemm;
 mod passes;
 pub mod rules;
 
+pub use add_rmsnorm::FuseAddRmsNorm;
 pub use gemm::FuseGemm;
 pub use passes::{FuseAttention, FuseGelu, FuseLayerNorm, FuseRmsNorm, FuseRope, FuseSwiglu};

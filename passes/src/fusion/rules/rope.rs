@@ -48,7 +48,13 @@ fn build(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
 fn build_partial(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
     let (rot, pass) = (v[0], v[1]);
     let (x_rot, cos, sin) = eg[rot].nodes.iter().find_map(|n| match n {
-        Node::Op(k, ch) if ch.len() == 3 && matches!(eg.analysis.ops.get(k), Some(Op::Rope(Rope { interleaved: false }))) => {
+        Node::Op(k, ch)
+            if ch.len() == 3
+                && matches!(
+                    eg.analysis.ops.get(k),
+                    Some(Op::Rope(Rope { interleaved: false }))
+                ) =>
+        {
             Some((ch[0], ch[1], ch[2]))
         }
         _ => None,
@@ -57,7 +63,12 @@ fn build_partial(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
     // x_rot is x[..., :r] and pass is x[..., r:] of the same x.
     let x = eg[x_rot].nodes.iter().find_map(|n| match n {
         Node::Op(k, ch) if ch.len() == 1 => match eg.analysis.ops.get(k) {
-            Some(Op::Slice(Slice { axis: -1, start: 0, end: Some(e), step: 1 })) if *e == r => Some(ch[0]),
+            Some(Op::Slice(Slice {
+                axis: -1,
+                start: 0,
+                end: Some(e),
+                step: 1,
+            })) if *e == r => Some(ch[0]),
             _ => None,
         },
         _ => None,
@@ -69,7 +80,12 @@ fn build_partial(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
 }
 
 pub fn rules() -> Vec<Rule> {
-    let mut out = vec![rule("rope-partial", "(concat{axis=-1} ?rot ?pass)", &["?rot", "?pass"], build_partial)];
+    let mut out = vec![rule(
+        "rope-partial",
+        "(concat{axis=-1} ?rot ?pass)",
+        &["?rot", "?pass"],
+        build_partial,
+    )];
     let rot = "(concat{axis=-1} (neg ?hi) ?lo)";
     for (i, a) in ["(mul ?x ?cos)", "(mul ?cos ?x)"].iter().enumerate() {
         for (j, b) in [format!("(mul {rot} ?sin)"), format!("(mul ?sin {rot})")]
