@@ -310,3 +310,41 @@ fn residual_add_fuses_into_the_norm_but_not_when_broadcasting() {
         assert_eq!(err, 0.0, "the fused op rounds the sum like the add did");
     }
 }
+
+/// GPT-J's `rotate_every_two` form, and a near miss with the strided halves swapped.
+#[test]
+fn interleaved_rope() {
+    use optc_ir::ops::{Concat, Slice, Unsqueeze};
+    for swapped in [false, true] {
+        let mut b = GraphBuilder::new("i");
+        let x = b.input("x", parse_type("f32[2, 3, 8]").unwrap());
+        let cos = b.input("cos", parse_type("f32[3, 8]").unwrap());
+        let sin = b.input("sin", parse_type("f32[3, 8]").unwrap());
+        let strided = |b: &mut GraphBuilder, start| {
+            b.op1(
+                Op::Slice(Slice {
+                    axis: -1,
+                    start,
+                    end: None,
+                    step: 2,
+                }),
+                &[x],
+            )
+            .unwrap()
+        };
+        let (even, odd) = (strided(&mut b, 0), strided(&mut b, 1));
+        let (negated, kept) = if swapped { (even, odd) } else { (odd, even) };
+        let n = b.unary(UnaryKind::Neg, negated).unwrap();
+        let un = |b: &mut GraphBuilder, v| b.op1(Op::Unsqueeze(Unsqueeze { axes: vec![-1] }), &[v]).unwrap();
+        let (a, c) = (un(&mut b, n), un(&mut b, kept));
+        let st = b.op1(Op::Concat(Concat { axis: -1 }), &[a, c]).unwrap();
+        let rot = b.reshape(st, vec![2.into(), 3.into(), 8.into()]).unwrap();
+        let p = b.mul(x, cos).unwrap();
+        let q = b.mul(rot, sin).unwrap();
+        let y = b.add(p, q).unwrap();
+        b.output("y", y);
+        let (count, err) = fuse(b.finish().unwrap(), "fuse_rope", "rope");
+        assert_eq!(count, !swapped as usize, "swapped = {swapped}");
+        assert!(err <= 1e-6, "error {err}");
+    }
+}

@@ -1,5 +1,5 @@
-//! Rotary embedding in the `rotate_half` form transformers writes, into
-//! `rope(x, cos, sin) {interleaved = false}`:
+//! Rotary embedding, into `rope`. The `rotate_half` form transformers
+//! writes becomes `rope(x, cos, sin) {interleaved = false}`:
 //!
 //! `x * cos + cat(-x[..., h:], x[..., :h]) * sin`, in any operand order of
 //! the `add` and the two `mul`s. The slices are checked in the builder (their
@@ -10,10 +10,14 @@
 //! Partial rotary (Phi-3 with `partial_rotary_factor < 1`):
 //! `cat(rope(x[..., :r], cos, sin), x[..., r:])` becomes `rope(x, cos, sin)`
 //! (the IR op rotates the first `r` channels, `r` the last extent of `cos`).
-//! The interleaved GPT-J form is not matched yet.
+//!
+//! Interleaved (GPT-J's `rotate_every_two`): `x * cos + flatten(stack(
+//! -x[..., 1::2], x[..., ::2], -1)) * sin`, traced as `reshape(concat(
+//! unsqueeze(neg(odd), -1), unsqueeze(even, -1)))`, becomes
+//! `rope(x, cos, sin) {interleaved = true}`.
 
 use egg::Id;
-use optc_ir::ops::{Op, Rope, Slice};
+use optc_ir::ops::{Concat, Op, Rope, Slice, UnaryKind, Unsqueeze};
 
 use super::{rule, Rule};
 use crate::fusion::egraph::{ty, FusionGraph, Node};
@@ -30,18 +34,76 @@ fn has_slice(eg: &FusionGraph, c: Id, x: Id, start: i64, end: Option<i64>) -> bo
     })
 }
 
+/// The children of the first op node in class `c` that `want` accepts.
+fn find_op<'a>(eg: &'a FusionGraph, c: Id, want: impl Fn(&Op) -> bool) -> Option<&'a [Id]> {
+    eg[c].nodes.iter().find_map(|n| match n {
+        Node::Op(k, ch) if eg.analysis.ops.get(k).is_some_and(&want) => Some(ch.as_slice()),
+        _ => None,
+    })
+}
+
+/// Is class `rot` `cat(-x[..., h:], x[..., :h])` (rotate_half)?
+fn is_rotate_half(eg: &FusionGraph, rot: Id, x: Id, h: i64) -> bool {
+    let Some(parts) = find_op(eg, rot, |o| matches!(o, Op::Concat(Concat { axis: -1 }))) else {
+        return false;
+    };
+    if parts.len() != 2 {
+        return false;
+    }
+    let neg = find_op(eg, parts[0], |o| matches!(o, Op::Unary(UnaryKind::Neg)));
+    neg.is_some_and(|n| has_slice(eg, n[0], x, h, None)) && has_slice(eg, parts[1], x, 0, Some(h))
+}
+
+/// Is class `rot` `flatten(stack(-x[..., 1::2], x[..., ::2]))` (GPT-J's
+/// rotate_every_two: `reshape(concat(unsqueeze(-odd, -1), unsqueeze(even, -1)))`)?
+fn is_rotate_every_two(eg: &FusionGraph, rot: Id, x: Id) -> bool {
+    let x = eg.find(x);
+    let strided = |c: Id, start: i64| {
+        eg[c].nodes.iter().any(|n| match n {
+            Node::Op(k, ch) if ch.len() == 1 && eg.find(ch[0]) == x => matches!(
+                eg.analysis.ops.get(k),
+                Some(Op::Slice(Slice { axis: -1, start: s, end: None, step: 2 })) if *s == start
+            ),
+            _ => false,
+        })
+    };
+    let unsq = |c: Id| {
+        find_op(
+            eg,
+            c,
+            |o| matches!(o, Op::Unsqueeze(Unsqueeze { axes }) if axes == &[-1]),
+        )
+        .map(|u| u[0])
+    };
+    let check = || -> Option<bool> {
+        let r = find_op(eg, rot, |o| matches!(o, Op::Reshape(_)))?;
+        let parts = find_op(eg, r[0], |o| matches!(o, Op::Concat(Concat { axis: -1 })))?;
+        if parts.len() != 2 {
+            return Some(false);
+        }
+        let neg_odd = unsq(parts[0])?;
+        let even = unsq(parts[1])?;
+        let odd = find_op(eg, neg_odd, |o| matches!(o, Op::Unary(UnaryKind::Neg)))?[0];
+        Some(strided(odd, 1) && strided(even, 0))
+    };
+    check().unwrap_or(false)
+}
+
 fn build(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
-    let (x, cos, sin, hi, lo) = (v[0], v[1], v[2], v[3], v[4]);
+    let (x, cos, sin, rot) = (v[0], v[1], v[2], v[3]);
     let (xt, ct, st) = (ty(eg, x)?, ty(eg, cos)?, ty(eg, sin)?);
     let d = xt.shape.dims().last()?.as_const()?;
-    if ct != st || ct.shape.dims().last()?.as_const()? != d || d % 2 != 0 {
+    if ct != st || ct.shape.dims().last()?.as_const()? != d || d % 2 != 0 || ty(eg, rot)? != xt {
         return None;
     }
-    let h = d / 2;
-    if !(has_slice(eg, hi, x, h, None) && has_slice(eg, lo, x, 0, Some(h))) {
+    let interleaved = if is_rotate_half(eg, rot, x, d / 2) {
+        false
+    } else if is_rotate_every_two(eg, rot, x) {
+        true
+    } else {
         return None;
-    }
-    Some((Op::Rope(Rope { interleaved: false }), vec![x, cos, sin]))
+    };
+    Some((Op::Rope(Rope { interleaved }), vec![x, cos, sin]))
 }
 
 /// `?rot ?pass`: `rot` holds `rope(x[..., :r], cos, sin)`, `pass` is `x[..., r:]`.
@@ -86,20 +148,16 @@ pub fn rules() -> Vec<Rule> {
         &["?rot", "?pass"],
         build_partial,
     )];
-    let rot = "(concat{axis=-1} (neg ?hi) ?lo)";
     for (i, a) in ["(mul ?x ?cos)", "(mul ?cos ?x)"].iter().enumerate() {
-        for (j, b) in [format!("(mul {rot} ?sin)"), format!("(mul ?sin {rot})")]
-            .iter()
-            .enumerate()
-        {
+        for (j, b) in ["(mul ?rot ?sin)", "(mul ?sin ?rot)"].iter().enumerate() {
             for (k, pat) in [format!("(add {a} {b})"), format!("(add {b} {a})")]
                 .iter()
                 .enumerate()
             {
                 out.push(rule(
-                    &format!("rope-half-{i}{j}{k}"),
+                    &format!("rope-{i}{j}{k}"),
                     pat,
-                    &["?x", "?cos", "?sin", "?hi", "?lo"],
+                    &["?x", "?cos", "?sin", "?rot"],
                     build,
                 ));
             }
