@@ -119,6 +119,16 @@ pub fn scalar_is(egraph: &FusionGraph, id: Id, v: f64, tol: f64) -> bool {
         .is_some_and(|s| (s - v).abs() <= tol * v.abs().max(1.0))
 }
 
+/// The children of the first op node in class `c` that `want` accepts
+/// (rule builders use it to check structure that patterns cannot spell, such
+/// as slice bounds that depend on the head size).
+pub fn find_op(eg: &FusionGraph, c: Id, want: impl Fn(&Op) -> bool) -> Option<&[Id]> {
+    eg[c].nodes.iter().find_map(|n| match n {
+        Node::Op(k, ch) if eg.analysis.ops.get(k).is_some_and(&want) => Some(ch.as_slice()),
+        _ => None,
+    })
+}
+
 /// The type of class `id`, if known.
 pub fn ty(egraph: &FusionGraph, id: Id) -> Option<&TensorType> {
     egraph[id].data.ty.as_ref()

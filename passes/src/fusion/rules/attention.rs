@@ -17,15 +17,7 @@ use egg::Id;
 use optc_ir::ops::{Expand, Full, Op, Reshape, Scalar, ScaledDotProductAttention, Triangular, Unsqueeze};
 
 use super::{rule, Builder, Rule};
-use crate::fusion::egraph::{ty, FusionGraph, Node};
-
-/// The children of the first op node in class `c` that `want` accepts.
-fn find_op(eg: &FusionGraph, c: Id, want: impl Fn(&Op) -> bool) -> Option<&[Id]> {
-    eg[c].nodes.iter().find_map(|n| match n {
-        Node::Op(k, ch) if eg.analysis.ops.get(k).is_some_and(&want) => Some(ch.as_slice()),
-        _ => None,
-    })
-}
+use crate::fusion::egraph::{find_op, ty, FusionGraph, Node};
 
 /// The kv heads before `repeat_kv`, or the class itself.
 fn unrepeat(eg: &FusionGraph, c: Id) -> Id {

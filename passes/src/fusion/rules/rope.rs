@@ -20,7 +20,7 @@ use egg::Id;
 use optc_ir::ops::{Concat, Op, Rope, Slice, UnaryKind, Unsqueeze};
 
 use super::{rule, Rule};
-use crate::fusion::egraph::{ty, FusionGraph, Node};
+use crate::fusion::egraph::{find_op, ty, FusionGraph, Node};
 
 /// Does class `c` hold `slice(x) {axis = -1, start, end, step = 1}`?
 fn has_slice(eg: &FusionGraph, c: Id, x: Id, start: i64, end: Option<i64>) -> bool {
@@ -31,14 +31,6 @@ fn has_slice(eg: &FusionGraph, c: Id, x: Id, start: i64, end: Option<i64>) -> bo
             Some(Op::Slice(Slice { axis: -1, start: s, end: e, step: 1 })) if *s == start && *e == end
         ),
         _ => false,
-    })
-}
-
-/// The children of the first op node in class `c` that `want` accepts.
-fn find_op<'a>(eg: &'a FusionGraph, c: Id, want: impl Fn(&Op) -> bool) -> Option<&'a [Id]> {
-    eg[c].nodes.iter().find_map(|n| match n {
-        Node::Op(k, ch) if eg.analysis.ops.get(k).is_some_and(&want) => Some(ch.as_slice()),
-        _ => None,
     })
 }
 
