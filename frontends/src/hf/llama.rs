@@ -242,12 +242,5 @@ pub fn build(c: &ModelConfig, ck: &Checkpoint) -> Result<Graph, HfError> {
         t.weight("lm_head.weight", &[c.vocab_size, c.hidden_size])?
     };
     let logits = t.linear(h, head, None)?;
-    t.b.output("logits", logits);
-    t.b.finish().map_err(|e| HfError::Build {
-        arch,
-        source: optc_ir::BuildError {
-            node: "graph".into(),
-            message: e.to_string(),
-        },
-    })
+    t.finish(logits)
 }

@@ -39,6 +39,19 @@ impl<'a> Tracer<'a> {
         }
     }
 
+    /// Declares `logits` the graph's output and returns the verified graph.
+    pub fn finish(mut self, logits: Value) -> Result<optc_ir::Graph, HfError> {
+        let arch = self.arch;
+        self.b.output("logits", logits);
+        self.b.finish().map_err(|e| HfError::Build {
+            arch,
+            source: BuildError {
+                node: "graph".into(),
+                message: e.to_string(),
+            },
+        })
+    }
+
     /// Wraps a builder error with the architecture.
     pub fn err(&self, source: BuildError) -> HfError {
         HfError::Build {
