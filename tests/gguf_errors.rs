@@ -180,5 +180,5 @@ fn unsupported_architecture_and_missing_metadata() {
 fn missing_tensors_are_named() {
     let t = ("token_embd.weight", vec![32, 16], 0u32, vec![0u8; 32 * 16 * 4]);
     let e = err("tensors", &gguf_file(&llama_meta(), &[t]));
-    assert_eq!(e, "FILE: missing tensor 'model.layers.0.input_layernorm.weight'");
+    assert_eq!(e, "FILE: missing tensor 'blk.0.attn_norm.weight'");
 }

@@ -174,6 +174,34 @@ fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}"))
 }
 
+/// The inverse of [`hf_name`], for error messages.
+fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let g = match part {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}"))
+}
+
 fn config(path: &Path, h: &GgufHeader) -> Result<ModelConfig, GgufError> {
     let m = Meta { path, h };
     let arch = m.str("general.architecture").unwrap_or("(none)");
@@ -343,7 +371,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<HfModel, GgufError> {
     let config = config(&path, &header)?;
     let store = weights(&path, &header, map, &config)?;
     let names = store.names().map(String::from).collect();
-    let checkpoint = Checkpoint::from_store(store, names, path.clone());
+    let checkpoint = Checkpoint::from_store(store, names, path.clone(), Some(gguf_name));
     let graph = hf::build_graph(&config, &checkpoint)?;
     let tokenizer = Some(tokenizer::from_metadata(&path, &header)?);
     let generation = GenerationConfig {

@@ -15,6 +15,9 @@ pub struct Checkpoint {
     file_of: BTreeMap<String, PathBuf>,
     /// Where a tensor that is absent would have been looked for.
     main_file: PathBuf,
+    /// How the file itself names a tensor, when that differs (GGUF's
+    /// `blk.0.attn_q.weight` for `model.layers.0.self_attn.q_proj.weight`).
+    file_name_of: Option<fn(&str) -> Option<String>>,
 }
 
 impl Checkpoint {
@@ -72,6 +75,7 @@ impl Checkpoint {
                 store,
                 file_of,
                 main_file: index,
+                file_name_of: None,
             })
         } else if single.exists() {
             for t in store.open_safetensors(&single)? {
@@ -81,6 +85,7 @@ impl Checkpoint {
                 store,
                 file_of,
                 main_file: single,
+                file_name_of: None,
             })
         } else {
             Err(HfError::NoCheckpoint {
@@ -89,14 +94,28 @@ impl Checkpoint {
         }
     }
 
-    /// A checkpoint over tensors already in a store, all from one file.
-    pub fn from_store(store: WeightStore, tensors: Vec<String>, file: PathBuf) -> Checkpoint {
+    /// A checkpoint over tensors already in a store, all from one file whose
+    /// own tensor names `file_name_of` gives (for error messages).
+    pub fn from_store(
+        store: WeightStore,
+        tensors: Vec<String>,
+        file: PathBuf,
+        file_name_of: Option<fn(&str) -> Option<String>>,
+    ) -> Checkpoint {
         let file_of = tensors.into_iter().map(|t| (t, file.clone())).collect();
         Checkpoint {
             store,
             file_of,
             main_file: file,
+            file_name_of,
         }
+    }
+
+    /// `tensor` as the file names it (what the user can look up).
+    fn shown(&self, tensor: &str) -> String {
+        self.file_name_of
+            .and_then(|f| f(tensor))
+            .unwrap_or_else(|| tensor.to_string())
     }
 
     pub fn contains(&self, tensor: &str) -> bool {
@@ -108,13 +127,13 @@ impl Checkpoint {
     pub fn expect(&self, tensor: &str, shape: &[usize]) -> Result<DType, HfError> {
         let file = self.file_of.get(tensor).ok_or_else(|| HfError::MissingTensor {
             file: self.main_file.clone(),
-            tensor: tensor.into(),
+            tensor: self.shown(tensor),
         })?;
         let (dtype, found) = self.store.info(tensor)?;
         if found != shape {
             return Err(HfError::TensorShape {
                 file: file.clone(),
-                tensor: tensor.into(),
+                tensor: self.shown(tensor),
                 expected: shape.to_vec(),
                 found,
             });
@@ -122,7 +141,7 @@ impl Checkpoint {
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
             return Err(HfError::TensorDType {
                 file: file.clone(),
-                tensor: tensor.into(),
+                tensor: self.shown(tensor),
                 dtype,
             });
         }
