@@ -11,3 +11,15 @@ pub use compiler::Compiler;
 pub use optc_frontends as frontends;
 pub use optc_ir as ir;
 pub use optc_passes as passes;
+pub use optc_runtime as runtime;
+
+/// A model's tokenizer as the runtime's decoder (the runtime knows nothing
+/// of frontends, so the two meet here).
+pub struct TokenizerDecoder<'a>(pub &'a frontends::hf::HfTokenizer);
+
+impl runtime::detokenize::Decode for TokenizerDecoder<'_> {
+    fn decode(&self, ids: &[u32]) -> Result<String, String> {
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        self.0.decode(&ids, true).map_err(|e| e.to_string())
+    }
+}

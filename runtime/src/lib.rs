@@ -1,1 +1,13 @@
-//! placeholder
+//! `optc-runtime`: the serving runtime every target shares. It knows nothing
+//! of graphs or targets: an executor runs steps, the runtime decides what
+//! goes into them.
+//!
+//! - [`block_manager`]: the paged KV cache's blocks, with prefix reuse;
+//! - [`sampler`]: turning logits into tokens (greedy, temperature, top-k/p,
+//!   min-p, penalties, seeds, logprobs);
+//! - [`detokenize`]: incremental detokenisation and stop strings for
+//!   streaming.
+
+pub mod block_manager;
+pub mod detokenize;
+pub mod sampler;
