@@ -260,6 +260,11 @@ impl BlockManager {
         Ok(hit)
     }
 
+    /// How many tokens a sequence has slots for.
+    pub fn num_tokens(&self, seq: SeqId) -> Option<usize> {
+        self.tables.get(&seq).map(|t| t.tokens.len())
+    }
+
     /// How many of a sequence's tokens have their KV written.
     pub fn computed(&self, seq: SeqId) -> Option<usize> {
         self.tables.get(&seq).map(|t| t.computed)

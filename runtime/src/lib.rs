@@ -3,6 +3,8 @@
 //! goes into them.
 //!
 //! - [`block_manager`]: the paged KV cache's blocks, with prefix reuse;
+//! - [`scheduler`]: which tokens of which requests each step runs
+//!   (decode priority, chunked prefill, preemption by recompute);
 //! - [`sampler`]: turning logits into tokens (greedy, temperature, top-k/p,
 //!   min-p, penalties, seeds, logprobs);
 //! - [`detokenize`]: incremental detokenisation and stop strings for
@@ -11,3 +13,4 @@
 pub mod block_manager;
 pub mod detokenize;
 pub mod sampler;
+pub mod scheduler;

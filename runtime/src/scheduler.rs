@@ -1,0 +1,375 @@
+//! The scheduler: which tokens of which requests go into the next step.
+//!
+//! Requests wait in arrival order and run once their blocks are allocated.
+//! Every step spends a token budget (`max_num_tokens`) over at most
+//! `max_batch_size` sequences: running sequences that are decoding come
+//! first (one token each), then prompt chunks of running sequences that are
+//! still prefilling, then new requests, first come first served, whose
+//! prompts may be split across steps (chunked prefill). When the cache runs
+//! out of blocks, the most recently admitted running sequence is preempted:
+//! its blocks are freed and it goes back to the front of the queue, to be
+//! recomputed from its prompt and the tokens it already generated. A request
+//! is never dropped or duplicated: it is waiting, running or finished.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::block_manager::{BlockError, BlockManager, SeqId};
+use crate::sampler::SamplingParams;
+
+/// Limits of a step and of the cache.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    pub max_batch_size: usize,
+    pub max_num_tokens: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    /// Longest prompt + output a sequence may reach.
+    pub max_model_len: usize,
+    pub vocab_size: usize,
+}
+
+/// A request the scheduler refuses; it never disturbs the others.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("request {0}: the prompt is empty")]
+    EmptyPrompt(SeqId),
+    #[error("request {id}: prompt of {len} tokens plus max_tokens {max} exceeds the context of {ctx}")]
+    TooLong {
+        id: SeqId,
+        len: usize,
+        max: usize,
+        ctx: usize,
+    },
+    #[error("request {id}: token id {token} is outside the vocabulary (0..{vocab})")]
+    UnknownToken { id: SeqId, token: u32, vocab: usize },
+    #[error("request {id}: {message}")]
+    Sampling { id: SeqId, message: String },
+    #[error("request {0} is already known")]
+    Duplicate(SeqId),
+    #[error("request {id} needs {needed} blocks but the cache has only {total}")]
+    NeverFits { id: SeqId, needed: usize, total: usize },
+}
+
+/// Why a sequence finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// Reached `max_tokens`.
+    Length,
+    /// Produced an end-of-sequence or stop token.
+    Stop,
+}
+
+#[derive(Clone, Debug)]
+struct Seq {
+    prompt: Vec<u32>,
+    output: Vec<u32>,
+    params: SamplingParams,
+    eos: Vec<u32>,
+    /// Tokens (of prompt + output) whose KV is in the cache.
+    computed: usize,
+    /// Admission order, for choosing whom to preempt.
+    admitted: u64,
+}
+
+impl Seq {
+    fn tokens(&self) -> Vec<u32> {
+        let mut t = self.prompt.clone();
+        t.extend(&self.output);
+        t
+    }
+
+    fn len(&self) -> usize {
+        self.prompt.len() + self.output.len()
+    }
+}
+
+/// One sequence's share of a step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scheduled {
+    pub seq: SeqId,
+    /// Position of the first token in `tokens`.
+    pub start: usize,
+    /// Token ids to process (their KV gets written).
+    pub tokens: Vec<u32>,
+    /// Whether this chunk ends the known tokens, so its last row's logits
+    /// sample the next token.
+    pub sample: bool,
+}
+
+/// What the next step runs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepPlan {
+    pub scheduled: Vec<Scheduled>,
+    /// Sequences preempted to make room (they will be recomputed).
+    pub preempted: Vec<SeqId>,
+}
+
+impl StepPlan {
+    pub fn num_tokens(&self) -> usize {
+        self.scheduled.iter().map(|s| s.tokens.len()).sum()
+    }
+}
+
+/// A finished request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finished {
+    pub seq: SeqId,
+    pub output: Vec<u32>,
+    pub reason: FinishReason,
+}
+
+/// Waiting and running sequences, and the cache they share.
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    blocks: BlockManager,
+    waiting: VecDeque<SeqId>,
+    running: Vec<SeqId>,
+    seqs: BTreeMap<SeqId, Seq>,
+    next_admission: u64,
+    /// How many times any sequence was preempted.
+    pub preemptions: u64,
+}
+
+impl Scheduler {
+    pub fn new(cfg: SchedulerConfig) -> Scheduler {
+        let blocks = BlockManager::new(cfg.num_blocks, cfg.block_size);
+        Scheduler {
+            cfg,
+            blocks,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            seqs: BTreeMap::new(),
+            next_admission: 0,
+            preemptions: 0,
+        }
+    }
+
+    pub fn blocks(&self) -> &BlockManager {
+        &self.blocks
+    }
+
+    /// Requests not finished yet.
+    pub fn num_unfinished(&self) -> usize {
+        self.seqs.len()
+    }
+
+    pub fn block_table(&self, seq: SeqId) -> Option<&[crate::block_manager::BlockId]> {
+        self.blocks.block_table(seq)
+    }
+
+    /// Queues a request after checking it; a bad request changes nothing.
+    pub fn add(
+        &mut self,
+        id: SeqId,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        eos: Vec<u32>,
+    ) -> Result<(), RequestError> {
+        if self.seqs.contains_key(&id) {
+            return Err(RequestError::Duplicate(id));
+        }
+        if prompt.is_empty() {
+            return Err(RequestError::EmptyPrompt(id));
+        }
+        if let Some(&t) = prompt.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(RequestError::UnknownToken {
+                id,
+                token: t,
+                vocab: self.cfg.vocab_size,
+            });
+        }
+        params
+            .validate(self.cfg.vocab_size)
+            .map_err(|e| RequestError::Sampling { id, message: e.0 })?;
+        if prompt.len() + params.max_tokens > self.cfg.max_model_len {
+            return Err(RequestError::TooLong {
+                id,
+                len: prompt.len(),
+                max: params.max_tokens,
+                ctx: self.cfg.max_model_len,
+            });
+        }
+        let needed = self.blocks.blocks_for(prompt.len() + params.max_tokens);
+        if needed > self.cfg.num_blocks {
+            return Err(RequestError::NeverFits {
+                id,
+                needed,
+                total: self.cfg.num_blocks,
+            });
+        }
+        self.seqs.insert(
+            id,
+            Seq {
+                prompt,
+                output: Vec::new(),
+                params,
+                eos,
+                computed: 0,
+                admitted: 0,
+            },
+        );
+        self.waiting.push_back(id);
+        Ok(())
+    }
+
+    /// Frees a running sequence's blocks and queues it first to recompute.
+    fn preempt(&mut self, victim: SeqId, plan: &mut StepPlan) {
+        self.blocks.free(victim).expect("running sequences have blocks");
+        self.running.retain(|&s| s != victim);
+        plan.scheduled.retain(|s| s.seq != victim);
+        let s = self.seqs.get_mut(&victim).expect("known");
+        s.computed = 0;
+        self.waiting.push_front(victim);
+        plan.preempted.push(victim);
+        self.preemptions += 1;
+    }
+
+    /// Plans the next step.
+    pub fn schedule(&mut self) -> StepPlan {
+        let mut plan = StepPlan::default();
+        let mut budget = self.cfg.max_num_tokens;
+        // Decodes first, then unfinished prefills, in admission order.
+        let mut order = self.running.clone();
+        order.sort_by_key(|s| {
+            let q = &self.seqs[s];
+            (q.computed < q.len().saturating_sub(1), q.admitted)
+        });
+        for seq in order {
+            if !self.running.contains(&seq) || budget == 0 || plan.scheduled.len() >= self.cfg.max_batch_size
+            {
+                continue;
+            }
+            let (computed, len) = (self.seqs[&seq].computed, self.seqs[&seq].len());
+            let n = (len - computed).min(budget);
+            if n == 0 {
+                continue;
+            }
+            // Room for tokens generated since the last step; preempt the
+            // latest admitted other sequence until there is (or this one).
+            loop {
+                let tokens = self.seqs[&seq].tokens();
+                let known = self
+                    .blocks
+                    .num_tokens(seq)
+                    .expect("running sequences have blocks");
+                match self.blocks.append(seq, &tokens[known..]) {
+                    Ok(()) => break,
+                    Err(BlockError::OutOfBlocks { .. }) => {}
+                    Err(e) => unreachable!("running sequences have blocks: {e}"),
+                }
+                let victim = self
+                    .running
+                    .iter()
+                    .copied()
+                    .filter(|&s| s != seq)
+                    .max_by_key(|s| self.seqs[s].admitted);
+                match victim {
+                    Some(v) => self.preempt(v, &mut plan),
+                    None => {
+                        self.preempt(seq, &mut plan);
+                        break;
+                    }
+                }
+                // A preempted sequence's tokens this step go back to the budget.
+                budget = self.cfg.max_num_tokens - plan.num_tokens();
+            }
+            if !self.running.contains(&seq) {
+                continue;
+            }
+            let tokens = self.seqs[&seq].tokens();
+            plan.scheduled.push(Scheduled {
+                seq,
+                start: computed,
+                tokens: tokens[computed..computed + n].to_vec(),
+                sample: computed + n == len,
+            });
+            budget -= n;
+        }
+        // New requests, first come first served, while budget and blocks last.
+        while budget > 0 && plan.scheduled.len() < self.cfg.max_batch_size {
+            let Some(&seq) = self.waiting.front() else { break };
+            let tokens = self.seqs[&seq].tokens();
+            match self.blocks.allocate(seq, &tokens) {
+                Ok(hit) => {
+                    self.waiting.pop_front();
+                    let s = self.seqs.get_mut(&seq).expect("known");
+                    s.computed = hit;
+                    s.admitted = self.next_admission;
+                    self.next_admission += 1;
+                    self.running.push(seq);
+                    let n = (tokens.len() - hit).min(budget);
+                    plan.scheduled.push(Scheduled {
+                        seq,
+                        start: hit,
+                        tokens: tokens[hit..hit + n].to_vec(),
+                        sample: hit + n == tokens.len(),
+                    });
+                    budget -= n;
+                }
+                Err(BlockError::OutOfBlocks { .. }) => break,
+                Err(e) => unreachable!("waiting sequences have no blocks: {e}"),
+            }
+        }
+        plan
+    }
+
+    /// Applies a step's results: the scheduled tokens' KV is now written, and
+    /// each sequence that sampled gets its token. Returns the requests that
+    /// finished (their blocks are freed).
+    pub fn update(&mut self, plan: &StepPlan, sampled: &BTreeMap<SeqId, u32>) -> Vec<Finished> {
+        let mut done = Vec::new();
+        for s in &plan.scheduled {
+            if !self.running.contains(&s.seq) {
+                continue;
+            }
+            let q = self.seqs.get_mut(&s.seq).expect("known");
+            q.computed += s.tokens.len();
+            self.blocks.mark_computed(s.seq, s.tokens.len()).expect("running");
+            if !s.sample {
+                continue;
+            }
+            let Some(&tok) = sampled.get(&s.seq) else { continue };
+            let q = self.seqs.get_mut(&s.seq).expect("known");
+            q.output.push(tok);
+            let stop =
+                (!q.params.ignore_eos && q.eos.contains(&tok)) || q.params.stop_token_ids.contains(&tok);
+            let reason = if stop {
+                Some(FinishReason::Stop)
+            } else if q.output.len() >= q.params.max_tokens {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            // Otherwise the new token's slot is reserved, and its KV
+            // written, by the next step that schedules it.
+            if let Some(reason) = reason {
+                let q = self.seqs.remove(&s.seq).expect("known");
+                self.blocks.free(s.seq).expect("running");
+                self.running.retain(|&r| r != s.seq);
+                done.push(Finished {
+                    seq: s.seq,
+                    output: q.output,
+                    reason,
+                });
+            }
+        }
+        done
+    }
+
+    /// Cache slots of a running sequence's tokens (for the executor).
+    pub fn slots(&self, seq: SeqId, range: std::ops::Range<usize>) -> Option<Vec<usize>> {
+        self.blocks.slots(seq, range).ok()
+    }
+
+    /// The prompt and output of an unfinished sequence (for the executor).
+    pub fn tokens(&self, seq: SeqId) -> Option<Vec<u32>> {
+        self.seqs.get(&seq).map(Seq::tokens)
+    }
+
+    /// The sampling parameters and generated tokens of a sequence.
+    pub fn request(&self, seq: SeqId) -> Option<(&SamplingParams, &[u32], &[u32])> {
+        self.seqs
+            .get(&seq)
+            .map(|s| (&s.params, s.prompt.as_slice(), s.output.as_slice()))
+    }
+}
