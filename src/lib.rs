@@ -6,8 +6,10 @@
 
 mod compiler;
 pub mod fixtures;
+pub mod llm;
 
 pub use compiler::Compiler;
+pub use llm::{LlmOptions, Output, Prompt, LLM};
 pub use optc_frontends as frontends;
 pub use optc_ir as ir;
 pub use optc_passes as passes;

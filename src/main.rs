@@ -82,6 +82,34 @@ enum Cmd {
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
+    /// Generate text with a model (reference-interpreter executor for now).
+    Generate {
+        /// A Hugging Face model folder or a .gguf file.
+        model: PathBuf,
+        /// The prompt (tokenized with the model's tokenizer).
+        #[arg(long, conflicts_with = "ids")]
+        prompt: Option<String>,
+        /// The prompt as token ids, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        ids: Vec<u32>,
+        #[arg(long, default_value_t = 32)]
+        max_tokens: usize,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Stop strings (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Print one JSON object (ids, text, finish reason, timings) instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List every pass with its one-line description.
     Passes,
     /// Run a graph on the reference interpreter.
@@ -317,6 +345,63 @@ fn compile(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn generate(
+    model: &Path,
+    prompt: Option<&str>,
+    ids: &[u32],
+    params: optc::runtime::sampler::SamplingParams,
+    json: bool,
+) -> Result<()> {
+    use std::io::Write;
+    let start = std::time::Instant::now();
+    let mut llm = optc::LLM::new(model, optc::LlmOptions::default())?;
+    let loaded = start.elapsed();
+    let p = match prompt {
+        Some(t) => optc::Prompt::Text(t.to_string()),
+        None if !ids.is_empty() => optc::Prompt::Ids(ids.to_vec()),
+        None => bail!("give the prompt with --prompt \"...\" or --ids 1,2,3"),
+    };
+    let gen_start = std::time::Instant::now();
+    let mut first: Option<std::time::Duration> = None;
+    let mut stdout = std::io::stdout();
+    let out = llm.generate_stream(&[p], &params, |_, piece| {
+        if first.is_none() {
+            first = Some(gen_start.elapsed());
+        }
+        if !json {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+        }
+    })?;
+    let total = gen_start.elapsed();
+    let o = &out[0];
+    if json {
+        let reason = match o.finish_reason {
+            optc::runtime::scheduler::FinishReason::Length => "length",
+            optc::runtime::scheduler::FinishReason::Stop => "stop",
+        };
+        println!(
+            "{{\"ids\": {:?}, \"text\": {:?}, \"finish_reason\": \"{reason}\", \"load_s\": {:.3}, \"first_text_s\": {:.3}, \"total_s\": {:.3}}}",
+            o.token_ids,
+            o.text,
+            loaded.as_secs_f64(),
+            first.unwrap_or(total).as_secs_f64(),
+            total.as_secs_f64()
+        );
+    } else {
+        println!();
+        eprintln!(
+            "{} tokens in {:.2} s ({:.2} tokens/s), finish: {:?}",
+            o.token_ids.len(),
+            total.as_secs_f64(),
+            o.token_ids.len() as f64 / total.as_secs_f64().max(1e-9),
+            o.finish_reason
+        );
+    }
+    Ok(())
+}
+
 fn check_config(tolerance: f64, symbols: &[String]) -> Result<CheckConfig> {
     let mut c = CheckConfig {
         tolerance,
@@ -433,6 +518,29 @@ fn main() -> ExitCode {
                 cli.verbose > 0,
             )
         })(),
+        Cmd::Generate {
+            model,
+            prompt,
+            ids,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            stop,
+            json,
+        } => {
+            let params = optc::runtime::sampler::SamplingParams {
+                temperature: *temperature,
+                top_p: *top_p,
+                top_k: *top_k,
+                seed: *seed,
+                stop: stop.clone(),
+                max_tokens: *max_tokens,
+                ..Default::default()
+            };
+            generate(model, prompt.as_deref(), ids, params, *json)
+        }
         Cmd::Passes => {
             for p in Compiler::new().registry().all() {
                 println!("{:<24} {}", p.name(), p.description());

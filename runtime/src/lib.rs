@@ -3,6 +3,7 @@
 //! goes into them.
 //!
 //! - [`block_manager`]: the paged KV cache's blocks, with prefix reuse;
+//! - [`engine`]: the step loop over an [`engine::Executor`];
 //! - [`scheduler`]: which tokens of which requests each step runs
 //!   (decode priority, chunked prefill, preemption by recompute);
 //! - [`sampler`]: turning logits into tokens (greedy, temperature, top-k/p,
@@ -12,5 +13,6 @@
 
 pub mod block_manager;
 pub mod detokenize;
+pub mod engine;
 pub mod sampler;
 pub mod scheduler;

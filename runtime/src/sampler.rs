@@ -29,6 +29,9 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Most tokens to generate (at least 1).
     pub max_tokens: usize,
+    /// End-of-sequence and stop tokens cannot end generation before this
+    /// many tokens (transformers' `min_new_tokens`).
+    pub min_tokens: usize,
     /// Tokens that end generation (besides the model's end-of-sequence ids).
     pub stop_token_ids: Vec<u32>,
     /// Strings that end generation (not included in the output text).
@@ -51,6 +54,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             seed: None,
             max_tokens: 16,
+            min_tokens: 0,
             stop_token_ids: Vec::new(),
             stop: Vec::new(),
             ignore_eos: false,

@@ -356,6 +356,18 @@ impl Scheduler {
         done
     }
 
+    /// Ends a request early (a stop string matched, or the caller gave up):
+    /// frees its blocks and returns its output so far.
+    pub fn abort(&mut self, seq: SeqId) -> Option<Vec<u32>> {
+        let q = self.seqs.remove(&seq)?;
+        self.waiting.retain(|&s| s != seq);
+        if self.running.contains(&seq) {
+            self.running.retain(|&s| s != seq);
+            let _ = self.blocks.free(seq);
+        }
+        Some(q.output)
+    }
+
     /// Cache slots of a running sequence's tokens (for the executor).
     pub fn slots(&self, seq: SeqId, range: std::ops::Range<usize>) -> Option<Vec<usize>> {
         self.blocks.slots(seq, range).ok()

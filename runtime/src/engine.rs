@@ -1,0 +1,162 @@
+//! The engine step loop: schedule, run a step on an executor, sample, and
+//! update, until every request is done. Targets plug in through
+//! [`Executor`]; the runtime around it is the same for all of them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::block_manager::{BlockId, SeqId};
+use crate::sampler::{sample, Rng, Sample, SamplingParams};
+use crate::scheduler::{FinishReason, RequestError, Scheduler, SchedulerConfig};
+
+/// One sequence's part of a step, with everything an executor may need:
+/// the new tokens and their positions and cache slots (for paged
+/// executors), the block table, and the whole token history (for
+/// executors without a cache).
+#[derive(Clone, Debug)]
+pub struct StepSeq {
+    pub seq: SeqId,
+    pub start: usize,
+    pub tokens: Vec<u32>,
+    pub slots: Vec<usize>,
+    pub block_table: Vec<BlockId>,
+    pub history: Vec<u32>,
+    /// Whether the last new token's logits are wanted.
+    pub sample: bool,
+}
+
+/// Runs steps of a model: a target's half of the runtime.
+pub trait Executor {
+    /// Processes every sequence's new tokens (writing their KV) and returns
+    /// one row of logits per sequence with `sample`, in order.
+    fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String>;
+}
+
+/// Something that happened to a request during a step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A new token.
+    Token { seq: SeqId, sample: Sample },
+    /// The request is done.
+    Finished {
+        seq: SeqId,
+        output: Vec<u32>,
+        reason: FinishReason,
+    },
+}
+
+/// Schedules, executes and samples.
+pub struct Engine<E: Executor> {
+    sched: Scheduler,
+    exec: E,
+    rngs: HashMap<SeqId, Rng>,
+    eos: Vec<u32>,
+    next_id: SeqId,
+}
+
+impl<E: Executor> Engine<E> {
+    pub fn new(cfg: SchedulerConfig, exec: E, eos: Vec<u32>) -> Engine<E> {
+        Engine {
+            sched: Scheduler::new(cfg),
+            exec,
+            rngs: HashMap::new(),
+            eos,
+            next_id: 0,
+        }
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
+    }
+
+    /// Queues a request; returns its id.
+    pub fn add(&mut self, prompt: Vec<u32>, params: SamplingParams) -> Result<SeqId, RequestError> {
+        let id = self.next_id;
+        let seed = params
+            .seed
+            .unwrap_or(0x5eed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        self.sched.add(id, prompt, params, self.eos.clone())?;
+        self.rngs.insert(id, Rng::new(seed));
+        self.next_id += 1;
+        Ok(id)
+    }
+
+    /// Ends a request early; returns its output so far.
+    pub fn abort(&mut self, seq: SeqId) -> Option<Vec<u32>> {
+        self.rngs.remove(&seq);
+        self.sched.abort(seq)
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        self.sched.num_unfinished() > 0
+    }
+
+    /// Runs one step and returns what happened.
+    pub fn step(&mut self) -> Result<Vec<Event>, String> {
+        let plan = self.sched.schedule();
+        if plan.scheduled.is_empty() {
+            return Ok(Vec::new());
+        }
+        let seqs: Vec<StepSeq> = plan
+            .scheduled
+            .iter()
+            .map(|s| StepSeq {
+                seq: s.seq,
+                start: s.start,
+                tokens: s.tokens.clone(),
+                slots: self
+                    .sched
+                    .slots(s.seq, s.start..s.start + s.tokens.len())
+                    .unwrap_or_default(),
+                block_table: self
+                    .sched
+                    .block_table(s.seq)
+                    .map(<[BlockId]>::to_vec)
+                    .unwrap_or_default(),
+                history: self.sched.tokens(s.seq).unwrap_or_default(),
+                sample: s.sample,
+            })
+            .collect();
+        let rows = self.exec.step(&seqs)?;
+        let wanted = seqs.iter().filter(|s| s.sample).count();
+        if rows.len() != wanted {
+            return Err(format!(
+                "executor returned {} logit rows for {wanted} sampling sequences",
+                rows.len()
+            ));
+        }
+        let mut events = Vec::new();
+        let mut sampled = BTreeMap::new();
+        for (s, row) in seqs.iter().filter(|s| s.sample).zip(rows) {
+            let (params, prompt, output) =
+                self.sched.request(s.seq).ok_or("scheduled an unknown sequence")?;
+            let mut row = row;
+            // min_tokens: end-of-sequence and stop tokens cannot come early.
+            if output.len() < params.min_tokens {
+                for &t in self.eos.iter().chain(&params.stop_token_ids) {
+                    if let Some(l) = row.get_mut(t as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            let rng = self
+                .rngs
+                .get_mut(&s.seq)
+                .ok_or("sequence without a random stream")?;
+            let smp = sample(&row, params, prompt, output, rng);
+            sampled.insert(s.seq, smp.token);
+            events.push(Event::Token {
+                seq: s.seq,
+                sample: smp,
+            });
+        }
+        for f in self.sched.update(&plan, &sampled) {
+            self.rngs.remove(&f.seq);
+            events.push(Event::Finished {
+                seq: f.seq,
+                output: f.output,
+                reason: f.reason,
+            });
+        }
+        Ok(events)
+    }
+}

@@ -1,0 +1,253 @@
+//! `LLM`: load a model, compile it, and generate text with the shared
+//! runtime (scheduler, block manager, sampler, detokenizer).
+//!
+//! The executor for now is [`InterpreterExecutor`]: the reference
+//! interpreter recomputing each sequence's whole history at every sampling
+//! step. It is correct and slow; paged executors (the CPU and CUDA
+//! targets) replace it behind the same [`Executor`] trait.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use crate::frontends::hf::{HfModel, HfTokenizer};
+use crate::frontends::{gguf, hf};
+use crate::ir::{run, DType, Graph, Tensor, WeightStore};
+use crate::runtime::block_manager::SeqId;
+use crate::runtime::detokenize::Detokenizer;
+use crate::runtime::engine::{Engine, Event, Executor, StepSeq};
+use crate::runtime::sampler::SamplingParams;
+use crate::runtime::scheduler::{FinishReason, RequestError, SchedulerConfig};
+use crate::{Compiler, TokenizerDecoder};
+
+/// Why loading or generating failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("{0}")]
+    Load(String),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("executing a step: {0}")]
+    Exec(String),
+    #[error("{0}")]
+    Tokenizer(String),
+}
+
+/// Runs steps on the reference interpreter, without a KV cache: each
+/// sampling sequence's whole history is recomputed. Weights are
+/// materialised once, when the executor is made.
+pub struct InterpreterExecutor {
+    graph: Graph,
+    weights: WeightStore,
+    vocab: usize,
+}
+
+impl InterpreterExecutor {
+    pub fn new(graph: Graph, weights: &WeightStore, vocab: usize) -> Result<InterpreterExecutor, LlmError> {
+        let mut owned = WeightStore::new();
+        for &w in graph.weights() {
+            if let crate::ir::NodeKind::Weight { key, .. } = &graph.node(w).kind {
+                if !owned.contains(key) {
+                    let t = weights.get(key).map_err(|e| LlmError::Load(e.to_string()))?;
+                    owned
+                        .insert(key.clone(), t)
+                        .map_err(|e| LlmError::Load(e.to_string()))?;
+                }
+            }
+        }
+        Ok(InterpreterExecutor {
+            graph,
+            weights: owned,
+            vocab,
+        })
+    }
+}
+
+impl Executor for InterpreterExecutor {
+    fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String> {
+        let mut rows = Vec::new();
+        for s in seqs.iter().filter(|s| s.sample) {
+            let ids: Vec<i64> = s.history.iter().map(|&t| i64::from(t)).collect();
+            let input = Tensor::from_i64(DType::I64, &[1, ids.len()], &ids);
+            let out = run(
+                &self.graph,
+                &BTreeMap::from([("ids".to_string(), input)]),
+                &self.weights,
+            )
+            .map_err(|e| e.to_string())?;
+            let logits = out[0].cast(DType::F32).to_f32_vec();
+            rows.push(logits[(ids.len() - 1) * self.vocab..ids.len() * self.vocab].to_vec());
+        }
+        Ok(rows)
+    }
+}
+
+/// Sizes of the runtime.
+#[derive(Clone, Debug)]
+pub struct LlmOptions {
+    pub max_batch_size: usize,
+    pub max_num_tokens: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    /// Run the default pass pipeline before serving.
+    pub compile: bool,
+}
+
+impl Default for LlmOptions {
+    fn default() -> Self {
+        LlmOptions {
+            max_batch_size: 8,
+            max_num_tokens: 512,
+            num_blocks: 256,
+            block_size: 16,
+            compile: true,
+        }
+    }
+}
+
+/// A prompt as text (tokenized with the model's tokenizer) or token ids.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// One request's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub token_ids: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+}
+
+/// A model ready to generate.
+pub struct LLM {
+    engine: Engine<InterpreterExecutor>,
+    tokenizer: Option<HfTokenizer>,
+    /// The chat template the model ships, if any.
+    pub chat_template: Option<String>,
+}
+
+fn load(path: &Path) -> Result<HfModel, LlmError> {
+    let r = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        gguf::load(path).map_err(|e| e.to_string())
+    } else {
+        hf::load(path).map_err(|e| e.to_string())
+    };
+    r.map_err(LlmError::Load)
+}
+
+impl LLM {
+    /// Loads a Hugging Face folder or `.gguf` file and compiles it.
+    pub fn new(path: impl AsRef<Path>, opts: LlmOptions) -> Result<LLM, LlmError> {
+        let mut m = load(path.as_ref())?;
+        if opts.compile {
+            Compiler::new()
+                .compile(&mut m.graph, &mut m.weights)
+                .map_err(|e| LlmError::Load(e.to_string()))?;
+        }
+        let vocab = m.config.vocab_size;
+        let exec = InterpreterExecutor::new(m.graph, &m.weights, vocab)?;
+        let cfg = SchedulerConfig {
+            max_batch_size: opts.max_batch_size,
+            max_num_tokens: opts.max_num_tokens,
+            num_blocks: opts.num_blocks,
+            block_size: opts.block_size,
+            max_model_len: m
+                .config
+                .max_position_embeddings
+                .min(opts.num_blocks * opts.block_size),
+            vocab_size: vocab,
+        };
+        let eos: Vec<u32> = m
+            .generation
+            .eos_token_ids
+            .iter()
+            .filter_map(|&e| u32::try_from(e).ok())
+            .collect();
+        Ok(LLM {
+            engine: Engine::new(cfg, exec, eos),
+            tokenizer: m.tokenizer,
+            chat_template: m.chat_template,
+        })
+    }
+
+    fn ids(&self, p: &Prompt) -> Result<Vec<u32>, LlmError> {
+        match p {
+            Prompt::Ids(ids) => Ok(ids.clone()),
+            Prompt::Text(t) => {
+                let tok = self.tokenizer.as_ref().ok_or_else(|| {
+                    LlmError::Tokenizer("the model has no tokenizer; give token ids".into())
+                })?;
+                let ids = tok
+                    .encode(t, true)
+                    .map_err(|e| LlmError::Tokenizer(e.to_string()))?;
+                Ok(ids.into_iter().map(|i| i as u32).collect())
+            }
+        }
+    }
+
+    /// Generates for every prompt (batched by the scheduler); calls
+    /// `on_text(index, piece)` as text becomes available (streaming).
+    pub fn generate_stream(
+        &mut self,
+        prompts: &[Prompt],
+        params: &SamplingParams,
+        mut on_text: impl FnMut(usize, &str),
+    ) -> Result<Vec<Output>, LlmError> {
+        let mut index: HashMap<SeqId, usize> = HashMap::new();
+        let mut detok: HashMap<SeqId, Detokenizer> = HashMap::new();
+        let mut outputs: Vec<Option<Output>> = vec![None; prompts.len()];
+        let mut ids = Vec::new();
+        for p in prompts {
+            ids.push(self.ids(p)?);
+        }
+        for (i, prompt) in ids.into_iter().enumerate() {
+            let seq = self.engine.add(prompt.clone(), params.clone())?;
+            index.insert(seq, i);
+            detok.insert(seq, Detokenizer::new(&prompt, params.stop.clone()));
+        }
+        let mut finished: HashMap<SeqId, (Vec<u32>, FinishReason)> = HashMap::new();
+        while index.keys().any(|s| !finished.contains_key(s)) {
+            let events = self.engine.step().map_err(LlmError::Exec)?;
+            for e in events {
+                match e {
+                    Event::Token { seq, sample } => {
+                        if let (Some(tok), Some(d)) = (&self.tokenizer, detok.get_mut(&seq)) {
+                            let delta = d
+                                .push(&TokenizerDecoder(tok), sample.token)
+                                .map_err(LlmError::Tokenizer)?;
+                            on_text(index[&seq], &delta.text);
+                            if delta.stopped {
+                                let out = self.engine.abort(seq).unwrap_or_default();
+                                finished.insert(seq, (out, FinishReason::Stop));
+                            }
+                        }
+                    }
+                    Event::Finished { seq, output, reason } => {
+                        finished.entry(seq).or_insert((output, reason));
+                    }
+                }
+            }
+        }
+        for (seq, (token_ids, reason)) in finished {
+            let i = index[&seq];
+            let d = detok.get_mut(&seq).expect("one per request");
+            let rest = d.finish();
+            on_text(i, &rest.text);
+            outputs[i] = Some(Output {
+                token_ids,
+                text: d.text().to_string(),
+                finish_reason: reason,
+            });
+        }
+        Ok(outputs
+            .into_iter()
+            .map(|o| o.expect("every request finishes"))
+            .collect())
+    }
+
+    /// Generates for every prompt and returns the outputs.
+    pub fn generate(&mut self, prompts: &[Prompt], params: &SamplingParams) -> Result<Vec<Output>, LlmError> {
+        self.generate_stream(prompts, params, |_, _| {})
+    }
+}
