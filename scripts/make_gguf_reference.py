@@ -5,6 +5,7 @@ the same GGUF file (dequantised to float32, eager attention).
 Writes tests/fixtures/gguf/smollm2_reference.json:
   prompts: [{text, ids, top: [[[token, logit] x 20] per position]}]
   tokenizer_cases: [{text, ids}]   (tokenizer(text)["input_ids"])
+  chats: [{messages, text, ids}]   (apply_chat_template with the generation prompt)
 
 Needs torch, transformers, gguf and accelerate; run scripts/fetch_smollm2.sh
 first. Usage: python3 scripts/make_gguf_reference.py
@@ -39,6 +40,17 @@ TOKENIZER_CASES = [
 ]
 
 
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Name a colour."},
+    ],
+]
+
+
 def main():
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -68,9 +80,16 @@ def main():
             }
         )
     cases = [{"text": t, "ids": tok(t)["input_ids"]} for t in TOKENIZER_CASES]
+    chats = []
+    for messages in CHATS:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        chats.append({"messages": messages, "text": text, "ids": ids})
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
-        json.dump({"gguf": os.path.basename(GGUF), "prompts": prompts, "tokenizer_cases": cases}, f, indent=1)
+        json.dump(
+            {"gguf": os.path.basename(GGUF), "prompts": prompts, "tokenizer_cases": cases, "chats": chats}, f, indent=1
+        )
     print(f"wrote {OUT}")
 
 

@@ -246,6 +246,60 @@ impl LLM {
             .collect())
     }
 
+    /// Renders a conversation with the model's chat template (as
+    /// transformers' `apply_chat_template` with the generation prompt does):
+    /// the text the model continues from.
+    pub fn render_chat(&self, messages: &[(&str, &str)]) -> Result<String, LlmError> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| LlmError::Tokenizer("the model ships no chat template".into()))?;
+        let mut env = minijinja::Environment::new();
+        env.add_template("chat", template)
+            .map_err(|e| LlmError::Tokenizer(format!("chat template: {e}")))?;
+        let msgs: Vec<BTreeMap<&str, &str>> = messages
+            .iter()
+            .map(|(role, content)| BTreeMap::from([("role", *role), ("content", *content)]))
+            .collect();
+        env.get_template("chat")
+            .and_then(|t| t.render(minijinja::context! { messages => msgs, add_generation_prompt => true }))
+            .map_err(|e| LlmError::Tokenizer(format!("chat template: {e}")))
+    }
+
+    /// Answers a conversation: renders it with the chat template, tokenizes
+    /// it without adding special tokens (the template has them), and generates.
+    pub fn chat(&mut self, messages: &[(&str, &str)], params: &SamplingParams) -> Result<Output, LlmError> {
+        let text = self.render_chat(messages)?;
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| LlmError::Tokenizer("the model has no tokenizer".into()))?;
+        let ids = tok
+            .encode(&text, false)
+            .map_err(|e| LlmError::Tokenizer(e.to_string()))?;
+        let ids = ids.into_iter().map(|i| i as u32).collect();
+        let mut out = self.generate(&[Prompt::Ids(ids)], params)?;
+        Ok(out.remove(0))
+    }
+
+    /// Token ids of a text with the model's tokenizer (special tokens added
+    /// when `special`).
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, LlmError> {
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| LlmError::Tokenizer("the model has no tokenizer".into()))?;
+        let ids = tok
+            .encode(text, special)
+            .map_err(|e| LlmError::Tokenizer(e.to_string()))?;
+        Ok(ids.into_iter().map(|i| i as u32).collect())
+    }
+
+    /// The prefix cache's counters (hits, queries, evictions).
+    pub fn cache_stats(&self) -> crate::runtime::block_manager::CacheStats {
+        self.engine.scheduler().blocks().stats()
+    }
+
     /// Generates for every prompt and returns the outputs.
     pub fn generate(&mut self, prompts: &[Prompt], params: &SamplingParams) -> Result<Vec<Output>, LlmError> {
         self.generate_stream(prompts, params, |_, _| {})

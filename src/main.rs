@@ -109,6 +109,9 @@ enum Cmd {
         /// Print one JSON object (ids, text, finish reason, timings) instead of streaming text.
         #[arg(long)]
         json: bool,
+        /// Send the prompt as a user message through the model's chat template.
+        #[arg(long)]
+        chat: bool,
     },
     /// List every pass with its one-line description.
     Passes,
@@ -352,12 +355,17 @@ fn generate(
     ids: &[u32],
     params: optc::runtime::sampler::SamplingParams,
     json: bool,
+    chat: bool,
 ) -> Result<()> {
     use std::io::Write;
     let start = std::time::Instant::now();
     let mut llm = optc::LLM::new(model, optc::LlmOptions::default())?;
     let loaded = start.elapsed();
     let p = match prompt {
+        Some(t) if chat => {
+            let text = llm.render_chat(&[("user", t)])?;
+            optc::Prompt::Ids(llm.encode(&text, false)?)
+        }
         Some(t) => optc::Prompt::Text(t.to_string()),
         None if !ids.is_empty() => optc::Prompt::Ids(ids.to_vec()),
         None => bail!("give the prompt with --prompt \"...\" or --ids 1,2,3"),
@@ -529,6 +537,7 @@ fn main() -> ExitCode {
             seed,
             stop,
             json,
+            chat,
         } => {
             let params = optc::runtime::sampler::SamplingParams {
                 temperature: *temperature,
@@ -539,7 +548,7 @@ fn main() -> ExitCode {
                 max_tokens: *max_tokens,
                 ..Default::default()
             };
-            generate(model, prompt.as_deref(), ids, params, *json)
+            generate(model, prompt.as_deref(), ids, params, *json, *chat)
         }
         Cmd::Passes => {
             for p in Compiler::new().registry().all() {

@@ -137,3 +137,31 @@ fn stop_strings_and_bad_requests() {
         .unwrap();
     assert_eq!(again[0].text, text);
 }
+
+/// A second request sharing a 3-block prefix with a finished one finds those
+/// blocks in the cache and produces the same tokens as without the cache.
+#[test]
+fn prefix_reuse_hits_the_cache_and_keeps_outputs() {
+    let opts = LlmOptions {
+        block_size: 4,
+        num_blocks: 32,
+        ..LlmOptions::default()
+    };
+    let prefix: Vec<u32> = vec![0, 53, 259, 222, 272, 286, 85, 262, 79, 69, 260, 283];
+    let mut first = prefix.clone();
+    first.extend([80, 72]);
+    let mut second = prefix.clone();
+    second.extend([15, 41, 70]);
+    let params = SamplingParams::greedy(5);
+    let mut llm = LLM::new(fixture("llama"), opts.clone()).unwrap();
+    llm.generate(&[Prompt::Ids(first)], &params).unwrap();
+    let before = llm.cache_stats().hit_tokens;
+    let out = llm.generate(&[Prompt::Ids(second.clone())], &params).unwrap();
+    assert_eq!(
+        llm.cache_stats().hit_tokens - before,
+        12,
+        "three 4-token blocks reused"
+    );
+    let mut fresh = LLM::new(fixture("llama"), opts).unwrap();
+    assert_eq!(out, fresh.generate(&[Prompt::Ids(second)], &params).unwrap());
+}

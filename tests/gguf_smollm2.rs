@@ -128,6 +128,41 @@ fn default_pipeline_fuses_gemms_and_keeps_logits() {
     assert!(err <= 1e-4, "logits moved by {err}");
 }
 
+/// The chat template renders conversations exactly as transformers'
+/// `apply_chat_template` does, and the rendered text tokenizes the same.
+#[test]
+fn chat_template_matches_transformers() {
+    let Some(path) = model_path() else { return };
+    let llm = optc::LLM::new(
+        &path,
+        optc::LlmOptions {
+            compile: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for c in reference()["chats"].as_array().unwrap() {
+        let msgs: Vec<(String, String)> = c["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["role"].as_str().unwrap().to_string(),
+                    m["content"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, &str)> = msgs.iter().map(|(r, t)| (r.as_str(), t.as_str())).collect();
+        let text = llm.render_chat(&refs).unwrap();
+        assert_eq!(text, c["text"].as_str().unwrap());
+        assert_eq!(
+            llm.encode(&text, false).unwrap(),
+            ids_of(&c["ids"]).iter().map(|&i| i as u32).collect::<Vec<_>>()
+        );
+    }
+}
+
 #[test]
 fn tokenizer_matches_transformers() {
     let Some(path) = model_path() else { return };
