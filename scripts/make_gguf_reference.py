@@ -7,7 +7,7 @@ Writes tests/fixtures/gguf/smollm2_reference.json:
   tokenizer_cases: [{text, ids}]   (tokenizer(text)["input_ids"])
   chats: [{messages, text, ids}]   (apply_chat_template with the generation prompt)
 
-Needs torch, transformers, gguf and accelerate; run scripts/fetch_smollm2.sh
+Needs torch, transformers, gguf and accelerate; run scripts/get-smollm2.sh
 first. Usage: python3 scripts/make_gguf_reference.py
 """
 

