@@ -348,7 +348,6 @@ fn compile(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn generate(
     model: &Path,
     prompt: Option<&str>,

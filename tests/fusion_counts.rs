@@ -37,7 +37,7 @@ fn same_logits(before: &Graph, after: &Graph, w: &WeightStore, tol: f64) {
 
 #[test]
 fn llama_family() {
-    for (name, gemms) in [("llama", 2), ("mistral", 2), ("qwen2", 2), ("phi3", 0)] {
+    for name in ["llama", "mistral", "qwen2", "phi3"] {
         let (before, g, w, l) = compiled(name);
         // The first norm reads the embeddings; every other one a residual add.
         assert_eq!(count(&g, "rms_norm"), 1, "{name}");
@@ -50,7 +50,6 @@ fn llama_family() {
         }
         // QKV + o + gate/up + down per layer, and the LM head.
         assert_eq!(count(&g, "linear"), 4 * l + 1, "{name}");
-        let _ = gemms;
         // Causal masks become `causal = true`; Mistral's sliding window
         // stays an additive mask operand.
         for n in g.node_ids() {

@@ -203,7 +203,6 @@ proptest! {
         // normalisation then still fuses on its own.
         prop_assert_eq!(n, (!exp3) as usize);
         prop_assert!(err <= 1e-5, "error {}", err);
-        let _ = w_bad;
     }
 
     #[test]

@@ -165,7 +165,6 @@ fn mlp(t: &mut Tracer, c: &ModelConfig, p: &str, h: Value) -> Result<Value, HfEr
     t.linear(act_up, wd, bd)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn layer(
     t: &mut Tracer,
     c: &ModelConfig,

@@ -226,7 +226,7 @@ pub fn rewrite_graph(g: &mut Graph, rules: &[Rule], limits: Limits) -> Outcome {
     for &n in &order {
         let node = g.node(n);
         match (&node.kind, node.outputs.len()) {
-            (NodeKind::Op(op), 1) if single.contains(&n) => {
+            (NodeKind::Op(op), 1) => {
                 let children: Vec<Id> = g.operands(n).iter().map(|v| class_of[v]).collect();
                 let key = Symbol::from(op_key(op));
                 let id = egraph.add(Node::Op(key, children));
@@ -301,7 +301,6 @@ pub fn rewrite_graph(g: &mut Graph, rules: &[Rule], limits: Limits) -> Outcome {
     Outcome { rewrites, notes }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn build(
     g: &mut Graph,
     egraph: &FusionGraph,
