@@ -157,6 +157,31 @@ impl Dim {
     }
 }
 
+impl Dim {
+    /// The dim with symbols replaced by dims (others kept): how a pass
+    /// re-expresses a graph over new symbols, e.g. `B -> 1, S -> T` when
+    /// the KV-cache pass flattens a batch into one row of tokens.
+    pub fn substitute(&self, map: &BTreeMap<String, Dim>) -> Dim {
+        let mut out = Dim::constant(0);
+        for (m, c) in &self.terms {
+            let mut term = Dim::constant(*c);
+            for s in m {
+                let f = map.get(s).cloned().unwrap_or_else(|| Dim::sym(s.clone()));
+                term = &term * &f;
+            }
+            out = &out + &term;
+        }
+        out
+    }
+}
+
+impl Shape {
+    /// Every dim substituted (see [`Dim::substitute`]).
+    pub fn substitute(&self, map: &BTreeMap<String, Dim>) -> Shape {
+        Shape(self.0.iter().map(|d| d.substitute(map)).collect())
+    }
+}
+
 impl From<i64> for Dim {
     fn from(n: i64) -> Dim {
         Dim::constant(n)

@@ -10,6 +10,7 @@
 pub mod check;
 pub mod cleanup;
 pub mod fusion;
+pub mod kv_cache;
 mod manager;
 mod pass;
 mod pipeline;

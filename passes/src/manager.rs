@@ -139,6 +139,7 @@ impl PassManager {
             let span = tracing::info_span!("pass", pass = %name).entered();
             let before_text = self.dump.as_ref().map(|_| print(g));
             let nodes_before = g.node_count();
+            let before_graph = (checking.is_some() && !pass.keeps_signature()).then(|| g.clone());
             let start = Instant::now();
             let mut cx = PassContext { weights, options };
             let r = pass.run(g, &mut cx)?;
@@ -163,7 +164,46 @@ impl PassManager {
                 rewrites = run.rewrites,
                 "pass done"
             );
-            if let (Some(cfg), Some((inputs, prev))) = (&self.check, checking.as_mut()) {
+            if let (Some(cfg), Some(before), Some((inputs, prev))) =
+                (&self.check, &before_graph, checking.as_mut())
+            {
+                // The signature changed: compare the first output on the
+                // pass's translation of the inputs, then continue from there.
+                let translated = pass
+                    .check_inputs(before, inputs, g)
+                    .ok_or_else(|| {
+                        PassError::Check(format!(
+                            "pass '{name}' changes the graph's inputs and cannot be checked"
+                        ))
+                    })?
+                    .map_err(PassError::Check)?;
+                let outs = optc_ir::run(g, &translated, weights)
+                    .map_err(|e| PassError::Check(format!("after '{name}': {e}")))?;
+                let (a, b) = (&prev[0], &outs[0]);
+                if a.numel() != b.numel() || a.dtype() != b.dtype() {
+                    return Err(PassError::Check(format!(
+                        "after '{name}': output 0 is {:?}{:?}, before it was {:?}{:?}",
+                        b.dtype(),
+                        b.shape(),
+                        a.dtype(),
+                        a.shape()
+                    )));
+                }
+                let b0 = b.reshape(a.shape());
+                let err = check::max_abs_error(std::slice::from_ref(a), std::slice::from_ref(&b0));
+                run.max_abs_error = Some(err);
+                if err.is_nan()
+                    || !check::within(std::slice::from_ref(a), std::slice::from_ref(&b0), cfg.tolerance)
+                {
+                    return Err(PassError::Changed {
+                        pass: name,
+                        error: err,
+                        tolerance: cfg.tolerance,
+                    });
+                }
+                *inputs = translated;
+                *prev = outs;
+            } else if let (Some(cfg), Some((inputs, prev))) = (&self.check, checking.as_mut()) {
                 let outs = optc_ir::run(g, inputs, weights).map_err(|e| PassError::Broke {
                     pass: name.clone(),
                     source: optc_ir::VerifyError::Op {

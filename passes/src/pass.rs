@@ -1,6 +1,8 @@
 //! The pass contract.
 
-use optc_ir::{Graph, VerifyError, WeightStore};
+use std::collections::BTreeMap;
+
+use optc_ir::{Graph, Tensor, VerifyError, WeightStore};
 
 /// A graph rewrite. Passes must keep the graph's meaning (what the reference
 /// interpreter computes) and leave it valid; the manager checks both.
@@ -11,6 +13,23 @@ pub trait Pass: Send + Sync {
     fn description(&self) -> &str;
     /// Rewrites `g` in place.
     fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<PassReport, PassError>;
+    /// False for passes that change the graph's inputs (such as
+    /// `insert_kv_cache`); `--check-passes` then needs [`Pass::check_inputs`].
+    fn keeps_signature(&self) -> bool {
+        true
+    }
+    /// For a pass that changes the signature: inputs of the rewritten graph
+    /// `after` that compute what `before` computes on `inputs`, so that
+    /// `--check-passes` can compare their first outputs (element by element,
+    /// in order). `None`: the pass cannot be checked that way.
+    fn check_inputs(
+        &self,
+        _before: &Graph,
+        _inputs: &BTreeMap<String, Tensor>,
+        _after: &Graph,
+    ) -> Option<Result<BTreeMap<String, Tensor>, String>> {
+        None
+    }
 }
 
 /// What a pass can use besides the graph.

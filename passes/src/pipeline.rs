@@ -63,6 +63,20 @@ impl Pipeline {
         }
     }
 
+    /// The default pipeline followed by `insert_kv_cache` and a cleanup:
+    /// the step graph the serving runtime executes.
+    pub fn serving(block_size: usize) -> Pipeline {
+        let mut p = Pipeline::default_pipeline();
+        let mut kv = PassSpec::new("insert_kv_cache");
+        kv.options
+            .insert("block_size".into(), toml::Value::Integer(block_size as i64));
+        p.passes.push(kv);
+        for n in ["canonicalize", "cse", "dce"] {
+            p.passes.push(PassSpec::new(n));
+        }
+        p
+    }
+
     /// Parses a pipeline file; `path` is only for messages.
     pub fn from_toml(path: &str, text: &str) -> Result<Pipeline, PassError> {
         let err = |message: String| PassError::Pipeline {

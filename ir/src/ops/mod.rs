@@ -10,6 +10,7 @@ pub(crate) mod index;
 pub mod indexing;
 pub mod linalg;
 pub mod nn;
+pub mod paged_attention;
 pub mod reduce;
 pub mod shape;
 
@@ -25,6 +26,7 @@ pub use elementwise::{BinaryKind, Cast, CompareKind, Gelu, GeluApprox, UnaryKind
 pub use indexing::{Concat, Gather, IndexSelect, Slice, Split};
 pub use linalg::{Linear, MatMul};
 pub use nn::{AddRmsNorm, Embedding, LayerNorm, RmsNorm, Rope, Softmax, SwiGlu};
+pub use paged_attention::PagedAttention;
 pub use reduce::{ArgMax, Reduce, ReduceKind};
 pub use shape::{Expand, Reshape, Squeeze, Transpose, Triangular, Unsqueeze};
 
@@ -100,6 +102,7 @@ pub enum Op {
     Rope(Rope),
     SwiGlu(SwiGlu),
     Attention(ScaledDotProductAttention),
+    PagedAttention(PagedAttention),
 }
 
 impl Op {
@@ -137,6 +140,7 @@ impl Op {
             Op::Rope(o) => o,
             Op::SwiGlu(o) => o,
             Op::Attention(o) => o,
+            Op::PagedAttention(o) => o,
         }
     }
 
@@ -172,6 +176,25 @@ impl Op {
             }
         }
         out
+    }
+
+    /// The op with the symbols in its dim attributes replaced (see
+    /// [`Dim::substitute`]); ops without dim attributes are unchanged.
+    pub fn substitute_dims(&self, map: &BTreeMap<String, Dim>) -> Op {
+        let sub = |ds: &[Dim]| ds.iter().map(|d| d.substitute(map)).collect::<Vec<_>>();
+        let mut op = self.clone();
+        match &mut op {
+            Op::Reshape(o) => o.shape = sub(&o.shape),
+            Op::Expand(o) => o.shape = sub(&o.shape),
+            Op::Split(o) => o.sizes = sub(&o.sizes),
+            Op::Full(o) => o.shape = sub(&o.shape),
+            Op::Arange(o) => {
+                o.start = o.start.substitute(map);
+                o.end = o.end.substitute(map);
+            }
+            _ => {}
+        }
+        op
     }
 
     /// Every op name the text form accepts.
@@ -211,6 +234,7 @@ impl Op {
             "rope",
             "swiglu",
             "scaled_dot_product_attention",
+            "paged_attention",
         ]);
         v
     }
@@ -290,6 +314,7 @@ impl Op {
                     causal: r.bool_or("causal", false)?,
                     scale: r.opt_float("scale")?,
                 }),
+                "paged_attention" => Op::PagedAttention(PagedAttention::read(&mut r)?),
                 _ => return Err(format!("unknown op '{name}'")),
             }
         };
