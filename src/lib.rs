@@ -10,6 +10,7 @@ pub mod llm;
 
 pub use compiler::Compiler;
 pub use llm::{LlmOptions, Output, Prompt, LLM};
+pub use optc_codegen as codegen;
 pub use optc_frontends as frontends;
 pub use optc_ir as ir;
 pub use optc_passes as passes;

@@ -65,13 +65,26 @@ pub enum EvalError {
 /// Binds every symbol from the concrete input shapes: first the dims that
 /// are a bare symbol, then dims `a*X + b` solved for `X`.
 pub fn bind_symbols(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<Bindings, EvalError> {
+    let shapes: BTreeMap<String, Vec<usize>> = inputs
+        .iter()
+        .map(|(k, t)| (k.clone(), t.shape().to_vec()))
+        .collect();
+    bind_symbols_from_shapes(g, &shapes)
+}
+
+/// [`bind_symbols`] from the concrete shapes alone (for executors that
+/// keep inputs in their own buffers).
+pub fn bind_symbols_from_shapes(
+    g: &Graph,
+    inputs: &BTreeMap<String, Vec<usize>>,
+) -> Result<Bindings, EvalError> {
     let mut b = Bindings::new();
     for solve in [false, true] {
         for &i in g.inputs() {
             let name = g.node_name(i).unwrap_or_default();
             let Some(t) = inputs.get(name) else { continue };
             let ty = &g.node(i).outputs[0];
-            for (d, &n) in ty.shape.dims().iter().zip(t.shape()) {
+            for (d, &n) in ty.shape.dims().iter().zip(t) {
                 let Some((s, a, off)) = d.as_linear() else {
                     continue;
                 };

@@ -30,7 +30,7 @@ pub use builder::{BuildError, GraphBuilder};
 pub use dim::{broadcast_shapes, Bindings, Dim, Shape, TensorType};
 pub use dtype::DType;
 pub use graph::{Graph, GraphOutput, Node, NodeId, NodeKind, Value};
-pub use interp::{run, EvalError};
+pub use interp::{bind_symbols, bind_symbols_from_shapes, run, EvalError};
 pub use ops::Op;
 pub use parser::{parse, parse_type, ParseError};
 pub use printer::print;
