@@ -5,11 +5,12 @@
 //! codegen, runtime) join here as they land.
 
 mod compiler;
+pub mod executor;
 pub mod fixtures;
 pub mod llm;
 
 pub use compiler::Compiler;
-pub use llm::{LlmOptions, Output, Prompt, LLM};
+pub use llm::{LlmOptions, Output, Prompt, Target, LLM};
 pub use optc_codegen as codegen;
 pub use optc_frontends as frontends;
 pub use optc_ir as ir;

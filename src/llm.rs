@@ -1,14 +1,16 @@
 //! `LLM`: load a model, compile it, and generate text with the shared
 //! runtime (scheduler, block manager, sampler, detokenizer).
 //!
-//! The executor for now is [`InterpreterExecutor`]: the reference
-//! interpreter recomputing each sequence's whole history at every sampling
-//! step. It is correct and slow; paged executors (the CPU and CUDA
-//! targets) replace it behind the same [`Executor`] trait.
+//! The default target is the CPU: the model is compiled with the serving
+//! pipeline (fusions, then `insert_kv_cache`) and the step graph runs on
+//! [`CpuExecutor`] with a paged KV cache. [`Target::Reference`] instead runs
+//! the model graph on the reference interpreter, recomputing each
+//! sequence's history at every step: slow, but the oracle.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use crate::executor::CpuExecutor;
 use crate::frontends::hf::{HfModel, HfTokenizer};
 use crate::frontends::{gguf, hf};
 use crate::ir::{run, DType, Graph, Tensor, WeightStore};
@@ -81,6 +83,16 @@ impl Executor for InterpreterExecutor {
     }
 }
 
+/// Where steps run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Target {
+    /// Host kernels with a paged KV cache.
+    #[default]
+    Cpu,
+    /// The reference interpreter without a cache (recomputes histories).
+    Reference,
+}
+
 /// Sizes of the runtime.
 #[derive(Clone, Debug)]
 pub struct LlmOptions {
@@ -88,8 +100,10 @@ pub struct LlmOptions {
     pub max_num_tokens: usize,
     pub num_blocks: usize,
     pub block_size: usize,
-    /// Run the default pass pipeline before serving.
+    /// Run the default pass pipeline before serving (the reference target
+    /// only: the CPU target always needs the serving pipeline).
     pub compile: bool,
+    pub target: Target,
 }
 
 impl Default for LlmOptions {
@@ -100,6 +114,7 @@ impl Default for LlmOptions {
             num_blocks: 256,
             block_size: 16,
             compile: true,
+            target: Target::Cpu,
         }
     }
 }
@@ -121,7 +136,7 @@ pub struct Output {
 
 /// A model ready to generate.
 pub struct LLM {
-    engine: Engine<InterpreterExecutor>,
+    pub(crate) engine: Engine<Box<dyn Executor>>,
     tokenizer: Option<HfTokenizer>,
     /// The chat template the model ships, if any.
     pub chat_template: Option<String>,
@@ -139,14 +154,39 @@ fn load(path: &Path) -> Result<HfModel, LlmError> {
 impl LLM {
     /// Loads a Hugging Face folder or `.gguf` file and compiles it.
     pub fn new(path: impl AsRef<Path>, opts: LlmOptions) -> Result<LLM, LlmError> {
+        LLM::new_with_progress(path, opts, &mut |_| {})
+    }
+
+    /// [`LLM::new`], calling `stage` as loading moves on ("loading",
+    /// "compiling", "lowering"), for progress displays.
+    pub fn new_with_progress(
+        path: impl AsRef<Path>,
+        opts: LlmOptions,
+        stage: &mut dyn FnMut(&str),
+    ) -> Result<LLM, LlmError> {
+        stage("loading");
         let mut m = load(path.as_ref())?;
-        if opts.compile {
-            Compiler::new()
-                .compile(&mut m.graph, &mut m.weights)
-                .map_err(|e| LlmError::Load(e.to_string()))?;
-        }
         let vocab = m.config.vocab_size;
-        let exec = InterpreterExecutor::new(m.graph, &m.weights, vocab)?;
+        let exec: Box<dyn Executor> = match opts.target {
+            Target::Cpu => {
+                stage("compiling");
+                let mut c = Compiler::new();
+                c.set_pipeline(crate::passes::Pipeline::serving(opts.block_size));
+                c.compile(&mut m.graph, &mut m.weights)
+                    .map_err(|e| LlmError::Load(e.to_string()))?;
+                stage("lowering");
+                Box::new(CpuExecutor::new(&m.graph, &m.weights, opts.num_blocks, vocab)?)
+            }
+            Target::Reference => {
+                if opts.compile {
+                    stage("compiling");
+                    Compiler::new()
+                        .compile(&mut m.graph, &mut m.weights)
+                        .map_err(|e| LlmError::Load(e.to_string()))?;
+                }
+                Box::new(InterpreterExecutor::new(m.graph, &m.weights, vocab)?)
+            }
+        };
         let cfg = SchedulerConfig {
             max_batch_size: opts.max_batch_size,
             max_num_tokens: opts.max_num_tokens,
@@ -293,6 +333,12 @@ impl LLM {
             .encode(text, special)
             .map_err(|e| LlmError::Tokenizer(e.to_string()))?;
         Ok(ids.into_iter().map(|i| i as u32).collect())
+    }
+
+    /// The engine, for serving loops of your own (add requests between
+    /// steps, abort them, read the scheduler's counters).
+    pub fn engine(&mut self) -> &mut Engine<Box<dyn Executor>> {
+        &mut self.engine
     }
 
     /// The prefix cache's counters (hits, queries, evictions).

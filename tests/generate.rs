@@ -1,14 +1,19 @@
 //! Generation through the whole runtime (scheduler, block manager, sampler,
-//! detokenizer) on the reference-interpreter executor: 32 greedy tokens
-//! equal transformers' `generate` for every fixture architecture, batched
-//! requests equal their solo runs, and stop strings end the text.
+//! detokenizer) on the CPU target's paged executor: 32 greedy tokens equal
+//! transformers' `generate` for every fixture architecture, batched
+//! requests equal their solo runs (also with staggered arrivals, chunked
+//! prefill and preemption), the prefix cache is reused, and stop strings
+//! end the text.
 
 use std::path::{Path, PathBuf};
 
 use optc::ir::WeightStore;
+use std::collections::BTreeMap;
+
+use optc::runtime::engine::Event;
 use optc::runtime::sampler::SamplingParams;
 use optc::runtime::scheduler::FinishReason;
-use optc::{LlmOptions, Prompt, LLM};
+use optc::{LlmOptions, Prompt, Target, LLM};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -129,6 +134,13 @@ fn stop_strings_and_bad_requests() {
         bad(&mut llm, Prompt::Ids(vec![1, 9999]), SamplingParams::greedy(1))
             .contains("token id 9999 is outside the vocabulary")
     );
+    let long: Vec<u32> = (0..200).map(|i| i % 300).collect();
+    assert!(bad(&mut llm, Prompt::Ids(long), SamplingParams::greedy(1)).contains("exceeds the context"));
+    let top_p = SamplingParams {
+        top_p: 1.5,
+        ..SamplingParams::greedy(1)
+    };
+    assert!(bad(&mut llm, Prompt::Ids(vec![1]), top_p).contains("top_p"));
     let zero = SamplingParams::greedy(0);
     assert!(bad(&mut llm, Prompt::Ids(vec![1]), zero).contains("max_tokens must be at least 1"));
     // The engine still serves after refusing requests.
@@ -164,4 +176,80 @@ fn prefix_reuse_hits_the_cache_and_keeps_outputs() {
     );
     let mut fresh = LLM::new(fixture("llama"), opts).unwrap();
     assert_eq!(out, fresh.generate(&[Prompt::Ids(second)], &params).unwrap());
+}
+
+/// 16 requests of different prompt lengths arrive one per step into a cache
+/// too small for all of them, with prefill chunked to 16 tokens a step:
+/// sequences get preempted and recomputed, and each request still produces
+/// exactly the tokens it produces alone.
+#[test]
+fn staggered_requests_with_preemption_equal_solo_runs() {
+    let opts = LlmOptions {
+        max_batch_size: 8,
+        max_num_tokens: 16,
+        num_blocks: 24,
+        block_size: 4,
+        ..LlmOptions::default()
+    };
+    let prompts: Vec<Vec<u32>> = (0..16u32)
+        .map(|i| {
+            (0..3 + (i * 7) % 23)
+                .map(|j| (i * 31 + j * 17 + 1) % 320)
+                .collect()
+        })
+        .collect();
+    let params = SamplingParams {
+        min_tokens: 10,
+        ..SamplingParams::greedy(10)
+    };
+    let mut llm = LLM::new(fixture("llama"), opts.clone()).unwrap();
+    let mut outputs: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    let mut ids = Vec::new();
+    let mut step = 0;
+    loop {
+        if step < prompts.len() {
+            ids.push(llm.engine().add(prompts[step].clone(), params.clone()).unwrap());
+        }
+        step += 1;
+        for e in llm.engine().step().unwrap() {
+            if let Event::Finished { seq, output, .. } = e {
+                assert!(
+                    outputs.insert(seq, output).is_none(),
+                    "request {seq} finished twice"
+                );
+            }
+        }
+        if step >= prompts.len() && !llm.engine().has_unfinished() {
+            break;
+        }
+        assert!(step < 2000, "the engine stopped making progress");
+    }
+    assert!(
+        llm.engine().scheduler().preemptions > 0,
+        "the cache was meant to force preemption"
+    );
+    assert_eq!(outputs.len(), 16);
+    let mut solo = LLM::new(fixture("llama"), opts).unwrap();
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = solo.generate(&[Prompt::Ids(p.clone())], &params).unwrap();
+        assert_eq!(outputs[&ids[i]], alone[0].token_ids, "request {i}");
+    }
+}
+
+/// The CPU target and the reference interpreter (no cache) agree token for
+/// token on a real model-shaped fixture.
+#[test]
+fn cpu_target_equals_reference_target() {
+    let params = SamplingParams::greedy(12);
+    let prompt = [Prompt::Text("The robot and the dog.".into())];
+    let mut cpu = LLM::new(fixture("qwen2"), LlmOptions::default()).unwrap();
+    let reference = LlmOptions {
+        target: Target::Reference,
+        ..LlmOptions::default()
+    };
+    let mut interp = LLM::new(fixture("qwen2"), reference).unwrap();
+    assert_eq!(
+        cpu.generate(&prompt, &params).unwrap(),
+        interp.generate(&prompt, &params).unwrap()
+    );
 }

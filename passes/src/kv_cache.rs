@@ -478,6 +478,30 @@ impl StepInputs {
         num_blocks: usize,
         ids_dtype: DType,
     ) -> Result<BTreeMap<String, Tensor>, String> {
+        let mut out = self.metadata(ids_dtype);
+        for &i in g.inputs() {
+            let name = g.node_name(i).unwrap_or_default();
+            if name.starts_with("k_cache.") || name.starts_with("v_cache.") {
+                let ty = &g.node(i).outputs[0];
+                let mut shape = vec![num_blocks];
+                for d in &ty.shape.dims()[1..] {
+                    let c = d
+                        .as_const()
+                        .ok_or_else(|| format!("cache {name} has a symbolic dim {d}"))?;
+                    shape.push(c as usize);
+                }
+                let n: usize = shape.iter().product();
+                out.insert(
+                    name.to_string(),
+                    Tensor::from_f64(ty.dtype, &shape, &vec![0.0; n]),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The token ids and metadata inputs (everything but the caches).
+    pub fn metadata(&self, ids_dtype: DType) -> BTreeMap<String, Tensor> {
         let width = self.block_tables.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let mut table = Vec::new();
         for row in &self.block_tables {
@@ -485,7 +509,7 @@ impl StepInputs {
             table.extend(std::iter::repeat_n(0, width - row.len()));
         }
         let i64v = |v: &[i64]| Tensor::from_i64(DType::I64, &[v.len()], v);
-        let mut out = BTreeMap::from([
+        BTreeMap::from([
             (
                 "ids".to_string(),
                 Tensor::from_i64(ids_dtype, &[self.ids.len()], &self.ids),
@@ -499,26 +523,6 @@ impl StepInputs {
             ),
             ("slot_mapping".to_string(), i64v(&self.slot_mapping)),
             ("logits_indices".to_string(), i64v(&self.logits_indices)),
-        ]);
-        for &i in g.inputs() {
-            let name = g.node_name(i).unwrap_or_default();
-            if name.starts_with("k_cache.") || name.starts_with("v_cache.") {
-                let ty = &g.node(i).outputs[0];
-                let mut shape = vec![num_blocks];
-                for d in &ty.shape.dims()[1..] {
-                    shape.push(
-                        d.as_const()
-                            .ok_or_else(|| format!("cache {name} has a symbolic dim {d}"))?
-                            as usize,
-                    );
-                }
-                let n: usize = shape.iter().product();
-                out.insert(
-                    name.to_string(),
-                    Tensor::from_f64(ty.dtype, &shape, &vec![0.0; n]),
-                );
-            }
-        }
-        Ok(out)
+        ])
     }
 }

@@ -31,6 +31,12 @@ pub trait Executor {
     fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String>;
 }
 
+impl<E: Executor + ?Sized> Executor for Box<E> {
+    fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String> {
+        (**self).step(seqs)
+    }
+}
+
 /// Something that happened to a request during a step.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {

@@ -1,0 +1,93 @@
+//! `CpuExecutor`: the CPU target behind the runtime's [`Executor`] trait.
+//! It owns the lowered step graph (with the paged KV caches as state) and
+//! turns each scheduled step into the graph's token and metadata inputs.
+
+use optc_codegen::cpu::CpuProgram;
+use optc_ir::{Bindings, DType, Graph, WeightStore};
+use optc_passes::kv_cache::StepInputs;
+use optc_runtime::engine::{Executor, StepSeq};
+
+use crate::llm::LlmError;
+
+/// Runs step graphs (from `insert_kv_cache`) on the CPU.
+pub struct CpuExecutor {
+    program: CpuProgram,
+    ids_dtype: DType,
+    vocab: usize,
+    /// Bytes of KV cache allocated.
+    pub cache_bytes: usize,
+}
+
+impl CpuExecutor {
+    /// Lowers `graph` and allocates a cache of `num_blocks` blocks.
+    pub fn new(
+        graph: &Graph,
+        weights: &WeightStore,
+        num_blocks: usize,
+        vocab: usize,
+    ) -> Result<CpuExecutor, LlmError> {
+        let ids_dtype = graph
+            .inputs()
+            .iter()
+            .find(|&&i| graph.node_name(i) == Some("ids"))
+            .map(|&i| graph.node(i).outputs[0].dtype)
+            .ok_or_else(|| LlmError::Load("the step graph has no ids input (run insert_kv_cache)".into()))?;
+        let mut program = CpuProgram::new(graph, weights).map_err(|e| LlmError::Load(e.to_string()))?;
+        let cache_bytes = program
+            .init_state(&Bindings::from([("NB".to_string(), num_blocks as i64)]))
+            .map_err(|e| LlmError::Load(e.to_string()))?;
+        tracing::info!(summary = ?program.summary(), cache_bytes, "cpu program ready");
+        Ok(CpuExecutor {
+            program,
+            ids_dtype,
+            vocab,
+            cache_bytes,
+        })
+    }
+
+    pub fn program(&self) -> &CpuProgram {
+        &self.program
+    }
+}
+
+/// The step graph's inputs for the scheduled sequences: their new tokens,
+/// positions from `start`, the engine's slots and block tables.
+pub fn step_inputs(seqs: &[StepSeq]) -> StepInputs {
+    let mut s = StepInputs::default();
+    s.seq_starts.push(0);
+    for q in seqs {
+        let first = s.ids.len();
+        s.ids.extend(q.tokens.iter().map(|&t| i64::from(t)));
+        s.positions
+            .extend((q.start..q.start + q.tokens.len()).map(|p| p as i64));
+        s.slot_mapping.extend(q.slots.iter().map(|&x| x as i64));
+        s.seq_starts.push(s.ids.len() as i64);
+        s.context_lens.push((q.start + q.tokens.len()) as i64);
+        s.block_tables
+            .push(q.block_table.iter().map(|b| i64::from(b.0)).collect());
+        if q.sample && !q.tokens.is_empty() {
+            s.logits_indices.push((first + q.tokens.len() - 1) as i64);
+        }
+    }
+    s
+}
+
+impl Executor for CpuExecutor {
+    fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String> {
+        let s = step_inputs(seqs);
+        if s.slot_mapping.len() != s.ids.len() {
+            return Err(format!(
+                "the engine gave {} cache slots for {} tokens",
+                s.slot_mapping.len(),
+                s.ids.len()
+            ));
+        }
+        let out = self
+            .program
+            .run(&s.metadata(self.ids_dtype))
+            .map_err(|e| e.to_string())?;
+        let logits = out.get("logits").ok_or("the step graph has no logits output")?;
+        let v = logits.cast(DType::F32).to_f32_vec();
+        Ok(v.chunks(self.vocab).map(<[f32]>::to_vec).collect())
+    }
+}
