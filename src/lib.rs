@@ -4,6 +4,7 @@
 //! ([`ir`]) and holds the `optc` driver. Later stages (frontends, passes,
 //! codegen, runtime) join here as they land.
 
+pub mod bench;
 mod compiler;
 pub mod executor;
 pub mod fixtures;

@@ -140,6 +140,8 @@ pub struct LLM {
     tokenizer: Option<HfTokenizer>,
     /// The chat template the model ships, if any.
     pub chat_template: Option<String>,
+    /// Tokens in the model's vocabulary.
+    pub vocab_size: usize,
 }
 
 fn load(path: &Path) -> Result<HfModel, LlmError> {
@@ -208,6 +210,7 @@ impl LLM {
             engine: Engine::new(cfg, exec, eos),
             tokenizer: m.tokenizer,
             chat_template: m.chat_template,
+            vocab_size: vocab,
         })
     }
 

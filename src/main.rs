@@ -82,10 +82,14 @@ enum Cmd {
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
-    /// Generate text with a model (reference-interpreter executor for now).
+    /// Generate text with a model (compiled for the CPU target by default).
     Generate {
         /// A Hugging Face model folder or a .gguf file.
         model: PathBuf,
+        /// Where steps run: `cpu` (host kernels, paged KV cache) or
+        /// `reference` (the interpreter, no cache: slow, the oracle).
+        #[arg(long, default_value = "cpu")]
+        target: String,
         /// The prompt (tokenized with the model's tokenizer).
         #[arg(long, conflicts_with = "ids")]
         prompt: Option<String>,
@@ -112,6 +116,31 @@ enum Cmd {
         /// Send the prompt as a user message through the model's chat template.
         #[arg(long)]
         chat: bool,
+    },
+    /// Measure serving throughput and latency on a standard workload.
+    Bench {
+        /// A Hugging Face model folder or a .gguf file.
+        model: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        target: String,
+        /// Requests, all submitted at once.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Random prompt tokens per request.
+        #[arg(long, default_value_t = 128)]
+        input_len: usize,
+        /// Tokens generated per request (end-of-sequence ignored).
+        #[arg(long, default_value_t = 128)]
+        output_len: usize,
+        /// Measured runs (after one warm-up run).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Most tokens one step processes (prefill chunk budget).
+        #[arg(long, default_value_t = 2048)]
+        max_num_tokens: usize,
+        /// Print one JSON object per run.
+        #[arg(long)]
+        json: bool,
     },
     /// List every pass with its one-line description.
     Passes,
@@ -348,8 +377,85 @@ fn compile(
     Ok(())
 }
 
+fn target(name: &str) -> Result<optc::Target> {
+    match name {
+        "cpu" => Ok(optc::Target::Cpu),
+        "reference" => Ok(optc::Target::Reference),
+        "nvrtc" | "cuda" | "tensorrt" => bail!("target '{name}' is not built yet; use --target cpu"),
+        _ => bail!("unknown target '{name}' (known: cpu, reference)"),
+    }
+}
+
+/// Loads and compiles a model with a spinner on standard error.
+fn load_llm(model: &Path, opts: optc::LlmOptions) -> Result<optc::LLM> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    let name = model.display().to_string();
+    let llm = optc::LLM::new_with_progress(model, opts, &mut |stage| {
+        bar.set_message(format!("{stage} {name}"))
+    });
+    bar.finish_and_clear();
+    Ok(llm?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench(
+    model: &Path,
+    target: optc::Target,
+    batch: usize,
+    input_len: usize,
+    output_len: usize,
+    reps: usize,
+    max_num_tokens: usize,
+    json: bool,
+) -> Result<()> {
+    if batch == 0 || input_len == 0 || output_len == 0 {
+        bail!("--batch, --input-len and --output-len must be at least 1");
+    }
+    let block_size = 16;
+    let per_seq = (input_len + output_len).div_ceil(block_size);
+    let opts = optc::LlmOptions {
+        max_batch_size: batch,
+        max_num_tokens: max_num_tokens.max(batch),
+        num_blocks: per_seq * batch + 1,
+        block_size,
+        target,
+        ..optc::LlmOptions::default()
+    };
+    let mut llm = load_llm(model, opts)?;
+    let vocab = llm.vocab_size;
+    let w = optc::bench::Workload {
+        batch,
+        input_len,
+        output_len,
+        seed: 7,
+    };
+    optc::bench::run(&mut llm, vocab, &w)?; // warm-up
+    for rep in 0..reps {
+        let r = optc::bench::run(
+            &mut llm,
+            vocab,
+            &optc::bench::Workload {
+                seed: 11 + rep as u64,
+                ..w.clone()
+            },
+        )?;
+        if json {
+            println!("{}", r.json());
+        } else {
+            println!("run {}: {}", rep + 1, r.line());
+        }
+    }
+    Ok(())
+}
+
 fn generate(
     model: &Path,
+    target: optc::Target,
     prompt: Option<&str>,
     ids: &[u32],
     params: optc::runtime::sampler::SamplingParams,
@@ -358,7 +464,11 @@ fn generate(
 ) -> Result<()> {
     use std::io::Write;
     let start = std::time::Instant::now();
-    let mut llm = optc::LLM::new(model, optc::LlmOptions::default())?;
+    let opts = optc::LlmOptions {
+        target,
+        ..optc::LlmOptions::default()
+    };
+    let mut llm = load_llm(model, opts)?;
     let loaded = start.elapsed();
     let p = match prompt {
         Some(t) if chat => {
@@ -527,6 +637,7 @@ fn main() -> ExitCode {
         })(),
         Cmd::Generate {
             model,
+            target: tgt,
             prompt,
             ids,
             max_tokens,
@@ -547,8 +658,29 @@ fn main() -> ExitCode {
                 max_tokens: *max_tokens,
                 ..Default::default()
             };
-            generate(model, prompt.as_deref(), ids, params, *json, *chat)
+            target(tgt).and_then(|t| generate(model, t, prompt.as_deref(), ids, params, *json, *chat))
         }
+        Cmd::Bench {
+            model,
+            target: tgt,
+            batch,
+            input_len,
+            output_len,
+            reps,
+            max_num_tokens,
+            json,
+        } => target(tgt).and_then(|t| {
+            bench(
+                model,
+                t,
+                *batch,
+                *input_len,
+                *output_len,
+                *reps,
+                *max_num_tokens,
+                *json,
+            )
+        }),
         Cmd::Passes => {
             for p in Compiler::new().registry().all() {
                 println!("{:<24} {}", p.name(), p.description());

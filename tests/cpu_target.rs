@@ -132,8 +132,10 @@ fn bad_inputs_are_errors_naming_what_is_wrong() {
         .unwrap();
     let mut cpu = CpuProgram::new(&m.graph, &m.weights).unwrap();
     cpu.init_state(&Bindings::from([("NB".to_string(), 2)])).unwrap();
-    let mut s = StepInputs::default();
-    s.ids = vec![1, 2, 3];
+    let mut s = StepInputs {
+        ids: vec![1, 2, 3],
+        ..Default::default()
+    };
     s.push_seq(&[1], BLOCK, 0, 3, true);
     let ok = s.tensors(&m.graph, 2, DType::I64).unwrap();
     let clean = |mut t: BTreeMap<String, Tensor>| {

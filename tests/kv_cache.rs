@@ -156,8 +156,10 @@ fn only_requested_rows_get_logits() {
         .compile(&mut g, w)
         .unwrap();
     let ids: Vec<i64> = (0..6).collect();
-    let mut s = StepInputs::default();
-    s.ids = ids.clone();
+    let mut s = StepInputs {
+        ids: ids.clone(),
+        ..Default::default()
+    };
     s.push_seq(&[1, 0], BLOCK, 0, 6, true);
     let out = run(&g, &s.tensors(&g, 2, DType::I64).unwrap(), w).unwrap();
     assert_eq!(out[0].shape(), &[1, m.config.vocab_size]);

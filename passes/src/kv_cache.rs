@@ -123,7 +123,7 @@ impl Rebuild {
     }
 
     /// `[1, H, T, D]` (attention layout) to `[T, H, D]`.
-    fn to_tokens(&mut self, x: Value, loc: &Option<String>, what: &str) -> Result<Value, PassError> {
+    fn token_major(&mut self, x: Value, loc: &Option<String>, what: &str) -> Result<Value, PassError> {
         let t = self.ty(x);
         if t.rank() != 4 || !t.shape.dims()[0].is(1) {
             return Err(fail(format!(
@@ -264,7 +264,7 @@ impl Pass for InsertKvCache {
                         }
                     };
                     let layer = caches.len();
-                    let [qt, kt, vt] = [args[0], args[1], args[2]].map(|a| r.to_tokens(a, &loc, &what));
+                    let [qt, kt, vt] = [args[0], args[1], args[2]].map(|a| r.token_major(a, &loc, &what));
                     let (qt, kt, vt) = (qt?, kt?, vt?);
                     let (kty, vty) = (r.ty(kt), r.ty(vt));
                     let cache_ty = |x: &TensorType| {

@@ -250,15 +250,7 @@ fn unary(k: UnaryKind) -> fn(f32) -> f32 {
         UnaryKind::Reciprocal => |x| 1.0 / x,
         UnaryKind::Tanh => f32::tanh,
         UnaryKind::Sigmoid => |x| 1.0 / (1.0 + (-x).exp()),
-        UnaryKind::Relu => |x| {
-            if x > 0.0 {
-                x
-            } else if x.is_nan() {
-                x
-            } else {
-                0.0
-            }
-        },
+        UnaryKind::Relu => |x| if x > 0.0 || x.is_nan() { x } else { 0.0 },
         UnaryKind::Silu => |x| x / (1.0 + (-x).exp()),
         UnaryKind::Sin => f32::sin,
         UnaryKind::Cos => f32::cos,
@@ -303,7 +295,7 @@ fn native(cx: &Ctx, s: &Step, k: Kernel, outs: &mut [Buf]) -> Result<(), String>
         Kernel::Linear => {
             let x = cx.f32s(a[0])?;
             let kd = last(a[0]);
-            let m = if kd == 0 { 0 } else { x.len() / kd };
+            let m = x.len().checked_div(kd).unwrap_or(0);
             let n = dims(a[1])[0];
             let bias = match a.get(2) {
                 Some(&b) => Some(cx.f32s(b)?),

@@ -221,10 +221,8 @@ impl CpuProgram {
                 };
             }
         }
-        for v in 0..types.len() {
-            if owner[v].is_none() {
-                owner[v] = Some(v);
-            }
+        for (v, o) in owner.iter_mut().enumerate() {
+            o.get_or_insert(v);
         }
         for (si, s) in steps.iter().enumerate() {
             for &a in &s.args {

@@ -88,9 +88,7 @@ pub fn paged_attention(
     }
     // Check every position and block id up front, so the parallel part
     // cannot fail.
-    for t in 0..tokens {
-        let sq = seq_of[t];
-        let pos = meta.positions[t];
+    for (t, (&sq, &pos)) in seq_of.iter().zip(meta.positions).enumerate() {
         if pos < 0 || pos >= meta.context_lens[sq] {
             return Err(format!(
                 "token {t} has position {pos} outside its sequence's context of {}",

@@ -1,6 +1,7 @@
 //! Rotary position embedding on rows of `d`, rotating the first `r` values
 //! of each row with that row's `cos`/`sin` (shared by every head).
 
+#[allow(clippy::too_many_arguments)]
 /// `x` is rows of `d`; `row_of[i]` is the cos/sin row (of `r`) of x's row
 /// `i`. `interleaved` rotates pairs `(2i, 2i+1)` (GPT-J), otherwise halves
 /// (`rotate_half`, Llama).

@@ -1,0 +1,145 @@
+//! `optc bench`: the standard serving workloads on one engine, with the
+//! metrics the peer harness (`shared/peer/hf_baseline.py`) reports: output
+//! tokens/s, time to first token, time per output token, decode step time.
+
+use std::time::{Duration, Instant};
+
+use crate::llm::{LlmError, LLM};
+use crate::runtime::engine::Event;
+use crate::runtime::sampler::SamplingParams;
+
+/// One workload: `batch` requests of `input_len` random prompt tokens, each
+/// generating exactly `output_len` tokens (greedy, end-of-sequence ignored),
+/// all submitted at once.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub batch: usize,
+    pub input_len: usize,
+    pub output_len: usize,
+    pub seed: u64,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub workload: Workload,
+    pub total: Duration,
+    /// Every request's time to first token.
+    pub ttft: Vec<Duration>,
+    /// Every request's mean time per output token after the first.
+    pub tpot: Vec<Duration>,
+    /// Steps where every request was decoding.
+    pub decode_steps: Vec<Duration>,
+    pub output_tokens: usize,
+}
+
+/// The `q`-quantile (nearest rank) of durations, in ms.
+pub fn quantile_ms(v: &[Duration], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    s.sort_by(f64::total_cmp);
+    let i = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
+    s[i]
+}
+
+impl BenchResult {
+    pub fn output_tokens_per_s(&self) -> f64 {
+        self.output_tokens as f64 / self.total.as_secs_f64().max(1e-12)
+    }
+
+    /// A one-line summary.
+    pub fn line(&self) -> String {
+        let w = &self.workload;
+        format!(
+            "batch {} prompt {} output {}: {:.1} output tok/s, TTFT p50 {:.1} ms p99 {:.1} ms, TPOT p50 {:.2} ms p99 {:.2} ms, decode step {:.2} ms (p50), total {:.2} s",
+            w.batch,
+            w.input_len,
+            w.output_len,
+            self.output_tokens_per_s(),
+            quantile_ms(&self.ttft, 0.5),
+            quantile_ms(&self.ttft, 0.99),
+            quantile_ms(&self.tpot, 0.5),
+            quantile_ms(&self.tpot, 0.99),
+            quantile_ms(&self.decode_steps, 0.5),
+            self.total.as_secs_f64()
+        )
+    }
+
+    /// The result as a JSON object (hand-written: a handful of numbers).
+    pub fn json(&self) -> String {
+        let w = &self.workload;
+        format!(
+            "{{\"batch\": {}, \"input_len\": {}, \"output_len\": {}, \"output_tok_s\": {:.3}, \"ttft_ms_p50\": {:.3}, \"ttft_ms_p99\": {:.3}, \"tpot_ms_p50\": {:.3}, \"tpot_ms_p99\": {:.3}, \"decode_step_ms_p50\": {:.3}, \"total_s\": {:.4}}}",
+            w.batch,
+            w.input_len,
+            w.output_len,
+            self.output_tokens_per_s(),
+            quantile_ms(&self.ttft, 0.5),
+            quantile_ms(&self.ttft, 0.99),
+            quantile_ms(&self.tpot, 0.5),
+            quantile_ms(&self.tpot, 0.99),
+            quantile_ms(&self.decode_steps, 0.5),
+            self.total.as_secs_f64()
+        )
+    }
+}
+
+/// Runs `w` on `llm` (whose vocabulary has `vocab` tokens).
+pub fn run(llm: &mut LLM, vocab: usize, w: &Workload) -> Result<BenchResult, LlmError> {
+    let mut state = w.seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(w.output_len)
+    };
+    let start = Instant::now();
+    let mut seqs = Vec::new();
+    for _ in 0..w.batch {
+        let prompt: Vec<u32> = (0..w.input_len).map(|_| (next() % vocab as u64) as u32).collect();
+        seqs.push(llm.engine().add(prompt, params.clone())?);
+    }
+    let mut first = vec![None; w.batch];
+    let mut last = vec![start; w.batch];
+    let mut count = vec![0usize; w.batch];
+    let mut decode_steps = Vec::new();
+    let index = |s: u64| seqs.iter().position(|&x| x == s);
+    while llm.engine().has_unfinished() {
+        let all_decoding = first.iter().all(Option::is_some);
+        let t0 = Instant::now();
+        let events = llm.engine().step().map_err(LlmError::Exec)?;
+        let now = Instant::now();
+        if all_decoding {
+            decode_steps.push(now - t0);
+        }
+        for e in events {
+            if let Event::Token { seq, .. } = e {
+                if let Some(i) = index(seq) {
+                    first[i].get_or_insert(now);
+                    last[i] = now;
+                    count[i] += 1;
+                }
+            }
+        }
+    }
+    let total = start.elapsed();
+    let ttft = first.iter().map(|f| f.unwrap_or(start + total) - start).collect();
+    let tpot = (0..w.batch)
+        .filter(|&i| count[i] > 1)
+        .map(|i| (last[i] - first[i].unwrap_or(start)) / (count[i] - 1) as u32)
+        .collect();
+    Ok(BenchResult {
+        workload: w.clone(),
+        total,
+        ttft,
+        tpot,
+        decode_steps,
+        output_tokens: count.iter().sum(),
+    })
+}
