@@ -104,6 +104,9 @@ pub struct LlmOptions {
     /// only: the CPU target always needs the serving pipeline).
     pub compile: bool,
     pub target: Target,
+    /// Store f32 linear and embedding weights in this dtype (f16 or bf16;
+    /// the `cast_weights` pass). `None` keeps the checkpoint's dtypes.
+    pub weight_dtype: Option<DType>,
 }
 
 impl Default for LlmOptions {
@@ -115,6 +118,7 @@ impl Default for LlmOptions {
             block_size: 16,
             compile: true,
             target: Target::Cpu,
+            weight_dtype: None,
         }
     }
 }
@@ -173,7 +177,19 @@ impl LLM {
             Target::Cpu => {
                 stage("compiling");
                 let mut c = Compiler::new();
-                c.set_pipeline(crate::passes::Pipeline::serving(opts.block_size));
+                let mut pipeline = crate::passes::Pipeline::serving(opts.block_size);
+                if let Some(d) = opts.weight_dtype {
+                    let mut cast = crate::passes::PassSpec::new("cast_weights");
+                    cast.options
+                        .insert("dtype".into(), toml::Value::String(d.to_string()));
+                    let at = pipeline
+                        .passes
+                        .iter()
+                        .position(|p| p.name == "insert_kv_cache")
+                        .unwrap_or(0);
+                    pipeline.passes.insert(at, cast);
+                }
+                c.set_pipeline(pipeline);
                 c.compile(&mut m.graph, &mut m.weights)
                     .map_err(|e| LlmError::Load(e.to_string()))?;
                 stage("lowering");

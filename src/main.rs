@@ -90,6 +90,9 @@ enum Cmd {
         /// `reference` (the interpreter, no cache: slow, the oracle).
         #[arg(long, default_value = "cpu")]
         target: String,
+        /// Store f32 weights as f16 or bf16 (the cast_weights pass).
+        #[arg(long)]
+        weight_dtype: Option<String>,
         /// The prompt (tokenized with the model's tokenizer).
         #[arg(long, conflicts_with = "ids")]
         prompt: Option<String>,
@@ -123,6 +126,9 @@ enum Cmd {
         model: PathBuf,
         #[arg(long, default_value = "cpu")]
         target: String,
+        /// Store f32 weights as f16 or bf16 (the cast_weights pass).
+        #[arg(long)]
+        weight_dtype: Option<String>,
         /// Requests, all submitted at once.
         #[arg(long, default_value_t = 1)]
         batch: usize,
@@ -377,6 +383,15 @@ fn compile(
     Ok(())
 }
 
+fn weight_dtype(name: Option<&str>) -> Result<Option<ir::DType>> {
+    match name {
+        None => Ok(None),
+        Some("f16") => Ok(Some(ir::DType::F16)),
+        Some("bf16") => Ok(Some(ir::DType::BF16)),
+        Some(d) => bail!("--weight-dtype {d}: expected f16 or bf16"),
+    }
+}
+
 fn target(name: &str) -> Result<optc::Target> {
     match name {
         "cpu" => Ok(optc::Target::Cpu),
@@ -406,6 +421,7 @@ fn load_llm(model: &Path, opts: optc::LlmOptions) -> Result<optc::LLM> {
 fn bench(
     model: &Path,
     target: optc::Target,
+    weight_dtype: Option<ir::DType>,
     batch: usize,
     input_len: usize,
     output_len: usize,
@@ -424,6 +440,7 @@ fn bench(
         num_blocks: per_seq * batch + 1,
         block_size,
         target,
+        weight_dtype,
         ..optc::LlmOptions::default()
     };
     let mut llm = load_llm(model, opts)?;
@@ -453,9 +470,11 @@ fn bench(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn generate(
     model: &Path,
     target: optc::Target,
+    weight_dtype: Option<ir::DType>,
     prompt: Option<&str>,
     ids: &[u32],
     params: optc::runtime::sampler::SamplingParams,
@@ -466,6 +485,7 @@ fn generate(
     let start = std::time::Instant::now();
     let opts = optc::LlmOptions {
         target,
+        weight_dtype,
         ..optc::LlmOptions::default()
     };
     let mut llm = load_llm(model, opts)?;
@@ -638,6 +658,7 @@ fn main() -> ExitCode {
         Cmd::Generate {
             model,
             target: tgt,
+            weight_dtype: wd,
             prompt,
             ids,
             max_tokens,
@@ -658,21 +679,34 @@ fn main() -> ExitCode {
                 max_tokens: *max_tokens,
                 ..Default::default()
             };
-            target(tgt).and_then(|t| generate(model, t, prompt.as_deref(), ids, params, *json, *chat))
+            (|| {
+                generate(
+                    model,
+                    target(tgt)?,
+                    weight_dtype(wd.as_deref())?,
+                    prompt.as_deref(),
+                    ids,
+                    params,
+                    *json,
+                    *chat,
+                )
+            })()
         }
         Cmd::Bench {
             model,
             target: tgt,
+            weight_dtype: wd,
             batch,
             input_len,
             output_len,
             reps,
             max_num_tokens,
             json,
-        } => target(tgt).and_then(|t| {
+        } => (|| {
             bench(
                 model,
-                t,
+                target(tgt)?,
+                weight_dtype(wd.as_deref())?,
                 *batch,
                 *input_len,
                 *output_len,
@@ -680,7 +714,7 @@ fn main() -> ExitCode {
                 *max_num_tokens,
                 *json,
             )
-        }),
+        })(),
         Cmd::Passes => {
             for p in Compiler::new().registry().all() {
                 println!("{:<24} {}", p.name(), p.description());

@@ -159,3 +159,51 @@ fn bad_inputs_are_errors_naming_what_is_wrong() {
     let e = cpu.run(&bad).unwrap_err().to_string();
     assert!(e.contains("positions"), "{e}");
 }
+
+/// `cast_weights` stores the f32 linear and embedding weights as f16: the
+/// interpreter and the CPU target agree on the rewritten graph, the CPU
+/// target reads the half weights directly (half the weight bytes, no cast
+/// run), and the logits stay close to the f32 model's.
+#[test]
+fn half_weights_through_cast_weights() {
+    let mut m = load("llama");
+    let full = m.graph.clone();
+    let mut half = m.graph.clone();
+    let mut p = Pipeline::default_pipeline();
+    let mut spec = optc::passes::PassSpec::new("cast_weights");
+    spec.options
+        .insert("min_elements".into(), toml::Value::Integer(0));
+    p.passes.push(spec);
+    Compiler::new()
+        .set_pipeline(p)
+        .compile(&mut half, &mut m.weights)
+        .unwrap();
+    let casts = half.op_counts().get("cast").copied().unwrap_or(0);
+    assert!(casts >= 9, "one cast per linear/embedding weight, got {casts}");
+    let ids: Vec<i64> = (0..9).map(|i| (i * 53 + 1) % 300).collect();
+    let want = run(&half, &ids_input(&ids), &m.weights).unwrap();
+    let mut cpu = CpuProgram::new(&half, &m.weights).unwrap();
+    assert!(
+        !cpu.summary().reference.contains_key("cast"),
+        "{:?}",
+        cpu.summary()
+    );
+    let got = cpu.run(&ids_input(&ids)).unwrap();
+    assert!(max_diff(&want[0], &got["logits"]) < 1e-4);
+    let f32_logits = run(&full, &ids_input(&ids), &m.weights).unwrap();
+    let scale = f32_logits[0]
+        .to_f32_vec()
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()));
+    let d = max_diff(&f32_logits[0], &got["logits"]);
+    assert!(
+        d < 1e-2 * scale,
+        "f16 weights moved logits by {d} (largest {scale})"
+    );
+    let f32_bytes = CpuProgram::new(&full, &m.weights).unwrap().summary().weight_bytes;
+    assert!(
+        cpu.summary().weight_bytes * 3 < f32_bytes * 2,
+        "{} vs {f32_bytes}",
+        cpu.summary().weight_bytes
+    );
+}

@@ -249,14 +249,21 @@ impl Tensor {
 
     /// Little-endian bytes (the safetensors layout).
     pub fn to_le_bytes(&self) -> Vec<u8> {
+        fn le<const N: usize, T: Copy>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+            let mut out = Vec::with_capacity(v.len() * N);
+            for &x in v {
+                out.extend_from_slice(&f(x));
+            }
+            out
+        }
         match &self.data {
-            Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::BF16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::F32(v) => le(v, f32::to_le_bytes),
+            Data::F16(v) => le(v, f16::to_le_bytes),
+            Data::BF16(v) => le(v, bf16::to_le_bytes),
             Data::F8E4M3(v) | Data::I4(v) | Data::U4(v) => v.clone(),
             Data::I8(v) => v.iter().map(|&x| x as u8).collect(),
-            Data::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I32(v) => le(v, i32::to_le_bytes),
+            Data::I64(v) => le(v, i64::to_le_bytes),
             Data::Bool(v) => v.iter().map(|&x| x as u8).collect(),
         }
     }
@@ -391,7 +398,20 @@ impl Tensor {
             let v: Vec<i64> = parts.iter().flat_map(|t| t.to_i64_vec()).collect();
             return Tensor::from_i64(dtype, &[n], &v);
         }
-        let bytes: Vec<u8> = parts.iter().flat_map(|t| t.to_le_bytes()).collect();
+        if dtype == DType::F32 {
+            let mut v = Vec::with_capacity(n);
+            for t in parts {
+                match &t.data {
+                    Data::F32(x) => v.extend_from_slice(x),
+                    _ => v.extend(t.to_f32_vec()),
+                }
+            }
+            return Tensor::from_f32(dtype, &[n], &v);
+        }
+        let mut bytes = Vec::new();
+        for t in parts {
+            bytes.extend(t.to_le_bytes());
+        }
         Tensor::from_le_bytes(dtype, &[n], &bytes).expect("parts share one dtype")
     }
 

@@ -14,6 +14,7 @@ pub mod kv_cache;
 mod manager;
 mod pass;
 mod pipeline;
+pub mod quant;
 mod registry;
 
 pub use manager::{DumpConfig, PassManager, PassRun, PipelineReport};

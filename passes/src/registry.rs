@@ -40,6 +40,7 @@ impl PassRegistry {
         r.register(Arc::new(FuseAddRmsNorm));
         r.register(Arc::new(FuseGelu));
         r.register(Arc::new(crate::kv_cache::InsertKvCache));
+        r.register(Arc::new(crate::quant::CastWeights));
         r
     }
 

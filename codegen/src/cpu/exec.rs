@@ -167,7 +167,14 @@ impl Ctx<'_> {
             Arg::F(x) => Tensor::from_f32(ty.dtype, d, x),
             Arg::I(x) => Tensor::from_i64(ty.dtype, d, x),
             Arg::B(x) => Tensor::from_bool(d, x),
-            Arg::W(w) => w.to_tensor(),
+            Arg::W(w) => {
+                let t = w.to_tensor();
+                if t.dtype() == ty.dtype {
+                    t
+                } else {
+                    t.cast(ty.dtype)
+                }
+            }
         }
     }
 

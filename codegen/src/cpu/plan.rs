@@ -67,6 +67,31 @@ pub struct CpuProgram {
     summary: PlanSummary,
 }
 
+/// Is `id` a `cast` to f32 of an f16/bf16 weight, read only as the weights
+/// of `linear`s or the table of `embedding`s?
+fn is_half_weight_cast(g: &Graph, id: optc_ir::NodeId) -> bool {
+    let Some(Op::Cast(c)) = g.node(id).op() else {
+        return false;
+    };
+    let src = g.operands(id)[0];
+    let is_half_weight = matches!(g.node(src.node).kind, NodeKind::Weight { .. })
+        && matches!(
+            g.node(src.node).outputs[0].dtype,
+            optc_ir::DType::F16 | optc_ir::DType::BF16
+        );
+    let users = g.users(Value::of(id));
+    c.to == optc_ir::DType::F32
+        && is_half_weight
+        && !users.is_empty()
+        && !g.outputs().iter().any(|o| o.value == Value::of(id))
+        && users.iter().all(|&(u, slot)| {
+            matches!(
+                (g.node(u).op(), slot),
+                (Some(Op::Linear(_)), 1) | (Some(Op::Embedding(_)), 0)
+            )
+        })
+}
+
 /// Ops whose results are views of their first operand.
 fn is_view(op: &Op) -> bool {
     matches!(op, Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_))
@@ -104,9 +129,19 @@ impl CpuProgram {
         let mut state_names = Vec::new();
         let mut state_types = Vec::new();
         let mut weights = Vec::new();
+        // `cast(w)` of a half-precision weight that only linears and
+        // embeddings read is a view: those kernels read half weights.
+        let weight_views: std::collections::HashSet<optc_ir::NodeId> = order
+            .iter()
+            .copied()
+            .filter(|&id| is_half_weight_cast(g, id))
+            .collect();
         // Which weights some op reads as a plain buffer (not as a matrix or table).
         let mut need_buf: HashMap<usize, bool> = HashMap::new();
         for &id in &order {
+            if weight_views.contains(&id) {
+                continue;
+            }
             if let NodeKind::Op(op) = &g.node(id).kind {
                 for (slot, v) in g.operands(id).iter().enumerate() {
                     let direct = matches!((op, slot), (Op::Linear(_), 1) | (Op::Embedding(_), 0));
@@ -163,7 +198,7 @@ impl CpuProgram {
                             )
                         })
                         .unwrap_or_else(|| g.describe(id));
-                    let mut view = is_view(op);
+                    let mut view = is_view(op) || weight_views.contains(&id);
                     if let Op::PagedAttention(_) = op {
                         // The caches are updated in place: outputs 1 and 2 are the state inputs 3 and 4.
                         for (o, a) in [(1, 3), (2, 4)] {

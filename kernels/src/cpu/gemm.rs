@@ -36,17 +36,135 @@ impl WeightRef<'_> {
         let end = start + out.len();
         match self {
             WeightRef::F32(w) => out.copy_from_slice(&w[start..end]),
-            WeightRef::F16(w) => {
-                for (o, x) in out.iter_mut().zip(&w[start..end]) {
-                    *o = x.to_f32();
-                }
-            }
-            WeightRef::BF16(w) => {
-                for (o, x) in out.iter_mut().zip(&w[start..end]) {
-                    *o = f32::from_bits(u32::from(x.to_bits()) << 16);
-                }
-            }
+            // F16C when the CPU has it (half detects it at run time).
+            WeightRef::F16(w) => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&w[start..end], out),
+            WeightRef::BF16(w) => bf16_to_f32(&w[start..end], out),
         }
+    }
+}
+
+/// Dot product of f32 activations with one row of half weights, converting
+/// in registers (AVX2 + FMA + F16C where available).
+fn dot_half(x: &[f32], w: WeightRef, start: usize) -> f32 {
+    let k = x.len();
+    match w {
+        WeightRef::F32(v) => dot(x, &v[start..start + k]),
+        WeightRef::F16(v) => {
+            let r = &v[start..start + k];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                    && std::is_x86_feature_detected!("f16c")
+                {
+                    // SAFETY: the features were just detected; lengths are equal.
+                    return unsafe { simd::dot_f16(x, r) };
+                }
+            }
+            x.iter().zip(r).map(|(a, b)| a * b.to_f32()).sum()
+        }
+        WeightRef::BF16(v) => {
+            let r = &v[start..start + k];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the features were just detected; lengths are equal.
+                    return unsafe { simd::dot_bf16(x, r) };
+                }
+            }
+            x.iter().zip(r).map(|(a, b)| a * b.to_f32()).sum()
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// `x · w` with `w` in f16; `x.len() == w.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(x: &[f32], w: &[f16]) -> f32 {
+        assert_eq!(x.len(), w.len());
+        let n = x.len();
+        let (xp, wp) = (x.as_ptr(), w.as_ptr() as *const u16);
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i) as *const __m128i));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i + 8) as *const __m128i));
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), w0, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 8)), w1, a1);
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            s += x[i] * w[i].to_f32();
+            i += 1;
+        }
+        s
+    }
+
+    /// `x · w` with `w` in bf16; `x.len() == w.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_bf16(x: &[f32], w: &[bf16]) -> f32 {
+        assert_eq!(x.len(), w.len());
+        let n = x.len();
+        let (xp, wp) = (x.as_ptr(), w.as_ptr() as *const u16);
+        let widen = |p: *const u16| {
+            _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
+                16,
+            ))
+        };
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), widen(wp.add(i)), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 8)), widen(wp.add(i + 8)), a1);
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            s += x[i] * w[i].to_f32();
+            i += 1;
+        }
+        s
+    }
+}
+
+/// bf16 to f32 is a 16-bit shift; vectorised with AVX2 where available.
+fn bf16_to_f32(w: &[bf16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the feature was just detected.
+            return unsafe { bf16_to_f32_avx2(w, out) };
+        }
+    }
+    bf16_shift(w, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bf16_to_f32_avx2(w: &[bf16], out: &mut [f32]) {
+    bf16_shift(w, out)
+}
+
+#[inline(always)]
+fn bf16_shift(w: &[bf16], out: &mut [f32]) {
+    for (o, x) in out.iter_mut().zip(w) {
+        *o = f32::from_bits(u32::from(x.to_bits()) << 16);
     }
 }
 
@@ -110,23 +228,23 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: WeightRef, n: usize, bias: Optio
         .map(|b| {
             let n0 = b * BLOCK_N;
             let nb = BLOCK_N.min(n - n0);
-            let wf: std::borrow::Cow<[f32]> = match w {
-                WeightRef::F32(v) => v[n0 * k..(n0 + nb) * k].into(),
-                _ => {
-                    let mut v = vec![0f32; nb * k];
-                    w.to_f32(n0 * k, &mut v);
-                    v.into()
-                }
-            };
             let mut o = vec![0f32; m * nb];
             if m <= FEW_ROWS || k == 0 {
-                for i in 0..m {
-                    let xi = &x[i * k..(i + 1) * k];
-                    for j in 0..nb {
-                        o[i * nb + j] = dot(xi, &wf[j * k..(j + 1) * k]);
+                // Memory-bound: stream each weight row once, converting in registers.
+                for j in 0..nb {
+                    for i in 0..m {
+                        o[i * nb + j] = dot_half(&x[i * k..(i + 1) * k], w, (n0 + j) * k);
                     }
                 }
             } else {
+                let wf: std::borrow::Cow<[f32]> = match w {
+                    WeightRef::F32(v) => v[n0 * k..(n0 + nb) * k].into(),
+                    _ => {
+                        let mut v = vec![0f32; nb * k];
+                        w.to_f32(n0 * k, &mut v);
+                        v.into()
+                    }
+                };
                 // SAFETY: the slices hold exactly the m×k, nb×k and m×nb
                 // elements the strides below address.
                 unsafe {
