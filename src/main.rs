@@ -81,6 +81,17 @@ enum Cmd {
         /// Write the final text IR here (default: standard output).
         #[arg(short, long)]
         out: Option<PathBuf>,
+        /// Use the serving pipeline: the default passes, then
+        /// insert_kv_cache (the step graph the runtime executes).
+        #[arg(long, conflicts_with = "pipeline")]
+        kv_cache: bool,
+        /// Tokens per KV-cache block (with --kv-cache).
+        #[arg(long, default_value_t = 16)]
+        block_size: usize,
+        /// Also lower the result for this target and print its plan
+        /// (kernels, reference fallbacks, buffers) to standard error.
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Generate text with a model (compiled for the CPU target by default).
     Generate {
@@ -341,6 +352,8 @@ fn compile(
     weights: &[PathBuf],
     out: Option<&Path>,
     verbose: bool,
+    kv_cache: Option<usize>,
+    lower: Option<&str>,
 ) -> Result<()> {
     let (mut graph, mut store) = if model.extension().is_some_and(|e| e == "ir") {
         let g = load_graph(model)?;
@@ -356,6 +369,9 @@ fn compile(
     let mut compiler = Compiler::new();
     if let Some(p) = pipeline {
         compiler.set_pipeline(Pipeline::load(p)?);
+    }
+    if let Some(bs) = kv_cache {
+        compiler.set_pipeline(Pipeline::serving(bs));
     }
     if !dump_after.is_empty() {
         let after = if dump_after.iter().any(|a| a == "all") {
@@ -379,6 +395,23 @@ fn compile(
     }
     if verbose {
         eprint!("{}", report.table());
+    }
+    match lower.map(target).transpose()? {
+        Some(optc::Target::Cpu) => {
+            let p = optc::codegen::cpu::CpuProgram::new(&graph, &store)?;
+            let s = p.summary();
+            eprintln!(
+                "cpu plan: {} weight bytes, {} buffers for {} values, {} views",
+                s.weight_bytes, s.buffers, s.values, s.views
+            );
+            for (k, n) in &s.kernels {
+                eprintln!("  kernel    {k:<20} {n}");
+            }
+            for (k, n) in &s.reference {
+                eprintln!("  reference {k:<20} {n}");
+            }
+        }
+        Some(optc::Target::Reference) | None => {}
     }
     Ok(())
 }
@@ -638,6 +671,9 @@ fn main() -> ExitCode {
             check_symbols,
             weights,
             out,
+            kv_cache,
+            block_size,
+            target: lower,
         } => (|| {
             let check = if *check_passes {
                 Some(check_config(*check_tolerance, check_symbols)?)
@@ -653,6 +689,8 @@ fn main() -> ExitCode {
                 weights,
                 out.as_deref(),
                 cli.verbose > 0,
+                kv_cache.then_some(*block_size),
+                lower.as_deref(),
             )
         })(),
         Cmd::Generate {

@@ -26,3 +26,18 @@ fn llama_after_each_pass() {
         });
     }
 }
+
+/// The step graph of the serving pipeline (`insert_kv_cache` and its
+/// cleanup after the default passes), with 16-token cache blocks.
+#[test]
+fn llama_serving_step_graph() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama");
+    let mut m = hf::load(dir).unwrap();
+    PassManager::new(&PassRegistry::builtin(), &Pipeline::serving(16))
+        .unwrap()
+        .run(&mut m.graph, &mut m.weights)
+        .unwrap();
+    insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!("llama_serving_step", optc::ir::print(&m.graph));
+    });
+}

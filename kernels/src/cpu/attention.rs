@@ -6,6 +6,8 @@
 
 use rayon::prelude::*;
 
+use super::gemm::{axpy, dot};
+
 /// Sizes of one paged-attention call.
 #[derive(Clone, Copy, Debug)]
 pub struct PagedShape {
@@ -128,7 +130,7 @@ pub fn paged_attention(
             let mut max = f32::NEG_INFINITY;
             for (pj, &slot) in p.iter_mut().zip(&slots) {
                 let kj = &kc[slot * kw + kh * d..slot * kw + (kh + 1) * d];
-                let sc = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                let sc = dot(qi, kj) * scale;
                 max = max.max(sc);
                 *pj = sc;
             }
@@ -141,10 +143,7 @@ pub fn paged_attention(
             oh.fill(0.0);
             for (&w, &slot) in p.iter().zip(&slots) {
                 let w = w / sum;
-                let vj = &vc[slot * vw + kh * dv..slot * vw + (kh + 1) * dv];
-                for (oc, x) in oh.iter_mut().zip(vj) {
-                    *oc += w * x;
-                }
+                axpy(w, &vc[slot * vw + kh * dv..slot * vw + (kh + 1) * dv], oh);
             }
         }
     });

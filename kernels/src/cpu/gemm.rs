@@ -192,6 +192,31 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     dot_lanes(a, b)
 }
 
+/// `y += a * x`, with AVX2/FMA code when the CPU has it.
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            return unsafe { axpy_avx2(a, x, y) };
+        }
+    }
+    axpy_plain(a, x, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
+    axpy_plain(a, x, y)
+}
+
+#[inline(always)]
+fn axpy_plain(a: f32, x: &[f32], y: &mut [f32]) {
+    for (o, v) in y.iter_mut().zip(x) {
+        *o += a * v;
+    }
+}
+
 /// 32 independent accumulators, so the compiler keeps four vector FMAs in
 /// flight.
 #[inline(always)]
@@ -223,11 +248,13 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: WeightRef, n: usize, bias: Optio
         return;
     }
     // Each block computes out[:, n0..n0+nb] into its own buffer.
-    let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(BLOCK_N))
+    // Streaming blocks are larger: their cost is scheduling, not cache.
+    let block = if m <= FEW_ROWS { BLOCK_N * 4 } else { BLOCK_N };
+    let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(block))
         .into_par_iter()
         .map(|b| {
-            let n0 = b * BLOCK_N;
-            let nb = BLOCK_N.min(n - n0);
+            let n0 = b * block;
+            let nb = block.min(n - n0);
             let mut o = vec![0f32; m * nb];
             if m <= FEW_ROWS || k == 0 {
                 // Memory-bound: stream each weight row once, converting in registers.
