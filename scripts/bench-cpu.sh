@@ -18,9 +18,9 @@ out=target/bench
 mkdir -p "$out"
 optc=target/release/optc
 export RAYON_NUM_THREADS=2
-for wd in f32 f16; do
+for wd in f32 f16 int8; do
   flag=""
-  [ "$wd" = f16 ] && flag="--weight-dtype f16"
+  [ "$wd" != f32 ] && flag="--weight-dtype $wd"
   $optc bench "$model" --batch 1 --input-len 128 --output-len 128 --reps 3 --json $flag > "$out/optc_128_$wd.json"
   $optc bench "$model" --batch 1 --input-len 512 --output-len 1 --reps 3 --json $flag > "$out/optc_512_$wd.json"
 done
@@ -34,7 +34,7 @@ def runs(path):
     return [json.loads(l) for l in open(path) if l.strip()]
 med = statistics.median
 rows = {}
-for wd in ["f32", "f16"]:
+for wd in ["f32", "f16", "int8"]:
     a, b = runs(f"{out}/optc_128_{wd}.json"), runs(f"{out}/optc_512_{wd}.json")
     rows[f"optc ({wd} weights)"] = (
         med(r["ttft_ms_p50"] for r in a),

@@ -104,8 +104,9 @@ pub struct LlmOptions {
     /// only: the CPU target always needs the serving pipeline).
     pub compile: bool,
     pub target: Target,
-    /// Store f32 linear and embedding weights in this dtype (f16 or bf16;
-    /// the `cast_weights` pass). `None` keeps the checkpoint's dtypes.
+    /// Store f32 linear and embedding weights in this dtype: f16 or bf16
+    /// (the `cast_weights` pass), or i8 (`quantize_int8` for linear
+    /// weights, f16 for the rest). `None` keeps the checkpoint's dtypes.
     pub weight_dtype: Option<DType>,
 }
 
@@ -179,15 +180,23 @@ impl LLM {
                 let mut c = Compiler::new();
                 let mut pipeline = crate::passes::Pipeline::serving(opts.block_size);
                 if let Some(d) = opts.weight_dtype {
-                    let mut cast = crate::passes::PassSpec::new("cast_weights");
-                    cast.options
-                        .insert("dtype".into(), toml::Value::String(d.to_string()));
                     let at = pipeline
                         .passes
                         .iter()
                         .position(|p| p.name == "insert_kv_cache")
                         .unwrap_or(0);
+                    // int8: linear weights quantised, what is left (an
+                    // embedding table) in f16.
+                    let half = if d == DType::I8 { DType::F16 } else { d };
+                    let mut cast = crate::passes::PassSpec::new("cast_weights");
+                    cast.options
+                        .insert("dtype".into(), toml::Value::String(half.to_string()));
                     pipeline.passes.insert(at, cast);
+                    if d == DType::I8 {
+                        pipeline
+                            .passes
+                            .insert(at, crate::passes::PassSpec::new("quantize_int8"));
+                    }
                 }
                 c.set_pipeline(pipeline);
                 c.compile(&mut m.graph, &mut m.weights)

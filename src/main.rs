@@ -101,7 +101,8 @@ enum Cmd {
         /// `reference` (the interpreter, no cache: slow, the oracle).
         #[arg(long, default_value = "cpu")]
         target: String,
-        /// Store f32 weights as f16 or bf16 (the cast_weights pass).
+        /// Store f32 weights as f16 or bf16 (cast_weights), or int8
+        /// (quantize_int8: blocks of 32 with f32 scales).
         #[arg(long)]
         weight_dtype: Option<String>,
         /// The prompt (tokenized with the model's tokenizer).
@@ -137,7 +138,8 @@ enum Cmd {
         model: PathBuf,
         #[arg(long, default_value = "cpu")]
         target: String,
-        /// Store f32 weights as f16 or bf16 (the cast_weights pass).
+        /// Store f32 weights as f16 or bf16 (cast_weights), or int8
+        /// (quantize_int8: blocks of 32 with f32 scales).
         #[arg(long)]
         weight_dtype: Option<String>,
         /// Requests, all submitted at once.
@@ -421,7 +423,8 @@ fn weight_dtype(name: Option<&str>) -> Result<Option<ir::DType>> {
         None => Ok(None),
         Some("f16") => Ok(Some(ir::DType::F16)),
         Some("bf16") => Ok(Some(ir::DType::BF16)),
-        Some(d) => bail!("--weight-dtype {d}: expected f16 or bf16"),
+        Some("int8") => Ok(Some(ir::DType::I8)),
+        Some(d) => bail!("--weight-dtype {d}: expected f16, bf16 or int8"),
     }
 }
 

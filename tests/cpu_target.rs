@@ -207,3 +207,53 @@ fn half_weights_through_cast_weights() {
         cpu.summary().weight_bytes
     );
 }
+
+/// `quantize_int8` writes int8 blocks with f32 scales and their
+/// dequantisation into the graph: the CPU target keeps the blocks packed
+/// (about a quarter of the f32 bytes, the chain is a view) and computes what
+/// the interpreter computes on the rewritten graph; logits stay close to the
+/// f32 model's.
+#[test]
+fn int8_weights_through_quantize_int8() {
+    let mut m = load("llama");
+    let full = m.graph.clone();
+    let mut q = m.graph.clone();
+    let mut p = Pipeline::default_pipeline();
+    let mut spec = optc::passes::PassSpec::new("quantize_int8");
+    spec.options
+        .insert("min_elements".into(), toml::Value::Integer(0));
+    p.passes.push(spec);
+    let report = Compiler::new()
+        .set_pipeline(p)
+        .compile(&mut q, &mut m.weights)
+        .unwrap();
+    assert_eq!(
+        report.runs.last().unwrap().rewrites,
+        9,
+        "every linear weight (the LM head too)"
+    );
+    let ids: Vec<i64> = (0..9).map(|i| (i * 53 + 1) % 300).collect();
+    let want = run(&q, &ids_input(&ids), &m.weights).unwrap();
+    let mut cpu = CpuProgram::new(&q, &m.weights).unwrap();
+    let s = cpu.summary().clone();
+    assert!(
+        !s.reference.contains_key("cast") && !s.kernels.contains_key("binary"),
+        "{s:?}"
+    );
+    let got = cpu.run(&ids_input(&ids)).unwrap();
+    let scale = want[0].to_f32_vec().iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(max_diff(&want[0], &got["logits"]) < 1e-4 * scale.max(1.0));
+    let f32_logits = run(&full, &ids_input(&ids), &m.weights).unwrap();
+    let d = max_diff(&f32_logits[0], &got["logits"]);
+    assert!(
+        d < 5e-2 * scale,
+        "int8 weights moved logits by {d} (largest {scale})"
+    );
+    let f32_bytes = CpuProgram::new(&full, &m.weights).unwrap().summary().weight_bytes;
+    // The embedding table stays f32 (it is also the tied LM head's source).
+    assert!(
+        s.weight_bytes < f32_bytes * 3 / 4,
+        "{} vs {f32_bytes}",
+        s.weight_bytes
+    );
+}

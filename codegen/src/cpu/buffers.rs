@@ -117,6 +117,12 @@ pub struct Weight {
 pub enum Half {
     F16(Vec<f16>),
     BF16(Vec<bf16>),
+    /// int8 blocks with one scale each (`quantize_int8`).
+    Q8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+        block: usize,
+    },
 }
 
 impl Weight {
@@ -150,13 +156,45 @@ impl Weight {
         match (&self.half, &self.buf) {
             (Some(Half::F16(v)), _) => Some(WeightRef::F16(v)),
             (Some(Half::BF16(v)), _) => Some(WeightRef::BF16(v)),
+            (Some(Half::Q8 { q, scales, block }), _) => Some(WeightRef::Q8 {
+                q,
+                scales,
+                block: *block,
+            }),
             (None, Some(Buf::F(v))) => Some(WeightRef::F32(v)),
             _ => None,
         }
     }
 
+    /// A weight `[N, K]` held as int8 blocks (`q: [N, K/b, b]`) and their
+    /// scales (`[N, K/b, 1]`), as `quantize_int8` writes them.
+    pub fn q8(q: &Tensor, scales: &Tensor) -> Result<Weight, String> {
+        let (qs, ss) = (q.shape(), scales.shape());
+        if q.dtype() != DType::I8 || scales.dtype() != DType::F32 || qs.len() != 3 || ss != [qs[0], qs[1], 1]
+        {
+            return Err(format!(
+                "int8 weights {:?}{qs:?} with scales {:?}{ss:?} are not blocks",
+                q.dtype(),
+                scales.dtype()
+            ));
+        }
+        Ok(Weight {
+            dtype: DType::F32,
+            shape: vec![qs[0], qs[1] * qs[2]],
+            half: Some(Half::Q8 {
+                q: q.to_i64_vec().into_iter().map(|v| v as i8).collect(),
+                scales: scales.to_f32_vec(),
+                block: qs[2],
+            }),
+            buf: None,
+        })
+    }
+
     pub fn bytes(&self) -> usize {
         let n: usize = self.shape.iter().product();
+        if let Some(Half::Q8 { scales, .. }) = &self.half {
+            return n + scales.len() * 4;
+        }
         match (&self.half, &self.buf) {
             (Some(_), Some(_)) => n * 6,
             (Some(_), None) => n * 2,
@@ -172,6 +210,11 @@ impl Weight {
                 let v: Vec<f32> = match h {
                     Half::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
                     Half::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+                    Half::Q8 { q, scales, block } => q
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &x)| f32::from(x) * scales[i / block])
+                        .collect(),
                 };
                 Tensor::from_f32(self.dtype, &self.shape, &v)
             }

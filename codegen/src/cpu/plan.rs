@@ -92,6 +92,50 @@ fn is_half_weight_cast(g: &Graph, id: optc_ir::NodeId) -> bool {
         })
 }
 
+/// The int8 dequantisation `quantize_int8` writes, ending at `reshape` node
+/// `id`: `reshape(mul(cast(@q: i8), @scales))` read only as `linear`
+/// weights. Returns the weight nodes `(q, scales)` and the chain's ops.
+fn q8_chain(
+    g: &Graph,
+    id: optc_ir::NodeId,
+) -> Option<(optc_ir::NodeId, optc_ir::NodeId, [optc_ir::NodeId; 3])> {
+    let only_user = |v: Value, user: optc_ir::NodeId| {
+        g.users(v).iter().all(|&(u, _)| u == user) && !g.outputs().iter().any(|o| o.value == v)
+    };
+    let Some(Op::Reshape(_)) = g.node(id).op() else {
+        return None;
+    };
+    let users = g.users(Value::of(id));
+    if users.is_empty()
+        || !users
+            .iter()
+            .all(|&(u, slot)| slot == 1 && matches!(g.node(u).op(), Some(Op::Linear(_))))
+    {
+        return None;
+    }
+    let mul = g.operands(id)[0];
+    if g.node(mul.node).op() != Some(&Op::Binary(optc_ir::ops::BinaryKind::Mul)) || !only_user(mul, id) {
+        return None;
+    }
+    let [cast, scales] = <[Value; 2]>::try_from(g.operands(mul.node)).ok()?;
+    let Some(Op::Cast(c)) = g.node(cast.node).op() else {
+        return None;
+    };
+    let q = g.operands(cast.node)[0];
+    let weight = |v: Value, dtype: optc_ir::DType| {
+        matches!(g.node(v.node).kind, NodeKind::Weight { .. })
+            && g.node(v.node).outputs[0].dtype == dtype
+            && g.node(v.node).outputs[0].rank() == 3
+    };
+    let ok = c.to == optc_ir::DType::F32
+        && only_user(cast, mul.node)
+        && weight(q, optc_ir::DType::I8)
+        && weight(scales, optc_ir::DType::F32)
+        && only_user(q, cast.node)
+        && only_user(scales, mul.node);
+    ok.then_some((q.node, scales.node, [cast.node, mul.node, id]))
+}
+
 /// Ops whose results are views of their first operand.
 fn is_view(op: &Op) -> bool {
     matches!(op, Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_))
@@ -136,10 +180,22 @@ impl CpuProgram {
             .copied()
             .filter(|&id| is_half_weight_cast(g, id))
             .collect();
+        // int8 weights behind their dequantisation chain: the chain is a
+        // view of one packed weight.
+        let mut q8_ops: std::collections::HashSet<optc_ir::NodeId> = std::collections::HashSet::new();
+        let mut q8_pair: HashMap<optc_ir::NodeId, (optc_ir::NodeId, optc_ir::NodeId)> = HashMap::new();
+        for &id in &order {
+            if let Some((q, sc, ops)) = q8_chain(g, id) {
+                q8_ops.extend(ops);
+                q8_pair.insert(q, (q, sc));
+                q8_pair.insert(sc, (q, sc));
+            }
+        }
+        let mut q8_loaded: HashMap<optc_ir::NodeId, usize> = HashMap::new();
         // Which weights some op reads as a plain buffer (not as a matrix or table).
         let mut need_buf: HashMap<usize, bool> = HashMap::new();
         for &id in &order {
-            if weight_views.contains(&id) {
+            if weight_views.contains(&id) || q8_ops.contains(&id) {
                 continue;
             }
             if let NodeKind::Op(op) = &g.node(id).kind {
@@ -171,6 +227,31 @@ impl CpuProgram {
                         inputs.push((name.clone(), v0));
                     }
                 }
+                NodeKind::Weight { name, .. } if q8_pair.contains_key(&id) => {
+                    let (q, sc) = q8_pair[&id];
+                    let idx = match q8_loaded.get(&q) {
+                        Some(&i) => i,
+                        None => {
+                            let load = |n: optc_ir::NodeId| match &g.node(n).kind {
+                                NodeKind::Weight { name, key } => {
+                                    weights_get(store, name, key, &g.node(n).outputs[0])
+                                }
+                                _ => unreachable!("q8_chain checks for weights"),
+                            };
+                            let w = Weight::q8(&load(q)?, &load(sc)?).map_err(|message| {
+                                CodegenError::Weight {
+                                    name: name.clone(),
+                                    message,
+                                }
+                            })?;
+                            summary.weight_bytes += w.bytes();
+                            weights.push(w);
+                            q8_loaded.insert(q, weights.len() - 1);
+                            weights.len() - 1
+                        }
+                    };
+                    locs[v0] = Some(Loc::Weight(idx));
+                }
                 NodeKind::Weight { name, key } => {
                     let t = weights_get(store, name, key, &node.outputs[0])?;
                     let w = Weight::new(&t, need_buf.get(&v0).copied().unwrap_or(false));
@@ -198,7 +279,7 @@ impl CpuProgram {
                             )
                         })
                         .unwrap_or_else(|| g.describe(id));
-                    let mut view = is_view(op) || weight_views.contains(&id);
+                    let mut view = is_view(op) || weight_views.contains(&id) || q8_ops.contains(&id);
                     if let Op::PagedAttention(_) = op {
                         // The caches are updated in place: outputs 1 and 2 are the state inputs 3 and 4.
                         for (o, a) in [(1, 3), (2, 4)] {

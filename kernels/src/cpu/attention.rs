@@ -114,6 +114,9 @@ pub fn paged_attention(
         }
     }
     let group = hq / hkv;
+    if tokens == 0 || hq * dv == 0 {
+        return Ok(());
+    }
     let (kc, vc) = (&*k_cache, &*v_cache);
     out.par_chunks_mut(hq * dv).enumerate().for_each(|(t, o)| {
         let sq = seq_of[t];

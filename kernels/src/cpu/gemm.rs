@@ -16,6 +16,13 @@ pub enum WeightRef<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     BF16(&'a [bf16]),
+    /// int8 values with one scale per `block` consecutive values (rows are
+    /// whole blocks): value `i` is `q[i] * scales[i / block]`.
+    Q8 {
+        q: &'a [i8],
+        scales: &'a [f32],
+        block: usize,
+    },
 }
 
 impl WeightRef<'_> {
@@ -24,6 +31,7 @@ impl WeightRef<'_> {
             WeightRef::F32(w) => w.len(),
             WeightRef::F16(w) => w.len(),
             WeightRef::BF16(w) => w.len(),
+            WeightRef::Q8 { q, .. } => q.len(),
         }
     }
 
@@ -39,6 +47,11 @@ impl WeightRef<'_> {
             // F16C when the CPU has it (half detects it at run time).
             WeightRef::F16(w) => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&w[start..end], out),
             WeightRef::BF16(w) => bf16_to_f32(&w[start..end], out),
+            WeightRef::Q8 { q, scales, block } => {
+                for (i, o) in (start..end).zip(out.iter_mut()) {
+                    *o = f32::from(q[i]) * scales[i / block];
+                }
+            }
         }
     }
 }
@@ -62,6 +75,25 @@ fn dot_half(x: &[f32], w: WeightRef, start: usize) -> f32 {
                 }
             }
             x.iter().zip(r).map(|(a, b)| a * b.to_f32()).sum()
+        }
+        WeightRef::Q8 { q, scales, block } => {
+            let r = &q[start..start + k];
+            let sr = &scales[start / block..(start + k) / block];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if block == 32
+                    && std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the features were just detected; lengths match.
+                    return unsafe { simd::dot_q8_32(x, r, sr) };
+                }
+            }
+            x.chunks(block)
+                .zip(r.chunks(block))
+                .zip(sr)
+                .map(|((xb, qb), s)| s * xb.iter().zip(qb).map(|(a, b)| a * f32::from(*b)).sum::<f32>())
+                .sum()
         }
         WeightRef::BF16(v) => {
             let r = &v[start..start + k];
@@ -113,6 +145,26 @@ mod simd {
             i += 1;
         }
         s
+    }
+
+    /// `x · dequant(q)` for blocks of 32 int8 values with one scale each.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q8_32(x: &[f32], q: &[i8], scales: &[f32]) -> f32 {
+        assert_eq!(x.len(), q.len());
+        assert_eq!(q.len(), scales.len() * 32);
+        let (xp, qp) = (x.as_ptr(), q.as_ptr());
+        let mut total = _mm256_setzero_ps();
+        for (b, &s) in scales.iter().enumerate() {
+            let base = b * 32;
+            let mut acc = _mm256_setzero_ps();
+            for c in 0..4 {
+                let off = base + c * 8;
+                let qi = _mm256_cvtepi8_epi32(_mm_loadl_epi64(qp.add(off) as *const __m128i));
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(off)), _mm256_cvtepi32_ps(qi), acc);
+            }
+            total = _mm256_fmadd_ps(acc, _mm256_set1_ps(s), total);
+        }
+        hsum(total)
     }
 
     /// `x · w` with `w` in bf16; `x.len() == w.len()`.
@@ -248,8 +300,13 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: WeightRef, n: usize, bias: Optio
         return;
     }
     // Each block computes out[:, n0..n0+nb] into its own buffer.
-    // Streaming blocks are larger: their cost is scheduling, not cache.
-    let block = if m <= FEW_ROWS { BLOCK_N * 4 } else { BLOCK_N };
+    // Streaming: four blocks per thread, so the threads finish together
+    // without paying for many small tasks.
+    let block = if m <= FEW_ROWS {
+        n.div_ceil(rayon::current_num_threads() * 4).max(16)
+    } else {
+        BLOCK_N
+    };
     let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(block))
         .into_par_iter()
         .map(|b| {
@@ -391,7 +448,26 @@ mod tests {
             let want = naive(&x, m, k, &w, n);
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
             let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-            for wr in [WeightRef::F32(&w), WeightRef::BF16(&wb), WeightRef::F16(&wh)] {
+            // An exact int8 copy in blocks of 32 along k (when k allows), with
+            // a different scale in neighbouring blocks.
+            let q8: Option<(Vec<i8>, Vec<f32>)> = (k % 32 == 0).then(|| {
+                let mult = |b: usize| (1 + b % 3) as f32;
+                let q: Vec<i8> = w
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (v * 4.0 * mult(i / 32)) as i8)
+                    .collect();
+                (q, (0..n * k / 32).map(|b| 0.25 / mult(b)).collect())
+            });
+            let mut refs = vec![WeightRef::F32(&w), WeightRef::BF16(&wb), WeightRef::F16(&wh)];
+            if let Some((q, s)) = &q8 {
+                refs.push(WeightRef::Q8 {
+                    q,
+                    scales: s,
+                    block: 32,
+                });
+            }
+            for wr in refs {
                 let mut out = vec![0f32; m * n];
                 linear(&x, m, k, wr, n, None, &mut out);
                 for (a, b) in out.iter().zip(&want) {

@@ -134,7 +134,7 @@ mod tests {
         assert_eq!(&o[..8], &[0, 1, 2, 3, 12, 13, 14, 15]);
         transpose(&x, &[2, 3, 4], &[2, 1, 0], &mut o);
         assert_eq!(&o[..4], &[0, 12, 4, 16]);
-        let mut c = vec![0; 10];
+        let mut c = [0; 10];
         concat(&[(&[1, 2, 3][..], 3), (&[4, 5][..], 2)], 1, 1, &mut c[..5]);
         assert_eq!(&c[..5], &[1, 2, 3, 4, 5]);
         let mut s = vec![0; 2];
