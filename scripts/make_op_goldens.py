@@ -36,6 +36,34 @@ NAMES = set()
 OPS_USED = set()
 
 
+def paged_ref(q, k, v, kc, vc, pos, starts, ctx, tables, slots, scale=None, window=None):
+    """paged_attention from its definition: write every new token's k/v to
+    its slot, then attend causally (within `window`) through the block table."""
+    nb, bs = kc.shape[:2]
+    fk = kc.reshape(nb * bs, *kc.shape[2:]).copy()
+    fv = vc.reshape(nb * bs, *vc.shape[2:]).copy()
+    for t, sl in enumerate(slots):
+        if sl >= 0:
+            fk[sl], fv[sl] = k[t], v[t]
+    t_n, hq, d = q.shape
+    group = hq // k.shape[1]
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    out = np.zeros((t_n, hq, v.shape[2]))
+    for t in range(t_n):
+        seq = int(np.searchsorted(starts, t, side="right")) - 1
+        p = int(pos[t])
+        assert p < ctx[seq]
+        first = max(0, p - window + 1) if window else 0
+        js = [int(tables[seq][j // bs]) * bs + j % bs for j in range(first, p + 1)]
+        for h in range(hq):
+            kk, vv = fk[js, h // group], fv[js, h // group]
+            sc = kk @ q[t, h] * scale
+            w = np.exp(sc - sc.max())
+            out[t, h] = (w / w.sum()) @ vv
+    return out, fk.reshape(kc.shape), fv.reshape(vc.shape)
+
+
 # ----------------------------------------------------------------------------
 # Value formatting
 
@@ -1148,6 +1176,31 @@ def attention_cases():
 
     att("sdpa_gqa_mask_per_head", (2, 4, 3, 4), (2, 2, 5, 4), (2, 2, 5, 4), causal=False, mask=per_head)
 
+    # paged_attention: sequence 0 has 3 cached tokens and 2 new ones, sequence
+    # 1 one decode token after 4 cached; blocks of 2 slots, out of order; the
+    # cached tokens' k/v are whatever the cache holds.
+    def paged(name, attrs, scale=None, window=None):
+        g = G(name)
+        qv = g.inp("q", "f32", g.randn(3, 4, 4))
+        kv = g.inp("k", "f32", g.randn(3, 2, 4))
+        vv = g.inp("v", "f32", g.randn(3, 2, 3))
+        kcv = g.inp("k_cache", "f32", g.randn(6, 2, 2, 4))
+        vcv = g.inp("v_cache", "f32", g.randn(6, 2, 2, 3))
+        meta = {
+            "positions": np.array([3, 4, 4]),
+            "seq_starts": np.array([0, 2, 3]),
+            "context_lens": np.array([5, 5]),
+            "block_tables": np.array([[4, 0, 2], [1, 5, 3]]),
+            "slot_mapping": np.array([1, 4, 6]),
+        }
+        mv = [g.inp(n, "i64", a) for n, a in meta.items()]
+        out = paged_ref(F(qv), F(kv), F(vv), F(kcv), F(vcv), *meta.values(), scale=scale, window=window)
+        res = g.op("paged_attention", [qv, kv, vv, kcv, vcv, *mv], attrs or None, out=list(out), dtype=["f32"] * 3)
+        g.done(*res)
+
+    paged("paged_attention_prefill_and_decode", {})
+    paged("paged_attention_window_scale", {"scale": 0.4, "window": 2}, scale=0.4, window=2)
+
     def boolean(g):
         m = g.rng.random((1, 3, 5)) < 0.6
         m[:, 0, :] = False  # query 0 sees nothing: zeros
@@ -1291,7 +1344,7 @@ ALL_OPS = (
     + ["where", "cast", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "argmax", "softmax", "log_softmax"]
     + ["matmul", "linear", "reshape", "transpose", "unsqueeze", "squeeze", "expand", "slice", "concat", "split"]
     + ["gather", "index_select", "triu", "tril", "arange", "full", "constant", "embedding", "layer_norm"]
-    + ["rms_norm", "rope", "scaled_dot_product_attention", "swiglu", "add_rms_norm"]
+    + ["rms_norm", "rope", "scaled_dot_product_attention", "swiglu", "add_rms_norm", "paged_attention"]
 )
 
 

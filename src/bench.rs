@@ -49,40 +49,41 @@ impl BenchResult {
         self.output_tokens as f64 / self.total.as_secs_f64().max(1e-12)
     }
 
+    /// The metrics as (JSON key, value), in reporting order.
+    pub fn metrics(&self) -> [(&'static str, f64); 7] {
+        [
+            ("output_tok_s", self.output_tokens_per_s()),
+            ("ttft_ms_p50", quantile_ms(&self.ttft, 0.5)),
+            ("ttft_ms_p99", quantile_ms(&self.ttft, 0.99)),
+            ("tpot_ms_p50", quantile_ms(&self.tpot, 0.5)),
+            ("tpot_ms_p99", quantile_ms(&self.tpot, 0.99)),
+            ("decode_step_ms_p50", quantile_ms(&self.decode_steps, 0.5)),
+            ("total_s", self.total.as_secs_f64()),
+        ]
+    }
+
     /// A one-line summary.
     pub fn line(&self) -> String {
         let w = &self.workload;
+        let [tps, t50, t99, p50, p99, step, total] = self.metrics().map(|(_, v)| v);
         format!(
-            "batch {} prompt {} output {}: {:.1} output tok/s, TTFT p50 {:.1} ms p99 {:.1} ms, TPOT p50 {:.2} ms p99 {:.2} ms, decode step {:.2} ms (p50), total {:.2} s",
-            w.batch,
-            w.input_len,
-            w.output_len,
-            self.output_tokens_per_s(),
-            quantile_ms(&self.ttft, 0.5),
-            quantile_ms(&self.ttft, 0.99),
-            quantile_ms(&self.tpot, 0.5),
-            quantile_ms(&self.tpot, 0.99),
-            quantile_ms(&self.decode_steps, 0.5),
-            self.total.as_secs_f64()
+            "batch {} prompt {} output {}: {tps:.1} output tok/s, TTFT p50 {t50:.1} ms p99 {t99:.1} ms, TPOT p50 {p50:.2} ms p99 {p99:.2} ms, decode step {step:.2} ms (p50), total {total:.2} s",
+            w.batch, w.input_len, w.output_len
         )
     }
 
     /// The result as a JSON object (hand-written: a handful of numbers).
     pub fn json(&self) -> String {
         let w = &self.workload;
-        format!(
-            "{{\"batch\": {}, \"input_len\": {}, \"output_len\": {}, \"output_tok_s\": {:.3}, \"ttft_ms_p50\": {:.3}, \"ttft_ms_p99\": {:.3}, \"tpot_ms_p50\": {:.3}, \"tpot_ms_p99\": {:.3}, \"decode_step_ms_p50\": {:.3}, \"total_s\": {:.4}}}",
-            w.batch,
-            w.input_len,
-            w.output_len,
-            self.output_tokens_per_s(),
-            quantile_ms(&self.ttft, 0.5),
-            quantile_ms(&self.ttft, 0.99),
-            quantile_ms(&self.tpot, 0.5),
-            quantile_ms(&self.tpot, 0.99),
-            quantile_ms(&self.decode_steps, 0.5),
-            self.total.as_secs_f64()
-        )
+        let mut s = format!(
+            "{{\"batch\": {}, \"input_len\": {}, \"output_len\": {}",
+            w.batch, w.input_len, w.output_len
+        );
+        for (k, v) in self.metrics() {
+            s.push_str(&format!(", \"{k}\": {v:.4}"));
+        }
+        s.push('}');
+        s
     }
 }
 

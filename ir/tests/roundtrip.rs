@@ -19,7 +19,7 @@ fn pick(pool: &[Value], i: usize) -> Value {
     pool[i % pool.len()]
 }
 
-fn make_op(b: &GraphBuilder, pool: &[Value], s: Step) -> Option<(Op, Vec<Value>)> {
+fn make_op(b: &GraphBuilder, pool: &[Value], step_inputs: &[Value], s: Step) -> Option<(Op, Vec<Value>)> {
     let (fam, i, j, p, q) = s;
     let x = pick(pool, i);
     let y = pick(pool, j);
@@ -159,6 +159,32 @@ fn make_op(b: &GraphBuilder, pool: &[Value], s: Step) -> Option<(Op, Vec<Value>)
             let op = Op::AddRmsNorm(optc_ir::ops::AddRmsNorm { axis: -1, eps: 1e-6 });
             return Some((op, vec![x, x]));
         }
+        _ if q < -100 => {
+            // paged_attention over a step graph's inputs.
+            let find = |t: &str| {
+                let ty = parse_type(t).ok()?;
+                step_inputs.iter().copied().find(|v| *b.ty(*v) == ty)
+            };
+            let (tok, kv, cache) = ("f32[T, 4, 8]", "f32[T, 2, 8]", "f32[NB, 4, 2, 8]");
+            let names = [
+                tok,
+                kv,
+                kv,
+                cache,
+                cache,
+                "i64[T]",
+                "i64[Q+1]",
+                "i64[Q]",
+                "i64[Q, M]",
+                "i64[T]",
+            ];
+            let args = names.iter().map(|t| find(t)).collect::<Option<Vec<_>>>()?;
+            let op = Op::PagedAttention(optc_ir::ops::PagedAttention {
+                scale: (p > 0).then_some(0.5),
+                window: (q % 2 == 0).then_some(3),
+            });
+            return Some((op, args));
+        }
         _ => {
             return Some((
                 Op::Attention(ScaledDotProductAttention {
@@ -182,6 +208,20 @@ fn build(steps: &[Step], locs: &[String]) -> optc_ir::Graph {
         b.weight("w", "model.w.weight", parse_type("f32[8, 8]").unwrap()),
         b.weight("emb", "embed \"quoted\"", parse_type("f32[16, 8]").unwrap()),
     ];
+    // A step graph's operands, for paged_attention (kept out of the pool so
+    // the other ops' operand picks are as before).
+    let mut step_inputs = Vec::new();
+    for (name, ty) in [
+        ("pq", "f32[T, 4, 8]"),
+        ("pk", "f32[T, 2, 8]"),
+        ("pcache", "f32[NB, 4, 2, 8]"),
+        ("positions", "i64[T]"),
+        ("starts", "i64[Q+1]"),
+        ("ctx", "i64[Q]"),
+        ("tables", "i64[Q, M]"),
+    ] {
+        step_inputs.push(b.input(name, parse_type(ty).unwrap()));
+    }
     for (k, s) in steps.iter().enumerate() {
         let loc = locs.get(k % locs.len().max(1)).cloned().filter(|_| s.4 % 2 == 0);
         b.set_loc(loc.clone());
@@ -195,7 +235,7 @@ fn build(steps: &[Step], locs: &[String]) -> optc_ir::Graph {
             pool.push(w);
             continue;
         }
-        if let Some((op, args)) = make_op(&b, &pool, *s) {
+        if let Some((op, args)) = make_op(&b, &pool, &step_inputs, *s) {
             if let Ok(vals) = b.op(op, &args) {
                 pool.extend(vals);
             }

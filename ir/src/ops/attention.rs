@@ -64,16 +64,7 @@ impl OpImpl for ScaledDotProductAttention {
         if qd[r - 1] != kd[r - 1] {
             return Err(format!("{name}: q {q} and k {k} differ in head size"));
         }
-        let (hq, hkv) = (&qd[r - 3], &kd[r - 3]);
-        let grouped = match (hq.as_const(), hkv.as_const()) {
-            (Some(a), Some(b)) => b > 0 && a % b == 0,
-            _ => hq == hkv,
-        };
-        if !grouped {
-            return Err(format!(
-                "{name}: {hq} query heads are not a multiple of {hkv} kv heads"
-            ));
-        }
+        super::grouped_heads(name, &qd[r - 3], &kd[r - 3])?;
         if let Some(s) = self.scale {
             if !s.is_finite() {
                 return Err(format!("{name}: scale must be finite, got {s}"));

@@ -351,6 +351,21 @@ pub(crate) fn arity(name: &str, inputs: &[TensorType], n: usize) -> Result<(), S
     Ok(())
 }
 
+/// Grouped-query heads: `hkv` divides `hq` (when both are constants), or
+/// they are the same dim; the message names the op.
+pub(crate) fn grouped_heads(name: &str, hq: &Dim, hkv: &Dim) -> Result<(), String> {
+    let grouped = match (hq.as_const(), hkv.as_const()) {
+        (Some(a), Some(b)) => b > 0 && a % b == 0,
+        _ => hq == hkv,
+    };
+    if !grouped {
+        return Err(format!(
+            "{name}: {hq} query heads are not a multiple of {hkv} kv heads"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that an operand has a float dtype.
 pub(crate) fn want_float(name: &str, what: &str, t: &TensorType) -> Result<(), String> {
     if !t.dtype.is_float() {

@@ -138,16 +138,8 @@ impl OpImpl for PagedAttention {
             &d(&inputs[6], 0),
             &(&seqs + &Dim::constant(1)),
         )?;
-        let (hq, hkv) = (d(q, 1), d(k, 1));
-        let grouped = match (hq.as_const(), hkv.as_const()) {
-            (Some(a), Some(b)) => b > 0 && a % b == 0,
-            _ => hq == hkv,
-        };
-        if !grouped {
-            return Err(format!(
-                "{name}: {hq} query heads are not a multiple of {hkv} kv heads"
-            ));
-        }
+        let hq = d(q, 1);
+        super::grouped_heads(name, &hq, &d(k, 1))?;
         if let Some(s) = self.scale {
             if !s.is_finite() {
                 return Err(format!("{name}: scale must be finite, got {s}"));
