@@ -52,36 +52,28 @@ impl CpuExecutor {
 
 /// The step graph's inputs for the scheduled sequences: their new tokens,
 /// positions from `start`, the engine's slots and block tables.
-pub fn step_inputs(seqs: &[StepSeq]) -> StepInputs {
+pub fn step_inputs(seqs: &[StepSeq]) -> Result<StepInputs, String> {
     let mut s = StepInputs::default();
-    s.seq_starts.push(0);
     for q in seqs {
-        let first = s.ids.len();
-        s.ids.extend(q.tokens.iter().map(|&t| i64::from(t)));
-        s.positions
-            .extend((q.start..q.start + q.tokens.len()).map(|p| p as i64));
-        s.slot_mapping.extend(q.slots.iter().map(|&x| x as i64));
-        s.seq_starts.push(s.ids.len() as i64);
-        s.context_lens.push((q.start + q.tokens.len()) as i64);
-        s.block_tables
-            .push(q.block_table.iter().map(|b| i64::from(b.0)).collect());
-        if q.sample && !q.tokens.is_empty() {
-            s.logits_indices.push((first + q.tokens.len() - 1) as i64);
+        if q.slots.len() != q.tokens.len() {
+            return Err(format!(
+                "the engine gave {} cache slots for {} tokens of sequence {}",
+                q.slots.len(),
+                q.tokens.len(),
+                q.seq
+            ));
         }
+        s.ids.extend(q.tokens.iter().map(|&t| i64::from(t)));
+        let blocks: Vec<i64> = q.block_table.iter().map(|b| i64::from(b.0)).collect();
+        let slots: Vec<i64> = q.slots.iter().map(|&x| x as i64).collect();
+        s.push_with_slots(&blocks, q.start, &slots, q.sample);
     }
-    s
+    Ok(s)
 }
 
 impl Executor for CpuExecutor {
     fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String> {
-        let s = step_inputs(seqs);
-        if s.slot_mapping.len() != s.ids.len() {
-            return Err(format!(
-                "the engine gave {} cache slots for {} tokens",
-                s.slot_mapping.len(),
-                s.ids.len()
-            ));
-        }
+        let s = step_inputs(seqs)?;
         let out = self
             .program
             .run(&s.metadata(self.ids_dtype))

@@ -452,17 +452,25 @@ impl StepInputs {
     /// Adds a sequence whose tokens `start..start + len` run in this step
     /// (ids are pushed separately); `sample` asks for the last row's logits.
     pub fn push_seq(&mut self, blocks: &[i64], block_size: usize, start: usize, len: usize, sample: bool) {
+        let slots: Vec<i64> = (start..start + len)
+            .map(|p| {
+                blocks
+                    .get(p / block_size)
+                    .map_or(-1, |&b| b * block_size as i64 + (p % block_size) as i64)
+            })
+            .collect();
+        self.push_with_slots(blocks, start, &slots, sample);
+    }
+
+    /// [`StepInputs::push_seq`] with the cache slots given (one per token,
+    /// `start..start + slots.len()`), as a block manager hands them out.
+    pub fn push_with_slots(&mut self, blocks: &[i64], start: usize, slots: &[i64], sample: bool) {
         if self.seq_starts.is_empty() {
             self.seq_starts.push(0);
         }
-        let first = self.positions.len();
-        for p in start..start + len {
-            self.positions.push(p as i64);
-            let slot = blocks
-                .get(p / block_size)
-                .map_or(-1, |&b| b * block_size as i64 + (p % block_size) as i64);
-            self.slot_mapping.push(slot);
-        }
+        let (first, len) = (self.positions.len(), slots.len());
+        self.positions.extend((start..start + len).map(|p| p as i64));
+        self.slot_mapping.extend_from_slice(slots);
         self.seq_starts.push(self.positions.len() as i64);
         self.context_lens.push((start + len) as i64);
         self.block_tables.push(blocks.to_vec());

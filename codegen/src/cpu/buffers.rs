@@ -190,17 +190,21 @@ impl Weight {
         })
     }
 
+    /// Bytes the weight occupies in memory (all the forms it is kept in).
     pub fn bytes(&self) -> usize {
         let n: usize = self.shape.iter().product();
-        if let Some(Half::Q8 { scales, .. }) = &self.half {
-            return n + scales.len() * 4;
-        }
-        match (&self.half, &self.buf) {
-            (Some(_), Some(_)) => n * 6,
-            (Some(_), None) => n * 2,
-            (None, Some(Buf::B(_))) => n,
-            _ => n * std::mem::size_of::<f32>().max(if kind_of(self.dtype) == Kind::I { 8 } else { 4 }),
-        }
+        let stored = match &self.half {
+            Some(Half::Q8 { scales, .. }) => n + scales.len() * 4,
+            Some(_) => n * 2,
+            None => 0,
+        };
+        let buf = match &self.buf {
+            Some(Buf::F(_)) => n * 4,
+            Some(Buf::I(_)) => n * 8,
+            Some(Buf::B(_)) => n,
+            None => 0,
+        };
+        stored + buf
     }
 
     pub fn to_tensor(&self) -> Tensor {

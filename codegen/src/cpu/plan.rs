@@ -67,6 +67,13 @@ pub struct CpuProgram {
     summary: PlanSummary,
 }
 
+/// Whether operand `slot` of `op` is read by a kernel that takes weights in
+/// their stored form (half precision, int8 blocks): `linear`'s weights and
+/// `embedding`'s table.
+fn reads_as_matrix(op: &Op, slot: u32) -> bool {
+    matches!((op, slot), (Op::Linear(_), 1) | (Op::Embedding(_), 0))
+}
+
 /// Is `id` a `cast` to f32 of an f16/bf16 weight, read only as the weights
 /// of `linear`s or the table of `embedding`s?
 fn is_half_weight_cast(g: &Graph, id: optc_ir::NodeId) -> bool {
@@ -87,7 +94,7 @@ fn is_half_weight_cast(g: &Graph, id: optc_ir::NodeId) -> bool {
         && users.iter().all(|&(u, slot)| {
             matches!(
                 (g.node(u).op(), slot),
-                (Some(Op::Linear(_)), 1) | (Some(Op::Embedding(_)), 0)
+                (Some(op), slot) if reads_as_matrix(op, slot)
             )
         })
 }
@@ -200,7 +207,7 @@ impl CpuProgram {
             }
             if let NodeKind::Op(op) = &g.node(id).kind {
                 for (slot, v) in g.operands(id).iter().enumerate() {
-                    let direct = matches!((op, slot), (Op::Linear(_), 1) | (Op::Embedding(_), 0));
+                    let direct = reads_as_matrix(op, slot as u32);
                     let e = need_buf.entry(vid[v]).or_insert(false);
                     *e |= !direct;
                 }
@@ -444,9 +451,8 @@ impl CpuProgram {
             })?;
             let n: usize = shape.iter().product();
             bytes += n * 4;
-            self.state[i] = std::mem::take(&mut self.state[i])
-                .resized(kind_of(ty.dtype), 0)
-                .resized(kind_of(ty.dtype), n);
+            // Zeroed, not resized: a fresh cache holds no old tokens.
+            self.state[i] = Buf::default().resized(kind_of(ty.dtype), n);
         }
         Ok(bytes)
     }

@@ -39,7 +39,7 @@ impl WeightRef<'_> {
         self.len() == 0
     }
 
-    /// Elements `range` as f32, into `out`.
+    /// Elements `start..start + out.len()` as f32, into `out`.
     pub fn to_f32(&self, start: usize, out: &mut [f32]) {
         let end = start + out.len();
         match self {
@@ -52,9 +52,10 @@ impl WeightRef<'_> {
     }
 }
 
-/// Dot product of f32 activations with one row of half weights, converting
-/// in registers (AVX2 + FMA + F16C where available).
-fn dot_half(x: &[f32], w: WeightRef, start: usize) -> f32 {
+/// Dot product of f32 activations with the weight row starting at element
+/// `start`, in the weights' stored form, converting in registers (AVX2 +
+/// FMA + F16C where available).
+fn dot_row(x: &[f32], w: WeightRef, start: usize) -> f32 {
     let k = x.len();
     match w {
         WeightRef::F32(v) => dot(x, &v[start..start + k]),
@@ -353,7 +354,7 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: WeightRef, n: usize, bias: Optio
                 // Memory-bound: stream each weight row once, converting in registers.
                 for j in 0..nb {
                     for i in 0..m {
-                        o[i * nb + j] = dot_half(&x[i * k..(i + 1) * k], w, (n0 + j) * k);
+                        o[i * nb + j] = dot_row(&x[i * k..(i + 1) * k], w, (n0 + j) * k);
                     }
                 }
             } else {
