@@ -83,3 +83,100 @@ impl Executor for CpuExecutor {
         Ok(v.chunks(self.vocab).map(<[f32]>::to_vec).collect())
     }
 }
+
+/// Runs step graphs on one NVIDIA GPU through the `nvrtc` target: NVRTC
+/// kernels and cuBLASLt GEMMs, the paged KV cache in device memory.
+pub struct CudaExecutor {
+    program: optc_codegen::nvrtc::CudaProgram,
+    ids_dtype: DType,
+    vocab: usize,
+    /// Blocks of KV cache allocated, and their bytes.
+    pub num_blocks: usize,
+    pub cache_bytes: usize,
+}
+
+/// How many KV blocks the GPU holds: `utilization` of its memory, less
+/// what is in use (weights, the context) and a reserve for activations.
+fn blocks_for_memory(free: usize, total: usize, utilization: f32, per_block: usize) -> usize {
+    let budget = (total as f64 * f64::from(utilization.clamp(0.05, 1.0))) as usize;
+    let used = total.saturating_sub(free);
+    let reserve = (total / 20).max(1 << 30);
+    budget.saturating_sub(used + reserve) / per_block.max(1)
+}
+
+impl CudaExecutor {
+    /// Lowers `graph` onto GPU 0 and allocates `num_blocks` cache blocks,
+    /// or, with `num_blocks == None`, as many as `gpu_memory_utilization`
+    /// of the GPU's memory allows.
+    pub fn new(
+        graph: &Graph,
+        weights: &WeightStore,
+        num_blocks: Option<usize>,
+        gpu_memory_utilization: f32,
+        vocab: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<CudaExecutor, LlmError> {
+        let ids_dtype = graph
+            .inputs()
+            .iter()
+            .find(|&&i| graph.node_name(i) == Some("ids"))
+            .map(|&i| graph.node(i).outputs[0].dtype)
+            .ok_or_else(|| LlmError::Load("the step graph has no ids input (run insert_kv_cache)".into()))?;
+        let mut program = optc_codegen::nvrtc::CudaProgram::new(graph, weights, progress)
+            .map_err(|e| LlmError::Load(e.to_string()))?;
+        let per_block = program
+            .state_bytes(&Bindings::from([("NB".to_string(), 1)]))
+            .map_err(|e| LlmError::Load(e.to_string()))?;
+        let num_blocks = match num_blocks {
+            Some(n) => n,
+            None => {
+                let (free, total) = program.mem_info().map_err(|e| LlmError::Load(e.to_string()))?;
+                blocks_for_memory(free, total, gpu_memory_utilization, per_block)
+            }
+        };
+        if num_blocks == 0 {
+            return Err(LlmError::Load(format!(
+                "no room for a KV cache on the GPU ({per_block} bytes per block); raise --gpu-memory-utilization"
+            )));
+        }
+        let cache_bytes = program
+            .init_state(&Bindings::from([("NB".to_string(), num_blocks as i64)]))
+            .map_err(|e| LlmError::Load(e.to_string()))?;
+        tracing::info!(summary = ?program.summary(), num_blocks, cache_bytes, "cuda program ready");
+        Ok(CudaExecutor {
+            program,
+            ids_dtype,
+            vocab,
+            num_blocks,
+            cache_bytes,
+        })
+    }
+
+    pub fn program(&self) -> &optc_codegen::nvrtc::CudaProgram {
+        &self.program
+    }
+}
+
+impl Executor for CudaExecutor {
+    fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String> {
+        let s = step_inputs(seqs)?;
+        let out = self
+            .program
+            .run(&s.metadata(self.ids_dtype))
+            .map_err(|e| e.to_string())?;
+        let logits = out.get("logits").ok_or("the step graph has no logits output")?;
+        let v = logits.cast(DType::F32).to_f32_vec();
+        Ok(v.chunks(self.vocab).map(<[f32]>::to_vec).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kv_blocks_fill_the_memory_budget_after_a_reserve() {
+        let gib = 1usize << 30;
+        // 100 GiB card, 10 in use, 90%: 90 - 10 - 5 (reserve) = 75 GiB.
+        assert_eq!(super::blocks_for_memory(90 * gib, 100 * gib, 0.9, gib), 75);
+        assert_eq!(super::blocks_for_memory(gib, 100 * gib, 0.9, gib), 0);
+    }
+}

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use crate::executor::CpuExecutor;
+use crate::executor::{CpuExecutor, CudaExecutor};
 use crate::frontends::hf::{HfModel, HfTokenizer};
 use crate::frontends::{gguf, hf};
 use crate::ir::{run, DType, Graph, Tensor, WeightStore};
@@ -91,6 +91,9 @@ pub enum Target {
     Cpu,
     /// The reference interpreter without a cache (recomputes histories).
     Reference,
+    /// NVRTC-compiled CUDA kernels and cuBLASLt on GPU 0, with a paged KV
+    /// cache in device memory.
+    Nvrtc,
 }
 
 /// Sizes of the runtime.
@@ -108,6 +111,9 @@ pub struct LlmOptions {
     /// (the `cast_weights` pass), or i8 (`quantize_int8` for linear
     /// weights, f16 for the rest). `None` keeps the checkpoint's dtypes.
     pub weight_dtype: Option<DType>,
+    /// nvrtc target: size the KV cache from this fraction of GPU memory
+    /// (like vLLM's `gpu_memory_utilization`) instead of `num_blocks`.
+    pub gpu_memory_utilization: Option<f32>,
 }
 
 impl Default for LlmOptions {
@@ -120,6 +126,7 @@ impl Default for LlmOptions {
             compile: true,
             target: Target::Cpu,
             weight_dtype: None,
+            gpu_memory_utilization: None,
         }
     }
 }
@@ -174,7 +181,34 @@ impl LLM {
         stage("loading");
         let mut m = load(path.as_ref())?;
         let vocab = m.config.vocab_size;
+        let mut num_blocks = opts.num_blocks;
         let exec: Box<dyn Executor> = match opts.target {
+            Target::Nvrtc => {
+                if opts.weight_dtype.is_some() {
+                    return Err(LlmError::Load(
+                        "--weight-dtype is a CPU-target option: the nvrtc target runs the checkpoint's own dtype"
+                            .into(),
+                    ));
+                }
+                optc_codegen::nvrtc::available().map_err(LlmError::Load)?;
+                stage("compiling");
+                let mut c = Compiler::new();
+                c.set_pipeline(crate::passes::Pipeline::serving(opts.block_size));
+                c.compile(&mut m.graph, &mut m.weights)
+                    .map_err(|e| LlmError::Load(e.to_string()))?;
+                stage("uploading weights");
+                let blocks = opts.gpu_memory_utilization.is_none().then_some(opts.num_blocks);
+                let exec = CudaExecutor::new(
+                    &m.graph,
+                    &m.weights,
+                    blocks,
+                    opts.gpu_memory_utilization.unwrap_or(0.9),
+                    vocab,
+                    &mut |_, _| {},
+                )?;
+                num_blocks = exec.num_blocks;
+                Box::new(exec)
+            }
             Target::Cpu => {
                 stage("compiling");
                 let mut c = Compiler::new();
@@ -217,12 +251,9 @@ impl LLM {
         let cfg = SchedulerConfig {
             max_batch_size: opts.max_batch_size,
             max_num_tokens: opts.max_num_tokens,
-            num_blocks: opts.num_blocks,
+            num_blocks,
             block_size: opts.block_size,
-            max_model_len: m
-                .config
-                .max_position_embeddings
-                .min(opts.num_blocks * opts.block_size),
+            max_model_len: m.config.max_position_embeddings.min(num_blocks * opts.block_size),
             vocab_size: vocab,
         };
         let eos: Vec<u32> = m

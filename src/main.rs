@@ -97,8 +97,9 @@ enum Cmd {
     Generate {
         /// A Hugging Face model folder or a .gguf file.
         model: PathBuf,
-        /// Where steps run: `cpu` (host kernels, paged KV cache) or
-        /// `reference` (the interpreter, no cache: slow, the oracle).
+        /// Where steps run: `cpu` (host kernels, paged KV cache), `nvrtc`
+        /// (CUDA kernels and cuBLASLt on GPU 0), or `reference` (the
+        /// interpreter, no cache: slow, the oracle).
         #[arg(long, default_value = "cpu")]
         target: String,
         /// Store f32 weights as f16 or bf16 (cast_weights), or int8
@@ -160,6 +161,11 @@ enum Cmd {
         /// Print one JSON object per run.
         #[arg(long)]
         json: bool,
+        /// Run the peer harness's standard workloads instead of
+        /// --batch/--input-len/--output-len, in one process: W1 (1, 128,
+        /// 256), W2 (32, 128, 128), W3 (128, 512, 128), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        workloads: Vec<String>,
     },
     /// List every pass with its one-line description.
     Passes,
@@ -413,6 +419,29 @@ fn compile(
                 eprintln!("  reference {k:<20} {n}");
             }
         }
+        Some(optc::Target::Nvrtc) => {
+            optc::codegen::nvrtc::available().map_err(anyhow::Error::msg)?;
+            let p = optc::codegen::nvrtc::CudaProgram::new(&graph, &store, &mut |_, _| {})?;
+            let s = p.summary();
+            eprintln!(
+                "nvrtc plan on {}: {} weight bytes, {} views, {} ops folded at lowering",
+                s.device, s.weight_bytes, s.views, s.folded
+            );
+            if let Some(c) = &s.compile {
+                eprintln!(
+                    "  kernels compiled in {:.1} ms ({}; {} bytes of CUDA C)",
+                    c.millis,
+                    if c.cache_hit { "cache hit" } else { "NVRTC" },
+                    c.source_bytes
+                );
+            }
+            for (k, n) in &s.kernels {
+                eprintln!("  kernel    {k:<20} {n}");
+            }
+            for (k, n) in &s.host {
+                eprintln!("  host      {k:<20} {n}");
+            }
+        }
         Some(optc::Target::Reference) | None => {}
     }
     Ok(())
@@ -432,8 +461,9 @@ fn target(name: &str) -> Result<optc::Target> {
     match name {
         "cpu" => Ok(optc::Target::Cpu),
         "reference" => Ok(optc::Target::Reference),
-        "nvrtc" | "cuda" | "tensorrt" => bail!("target '{name}' is not built yet; use --target cpu"),
-        _ => bail!("unknown target '{name}' (known: cpu, reference)"),
+        "nvrtc" | "cuda" => Ok(optc::Target::Nvrtc),
+        "tensorrt" => bail!("target '{name}' is not built yet; use --target nvrtc or cpu"),
+        _ => bail!("unknown target '{name}' (known: cpu, nvrtc, reference)"),
     }
 }
 
@@ -453,27 +483,31 @@ fn load_llm(model: &Path, opts: optc::LlmOptions) -> Result<optc::LLM> {
     Ok(llm?)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Runs each named workload `(batch, input_len, output_len)` on one
+/// engine sized for the largest: one warm-up, then `reps` measured runs.
 fn bench(
     model: &Path,
     target: optc::Target,
     weight_dtype: Option<ir::DType>,
-    batch: usize,
-    input_len: usize,
-    output_len: usize,
+    workloads: &[(String, (usize, usize, usize))],
     reps: usize,
     max_num_tokens: usize,
     json: bool,
 ) -> Result<()> {
-    if batch == 0 || input_len == 0 || output_len == 0 {
+    if workloads.iter().any(|(_, (b, i, o))| *b == 0 || *i == 0 || *o == 0) {
         bail!("--batch, --input-len and --output-len must be at least 1");
     }
     let block_size = 16;
-    let per_seq = (input_len + output_len).div_ceil(block_size);
+    let blocks = workloads
+        .iter()
+        .map(|(_, (b, i, o))| (i + o).div_ceil(block_size) * b)
+        .max()
+        .unwrap_or(1);
+    let max_batch = workloads.iter().map(|(_, (b, _, _))| *b).max().unwrap_or(1);
     let opts = optc::LlmOptions {
-        max_batch_size: batch,
-        max_num_tokens: max_num_tokens.max(batch),
-        num_blocks: per_seq * batch + 1,
+        max_batch_size: max_batch,
+        max_num_tokens: max_num_tokens.max(max_batch),
+        num_blocks: blocks + 1,
         block_size,
         target,
         weight_dtype,
@@ -481,26 +515,35 @@ fn bench(
     };
     let mut llm = load_llm(model, opts)?;
     let vocab = llm.vocab_size;
-    let w = optc::bench::Workload {
-        batch,
-        input_len,
-        output_len,
-        seed: 7,
-    };
-    optc::bench::run(&mut llm, vocab, &w)?; // warm-up
-    for rep in 0..reps {
-        let r = optc::bench::run(
-            &mut llm,
-            vocab,
-            &optc::bench::Workload {
-                seed: 11 + rep as u64,
-                ..w.clone()
-            },
-        )?;
-        if json {
-            println!("{}", r.json());
-        } else {
-            println!("run {}: {}", rep + 1, r.line());
+    for (name, &(batch, input_len, output_len)) in workloads.iter().map(|(n, w)| (n, w)) {
+        let w = optc::bench::Workload {
+            batch,
+            input_len,
+            output_len,
+            seed: 7,
+        };
+        optc::bench::run(&mut llm, vocab, &w)?; // warm-up
+        for rep in 0..reps {
+            let r = optc::bench::run(
+                &mut llm,
+                vocab,
+                &optc::bench::Workload {
+                    seed: 11 + rep as u64,
+                    ..w.clone()
+                },
+            )?;
+            if json {
+                let j = r.json();
+                if name.is_empty() {
+                    println!("{j}");
+                } else {
+                    println!("{{\"workload\": \"{name}\", {}", &j[1..]);
+                }
+            } else if name.is_empty() {
+                println!("run {}: {}", rep + 1, r.line());
+            } else {
+                println!("{name} run {}: {}", rep + 1, r.line());
+            }
         }
     }
     Ok(())
@@ -522,6 +565,8 @@ fn generate(
     let opts = optc::LlmOptions {
         target,
         weight_dtype,
+        // On the GPU the cache takes what memory allows, as in vLLM.
+        gpu_memory_utilization: (target == optc::Target::Nvrtc).then_some(0.9),
         ..optc::LlmOptions::default()
     };
     let mut llm = load_llm(model, opts)?;
@@ -743,14 +788,26 @@ fn main() -> ExitCode {
             reps,
             max_num_tokens,
             json,
+            workloads,
         } => (|| {
+            let named = if workloads.is_empty() {
+                vec![(String::new(), (*batch, *input_len, *output_len))]
+            } else {
+                workloads
+                    .iter()
+                    .map(|w| match w.as_str() {
+                        "W1" | "w1" => Ok(("W1".to_string(), (1, 128, 256))),
+                        "W2" | "w2" => Ok(("W2".to_string(), (32, 128, 128))),
+                        "W3" | "w3" => Ok(("W3".to_string(), (128, 512, 128))),
+                        other => Err(anyhow::anyhow!("unknown workload {other} (known: W1, W2, W3)")),
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            };
             bench(
                 model,
                 target(tgt)?,
                 weight_dtype(wd.as_deref())?,
-                *batch,
-                *input_len,
-                *output_len,
+                &named,
                 *reps,
                 *max_num_tokens,
                 *json,

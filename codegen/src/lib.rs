@@ -3,8 +3,11 @@
 //! - [`cpu`]: a plan of host kernels (`optc-kernels`) with a memory plan
 //!   that reuses buffers by liveness; ops without a host kernel run their
 //!   reference semantics from the IR, so every graph runs.
+//! - [`nvrtc`]: CUDA kernels compiled at run time by NVRTC, GEMMs through
+//!   cuBLASLt, on one NVIDIA GPU.
 
 pub mod cpu;
+pub mod nvrtc;
 
 /// Why a graph could not be lowered or run; names the node or tensor.
 #[derive(Debug, thiserror::Error)]

@@ -31,45 +31,35 @@ pub struct PagedMeta<'a> {
     pub slot_mapping: &'a [i64],
 }
 
-/// Writes `k`/`v` into the caches, then `out[T, Hq, Dv]` = attention.
-#[allow(clippy::too_many_arguments)]
-pub fn paged_attention(
-    s: PagedShape,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    k_cache: &mut [f32],
-    v_cache: &mut [f32],
-    meta: &PagedMeta,
-    scale: f32,
-    window: Option<usize>,
-    out: &mut [f32],
-) -> Result<(), String> {
+/// Checks the step metadata against the cache shape (every slot, block
+/// and position in range, `seq_starts` rising from 0 to the token count)
+/// and returns each token's sequence. Every target runs this before
+/// touching a cache, so bad metadata is an error, never a stray write.
+pub fn check_paged_meta(s: PagedShape, meta: &PagedMeta) -> Result<Vec<usize>, String> {
     let PagedShape {
         tokens,
         q_heads: hq,
         kv_heads: hkv,
-        head_dim: d,
-        v_dim: dv,
         num_blocks: nb,
         block_size: bs,
+        ..
     } = s;
     if hkv == 0 || hq % hkv != 0 {
         return Err(format!("{hq} query heads are not a multiple of {hkv} kv heads"));
     }
-    let (kw, vw) = (hkv * d, hkv * dv);
+    if meta.slot_mapping.len() != tokens || meta.positions.len() != tokens {
+        return Err(format!(
+            "{tokens} tokens but {} positions and {} slots",
+            meta.positions.len(),
+            meta.slot_mapping.len()
+        ));
+    }
     for (t, &slot) in meta.slot_mapping.iter().enumerate() {
-        if slot < 0 {
-            continue;
-        }
-        let slot = slot as usize;
-        if slot >= nb * bs {
+        if slot >= 0 && slot as usize >= nb * bs {
             return Err(format!(
                 "slot_mapping[{t}] = {slot} is outside the cache ({nb} blocks of {bs})"
             ));
         }
-        k_cache[slot * kw..(slot + 1) * kw].copy_from_slice(&k[t * kw..(t + 1) * kw]);
-        v_cache[slot * vw..(slot + 1) * vw].copy_from_slice(&v[t * vw..(t + 1) * vw]);
     }
     let seqs = meta.context_lens.len();
     if meta.seq_starts.len() != seqs + 1
@@ -111,6 +101,41 @@ pub fn paged_attention(
                     "block_tables[{sq}][{bi}] = {b} is outside the cache of {nb} blocks"
                 ));
             }
+        }
+    }
+    Ok(seq_of)
+}
+
+/// Writes `k`/`v` into the caches, then `out[T, Hq, Dv]` = attention.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    s: PagedShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+    meta: &PagedMeta,
+    scale: f32,
+    window: Option<usize>,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let PagedShape {
+        tokens,
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+        v_dim: dv,
+        block_size: bs,
+        ..
+    } = s;
+    let seq_of = check_paged_meta(s, meta)?;
+    let (kw, vw) = (hkv * d, hkv * dv);
+    for (t, &slot) in meta.slot_mapping.iter().enumerate() {
+        if slot >= 0 {
+            let slot = slot as usize;
+            k_cache[slot * kw..(slot + 1) * kw].copy_from_slice(&k[t * kw..(t + 1) * kw]);
+            v_cache[slot * vw..(slot + 1) * vw].copy_from_slice(&v[t * vw..(t + 1) * vw]);
         }
     }
     let group = hq / hkv;

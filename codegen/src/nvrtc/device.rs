@@ -1,0 +1,197 @@
+//! The GPU a program runs on: context, stream, the loaded kernel module,
+//! and a pool of device buffers reused across ops and steps.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+
+/// Whether this machine can run the `nvrtc` target: the CUDA driver,
+/// NVRTC and cuBLASLt libraries load and a device is visible.
+pub fn available() -> Result<(), String> {
+    // cudarc's loaders panic on a missing library: look first.
+    if !unsafe { sys::is_culib_present() } {
+        return Err("no CUDA driver found (libcuda.so.1); use --target cpu".into());
+    }
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err("the CUDA driver is present but NVRTC (libnvrtc.so) is not; use --target cpu".into());
+    }
+    if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
+        return Err("the CUDA driver is present but cuBLASLt (libcublasLt.so) is not; use --target cpu".into());
+    }
+    match CudaContext::device_count() {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err("the CUDA driver sees no GPU; use --target cpu".into()),
+        Err(e) => Err(format!("the CUDA driver failed to start ({e}); use --target cpu")),
+    }
+}
+
+/// One GPU and what a program keeps on it.
+pub(crate) struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub sms: u32,
+    pub name: String,
+    pub arch: (i32, i32),
+    module: Option<Arc<CudaModule>>,
+    functions: HashMap<String, CudaFunction>,
+}
+
+impl Gpu {
+    pub fn new(ordinal: usize) -> Result<Gpu, String> {
+        available()?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("cannot open GPU {ordinal}: {e}"))?;
+        // One stream orders everything; cudarc's per-buffer events would
+        // only add work to every launch.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| e.to_string())? as u32;
+        let arch = ctx.compute_capability().map_err(|e| e.to_string())?;
+        let name = ctx.name().unwrap_or_else(|_| "GPU".into());
+        Ok(Gpu {
+            ctx,
+            stream,
+            sms,
+            name,
+            arch,
+            module: None,
+            functions: HashMap::new(),
+        })
+    }
+
+    pub fn load(&mut self, ptx: cudarc::nvrtc::Ptx) -> Result<(), String> {
+        let m = self
+            .ctx
+            .load_module(ptx)
+            .map_err(|e| format!("loading the compiled kernels: {e}"))?;
+        self.module = Some(m);
+        self.functions.clear();
+        Ok(())
+    }
+
+    /// A kernel of the loaded module, looked up once.
+    pub fn function(&mut self, name: &str) -> Result<CudaFunction, String> {
+        if let Some(f) = self.functions.get(name) {
+            return Ok(f.clone());
+        }
+        let m = self.module.as_ref().ok_or("no kernels are loaded")?;
+        let f = m
+            .load_function(name)
+            .map_err(|e| format!("kernel {name} is missing from the module: {e}"))?;
+        self.functions.insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+
+    pub fn sync(&self) -> Result<(), String> {
+        self.stream.synchronize().map_err(|e| format!("GPU error: {e}"))
+    }
+
+    pub fn htod(&self, dst: u64, bytes: &[u8]) -> Result<(), String> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        unsafe { result::memcpy_htod_async(dst, bytes, self.stream.cu_stream()) }
+            .map_err(|e| format!("copy to the GPU: {e}"))
+    }
+
+    /// Copies device bytes to the host (waits for the stream first).
+    pub fn dtoh(&self, src: u64, bytes: &mut [u8]) -> Result<(), String> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.sync()?;
+        unsafe { result::memcpy_dtoh_sync(bytes, src) }.map_err(|e| format!("copy from the GPU: {e}"))
+    }
+
+    pub fn zero(&self, dst: u64, bytes: usize) -> Result<(), String> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        unsafe { result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }
+            .map_err(|e| format!("GPU memset: {e}"))
+    }
+
+    /// Free and total device memory, in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize), String> {
+        self.ctx.mem_get_info().map_err(|e| e.to_string())
+    }
+}
+
+/// Device buffers by capacity. A freed buffer goes back to the pool and is
+/// handed out again for a request it fits (within 2x), so steady-state
+/// steps allocate nothing; one stream orders all use, so reuse right after
+/// the last reader was queued is safe.
+#[derive(Default)]
+pub(crate) struct Pool {
+    free: Vec<(usize, u64)>,
+    caps: HashMap<u64, usize>,
+    /// Bytes allocated from the driver.
+    pub bytes: usize,
+}
+
+impl Pool {
+    pub fn alloc(&mut self, bytes: usize) -> Result<u64, String> {
+        let need = bytes.max(256);
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, &(cap, _))| cap >= need && cap <= need.saturating_mul(2))
+            .min_by_key(|(_, &(cap, _))| cap)
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            return Ok(self.free.swap_remove(i).1);
+        }
+        // Round up so slightly larger requests later still fit.
+        let cap = need.div_ceil(1 << 16) << 16;
+        let ptr = unsafe { result::malloc_sync(cap) }.map_err(|e| {
+            format!(
+                "out of GPU memory: {cap} bytes requested with {} already held ({e})",
+                self.bytes
+            )
+        })?;
+        self.bytes += cap;
+        self.caps.insert(ptr, cap);
+        Ok(ptr)
+    }
+
+    pub fn release(&mut self, ptr: u64) {
+        if let Some(&cap) = self.caps.get(&ptr) {
+            self.free.push((cap, ptr));
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for (&ptr, _) in self.caps.iter() {
+            unsafe {
+                let _ = result::free_sync(ptr);
+            }
+        }
+    }
+}
+
+/// A device allocation that lives as long as the program (weights, state).
+pub(crate) struct DeviceBox {
+    pub ptr: u64,
+    pub bytes: usize,
+}
+
+impl DeviceBox {
+    pub fn new(bytes: usize) -> Result<DeviceBox, String> {
+        let ptr = unsafe { result::malloc_sync(bytes.max(1)) }
+            .map_err(|e| format!("out of GPU memory allocating {bytes} bytes ({e})"))?;
+        Ok(DeviceBox { ptr, bytes })
+    }
+}
+
+impl Drop for DeviceBox {
+    fn drop(&mut self) {
+        unsafe {
+            let _ = result::free_sync(self.ptr);
+        }
+    }
+}

@@ -1,0 +1,88 @@
+// Shared helpers for optc's CUDA kernels. The host concatenates this file
+// with the kernel files into one NVRTC translation unit; nothing here may
+// include headers beyond the CUDA ones NVRTC ships.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+typedef long long i64;
+typedef __nv_bfloat16 bf16;
+typedef __half f16;
+
+#define OPTC_INF __int_as_float(0x7f800000)
+#define OPTC_MAX_RANK 6
+
+// Loads and stores: every kernel computes in f32 and rounds once, to
+// nearest even, when it stores (the interpreter's semantics).
+__device__ __forceinline__ float ld(const float* p) { return *p; }
+__device__ __forceinline__ float ld(const bf16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float ld(const f16* p) { return __half2float(*p); }
+__device__ __forceinline__ float ld(const i64* p) { return (float)(*p); }
+__device__ __forceinline__ void st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void st(bf16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void st(f16* p, float v) { *p = __float2half_rn(v); }
+
+// A value rounded to T and read back.
+template <typename T> __device__ __forceinline__ float rnd(float v) {
+    T t;
+    st(&t, v);
+    return ld(&t);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every
+// thread gets the result. `scratch` holds 32 floats.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    int nw = blockDim.x >> 5;
+    v = lane < nw ? scratch[lane] : 0.f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    int nw = blockDim.x >> 5;
+    v = lane < nw ? scratch[lane] : -OPTC_INF;
+    return warp_max(v);
+}
+
+// A strided view of up to OPTC_MAX_RANK dims: element strides of the
+// source and destination for a row-major walk over `dims`.
+struct Strided {
+    int rank;
+    i64 dims[OPTC_MAX_RANK];
+    i64 src[OPTC_MAX_RANK];
+    i64 dst[OPTC_MAX_RANK];
+};
+
+// Offsets of linear index `i` (over `dims`) in the source and destination.
+__device__ __forceinline__ void strided_offsets(const Strided& s, i64 i, i64* src, i64* dst) {
+    i64 a = 0, b = 0;
+    for (int d = s.rank - 1; d >= 0; --d) {
+        i64 n = s.dims[d];
+        i64 c = i % n;
+        i /= n;
+        a += c * s.src[d];
+        b += c * s.dst[d];
+    }
+    *src = a;
+    *dst = b;
+}

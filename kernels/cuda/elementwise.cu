@@ -1,0 +1,105 @@
+// Elementwise kernels: unary maps, broadcasting binaries, casts, SwiGLU,
+// GELU. One thread per element, grid-stride loops.
+
+// Unary op codes: the order of the IR's UnaryKind.
+__device__ __forceinline__ float unary_op(int op, float x) {
+    switch (op) {
+    case 0: return -x;
+    case 1: return fabsf(x);
+    case 2: return expf(x);
+    case 3: return logf(x);
+    case 4: return sqrtf(x);
+    case 5: return 1.f / sqrtf(x);
+    case 6: return 1.f / x;
+    case 7: return tanhf(x);
+    case 8: return erff(x);
+    case 9: return 1.f / (1.f + expf(-x));
+    case 10: return (x > 0.f || x != x) ? x : 0.f;
+    case 11: return x / (1.f + expf(-x));
+    case 12: return sinf(x);
+    case 13: return cosf(x);
+    default: return x;
+    }
+}
+
+// Binary op codes: the order of the IR's BinaryKind.
+__device__ __forceinline__ float binary_op(int op, float a, float b) {
+    switch (op) {
+    case 0: return a + b;
+    case 1: return a - b;
+    case 2: return a * b;
+    case 3: return a / b;
+    case 4: return powf(a, b);
+    case 5: return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b);
+    case 6: return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b);
+    default: return a;
+    }
+}
+
+template <typename T> __device__ void unary_impl(int op, const T* x, T* y, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        st(&y[i], unary_op(op, ld(&x[i])));
+}
+
+// `s.src` strides walk `a`, `s.dst` strides walk `b` (0 where broadcast);
+// the output is contiguous over `s.dims`.
+template <typename T> __device__ void binary_impl(int op, const T* a, const T* b, T* y, i64 n, Strided s) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        i64 oa, ob;
+        strided_offsets(s, i, &oa, &ob);
+        st(&y[i], binary_op(op, ld(&a[oa]), ld(&b[ob])));
+    }
+}
+
+template <typename T> __device__ void swiglu_impl(const T* g, const T* u, T* y, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float x = ld(&g[i]);
+        st(&y[i], x / (1.f + expf(-x)) * ld(&u[i]));
+    }
+}
+
+template <typename T> __device__ void gelu_impl(int tanh_form, const T* x, T* y, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float v = ld(&x[i]);
+        float r;
+        if (tanh_form) {
+            r = 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+        } else {
+            r = 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
+        }
+        st(&y[i], r);
+    }
+}
+
+template <typename A, typename B> __device__ void cast_impl(const A* x, B* y, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        st(&y[i], ld(&x[i]));
+}
+
+#define OPTC_ELEMENTWISE(T, N)                                                                            \
+    extern "C" __global__ void unary_##N(int op, const T* x, T* y, i64 n) { unary_impl<T>(op, x, y, n); } \
+    extern "C" __global__ void binary_##N(int op, const T* a, const T* b, T* y, i64 n, Strided s) {       \
+        binary_impl<T>(op, a, b, y, n, s);                                                                \
+    }                                                                                                     \
+    extern "C" __global__ void swiglu_##N(const T* g, const T* u, T* y, i64 n) { swiglu_impl<T>(g, u, y, n); } \
+    extern "C" __global__ void gelu_##N(int t, const T* x, T* y, i64 n) { gelu_impl<T>(t, x, y, n); }
+
+OPTC_ELEMENTWISE(float, f32)
+OPTC_ELEMENTWISE(bf16, bf16)
+OPTC_ELEMENTWISE(f16, f16)
+
+#define OPTC_CAST(A, NA, B, NB) \
+    extern "C" __global__ void cast_##NA##_##NB(const A* x, B* y, i64 n) { cast_impl<A, B>(x, y, n); }
+
+OPTC_CAST(float, f32, bf16, bf16)
+OPTC_CAST(float, f32, f16, f16)
+OPTC_CAST(float, f32, float, f32)
+OPTC_CAST(bf16, bf16, float, f32)
+OPTC_CAST(bf16, bf16, f16, f16)
+OPTC_CAST(bf16, bf16, bf16, bf16)
+OPTC_CAST(f16, f16, float, f32)
+OPTC_CAST(f16, f16, bf16, bf16)
+OPTC_CAST(f16, f16, f16, f16)
+OPTC_CAST(i64, i64, float, f32)
+OPTC_CAST(i64, i64, bf16, bf16)
+OPTC_CAST(i64, i64, f16, f16)

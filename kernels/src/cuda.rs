@@ -1,0 +1,46 @@
+//! CUDA C sources of the `nvrtc` target, embedded so the binary carries
+//! them. The codegen concatenates them (common helpers first) into one
+//! NVRTC translation unit, adding instantiations for the head dims a
+//! graph needs; see `kernels/cuda/*.cu`.
+
+/// Helpers every kernel file uses (loads/stores in f32, reductions,
+/// strided index maths).
+pub const COMMON: &str = include_str!("../cuda/common.cuh");
+
+/// The kernel files, in the order they are concatenated after [`COMMON`].
+pub const FILES: [(&str, &str); 5] = [
+    ("elementwise.cu", include_str!("../cuda/elementwise.cu")),
+    ("norm.cu", include_str!("../cuda/norm.cu")),
+    ("layout.cu", include_str!("../cuda/layout.cu")),
+    ("attention.cu", include_str!("../cuda/attention.cu")),
+    ("sample.cu", include_str!("../cuda/sample.cu")),
+];
+
+/// Query rows (tokens x heads of one KV group) one paged-attention block
+/// handles for head dim `d`: fewer for large heads, whose per-row state
+/// would otherwise spill out of registers.
+pub fn attention_rows(d: usize) -> usize {
+    if d > 128 {
+        32
+    } else {
+        64
+    }
+}
+
+/// Dynamic shared memory of the paged-attention kernel for head dim `d`.
+pub fn attention_smem_bytes(d: usize) -> usize {
+    (attention_rows(d) * d + 32 * (d + 1) + 32 * d) * 4
+}
+
+/// The instantiation line for paged attention on `dtype` (`f32`, `bf16`,
+/// `f16`) with head dim `d`; it defines `paged_attention_{dtype}_d{d}`.
+pub fn attention_instance(dtype: &str, d: usize) -> String {
+    let c = match dtype {
+        "f32" => "float",
+        other => other,
+    };
+    format!(
+        "OPTC_PAGED_ATTENTION({c}, {dtype}, {d}, {})\n",
+        attention_rows(d)
+    )
+}

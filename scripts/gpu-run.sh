@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The nvrtc target on the GPU machine, in one call: the GPU tests, compile
+# times, and `optc bench` side by side with the peer harness on the same
+# random Llama-3.2-1B-shaped model. The GPU machine has no cargo: build
+# here, then copy the binaries and the harness into .device/ (ignored by
+# git) and carry it:
+#
+#   cargo build --release && cargo test --release --test nvrtc_target --no-run
+#   mkdir -p .device && cp target/release/optc .device/ \
+#     && cp "$(ls -t target/release/deps/nvrtc_target-* | grep -v '\.d$' | head -1)" .device/nvrtc_target \
+#     && cp ../shared/peer/hf_baseline.py .device/
+#   (device) bash scripts/gpu-run.sh tests,compile,bench,peer
+#
+# Stages (comma-separated): tests, compile, bench, peer. Results go to $OUT.
+set -u
+STAGES=${1:-tests,compile,bench,peer}
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+BIN=$PWD/.device/optc
+MODEL=/tmp/llama1b
+export OPTC_CACHE_DIR=/tmp/optc-cache
+export PYTHONUNBUFFERED=1
+has() { [[ ",$STAGES," == *",$1,"* ]]; }
+nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader
+# Test binaries find the fixtures under the path they were built in.
+if [ ! -e /work/main ]; then mkdir -p /work && ln -s "$PWD" /work/main; fi
+if has tests; then
+  echo "== tests"
+  .device/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
+fi
+if has compile || has bench || has peer; then
+  if [ ! -e $MODEL/config.json ]; then
+    python3 .device/hf_baseline.py --parts save_model --model-dir $MODEL 2>&1 | tail -2
+  fi
+fi
+if has compile; then
+  echo "== compile (cold, then warm NVRTC cache)"
+  rm -rf "$OPTC_CACHE_DIR"
+  for run in cold warm; do
+    /usr/bin/time -f "$run: %e s wall, %M KB peak RSS" "$BIN" compile $MODEL --kv-cache --target nvrtc -o /dev/null 2>&1 | grep -vE "^\s+(kernel|host) " | tail -4
+  done
+fi
+if has bench; then
+  echo "== optc bench"
+  "$BIN" bench $MODEL --target nvrtc --workloads W1,W2,W3 --reps 2 --max-num-tokens 8192 --json 2>&1 | tee "$OUT/optc_bench.jsonl" | tail -8
+fi
+if has peer; then
+  echo "== peer (transformers)"
+  python3 .device/hf_baseline.py --model-dir $MODEL --parts ceilings,static --deadline-s 400 2>&1 | tail -25
+fi

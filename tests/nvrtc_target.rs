@@ -1,0 +1,343 @@
+//! The nvrtc target (CUDA kernels, cuBLASLt) against the reference
+//! interpreter and the CPU target: every fixture's step graph over several
+//! steps, the model graphs before and after fusion (with their host
+//! fallbacks), paged attention on random inputs at odd block sizes, GQA
+//! ratios and long contexts (the split-K path), greedy generation, and
+//! bad inputs. On a machine without a GPU every test says why it skips.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use optc::codegen::cpu::CpuProgram;
+use optc::codegen::nvrtc::{self, CudaProgram};
+use optc::frontends::hf;
+use optc::ir::{parse, run, Bindings, DType, Graph, Tensor, WeightStore};
+use optc::passes::kv_cache::StepInputs;
+use optc::passes::Pipeline;
+use optc::Compiler;
+
+const BLOCK: usize = 4;
+
+fn gpu() -> bool {
+    match nvrtc::available() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("skipping the nvrtc target test: {e}");
+            false
+        }
+    }
+}
+
+fn load(name: &str) -> hf::HfModel {
+    hf::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name)).unwrap()
+}
+
+/// ‖a − b‖ / ‖b‖ over all elements.
+fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    assert!(a.iter().all(|x| x.is_finite()), "non-finite GPU output");
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn tolerance(d: DType) -> f64 {
+    if d == DType::F32 {
+        1e-4
+    } else {
+        1e-2
+    }
+}
+
+fn no_progress() -> impl FnMut(usize, usize) {
+    |_, _| {}
+}
+
+#[test]
+fn step_graphs_match_the_cpu_target_across_steps() {
+    if !gpu() {
+        return;
+    }
+    for name in ["llama", "mistral", "qwen2", "phi3", "gpt2", "llama_bf16", "qwen2_f16"] {
+        let mut m = load(name);
+        Compiler::new()
+            .set_pipeline(Pipeline::serving(BLOCK))
+            .compile(&mut m.graph, &mut m.weights)
+            .unwrap();
+        let g = &m.graph;
+        let dtype = g.outputs()[0].ty.dtype;
+        let nb = Bindings::from([("NB".to_string(), 8)]);
+        let mut cpu = CpuProgram::new(g, &m.weights).unwrap();
+        cpu.init_state(&nb).unwrap();
+        let mut cuda = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
+        cuda.init_state(&nb).unwrap();
+        let s = cuda.summary();
+        assert_eq!(s.kernels.get("paged_attention"), Some(&m.config.num_layers), "{name}: {s:?}");
+        assert!(s.host.is_empty(), "{name}: step graph ops on the host: {s:?}");
+        let vocab = m.config.vocab_size as i64;
+        let a: Vec<i64> = (0..11).map(|i| (i * 37 + 5) % vocab).collect();
+        let b: Vec<i64> = (0..8).map(|i| (i * 91 + 2) % vocab).collect();
+        let seqs = [(a, vec![5i64, 2, 7]), (b, vec![0, 3])];
+        let steps: [&[(usize, usize, usize)]; 3] = [&[(0, 0, 5)], &[(0, 5, 4), (1, 0, 7)], &[(1, 7, 1), (0, 9, 2)]];
+        for step in steps {
+            let mut si = StepInputs::default();
+            for &(seq, start, len) in step {
+                si.ids.extend(&seqs[seq].0[start..start + len]);
+                si.push_seq(&seqs[seq].1, BLOCK, start, len, true);
+            }
+            let mut inputs = si.tensors(g, 8, DType::I64).unwrap();
+            inputs.retain(|k, _| !k.contains("_cache."));
+            let want = cpu.run(&inputs).unwrap();
+            let got = cuda.run(&inputs).unwrap();
+            let e = rel_l2(&got["logits"], &want["logits"]);
+            assert!(e < tolerance(dtype), "{name}: step logits differ from the CPU target: rel L2 {e}");
+        }
+        let k0 = cuda.state_tensor("k_cache.0").unwrap();
+        let want = cpu.state_tensor("k_cache.0", &nb).unwrap();
+        assert!(rel_l2(&k0, &want) < tolerance(dtype), "{name}: caches differ");
+    }
+}
+
+#[test]
+fn model_graphs_match_the_interpreter() {
+    if !gpu() {
+        return;
+    }
+    for name in ["llama", "gpt2", "phi3", "llama_bf16"] {
+        let mut m = load(name);
+        let ids: Vec<i64> = (0..9).map(|i| (i * 53 + 1) % 300).collect();
+        let input = BTreeMap::from([("ids".to_string(), Tensor::from_i64(DType::I64, &[1, ids.len()], &ids))]);
+        for fused in [false, true] {
+            if fused {
+                Compiler::new().compile(&mut m.graph, &mut m.weights).unwrap();
+            }
+            let want = run(&m.graph, &input, &m.weights).unwrap();
+            let mut p = CudaProgram::new(&m.graph, &m.weights, &mut no_progress()).unwrap();
+            let got = p.run(&input).unwrap();
+            let e = rel_l2(&got["logits"], &want[0]);
+            let tol = tolerance(m.graph.outputs()[0].ty.dtype);
+            assert!(e < tol, "{name} (fused: {fused}): rel L2 {e}; {:?}", p.summary());
+        }
+    }
+}
+
+struct Case {
+    dtype: DType,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    bs: usize,
+    window: Option<usize>,
+}
+
+fn paged_graph(c: &Case) -> Graph {
+    let (hq, hkv, d, bs, t) = (c.hq, c.hkv, c.d, c.bs, c.dtype);
+    let window = c.window.map(|w| format!(" {{window = {w}}}")).unwrap_or_default();
+    let text = format!(
+        "graph p(%q: {t}[T, {hq}, {d}], %k: {t}[T, {hkv}, {d}], %v: {t}[T, {hkv}, {d}], %kc: {t}[NB, {bs}, {hkv}, {d}], %vc: {t}[NB, {bs}, {hkv}, {d}], %pos: i64[T], %starts: i64[Q+1], %ctx: i64[Q], %tables: i64[Q, M], %slots: i64[T]) -> (%o: {t}[T, {hq}, {d}], %kc: {t}[NB, {bs}, {hkv}, {d}], %vc: {t}[NB, {bs}, {hkv}, {d}]) {{
+  %0: {t}[T, {hq}, {d}], %1: {t}[NB, {bs}, {hkv}, {d}], %2: {t}[NB, {bs}, {hkv}, {d}] = paged_attention(%q, %k, %v, %kc, %vc, %pos, %starts, %ctx, %tables, %slots){window}
+  return %0, %1, %2
+}}"
+    );
+    parse(&text).unwrap()
+}
+
+fn random(n: usize, seed: &mut u64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Three steps over three sequences: prefill chunks (one long enough for
+/// several tiles), a chunk after cached tokens, then decode, where a
+/// 700-token context goes down the split-K path.
+#[test]
+fn paged_attention_matches_the_interpreter() {
+    if !gpu() {
+        return;
+    }
+    let cases = [
+        Case { dtype: DType::F32, hq: 4, hkv: 4, d: 64, bs: 16, window: None },
+        Case { dtype: DType::BF16, hq: 32, hkv: 8, d: 64, bs: 16, window: None },
+        Case { dtype: DType::BF16, hq: 16, hkv: 2, d: 128, bs: 5, window: None },
+        Case { dtype: DType::F32, hq: 6, hkv: 2, d: 48, bs: 7, window: Some(100) },
+        Case { dtype: DType::F16, hq: 8, hkv: 1, d: 256, bs: 16, window: None },
+    ];
+    let mut seed = 0x1234_5678u64;
+    for c in &cases {
+        let g = paged_graph(c);
+        let w = WeightStore::new();
+        let lens = [700usize, 97, 33];
+        let max_blocks = lens.iter().map(|l| (l + 1).div_ceil(c.bs)).max().unwrap_or(1);
+        let nb = lens.len() * max_blocks + 3;
+        // Blocks in a shuffled order.
+        let mut ids: Vec<i64> = (0..nb as i64).collect();
+        for i in (1..ids.len()).rev() {
+            let j = (random(1, &mut seed)[0].abs() * i as f32) as usize % (i + 1);
+            ids.swap(i, j);
+        }
+        let tables: Vec<Vec<i64>> = (0..lens.len())
+            .map(|s| ids[s * max_blocks..(s + 1) * max_blocks].to_vec())
+            .collect();
+        let mut cuda = CudaProgram::new(&g, &w, &mut no_progress()).unwrap();
+        cuda.init_state(&Bindings::from([("NB".to_string(), nb as i64)])).unwrap();
+        let cache_shape = [nb, c.bs, c.hkv, c.d];
+        let zeros = Tensor::from_f32(c.dtype, &cache_shape, &vec![0.0; cache_shape.iter().product()]);
+        let (mut kc, mut vc) = (zeros.clone(), zeros);
+        // (start, len) per sequence and step.
+        let steps: [[(usize, usize); 3]; 3] = [[(0, 400), (0, 60), (0, 33)], [(400, 300), (60, 37), (33, 0)], [(700, 1), (97, 1), (33, 1)]];
+        for (si, step) in steps.iter().enumerate() {
+            let mut s = StepInputs::default();
+            let mut count = 0;
+            for (q, &(start, len)) in step.iter().enumerate() {
+                if len == 0 {
+                    continue;
+                }
+                s.push_seq(&tables[q], c.bs, start, len, true);
+                count += len;
+            }
+            let meta = s.metadata(DType::I64);
+            let mut inputs: BTreeMap<String, Tensor> = BTreeMap::new();
+            for (name, h) in [("q", c.hq), ("k", c.hkv), ("v", c.hkv)] {
+                let n = count * h * c.d;
+                inputs.insert(name.into(), Tensor::from_f32(c.dtype, &[count, h, c.d], &random(n, &mut seed)));
+            }
+            for (name, t) in [("pos", "positions"), ("starts", "seq_starts"), ("ctx", "context_lens"), ("tables", "block_tables"), ("slots", "slot_mapping")] {
+                inputs.insert(name.into(), meta[t].clone());
+            }
+            let got = cuda.run(&inputs).unwrap();
+            let mut all = inputs.clone();
+            all.insert("kc".into(), kc.clone());
+            all.insert("vc".into(), vc.clone());
+            let want = run(&g, &all, &w).unwrap();
+            kc = want[1].clone();
+            vc = want[2].clone();
+            let e = rel_l2(&got["o"], &want[0]);
+            let tol = if c.dtype == DType::F32 { 1e-5 } else { 1e-2 };
+            assert!(
+                e < tol,
+                "{:?} hq {} hkv {} d {} bs {} window {:?}, step {si}: rel L2 {e}",
+                c.dtype, c.hq, c.hkv, c.d, c.bs, c.window
+            );
+        }
+        let k = cuda.state_tensor("kc").unwrap();
+        assert_eq!(k.to_f32_vec(), kc.to_f32_vec(), "the cache writes are exact copies");
+    }
+}
+
+/// The elementwise, norm and layout kernels on odd sizes, in f32 and bf16.
+#[test]
+fn kernels_match_the_interpreter_on_random_inputs() {
+    if !gpu() {
+        return;
+    }
+    for t in [DType::F32, DType::BF16] {
+        let text = format!(
+            "graph k(%x: {t}[3, 5, 37], %y: {t}[5, 1], %w: {t}[37], %c: {t}[5, 36], %s: {t}[5, 36], %i: i64[4], %m: {t}[37, 19]) -> (%a: {t}[3, 5, 37], %b: {t}[3, 5, 37], %n: {t}[3, 5, 37], %l: {t}[3, 5, 37], %sm: {t}[3, 5, 37], %r: {t}[3, 5, 37], %sw: {t}[3, 5, 18], %ge: {t}[3, 5, 37], %tr: {t}[37, 3, 5], %cat: {t}[3, 10, 37], %sl: {t}[3, 5, 12], %ix: {t}[3, 4, 37], %mm: {t}[3, 5, 19], %cs: f32[3, 5, 37], %ex: {t}[2, 5, 4]) {{
+  %0: {t}[3, 5, 37] = add(%x, %y)
+  %1: {t}[3, 5, 37] = silu(%0)
+  %2: {t}[3, 5, 37] = rms_norm(%x, %w) {{axis = -1, eps = 1e-5}}
+  %3: {t}[3, 5, 37], %4: {t}[3, 5, 37] = add_rms_norm(%x, %1, %w) {{axis = -1, eps = 1e-6}}
+  %5: {t}[3, 5, 37] = layer_norm(%x, %w, %w) {{axis = -1, eps = 1e-5}}
+  %6: {t}[3, 5, 37] = softmax(%x) {{axis = -1}}
+  %7: {t}[3, 5, 37] = rope(%x, %c, %s) {{interleaved = false}}
+  %8: {t}[3, 5, 18], %9: {t}[3, 5, 19] = split(%x) {{axis = -1, sizes = [18, 19]}}
+  %10: {t}[3, 5, 18] = slice(%9) {{axis = -1, start = 1}}
+  %11: {t}[3, 5, 18] = swiglu(%8, %10)
+  %12: {t}[3, 5, 37] = gelu(%x) {{approximate = tanh}}
+  %13: {t}[37, 3, 5] = transpose(%x) {{perm = [2, 0, 1]}}
+  %14: {t}[3, 10, 37] = concat(%x, %4) {{axis = 1}}
+  %15: {t}[3, 5, 12] = slice(%x) {{axis = -1, start = 2, end = 37, step = 3}}
+  %16: {t}[3, 4, 37] = index_select(%x, %i) {{axis = 1}}
+  %17: {t}[3, 5, 19] = matmul(%x, %m)
+  %18: f32[3, 5, 37] = cast(%6) {{to = f32}}
+  %19: {t}[2, 5, 4] = expand(%y) {{shape = [2, 5, 4]}}
+  return %1, %3, %2, %5, %6, %7, %11, %12, %13, %14, %15, %16, %17, %18, %19
+}}"
+        );
+        let g = parse(&text).unwrap();
+        let w = WeightStore::new();
+        let mut seed = 99u64;
+        let mut inputs = BTreeMap::new();
+        for (name, shape) in [("x", vec![3, 5, 37]), ("y", vec![5, 1]), ("w", vec![37]), ("c", vec![5, 36]), ("s", vec![5, 36]), ("m", vec![37, 19])] {
+            let n = shape.iter().product();
+            inputs.insert(name.to_string(), Tensor::from_f32(t, &shape, &random(n, &mut seed)));
+        }
+        inputs.insert("i".into(), Tensor::from_i64(DType::I64, &[4], &[4, 0, 2, 4]));
+        let want = run(&g, &inputs, &w).unwrap();
+        let mut p = CudaProgram::new(&g, &w, &mut no_progress()).unwrap();
+        assert!(p.summary().host.is_empty(), "{:?}", p.summary());
+        let got = p.run(&inputs).unwrap();
+        for (o, wt) in g.outputs().iter().zip(&want) {
+            let e = rel_l2(&got[&o.name], wt);
+            assert!(e < tolerance(t) / 10.0 + 1e-6, "{t} %{}: rel L2 {e}", o.name);
+        }
+    }
+}
+
+#[test]
+fn greedy_generation_equals_the_cpu_target() {
+    if !gpu() {
+        return;
+    }
+    for name in ["llama", "qwen2", "gpt2"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name);
+        let params = optc::runtime::sampler::SamplingParams {
+            ignore_eos: true,
+            ..optc::runtime::sampler::SamplingParams::greedy(24)
+        };
+        let prompts = [optc::Prompt::Ids(vec![5, 17, 3, 99, 41]), optc::Prompt::Ids(vec![7, 7, 200])];
+        let mut outs = Vec::new();
+        for target in [optc::Target::Cpu, optc::Target::Nvrtc] {
+            let opts = optc::LlmOptions {
+                target,
+                ..optc::LlmOptions::default()
+            };
+            let mut llm = optc::LLM::new(&dir, opts).unwrap();
+            outs.push(llm.generate(&prompts, &params).unwrap());
+        }
+        for (a, b) in outs[0].iter().zip(&outs[1]) {
+            assert_eq!(a.token_ids, b.token_ids, "{name}");
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_naming_what_is_wrong() {
+    if !gpu() {
+        return;
+    }
+    let mut m = load("llama");
+    Compiler::new()
+        .set_pipeline(Pipeline::serving(BLOCK))
+        .compile(&mut m.graph, &mut m.weights)
+        .unwrap();
+    let mut p = CudaProgram::new(&m.graph, &m.weights, &mut no_progress()).unwrap();
+    let e = p.run(&BTreeMap::new()).unwrap_err().to_string();
+    assert!(e.contains("not allocated") || e.contains("missing"), "{e}");
+    p.init_state(&Bindings::from([("NB".to_string(), 2)])).unwrap();
+    let mut s = StepInputs {
+        ids: vec![1, 2, 3],
+        ..Default::default()
+    };
+    s.push_seq(&[1], BLOCK, 0, 3, true);
+    let mut ok = s.tensors(&m.graph, 2, DType::I64).unwrap();
+    ok.retain(|k, _| !k.contains("_cache."));
+    assert!(p.run(&ok).is_ok());
+    let mut bad = ok.clone();
+    bad.insert("ids".into(), Tensor::from_i64(DType::I64, &[3], &[1, 9999, 3]));
+    let e = p.run(&bad).unwrap_err().to_string();
+    assert!(e.contains("9999") && e.contains("embedding"), "{e}");
+    let mut bad = ok.clone();
+    bad.insert("block_tables".into(), Tensor::from_i64(DType::I64, &[1, 1], &[7]));
+    let e = p.run(&bad).unwrap_err().to_string();
+    assert!(e.contains("outside the cache"), "{e}");
+    // The program still runs after errors.
+    assert!(p.run(&ok).is_ok());
+}
