@@ -1,17 +1,12 @@
 #!/usr/bin/env bash
 # The nvrtc target on the GPU machine, in one call: the GPU tests, compile
 # times, and `optc bench` side by side with the peer harness on the same
-# random Llama-3.2-1B-shaped model. The GPU machine has no cargo: build
-# here, then copy the binaries and the harness into .device/ (ignored by
-# git) and carry it:
+# random Llama-3.2-1B-shaped model. The GPU machine has no cargo:
+# `bash scripts/gpu-prepare.sh` builds the binaries into .device/ (ignored
+# by git); the device call carries .device and runs, from the repo root,
+#   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-#   cargo build --release && cargo test --release --test nvrtc_target --no-run
-#   mkdir -p .device && cp target/release/optc .device/ \
-#     && cp "$(ls -t target/release/deps/nvrtc_target-* | grep -v '\.d$' | head -1)" .device/nvrtc_target \
-#     && cp ../shared/peer/hf_baseline.py .device/
-#   (device) bash scripts/gpu-run.sh tests,compile,bench,peer
-#
-# Stages (comma-separated): tests, compile, bench, peer. Results go to $OUT.
+# Stages (comma-separated): tests, compile, bench, profile, peer. Results go to $OUT.
 set -u
 STAGES=${1:-tests,compile,bench,peer}
 OUT=${OUT:-$PWD/out}
@@ -28,7 +23,7 @@ if has tests; then
   echo "== tests"
   .device/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
 fi
-if has compile || has bench || has peer; then
+if has compile || has bench || has profile || has peer; then
   if [ ! -e $MODEL/config.json ]; then
     python3 .device/hf_baseline.py --parts save_model --model-dir $MODEL 2>&1 | tail -2
   fi
@@ -43,6 +38,12 @@ fi
 if has bench; then
   echo "== optc bench"
   "$BIN" bench $MODEL --target nvrtc --workloads W1,W2,W3 --reps 2 --max-num-tokens 8192 --json 2>&1 | tee "$OUT/optc_bench.jsonl" | tail -8
+fi
+if has profile; then
+  echo "== optc bench per workload with OPTC_CUDA_PROFILE=1 (GPU time per kernel kind)"
+  for w in W1 W2 W3; do
+    OPTC_CUDA_PROFILE=1 "$BIN" bench $MODEL --target nvrtc --workloads $w --reps 1 --max-num-tokens 8192 2>&1 | tee "$OUT/profile_$w.log" | head -16
+  done
 fi
 if has peer; then
   echo "== peer (transformers)"

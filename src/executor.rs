@@ -157,16 +157,46 @@ impl CudaExecutor {
     }
 }
 
+/// The step inputs with the block table padded to a power-of-two width:
+/// decode steps then keep one shape (one CUDA graph) for many tokens.
+fn gpu_step_inputs(seqs: &[StepSeq], ids_dtype: DType) -> Result<std::collections::BTreeMap<String, optc_ir::Tensor>, String> {
+    let s = step_inputs(seqs)?;
+    let mut m = s.metadata(ids_dtype);
+    if let Some(t) = m.get("block_tables") {
+        let (rows, width) = (t.shape()[0], t.shape()[1]);
+        let padded = width.next_power_of_two().max(8);
+        if padded != width {
+            let v = t.to_i64_vec();
+            let mut out = vec![0i64; rows * padded];
+            for r in 0..rows {
+                out[r * padded..r * padded + width].copy_from_slice(&v[r * width..(r + 1) * width]);
+            }
+            m.insert(
+                "block_tables".into(),
+                optc_ir::Tensor::from_i64(DType::I64, &[rows, padded], &out),
+            );
+        }
+    }
+    Ok(m)
+}
+
 impl Executor for CudaExecutor {
     fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String> {
-        let s = step_inputs(seqs)?;
         let out = self
             .program
-            .run(&s.metadata(self.ids_dtype))
+            .run(&gpu_step_inputs(seqs, self.ids_dtype)?)
             .map_err(|e| e.to_string())?;
         let logits = out.get("logits").ok_or("the step graph has no logits output")?;
         let v = logits.cast(DType::F32).to_f32_vec();
         Ok(v.chunks(self.vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    fn step_greedy(&mut self, seqs: &[StepSeq]) -> Option<Result<Vec<(u32, f32)>, String>> {
+        Some(gpu_step_inputs(seqs, self.ids_dtype).and_then(|m| {
+            self.program
+                .run_greedy(&m, "logits")
+                .map_err(|e| e.to_string())
+        }))
     }
 }
 

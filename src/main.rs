@@ -438,6 +438,9 @@ fn compile(
             for (k, n) in &s.kernels {
                 eprintln!("  kernel    {k:<20} {n}");
             }
+            if let Some(m) = &s.prefill_mma {
+                eprintln!("  tensor-core prefill attention: {m}");
+            }
             for (k, n) in &s.host {
                 eprintln!("  host      {k:<20} {n}");
             }

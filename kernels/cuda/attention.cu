@@ -32,10 +32,15 @@ __device__ void paged_attention_impl(const T* q, const T* kc, const T* vc, const
                                      int nsplit) {
     constexpr int RPW = ROWS / 4;
     constexpr int DPL = (D + 31) / 32;
-    extern __shared__ float smem[];
+    // K rows padded so lanes reading different keys hit different banks,
+    // by 4 when rows are read as float4.
+    constexpr bool VEC = D % 8 == 0;
+    constexpr int KS = VEC ? D + 4 : D + 1;
+    extern __shared__ __align__(16) float smem[];
     float* q_s = smem;                 // [ROWS][D]
-    float* k_s = q_s + ROWS * D;       // [32][D + 1]
-    float* v_s = k_s + 32 * (D + 1);   // [32][D]
+    float* k_s = q_s + ROWS * D;       // [32][KS]
+    float* v_s = k_s + 32 * (D + 4);   // [32][D]
+    __shared__ i64 slot_s[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int seq = tiles[blockIdx.x * 3], t0 = tiles[blockIdx.x * 3 + 1], ntok = tiles[blockIdx.x * 3 + 2];
     const int kh = blockIdx.y, z = blockIdx.z;
@@ -75,18 +80,44 @@ __device__ void paged_attention_impl(const T* q, const T* kc, const T* vc, const
     for (int c = c_begin; c < c_end; ++c) {
         const int c0 = kmin + c * 32;
         __syncthreads();
-        for (int i = threadIdx.x; i < 32 * D; i += blockDim.x) {
-            int j = i / D, d = i % D;
-            int p = c0 + j;
-            float kv = 0.f, vv = 0.f;
-            if (p <= kmax) {
-                i64 slot = table[p / bs] * bs + p % bs;
-                i64 base = (slot * hkv + kh) * D + d;
-                kv = ld(&kc[base]);
-                vv = ld(&vc[base]);
+        if (threadIdx.x < 32) {
+            int p = c0 + threadIdx.x;
+            slot_s[threadIdx.x] = p <= kmax ? table[p / bs] * bs + p % bs : -1;
+        }
+        __syncthreads();
+        if constexpr (VEC) {
+            // Eight elements per thread and load.
+            for (int i = threadIdx.x; i < 32 * D / 8; i += blockDim.x) {
+                int j = i / (D / 8), d = (i % (D / 8)) * 8;
+                i64 slot = slot_s[j];
+                float kv[8], vv[8];
+                if (slot >= 0) {
+                    i64 base = (slot * hkv + kh) * D + d;
+                    ld8(kc + base, kv);
+                    ld8(vc + base, vv);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) kv[e] = vv[e] = 0.f;
+                }
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    k_s[j * KS + d + e] = kv[e];
+                    v_s[j * D + d + e] = vv[e];
+                }
             }
-            k_s[j * (D + 1) + d] = kv;
-            v_s[j * D + d] = vv;
+        } else {
+            for (int i = threadIdx.x; i < 32 * D; i += blockDim.x) {
+                int j = i / D, d = i % D;
+                i64 slot = slot_s[j];
+                float kv = 0.f, vv = 0.f;
+                if (slot >= 0) {
+                    i64 base = (slot * hkv + kh) * D + d;
+                    kv = ld(&kc[base]);
+                    vv = ld(&vc[base]);
+                }
+                k_s[j * KS + d] = kv;
+                v_s[j * D + d] = vv;
+            }
         }
         __syncthreads();
 #pragma unroll
@@ -99,9 +130,18 @@ __device__ void paged_attention_impl(const T* q, const T* kc, const T* vc, const
             if (valid) {
                 float dot = 0.f;
                 const float* qr = q_s + r * D;
-                const float* kr = k_s + lane * (D + 1);
+                const float* kr = k_s + lane * KS;
+                if constexpr (VEC) {
+#pragma unroll 8
+                    for (int d = 0; d < D; d += 4) {
+                        float4 a = *reinterpret_cast<const float4*>(qr + d);
+                        float4 b = *reinterpret_cast<const float4*>(kr + d);
+                        dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+                    }
+                } else {
 #pragma unroll 16
-                for (int d = 0; d < D; ++d) dot += qr[d] * kr[d];
+                    for (int d = 0; d < D; ++d) dot += qr[d] * kr[d];
+                }
                 s = dot;
             }
             float mx = warp_max(s);

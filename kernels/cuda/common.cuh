@@ -21,6 +21,33 @@ __device__ __forceinline__ void st(float* p, float v) { *p = v; }
 __device__ __forceinline__ void st(bf16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ void st(f16* p, float v) { *p = __float2half_rn(v); }
 
+// Eight consecutive elements from a 16-byte-aligned address (32 for f32).
+__device__ __forceinline__ void ld8(const float* p, float* o) {
+    float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+    o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w;
+    o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+}
+__device__ __forceinline__ void ld8(const bf16* p, float* o) {
+    uint4 u = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        float2 f = __bfloat1622float2(h[i]);
+        o[2 * i] = f.x;
+        o[2 * i + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void ld8(const f16* p, float* o) {
+    uint4 u = *reinterpret_cast<const uint4*>(p);
+    const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        float2 f = __half22float2(h[i]);
+        o[2 * i] = f.x;
+        o[2 * i + 1] = f.y;
+    }
+}
+
 // A value rounded to T and read back.
 template <typename T> __device__ __forceinline__ float rnd(float v) {
     T t;
@@ -74,14 +101,29 @@ struct Strided {
 };
 
 // Offsets of linear index `i` (over `dims`) in the source and destination.
+// 32-bit division when everything fits (64-bit division is many times
+// slower on the GPU).
 __device__ __forceinline__ void strided_offsets(const Strided& s, i64 i, i64* src, i64* dst) {
     i64 a = 0, b = 0;
-    for (int d = s.rank - 1; d >= 0; --d) {
-        i64 n = s.dims[d];
-        i64 c = i % n;
-        i /= n;
-        a += c * s.src[d];
-        b += c * s.dst[d];
+    bool small = i < 0x7fffffff;
+    for (int d = 0; d < s.rank; ++d) small = small && s.dims[d] < 0x7fffffff;
+    if (small) {
+        unsigned int j = (unsigned int)i;
+        for (int d = s.rank - 1; d >= 0; --d) {
+            unsigned int n = (unsigned int)s.dims[d];
+            unsigned int c = j % n;
+            j /= n;
+            a += (i64)c * s.src[d];
+            b += (i64)c * s.dst[d];
+        }
+    } else {
+        for (int d = s.rank - 1; d >= 0; --d) {
+            i64 n = s.dims[d];
+            i64 c = i % n;
+            i /= n;
+            a += c * s.src[d];
+            b += c * s.dst[d];
+        }
     }
     *src = a;
     *dst = b;

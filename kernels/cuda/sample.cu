@@ -1,8 +1,10 @@
-// Greedy sampling on the GPU: the index of each row's largest logit, so a
-// greedy step copies back one integer per sequence instead of a row of
-// logits. Ties go to the lowest index, NaN never wins (as the host sampler).
+// Greedy sampling on the GPU: the index of each row's largest logit and
+// its log probability, so a greedy step copies back 8 bytes per sequence
+// instead of a row of logits. Ties go to the lowest index, NaN never wins
+// (as the host sampler).
 
-template <typename T> __device__ void argmax_impl(const T* x, int* out, int cols) {
+template <typename T> __device__ void argmax_impl(const T* x, int* out, float* logprob, int cols) {
+    __shared__ float sbest;
     __shared__ float sv[32];
     __shared__ int si[32];
     i64 r = blockIdx.x;
@@ -40,9 +42,22 @@ template <typename T> __device__ void argmax_impl(const T* x, int* out, int cols
             }
         }
         out[r] = bi == 0x7fffffff ? 0 : bi;
+        sbest = best;
     }
+    __syncthreads();
+    // log p(best) = -log(sum exp(x - max)).
+    float m = sbest;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) s += expf(ld(&x[i]) - m);
+    s = block_sum(s, sv);
+    if (threadIdx.x == 0) logprob[r] = m == -OPTC_INF ? -OPTC_INF : -logf(s);
 }
 
-extern "C" __global__ void argmax_f32(const float* x, int* out, int cols) { argmax_impl<float>(x, out, cols); }
-extern "C" __global__ void argmax_bf16(const bf16* x, int* out, int cols) { argmax_impl<bf16>(x, out, cols); }
-extern "C" __global__ void argmax_f16(const f16* x, int* out, int cols) { argmax_impl<f16>(x, out, cols); }
+#define OPTC_ARGMAX(T, N)                                                                        \
+    extern "C" __global__ void argmax_##N(const T* x, int* out, float* lp, int cols) {           \
+        argmax_impl<T>(x, out, lp, cols);                                                        \
+    }
+
+OPTC_ARGMAX(float, f32)
+OPTC_ARGMAX(bf16, bf16)
+OPTC_ARGMAX(f16, f16)

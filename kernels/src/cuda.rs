@@ -29,7 +29,7 @@ pub fn attention_rows(d: usize) -> usize {
 
 /// Dynamic shared memory of the paged-attention kernel for head dim `d`.
 pub fn attention_smem_bytes(d: usize) -> usize {
-    (attention_rows(d) * d + 32 * (d + 1) + 32 * d) * 4
+    (attention_rows(d) * d + 32 * (d + 4) + 32 * d) * 4
 }
 
 /// The instantiation line for paged attention on `dtype` (`f32`, `bf16`,
@@ -43,4 +43,26 @@ pub fn attention_instance(dtype: &str, d: usize) -> String {
         "OPTC_PAGED_ATTENTION({c}, {dtype}, {d}, {})\n",
         attention_rows(d)
     )
+}
+
+/// The tensor-core prefill kernel (WMMA), compiled as its own module so a
+/// failure to build it only costs speed: the scalar kernel takes over.
+pub const PREFILL_MMA: &str = include_str!("../cuda/attention_mma.cu");
+
+/// Whether the WMMA prefill kernel covers this dtype and head dim.
+pub fn prefill_mma_supported(dtype: &str, d: usize) -> bool {
+    matches!(dtype, "bf16" | "f16") && d % 16 == 0 && d > 0 && d <= 128
+}
+
+/// Dynamic shared memory of the WMMA prefill kernel for head dim `d`.
+pub fn prefill_mma_smem_bytes(d: usize) -> usize {
+    let (rows, keys) = (64, 32);
+    let (qs, ss, ps, os) = (d + 8, keys + 4, keys + 8, d + 4);
+    (rows * qs + 2 * keys * qs + rows * ps) * 2 + (rows * ss + rows * os + 2 * rows) * 4 + keys * 8
+}
+
+/// The instantiation line for the WMMA prefill kernel; it defines
+/// `paged_prefill_mma_{dtype}_d{d}`.
+pub fn prefill_mma_instance(dtype: &str, d: usize) -> String {
+    format!("OPTC_PAGED_PREFILL_MMA({dtype}, {dtype}, {d})\n")
 }

@@ -29,12 +29,38 @@ pub trait Executor {
     /// Processes every sequence's new tokens (writing their KV) and returns
     /// one row of logits per sequence with `sample`, in order.
     fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String>;
+
+    /// Like [`Executor::step`], but returns each sampling sequence's
+    /// greedy token and its log probability, computed where the logits
+    /// are (a GPU copies back 8 bytes a sequence instead of a row of
+    /// logits). The engine calls it only when every sampling sequence is
+    /// plain greedy; `None` means "not supported, use `step`".
+    fn step_greedy(&mut self, seqs: &[StepSeq]) -> Option<Result<Vec<(u32, f32)>, String>> {
+        let _ = seqs;
+        None
+    }
 }
 
 impl<E: Executor + ?Sized> Executor for Box<E> {
     fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String> {
         (**self).step(seqs)
     }
+
+    fn step_greedy(&mut self, seqs: &[StepSeq]) -> Option<Result<Vec<(u32, f32)>, String>> {
+        (**self).step_greedy(seqs)
+    }
+}
+
+/// Whether the executor may pick this request's next token as a plain
+/// argmax: greedy, no penalties, no logprobs asked, and no tokens masked
+/// (min_tokens already reached).
+fn plain_greedy(p: &SamplingParams, produced: usize) -> bool {
+    p.temperature == 0.0
+        && p.repetition_penalty == 1.0
+        && p.presence_penalty == 0.0
+        && p.frequency_penalty == 0.0
+        && p.logprobs.is_none()
+        && produced >= p.min_tokens
 }
 
 /// Something that happened to a request during a step.
@@ -68,6 +94,11 @@ impl<E: Executor> Engine<E> {
             eos,
             next_id: 0,
         }
+    }
+
+    /// The executor (for targets that report their own statistics).
+    pub fn executor(&self) -> &E {
+        &self.exec
     }
 
     pub fn scheduler(&self) -> &Scheduler {
@@ -122,8 +153,38 @@ impl<E: Executor> Engine<E> {
                 sample: s.sample,
             })
             .collect();
-        let rows = self.exec.step(&seqs)?;
         let wanted = seqs.iter().filter(|s| s.sample).count();
+        let greedy = seqs
+            .iter()
+            .filter(|s| s.sample)
+            .all(|s| self.sched.request(s.seq).is_some_and(|(p, _, out)| plain_greedy(p, out.len())));
+        if greedy {
+            if let Some(tokens) = self.exec.step_greedy(&seqs) {
+                let tokens = tokens?;
+                if tokens.len() != wanted {
+                    return Err(format!(
+                        "executor returned {} greedy tokens for {wanted} sampling sequences",
+                        tokens.len()
+                    ));
+                }
+                let mut events = Vec::new();
+                let mut sampled = BTreeMap::new();
+                for (s, (token, logprob)) in seqs.iter().filter(|s| s.sample).zip(tokens) {
+                    sampled.insert(s.seq, token);
+                    events.push(Event::Token {
+                        seq: s.seq,
+                        sample: Sample {
+                            token,
+                            logprob,
+                            top_logprobs: Vec::new(),
+                        },
+                    });
+                }
+                self.finish(&plan, &sampled, &mut events);
+                return Ok(events);
+            }
+        }
+        let rows = self.exec.step(&seqs)?;
         if rows.len() != wanted {
             return Err(format!(
                 "executor returned {} logit rows for {wanted} sampling sequences",
@@ -155,7 +216,13 @@ impl<E: Executor> Engine<E> {
                 sample: smp,
             });
         }
-        for f in self.sched.update(&plan, &sampled) {
+        self.finish(&plan, &sampled, &mut events);
+        Ok(events)
+    }
+
+    /// Applies the sampled tokens and reports the requests that finished.
+    fn finish(&mut self, plan: &crate::scheduler::StepPlan, sampled: &BTreeMap<SeqId, u32>, events: &mut Vec<Event>) {
+        for f in self.sched.update(plan, sampled) {
             self.rngs.remove(&f.seq);
             events.push(Event::Finished {
                 seq: f.seq,
@@ -163,6 +230,5 @@ impl<E: Executor> Engine<E> {
                 reason: f.reason,
             });
         }
-        Ok(events)
     }
 }

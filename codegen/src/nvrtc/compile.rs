@@ -22,6 +22,18 @@ pub(crate) fn source(instances: &[String]) -> String {
     s
 }
 
+/// The WMMA prefill unit: helpers, the kernel, its instantiations.
+pub(crate) fn mma_source(instances: &[String]) -> String {
+    let mut s = String::from(optc_kernels::cuda::COMMON);
+    s.push_str("\n// ---- attention_mma.cu\n");
+    s.push_str(optc_kernels::cuda::PREFILL_MMA);
+    s.push_str("\n// ---- instantiations\n");
+    for i in instances {
+        s.push_str(i);
+    }
+    s
+}
+
 /// FNV-1a: a stable hash (std's may change between Rust releases).
 fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -34,6 +34,8 @@ pub(crate) struct Gpu {
     pub name: String,
     pub arch: (i32, i32),
     module: Option<Arc<CudaModule>>,
+    /// Optional kernels in their own module (the WMMA prefill).
+    extra: Option<Arc<CudaModule>>,
     functions: HashMap<String, CudaFunction>,
 }
 
@@ -44,7 +46,8 @@ impl Gpu {
         // One stream orders everything; cudarc's per-buffer events would
         // only add work to every launch.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own: CUDA graphs cannot capture the legacy one.
+        let stream = ctx.new_stream().map_err(|e| format!("cannot create a CUDA stream: {e}"))?;
         let sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| e.to_string())? as u32;
@@ -57,6 +60,7 @@ impl Gpu {
             name,
             arch,
             module: None,
+            extra: None,
             functions: HashMap::new(),
         })
     }
@@ -69,6 +73,20 @@ impl Gpu {
         self.module = Some(m);
         self.functions.clear();
         Ok(())
+    }
+
+    pub fn load_extra(&mut self, ptx: cudarc::nvrtc::Ptx) -> Result<(), String> {
+        let m = self
+            .ctx
+            .load_module(ptx)
+            .map_err(|e| format!("loading the compiled kernels: {e}"))?;
+        self.extra = Some(m);
+        Ok(())
+    }
+
+    /// A kernel of the optional module, if it was built.
+    pub fn extra_function(&mut self, name: &str) -> Option<CudaFunction> {
+        self.extra.as_ref()?.load_function(name).ok()
     }
 
     /// A kernel of the loaded module, looked up once.
@@ -125,6 +143,7 @@ impl Gpu {
 /// the last reader was queued is safe.
 #[derive(Default)]
 pub(crate) struct Pool {
+    // (capacity, pointer) of buffers not in use.
     free: Vec<(usize, u64)>,
     caps: HashMap<u64, usize>,
     /// Bytes allocated from the driver.
@@ -133,19 +152,19 @@ pub(crate) struct Pool {
 
 impl Pool {
     pub fn alloc(&mut self, bytes: usize) -> Result<u64, String> {
-        let need = bytes.max(256);
+        // Sizes round up to 64 KiB, so slightly larger requests later
+        // still fit; a free buffer serves a request up to half its size.
+        let cap = bytes.max(1).div_ceil(1 << 16) << 16;
         let best = self
             .free
             .iter()
             .enumerate()
-            .filter(|(_, &(cap, _))| cap >= need && cap <= need.saturating_mul(2))
-            .min_by_key(|(_, &(cap, _))| cap)
+            .filter(|(_, &(c, _))| c >= bytes && c <= cap.saturating_mul(2))
+            .min_by_key(|(_, &(c, p))| (c, p))
             .map(|(i, _)| i);
         if let Some(i) = best {
             return Ok(self.free.swap_remove(i).1);
         }
-        // Round up so slightly larger requests later still fit.
-        let cap = need.div_ceil(1 << 16) << 16;
         let ptr = unsafe { result::malloc_sync(cap) }.map_err(|e| {
             format!(
                 "out of GPU memory: {cap} bytes requested with {} already held ({e})",

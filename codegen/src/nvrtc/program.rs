@@ -167,6 +167,8 @@ pub struct CudaSummary {
     pub folded: usize,
     pub weight_bytes: usize,
     pub compile: Option<CompileReport>,
+    /// The tensor-core prefill kernel: "on", or why it is off.
+    pub prefill_mma: Option<String>,
 }
 
 /// A float dtype kernels take, by its suffix in kernel names.
@@ -308,10 +310,13 @@ fn cfg(grid: (u32, u32, u32), block: u32, smem: u32) -> LaunchConfig {
 }
 
 /// Per-run metadata of one paged-attention step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct AttentionRun {
     tiles_offset: usize,
     tiles: usize,
     nsplit: usize,
+    /// Prefill on the tensor cores (the WMMA kernel).
+    mma: bool,
 }
 
 /// A graph lowered to CUDA kernels and cuBLASLt GEMMs, with its weights on
@@ -335,7 +340,85 @@ pub struct CudaProgram {
     state: Vec<Option<DeviceBox>>,
     weights: Vec<DeviceBox>,
     arena: Option<DeviceBox>,
+    /// `argmax_{dtype}` kernels for greedy sampling.
+    argmax: HashMap<&'static str, CudaFunction>,
     summary: CudaSummary,
+    /// With `OPTC_CUDA_PROFILE=1`: GPU time per kernel kind (CUDA events
+    /// around every step) and host time per phase, reported on drop.
+    profile: Option<Profile>,
+    /// Decode steps (one token per sequence) replay a CUDA graph per
+    /// shape; `OPTC_CUDA_GRAPHS=0` turns this off.
+    graphs: bool,
+    captures: HashMap<CaptureKey, Captured>,
+}
+
+/// What a captured graph depends on: every input's shape and the
+/// attention tiling (from the metadata values), and whether it ends in
+/// greedy sampling.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct CaptureKey {
+    input_dims: Vec<Vec<usize>>,
+    attention: Vec<(usize, AttentionRun)>,
+    arena_bytes: usize,
+    greedy: Option<usize>,
+}
+
+/// A decode step captured as a CUDA graph, with the buffers it owns: its
+/// input arena (filled before each replay) and its pool of activations.
+struct Captured {
+    graph: cudarc::driver::CudaGraph,
+    _pool: Pool,
+    arena: DeviceBox,
+    ptr: Vec<u64>,
+    argmax: u64,
+}
+
+const MAX_CAPTURES: usize = 64;
+
+/// What [`CudaProgram::execute`] leaves for the caller.
+struct Executed {
+    dims: Vec<Vec<usize>>,
+    ptr: Vec<u64>,
+    /// The buffers belong to a captured graph (do not release them).
+    captured: bool,
+    /// Greedy results (tokens, then logprobs) already computed on the GPU.
+    argmax: Option<u64>,
+}
+
+#[derive(Default)]
+struct Profile {
+    /// kind -> (calls, GPU ms)
+    gpu: BTreeMap<String, (usize, f64)>,
+    /// phase -> host ms
+    host: BTreeMap<&'static str, f64>,
+    runs: usize,
+}
+
+impl Profile {
+    fn report(&self) -> String {
+        let total: f64 = self.gpu.values().map(|v| v.1).sum();
+        let mut rows: Vec<_> = self.gpu.iter().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        let mut s = format!("nvrtc profile over {} runs: {total:.1} ms of GPU time in steps\n", self.runs);
+        for (k, (n, ms)) in rows {
+            s.push_str(&format!(
+                "  {k:<28} {n:>8} calls {ms:>10.2} ms {:>5.1}%\n",
+                100.0 * ms / total.max(1e-9)
+            ));
+        }
+        for (k, ms) in &self.host {
+            s.push_str(&format!("  host {k:<23} {ms:>10.2} ms\n"));
+        }
+        s
+    }
+}
+
+impl Drop for CudaProgram {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            eprint!("{}", p.report());
+        }
+    }
 }
 
 fn node_err(node: &str) -> impl Fn(String) -> CodegenError + '_ {
@@ -388,7 +471,7 @@ impl CudaProgram {
             ..Default::default()
         };
         let mut instances: Vec<String> = Vec::new();
-        let mut needed: Vec<String> = Vec::new();
+        let mut mma_instances: Vec<String> = Vec::new();
         for &id in &order {
             let node = g.node(id);
             let v0 = vid[&Value::of(id)];
@@ -457,6 +540,13 @@ impl CudaProgram {
                             if !instances.contains(&inst) {
                                 instances.push(inst);
                             }
+                            let f = float_name(node.outputs[0].dtype).unwrap_or("f32");
+                            if src::prefill_mma_supported(f, d) {
+                                let i = src::prefill_mma_instance(f, d);
+                                if !mma_instances.contains(&i) {
+                                    mma_instances.push(i);
+                                }
+                            }
                             // The caches are updated in place.
                             for (o, a) in [(1, 3), (2, 4)] {
                                 match locs[args[a]] {
@@ -471,7 +561,6 @@ impl CudaProgram {
                                 }
                             }
                         }
-                        needed.extend(fns.iter().cloned());
                         Exec::Kernel(k, Vec::new())
                     } else {
                         if matches!(op, Op::PagedAttention(_)) {
@@ -498,6 +587,21 @@ impl CudaProgram {
         tracing::info!(cache_hit = report.cache_hit, ms = report.millis, "nvrtc kernels ready");
         summary.compile = Some(report);
         gpu.load(ptx).map_err(&gerr)?;
+        // The tensor-core prefill is optional: without it, the scalar
+        // kernel serves prefill too.
+        let mut mma = false;
+        if !mma_instances.is_empty() && std::env::var("OPTC_PREFILL_MMA").map_or(true, |v| v != "0") {
+            match compile::compile(&compile::mma_source(&mma_instances), gpu.arch).and_then(|(p, _)| gpu.load_extra(p)) {
+                Ok(()) => mma = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the WMMA prefill kernel did not build; prefill uses the scalar kernel");
+                    summary.prefill_mma = Some(format!("off: {e}"));
+                }
+            }
+        }
+        if mma {
+            summary.prefill_mma = Some("on".into());
+        }
         for s in &mut steps {
             if let Exec::Kernel(k, fns) = &mut s.exec {
                 let arg_types: Vec<&TensorType> = s.args.iter().map(|&a| &types[a]).collect();
@@ -507,7 +611,9 @@ impl CudaProgram {
                 if *k == Kernel::PagedAttention {
                     let d = arg_types[0].shape.dims().last().and_then(|d| d.as_const()).unwrap_or(0) as usize;
                     let smem = src::attention_smem_bytes(d);
-                    if smem > 48 << 10 {
+                    // Always: the static shared memory counts against the
+                    // same 48 KiB default.
+                    {
                         fns[1]
                             .set_attribute(
                                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -518,10 +624,28 @@ impl CudaProgram {
                                 message: format!("head dim {d} needs {smem} bytes of shared memory: {e}"),
                             })?;
                     }
+                    let f = float_name(types[s.outs[0]].dtype).unwrap_or("f32");
+                    if mma && src::prefill_mma_supported(f, d) {
+                        if let Some(func) = gpu.extra_function(&format!("paged_prefill_mma_{f}_d{d}")) {
+                            let bytes = src::prefill_mma_smem_bytes(d) as i32;
+                            if func
+                                .set_attribute(
+                                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                    bytes,
+                                )
+                                .is_ok()
+                            {
+                                fns.push(func);
+                            }
+                        }
+                    }
                 }
             }
         }
-        let _ = needed;
+        let mut argmax = HashMap::new();
+        for d in ["f32", "bf16", "f16"] {
+            argmax.insert(d, gpu.function(&format!("argmax_{d}")).map_err(&gerr)?);
+        }
         // Evaluate folded ops and upload the constants kernels read.
         let mut host: HashMap<usize, Tensor> = HashMap::new();
         let weight_node: HashMap<usize, (String, String)> = order
@@ -663,12 +787,32 @@ impl CudaProgram {
             state_types,
             weights,
             arena: None,
+            argmax,
             summary,
+            profile: std::env::var("OPTC_CUDA_PROFILE")
+                .is_ok_and(|v| v == "1")
+                .then(Profile::default),
+            graphs: std::env::var("OPTC_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            captures: HashMap::new(),
         })
     }
 
     pub fn summary(&self) -> &CudaSummary {
         &self.summary
+    }
+
+    /// Turns CUDA graph capture of decode steps on or off (on by default
+    /// unless `OPTC_CUDA_GRAPHS=0`).
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        self.graphs = on;
+        if !on {
+            self.captures.clear();
+        }
+    }
+
+    /// Decode shapes captured as CUDA graphs so far.
+    pub fn captured_graphs(&self) -> usize {
+        self.captures.len()
     }
 
     pub fn state_names(&self) -> &[String] {
@@ -705,6 +849,8 @@ impl CudaProgram {
                 message,
             })?;
             let bytes = ty.dtype.storage_bytes(shape.iter().product());
+            // Captured graphs point at the old state.
+            self.captures.clear();
             self.state[i] = None;
             let b = DeviceBox::new(bytes).map_err(|message| CodegenError::Input {
                 name: self.state_names[i].clone(),
@@ -765,7 +911,116 @@ impl CudaProgram {
     /// Runs the program on the non-state inputs; returns the non-state
     /// outputs by name. State persists on the GPU, updated in place.
     pub fn run(&mut self, inputs: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>, CodegenError> {
+        let ex = self.execute(inputs, None)?;
+        let (dims, mut ptr) = (ex.dims, ex.ptr);
+        let mut out = BTreeMap::new();
+        let mut r = Ok(());
+        for (name, v) in &self.outputs {
+            match self.download(ptr[*v], self.types[*v].dtype, &dims[*v]) {
+                Ok(t) => {
+                    out.insert(name.clone(), t);
+                }
+                Err(e) => {
+                    r = Err(node_err(&self.graph.name)(e));
+                    break;
+                }
+            }
+        }
+        if !ex.captured {
+            self.release_outputs(&mut ptr);
+        }
+        r.map(|_| out)
+    }
+
+    /// Runs the program and returns, for each row of the 2-D float output
+    /// `output` (logits), the index of its largest value and that value's
+    /// log-softmax: greedy sampling without copying the rows back.
+    pub fn run_greedy(&mut self, inputs: &BTreeMap<String, Tensor>, output: &str) -> Result<Vec<(u32, f32)>, CodegenError> {
+        let v = self
+            .outputs
+            .iter()
+            .find(|(n, _)| n == output)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| CodegenError::Input {
+                name: output.into(),
+                message: "no such output".into(),
+            })?;
+        let f = float_name(self.types[v].dtype)
+            .filter(|_| self.types[v].rank() == 2)
+            .and_then(|n| self.argmax.get(n).cloned())
+            .ok_or_else(|| CodegenError::Input {
+                name: output.into(),
+                message: format!("greedy sampling needs a 2-D float output, not {}", self.types[v]),
+            })?;
+        let ex = self.execute(inputs, Some((v, f.clone())))?;
+        let (dims, mut ptr) = (ex.dims, ex.ptr);
+        let rows = dims[v][0];
+        let r = match ex.argmax {
+            Some(buf) => self.read_argmax(buf, rows),
+            None => self.argmax_rows(&f, ptr[v], &dims[v]),
+        };
+        if !ex.captured {
+            self.release_outputs(&mut ptr);
+        }
+        r.map_err(node_err(&self.graph.name))
+    }
+
+    /// Launches the argmax over `dims[0]` rows at `x` into a pool buffer.
+    fn launch_argmax(&mut self, f: &CudaFunction, x: u64, dims: &[usize]) -> Result<u64, String> {
+        let (rows, cols) = (dims[0], dims[1]);
+        let buf = self.pool.alloc(rows.max(1) * 8)?;
+        let gpu = &self.gpu;
+        if rows > 0 {
+            launch!(gpu, f, cfg((rows as u32, 1, 1), 256, 0);
+                x = x, tok = buf, lp = buf + rows as u64 * 4, c = cols as i32)?;
+        }
+        Ok(buf)
+    }
+
+    fn read_argmax(&self, buf: u64, rows: usize) -> Result<Vec<(u32, f32)>, String> {
+        let mut bytes = vec![0u8; rows * 8];
+        self.gpu.dtoh(buf, &mut bytes)?;
+        let (t, l) = bytes.split_at(rows * 4);
+        Ok(t.chunks_exact(4)
+            .zip(l.chunks_exact(4))
+            .map(|(t, l)| {
+                (
+                    u32::from_le_bytes([t[0], t[1], t[2], t[3]]),
+                    f32::from_le_bytes([l[0], l[1], l[2], l[3]]),
+                )
+            })
+            .collect())
+    }
+
+    fn argmax_rows(&mut self, f: &CudaFunction, x: u64, dims: &[usize]) -> Result<Vec<(u32, f32)>, String> {
+        let rows = dims[0];
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let buf = self.launch_argmax(f, x, dims)?;
+        let r = self.read_argmax(buf, rows);
+        self.pool.release(buf);
+        r
+    }
+
+    fn release_outputs(&mut self, ptr: &mut [u64]) {
+        for (_, v) in &self.outputs {
+            let o = self.owner[*v];
+            if self.locs[o] == Loc::Temp && ptr[o] != 0 {
+                self.pool.release(ptr[o]);
+                ptr[o] = 0;
+            }
+        }
+    }
+
+    /// Everything up to the outputs: checks, the input copy, every step.
+    fn execute(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        greedy: Option<(usize, CudaFunction)>,
+    ) -> Result<Executed, CodegenError> {
         let _span = tracing::debug_span!("cuda_run", graph = %self.graph.name).entered();
+        let t_start = Instant::now();
         self.gpu.ctx.bind_to_thread().map_err(|e| CodegenError::Node {
             node: self.graph.name.clone(),
             message: e.to_string(),
@@ -828,6 +1083,8 @@ impl CudaProgram {
             }
         };
         let mut attn: HashMap<usize, AttentionRun> = HashMap::new();
+        type MetaKey = (Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>);
+        let mut seen: HashMap<MetaKey, usize> = HashMap::new();
         for (si, s) in self.steps.iter().enumerate() {
             match (&s.exec, &s.op) {
                 (Exec::Kernel(Kernel::Embedding, _), _) | (Exec::Kernel(Kernel::IndexSelect, _), _) => {
@@ -854,6 +1111,19 @@ impl CudaProgram {
                 }
                 (Exec::Kernel(Kernel::PagedAttention, _), Op::PagedAttention(_)) => {
                     let a = &s.args;
+                    // Layers share their metadata: check and tile it once.
+                    let key = (
+                        a[5..10].to_vec(),
+                        dims[a[0]].clone(),
+                        dims[a[1]].clone(),
+                        dims[a[3]].clone(),
+                    );
+                    if let Some(&prev) = seen.get(&key) {
+                        let r = attn[&prev];
+                        attn.insert(si, r);
+                        continue;
+                    }
+                    seen.insert(key, si);
                     let meta_of = |v: usize| {
                         host_i64(v).ok_or_else(|| CodegenError::Node {
                             node: s.node.clone(),
@@ -909,23 +1179,67 @@ impl CudaProgram {
                     let nsplit = if blocks == 0 || blocks >= target {
                         1
                     } else {
-                        target.div_ceil(blocks).min(max_chunks).clamp(1, 32)
+                        // Powers of two: fewer distinct shapes for CUDA graphs.
+                        target.div_ceil(blocks).min(max_chunks.next_power_of_two()).clamp(1, 32)
                     };
                     let off = arena.len();
                     for t in &tiles {
                         arena.extend_from_slice(&t.to_le_bytes());
                     }
                     arena.resize(arena.len().div_ceil(256) * 256, 0);
+                    let has_mma = matches!(&s.exec, Exec::Kernel(_, fns) if fns.len() > 3);
                     attn.insert(
                         si,
                         AttentionRun {
                             tiles_offset: off,
                             tiles: ntiles,
                             nsplit,
+                            // Prefill-like steps: two or more tokens per tile.
+                            mma: has_mma && nsplit == 1 && shape.tokens >= 2 * ntiles,
                         },
                     );
                 }
                 _ => {}
+            }
+        }
+        // Decode steps (one token per sequence, all on the GPU) replay a
+        // graph captured on the first step of their shape.
+        let graphable = self.graphs
+            && self.profile.is_none()
+            && !attn.is_empty()
+            && self.steps.iter().all(|s| match &s.exec {
+                Exec::Host => false,
+                Exec::Kernel(Kernel::PagedAttention, _) => {
+                    dims[s.args[0]][0] == dims[s.args[7]][0] && dims[s.args[0]][0] <= 1024
+                }
+                _ => true,
+            });
+        if graphable {
+            let mut attention: Vec<(usize, AttentionRun)> = attn.iter().map(|(k, v)| (*k, *v)).collect();
+            attention.sort_unstable_by_key(|x| x.0);
+            let key = CaptureKey {
+                input_dims: self.inputs.iter().map(|(_, v)| dims[*v].clone()).collect(),
+                attention,
+                arena_bytes: arena.len(),
+                greedy: greedy.as_ref().map(|g| g.0),
+            };
+            if !self.captures.contains_key(&key) && self.captures.len() < MAX_CAPTURES {
+                let c = self
+                    .capture(&arena, &offsets, &dims, &bindings, &attn, greedy.as_ref())
+                    .map_err(node_err(&self.graph.name))?;
+                self.captures.insert(key.clone(), c);
+            }
+            if let Some(c) = self.captures.get(&key) {
+                self.gpu.htod(c.arena.ptr, &arena).map_err(node_err(&self.graph.name))?;
+                c.graph
+                    .launch()
+                    .map_err(|e| node_err(&self.graph.name)(format!("CUDA graph launch: {e}")))?;
+                return Ok(Executed {
+                    dims,
+                    ptr: c.ptr.clone(),
+                    captured: true,
+                    argmax: greedy.is_some().then_some(c.argmax),
+                });
             }
         }
         if self.arena.as_ref().is_none_or(|b| b.bytes < arena.len()) {
@@ -935,18 +1249,16 @@ impl CudaProgram {
         }
         let base = self.arena.as_ref().map_or(0, |b| b.ptr);
         self.gpu.htod(base, &arena).map_err(node_err(&self.graph.name))?;
-        let mut ptr = vec![0u64; self.types.len()];
-        for (v, l) in self.locs.iter().enumerate() {
-            ptr[v] = match *l {
-                Loc::Input(i) => base + offsets[i] as u64,
-                Loc::Weight(w) => self.weights[w].ptr,
-                Loc::State(s) => self.state[s].as_ref().map_or(0, |b| b.ptr),
-                Loc::Temp => 0,
-            };
-        }
+        let mut ptr = self.base_pointers(base, &offsets);
         let steps = std::mem::take(&mut self.steps);
-        let r = self.run_steps(&steps, &dims, &mut ptr, &attn, base);
+        let t_steps = Instant::now();
+        let r = self.run_steps(&steps, &dims, &bindings, &mut ptr, &attn, base);
         self.steps = steps;
+        if let Some(p) = &mut self.profile {
+            *p.host.entry("prepare (checks, inputs)").or_insert(0.0) += (t_steps - t_start).as_secs_f64() * 1e3;
+            *p.host.entry("launch + wait").or_insert(0.0) += t_steps.elapsed().as_secs_f64() * 1e3;
+            p.runs += 1;
+        }
         if let Err(e) = r {
             // Return every temp buffer: the next run starts clean.
             for (v, &p) in ptr.iter().enumerate() {
@@ -956,35 +1268,103 @@ impl CudaProgram {
             }
             return Err(e);
         }
-        let mut out = BTreeMap::new();
-        for (name, v) in &self.outputs {
-            let t = self
-                .download(ptr[*v], self.types[*v].dtype, &dims[*v])
-                .map_err(node_err(&self.graph.name))?;
-            out.insert(name.clone(), t);
-        }
-        for (_, v) in &self.outputs {
-            let o = self.owner[*v];
-            if self.locs[o] == Loc::Temp && ptr[o] != 0 {
-                self.pool.release(ptr[o]);
-                ptr[o] = 0;
+        Ok(Executed {
+            dims,
+            ptr,
+            captured: false,
+            argmax: None,
+        })
+    }
+
+    /// Value pointers for a run with its inputs at `base`.
+    fn base_pointers(&self, base: u64, offsets: &[usize]) -> Vec<u64> {
+        self.locs
+            .iter()
+            .map(|l| match *l {
+                Loc::Input(i) => base + offsets[i] as u64,
+                Loc::Weight(w) => self.weights[w].ptr,
+                Loc::State(s) => self.state[s].as_ref().map_or(0, |b| b.ptr),
+                Loc::Temp => 0,
+            })
+            .collect()
+    }
+
+    /// Captures the steps (and the greedy argmax) as a CUDA graph with a
+    /// private input arena and activation pool, then leaves it to replay.
+    #[allow(clippy::too_many_arguments)]
+    fn capture(
+        &mut self,
+        arena: &[u8],
+        offsets: &[usize],
+        dims: &[Vec<usize>],
+        bindings: &Bindings,
+        attn: &HashMap<usize, AttentionRun>,
+        greedy: Option<&(usize, CudaFunction)>,
+    ) -> Result<Captured, String> {
+        let abox = DeviceBox::new(arena.len().max(256))?;
+        self.gpu.htod(abox.ptr, arena)?;
+        self.gpu.sync()?;
+        let mut ptr = self.base_pointers(abox.ptr, offsets);
+        let mut pool = Pool::default();
+        std::mem::swap(&mut self.pool, &mut pool);
+        let begun = self
+            .gpu
+            .stream
+            .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| format!("CUDA graph capture: {e}"));
+        let steps = std::mem::take(&mut self.steps);
+        let mut r = begun.and_then(|_| {
+            self.run_steps(&steps, dims, bindings, &mut ptr, attn, abox.ptr)
+                .map_err(|e| e.to_string())
+        });
+        self.steps = steps;
+        let mut argmax = 0;
+        if let (Ok(()), Some((v, f))) = (&r, greedy) {
+            match self.launch_argmax(f, ptr[*v], &dims[*v]) {
+                Ok(b) => argmax = b,
+                Err(e) => r = Err(e),
             }
         }
-        Ok(out)
+        let g = self
+            .gpu
+            .stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| format!("CUDA graph capture: {e}"));
+        std::mem::swap(&mut self.pool, &mut pool);
+        r?;
+        let graph = g?.ok_or("CUDA graph capture produced no graph")?;
+        Ok(Captured {
+            graph,
+            _pool: pool,
+            arena: abox,
+            ptr,
+            argmax,
+        })
     }
 
     fn run_steps(
         &mut self,
         steps: &[Step],
         dims: &[Vec<usize>],
+        bindings: &Bindings,
         ptr: &mut [u64],
         attn: &HashMap<usize, AttentionRun>,
         arena: u64,
     ) -> Result<(), CodegenError> {
+        let mut events = Vec::new();
         for (si, s) in steps.iter().enumerate() {
             if let Exec::View = s.exec {
                 ptr[s.outs[0]] = ptr[s.args[0]];
                 continue;
+            }
+            if self.profile.is_some() {
+                let ev = self
+                    .gpu
+                    .ctx
+                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                    .and_then(|e| e.record(&self.gpu.stream).map(|_| e))
+                    .map_err(|e| node_err(&s.node)(e.to_string()))?;
+                events.push((si, ev));
             }
             for &o in &s.outs {
                 if self.locs[o] == Loc::Temp {
@@ -994,7 +1374,7 @@ impl CudaProgram {
             }
             let r = match &s.exec {
                 Exec::Kernel(k, fns) => self.launch(*k, fns, s, dims, ptr, attn.get(&si), arena),
-                _ => self.host_step(s, dims, ptr),
+                _ => self.host_step(s, dims, bindings, ptr),
             };
             r.map_err(node_err(&s.node))?;
             for &a in &s.args {
@@ -1011,19 +1391,38 @@ impl CudaProgram {
                 }
             }
         }
+        if let Some(p) = &mut self.profile {
+            let end = self
+                .gpu
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .and_then(|e| e.record(&self.gpu.stream).map(|_| e))
+                .map_err(|e| node_err(&self.graph.name)(e.to_string()))?;
+            end.synchronize().map_err(|e| node_err(&self.graph.name)(e.to_string()))?;
+            for (i, (si, ev)) in events.iter().enumerate() {
+                let next = events.get(i + 1).map_or(&end, |(_, e)| e);
+                let ms = f64::from(ev.elapsed_ms(next).unwrap_or(0.0));
+                let kind = match &steps[*si].exec {
+                    Exec::Kernel(k, _) => k.name().to_string(),
+                    _ => format!("host {}", steps[*si].op.name()),
+                };
+                let e = p.gpu.entry(kind).or_insert((0, 0.0));
+                e.0 += 1;
+                e.1 += ms;
+            }
+        }
         Ok(())
     }
 
     /// The op's reference semantics on the host.
-    fn host_step(&self, s: &Step, dims: &[Vec<usize>], ptr: &[u64]) -> Result<(), String> {
+    fn host_step(&self, s: &Step, dims: &[Vec<usize>], bindings: &Bindings, ptr: &[u64]) -> Result<(), String> {
         let args: Vec<Tensor> = s
             .args
             .iter()
             .map(|&a| self.download(ptr[a], self.types[a].dtype, &dims[a]))
             .collect::<Result<_, _>>()?;
         let refs: Vec<&Tensor> = args.iter().collect();
-        let bindings = Bindings::new();
-        let res = s.op.eval(&refs, &EvalCx { bindings: &bindings })?;
+        let res = s.op.eval(&refs, &EvalCx { bindings })?;
         for (i, t) in res.iter().enumerate() {
             let o = s.outs[i];
             if t.shape() != dims[o].as_slice() {
@@ -1258,6 +1657,13 @@ impl CudaProgram {
                     0
                 };
                 let gpu = &self.gpu;
+                if run.mma {
+                    let smem = src::prefill_mma_smem_bytes(d) as u32;
+                    return launch!(gpu, &fns[3], cfg((run.tiles as u32, hkv as u32, 1), 128, smem);
+                        q = ptr[a[0]], kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],
+                        mb = dims[a[8]][1] as i32, tiles = arena + run.tiles_offset as u64, out = ptr[o0],
+                        hq = hq as i32, hkv = hkv as i32, bs = bs as i32, scale = scale, window = window);
+                }
                 let grid = (run.tiles as u32, hkv as u32, run.nsplit as u32);
                 let r = launch!(gpu, &fns[1], cfg(grid, 128, smem);
                     q = ptr[a[0]], kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds what scripts/gpu-run.sh needs on the GPU machine (which has no
+# cargo) into .device/: the release binary, the GPU test binary, and the
+# peer harness. Run here, then carry .device in the device call.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release
+cargo test --release --test nvrtc_target --no-run
+mkdir -p .device
+cp target/release/optc .device/optc
+cp "$(ls -t target/release/deps/nvrtc_target-* | grep -v '\.d$' | head -1)" .device/nvrtc_target
+strip .device/optc .device/nvrtc_target
+cp ../shared/peer/hf_baseline.py .device/
+ls -la .device
