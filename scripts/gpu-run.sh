@@ -37,7 +37,7 @@ if has compile; then
 fi
 if has bench; then
   echo "== optc bench"
-  "$BIN" bench $MODEL --target nvrtc --workloads W1,W2,W3 --reps 2 --max-num-tokens 8192 --json 2>&1 | tee "$OUT/optc_bench.jsonl" | tail -8
+  "$BIN" bench $MODEL --target nvrtc --workloads W1,W2,W3 --reps 2 --max-num-tokens 16384 --json 2>&1 | tee "$OUT/optc_bench.jsonl" | tail -8
 fi
 if has profile; then
   echo "== optc bench per workload with OPTC_CUDA_PROFILE=1 (GPU time per kernel kind)"
@@ -47,5 +47,5 @@ if has profile; then
 fi
 if has peer; then
   echo "== peer (transformers)"
-  python3 .device/hf_baseline.py --model-dir $MODEL --parts ceilings,static --deadline-s 400 2>&1 | tail -25
+  python3 .device/hf_baseline.py --model-dir $MODEL --parts ceilings,static --deadline-s 280 2>&1 | tail -25
 fi

@@ -2,8 +2,10 @@
 // accumulation), FlashAttention-2 style: a block takes up to 64 query
 // rows (tokens x heads of one KV group) and streams the keys through
 // shared memory 32 at a time. S = Q Kᵀ and O += P V run as 16x16x16 WMMA
-// tiles; the online softmax between them runs on the CUDA cores in f32,
-// with P rounded to the input dtype for the second product. Compiled as
+// tiles; the online softmax between them runs on the CUDA cores in f32.
+// P enters the second product as two parts in the input dtype, P = hi +
+// lo, so it keeps about 16 bits (one bf16 P alone costs ~1e-2 relative
+// error on small models). Compiled as
 // its own NVRTC module: if this GPU or NVRTC cannot build it, the scalar
 // kernel in attention.cu serves prefill too.
 #include <mma.h>
@@ -20,7 +22,8 @@ __device__ void paged_prefill_mma_impl(const T* q, const T* kc, const T* vc, con
     T* k_h = q_h + ROWS * QS;                                // [KEYS][QS]
     T* v_h = k_h + KEYS * QS;                                // [KEYS][QS]
     T* p_h = v_h + KEYS * QS;                                // [ROWS][PS]
-    float* s_f = reinterpret_cast<float*>(p_h + ROWS * PS);  // [ROWS][SS]
+    T* p_l = p_h + ROWS * PS;                                // [ROWS][PS]
+    float* s_f = reinterpret_cast<float*>(p_l + ROWS * PS);  // [ROWS][SS]
     float* o_f = s_f + ROWS * SS;                            // [ROWS][OS]
     float* m_s = o_f + ROWS * OS;                            // [ROWS]
     float* l_s = m_s + ROWS;                                 // [ROWS]
@@ -117,9 +120,11 @@ __device__ void paged_prefill_mma_impl(const T* q, const T* kc, const T* vc, con
                 }
                 for (int d = lane; d < D; d += 32) o_f[r * OS + d] *= corr;
             }
-            T pt;
-            st(&pt, pj);
-            p_h[r * PS + lane] = pt;
+            T hi, lo;
+            st(&hi, pj);
+            st(&lo, pj - ld(&hi));
+            p_h[r * PS + lane] = hi;
+            p_l[r * PS + lane] = lo;
         }
         __syncthreads();
         // O += P V: row_tiles x D/16 tiles over the warps.
@@ -129,11 +134,13 @@ __device__ void paged_prefill_mma_impl(const T* q, const T* kc, const T* vc, con
             wmma::load_matrix_sync(acc, o_f + rt * 16 * OS + ct * 16, OS, wmma::mem_row_major);
 #pragma unroll
             for (int kk = 0; kk < KEYS / 16; ++kk) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a, al;
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
                 wmma::load_matrix_sync(a, p_h + rt * 16 * PS + kk * 16, PS);
+                wmma::load_matrix_sync(al, p_l + rt * 16 * PS + kk * 16, PS);
                 wmma::load_matrix_sync(b, v_h + kk * 16 * QS + ct * 16, QS);
                 wmma::mma_sync(acc, a, b, acc);
+                wmma::mma_sync(acc, al, b, acc);
             }
             wmma::store_matrix_sync(o_f + rt * 16 * OS + ct * 16, acc, OS, wmma::mem_row_major);
         }

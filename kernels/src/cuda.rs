@@ -58,7 +58,7 @@ pub fn prefill_mma_supported(dtype: &str, d: usize) -> bool {
 pub fn prefill_mma_smem_bytes(d: usize) -> usize {
     let (rows, keys) = (64, 32);
     let (qs, ss, ps, os) = (d + 8, keys + 4, keys + 8, d + 4);
-    (rows * qs + 2 * keys * qs + rows * ps) * 2 + (rows * ss + rows * os + 2 * rows) * 4 + keys * 8
+    (rows * qs + 2 * keys * qs + 2 * rows * ps) * 2 + (rows * ss + rows * os + 2 * rows) * 4 + keys * 8
 }
 
 /// The instantiation line for the WMMA prefill kernel; it defines
