@@ -159,7 +159,10 @@ impl CudaExecutor {
 
 /// The step inputs with the block table padded to a power-of-two width:
 /// decode steps then keep one shape (one CUDA graph) for many tokens.
-fn gpu_step_inputs(seqs: &[StepSeq], ids_dtype: DType) -> Result<std::collections::BTreeMap<String, optc_ir::Tensor>, String> {
+fn gpu_step_inputs(
+    seqs: &[StepSeq],
+    ids_dtype: DType,
+) -> Result<std::collections::BTreeMap<String, optc_ir::Tensor>, String> {
     let s = step_inputs(seqs)?;
     let mut m = s.metadata(ids_dtype);
     if let Some(t) = m.get("block_tables") {
@@ -192,11 +195,10 @@ impl Executor for CudaExecutor {
     }
 
     fn step_greedy(&mut self, seqs: &[StepSeq]) -> Option<Result<Vec<(u32, f32)>, String>> {
-        Some(gpu_step_inputs(seqs, self.ids_dtype).and_then(|m| {
-            self.program
-                .run_greedy(&m, "logits")
-                .map_err(|e| e.to_string())
-        }))
+        Some(
+            gpu_step_inputs(seqs, self.ids_dtype)
+                .and_then(|m| self.program.run_greedy(&m, "logits").map_err(|e| e.to_string())),
+        )
     }
 }
 

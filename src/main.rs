@@ -497,7 +497,10 @@ fn bench(
     max_num_tokens: usize,
     json: bool,
 ) -> Result<()> {
-    if workloads.iter().any(|(_, (b, i, o))| *b == 0 || *i == 0 || *o == 0) {
+    if workloads
+        .iter()
+        .any(|(_, (b, i, o))| *b == 0 || *i == 0 || *o == 0)
+    {
         bail!("--batch, --input-len and --output-len must be at least 1");
     }
     let block_size = 16;

@@ -29,7 +29,12 @@ fn gpu() -> bool {
 }
 
 fn load(name: &str) -> hf::HfModel {
-    hf::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name)).unwrap()
+    hf::load(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hf")
+            .join(name),
+    )
+    .unwrap()
 }
 
 /// ‖a − b‖ / ‖b‖ over all elements.
@@ -59,7 +64,15 @@ fn step_graphs_match_the_cpu_target_across_steps() {
     if !gpu() {
         return;
     }
-    for name in ["llama", "mistral", "qwen2", "phi3", "gpt2", "llama_bf16", "qwen2_f16"] {
+    for name in [
+        "llama",
+        "mistral",
+        "qwen2",
+        "phi3",
+        "gpt2",
+        "llama_bf16",
+        "qwen2_f16",
+    ] {
         let mut m = load(name);
         Compiler::new()
             .set_pipeline(Pipeline::serving(BLOCK))
@@ -73,13 +86,18 @@ fn step_graphs_match_the_cpu_target_across_steps() {
         let mut cuda = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
         cuda.init_state(&nb).unwrap();
         let s = cuda.summary();
-        assert_eq!(s.kernels.get("paged_attention"), Some(&m.config.num_layers), "{name}: {s:?}");
+        assert_eq!(
+            s.kernels.get("paged_attention"),
+            Some(&m.config.num_layers),
+            "{name}: {s:?}"
+        );
         assert!(s.host.is_empty(), "{name}: step graph ops on the host: {s:?}");
         let vocab = m.config.vocab_size as i64;
         let a: Vec<i64> = (0..11).map(|i| (i * 37 + 5) % vocab).collect();
         let b: Vec<i64> = (0..8).map(|i| (i * 91 + 2) % vocab).collect();
         let seqs = [(a, vec![5i64, 2, 7]), (b, vec![0, 3])];
-        let steps: [&[(usize, usize, usize)]; 3] = [&[(0, 0, 5)], &[(0, 5, 4), (1, 0, 7)], &[(1, 7, 1), (0, 9, 2)]];
+        let steps: [&[(usize, usize, usize)]; 3] =
+            [&[(0, 0, 5)], &[(0, 5, 4), (1, 0, 7)], &[(1, 7, 1), (0, 9, 2)]];
         for step in steps {
             let mut si = StepInputs::default();
             for &(seq, start, len) in step {
@@ -91,7 +109,10 @@ fn step_graphs_match_the_cpu_target_across_steps() {
             let want = cpu.run(&inputs).unwrap();
             let got = cuda.run(&inputs).unwrap();
             let e = rel_l2(&got["logits"], &want["logits"]);
-            assert!(e < tolerance(dtype), "{name}: step logits differ from the CPU target: rel L2 {e}");
+            assert!(
+                e < tolerance(dtype),
+                "{name}: step logits differ from the CPU target: rel L2 {e}"
+            );
         }
         let k0 = cuda.state_tensor("k_cache.0").unwrap();
         let want = cpu.state_tensor("k_cache.0", &nb).unwrap();
@@ -107,7 +128,10 @@ fn model_graphs_match_the_interpreter() {
     for name in ["llama", "gpt2", "phi3", "llama_bf16"] {
         let mut m = load(name);
         let ids: Vec<i64> = (0..9).map(|i| (i * 53 + 1) % 300).collect();
-        let input = BTreeMap::from([("ids".to_string(), Tensor::from_i64(DType::I64, &[1, ids.len()], &ids))]);
+        let input = BTreeMap::from([(
+            "ids".to_string(),
+            Tensor::from_i64(DType::I64, &[1, ids.len()], &ids),
+        )]);
         for fused in [false, true] {
             if fused {
                 Compiler::new().compile(&mut m.graph, &mut m.weights).unwrap();
@@ -163,11 +187,46 @@ fn paged_attention_matches_the_interpreter() {
         return;
     }
     let cases = [
-        Case { dtype: DType::F32, hq: 4, hkv: 4, d: 64, bs: 16, window: None },
-        Case { dtype: DType::BF16, hq: 32, hkv: 8, d: 64, bs: 16, window: None },
-        Case { dtype: DType::BF16, hq: 16, hkv: 2, d: 128, bs: 5, window: None },
-        Case { dtype: DType::F32, hq: 6, hkv: 2, d: 48, bs: 7, window: Some(100) },
-        Case { dtype: DType::F16, hq: 8, hkv: 1, d: 256, bs: 16, window: None },
+        Case {
+            dtype: DType::F32,
+            hq: 4,
+            hkv: 4,
+            d: 64,
+            bs: 16,
+            window: None,
+        },
+        Case {
+            dtype: DType::BF16,
+            hq: 32,
+            hkv: 8,
+            d: 64,
+            bs: 16,
+            window: None,
+        },
+        Case {
+            dtype: DType::BF16,
+            hq: 16,
+            hkv: 2,
+            d: 128,
+            bs: 5,
+            window: None,
+        },
+        Case {
+            dtype: DType::F32,
+            hq: 6,
+            hkv: 2,
+            d: 48,
+            bs: 7,
+            window: Some(100),
+        },
+        Case {
+            dtype: DType::F16,
+            hq: 8,
+            hkv: 1,
+            d: 256,
+            bs: 16,
+            window: None,
+        },
     ];
     let mut seed = 0x1234_5678u64;
     for c in &cases {
@@ -188,14 +247,24 @@ fn paged_attention_matches_the_interpreter() {
         let mut cuda = CudaProgram::new(&g, &w, &mut no_progress()).unwrap();
         if c.dtype != DType::F32 && c.d <= 128 {
             // Prefill steps of this case run on the tensor cores.
-            assert_eq!(cuda.summary().prefill_mma.as_deref(), Some("on"), "{:?}", cuda.summary());
+            assert_eq!(
+                cuda.summary().prefill_mma.as_deref(),
+                Some("on"),
+                "{:?}",
+                cuda.summary()
+            );
         }
-        cuda.init_state(&Bindings::from([("NB".to_string(), nb as i64)])).unwrap();
+        cuda.init_state(&Bindings::from([("NB".to_string(), nb as i64)]))
+            .unwrap();
         let cache_shape = [nb, c.bs, c.hkv, c.d];
         let zeros = Tensor::from_f32(c.dtype, &cache_shape, &vec![0.0; cache_shape.iter().product()]);
         let (mut kc, mut vc) = (zeros.clone(), zeros);
         // (start, len) per sequence and step.
-        let steps: [[(usize, usize); 3]; 3] = [[(0, 400), (0, 60), (0, 33)], [(400, 300), (60, 37), (33, 0)], [(700, 1), (97, 1), (33, 1)]];
+        let steps: [[(usize, usize); 3]; 3] = [
+            [(0, 400), (0, 60), (0, 33)],
+            [(400, 300), (60, 37), (33, 0)],
+            [(700, 1), (97, 1), (33, 1)],
+        ];
         for (si, step) in steps.iter().enumerate() {
             let mut s = StepInputs::default();
             let mut count = 0;
@@ -210,9 +279,18 @@ fn paged_attention_matches_the_interpreter() {
             let mut inputs: BTreeMap<String, Tensor> = BTreeMap::new();
             for (name, h) in [("q", c.hq), ("k", c.hkv), ("v", c.hkv)] {
                 let n = count * h * c.d;
-                inputs.insert(name.into(), Tensor::from_f32(c.dtype, &[count, h, c.d], &random(n, &mut seed)));
+                inputs.insert(
+                    name.into(),
+                    Tensor::from_f32(c.dtype, &[count, h, c.d], &random(n, &mut seed)),
+                );
             }
-            for (name, t) in [("pos", "positions"), ("starts", "seq_starts"), ("ctx", "context_lens"), ("tables", "block_tables"), ("slots", "slot_mapping")] {
+            for (name, t) in [
+                ("pos", "positions"),
+                ("starts", "seq_starts"),
+                ("ctx", "context_lens"),
+                ("tables", "block_tables"),
+                ("slots", "slot_mapping"),
+            ] {
                 inputs.insert(name.into(), meta[t].clone());
             }
             let got = cuda.run(&inputs).unwrap();
@@ -227,11 +305,20 @@ fn paged_attention_matches_the_interpreter() {
             assert!(
                 e < tol,
                 "{:?} hq {} hkv {} d {} bs {} window {:?}, step {si}: rel L2 {e}",
-                c.dtype, c.hq, c.hkv, c.d, c.bs, c.window
+                c.dtype,
+                c.hq,
+                c.hkv,
+                c.d,
+                c.bs,
+                c.window
             );
         }
         let k = cuda.state_tensor("kc").unwrap();
-        assert_eq!(k.to_f32_vec(), kc.to_f32_vec(), "the cache writes are exact copies");
+        assert_eq!(
+            k.to_f32_vec(),
+            kc.to_f32_vec(),
+            "the cache writes are exact copies"
+        );
     }
 }
 
@@ -266,9 +353,19 @@ fn kernels_match_the_interpreter_on_random_inputs() {
         let w = WeightStore::new();
         let mut seed = 99u64;
         let mut inputs = BTreeMap::new();
-        for (name, shape) in [("x", vec![3, 5, 37]), ("y", vec![5, 1]), ("w", vec![37]), ("c", vec![5, 36]), ("s", vec![5, 36]), ("m", vec![37, 19])] {
+        for (name, shape) in [
+            ("x", vec![3, 5, 37]),
+            ("y", vec![5, 1]),
+            ("w", vec![37]),
+            ("c", vec![5, 36]),
+            ("s", vec![5, 36]),
+            ("m", vec![37, 19]),
+        ] {
             let n = shape.iter().product();
-            inputs.insert(name.to_string(), Tensor::from_f32(t, &shape, &random(n, &mut seed)));
+            inputs.insert(
+                name.to_string(),
+                Tensor::from_f32(t, &shape, &random(n, &mut seed)),
+            );
         }
         inputs.insert("i".into(), Tensor::from_i64(DType::I64, &[4], &[4, 0, 2, 4]));
         // The graph and its reference results are checked everywhere; the
@@ -324,7 +421,11 @@ fn cuda_graph_replay_equals_eager_decode() {
             inputs.retain(|k, _| !k.contains("_cache."));
             let a = eager.run(&inputs).unwrap();
             let b = graphed.run(&inputs).unwrap();
-            assert_eq!(a["logits"].to_f32_vec(), b["logits"].to_f32_vec(), "{name} step {step}");
+            assert_eq!(
+                a["logits"].to_f32_vec(),
+                b["logits"].to_f32_vec(),
+                "{name} step {step}"
+            );
             let greedy = graphed.run_greedy(&inputs, "logits");
             // run_greedy ran the step again: same cache slots, same values.
             let greedy = greedy.unwrap();
@@ -338,7 +439,10 @@ fn cuda_graph_replay_equals_eager_decode() {
                 toks[q].push(best as i64);
             }
         }
-        assert!(graphed.captured_graphs() > 0, "{name}: no decode step was captured");
+        assert!(
+            graphed.captured_graphs() > 0,
+            "{name}: no decode step was captured"
+        );
         assert_eq!(eager.captured_graphs(), 0);
     }
 }
@@ -349,12 +453,17 @@ fn greedy_generation_equals_the_cpu_target() {
         return;
     }
     for name in ["llama", "qwen2", "gpt2"] {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hf")
+            .join(name);
         let params = optc::runtime::sampler::SamplingParams {
             ignore_eos: true,
             ..optc::runtime::sampler::SamplingParams::greedy(24)
         };
-        let prompts = [optc::Prompt::Ids(vec![5, 17, 3, 99, 41]), optc::Prompt::Ids(vec![7, 7, 200])];
+        let prompts = [
+            optc::Prompt::Ids(vec![5, 17, 3, 99, 41]),
+            optc::Prompt::Ids(vec![7, 7, 200]),
+        ];
         let mut outs = Vec::new();
         for target in [optc::Target::Cpu, optc::Target::Nvrtc] {
             let opts = optc::LlmOptions {

@@ -39,10 +39,7 @@ pub fn attention_instance(dtype: &str, d: usize) -> String {
         "f32" => "float",
         other => other,
     };
-    format!(
-        "OPTC_PAGED_ATTENTION({c}, {dtype}, {d}, {})\n",
-        attention_rows(d)
-    )
+    format!("OPTC_PAGED_ATTENTION({c}, {dtype}, {d}, {})\n", attention_rows(d))
 }
 
 /// The tensor-core prefill kernel (WMMA), compiled as its own module so a

@@ -154,10 +154,11 @@ impl<E: Executor> Engine<E> {
             })
             .collect();
         let wanted = seqs.iter().filter(|s| s.sample).count();
-        let greedy = seqs
-            .iter()
-            .filter(|s| s.sample)
-            .all(|s| self.sched.request(s.seq).is_some_and(|(p, _, out)| plain_greedy(p, out.len())));
+        let greedy = seqs.iter().filter(|s| s.sample).all(|s| {
+            self.sched
+                .request(s.seq)
+                .is_some_and(|(p, _, out)| plain_greedy(p, out.len()))
+        });
         if greedy {
             if let Some(tokens) = self.exec.step_greedy(&seqs) {
                 let tokens = tokens?;
@@ -221,7 +222,12 @@ impl<E: Executor> Engine<E> {
     }
 
     /// Applies the sampled tokens and reports the requests that finished.
-    fn finish(&mut self, plan: &crate::scheduler::StepPlan, sampled: &BTreeMap<SeqId, u32>, events: &mut Vec<Event>) {
+    fn finish(
+        &mut self,
+        plan: &crate::scheduler::StepPlan,
+        sampled: &BTreeMap<SeqId, u32>,
+        events: &mut Vec<Event>,
+    ) {
         for f in self.sched.update(plan, sampled) {
             self.rngs.remove(&f.seq);
             events.push(Event::Finished {

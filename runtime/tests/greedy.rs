@@ -12,7 +12,9 @@ const VOCAB: usize = 11;
 fn logits(s: &StepSeq) -> Vec<f32> {
     let last = *s.history.last().unwrap_or(&0) as usize;
     let pos = s.history.len();
-    (0..VOCAB).map(|i| ((i * 7 + last * 3 + pos) % VOCAB) as f32 * 0.5).collect()
+    (0..VOCAB)
+        .map(|i| ((i * 7 + last * 3 + pos) % VOCAB) as f32 * 0.5)
+        .collect()
 }
 
 struct Mock {
@@ -77,8 +79,20 @@ fn device_greedy_equals_host_greedy() {
         ignore_eos: true,
         ..SamplingParams::greedy(9)
     };
-    let (host, _) = generate(Mock { greedy: false, greedy_calls: 0 }, &params);
-    let (device, _) = generate(Mock { greedy: true, greedy_calls: 0 }, &params);
+    let (host, _) = generate(
+        Mock {
+            greedy: false,
+            greedy_calls: 0,
+        },
+        &params,
+    );
+    let (device, _) = generate(
+        Mock {
+            greedy: true,
+            greedy_calls: 0,
+        },
+        &params,
+    );
     assert_eq!(host, device);
     assert!(host.iter().all(|o| o.len() == 9));
 }
@@ -107,7 +121,14 @@ fn sampling_and_penalties_stay_on_the_host() {
             max_model_len: 64,
             vocab_size: VOCAB,
         };
-        let mut e = Engine::new(cfg, Mock { greedy: true, greedy_calls: 0 }, vec![]);
+        let mut e = Engine::new(
+            cfg,
+            Mock {
+                greedy: true,
+                greedy_calls: 0,
+            },
+            vec![],
+        );
         e.add(vec![1, 2, 3], params).unwrap();
         while e.has_unfinished() {
             e.step().unwrap();

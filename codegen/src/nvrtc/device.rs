@@ -17,7 +17,9 @@ pub fn available() -> Result<(), String> {
         return Err("the CUDA driver is present but NVRTC (libnvrtc.so) is not; use --target cpu".into());
     }
     if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
-        return Err("the CUDA driver is present but cuBLASLt (libcublasLt.so) is not; use --target cpu".into());
+        return Err(
+            "the CUDA driver is present but cuBLASLt (libcublasLt.so) is not; use --target cpu".into(),
+        );
     }
     match CudaContext::device_count() {
         Ok(n) if n > 0 => Ok(()),
@@ -47,7 +49,9 @@ impl Gpu {
         // only add work to every launch.
         unsafe { ctx.disable_event_tracking() };
         // A stream of our own: CUDA graphs cannot capture the legacy one.
-        let stream = ctx.new_stream().map_err(|e| format!("cannot create a CUDA stream: {e}"))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| format!("cannot create a CUDA stream: {e}"))?;
         let sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| e.to_string())? as u32;

@@ -56,11 +56,22 @@ fn e(x: lt::CublasError) -> String {
     format!("cuBLASLt: {x:?}")
 }
 
-unsafe fn set_desc<T>(desc: sys::cublasLtMatmulDesc_t, attr: sys::cublasLtMatmulDescAttributes_t, v: &T) -> Result<(), String> {
+unsafe fn set_desc<T>(
+    desc: sys::cublasLtMatmulDesc_t,
+    attr: sys::cublasLtMatmulDescAttributes_t,
+    v: &T,
+) -> Result<(), String> {
     lt::set_matmul_desc_attribute(desc, attr, v as *const T as *const c_void, size_of::<T>()).map_err(e)
 }
 
-unsafe fn layout(dt: sys::cudaDataType, rows: u64, cols: u64, ld: i64, batch: i32, stride: i64) -> Result<sys::cublasLtMatrixLayout_t, String> {
+unsafe fn layout(
+    dt: sys::cudaDataType,
+    rows: u64,
+    cols: u64,
+    ld: i64,
+    batch: i32,
+    stride: i64,
+) -> Result<sys::cublasLtMatrixLayout_t, String> {
     let l = lt::create_matrix_layout(dt, rows, cols, ld).map_err(e)?;
     if batch > 1 {
         lt::set_matrix_layout_attribute(
@@ -106,12 +117,24 @@ impl Gemm {
         let compute = sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
         let desc = lt::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F).map_err(e)?;
         let ta: i32 = s.trans_a.into();
-        set_desc(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &ta)?;
+        set_desc(
+            desc,
+            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+            &ta,
+        )?;
         let tb: i32 = 0;
-        set_desc(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &tb)?;
+        set_desc(
+            desc,
+            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+            &tb,
+        )?;
         if s.bias {
             let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
-            set_desc(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi)?;
+            set_desc(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                &epi,
+            )?;
         }
         // A: the weight, [k, m] column-major read transposed, or [m, k].
         let a = if s.trans_a {
@@ -141,11 +164,23 @@ impl Gemm {
     }
 
     /// `c = op(a) · b (+ bias)` on `stream`; pointers are device addresses.
-    pub unsafe fn run(&mut self, s: GemmShape, a: u64, b: u64, c: u64, bias: u64, stream: *mut c_void) -> Result<(), String> {
+    pub unsafe fn run(
+        &mut self,
+        s: GemmShape,
+        a: u64,
+        b: u64,
+        c: u64,
+        bias: u64,
+        stream: *mut c_void,
+    ) -> Result<(), String> {
         let (handle, ws, wsb) = (self.handle, self.workspace.ptr, self.workspace.bytes);
         let p = self.plan(s)?;
         if s.bias {
-            set_desc(p.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
+            set_desc(
+                p.desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                &bias,
+            )?;
         }
         let (alpha, beta) = (1f32, 0f32);
         lt::matmul(

@@ -8,10 +8,32 @@
 //! back. cudarc loads the CUDA libraries at run time, so this compiles
 //! everywhere and [`available`] says whether this machine can run it.
 
+/// Launches `$f` with `$cfg`; the arguments are bound to locals first so
+/// each outlives the launch.
+macro_rules! launch {
+    ($gpu:expr, $f:expr, $cfg:expr; $($name:ident = $val:expr),* $(,)?) => {{
+        // The config first: argument names may shadow what it reads.
+        let launch_cfg = $cfg;
+        // Locals, so every argument outlives the launch; `x = x` is fine.
+        $(
+            #[allow(clippy::redundant_locals)]
+            let $name = $val;
+        )*
+        let mut b = $gpu.stream.launch_builder($f);
+        $( b.arg(&$name); )*
+        unsafe { b.launch(launch_cfg) }.map(|_| ()).map_err(|e| format!("kernel launch: {e}"))
+    }};
+}
+
 mod compile;
 mod device;
 mod gemm;
+mod launch;
+mod profile;
 mod program;
+mod run;
+mod select;
+mod strided;
 
 pub use compile::{cache_dir, CompileReport};
 pub use device::available;

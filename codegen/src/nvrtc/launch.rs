@@ -1,0 +1,301 @@
+//! The glue from a lowered step to its kernel launch or cuBLASLt call:
+//! grid sizes, strides and arguments per kernel.
+
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use optc_ir::dim::normalize_axis;
+use optc_ir::ops::{BinaryKind, GeluApprox, Op, UnaryKind};
+use optc_kernels::cuda as src;
+
+use super::gemm::GemmShape;
+use super::program::{AttentionRun, CudaProgram, Step};
+use super::select::Kernel;
+use super::strided::{broadcast_strides, contiguous, strided};
+
+pub(super) fn cfg(grid: (u32, u32, u32), block: u32, smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: grid,
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: smem,
+    }
+}
+
+impl CudaProgram {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn launch(
+        &mut self,
+        k: Kernel,
+        fns: &[CudaFunction],
+        s: &Step,
+        dims: &[Vec<usize>],
+        ptr: &[u64],
+        attn: Option<&AttentionRun>,
+        arena: u64,
+    ) -> Result<(), String> {
+        let a = &s.args;
+        let o0 = s.outs[0];
+        let numel = |v: usize| dims[v].iter().product::<usize>();
+        if s.outs.iter().all(|&o| numel(o) == 0) {
+            return Ok(());
+        }
+        let n = numel(o0);
+        let sms = self.gpu.sms;
+        let ew = |n: usize| cfg((n.div_ceil(256).clamp(1, sms as usize * 16) as u32, 1, 1), 256, 0);
+        let dtype = self.types[o0].dtype;
+        let esize = dtype.storage_bytes(1) as u64;
+        let opt = |i: usize| a.get(i).map_or(0u64, |&v| ptr[v]);
+        let last = |v: usize| *dims[v].last().unwrap_or(&1);
+        let rows_cfg = |rows: usize, cols: usize| {
+            let block = (cols.div_ceil(32) * 32).clamp(32, 256) as u32;
+            cfg((rows as u32, 1, 1), block, 0)
+        };
+        let gpu = &self.gpu;
+        match (k, &s.op) {
+            (Kernel::Linear, _) => {
+                let kd = last(a[0]);
+                let m = numel(a[0]).checked_div(kd).unwrap_or(0);
+                let nn = dims[a[1]][0];
+                let shape = GemmShape {
+                    dtype,
+                    trans_a: true,
+                    m: nn as u64,
+                    n: m as u64,
+                    k: kd as u64,
+                    batch: 1,
+                    stride_a: 0,
+                    stride_b: 0,
+                    stride_c: 0,
+                    bias: a.len() > 2,
+                };
+                unsafe {
+                    self.gemm.run(
+                        shape,
+                        ptr[a[1]],
+                        ptr[a[0]],
+                        ptr[o0],
+                        opt(2),
+                        gpu.stream.cu_stream() as _,
+                    )
+                }
+            }
+            (Kernel::MatMul, _) => {
+                let (da, db) = (&dims[a[0]], &dims[a[1]]);
+                let (m, kd, nn) = (da[da.len() - 2], da[da.len() - 1], db[db.len() - 1]);
+                let batch: usize = da[..da.len() - 2].iter().product();
+                let shape = GemmShape {
+                    dtype,
+                    trans_a: false,
+                    m: nn as u64,
+                    n: m as u64,
+                    k: kd as u64,
+                    batch: batch as i32,
+                    stride_a: if db.len() == 2 { 0 } else { (kd * nn) as i64 },
+                    stride_b: (m * kd) as i64,
+                    stride_c: (m * nn) as i64,
+                    bias: false,
+                };
+                unsafe {
+                    self.gemm.run(
+                        shape,
+                        ptr[a[1]],
+                        ptr[a[0]],
+                        ptr[o0],
+                        0,
+                        gpu.stream.cu_stream() as _,
+                    )
+                }
+            }
+            (Kernel::RmsNorm, Op::RmsNorm(o)) => {
+                let cols = last(a[0]);
+                launch!(gpu, &fns[0], rows_cfg(n / cols, cols);
+                    x = ptr[a[0]], w = opt(1), y = ptr[o0], c = cols as i32, eps = o.eps as f32)
+            }
+            (Kernel::AddRmsNorm, Op::AddRmsNorm(o)) => {
+                let cols = last(a[0]);
+                launch!(gpu, &fns[0], rows_cfg(n / cols, cols);
+                    x = ptr[a[0]], y = ptr[a[1]], w = opt(2), sum = ptr[o0], out = ptr[s.outs[1]],
+                    c = cols as i32, eps = o.eps as f32)
+            }
+            (Kernel::LayerNorm, Op::LayerNorm(o)) => {
+                let cols = last(a[0]);
+                launch!(gpu, &fns[0], rows_cfg(n / cols, cols);
+                    x = ptr[a[0]], w = opt(1), b = opt(2), y = ptr[o0], c = cols as i32, eps = o.eps as f32)
+            }
+            (Kernel::Softmax, Op::Softmax(o)) => {
+                let cols = last(a[0]);
+                launch!(gpu, &fns[0], rows_cfg(n / cols, cols);
+                    x = ptr[a[0]], y = ptr[o0], c = cols as i32, l = i32::from(o.log))
+            }
+            (Kernel::Rope, Op::Rope(o)) => {
+                let (dx, dc) = (&dims[a[0]], &dims[a[1]]);
+                let d = last(a[0]);
+                let r = last(a[1]);
+                let lead = &dx[..dx.len() - 1];
+                let clead = &dc[..dc.len() - 1];
+                let st = strided(lead, &broadcast_strides(clead, lead), &vec![0; lead.len()]);
+                let rows: usize = lead.iter().product();
+                launch!(gpu, &fns[0], ew(n);
+                    x = ptr[a[0]], c = ptr[a[1]], sn = ptr[a[2]], y = ptr[o0], rows = rows as i64,
+                    d = d as i32, r = r as i32, il = i32::from(o.interleaved), st = st)
+            }
+            (Kernel::SwiGlu, _) => {
+                launch!(gpu, &fns[0], ew(n); g = ptr[a[0]], u = ptr[a[1]], y = ptr[o0], n = n as i64)
+            }
+            (Kernel::Gelu, Op::Gelu(gl)) => launch!(gpu, &fns[0], ew(n);
+                t = i32::from(gl.approximate == GeluApprox::Tanh), x = ptr[a[0]], y = ptr[o0], n = n as i64),
+            (Kernel::Unary, Op::Unary(u)) => {
+                let code = UnaryKind::ALL.iter().position(|x| x == u).unwrap_or(0) as i32;
+                launch!(gpu, &fns[0], ew(n); op = code, x = ptr[a[0]], y = ptr[o0], n = n as i64)
+            }
+            (Kernel::Binary, Op::Binary(b)) => {
+                let code = BinaryKind::ALL.iter().position(|x| x == b).unwrap_or(0) as i32;
+                let od = &dims[o0];
+                let st = if dims[a[0]] == *od && dims[a[1]] == *od {
+                    strided(&[n], &[1], &[1])
+                } else {
+                    strided(
+                        od,
+                        &broadcast_strides(&dims[a[0]], od),
+                        &broadcast_strides(&dims[a[1]], od),
+                    )
+                };
+                launch!(gpu, &fns[0], ew(n); op = code, x = ptr[a[0]], y = ptr[a[1]], out = ptr[o0], n = n as i64, st = st)
+            }
+            (Kernel::Cast, _) => launch!(gpu, &fns[0], ew(n); x = ptr[a[0]], y = ptr[o0], n = n as i64),
+            (Kernel::Transpose, Op::Transpose(t)) => {
+                let di = &dims[a[0]];
+                let cs = contiguous(di);
+                let perm: Vec<usize> = t
+                    .perm
+                    .iter()
+                    .map(|&p| normalize_axis(p, di.len()))
+                    .collect::<Result<_, _>>()?;
+                let srcs: Vec<i64> = perm.iter().map(|&p| cs[p]).collect();
+                let od = &dims[o0];
+                let st = strided(od, &srcs, &contiguous(od));
+                launch!(gpu, &fns[0], ew(n); x = ptr[a[0]], y = ptr[o0], n = n as i64, st = st)
+            }
+            (Kernel::Split, Op::Split(sp)) => {
+                let di = &dims[a[0]];
+                let axis = normalize_axis(sp.axis, di.len())?;
+                let cs = contiguous(di);
+                let mut start = 0usize;
+                for &o in &s.outs {
+                    let od = &dims[o];
+                    let cnt = numel(o);
+                    if cnt > 0 {
+                        let st = strided(od, &cs, &contiguous(od));
+                        let from = ptr[a[0]] + start as u64 * cs[axis] as u64 * esize;
+                        launch!(gpu, &fns[0], ew(cnt); x = from, y = ptr[o], n = cnt as i64, st = st)?;
+                    }
+                    start += od[axis];
+                }
+                Ok(())
+            }
+            (Kernel::Slice, Op::Slice(sl)) => {
+                let di = &dims[a[0]];
+                let axis = normalize_axis(sl.axis, di.len())?;
+                let len = di[axis] as i64;
+                let start = if sl.start < 0 { sl.start + len } else { sl.start }.clamp(0, len);
+                let mut cs = contiguous(di);
+                let from = ptr[a[0]] + (start * cs[axis]) as u64 * esize;
+                cs[axis] *= sl.step;
+                let od = &dims[o0];
+                let st = strided(od, &cs, &contiguous(od));
+                launch!(gpu, &fns[0], ew(n); x = from, y = ptr[o0], n = n as i64, st = st)
+            }
+            (Kernel::Concat, Op::Concat(c)) => {
+                let od = &dims[o0];
+                let axis = normalize_axis(c.axis, od.len())?;
+                let co = contiguous(od);
+                let mut at = 0usize;
+                for &v in a.iter() {
+                    let di = &dims[v];
+                    let cnt = numel(v);
+                    if cnt > 0 {
+                        let st = strided(di, &contiguous(di), &co);
+                        let to = ptr[o0] + at as u64 * co[axis] as u64 * esize;
+                        launch!(gpu, &fns[0], ew(cnt); x = ptr[v], y = to, n = cnt as i64, st = st)?;
+                    }
+                    at += di[axis];
+                }
+                Ok(())
+            }
+            (Kernel::Expand, _) => {
+                let od = &dims[o0];
+                let st = strided(od, &broadcast_strides(&dims[a[0]], od), &contiguous(od));
+                launch!(gpu, &fns[0], ew(n); x = ptr[a[0]], y = ptr[o0], n = n as i64, st = st)
+            }
+            (Kernel::IndexSelect, Op::IndexSelect(ix)) => {
+                let di = &dims[a[0]];
+                let axis = normalize_axis(ix.axis, di.len())?;
+                let (outer, len, inner): (usize, usize, usize) = (
+                    di[..axis].iter().product(),
+                    di[axis],
+                    di[axis + 1..].iter().product(),
+                );
+                launch!(gpu, &fns[0], ew(n); x = ptr[a[0]], i = ptr[a[1]], y = ptr[o0],
+                    o = outer as i64, l = len as i64, inn = inner as i64, ni = numel(a[1]) as i64)
+            }
+            (Kernel::Embedding, _) => {
+                let di = &dims[a[0]];
+                let inner: usize = di[1..].iter().product();
+                launch!(gpu, &fns[0], ew(n); x = ptr[a[0]], i = ptr[a[1]], y = ptr[o0],
+                    o = 1i64, l = di[0] as i64, inn = inner as i64, ni = numel(a[1]) as i64)
+            }
+            (Kernel::PagedAttention, Op::PagedAttention(p)) => {
+                let run = attn.ok_or("no attention metadata for this step (a lowering bug)")?;
+                let (dq, dk, dv, dc) = (&dims[a[0]], &dims[a[1]], &dims[a[2]], &dims[a[3]]);
+                let (ntok, hq, d) = (dq[0], dq[1], dq[2]);
+                let (hkv, bs) = (dk[1], dc[1]);
+                let (kw, vw) = (hkv * d, hkv * dv[2]);
+                launch!(gpu, &fns[0], ew(ntok * kw.max(vw));
+                    k = ptr[a[1]], v = ptr[a[2]], kc = ptr[a[3]], vc = ptr[a[4]], sl = ptr[a[9]],
+                    nt = ntok as i64, kw = kw as i32, vw = vw as i32)?;
+                if run.tiles == 0 {
+                    return Ok(());
+                }
+                let scale = p.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;
+                let window = p.window.unwrap_or(0) as i32;
+                let smem = src::attention_smem_bytes(d) as u32;
+                let part = if run.nsplit > 1 {
+                    self.pool.alloc(run.nsplit * ntok * hq * (d + 2) * 4)?
+                } else {
+                    0
+                };
+                let gpu = &self.gpu;
+                if run.mma {
+                    let smem = src::prefill_mma_smem_bytes(d) as u32;
+                    return launch!(gpu, &fns[3], cfg((run.tiles as u32, hkv as u32, 1), 128, smem);
+                        q = ptr[a[0]], kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],
+                        mb = dims[a[8]][1] as i32, tiles = arena + run.tiles_offset as u64, out = ptr[o0],
+                        hq = hq as i32, hkv = hkv as i32, bs = bs as i32, scale = scale, window = window);
+                }
+                let grid = (run.tiles as u32, hkv as u32, run.nsplit as u32);
+                let r = launch!(gpu, &fns[1], cfg(grid, 128, smem);
+                    q = ptr[a[0]], kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],
+                    mb = dims[a[8]][1] as i32, tiles = arena + run.tiles_offset as u64, out = ptr[o0], part = part,
+                    nt = ntok as i64, hq = hq as i32, hkv = hkv as i32, bs = bs as i32, scale = scale,
+                    window = window, ns = run.nsplit as i32);
+                let r = r.and_then(|_| {
+                    if run.nsplit > 1 {
+                        let block = (d.div_ceil(32) * 32).clamp(32, 128) as u32;
+                        launch!(gpu, &fns[2], cfg(((ntok * hq) as u32, 1, 1), block, 0);
+                            part = part, out = ptr[o0], rows = (ntok * hq) as i64, d = d as i32,
+                            ns = run.nsplit as i32)
+                    } else {
+                        Ok(())
+                    }
+                });
+                if part != 0 {
+                    self.pool.release(part);
+                }
+                r
+            }
+            _ => Err(format!(
+                "kernel {} does not match op {} (a lowering bug)",
+                k.name(),
+                s.op.name()
+            )),
+        }
+    }
+}

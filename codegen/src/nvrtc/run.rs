@@ -1,0 +1,589 @@
+//! Running a lowered program: input checks and the one input copy, the
+//! step loop over the buffer pool, greedy sampling on the GPU, and CUDA
+//! graph capture and replay for decode steps.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use cudarc::driver::{CudaFunction, PushKernelArg};
+use optc_ir::dim::normalize_axis;
+use optc_ir::ops::{EvalCx, Op};
+use optc_ir::{bind_symbols_from_shapes, Bindings, Tensor};
+use optc_kernels::cpu::attention::{check_paged_meta, PagedMeta, PagedShape};
+use optc_kernels::cuda as src;
+
+use super::device::{DeviceBox, Pool};
+use super::launch::cfg;
+use super::program::{
+    node_err, AttentionRun, CaptureKey, Captured, CudaProgram, Exec, Executed, Loc, Step, MAX_CAPTURES,
+};
+use super::select::{float_name, Kernel};
+use crate::CodegenError;
+
+impl CudaProgram {
+    /// Runs the program on the non-state inputs; returns the non-state
+    /// outputs by name. State persists on the GPU, updated in place.
+    pub fn run(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, CodegenError> {
+        let ex = self.execute(inputs, None)?;
+        let (dims, mut ptr) = (ex.dims, ex.ptr);
+        let mut out = BTreeMap::new();
+        let mut r = Ok(());
+        for (name, v) in &self.outputs {
+            match self.download(ptr[*v], self.types[*v].dtype, &dims[*v]) {
+                Ok(t) => {
+                    out.insert(name.clone(), t);
+                }
+                Err(e) => {
+                    r = Err(node_err(&self.graph.name)(e));
+                    break;
+                }
+            }
+        }
+        if !ex.captured {
+            self.release_outputs(&mut ptr);
+        }
+        r.map(|_| out)
+    }
+
+    /// Runs the program and returns, for each row of the 2-D float output
+    /// `output` (logits), the index of its largest value and that value's
+    /// log-softmax: greedy sampling without copying the rows back.
+    pub fn run_greedy(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        output: &str,
+    ) -> Result<Vec<(u32, f32)>, CodegenError> {
+        let v = self
+            .outputs
+            .iter()
+            .find(|(n, _)| n == output)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| CodegenError::Input {
+                name: output.into(),
+                message: "no such output".into(),
+            })?;
+        let f = float_name(self.types[v].dtype)
+            .filter(|_| self.types[v].rank() == 2)
+            .and_then(|n| self.argmax.get(n).cloned())
+            .ok_or_else(|| CodegenError::Input {
+                name: output.into(),
+                message: format!("greedy sampling needs a 2-D float output, not {}", self.types[v]),
+            })?;
+        let ex = self.execute(inputs, Some((v, f.clone())))?;
+        let (dims, mut ptr) = (ex.dims, ex.ptr);
+        let rows = dims[v][0];
+        let r = match ex.argmax {
+            Some(buf) => self.read_argmax(buf, rows),
+            None => self.argmax_rows(&f, ptr[v], &dims[v]),
+        };
+        if !ex.captured {
+            self.release_outputs(&mut ptr);
+        }
+        r.map_err(node_err(&self.graph.name))
+    }
+
+    /// Launches the argmax over `dims[0]` rows at `x` into a pool buffer.
+    fn launch_argmax(&mut self, f: &CudaFunction, x: u64, dims: &[usize]) -> Result<u64, String> {
+        let (rows, cols) = (dims[0], dims[1]);
+        let buf = self.pool.alloc(rows.max(1) * 8)?;
+        let gpu = &self.gpu;
+        if rows > 0 {
+            launch!(gpu, f, cfg((rows as u32, 1, 1), 256, 0);
+                x = x, tok = buf, lp = buf + rows as u64 * 4, c = cols as i32)?;
+        }
+        Ok(buf)
+    }
+
+    fn read_argmax(&self, buf: u64, rows: usize) -> Result<Vec<(u32, f32)>, String> {
+        let mut bytes = vec![0u8; rows * 8];
+        self.gpu.dtoh(buf, &mut bytes)?;
+        let (t, l) = bytes.split_at(rows * 4);
+        Ok(t.chunks_exact(4)
+            .zip(l.chunks_exact(4))
+            .map(|(t, l)| {
+                (
+                    u32::from_le_bytes([t[0], t[1], t[2], t[3]]),
+                    f32::from_le_bytes([l[0], l[1], l[2], l[3]]),
+                )
+            })
+            .collect())
+    }
+
+    fn argmax_rows(&mut self, f: &CudaFunction, x: u64, dims: &[usize]) -> Result<Vec<(u32, f32)>, String> {
+        let rows = dims[0];
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let buf = self.launch_argmax(f, x, dims)?;
+        let r = self.read_argmax(buf, rows);
+        self.pool.release(buf);
+        r
+    }
+
+    fn release_outputs(&mut self, ptr: &mut [u64]) {
+        for (_, v) in &self.outputs {
+            let o = self.owner[*v];
+            if self.locs[o] == Loc::Temp && ptr[o] != 0 {
+                self.pool.release(ptr[o]);
+                ptr[o] = 0;
+            }
+        }
+    }
+
+    /// Everything up to the outputs: checks, the input copy, every step.
+    fn execute(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        greedy: Option<(usize, CudaFunction)>,
+    ) -> Result<Executed, CodegenError> {
+        let _span = tracing::debug_span!("cuda_run", graph = %self.graph.name).entered();
+        let t_start = Instant::now();
+        self.gpu.ctx.bind_to_thread().map_err(|e| CodegenError::Node {
+            node: self.graph.name.clone(),
+            message: e.to_string(),
+        })?;
+        let mut shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (name, v) in &self.inputs {
+            let t = inputs.get(name).ok_or_else(|| CodegenError::Input {
+                name: name.clone(),
+                message: "missing".into(),
+            })?;
+            let ty = &self.types[*v];
+            if t.dtype() != ty.dtype || t.rank() != ty.rank() {
+                return Err(CodegenError::Input {
+                    name: name.clone(),
+                    message: format!("expected {ty}, got {}{:?}", t.dtype(), t.shape()),
+                });
+            }
+            shapes.insert(name.clone(), t.shape().to_vec());
+        }
+        if let Some(extra) = inputs.keys().find(|k| !self.inputs.iter().any(|(n, _)| n == *k)) {
+            return Err(CodegenError::Input {
+                name: extra.clone(),
+                message: "the graph has no such input (or it is state the program owns)".into(),
+            });
+        }
+        for i in 0..self.state_names.len() {
+            shapes.insert(self.state_names[i].clone(), self.state_shape(i)?);
+        }
+        let bindings = bind_symbols_from_shapes(&self.graph, &shapes).map_err(|e| CodegenError::Input {
+            name: "(symbols)".into(),
+            message: e.to_string(),
+        })?;
+        let dims: Vec<Vec<usize>> = self
+            .types
+            .iter()
+            .map(|t| t.shape.eval(&bindings))
+            .collect::<Result<_, _>>()
+            .map_err(node_err(&self.graph.name))?;
+        for (name, v) in &self.inputs {
+            if dims[*v] != inputs[name].shape() {
+                return Err(CodegenError::Input {
+                    name: name.clone(),
+                    message: format!(
+                        "expected {} = {:?}, got {:?}",
+                        self.types[*v],
+                        dims[*v],
+                        inputs[name].shape()
+                    ),
+                });
+            }
+        }
+        // Host-side checks of what kernels index with, and the attention
+        // tiles; then everything goes up in one copy.
+        let mut arena: Vec<u8> = Vec::new();
+        let mut offsets = vec![0usize; self.inputs.len()];
+        for (i, (name, _)) in self.inputs.iter().enumerate() {
+            offsets[i] = arena.len();
+            arena.extend_from_slice(&inputs[name].to_le_bytes());
+            arena.resize(arena.len().div_ceil(256) * 256, 0);
+        }
+        let host_i64 = |v: usize| -> Option<Vec<i64>> {
+            match self.locs[v] {
+                Loc::Input(i) => Some(inputs[&self.inputs[i].0].to_i64_vec()),
+                _ => None,
+            }
+        };
+        let mut attn: HashMap<usize, AttentionRun> = HashMap::new();
+        type MetaKey = (Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>);
+        let mut seen: HashMap<MetaKey, usize> = HashMap::new();
+        for (si, s) in self.steps.iter().enumerate() {
+            match (&s.exec, &s.op) {
+                (Exec::Kernel(Kernel::Embedding, _), _) | (Exec::Kernel(Kernel::IndexSelect, _), _) => {
+                    let (table, idx) = (s.args[0], s.args[1]);
+                    let len = match &s.op {
+                        Op::IndexSelect(ix) => {
+                            let d = &dims[table];
+                            d[normalize_axis(ix.axis, d.len()).map_err(node_err(&s.node))?]
+                        }
+                        _ => dims[table][0],
+                    };
+                    if let Some(ids) = host_i64(idx) {
+                        let neg_ok = matches!(s.op, Op::IndexSelect(_));
+                        if let Some(&bad) = ids
+                            .iter()
+                            .find(|&&i| i >= len as i64 || i < if neg_ok { -(len as i64) } else { 0 })
+                        {
+                            return Err(CodegenError::Node {
+                                node: s.node.clone(),
+                                message: format!("index {bad} is outside the {len} rows"),
+                            });
+                        }
+                    }
+                }
+                (Exec::Kernel(Kernel::PagedAttention, _), Op::PagedAttention(_)) => {
+                    let a = &s.args;
+                    // Layers share their metadata: check and tile it once.
+                    let key = (
+                        a[5..10].to_vec(),
+                        dims[a[0]].clone(),
+                        dims[a[1]].clone(),
+                        dims[a[3]].clone(),
+                    );
+                    if let Some(&prev) = seen.get(&key) {
+                        let r = attn[&prev];
+                        attn.insert(si, r);
+                        continue;
+                    }
+                    seen.insert(key, si);
+                    let meta_of = |v: usize| {
+                        host_i64(v).ok_or_else(|| CodegenError::Node {
+                            node: s.node.clone(),
+                            message: "paged_attention metadata must be graph inputs on the GPU".into(),
+                        })
+                    };
+                    let (positions, seq_starts, context_lens, block_tables, slot_mapping) = (
+                        meta_of(a[5])?,
+                        meta_of(a[6])?,
+                        meta_of(a[7])?,
+                        meta_of(a[8])?,
+                        meta_of(a[9])?,
+                    );
+                    let (dq, dk, dc) = (&dims[a[0]], &dims[a[1]], &dims[a[3]]);
+                    let shape = PagedShape {
+                        tokens: dq[0],
+                        q_heads: dq[1],
+                        kv_heads: dk[1],
+                        head_dim: dq[2],
+                        v_dim: dims[a[2]][2],
+                        num_blocks: dc[0],
+                        block_size: dc[1],
+                    };
+                    let meta = PagedMeta {
+                        positions: &positions,
+                        seq_starts: &seq_starts,
+                        context_lens: &context_lens,
+                        block_tables: &block_tables,
+                        max_blocks: dims[a[8]][1],
+                        slot_mapping: &slot_mapping,
+                    };
+                    check_paged_meta(shape, &meta).map_err(node_err(&s.node))?;
+                    let group = shape.q_heads / shape.kv_heads.max(1);
+                    let rows = src::attention_rows(shape.head_dim);
+                    if group > rows {
+                        return Err(CodegenError::Node {
+                            node: s.node.clone(),
+                            message: format!(
+                                "{group} query heads per KV head exceed the kernel's {rows} rows"
+                            ),
+                        });
+                    }
+                    let per_tile = (rows / group).max(1);
+                    let mut tiles: Vec<i32> = Vec::new();
+                    let mut max_chunks = 1usize;
+                    for q in 0..context_lens.len() {
+                        let (b, e) = (seq_starts[q] as usize, seq_starts[q + 1] as usize);
+                        let mut t = b;
+                        while t < e {
+                            let n = per_tile.min(e - t);
+                            tiles.extend([q as i32, t as i32, n as i32]);
+                            let hi = positions[t..t + n].iter().copied().max().unwrap_or(0) as usize;
+                            max_chunks = max_chunks.max(hi / 32 + 1);
+                            t += n;
+                        }
+                    }
+                    let ntiles = tiles.len() / 3;
+                    let blocks = ntiles * shape.kv_heads;
+                    let target = 2 * self.gpu.sms as usize;
+                    let nsplit = if blocks == 0 || blocks >= target {
+                        1
+                    } else {
+                        // Powers of two: fewer distinct shapes for CUDA graphs.
+                        target
+                            .div_ceil(blocks)
+                            .min(max_chunks.next_power_of_two())
+                            .clamp(1, 32)
+                    };
+                    let off = arena.len();
+                    for t in &tiles {
+                        arena.extend_from_slice(&t.to_le_bytes());
+                    }
+                    arena.resize(arena.len().div_ceil(256) * 256, 0);
+                    let has_mma = matches!(&s.exec, Exec::Kernel(_, fns) if fns.len() > 3);
+                    attn.insert(
+                        si,
+                        AttentionRun {
+                            tiles_offset: off,
+                            tiles: ntiles,
+                            nsplit,
+                            // Prefill-like steps: two or more tokens per tile.
+                            mma: has_mma && nsplit == 1 && shape.tokens >= 2 * ntiles,
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        // Decode steps (one token per sequence, all on the GPU) replay a
+        // graph captured on the first step of their shape.
+        let graphable = self.graphs
+            && self.profile.is_none()
+            && !attn.is_empty()
+            && self.steps.iter().all(|s| match &s.exec {
+                Exec::Host => false,
+                Exec::Kernel(Kernel::PagedAttention, _) => {
+                    dims[s.args[0]][0] == dims[s.args[7]][0] && dims[s.args[0]][0] <= 1024
+                }
+                _ => true,
+            });
+        if graphable {
+            let mut attention: Vec<(usize, AttentionRun)> = attn.iter().map(|(k, v)| (*k, *v)).collect();
+            attention.sort_unstable_by_key(|x| x.0);
+            let key = CaptureKey {
+                input_dims: self.inputs.iter().map(|(_, v)| dims[*v].clone()).collect(),
+                attention,
+                arena_bytes: arena.len(),
+                greedy: greedy.as_ref().map(|g| g.0),
+            };
+            if !self.captures.contains_key(&key) && self.captures.len() < MAX_CAPTURES {
+                let c = self
+                    .capture(&arena, &offsets, &dims, &bindings, &attn, greedy.as_ref())
+                    .map_err(node_err(&self.graph.name))?;
+                self.captures.insert(key.clone(), c);
+            }
+            if let Some(c) = self.captures.get(&key) {
+                self.gpu
+                    .htod(c.arena.ptr, &arena)
+                    .map_err(node_err(&self.graph.name))?;
+                c.graph
+                    .launch()
+                    .map_err(|e| node_err(&self.graph.name)(format!("CUDA graph launch: {e}")))?;
+                return Ok(Executed {
+                    dims,
+                    ptr: c.ptr.clone(),
+                    captured: true,
+                    argmax: greedy.is_some().then_some(c.argmax),
+                });
+            }
+        }
+        if self.arena.as_ref().is_none_or(|b| b.bytes < arena.len()) {
+            self.arena = None;
+            let cap = (arena.len().max(1 << 20)).next_power_of_two();
+            self.arena = Some(DeviceBox::new(cap).map_err(node_err(&self.graph.name))?);
+        }
+        let base = self.arena.as_ref().map_or(0, |b| b.ptr);
+        self.gpu.htod(base, &arena).map_err(node_err(&self.graph.name))?;
+        let mut ptr = self.base_pointers(base, &offsets);
+        let steps = std::mem::take(&mut self.steps);
+        let t_steps = Instant::now();
+        let r = self.run_steps(&steps, &dims, &bindings, &mut ptr, &attn, base);
+        self.steps = steps;
+        if let Some(p) = &mut self.profile {
+            *p.host.entry("prepare (checks, inputs)").or_insert(0.0) +=
+                (t_steps - t_start).as_secs_f64() * 1e3;
+            *p.host.entry("launch + wait").or_insert(0.0) += t_steps.elapsed().as_secs_f64() * 1e3;
+            p.runs += 1;
+        }
+        if let Err(e) = r {
+            // Return every temp buffer: the next run starts clean.
+            for (v, &p) in ptr.iter().enumerate() {
+                if p != 0 && self.locs[v] == Loc::Temp && self.owner[v] == v {
+                    self.pool.release(p);
+                }
+            }
+            return Err(e);
+        }
+        Ok(Executed {
+            dims,
+            ptr,
+            captured: false,
+            argmax: None,
+        })
+    }
+
+    /// Value pointers for a run with its inputs at `base`.
+    fn base_pointers(&self, base: u64, offsets: &[usize]) -> Vec<u64> {
+        self.locs
+            .iter()
+            .map(|l| match *l {
+                Loc::Input(i) => base + offsets[i] as u64,
+                Loc::Weight(w) => self.weights[w].ptr,
+                Loc::State(s) => self.state[s].as_ref().map_or(0, |b| b.ptr),
+                Loc::Temp => 0,
+            })
+            .collect()
+    }
+
+    /// Captures the steps (and the greedy argmax) as a CUDA graph with a
+    /// private input arena and activation pool, then leaves it to replay.
+    #[allow(clippy::too_many_arguments)]
+    fn capture(
+        &mut self,
+        arena: &[u8],
+        offsets: &[usize],
+        dims: &[Vec<usize>],
+        bindings: &Bindings,
+        attn: &HashMap<usize, AttentionRun>,
+        greedy: Option<&(usize, CudaFunction)>,
+    ) -> Result<Captured, String> {
+        let abox = DeviceBox::new(arena.len().max(256))?;
+        self.gpu.htod(abox.ptr, arena)?;
+        self.gpu.sync()?;
+        let mut ptr = self.base_pointers(abox.ptr, offsets);
+        let mut pool = Pool::default();
+        std::mem::swap(&mut self.pool, &mut pool);
+        let begun = self
+            .gpu
+            .stream
+            .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| format!("CUDA graph capture: {e}"));
+        let steps = std::mem::take(&mut self.steps);
+        let mut r = begun.and_then(|_| {
+            self.run_steps(&steps, dims, bindings, &mut ptr, attn, abox.ptr)
+                .map_err(|e| e.to_string())
+        });
+        self.steps = steps;
+        let mut argmax = 0;
+        if let (Ok(()), Some((v, f))) = (&r, greedy) {
+            match self.launch_argmax(f, ptr[*v], &dims[*v]) {
+                Ok(b) => argmax = b,
+                Err(e) => r = Err(e),
+            }
+        }
+        let g = self
+            .gpu
+            .stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| format!("CUDA graph capture: {e}"));
+        std::mem::swap(&mut self.pool, &mut pool);
+        r?;
+        let graph = g?.ok_or("CUDA graph capture produced no graph")?;
+        Ok(Captured {
+            graph,
+            _pool: pool,
+            arena: abox,
+            ptr,
+            argmax,
+        })
+    }
+
+    fn run_steps(
+        &mut self,
+        steps: &[Step],
+        dims: &[Vec<usize>],
+        bindings: &Bindings,
+        ptr: &mut [u64],
+        attn: &HashMap<usize, AttentionRun>,
+        arena: u64,
+    ) -> Result<(), CodegenError> {
+        let mut events = Vec::new();
+        for (si, s) in steps.iter().enumerate() {
+            if let Exec::View = s.exec {
+                ptr[s.outs[0]] = ptr[s.args[0]];
+                continue;
+            }
+            if self.profile.is_some() {
+                let ev = self
+                    .gpu
+                    .ctx
+                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                    .and_then(|e| e.record(&self.gpu.stream).map(|_| e))
+                    .map_err(|e| node_err(&s.node)(e.to_string()))?;
+                events.push((si, ev));
+            }
+            for &o in &s.outs {
+                if self.locs[o] == Loc::Temp {
+                    let bytes = self.types[o].dtype.storage_bytes(dims[o].iter().product());
+                    ptr[o] = self.pool.alloc(bytes).map_err(node_err(&s.node))?;
+                }
+            }
+            let r = match &s.exec {
+                Exec::Kernel(k, fns) => self.launch(*k, fns, s, dims, ptr, attn.get(&si), arena),
+                _ => self.host_step(s, dims, bindings, ptr),
+            };
+            r.map_err(node_err(&s.node))?;
+            for &a in &s.args {
+                let o = self.owner[a];
+                if self.last_use.get(&o) == Some(&si) && self.locs[o] == Loc::Temp && ptr[o] != 0 {
+                    self.pool.release(ptr[o]);
+                    ptr[o] = 0;
+                }
+            }
+            for &o in &s.outs {
+                if !self.last_use.contains_key(&o) && self.locs[o] == Loc::Temp && ptr[o] != 0 {
+                    self.pool.release(ptr[o]);
+                    ptr[o] = 0;
+                }
+            }
+        }
+        if let Some(p) = &mut self.profile {
+            let end = self
+                .gpu
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .and_then(|e| e.record(&self.gpu.stream).map(|_| e))
+                .map_err(|e| node_err(&self.graph.name)(e.to_string()))?;
+            end.synchronize()
+                .map_err(|e| node_err(&self.graph.name)(e.to_string()))?;
+            for (i, (si, ev)) in events.iter().enumerate() {
+                let next = events.get(i + 1).map_or(&end, |(_, e)| e);
+                let ms = f64::from(ev.elapsed_ms(next).unwrap_or(0.0));
+                let kind = match &steps[*si].exec {
+                    Exec::Kernel(k, _) => k.name().to_string(),
+                    _ => format!("host {}", steps[*si].op.name()),
+                };
+                let e = p.gpu.entry(kind).or_insert((0, 0.0));
+                e.0 += 1;
+                e.1 += ms;
+            }
+        }
+        Ok(())
+    }
+
+    /// The op's reference semantics on the host.
+    fn host_step(
+        &self,
+        s: &Step,
+        dims: &[Vec<usize>],
+        bindings: &Bindings,
+        ptr: &[u64],
+    ) -> Result<(), String> {
+        let args: Vec<Tensor> = s
+            .args
+            .iter()
+            .map(|&a| self.download(ptr[a], self.types[a].dtype, &dims[a]))
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&Tensor> = args.iter().collect();
+        let res = s.op.eval(&refs, &EvalCx { bindings })?;
+        for (i, t) in res.iter().enumerate() {
+            let o = s.outs[i];
+            if t.shape() != dims[o].as_slice() {
+                return Err(format!(
+                    "result {i} has shape {:?}, declared {:?}",
+                    t.shape(),
+                    dims[o]
+                ));
+            }
+            let t = if t.dtype() == self.types[o].dtype {
+                t.clone()
+            } else {
+                t.cast(self.types[o].dtype)
+            };
+            self.gpu.htod(ptr[o], &t.to_le_bytes())?;
+        }
+        Ok(())
+    }
+}

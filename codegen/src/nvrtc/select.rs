@@ -1,0 +1,212 @@
+//! Which kernel runs an op: the ops and dtypes the CUDA kernels cover,
+//! and the kernel functions (by name in the NVRTC module) a step launches.
+
+use optc_ir::dim::normalize_axis;
+use optc_ir::ops::Op;
+use optc_ir::{DType, TensorType};
+
+use super::strided::MAX_RANK;
+
+/// The kernel family an op lowers to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Kernel {
+    Linear,
+    MatMul,
+    RmsNorm,
+    AddRmsNorm,
+    LayerNorm,
+    Rope,
+    SwiGlu,
+    Gelu,
+    Unary,
+    Binary,
+    Softmax,
+    Cast,
+    Transpose,
+    Split,
+    Slice,
+    Concat,
+    Expand,
+    IndexSelect,
+    Embedding,
+    PagedAttention,
+}
+
+impl Kernel {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Kernel::Linear => "linear (cuBLASLt)",
+            Kernel::MatMul => "matmul (cuBLASLt)",
+            Kernel::RmsNorm => "rms_norm",
+            Kernel::AddRmsNorm => "add_rms_norm",
+            Kernel::LayerNorm => "layer_norm",
+            Kernel::Rope => "rope",
+            Kernel::SwiGlu => "swiglu",
+            Kernel::Gelu => "gelu",
+            Kernel::Unary => "unary",
+            Kernel::Binary => "binary",
+            Kernel::Softmax => "softmax",
+            Kernel::Cast => "cast",
+            Kernel::Transpose => "transpose",
+            Kernel::Split => "split",
+            Kernel::Slice => "slice",
+            Kernel::Concat => "concat",
+            Kernel::Expand => "expand",
+            Kernel::IndexSelect => "index_select",
+            Kernel::Embedding => "embedding",
+            Kernel::PagedAttention => "paged_attention",
+        }
+    }
+}
+
+/// A float dtype kernels take, by its suffix in kernel names.
+pub(super) fn float_name(d: DType) -> Option<&'static str> {
+    match d {
+        DType::F32 => Some("f32"),
+        DType::BF16 => Some("bf16"),
+        DType::F16 => Some("f16"),
+        _ => None,
+    }
+}
+
+/// Raw-word suffix for moving elements of `d` (`None` for sub-byte types).
+pub(super) fn word_name(d: DType) -> Option<&'static str> {
+    if d.bits() < 8 {
+        return None;
+    }
+    match d.storage_bytes(1) {
+        1 => Some("b1"),
+        2 => Some("b2"),
+        4 => Some("b4"),
+        8 => Some("b8"),
+        _ => None,
+    }
+}
+
+fn last_axis(axis: i64, t: &TensorType) -> bool {
+    normalize_axis(axis, t.rank()).ok() == Some(t.rank().saturating_sub(1))
+}
+
+/// The kernel for `op`, if one covers these operand and result types.
+pub(super) fn choose(op: &Op, args: &[&TensorType], outs: &[TensorType]) -> Option<Kernel> {
+    let out = outs.first()?;
+    let fl = float_name(out.dtype).is_some();
+    let same = args.iter().all(|t| t.dtype == out.dtype);
+    let ranked = outs.iter().all(|t| t.rank() <= MAX_RANK) && args.iter().all(|t| t.rank() <= MAX_RANK);
+    let words = word_name(out.dtype).is_some();
+    let k = match op {
+        Op::Linear(_) if fl && same && args[1].rank() == 2 && args[0].rank() >= 1 => Kernel::Linear,
+        Op::MatMul(_) if fl && same && args[0].rank() >= 2 && args[1].rank() >= 2 => {
+            let (a, b) = (args[0].shape.dims(), args[1].shape.dims());
+            let batched = a.len() == b.len() && a[..a.len() - 2] == b[..b.len() - 2];
+            if b.len() == 2 || batched {
+                Kernel::MatMul
+            } else {
+                return None;
+            }
+        }
+        Op::RmsNorm(o) if fl && same && last_axis(o.axis, args[0]) => Kernel::RmsNorm,
+        Op::AddRmsNorm(o) if fl && same && last_axis(o.axis, args[0]) && args[0] == args[1] => {
+            Kernel::AddRmsNorm
+        }
+        Op::LayerNorm(o) if fl && same && last_axis(o.axis, args[0]) => Kernel::LayerNorm,
+        Op::Rope(_) if fl && same && ranked && args[1].rank() >= 1 && args[1].rank() <= args[0].rank() => {
+            Kernel::Rope
+        }
+        Op::SwiGlu(_) if fl && same && args[0] == args[1] => Kernel::SwiGlu,
+        Op::Gelu(_) if fl && same => Kernel::Gelu,
+        Op::Unary(_) if fl && same => Kernel::Unary,
+        Op::Binary(_) if fl && same && ranked => Kernel::Binary,
+        Op::Softmax(s) if fl && same && last_axis(s.axis, args[0]) => Kernel::Softmax,
+        Op::Cast(_) if fl && (float_name(args[0].dtype).is_some() || args[0].dtype == DType::I64) => {
+            Kernel::Cast
+        }
+        Op::Transpose(_) if words && same && ranked => Kernel::Transpose,
+        Op::Split(_) if words && same && ranked => Kernel::Split,
+        Op::Slice(s) if words && same && ranked && s.step > 0 => Kernel::Slice,
+        Op::Concat(_) if words && same && ranked => Kernel::Concat,
+        Op::Expand(_) if words && same && ranked => Kernel::Expand,
+        Op::IndexSelect(_) if words && args[0].dtype == out.dtype && args[1].dtype == DType::I64 => {
+            Kernel::IndexSelect
+        }
+        Op::Embedding(_) if words && args[0].dtype == out.dtype && args[1].dtype == DType::I64 => {
+            Kernel::Embedding
+        }
+        Op::PagedAttention(_)
+            if fl
+                && args[..5].iter().all(|t| t.dtype == out.dtype)
+                && args[0].shape.dims().last() == args[2].shape.dims().last() =>
+        {
+            Kernel::PagedAttention
+        }
+        _ => return None,
+    };
+    Some(k)
+}
+
+/// The kernel functions a step launches.
+pub(super) fn function_names(k: Kernel, args: &[&TensorType], out: &TensorType) -> Vec<String> {
+    let f = float_name(out.dtype).unwrap_or("f32");
+    let w = word_name(out.dtype).unwrap_or("b4");
+    match k {
+        Kernel::Linear | Kernel::MatMul => vec![],
+        Kernel::RmsNorm => vec![format!("rms_norm_{f}")],
+        Kernel::AddRmsNorm => vec![format!("add_rms_norm_{f}")],
+        Kernel::LayerNorm => vec![format!("layer_norm_{f}")],
+        Kernel::Rope => vec![format!("rope_{f}")],
+        Kernel::SwiGlu => vec![format!("swiglu_{f}")],
+        Kernel::Gelu => vec![format!("gelu_{f}")],
+        Kernel::Unary => vec![format!("unary_{f}")],
+        Kernel::Binary => vec![format!("binary_{f}")],
+        Kernel::Softmax => vec![format!("softmax_{f}")],
+        Kernel::Cast => {
+            let from = float_name(args[0].dtype).unwrap_or("i64");
+            vec![format!("cast_{from}_{f}")]
+        }
+        Kernel::Transpose | Kernel::Split | Kernel::Slice | Kernel::Concat | Kernel::Expand => {
+            vec![format!("copy_{w}")]
+        }
+        Kernel::IndexSelect | Kernel::Embedding => vec![format!("gather_{w}")],
+        Kernel::PagedAttention => {
+            let d = args[0]
+                .shape
+                .dims()
+                .last()
+                .and_then(|d| d.as_const())
+                .unwrap_or(0);
+            vec![
+                format!("cache_write_{f}"),
+                format!("paged_attention_{f}_d{d}"),
+                format!("attention_combine_{f}"),
+            ]
+        }
+    }
+}
+
+/// Is this op evaluated at lowering? Only when every operand is constant
+/// and the result's shape is known.
+pub(super) fn foldable(op: &Op, outs: &[TensorType]) -> bool {
+    !matches!(op, Op::PagedAttention(_)) && outs.iter().all(|t| t.shape.as_consts().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_cover_the_step_graph_ops() {
+        let t = |d: DType, s: &[i64]| {
+            TensorType::new(d, s.iter().map(|&x| optc_ir::Dim::from(x)).collect::<Vec<_>>())
+        };
+        let x = t(DType::BF16, &[1, 4, 64]);
+        let w = t(DType::BF16, &[128, 64]);
+        let out = [t(DType::BF16, &[1, 4, 128])];
+        assert_eq!(
+            choose(&Op::Linear(optc_ir::ops::Linear), &[&x, &w], &out),
+            Some(Kernel::Linear)
+        );
+        // Mixed dtypes have no kernel: they run on the host.
+        let wf = t(DType::F32, &[128, 64]);
+        assert_eq!(choose(&Op::Linear(optc_ir::ops::Linear), &[&x, &wf], &out), None);
+    }
+}
