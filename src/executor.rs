@@ -98,7 +98,9 @@ pub struct CudaExecutor {
 /// How many KV blocks the GPU holds: `utilization` of its memory, less
 /// what is in use (weights, the context) and a reserve for activations.
 fn blocks_for_memory(free: usize, total: usize, utilization: f32, per_block: usize) -> usize {
-    let budget = (total as f64 * f64::from(utilization.clamp(0.05, 1.0))) as usize;
+    // In whole MiB: 0.9 as an f32 is a hair under 0.9.
+    let mib = (1usize << 20) as f64;
+    let budget = ((total as f64 * f64::from(utilization.clamp(0.05, 1.0)) / mib).round() * mib) as usize;
     let used = total.saturating_sub(free);
     let reserve = (total / 20).max(1 << 30);
     budget.saturating_sub(used + reserve) / per_block.max(1)
@@ -107,12 +109,15 @@ fn blocks_for_memory(free: usize, total: usize, utilization: f32, per_block: usi
 impl CudaExecutor {
     /// Lowers `graph` onto GPU 0 and allocates `num_blocks` cache blocks,
     /// or, with `num_blocks == None`, as many as `gpu_memory_utilization`
-    /// of the GPU's memory allows.
+    /// of the GPU's memory allows, up to `max_blocks` (what the longest
+    /// batch can use).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         graph: &Graph,
         weights: &WeightStore,
         num_blocks: Option<usize>,
         gpu_memory_utilization: f32,
+        max_blocks: usize,
         vocab: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<CudaExecutor, LlmError> {
@@ -131,7 +136,7 @@ impl CudaExecutor {
             Some(n) => n,
             None => {
                 let (free, total) = program.mem_info().map_err(|e| LlmError::Load(e.to_string()))?;
-                blocks_for_memory(free, total, gpu_memory_utilization, per_block)
+                blocks_for_memory(free, total, gpu_memory_utilization, per_block).min(max_blocks)
             }
         };
         if num_blocks == 0 {

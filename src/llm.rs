@@ -198,13 +198,25 @@ impl LLM {
                     .map_err(|e| LlmError::Load(e.to_string()))?;
                 stage("uploading weights");
                 let blocks = opts.gpu_memory_utilization.is_none().then_some(opts.num_blocks);
+                // No more than every sequence of a full batch at the
+                // longest context can hold.
+                let mut next_report = 0usize;
+                let most =
+                    opts.max_batch_size * m.config.max_position_embeddings.div_ceil(opts.block_size) + 1;
                 let exec = CudaExecutor::new(
                     &m.graph,
                     &m.weights,
                     blocks,
                     opts.gpu_memory_utilization.unwrap_or(0.9),
+                    most,
                     vocab,
-                    &mut |_, _| {},
+                    &mut |done, total| {
+                        // Every 5%: enough for a progress display.
+                        if done >= next_report || done == total {
+                            stage(&format!("uploading weights {} / {} MB", done >> 20, total >> 20));
+                            next_report = done + (total / 20).max(1);
+                        }
+                    },
                 )?;
                 num_blocks = exec.num_blocks;
                 Box::new(exec)
