@@ -234,3 +234,38 @@ fn compile_runs_a_pipeline_with_dumps_and_checks() {
         stdout(&o)
     );
 }
+
+/// Without a GPU, the nvrtc target is a clear error, not a panic (cudarc's
+/// loaders panic on a missing library; optc looks first).
+#[test]
+fn the_nvrtc_target_without_a_gpu_says_so() {
+    if optc::codegen::nvrtc::available().is_ok() {
+        eprintln!("skipping: this machine has a GPU (tests/nvrtc_target.rs covers it)");
+        return;
+    }
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama");
+    let model = model.display().to_string();
+    let o = optc(&[
+        "generate",
+        &model,
+        "--target",
+        "nvrtc",
+        "--ids",
+        "1,2,3",
+        "--max-tokens",
+        "2",
+    ]);
+    assert_user_error(&o, "use --target cpu");
+    let o = optc(&[
+        "compile",
+        &model,
+        "--kv-cache",
+        "--target",
+        "nvrtc",
+        "-o",
+        "/dev/null",
+    ]);
+    assert_user_error(&o, "use --target cpu");
+    let o = optc(&["bench", &model, "--target", "tensorrt"]);
+    assert_user_error(&o, "not built yet");
+}
