@@ -209,4 +209,124 @@ mod tests {
         let wf = t(DType::F32, &[128, 64]);
         assert_eq!(choose(&Op::Linear(optc_ir::ops::Linear), &[&x, &wf], &out), None);
     }
+
+    /// Every `extern "C"` kernel the sources define, expanding the
+    /// `OPTC_*` instantiation macros (and the attention instances the
+    /// host adds), so the names the host asks for are checked without a GPU.
+    fn defined_kernels(instances: &str) -> std::collections::HashSet<String> {
+        let mut text = String::from(optc_kernels::cuda::COMMON);
+        for (_, f) in optc_kernels::cuda::FILES {
+            text.push_str(f);
+        }
+        text.push_str(optc_kernels::cuda::PREFILL_MMA);
+        text.push_str(instances);
+        let joined = text.replace("\\\n", " ");
+        // name -> (params, body)
+        let mut macros: Vec<(String, Vec<String>, String)> = Vec::new();
+        for line in joined.lines() {
+            if let Some(rest) = line.trim_start().strip_prefix("#define OPTC_") {
+                if let Some((head, body)) = rest.split_once(')') {
+                    if let Some((name, params)) = head.split_once('(') {
+                        let params = params.split(',').map(|p| p.trim().to_string()).collect();
+                        macros.push((format!("OPTC_{name}"), params, body.to_string()));
+                    }
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut collect = |body: &str, subst: &dyn Fn(&str) -> String| {
+            for part in body.split("__global__ void").skip(1) {
+                let part = part.trim_start();
+                let part = part
+                    .strip_prefix("__launch_bounds__(128)")
+                    .unwrap_or(part)
+                    .trim_start();
+                let raw: String = part.chars().take_while(|c| *c != '(').collect();
+                names.insert(subst(raw.trim()));
+            }
+        };
+        for line in joined.lines() {
+            let t = line.trim_start();
+            if t.starts_with("extern \"C\" __global__ void") && !t.contains("##") {
+                collect(t, &|n| n.to_string());
+            }
+            for (name, params, body) in &macros {
+                if let Some(args) = t.strip_prefix(&format!("{name}(")) {
+                    let args: Vec<String> = args
+                        .trim_end_matches(')')
+                        .split(',')
+                        .map(|a| a.trim().to_string())
+                        .collect();
+                    collect(body, &|raw| {
+                        let mut out = raw.to_string();
+                        for (p, a) in params.iter().zip(&args) {
+                            out = out.replace(&format!("##{p}##"), a).replace(&format!("##{p}"), a);
+                        }
+                        out.replace("##", "")
+                    });
+                }
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn every_kernel_the_host_launches_is_defined() {
+        let inst = [
+            optc_kernels::cuda::attention_instance("bf16", 64),
+            optc_kernels::cuda::attention_instance("f32", 128),
+            optc_kernels::cuda::prefill_mma_instance("bf16", 64),
+        ]
+        .concat();
+        let have = defined_kernels(&inst);
+        let t = |d: DType, s: &[i64]| {
+            TensorType::new(d, s.iter().map(|&x| optc_ir::Dim::from(x)).collect::<Vec<_>>())
+        };
+        let kernels = [
+            Kernel::RmsNorm,
+            Kernel::AddRmsNorm,
+            Kernel::LayerNorm,
+            Kernel::Rope,
+            Kernel::SwiGlu,
+            Kernel::Gelu,
+            Kernel::Unary,
+            Kernel::Binary,
+            Kernel::Softmax,
+            Kernel::Transpose,
+            Kernel::IndexSelect,
+        ];
+        for d in [DType::F32, DType::BF16, DType::F16, DType::I64, DType::Bool] {
+            let x = t(d, &[2, 64]);
+            for k in kernels {
+                if float_name(d).is_none() && !matches!(k, Kernel::Transpose | Kernel::IndexSelect) {
+                    continue;
+                }
+                for name in function_names(k, &[&x, &x], &x) {
+                    assert!(have.contains(&name), "{name} is not defined; have {have:?}");
+                }
+            }
+        }
+        for from in [DType::F32, DType::BF16, DType::F16, DType::I64] {
+            for to in [DType::F32, DType::BF16, DType::F16] {
+                let (a, o) = (t(from, &[4]), t(to, &[4]));
+                for name in function_names(Kernel::Cast, &[&a], &o) {
+                    assert!(have.contains(&name), "{name}");
+                }
+            }
+        }
+        for (d, hd) in [(DType::BF16, 64), (DType::F32, 128)] {
+            let q = t(d, &[3, 4, hd]);
+            for name in function_names(Kernel::PagedAttention, &[&q], &q) {
+                assert!(have.contains(&name), "{name}");
+            }
+        }
+        for name in [
+            "argmax_f32",
+            "argmax_bf16",
+            "argmax_f16",
+            "paged_prefill_mma_bf16_d64",
+        ] {
+            assert!(have.contains(name), "{name}");
+        }
+    }
 }
