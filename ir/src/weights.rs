@@ -333,6 +333,41 @@ impl WeightStore {
         }
     }
 
+    /// The tensor's little-endian bytes (what [`Tensor::to_le_bytes`] of
+    /// [`WeightStore::get`] gives), borrowed straight from the mapped file
+    /// where it lies there whole, and joined from the parts' bytes for an
+    /// axis-0 concat: uploading a checkpoint to a device then copies each
+    /// byte once instead of parsing it into a tensor and back.
+    pub fn get_le_bytes(&self, name: &str) -> Result<std::borrow::Cow<'_, [u8]>, WeightError> {
+        use std::borrow::Cow;
+        match self.entries.get(name) {
+            None => Err(WeightError::Unknown(name.into())),
+            Some(Entry::Mapped { file, range, .. }) => file
+                .map
+                .get(file.data_start + range.0..file.data_start + range.1)
+                .map(Cow::Borrowed)
+                .ok_or_else(|| WeightError::Format {
+                    path: file.path.clone(),
+                    message: format!("data of '{name}' lies outside the file"),
+                }),
+            Some(Entry::View {
+                view: View::Concat { sources, axis: 0 },
+                dtype,
+                ..
+            }) if sources
+                .iter()
+                .all(|s| self.info(s).is_ok_and(|(d, sh)| d == *dtype && !sh.is_empty())) =>
+            {
+                let mut out = Vec::new();
+                for s in sources {
+                    out.extend_from_slice(&self.get_le_bytes(s)?);
+                }
+                Ok(Cow::Owned(out))
+            }
+            Some(_) => Ok(Cow::Owned(self.get(name)?.to_le_bytes())),
+        }
+    }
+
     /// The tensor converted to f32 (bf16/f16/f8 weights widen exactly).
     pub fn get_f32(&self, name: &str) -> Result<Tensor, WeightError> {
         Ok(self.get(name)?.cast(DType::F32))

@@ -186,3 +186,90 @@ fn packed_types_cannot_be_written_as_safetensors() {
         "cannot write 'q' as safetensors: i4 has no safetensors dtype"
     );
 }
+
+/// `get_le_bytes` gives exactly the bytes of `get` for every kind of
+/// entry: mapped (borrowed from the file), owned, axis-0 concats of mapped
+/// tensors (joined bytes), and other views (materialised).
+#[test]
+fn le_bytes_equal_the_materialised_tensors_bytes() {
+    let path = tmp("bytes.safetensors");
+    let extra = vec![
+        (
+            "c".to_string(),
+            Tensor::from_f32(DType::F32, &[1, 3], &[7., 8., 9.]),
+        ),
+        (
+            "d".to_string(),
+            Tensor::from_f32(DType::BF16, &[3, 2], &[1.0, 2.0, -3.0, 0.25, 8.0, 9.5]),
+        ),
+    ];
+    let mut all = sample();
+    all.extend(extra);
+    write_safetensors(&path, &all).unwrap();
+    let mut store = WeightStore::new();
+    store.open_safetensors(&path).unwrap();
+    store
+        .insert("owned", Tensor::from_i64(DType::I64, &[2], &[5, -6]))
+        .unwrap();
+    let views = [
+        (
+            "ac0",
+            View::Concat {
+                sources: vec!["a".into(), "c".into()],
+                axis: 0,
+            },
+        ),
+        (
+            "bd0",
+            View::Concat {
+                sources: vec!["b".into(), "d".into()],
+                axis: 0,
+            },
+        ),
+        (
+            "ac1",
+            View::Concat {
+                sources: vec!["c".into(), "c".into()],
+                axis: 1,
+            },
+        ),
+        (
+            "nested",
+            View::Concat {
+                sources: vec!["ac0".into(), "c".into()],
+                axis: 0,
+            },
+        ),
+        (
+            "sl",
+            View::Slice {
+                source: "a".into(),
+                axis: 1,
+                start: 1,
+                end: 3,
+            },
+        ),
+        (
+            "cast",
+            View::Cast {
+                source: "a".into(),
+                dtype: DType::BF16,
+            },
+        ),
+    ];
+    for (name, v) in views {
+        store.add_view(name, v).unwrap();
+    }
+    let names: Vec<String> = store.names().map(str::to_string).collect();
+    for name in names {
+        let want = store.get(&name).unwrap().to_le_bytes();
+        let got = store.get_le_bytes(&name).unwrap();
+        assert_eq!(&*got, &want[..], "{name}");
+    }
+    // Mapped tensors are borrowed, not copied.
+    assert!(matches!(
+        store.get_le_bytes("a").unwrap(),
+        std::borrow::Cow::Borrowed(_)
+    ));
+    assert!(matches!(store.get_le_bytes("nope"), Err(WeightError::Unknown(_))));
+}

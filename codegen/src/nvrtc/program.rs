@@ -432,20 +432,16 @@ impl CudaProgram {
             .sum();
         let mut weights = Vec::new();
         let mut done = 0usize;
-        let mut upload = |v: usize,
-                          t: &Tensor,
-                          weights: &mut Vec<DeviceBox>,
-                          locs: &mut Vec<Option<Loc>>|
-         -> Result<(), CodegenError> {
-            let bytes = t.to_le_bytes();
-            let b = DeviceBox::new(bytes.len()).map_err(&gerr)?;
-            gpu.htod(b.ptr, &bytes).map_err(&gerr)?;
-            done += bytes.len();
-            progress(done, total);
-            locs[v] = Some(Loc::Weight(weights.len()));
-            weights.push(b);
-            Ok(())
-        };
+        let mut upload =
+            |v: usize, bytes: &[u8], weights: &mut Vec<DeviceBox>, locs: &mut Vec<Option<Loc>>| {
+                let b = DeviceBox::new(bytes.len()).map_err(&gerr)?;
+                gpu.htod(b.ptr, bytes).map_err(&gerr)?;
+                done += bytes.len();
+                progress(done, total);
+                locs[v] = Some(Loc::Weight(weights.len()));
+                weights.push(b);
+                Ok::<(), CodegenError>(())
+            };
         let mut kept = Vec::new();
         for s in steps.drain(..) {
             if !s.outs.iter().all(|o| consts.contains(o)) {
@@ -474,14 +470,35 @@ impl CudaProgram {
         let mut ups: Vec<usize> = read_on_device.iter().copied().collect();
         ups.sort_unstable();
         for v in ups {
-            if weight_node.contains_key(&v) {
-                fetch(v, &mut host)?;
+            if let Some(t) = host.remove(&v) {
+                upload(v, &t.to_le_bytes(), &mut weights, &mut locs)?;
+                continue;
             }
-            let t = host.remove(&v).ok_or_else(|| CodegenError::Node {
+            // A checkpoint weight: its bytes straight from the mapped file.
+            let (name, key) = weight_node.get(&v).ok_or_else(|| CodegenError::Node {
                 node: g.name.clone(),
                 message: format!("constant value {v} was not evaluated (a lowering bug)"),
             })?;
-            upload(v, &t, &mut weights, &mut locs)?;
+            let werr = |message: String| CodegenError::Weight {
+                name: name.clone(),
+                message,
+            };
+            let (dtype, shape) = store.info(key).map_err(|e| werr(e.to_string()))?;
+            let want = types[v]
+                .shape
+                .as_consts()
+                .map(|d| d.into_iter().map(|x| x as usize).collect::<Vec<_>>());
+            if dtype != types[v].dtype || want.as_deref() != Some(shape.as_slice()) {
+                return Err(werr(format!(
+                    "declared {} but the store holds {dtype}{shape:?}",
+                    types[v]
+                )));
+            }
+            let bytes = store.get_le_bytes(key).map_err(|e| werr(e.to_string()))?;
+            if bytes.len() != dtype.storage_bytes(shape.iter().product()) {
+                return Err(werr(format!("{} bytes for {dtype}{shape:?}", bytes.len())));
+            }
+            upload(v, &bytes, &mut weights, &mut locs)?;
         }
         drop(host);
         summary.weight_bytes = weights.iter().map(|w| w.bytes).sum();
