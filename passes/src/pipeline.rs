@@ -71,6 +71,9 @@ impl Pipeline {
         kv.options
             .insert("block_size".into(), toml::Value::Integer(block_size as i64));
         p.passes.push(kv);
+        // The step graph moves Q/K to heads-first for rope and back for
+        // paged attention; rope runs as well in place.
+        p.passes.push(PassSpec::new("sink_rope_transposes"));
         for n in ["canonicalize", "cse", "dce"] {
             p.passes.push(PassSpec::new(n));
         }

@@ -39,6 +39,7 @@ impl PassRegistry {
         r.register(Arc::new(FuseLayerNorm));
         r.register(Arc::new(FuseAddRmsNorm));
         r.register(Arc::new(FuseGelu));
+        r.register(Arc::new(crate::fusion::SinkRopeTransposes));
         r.register(Arc::new(crate::kv_cache::InsertKvCache));
         r.register(Arc::new(crate::quant::CastWeights));
         r.register(Arc::new(crate::quant::QuantizeInt8));

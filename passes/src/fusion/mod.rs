@@ -7,8 +7,10 @@ mod add_rmsnorm;
 pub mod egraph;
 mod gemm;
 mod passes;
+mod rope_layout;
 pub mod rules;
 
 pub use add_rmsnorm::FuseAddRmsNorm;
 pub use gemm::FuseGemm;
 pub use passes::{FuseAttention, FuseGelu, FuseLayerNorm, FuseRmsNorm, FuseRope, FuseSwiglu};
+pub use rope_layout::SinkRopeTransposes;
