@@ -452,7 +452,7 @@ fn greedy_generation_equals_the_cpu_target() {
     if !gpu() {
         return;
     }
-    for name in ["llama", "qwen2", "gpt2"] {
+    for name in ["llama", "qwen2", "gpt2", "mistral", "phi3"] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/hf")
             .join(name);
