@@ -18,6 +18,26 @@ pub struct CpuExecutor {
     pub cache_bytes: usize,
 }
 
+/// The dtype of the step graph's `ids` input.
+fn ids_dtype(graph: &Graph) -> Result<DType, LlmError> {
+    graph
+        .inputs()
+        .iter()
+        .find(|&&i| graph.node_name(i) == Some("ids"))
+        .map(|&i| graph.node(i).outputs[0].dtype)
+        .ok_or_else(|| LlmError::Load("the step graph has no ids input (run insert_kv_cache)".into()))
+}
+
+/// The step's `logits` output as one f32 row per sampled sequence.
+fn logit_rows(
+    out: &std::collections::BTreeMap<String, optc_ir::Tensor>,
+    vocab: usize,
+) -> Result<Vec<Vec<f32>>, String> {
+    let logits = out.get("logits").ok_or("the step graph has no logits output")?;
+    let v = logits.cast(DType::F32).to_f32_vec();
+    Ok(v.chunks(vocab).map(<[f32]>::to_vec).collect())
+}
+
 impl CpuExecutor {
     /// Lowers `graph` and allocates a cache of `num_blocks` blocks.
     pub fn new(
@@ -26,12 +46,7 @@ impl CpuExecutor {
         num_blocks: usize,
         vocab: usize,
     ) -> Result<CpuExecutor, LlmError> {
-        let ids_dtype = graph
-            .inputs()
-            .iter()
-            .find(|&&i| graph.node_name(i) == Some("ids"))
-            .map(|&i| graph.node(i).outputs[0].dtype)
-            .ok_or_else(|| LlmError::Load("the step graph has no ids input (run insert_kv_cache)".into()))?;
+        let ids_dtype = ids_dtype(graph)?;
         let mut program = CpuProgram::new(graph, weights).map_err(|e| LlmError::Load(e.to_string()))?;
         let cache_bytes = program
             .init_state(&Bindings::from([("NB".to_string(), num_blocks as i64)]))
@@ -78,9 +93,7 @@ impl Executor for CpuExecutor {
             .program
             .run(&s.metadata(self.ids_dtype))
             .map_err(|e| e.to_string())?;
-        let logits = out.get("logits").ok_or("the step graph has no logits output")?;
-        let v = logits.cast(DType::F32).to_f32_vec();
-        Ok(v.chunks(self.vocab).map(<[f32]>::to_vec).collect())
+        logit_rows(&out, self.vocab)
     }
 }
 
@@ -121,12 +134,7 @@ impl CudaExecutor {
         vocab: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<CudaExecutor, LlmError> {
-        let ids_dtype = graph
-            .inputs()
-            .iter()
-            .find(|&&i| graph.node_name(i) == Some("ids"))
-            .map(|&i| graph.node(i).outputs[0].dtype)
-            .ok_or_else(|| LlmError::Load("the step graph has no ids input (run insert_kv_cache)".into()))?;
+        let ids_dtype = ids_dtype(graph)?;
         let mut program = optc_codegen::nvrtc::CudaProgram::new(graph, weights, progress)
             .map_err(|e| LlmError::Load(e.to_string()))?;
         let per_block = program
@@ -194,9 +202,7 @@ impl Executor for CudaExecutor {
             .program
             .run(&gpu_step_inputs(seqs, self.ids_dtype)?)
             .map_err(|e| e.to_string())?;
-        let logits = out.get("logits").ok_or("the step graph has no logits output")?;
-        let v = logits.cast(DType::F32).to_f32_vec();
-        Ok(v.chunks(self.vocab).map(<[f32]>::to_vec).collect())
+        logit_rows(&out, self.vocab)
     }
 
     fn step_greedy(&mut self, seqs: &[StepSeq]) -> Option<Result<Vec<(u32, f32)>, String>> {

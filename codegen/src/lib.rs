@@ -7,6 +7,7 @@
 //!   cuBLASLt, on one NVIDIA GPU.
 
 pub mod cpu;
+mod lowering;
 pub mod nvrtc;
 
 /// Why a graph could not be lowered or run; names the node or tensor.

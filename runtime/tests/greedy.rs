@@ -44,17 +44,20 @@ impl Executor for Mock {
     }
 }
 
-fn generate(exec: Mock, params: &SamplingParams) -> (Vec<Vec<u32>>, usize) {
-    let greedy = exec.greedy;
-    let cfg = SchedulerConfig {
+fn config() -> SchedulerConfig {
+    SchedulerConfig {
         max_batch_size: 4,
         max_num_tokens: 64,
         num_blocks: 32,
         block_size: 4,
         max_model_len: 64,
         vocab_size: VOCAB,
-    };
-    let mut e = Engine::new(cfg, exec, vec![]);
+    }
+}
+
+fn generate(exec: Mock, params: &SamplingParams) -> (Vec<Vec<u32>>, usize) {
+    let greedy = exec.greedy;
+    let mut e = Engine::new(config(), exec, vec![]);
     let ids: Vec<u64> = [vec![1u32, 2, 3], vec![4, 5], vec![9]]
         .into_iter()
         .map(|p| e.add(p, params.clone()).unwrap())
@@ -113,16 +116,8 @@ fn sampling_and_penalties_stay_on_the_host() {
             ..SamplingParams::greedy(5)
         },
     ] {
-        let cfg = SchedulerConfig {
-            max_batch_size: 4,
-            max_num_tokens: 64,
-            num_blocks: 32,
-            block_size: 4,
-            max_model_len: 64,
-            vocab_size: VOCAB,
-        };
         let mut e = Engine::new(
-            cfg,
+            config(),
             Mock {
                 greedy: true,
                 greedy_calls: 0,

@@ -2,9 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use optc_ir::{
-    bind_symbols_from_shapes, verify, Bindings, Graph, NodeKind, Op, Tensor, TensorType, Value, WeightStore,
-};
+use optc_ir::{verify, Bindings, Graph, NodeKind, Op, Tensor, TensorType, Value, WeightStore};
 
 use super::buffers::{kind_of, Buf, Weight};
 use super::exec::{self, Ctx};
@@ -154,25 +152,7 @@ impl CpuProgram {
     pub fn new(g: &Graph, store: &WeightStore) -> Result<CpuProgram, CodegenError> {
         verify(g)?;
         let names = g.value_names();
-        let order = g.topo_order().map_err(|n| CodegenError::Node {
-            node: g.describe(n),
-            message: "the graph has a cycle".into(),
-        })?;
-        // Dense value ids.
-        let mut vid: HashMap<Value, usize> = HashMap::new();
-        let mut types = Vec::new();
-        for &id in &order {
-            for (i, t) in g.node(id).outputs.iter().enumerate() {
-                vid.insert(
-                    Value {
-                        node: id,
-                        index: i as u32,
-                    },
-                    types.len(),
-                );
-                types.push(t.clone());
-            }
-        }
+        let crate::lowering::Numbered { order, vid, types } = crate::lowering::number_values(g)?;
         let out_names: HashMap<&str, &TensorType> =
             g.outputs().iter().map(|o| (o.name.as_str(), &o.ty)).collect();
         let mut locs: Vec<Option<Loc>> = vec![None; types.len()];
@@ -241,7 +221,7 @@ impl CpuProgram {
                         None => {
                             let load = |n: optc_ir::NodeId| match &g.node(n).kind {
                                 NodeKind::Weight { name, key } => {
-                                    weights_get(store, name, key, &g.node(n).outputs[0])
+                                    crate::lowering::weights_get(store, name, key, &g.node(n).outputs[0])
                                 }
                                 _ => unreachable!("q8_chain checks for weights"),
                             };
@@ -260,7 +240,7 @@ impl CpuProgram {
                     locs[v0] = Some(Loc::Weight(idx));
                 }
                 NodeKind::Weight { name, key } => {
-                    let t = weights_get(store, name, key, &node.outputs[0])?;
+                    let t = crate::lowering::weights_get(store, name, key, &node.outputs[0])?;
                     let w = Weight::new(&t, need_buf.get(&v0).copied().unwrap_or(false));
                     summary.weight_bytes += w.bytes();
                     locs[v0] = Some(Loc::Weight(weights.len()));
@@ -276,16 +256,7 @@ impl CpuProgram {
                             }]
                         })
                         .collect();
-                    let describe = names
-                        .get(&Value::of(id))
-                        .map(|n| {
-                            format!(
-                                "{n} = {}{}",
-                                op.name(),
-                                node.loc.as_ref().map(|l| format!(" ({l})")).unwrap_or_default()
-                            )
-                        })
-                        .unwrap_or_else(|| g.describe(id));
+                    let describe = crate::lowering::describe_op(g, &names, id, op);
                     let mut view = is_view(op) || weight_views.contains(&id) || q8_ops.contains(&id);
                     if let Op::PagedAttention(_) = op {
                         // The caches are updated in place: outputs 1 and 2 are the state inputs 3 and 4.
@@ -472,75 +443,23 @@ impl CpuProgram {
         inputs: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, CodegenError> {
         let _span = tracing::debug_span!("cpu_run", graph = %self.graph_name).entered();
-        let mut shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (name, v) in &self.inputs {
-            let t = inputs.get(name).ok_or_else(|| CodegenError::Input {
-                name: name.clone(),
-                message: "missing".into(),
-            })?;
-            let ty = &self.types[*v];
-            if t.dtype() != ty.dtype || t.rank() != ty.rank() {
-                return Err(CodegenError::Input {
-                    name: name.clone(),
-                    message: format!("expected {ty}, got {}{:?}", t.dtype(), t.shape()),
-                });
-            }
-            shapes.insert(name.clone(), t.shape().to_vec());
-        }
-        if let Some(extra) = inputs.keys().find(|k| !self.inputs.iter().any(|(n, _)| n == *k)) {
-            return Err(CodegenError::Input {
-                name: extra.clone(),
-                message: "the graph has no such input (or it is state the program owns)".into(),
-            });
-        }
+        let mut shapes = crate::lowering::input_shapes(&self.inputs, &self.types, inputs)?;
         for (i, name) in self.state_names.iter().enumerate() {
-            let ty = &self.state_types[i];
             let n = match &self.state[i] {
                 Buf::F(v) => v.len(),
                 Buf::I(v) => v.len(),
                 Buf::B(v) => v.len(),
             };
-            // The symbolic leading dim (blocks) follows from the size.
-            let rest: Option<Vec<usize>> = ty.shape.dims()[1..]
-                .iter()
-                .map(|d| d.as_const().map(|c| c as usize))
-                .collect();
-            let rest = rest.ok_or_else(|| CodegenError::Input {
-                name: name.clone(),
-                message: format!("state {ty} may only have a symbolic leading dim"),
-            })?;
-            let inner: usize = rest.iter().product();
-            let mut shape = vec![n.checked_div(inner).unwrap_or(0)];
-            shape.extend(rest);
-            shapes.insert(name.clone(), shape);
+            shapes.insert(
+                name.clone(),
+                crate::lowering::state_shape(name, &self.state_types[i], n, |e| e)?,
+            );
         }
-        let bindings = bind_symbols_from_shapes(&self.graph, &shapes).map_err(|e| CodegenError::Input {
-            name: "(symbols)".into(),
-            message: e.to_string(),
-        })?;
-        let dims: Vec<Vec<usize>> = self
-            .types
-            .iter()
-            .map(|t| t.shape.eval(&bindings))
-            .collect::<Result<_, _>>()
-            .map_err(|message| CodegenError::Node {
-                node: self.graph_name.clone(),
-                message,
-            })?;
+        let (bindings, dims) = crate::lowering::run_dims(&self.graph, &self.types, &shapes, &self.inputs)?;
         for (name, v) in &self.inputs {
-            let Loc::Slot(s) = self.locs[*v] else { continue };
-            if dims[*v] != inputs[name].shape() {
-                return Err(CodegenError::Input {
-                    name: name.clone(),
-                    message: format!(
-                        "expected {} = {:?}, got {:?}",
-                        self.types[*v],
-                        dims[*v],
-                        inputs[name].shape()
-                    ),
-                });
+            if let Loc::Slot(s) = self.locs[*v] {
+                self.slots[s] = Buf::from_tensor(&inputs[name]);
             }
-            self.slots[s] = Buf::from_tensor(&inputs[name]);
         }
         let mut cx = Ctx {
             types: &self.types,
@@ -567,22 +486,4 @@ impl CpuProgram {
         }
         Ok(out)
     }
-}
-
-fn weights_get(store: &WeightStore, name: &str, key: &str, ty: &TensorType) -> Result<Tensor, CodegenError> {
-    let t = store.get(key).map_err(|e| CodegenError::Weight {
-        name: name.into(),
-        message: e.to_string(),
-    })?;
-    let want = ty
-        .shape
-        .as_consts()
-        .map(|v| v.into_iter().map(|d| d as usize).collect::<Vec<_>>());
-    if t.dtype() != ty.dtype || want.as_deref() != Some(t.shape()) {
-        return Err(CodegenError::Weight {
-            name: name.into(),
-            message: format!("declared {ty} but the store holds {}{:?}", t.dtype(), t.shape()),
-        });
-    }
-    Ok(t)
 }

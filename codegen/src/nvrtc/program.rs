@@ -161,24 +161,7 @@ impl CudaProgram {
         let mut gpu = Gpu::new(0).map_err(&gerr)?;
         verify(g)?;
         let names = g.value_names();
-        let order = g.topo_order().map_err(|n| CodegenError::Node {
-            node: g.describe(n),
-            message: "the graph has a cycle".into(),
-        })?;
-        let mut vid: HashMap<Value, usize> = HashMap::new();
-        let mut types = Vec::new();
-        for &id in &order {
-            for (i, t) in g.node(id).outputs.iter().enumerate() {
-                vid.insert(
-                    Value {
-                        node: id,
-                        index: i as u32,
-                    },
-                    types.len(),
-                );
-                types.push(t.clone());
-            }
-        }
+        let crate::lowering::Numbered { order, vid, types } = crate::lowering::number_values(g)?;
         let out_names: HashMap<&str, &TensorType> =
             g.outputs().iter().map(|o| (o.name.as_str(), &o.ty)).collect();
         let mut locs: Vec<Option<Loc>> = vec![None; types.len()];
@@ -221,16 +204,7 @@ impl CudaProgram {
                             }]
                         })
                         .collect();
-                    let describe = names
-                        .get(&Value::of(id))
-                        .map(|n| {
-                            format!(
-                                "{n} = {}{}",
-                                op.name(),
-                                node.loc.as_ref().map(|l| format!(" ({l})")).unwrap_or_default()
-                            )
-                        })
-                        .unwrap_or_else(|| g.describe(id));
+                    let describe = crate::lowering::describe_op(g, &names, id, op);
                     if args.iter().all(|a| consts.contains(a)) && foldable(op, &node.outputs) {
                         consts.extend(outs.iter().copied());
                         steps.push(Step {
@@ -415,7 +389,7 @@ impl CudaProgram {
                 node: g.name.clone(),
                 message: format!("constant value {v} has no weight (a lowering bug)"),
             })?;
-            let t = weights_get(store, name, key, &types[v])?;
+            let t = crate::lowering::weights_get(store, name, key, &types[v])?;
             host.insert(v, t);
             Ok(())
         };
@@ -642,18 +616,7 @@ impl CudaProgram {
             name: name.clone(),
             message: "state is not allocated (call init_state)".into(),
         })?;
-        let rest: Option<Vec<usize>> = ty.shape.dims()[1..]
-            .iter()
-            .map(|d| d.as_const().map(|c| c as usize))
-            .collect();
-        let rest = rest.ok_or_else(|| CodegenError::Input {
-            name: name.clone(),
-            message: format!("state {ty} may only have a symbolic leading dim"),
-        })?;
-        let inner = ty.dtype.storage_bytes(rest.iter().product());
-        let mut shape = vec![b.bytes.checked_div(inner).unwrap_or(0)];
-        shape.extend(rest);
-        Ok(shape)
+        crate::lowering::state_shape(name, ty, b.bytes, |e| ty.dtype.storage_bytes(e))
     }
 
     /// A state buffer as a tensor (for tests and debugging).
@@ -677,22 +640,4 @@ impl CudaProgram {
         self.gpu.dtoh(ptr, &mut bytes)?;
         Tensor::from_le_bytes(dtype, dims, &bytes).map_err(|e| e.to_string())
     }
-}
-
-fn weights_get(store: &WeightStore, name: &str, key: &str, ty: &TensorType) -> Result<Tensor, CodegenError> {
-    let t = store.get(key).map_err(|e| CodegenError::Weight {
-        name: name.into(),
-        message: e.to_string(),
-    })?;
-    let want = ty
-        .shape
-        .as_consts()
-        .map(|v| v.into_iter().map(|d| d as usize).collect::<Vec<_>>());
-    if t.dtype() != ty.dtype || want.as_deref() != Some(t.shape()) {
-        return Err(CodegenError::Weight {
-            name: name.into(),
-            message: format!("declared {ty} but the store holds {}{:?}", t.dtype(), t.shape()),
-        });
-    }
-    Ok(t)
 }

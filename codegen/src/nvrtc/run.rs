@@ -8,7 +8,7 @@ use std::time::Instant;
 use cudarc::driver::{CudaFunction, PushKernelArg};
 use optc_ir::dim::normalize_axis;
 use optc_ir::ops::{EvalCx, Op};
-use optc_ir::{bind_symbols_from_shapes, Bindings, Tensor};
+use optc_ir::{Bindings, Tensor};
 use optc_kernels::cpu::attention::{check_paged_meta, PagedMeta, PagedShape};
 use optc_kernels::cuda as src;
 
@@ -145,53 +145,11 @@ impl CudaProgram {
             node: self.graph.name.clone(),
             message: e.to_string(),
         })?;
-        let mut shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (name, v) in &self.inputs {
-            let t = inputs.get(name).ok_or_else(|| CodegenError::Input {
-                name: name.clone(),
-                message: "missing".into(),
-            })?;
-            let ty = &self.types[*v];
-            if t.dtype() != ty.dtype || t.rank() != ty.rank() {
-                return Err(CodegenError::Input {
-                    name: name.clone(),
-                    message: format!("expected {ty}, got {}{:?}", t.dtype(), t.shape()),
-                });
-            }
-            shapes.insert(name.clone(), t.shape().to_vec());
-        }
-        if let Some(extra) = inputs.keys().find(|k| !self.inputs.iter().any(|(n, _)| n == *k)) {
-            return Err(CodegenError::Input {
-                name: extra.clone(),
-                message: "the graph has no such input (or it is state the program owns)".into(),
-            });
-        }
+        let mut shapes = crate::lowering::input_shapes(&self.inputs, &self.types, inputs)?;
         for i in 0..self.state_names.len() {
             shapes.insert(self.state_names[i].clone(), self.state_shape(i)?);
         }
-        let bindings = bind_symbols_from_shapes(&self.graph, &shapes).map_err(|e| CodegenError::Input {
-            name: "(symbols)".into(),
-            message: e.to_string(),
-        })?;
-        let dims: Vec<Vec<usize>> = self
-            .types
-            .iter()
-            .map(|t| t.shape.eval(&bindings))
-            .collect::<Result<_, _>>()
-            .map_err(node_err(&self.graph.name))?;
-        for (name, v) in &self.inputs {
-            if dims[*v] != inputs[name].shape() {
-                return Err(CodegenError::Input {
-                    name: name.clone(),
-                    message: format!(
-                        "expected {} = {:?}, got {:?}",
-                        self.types[*v],
-                        dims[*v],
-                        inputs[name].shape()
-                    ),
-                });
-            }
-        }
+        let (bindings, dims) = crate::lowering::run_dims(&self.graph, &self.types, &shapes, &self.inputs)?;
         // Host-side checks of what kernels index with, and the attention
         // tiles; then everything goes up in one copy.
         let mut arena: Vec<u8> = Vec::new();
