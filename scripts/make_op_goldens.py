@@ -783,6 +783,20 @@ def reduce_cases():
     xv = g.inp("x", "f16", np.ones((1, 2100)))
     g.done(g.op("reduce_sum", [xv], {"axes": [1], "keepdims": False}, out=reduce_ref("reduce_sum", F(xv), [1], False)))
 
+    # cumsum: running sums along one axis (numpy's cumsum is the definition)
+    g = G("cumsum_last_axis")
+    xv = g.inp("x", "f32", g.randn(2, 3, 5))
+    g.done(g.op("cumsum", [xv], {"axis": -1}, out=np.cumsum(F(xv), axis=-1)))
+    g = G("cumsum_axis0_f16")
+    xv = g.inp("x", "f16", g.randn(4, 3))
+    g.done(g.op("cumsum", [xv], {"axis": 0}, out=np.cumsum(F(xv), axis=0)))
+    g = G("cumsum_i64_middle_axis")
+    xv = g.inp("x", "i64", g.ints(-100, 100, 2, 4, 3))
+    g.done(g.op("cumsum", [xv], {"axis": 1}, out=np.cumsum(I(xv), axis=1)))
+    g = G("cumsum_empty_axis")
+    xv = g.inp("x", "f32", np.zeros((2, 0)))
+    g.done(g.op("cumsum", [xv], {"axis": 1}, out=np.zeros((2, 0))))
+
     # argmax
     g = G("argmax_last_axis")
     xv = g.inp("x", "f32", g.randn(3, 5))
@@ -1341,7 +1355,8 @@ ALL_OPS = (
     + ["gelu"]
     + list(BINARY_F)
     + list(COMPARE)
-    + ["where", "cast", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "argmax", "softmax", "log_softmax"]
+    + ["where", "cast", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "argmax", "cumsum", "softmax"]
+    + ["log_softmax"]
     + ["matmul", "linear", "reshape", "transpose", "unsqueeze", "squeeze", "expand", "slice", "concat", "split"]
     + ["gather", "index_select", "triu", "tril", "arange", "full", "constant", "embedding", "layer_norm"]
     + ["rms_norm", "rope", "scaled_dot_product_attention", "swiglu", "add_rms_norm", "paged_attention"]

@@ -59,6 +59,7 @@ fn make_op(b: &GraphBuilder, pool: &[Value], step_inputs: &[Value], s: Step) -> 
             axes: if p % 3 == 0 { vec![] } else { vec![axis] },
             keepdims: q > 0,
         }),
+        7 if q % 3 == 0 => Op::CumSum(optc_ir::ops::CumSum { axis }),
         7 => Op::ArgMax(ArgMax {
             axis,
             keepdims: q > 0,

@@ -27,7 +27,7 @@ pub use indexing::{Concat, Gather, IndexSelect, Slice, Split};
 pub use linalg::{Linear, MatMul};
 pub use nn::{AddRmsNorm, Embedding, LayerNorm, RmsNorm, Rope, Softmax, SwiGlu};
 pub use paged_attention::PagedAttention;
-pub use reduce::{ArgMax, Reduce, ReduceKind};
+pub use reduce::{ArgMax, CumSum, Reduce, ReduceKind};
 pub use shape::{Expand, Reshape, Squeeze, Transpose, Triangular, Unsqueeze};
 
 /// What the interpreter hands an op besides its inputs: the symbol values of
@@ -78,6 +78,7 @@ pub enum Op {
     Cast(Cast),
     Reduce(Reduce),
     ArgMax(ArgMax),
+    CumSum(CumSum),
     Softmax(Softmax),
     MatMul(MatMul),
     Linear(Linear),
@@ -116,6 +117,7 @@ impl Op {
             Op::Cast(o) => o,
             Op::Reduce(o) => o,
             Op::ArgMax(o) => o,
+            Op::CumSum(o) => o,
             Op::Softmax(o) => o,
             Op::MatMul(o) => o,
             Op::Linear(o) => o,
@@ -208,6 +210,7 @@ impl Op {
             "where",
             "cast",
             "argmax",
+            "cumsum",
             "softmax",
             "log_softmax",
             "matmul",
@@ -257,6 +260,7 @@ impl Op {
                 "where" => Op::Where(Where),
                 "cast" => Op::Cast(Cast { to: r.dtype("to")? }),
                 "argmax" => Op::ArgMax(ArgMax::read(&mut r)?),
+                "cumsum" => Op::CumSum(CumSum { axis: r.int("axis")? }),
                 "softmax" | "log_softmax" => Op::Softmax(Softmax {
                     axis: r.int_or("axis", -1)?,
                     log: name == "log_softmax",

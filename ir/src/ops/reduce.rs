@@ -268,3 +268,58 @@ impl OpImpl for ArgMax {
         Ok(vec![Tensor::from_i64(DType::I64, &out_shape, &out)])
     }
 }
+
+/// Running sum along `axis` (`torch.cumsum`): element `i` is the sum of
+/// elements `0..=i`. Integers wrap like the other integer ops; frontends
+/// cast bool inputs to an integer type first (torch sums bools as i64).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CumSum {
+    pub axis: i64,
+}
+
+impl OpImpl for CumSum {
+    fn name(&self) -> &'static str {
+        "cumsum"
+    }
+
+    fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        vec![("axis", Attr::Int(self.axis))]
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity("cumsum", inputs, 1)?;
+        let x = &inputs[0];
+        if x.dtype == DType::Bool {
+            return Err("cumsum is not defined on bool (cast to an integer first)".into());
+        }
+        x.shape.axis(self.axis).map_err(|e| format!("cumsum: {e}"))?;
+        Ok(vec![x.clone()])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let x = inputs[0];
+        let axis = normalize_axis(self.axis, x.rank())?;
+        let (outer, len, inner) = super::index::around_axis(x.shape(), axis);
+        let at = |o: usize, k: usize, i: usize| (o * len + k) * inner + i;
+        if x.dtype().is_int() {
+            let mut v = x.to_i64_vec();
+            for o in 0..outer {
+                for i in 0..inner {
+                    for k in 1..len {
+                        v[at(o, k, i)] = v[at(o, k, i)].wrapping_add(v[at(o, k - 1, i)]);
+                    }
+                }
+            }
+            return Ok(vec![Tensor::from_i64(x.dtype(), x.shape(), &v)]);
+        }
+        let mut v = x.to_f64_vec();
+        for o in 0..outer {
+            for i in 0..inner {
+                for k in 1..len {
+                    v[at(o, k, i)] += v[at(o, k - 1, i)];
+                }
+            }
+        }
+        Ok(vec![Tensor::from_f64(x.dtype(), x.shape(), &v)])
+    }
+}
