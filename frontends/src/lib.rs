@@ -7,5 +7,6 @@
 //! - [`gguf`]: llama.cpp GGUF files (llama architecture), dequantised on
 //!   demand into the same graph.
 
+pub mod fx;
 pub mod gguf;
 pub mod hf;
