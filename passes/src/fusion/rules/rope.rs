@@ -22,21 +22,45 @@ use optc_ir::ops::{Concat, Op, Rope, Slice, UnaryKind, Unsqueeze};
 use super::{rule, Rule};
 use crate::fusion::egraph::{find_op, ty, FusionGraph, Node};
 
-/// Does class `c` hold `slice(x) {axis = -1, start, end, step = 1}`?
+/// Is `axis` the last axis of class `x`'s value (`-1` or `rank - 1`, as
+/// frontends spell it either way)?
+fn last_axis(eg: &FusionGraph, x: Id, axis: i64) -> bool {
+    axis == -1 || ty(eg, x).is_some_and(|t| axis == t.rank() as i64 - 1)
+}
+
+/// Is `end` the end of the last axis of `x` (`None`, or an end at or past
+/// its extent)?
+fn to_end(eg: &FusionGraph, x: Id, end: Option<i64>) -> bool {
+    match end {
+        None => true,
+        Some(e) => ty(eg, x)
+            .and_then(|t| t.shape.dims().last()?.as_const())
+            .is_some_and(|n| e >= n),
+    }
+}
+
+/// Does class `c` hold `slice(x) {axis = last, start, end, step = 1}`
+/// (`end = None` also matching an explicit end at the extent)?
 fn has_slice(eg: &FusionGraph, c: Id, x: Id, start: i64, end: Option<i64>) -> bool {
     let x = eg.find(x);
     eg[c].nodes.iter().any(|n| match n {
-        Node::Op(k, ch) if ch.len() == 1 && eg.find(ch[0]) == x => matches!(
-            eg.analysis.ops.get(k),
-            Some(Op::Slice(Slice { axis: -1, start: s, end: e, step: 1 })) if *s == start && *e == end
-        ),
+        Node::Op(k, ch) if ch.len() == 1 && eg.find(ch[0]) == x => match eg.analysis.ops.get(k) {
+            Some(Op::Slice(Slice { axis, start: s, end: e, step: 1 })) if last_axis(eg, x, *axis) && *s == start => {
+                match end {
+                    None => to_end(eg, x, *e),
+                    Some(_) => *e == end,
+                }
+            }
+            _ => false,
+        },
         _ => false,
     })
 }
 
 /// Is class `rot` `cat(-x[..., h:], x[..., :h])` (rotate_half)?
 fn is_rotate_half(eg: &FusionGraph, rot: Id, x: Id, h: i64) -> bool {
-    let Some(parts) = find_op(eg, rot, |o| matches!(o, Op::Concat(Concat { axis: -1 }))) else {
+    let concat_last = |o: &Op| matches!(o, Op::Concat(Concat { axis }) if last_axis(eg, rot, *axis));
+    let Some(parts) = find_op(eg, rot, concat_last) else {
         return false;
     };
     if parts.len() != 2 {
