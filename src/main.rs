@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use optc::frontends::{gguf, hf};
+use optc::frontends::{fx, gguf, hf};
 use optc::ir::{self, Graph, Tensor, WeightStore};
 use optc::passes::check::CheckConfig;
 use optc::passes::{DumpConfig, Pipeline};
@@ -28,10 +28,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Load a model (a Hugging Face folder or a .ir graph) and summarise it.
+    /// Load a model (a Hugging Face folder, .gguf, .pt2 or .ir) and summarise it.
     Inspect {
-        /// A model folder (config.json + safetensors), a .gguf file, or a
-        /// graph in optc's text form (.ir).
+        /// A model folder (config.json + safetensors), a .gguf file, a
+        /// torch.export archive (.pt2), or a graph in optc's text form (.ir).
         file: PathBuf,
         /// Print the whole graph in the text form instead of the summary.
         #[arg(long)]
@@ -54,7 +54,8 @@ enum Cmd {
     },
     /// Run a pass pipeline on a model and write the resulting text IR.
     Compile {
-        /// A model folder, a .gguf file, or a .ir graph.
+        /// A model folder, a .gguf file, a torch.export archive (.pt2), or a
+        /// .ir graph.
         model: PathBuf,
         /// A pipeline TOML file (default: the built-in pipeline).
         #[arg(long)]
@@ -171,7 +172,8 @@ enum Cmd {
     Passes,
     /// Run a graph on the reference interpreter.
     Eval {
-        /// A graph in optc's text form (.ir).
+        /// A graph in optc's text form (.ir) or a torch.export archive
+        /// (.pt2, which carries its weights).
         file: PathBuf,
         /// NAME=FILE.safetensors: the tensor named NAME in the file (or its
         /// only tensor) is graph input %NAME. Repeat for every input.
@@ -197,7 +199,19 @@ fn inspect(path: &Path, print_ir: bool) -> Result<()> {
     if path.is_dir() || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         return inspect_model(path, print_ir);
     }
-    let g = load_graph(path)?;
+    let g = if fx::is_pt2(path) {
+        let m = fx::load(path)?;
+        if !print_ir {
+            println!("archive  {} (torch {}, export schema {}.{})", path.display(), m.torch_version, m.schema_version.0, m.schema_version.1);
+            for (sym, (lo, hi)) in &m.ranges {
+                let show = |b: &Option<i64>| b.map_or("inf".to_string(), |b| b.to_string());
+                println!("range    {sym} in {}..={}", show(lo), show(hi));
+            }
+        }
+        m.graph
+    } else {
+        load_graph(path)?
+    };
     if print_ir {
         print!("{}", ir::print(&g));
         return Ok(());
@@ -363,7 +377,10 @@ fn compile(
     kv_cache: Option<usize>,
     lower: Option<&str>,
 ) -> Result<()> {
-    let (mut graph, mut store) = if model.extension().is_some_and(|e| e == "ir") {
+    let (mut graph, mut store) = if fx::is_pt2(model) {
+        let m = fx::load(model)?;
+        (m.graph, m.weights)
+    } else if model.extension().is_some_and(|e| e == "ir") {
         let g = load_graph(model)?;
         let mut store = WeightStore::new();
         for w in weights {
@@ -673,12 +690,20 @@ fn summary(t: &Tensor) -> String {
 }
 
 fn eval(path: &Path, inputs: &[String], weights: &[PathBuf], out: Option<&Path>) -> Result<()> {
-    let g = load_graph(path)?;
-    let mut store = WeightStore::new();
+    let inputs: BTreeMap<String, Tensor> = inputs.iter().map(|s| read_input(s)).collect::<Result<_>>()?;
+    let (g, mut store) = if fx::is_pt2(path) {
+        let m = fx::load(path)?;
+        let bindings = ir::interp::bind_symbols(&m.graph, &inputs)
+            .with_context(|| format!("{}: the inputs do not fit the graph", path.display()))?;
+        m.check_bindings(&bindings)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        (m.graph, m.weights)
+    } else {
+        (load_graph(path)?, WeightStore::new())
+    };
     for w in weights {
         store.open_safetensors(w)?;
     }
-    let inputs: BTreeMap<String, Tensor> = inputs.iter().map(|s| read_input(s)).collect::<Result<_>>()?;
     let start = std::time::Instant::now();
     let outs =
         ir::run(&g, &inputs, &store).with_context(|| format!("{}: evaluation failed", path.display()))?;

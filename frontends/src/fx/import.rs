@@ -276,25 +276,6 @@ impl<'g> Cx<'g> {
         }
     }
 
-    /// The type torch recorded for output slot `i` of `n`.
-    pub fn out_type(&self, n: &Node, i: usize) -> Result<TensorType, String> {
-        let name = output_slots(n)
-            .get(i)
-            .cloned()
-            .ok_or_else(|| format!("the node has no output {i}"))?;
-        let m = self.meta.get(&name).ok_or_else(|| format!("no metadata for {name}"))?;
-        meta_type(m).map_err(|e| format!("output {name}: {e}"))
-    }
-
-    pub fn out_dtype(&self, n: &Node, i: usize) -> Result<DType, String> {
-        let name = output_slots(n)
-            .get(i)
-            .cloned()
-            .ok_or_else(|| format!("the node has no output {i}"))?;
-        let m = self.meta.get(&name).ok_or_else(|| format!("no metadata for {name}"))?;
-        dtype_of(m.dtype)
-    }
-
     pub fn ty(&self, v: Value) -> TensorType {
         self.b.ty(v).clone()
     }
@@ -331,8 +312,8 @@ impl<'g> Cx<'g> {
     }
 
     /// Operand `name` as `dtype`: a tensor (cast if needed) or a number (a
-    /// constant), which is torch's type promotion once the result dtype is
-    /// known.
+    /// constant); with the promoted dtype, this is torch's type promotion
+    /// spelled as explicit casts.
     pub fn operand(&mut self, n: &Node, name: &str, dtype: DType) -> Result<Value, String> {
         if let Some(x) = self.number(n, name)? {
             return self.constant(x, dtype);

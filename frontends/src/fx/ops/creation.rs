@@ -3,7 +3,7 @@
 //! (its defaults: i64 for integer ranges, f32 for floats).
 
 use optc_ir::ops::{Arange, Full, Op, Scalar};
-use optc_ir::{Dim, Value};
+use optc_ir::{DType, Dim, Value};
 
 use super::{one, Lower};
 use crate::fx::import::{Cx, Num};
@@ -12,7 +12,14 @@ use crate::fx::schema::{Argument, Node};
 type R = Result<Vec<Value>, String>;
 
 fn arange(cx: &mut Cx, n: &Node) -> R {
-    let dtype = cx.out_dtype(n, 0)?;
+    let float = ["start", "end", "step"]
+        .iter()
+        .any(|a| matches!(cx.arg(n, a), Some(Argument::AsFloat(_))));
+    let dtype = match cx.opt_dtype(n, "dtype")? {
+        Some(d) => d,
+        None if float => DType::F32,
+        None => DType::I64,
+    };
     let bound = |cx: &Cx, name: &str, default: Option<Dim>| -> Result<Dim, String> {
         match cx.arg(n, name) {
             Some(Argument::AsFloat(f)) if f.fract() == 0.0 => Ok(Dim::constant(*f as i64)),
@@ -27,8 +34,24 @@ fn arange(cx: &mut Cx, n: &Node) -> R {
     one(cx.op(Op::Arange(Arange { start, end, step, dtype }), &[])?)
 }
 
+/// The factory's dtype: the `dtype` argument, else `self`'s for the
+/// `new_*`/`*_like` forms, else torch's default for the fill value.
+fn fill_dtype(cx: &Cx, n: &Node, value: Num) -> Result<DType, String> {
+    if let Some(d) = cx.opt_dtype(n, "dtype")? {
+        return Ok(d);
+    }
+    if cx.arg(n, "self").is_some() {
+        return Ok(cx.ty(cx.tensor(n, "self")?).dtype);
+    }
+    Ok(match value {
+        Num::Bool(_) => DType::Bool,
+        Num::Int(_) if cx.arg(n, "fill_value").is_some() => DType::I64,
+        _ => DType::F32,
+    })
+}
+
 fn fill(cx: &mut Cx, n: &Node, shape: Vec<Dim>, value: Num) -> R {
-    let dtype = cx.out_dtype(n, 0)?;
+    let dtype = fill_dtype(cx, n, value)?;
     let value = match value {
         Num::Float(f) if dtype.is_float() => Scalar::Float(f),
         Num::Float(f) if f.fract() == 0.0 => Scalar::Int(f as i64),
@@ -89,7 +112,7 @@ fn zeros_like(cx: &mut Cx, n: &Node) -> R {
 }
 
 fn scalar_tensor(cx: &mut Cx, n: &Node) -> R {
-    let dtype = cx.out_dtype(n, 0)?;
+    let dtype = cx.opt_dtype(n, "dtype")?.unwrap_or(DType::F32);
     let v = cx.number(n, "s")?.ok_or("scalar_tensor of a non-number")?;
     one(cx.constant(v, dtype)?)
 }

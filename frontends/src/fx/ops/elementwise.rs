@@ -38,17 +38,62 @@ pub fn promote(a: DType, b: DType) -> DType {
     }
 }
 
-/// A tensor with a Python number: the number only lifts the category.
-fn promote_scalar(t: DType, x: Num) -> DType {
-    match x {
-        Num::Float(_) if !t.is_float() => DType::F32,
-        Num::Int(_) if t == DType::Bool => DType::I64,
-        _ => t,
+/// An operand's part in promotion: a dimensioned tensor, or a scalar (a
+/// Python number or a 0-d tensor, which only lifts the category).
+enum Part {
+    Tensor(DType),
+    Scalar(DType),
+}
+
+fn part(cx: &Cx, n: &Node, name: &str) -> Result<Part, String> {
+    if let Some(x) = cx.number(n, name)? {
+        return Ok(Part::Scalar(match x {
+            Num::Float(_) => DType::F32,
+            Num::Int(_) => DType::I64,
+            Num::Bool(_) => DType::Bool,
+        }));
+    }
+    let ty = cx.ty(cx.tensor(n, name)?);
+    Ok(if ty.rank() == 0 {
+        Part::Scalar(ty.dtype)
+    } else {
+        Part::Tensor(ty.dtype)
+    })
+}
+
+fn category(d: DType) -> u8 {
+    if d == DType::Bool {
+        0
+    } else if d.is_float() {
+        2
+    } else {
+        1
     }
 }
 
+/// torch's result dtype for two operands.
+fn result_dtype(cx: &Cx, n: &Node, lhs: &str, rhs: &str) -> Result<DType, String> {
+    Ok(match (part(cx, n, lhs)?, part(cx, n, rhs)?) {
+        (Part::Tensor(a), Part::Tensor(b)) | (Part::Scalar(a), Part::Scalar(b)) => promote(a, b),
+        (Part::Tensor(t), Part::Scalar(s)) | (Part::Scalar(s), Part::Tensor(t)) => {
+            if category(s) > category(t) {
+                if s.is_float() {
+                    DType::F32
+                } else {
+                    DType::I64
+                }
+            } else {
+                t
+            }
+        }
+    })
+}
+
 fn binary(cx: &mut Cx, n: &Node, k: BinaryKind, lhs: &str, rhs: &str) -> R {
-    let dt = cx.out_dtype(n, 0)?;
+    let mut dt = result_dtype(cx, n, lhs, rhs)?;
+    if k == BinaryKind::Div && !dt.is_float() {
+        dt = DType::F32;
+    }
     let a = cx.operand(n, lhs, dt)?;
     let mut b = cx.operand(n, rhs, dt)?;
     if let Some(alpha) = cx.number(n, "alpha")? {
@@ -79,7 +124,7 @@ binaries! {
 
 /// `rsub(self, other, alpha)` is `other - alpha * self`.
 fn rsub(cx: &mut Cx, n: &Node) -> R {
-    let dt = cx.out_dtype(n, 0)?;
+    let dt = result_dtype(cx, n, "self", "other")?;
     let mut a = cx.operand(n, "self", dt)?;
     let b = cx.operand(n, "other", dt)?;
     if let Some(alpha) = cx.number(n, "alpha")? {
@@ -100,7 +145,12 @@ fn div(cx: &mut Cx, n: &Node) -> R {
 }
 
 fn clamp(cx: &mut Cx, n: &Node) -> R {
-    let dt = cx.out_dtype(n, 0)?;
+    let mut dt = cx.ty(cx.tensor(n, "self")?).dtype;
+    for name in ["min", "max"] {
+        if cx.number(n, name)?.is_some() || cx.opt_tensor(n, name)?.is_some() {
+            dt = result_dtype(cx, n, "self", name)?;
+        }
+    }
     let mut x = cx.operand(n, "self", dt)?;
     for (name, k) in [("min", BinaryKind::Maximum), ("max", BinaryKind::Minimum)] {
         let bound = match cx.number(n, name)? {
@@ -117,8 +167,15 @@ fn clamp(cx: &mut Cx, n: &Node) -> R {
     one(x)
 }
 
+/// Float math keeps the dtype; on integers it computes in f32 (neg, abs
+/// and relu stay integer).
 fn unary(cx: &mut Cx, n: &Node, k: UnaryKind) -> R {
-    let dt = cx.out_dtype(n, 0)?;
+    let d = cx.ty(cx.tensor(n, "self")?).dtype;
+    let dt = if d.is_float() || matches!(k, UnaryKind::Neg | UnaryKind::Abs | UnaryKind::Relu) {
+        d
+    } else {
+        DType::F32
+    };
     let x = cx.operand(n, "self", dt)?;
     one(cx.op(Op::Unary(k), &[x])?)
 }
@@ -159,16 +216,8 @@ fn gelu(cx: &mut Cx, n: &Node) -> R {
 }
 
 fn compare(cx: &mut Cx, n: &Node, k: CompareKind) -> R {
-    let a = cx.tensor(n, "self")?;
-    let at = cx.ty(a).dtype;
-    let dt = match cx.number(n, "other")? {
-        Some(x) => promote_scalar(at, x),
-        None => {
-            let b = cx.tensor(n, "other")?;
-            promote(at, cx.ty(b).dtype)
-        }
-    };
-    let a = cx.cast(a, dt)?;
+    let dt = result_dtype(cx, n, "self", "other")?;
+    let a = cx.operand(n, "self", dt)?;
     let b = cx.operand(n, "other", dt)?;
     one(cx.op(Op::Compare(k), &[a, b])?)
 }
@@ -246,7 +295,7 @@ fn bitwise_not(cx: &mut Cx, n: &Node) -> R {
 }
 
 fn where_(cx: &mut Cx, n: &Node) -> R {
-    let dt = cx.out_dtype(n, 0)?;
+    let dt = result_dtype(cx, n, "self", "other")?;
     let c = cx.tensor(n, "condition")?;
     if cx.ty(c).dtype != DType::Bool {
         return Err(format!("where: the condition is {}, not bool", cx.ty(c)));
@@ -259,8 +308,14 @@ fn where_(cx: &mut Cx, n: &Node) -> R {
 /// `to`, `_to_copy`, `type_as`: a cast to the recorded dtype (nothing when
 /// it already is; devices and layouts do not exist in the IR).
 fn to(cx: &mut Cx, n: &Node) -> R {
-    let dt = cx.out_dtype(n, 0)?;
     let x = cx.tensor(n, "self")?;
+    let dt = match cx.opt_dtype(n, "dtype")? {
+        Some(d) => d,
+        None => match cx.opt_tensor(n, "other")? {
+            Some(o) => cx.ty(o).dtype,
+            None => cx.ty(x).dtype,
+        },
+    };
     one(cx.cast(x, dt)?)
 }
 

@@ -1,8 +1,9 @@
 //! ATen targets to IR ops, one file per family. Each family's `TABLE`
 //! lists `(target, lowering)`; a lowering reads the node's arguments
 //! through [`Cx`] and returns one IR value per tensor output. Dtypes follow
-//! torch's promotion: operands are cast to the dtype torch recorded for the
-//! result, so no implicit conversion is left in the graph.
+//! torch's promotion rules, computed here from the operands (not read from
+//! the recorded result), and become explicit casts; the importer then
+//! checks each result against the dtype and sizes torch recorded.
 
 mod creation;
 mod elementwise;

@@ -68,8 +68,12 @@ fn rms_norm(cx: &mut Cx, n: &Node) -> R {
 }
 
 fn softmax_like(cx: &mut Cx, n: &Node, log: bool) -> R {
-    let dt = cx.out_dtype(n, 0)?;
     let x = cx.tensor(n, "self")?;
+    let dt = match cx.opt_dtype(n, "dtype")? {
+        Some(d) => d,
+        None if cx.bool(n, "half_to_float", Some(false))? => DType::F32,
+        None => cx.ty(x).dtype,
+    };
     let x = cx.cast(x, dt)?;
     let axis = cx.int(n, "dim", None)?;
     one(cx.op(Op::Softmax(Softmax { axis, log }), &[x])?)

@@ -10,9 +10,20 @@ use crate::fx::schema::Node;
 
 type R = Result<Vec<Value>, String>;
 
+/// The accumulation dtype: the `dtype` argument, else i64 for sums of
+/// integers and bools (torch's rule), else the input's.
+fn sum_dtype(cx: &Cx, n: &Node, x: Value, sums: bool) -> Result<DType, String> {
+    let d = cx.ty(x).dtype;
+    Ok(match cx.opt_dtype(n, "dtype")? {
+        Some(t) => t,
+        None if sums && !d.is_float() => DType::I64,
+        None => d,
+    })
+}
+
 fn reduce(cx: &mut Cx, n: &Node, kind: ReduceKind) -> R {
-    let dt = cx.out_dtype(n, 0)?;
     let x = cx.tensor(n, "self")?;
+    let dt = sum_dtype(cx, n, x, kind == ReduceKind::Sum)?;
     let x = cx.cast(x, dt)?;
     let axes = cx.ints(n, "dim", Some(&[]))?;
     let keepdims = cx.bool(n, "keepdim", Some(false))?;
@@ -45,8 +56,8 @@ fn argmax(cx: &mut Cx, n: &Node) -> R {
 }
 
 fn cumsum(cx: &mut Cx, n: &Node) -> R {
-    let dt = cx.out_dtype(n, 0)?;
     let x = cx.tensor(n, "self")?;
+    let dt = sum_dtype(cx, n, x, true)?;
     let x = cx.cast(x, dt)?;
     let axis = cx.int(n, "dim", None)?;
     one(cx.op(Op::CumSum(CumSum { axis }), &[x])?)
