@@ -269,3 +269,62 @@ fn the_nvrtc_target_without_a_gpu_says_so() {
     let o = optc(&["bench", &model, "--target", "tensorrt"]);
     assert_user_error(&o, "not built yet");
 }
+
+fn fx_fixture(f: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fx")
+        .join(f)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn pt2_archives_inspect_eval_and_compile() {
+    let dir = bundle("pt2");
+    let m = fx_fixture("llama.pt2");
+    let o = optc(&["inspect", &m]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("(torch 2.11.0+cu130, export schema 8.17)"), "{out}");
+    assert!(out.contains("range    s70 in 2..=inf"), "{out}");
+    assert!(out.contains("input    %input_ids: i64[1, s70]"), "{out}");
+    assert!(out.contains("output   %output: f32[1, s70, 320]"), "{out}");
+    assert!(out.contains("scaled_dot_product_attention   2"), "{out}");
+
+    let mut r = WeightStore::new();
+    r.open_safetensors(fx_fixture("llama.reference.safetensors")).unwrap();
+    write_safetensors(dir.join("ids13.safetensors"), &[("input_ids".into(), r.get("input_13").unwrap())]).unwrap();
+    let out_file = p(&dir, "out.safetensors");
+    let o = optc(&[
+        "eval",
+        &m,
+        "--input",
+        &format!("input_ids={}", p(&dir, "ids13.safetensors")),
+        "--out",
+        &out_file,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut got = WeightStore::new();
+    got.open_safetensors(&out_file).unwrap();
+    let err = got.get("output").unwrap().max_abs_diff(&r.get("output_13").unwrap());
+    assert!(err <= 1e-4, "eval of the archive is off torch by {err}");
+
+    // One token is outside the exported range (s70 >= 2).
+    write_safetensors(
+        dir.join("ids1.safetensors"),
+        &[("input_ids".into(), Tensor::from_i64(optc::ir::DType::I64, &[1, 1], &[3]))],
+    )
+    .unwrap();
+    assert_user_error(
+        &optc(&["eval", &m, "--input", &format!("input_ids={}", p(&dir, "ids1.safetensors"))]),
+        "symbol s70 = 1 is outside the range the program was exported for (2..=unbounded)",
+    );
+
+    let o = optc(&["compile", &m, "--check-passes", "-o", &p(&dir, "fused.ir")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let fused = std::fs::read_to_string(dir.join("fused.ir")).unwrap();
+    assert!(fused.contains("rope("), "{fused}");
+
+    std::fs::write(dir.join("bad.pt2"), b"not a zip").unwrap();
+    assert_user_error(&optc(&["inspect", &p(&dir, "bad.pt2")]), "bad.pt2: not a readable .pt2 archive");
+}
