@@ -507,7 +507,7 @@ pub fn import(ar: &Archive, model: &str, p: &ExportedProgram) -> Result<FxModel,
     }
     let payloads = Payloads::new(ar, model).map_err(FxErrorKind::Archive)?;
     let mut cx = Cx {
-        b: GraphBuilder::new(model),
+        b: GraphBuilder::new(ar.root.clone()),
         values: HashMap::new(),
         meta: HashMap::new(),
         syms: HashMap::new(),
