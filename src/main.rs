@@ -202,7 +202,13 @@ fn inspect(path: &Path, print_ir: bool) -> Result<()> {
     let g = if fx::is_pt2(path) {
         let m = fx::load(path)?;
         if !print_ir {
-            println!("archive  {} (torch {}, export schema {}.{})", path.display(), m.torch_version, m.schema_version.0, m.schema_version.1);
+            println!(
+                "archive  {} (torch {}, export schema {}.{})",
+                path.display(),
+                m.torch_version,
+                m.schema_version.0,
+                m.schema_version.1
+            );
             for (sym, (lo, hi)) in &m.ranges {
                 let show = |b: &Option<i64>| b.map_or("inf".to_string(), |b| b.to_string());
                 println!("range    {sym} in {}..={}", show(lo), show(hi));

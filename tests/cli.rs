@@ -292,8 +292,13 @@ fn pt2_archives_inspect_eval_and_compile() {
     assert!(out.contains("scaled_dot_product_attention   2"), "{out}");
 
     let mut r = WeightStore::new();
-    r.open_safetensors(fx_fixture("llama.reference.safetensors")).unwrap();
-    write_safetensors(dir.join("ids13.safetensors"), &[("input_ids".into(), r.get("input_13").unwrap())]).unwrap();
+    r.open_safetensors(fx_fixture("llama.reference.safetensors"))
+        .unwrap();
+    write_safetensors(
+        dir.join("ids13.safetensors"),
+        &[("input_ids".into(), r.get("input_13").unwrap())],
+    )
+    .unwrap();
     let out_file = p(&dir, "out.safetensors");
     let o = optc(&[
         "eval",
@@ -306,17 +311,28 @@ fn pt2_archives_inspect_eval_and_compile() {
     assert!(o.status.success(), "{}", stderr(&o));
     let mut got = WeightStore::new();
     got.open_safetensors(&out_file).unwrap();
-    let err = got.get("output").unwrap().max_abs_diff(&r.get("output_13").unwrap());
+    let err = got
+        .get("output")
+        .unwrap()
+        .max_abs_diff(&r.get("output_13").unwrap());
     assert!(err <= 1e-4, "eval of the archive is off torch by {err}");
 
     // One token is outside the exported range (s70 >= 2).
     write_safetensors(
         dir.join("ids1.safetensors"),
-        &[("input_ids".into(), Tensor::from_i64(optc::ir::DType::I64, &[1, 1], &[3]))],
+        &[(
+            "input_ids".into(),
+            Tensor::from_i64(optc::ir::DType::I64, &[1, 1], &[3]),
+        )],
     )
     .unwrap();
     assert_user_error(
-        &optc(&["eval", &m, "--input", &format!("input_ids={}", p(&dir, "ids1.safetensors"))]),
+        &optc(&[
+            "eval",
+            &m,
+            "--input",
+            &format!("input_ids={}", p(&dir, "ids1.safetensors")),
+        ]),
         "symbol s70 = 1 is outside the range the program was exported for (2..=unbounded)",
     );
 
@@ -326,5 +342,8 @@ fn pt2_archives_inspect_eval_and_compile() {
     assert!(fused.contains("rope("), "{fused}");
 
     std::fs::write(dir.join("bad.pt2"), b"not a zip").unwrap();
-    assert_user_error(&optc(&["inspect", &p(&dir, "bad.pt2")]), "bad.pt2: not a readable .pt2 archive");
+    assert_user_error(
+        &optc(&["inspect", &p(&dir, "bad.pt2")]),
+        "bad.pt2: not a readable .pt2 archive",
+    );
 }

@@ -83,11 +83,29 @@ fn truncated_and_foreign_files() {
 
 #[test]
 fn format_markers_are_checked() {
-    let e = error(&rewrite(|rel, b| if rel == "archive_format" { Some(b"zip".to_vec()) } else { Some(b) }));
+    let e = error(&rewrite(|rel, b| {
+        if rel == "archive_format" {
+            Some(b"zip".to_vec())
+        } else {
+            Some(b)
+        }
+    }));
     assert!(e.contains("archive_format is \"zip\""), "{e}");
-    let e = error(&rewrite(|rel, b| if rel == "archive_version" { Some(b"7".to_vec()) } else { Some(b) }));
+    let e = error(&rewrite(|rel, b| {
+        if rel == "archive_version" {
+            Some(b"7".to_vec())
+        } else {
+            Some(b)
+        }
+    }));
     assert!(e.contains("archive_version \"7\" is not supported"), "{e}");
-    let e = error(&rewrite(|rel, b| if rel == "byteorder" { Some(b"big".to_vec()) } else { Some(b) }));
+    let e = error(&rewrite(|rel, b| {
+        if rel == "byteorder" {
+            Some(b"big".to_vec())
+        } else {
+            Some(b)
+        }
+    }));
     assert!(e.contains("only little-endian"), "{e}");
     let e = error(&rewrite(|rel, b| (rel != "models/model.json").then_some(b)));
     assert!(e.contains("no program under models/"), "{e}");
@@ -115,7 +133,9 @@ fn malformed_json_names_the_entry() {
         }
     }));
     assert!(e.starts_with("models/model.json:"), "{e}");
-    let e = error(&edit_program(|v| v["graph_module"]["graph"]["nodes"] = Json::from(3)));
+    let e = error(&edit_program(|v| {
+        v["graph_module"]["graph"]["nodes"] = Json::from(3)
+    }));
     assert!(e.starts_with("models/model.json:"), "{e}");
 }
 
@@ -123,7 +143,10 @@ fn malformed_json_names_the_entry() {
 fn missing_and_short_weights() {
     // weight_1 holds layer 0's q_proj.
     let e = error(&rewrite(|rel, b| (rel != "data/weights/weight_1").then_some(b)));
-    assert!(e.contains("weight model.model.layers.0.self_attn.q_proj.weight"), "{e}");
+    assert!(
+        e.contains("weight model.model.layers.0.self_attn.q_proj.weight"),
+        "{e}"
+    );
     assert!(e.contains("no entry llama/data/weights/weight_1"), "{e}");
     let e = error(&rewrite(|rel, b| {
         if rel == "data/weights/weight_1" {
@@ -132,10 +155,17 @@ fn missing_and_short_weights() {
             Some(b)
         }
     }));
-    assert!(e.contains("needs 16384 bytes but the storage entry holds 100"), "{e}");
-    let e = error(&rewrite(|rel, b| (rel != "data/weights/model_weights_config.json").then_some(b)));
+    assert!(
+        e.contains("needs 16384 bytes but the storage entry holds 100"),
+        "{e}"
+    );
+    let e = error(&rewrite(|rel, b| {
+        (rel != "data/weights/model_weights_config.json").then_some(b)
+    }));
     assert!(e.contains("no payload for it"), "{e}");
-    let e = error(&rewrite(|rel, b| (rel != "data/constants/model_constants_config.json").then_some(b)));
+    let e = error(&rewrite(|rel, b| {
+        (rel != "data/constants/model_constants_config.json").then_some(b)
+    }));
     assert!(e.contains("weight model.model.rotary_emb.inv_freq"), "{e}");
 }
 
@@ -159,7 +189,10 @@ fn every_unmapped_op_is_listed() {
         Ok(_) => panic!("loaded"),
     }
     let e = error(&bytes);
-    assert!(e.contains("2 ATen op(s) optc cannot map: aten.my_rsqrt.default (5x, first at node rsqrt)"), "{e}");
+    assert!(
+        e.contains("2 ATen op(s) optc cannot map: aten.my_rsqrt.default (5x, first at node rsqrt)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -201,14 +234,18 @@ fn an_unsupported_argument_names_the_node() {
     let bytes = edit_program(|v| {
         for n in nodes(v) {
             if n["target"] == "torch.ops.aten.scaled_dot_product_attention.default" {
-                n["inputs"].as_array_mut().unwrap().push(
-                    serde_json::json!({"name": "dropout_p", "arg": {"as_float": 0.5}, "kind": 2}),
-                );
+                n["inputs"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(serde_json::json!({"name": "dropout_p", "arg": {"as_float": 0.5}, "kind": 2}));
             }
         }
     });
     let e = error(&bytes);
-    assert!(e.contains("(aten.scaled_dot_product_attention.default): dropout_p = 0.5"), "{e}");
+    assert!(
+        e.contains("(aten.scaled_dot_product_attention.default): dropout_p = 0.5"),
+        "{e}"
+    );
 }
 
 /// Truncations and byte flips at many places: every one is an error or a
@@ -242,7 +279,13 @@ fn mutations_never_panic() {
         let mut t = text.clone();
         let at = (next() % t.len() as u64) as usize;
         t[at] = b"{}[]\",:0123456789-eE"[(next() % 20) as usize];
-        let b = rewrite(|rel, bytes| Some(if rel == "models/model.json" { t.clone() } else { bytes }));
+        let b = rewrite(|rel, bytes| {
+            Some(if rel == "models/model.json" {
+                t.clone()
+            } else {
+                bytes
+            })
+        });
         let _ = fx::load_bytes(&b);
     }
 }

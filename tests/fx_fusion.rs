@@ -26,7 +26,10 @@ const FUSED: [&str; 10] = [
 
 fn counts(g: &Graph) -> BTreeMap<&'static str, usize> {
     let all = g.op_counts();
-    FUSED.iter().map(|&op| (op, all.get(op).copied().unwrap_or(0))).collect()
+    FUSED
+        .iter()
+        .map(|&op| (op, all.get(op).copied().unwrap_or(0)))
+        .collect()
 }
 
 fn root() -> &'static Path {
@@ -42,7 +45,11 @@ fn same_fusion(name: &str) {
     compile(&mut h.graph, &mut h.weights);
     let mut f = fx::load(root().join(format!("tests/fixtures/fx/{name}.pt2"))).unwrap();
     compile(&mut f.graph, &mut f.weights);
-    assert_eq!(counts(&f.graph), counts(&h.graph), "{name}: fused op counts (fx vs safetensors)");
+    assert_eq!(
+        counts(&f.graph),
+        counts(&h.graph),
+        "{name}: fused op counts (fx vs safetensors)"
+    );
     // The fused graph still computes torch's logits.
     let mut reference = WeightStore::new();
     reference
@@ -50,7 +57,12 @@ fn same_fusion(name: &str) {
         .unwrap();
     let x = reference.get("input_13").unwrap();
     let want = reference.get("output_13").unwrap();
-    let got = run(&f.graph, &BTreeMap::from([("input_ids".to_string(), x)]), &f.weights).unwrap();
+    let got = run(
+        &f.graph,
+        &BTreeMap::from([("input_ids".to_string(), x)]),
+        &f.weights,
+    )
+    .unwrap();
     let err = got[0].cast(DType::F32).max_abs_diff(&want);
     assert!(err <= 1e-4, "{name}: fused graph is off by {err}");
 }

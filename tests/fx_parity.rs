@@ -11,7 +11,9 @@ use optc::frontends::fx;
 use optc::ir::{run, DType, WeightStore};
 
 fn fixture(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fx").join(file)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fx")
+        .join(file)
 }
 
 fn check(name: &str, input: &str) {
@@ -29,7 +31,10 @@ fn check(name: &str, input: &str) {
         let got = got[0].cast(DType::F32);
         assert_eq!(got.shape(), want.shape(), "{name} at {len}");
         let err = got.max_abs_diff(&want);
-        eprintln!("{name} at length {len}: max abs error {err:.2e} over {:?}", want.shape());
+        eprintln!(
+            "{name} at length {len}: max abs error {err:.2e} over {:?}",
+            want.shape()
+        );
         assert!(err <= 1e-4, "{name} at length {len}: max abs error {err}");
     }
 }

@@ -32,7 +32,8 @@ pub struct Archive<'a> {
 impl<'a> Archive<'a> {
     /// Indexes the zip's entries and checks the format markers.
     pub fn parse(bytes: &'a [u8]) -> Result<Archive<'a>, String> {
-        let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a zip archive: {e}"))?;
+        let mut zip =
+            zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a zip archive: {e}"))?;
         let mut entries = BTreeMap::new();
         let mut root: Option<String> = None;
         for i in 0..zip.len() {
@@ -79,7 +80,10 @@ impl<'a> Archive<'a> {
         }
         if let Ok(order) = a.text("byteorder") {
             if order.trim() != "little" {
-                return Err(format!("byteorder {:?}: only little-endian archives are supported", order.trim()));
+                return Err(format!(
+                    "byteorder {:?}: only little-endian archives are supported",
+                    order.trim()
+                ));
             }
         }
         Ok(a)

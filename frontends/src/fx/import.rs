@@ -9,8 +9,8 @@ use optc_ir::{DType, Dim, GraphBuilder, Shape, Tensor, TensorType, Value, Weight
 
 use super::archive::Archive;
 use super::schema::{
-    Argument, ExportedProgram, Graph, InputSpec, Node, OptionalTensorArgument, OutputSpec, SymInt, SymIntArgument,
-    TensorMeta,
+    Argument, ExportedProgram, Graph, InputSpec, Node, OptionalTensorArgument, OutputSpec, SymInt,
+    SymIntArgument, TensorMeta,
 };
 use super::sym::parse_dim;
 use super::weights::Payloads;
@@ -159,9 +159,9 @@ impl<'g> Cx<'g> {
             Some(Argument::AsInt(i)) => Ok(Some(*i)),
             Some(Argument::AsSymInt(s)) => {
                 let d = self.sym(s)?;
-                d.as_const()
-                    .map(Some)
-                    .ok_or_else(|| format!("argument '{name}' is the symbolic {d}; optc needs a constant here"))
+                d.as_const().map(Some).ok_or_else(|| {
+                    format!("argument '{name}' is the symbolic {d}; optc needs a constant here")
+                })
             }
             Some(a) => Err(wrong(name, "an int", a)),
         }
@@ -180,8 +180,9 @@ impl<'g> Cx<'g> {
                 let dims = self.dims(n, name)?;
                 dims.iter()
                     .map(|d| {
-                        d.as_const()
-                            .ok_or_else(|| format!("argument '{name}' holds the symbolic {d}; optc needs constants"))
+                        d.as_const().ok_or_else(|| {
+                            format!("argument '{name}' holds the symbolic {d}; optc needs constants")
+                        })
                     })
                     .collect()
             }
@@ -368,7 +369,10 @@ fn module_path(n: &Node) -> Option<&str> {
 
 /// Higher-order ops whose body is inlined: wrappers that change autograd
 /// or autocast state only, which inference without autocast ignores.
-const INLINED: [&str; 2] = ["higher_order.wrap_with_set_grad_enabled", "higher_order.wrap_with_autocast"];
+const INLINED: [&str; 2] = [
+    "higher_order.wrap_with_set_grad_enabled",
+    "higher_order.wrap_with_autocast",
+];
 
 /// Every target of `g` (and nested graphs) with no lowering.
 fn unmapped(g: &Graph, acc: &mut BTreeMap<String, Unmapped>) {
@@ -470,7 +474,8 @@ impl<'g> Cx<'g> {
                 (a, _) => return Err(format!("body operand of kind {} is not supported", a.kind())),
             }
         }
-        self.lower_graph(&sub.graph).map_err(|e| format!("in body {}: {e}", sub.name))?;
+        self.lower_graph(&sub.graph)
+            .map_err(|e| format!("in body {}: {e}", sub.name))?;
         let mut outs = Vec::new();
         for o in &sub.graph.outputs {
             match o {
@@ -485,7 +490,9 @@ impl<'g> Cx<'g> {
 fn check_type(name: &str, m: &TensorMeta, got: &TensorType) -> Result<(), String> {
     let want_dtype = dtype_of(m.dtype)?;
     if want_dtype != got.dtype {
-        return Err(format!("{name}: optc computes {got} but torch recorded dtype {want_dtype}"));
+        return Err(format!(
+            "{name}: optc computes {got} but torch recorded dtype {want_dtype}"
+        ));
     }
     // Sizes optc cannot express (Min, FloorDiv) are not compared.
     if let Ok(want) = meta_type(m) {
@@ -535,7 +542,8 @@ pub fn import(ar: &Archive, model: &str, p: &ExportedProgram) -> Result<FxModel,
                     .meta
                     .get(&t.name)
                     .ok_or_else(|| FxErrorKind::Signature(format!("no metadata for input {}", t.name)))?;
-                let ty = meta_type(m).map_err(|e| FxErrorKind::Signature(format!("input {}: {e}", t.name)))?;
+                let ty =
+                    meta_type(m).map_err(|e| FxErrorKind::Signature(format!("input {}: {e}", t.name)))?;
                 let v = cx.b.input(t.name.clone(), ty);
                 cx.values.insert(t.name.clone(), v);
                 continue;
@@ -557,11 +565,19 @@ pub fn import(ar: &Archive, model: &str, p: &ExportedProgram) -> Result<FxModel,
             message,
         };
         let t = payloads.tensor(fqn).map_err(werr)?;
-        let m = cx.meta.get(&arg.name).ok_or_else(|| werr("no metadata for its placeholder".into()))?;
+        let m = cx
+            .meta
+            .get(&arg.name)
+            .ok_or_else(|| werr("no metadata for its placeholder".into()))?;
         let ty = meta_type(m).map_err(werr)?;
-        let stored = TensorType::new(t.dtype(), Shape::of(&t.shape().iter().map(|&d| d as i64).collect::<Vec<_>>()));
+        let stored = TensorType::new(
+            t.dtype(),
+            Shape::of(&t.shape().iter().map(|&d| d as i64).collect::<Vec<_>>()),
+        );
         if stored != ty {
-            return Err(werr(format!("the archive stores {stored} but the graph declares {ty}")));
+            return Err(werr(format!(
+                "the archive stores {stored} but the graph declares {ty}"
+            )));
         }
         if !weights.contains(fqn) {
             weights.insert(fqn.clone(), t).map_err(|e| werr(e.to_string()))?;
@@ -590,7 +606,14 @@ pub fn import(ar: &Archive, model: &str, p: &ExportedProgram) -> Result<FxModel,
             )));
         };
         let v = cx.value(&t.name).map_err(FxErrorKind::Signature)?;
-        cx.b.output(if single { "output".to_string() } else { format!("output_{i}") }, v);
+        cx.b.output(
+            if single {
+                "output".to_string()
+            } else {
+                format!("output_{i}")
+            },
+            v,
+        );
     }
     let graph = cx.b.finish().map_err(|e| FxErrorKind::Graph(e.to_string()))?;
     Ok(FxModel {

@@ -171,7 +171,9 @@ fn parse_program(text: &str, entry: &str) -> Result<schema::ExportedProgram, FxE
         message,
     };
     let raw: serde_json::Value = serde_json::from_str(text).map_err(|e| json(e.to_string()))?;
-    let v = raw.get("schema_version").ok_or_else(|| json("no schema_version".into()))?;
+    let v = raw
+        .get("schema_version")
+        .ok_or_else(|| json("no schema_version".into()))?;
     let part = |k: &str| v.get(k).and_then(|m| m.as_i64());
     if part("major") != Some(schema::SCHEMA_MAJOR) {
         let show = |p: Option<i64>| p.map_or("?".to_string(), |m| m.to_string());

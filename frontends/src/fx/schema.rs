@@ -295,5 +295,8 @@ fn float<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 
 fn floats<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
-    Vec::<FloatRepr>::deserialize(d)?.into_iter().map(FloatRepr::get).collect()
+    Vec::<FloatRepr>::deserialize(d)?
+        .into_iter()
+        .map(FloatRepr::get)
+        .collect()
 }

@@ -7,7 +7,10 @@ use optc_ir::Dim;
 
 /// Parses one `srepr` expression into a dim.
 pub fn parse_dim(text: &str) -> Result<Dim, String> {
-    let mut p = Parser { s: text.as_bytes(), at: 0 };
+    let mut p = Parser {
+        s: text.as_bytes(),
+        at: 0,
+    };
     let d = p.expr()?;
     p.ws();
     if p.at != p.s.len() {
@@ -60,7 +63,8 @@ impl Parser<'_> {
             self.at += 1;
         }
         let t = std::str::from_utf8(&self.s[start..self.at]).unwrap_or("");
-        t.parse().map_err(|_| format!("expected an integer at byte {start}"))
+        t.parse()
+            .map_err(|_| format!("expected an integer at byte {start}"))
     }
 
     fn string(&mut self) -> Result<String, String> {
@@ -106,7 +110,11 @@ impl Parser<'_> {
             return Err("size expression nested too deeply".into());
         }
         self.ws();
-        if self.s.get(self.at).is_some_and(|c| c.is_ascii_digit() || *c == b'-') {
+        if self
+            .s
+            .get(self.at)
+            .is_some_and(|c| c.is_ascii_digit() || *c == b'-')
+        {
             return Ok(Dim::constant(self.int()?));
         }
         let head = self.ident().to_string();

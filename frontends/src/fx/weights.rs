@@ -47,12 +47,17 @@ impl<'a> Payloads<'a> {
         } else if let Some(m) = self.constants.get(fqn) {
             (CONSTANTS, m)
         } else {
-            return Err("the archive has no payload for it (missing from the weights and constants configs)".into());
+            return Err(
+                "the archive has no payload for it (missing from the weights and constants configs)".into(),
+            );
         };
         if meta.use_pickle {
             return Err("stored as a Python pickle; optc reads raw tensor payloads only".into());
         }
-        let tm = meta.tensor_meta.as_ref().ok_or("its payload has no tensor_meta")?;
+        let tm = meta
+            .tensor_meta
+            .as_ref()
+            .ok_or("its payload has no tensor_meta")?;
         let bytes = self.ar.get(&format!("{dir}{}", meta.path_name))?;
         strided_copy(tm, bytes)
     }
@@ -72,11 +77,24 @@ fn strided_copy(tm: &TensorMeta, storage: &[u8]) -> Result<Tensor, String> {
         return Err(format!("{dtype} payloads are not supported"));
     }
     let elem = dtype.storage_bytes(1);
-    let sizes: Vec<i64> = tm.sizes.iter().map(|s| concrete(s, "size")).collect::<Result<_, _>>()?;
-    let strides: Vec<i64> = tm.strides.iter().map(|s| concrete(s, "stride")).collect::<Result<_, _>>()?;
-    let offset = tm.storage_offset.as_ref().map_or(Ok(0), |o| concrete(o, "storage offset"))?;
+    let sizes: Vec<i64> = tm
+        .sizes
+        .iter()
+        .map(|s| concrete(s, "size"))
+        .collect::<Result<_, _>>()?;
+    let strides: Vec<i64> = tm
+        .strides
+        .iter()
+        .map(|s| concrete(s, "stride"))
+        .collect::<Result<_, _>>()?;
+    let offset = tm
+        .storage_offset
+        .as_ref()
+        .map_or(Ok(0), |o| concrete(o, "storage offset"))?;
     if sizes.iter().any(|&s| s < 0) || strides.iter().any(|&s| s < 0) || offset < 0 {
-        return Err(format!("negative size, stride or offset in {sizes:?} / {strides:?} / {offset}"));
+        return Err(format!(
+            "negative size, stride or offset in {sizes:?} / {strides:?} / {offset}"
+        ));
     }
     if strides.len() != sizes.len() {
         return Err(format!("{} strides for {} sizes", strides.len(), sizes.len()));
@@ -93,7 +111,9 @@ fn strided_copy(tm: &TensorMeta, storage: &[u8]) -> Result<Tensor, String> {
     let last = sizes
         .iter()
         .zip(&strides)
-        .try_fold(offset as u128, |a, (&s, &st)| Some(a + (s as u128 - 1) * st as u128))
+        .try_fold(offset as u128, |a, (&s, &st)| {
+            Some(a + (s as u128 - 1) * st as u128)
+        })
         .ok_or("index overflows")?;
     let need = (last + 1) * elem as u128;
     if need > storage.len() as u128 {
@@ -121,7 +141,12 @@ fn strided_copy(tm: &TensorMeta, storage: &[u8]) -> Result<Tensor, String> {
     let mut out = Vec::with_capacity(numel * elem);
     let mut idx = vec![0usize; shape.len()];
     for _ in 0..numel {
-        let at = offset as usize + idx.iter().zip(&strides).map(|(&i, &st)| i * st as usize).sum::<usize>();
+        let at = offset as usize
+            + idx
+                .iter()
+                .zip(&strides)
+                .map(|(&i, &st)| i * st as usize)
+                .sum::<usize>();
         out.extend_from_slice(&storage[at * elem..(at + 1) * elem]);
         for d in (0..shape.len()).rev() {
             idx[d] += 1;

@@ -23,7 +23,9 @@ fn arange(cx: &mut Cx, n: &Node) -> R {
     let bound = |cx: &Cx, name: &str, default: Option<Dim>| -> Result<Dim, String> {
         match cx.arg(n, name) {
             Some(Argument::AsFloat(f)) if f.fract() == 0.0 => Ok(Dim::constant(*f as i64)),
-            Some(Argument::AsFloat(f)) => Err(format!("arange with the fractional {name} {f} is not supported")),
+            Some(Argument::AsFloat(f)) => {
+                Err(format!("arange with the fractional {name} {f} is not supported"))
+            }
             _ => cx.dim(n, name, default),
         }
     };
@@ -31,7 +33,15 @@ fn arange(cx: &mut Cx, n: &Node) -> R {
     let end = bound(cx, "end", None)?;
     let step = bound(cx, "step", Some(Dim::constant(1)))?;
     let step = step.as_const().ok_or("arange with a symbolic step")?;
-    one(cx.op(Op::Arange(Arange { start, end, step, dtype }), &[])?)
+    one(cx.op(
+        Op::Arange(Arange {
+            start,
+            end,
+            step,
+            dtype,
+        }),
+        &[],
+    )?)
 }
 
 /// The factory's dtype: the `dtype` argument, else `self`'s for the
@@ -65,7 +75,8 @@ fn fill(cx: &mut Cx, n: &Node, shape: Vec<Dim>, value: Num) -> R {
 }
 
 fn fill_value(cx: &Cx, n: &Node) -> Result<Num, String> {
-    cx.number(n, "fill_value")?.ok_or_else(|| "fill_value is not a number".into())
+    cx.number(n, "fill_value")?
+        .ok_or_else(|| "fill_value is not a number".into())
 }
 
 fn full(cx: &mut Cx, n: &Node) -> R {

@@ -138,7 +138,10 @@ fn rsub(cx: &mut Cx, n: &Node) -> R {
 
 /// True division (ints promote to float through the recorded dtype).
 fn div(cx: &mut Cx, n: &Node) -> R {
-    if let Some(Ok(mode)) = cx.arg(n, "rounding_mode").map(|_| cx.string(n, "rounding_mode", None)) {
+    if let Some(Ok(mode)) = cx
+        .arg(n, "rounding_mode")
+        .map(|_| cx.string(n, "rounding_mode", None))
+    {
         return Err(format!("division with rounding_mode = {mode:?} is not supported"));
     }
     binary(cx, n, BinaryKind::Div, "self", "other")
@@ -321,7 +324,11 @@ fn to(cx: &mut Cx, n: &Node) -> R {
 
 /// Ops that return their input's values unchanged in inference.
 fn identity(cx: &mut Cx, n: &Node) -> R {
-    let name = if cx.arg(n, "input").is_some() { "input" } else { "self" };
+    let name = if cx.arg(n, "input").is_some() {
+        "input"
+    } else {
+        "self"
+    };
     one(cx.tensor(n, name)?)
 }
 

@@ -2,7 +2,8 @@
 //! `cat`/`stack`, and `split`/`split_with_sizes`/`chunk`/`unbind`.
 
 use optc_ir::ops::{
-    BinaryKind, CompareKind, Concat, Expand, Gather, IndexSelect, Op, Reshape, Slice, Split, Squeeze, Unsqueeze, Where,
+    BinaryKind, CompareKind, Concat, Expand, Gather, IndexSelect, Op, Reshape, Slice, Split, Squeeze,
+    Unsqueeze, Where,
 };
 use optc_ir::{DType, Dim, Value};
 
@@ -39,14 +40,26 @@ fn slice(cx: &mut Cx, n: &Node) -> R {
             _ if e == extent => None,
             Some(e) if e >= OPEN_END => None,
             Some(e) => Some(e),
-            None => return Err(format!("slice end {e} is symbolic and not the axis extent {extent}")),
+            None => {
+                return Err(format!(
+                    "slice end {e} is symbolic and not the axis extent {extent}"
+                ))
+            }
         }
     };
     let step = cx.int(n, "step", Some(1))?;
     if start == 0 && end.is_none() && step == 1 {
         return one(x);
     }
-    one(cx.op(Op::Slice(Slice { axis: dim, start, end, step }), &[x])?)
+    one(cx.op(
+        Op::Slice(Slice {
+            axis: dim,
+            start,
+            end,
+            step,
+        }),
+        &[x],
+    )?)
 }
 
 /// `select(self, dim, index)`: a gather with a 0-d index.
@@ -90,7 +103,9 @@ fn index(cx: &mut Cx, n: &Node) -> R {
         let i = idx[m].ok_or("index list changed")?;
         let it = cx.ty(i);
         if !matches!(it.dtype, DType::I64 | DType::I32) {
-            return Err(format!("index tensor {it}: only integer indices are supported (no bool masks)"));
+            return Err(format!(
+                "index tensor {it}: only integer indices are supported (no bool masks)"
+            ));
         }
         shapes.push(it.shape.clone());
         let i = cx.cast(i, DType::I64)?;
@@ -122,7 +137,11 @@ fn index(cx: &mut Cx, n: &Node) -> R {
             // The gather wraps negatives against the flattened extent,
             // which is this dim's only when it is the one indexed dim > 1.
             None if parts.len() == 1 => {}
-            None => return Err(format!("advanced indexing over the symbolic dim {extent} with other dims")),
+            None => {
+                return Err(format!(
+                    "advanced indexing over the symbolic dim {extent} with other dims"
+                ))
+            }
         }
         if !stride.is(1) {
             let s = stride
@@ -142,7 +161,12 @@ fn index(cx: &mut Cx, n: &Node) -> R {
         None => cx.constant(Num::Int(0), DType::I64)?,
     };
     let lin = if cx.ty(lin).shape != bshape {
-        cx.op(Op::Expand(Expand { shape: bshape.dims().to_vec() }), &[lin])?
+        cx.op(
+            Op::Expand(Expand {
+                shape: bshape.dims().to_vec(),
+            }),
+            &[lin],
+        )?
     } else {
         lin
     };

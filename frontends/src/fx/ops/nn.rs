@@ -27,7 +27,9 @@ fn norm_axis(cx: &Cx, n: &Node, x: Value) -> Result<i64, String> {
     }
     let tail = &dims[dims.len() - shape.len()..];
     if tail.iter().zip(&shape).any(|(d, &s)| !d.is(s)) {
-        return Err(format!("normalized_shape {shape:?} is not the trailing dims of {ty}"));
+        return Err(format!(
+            "normalized_shape {shape:?} is not the trailing dims of {ty}"
+        ));
     }
     Ok(-(shape.len() as i64))
 }

@@ -18,7 +18,9 @@ fn axis(a: i64, rank: usize) -> Result<usize, String> {
 /// `dims` with its one `-1` (if any) replaced by what the element count
 /// leaves for it.
 fn resolve(cx: &Cx, x: Value, dims: Vec<Dim>) -> Result<Vec<Dim>, String> {
-    let holes: Vec<usize> = (0..dims.len()).filter(|&i| dims[i].as_const() == Some(-1)).collect();
+    let holes: Vec<usize> = (0..dims.len())
+        .filter(|&i| dims[i].as_const() == Some(-1))
+        .collect();
     let ty = cx.ty(x);
     match holes.as_slice() {
         [] => Ok(dims),
@@ -30,9 +32,9 @@ fn resolve(cx: &Cx, x: Value, dims: Vec<Dim>) -> Result<Vec<Dim>, String> {
                 .try_fold(Dim::constant(1), |a, (_, d)| a.checked_mul(d))
                 .ok_or("size too complex")?;
             let total = ty.shape.numel().ok_or("size too complex")?;
-            let fill = total
-                .div_exact(&known)
-                .ok_or_else(|| format!("cannot view {ty} as {dims:?}: {total} is not a multiple of {known}"))?;
+            let fill = total.div_exact(&known).ok_or_else(|| {
+                format!("cannot view {ty} as {dims:?}: {total} is not a multiple of {known}")
+            })?;
             let mut out = dims;
             out[*h] = fill;
             Ok(out)
@@ -48,7 +50,11 @@ fn reshape_to(cx: &mut Cx, x: Value, dims: Vec<Dim>) -> Result<Value, String> {
 
 fn view(cx: &mut Cx, n: &Node) -> R {
     let x = cx.tensor(n, "self")?;
-    let name = if cx.arg(n, "size").is_some() { "size" } else { "shape" };
+    let name = if cx.arg(n, "size").is_some() {
+        "size"
+    } else {
+        "shape"
+    };
     let dims = cx.dims(n, name)?;
     one(reshape_to(cx, x, dims)?)
 }
@@ -139,7 +145,12 @@ fn flatten(cx: &mut Cx, n: &Node) -> R {
     let ty = cx.ty(x);
     let rank = ty.rank();
     if rank == 0 {
-        return one(cx.op(Op::Reshape(Reshape { shape: vec![Dim::constant(1)] }), &[x])?);
+        return one(cx.op(
+            Op::Reshape(Reshape {
+                shape: vec![Dim::constant(1)],
+            }),
+            &[x],
+        )?);
     }
     let s = axis(cx.int(n, "start_dim", Some(0))?, rank)?;
     let e = axis(cx.int(n, "end_dim", Some(-1))?, rank)?;

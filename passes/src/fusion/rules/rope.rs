@@ -45,12 +45,15 @@ fn has_slice(eg: &FusionGraph, c: Id, x: Id, start: i64, end: Option<i64>) -> bo
     let x = eg.find(x);
     eg[c].nodes.iter().any(|n| match n {
         Node::Op(k, ch) if ch.len() == 1 && eg.find(ch[0]) == x => match eg.analysis.ops.get(k) {
-            Some(Op::Slice(Slice { axis, start: s, end: e, step: 1 })) if last_axis(eg, x, *axis) && *s == start => {
-                match end {
-                    None => to_end(eg, x, *e),
-                    Some(_) => *e == end,
-                }
-            }
+            Some(Op::Slice(Slice {
+                axis,
+                start: s,
+                end: e,
+                step: 1,
+            })) if last_axis(eg, x, *axis) && *s == start => match end {
+                None => to_end(eg, x, *e),
+                Some(_) => *e == end,
+            },
             _ => false,
         },
         _ => false,
