@@ -22,13 +22,18 @@ Models:
   mlp     a small non-LLM model: patch tokens -> layer_norm -> bidirectional
           multi-head sdpa -> gelu MLP -> mean pool -> linear -> softmax,
           dynamic batch
+  ops     OpZoo: ATen ops the others do not use (rms_norm, clamp, mm, bmm,
+          permute, stack/unbind, split_with_sizes, flatten/unflatten,
+          select, index_select of a buffer, where, factories with symbolic
+          sizes, unary math, log_softmax, triu/tril, reductions, argmax,
+          t, strided slices), dynamic batch
 
 The HF models are loaded from the safetensors fixtures with
 attn_implementation="sdpa" and wrapped so forward(input_ids) returns the
 logits (use_cache=False), which is what a user exports for optc.
 
 Run on the GPU machine (torch 2.11, transformers 5.17), from the repo root:
-    python3 scripts/make_fx_fixtures.py [OUT_DIR]
+    python3 scripts/make_fx_fixtures.py [OUT_DIR] [--only=NAME ...]
 It runs on the CPU there (fp32, one thread, deterministic).
 """
 
@@ -50,7 +55,9 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 transformers.logging.set_verbosity_error()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "tests", "fixtures", "fx")
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--only=")]
+ONLY = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--only=")]
+OUT = ARGS[0] if ARGS else os.path.join(ROOT, "tests", "fixtures", "fx")
 EXAMPLE_LEN = 8
 LENGTHS = [5, 8, 13]
 
@@ -91,6 +98,50 @@ class PatchMlp(torch.nn.Module):
         h = h + self.proj(a.transpose(1, 2).reshape(b, n, -1))
         h = h + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(h))))
         return torch.softmax(self.head(h.mean(dim=1)), dim=-1)
+
+
+class OpZoo(torch.nn.Module):
+    """Many ATen ops the LLM fixtures do not use, each checked against torch."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(6, 6)
+        self.norm = torch.nn.RMSNorm(6, eps=1e-6)
+        self.w = torch.nn.Parameter(torch.randn(6, 6) * 0.3)
+        self.register_buffer("pick", torch.tensor([2, 0]))
+
+    def forward(self, x):  # x: [B, 4, 6]
+        b = x.shape[0]
+        h = torch.clamp(self.norm(self.lin(x)), min=-1.5, max=1.5)
+        m = torch.mm(h.reshape(-1, 6), self.w).view(b, 4, 6)
+        bm = torch.bmm(m, m.transpose(1, 2))
+        p = m.permute(0, 2, 1)
+        u0, u1 = torch.unbind(torch.stack([p, p * 2.0], dim=1), dim=1)
+        a, c = torch.split(u0, [2, 4], dim=1)
+        g = torch.flatten(u1, 1).unflatten(1, (4, 6))
+        sel = g.select(1, -1)
+        isel = torch.index_select(g, 2, self.pick)
+        wh = torch.where(g > 0, g, torch.zeros_like(g))
+        full = torch.ones(b, 4, 6) * torch.full((b, 4, 6), 0.5)
+        e = torch.exp(-g.abs()) * torch.sigmoid(g) + torch.erf(g) + torch.relu(g)
+        e = e - torch.sqrt(g.abs() + 1) / torch.log(g.abs() + 2) + torch.tanh(g).neg()
+        tri = torch.triu(bm, diagonal=1) + torch.tril(bm)
+        parts = [
+            e.reshape(b, -1),
+            torch.log_softmax(g, dim=-1).reshape(b, -1),
+            (wh + full + torch.minimum(g, wh) + torch.maximum(g, -wh)).reshape(b, -1),
+            tri.reshape(b, -1),
+            sel,
+            isel.reshape(b, -1),
+            a.sum(1) + c.mean(1),
+            torch.amax(g, dim=-1) + g.sum(dim=(1, 2))[:, None] + g.mean(),
+            torch.argmax(g, dim=-1).float(),
+            (sel @ self.w.t()),
+            g.pow(2).add(1.0).rsqrt().reshape(b, -1),
+            torch.softmax(bm, dim=1).reshape(b, -1) / 3,
+            g.unsqueeze(0).squeeze(0)[:, 1:3, ::2].reshape(b, -1),
+        ]
+        return torch.cat(parts, dim=1)
 
 
 def targets(ep):
@@ -159,8 +210,13 @@ def main():
         "lengths": LENGTHS,
         "models": {},
     }
+    path = os.path.join(OUT, "MANIFEST.json")
+    if ONLY and os.path.exists(path):
+        with open(path) as f:
+            manifest["models"] = json.load(f)["models"]
+    wanted = lambda name: not ONLY or name in ONLY  # noqa: E731
     failed = []
-    for name in ["llama", "qwen2", "gpt2"]:
+    for name in [n for n in ["llama", "qwen2", "gpt2"] if wanted(n)]:
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 os.path.join(ROOT, "tests", "fixtures", "hf", name),
@@ -178,14 +234,30 @@ def main():
             failed.append(name)
             traceback.print_exc()
     try:
+        if not wanted("ops"):
+            raise StopIteration
+        torch.manual_seed(2)
+        zoo = OpZoo().eval()
+        g2 = torch.Generator().manual_seed(11)
+        manifest["models"]["ops"] = export("ops", zoo, lambda n: torch.randn(n, 4, 6, generator=g2), 0)
+    except StopIteration:
+        pass
+    except Exception:  # noqa: BLE001
+        failed.append("ops")
+        traceback.print_exc()
+    try:
+        if not wanted("mlp"):
+            raise StopIteration
         torch.manual_seed(1)
         mlp = PatchMlp().eval()
         g = torch.Generator().manual_seed(7)
         manifest["models"]["mlp"] = export("mlp", mlp, lambda n: torch.randn(n, 6, 12, generator=g), 0)
+    except StopIteration:
+        pass
     except Exception:  # noqa: BLE001
         failed.append("mlp")
         traceback.print_exc()
-    with open(os.path.join(OUT, "MANIFEST.json"), "w") as f:
+    with open(path, "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
         f.write("\n")
     for name, m in manifest["models"].items():

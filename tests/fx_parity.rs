@@ -58,3 +58,8 @@ fn gpt2_matches_torch() {
 fn patch_mlp_matches_torch() {
     check("mlp", "x");
 }
+
+#[test]
+fn op_zoo_matches_torch() {
+    check("ops", "x");
+}
