@@ -233,30 +233,26 @@ def main():
         except Exception:  # noqa: BLE001
             failed.append(name)
             traceback.print_exc()
-    try:
-        if not wanted("ops"):
-            raise StopIteration
+    def zoo():
         torch.manual_seed(2)
-        zoo = OpZoo().eval()
-        g2 = torch.Generator().manual_seed(11)
-        manifest["models"]["ops"] = export("ops", zoo, lambda n: torch.randn(n, 4, 6, generator=g2), 0)
-    except StopIteration:
-        pass
-    except Exception:  # noqa: BLE001
-        failed.append("ops")
-        traceback.print_exc()
-    try:
-        if not wanted("mlp"):
-            raise StopIteration
+        g = torch.Generator().manual_seed(11)
+        return OpZoo().eval(), lambda n: torch.randn(n, 4, 6, generator=g)
+
+    def mlp():
         torch.manual_seed(1)
-        mlp = PatchMlp().eval()
         g = torch.Generator().manual_seed(7)
-        manifest["models"]["mlp"] = export("mlp", mlp, lambda n: torch.randn(n, 6, 12, generator=g), 0)
-    except StopIteration:
-        pass
-    except Exception:  # noqa: BLE001
-        failed.append("mlp")
-        traceback.print_exc()
+        return PatchMlp().eval(), lambda n: torch.randn(n, 6, 12, generator=g)
+
+    # Non-LLM modules, exported with a dynamic batch (dim 0).
+    for name, build in [("ops", zoo), ("mlp", mlp)]:
+        if not wanted(name):
+            continue
+        try:
+            module, make_input = build()
+            manifest["models"][name] = export(name, module, make_input, 0)
+        except Exception:  # noqa: BLE001
+            failed.append(name)
+            traceback.print_exc()
     with open(path, "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
         f.write("\n")

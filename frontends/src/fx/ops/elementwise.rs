@@ -285,16 +285,19 @@ fn logical_or(cx: &mut Cx, n: &Node) -> R {
     and_or(cx, n, false, false)
 }
 
-fn logical_not(cx: &mut Cx, n: &Node) -> R {
-    let a = truth(cx, n, "self", false)?;
+/// `!a` as `a == false`.
+fn not(cx: &mut Cx, n: &Node, bitwise: bool) -> R {
+    let a = truth(cx, n, "self", bitwise)?;
     let f = cx.constant(Num::Bool(false), DType::Bool)?;
     one(cx.op(Op::Compare(CompareKind::Equal), &[a, f])?)
 }
 
+fn logical_not(cx: &mut Cx, n: &Node) -> R {
+    not(cx, n, false)
+}
+
 fn bitwise_not(cx: &mut Cx, n: &Node) -> R {
-    let a = truth(cx, n, "self", true)?;
-    let f = cx.constant(Num::Bool(false), DType::Bool)?;
-    one(cx.op(Op::Compare(CompareKind::Equal), &[a, f])?)
+    not(cx, n, true)
 }
 
 fn where_(cx: &mut Cx, n: &Node) -> R {
