@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use optc::frontends::{fx, gguf, hf};
+use optc::frontends::{fx, gguf, hf, onnx};
 use optc::ir::{self, Graph, Tensor, WeightStore};
 use optc::passes::check::CheckConfig;
 use optc::passes::{DumpConfig, Pipeline};
@@ -28,10 +28,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Load a model (a Hugging Face folder, .gguf, .pt2 or .ir) and summarise it.
+    /// Load a model (a Hugging Face folder, .gguf, .pt2, .onnx or .ir) and summarise it.
     Inspect {
         /// A model folder (config.json + safetensors), a .gguf file, a
-        /// torch.export archive (.pt2), or a graph in optc's text form (.ir).
+        /// torch.export archive (.pt2), an ONNX model (.onnx), or a graph in
+        /// optc's text form (.ir).
         file: PathBuf,
         /// Print the whole graph in the text form instead of the summary.
         #[arg(long)]
@@ -170,10 +171,26 @@ enum Cmd {
     },
     /// List every pass with its one-line description.
     Passes,
+    /// Run the ONNX backend node tests (folders of model.onnx +
+    /// test_data_set_N) on the reference interpreter and print the score.
+    OnnxConformance {
+        /// The folder holding one sub-folder per case (made by
+        /// scripts/make_onnx_node_tests.py).
+        dir: PathBuf,
+        /// Also print one line per case that did not pass.
+        #[arg(long)]
+        details: bool,
+        /// Write the per-op table (Markdown) here.
+        #[arg(long)]
+        table: Option<PathBuf>,
+        /// Fail unless at least this many cases pass.
+        #[arg(long)]
+        min_passed: Option<usize>,
+    },
     /// Run a graph on the reference interpreter.
     Eval {
-        /// A graph in optc's text form (.ir) or a torch.export archive
-        /// (.pt2, which carries its weights).
+        /// A graph in optc's text form (.ir), a torch.export archive (.pt2,
+        /// which carries its weights) or an ONNX model (.onnx).
         file: PathBuf,
         /// NAME=FILE.safetensors: the tensor named NAME in the file (or its
         /// only tensor) is graph input %NAME. Repeat for every input.
@@ -188,6 +205,26 @@ enum Cmd {
     },
 }
 
+fn onnx_conformance(dir: &Path, details: bool, table: Option<&Path>, min_passed: Option<usize>) -> Result<()> {
+    let report = onnx::conformance::run_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if report.cases.is_empty() {
+        bail!("{}: no case folders (sub-folders with a model.onnx)", dir.display());
+    }
+    if details {
+        print!("{}", report.details());
+    }
+    if let Some(t) = table {
+        std::fs::write(t, report.table()).with_context(|| format!("cannot write {}", t.display()))?;
+    }
+    println!("ONNX node tests: {}", report.summary());
+    if let Some(min) = min_passed {
+        if report.passed() < min {
+            bail!("{} cases passed, fewer than the required {min}", report.passed());
+        }
+    }
+    Ok(())
+}
+
 fn load_graph(path: &Path) -> Result<Graph> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let g = ir::parse(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
@@ -199,7 +236,19 @@ fn inspect(path: &Path, print_ir: bool) -> Result<()> {
     if path.is_dir() || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         return inspect_model(path, print_ir);
     }
-    let g = if fx::is_pt2(path) {
+    let g = if onnx::is_onnx(path) {
+        let m = onnx::load(path)?;
+        if !print_ir {
+            println!(
+                "onnx     {} (opset {}, IR version {}, producer {:?})",
+                path.display(),
+                m.opset,
+                m.ir_version,
+                m.producer
+            );
+        }
+        m.graph
+    } else if fx::is_pt2(path) {
         let m = fx::load(path)?;
         if !print_ir {
             println!(
@@ -385,6 +434,9 @@ fn compile(
 ) -> Result<()> {
     let (mut graph, mut store) = if fx::is_pt2(model) {
         let m = fx::load(model)?;
+        (m.graph, m.weights)
+    } else if onnx::is_onnx(model) {
+        let m = onnx::load(model)?;
         (m.graph, m.weights)
     } else if model.extension().is_some_and(|e| e == "ir") {
         let g = load_graph(model)?;
@@ -704,6 +756,9 @@ fn eval(path: &Path, inputs: &[String], weights: &[PathBuf], out: Option<&Path>)
         m.check_bindings(&bindings)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         (m.graph, m.weights)
+    } else if onnx::is_onnx(path) {
+        let m = onnx::load(path)?;
+        (m.graph, m.weights)
     } else {
         (load_graph(path)?, WeightStore::new())
     };
@@ -850,6 +905,12 @@ fn main() -> ExitCode {
                 *json,
             )
         })(),
+        Cmd::OnnxConformance {
+            dir,
+            details,
+            table,
+            min_passed,
+        } => onnx_conformance(dir, *details, table.as_deref(), *min_passed),
         Cmd::Passes => {
             for p in Compiler::new().registry().all() {
                 println!("{:<24} {}", p.name(), p.description());

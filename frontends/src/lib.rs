@@ -6,7 +6,10 @@
 //!   tokenizer.json + generation_config.json).
 //! - [`gguf`]: llama.cpp GGUF files (llama architecture), dequantised on
 //!   demand into the same graph.
+//! - [`onnx`]: ONNX models, import and export.
+//! - [`fx`]: torch.export `.pt2` archives.
 
 pub mod fx;
+pub mod onnx;
 pub mod gguf;
 pub mod hf;

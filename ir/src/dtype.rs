@@ -9,12 +9,21 @@ use std::str::FromStr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
     F32,
+    /// IEEE binary64; for imported models that compute in double (ONNX
+    /// `DOUBLE`). The interpreter computes in f64, so f64 ops are exact to
+    /// one rounding.
+    F64,
     F16,
     BF16,
     /// 8-bit float, 4 exponent bits, 3 mantissa bits, no infinities (the
     /// `e4m3fn` variant used by Hopper FP8 GEMMs).
     F8E4M3,
     I8,
+    /// Unsigned bytes (images, quantised activations).
+    U8,
+    I16,
+    U16,
+    U32,
     /// Signed 4-bit integers, two per byte (low nibble first).
     I4,
     /// Unsigned 4-bit integers, two per byte (low nibble first).
@@ -26,12 +35,17 @@ pub enum DType {
 
 impl DType {
     /// Every dtype, in a stable order (used by tests and the parser).
-    pub const ALL: [DType; 10] = [
+    pub const ALL: [DType; 15] = [
         DType::F32,
+        DType::F64,
         DType::F16,
         DType::BF16,
         DType::F8E4M3,
         DType::I8,
+        DType::U8,
+        DType::I16,
+        DType::U16,
+        DType::U32,
         DType::I4,
         DType::U4,
         DType::I32,
@@ -43,10 +57,15 @@ impl DType {
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
+            DType::F64 => "f64",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
             DType::F8E4M3 => "f8e4m3",
             DType::I8 => "i8",
+            DType::U8 => "u8",
+            DType::I16 => "i16",
+            DType::U16 => "u16",
+            DType::U32 => "u32",
             DType::I4 => "i4",
             DType::U4 => "u4",
             DType::I32 => "i32",
@@ -58,9 +77,10 @@ impl DType {
     /// Storage size of one element in bits (4 for the packed types).
     pub fn bits(self) -> usize {
         match self {
-            DType::F32 | DType::I32 => 32,
-            DType::F16 | DType::BF16 => 16,
-            DType::F8E4M3 | DType::I8 | DType::Bool => 8,
+            DType::F64 => 64,
+            DType::F32 | DType::I32 | DType::U32 => 32,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 16,
+            DType::F8E4M3 | DType::I8 | DType::U8 | DType::Bool => 8,
             DType::I4 | DType::U4 => 4,
             DType::I64 => 64,
         }
@@ -73,12 +93,15 @@ impl DType {
 
     /// Floating-point types, on which transcendental ops are defined.
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3)
+        matches!(self, DType::F32 | DType::F64 | DType::F16 | DType::BF16 | DType::F8E4M3)
     }
 
     /// Integer types (signed or unsigned, packed or not), excluding bool.
     pub fn is_int(self) -> bool {
-        matches!(self, DType::I8 | DType::I4 | DType::U4 | DType::I32 | DType::I64)
+        matches!(
+            self,
+            DType::I8 | DType::U8 | DType::I16 | DType::U16 | DType::U32 | DType::I4 | DType::U4 | DType::I32 | DType::I64
+        )
     }
 
     /// Types usable as gather/embedding indices.
@@ -175,10 +198,10 @@ mod tests {
         for d in DType::ALL {
             assert_eq!(d.name().parse::<DType>().unwrap(), d);
         }
-        assert!("f64"
+        assert!("f128"
             .parse::<DType>()
             .unwrap_err()
-            .contains("unknown dtype 'f64'"));
+            .contains("unknown dtype 'f128'"));
     }
 
     #[test]

@@ -12,10 +12,15 @@ use crate::dtype::{f8e4m3, DType};
 #[derive(Clone)]
 enum Data {
     F32(Vec<f32>),
+    F64(Vec<f64>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
     F8E4M3(Vec<u8>),
     I8(Vec<i8>),
+    U8(Vec<u8>),
+    I16(Vec<i16>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
     /// Packed two per byte, low nibble first; `numel` is on the tensor.
     I4(Vec<u8>),
     U4(Vec<u8>),
@@ -94,6 +99,10 @@ fn float_to_int(x: f64, dtype: DType) -> i64 {
 pub fn int_range(dtype: DType) -> (i64, i64) {
     match dtype {
         DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+        DType::U8 => (0, u8::MAX as i64),
+        DType::I16 => (i16::MIN as i64, i16::MAX as i64),
+        DType::U16 => (0, u16::MAX as i64),
+        DType::U32 => (0, u32::MAX as i64),
         DType::I4 => (-8, 7),
         DType::U4 => (0, 15),
         DType::I32 => (i32::MIN as i64, i32::MAX as i64),
@@ -108,6 +117,7 @@ impl Tensor {
         assert_eq!(shape.iter().product::<usize>(), values.len(), "shape/data length");
         let data = match dtype {
             DType::F32 => Data::F32(values.to_vec()),
+            DType::F64 => Data::F64(values.iter().map(|&v| v as f64).collect()),
             DType::F16 => Data::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
             DType::BF16 => Data::BF16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
             DType::F8E4M3 => Data::F8E4M3(values.iter().map(|&v| f8e4m3::from_f32(v)).collect()),
@@ -130,6 +140,7 @@ impl Tensor {
         assert_eq!(shape.iter().product::<usize>(), values.len(), "shape/data length");
         let data = match dtype {
             DType::F32 => Data::F32(values.iter().map(|&v| v as f32).collect()),
+            DType::F64 => Data::F64(values.to_vec()),
             DType::F16 => Data::F16(
                 values
                     .iter()
@@ -163,6 +174,10 @@ impl Tensor {
         assert_eq!(n, values.len(), "shape/data length");
         let data = match dtype {
             DType::I8 => Data::I8(values.iter().map(|&v| v as i8).collect()),
+            DType::U8 => Data::U8(values.iter().map(|&v| v as u8).collect()),
+            DType::I16 => Data::I16(values.iter().map(|&v| v as i16).collect()),
+            DType::U16 => Data::U16(values.iter().map(|&v| v as u16).collect()),
+            DType::U32 => Data::U32(values.iter().map(|&v| v as u32).collect()),
             DType::I32 => Data::I32(values.iter().map(|&v| v as i32).collect()),
             DType::I64 => Data::I64(values.to_vec()),
             DType::I4 => Data::I4(pack4(values.iter().copied(), n)),
@@ -220,6 +235,7 @@ impl Tensor {
         }
         let data = match dtype {
             DType::F32 => Data::F32(chunks!(f32, 4)),
+            DType::F64 => Data::F64(chunks!(f64, 8)),
             DType::F16 => Data::F16(
                 bytes
                     .chunks_exact(2)
@@ -234,6 +250,10 @@ impl Tensor {
             ),
             DType::F8E4M3 => Data::F8E4M3(bytes.to_vec()),
             DType::I8 => Data::I8(bytes.iter().map(|&b| b as i8).collect()),
+            DType::U8 => Data::U8(bytes.to_vec()),
+            DType::I16 => Data::I16(chunks!(i16, 2)),
+            DType::U16 => Data::U16(chunks!(u16, 2)),
+            DType::U32 => Data::U32(chunks!(u32, 4)),
             DType::I4 => Data::I4(bytes.to_vec()),
             DType::U4 => Data::U4(bytes.to_vec()),
             DType::I32 => Data::I32(chunks!(i32, 4)),
@@ -258,6 +278,11 @@ impl Tensor {
         }
         match &self.data {
             Data::F32(v) => le(v, f32::to_le_bytes),
+            Data::F64(v) => le(v, f64::to_le_bytes),
+            Data::U8(v) => v.clone(),
+            Data::I16(v) => le(v, i16::to_le_bytes),
+            Data::U16(v) => le(v, u16::to_le_bytes),
+            Data::U32(v) => le(v, u32::to_le_bytes),
             Data::F16(v) => le(v, f16::to_le_bytes),
             Data::BF16(v) => le(v, bf16::to_le_bytes),
             Data::F8E4M3(v) | Data::I4(v) | Data::U4(v) => v.clone(),
@@ -289,6 +314,7 @@ impl Tensor {
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match &self.data {
             Data::F32(v) => v.clone(),
+            Data::F64(v) => v.iter().map(|&x| x as f32).collect(),
             Data::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
             Data::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
             Data::F8E4M3(v) => v.iter().map(|&b| f8e4m3::to_f32(b)).collect(),
@@ -300,9 +326,16 @@ impl Tensor {
     /// Every element widened to f64 (exact for floats and for integers up to 2^53).
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match &self.data {
-            Data::I8(_) | Data::I4(_) | Data::U4(_) | Data::I32(_) | Data::I64(_) => {
-                self.to_i64_vec().into_iter().map(|x| x as f64).collect()
-            }
+            Data::F64(v) => v.clone(),
+            Data::I8(_)
+            | Data::U8(_)
+            | Data::I16(_)
+            | Data::U16(_)
+            | Data::U32(_)
+            | Data::I4(_)
+            | Data::U4(_)
+            | Data::I32(_)
+            | Data::I64(_) => self.to_i64_vec().into_iter().map(|x| x as f64).collect(),
             _ => self.to_f32_vec().into_iter().map(f64::from).collect(),
         }
     }
@@ -312,15 +345,19 @@ impl Tensor {
         let n = self.numel();
         match &self.data {
             Data::I8(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::U8(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::I16(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::U16(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::U32(v) => v.iter().map(|&x| x as i64).collect(),
             Data::I32(v) => v.iter().map(|&x| x as i64).collect(),
             Data::I64(v) => v.clone(),
             Data::I4(v) => unpack4(v, n, true),
             Data::U4(v) => unpack4(v, n, false),
             Data::Bool(v) => v.iter().map(|&x| x as i64).collect(),
             _ => self
-                .to_f32_vec()
+                .to_f64_vec()
                 .into_iter()
-                .map(|x| float_to_int(x as f64, DType::I64))
+                .map(|x| float_to_int(x, DType::I64))
                 .collect(),
         }
     }
@@ -343,7 +380,9 @@ impl Tensor {
         if self.dtype.is_int() || self.dtype == DType::Bool {
             return Tensor::from_i64(to, &self.shape, &self.to_i64_vec());
         }
-        Tensor::from_f32(to, &self.shape, &self.to_f32_vec())
+        // f64 values go straight to the target (one rounding); the other
+        // floats are exact in f64 too, so this is one rounding for all.
+        Tensor::from_f64(to, &self.shape, &self.to_f64_vec())
     }
 
     /// Same data, new shape (same element count).
@@ -369,6 +408,11 @@ impl Tensor {
         }
         let data = match &self.data {
             Data::F32(v) => Data::F32(pick!(v)),
+            Data::F64(v) => Data::F64(pick!(v)),
+            Data::U8(v) => Data::U8(pick!(v)),
+            Data::I16(v) => Data::I16(pick!(v)),
+            Data::U16(v) => Data::U16(pick!(v)),
+            Data::U32(v) => Data::U32(pick!(v)),
             Data::F16(v) => Data::F16(pick!(v)),
             Data::BF16(v) => Data::BF16(pick!(v)),
             Data::F8E4M3(v) => Data::F8E4M3(pick!(v)),

@@ -101,6 +101,11 @@ pub struct WeightStore {
 fn dtype_from_st(d: StDtype) -> Option<DType> {
     Some(match d {
         StDtype::F32 => DType::F32,
+        StDtype::F64 => DType::F64,
+        StDtype::U8 => DType::U8,
+        StDtype::I16 => DType::I16,
+        StDtype::U16 => DType::U16,
+        StDtype::U32 => DType::U32,
         StDtype::F16 => DType::F16,
         StDtype::BF16 => DType::BF16,
         StDtype::F8_E4M3 => DType::F8E4M3,
@@ -115,6 +120,11 @@ fn dtype_from_st(d: StDtype) -> Option<DType> {
 fn dtype_to_st(d: DType) -> Option<StDtype> {
     Some(match d {
         DType::F32 => StDtype::F32,
+        DType::F64 => StDtype::F64,
+        DType::U8 => StDtype::U8,
+        DType::I16 => StDtype::I16,
+        DType::U16 => StDtype::U16,
+        DType::U32 => StDtype::U32,
         DType::F16 => StDtype::F16,
         DType::BF16 => StDtype::BF16,
         DType::F8E4M3 => StDtype::F8_E4M3,

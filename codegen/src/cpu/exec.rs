@@ -57,7 +57,7 @@ pub(crate) fn kernel_for(op: &Op, args: &[&TensorType]) -> Option<Kernel> {
         Op::SwiGlu(_) if all(Kind::F) => Kernel::SwiGlu,
         Op::Gelu(g) if float(0) && g.approximate == GeluApprox::Tanh => Kernel::GeluTanh,
         Op::Unary(k) if float(0) && *k != UnaryKind::Erf => Kernel::Unary,
-        Op::Binary(_) if all(Kind::F) => Kernel::Binary,
+        Op::Binary(b) if all(Kind::F) && !b.is_bitwise() => Kernel::Binary,
         Op::Softmax(s) if float(0) && last(s.axis) => Kernel::Softmax,
         Op::Cast(c) if c.to.is_float() && kind_of(args[0].dtype) != Kind::B => Kernel::Cast,
         Op::Transpose(_) if !all(Kind::B) => Kernel::Transpose,
@@ -261,6 +261,19 @@ fn unary(k: UnaryKind) -> fn(f32) -> f32 {
         UnaryKind::Silu => |x| x / (1.0 + (-x).exp()),
         UnaryKind::Sin => f32::sin,
         UnaryKind::Cos => f32::cos,
+        UnaryKind::Tan => f32::tan,
+        UnaryKind::Asin => f32::asin,
+        UnaryKind::Acos => f32::acos,
+        UnaryKind::Atan => f32::atan,
+        UnaryKind::Sinh => f32::sinh,
+        UnaryKind::Cosh => f32::cosh,
+        UnaryKind::Asinh => f32::asinh,
+        UnaryKind::Acosh => f32::acosh,
+        UnaryKind::Atanh => f32::atanh,
+        UnaryKind::Floor => f32::floor,
+        UnaryKind::Ceil => f32::ceil,
+        UnaryKind::Round => f32::round_ties_even,
+        UnaryKind::Sign => |x| if x.is_nan() { x } else if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 },
         UnaryKind::Erf => |x| x, // never chosen: erf runs its reference semantics
     }
 }
@@ -286,6 +299,19 @@ fn binary(k: BinaryKind) -> fn(f32, f32) -> f32 {
                 a.max(b)
             }
         },
+        BinaryKind::Fmod => |a, b| a % b,
+        BinaryKind::Mod => |a, b| {
+            let r = a % b;
+            if r != 0.0 && (r < 0.0) != (b < 0.0) {
+                r + b
+            } else {
+                r
+            }
+        },
+        // never chosen: bitwise ops have no float kernel
+        BinaryKind::BitAnd | BinaryKind::BitOr | BinaryKind::BitXor | BinaryKind::Shl | BinaryKind::Shr => {
+            |_, _| f32::NAN
+        }
     }
 }
 

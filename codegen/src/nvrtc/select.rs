@@ -2,10 +2,15 @@
 //! and the kernel functions (by name in the NVRTC module) a step launches.
 
 use optc_ir::dim::normalize_axis;
-use optc_ir::ops::Op;
+use optc_ir::ops::{BinaryKind, Op, UnaryKind};
 use optc_ir::{DType, TensorType};
 
 use super::strided::MAX_RANK;
+
+/// How many of `UnaryKind::ALL` / `BinaryKind::ALL` (in order) the CUDA
+/// elementwise kernels implement.
+const CUDA_UNARY_KINDS: usize = 14;
+const CUDA_BINARY_KINDS: usize = 7;
 
 /// The kernel family an op lowers to.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -115,8 +120,12 @@ pub(super) fn choose(op: &Op, args: &[&TensorType], outs: &[TensorType]) -> Opti
         }
         Op::SwiGlu(_) if fl && same && args[0] == args[1] => Kernel::SwiGlu,
         Op::Gelu(_) if fl && same => Kernel::Gelu,
-        Op::Unary(_) if fl && same => Kernel::Unary,
-        Op::Binary(_) if fl && same && ranked => Kernel::Binary,
+        // The CUDA kernels know the kinds by their position in `ALL`, up to
+        // the ones the LLM step graphs use.
+        Op::Unary(u) if fl && same && UnaryKind::ALL[..CUDA_UNARY_KINDS].contains(u) => Kernel::Unary,
+        Op::Binary(b) if fl && same && ranked && BinaryKind::ALL[..CUDA_BINARY_KINDS].contains(b) => {
+            Kernel::Binary
+        }
         Op::Softmax(s) if fl && same && last_axis(s.axis, args[0]) => Kernel::Softmax,
         Op::Cast(_) if fl && (float_name(args[0].dtype).is_some() || args[0].dtype == DType::I64) => {
             Kernel::Cast

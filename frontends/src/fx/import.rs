@@ -27,9 +27,10 @@ pub fn dtype_of(code: i64) -> Result<DType, String> {
         12 => DType::Bool,
         13 => DType::BF16,
         29 => DType::F8E4M3,
-        1 => return Err("uint8 tensors are not supported".into()),
-        3 => return Err("int16 tensors are not supported".into()),
-        8 => return Err("float64 tensors are not supported (export in float32)".into()),
+        1 => DType::U8,
+        3 => DType::I16,
+        8 => DType::F64,
+        28 => DType::U16,
         9..=11 => return Err("complex tensors are not supported".into()),
         other => return Err(format!("dtype code {other} is not supported")),
     })

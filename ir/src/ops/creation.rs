@@ -208,7 +208,9 @@ impl OpImpl for Constant {
 
     fn attrs(&self) -> Vec<(&'static str, Attr)> {
         let v = &self.value;
-        let values = if v.dtype().is_float() {
+        let values = if v.dtype() == DType::F64 {
+            Attr::Floats(v.to_f64_vec())
+        } else if v.dtype().is_float() {
             // Every float dtype is a subset of f32: write each value as the
             // shortest decimal that reads back to the same f32.
             Attr::Floats(

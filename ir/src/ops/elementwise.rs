@@ -30,10 +30,27 @@ pub enum UnaryKind {
     Silu,
     Sin,
     Cos,
+    Tan,
+    Asin,
+    Acos,
+    Atan,
+    Sinh,
+    Cosh,
+    Asinh,
+    Acosh,
+    Atanh,
+    /// Round toward -inf (identity on integers).
+    Floor,
+    /// Round toward +inf (identity on integers).
+    Ceil,
+    /// Round to nearest, ties to even (identity on integers).
+    Round,
+    /// -1, 0 or 1 (NaN stays NaN).
+    Sign,
 }
 
 impl UnaryKind {
-    pub const ALL: [UnaryKind; 14] = [
+    pub const ALL: [UnaryKind; 27] = [
         UnaryKind::Neg,
         UnaryKind::Abs,
         UnaryKind::Exp,
@@ -48,11 +65,33 @@ impl UnaryKind {
         UnaryKind::Silu,
         UnaryKind::Sin,
         UnaryKind::Cos,
+        UnaryKind::Tan,
+        UnaryKind::Asin,
+        UnaryKind::Acos,
+        UnaryKind::Atan,
+        UnaryKind::Sinh,
+        UnaryKind::Cosh,
+        UnaryKind::Asinh,
+        UnaryKind::Acosh,
+        UnaryKind::Atanh,
+        UnaryKind::Floor,
+        UnaryKind::Ceil,
+        UnaryKind::Round,
+        UnaryKind::Sign,
     ];
 
     /// Ops also defined on integers (everything else needs a float operand).
     fn accepts_int(self) -> bool {
-        matches!(self, UnaryKind::Neg | UnaryKind::Abs | UnaryKind::Relu)
+        matches!(
+            self,
+            UnaryKind::Neg
+                | UnaryKind::Abs
+                | UnaryKind::Relu
+                | UnaryKind::Sign
+                | UnaryKind::Floor
+                | UnaryKind::Ceil
+                | UnaryKind::Round
+        )
     }
 
     fn f(self, x: f64) -> f64 {
@@ -77,6 +116,29 @@ impl UnaryKind {
             UnaryKind::Silu => x / (1.0 + (-x).exp()),
             UnaryKind::Sin => x.sin(),
             UnaryKind::Cos => x.cos(),
+            UnaryKind::Tan => x.tan(),
+            UnaryKind::Asin => x.asin(),
+            UnaryKind::Acos => x.acos(),
+            UnaryKind::Atan => x.atan(),
+            UnaryKind::Sinh => x.sinh(),
+            UnaryKind::Cosh => x.cosh(),
+            UnaryKind::Asinh => x.asinh(),
+            UnaryKind::Acosh => x.acosh(),
+            UnaryKind::Atanh => x.atanh(),
+            UnaryKind::Floor => x.floor(),
+            UnaryKind::Ceil => x.ceil(),
+            UnaryKind::Round => x.round_ties_even(),
+            UnaryKind::Sign => {
+                if x.is_nan() {
+                    x
+                } else if x > 0.0 {
+                    1.0
+                } else if x < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            }
         }
     }
 }
@@ -98,6 +160,19 @@ impl OpImpl for UnaryKind {
             UnaryKind::Silu => "silu",
             UnaryKind::Sin => "sin",
             UnaryKind::Cos => "cos",
+            UnaryKind::Tan => "tan",
+            UnaryKind::Asin => "asin",
+            UnaryKind::Acos => "acos",
+            UnaryKind::Atan => "atan",
+            UnaryKind::Sinh => "sinh",
+            UnaryKind::Cosh => "cosh",
+            UnaryKind::Asinh => "asinh",
+            UnaryKind::Acosh => "acosh",
+            UnaryKind::Atanh => "atanh",
+            UnaryKind::Floor => "floor",
+            UnaryKind::Ceil => "ceil",
+            UnaryKind::Round => "round",
+            UnaryKind::Sign => "sign",
         }
     }
 
@@ -119,6 +194,8 @@ impl OpImpl for UnaryKind {
                 .map(|i| match self {
                     UnaryKind::Neg => i.wrapping_neg(),
                     UnaryKind::Abs => i.wrapping_abs(),
+                    UnaryKind::Sign => i.signum(),
+                    UnaryKind::Floor | UnaryKind::Ceil | UnaryKind::Round => i,
                     _ => i.max(0),
                 })
                 .collect();
@@ -207,10 +284,26 @@ pub enum BinaryKind {
     Minimum,
     /// Elementwise maximum (NaN wins, like `torch.maximum`).
     Maximum,
+    /// Remainder with the sign of the divisor (Python `%`, ONNX `Mod`).
+    Mod,
+    /// Remainder with the sign of the dividend (C `fmod`, ONNX `Mod` with
+    /// `fmod=1`).
+    Fmod,
+    /// Bitwise and (logical on bool).
+    BitAnd,
+    /// Bitwise or (logical on bool).
+    BitOr,
+    /// Bitwise exclusive or (logical on bool).
+    BitXor,
+    /// Left shift of integers; shifting by the width or more gives 0.
+    Shl,
+    /// Right shift of integers (arithmetic for signed types); by the width
+    /// or more gives 0 (or -1 for negative signed values).
+    Shr,
 }
 
 impl BinaryKind {
-    pub const ALL: [BinaryKind; 7] = [
+    pub const ALL: [BinaryKind; 14] = [
         BinaryKind::Add,
         BinaryKind::Sub,
         BinaryKind::Mul,
@@ -218,7 +311,22 @@ impl BinaryKind {
         BinaryKind::Pow,
         BinaryKind::Minimum,
         BinaryKind::Maximum,
+        BinaryKind::Mod,
+        BinaryKind::Fmod,
+        BinaryKind::BitAnd,
+        BinaryKind::BitOr,
+        BinaryKind::BitXor,
+        BinaryKind::Shl,
+        BinaryKind::Shr,
     ];
+
+    /// Bitwise ops: integers and bool only.
+    pub fn is_bitwise(self) -> bool {
+        matches!(
+            self,
+            BinaryKind::BitAnd | BinaryKind::BitOr | BinaryKind::BitXor | BinaryKind::Shl | BinaryKind::Shr
+        )
+    }
 
     fn f(self, a: f64, b: f64) -> f64 {
         match self {
@@ -231,10 +339,21 @@ impl BinaryKind {
             BinaryKind::Maximum if a.is_nan() || b.is_nan() => f64::NAN,
             BinaryKind::Minimum => a.min(b),
             BinaryKind::Maximum => a.max(b),
+            BinaryKind::Fmod => a % b,
+            BinaryKind::Mod => {
+                let r = a % b;
+                if r != 0.0 && (r < 0.0) != (b < 0.0) {
+                    r + b
+                } else {
+                    r
+                }
+            }
+            // Rejected by `infer` for floats.
+            _ => f64::NAN,
         }
     }
 
-    fn int(self, a: i64, b: i64) -> Result<i64, String> {
+    fn int(self, a: i64, b: i64, bits: u32) -> Result<i64, String> {
         Ok(match self {
             BinaryKind::Add => a.wrapping_add(b),
             BinaryKind::Sub => a.wrapping_sub(b),
@@ -247,6 +366,28 @@ impl BinaryKind {
             }
             BinaryKind::Minimum => a.min(b),
             BinaryKind::Maximum => a.max(b),
+            BinaryKind::Mod | BinaryKind::Fmod if b == 0 => return Err("integer modulo by zero".into()),
+            BinaryKind::Fmod => a.wrapping_rem(b),
+            BinaryKind::Mod => {
+                let r = a.wrapping_rem(b);
+                if r != 0 && (r < 0) != (b < 0) {
+                    r + b
+                } else {
+                    r
+                }
+            }
+            BinaryKind::BitAnd => a & b,
+            BinaryKind::BitOr => a | b,
+            BinaryKind::BitXor => a ^ b,
+            BinaryKind::Shl if !(0..bits as i64).contains(&b) => 0,
+            BinaryKind::Shl => a.wrapping_shl(b as u32),
+            BinaryKind::Shr if b < 0 => return Err(format!("shift by {b}")),
+            BinaryKind::Shr => {
+                // Operands are held sign-extended in i64 (unsigned ones are
+                // non-negative), so an arithmetic shift of the i64 is right
+                // for both.
+                a >> b.min(63)
+            }
         })
     }
 }
@@ -287,12 +428,23 @@ impl OpImpl for BinaryKind {
             BinaryKind::Pow => "pow",
             BinaryKind::Minimum => "minimum",
             BinaryKind::Maximum => "maximum",
+            BinaryKind::Mod => "mod",
+            BinaryKind::Fmod => "fmod",
+            BinaryKind::BitAnd => "bitwise_and",
+            BinaryKind::BitOr => "bitwise_or",
+            BinaryKind::BitXor => "bitwise_xor",
+            BinaryKind::Shl => "shift_left",
+            BinaryKind::Shr => "shift_right",
         }
     }
 
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
         let t = infer_binary(self.name(), inputs)?;
-        if t.dtype == DType::Bool {
+        let shift = matches!(self, BinaryKind::Shl | BinaryKind::Shr);
+        if self.is_bitwise() && !(t.dtype.is_int() || (t.dtype == DType::Bool && !shift)) {
+            return Err(format!("{} is not defined on {}", self.name(), t.dtype));
+        }
+        if t.dtype == DType::Bool && !self.is_bitwise() {
             return Err(format!("{} is not defined on bool", self.name()));
         }
         Ok(vec![t])
@@ -300,10 +452,11 @@ impl OpImpl for BinaryKind {
 
     fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
         let (a, b) = (inputs[0], inputs[1]);
-        if a.dtype().is_int() {
+        if a.dtype().is_int() || a.dtype() == DType::Bool {
+            let bits = a.dtype().bits() as u32;
             let (shape, v) =
                 zip_broadcast(&a.to_i64_vec(), a.shape(), &b.to_i64_vec(), b.shape(), |x, y| {
-                    self.int(x, y)
+                    self.int(x, y, bits)
                 })?;
             return Ok(vec![Tensor::from_i64(a.dtype(), &shape, &v)]);
         }

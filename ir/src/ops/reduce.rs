@@ -1,7 +1,8 @@
-//! Reductions over axes: sum, mean, max, min (with `keepdims`) and argmax.
+//! Reductions over axes: sum, mean, max, min, prod (with `keepdims`) and
+//! argmax.
 //!
 //! Sums accumulate in f64 (exact i64 for integer sums). Reducing an empty
-//! axis gives the identity: 0 for sum, NaN for mean (0/0), -inf/+inf for
+//! axis gives the identity: 0 for sum, 1 for prod, NaN for mean (0/0), -inf/+inf for
 //! max/min of floats and the type's bounds for integers.
 
 use super::attrs::{Attr, AttrReader};
@@ -18,14 +19,17 @@ pub enum ReduceKind {
     Mean,
     Max,
     Min,
+    /// Product (1 over an empty axis).
+    Prod,
 }
 
 impl ReduceKind {
-    pub const ALL: [ReduceKind; 4] = [
+    pub const ALL: [ReduceKind; 5] = [
         ReduceKind::Sum,
         ReduceKind::Mean,
         ReduceKind::Max,
         ReduceKind::Min,
+        ReduceKind::Prod,
     ];
 
     /// The op name in the text form.
@@ -35,6 +39,7 @@ impl ReduceKind {
             ReduceKind::Mean => "reduce_mean",
             ReduceKind::Max => "reduce_max",
             ReduceKind::Min => "reduce_min",
+            ReduceKind::Prod => "reduce_prod",
         }
     }
 }
@@ -151,6 +156,7 @@ impl OpImpl for Reduce {
                 ReduceKind::Sum | ReduceKind::Mean => (0, i64::wrapping_add),
                 ReduceKind::Max => (crate::tensor::int_range(x.dtype()).0, i64::max),
                 ReduceKind::Min => (crate::tensor::int_range(x.dtype()).1, i64::min),
+                ReduceKind::Prod => (1, i64::wrapping_mul),
             };
             let mut acc = vec![init; n_out];
             for (v, &o) in x.to_i64_vec().into_iter().zip(&map) {
@@ -174,6 +180,7 @@ impl OpImpl for Reduce {
                     a
                 }
             }),
+            ReduceKind::Prod => (1.0, |a, b| a * b),
         };
         let mut acc = vec![init; n_out];
         for (v, &o) in x.to_f64_vec().into_iter().zip(&map) {

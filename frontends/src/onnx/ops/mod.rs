@@ -1,0 +1,89 @@
+//! ONNX operators → IR ops, one file per family. Each handler reads the
+//! attributes its opset defines (unread ones are reported as unsupported by
+//! the importer) and builds IR ops through [`Cx`], which folds constants.
+
+mod elementwise;
+mod linalg;
+mod nn;
+mod reduce;
+mod shape;
+
+use optc_ir::ops::{BinaryKind, CompareKind, UnaryKind, Where};
+use optc_ir::{DType, Op};
+
+use super::import::{unsupported, Cx, NodeCx, NodeError, Val};
+
+pub(crate) type R = Result<Vec<Val>, NodeError>;
+pub(crate) type Handler = fn(&mut Cx, &NodeCx) -> R;
+
+fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
+    elementwise::OPS
+        .iter()
+        .chain(shape::OPS)
+        .chain(reduce::OPS)
+        .chain(nn::OPS)
+        .chain(linalg::OPS)
+}
+
+/// Every ONNX op type the importer maps, sorted.
+pub fn supported_ops() -> Vec<&'static str> {
+    let mut v: Vec<&str> = table().map(|(n, _)| *n).collect();
+    v.sort_unstable();
+    v
+}
+
+/// Lowers one node; the outputs are in ONNX output order.
+pub fn lower(cx: &mut Cx, n: &NodeCx) -> R {
+    let op = n.node.op_type.as_str();
+    match table().find(|(name, _)| *name == op) {
+        Some((_, f)) => f(cx, n),
+        None => unsupported(format!("op {op} is not supported")),
+    }
+}
+
+// Small builders the families share.
+
+pub(crate) fn unary(cx: &mut Cx, k: UnaryKind, x: &Val) -> Result<Val, NodeError> {
+    cx.op(Op::Unary(k), std::slice::from_ref(x))
+}
+
+pub(crate) fn binary(cx: &mut Cx, k: BinaryKind, a: &Val, b: &Val) -> Result<Val, NodeError> {
+    cx.op(Op::Binary(k), &[a.clone(), b.clone()])
+}
+
+pub(crate) fn compare(cx: &mut Cx, k: CompareKind, a: &Val, b: &Val) -> Result<Val, NodeError> {
+    cx.op(Op::Compare(k), &[a.clone(), b.clone()])
+}
+
+pub(crate) fn select(cx: &mut Cx, c: &Val, a: &Val, b: &Val) -> Result<Val, NodeError> {
+    cx.op(Op::Where(Where), &[c.clone(), a.clone(), b.clone()])
+}
+
+/// `x op scalar` with the scalar in x's dtype.
+pub(crate) fn with_scalar(cx: &mut Cx, k: BinaryKind, x: &Val, s: f64) -> Result<Val, NodeError> {
+    let c = cx.scalar(s, x.dtype());
+    binary(cx, k, x, &c)
+}
+
+/// Refuses dtypes a float-only formula cannot take.
+pub(crate) fn want_float(n: &NodeCx, x: &Val) -> Result<(), NodeError> {
+    if x.dtype().is_float() {
+        Ok(())
+    } else {
+        unsupported(format!("{} on {} is not supported", n.node.op_type, x.dtype()))
+    }
+}
+
+/// Normalises a possibly negative axis against a rank.
+pub(crate) fn axis(a: i64, rank: usize) -> Result<usize, NodeError> {
+    let r = rank as i64;
+    if a < -r || a >= r.max(1) {
+        return Err(NodeError::Invalid(format!("axis {a} is out of range for rank {rank}")));
+    }
+    Ok(if a < 0 { (a + r) as usize } else { a as usize })
+}
+
+/// The IR dtype from a `to`/`dtype` attribute code.
+pub(crate) fn dtype_attr(code: i64) -> Result<DType, NodeError> {
+    super::tensor::dtype_of(code as i32).map_err(NodeError::Unsupported)
+}
