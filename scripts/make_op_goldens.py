@@ -529,6 +529,90 @@ def sdpa_ref(q, k, v, mask=None, causal=False, scale=None):
 # Cases
 
 
+# Unary kinds added for ONNX, with the input range each is defined on.
+UNARY_MORE = {
+    "tan": (np.tan, -1.4, 1.4),
+    "asin": (np.arcsin, -0.99, 0.99),
+    "acos": (np.arccos, -0.99, 0.99),
+    "atan": (np.arctan, -5.0, 5.0),
+    "sinh": (np.sinh, -3.0, 3.0),
+    "cosh": (np.cosh, -3.0, 3.0),
+    "asinh": (np.arcsinh, -5.0, 5.0),
+    "acosh": (np.arccosh, 1.0, 5.0),
+    "atanh": (np.arctanh, -0.99, 0.99),
+    "floor": (np.floor, -5.0, 5.0),
+    "ceil": (np.ceil, -5.0, 5.0),
+    "round": (np.round, -5.0, 5.0),
+    "sign": (np.sign, -2.0, 2.0),
+}
+
+
+def py_mod(a, b):
+    """Remainder with the divisor's sign (Python's %)."""
+    return a % b
+
+
+def c_fmod(a, b):
+    """Remainder with the dividend's sign."""
+    r = abs(a) % abs(b)
+    return -r if a < 0 else r
+
+
+def more_elementwise_cases():
+    for name, (f, lo, hi) in UNARY_MORE.items():
+        g = G(f"{name}_f32")
+        x = g.unif(lo, hi, 3, 4)
+        if name in ("floor", "ceil", "round"):
+            x = np.concatenate([x.reshape(-1)[:8], [0.5, -0.5, 1.5, -2.5]]).reshape(3, 4)
+        xv = g.inp("x", "f32", x)
+        g.done(g.op(name, [xv], out=f(F(xv))))
+    for name in ("sign", "floor", "round"):
+        g = G(f"{name}_i64")
+        xv = g.inp("x", "i64", [[-5, 0, 7], [-(2**40), 2**40 + 3, -1]])
+        ref = {"sign": np.frompyfunc(lambda a: (a > 0) - (a < 0), 1, 1), "floor": lambda x: x, "round": lambda x: x}
+        g.done(g.op(name, [xv], out=ref[name](I(xv))))
+    g = G("sign_special_values")
+    xv = g.inp("x", "f32", [0.0, -0.0, np.inf, -np.inf, np.nan, 3.0])
+    g.done(g.op("sign", [xv], out=np.sign(F(xv))))
+    # mod / fmod on floats and integers, every sign combination.
+    a = [7.5, -7.5, 7.5, -7.5, 0.0, 3.0]
+    b = [2.0, 2.0, -2.0, -2.0, 3.0, 1.5]
+    for name, f in (("mod", np.mod), ("fmod", np.fmod)):
+        g = G(f"{name}_f32_signs")
+        av, bv = g.inp("a", "f32", a), g.inp("b", "f32", b)
+        g.done(g.op(name, [av, bv], out=f(F(av), F(bv))))
+        g = G(f"{name}_i32_signs_broadcast")
+        av, bv = g.inp("a", "i32", [[7, -7, 9], [-9, 0, 5]]), g.inp("b", "i32", [3, -4, 5])
+        ref = np.frompyfunc(py_mod if name == "mod" else c_fmod, 2, 1)
+        g.done(g.op(name, [av, bv], out=ref(I(av), I(bv))))
+    # bitwise ops on integers and bool
+    for name, f in (("bitwise_and", lambda a, b: a & b), ("bitwise_or", lambda a, b: a | b), ("bitwise_xor", lambda a, b: a ^ b)):
+        g = G(f"{name}_i32")
+        av, bv = g.inp("a", "i32", [[5, -1, 2**30], [0, -8, 12]]), g.inp("b", "i32", [3, 255, -3])
+        g.done(g.op(name, [av, bv], out=np.frompyfunc(f, 2, 1)(I(av), I(bv))))
+        g = G(f"{name}_bool")
+        av, bv = g.inp("a", "bool", [True, True, False, False]), g.inp("b", "bool", [True, False, True, False])
+        g.done(g.op(name, [av, bv], out=f(av.arr, bv.arr)))
+    g = G("shift_left_i32_wraps_and_oversized")
+    av, bv = g.inp("a", "i32", [1, 3, -1, 2**30, 5]), g.inp("b", "i32", [4, 0, 1, 2, 32])
+    ref = [1 << 4, 3, -2, (2**30) << 2, 0]
+    g.done(g.op("shift_left", [av, bv], out=np.array(ref, dtype=object)))
+    g = G("shift_right_i32_arithmetic")
+    av, bv = g.inp("a", "i32", [256, -256, -1, 7, -8]), g.inp("b", "i32", [4, 4, 31, 40, -1])
+    ref = [16, -16, -1, 0, -1]
+    g.done(g.op("shift_right", [av, bv], out=np.array(ref, dtype=object)))
+    # reduce_prod
+    g = G("reduce_prod_axes_keepdims")
+    xv = g.inp("x", "f32", g.unif(0.5, 1.5, 2, 3, 4))
+    g.done(g.op("reduce_prod", [xv], {"axes": [0, -1], "keepdims": True}, out=np.prod(F(xv), axis=(0, 2), keepdims=True)))
+    g = G("reduce_prod_i64_empty_axis_is_one")
+    xv = g.inp("x", "i64", np.zeros((0, 3), dtype=np.int64))
+    g.done(g.op("reduce_prod", [xv], {"axes": [0], "keepdims": False}, out=np.ones(3, dtype=object)))
+    g = G("reduce_prod_i64_all")
+    xv = g.inp("x", "i64", [[3, -2], [5, 7]])
+    g.done(g.op("reduce_prod", [xv], {"axes": [], "keepdims": False}, out=np.array(-210, dtype=object)))
+
+
 def elementwise_cases():
     # Unary ops on random data, and on special values.
     pos_only = {"log", "sqrt", "rsqrt"}
@@ -1352,6 +1436,8 @@ def composite_cases():
 
 ALL_OPS = (
     list(UNARY)
+    + list(UNARY_MORE)
+    + ["mod", "fmod", "bitwise_and", "bitwise_or", "bitwise_xor", "shift_left", "shift_right", "reduce_prod"]
     + ["gelu"]
     + list(BINARY_F)
     + list(COMPARE)
@@ -1368,6 +1454,7 @@ def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "ir", "tests", "data", "op_goldens.json")
     with np.errstate(all="ignore"):
         elementwise_cases()
+        more_elementwise_cases()
         reduce_cases()
         softmax_cases()
         linalg_cases()

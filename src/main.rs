@@ -80,9 +80,18 @@ enum Cmd {
         /// Weights for a .ir graph (needed by --check-passes).
         #[arg(long = "weights", value_name = "FILE")]
         weights: Vec<PathBuf>,
-        /// Write the final text IR here (default: standard output).
+        /// Write the final text IR here (default: standard output), or the
+        /// ONNX model with --emit onnx.
         #[arg(short, long)]
         out: Option<PathBuf>,
+        /// What to write: `ir` (optc's text form) or `onnx` (an ONNX model,
+        /// opset 21, weights as initializers).
+        #[arg(long, default_value = "ir", value_parser = ["ir", "onnx"])]
+        emit: String,
+        /// With --emit onnx: put the weights in OUT.data next to the model
+        /// instead of inside it (needed above 2 GiB).
+        #[arg(long)]
+        external_data: bool,
         /// Use the serving pipeline: the default passes, then
         /// insert_kv_cache (the step graph the runtime executes).
         #[arg(long, conflicts_with = "pipeline")]
@@ -205,10 +214,18 @@ enum Cmd {
     },
 }
 
-fn onnx_conformance(dir: &Path, details: bool, table: Option<&Path>, min_passed: Option<usize>) -> Result<()> {
+fn onnx_conformance(
+    dir: &Path,
+    details: bool,
+    table: Option<&Path>,
+    min_passed: Option<usize>,
+) -> Result<()> {
     let report = onnx::conformance::run_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     if report.cases.is_empty() {
-        bail!("{}: no case folders (sub-folders with a model.onnx)", dir.display());
+        bail!(
+            "{}: no case folders (sub-folders with a model.onnx)",
+            dir.display()
+        );
     }
     if details {
         print!("{}", report.details());
@@ -431,6 +448,7 @@ fn compile(
     verbose: bool,
     kv_cache: Option<usize>,
     lower: Option<&str>,
+    onnx_out: Option<(PathBuf, bool)>,
 ) -> Result<()> {
     let (mut graph, mut store) = if fx::is_pt2(model) {
         let m = fx::load(model)?;
@@ -471,10 +489,15 @@ fn compile(
         compiler.check_passes(c);
     }
     let report = compiler.compile(&mut graph, &mut store)?;
-    let text = ir::print(&graph);
-    match out {
-        Some(o) => std::fs::write(o, &text).with_context(|| format!("cannot write {}", o.display()))?,
-        None => print!("{text}"),
+    if let Some((path, external)) = onnx_out {
+        onnx::export::write(&path, &graph, &store, external)?;
+        println!("wrote {}", path.display());
+    } else {
+        let text = ir::print(&graph);
+        match out {
+            Some(o) => std::fs::write(o, &text).with_context(|| format!("cannot write {}", o.display()))?,
+            None => print!("{text}"),
+        }
     }
     if verbose {
         eprint!("{}", report.table());
@@ -811,10 +834,17 @@ fn main() -> ExitCode {
             check_symbols,
             weights,
             out,
+            emit,
+            external_data,
             kv_cache,
             block_size,
             target: lower,
         } => (|| {
+            let onnx_out = match (emit.as_str(), out) {
+                ("onnx", Some(o)) => Some((o.clone(), *external_data)),
+                ("onnx", None) => bail!("--emit onnx needs -o FILE.onnx"),
+                _ => None,
+            };
             let check = if *check_passes {
                 Some(check_config(*check_tolerance, check_symbols)?)
             } else {
@@ -831,6 +861,7 @@ fn main() -> ExitCode {
                 cli.verbose > 0,
                 kv_cache.then_some(*block_size),
                 lower.as_deref(),
+                onnx_out,
             )
         })(),
         Cmd::Generate {

@@ -10,6 +10,6 @@
 //! - [`fx`]: torch.export `.pt2` archives.
 
 pub mod fx;
-pub mod onnx;
 pub mod gguf;
 pub mod hf;
+pub mod onnx;

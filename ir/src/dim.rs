@@ -141,6 +141,13 @@ impl Dim {
         Some(Dim::from_terms(out))
     }
 
+    /// The terms of the canonical form: each a product of symbols (empty
+    /// for the constant term) and its coefficient. Exporters rebuild a dim
+    /// from these as arithmetic on run-time shapes.
+    pub fn terms(&self) -> impl Iterator<Item = (&[String], i64)> {
+        self.terms.iter().map(|(m, c)| (m.as_slice(), *c))
+    }
+
     /// If the dim is `a*X + b` for one symbol `X`, returns `(X, a, b)`: used
     /// to bind a symbol from an input dimension written as an expression.
     pub fn as_linear(&self) -> Option<(&str, i64, i64)> {

@@ -93,14 +93,25 @@ impl DType {
 
     /// Floating-point types, on which transcendental ops are defined.
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F64 | DType::F16 | DType::BF16 | DType::F8E4M3)
+        matches!(
+            self,
+            DType::F32 | DType::F64 | DType::F16 | DType::BF16 | DType::F8E4M3
+        )
     }
 
     /// Integer types (signed or unsigned, packed or not), excluding bool.
     pub fn is_int(self) -> bool {
         matches!(
             self,
-            DType::I8 | DType::U8 | DType::I16 | DType::U16 | DType::U32 | DType::I4 | DType::U4 | DType::I32 | DType::I64
+            DType::I8
+                | DType::U8
+                | DType::I16
+                | DType::U16
+                | DType::U32
+                | DType::I4
+                | DType::U4
+                | DType::I32
+                | DType::I64
         )
     }
 

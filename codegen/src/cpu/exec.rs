@@ -273,7 +273,17 @@ fn unary(k: UnaryKind) -> fn(f32) -> f32 {
         UnaryKind::Floor => f32::floor,
         UnaryKind::Ceil => f32::ceil,
         UnaryKind::Round => f32::round_ties_even,
-        UnaryKind::Sign => |x| if x.is_nan() { x } else if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 },
+        UnaryKind::Sign => |x| {
+            if x.is_nan() {
+                x
+            } else if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }
+        },
         UnaryKind::Erf => |x| x, // never chosen: erf runs its reference semantics
     }
 }

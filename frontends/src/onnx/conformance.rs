@@ -62,7 +62,9 @@ fn read_values(dir: &Path, prefix: &str) -> Result<Vec<Tensor>, Outcome> {
     for k in 0.. {
         let pb = dir.join(format!("{prefix}_{k}.pb"));
         if dir.join(format!("{prefix}_{k}.non_tensor")).exists() {
-            return Err(Outcome::Unsupported("sequence, map or optional values are not supported".into()));
+            return Err(Outcome::Unsupported(
+                "sequence, map or optional values are not supported".into(),
+            ));
         }
         if !pb.exists() {
             break;
@@ -162,7 +164,9 @@ fn run_data_set(bytes: &[u8], m: &ModelProto, set: &Path, tol: (f64, f64)) -> Ou
         match super::load_bytes(bytes, None, &opts) {
             Ok(model) => break model,
             Err(e) => match e.kind {
-                OnnxErrorKind::NeedsStatic { ref input, .. } if given.contains_key(input) && !opts.fixed_inputs.contains_key(input) => {
+                OnnxErrorKind::NeedsStatic { ref input, .. }
+                    if given.contains_key(input) && !opts.fixed_inputs.contains_key(input) =>
+                {
                     opts.fixed_inputs.insert(input.clone(), given[input].clone());
                 }
                 ref k if k.is_unsupported() => return Outcome::Unsupported(k.to_string()),
@@ -191,7 +195,10 @@ fn run_data_set(bytes: &[u8], m: &ModelProto, set: &Path, tol: (f64, f64)) -> Ou
 
 /// Runs one case folder.
 pub fn run_case(dir: &Path) -> CaseResult {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let (ops, outcome) = match std::fs::read(dir.join("model.onnx")) {
         Err(e) => (Vec::new(), Outcome::Failed(format!("model.onnx: {e}"))),
         Ok(bytes) => match ModelProto::decode(bytes.as_slice()) {
@@ -215,7 +222,11 @@ fn run_sets(dir: &Path, bytes: &[u8], m: &ModelProto) -> Outcome {
     let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("test_data_set_")))
+                .filter(|p| {
+                    p.is_dir()
+                        && p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("test_data_set_"))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -266,11 +277,17 @@ impl Report {
     }
 
     pub fn failed(&self) -> usize {
-        self.cases.iter().filter(|c| matches!(c.outcome, Outcome::Failed(_))).count()
+        self.cases
+            .iter()
+            .filter(|c| matches!(c.outcome, Outcome::Failed(_)))
+            .count()
     }
 
     pub fn unsupported(&self) -> usize {
-        self.cases.iter().filter(|c| matches!(c.outcome, Outcome::Unsupported(_))).count()
+        self.cases
+            .iter()
+            .filter(|c| matches!(c.outcome, Outcome::Unsupported(_)))
+            .count()
     }
 
     /// `passed P of N (X.X%), failed F, unsupported U`.
@@ -297,7 +314,11 @@ impl Report {
             } else if c.name.contains("_expanded") {
                 "(expanded functions)".to_string()
             } else {
-                format!("{} (+{} more)", c.ops.first().cloned().unwrap_or_default(), c.ops.len().saturating_sub(1))
+                format!(
+                    "{} (+{} more)",
+                    c.ops.first().cloned().unwrap_or_default(),
+                    c.ops.len().saturating_sub(1)
+                )
             };
             let e = per.entry(key).or_default();
             match c.outcome {

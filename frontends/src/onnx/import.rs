@@ -12,7 +12,9 @@ use std::rc::Rc;
 use optc_ir::ops::{Arange, Concat, Constant, EvalCx, Reshape};
 use optc_ir::{Bindings, DType, Dim, GraphBuilder, Op, Shape, Tensor, TensorType, Value, WeightStore};
 
-use super::proto::{attr_type, type_proto, AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto};
+use super::proto::{
+    attr_type, type_proto, AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto,
+};
 use super::tensor::{dtype_of, to_tensor};
 use super::{ops, OnnxErrorKind};
 
@@ -83,7 +85,12 @@ impl Val {
             Some(Known::Tensor(t)) => Some(t.clone()),
             Some(Known::Dims(d)) => {
                 let v: Option<Vec<i64>> = d.iter().map(Dim::as_const).collect();
-                v.map(|v| Rc::new(Tensor::from_i64(DType::I64, &[v.len()], &v)))
+                let shape: Vec<usize> = if self.ty.rank() == 0 {
+                    vec![]
+                } else {
+                    vec![d.len()]
+                };
+                v.map(|v| Rc::new(Tensor::from_i64(DType::I64, &shape, &v)))
             }
             None => None,
         }
@@ -207,7 +214,10 @@ impl<'a> NodeCx<'a> {
 
 fn describe_node(n: &NodeProto, opset: i64) -> String {
     let name = if n.name.is_empty() {
-        n.output.first().map(|o| format!("(output '{o}')")).unwrap_or_default()
+        n.output
+            .first()
+            .map(|o| format!("(output '{o}')"))
+            .unwrap_or_default()
     } else {
         format!("'{}'", n.name)
     };
@@ -276,7 +286,14 @@ impl Cx {
             match &v.known {
                 Some(Known::Dims(d)) if v.tensor().is_none() => {
                     let d = d.clone();
-                    self.dims_tensor(&d)?
+                    let t = self.dims_tensor(&d)?;
+                    if v.ty.rank() == 0 {
+                        self.b
+                            .op1(Op::Reshape(Reshape { shape: vec![] }), &[t])
+                            .map_err(|e| NodeError::Invalid(e.to_string()))?
+                    } else {
+                        t
+                    }
                 }
                 _ => {
                     let t = v.tensor().ok_or("value has neither an IR node nor contents")?;
@@ -301,7 +318,11 @@ impl Cx {
                 step: 1,
                 dtype: DType::I64,
             });
-            parts.push(self.b.op1(one, &[]).map_err(|e| NodeError::Invalid(e.to_string()))?);
+            parts.push(
+                self.b
+                    .op1(one, &[])
+                    .map_err(|e| NodeError::Invalid(e.to_string()))?,
+            );
         }
         if parts.len() == 1 {
             return Ok(parts[0]);
@@ -352,13 +373,20 @@ impl Cx {
     /// Applies an IR op. When every operand is known and small, the op is
     /// evaluated now and the result is a known constant.
     pub fn ops(&mut self, op: Op, args: &[Val]) -> Result<Vec<Val>, NodeError> {
+        if let Some(v) = self.dims_arith(&op, args) {
+            return Ok(vec![v]);
+        }
         let known: Option<Vec<Rc<Tensor>>> = args.iter().map(Val::tensor).collect();
         if let Some(ts) = known {
             let small = ts.iter().all(|t| t.numel() <= FOLD_LIMIT);
             if small {
                 let types: Vec<TensorType> = args.iter().map(|a| a.ty.clone()).collect();
                 let out_types = op.infer(&types).map_err(NodeError::Invalid)?;
-                if out_types.iter().all(|t| t.shape.as_consts().is_some_and(|s| s.iter().product::<i64>() as usize <= FOLD_LIMIT)) {
+                if out_types.iter().all(|t| {
+                    t.shape
+                        .as_consts()
+                        .is_some_and(|s| s.iter().product::<i64>() as usize <= FOLD_LIMIT)
+                }) {
                     let refs: Vec<&Tensor> = ts.iter().map(|t| t.as_ref()).collect();
                     let bindings = Bindings::new();
                     let outs = op
@@ -369,7 +397,10 @@ impl Cx {
             }
         }
         let values: Vec<Value> = args.iter().map(|a| self.value(a)).collect::<Result<_, _>>()?;
-        let outs = self.b.op(op, &values).map_err(|e| NodeError::Invalid(e.message))?;
+        let outs = self
+            .b
+            .op(op, &values)
+            .map_err(|e| NodeError::Invalid(e.message))?;
         Ok(outs
             .into_iter()
             .map(|v| {
@@ -377,6 +408,56 @@ impl Cx {
                 Val::of(v, ty)
             })
             .collect())
+    }
+
+    /// Shape arithmetic on symbolic dims vectors (`Add`/`Sub`/`Mul` with
+    /// dims or integer constants, casts between index types): the result
+    /// stays a known dims vector so later reshapes and ranges stay symbolic.
+    fn dims_arith(&mut self, op: &Op, args: &[Val]) -> Option<Val> {
+        use optc_ir::ops::BinaryKind;
+        if !args.iter().any(|a| matches!(a.known, Some(Known::Dims(_)))) {
+            return None;
+        }
+        let as_dims = |v: &Val| -> Option<Vec<Dim>> {
+            match &v.known {
+                Some(Known::Dims(d)) => Some(d.clone()),
+                Some(Known::Tensor(t)) if t.dtype().is_int() && t.rank() <= 1 => {
+                    Some(t.to_i64_vec().into_iter().map(Dim::constant).collect())
+                }
+                _ => None,
+            }
+        };
+        let out_ty = op
+            .infer(&args.iter().map(|a| a.ty.clone()).collect::<Vec<_>>())
+            .ok()?
+            .remove(0);
+        let dims = match op {
+            Op::Cast(c) if matches!(c.to, DType::I64 | DType::I32) => as_dims(&args[0])?,
+            Op::Binary(k @ (BinaryKind::Add | BinaryKind::Sub | BinaryKind::Mul)) => {
+                let (a, b) = (as_dims(&args[0])?, as_dims(&args[1])?);
+                let n = a.len().max(b.len());
+                if (a.len() != n && a.len() != 1) || (b.len() != n && b.len() != 1) {
+                    return None;
+                }
+                (0..n)
+                    .map(|i| {
+                        let (x, y) = (&a[i.min(a.len() - 1)], &b[i.min(b.len() - 1)]);
+                        match k {
+                            BinaryKind::Add => Some(x + y),
+                            BinaryKind::Sub => Some(x - y),
+                            _ => x.checked_mul(y),
+                        }
+                    })
+                    .collect::<Option<Vec<Dim>>>()?
+            }
+            _ => return None,
+        };
+        if out_ty.dtype != DType::I64 {
+            return None;
+        }
+        let mut v = self.dims_val(dims);
+        v.ty = out_ty;
+        Some(v)
     }
 
     /// Single-output [`Cx::ops`].
@@ -428,6 +509,14 @@ impl Cx {
         if x.dims() == shape.as_slice() {
             return Ok(x.clone());
         }
+        if let Some(Known::Dims(d)) = &x.known {
+            // [n] ⇄ [] / [1]: still a dims vector.
+            if shape.len() <= 1 && d.len() == 1 && shape.iter().all(|s| s.is(1)) {
+                let mut v = self.dims_val(d.clone());
+                v.ty = TensorType::new(DType::I64, Shape::from(shape));
+                return Ok(v);
+            }
+        }
         self.op(Op::Reshape(Reshape { shape }), std::slice::from_ref(x))
     }
 
@@ -451,7 +540,13 @@ impl Cx {
 fn symbol_name(param: &str) -> String {
     let mut s: String = param
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
         s.insert(0, 'd');
@@ -468,13 +563,16 @@ fn value_type(cx: &mut Cx, v: &ValueInfoProto, unknown_dims: &mut usize) -> Resu
     };
     let Some(type_proto::Value::TensorType(t)) = &tp.value else {
         return Err(format!(
-            "'{}' is a sequence, map, optional or sparse value; only dense tensors are supported",
+            "'{}' is a sequence, map, optional or sparse value; those are not supported (only dense tensors)",
             v.name
         ));
     };
     let dtype = dtype_of(t.elem_type).map_err(|e| format!("'{}': {e}", v.name))?;
     let Some(shape) = &t.shape else {
-        return Err(format!("'{}' has no shape (unknown rank is not supported)", v.name));
+        return Err(format!(
+            "'{}' has no shape (unknown rank is not supported)",
+            v.name
+        ));
     };
     let mut dims = Vec::new();
     for d in &shape.dim {
@@ -520,7 +618,8 @@ fn dependency_order<'a>(g: &'a GraphProto, defined: &BTreeSet<&'a str>) -> Resul
         }
     }
     // Kahn's algorithm; ties keep file order.
-    let mut ready: std::collections::BTreeSet<usize> = (0..g.node.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..g.node.len()).filter(|&i| indegree[i] == 0).collect();
     let mut order = Vec::with_capacity(g.node.len());
     while let Some(i) = ready.pop_first() {
         order.push(i);
@@ -566,7 +665,11 @@ pub fn import_graph(
     base: Option<&Path>,
     opts: &ImportOptions,
 ) -> Result<Imported, OnnxErrorKind> {
-    let name = if g.name.is_empty() { "onnx".to_string() } else { g.name.clone() };
+    let name = if g.name.is_empty() {
+        "onnx".to_string()
+    } else {
+        g.name.clone()
+    };
     let mut cx = Cx {
         b: GraphBuilder::new(name),
         weights: WeightStore::new(),
@@ -603,7 +706,9 @@ pub fn import_graph(
         defined.insert(&t.name);
     }
     if !g.sparse_initializer.is_empty() {
-        return Err(OnnxErrorKind::Unsupported("sparse initializers are not supported".into()));
+        return Err(OnnxErrorKind::Unsupported(
+            "sparse initializers are not supported".into(),
+        ));
     }
     let mut unknown = 0usize;
     for inp in &g.input {
@@ -628,7 +733,10 @@ pub fn import_graph(
         if !node.domain.is_empty() && node.domain != "ai.onnx" {
             return Err(OnnxErrorKind::Node {
                 node: describe_node(node, opset),
-                message: format!("domain '{}' is not supported (only the default ONNX domain)", node.domain),
+                message: format!(
+                    "domain '{}' is not supported (only the default ONNX domain)",
+                    node.domain
+                ),
                 unsupported: true,
             });
         }
@@ -649,7 +757,11 @@ pub fn import_graph(
                 unsupported: false,
             },
         };
-        cx.b.set_loc(Some(if node.name.is_empty() { node.op_type.clone() } else { node.name.clone() }));
+        cx.b.set_loc(Some(if node.name.is_empty() {
+            node.op_type.clone()
+        } else {
+            node.name.clone()
+        }));
         let outs = ops::lower(&mut cx, &ncx).map_err(fail)?;
         let unread = ncx.unread();
         if !unread.is_empty() {
@@ -680,8 +792,32 @@ pub fn import_graph(
             .ok_or_else(|| OnnxErrorKind::Graph(format!("graph output '{}' is not defined", out.name)))?;
         if let Some(tp) = &out.r#type {
             if let Some(type_proto::Value::TensorType(t)) = &tp.value {
+                if let Some(shape) = &t.shape {
+                    // Declared constant extents must match what the graph computes.
+                    let declared: Vec<Option<i64>> = shape
+                        .dim
+                        .iter()
+                        .map(|d| match d.value {
+                            Some(super::proto::dimension::Value::DimValue(x)) => Some(x),
+                            _ => None,
+                        })
+                        .collect();
+                    let got = v.dims();
+                    let clash = declared.len() != got.len()
+                        || declared
+                            .iter()
+                            .zip(got)
+                            .any(|(d, g)| matches!((d, g.as_const()), (Some(a), Some(b)) if *a != b));
+                    if clash {
+                        return Err(OnnxErrorKind::Type(format!(
+                            "output '{}' is declared with shape {declared:?} but computes {}",
+                            out.name, v.ty
+                        )));
+                    }
+                }
                 if t.elem_type != 0 {
-                    let want = dtype_of(t.elem_type).map_err(|e| OnnxErrorKind::Type(format!("output '{}': {e}", out.name)))?;
+                    let want = dtype_of(t.elem_type)
+                        .map_err(|e| OnnxErrorKind::Type(format!("output '{}': {e}", out.name)))?;
                     if want != v.dtype() {
                         return Err(OnnxErrorKind::Type(format!(
                             "output '{}' is declared {want} but computes {}",
@@ -692,13 +828,14 @@ pub fn import_graph(
                 }
             }
         }
-        let value = cx.value(&v).map_err(|e| OnnxErrorKind::Graph(format!("output '{}': {e:?}", out.name)))?;
+        let value = cx
+            .value(&v)
+            .map_err(|e| OnnxErrorKind::Graph(format!("output '{}': {e:?}", out.name)))?;
         cx.b.output(out.name.clone(), value);
     }
-    let graph = cx
-        .b
-        .finish()
-        .map_err(|e| OnnxErrorKind::Graph(format!("the imported graph does not verify: {e}")))?;
+    let graph =
+        cx.b.finish()
+            .map_err(|e| OnnxErrorKind::Graph(format!("the imported graph does not verify: {e}")))?;
     Ok(Imported {
         graph,
         weights: cx.weights,

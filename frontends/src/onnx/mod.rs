@@ -7,6 +7,7 @@
 //!   reference interpreter.
 
 pub mod conformance;
+pub mod export;
 pub mod import;
 pub mod ops;
 pub mod proto;
@@ -23,7 +24,7 @@ use proto::ModelProto;
 /// Opsets of the default domain this importer maps (older nodes keep the
 /// semantics of their own opset where the handler knows it).
 pub const MIN_OPSET: i64 = 7;
-pub const MAX_OPSET: i64 = 25;
+pub const MAX_OPSET: i64 = 28;
 
 /// An error reading or importing one ONNX file.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +69,11 @@ impl OnnxErrorKind {
     pub fn is_unsupported(&self) -> bool {
         matches!(
             self,
-            OnnxErrorKind::Unsupported(_) | OnnxErrorKind::Node { unsupported: true, .. }
+            OnnxErrorKind::Unsupported(_)
+                | OnnxErrorKind::Node {
+                    unsupported: true,
+                    ..
+                }
         ) || matches!(self, OnnxErrorKind::Type(m) if m.contains("not supported"))
             || matches!(self, OnnxErrorKind::Tensor { message, .. } if message.contains("not supported"))
             || matches!(self, OnnxErrorKind::Model(m) if m.contains("not supported"))
@@ -103,7 +108,13 @@ pub fn load_with(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<OnnxMod
         kind,
     };
     let bytes = std::fs::read(path).map_err(|e| err(OnnxErrorKind::Io(e)))?;
-    let base = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+    let base = path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
     import_bytes(&bytes, base, opts).map_err(err)
 }
 
@@ -129,7 +140,12 @@ pub fn default_opset(m: &ModelProto) -> Result<i64, OnnxErrorKind> {
             _ => {}
         }
     }
-    let opset = opset.ok_or_else(|| OnnxErrorKind::Model("the model imports no opset of the default ONNX domain".into()))?;
+    let opset = opset.ok_or_else(|| {
+        let domains: Vec<&str> = m.opset_import.iter().map(|o| o.domain.as_str()).collect();
+        OnnxErrorKind::Model(format!(
+            "the model imports no opset of the default ONNX domain (only {domains:?}); other domains are not supported"
+        ))
+    })?;
     if !(MIN_OPSET..=MAX_OPSET).contains(&opset) {
         return Err(OnnxErrorKind::Model(format!(
             "opset {opset} is not supported (optc maps opsets {MIN_OPSET} to {MAX_OPSET})"

@@ -78,17 +78,35 @@ fn external_bytes(t: &TensorProto, base: Option<&Path>) -> Result<Vec<u8>, Strin
     for e in &t.external_data {
         match e.key.as_str() {
             "location" => location = Some(e.value.clone()),
-            "offset" => offset = e.value.parse().map_err(|_| format!("external data offset {:?} is not a number", e.value))?,
-            "length" => length = Some(e.value.parse::<u64>().map_err(|_| format!("external data length {:?} is not a number", e.value))?),
+            "offset" => {
+                offset = e
+                    .value
+                    .parse()
+                    .map_err(|_| format!("external data offset {:?} is not a number", e.value))?
+            }
+            "length" => {
+                length = Some(
+                    e.value
+                        .parse::<u64>()
+                        .map_err(|_| format!("external data length {:?} is not a number", e.value))?,
+                )
+            }
             _ => {}
         }
     }
     let location = location.ok_or("external data without a location")?;
     let rel = Path::new(&location);
-    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(format!("external data location {location:?} must be a relative path inside the model's folder"));
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!(
+            "external data location {location:?} must be a relative path inside the model's folder"
+        ));
     }
-    let base = base.ok_or_else(|| format!("external data file {location:?} but the model was not read from a file"))?;
+    let base = base
+        .ok_or_else(|| format!("external data file {location:?} but the model was not read from a file"))?;
     let path = base.join(rel);
     let bytes = std::fs::read(&path).map_err(|e| format!("external data file {}: {e}", path.display()))?;
     let start = usize::try_from(offset).map_err(|_| "external data offset too large".to_string())?;
@@ -117,7 +135,10 @@ pub fn to_tensor(t: &TensorProto, base: Option<&Path>) -> Result<Tensor, String>
         if got == n {
             Ok(())
         } else {
-            Err(format!("{field} holds {got} values but dims {:?} need {n}", t.dims))
+            Err(format!(
+                "{field} holds {got} values but dims {:?} need {n}",
+                t.dims
+            ))
         }
     };
     if t.data_location == DATA_LOCATION_EXTERNAL {
@@ -158,7 +179,10 @@ pub fn to_tensor(t: &TensorProto, base: Option<&Path>) -> Result<Tensor, String>
         }
         DType::I4 | DType::U4 => {
             // Packed: one int32 per byte, two elements per byte.
-            count(t.int32_data.len() * 2 - usize::from(n % 2 == 1 && !t.int32_data.is_empty()), "int32_data")?;
+            count(
+                t.int32_data.len() * 2 - usize::from(n % 2 == 1 && !t.int32_data.is_empty()),
+                "int32_data",
+            )?;
             let bytes: Vec<u8> = t.int32_data.iter().map(|&x| x as u8).collect();
             Tensor::from_le_bytes(dtype, &shape, &bytes).map_err(|e| e.to_string())
         }
@@ -214,7 +238,9 @@ mod tests {
             int64_data: vec![1, 2],
             ..Default::default()
         };
-        assert!(to_tensor(&bad, None).unwrap_err().contains("int64_data holds 2 values but dims [3] need 3"));
+        assert!(to_tensor(&bad, None)
+            .unwrap_err()
+            .contains("int64_data holds 2 values but dims [3] need 3"));
         let raw = TensorProto {
             dims: vec![3],
             data_type: dt::FLOAT,
@@ -222,7 +248,11 @@ mod tests {
             ..Default::default()
         };
         assert!(to_tensor(&raw, None).unwrap_err().contains("raw_data"));
-        let neg = TensorProto { dims: vec![-1], data_type: dt::FLOAT, ..Default::default() };
+        let neg = TensorProto {
+            dims: vec![-1],
+            data_type: dt::FLOAT,
+            ..Default::default()
+        };
         assert!(to_tensor(&neg, None).unwrap_err().contains("negative dim"));
     }
 }

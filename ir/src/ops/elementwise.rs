@@ -295,10 +295,12 @@ pub enum BinaryKind {
     BitOr,
     /// Bitwise exclusive or (logical on bool).
     BitXor,
-    /// Left shift of integers; shifting by the width or more gives 0.
+    /// Left shift of integers; shifting by the width or more, or by a
+    /// negative count, gives 0.
     Shl,
     /// Right shift of integers (arithmetic for signed types); by the width
-    /// or more gives 0 (or -1 for negative signed values).
+    /// or more, or by a negative count, gives 0 (or -1 for negative signed
+    /// values).
     Shr,
 }
 
@@ -381,8 +383,9 @@ impl BinaryKind {
             BinaryKind::BitXor => a ^ b,
             BinaryKind::Shl if !(0..bits as i64).contains(&b) => 0,
             BinaryKind::Shl => a.wrapping_shl(b as u32),
-            BinaryKind::Shr if b < 0 => return Err(format!("shift by {b}")),
             BinaryKind::Shr => {
+                // Negative or oversized counts fill with the sign bit (numpy).
+                let b = if b < 0 { 63 } else { b };
                 // Operands are held sign-extended in i64 (unsigned ones are
                 // non-negative), so an arithmetic shift of the i64 is right
                 // for both.

@@ -132,10 +132,12 @@ fn pow(cx: &mut Cx, n: &NodeCx) -> R {
 fn modulo(cx: &mut Cx, n: &NodeCx) -> R {
     let fmod = n.int("fmod", 0)?;
     let (a, b) = (cx.input(n, 0)?, cx.input(n, 1)?);
-    if fmod == 0 && a.dtype().is_float() {
-        return Err("Mod on floats needs fmod=1".into());
-    }
-    Ok(vec![binary(cx, if fmod == 1 { B::Fmod } else { B::Mod }, &a, &b)?])
+    Ok(vec![binary(
+        cx,
+        if fmod == 1 { B::Fmod } else { B::Mod },
+        &a,
+        &b,
+    )?])
 }
 
 fn bit_shift(cx: &mut Cx, n: &NodeCx) -> R {
@@ -215,7 +217,9 @@ fn dropout(cx: &mut Cx, n: &NodeCx) -> R {
     if let Some(t) = cx.opt_input(n, 2)? {
         match t.tensor() {
             Some(v) if v.to_bool_vec().iter().all(|b| !b) => {}
-            Some(_) => return unsupported("Dropout with training_mode=true is not supported (inference only)"),
+            Some(_) => {
+                return unsupported("Dropout with training_mode=true is not supported (inference only)")
+            }
             None => return Err(NodeError::NeedsStatic(n.node.input[2].clone())),
         }
     }
@@ -273,14 +277,26 @@ fn selu(cx: &mut Cx, n: &NodeCx) -> R {
 
 fn celu(cx: &mut Cx, n: &NodeCx) -> R {
     let alpha = n.float("alpha", 1.0)?;
-    let x = cx.input(n, 0)?;
-    want_float(n, &x)?;
+    let x0 = cx.input(n, 0)?;
+    want_float(n, &x0)?;
+    // The function body computes in f32 for narrower floats.
+    let x = widen(cx, &x0)?;
     let zero = cx.scalar(0.0, x.dtype());
     let pos = binary(cx, B::Maximum, &x, &zero)?;
     let xa = with_scalar(cx, B::Div, &x, alpha)?;
     let e = expm1_scaled(cx, &xa, alpha)?;
     let neg = binary(cx, B::Minimum, &e, &zero)?;
-    Ok(vec![binary(cx, B::Add, &pos, &neg)?])
+    let y = binary(cx, B::Add, &pos, &neg)?;
+    Ok(vec![cx.cast(&y, x0.dtype())?])
+}
+
+/// f16/bf16 values widened to f32 (other dtypes unchanged).
+fn widen(cx: &mut Cx, x: &Val) -> Result<Val, NodeError> {
+    if matches!(x.dtype(), DType::F16 | DType::BF16) {
+        cx.cast(x, DType::F32)
+    } else {
+        Ok(x.clone())
+    }
 }
 
 fn thresholded_relu(cx: &mut Cx, n: &NodeCx) -> R {

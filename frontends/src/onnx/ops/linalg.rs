@@ -38,7 +38,11 @@ fn gemm(cx: &mut Cx, n: &NodeCx) -> R {
         y = with_scalar(cx, B::Mul, &y, alpha)?;
     }
     if let Some(c) = cx.opt_input(n, 2)? {
-        let c = if beta != 1.0 { with_scalar(cx, B::Mul, &c, beta)? } else { c };
+        let c = if beta != 1.0 {
+            with_scalar(cx, B::Mul, &c, beta)?
+        } else {
+            c
+        };
         y = binary(cx, B::Add, &y, &c)?;
     }
     Ok(vec![y])

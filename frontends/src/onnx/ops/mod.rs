@@ -2,6 +2,7 @@
 //! attributes its opset defines (unread ones are reported as unsupported by
 //! the importer) and builds IR ops through [`Cx`], which folds constants.
 
+mod attention;
 mod elementwise;
 mod linalg;
 mod nn;
@@ -23,6 +24,7 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(reduce::OPS)
         .chain(nn::OPS)
         .chain(linalg::OPS)
+        .chain(attention::OPS)
 }
 
 /// Every ONNX op type the importer maps, sorted.
@@ -78,7 +80,9 @@ pub(crate) fn want_float(n: &NodeCx, x: &Val) -> Result<(), NodeError> {
 pub(crate) fn axis(a: i64, rank: usize) -> Result<usize, NodeError> {
     let r = rank as i64;
     if a < -r || a >= r.max(1) {
-        return Err(NodeError::Invalid(format!("axis {a} is out of range for rank {rank}")));
+        return Err(NodeError::Invalid(format!(
+            "axis {a} is out of range for rank {rank}"
+        )));
     }
     Ok(if a < 0 { (a + r) as usize } else { a as usize })
 }

@@ -3,7 +3,8 @@
 //! reductions and arithmetic, as the ONNX function bodies define them.
 
 use optc_ir::ops::{
-    ArgMax, BinaryKind as B, CompareKind as C, LayerNorm, Reduce, ReduceKind as K, RmsNorm, Softmax, UnaryKind as U,
+    ArgMax, BinaryKind as B, CompareKind as C, LayerNorm, Reduce, ReduceKind as K, RmsNorm, Softmax,
+    UnaryKind as U,
 };
 use optc_ir::{DType, Dim, Op};
 
@@ -60,7 +61,13 @@ fn softmax(cx: &mut Cx, n: &NodeCx, f: Flavor) -> R {
 
 /// One-hot of the first maximum along `a`.
 fn hardmax(cx: &mut Cx, x: &Val, a: usize) -> Result<Val, NodeError> {
-    let idx = cx.op(Op::ArgMax(ArgMax { axis: a as i64, keepdims: true }), std::slice::from_ref(x))?;
+    let idx = cx.op(
+        Op::ArgMax(ArgMax {
+            axis: a as i64,
+            keepdims: true,
+        }),
+        std::slice::from_ref(x),
+    )?;
     let extent = x.dims()[a].clone();
     let ar = cx.op(
         Op::Arange(optc_ir::ops::Arange {
@@ -122,7 +129,9 @@ fn layer_norm(cx: &mut Cx, n: &NodeCx) -> R {
     if !extra_outputs && exact(&scale) && bias.as_ref().is_none_or(exact) {
         let mut args = vec![x, scale];
         args.extend(bias);
-        return Ok(vec![cx.op(Op::LayerNorm(LayerNorm { axis: a as i64, eps }), &args)?]);
+        return Ok(vec![
+            cx.op(Op::LayerNorm(LayerNorm { axis: a as i64, eps }), &args)?
+        ]);
     }
     let xs = cx.cast(&x, stash_t)?;
     let axes: Vec<i64> = (a as i64..x.rank() as i64).collect();
@@ -143,7 +152,9 @@ fn rms_norm(cx: &mut Cx, n: &NodeCx) -> R {
     let scale = cx.input(n, 1)?;
     let stash_t = stash(n, &x)?;
     if scale.dims() == &x.dims()[a..] && scale.dtype() == x.dtype() {
-        return Ok(vec![cx.op(Op::RmsNorm(RmsNorm { axis: a as i64, eps }), &[x, scale])?]);
+        return Ok(vec![
+            cx.op(Op::RmsNorm(RmsNorm { axis: a as i64, eps }), &[x, scale])?
+        ]);
     }
     let xs = cx.cast(&x, stash_t)?;
     let sq = binary(cx, B::Mul, &xs, &xs)?;
@@ -216,7 +227,9 @@ fn group_norm(cx: &mut Cx, n: &NodeCx) -> R {
     }
     let g = Dim::constant(groups);
     let rest = dims[1..].iter().fold(Dim::constant(1), |a, d| &a * d);
-    let per = rest.div_exact(&g).ok_or("channels are not divisible by num_groups")?;
+    let per = rest
+        .div_exact(&g)
+        .ok_or("channels are not divisible by num_groups")?;
     let xs = cx.cast(&x, stash_t)?;
     let grouped = cx.reshape(&xs, vec![dims[0].clone(), g.clone(), per])?;
     let (y, _, _) = standardize(cx, &grouped, vec![2], eps)?;
@@ -226,7 +239,9 @@ fn group_norm(cx: &mut Cx, n: &NodeCx) -> R {
     let expand = |cx: &mut Cx, v: &Val| -> Result<Val, NodeError> {
         if v.dims().first() == Some(&g) && dims[1] != g {
             let c = dims[1].clone();
-            let k = c.div_exact(&g).ok_or("channels are not divisible by num_groups")?;
+            let k = c
+                .div_exact(&g)
+                .ok_or("channels are not divisible by num_groups")?;
             let v2 = cx.reshape(v, vec![g.clone(), Dim::constant(1)])?;
             let v2 = super::shape::expand_to(cx, &v2, vec![g.clone(), k])?;
             let v2 = cx.reshape(&v2, vec![c])?;

@@ -61,6 +61,12 @@ fn reduce(cx: &mut Cx, n: &NodeCx, kind: Kind, axes_input_since: i64) -> R {
         )
     };
     let y = match kind {
+        Kind::Plain(k @ (K::Max | K::Min)) if x.dtype() == DType::Bool => {
+            // any / all: through u8.
+            let b = cx.cast(&x, DType::U8)?;
+            let r = red(cx, k, &b)?;
+            cx.cast(&r, DType::Bool)?
+        }
         Kind::Plain(K::Mean) if !x.dtype().is_float() => {
             // Integer mean: sum, then divide (truncating, as the reference's
             // cast back does).
@@ -127,7 +133,11 @@ fn reduced_count(x: &Val, axes: &[i64]) -> Result<i64, NodeError> {
     };
     picked
         .iter()
-        .map(|&a| x.dims()[a].as_const().ok_or_else(|| NodeError::Unsupported("integer mean over a symbolic axis".into())))
+        .map(|&a| {
+            x.dims()[a]
+                .as_const()
+                .ok_or_else(|| NodeError::Unsupported("integer mean over a symbolic axis".into()))
+        })
         .product()
 }
 
@@ -155,7 +165,13 @@ fn arg(cx: &mut Cx, n: &NodeCx, min: bool) -> R {
     if last {
         v = flip(cx, &v, a)?;
     }
-    let mut idx = cx.op(Op::ArgMax(ArgMax { axis: a as i64, keepdims }), &[v])?;
+    let mut idx = cx.op(
+        Op::ArgMax(ArgMax {
+            axis: a as i64,
+            keepdims,
+        }),
+        &[v],
+    )?;
     if last {
         let extent = x.dims()[a].clone();
         let top = match extent.as_const() {

@@ -69,7 +69,8 @@ fn constant(cx: &mut Cx, n: &NodeCx) -> R {
 /// Product of dims (symbolic allowed).
 fn product(dims: &[Dim]) -> Result<Dim, NodeError> {
     dims.iter().try_fold(Dim::constant(1), |a, d| {
-        a.checked_mul(d).ok_or_else(|| NodeError::Invalid("dim product too large".into()))
+        a.checked_mul(d)
+            .ok_or_else(|| NodeError::Invalid("dim product too large".into()))
     })
 }
 
@@ -80,11 +81,9 @@ pub(crate) fn resolve_shape(x: &[Dim], target: &[Dim], allowzero: bool) -> Resul
     let mut infer_at = None;
     for (i, d) in target.iter().enumerate() {
         match d.as_const() {
-            Some(0) if !allowzero => out.push(
-                x.get(i)
-                    .cloned()
-                    .ok_or_else(|| NodeError::Invalid(format!("shape entry {i} is 0 but the input has rank {}", x.len())))?,
-            ),
+            Some(0) if !allowzero => out.push(x.get(i).cloned().ok_or_else(|| {
+                NodeError::Invalid(format!("shape entry {i} is 0 but the input has rank {}", x.len()))
+            })?),
             Some(-1) => {
                 if infer_at.replace(i).is_some() {
                     return Err("shape has more than one -1".into());
@@ -170,7 +169,10 @@ fn squeeze(cx: &mut Cx, n: &NodeCx) -> R {
             return Err(format!("cannot squeeze axis {a} of extent {}", x.dims()[a]).into());
         }
     }
-    let dims: Vec<Dim> = (0..r).filter(|i| !drop.contains(i)).map(|i| x.dims()[i].clone()).collect();
+    let dims: Vec<Dim> = (0..r)
+        .filter(|i| !drop.contains(i))
+        .map(|i| x.dims()[i].clone())
+        .collect();
     Ok(vec![cx.reshape(&x, dims)?])
 }
 
@@ -178,14 +180,23 @@ fn unsqueeze(cx: &mut Cx, n: &NodeCx) -> R {
     let x = cx.input(n, 0)?;
     let axes = axes_arg(cx, n, 13)?.ok_or("axes missing")?;
     let out_rank = x.rank() + axes.len();
-    let mut ins: Vec<usize> = axes.iter().map(|&a| axis(a, out_rank)).collect::<Result<_, _>>()?;
+    let mut ins: Vec<usize> = axes
+        .iter()
+        .map(|&a| axis(a, out_rank))
+        .collect::<Result<_, _>>()?;
     ins.sort_unstable();
     if ins.windows(2).any(|w| w[0] == w[1]) {
         return Err("axes repeat".into());
     }
     let mut src = x.dims().iter();
     let dims: Vec<Dim> = (0..out_rank)
-        .map(|i| if ins.contains(&i) { Dim::constant(1) } else { src.next().cloned().unwrap_or(Dim::constant(1)) })
+        .map(|i| {
+            if ins.contains(&i) {
+                Dim::constant(1)
+            } else {
+                src.next().cloned().unwrap_or(Dim::constant(1))
+            }
+        })
         .collect();
     Ok(vec![cx.reshape(&x, dims)?])
 }
@@ -235,7 +246,11 @@ fn concat(cx: &mut Cx, n: &NodeCx) -> R {
     let first = xs.first().ok_or("needs at least one input")?.clone();
     let a = axis(n.req_int("axis")?, first.rank())?;
     // Shape vectors stay symbolic through concat.
-    if xs.iter().all(|v| matches!(v.known, Some(Known::Dims(_))) || v.tensor().is_some()) && first.rank() == 1 {
+    if xs
+        .iter()
+        .all(|v| matches!(v.known, Some(Known::Dims(_))) || v.tensor().is_some())
+        && first.rank() == 1
+    {
         let mut dims = Vec::new();
         let mut symbolic = false;
         for v in &xs {
@@ -245,7 +260,9 @@ fn concat(cx: &mut Cx, n: &NodeCx) -> R {
                     dims.extend(d.iter().cloned())
                 }
                 _ => match v.tensor() {
-                    Some(t) if t.dtype() == DType::I64 => dims.extend(t.to_i64_vec().into_iter().map(Dim::constant)),
+                    Some(t) if t.dtype() == DType::I64 => {
+                        dims.extend(t.to_i64_vec().into_iter().map(Dim::constant))
+                    }
                     _ => {
                         symbolic = false;
                         dims.clear();
@@ -272,7 +289,11 @@ fn concat(cx: &mut Cx, n: &NodeCx) -> R {
 fn split(cx: &mut Cx, n: &NodeCx) -> R {
     let x = cx.input(n, 0)?;
     let a = axis(n.int("axis", 0)?, x.rank())?;
-    let given = if n.opset < 13 { n.opt_ints("split")? } else { cx.static_ints(n, 1)? };
+    let given = if n.opset < 13 {
+        n.opt_ints("split")?
+    } else {
+        cx.static_ints(n, 1)?
+    };
     let num_outputs = n.opt_int("num_outputs")?;
     let outs = n.node.output.len();
     let extent = x.dims()[a].clone();
@@ -298,9 +319,9 @@ fn split(cx: &mut Cx, n: &NodeCx) -> R {
                     v
                 }
                 None => {
-                    let part = extent
-                        .div_exact(&Dim::constant(parts))
-                        .ok_or_else(|| NodeError::Invalid(format!("cannot split {extent} into {parts} equal parts")))?;
+                    let part = extent.div_exact(&Dim::constant(parts)).ok_or_else(|| {
+                        NodeError::Invalid(format!("cannot split {extent} into {parts} equal parts"))
+                    })?;
                     vec![part; parts as usize]
                 }
             }
@@ -309,17 +330,34 @@ fn split(cx: &mut Cx, n: &NodeCx) -> R {
     if sizes.len() == 1 {
         return Ok(vec![x]);
     }
-    Ok(cx.ops(Op::Split(Split { axis: a as i64, sizes }), &[x])?)
+    Ok(cx.ops(
+        Op::Split(Split {
+            axis: a as i64,
+            sizes,
+        }),
+        &[x],
+    )?)
 }
 
 /// One axis of an ONNX slice as an IR slice (python bounds semantics,
 /// which ONNX's clamping rules equal).
-pub(crate) fn slice_axis(cx: &mut Cx, x: &Val, a: usize, start: i64, end: i64, step: i64) -> Result<Val, NodeError> {
+pub(crate) fn slice_axis(
+    cx: &mut Cx,
+    x: &Val,
+    a: usize,
+    start: i64,
+    end: i64,
+    step: i64,
+) -> Result<Val, NodeError> {
     if step == 0 {
         return Err("slice step 0".into());
     }
     const BIG: i64 = 1 << 40;
-    let end = if (step > 0 && end >= BIG) || (step < 0 && end <= -BIG) { None } else { Some(end) };
+    let end = if (step > 0 && end >= BIG) || (step < 0 && end <= -BIG) {
+        None
+    } else {
+        Some(end)
+    };
     let start = start.clamp(-BIG, BIG);
     let s = Slice {
         axis: a as i64,
@@ -335,7 +373,9 @@ pub(crate) fn slice_axis(cx: &mut Cx, x: &Val, a: usize, start: i64, end: i64, s
     }
     if let Some(Known::Dims(d)) = &x.known {
         let (first, count) = s.indices(d.len());
-        let picked: Vec<Dim> = (0..count).map(|k| d[(first + k as i64 * step) as usize].clone()).collect();
+        let picked: Vec<Dim> = (0..count)
+            .map(|k| d[(first + k as i64 * step) as usize].clone())
+            .collect();
         return Ok(cx.dims_val(picked));
     }
     cx.op(Op::Slice(s), std::slice::from_ref(x))
@@ -409,15 +449,50 @@ fn constant_of_shape(cx: &mut Cx, n: &NodeCx) -> R {
     } else {
         Scalar::Int(value.to_i64_vec()[0])
     };
-    Ok(vec![cx.op(Op::Full(Full { shape: dims, value: scalar, dtype }), &[])?])
+    Ok(vec![cx.op(
+        Op::Full(Full {
+            shape: dims,
+            value: scalar,
+            dtype,
+        }),
+        &[],
+    )?])
 }
 
 fn range(cx: &mut Cx, n: &NodeCx) -> R {
     let start = cx.input(n, 0)?;
     let dtype = start.dtype();
+    // Symbolic bounds (from shapes) with a unit step: an IR arange.
+    let (sv, lv) = (start.clone(), cx.input(n, 1)?);
+    if matches!(sv.known, Some(Known::Dims(_))) || matches!(lv.known, Some(Known::Dims(_))) {
+        let scalar_dim = |v: &Val| -> Option<Dim> {
+            match &v.known {
+                Some(Known::Dims(d)) if d.len() == 1 => Some(d[0].clone()),
+                _ => v
+                    .tensor()
+                    .filter(|t| t.numel() == 1)
+                    .map(|t| Dim::constant(t.to_i64_vec()[0])),
+            }
+        };
+        let step = cx.static_ints(n, 2)?.and_then(|v| v.first().copied());
+        if let (Some(s), Some(l), Some(step)) = (scalar_dim(&sv), scalar_dim(&lv), step) {
+            if step == 1 && dtype.is_int() {
+                let ar = Op::Arange(Arange {
+                    start: s,
+                    end: l,
+                    step,
+                    dtype,
+                });
+                return Ok(vec![cx.op(ar, &[])?]);
+            }
+        }
+        return unsupported("Range with symbolic bounds needs an integer type and step 1");
+    }
     let get = |cx: &Cx, i| -> Result<f64, NodeError> {
         let v = cx.static_f64s(n, i)?.ok_or("input missing")?;
-        v.first().copied().ok_or_else(|| NodeError::Invalid("empty scalar".into()))
+        v.first()
+            .copied()
+            .ok_or_else(|| NodeError::Invalid("empty scalar".into()))
     };
     let (s, l, d) = (get(cx, 0)?, get(cx, 1)?, get(cx, 2)?);
     if d == 0.0 {
@@ -490,7 +565,9 @@ fn gather(cx: &mut Cx, n: &NodeCx) -> R {
 fn trilu(cx: &mut Cx, n: &NodeCx) -> R {
     let upper = n.int("upper", 1)? != 0;
     let x = cx.input(n, 0)?;
-    let k = cx.static_ints(n, 1)?.map_or(0, |v| v.first().copied().unwrap_or(0));
+    let k = cx
+        .static_ints(n, 1)?
+        .map_or(0, |v| v.first().copied().unwrap_or(0));
     Ok(vec![cx.op(Op::Triangular(Triangular { upper, k }), &[x])?])
 }
 
@@ -501,10 +578,34 @@ fn depth_to_space(cx: &mut Cx, n: &NodeCx) -> R {
     let [bn, c, h, w] = x.dims() else {
         return Err("input must be 4-D".into());
     };
-    let (bd, c2) = (Dim::constant(b), c.div_exact(&Dim::constant(b * b)).ok_or("channels not divisible by blocksize²")?);
+    let (bd, c2) = (
+        Dim::constant(b),
+        c.div_exact(&Dim::constant(b * b))
+            .ok_or("channels not divisible by blocksize²")?,
+    );
     let (inter, perm) = match mode.as_str() {
-        "DCR" => (vec![bn.clone(), bd.clone(), bd.clone(), c2.clone(), h.clone(), w.clone()], vec![0, 3, 4, 1, 5, 2]),
-        "CRD" => (vec![bn.clone(), c2.clone(), bd.clone(), bd.clone(), h.clone(), w.clone()], vec![0, 1, 4, 2, 5, 3]),
+        "DCR" => (
+            vec![
+                bn.clone(),
+                bd.clone(),
+                bd.clone(),
+                c2.clone(),
+                h.clone(),
+                w.clone(),
+            ],
+            vec![0, 3, 4, 1, 5, 2],
+        ),
+        "CRD" => (
+            vec![
+                bn.clone(),
+                c2.clone(),
+                bd.clone(),
+                bd.clone(),
+                h.clone(),
+                w.clone(),
+            ],
+            vec![0, 1, 4, 2, 5, 3],
+        ),
         m => return Err(format!("mode must be DCR or CRD, got {m:?}").into()),
     };
     let out = vec![bn.clone(), c2, h * &bd, w * &bd];
@@ -524,7 +625,14 @@ fn space_to_depth(cx: &mut Cx, n: &NodeCx) -> R {
         h.div_exact(&bd).ok_or("height not divisible by blocksize")?,
         w.div_exact(&bd).ok_or("width not divisible by blocksize")?,
     );
-    let inter = vec![bn.clone(), c.clone(), h2.clone(), bd.clone(), w2.clone(), bd.clone()];
+    let inter = vec![
+        bn.clone(),
+        c.clone(),
+        h2.clone(),
+        bd.clone(),
+        w2.clone(),
+        bd.clone(),
+    ];
     let out = vec![bn.clone(), &(c * &bd) * &bd, h2, w2];
     let y = cx.reshape(&x, inter)?;
     let y = transpose_to(cx, &y, vec![0, 3, 5, 1, 2, 4])?;
@@ -545,7 +653,11 @@ fn eye_like(cx: &mut Cx, n: &NodeCx) -> R {
         return unsupported("EyeLike on symbolic shapes is not supported");
     };
     let v: Vec<i64> = (0..r * c).map(|i| i64::from(i % c - i / c == k)).collect();
-    Ok(vec![cx.konst(Tensor::from_i64(dtype, &[r as usize, c as usize], &v))])
+    Ok(vec![cx.konst(Tensor::from_i64(
+        dtype,
+        &[r as usize, c as usize],
+        &v,
+    ))])
 }
 
 fn one_hot(cx: &mut Cx, n: &NodeCx) -> R {

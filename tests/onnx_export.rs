@@ -1,0 +1,120 @@
+//! ONNX export: fixture graphs (as imported, and after the default
+//! pipeline) are exported, re-imported and run on the interpreter
+//! (`import(export(g))` computes what `g` computes), and written in the ONNX
+//! backend-test layout for `scripts/check_onnx_export.py`, which runs
+//! `onnx.checker` and onnxruntime on them against the interpreter's outputs.
+//! That half needs Python with `onnx` and `onnxruntime`; it is skipped with
+//! a message when they are missing, unless `OPTC_REQUIRE_ONNXRUNTIME=1`
+//! (set by `.ci/run`) makes it required.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use optc::frontends::hf;
+use optc::frontends::onnx::{self, export, tensor::from_tensor, ImportOptions};
+use optc::ir::{self, DType, Graph, Tensor, WeightStore};
+use optc::Compiler;
+use prost::Message;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn ids(n: usize) -> Tensor {
+    let v: Vec<i64> = (0..n).map(|i| (i * 37 % 300) as i64 + 1).collect();
+    Tensor::from_i64(DType::I64, &[1, n], &v)
+}
+
+/// The graphs the test exports: each fixture as imported and compiled.
+fn cases() -> Vec<(String, Graph, WeightStore)> {
+    let mut out = Vec::new();
+    for name in ["llama", "qwen2", "gpt2", "phi3"] {
+        let m = hf::load(root().join("tests/fixtures/hf").join(name)).unwrap();
+        out.push((format!("{name}_imported"), m.graph.clone(), m.weights));
+        let mut m = hf::load(root().join("tests/fixtures/hf").join(name)).unwrap();
+        Compiler::new().compile(&mut m.graph, &mut m.weights).unwrap();
+        out.push((format!("{name}_compiled"), m.graph, m.weights));
+    }
+    out
+}
+
+fn write_pb(path: &Path, name: &str, t: &Tensor) {
+    std::fs::write(path, from_tensor(name, t).encode_to_vec()).unwrap();
+}
+
+#[test]
+fn exported_models_round_trip_and_run_under_onnxruntime() {
+    let dir = root().join("target/onnx-export-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    for (name, g, w) in cases() {
+        let inputs = BTreeMap::from([("ids".to_string(), ids(7))]);
+        let want = ir::run(&g, &inputs, &w).unwrap();
+        let case = dir.join(&name);
+        let data = case.join("test_data_set_0");
+        std::fs::create_dir_all(&data).unwrap();
+        // Inline weights for half the cases, external data for the others.
+        let external = name.ends_with("_compiled");
+        export::write(&case.join("model.onnx"), &g, &w, external).unwrap();
+        write_pb(&data.join("input_0.pb"), "ids", &inputs["ids"]);
+        for (k, t) in want.iter().enumerate() {
+            write_pb(&data.join(format!("output_{k}.pb")), &g.outputs()[k].name, t);
+        }
+        // Round trip through optc's own importer.
+        let back = onnx::load(case.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(back.graph.symbols(), g.symbols(), "{name}: symbols survive");
+        for len in [7, 3] {
+            let inp = BTreeMap::from([("ids".to_string(), ids(len))]);
+            let a = ir::run(&g, &inp, &w).unwrap();
+            let b = ir::run(&back.graph, &inp, &back.weights).unwrap();
+            let err = a[0].max_abs_diff(&b[0]);
+            assert!(
+                err <= 1e-5,
+                "{name}: round trip moved logits by {err} at length {len}"
+            );
+        }
+    }
+    let required = std::env::var("OPTC_REQUIRE_ONNXRUNTIME").is_ok_and(|v| v == "1");
+    let probe = Command::new("python3")
+        .args(["-c", "import onnx, onnxruntime"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        assert!(
+            !required,
+            "OPTC_REQUIRE_ONNXRUNTIME=1 but python3 cannot import onnx and onnxruntime"
+        );
+        eprintln!("skipping the onnxruntime half: python3 with onnx and onnxruntime not found (pip install onnx onnxruntime)");
+        return;
+    }
+    let out = Command::new("python3")
+        .arg(root().join("scripts/check_onnx_export.py"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "onnxruntime disagrees with the interpreter:\n{text}"
+    );
+}
+
+#[test]
+fn non_onnx_ops_are_export_errors_naming_the_node() {
+    let text = "graph g(%x: f32[2, 4]) -> (%y: f32[2, 4]) {\n  %0: f32[2, 4] = relu(%x)\n  return %0\n}\n";
+    let g = ir::parse(text).unwrap();
+    let (m, _) = export::export(&g, &WeightStore::new(), &export::WeightPlacement::Inline).unwrap();
+    let back = onnx::load_bytes(&m.encode_to_vec(), None, &ImportOptions::default()).unwrap();
+    let x = Tensor::from_f32(DType::F32, &[2, 4], &[-1.0, 2.0, -3.0, 4.0, 0.5, -0.5, 0.0, 9.0]);
+    let inp = BTreeMap::from([("x".to_string(), x)]);
+    assert_eq!(
+        ir::run(&g, &inp, &WeightStore::new()).unwrap(),
+        ir::run(&back.graph, &inp, &back.weights).unwrap()
+    );
+    let shifts = "graph g(%a: i32[3], %b: i32[3]) -> (%y: i32[3]) {\n  %0: i32[3] = shift_left(%a, %b)\n  return %0\n}\n";
+    let g = ir::parse(shifts).unwrap();
+    let err = export::export(&g, &WeightStore::new(), &export::WeightPlacement::Inline)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shift_left") && err.contains("unsigned"), "{err}");
+}
