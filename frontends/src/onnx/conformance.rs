@@ -160,6 +160,7 @@ fn run_data_set(bytes: &[u8], m: &ModelProto, set: &Path, tol: (f64, f64)) -> Ou
         .map(|(n, t)| (n.to_string(), t))
         .collect();
     let mut opts = ImportOptions::default();
+    let mut fixed_ints = false;
     let model = loop {
         match super::load_bytes(bytes, None, &opts) {
             Ok(model) => break model,
@@ -168,6 +169,16 @@ fn run_data_set(bytes: &[u8], m: &ModelProto, set: &Path, tol: (f64, f64)) -> Ou
                     if given.contains_key(input) && !opts.fixed_inputs.contains_key(input) =>
                 {
                     opts.fixed_inputs.insert(input.clone(), given[input].clone());
+                }
+                // A value computed from inputs must be static: fix the
+                // integer inputs (shapes, sizes) it may come from, once.
+                OnnxErrorKind::NeedsStatic { .. } if !fixed_ints => {
+                    fixed_ints = true;
+                    for (name, t) in &given {
+                        if t.dtype().is_int() {
+                            opts.fixed_inputs.insert(name.clone(), t.clone());
+                        }
+                    }
                 }
                 ref k if k.is_unsupported() => return Outcome::Unsupported(k.to_string()),
                 k => return Outcome::Failed(format!("import: {k}")),

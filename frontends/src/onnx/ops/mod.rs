@@ -5,6 +5,8 @@
 mod attention;
 mod elementwise;
 mod linalg;
+mod loss;
+mod quant;
 mod nn;
 mod reduce;
 mod shape;
@@ -25,6 +27,8 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(nn::OPS)
         .chain(linalg::OPS)
         .chain(attention::OPS)
+        .chain(loss::OPS)
+        .chain(quant::OPS)
 }
 
 /// Every ONNX op type the importer maps, sorted.

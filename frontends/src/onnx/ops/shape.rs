@@ -33,6 +33,8 @@ pub(crate) static OPS: &[(&str, Handler)] = &[
     ("SpaceToDepth", space_to_depth),
     ("EyeLike", eye_like),
     ("OneHot", one_hot),
+    ("Pad", pad),
+    ("Compress", compress),
 ];
 
 fn constant(cx: &mut Cx, n: &NodeCx) -> R {
@@ -696,4 +698,119 @@ fn one_hot(cx: &mut Cx, n: &NodeCx) -> R {
     let off = cx.reshape(&off, vec![])?;
     let on = cx.reshape(&on, vec![])?;
     Ok(vec![select(cx, &hot, &on, &off)?])
+}
+
+/// `Pad` one axis at a time: negative pads slice, positive ones concat
+/// constant fills, edge copies, reflections or wrap-arounds.
+fn pad(cx: &mut Cx, n: &NodeCx) -> R {
+    let mode = n.string("mode", "constant")?;
+    let x = cx.input(n, 0)?;
+    let r = x.rank();
+    let (pads, axes) = if n.opset < 11 {
+        (n.opt_ints("pads")?.ok_or("pads missing")?, None)
+    } else {
+        (cx.static_ints(n, 1)?.ok_or("pads missing")?, cx.static_ints(n, 3)?)
+    };
+    let axes: Vec<usize> = match axes {
+        Some(a) => a.iter().map(|&a| axis(a, r)).collect::<Result<_, _>>()?,
+        None => (0..r).collect(),
+    };
+    if pads.len() != 2 * axes.len() {
+        return Err(format!("pads has {} entries for {} axes", pads.len(), axes.len()).into());
+    }
+    let value = if n.opset < 11 {
+        let v = n.float("value", 0.0)?;
+        Some(cx.scalar(v, x.dtype()))
+    } else {
+        cx.opt_input(n, 2)?
+    };
+    let mut y = x;
+    for (k, &a) in axes.iter().enumerate() {
+        let (before, after) = (pads[k], pads[k + axes.len()]);
+        let extent = y.dims()[a].as_const().ok_or("Pad over a symbolic axis is not supported")?;
+        // Negative pads remove elements.
+        let (cut_lo, cut_hi) = ((-before).max(0), (-after).max(0));
+        if cut_lo > 0 || cut_hi > 0 {
+            y = slice_axis(cx, &y, a, cut_lo, extent - cut_hi, 1)?;
+        }
+        let (before, after) = (before.max(0), after.max(0));
+        if before == 0 && after == 0 {
+            continue;
+        }
+        let n_ = y.dims()[a].as_const().unwrap_or(0);
+        let piece = |cx: &mut Cx, y: &Val, count: i64, front: bool| -> Result<Val, NodeError> {
+            let mut dims = y.dims().to_vec();
+            dims[a] = Dim::constant(count);
+            match mode.as_str() {
+                "constant" => {
+                    let v = match &value {
+                        Some(v) => cx.reshape(v, vec![])?,
+                        None => cx.scalar(0.0, y.dtype()),
+                    };
+                    let v = cx.cast(&v, y.dtype())?;
+                    expand_to(cx, &v, dims)
+                }
+                "edge" => {
+                    let e = if front { slice_axis(cx, y, a, 0, 1, 1)? } else { slice_axis(cx, y, a, n_ - 1, n_, 1)? };
+                    expand_to(cx, &e, dims)
+                }
+                "reflect" => {
+                    if count >= n_ {
+                        return unsupported("reflect padding wider than the axis is not supported");
+                    }
+                    if front {
+                        slice_axis(cx, y, a, count, 0, -1)
+                    } else {
+                        slice_axis(cx, y, a, n_ - 2, n_ - 2 - count, -1)
+                    }
+                }
+                "wrap" => {
+                    if count > n_ {
+                        return unsupported("wrap padding wider than the axis is not supported");
+                    }
+                    if front {
+                        slice_axis(cx, y, a, n_ - count, n_, 1)
+                    } else {
+                        slice_axis(cx, y, a, 0, count, 1)
+                    }
+                }
+                m => Err(format!("mode must be constant, reflect, edge or wrap, got {m:?}").into()),
+            }
+        };
+        let mut parts = Vec::new();
+        if before > 0 {
+            parts.push(piece(cx, &y, before, true)?);
+        }
+        parts.push(y.clone());
+        if after > 0 {
+            parts.push(piece(cx, &y, after, false)?);
+        }
+        y = cx.op(Op::Concat(Concat { axis: a as i64 }), &parts)?;
+    }
+    Ok(vec![y])
+}
+
+/// `Compress` with a condition known at import time: a gather of the kept
+/// indices (the input flattened when no axis is given).
+fn compress(cx: &mut Cx, n: &NodeCx) -> R {
+    let x = cx.input(n, 0)?;
+    let cond = cx.input(n, 1)?;
+    let keep = match cond.tensor() {
+        Some(t) => t.to_bool_vec(),
+        None => return Err(NodeError::NeedsStatic(n.node.input[1].clone())),
+    };
+    let (x, a) = match n.opt_int("axis")? {
+        Some(a) => {
+            let a = axis(a, x.rank())?;
+            (x, a)
+        }
+        None => {
+            let total = x.dims().iter().fold(Dim::constant(1), |acc, d| &acc * d);
+            (cx.reshape(&x, vec![total])?, 0)
+        }
+    };
+    let extent = x.dims()[a].as_const().ok_or("Compress over a symbolic axis is not supported")?;
+    let idx: Vec<i64> = (0..extent.min(keep.len() as i64)).filter(|&i| keep[i as usize]).collect();
+    let iv = cx.konst(Tensor::from_i64(DType::I64, &[idx.len()], &idx));
+    Ok(vec![cx.op(Op::Gather(Gather { axis: a as i64 }), &[x, iv])?])
 }
