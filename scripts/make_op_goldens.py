@@ -613,6 +613,89 @@ def more_elementwise_cases():
     g.done(g.op("reduce_prod", [xv], {"axes": [], "keepdims": False}, out=np.array(-210, dtype=object)))
 
 
+def window_out(d, k, s, dil, lo, hi, ceil=False):
+    span = dil * (k - 1) + 1
+    room = d + lo + hi - span
+    n = (room + s - 1) // s + 1 if ceil else room // s + 1
+    if ceil and (n - 1) * s >= d + lo:
+        n -= 1
+    return n
+
+
+def conv_ref(x, w, b, strides, dils, pads, group):
+    """Direct N-d cross-correlation from the definition."""
+    k = w.ndim - 2
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    cg, mg = c // group, m // group
+    outs = [window_out(x.shape[2 + i], w.shape[2 + i], strides[i], dils[i], pads[i], pads[k + i]) for i in range(k)]
+    y = np.zeros((n, m, *outs))
+    for o in np.ndindex(*outs):
+        for kk in np.ndindex(*w.shape[2:]):
+            pos = [o[i] * strides[i] + kk[i] * dils[i] - pads[i] for i in range(k)]
+            if any(p < 0 or p >= x.shape[2 + i] for i, p in enumerate(pos)):
+                continue
+            for f in range(m):
+                g = f // mg
+                xs = x[(slice(None), slice(g * cg, (g + 1) * cg)) + tuple(pos)]
+                y[(slice(None), f) + o] += xs @ w[(f, slice(None)) + kk]
+    if b is not None:
+        y += b.reshape((1, m) + (1,) * k)
+    return y
+
+
+def pool_ref(x, kind, kernel, strides, pads, ceil=False, include_pad=False, p=2.0):
+    k = len(kernel)
+    outs = [window_out(x.shape[2 + i], kernel[i], strides[i], 1, pads[i], pads[k + i], ceil) for i in range(k)]
+    y = np.zeros(x.shape[:2] + tuple(outs))
+    for o in np.ndindex(*outs):
+        vals, padded = [], 0
+        for kk in np.ndindex(*kernel):
+            pos = [o[i] * strides[i] + kk[i] - pads[i] for i in range(k)]
+            inside = all(0 <= q < x.shape[2 + i] for i, q in enumerate(pos))
+            if inside:
+                vals.append(x[(slice(None), slice(None)) + tuple(pos)])
+            if all(-pads[i] <= q < x.shape[2 + i] + pads[k + i] for i, q in enumerate(pos)):
+                padded += 1
+        v = np.stack(vals, axis=-1)
+        if kind == "max_pool":
+            r = v.max(axis=-1)
+        elif kind == "avg_pool":
+            r = v.sum(axis=-1) / (padded if include_pad else v.shape[-1])
+        else:
+            r = (np.abs(v) ** p).sum(axis=-1) ** (1.0 / p)
+        y[(slice(None), slice(None)) + o] = r
+    return y
+
+
+def conv_cases():
+    g = G("conv_2d_pads_strides_bias")
+    xv = g.inp("x", "f32", g.randn(2, 3, 5, 6))
+    wv = g.inp("w", "f32", g.randn(4, 3, 3, 2))
+    bv = g.inp("b", "f32", g.randn(4))
+    attrs = {"kernel": [3, 2], "strides": [2, 1], "dilations": [1, 2], "pads": [1, 0, 1, 2], "group": 1}
+    g.done(g.op("conv", [xv, wv, bv], attrs, out=conv_ref(F(xv), F(wv), F(bv), [2, 1], [1, 2], [1, 0, 1, 2], 1)))
+    g = G("conv_1d_grouped")
+    xv = g.inp("x", "f32", g.randn(1, 4, 7))
+    wv = g.inp("w", "f32", g.randn(6, 2, 3))
+    attrs = {"kernel": [3], "strides": [1], "dilations": [1], "pads": [0, 0], "group": 2}
+    g.done(g.op("conv", [xv, wv], attrs, out=conv_ref(F(xv), F(wv), None, [1], [1], [0, 0], 2)))
+    g = G("max_pool_2d_pads_ceil")
+    xv = g.inp("x", "f32", g.randn(1, 2, 5, 5))
+    attrs = {"kernel": [2, 2], "strides": [2, 2], "dilations": [1, 1], "pads": [1, 0, 0, 0], "ceil_mode": True}
+    g.done(g.op("max_pool", [xv], attrs, out=pool_ref(F(xv), "max_pool", [2, 2], [2, 2], [1, 0, 0, 0], ceil=True)))
+    for incl in (False, True):
+        g = G(f"avg_pool_1d_count_include_pad_{str(incl).lower()}")
+        xv = g.inp("x", "f32", g.randn(2, 3, 6))
+        attrs = {"kernel": [3], "strides": [2], "dilations": [1], "pads": [1, 1], "count_include_pad": incl, "ceil_mode": False}
+        ref = pool_ref(F(xv), "avg_pool", [3], [2], [1, 1], include_pad=incl)
+        g.done(g.op("avg_pool", [xv], attrs, out=ref))
+    g = G("lp_pool_2d_p3")
+    xv = g.inp("x", "f32", g.randn(1, 1, 4, 4))
+    attrs = {"kernel": [2, 2], "strides": [1, 1], "dilations": [1, 1], "pads": [0, 0, 0, 0], "p": 3.0, "ceil_mode": False}
+    g.done(g.op("lp_pool", [xv], attrs, out=pool_ref(F(xv), "lp_pool", [2, 2], [1, 1], [0, 0, 0, 0], p=3.0)))
+
+
 def elementwise_cases():
     # Unary ops on random data, and on special values.
     pos_only = {"log", "sqrt", "rsqrt"}
@@ -1438,6 +1521,7 @@ ALL_OPS = (
     list(UNARY)
     + list(UNARY_MORE)
     + ["mod", "fmod", "bitwise_and", "bitwise_or", "bitwise_xor", "shift_left", "shift_right", "reduce_prod"]
+    + ["conv", "max_pool", "avg_pool", "lp_pool"]
     + ["gelu"]
     + list(BINARY_F)
     + list(COMPARE)
@@ -1455,6 +1539,7 @@ def main():
     with np.errstate(all="ignore"):
         elementwise_cases()
         more_elementwise_cases()
+        conv_cases()
         reduce_cases()
         softmax_cases()
         linalg_cases()

@@ -36,7 +36,7 @@ fn make_op(b: &GraphBuilder, pool: &[Value], step_inputs: &[Value], s: Step) -> 
         }),
         2 => {
             return Some((
-                Op::Binary(BinaryKind::ALL[p.unsigned_abs() as usize % 7]),
+                Op::Binary(BinaryKind::ALL[p.unsigned_abs() as usize % BinaryKind::ALL.len()]),
                 vec![x, y],
             ))
         }
@@ -55,7 +55,7 @@ fn make_op(b: &GraphBuilder, pool: &[Value], step_inputs: &[Value], s: Step) -> 
             to: DType::ALL[p.unsigned_abs() as usize % DType::ALL.len()],
         }),
         6 => Op::Reduce(Reduce {
-            kind: ReduceKind::ALL[q.unsigned_abs() as usize % 4],
+            kind: ReduceKind::ALL[q.unsigned_abs() as usize % ReduceKind::ALL.len()],
             axes: if p % 3 == 0 { vec![] } else { vec![axis] },
             keepdims: q > 0,
         }),
@@ -160,6 +160,37 @@ fn make_op(b: &GraphBuilder, pool: &[Value], step_inputs: &[Value], s: Step) -> 
             let op = Op::AddRmsNorm(optc_ir::ops::AddRmsNorm { axis: -1, eps: 1e-6 });
             return Some((op, vec![x, x]));
         }
+        29 if p % 2 == 0 => {
+            // conv / pooling over the 1-d image input.
+            let find = |t: &str| {
+                let ty = parse_type(t).ok()?;
+                step_inputs.iter().copied().find(|v| *b.ty(*v) == ty)
+            };
+            let img = find("f32[B, 3, 6]")?;
+            let window = optc_ir::ops::Window {
+                kernel: vec![2],
+                strides: vec![1 + (q.unsigned_abs() as i64 % 2)],
+                dilations: vec![1],
+                pads: vec![(p.unsigned_abs() as i64) % 2, 1],
+            };
+            let op = match q.unsigned_abs() % 4 {
+                0 => {
+                    let w = find("f32[4, 3, 2]")?;
+                    return Some((Op::Conv(optc_ir::ops::Conv { window, group: 1 }), vec![img, w]));
+                }
+                1 => optc_ir::ops::PoolKind::Max,
+                2 => optc_ir::ops::PoolKind::Avg {
+                    count_include_pad: p > 0,
+                },
+                _ => optc_ir::ops::PoolKind::Lp { p: 2.0 },
+            };
+            let pool = optc_ir::ops::Pool {
+                kind: op,
+                window,
+                ceil_mode: q > 0,
+            };
+            return Some((Op::Pool(pool), vec![img]));
+        }
         _ if q < -100 => {
             // paged_attention over a step graph's inputs.
             let find = |t: &str| {
@@ -220,6 +251,8 @@ fn build(steps: &[Step], locs: &[String]) -> optc_ir::Graph {
         ("starts", "i64[Q+1]"),
         ("ctx", "i64[Q]"),
         ("tables", "i64[Q, M]"),
+        ("img", "f32[B, 3, 6]"),
+        ("cw", "f32[4, 3, 2]"),
     ] {
         step_inputs.push(b.input(name, parse_type(ty).unwrap()));
     }

@@ -90,6 +90,15 @@ fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
     }
 }
 
+fn window_attrs(w: &optc_ir::ops::Window) -> Vec<AttributeProto> {
+    vec![
+        attr_ints("kernel_shape", w.kernel.clone()),
+        attr_ints("strides", w.strides.clone()),
+        attr_ints("dilations", w.dilations.clone()),
+        attr_ints("pads", w.pads.clone()),
+    ]
+}
+
 fn value_info(name: &str, ty: &optc_ir::TensorType) -> ValueInfoProto {
     let dim = ty
         .shape
@@ -471,6 +480,31 @@ impl Ex<'_> {
             }
             Op::Rope(r) => vec![self.rope(a, &in_ty(0)?, &in_ty(1)?, r.interleaved)?],
             Op::Attention(s) => vec![self.attention(a, id, s.causal, s.scale)?],
+            Op::Conv(c) => {
+                let mut attrs = window_attrs(&c.window);
+                attrs.push(attr_i("group", c.group));
+                let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+                vec![self.node("Conv", &refs, attrs)]
+            }
+            Op::Pool(p) => {
+                let mut attrs = window_attrs(&p.window);
+                attrs.push(attr_i("ceil_mode", i64::from(p.ceil_mode)));
+                let name = match p.kind {
+                    optc_ir::ops::PoolKind::Max => "MaxPool",
+                    optc_ir::ops::PoolKind::Avg { count_include_pad } => {
+                        attrs.push(attr_i("count_include_pad", i64::from(count_include_pad)));
+                        "AveragePool"
+                    }
+                    optc_ir::ops::PoolKind::Lp { p } => {
+                        if p.fract() != 0.0 {
+                            return Err(format!("ONNX LpPool takes an integer p, not {p}"));
+                        }
+                        attrs.push(attr_i("p", p as i64));
+                        "LpPool"
+                    }
+                };
+                vec![self.node(name, &[x], attrs)]
+            }
             Op::PagedAttention(_) => {
                 return Err(
                     "paged_attention has no ONNX form (export the model graph, before insert_kv_cache)"

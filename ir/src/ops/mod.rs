@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod attrs;
+pub mod conv;
 pub mod creation;
 pub mod elementwise;
 pub(crate) mod index;
@@ -21,6 +22,7 @@ use crate::tensor::Tensor;
 
 pub use attention::ScaledDotProductAttention;
 pub use attrs::{Attr, AttrReader};
+pub use conv::{Conv, Pool, PoolKind, Window};
 pub use creation::{Arange, Constant, Full, Scalar};
 pub use elementwise::{BinaryKind, Cast, CompareKind, Gelu, GeluApprox, UnaryKind, Where};
 pub use indexing::{Concat, Gather, IndexSelect, Slice, Split};
@@ -104,6 +106,8 @@ pub enum Op {
     SwiGlu(SwiGlu),
     Attention(ScaledDotProductAttention),
     PagedAttention(PagedAttention),
+    Conv(Conv),
+    Pool(Pool),
 }
 
 impl Op {
@@ -143,6 +147,8 @@ impl Op {
             Op::SwiGlu(o) => o,
             Op::Attention(o) => o,
             Op::PagedAttention(o) => o,
+            Op::Conv(o) => o,
+            Op::Pool(o) => o,
         }
     }
 
@@ -238,6 +244,10 @@ impl Op {
             "swiglu",
             "scaled_dot_product_attention",
             "paged_attention",
+            "conv",
+            "max_pool",
+            "avg_pool",
+            "lp_pool",
         ]);
         v
     }
@@ -314,6 +324,8 @@ impl Op {
                     interleaved: r.bool_or("interleaved", false)?,
                 }),
                 "swiglu" => Op::SwiGlu(SwiGlu),
+                "conv" => Op::Conv(Conv::read(&mut r)?),
+                "max_pool" | "avg_pool" | "lp_pool" => Op::Pool(Pool::read(name, &mut r)?),
                 "scaled_dot_product_attention" => Op::Attention(ScaledDotProductAttention {
                     causal: r.bool_or("causal", false)?,
                     scale: r.opt_float("scale")?,

@@ -2,7 +2,9 @@
 //! `SoftmaxCrossEntropyLoss`, with the class picked by a one-hot compare
 //! against `arange(C)` (no gather of run-time indices needed).
 
-use optc_ir::ops::{Arange, BinaryKind as B, CompareKind as C, Reduce, ReduceKind as K, Softmax, UnaryKind as U};
+use optc_ir::ops::{
+    Arange, BinaryKind as B, CompareKind as C, Reduce, ReduceKind as K, Softmax, UnaryKind as U,
+};
 use optc_ir::{DType, Dim, Op};
 
 use super::super::import::{Cx, NodeCx, NodeError, Val};
@@ -31,7 +33,11 @@ fn nll(cx: &mut Cx, n: &NodeCx, x: &Val, target: &Val, weight: Option<Val>) -> R
     let ignore = n.opt_int("ignore_index")?;
     want_float(n, x)?;
     if x.rank() < 2 || target.rank() + 1 != x.rank() {
-        return Err(format!("input {} and target {} do not fit [N, C, ...] / [N, ...]", x.ty, target.ty).into());
+        return Err(format!(
+            "input {} and target {} do not fit [N, C, ...] / [N, ...]",
+            x.ty, target.ty
+        )
+        .into());
     }
     let classes = x.dims()[1].clone();
     let dt = x.dtype();
@@ -103,7 +109,10 @@ fn softmax_cross_entropy(cx: &mut Cx, n: &NodeCx) -> R {
     let (x, t) = (cx.input(n, 0)?, cx.input(n, 1)?);
     want_float(n, &x)?;
     let w = cx.opt_input(n, 2)?;
-    let logp = cx.op(Op::Softmax(Softmax { axis: 1, log: true }), std::slice::from_ref(&x))?;
+    let logp = cx.op(
+        Op::Softmax(Softmax { axis: 1, log: true }),
+        std::slice::from_ref(&x),
+    )?;
     let mut out = nll(cx, n, &logp, &t, w)?;
     out.push(logp);
     Ok(out)

@@ -3,11 +3,12 @@
 //! the importer) and builds IR ops through [`Cx`], which folds constants.
 
 mod attention;
+mod conv;
 mod elementwise;
 mod linalg;
 mod loss;
-mod quant;
 mod nn;
+mod quant;
 mod reduce;
 mod shape;
 
@@ -28,6 +29,7 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(linalg::OPS)
         .chain(attention::OPS)
         .chain(loss::OPS)
+        .chain(conv::OPS)
         .chain(quant::OPS)
 }
 

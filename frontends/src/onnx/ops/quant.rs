@@ -32,7 +32,9 @@ fn fit(cx: &mut Cx, v: &Val, x: &Val, a: i64, block: i64) -> Result<Val, NodeErr
         let y = cx.reshape(&y, flat.clone())?;
         if flat[a] != x.dims()[a] {
             // The last block may be partial: cut to the axis length.
-            let n = x.dims()[a].as_const().ok_or("blocked quantisation over a symbolic axis")?;
+            let n = x.dims()[a]
+                .as_const()
+                .ok_or("blocked quantisation over a symbolic axis")?;
             return super::shape::slice_axis(cx, &y, a, 0, n, 1);
         }
         return Ok(y);

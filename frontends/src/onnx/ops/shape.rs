@@ -709,7 +709,10 @@ fn pad(cx: &mut Cx, n: &NodeCx) -> R {
     let (pads, axes) = if n.opset < 11 {
         (n.opt_ints("pads")?.ok_or("pads missing")?, None)
     } else {
-        (cx.static_ints(n, 1)?.ok_or("pads missing")?, cx.static_ints(n, 3)?)
+        (
+            cx.static_ints(n, 1)?.ok_or("pads missing")?,
+            cx.static_ints(n, 3)?,
+        )
     };
     let axes: Vec<usize> = match axes {
         Some(a) => a.iter().map(|&a| axis(a, r)).collect::<Result<_, _>>()?,
@@ -727,7 +730,9 @@ fn pad(cx: &mut Cx, n: &NodeCx) -> R {
     let mut y = x;
     for (k, &a) in axes.iter().enumerate() {
         let (before, after) = (pads[k], pads[k + axes.len()]);
-        let extent = y.dims()[a].as_const().ok_or("Pad over a symbolic axis is not supported")?;
+        let extent = y.dims()[a]
+            .as_const()
+            .ok_or("Pad over a symbolic axis is not supported")?;
         // Negative pads remove elements.
         let (cut_lo, cut_hi) = ((-before).max(0), (-after).max(0));
         if cut_lo > 0 || cut_hi > 0 {
@@ -751,7 +756,11 @@ fn pad(cx: &mut Cx, n: &NodeCx) -> R {
                     expand_to(cx, &v, dims)
                 }
                 "edge" => {
-                    let e = if front { slice_axis(cx, y, a, 0, 1, 1)? } else { slice_axis(cx, y, a, n_ - 1, n_, 1)? };
+                    let e = if front {
+                        slice_axis(cx, y, a, 0, 1, 1)?
+                    } else {
+                        slice_axis(cx, y, a, n_ - 1, n_, 1)?
+                    };
                     expand_to(cx, &e, dims)
                 }
                 "reflect" => {
@@ -809,8 +818,12 @@ fn compress(cx: &mut Cx, n: &NodeCx) -> R {
             (cx.reshape(&x, vec![total])?, 0)
         }
     };
-    let extent = x.dims()[a].as_const().ok_or("Compress over a symbolic axis is not supported")?;
-    let idx: Vec<i64> = (0..extent.min(keep.len() as i64)).filter(|&i| keep[i as usize]).collect();
+    let extent = x.dims()[a]
+        .as_const()
+        .ok_or("Compress over a symbolic axis is not supported")?;
+    let idx: Vec<i64> = (0..extent.min(keep.len() as i64))
+        .filter(|&i| keep[i as usize])
+        .collect();
     let iv = cx.konst(Tensor::from_i64(DType::I64, &[idx.len()], &idx));
     Ok(vec![cx.op(Op::Gather(Gather { axis: a as i64 }), &[x, iv])?])
 }
