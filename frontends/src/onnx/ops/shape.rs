@@ -332,13 +332,13 @@ fn split(cx: &mut Cx, n: &NodeCx) -> R {
     if sizes.len() == 1 {
         return Ok(vec![x]);
     }
-    Ok(cx.ops(
+    cx.ops(
         Op::Split(Split {
             axis: a as i64,
             sizes,
         }),
         &[x],
-    )?)
+    )
 }
 
 /// One axis of an ONNX slice as an IR slice (python bounds semantics,
