@@ -187,9 +187,7 @@ impl OpImpl for Conv {
         }
         let (xd, wd) = (x.shape.dims(), w.shape.dims());
         let g = self.group;
-        if g < 1
-            || xd[1].as_const().is_none_or(|c| c % g != 0)
-            || wd[0].as_const().is_none_or(|m| m % g != 0)
+        if g < 1 || xd[1].as_const().is_none_or(|c| c % g != 0) || wd[0].as_const().is_none_or(|m| m % g != 0)
         {
             return Err(format!(
                 "conv: channels {} and filters {} must be constant multiples of group {g}",
