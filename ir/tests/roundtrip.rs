@@ -35,10 +35,13 @@ fn make_op(b: &GraphBuilder, pool: &[Value], step_inputs: &[Value], s: Step) -> 
             approximate: if p > 0 { GeluApprox::Tanh } else { GeluApprox::None },
         }),
         2 => {
-            return Some((
-                Op::Binary(BinaryKind::ALL[p.unsigned_abs() as usize % BinaryKind::ALL.len()]),
-                vec![x, y],
-            ))
+            let kind = BinaryKind::ALL[p.unsigned_abs() as usize % BinaryKind::ALL.len()];
+            if kind.is_bitwise() {
+                // Bitwise ops want integer operands; the pool always has `ids`.
+                let ints: Vec<Value> = pool.iter().copied().filter(|v| b.ty(*v).dtype.is_int()).collect();
+                return Some((Op::Binary(kind), vec![pick(&ints, i), pick(&ints, j)]));
+            }
+            return Some((Op::Binary(kind), vec![x, y]));
         }
         3 => {
             return Some((
