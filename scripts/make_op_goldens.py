@@ -20,16 +20,31 @@ import re
 import sys
 import zlib
 
+import ml_dtypes
 import numpy as np
 
-NP = {"f32": np.float32, "f16": np.float16, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
-FLOAT = ("f32", "f16")
+NP = {
+    "f32": np.float32,
+    "f16": np.float16,
+    "i32": np.int32,
+    "i64": np.int64,
+    "u64": np.uint64,
+    "bool": np.bool_,
+    # The small floats, from ml_dtypes (which the onnx package depends on).
+    "f8e4m3": ml_dtypes.float8_e4m3fn,
+    "f8e5m2": ml_dtypes.float8_e5m2,
+    "f8e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
+    "f8e5m2fnuz": ml_dtypes.float8_e5m2fnuz,
+    "f4e2m1": ml_dtypes.float4_e2m1fn,
+}
+SMALL_FLOAT = ("f8e4m3", "f8e5m2", "f8e4m3fnuz", "f8e5m2fnuz", "f4e2m1")
+FLOAT = ("f32", "f16") + SMALL_FLOAT
 INT_BITS = {"i32": 32, "i64": 64}
 
 # Default tolerances per float output dtype. Both sides compute in f64 and
 # round once, so f32 results normally agree to the last bit; the slack only
 # covers libm differences and double rounding.
-TOL = {"f32": (1e-6, 1e-5), "f16": (1e-3, 2e-3)}
+TOL = {"f32": (1e-6, 1e-5), "f16": (1e-3, 2e-3), **{d: (0.0, 0.0) for d in SMALL_FLOAT}}
 
 CASES = []
 NAMES = set()
@@ -148,6 +163,10 @@ def enc_data(arr, dtype):
         return out
     if dtype == "bool":
         return [int(bool(x)) for x in flat]
+    if dtype == "u64":
+        # JSON readers take i64: u64 values at or above 2^63 are written as
+        # their two's-complement i64 (the same 64 bits).
+        return [int(x) - 2**64 if int(x) >= 2**63 else int(x) for x in flat]
     return [int(x) for x in flat]
 
 
@@ -169,6 +188,8 @@ def rnd(a, dtype):
     if dtype == "bool":
         return np.asarray(a).astype(bool)
     a = np.asarray(a, dtype=object)
+    if dtype == "u64":
+        return np.array([int(v) % 2**64 for v in a.reshape(-1)], dtype=np.uint64).reshape(a.shape)
     vals = [wrap(v, INT_BITS[dtype]) for v in a.reshape(-1)]
     return np.array(vals, dtype=NP[dtype]).reshape(a.shape)
 
@@ -904,6 +925,50 @@ def elementwise_cases():
     xv = g.inp("x", "i64", [0, 1, -1, 2**40])
     g.done(g.op("cast", [xv], {"to": DTy("bool")}, out=I(xv) != 0, dtype="bool"))
 
+    # Small floats: round to nearest even, saturating at the largest finite
+    # value (infinities too), the ONNX `saturate = 1` rule; ml_dtypes does the
+    # rounding of the clipped values.
+    for d in SMALL_FLOAT:
+        t = NP[d]
+        top = float(ml_dtypes.finfo(t).max)
+        g = G(f"cast_f32_to_{d}_rounds_and_saturates", atol=0.0, rtol=0.0)
+        vals = list(g.unif(-top, top, 8)) + list(g.randn(8)) + [0.0, 1e-9, -1e-9, 1e6, -1e6, np.inf, -np.inf, top * 1.01]
+        if d != "f4e2m1":
+            vals.append(np.nan)
+        xv = g.inp("x", "f32", vals)
+        g.done(g.op("cast", [xv], {"to": DTy(d)}, out=np.clip(F(xv), -top, top), dtype=d))
+        g = G(f"cast_{d}_to_f32", atol=0.0, rtol=0.0)
+        xv = g.inp("x", d, np.clip(g.randn(12) * top / 4, -top, top))
+        g.done(g.op("cast", [xv], {"to": DTy("f32")}, out=F(xv), dtype="f32"))
+    g = G("cast_f32_to_f8e5m2_ties_to_even", atol=0.0, rtol=0.0)
+    # 1.125 lies halfway between 1.0 and 1.25 (mantissa 00 | 01): to 1.0;
+    # 1.375 halfway between 1.25 and 1.5: to 1.5.
+    xv = g.inp("x", "f32", [1.125, 1.375, -1.125, 3.0e-5])
+    g.done(g.op("cast", [xv], {"to": DTy("f8e5m2")}, out=F(xv), dtype="f8e5m2"))
+
+    # bitcast: the same bits read as another dtype of the same width.
+    g = G("bitcast_f32_to_i32", atol=0.0, rtol=0.0)
+    xv = g.inp("x", "f32", [[1.0, -2.5, 0.0], [np.inf, 1e-40, -0.0]])
+    g.done(g.op("bitcast", [xv], {"to": DTy("i32")}, out=xv.arr.view(np.int32), dtype="i32"))
+    g = G("bitcast_i32_to_f32", atol=0.0, rtol=0.0)
+    xv = g.inp("x", "i32", [1065353216, -1082130432, 1, 2139095040])
+    g.done(g.op("bitcast", [xv], {"to": DTy("f32")}, out=xv.arr.view(np.float32), dtype="f32"))
+    g = G("bitcast_i64_to_u64", atol=0.0, rtol=0.0)
+    xv = g.inp("x", "i64", [-1, 5, -(2**63)])
+    g.done(g.op("bitcast", [xv], {"to": DTy("u64")}, out=xv.arr.view(np.uint64), dtype="u64"))
+
+    # u64 arithmetic is unsigned over the whole range.
+    g = G("u64_arithmetic_and_compare")
+    big = [2**64 - 1, 2**63, 7, 2**63 + 5]
+    av = g.inp("a", "u64", big)
+    bv = g.inp("b", "u64", [2, 3, 2**63, 1])
+    a_, b_ = [int(x) for x in av.arr], [int(x) for x in bv.arr]
+    obj = lambda v: np.array(v, dtype=object)
+    s_ = g.op("add", [av, bv], out=obj([(x + y) % 2**64 for x, y in zip(a_, b_)]))
+    q_ = g.op("div", [s_, bv], out=obj([((x + y) % 2**64) // y for x, y in zip(a_, b_)]))
+    m_ = g.op("maximum", [q_, av], out=obj([max(((x + y) % 2**64) // y, x) for x, y in zip(a_, b_)]))
+    g.done(m_, g.op("less", [av, bv], out=np.array([x < y for x, y in zip(a_, b_)]), dtype="bool"))
+
 
 def reduce_cases():
     specs = [
@@ -1525,7 +1590,7 @@ ALL_OPS = (
     + ["gelu"]
     + list(BINARY_F)
     + list(COMPARE)
-    + ["where", "cast", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "argmax", "cumsum", "softmax"]
+    + ["where", "cast", "bitcast", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "argmax", "cumsum", "softmax"]
     + ["log_softmax"]
     + ["matmul", "linear", "reshape", "transpose", "unsqueeze", "squeeze", "expand", "slice", "concat", "split"]
     + ["gather", "index_select", "triu", "tril", "arange", "full", "constant", "embedding", "layer_norm"]

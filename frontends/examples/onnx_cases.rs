@@ -25,7 +25,10 @@ fn main() {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.join("model.onnx").exists())
             .filter(|p| {
-                let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_lowercase())
+                    .unwrap_or_default();
                 filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
             })
             .collect(),

@@ -5,7 +5,7 @@ use std::fmt;
 
 use half::{bf16, f16};
 
-use crate::dtype::{f8e4m3, DType};
+use crate::dtype::DType;
 
 /// Element storage, one variant per dtype, so a tensor keeps exactly the
 /// values it was given (a bf16 weight stays bf16 until something casts it).
@@ -15,15 +15,20 @@ enum Data {
     F64(Vec<f64>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
-    F8E4M3(Vec<u8>),
+    /// 8-bit small-float codes (every f8 format; the tensor's dtype says
+    /// which).
+    Codes(Vec<u8>),
     I8(Vec<i8>),
     U8(Vec<u8>),
     I16(Vec<i16>),
     U16(Vec<u16>),
     U32(Vec<u32>),
-    /// Packed two per byte, low nibble first; `numel` is on the tensor.
-    I4(Vec<u8>),
-    U4(Vec<u8>),
+    U64(Vec<u64>),
+    /// Packed two per byte, low nibble first (i4, u4 and f4e2m1 codes);
+    /// `numel` is on the tensor.
+    Nibbles(Vec<u8>),
+    /// Packed four per byte, lowest bits first (i2, u2).
+    Crumbs(Vec<u8>),
     I32(Vec<i32>),
     I64(Vec<i64>),
     Bool(Vec<bool>),
@@ -47,25 +52,43 @@ pub struct SizeError {
     pub found: usize,
 }
 
-fn unpack4(bytes: &[u8], n: usize, signed: bool) -> Vec<i64> {
+/// Unpacks `n` fields of `width` bits (4 or 2), lowest bits first,
+/// sign-extending when `signed`.
+fn unpack(bytes: &[u8], n: usize, width: usize, signed: bool) -> Vec<i64> {
+    let per = 8 / width;
+    let mask = (1u8 << width) - 1;
     (0..n)
         .map(|i| {
-            let nib = (bytes[i / 2] >> ((i % 2) * 4)) & 0x0f;
-            if signed && nib >= 8 {
-                nib as i64 - 16
+            let f = (bytes[i / per] >> ((i % per) * width)) & mask;
+            if signed && f >= 1 << (width - 1) {
+                f as i64 - (1 << width)
             } else {
-                nib as i64
+                f as i64
             }
         })
         .collect()
 }
 
-fn pack4(values: impl Iterator<Item = i64>, n: usize) -> Vec<u8> {
-    let mut out = vec![0u8; n.div_ceil(2)];
+/// Packs `n` values into fields of `width` bits (their low bits).
+fn pack(values: impl Iterator<Item = i64>, n: usize, width: usize) -> Vec<u8> {
+    let per = 8 / width;
+    let mask = (1u8 << width) - 1;
+    let mut out = vec![0u8; n.div_ceil(per)];
     for (i, v) in values.enumerate() {
-        out[i / 2] |= ((v as u8) & 0x0f) << ((i % 2) * 4);
+        out[i / per] |= ((v as u8) & mask) << ((i % per) * width);
     }
     out
+}
+
+/// Encodes floats into a small-float dtype's storage.
+fn small_float_data(dtype: DType, values: impl Iterator<Item = f64>, n: usize) -> Option<Data> {
+    let f = dtype.small_float()?;
+    let codes = values.map(|v| f.from_f64(v));
+    Some(if f.bits == 4 {
+        Data::Nibbles(pack(codes.map(i64::from), n, 4))
+    } else {
+        Data::Codes(codes.collect())
+    })
 }
 
 /// f64 to f32 rounding to odd (truncate, then set the last bit if anything
@@ -82,6 +105,16 @@ fn round_to_odd_f32(x: f64) -> f32 {
         y = f32::from_bits(y.to_bits() - 1);
     }
     f32::from_bits(y.to_bits() | 1)
+}
+
+/// Float to u64 like [`float_to_int`]: truncation, saturating at 0 and
+/// `u64::MAX`, NaN to 0.
+fn float_to_u64(x: f64) -> u64 {
+    if x.is_nan() {
+        0
+    } else {
+        x.trunc().clamp(0.0, u64::MAX as f64) as u64
+    }
 }
 
 /// Float to integer conversion used by casts: truncation toward zero,
@@ -103,6 +136,8 @@ pub fn int_range(dtype: DType) -> (i64, i64) {
         DType::I16 => (i16::MIN as i64, i16::MAX as i64),
         DType::U16 => (0, u16::MAX as i64),
         DType::U32 => (0, u32::MAX as i64),
+        DType::I2 => (-2, 1),
+        DType::U2 => (0, 3),
         DType::I4 => (-8, 7),
         DType::U4 => (0, 15),
         DType::I32 => (i32::MIN as i64, i32::MAX as i64),
@@ -120,8 +155,11 @@ impl Tensor {
             DType::F64 => Data::F64(values.iter().map(|&v| v as f64).collect()),
             DType::F16 => Data::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
             DType::BF16 => Data::BF16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
-            DType::F8E4M3 => Data::F8E4M3(values.iter().map(|&v| f8e4m3::from_f32(v)).collect()),
             DType::Bool => Data::Bool(values.iter().map(|&v| v != 0.0).collect()),
+            DType::U64 => Data::U64(values.iter().map(|&v| float_to_u64(v as f64)).collect()),
+            d if d.small_float().is_some() => {
+                small_float_data(d, values.iter().map(|&v| v as f64), values.len()).expect("small float")
+            }
             _ => {
                 let ints: Vec<i64> = values.iter().map(|&v| float_to_int(v as f64, dtype)).collect();
                 return Tensor::from_i64(dtype, shape, &ints);
@@ -153,8 +191,11 @@ impl Tensor {
                     .map(|&v| bf16::from_f32(round_to_odd_f32(v)))
                     .collect(),
             ),
-            DType::F8E4M3 => Data::F8E4M3(values.iter().map(|&v| f8e4m3::from_f64(v)).collect()),
             DType::Bool => Data::Bool(values.iter().map(|&v| v != 0.0).collect()),
+            DType::U64 => Data::U64(values.iter().map(|&v| float_to_u64(v)).collect()),
+            d if d.small_float().is_some() => {
+                small_float_data(d, values.iter().copied(), values.len()).expect("small float")
+            }
             _ => {
                 let v: Vec<i64> = values.iter().map(|&x| float_to_int(x, dtype)).collect();
                 return Tensor::from_i64(dtype, shape, &v);
@@ -180,8 +221,9 @@ impl Tensor {
             DType::U32 => Data::U32(values.iter().map(|&v| v as u32).collect()),
             DType::I32 => Data::I32(values.iter().map(|&v| v as i32).collect()),
             DType::I64 => Data::I64(values.to_vec()),
-            DType::I4 => Data::I4(pack4(values.iter().copied(), n)),
-            DType::U4 => Data::U4(pack4(values.iter().copied(), n)),
+            DType::U64 => Data::U64(values.iter().map(|&v| v as u64).collect()),
+            DType::I4 | DType::U4 => Data::Nibbles(pack(values.iter().copied(), n, 4)),
+            DType::I2 | DType::U2 => Data::Crumbs(pack(values.iter().copied(), n, 2)),
             DType::Bool => Data::Bool(values.iter().map(|&v| v != 0).collect()),
             // `as f32` rounds an i64 once; the narrower floats go through f64,
             // which is exact below 2^53 (beyond it, two roundings).
@@ -248,14 +290,17 @@ impl Tensor {
                     .map(|c| bf16::from_le_bytes([c[0], c[1]]))
                     .collect(),
             ),
-            DType::F8E4M3 => Data::F8E4M3(bytes.to_vec()),
+            DType::F8E4M3 | DType::F8E5M2 | DType::F8E4M3Fnuz | DType::F8E5M2Fnuz | DType::F8E8M0 => {
+                Data::Codes(bytes.to_vec())
+            }
             DType::I8 => Data::I8(bytes.iter().map(|&b| b as i8).collect()),
             DType::U8 => Data::U8(bytes.to_vec()),
             DType::I16 => Data::I16(chunks!(i16, 2)),
             DType::U16 => Data::U16(chunks!(u16, 2)),
             DType::U32 => Data::U32(chunks!(u32, 4)),
-            DType::I4 => Data::I4(bytes.to_vec()),
-            DType::U4 => Data::U4(bytes.to_vec()),
+            DType::U64 => Data::U64(chunks!(u64, 8)),
+            DType::I4 | DType::U4 | DType::F4E2M1 => Data::Nibbles(bytes.to_vec()),
+            DType::I2 | DType::U2 => Data::Crumbs(bytes.to_vec()),
             DType::I32 => Data::I32(chunks!(i32, 4)),
             DType::I64 => Data::I64(chunks!(i64, 8)),
             DType::Bool => Data::Bool(bytes.iter().map(|&b| b != 0).collect()),
@@ -285,7 +330,8 @@ impl Tensor {
             Data::U32(v) => le(v, u32::to_le_bytes),
             Data::F16(v) => le(v, f16::to_le_bytes),
             Data::BF16(v) => le(v, bf16::to_le_bytes),
-            Data::F8E4M3(v) | Data::I4(v) | Data::U4(v) => v.clone(),
+            Data::U64(v) => le(v, u64::to_le_bytes),
+            Data::Codes(v) | Data::Nibbles(v) | Data::Crumbs(v) => v.clone(),
             Data::I8(v) => v.iter().map(|&x| x as u8).collect(),
             Data::I32(v) => le(v, i32::to_le_bytes),
             Data::I64(v) => le(v, i64::to_le_bytes),
@@ -317,8 +363,11 @@ impl Tensor {
             Data::F64(v) => v.iter().map(|&x| x as f32).collect(),
             Data::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
             Data::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
-            Data::F8E4M3(v) => v.iter().map(|&b| f8e4m3::to_f32(b)).collect(),
             Data::Bool(v) => v.iter().map(|&b| b as u8 as f32).collect(),
+            Data::U64(v) => v.iter().map(|&x| x as f32).collect(),
+            _ if self.dtype.small_float().is_some() => {
+                self.to_f64_vec().into_iter().map(|x| x as f32).collect()
+            }
             _ => self.to_i64_vec().into_iter().map(|x| x as f32).collect(),
         }
     }
@@ -327,13 +376,18 @@ impl Tensor {
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match &self.data {
             Data::F64(v) => v.clone(),
+            Data::U64(v) => v.iter().map(|&x| x as f64).collect(),
+            _ if self.dtype.small_float().is_some() => {
+                let f = self.dtype.small_float().expect("small float");
+                self.codes().into_iter().map(|c| f.to_f64(c)).collect()
+            }
             Data::I8(_)
             | Data::U8(_)
             | Data::I16(_)
             | Data::U16(_)
             | Data::U32(_)
-            | Data::I4(_)
-            | Data::U4(_)
+            | Data::Nibbles(_)
+            | Data::Crumbs(_)
             | Data::I32(_)
             | Data::I64(_) => self.to_i64_vec().into_iter().map(|x| x as f64).collect(),
             _ => self.to_f32_vec().into_iter().map(f64::from).collect(),
@@ -351,8 +405,10 @@ impl Tensor {
             Data::U32(v) => v.iter().map(|&x| x as i64).collect(),
             Data::I32(v) => v.iter().map(|&x| x as i64).collect(),
             Data::I64(v) => v.clone(),
-            Data::I4(v) => unpack4(v, n, true),
-            Data::U4(v) => unpack4(v, n, false),
+            // u64 values at or above 2^63 wrap (the bit pattern is kept).
+            Data::U64(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::Nibbles(v) if self.dtype.is_int() => unpack(v, n, 4, self.dtype == DType::I4),
+            Data::Crumbs(v) => unpack(v, n, 2, self.dtype == DType::I2),
             Data::Bool(v) => v.iter().map(|&x| x as i64).collect(),
             _ => self
                 .to_f64_vec()
@@ -376,6 +432,12 @@ impl Tensor {
     pub fn cast(&self, to: DType) -> Tensor {
         if to == self.dtype {
             return self.clone();
+        }
+        if self.dtype == DType::U64 {
+            return match to {
+                _ if to.is_float() => Tensor::from_f64(to, &self.shape, &self.to_f64_vec()),
+                _ => Tensor::from_i64(to, &self.shape, &self.to_i64_vec()),
+            };
         }
         if self.dtype.is_int() || self.dtype == DType::Bool {
             return Tensor::from_i64(to, &self.shape, &self.to_i64_vec());
@@ -413,17 +475,28 @@ impl Tensor {
             Data::I16(v) => Data::I16(pick!(v)),
             Data::U16(v) => Data::U16(pick!(v)),
             Data::U32(v) => Data::U32(pick!(v)),
+            Data::U64(v) => Data::U64(pick!(v)),
             Data::F16(v) => Data::F16(pick!(v)),
             Data::BF16(v) => Data::BF16(pick!(v)),
-            Data::F8E4M3(v) => Data::F8E4M3(pick!(v)),
+            Data::Codes(v) => Data::Codes(pick!(v)),
             Data::I8(v) => Data::I8(pick!(v)),
             Data::I32(v) => Data::I32(pick!(v)),
             Data::I64(v) => Data::I64(pick!(v)),
             Data::Bool(v) => Data::Bool(pick!(v)),
-            Data::I4(_) | Data::U4(_) => {
-                let all = self.to_i64_vec();
-                let picked: Vec<i64> = index.iter().map(|&i| all[i]).collect();
-                return Tensor::from_i64(self.dtype, shape, &picked);
+            Data::Nibbles(_) | Data::Crumbs(_) => {
+                let width = self.dtype.bits();
+                let all = self.fields();
+                let picked = index.iter().map(|&i| all[i]);
+                let packed = pack(picked, index.len(), width);
+                return Tensor {
+                    dtype: self.dtype,
+                    shape: shape.to_vec(),
+                    data: if width == 4 {
+                        Data::Nibbles(packed)
+                    } else {
+                        Data::Crumbs(packed)
+                    },
+                };
             }
         };
         Tensor {
@@ -439,8 +512,9 @@ impl Tensor {
         let dtype = parts.first().map_or(DType::F32, |t| t.dtype);
         let n: usize = parts.iter().map(|t| t.numel()).sum();
         if dtype.bits() < 8 {
-            let v: Vec<i64> = parts.iter().flat_map(|t| t.to_i64_vec()).collect();
-            return Tensor::from_i64(dtype, &[n], &v);
+            let v: Vec<i64> = parts.iter().flat_map(|t| t.fields()).collect();
+            let packed = pack(v.into_iter(), n, dtype.bits());
+            return Tensor::from_le_bytes(dtype, &[n], &packed).expect("packed size");
         }
         if dtype == DType::F32 {
             let mut v = Vec::with_capacity(n);
@@ -457,6 +531,48 @@ impl Tensor {
             bytes.extend(t.to_le_bytes());
         }
         Tensor::from_le_bytes(dtype, &[n], &bytes).expect("parts share one dtype")
+    }
+
+    /// The raw code of every element of a small-float tensor (empty for
+    /// other dtypes).
+    fn codes(&self) -> Vec<u8> {
+        match &self.data {
+            Data::Codes(v) => v.clone(),
+            Data::Nibbles(v) => unpack(v, self.numel(), 4, false)
+                .into_iter()
+                .map(|c| c as u8)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The unsigned bit fields of a packed (sub-byte) tensor.
+    fn fields(&self) -> Vec<i64> {
+        match &self.data {
+            Data::Nibbles(v) => unpack(v, self.numel(), 4, false),
+            Data::Crumbs(v) => unpack(v, self.numel(), 2, false),
+            _ => self.to_i64_vec(),
+        }
+    }
+
+    /// Every element of a u64 tensor as u64 (other integer dtypes: their
+    /// i64 value reinterpreted), for the unsigned 64-bit arithmetic of the
+    /// elementwise ops.
+    pub fn to_u64_vec(&self) -> Vec<u64> {
+        match &self.data {
+            Data::U64(v) => v.clone(),
+            _ => self.to_i64_vec().into_iter().map(|x| x as u64).collect(),
+        }
+    }
+
+    /// Builds a u64 tensor.
+    pub fn from_u64(shape: &[usize], values: &[u64]) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape/data length");
+        Tensor {
+            dtype: DType::U64,
+            shape: shape.to_vec(),
+            data: Data::U64(values.to_vec()),
+        }
     }
 
     /// Largest absolute difference to another tensor of the same shape, in f64.

@@ -106,9 +106,12 @@ fn dtype_from_st(d: StDtype) -> Option<DType> {
         StDtype::I16 => DType::I16,
         StDtype::U16 => DType::U16,
         StDtype::U32 => DType::U32,
+        StDtype::U64 => DType::U64,
         StDtype::F16 => DType::F16,
         StDtype::BF16 => DType::BF16,
         StDtype::F8_E4M3 => DType::F8E4M3,
+        StDtype::F8_E5M2 => DType::F8E5M2,
+        StDtype::F8_E8M0 => DType::F8E8M0,
         StDtype::I8 => DType::I8,
         StDtype::I32 => DType::I32,
         StDtype::I64 => DType::I64,
@@ -125,14 +128,23 @@ fn dtype_to_st(d: DType) -> Option<StDtype> {
         DType::I16 => StDtype::I16,
         DType::U16 => StDtype::U16,
         DType::U32 => StDtype::U32,
+        DType::U64 => StDtype::U64,
         DType::F16 => StDtype::F16,
         DType::BF16 => StDtype::BF16,
         DType::F8E4M3 => StDtype::F8_E4M3,
+        DType::F8E5M2 => StDtype::F8_E5M2,
+        DType::F8E8M0 => StDtype::F8_E8M0,
         DType::I8 => StDtype::I8,
         DType::I32 => StDtype::I32,
         DType::I64 => StDtype::I64,
         DType::Bool => StDtype::BOOL,
-        DType::I4 | DType::U4 => return None,
+        DType::I4
+        | DType::U4
+        | DType::I2
+        | DType::U2
+        | DType::F4E2M1
+        | DType::F8E4M3Fnuz
+        | DType::F8E5M2Fnuz => return None,
     })
 }
 

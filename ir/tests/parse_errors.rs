@@ -22,7 +22,7 @@ fn messages_name_position_and_expectation() {
     let cases: &[(&str, &str)] = &[
         ("", "1:1: expected 'graph', found end of input"),
         ("graph g(%x: f32[2]) -> (%y: f32[2]) {", "1:38: expected '}', found end of input"),
-        ("graph g(%x: f99[2]) -> () {}", "1:13: unknown dtype 'f99' (expected one of f32, f64, f16, bf16, f8e4m3, i8, u8, i16, u16, u32, i4, u4, i32, i64, bool)"),
+        ("graph g(%x: f99[2]) -> () {}", "1:13: unknown dtype 'f99' (expected one of f32, f64, f16, bf16, f8e4m3, f8e5m2, f8e4m3fnuz, f8e5m2fnuz, f8e8m0, f4e2m1, i8, u8, i16, u16, u32, u64, i2, u2, i4, u4, i32, i64, bool)"),
         ("graph g(%x: f32[2) -> () {}", "1:18: expected ',' or ']', found ')'"),
         ("graph g(x: f32[2]) -> () {}", "1:9: expected a named value like %ids, found 'x'"),
         (

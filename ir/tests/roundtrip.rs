@@ -4,10 +4,10 @@
 //! skipped, so every graph that comes out is well typed by construction.
 
 use optc_ir::ops::{
-    Arange, ArgMax, BinaryKind, Cast, CompareKind, Concat, Constant, Embedding, Expand, Full, Gather, Gelu,
-    GeluApprox, IndexSelect, LayerNorm, Linear, MatMul, Op, Reduce, ReduceKind, Reshape, RmsNorm, Rope,
-    Scalar, ScaledDotProductAttention, Slice, Softmax, Split, Squeeze, Transpose, Triangular, UnaryKind,
-    Unsqueeze, Where,
+    Arange, ArgMax, BinaryKind, BitCast, Cast, CompareKind, Concat, Constant, Embedding, Expand, Full,
+    Gather, Gelu, GeluApprox, IndexSelect, LayerNorm, Linear, MatMul, Op, Reduce, ReduceKind, Reshape,
+    RmsNorm, Rope, Scalar, ScaledDotProductAttention, Slice, Softmax, Split, Squeeze, Transpose, Triangular,
+    UnaryKind, Unsqueeze, Where,
 };
 use optc_ir::{parse, parse_type, print, verify, DType, Dim, GraphBuilder, Tensor, Value};
 use proptest::prelude::*;
@@ -53,6 +53,14 @@ fn make_op(b: &GraphBuilder, pool: &[Value], step_inputs: &[Value], s: Step) -> 
             // The condition is the latest bool value, if any.
             let cond = *pool.iter().rev().find(|v| b.ty(**v).dtype == DType::Bool)?;
             return Some((Op::Where(Where), vec![cond, x, y]));
+        }
+        5 if q % 3 == 0 => {
+            // bitcast to a dtype of the same width (there is always one: itself).
+            let bits = b.ty(x).dtype.bits();
+            let same: Vec<DType> = DType::ALL.iter().copied().filter(|d| d.bits() == bits).collect();
+            Op::BitCast(BitCast {
+                to: same[p.unsigned_abs() as usize % same.len()],
+            })
         }
         5 => Op::Cast(Cast {
             to: DType::ALL[p.unsigned_abs() as usize % DType::ALL.len()],

@@ -371,6 +371,11 @@ impl Ex<'_> {
             }
             Op::Where(_) => vec![self.node("Where", &[&a[0], &a[1], &a[2]], vec![])],
             Op::Cast(c) => one(self, "Cast", vec![attr_i("to", code_of(c.to) as i64)]),
+            Op::BitCast(_) => {
+                return Err(format!(
+                    "bitcast needs ONNX BitCast (opset 26); exported models declare opset {EXPORT_OPSET}"
+                ))
+            }
             Op::Reduce(r) => {
                 let name = match r.kind {
                     ReduceKind::Sum => "ReduceSum",

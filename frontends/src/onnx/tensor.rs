@@ -15,6 +15,14 @@ pub fn dtype_of(code: i32) -> Result<DType, String> {
         dt::FLOAT16 => DType::F16,
         dt::BFLOAT16 => DType::BF16,
         dt::FLOAT8E4M3FN => DType::F8E4M3,
+        dt::FLOAT8E5M2 => DType::F8E5M2,
+        dt::FLOAT8E4M3FNUZ => DType::F8E4M3Fnuz,
+        dt::FLOAT8E5M2FNUZ => DType::F8E5M2Fnuz,
+        dt::FLOAT8E8M0 => DType::F8E8M0,
+        dt::FLOAT4E2M1 => DType::F4E2M1,
+        dt::UINT64 => DType::U64,
+        dt::INT2 => DType::I2,
+        dt::UINT2 => DType::U2,
         dt::INT8 => DType::I8,
         dt::UINT8 => DType::U8,
         dt::INT16 => DType::I16,
@@ -42,6 +50,14 @@ pub fn code_of(d: DType) -> i32 {
         DType::F16 => dt::FLOAT16,
         DType::BF16 => dt::BFLOAT16,
         DType::F8E4M3 => dt::FLOAT8E4M3FN,
+        DType::F8E5M2 => dt::FLOAT8E5M2,
+        DType::F8E4M3Fnuz => dt::FLOAT8E4M3FNUZ,
+        DType::F8E5M2Fnuz => dt::FLOAT8E5M2FNUZ,
+        DType::F8E8M0 => dt::FLOAT8E8M0,
+        DType::F4E2M1 => dt::FLOAT4E2M1,
+        DType::U64 => dt::UINT64,
+        DType::I2 => dt::INT2,
+        DType::U2 => dt::UINT2,
         DType::I8 => dt::INT8,
         DType::U8 => dt::UINT8,
         DType::I16 => dt::INT16,
@@ -166,7 +182,17 @@ pub fn to_tensor(t: &TensorProto, base: Option<&Path>) -> Result<Tensor, String>
             let v: Vec<i64> = t.uint64_data.iter().map(|&x| x as i64).collect();
             Ok(Tensor::from_i64(dtype, &shape, &v))
         }
-        DType::F16 | DType::BF16 | DType::F8E4M3 => {
+        DType::U64 => {
+            count(t.uint64_data.len(), "uint64_data")?;
+            Ok(Tensor::from_u64(&shape, &t.uint64_data))
+        }
+        DType::F16
+        | DType::BF16
+        | DType::F8E4M3
+        | DType::F8E5M2
+        | DType::F8E4M3Fnuz
+        | DType::F8E5M2Fnuz
+        | DType::F8E8M0 => {
             // 16- and 8-bit floats keep their bit patterns in int32_data.
             count(t.int32_data.len(), "int32_data")?;
             let width = dtype.bits() / 8;
@@ -177,12 +203,16 @@ pub fn to_tensor(t: &TensorProto, base: Option<&Path>) -> Result<Tensor, String>
                 .collect();
             Tensor::from_le_bytes(dtype, &shape, &bytes).map_err(|e| e.to_string())
         }
-        DType::I4 | DType::U4 => {
-            // Packed: one int32 per byte, two elements per byte.
-            count(
-                t.int32_data.len() * 2 - usize::from(n % 2 == 1 && !t.int32_data.is_empty()),
-                "int32_data",
-            )?;
+        DType::I4 | DType::U4 | DType::F4E2M1 | DType::I2 | DType::U2 => {
+            // Packed: one int32 per byte, two (4-bit) or four (2-bit) elements per byte.
+            if t.int32_data.len() != dtype.storage_bytes(n) {
+                return Err(format!(
+                    "int32_data holds {} packed bytes but dims {:?} need {}",
+                    t.int32_data.len(),
+                    t.dims,
+                    dtype.storage_bytes(n)
+                ));
+            }
             let bytes: Vec<u8> = t.int32_data.iter().map(|&x| x as u8).collect();
             Tensor::from_le_bytes(dtype, &shape, &bytes).map_err(|e| e.to_string())
         }

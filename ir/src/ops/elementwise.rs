@@ -187,6 +187,18 @@ impl OpImpl for UnaryKind {
 
     fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
         let x = inputs[0];
+        if x.dtype() == DType::U64 {
+            let v: Vec<u64> = x
+                .to_u64_vec()
+                .into_iter()
+                .map(|i| match self {
+                    UnaryKind::Neg => i.wrapping_neg(),
+                    UnaryKind::Sign => u64::from(i != 0),
+                    _ => i,
+                })
+                .collect();
+            return Ok(vec![Tensor::from_u64(x.shape(), &v)]);
+        }
         if x.dtype().is_int() {
             let v: Vec<i64> = x
                 .to_i64_vec()
@@ -355,6 +367,30 @@ impl BinaryKind {
         }
     }
 
+    /// Unsigned 64-bit arithmetic (u64 values do not fit the i64 path).
+    fn uint(self, a: u64, b: u64) -> Result<u64, String> {
+        Ok(match self {
+            BinaryKind::Add => a.wrapping_add(b),
+            BinaryKind::Sub => a.wrapping_sub(b),
+            BinaryKind::Mul => a.wrapping_mul(b),
+            BinaryKind::Div | BinaryKind::Mod | BinaryKind::Fmod if b == 0 => {
+                return Err("integer division by zero".into())
+            }
+            BinaryKind::Div => a / b,
+            BinaryKind::Mod | BinaryKind::Fmod => a % b,
+            BinaryKind::Pow => a.wrapping_pow(u32::try_from(b).unwrap_or(u32::MAX)),
+            BinaryKind::Minimum => a.min(b),
+            BinaryKind::Maximum => a.max(b),
+            BinaryKind::BitAnd => a & b,
+            BinaryKind::BitOr => a | b,
+            BinaryKind::BitXor => a ^ b,
+            BinaryKind::Shl if b >= 64 => 0,
+            BinaryKind::Shl => a << b,
+            BinaryKind::Shr if b >= 64 => 0,
+            BinaryKind::Shr => a >> b,
+        })
+    }
+
     fn int(self, a: i64, b: i64, bits: u32) -> Result<i64, String> {
         Ok(match self {
             BinaryKind::Add => a.wrapping_add(b),
@@ -455,6 +491,13 @@ impl OpImpl for BinaryKind {
 
     fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
         let (a, b) = (inputs[0], inputs[1]);
+        if a.dtype() == DType::U64 {
+            let (shape, v) =
+                zip_broadcast(&a.to_u64_vec(), a.shape(), &b.to_u64_vec(), b.shape(), |x, y| {
+                    self.uint(x, y)
+                })?;
+            return Ok(vec![Tensor::from_u64(&shape, &v)]);
+        }
         if a.dtype().is_int() || a.dtype() == DType::Bool {
             let bits = a.dtype().bits() as u32;
             let (shape, v) =
@@ -524,6 +567,10 @@ impl OpImpl for CompareKind {
         let (a, b) = (inputs[0], inputs[1]);
         let (shape, v) = if a.dtype().is_float() {
             zip_broadcast(&a.to_f64_vec(), a.shape(), &b.to_f64_vec(), b.shape(), |x, y| {
+                Ok(self.f(x, y))
+            })?
+        } else if a.dtype() == DType::U64 {
+            zip_broadcast(&a.to_u64_vec(), a.shape(), &b.to_u64_vec(), b.shape(), |x, y| {
                 Ok(self.f(x, y))
             })?
         } else {
@@ -600,5 +647,48 @@ impl OpImpl for Cast {
 
     fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
         Ok(vec![inputs[0].cast(self.to)])
+    }
+}
+
+/// Reinterprets the bits of each element as another dtype of the same
+/// width (ONNX `BitCast`, `torch.Tensor.view(dtype)`): no value conversion,
+/// little-endian bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BitCast {
+    pub to: DType,
+}
+
+impl OpImpl for BitCast {
+    fn name(&self) -> &'static str {
+        "bitcast"
+    }
+
+    fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        vec![("to", Attr::DType(self.to))]
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity("bitcast", inputs, 1)?;
+        let from = inputs[0].dtype;
+        if from.bits() != self.to.bits() {
+            return Err(format!(
+                "bitcast: {from} has {} bits but {} has {}",
+                from.bits(),
+                self.to,
+                self.to.bits()
+            ));
+        }
+        Ok(vec![TensorType::new(self.to, inputs[0].shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let x = inputs[0];
+        let bytes = x.to_le_bytes();
+        let mut t = Tensor::from_le_bytes(self.to, x.shape(), &bytes).map_err(|e| e.to_string())?;
+        if self.to == DType::Bool {
+            // Bools are one byte each; any non-zero byte is true.
+            t = Tensor::from_bool(x.shape(), &bytes.iter().map(|&b| b != 0).collect::<Vec<_>>());
+        }
+        Ok(vec![t])
     }
 }

@@ -24,7 +24,7 @@ pub use attention::ScaledDotProductAttention;
 pub use attrs::{Attr, AttrReader};
 pub use conv::{Conv, Pool, PoolKind, Window};
 pub use creation::{Arange, Constant, Full, Scalar};
-pub use elementwise::{BinaryKind, Cast, CompareKind, Gelu, GeluApprox, UnaryKind, Where};
+pub use elementwise::{BinaryKind, BitCast, Cast, CompareKind, Gelu, GeluApprox, UnaryKind, Where};
 pub use indexing::{Concat, Gather, IndexSelect, Slice, Split};
 pub use linalg::{Linear, MatMul};
 pub use nn::{AddRmsNorm, Embedding, LayerNorm, RmsNorm, Rope, Softmax, SwiGlu};
@@ -78,6 +78,7 @@ pub enum Op {
     Compare(CompareKind),
     Where(Where),
     Cast(Cast),
+    BitCast(BitCast),
     Reduce(Reduce),
     ArgMax(ArgMax),
     CumSum(CumSum),
@@ -119,6 +120,7 @@ impl Op {
             Op::Compare(o) => o,
             Op::Where(o) => o,
             Op::Cast(o) => o,
+            Op::BitCast(o) => o,
             Op::Reduce(o) => o,
             Op::ArgMax(o) => o,
             Op::CumSum(o) => o,
@@ -215,6 +217,7 @@ impl Op {
             "gelu",
             "where",
             "cast",
+            "bitcast",
             "argmax",
             "cumsum",
             "softmax",
@@ -269,6 +272,7 @@ impl Op {
                 "gelu" => Op::Gelu(Gelu::read(&mut r)?),
                 "where" => Op::Where(Where),
                 "cast" => Op::Cast(Cast { to: r.dtype("to")? }),
+                "bitcast" => Op::BitCast(BitCast { to: r.dtype("to")? }),
                 "argmax" => Op::ArgMax(ArgMax::read(&mut r)?),
                 "cumsum" => Op::CumSum(CumSum { axis: r.int("axis")? }),
                 "softmax" | "log_softmax" => Op::Softmax(Softmax {

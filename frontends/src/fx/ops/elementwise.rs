@@ -16,12 +16,13 @@ pub fn promote(a: DType, b: DType) -> DType {
     fn rank(d: DType) -> (u8, u8) {
         match d {
             DType::Bool => (0, 0),
-            DType::U4 | DType::I4 => (1, 0),
+            DType::U2 | DType::I2 | DType::U4 | DType::I4 => (1, 0),
             DType::I8 | DType::U8 => (1, 1),
             DType::I16 | DType::U16 => (1, 2),
             DType::I32 | DType::U32 => (1, 3),
-            DType::I64 => (1, 4),
-            DType::F8E4M3 => (2, 0),
+            DType::I64 | DType::U64 => (1, 4),
+            DType::F4E2M1 => (2, 0),
+            DType::F8E4M3 | DType::F8E5M2 | DType::F8E4M3Fnuz | DType::F8E5M2Fnuz | DType::F8E8M0 => (2, 1),
             DType::F16 | DType::BF16 => (2, 2),
             DType::F32 => (2, 3),
             DType::F64 => (2, 4),

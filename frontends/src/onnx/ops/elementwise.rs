@@ -1,7 +1,7 @@
 //! Elementwise ONNX ops: math, activations (as IR op chains where the IR
 //! has no single op), arithmetic, logic, comparisons, casts.
 
-use optc_ir::ops::{BinaryKind as B, Cast, CompareKind as C, Gelu, GeluApprox, UnaryKind as U};
+use optc_ir::ops::{BinaryKind as B, BitCast, Cast, CompareKind as C, Gelu, GeluApprox, UnaryKind as U};
 use optc_ir::{DType, Op, Tensor};
 
 use super::super::import::{unsupported, Cx, NodeCx, NodeError, Val};
@@ -65,6 +65,7 @@ pub(crate) static OPS: &[(&str, Handler)] = &[
     }),
     ("Cast", cast),
     ("CastLike", cast_like),
+    ("BitCast", bitcast),
     ("Identity", |cx, n| Ok(vec![cx.input(n, 0)?])),
     ("Dropout", dropout),
     ("LeakyRelu", leaky_relu),
@@ -193,21 +194,73 @@ fn cast(cx: &mut Cx, n: &NodeCx) -> R {
     cast_to(cx, n, &x, to)
 }
 
+fn bitcast(cx: &mut Cx, n: &NodeCx) -> R {
+    let to = dtype_attr(n.req_int("to")?)?;
+    let x = cx.input(n, 0)?;
+    if x.dtype().bits() != to.bits() {
+        return Err(NodeError::Invalid(format!(
+            "BitCast from {} ({} bits) to {to} ({} bits): the widths must match",
+            x.dtype(),
+            x.dtype().bits(),
+            to.bits()
+        )));
+    }
+    Ok(vec![cx.op(Op::BitCast(BitCast { to }), std::slice::from_ref(&x))?])
+}
+
 fn cast_like(cx: &mut Cx, n: &NodeCx) -> R {
     let (x, like) = (cx.input(n, 0)?, cx.input(n, 1)?);
     cast_to(cx, n, &x, like.dtype())
 }
 
 fn cast_to(cx: &mut Cx, n: &NodeCx, x: &Val, to: DType) -> R {
-    // `saturate` only matters for f8 targets; optc's f8e4m3 always saturates.
-    let saturate = n.int("saturate", 1)?;
-    if saturate == 0 && to == DType::F8E4M3 && x.dtype().is_float() {
-        return unsupported("Cast to FLOAT8E4M3FN with saturate=0 is not supported (optc's cast saturates)");
+    // `saturate` only matters for float-to-f8 casts; the IR's cast saturates.
+    let saturate = n.int("saturate", 1)? != 0;
+    let round_mode = n.string("round_mode", "up")?;
+    if to == DType::F8E8M0 && x.dtype().is_float() && (round_mode != "up" || !saturate) {
+        return unsupported(format!(
+            "Cast to FLOAT8E8M0 with round_mode={round_mode:?}, saturate={} is not supported (optc rounds up and saturates)",
+            saturate as u8
+        ));
     }
-    if n.has("round_mode") {
-        return unsupported("Cast round_mode is not supported");
+    let y = cx.op(Op::Cast(Cast { to }), std::slice::from_ref(x))?;
+    match to.small_float() {
+        Some(f) if !saturate && f.bits == 8 && to != DType::F8E8M0 && x.dtype().is_float() => {
+            Ok(vec![non_saturating(cx, x, &y, f)?])
+        }
+        _ => Ok(vec![y]),
     }
-    Ok(vec![cx.op(Op::Cast(Cast { to }), std::slice::from_ref(x))?])
+}
+
+/// A non-saturating float-to-f8 cast, from the saturating one: magnitudes
+/// that round past the largest finite value (infinities included) become
+/// ±inf where the format has infinities, NaN where it has not.
+fn non_saturating(cx: &mut Cx, x: &Val, y: &Val, f: optc_ir::dtype::SmallFloat) -> Result<Val, NodeError> {
+    use optc_ir::dtype::Specials;
+    let (bound, ties_overflow) = f.overflow_bound();
+    let ax = unary(cx, U::Abs, x)?;
+    let b = cx.scalar(bound, x.dtype());
+    let k = if ties_overflow {
+        C::GreaterEqual
+    } else {
+        C::Greater
+    };
+    let over = compare(cx, k, &ax, &b)?;
+    let special = if f.specials == Specials::Ieee {
+        // ±inf with x's sign, as codes (a cast would saturate them).
+        let code = |neg: bool| {
+            let mag = f.max_code() + 1;
+            let c = if neg { mag | 0x80 } else { mag };
+            Tensor::from_le_bytes(y.dtype(), &[], &[c]).map_err(|e| NodeError::Invalid(e.to_string()))
+        };
+        let (pos, neg) = (cx.konst(code(false)?), cx.konst(code(true)?));
+        let zero = cx.scalar(0.0, x.dtype());
+        let is_neg = compare(cx, C::Less, x, &zero)?;
+        select(cx, &is_neg, &neg, &pos)?
+    } else {
+        cx.scalar(f64::NAN, y.dtype())
+    };
+    select(cx, &over, &special, y)
 }
 
 fn dropout(cx: &mut Cx, n: &NodeCx) -> R {
