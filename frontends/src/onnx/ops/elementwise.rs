@@ -271,7 +271,17 @@ fn dropout(cx: &mut Cx, n: &NodeCx) -> R {
         match t.tensor() {
             Some(v) if v.to_bool_vec().iter().all(|b| !b) => {}
             Some(_) => {
-                return unsupported("Dropout with training_mode=true is not supported (inference only)")
+                // Training mode drops at random, except with ratio 0, which
+                // keeps every element (the identity, mask all true).
+                let ratio = match cx.static_f64s(n, 1)? {
+                    Some(r) => r.first().copied().unwrap_or(0.5),
+                    None => 0.5,
+                };
+                if ratio != 0.0 {
+                    return unsupported(format!(
+                        "Dropout with training_mode=true and ratio {ratio} is random; not supported (inference only)"
+                    ));
+                }
             }
             None => return Err(NodeError::NeedsStatic(n.node.input[2].clone())),
         }

@@ -177,10 +177,8 @@ fn per_channel(cx: &mut Cx, v: &Val, rank: usize) -> Result<Val, NodeError> {
 
 fn batch_norm(cx: &mut Cx, n: &NodeCx) -> R {
     let eps = n.float("epsilon", 1e-5)?;
-    n.opt_float("momentum")?;
-    if n.int("training_mode", 0)? != 0 {
-        return unsupported("BatchNormalization with training_mode=1 is not supported (inference only)");
-    }
+    let momentum = n.float("momentum", 0.9)?;
+    let training = n.int("training_mode", 0)? != 0;
     if n.has("spatial") && n.int("spatial", 1)? != 1 {
         return unsupported("BatchNormalization spatial=0 is not supported");
     }
@@ -193,12 +191,41 @@ fn batch_norm(cx: &mut Cx, n: &NodeCx) -> R {
     let var = cx.input(n, 4)?;
     let [scale, bias, mean, var] = [scale, bias, mean, var].map(|v| per_channel(cx, &v, r));
     let (scale, bias, mean, var) = (scale?, bias?, mean?, var?);
-    let d = binary(cx, B::Sub, &x, &mean)?;
-    let v = with_scalar(cx, B::Add, &var, eps)?;
+    // Training mode normalises with the batch's statistics (mean and
+    // population variance over every axis but the channels) and also
+    // returns the running statistics blended with `momentum`.
+    let (use_mean, use_var, running) = if training {
+        let axes: Vec<i64> = (0..r as i64).filter(|&a| a != 1).collect();
+        let bmean = mean_over(cx, &x, axes.clone())?;
+        let d = binary(cx, B::Sub, &x, &bmean)?;
+        let sq = binary(cx, B::Mul, &d, &d)?;
+        let bvar = mean_over(cx, &sq, axes)?;
+        let blend = |cx: &mut Cx, old: &Val, new: &Val| -> Result<Val, NodeError> {
+            let a = with_scalar(cx, B::Mul, old, momentum)?;
+            let b = with_scalar(cx, B::Mul, new, 1.0 - momentum)?;
+            let s = binary(cx, B::Add, &a, &b)?;
+            let channels = n_channels(old);
+            cx.reshape(&s, vec![channels])
+        };
+        let rm = blend(cx, &mean, &bmean)?;
+        let rv = blend(cx, &var, &bvar)?;
+        (bmean, bvar, vec![rm, rv])
+    } else {
+        (mean, var, vec![])
+    };
+    let d = binary(cx, B::Sub, &x, &use_mean)?;
+    let v = with_scalar(cx, B::Add, &use_var, eps)?;
     let inv = unary(cx, U::Rsqrt, &v)?;
     let y = binary(cx, B::Mul, &d, &inv)?;
     let y = binary(cx, B::Mul, &y, &scale)?;
-    Ok(vec![binary(cx, B::Add, &y, &bias)?])
+    let mut outs = vec![binary(cx, B::Add, &y, &bias)?];
+    outs.extend(running);
+    Ok(outs)
+}
+
+/// The channel extent of a per-channel value `[1, C, 1, …]`.
+fn n_channels(v: &Val) -> Dim {
+    v.dims().get(1).cloned().unwrap_or(Dim::constant(1))
 }
 
 fn instance_norm(cx: &mut Cx, n: &NodeCx) -> R {
