@@ -19,6 +19,10 @@ pub(crate) static OPS: &[(&str, Handler)] = &[("Einsum", einsum)];
 /// ASCII codes), so they never clash with a letter.
 const ELLIPSIS: u32 = 1000;
 
+/// The largest extent a diagonal is taken over (its index list is built
+/// at import time).
+const DIAG_LIMIT: i64 = 1 << 24;
+
 /// One operand term as written: its letters, and where `...` stood.
 struct Term {
     letters: Vec<u32>,
@@ -210,11 +214,14 @@ fn diagonals(cx: &mut Cx, o: &mut Operand) -> Result<(), NodeError> {
             )
             .into());
         }
-        let Some(e) = dims[p].as_const() else {
-            return Err(NodeError::Unsupported(format!(
-                "an Einsum diagonal over the symbolic extent {}",
-                dims[p]
-            )));
+        let e = match dims[p].as_const() {
+            Some(e) if (0..=DIAG_LIMIT).contains(&e) => e,
+            _ => {
+                return Err(NodeError::Unsupported(format!(
+                    "an Einsum diagonal over the extent {} (optc needs a static one up to {DIAG_LIMIT})",
+                    dims[p]
+                )))
+            }
         };
         let keep: Vec<usize> = (0..dims.len()).filter(|&i| i != p && i != q).collect();
         let mut perm: Vec<i64> = keep.iter().map(|&i| i as i64).collect();

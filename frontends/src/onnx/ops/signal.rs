@@ -424,7 +424,22 @@ fn col2im(cx: &mut Cx, n: &NodeCx) -> R {
     if x.rank() != 3 {
         return Err(format!("Col2Im input must be [N, C·∏block, L], got {}", x.ty).into());
     }
-    let kp: i64 = block.iter().product();
+    // Bounded so the shape arithmetic below cannot overflow.
+    if image
+        .iter()
+        .chain(&block)
+        .chain(&dil)
+        .chain(&strides)
+        .chain(&pads)
+        .any(|&v| v > 1 << 24)
+    {
+        return unsupported("Col2Im with an extent, pad, stride or dilation above 2^24");
+    }
+    let kp = block
+        .iter()
+        .try_fold(1i64, |a, &b| a.checked_mul(b))
+        .filter(|&k| k <= TABLE_LIMIT as i64)
+        .ok_or_else(|| NodeError::Unsupported(format!("Col2Im block {block:?} is too large")))?;
     let ch = const_dim(&x.dims()[1], "the Col2Im channel axis")? as i64;
     let l = const_dim(&x.dims()[2], "the Col2Im block axis")?;
     if ch % kp != 0 {
@@ -433,14 +448,18 @@ fn col2im(cx: &mut Cx, n: &NodeCx) -> R {
     let cols: Vec<i64> = (0..d)
         .map(|i| (image[i] + pads[i] + pads[i + d] - (dil[i] * (block[i] - 1) + 1)) / strides[i] + 1)
         .collect();
-    if cols.iter().any(|&c| c <= 0) || cols.iter().product::<i64>() != l as i64 {
+    if cols.iter().any(|&c| c <= 0) || cols.iter().try_fold(1i64, |a, &c| a.checked_mul(c)) != Some(l as i64)
+    {
         return Err(format!("input dim 2 ({l}) differs from the number of blocks {cols:?}").into());
     }
     let img_u: Vec<usize> = image.iter().map(|&v| v as usize).collect();
     let blk_u: Vec<usize> = block.iter().map(|&v| v as usize).collect();
     let col_u: Vec<usize> = cols.iter().map(|&v| v as usize).collect();
-    let p: usize = img_u.iter().product();
-    let rows = kp as usize * l;
+    let p = img_u
+        .iter()
+        .try_fold(1usize, |a, &v| a.checked_mul(v))
+        .ok_or("image_shape is too large")?;
+    let rows = (kp as usize).checked_mul(l).ok_or("the Col2Im input is too large")?;
     let mut m = vec![0f64; table_size(rows, p)?];
     for k in 0..kp as usize {
         let off = unravel(k, &blk_u);
