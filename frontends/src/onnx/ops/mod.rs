@@ -4,6 +4,7 @@
 
 mod attention;
 mod conv;
+mod einsum;
 mod elementwise;
 mod linalg;
 mod loss;
@@ -11,6 +12,7 @@ mod nn;
 mod quant;
 mod reduce;
 mod shape;
+mod signal;
 
 use optc_ir::ops::{BinaryKind, CompareKind, UnaryKind, Where};
 use optc_ir::{DType, Op};
@@ -31,6 +33,8 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(loss::OPS)
         .chain(conv::OPS)
         .chain(quant::OPS)
+        .chain(einsum::OPS)
+        .chain(signal::OPS)
 }
 
 /// Every ONNX op type the importer maps, sorted.
