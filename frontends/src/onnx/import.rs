@@ -18,6 +18,10 @@ use super::proto::{
 use super::tensor::{dtype_of, to_tensor};
 use super::{ops, OnnxErrorKind};
 
+/// The domain of the optimizer ops (Adagrad, Adam, Momentum), which the
+/// importer maps alongside the default domain.
+pub const TRAINING_DOMAIN: &str = "ai.onnx.preview.training";
+
 /// Constants larger than this many elements are not folded at import time
 /// (they stay ops for the passes to fold, so imports stay fast).
 const FOLD_LIMIT: usize = 1 << 16;
@@ -730,7 +734,7 @@ pub fn import_graph(
     let order = dependency_order(g, &defined)?;
     for i in order {
         let node = &g.node[i];
-        if !node.domain.is_empty() && node.domain != "ai.onnx" {
+        if !node.domain.is_empty() && node.domain != "ai.onnx" && node.domain != TRAINING_DOMAIN {
             return Err(OnnxErrorKind::Node {
                 node: describe_node(node, opset),
                 message: format!(

@@ -140,7 +140,10 @@ pub fn default_opset(m: &ModelProto) -> Result<i64, OnnxErrorKind> {
             _ => {}
         }
     }
-    let opset = opset.ok_or_else(|| {
+    // A model of optimizer ops only imports the training domain; its graph
+    // has no default-domain node, so the newest opset is as good as any.
+    let training_only = m.opset_import.iter().any(|o| o.domain == import::TRAINING_DOMAIN);
+    let opset = opset.or(training_only.then_some(MAX_OPSET)).ok_or_else(|| {
         let domains: Vec<&str> = m.opset_import.iter().map(|o| o.domain.as_str()).collect();
         OnnxErrorKind::Model(format!(
             "the model imports no opset of the default ONNX domain (only {domains:?}); other domains are not supported"

@@ -13,6 +13,7 @@ mod quant;
 mod reduce;
 mod shape;
 mod signal;
+mod training;
 
 use optc_ir::ops::{BinaryKind, CompareKind, UnaryKind, Where};
 use optc_ir::{DType, Op};
@@ -33,6 +34,7 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(loss::OPS)
         .chain(conv::OPS)
         .chain(quant::OPS)
+        .chain(training::OPS)
         .chain(einsum::OPS)
         .chain(signal::OPS)
 }

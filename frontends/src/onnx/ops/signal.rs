@@ -459,7 +459,9 @@ fn col2im(cx: &mut Cx, n: &NodeCx) -> R {
         .iter()
         .try_fold(1usize, |a, &v| a.checked_mul(v))
         .ok_or("image_shape is too large")?;
-    let rows = (kp as usize).checked_mul(l).ok_or("the Col2Im input is too large")?;
+    let rows = (kp as usize)
+        .checked_mul(l)
+        .ok_or("the Col2Im input is too large")?;
     let mut m = vec![0f64; table_size(rows, p)?];
     for k in 0..kp as usize {
         let off = unravel(k, &blk_u);
