@@ -25,7 +25,7 @@ fn causal_conv(cx: &mut Cx, n: &NodeCx) -> R {
     want_float(n, &x)?;
     let bias = cx.opt_input(n, 2)?;
     let past = cx.opt_input(n, 3)?;
-    let [b, c, _] = x.dims() else {
+    let [b, c, len] = x.dims() else {
         return Err(format!("input must be [batch, channels, length], not {}", x.ty).into());
     };
     let [wc, one, k] = w.dims() else {
@@ -44,6 +44,12 @@ fn causal_conv(cx: &mut Cx, n: &NodeCx) -> R {
             w.ty
         ));
     };
+    if len.as_const().is_none() {
+        // The IR conv needs constant spatial extents.
+        return unsupported(format!(
+            "CausalConvWithState with a symbolic length ({len}) is not supported"
+        ));
+    }
     if k < 1 {
         return Err("the kernel size must be at least 1".into());
     }
