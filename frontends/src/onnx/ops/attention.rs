@@ -1,16 +1,18 @@
 //! ONNX `Attention` (opsets 23–25) as IR matmul/softmax chains, following
 //! the operator's function body: √scale on Q and K, optional KV-cache
 //! concat, GQA by repeating KV heads, softcap, an additive bias built from
-//! the mask, causal frontier and sliding window, softmax (optionally in
-//! another precision), and zeroed rows where every key is masked. The
-//! `fuse_attention` pass can then recognise the common forms.
+//! the mask, causal frontier and sliding window (per batch for an external
+//! cache given by `nonpad_kv_seqlen`, which also masks the padded keys),
+//! softmax (optionally in another precision), and zeroed rows where every
+//! key is masked. The `fuse_attention` pass can then recognise the common
+//! forms.
 
 use optc_ir::ops::{
     BinaryKind as B, CompareKind as C, Concat, MatMul, Reduce, ReduceKind, Softmax, UnaryKind as U,
 };
 use optc_ir::{DType, Dim, Op, Tensor};
 
-use super::super::import::{unsupported, Cx, NodeCx, NodeError, Val};
+use super::super::import::{Cx, NodeCx, NodeError, Val};
 use super::shape::{expand_to, transpose_to};
 use super::{binary, compare, select, unary, want_float, with_scalar, Handler, R};
 
@@ -49,11 +51,12 @@ fn attention(cx: &mut Cx, n: &NodeCx) -> R {
     let mask = cx.opt_input(n, 3)?;
     let past_k = cx.opt_input(n, 4)?;
     let past_v = cx.opt_input(n, 5)?;
-    if cx.opt_input(n, 6)?.is_some() {
-        return unsupported("Attention with nonpad_kv_seqlen (an external KV cache) is not supported");
-    }
+    let nonpad = cx.opt_input(n, 6)?;
     if past_k.is_some() != past_v.is_some() {
         return Err("past_key and past_value must be given together".into());
+    }
+    if nonpad.is_some() && past_k.is_some() {
+        return Err("nonpad_kv_seqlen cannot be combined with past_key/past_value".into());
     }
     let three_d = q.rank() == 3;
     if three_d {
@@ -120,6 +123,15 @@ fn attention(cx: &mut Cx, n: &NodeCx) -> R {
         };
         bias = Some(m);
     }
+    if let Some(lens) = &nonpad {
+        // External cache: the causal frontier and window are per batch, and
+        // keys past each batch's valid length are masked.
+        let c = external_cache_bias(cx, lens, sq, skv, is_causal, left, right, dt)?;
+        bias = Some(match bias {
+            Some(b) => binary(cx, B::Add, &b, &c)?,
+            None => c,
+        });
+    }
     let mut allowed: Vec<bool> = vec![true; (sq * skv) as usize];
     let mut structural = false;
     for i in 0..sq {
@@ -141,7 +153,7 @@ fn attention(cx: &mut Cx, n: &NodeCx) -> R {
             }
         }
     }
-    if structural {
+    if structural && nonpad.is_none() {
         let vals: Vec<f64> = allowed
             .iter()
             .map(|&a| if a { 0.0 } else { f64::NEG_INFINITY })
@@ -230,4 +242,65 @@ fn pad_mask(cx: &mut Cx, m: &Val, skv: i64) -> Result<Val, NodeError> {
         &[],
     )?;
     cx.op(Op::Concat(Concat { axis: r as i64 - 1 }), &[m.clone(), pad])
+}
+
+/// The additive bias of an external KV cache (`nonpad_kv_seqlen`, `[B]`):
+/// query `i` of batch `b` sits at position `i + len[b] - Sq`; the causal
+/// frontier and the sliding window are taken from there, and keys
+/// `j >= len[b]` are padding. The result is `[B, 1, Sq, Skv]`, built from
+/// run-time comparisons since the lengths are a graph input.
+#[allow(clippy::too_many_arguments)]
+fn external_cache_bias(
+    cx: &mut Cx,
+    lens: &Val,
+    sq: i64,
+    skv: i64,
+    is_causal: bool,
+    left: i64,
+    right: i64,
+    dt: DType,
+) -> Result<Val, NodeError> {
+    if lens.rank() != 1 || !lens.dtype().is_int() {
+        return Err(format!("nonpad_kv_seqlen must be a 1-D integer tensor, not {}", lens.ty).into());
+    }
+    let b = lens.dims()[0].clone();
+    let lens = cx.cast(lens, DType::I64)?;
+    let lens = cx.reshape(&lens, vec![b.clone(), Dim::constant(1), Dim::constant(1)])?;
+    let i: Vec<i64> = (0..sq).collect();
+    let i = cx.konst(Tensor::from_i64(DType::I64, &[sq as usize, 1], &i));
+    let j: Vec<i64> = (0..skv).collect();
+    let j = cx.konst(Tensor::from_i64(DType::I64, &[1, skv as usize], &j));
+    let zero = cx.scalar(0.0, dt);
+    let neg_inf = cx.scalar(f64::NEG_INFINITY, dt);
+    // Padding: key j is valid iff j < len[b]; [B, 1, Skv].
+    let valid = compare(cx, C::Less, &j, &lens)?;
+    let mut allowed = valid;
+    if is_causal || left >= 0 || right >= 0 {
+        // diff = (i + len[b] - Sq) - j, the query position minus the key's.
+        let off = with_scalar(cx, B::Sub, &lens, sq as f64)?;
+        let p = binary(cx, B::Add, &i, &off)?;
+        let diff = binary(cx, B::Sub, &p, &j)?;
+        let mut conds = Vec::new();
+        if is_causal {
+            let z = cx.scalar(0.0, DType::I64);
+            conds.push(compare(cx, C::GreaterEqual, &diff, &z)?);
+        }
+        if left >= 0 {
+            let l = cx.scalar(left as f64, DType::I64);
+            conds.push(compare(cx, C::LessEqual, &diff, &l)?);
+        }
+        if right >= 0 {
+            let r = cx.scalar(-(right as f64), DType::I64);
+            conds.push(compare(cx, C::GreaterEqual, &diff, &r)?);
+        }
+        let f = cx.konst(Tensor::from_bool(&[], &[false]));
+        for c in conds {
+            // allowed &= c, as a select (the IR has no logical and).
+            allowed = select(cx, &c, &allowed, &f)?;
+        }
+    }
+    let bias = select(cx, &allowed, &zero, &neg_inf)?;
+    let d = bias.dims().to_vec();
+    let sq_dim = d.get(1).cloned().unwrap_or_else(|| Dim::constant(1));
+    cx.reshape(&bias, vec![b, Dim::constant(1), sq_dim, Dim::constant(skv)])
 }

@@ -3,17 +3,21 @@
 //! the importer) and builds IR ops through [`Cx`], which folds constants.
 
 mod attention;
+mod causal_conv;
 mod conv;
 mod einsum;
 mod elementwise;
 mod linalg;
+mod linear_attention;
 mod loss;
 mod nn;
 mod quant;
 mod reduce;
+mod rotary;
 mod shape;
 mod signal;
 mod training;
+mod swiglu;
 
 use optc_ir::ops::{BinaryKind, CompareKind, UnaryKind, Where};
 use optc_ir::{DType, Op};
@@ -37,6 +41,10 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(training::OPS)
         .chain(einsum::OPS)
         .chain(signal::OPS)
+        .chain(rotary::OPS)
+        .chain(swiglu::OPS)
+        .chain(linear_attention::OPS)
+        .chain(causal_conv::OPS)
 }
 
 /// Every ONNX op type the importer maps, sorted.
