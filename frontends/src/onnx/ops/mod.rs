@@ -5,6 +5,7 @@
 mod attention;
 mod conv;
 mod elementwise;
+mod grid;
 mod linalg;
 mod loss;
 mod nn;
@@ -33,6 +34,7 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(conv::OPS)
         .chain(quant::OPS)
         .chain(resize::OPS)
+        .chain(grid::OPS)
 }
 
 /// Every ONNX op type the importer maps, sorted.
