@@ -227,8 +227,10 @@ fn grid_sample(cx: &mut Cx, n: &NodeCx) -> R {
     if nb * s * ch == 0 || p == 0 {
         return unsupported("GridSample on an empty tensor is not supported");
     }
+    // The reference denormalises coordinates in f32 whatever the grid dtype.
+    let g = cx.cast(&grid, DType::F32)?;
     let g = cx.reshape(
-        &grid,
+        &g,
         vec![Dim::constant(nb), Dim::constant(p), Dim::constant(k as i64)],
     )?;
     let mut total_idx: Option<Val> = None;

@@ -328,10 +328,18 @@ fn resample(
     axes: &[(usize, AxisSpec)],
 ) -> Result<Val, NodeError> {
     let (k, c, exclude, extrapolation) = (m.kernel, m.coord, m.exclude, m.extrapolation);
-    if !matches!(k, Kernel::Nearest(_)) {
+    let nearest = matches!(k, Kernel::Nearest(_));
+    if !nearest {
         want_float(n, x)?;
     }
-    let mut y = x.clone();
+    // Half-precision inputs are weighted in f32 and rounded once at the
+    // end (the reference works in f64 and rounds once).
+    let acc = if nearest || matches!(x.dtype(), DType::F32 | DType::F64) {
+        x.dtype()
+    } else {
+        DType::F32
+    };
+    let mut y = cx.cast(x, acc)?;
     for (a, s) in axes {
         let identity = (s.scale - 1.0).abs() <= 1e-9 * s.scale.abs().max(1.0)
             && s.out == s.input
@@ -351,7 +359,7 @@ fn resample(
         let plan = plan_axis(k, c, s, exclude);
         y = apply_axis(cx, n, &y, *a, &plan, s.input, extrapolation)?;
     }
-    Ok(y)
+    cx.cast(&y, x.dtype())
 }
 
 /// Checks a scale factor and gives the output extent `floor(scale * in)`.
