@@ -192,6 +192,8 @@ fn axis_taps(
     Ok((cat(cx, &idx)?, cat(cx, &ws)?))
 }
 
+/// GridSample-16+ (`bilinear`/`bicubic` are the opset-16 spellings):
+/// taps per axis, combined into `[N, P, T]` gather indices and weights.
 fn grid_sample(cx: &mut Cx, n: &NodeCx) -> R {
     let (x, grid) = (cx.input(n, 0)?, cx.input(n, 1)?);
     let align = n.int("align_corners", 0)? != 0;

@@ -382,6 +382,9 @@ fn present(cx: &Cx, n: &NodeCx, i: usize) -> Result<bool, NodeError> {
     })
 }
 
+/// Resize-11+: reads every attribute, resolves the per-axis output extent
+/// and scale from static `scales` or `sizes` (with `axes` and
+/// `keep_aspect_ratio_policy`), then resamples axis by axis.
 fn resize(cx: &mut Cx, n: &NodeCx) -> R {
     let x = cx.input(n, 0)?;
     let r = x.rank();
@@ -559,6 +562,7 @@ fn legacy(cx: &mut Cx, n: &NodeCx, x: &Val, mode: &str, scales: &[f64]) -> Resul
     resample(cx, n, x, &method, &specs)
 }
 
+/// Upsample-7 (scales attribute) and -9 (scales input).
 fn upsample(cx: &mut Cx, n: &NodeCx) -> R {
     let x = cx.input(n, 0)?;
     let mode = n.string("mode", "nearest")?;
