@@ -7,6 +7,7 @@ mod causal_conv;
 mod conv;
 mod einsum;
 mod elementwise;
+mod grid;
 mod linalg;
 mod linear_attention;
 mod loss;
@@ -14,6 +15,7 @@ mod nn;
 mod quant;
 mod reduce;
 mod rotary;
+mod resize;
 mod shape;
 mod signal;
 mod training;
@@ -45,6 +47,8 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(swiglu::OPS)
         .chain(linear_attention::OPS)
         .chain(causal_conv::OPS)
+        .chain(resize::OPS)
+        .chain(grid::OPS)
 }
 
 /// Every ONNX op type the importer maps, sorted.

@@ -636,8 +636,15 @@ fn space_to_depth(cx: &mut Cx, n: &NodeCx) -> R {
         bd.clone(),
     ];
     let out = vec![bn.clone(), &(c * &bd) * &bd, h2, w2];
+    // DCR puts the block offsets before the channel in the output depth,
+    // CRD after it (the mode attribute, opset 28).
+    let perm = match n.string("mode", "DCR")?.as_str() {
+        "DCR" => vec![0, 3, 5, 1, 2, 4],
+        "CRD" => vec![0, 1, 3, 5, 2, 4],
+        m => return Err(format!("mode must be DCR or CRD, got {m:?}").into()),
+    };
     let y = cx.reshape(&x, inter)?;
-    let y = transpose_to(cx, &y, vec![0, 3, 5, 1, 2, 4])?;
+    let y = transpose_to(cx, &y, perm)?;
     Ok(vec![cx.reshape(&y, out)?])
 }
 
