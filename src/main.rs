@@ -501,6 +501,14 @@ fn compile(
     }
     if verbose {
         eprint!("{}", report.table());
+    } else {
+        // Notes (an e-graph run stopped by a bound, ...) say a pass did less
+        // than it could: never silent, even without -v.
+        for r in &report.runs {
+            for n in &r.notes {
+                eprintln!("note: pass {}: {n}", r.name);
+            }
+        }
     }
     match lower.map(target).transpose()? {
         Some(optc::Target::Cpu) => {
