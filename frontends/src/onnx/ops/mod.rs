@@ -10,6 +10,7 @@ mod loss;
 mod nn;
 mod quant;
 mod reduce;
+mod rnn;
 mod shape;
 
 use optc_ir::ops::{BinaryKind, CompareKind, UnaryKind, Where};
@@ -31,6 +32,7 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(loss::OPS)
         .chain(conv::OPS)
         .chain(quant::OPS)
+        .chain(rnn::OPS)
 }
 
 /// Every ONNX op type the importer maps, sorted.
