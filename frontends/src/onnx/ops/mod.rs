@@ -4,6 +4,7 @@
 
 mod attention;
 mod conv;
+mod conv_transpose;
 mod elementwise;
 mod linalg;
 mod loss;
@@ -33,6 +34,7 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(conv::OPS)
         .chain(quant::OPS)
         .chain(rnn::OPS)
+        .chain(conv_transpose::OPS)
 }
 
 /// Every ONNX op type the importer maps, sorted.
