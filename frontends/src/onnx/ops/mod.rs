@@ -9,6 +9,7 @@ mod elementwise;
 mod linalg;
 mod loss;
 mod nn;
+mod qlinear;
 mod quant;
 mod reduce;
 mod rnn;
@@ -35,6 +36,7 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(quant::OPS)
         .chain(rnn::OPS)
         .chain(conv_transpose::OPS)
+        .chain(qlinear::OPS)
 }
 
 /// Every ONNX op type the importer maps, sorted.
