@@ -3,7 +3,7 @@
 //! concats (one direction after the other for `bidirectional`).
 
 use optc_ir::ops::{BinaryKind as B, CompareKind as C, UnaryKind as U};
-use optc_ir::Dim;
+use optc_ir::{DType, Dim, Tensor};
 
 use super::super::import::{unsupported, Cx, NodeCx, NodeError, Val};
 use super::shape::{slice_axis, transpose_to};
@@ -300,16 +300,26 @@ fn recurrent(cx: &mut Cx, n: &NodeCx, kind: Kind) -> R {
             return Err(format!("B {} must be [{nd}, {}]", b.ty, 2 * g * h).into());
         }
     }
-    // sequence_lens: only the all-full case is honoured exactly.
-    if n.n_inputs() > 4 && !n.node.input[4].is_empty() {
-        let lens = cx.static_ints(n, 4)?.unwrap_or_default();
-        if lens.iter().any(|&l| l != seq) {
-            return unsupported(format!(
-                "{} sequence_lens {lens:?} shorter than the sequence length {seq} is not supported",
-                n.node.op_type
-            ));
+    // sequence_lens (static): rows past their length keep their state and
+    // output zeros; the reverse pass starts at each row's own last step.
+    let lens = match cx.opt_input(n, 4)? {
+        None => None,
+        Some(_) => {
+            let l = cx.static_ints(n, 4)?.unwrap_or_default();
+            if !batch.is(l.len() as i64) {
+                return Err(
+                    format!("sequence_lens {l:?} must have one entry per batch row ({batch})").into(),
+                );
+            }
+            if l.iter().any(|&v| v < 1 || v > seq) {
+                return unsupported(format!(
+                    "{} sequence_lens {l:?} outside 1..={seq} is not supported",
+                    n.node.op_type
+                ));
+            }
+            l.iter().any(|&v| v != seq).then_some(l)
         }
-    }
+    };
     let state_dims = vec![Dim::constant(nd), batch.clone(), Dim::constant(h)];
     let init = |cx: &mut Cx, i: usize| -> Result<Option<Val>, NodeError> {
         let Some(v) = cx.opt_input(n, i)? else {
@@ -343,6 +353,12 @@ fn recurrent(cx: &mut Cx, n: &NodeCx, kind: Kind) -> R {
         let z = cx.scalar(0.0, dt);
         super::shape::expand_to(cx, &z, vec![batch.clone(), Dim::constant(h)])?
     };
+    // X per time step as [batch, input].
+    let mut xs = Vec::new();
+    for t in 0..seq {
+        let xt = slice_axis(cx, &x, 0, t, t + 1, 1)?;
+        xs.push(cx.reshape(&xt, vec![batch.clone(), input.clone()])?);
+    }
     let mut ys = Vec::new();
     let mut hs = Vec::new();
     let mut cs = Vec::new();
@@ -386,11 +402,22 @@ fn recurrent(cx: &mut Cx, n: &NodeCx, kind: Kind) -> R {
             None => zeros.clone(),
         };
         let reverse = direction == "reverse" || d == 1;
-        let mut outs = vec![None; seq as usize];
+        // The time each batch row reads at a step (and, the map being its
+        // own inverse, the step each row's output at a time comes from).
+        let time_of = |step: i64| -> Vec<i64> {
+            match (&lens, reverse) {
+                (Some(l), true) => l
+                    .iter()
+                    .map(|&v| if step < v { v - 1 - step } else { step })
+                    .collect(),
+                (None, true) => vec![seq - 1 - step],
+                _ => vec![step],
+            }
+        };
+        let mut outs = Vec::new();
         for step in 0..seq {
-            let t = if reverse { seq - 1 - step } else { step };
-            let xt = slice_axis(cx, &x, 0, t, t + 1, 1)?;
-            let xt = cx.reshape(&xt, vec![batch.clone(), input.clone()])?;
+            let xt = pick_rows(cx, &xs, &time_of(step))?;
+            let (h_prev, c_prev) = (ht.clone(), ct.clone());
             match kind {
                 Kind::Rnn => {
                     let s = gate_sum(cx, &xt, &dw.w[0], &ht, &dw.r[0], &[&dw.wb[0], &dw.rb[0]])?;
@@ -471,7 +498,17 @@ fn recurrent(cx: &mut Cx, n: &NodeCx, kind: Kind) -> R {
                     ht = binary(cx, B::Mul, &ot, &hc)?;
                 }
             }
-            outs[t as usize] = Some(ht.clone());
+            match &lens {
+                Some(l) => {
+                    let lv = cx.konst(Tensor::from_i64(DType::I64, &[l.len(), 1], l));
+                    let at = cx.scalar(step as f64, DType::I64);
+                    let active = compare(cx, C::Greater, &lv, &at)?;
+                    ht = select(cx, &active, &ht, &h_prev)?;
+                    ct = select(cx, &active, &ct, &c_prev)?;
+                    outs.push(select(cx, &active, &ht, &zeros)?);
+                }
+                None => outs.push(ht.clone()),
+            }
         }
         // Y for this direction: [seq, 1, batch, H].
         let one_step = vec![
@@ -481,7 +518,8 @@ fn recurrent(cx: &mut Cx, n: &NodeCx, kind: Kind) -> R {
             Dim::constant(h),
         ];
         let mut steps = Vec::new();
-        for o in outs.into_iter().flatten() {
+        for t in 0..seq {
+            let o = pick_rows(cx, &outs, &time_of(t))?;
             steps.push(cx.reshape(&o, one_step.clone())?);
         }
         ys.push(concat(cx, &steps, 0)?);
@@ -502,6 +540,27 @@ fn recurrent(cx: &mut Cx, n: &NodeCx, kind: Kind) -> R {
         out.push(yc);
     }
     Ok(out)
+}
+
+/// Row `b` of `src[idx[b]]` for every batch row; one index means every
+/// row comes from the same step.
+fn pick_rows(cx: &mut Cx, src: &[Val], idx: &[i64]) -> Result<Val, NodeError> {
+    let get = |i: i64| {
+        src.get(i as usize)
+            .ok_or_else(|| NodeError::Invalid(format!("time {i} out of range")))
+    };
+    let Some(&first) = idx.first() else {
+        return Err("no batch rows to pick".into());
+    };
+    if idx.iter().all(|&i| i == first) {
+        return get(first).cloned();
+    }
+    let mut rows = Vec::new();
+    for (b, &i) in idx.iter().enumerate() {
+        let v = get(i)?.clone();
+        rows.push(slice_axis(cx, &v, 0, b as i64, b as i64 + 1, 1)?);
+    }
+    concat(cx, &rows, 0)
 }
 
 /// Concatenates along an axis (a single part as is).
