@@ -53,10 +53,25 @@ fn centred(
     binary(cx, B::Sub, &xw, &z)
 }
 
-/// Zero-point shapes for matmul operands: A's per-row 1-D zero point
-/// becomes `[M, 1]`; B's per-column one broadcasts on the last axis as is.
-fn row_fit(z: &Val) -> Option<Vec<Dim>> {
-    (z.rank() == 1).then(|| vec![z.dims()[0].clone(), Dim::constant(1)])
+/// Shapes of matmul zero points and scales: one value → scalar; A's
+/// per-row 1-D vector → `[M, 1]`; anything else (B's per-column vector,
+/// the N-D `[…, M, 1]` / `[…, 1, N]` forms) broadcasts as is.
+fn mm_fit(v: &Val, row: bool) -> Option<Vec<Dim>> {
+    if v.dims().iter().all(|d| d.is(1)) {
+        Some(vec![])
+    } else if row && v.rank() == 1 {
+        Some(vec![v.dims()[0].clone(), Dim::constant(1)])
+    } else {
+        None
+    }
+}
+
+/// `v` reshaped by [`mm_fit`].
+fn mm_fitted(cx: &mut Cx, v: &Val, row: bool) -> Result<Val, NodeError> {
+    match mm_fit(v, row) {
+        Some(d) => cx.reshape(v, d),
+        None => Ok(v.clone()),
+    }
 }
 
 /// Integer matmul of centred operands in i32.
@@ -70,16 +85,8 @@ fn int_matmul(
 ) -> Result<Val, NodeError> {
     want_q8(n, a, "A")?;
     want_q8(n, b, "B")?;
-    for z in za.iter().chain(zb.iter()) {
-        if z.rank() > 1 {
-            return unsupported(format!(
-                "{} zero point {} of rank > 1 is not supported",
-                n.node.op_type, z.ty
-            ));
-        }
-    }
-    let ac = centred(cx, a, za, DType::I32, row_fit)?;
-    let bc = centred(cx, b, zb, DType::I32, |_| None)?;
+    let ac = centred(cx, a, za, DType::I32, |z| mm_fit(z, true))?;
+    let bc = centred(cx, b, zb, DType::I32, |z| mm_fit(z, false))?;
     cx.op(Op::MatMul(MatMul), &[ac, bc])
 }
 
@@ -206,12 +213,13 @@ fn qlinear_matmul(cx: &mut Cx, n: &NodeCx) -> R {
     let sy = cx.input(n, 6)?;
     let zy = cx.input(n, 7)?;
     let acc = int_matmul(cx, n, &a, Some(za), &b, Some(zb))?;
-    let sa = scalar_scale(cx, n, &sa, "a_scale")?;
     let sy = scalar_scale(cx, n, &sy, "y_scale")?;
-    // b_scale: scalar or per column (broadcasts along the last axis).
-    if sb.rank() > 1 || !sb.dtype().is_float() {
-        return Err(format!("b_scale {} must be a float scalar or 1-D", sb.ty).into());
+    // a_scale per row, b_scale per column, like their zero points.
+    if !sa.dtype().is_float() || !sb.dtype().is_float() {
+        return Err(format!("a_scale {} and b_scale {} must be floats", sa.ty, sb.ty).into());
     }
+    let sa = mm_fitted(cx, &sa, true)?;
+    let sb = mm_fitted(cx, &sb, false)?;
     if sa.dtype() != sb.dtype() || sa.dtype() != sy.dtype() {
         return Err("a_scale, b_scale and y_scale must share a dtype".into());
     }
