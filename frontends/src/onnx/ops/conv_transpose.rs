@@ -77,8 +77,12 @@ fn conv_transpose(cx: &mut Cx, n: &NodeCx) -> R {
     if strides.len() != k || dilations.len() != k || out_pad.len() != k {
         return Err(format!("strides, dilations and output_padding need {k} entries").into());
     }
-    if strides.iter().chain(&dilations).any(|&v| v < 1) || out_pad.iter().any(|&v| v < 0) {
-        return Err("strides and dilations must be >= 1, output_padding >= 0".into());
+    // Bounded so the extent arithmetic below cannot overflow.
+    const MAX: i64 = 1 << 31;
+    let bad = |v: &i64, lo: i64| !(lo..=MAX).contains(v);
+    if strides.iter().chain(&dilations).chain(&kernel).any(|v| bad(v, 1)) || out_pad.iter().any(|v| bad(v, 0))
+    {
+        return Err("kernel, strides and dilations must be in 1..2^31, output_padding in 0..2^31".into());
     }
     let in_sp: Vec<i64> = x.dims()[2..]
         .iter()
@@ -98,8 +102,8 @@ fn conv_transpose(cx: &mut Cx, n: &NodeCx) -> R {
                 } else {
                     s.clone()
                 };
-                if s.len() != k {
-                    return Err(format!("output_shape {s:?} needs {k} entries").into());
+                if s.len() != k || s.iter().any(|v| bad(v, 1)) {
+                    return Err(format!("output_shape {s:?} needs {k} entries in 1..2^31").into());
                 }
                 Some(s)
             }
@@ -122,8 +126,8 @@ fn conv_transpose(cx: &mut Cx, n: &NodeCx) -> R {
                     "VALID" => vec![0; 2 * k],
                     a => return Err(format!("auto_pad {a:?} is not defined").into()),
                 };
-                if pads.len() != 2 * k || pads.iter().any(|&p| p < 0) {
-                    return Err(format!("pads {pads:?} must be {} values >= 0", 2 * k).into());
+                if pads.len() != 2 * k || pads.iter().any(|p| bad(p, 0)) {
+                    return Err(format!("pads {pads:?} must be {} values in 0..2^31", 2 * k).into());
                 }
                 let len = (0..k)
                     .map(|i| full[i] + out_pad[i] - pads[i] - pads[k + i])

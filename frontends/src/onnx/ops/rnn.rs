@@ -276,7 +276,7 @@ fn recurrent(cx: &mut Cx, n: &NodeCx, kind: Kind) -> R {
         Some(h) => h,
         None => konst(&r.dims()[2], "hidden size")?,
     };
-    if h < 1 || !r.dims()[2].is(h) || !r.dims()[1].is(g * h) || !w.dims()[1].is(g * h) {
+    if !(1..=1 << 31).contains(&h) || !r.dims()[2].is(h) || !r.dims()[1].is(g * h) || !w.dims()[1].is(g * h) {
         return Err(format!("hidden_size {h} does not fit W {} and R {}", w.ty, r.ty).into());
     }
     if !w.dims()[0].is(nd) || !r.dims()[0].is(nd) {
