@@ -18,7 +18,7 @@ pub(crate) static OPS: &[(&str, Handler)] = &[
 ];
 
 /// Reads kernel, strides, dilations and pads (resolving `auto_pad`).
-fn window(n: &NodeCx, x: &Val, kernel: Vec<i64>) -> Result<Window, NodeError> {
+pub(crate) fn window(n: &NodeCx, x: &Val, kernel: Vec<i64>) -> Result<Window, NodeError> {
     let k = kernel.len();
     if x.rank() != k + 2 {
         return Err(format!("input {} does not fit a {k}-d kernel", x.ty).into());

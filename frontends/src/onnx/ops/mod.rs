@@ -6,16 +6,19 @@ mod attention;
 mod causal_conv;
 mod conv;
 mod einsum;
+mod conv_transpose;
 mod elementwise;
 mod grid;
 mod linalg;
 mod linear_attention;
 mod loss;
 mod nn;
+mod qlinear;
 mod quant;
 mod reduce;
 mod rotary;
 mod resize;
+mod rnn;
 mod shape;
 mod signal;
 mod training;
@@ -49,6 +52,9 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(causal_conv::OPS)
         .chain(resize::OPS)
         .chain(grid::OPS)
+        .chain(rnn::OPS)
+        .chain(conv_transpose::OPS)
+        .chain(qlinear::OPS)
 }
 
 /// Every ONNX op type the importer maps, sorted.
