@@ -5,6 +5,7 @@
 mod attention;
 mod conv;
 mod elementwise;
+mod indexing;
 mod linalg;
 mod loss;
 mod nn;
@@ -31,6 +32,7 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(loss::OPS)
         .chain(conv::OPS)
         .chain(quant::OPS)
+        .chain(indexing::OPS)
 }
 
 /// Every ONNX op type the importer maps, sorted.
