@@ -80,7 +80,10 @@ fn reduction(n: &NodeCx) -> Result<ScatterReduction, NodeError> {
 fn gather_elements(cx: &mut Cx, n: &NodeCx) -> R {
     let (x, idx) = (cx.input(n, 0)?, cx.input(n, 1)?);
     let a = axis(n.int("axis", 0)?, x.rank())?;
-    Ok(vec![cx.op(Op::GatherElements(GatherElements { axis: a as i64 }), &[x, idx])?])
+    Ok(vec![cx.op(
+        Op::GatherElements(GatherElements { axis: a as i64 }),
+        &[x, idx],
+    )?])
 }
 
 /// `ScatterElements` (with `reduction`) and `Scatter` (opset 9–10, always
@@ -285,16 +288,18 @@ fn tensor_scatter(cx: &mut Cx, n: &NodeCx) -> R {
     let circular = match mode.as_str() {
         "linear" => false,
         "circular" => true,
-        m => return Err(NodeError::Invalid(format!("mode '{m}' is not linear or circular"))),
+        m => {
+            return Err(NodeError::Invalid(format!(
+                "mode '{m}' is not linear or circular"
+            )))
+        }
     };
     let r = past.rank();
     let a = axis(n.int("axis", -2)?, r)?;
     if a == 0 {
         return Err("axis must not be the batch axis 0".into());
     }
-    if upd.rank() != r
-        || (0..r).any(|i| i != a && upd.dims()[i] != past.dims()[i])
-    {
+    if upd.rank() != r || (0..r).any(|i| i != a && upd.dims()[i] != past.dims()[i]) {
         return Err(NodeError::Invalid(format!(
             "update {} does not match cache {} off axis {a}",
             upd.ty, past.ty
@@ -344,7 +349,10 @@ fn max_unpool(cx: &mut Cx, n: &NodeCx) -> R {
         )));
     }
     if idx.dims() != x.dims() {
-        return Err(NodeError::Invalid(format!("indices {} must have the shape of X {}", idx.ty, x.ty)));
+        return Err(NodeError::Invalid(format!(
+            "indices {} must have the shape of X {}",
+            idx.ty, x.ty
+        )));
     }
     let mut dims = x.dims()[..2].to_vec();
     for i in 0..nd {
@@ -353,7 +361,9 @@ fn max_unpool(cx: &mut Cx, n: &NodeCx) -> R {
         };
         let e = (d - 1) * strides[i] - pads[i] - pads[nd + i] + kernel[i];
         if e < 0 {
-            return Err(NodeError::Invalid(format!("the unpooled extent of spatial axis {i} is {e}")));
+            return Err(NodeError::Invalid(format!(
+                "the unpooled extent of spatial axis {i} is {e}"
+            )));
         }
         dims.push(Dim::constant(e));
     }

@@ -1,6 +1,8 @@
 //! Reductions, arg-reductions and scans.
 
-use optc_ir::ops::{ArgMax, BinaryKind as B, Concat, CumProd, CumSum, Full, Reduce, ReduceKind as K, Scalar, UnaryKind as U};
+use optc_ir::ops::{
+    ArgMax, BinaryKind as B, Concat, CumProd, CumSum, Full, Reduce, ReduceKind as K, Scalar, UnaryKind as U,
+};
 use optc_ir::{DType, Op, Tensor};
 
 use super::super::import::{Cx, NodeCx, NodeError, Val};
