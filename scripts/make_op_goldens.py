@@ -478,6 +478,69 @@ def take_ref(x, idx, axis):
     return np.take(x, idx, axis=axis)
 
 
+def gather_elements_ref(x, idx, axis):
+    """torch.gather: each index replaces its own coordinate on `axis`."""
+    axis %= x.ndim
+    n = x.shape[axis]
+    idx = np.asarray(idx)
+    out = np.empty(idx.shape, dtype=x.dtype)
+    for pos in np.ndindex(*idx.shape):
+        i = int(idx[pos])
+        j = i + n if i < 0 else i
+        assert 0 <= j < n
+        src = list(pos)
+        src[axis] = j
+        out[pos] = x[tuple(src)]
+    return out
+
+
+def scatter_elements_ref(x, idx, upd, axis, reduction):
+    """Updates in row-major order; `none` lets the last duplicate win."""
+    axis %= x.ndim
+    n = x.shape[axis]
+    out = x.copy()
+    idx = np.asarray(idx)
+    for pos in np.ndindex(*idx.shape):
+        i = int(idx[pos])
+        dst = list(pos)
+        dst[axis] = i + n if i < 0 else i
+        dst = tuple(dst)
+        a, b = out[dst], upd[pos]
+        if reduction == "none":
+            out[dst] = b
+        elif reduction == "add":
+            out[dst] = a + b
+        elif reduction == "mul":
+            out[dst] = a * b
+        elif reduction == "max":
+            out[dst] = max(a, b)
+        else:
+            out[dst] = min(a, b)
+    return out
+
+
+def topk_ref(x, axis, k, largest):
+    """Per lane: order by value (NaN largest), ties by lower index first."""
+    axis %= x.ndim
+    xm = np.moveaxis(x, axis, -1)
+    vals = np.empty(xm.shape[:-1] + (k,), dtype=x.dtype)
+    inds = np.zeros(xm.shape[:-1] + (k,), dtype=np.int64)
+    for lane in np.ndindex(*xm.shape[:-1]):
+        row = list(xm[lane])
+
+        def key(j):
+            v = row[j]
+            nan = isinstance(v, float) and math.isnan(v)
+            big = (1, 0) if nan else (0, v)
+            return ((-big[0], -big[1]) if largest else big, j)
+
+        order = sorted(range(len(row)), key=key)[:k]
+        for t, j in enumerate(order):
+            vals[lane + (t,)] = row[j]
+            inds[lane + (t,)] = j
+    return np.moveaxis(vals, -1, axis), np.moveaxis(inds, -1, axis)
+
+
 def tri_ref(x, k, upper):
     r, c = x.shape[-2], x.shape[-1]
     d = np.arange(c)[None, :] - np.arange(r)[:, None]
@@ -1258,6 +1321,60 @@ def indexing_cases():
     g.done(g.op("embedding", [wv, iv], out=F(wv)[iv.arr]))
 
 
+def scatter_gather_cases():
+    g = G("gather_elements_axis1_negative")
+    dv, iv = g.inp("data", "f32", g.randn(3, 4)), g.inp("idx", "i64", [[0, -1], [3, 2], [-4, 1]])
+    g.done(g.op("gather_elements", [dv, iv], {"axis": 1}, out=gather_elements_ref(F(dv), iv.arr, 1)))
+    g = G("gather_elements_axis0_smaller_i32")
+    dv, iv = g.inp("data", "i64", g.ints(-9, 9, 4, 3)), g.inp("idx", "i32", [[3, 0], [1, 1]])
+    g.done(g.op("gather_elements", [dv, iv], {"axis": 0}, out=gather_elements_ref(I(dv), iv.arr, 0)))
+    g = G("gather_elements_3d_neg_axis")
+    dv = g.inp("data", "f16", g.randn(2, 3, 4))
+    iv = g.inp("idx", "i64", g.ints(-3, 2, 2, 5, 3))
+    g.done(g.op("gather_elements", [dv, iv], {"axis": -2}, out=gather_elements_ref(F(dv), iv.arr, -2)))
+
+    g = G("scatter_elements_none_duplicates")
+    dv, iv = g.inp("data", "f32", g.randn(3, 3)), g.inp("idx", "i64", [[1, 1], [0, -1], [2, 2]])
+    uv = g.inp("upd", "f32", g.randn(3, 2))
+    attrs = {"axis": 1, "reduction": "none"}
+    out = scatter_elements_ref(F(dv), iv.arr, F(uv), 1, "none")
+    g.done(g.op("scatter_elements", [dv, iv, uv], attrs, out=out))
+    for red in ["add", "mul", "max", "min"]:
+        g = G(f"scatter_elements_{red}_axis0")
+        dv, iv = g.inp("data", "f32", g.randn(4, 2)), g.inp("idx", "i32", [[0, 3], [0, -4], [2, 3]])
+        uv = g.inp("upd", "f32", g.randn(3, 2))
+        out = scatter_elements_ref(F(dv), iv.arr, F(uv), 0, red)
+        g.done(g.op("scatter_elements", [dv, iv, uv], {"axis": 0, "reduction": red}, out=out))
+    g = G("scatter_elements_i64_add_wraps")
+    dv = g.inp("data", "i64", [2**62, 5, -7])
+    iv, uv = g.inp("idx", "i64", [0, 0, 2]), g.inp("upd", "i64", [2**62, 2**62, 3])
+    out = scatter_elements_ref(I(dv), iv.arr, I(uv), 0, "add")
+    g.done(g.op("scatter_elements", [dv, iv, uv], {"axis": 0, "reduction": "add"}, out=out))
+
+    g = G("topk_largest_ties_nan")
+    xv = g.inp("x", "f32", [[1.0, 3.0, 3.0, np.nan, -1.0], [2.0, 2.0, 2.0, 0.0, 5.0]])
+    v, i = topk_ref(F(xv), -1, 3, True)
+    attrs = {"axis": -1, "k": 3, "largest": True, "sorted": True}
+    g.done(*g.op("topk", [xv], attrs, out=[v, i], dtype=["f32", "i64"]))
+    g = G("topk_smallest_axis0_i32")
+    xv = g.inp("x", "i32", g.ints(-3, 3, 5, 3))
+    v, i = topk_ref(I(xv), 0, 2, False)
+    attrs = {"axis": 0, "k": 2, "largest": False, "sorted": True}
+    g.done(*g.op("topk", [xv], attrs, out=[v, i], dtype=["i32", "i64"]))
+    g = G("topk_k0_middle_axis")
+    xv = g.inp("x", "f32", g.randn(2, 3, 2))
+    v, i = topk_ref(F(xv), 1, 0, True)
+    attrs = {"axis": 1, "k": 0, "largest": True, "sorted": True}
+    g.done(*g.op("topk", [xv], attrs, out=[v, i], dtype=["f32", "i64"]))
+
+    g = G("cumprod_last_axis")
+    xv = g.inp("x", "f32", g.unif(0.5, 1.5, 2, 5))
+    g.done(g.op("cumprod", [xv], {"axis": -1}, out=np.cumprod(F(xv), axis=-1)))
+    g = G("cumprod_i64_axis0_zero")
+    xv = g.inp("x", "i64", [[2, -3], [0, 4], [5, 6]])
+    g.done(g.op("cumprod", [xv], {"axis": 0}, out=np.cumprod(I(xv), axis=0)))
+
+
 def creation_cases():
     def ar(name, start, end, step, dtype):
         g = G(name)
@@ -1595,6 +1712,7 @@ ALL_OPS = (
     + ["matmul", "linear", "reshape", "transpose", "unsqueeze", "squeeze", "expand", "slice", "concat", "split"]
     + ["gather", "index_select", "triu", "tril", "arange", "full", "constant", "embedding", "layer_norm"]
     + ["rms_norm", "rope", "scaled_dot_product_attention", "swiglu", "add_rms_norm", "paged_attention"]
+    + ["gather_elements", "scatter_elements", "topk", "cumprod"]
 )
 
 
@@ -1610,6 +1728,7 @@ def main():
         linalg_cases()
         shape_cases()
         indexing_cases()
+        scatter_gather_cases()
         creation_cases()
         nn_cases()
         attention_cases()

@@ -71,6 +71,16 @@ fn make_op(b: &GraphBuilder, pool: &[Value], step_inputs: &[Value], s: Step) -> 
             keepdims: q > 0,
         }),
         7 if q % 3 == 0 => Op::CumSum(optc_ir::ops::CumSum { axis }),
+        7 if q % 3 == 1 && p % 2 == 0 => Op::CumProd(optc_ir::ops::CumProd { axis }),
+        7 if q % 3 == 1 => {
+            let op = Op::TopK(optc_ir::ops::TopK {
+                axis,
+                k: 1,
+                largest: q > 0,
+                sorted: p > 0,
+            });
+            return Some((op, vec![x]));
+        }
         7 => Op::ArgMax(ArgMax {
             axis,
             keepdims: q > 0,
@@ -120,6 +130,21 @@ fn make_op(b: &GraphBuilder, pool: &[Value], step_inputs: &[Value], s: Step) -> 
                 axis: -1,
                 sizes: vec![half.into(), half.into()],
             })
+        }
+        19 if q % 4 == 1 => {
+            // Element-wise indexing: `ids` indexes itself or a value of its shape.
+            let ids = pool[2];
+            let data = if b.ty(x).shape == b.ty(ids).shape { x } else { ids };
+            let axis = -1 - (p.unsigned_abs() as i64 % 2);
+            if p % 2 == 0 {
+                return Some((
+                    Op::GatherElements(optc_ir::ops::GatherElements { axis }),
+                    vec![data, ids],
+                ));
+            }
+            let reduction = optc_ir::ops::ScatterReduction::ALL[q.unsigned_abs() as usize % 5];
+            let op = Op::ScatterElements(optc_ir::ops::ScatterElements { axis, reduction });
+            return Some((op, vec![data, ids, data]));
         }
         19 => return Some((Op::Gather(Gather { axis }), vec![x, y])),
         20 => Op::Triangular(Triangular {

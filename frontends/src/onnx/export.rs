@@ -401,6 +401,22 @@ impl Ex<'_> {
                 let ax = self.constant(&Tensor::from_i64(DType::I64, &[], &[c.axis]));
                 vec![self.node("CumSum", &[x, &ax], vec![])]
             }
+            Op::CumProd(_) => {
+                return Err(format!(
+                    "cumprod has no ONNX form at opset {EXPORT_OPSET} (CumProd is opset 26)"
+                ))
+            }
+            Op::TopK(t) => {
+                let k = self.i64s(&[t.k]);
+                let attrs = vec![
+                    attr_i("axis", t.axis),
+                    attr_i("largest", i64::from(t.largest)),
+                    attr_i("sorted", i64::from(t.sorted)),
+                ];
+                let outs = vec![self.fresh("topk"), self.fresh("topk")];
+                self.node_to("TopK", &[x, &k], attrs, outs.clone());
+                outs
+            }
             Op::Softmax(s) => one(
                 self,
                 if s.log { "LogSoftmax" } else { "Softmax" },
@@ -440,6 +456,14 @@ impl Ex<'_> {
             }
             Op::Gather(g) => vec![self.node("Gather", &[&a[0], &a[1]], vec![attr_i("axis", g.axis)])],
             Op::IndexSelect(g) => vec![self.node("Gather", &[&a[0], &a[1]], vec![attr_i("axis", g.axis)])],
+            Op::GatherElements(g) => {
+                vec![self.node("GatherElements", &[&a[0], &a[1]], vec![attr_i("axis", g.axis)])]
+            }
+            Op::ScatterElements(g) => vec![self.node(
+                "ScatterElements",
+                &[&a[0], &a[1], &a[2]],
+                vec![attr_i("axis", g.axis), attr_s("reduction", g.reduction.name())],
+            )],
             Op::Embedding(_) => vec![self.node("Gather", &[&a[0], &a[1]], vec![attr_i("axis", 0)])],
             Op::Triangular(t) => {
                 let k = self.constant(&Tensor::from_i64(DType::I64, &[], &[t.k]));

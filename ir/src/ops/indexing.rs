@@ -1,8 +1,8 @@
-//! Ops that select or join parts of tensors: slice, concat, split, gather
-//! and index_select.
+//! Ops that select or join parts of tensors: slice, concat, split, gather,
+//! index_select, gather_elements and scatter_elements.
 
 use super::attrs::{Attr, AttrReader};
-use super::index::{around_axis, strides};
+use super::index::{around_axis, map_with_strides, strides};
 use super::{arity, EvalCx, OpImpl};
 use crate::dim::{normalize_axis, Dim, Shape, TensorType};
 use crate::tensor::Tensor;
@@ -398,5 +398,244 @@ impl OpImpl for IndexSelect {
     fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
         let axis = normalize_axis(self.axis, inputs[0].rank())?;
         Ok(vec![take(inputs[0], inputs[1], axis, false, "index_select")?])
+    }
+}
+
+/// Checks the operand shapes of the element-wise indexing ops: `indices` has
+/// the rank of `data`, and off `axis` each extent is at most `data`'s (equal
+/// when symbolic). Returns the normalised axis.
+fn elementwise_indices(name: &str, data: &TensorType, idx: &TensorType, axis: i64) -> Result<usize, String> {
+    want_indices(name, idx)?;
+    if idx.rank() != data.rank() {
+        return Err(format!(
+            "{name} needs indices of the rank of data, got {idx} for {data}"
+        ));
+    }
+    let axis = data.shape.axis(axis).map_err(|e| format!("{name}: {e}"))?;
+    for (i, (d, k)) in data.shape.dims().iter().zip(idx.shape.dims()).enumerate() {
+        let fits = match (d.as_const(), k.as_const()) {
+            (Some(d), Some(k)) => k <= d,
+            _ => d == k,
+        };
+        if i != axis && !fits {
+            return Err(format!(
+                "{name}: indices {idx} exceed data {data} off axis {axis}"
+            ));
+        }
+    }
+    Ok(axis)
+}
+
+/// For every element of `indices` (row-major), the flat index of the data
+/// element it addresses: its own coordinates, with the one on `axis`
+/// replaced by the index value (negative values wrap once).
+fn element_targets(data: &Tensor, indices: &Tensor, axis: usize, name: &str) -> Result<Vec<usize>, String> {
+    let ds = strides(data.shape());
+    let len = data.shape()[axis];
+    for (i, (&k, &d)) in indices.shape().iter().zip(data.shape()).enumerate() {
+        if i != axis && k > d {
+            return Err(format!(
+                "{name}: indices of shape {:?} exceed data of shape {:?}",
+                indices.shape(),
+                data.shape()
+            ));
+        }
+    }
+    let mut eff = ds.clone();
+    eff[axis] = 0;
+    let base = map_with_strides(indices.shape(), &eff, 0);
+    base.into_iter()
+        .zip(indices.to_i64_vec())
+        .map(|(b, i)| {
+            let j = if i < 0 { i + len as i64 } else { i };
+            if j < 0 || j >= len as i64 {
+                return Err(format!("{name}: index {i} is out of range for extent {len}"));
+            }
+            Ok(b + j as usize * ds[axis])
+        })
+        .collect()
+}
+
+/// `torch.gather` (ONNX `GatherElements`): `out[..., i, ...] = data[...,
+/// indices[..., i, ...], ...]` with the index replacing the coordinate on
+/// `axis`. The output has the shape of `indices`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatherElements {
+    pub axis: i64,
+}
+
+impl OpImpl for GatherElements {
+    fn name(&self) -> &'static str {
+        "gather_elements"
+    }
+
+    fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        vec![("axis", Attr::Int(self.axis))]
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity("gather_elements", inputs, 2)?;
+        let (data, idx) = (&inputs[0], &inputs[1]);
+        elementwise_indices("gather_elements", data, idx, self.axis)?;
+        Ok(vec![TensorType::new(data.dtype, idx.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let (data, idx) = (inputs[0], inputs[1]);
+        let axis = normalize_axis(self.axis, data.rank())?;
+        let at = element_targets(data, idx, axis, "gather_elements")?;
+        Ok(vec![data.take_flat(idx.shape(), &at)])
+    }
+}
+
+/// How `scatter_elements` combines an update with the value it lands on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScatterReduction {
+    /// The update replaces the value.
+    None,
+    Add,
+    Mul,
+    Max,
+    Min,
+}
+
+impl ScatterReduction {
+    pub const ALL: [ScatterReduction; 5] = [
+        ScatterReduction::None,
+        ScatterReduction::Add,
+        ScatterReduction::Mul,
+        ScatterReduction::Max,
+        ScatterReduction::Min,
+    ];
+
+    /// The spelling in the text form (and in ONNX).
+    pub fn name(self) -> &'static str {
+        match self {
+            ScatterReduction::None => "none",
+            ScatterReduction::Add => "add",
+            ScatterReduction::Mul => "mul",
+            ScatterReduction::Max => "max",
+            ScatterReduction::Min => "min",
+        }
+    }
+}
+
+/// The inverse of `gather_elements` (torch `scatter`/`scatter_reduce`, ONNX
+/// `ScatterElements`): a copy of `data` where each update is combined into
+/// the element its index addresses. Updates apply in row-major order, so
+/// with `none` the last of duplicate indices wins. Floats combine in f64 and
+/// round once; integers wrap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScatterElements {
+    pub axis: i64,
+    pub reduction: ScatterReduction,
+}
+
+impl ScatterElements {
+    pub(crate) fn read(r: &mut AttrReader) -> Result<ScatterElements, String> {
+        let axis = r.int("axis")?;
+        let reduction = match r.string("reduction")? {
+            None => ScatterReduction::None,
+            Some(s) => *ScatterReduction::ALL
+                .iter()
+                .find(|k| k.name() == s)
+                .ok_or_else(|| {
+                    format!("scatter_elements: reduction must be none, add, mul, max or min, got {s:?}")
+                })?,
+        };
+        Ok(ScatterElements { axis, reduction })
+    }
+}
+
+impl OpImpl for ScatterElements {
+    fn name(&self) -> &'static str {
+        "scatter_elements"
+    }
+
+    fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        vec![
+            ("axis", Attr::Int(self.axis)),
+            ("reduction", Attr::Str(self.reduction.name().into())),
+        ]
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity("scatter_elements", inputs, 3)?;
+        let (data, idx, upd) = (&inputs[0], &inputs[1], &inputs[2]);
+        elementwise_indices("scatter_elements", data, idx, self.axis)?;
+        super::same_dtype("scatter_elements", data, upd)?;
+        if upd.shape != idx.shape {
+            return Err(format!(
+                "scatter_elements needs updates shaped like indices, got {upd} for {idx}"
+            ));
+        }
+        if data.dtype == crate::dtype::DType::Bool && self.reduction != ScatterReduction::None {
+            return Err(format!(
+                "scatter_elements: reduction {} is not defined on bool",
+                self.reduction.name()
+            ));
+        }
+        Ok(vec![data.clone()])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let (data, idx, upd) = (inputs[0], inputs[1], inputs[2]);
+        let axis = normalize_axis(self.axis, data.rank())?;
+        if upd.shape() != idx.shape() {
+            return Err(format!(
+                "scatter_elements: updates of shape {:?} for indices of shape {:?}",
+                upd.shape(),
+                idx.shape()
+            ));
+        }
+        let at = element_targets(data, idx, axis, "scatter_elements")?;
+        let n = data.numel();
+        if self.reduction == ScatterReduction::None {
+            // Each output element picks data or its last update (exact copy).
+            let mut pick: Vec<usize> = (0..n).collect();
+            for (k, &t) in at.iter().enumerate() {
+                pick[t] = n + k;
+            }
+            return Ok(vec![
+                Tensor::join_flat(&[data, upd]).take_flat(data.shape(), &pick)
+            ]);
+        }
+        if data.dtype().is_int() {
+            let f: fn(i64, i64) -> i64 = match self.reduction {
+                ScatterReduction::Add => i64::wrapping_add,
+                ScatterReduction::Mul => i64::wrapping_mul,
+                ScatterReduction::Max => i64::max,
+                _ => i64::min,
+            };
+            let mut v = data.to_i64_vec();
+            for (u, &t) in upd.to_i64_vec().into_iter().zip(&at) {
+                v[t] = f(v[t], u);
+            }
+            return Ok(vec![Tensor::from_i64(data.dtype(), data.shape(), &v)]);
+        }
+        let f: fn(f64, f64) -> f64 = match self.reduction {
+            ScatterReduction::Add => |a, b| a + b,
+            ScatterReduction::Mul => |a, b| a * b,
+            // NaN propagates, as numpy's maximum/minimum do.
+            ScatterReduction::Max => |a, b| {
+                if a.is_nan() || b.is_nan() {
+                    f64::NAN
+                } else {
+                    a.max(b)
+                }
+            },
+            _ => |a, b| {
+                if a.is_nan() || b.is_nan() {
+                    f64::NAN
+                } else {
+                    a.min(b)
+                }
+            },
+        };
+        let mut v = data.to_f64_vec();
+        for (u, &t) in upd.to_f64_vec().into_iter().zip(&at) {
+            v[t] = f(v[t], u);
+        }
+        Ok(vec![Tensor::from_f64(data.dtype(), data.shape(), &v)])
     }
 }

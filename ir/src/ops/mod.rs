@@ -25,11 +25,13 @@ pub use attrs::{Attr, AttrReader};
 pub use conv::{Conv, Pool, PoolKind, Window};
 pub use creation::{Arange, Constant, Full, Scalar};
 pub use elementwise::{BinaryKind, BitCast, Cast, CompareKind, Gelu, GeluApprox, UnaryKind, Where};
-pub use indexing::{Concat, Gather, IndexSelect, Slice, Split};
+pub use indexing::{
+    Concat, Gather, GatherElements, IndexSelect, ScatterElements, ScatterReduction, Slice, Split,
+};
 pub use linalg::{Linear, MatMul};
 pub use nn::{AddRmsNorm, Embedding, LayerNorm, RmsNorm, Rope, Softmax, SwiGlu};
 pub use paged_attention::PagedAttention;
-pub use reduce::{ArgMax, CumSum, Reduce, ReduceKind};
+pub use reduce::{ArgMax, CumProd, CumSum, Reduce, ReduceKind, TopK};
 pub use shape::{Expand, Reshape, Squeeze, Transpose, Triangular, Unsqueeze};
 
 /// What the interpreter hands an op besides its inputs: the symbol values of
@@ -82,6 +84,8 @@ pub enum Op {
     Reduce(Reduce),
     ArgMax(ArgMax),
     CumSum(CumSum),
+    CumProd(CumProd),
+    TopK(TopK),
     Softmax(Softmax),
     MatMul(MatMul),
     Linear(Linear),
@@ -95,6 +99,8 @@ pub enum Op {
     Split(Split),
     Gather(Gather),
     IndexSelect(IndexSelect),
+    GatherElements(GatherElements),
+    ScatterElements(ScatterElements),
     Triangular(Triangular),
     Arange(Arange),
     Full(Full),
@@ -124,6 +130,8 @@ impl Op {
             Op::Reduce(o) => o,
             Op::ArgMax(o) => o,
             Op::CumSum(o) => o,
+            Op::CumProd(o) => o,
+            Op::TopK(o) => o,
             Op::Softmax(o) => o,
             Op::MatMul(o) => o,
             Op::Linear(o) => o,
@@ -137,6 +145,8 @@ impl Op {
             Op::Split(o) => o,
             Op::Gather(o) => o,
             Op::IndexSelect(o) => o,
+            Op::GatherElements(o) => o,
+            Op::ScatterElements(o) => o,
             Op::Triangular(o) => o,
             Op::Arange(o) => o,
             Op::Full(o) => o,
@@ -220,6 +230,8 @@ impl Op {
             "bitcast",
             "argmax",
             "cumsum",
+            "cumprod",
+            "topk",
             "softmax",
             "log_softmax",
             "matmul",
@@ -234,6 +246,8 @@ impl Op {
             "split",
             "gather",
             "index_select",
+            "gather_elements",
+            "scatter_elements",
             "triu",
             "tril",
             "arange",
@@ -275,6 +289,8 @@ impl Op {
                 "bitcast" => Op::BitCast(BitCast { to: r.dtype("to")? }),
                 "argmax" => Op::ArgMax(ArgMax::read(&mut r)?),
                 "cumsum" => Op::CumSum(CumSum { axis: r.int("axis")? }),
+                "cumprod" => Op::CumProd(CumProd { axis: r.int("axis")? }),
+                "topk" => Op::TopK(TopK::read(&mut r)?),
                 "softmax" | "log_softmax" => Op::Softmax(Softmax {
                     axis: r.int_or("axis", -1)?,
                     log: name == "log_softmax",
@@ -304,6 +320,8 @@ impl Op {
                 }),
                 "gather" => Op::Gather(Gather { axis: r.int("axis")? }),
                 "index_select" => Op::IndexSelect(IndexSelect { axis: r.int("axis")? }),
+                "gather_elements" => Op::GatherElements(GatherElements { axis: r.int("axis")? }),
+                "scatter_elements" => Op::ScatterElements(ScatterElements::read(&mut r)?),
                 "triu" | "tril" => Op::Triangular(Triangular {
                     upper: name == "triu",
                     k: r.int_or("k", 0)?,

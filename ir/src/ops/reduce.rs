@@ -1,5 +1,5 @@
-//! Reductions over axes: sum, mean, max, min, prod (with `keepdims`) and
-//! argmax.
+//! Reductions over axes: sum, mean, max, min, prod (with `keepdims`),
+//! argmax, the scans cumsum and cumprod, and topk.
 //!
 //! Sums accumulate in f64 (exact i64 for integer sums). Reducing an empty
 //! axis gives the identity: 0 for sum, 1 for prod, NaN for mean (0/0), -inf/+inf for
@@ -328,5 +328,178 @@ impl OpImpl for CumSum {
             }
         }
         Ok(vec![Tensor::from_f64(x.dtype(), x.shape(), &v)])
+    }
+}
+
+/// Running product along `axis` (`torch.cumprod`, ONNX `CumProd`): element
+/// `i` is the product of elements `0..=i`. Floats accumulate in f64 and
+/// round once per element; integers wrap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CumProd {
+    pub axis: i64,
+}
+
+impl OpImpl for CumProd {
+    fn name(&self) -> &'static str {
+        "cumprod"
+    }
+
+    fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        vec![("axis", Attr::Int(self.axis))]
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity("cumprod", inputs, 1)?;
+        let x = &inputs[0];
+        if x.dtype == DType::Bool {
+            return Err("cumprod is not defined on bool (cast to an integer first)".into());
+        }
+        x.shape.axis(self.axis).map_err(|e| format!("cumprod: {e}"))?;
+        Ok(vec![x.clone()])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let x = inputs[0];
+        let axis = normalize_axis(self.axis, x.rank())?;
+        let (outer, len, inner) = super::index::around_axis(x.shape(), axis);
+        let at = |o: usize, k: usize, i: usize| (o * len + k) * inner + i;
+        if x.dtype().is_int() {
+            let mut v = x.to_i64_vec();
+            for o in 0..outer {
+                for i in 0..inner {
+                    for k in 1..len {
+                        v[at(o, k, i)] = v[at(o, k, i)].wrapping_mul(v[at(o, k - 1, i)]);
+                    }
+                }
+            }
+            return Ok(vec![Tensor::from_i64(x.dtype(), x.shape(), &v)]);
+        }
+        let mut v = x.to_f64_vec();
+        for o in 0..outer {
+            for i in 0..inner {
+                for k in 1..len {
+                    v[at(o, k, i)] *= v[at(o, k - 1, i)];
+                }
+            }
+        }
+        Ok(vec![Tensor::from_f64(x.dtype(), x.shape(), &v)])
+    }
+}
+
+/// The `k` largest (or smallest) elements along `axis` and their indices
+/// (`torch.topk`, ONNX `TopK`). Two outputs: the values, and their
+/// positions as i64, both with `axis` set to `k`. Ties keep the lower index
+/// first; a NaN counts as larger than everything. `sorted = false` leaves
+/// the order unspecified; the reference gives the sorted order either way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopK {
+    pub axis: i64,
+    pub k: i64,
+    pub largest: bool,
+    pub sorted: bool,
+}
+
+impl TopK {
+    pub(crate) fn read(r: &mut AttrReader) -> Result<TopK, String> {
+        Ok(TopK {
+            axis: r.int_or("axis", -1)?,
+            k: r.int("k")?,
+            largest: r.bool_or("largest", true)?,
+            sorted: r.bool_or("sorted", true)?,
+        })
+    }
+}
+
+impl OpImpl for TopK {
+    fn name(&self) -> &'static str {
+        "topk"
+    }
+
+    fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        vec![
+            ("axis", Attr::Int(self.axis)),
+            ("k", Attr::Int(self.k)),
+            ("largest", Attr::Bool(self.largest)),
+            ("sorted", Attr::Bool(self.sorted)),
+        ]
+    }
+
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity("topk", inputs, 1)?;
+        let x = &inputs[0];
+        if x.dtype == DType::Bool {
+            return Err("topk is not defined on bool".into());
+        }
+        let axis = x.shape.axis(self.axis).map_err(|e| format!("topk: {e}"))?;
+        let extent = &x.shape.dims()[axis];
+        if self.k < 0 || extent.as_const().is_some_and(|n| self.k > n) {
+            return Err(format!(
+                "topk: k = {} is out of range for axis {} of {x}",
+                self.k, self.axis
+            ));
+        }
+        let mut dims = x.shape.dims().to_vec();
+        dims[axis] = Dim::constant(self.k);
+        let values = TensorType::new(x.dtype, Shape(dims.clone()));
+        Ok(vec![values, TensorType::new(DType::I64, Shape(dims))])
+    }
+
+    fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
+        let x = inputs[0];
+        let axis = normalize_axis(self.axis, x.rank())?;
+        let (outer, len, inner) = super::index::around_axis(x.shape(), axis);
+        let k = usize::try_from(self.k)
+            .ok()
+            .filter(|&k| k <= len)
+            .ok_or_else(|| format!("topk: k = {} is out of range for extent {len}", self.k))?;
+        let (fv, iv) = if x.dtype().is_int() {
+            (Vec::new(), x.to_i64_vec())
+        } else {
+            (x.to_f64_vec(), Vec::new())
+        };
+        // Ascending order of flat positions, NaN above everything.
+        let cmp = |a: usize, b: usize| {
+            if iv.is_empty() {
+                let (a, b) = (fv[a], fv[b]);
+                match (a.is_nan(), b.is_nan()) {
+                    (true, true) => std::cmp::Ordering::Equal,
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    _ => a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal),
+                }
+            } else {
+                iv[a].cmp(&iv[b])
+            }
+        };
+        let mut flat = Vec::with_capacity(outer * k * inner);
+        let mut pos = Vec::with_capacity(outer * k * inner);
+        for o in 0..outer {
+            // lanes[i] lists the chosen positions along the axis for inner `i`.
+            let mut lanes = Vec::with_capacity(inner);
+            for i in 0..inner {
+                let at = |j: usize| (o * len + j) * inner + i;
+                let mut order: Vec<usize> = (0..len).collect();
+                // A stable sort keeps equal elements in index order.
+                if self.largest {
+                    order.sort_by(|&a, &b| cmp(at(b), at(a)));
+                } else {
+                    order.sort_by(|&a, &b| cmp(at(a), at(b)));
+                }
+                order.truncate(k);
+                lanes.push(order);
+            }
+            for j in 0..k {
+                for (i, lane) in lanes.iter().enumerate() {
+                    flat.push((o * len + lane[j]) * inner + i);
+                    pos.push(lane[j] as i64);
+                }
+            }
+        }
+        let mut shape = x.shape().to_vec();
+        shape[axis] = k;
+        Ok(vec![
+            x.take_flat(&shape, &flat),
+            Tensor::from_i64(DType::I64, &shape, &pos),
+        ])
     }
 }

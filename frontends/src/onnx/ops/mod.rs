@@ -9,6 +9,7 @@ mod einsum;
 mod conv_transpose;
 mod elementwise;
 mod grid;
+mod indexing;
 mod linalg;
 mod linear_attention;
 mod loss;
@@ -55,6 +56,7 @@ fn table() -> impl Iterator<Item = &'static (&'static str, Handler)> {
         .chain(rnn::OPS)
         .chain(conv_transpose::OPS)
         .chain(qlinear::OPS)
+        .chain(indexing::OPS)
 }
 
 /// Every ONNX op type the importer maps, sorted.

@@ -1,6 +1,8 @@
 //! Reductions, arg-reductions and scans.
 
-use optc_ir::ops::{ArgMax, BinaryKind as B, CumSum, Reduce, ReduceKind as K, UnaryKind as U};
+use optc_ir::ops::{
+    ArgMax, BinaryKind as B, Concat, CumProd, CumSum, Full, Reduce, ReduceKind as K, Scalar, UnaryKind as U,
+};
 use optc_ir::{DType, Op, Tensor};
 
 use super::super::import::{Cx, NodeCx, NodeError, Val};
@@ -21,6 +23,7 @@ pub(crate) static OPS: &[(&str, Handler)] = &[
     ("ArgMax", |cx, n| arg(cx, n, false)),
     ("ArgMin", |cx, n| arg(cx, n, true)),
     ("CumSum", cumsum),
+    ("CumProd", cumprod),
 ];
 
 /// The ONNX reductions: IR reductions, some with a map before or after.
@@ -200,6 +203,45 @@ fn cumsum(cx: &mut Cx, n: &NodeCx) -> R {
     if exclusive {
         y = binary(cx, B::Sub, &y, &v)?;
     }
+    if reverse {
+        y = flip(cx, &y, a)?;
+    }
+    Ok(vec![y])
+}
+
+/// `CumProd`: the IR's `cumprod`, on the reversed axis for `reverse`; for
+/// `exclusive` the input is shifted one step along the axis with a 1 in
+/// front (a product cannot be undone by division when an element is 0).
+fn cumprod(cx: &mut Cx, n: &NodeCx) -> R {
+    let exclusive = n.int("exclusive", 0)? != 0;
+    let reverse = n.int("reverse", 0)? != 0;
+    let x = cx.input(n, 0)?;
+    let a = cx.static_ints(n, 1)?.ok_or("axis missing")?;
+    let a = axis(*a.first().ok_or("axis is empty")?, x.rank())?;
+    let mut v = x.clone();
+    if reverse {
+        v = flip(cx, &v, a)?;
+    }
+    if exclusive && !x.dims()[a].is(0) {
+        let mut dims = x.dims().to_vec();
+        dims[a] = optc_ir::Dim::constant(1);
+        let value = if x.dtype().is_float() {
+            Scalar::Float(1.0)
+        } else {
+            Scalar::Int(1)
+        };
+        let one = cx.op(
+            Op::Full(Full {
+                shape: dims,
+                value,
+                dtype: x.dtype(),
+            }),
+            &[],
+        )?;
+        let head = slice_axis(cx, &v, a, 0, -1, 1)?;
+        v = cx.op(Op::Concat(Concat { axis: a as i64 }), &[one, head])?;
+    }
+    let mut y = cx.op(Op::CumProd(CumProd { axis: a as i64 }), &[v])?;
     if reverse {
         y = flip(cx, &y, a)?;
     }
