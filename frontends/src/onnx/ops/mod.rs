@@ -5,8 +5,8 @@
 mod attention;
 mod causal_conv;
 mod conv;
-mod einsum;
 mod conv_transpose;
+mod einsum;
 mod elementwise;
 mod grid;
 mod indexing;
@@ -17,13 +17,13 @@ mod nn;
 mod qlinear;
 mod quant;
 mod reduce;
-mod rotary;
 mod resize;
 mod rnn;
+mod rotary;
 mod shape;
 mod signal;
-mod training;
 mod swiglu;
+mod training;
 
 use optc_ir::ops::{BinaryKind, CompareKind, UnaryKind, Where};
 use optc_ir::{DType, Op};

@@ -9,12 +9,17 @@
 //! - the scale must be a scalar constant (a tensor scale is a near miss);
 //! - `k` and `v` that come out of `repeat_kv` (`unsqueeze` at 2 → `expand` →
 //!   `reshape`) are replaced by the kv heads before the repeat (GQA);
-//! - a mask that is exactly `triu(full(-inf), 1)` over the scores' last two
-//!   extents becomes `causal = true`; any other additive mask stays an
-//!   operand with `causal = false` (it is never assumed causal).
+//! - a mask that is exactly `triu(full(-inf), 1)`, or the boolean causal
+//!   mask made additive, `where(tril(full(true)), 0, -inf)`, over the
+//!   scores' last two extents becomes `causal = true`; any other additive
+//!   mask (another diagonal, another fill) stays an operand with
+//!   `causal = false` (it is never assumed causal).
 
 use egg::Id;
-use optc_ir::ops::{Expand, Full, Op, Reshape, Scalar, ScaledDotProductAttention, Triangular, Unsqueeze};
+use optc_ir::ops::{
+    Expand, Full, Op, Reshape, Scalar, ScaledDotProductAttention, Triangular, Unsqueeze, Where,
+};
+use optc_ir::DType;
 
 use super::{rule, Builder, Rule};
 use crate::fusion::egraph::{find_op, ty, FusionGraph, Node};
@@ -42,20 +47,55 @@ fn unrepeat(eg: &FusionGraph, c: Id) -> Id {
     inner.unwrap_or(c)
 }
 
-/// Is class `mask` `triu(full(-inf), 1)` of shape `[Sq, Sk]`?
+/// Is class `mask` a causal mask of shape `[Sq, Sk]` (`Sq = Sk`):
+/// `triu(full(-inf), 1)` or `where(tril(full(true)), 0, -inf)`?
 fn is_causal(eg: &FusionGraph, mask: Id, sq: &optc_ir::Dim, sk: &optc_ir::Dim) -> bool {
+    let shape_ok = ty(eg, mask).is_some_and(|m| m.shape.dims() == [sq.clone(), sk.clone()]);
+    shape_ok && sq == sk && (is_triu_neg_inf(eg, mask) || is_where_causal(eg, mask))
+}
+
+/// `triu(full(-inf), 1)`: −∞ strictly above the diagonal, 0 elsewhere.
+fn is_triu_neg_inf(eg: &FusionGraph, mask: Id) -> bool {
     let Some(t) = find_op(eg, mask, |o| {
         matches!(o, Op::Triangular(Triangular { upper: true, k: 1 }))
     }) else {
         return false;
     };
-    let full = find_op(
+    find_op(
         eg,
         t[0],
         |o| matches!(o, Op::Full(Full { value: Scalar::Float(v), .. }) if *v == f64::NEG_INFINITY),
-    );
-    let shape_ok = ty(eg, mask).is_some_and(|m| m.shape.dims() == [sq.clone(), sk.clone()]);
-    full.is_some() && shape_ok && sq == sk
+    )
+    .is_some()
+}
+
+/// `where(tril(full(true)), 0, -inf)`: the boolean "may attend" mask of
+/// `torch.tril(torch.ones(S, S, dtype=bool))` turned additive.
+fn is_where_causal(eg: &FusionGraph, mask: Id) -> bool {
+    let Some(w) = find_op(eg, mask, |o| matches!(o, Op::Where(Where))) else {
+        return false;
+    };
+    let (cond, keep, drop) = (w[0], w[1], w[2]);
+    if eg[keep].data.scalar != Some(0.0) || eg[drop].data.scalar != Some(f64::NEG_INFINITY) {
+        return false;
+    }
+    let Some(t) = find_op(eg, cond, |o| {
+        matches!(o, Op::Triangular(Triangular { upper: false, k: 0 }))
+    }) else {
+        return false;
+    };
+    let all_true = |o: &Op| match o {
+        Op::Full(Full {
+            value,
+            dtype: DType::Bool,
+            ..
+        }) => match value {
+            Scalar::Int(v) => *v != 0,
+            Scalar::Float(v) => *v != 0.0,
+        },
+        _ => false,
+    };
+    find_op(eg, t[0], all_true).is_some()
 }
 
 /// The scalar scale of class `s` (`1/s` when the model divides).
