@@ -80,9 +80,14 @@ fn half_precision_fuses_through_the_casts() {
     let (_, g, _, l) = compiled("llama_bf16");
     assert_eq!(count(&g, "rms_norm") + count(&g, "add_rms_norm"), 2 * l + 1);
     assert_eq!(count(&g, "rsqrt"), 0);
+    // Attention through the softmax's f32 casts.
+    assert_eq!(count(&g, "scaled_dot_product_attention"), l);
+    assert_eq!(count(&g, "softmax"), 0);
     let (_, g, _, l) = compiled("qwen2_f16");
     assert_eq!(count(&g, "rms_norm") + count(&g, "add_rms_norm"), 2 * l + 1);
     assert_eq!(count(&g, "swiglu"), l);
+    assert_eq!(count(&g, "scaled_dot_product_attention"), l);
+    assert_eq!(count(&g, "softmax"), 0);
 }
 
 #[test]

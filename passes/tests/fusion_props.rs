@@ -1,8 +1,10 @@
 //! Property tests for the e-graph fusions: random graphs hold each pattern
 //! in a random spelling (operand orders) or a near miss (wrong exponent,
 //! non-constant eps, a weight that broadcasts, another reduction axis,
-//! broadcasting swiglu operands, a wrong GELU constant). Every pass keeps
-//! the interpreter's results (1e-5) and fuses exactly the true patterns.
+//! broadcasting swiglu operands, a wrong GELU constant, a causal-looking
+//! mask that is not causal, swapped rope halves). Every pass keeps the
+//! interpreter's results (1e-5 in f32; a few ulps in bf16/f16, where the
+//! fused op rounds once) and fuses exactly the true patterns.
 
 use std::collections::BTreeMap;
 
@@ -45,7 +47,7 @@ fn inputs(g: &optc_ir::Graph) -> BTreeMap<String, Tensor> {
         let v: Vec<f32> = (0..n).map(|k| ((k as f32 * 0.731).sin() * 1.5) + 0.1).collect();
         out.insert(
             g.node_name(i).unwrap().to_string(),
-            Tensor::from_f32(DType::F32, &shape, &v),
+            Tensor::from_f32(ty.dtype, &shape, &v),
         );
     }
     out
@@ -256,6 +258,123 @@ proptest! {
         b.output("y", y);
         let (n, err) = fuse(b.finish().unwrap(), "fuse_gelu", "gelu");
         prop_assert_eq!(n, (!wrong_c && !wrong_half) as usize);
+        prop_assert!(err <= 1e-5, "error {}", err);
+    }
+
+    #[test]
+    fn rmsnorm_half_precision(f16 in any::<bool>(), o1 in any::<bool>(), o2 in any::<bool>(), o3 in any::<bool>()) {
+        use optc_ir::ops::Cast;
+        let (dt, d) = if f16 { ("f16", DType::F16) } else { ("bf16", DType::BF16) };
+        let mut b = GraphBuilder::new("h");
+        let x = b.input("x", parse_type(&format!("{dt}[3, 8]")).unwrap());
+        let w = b.input("w", parse_type(&format!("{dt}[8]")).unwrap());
+        let xf = b.op1(Op::Cast(Cast { to: DType::F32 }), &[x]).unwrap();
+        let p = scalar(&mut b, 2.0);
+        let sq = b.binary(BinaryKind::Pow, xf, p).unwrap();
+        let m = b.op1(Op::Reduce(Reduce { kind: ReduceKind::Mean, axes: vec![-1], keepdims: true }), &[sq]).unwrap();
+        let e = scalar(&mut b, 1e-5);
+        let v = if o1 { b.add(e, m).unwrap() } else { b.add(m, e).unwrap() };
+        let r = b.unary(UnaryKind::Rsqrt, v).unwrap();
+        let h = mul(&mut b, xf, r, o2);
+        let hc = b.op1(Op::Cast(Cast { to: d }), &[h]).unwrap();
+        let y = mul(&mut b, w, hc, o3);
+        b.output("y", y);
+        let (n, err) = fuse(b.finish().unwrap(), "fuse_rmsnorm", "rms_norm");
+        prop_assert_eq!(n, 1);
+        // One rounding instead of two: within a couple of half-precision ulps.
+        prop_assert!(err <= 0.05, "error {}", err);
+    }
+
+    #[test]
+    fn gelu_erf(divide in any::<bool>(), wrong in any::<bool>()) {
+        let mut b = GraphBuilder::new("e");
+        let x = b.input("x", parse_type("f32[2, 8]").unwrap());
+        let half = scalar(&mut b, 0.5);
+        let hx = b.mul(x, half).unwrap();
+        let inner = if divide {
+            let s = scalar(&mut b, if wrong { 1.5 } else { std::f64::consts::SQRT_2 });
+            b.binary(BinaryKind::Div, x, s).unwrap()
+        } else {
+            let r = scalar(&mut b, if wrong { 0.6 } else { std::f64::consts::FRAC_1_SQRT_2 });
+            b.mul(x, r).unwrap()
+        };
+        let e = b.unary(UnaryKind::Erf, inner).unwrap();
+        let one = scalar(&mut b, 1.0);
+        let t = b.add(e, one).unwrap();
+        let y = b.mul(hx, t).unwrap();
+        b.output("y", y);
+        let (n, err) = fuse(b.finish().unwrap(), "fuse_gelu", "gelu");
+        prop_assert_eq!(n, (!wrong) as usize);
+        prop_assert!(err <= 1e-5, "error {}", err);
+    }
+
+    #[test]
+    fn attention_spellings(form in 0u8..4, half in any::<bool>(), bshd in any::<bool>()) {
+        use optc_ir::ops::{Cast, Softmax, Transpose};
+        // form 0: scores·s, 1: s·scores, 2: (q·s)·kᵀ, 3: scores / s (GPT-2);
+        // half: bf16 model with the softmax in f32 between casts; bshd: k in
+        // [B, S, H, D] with the head transpose composed into kᵀ.
+        let (dt, d) = if half { ("bf16", DType::BF16) } else { ("f32", DType::F32) };
+        let mut b = GraphBuilder::new("a");
+        let q = b.input("q", parse_type(&format!("{dt}[1, 4, 5, 8]")).unwrap());
+        let k_ty = if bshd { format!("{dt}[1, 5, 4, 8]") } else { format!("{dt}[1, 4, 5, 8]") };
+        let k = b.input("k", parse_type(&k_ty).unwrap());
+        let v = b.input("v", parse_type(&format!("{dt}[1, 4, 5, 8]")).unwrap());
+        let perm = if bshd { vec![0, 2, 3, 1] } else { vec![0, 1, 3, 2] };
+        let kt = b.op1(Op::Transpose(Transpose { perm }), &[k]).unwrap();
+        let sv = if form == 3 { 8f64.sqrt() } else { 8f64.sqrt().recip() };
+        let s = b.op1(Op::Constant(Constant { value: Tensor::from_f64(d, &[], &[sv]) }), &[]).unwrap();
+        let scores = match form {
+            0 => { let m = b.matmul(q, kt).unwrap(); b.mul(m, s).unwrap() }
+            1 => { let m = b.matmul(q, kt).unwrap(); b.mul(s, m).unwrap() }
+            2 => { let qs = b.mul(q, s).unwrap(); b.matmul(qs, kt).unwrap() }
+            _ => { let m = b.matmul(q, kt).unwrap(); b.binary(BinaryKind::Div, m, s).unwrap() }
+        };
+        let soft = |b: &mut GraphBuilder, x| b.op1(Op::Softmax(Softmax { axis: -1, log: false }), &[x]).unwrap();
+        let p = if half {
+            let f = b.op1(Op::Cast(Cast { to: DType::F32 }), &[scores]).unwrap();
+            let p = soft(&mut b, f);
+            b.op1(Op::Cast(Cast { to: d }), &[p]).unwrap()
+        } else {
+            soft(&mut b, scores)
+        };
+        let y = b.matmul(p, v).unwrap();
+        b.output("y", y);
+        let (n, err) = fuse(b.finish().unwrap(), "fuse_attention", "scaled_dot_product_attention");
+        prop_assert_eq!(n, 1);
+        prop_assert!(err <= if half { 0.05 } else { 1e-5 }, "error {}", err);
+    }
+
+    #[test]
+    fn rope_interleaved(swap in any::<bool>(), o1 in any::<bool>(), o2 in any::<bool>(), o3 in any::<bool>()) {
+        use optc_ir::ops::{Concat, Rope, Slice, Unsqueeze};
+        let mut b = GraphBuilder::new("i");
+        let x = b.input("x", parse_type("f32[2, 3, 8]").unwrap());
+        let cos = b.input("cos", parse_type("f32[3, 8]").unwrap());
+        let sin = b.input("sin", parse_type("f32[3, 8]").unwrap());
+        let even = b.op1(Op::Slice(Slice { axis: -1, start: 0, end: None, step: 2 }), &[x]).unwrap();
+        let odd = b.op1(Op::Slice(Slice { axis: -1, start: 1, end: None, step: 2 }), &[x]).unwrap();
+        // The near miss: stack(-even, odd) is not rotate_every_two.
+        let (negated, kept) = if swap { (even, odd) } else { (odd, even) };
+        let n = b.unary(UnaryKind::Neg, negated).unwrap();
+        let u1 = b.op1(Op::Unsqueeze(Unsqueeze { axes: vec![-1] }), &[n]).unwrap();
+        let u2 = b.op1(Op::Unsqueeze(Unsqueeze { axes: vec![-1] }), &[kept]).unwrap();
+        let st = b.op1(Op::Concat(Concat { axis: -1 }), &[u1, u2]).unwrap();
+        let rot = b.reshape(st, vec![2.into(), 3.into(), 8.into()]).unwrap();
+        let a = mul(&mut b, x, cos, o1);
+        let c = mul(&mut b, rot, sin, o2);
+        let y = if o3 { b.add(a, c).unwrap() } else { b.add(c, a).unwrap() };
+        b.output("y", y);
+        let (g, err) = fuse_graph(b.finish().unwrap(), "fuse_rope");
+        let ropes: Vec<bool> = g
+            .node_ids()
+            .filter_map(|id| match g.node(id).op() {
+                Some(Op::Rope(Rope { interleaved })) => Some(*interleaved),
+                _ => None,
+            })
+            .collect();
+        prop_assert_eq!(ropes.len(), (!swap) as usize);
+        prop_assert!(ropes.iter().all(|&i| i), "interleaved flag");
         prop_assert!(err <= 1e-5, "error {}", err);
     }
 }

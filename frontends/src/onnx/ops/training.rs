@@ -49,8 +49,8 @@ fn adagrad(cx: &mut Cx, n: &NodeCx) -> R {
     let den = with_scalar(cx, B::Add, &td, 1.0)?;
     let rate = binary(cx, B::Div, &r, &den)?;
     let (mut xs, mut hs) = (Vec::new(), Vec::new());
-    for i in 0..l[0].len() {
-        let (x, g, h) = (&l[0][i], &l[1][i], &l[2][i]);
+    for (i, x) in l[0].iter().enumerate() {
+        let (g, h) = (&l[1][i], &l[2][i]);
         let gr = regularized(cx, x, g, norm)?;
         let g2 = binary(cx, B::Mul, &gr, &gr)?;
         let h_new = binary(cx, B::Add, h, &g2)?;
@@ -89,8 +89,8 @@ fn adam(cx: &mut Cx, n: &NodeCx) -> R {
     let started = compare(cx, C::Greater, &t, &zero)?;
     let rate = select(cx, &started, &corrected, &r)?;
     let (mut xs, mut vs, mut hs) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..l[0].len() {
-        let (x, g, v, h) = (&l[0][i], &l[1][i], &l[2][i], &l[3][i]);
+    for (i, x) in l[0].iter().enumerate() {
+        let (g, v, h) = (&l[1][i], &l[2][i], &l[3][i]);
         let gr = regularized(cx, x, g, norm)?;
         let av = with_scalar(cx, B::Mul, v, alpha)?;
         let ag = with_scalar(cx, B::Mul, &gr, 1.0 - alpha)?;
@@ -134,8 +134,8 @@ fn momentum(cx: &mut Cx, n: &NodeCx) -> R {
     let one = cx.scalar(1.0, t.dtype());
     let beta_t = select(cx, &started, &b, &one)?;
     let (mut xs, mut vs) = (Vec::new(), Vec::new());
-    for i in 0..l[0].len() {
-        let (x, g, v) = (&l[0][i], &l[1][i], &l[2][i]);
+    for (i, x) in l[0].iter().enumerate() {
+        let (g, v) = (&l[1][i], &l[2][i]);
         let gr = regularized(cx, x, g, norm)?;
         let av = with_scalar(cx, B::Mul, v, alpha)?;
         let bg = binary(cx, B::Mul, &beta_t, &gr)?;
