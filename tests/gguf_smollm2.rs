@@ -123,9 +123,15 @@ fn default_pipeline_fuses_gemms_and_keeps_logits() {
     let a = run(&before, &inputs, &m.weights).unwrap();
     let b = run(&m.graph, &inputs, &m.weights).unwrap();
     // Fused norms round once where the chain rounded per op; over 30
-    // layers that moves logits of magnitude ~20 by ~1.6e-5 (measured).
+    // layers that moves logits of magnitude ~20 by ~1.6e-5 (measured), a
+    // few f32 ulps at that magnitude. The bound is the fixtures' 1e-5 per
+    // 10 units of logit magnitude: relative, since f32 rounding is.
     let err = a[0].max_abs_diff(&b[0]);
-    assert!(err <= 1e-4, "logits moved by {err}");
+    let scale = a[0].to_f64_vec().iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert!(
+        err <= 1e-6 * scale.max(10.0),
+        "logits moved by {err} (largest logit {scale})"
+    );
 }
 
 /// The chat template renders conversations exactly as transformers'

@@ -121,17 +121,17 @@ fn unsupported_dtypes() {
             dir.join("model.safetensors").display()
         )
     );
-    // A dtype optc has no type for at all (u64), written by hand.
+    // A dtype optc has no type for at all (6-bit MX floats), written by hand.
     let p = dir.join("model.safetensors");
-    let header = br#"{"x":{"dtype":"U64","shape":[1],"data_offsets":[0,8]}}"#;
+    let header = br#"{"x":{"dtype":"F6_E2M3","shape":[8],"data_offsets":[0,6]}}"#;
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header);
-    bytes.extend_from_slice(&1u64.to_le_bytes());
+    bytes.extend_from_slice(&[0u8; 6]);
     std::fs::write(&p, bytes).unwrap();
     assert_eq!(
         load_err(&dir),
         format!(
-            "{}: tensor 'x' has dtype U64, which optc does not support",
+            "{}: tensor 'x' has dtype F6_E2M3, which optc does not support",
             p.display()
         )
     );

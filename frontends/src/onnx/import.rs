@@ -389,7 +389,8 @@ impl Cx {
                 if out_types.iter().all(|t| {
                     t.shape
                         .as_consts()
-                        .is_some_and(|s| s.iter().product::<i64>() as usize <= FOLD_LIMIT)
+                        .and_then(|s| s.iter().try_fold(1i64, |a, &d| a.checked_mul(d)))
+                        .is_some_and(|n| (0..=FOLD_LIMIT as i64).contains(&n))
                 }) {
                     let refs: Vec<&Tensor> = ts.iter().map(|t| t.as_ref()).collect();
                     let bindings = Bindings::new();

@@ -77,8 +77,15 @@ impl Window {
             let d = spatial[i]
                 .as_const()
                 .ok_or_else(|| format!("{name}: spatial extent {} must be a constant", spatial[i]))?;
-            let span = self.dilations[i] * (self.kernel[i] - 1) + 1;
-            let room = d + self.pads[i] + self.pads[k + i] - span;
+            let span = self.dilations[i]
+                .checked_mul(self.kernel[i] - 1)
+                .and_then(|s| s.checked_add(1))
+                .ok_or_else(|| format!("{name}: dilation × kernel overflows"))?;
+            let room = d
+                .checked_add(self.pads[i])
+                .and_then(|r| r.checked_add(self.pads[k + i]))
+                .and_then(|r| r.checked_sub(span))
+                .ok_or_else(|| format!("{name}: padded extent overflows"))?;
             if room < 0 {
                 return Err(format!(
                     "{name}: window {span} is larger than the padded extent {}",
@@ -194,7 +201,7 @@ impl OpImpl for Conv {
                 xd[1], wd[0]
             ));
         }
-        if xd[1].as_const() != wd[1].as_const().map(|c| c * g) {
+        if xd[1].as_const() != wd[1].as_const().and_then(|c| c.checked_mul(g)) {
             return Err(format!(
                 "conv: x has {} channels but w {w} expects {} per group × {g}",
                 xd[1], wd[1]

@@ -83,6 +83,12 @@ fn attention(cx: &mut Cx, n: &NodeCx) -> R {
     let (present_k, present_v) = (k.clone(), v.clone());
     let sq = const_dim(&q.dims()[2], "query length")?;
     let skv = const_dim(&k.dims()[2], "key length")?;
+    // The mask structure is built at import time: bound its size.
+    super::checked_product(
+        &[sq, skv],
+        super::IMPORT_TABLE_LIMIT,
+        "attention query × key length",
+    )?;
     let hq = const_dim(&q.dims()[1], "head count")?;
     let hkv = const_dim(&k.dims()[1], "KV head count")?;
     if hq != hkv {

@@ -59,7 +59,7 @@ fn conv_transpose(cx: &mut Cx, n: &NodeCx) -> R {
         .iter()
         .map(|d| konst(d, "kernel shape"))
         .collect::<Result<_, _>>()?;
-    if group < 1 || c % group != 0 || wd[0] != c {
+    if group < 1 || (c > 0 && group > c) || c % group != 0 || wd[0] != c || wd.len() < 3 {
         return Err(format!("W {} does not fit {c} input channels in {group} groups", w.ty).into());
     }
     let kernel = wd[2..].to_vec();
@@ -88,6 +88,9 @@ fn conv_transpose(cx: &mut Cx, n: &NodeCx) -> R {
         .iter()
         .map(|d| konst(d, "spatial extent"))
         .collect::<Result<_, _>>()?;
+    if in_sp.iter().any(|v| bad(v, 0)) || wd.iter().any(|v| bad(v, 0)) {
+        return Err(format!("extents of X {} and W {} must be below 2^31", x.ty, w.ty).into());
+    }
     // Full (unpadded) output extent per axis.
     let full: Vec<i64> = (0..k)
         .map(|i| strides[i] * (in_sp[i] - 1) + dilations[i] * (kernel[i] - 1) + 1)

@@ -224,8 +224,22 @@ fn grid_sample(cx: &mut Cx, n: &NodeCx) -> R {
     }
     let (nb, ch) = (xd[0], xd[1]);
     let spatial = &xd[2..];
-    let s: i64 = spatial.iter().product();
-    let p: i64 = gd[1..=k].iter().product();
+    let s = super::checked_product(
+        spatial,
+        optc_ir::ops::MAX_ELEMENTS as i64,
+        "GridSample input extent",
+    )?;
+    let p = super::checked_product(
+        &gd[1..=k],
+        optc_ir::ops::MAX_ELEMENTS as i64,
+        "GridSample grid extent",
+    )?;
+    super::checked_product(
+        &[nb, s, ch],
+        optc_ir::ops::MAX_ELEMENTS as i64,
+        "GridSample input",
+    )?;
+    super::checked_product(&[nb], super::IMPORT_TABLE_LIMIT, "GridSample batch")?;
     if nb * s * ch == 0 || p == 0 {
         return unsupported("GridSample on an empty tensor is not supported");
     }
@@ -371,10 +385,7 @@ fn affine_grid(cx: &mut Cx, n: &NodeCx) -> R {
     if spatial.iter().any(|&d| d <= 0) {
         return Err(format!("size {size:?} has a non-positive spatial extent").into());
     }
-    let p: i64 = spatial.iter().product();
-    if p > 1 << 24 {
-        return unsupported(format!("AffineGrid of {p} points is too large"));
-    }
+    let p = super::checked_product(spatial, super::IMPORT_TABLE_LIMIT, "AffineGrid size")?;
     let axes: Vec<Vec<f64>> = spatial.iter().map(|&l| base_coords(l, align)).collect();
     // Rows: x (innermost axis), y, (z), 1; columns: points in row-major order.
     let pu = p as usize;

@@ -359,7 +359,14 @@ fn max_unpool(cx: &mut Cx, n: &NodeCx) -> R {
         let Some(d) = x.dims()[i + 2].as_const() else {
             return unsupported(format!("MaxUnpool on a symbolic spatial dim {}", x.dims()[i + 2]));
         };
-        let e = (d - 1) * strides[i] - pads[i] - pads[nd + i] + kernel[i];
+        let e = (d - 1)
+            .checked_mul(strides[i])
+            .and_then(|v| v.checked_sub(pads[i]))
+            .and_then(|v| v.checked_sub(pads[nd + i]))
+            .and_then(|v| v.checked_add(kernel[i]))
+            .ok_or_else(|| {
+                NodeError::Invalid(format!("the unpooled extent of spatial axis {i} overflows"))
+            })?;
         if e < 0 {
             return Err(NodeError::Invalid(format!(
                 "the unpooled extent of spatial axis {i} is {e}"

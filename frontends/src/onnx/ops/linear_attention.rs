@@ -81,6 +81,8 @@ fn linear_attention(cx: &mut Cx, n: &NodeCx) -> R {
     }
     let out_dt = q.dtype();
     let (b, t) = (q.dims()[0].clone(), konst(&q.dims()[1], "sequence length")?);
+    // Unrolled step by step: refuse sequences that would explode the graph.
+    super::checked_product(&[t], super::UNROLL_LIMIT, "LinearAttention sequence length")?;
     let dk = per_head(&q, hq, "query")?;
     let dv = per_head(&v, hkv, "value")?;
     if per_head(&k, hkv, "key")? != dk {
@@ -211,7 +213,10 @@ fn linear_attention(cx: &mut Cx, n: &NodeCx) -> R {
         _ => cx.op(Op::Concat(Concat { axis: 2 }), &outs)?,
     };
     let y = transpose_to(cx, &y, vec![0, 2, 1, 3])?;
-    let y = cx.reshape(&y, vec![b, Dim::constant(t), Dim::constant(hq * dv)])?;
+    let width = hq
+        .checked_mul(dv)
+        .ok_or_else(|| NodeError::Invalid(format!("{hq} heads of width {dv} overflow")))?;
+    let y = cx.reshape(&y, vec![b, Dim::constant(t), Dim::constant(width)])?;
     let y = cx.cast(&y, out_dt)?;
     let present = cx.cast(&state, state_dt)?;
     Ok(vec![y, present])

@@ -108,6 +108,24 @@ pub(crate) fn want_float(n: &NodeCx, x: &Val) -> Result<(), NodeError> {
     }
 }
 
+/// Most elements an import-time table, mask or unrolled loop may take;
+/// models asking for more are refused instead of exhausting memory.
+pub(crate) const IMPORT_TABLE_LIMIT: i64 = 1 << 24;
+
+/// Most steps an op unrolled over a sequence (RNN, LinearAttention) may take.
+pub(crate) const UNROLL_LIMIT: i64 = 1 << 14;
+
+/// The product of constant extents, refusing overflow and anything above
+/// `limit` (`what` names the quantity in the message).
+pub(crate) fn checked_product(dims: &[i64], limit: i64, what: &str) -> Result<i64, NodeError> {
+    dims.iter()
+        .try_fold(1i64, |a, &d| if d < 0 { None } else { a.checked_mul(d) })
+        .filter(|&n| n <= limit)
+        .ok_or_else(|| {
+            NodeError::Unsupported(format!("{what} {dims:?} is too large (over {limit} elements)"))
+        })
+}
+
 /// Normalises a possibly negative axis against a rank.
 pub(crate) fn axis(a: i64, rank: usize) -> Result<usize, NodeError> {
     let r = rank as i64;

@@ -152,6 +152,13 @@ fn flip(cx: &mut Cx, x: &Val, a: usize) -> Result<Val, NodeError> {
 fn arg(cx: &mut Cx, n: &NodeCx, min: bool) -> R {
     let x = cx.input(n, 0)?;
     let a = axis(n.int("axis", 0)?, x.rank())?;
+    if x.rank() == 0 {
+        return Err(format!(
+            "{} needs a tensor of rank 1 or more, got {}",
+            n.node.op_type, x.ty
+        )
+        .into());
+    }
     let keepdims = n.int("keepdims", 1)? != 0;
     let last = n.int("select_last_index", 0)? != 0;
     let mut v = x.clone();
@@ -195,6 +202,13 @@ fn cumsum(cx: &mut Cx, n: &NodeCx) -> R {
     let x = cx.input(n, 0)?;
     let a = cx.static_ints(n, 1)?.ok_or("axis missing")?;
     let a = axis(*a.first().ok_or("axis is empty")?, x.rank())?;
+    if x.rank() == 0 {
+        return Err(format!(
+            "{} needs a tensor of rank 1 or more, got {}",
+            n.node.op_type, x.ty
+        )
+        .into());
+    }
     let mut v = x.clone();
     if reverse {
         v = flip(cx, &v, a)?;
@@ -218,6 +232,13 @@ fn cumprod(cx: &mut Cx, n: &NodeCx) -> R {
     let x = cx.input(n, 0)?;
     let a = cx.static_ints(n, 1)?.ok_or("axis missing")?;
     let a = axis(*a.first().ok_or("axis is empty")?, x.rank())?;
+    if x.rank() == 0 {
+        return Err(format!(
+            "{} needs a tensor of rank 1 or more, got {}",
+            n.node.op_type, x.ty
+        )
+        .into());
+    }
     let mut v = x.clone();
     if reverse {
         v = flip(cx, &v, a)?;

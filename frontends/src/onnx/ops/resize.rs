@@ -168,8 +168,14 @@ fn plan_axis(k: Kernel, c: Coord, s: &AxisSpec, exclude: bool) -> AxisPlan {
                     yf * (r1 - r0) * (in_f - 1.0) / (width - 1.0)
                 };
                 let x = x + r0 * (in_f - 1.0);
-                *ext = x < 0.0 || x > in_f - 1.0;
-                x
+                *ext = !(0.0..=in_f - 1.0).contains(&x);
+                // Extrapolated outputs ignore their taps; keep the tap
+                // arithmetic finite for absurd (or infinite) roi values.
+                if *ext {
+                    x.clamp(-in_f - 8.0, 2.0 * in_f + 8.0)
+                } else {
+                    x
+                }
             }
             Coord::PytorchHalfPixel => {
                 if width == 1.0 {
@@ -302,11 +308,13 @@ fn apply_axis(
 
 /// A constant extent of `x`, which the weights need.
 fn extent(x: &Val, a: usize) -> Result<usize, NodeError> {
-    match x.dims()[a].as_const() {
+    let Some(d) = x.dims().get(a) else {
+        return Err(format!("axis {a} is out of range for {}", x.ty).into());
+    };
+    match d.as_const() {
         Some(v) if v >= 0 => Ok(v as usize),
         _ => unsupported(format!(
-            "resampling over the symbolic extent {} is not supported",
-            x.dims()[a]
+            "resampling over the symbolic extent {d} is not supported"
         )),
     }
 }

@@ -289,6 +289,8 @@ fn recurrent(cx: &mut Cx, n: &NodeCx, kind: Kind) -> R {
         x
     };
     let seq = konst(&x.dims()[0], "sequence length")?;
+    // Unrolled step by step: refuse sequences that would explode the graph.
+    super::checked_product(&[seq], super::UNROLL_LIMIT, "RNN sequence length")?;
     let batch = x.dims()[1].clone();
     let input = x.dims()[2].clone();
     if !w.dims()[2].is(konst(&input, "input size")?) {

@@ -172,6 +172,13 @@ fn dft(cx: &mut Cx, n: &NodeCx) -> R {
     } else {
         static_scalar(cx, n, 2)?.unwrap_or(-2)
     };
+    if x.rank() < 2 {
+        return Err(format!(
+            "the DFT input must have a batch and a real/imaginary axis, got {}",
+            x.ty
+        )
+        .into());
+    }
     let ax = axis(a, x.rank())?;
     if ax + 1 == x.rank() {
         return Err("the DFT axis must not be the last (real/imaginary) axis".into());
@@ -221,8 +228,8 @@ fn stft(cx: &mut Cx, n: &NodeCx) -> R {
         (None, Some(w)) => w,
         (None, None) => total,
     };
-    if len > total {
-        return Err(format!("frame_length {len} exceeds the signal length {total}").into());
+    if len > total || len == 0 {
+        return Err(format!("frame_length {len} must be in 1..={total} (the signal length)").into());
     }
     let frames = 1 + (total - len) / step as usize;
     table_size(frames, len)?;
@@ -313,6 +320,9 @@ fn mel_weight_matrix(cx: &mut Cx, n: &NodeCx) -> R {
             (((dft_len + 1) as f64 * hz) / rate as f64).floor() as i64
         })
         .collect();
+    if edges.iter().any(|&e| e < 0 || e as usize >= spec) {
+        return Err(format!("mel edges {edges:?} fall outside the {spec} spectrogram bins").into());
+    }
     let mut w = vec![0f64; spec * m];
     let mut put = |j: i64, i: usize, v: f64| -> Result<(), NodeError> {
         if j < 0 || j as usize >= spec {
