@@ -116,6 +116,14 @@ impl PassManager {
     pub fn run(&self, g: &mut Graph, weights: &mut WeightStore) -> Result<PipelineReport, PassError> {
         let _span = tracing::info_span!("pipeline", graph = %g.name).entered();
         if let Some(d) = &self.dump {
+            // A misspelt pass name would otherwise dump nothing, silently.
+            let names = self.pass_names();
+            if let Some(bad) = d.after.iter().find(|a| !names.contains(&a.as_str())) {
+                return Err(PassError::Unknown {
+                    name: bad.clone(),
+                    known: names.join(", "),
+                });
+            }
             std::fs::create_dir_all(&d.dir).map_err(|source| PassError::Dump {
                 path: d.dir.display().to_string(),
                 source,

@@ -140,6 +140,21 @@ fn dumps_text_ir_and_diffs() {
 }
 
 #[test]
+fn dumping_after_a_pass_not_in_the_pipeline_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("optc-dump-bad-{}", std::process::id()));
+    let mut g = parse(TEXT).unwrap();
+    let pm = PassManager::new(&registry(), &pipeline(&["cse", "dce"]))
+        .unwrap()
+        .with_dump(DumpConfig {
+            dir: dir.clone(),
+            after: vec!["dcee".into()],
+        });
+    let err = pm.run(&mut g, &mut WeightStore::new()).unwrap_err().to_string();
+    assert_eq!(err, "unknown pass 'dcee' (known: cse, dce)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn pipeline_files_are_checked() {
     let p = Pipeline::from_toml(
         "p.toml",
