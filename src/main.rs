@@ -489,6 +489,8 @@ fn compile(
         compiler.check_passes(c);
     }
     let report = compiler.compile(&mut graph, &mut store)?;
+    // With the IR going to a file, the pass report goes to stderr.
+    let report_always = out.is_some() || onnx_out.is_some();
     if let Some((path, external)) = onnx_out {
         onnx::export::write(&path, &graph, &store, external)?;
         println!("wrote {}", path.display());
@@ -499,7 +501,7 @@ fn compile(
             None => print!("{text}"),
         }
     }
-    if verbose {
+    if verbose || report_always {
         eprint!("{}", report.table());
     } else {
         // Notes (an e-graph run stopped by a bound, ...) say a pass did less

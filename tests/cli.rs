@@ -338,6 +338,8 @@ fn pt2_archives_inspect_eval_and_compile() {
 
     let o = optc(&["compile", &m, "--check-passes", "-o", &p(&dir, "fused.ir")]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // With -o, the pass report (time, node change, max error) is on stderr.
+    assert!(stderr(&o).contains("fuse_rope"), "{}", stderr(&o));
     let fused = std::fs::read_to_string(dir.join("fused.ir")).unwrap();
     assert!(fused.contains("rope("), "{fused}");
 
