@@ -304,31 +304,41 @@ impl OpImpl for CumSum {
     }
 
     fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
-        let x = inputs[0];
-        let axis = normalize_axis(self.axis, x.rank())?;
-        let (outer, len, inner) = super::index::around_axis(x.shape(), axis);
-        let at = |o: usize, k: usize, i: usize| (o * len + k) * inner + i;
-        if x.dtype().is_int() {
-            let mut v = x.to_i64_vec();
-            for o in 0..outer {
-                for i in 0..inner {
-                    for k in 1..len {
-                        v[at(o, k, i)] = v[at(o, k, i)].wrapping_add(v[at(o, k - 1, i)]);
-                    }
-                }
-            }
-            return Ok(vec![Tensor::from_i64(x.dtype(), x.shape(), &v)]);
-        }
-        let mut v = x.to_f64_vec();
+        scan(inputs[0], self.axis, i64::wrapping_add, |a, b| a + b)
+    }
+}
+
+/// An inclusive scan along `axis`: element `k` becomes `step(x[k], y[k-1])`;
+/// integers through `int` (wrapping), floats in f64 rounded once each.
+fn scan(
+    x: &Tensor,
+    axis: i64,
+    int: fn(i64, i64) -> i64,
+    float: fn(f64, f64) -> f64,
+) -> Result<Vec<Tensor>, String> {
+    let axis = normalize_axis(axis, x.rank())?;
+    let (outer, len, inner) = super::index::around_axis(x.shape(), axis);
+    let at = |o: usize, k: usize, i: usize| (o * len + k) * inner + i;
+    if x.dtype().is_int() {
+        let mut v = x.to_i64_vec();
         for o in 0..outer {
             for i in 0..inner {
                 for k in 1..len {
-                    v[at(o, k, i)] += v[at(o, k - 1, i)];
+                    v[at(o, k, i)] = int(v[at(o, k, i)], v[at(o, k - 1, i)]);
                 }
             }
         }
-        Ok(vec![Tensor::from_f64(x.dtype(), x.shape(), &v)])
+        return Ok(vec![Tensor::from_i64(x.dtype(), x.shape(), &v)]);
     }
+    let mut v = x.to_f64_vec();
+    for o in 0..outer {
+        for i in 0..inner {
+            for k in 1..len {
+                v[at(o, k, i)] = float(v[at(o, k, i)], v[at(o, k - 1, i)]);
+            }
+        }
+    }
+    Ok(vec![Tensor::from_f64(x.dtype(), x.shape(), &v)])
 }
 
 /// Running product along `axis` (`torch.cumprod`, ONNX `CumProd`): element
@@ -359,30 +369,7 @@ impl OpImpl for CumProd {
     }
 
     fn eval(&self, inputs: &[&Tensor], _: &EvalCx) -> Result<Vec<Tensor>, String> {
-        let x = inputs[0];
-        let axis = normalize_axis(self.axis, x.rank())?;
-        let (outer, len, inner) = super::index::around_axis(x.shape(), axis);
-        let at = |o: usize, k: usize, i: usize| (o * len + k) * inner + i;
-        if x.dtype().is_int() {
-            let mut v = x.to_i64_vec();
-            for o in 0..outer {
-                for i in 0..inner {
-                    for k in 1..len {
-                        v[at(o, k, i)] = v[at(o, k, i)].wrapping_mul(v[at(o, k - 1, i)]);
-                    }
-                }
-            }
-            return Ok(vec![Tensor::from_i64(x.dtype(), x.shape(), &v)]);
-        }
-        let mut v = x.to_f64_vec();
-        for o in 0..outer {
-            for i in 0..inner {
-                for k in 1..len {
-                    v[at(o, k, i)] *= v[at(o, k - 1, i)];
-                }
-            }
-        }
-        Ok(vec![Tensor::from_f64(x.dtype(), x.shape(), &v)])
+        scan(inputs[0], self.axis, i64::wrapping_mul, |a, b| a * b)
     }
 }
 

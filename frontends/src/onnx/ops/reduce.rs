@@ -196,7 +196,9 @@ fn arg(cx: &mut Cx, n: &NodeCx, min: bool) -> R {
     Ok(vec![idx])
 }
 
-fn cumsum(cx: &mut Cx, n: &NodeCx) -> R {
+/// What CumSum and CumProd share: the input, the axis (a static input),
+/// and the `exclusive` and `reverse` flags.
+fn scan_operands(cx: &mut Cx, n: &NodeCx) -> Result<(Val, usize, bool, bool), NodeError> {
     let exclusive = n.int("exclusive", 0)? != 0;
     let reverse = n.int("reverse", 0)? != 0;
     let x = cx.input(n, 0)?;
@@ -209,6 +211,11 @@ fn cumsum(cx: &mut Cx, n: &NodeCx) -> R {
         )
         .into());
     }
+    Ok((x, a, exclusive, reverse))
+}
+
+fn cumsum(cx: &mut Cx, n: &NodeCx) -> R {
+    let (x, a, exclusive, reverse) = scan_operands(cx, n)?;
     let mut v = x.clone();
     if reverse {
         v = flip(cx, &v, a)?;
@@ -227,18 +234,7 @@ fn cumsum(cx: &mut Cx, n: &NodeCx) -> R {
 /// `exclusive` the input is shifted one step along the axis with a 1 in
 /// front (a product cannot be undone by division when an element is 0).
 fn cumprod(cx: &mut Cx, n: &NodeCx) -> R {
-    let exclusive = n.int("exclusive", 0)? != 0;
-    let reverse = n.int("reverse", 0)? != 0;
-    let x = cx.input(n, 0)?;
-    let a = cx.static_ints(n, 1)?.ok_or("axis missing")?;
-    let a = axis(*a.first().ok_or("axis is empty")?, x.rank())?;
-    if x.rank() == 0 {
-        return Err(format!(
-            "{} needs a tensor of rank 1 or more, got {}",
-            n.node.op_type, x.ty
-        )
-        .into());
-    }
+    let (x, a, exclusive, reverse) = scan_operands(cx, n)?;
     let mut v = x.clone();
     if reverse {
         v = flip(cx, &v, a)?;
