@@ -63,8 +63,14 @@ fn labels_of(t: &Term, e: usize, total: usize) -> Vec<u32> {
     v
 }
 
-fn product(dims: &[Dim]) -> Dim {
-    dims.iter().fold(Dim::constant(1), |a, d| &a * d)
+/// The product of dims; symbolic products that grow past the IR's bounds
+/// on dim expressions are refused.
+fn product(dims: &[Dim]) -> Result<Dim, NodeError> {
+    dims.iter().try_fold(Dim::constant(1), |a, d| {
+        a.checked_mul(d).ok_or_else(|| {
+            NodeError::Unsupported(format!("the product of dims {dims:?} is too large an expression"))
+        })
+    })
 }
 
 /// A value with one label per axis.
@@ -315,7 +321,7 @@ fn arrange(
         if gi == 0 && keep_first {
             shape.extend(d);
         } else {
-            shape.push(product(&d));
+            shape.push(product(&d)?);
         }
     }
     cx.reshape(&t, shape)
