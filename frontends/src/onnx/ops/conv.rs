@@ -18,7 +18,7 @@ pub(crate) static OPS: &[(&str, Handler)] = &[
 ];
 
 /// Reads kernel, strides, dilations and pads (resolving `auto_pad`).
-pub(crate) fn window(n: &NodeCx, x: &Val, kernel: Vec<i64>) -> Result<Window, NodeError> {
+fn window(n: &NodeCx, x: &Val, kernel: Vec<i64>) -> Result<Window, NodeError> {
     let k = kernel.len();
     if x.rank() != k + 2 {
         return Err(format!("input {} does not fit a {k}-d kernel", x.ty).into());
@@ -59,11 +59,15 @@ pub(crate) fn window(n: &NodeCx, x: &Val, kernel: Vec<i64>) -> Result<Window, No
     })
 }
 
-fn conv(cx: &mut Cx, n: &NodeCx) -> R {
-    let (x, w) = (cx.input(n, 0)?, cx.input(n, 1)?);
+/// A convolution's window (the kernel from `kernel_shape`, else W's spatial
+/// extents) and group: shared by Conv and the integer convolutions.
+pub(crate) fn conv_window(n: &NodeCx, x: &Val, w: &Val) -> Result<(Window, i64), NodeError> {
     let kernel = match n.opt_ints("kernel_shape")? {
         Some(k) => k,
-        None => w.dims()[2..]
+        None => w
+            .dims()
+            .get(2..)
+            .unwrap_or_default()
             .iter()
             .map(|d| {
                 d.as_const()
@@ -71,8 +75,12 @@ fn conv(cx: &mut Cx, n: &NodeCx) -> R {
             })
             .collect::<Result<_, _>>()?,
     };
-    let window = window(n, &x, kernel)?;
-    let group = n.int("group", 1)?;
+    Ok((window(n, x, kernel)?, n.int("group", 1)?))
+}
+
+fn conv(cx: &mut Cx, n: &NodeCx) -> R {
+    let (x, w) = (cx.input(n, 0)?, cx.input(n, 1)?);
+    let (window, group) = conv_window(n, &x, &w)?;
     let mut args = vec![x, w];
     args.extend(cx.opt_input(n, 2)?);
     Ok(vec![cx.op(Op::Conv(Conv { window, group }), &args)?])

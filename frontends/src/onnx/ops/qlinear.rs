@@ -8,7 +8,7 @@ use optc_ir::ops::{BinaryKind as B, CompareKind as C, Conv, MatMul, Reduce, Redu
 use optc_ir::{DType, Dim, Op, Tensor};
 
 use super::super::import::{unsupported, Cx, NodeCx, NodeError, Val};
-use super::conv::window;
+use super::conv::conv_window;
 use super::{binary, compare, select, unary, Handler, R};
 
 pub(crate) static OPS: &[(&str, Handler)] = &[
@@ -132,18 +132,7 @@ fn int_conv(
             d
         })
     })?;
-    let kernel = match n.opt_ints("kernel_shape")? {
-        Some(k) => k,
-        None => w.dims()[2..]
-            .iter()
-            .map(|d| {
-                d.as_const()
-                    .ok_or_else(|| NodeError::Invalid("kernel extents must be constant".into()))
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let window = window(n, x, kernel)?;
-    let group = n.int("group", 1)?;
+    let (window, group) = conv_window(n, x, w)?;
     cx.op(Op::Conv(Conv { window, group }), &[xc, wc])
 }
 
