@@ -299,10 +299,8 @@ fn external_cache_bias(
             let r = cx.scalar(-(right as f64), DType::I64);
             conds.push(compare(cx, C::GreaterEqual, &diff, &r)?);
         }
-        let f = cx.konst(Tensor::from_bool(&[], &[false]));
         for c in conds {
-            // allowed &= c, as a select (the IR has no logical and).
-            allowed = select(cx, &c, &allowed, &f)?;
+            allowed = binary(cx, B::BitAnd, &allowed, &c)?;
         }
     }
     let bias = select(cx, &allowed, &zero, &neg_inf)?;

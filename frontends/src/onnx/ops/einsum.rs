@@ -10,7 +10,7 @@ use optc_ir::ops::{Gather, MatMul, Reduce, ReduceKind as K};
 use optc_ir::{DType, Dim, Op, Tensor};
 
 use super::super::import::{Cx, NodeCx, NodeError, Val};
-use super::shape::{expand_to, transpose_to};
+use super::shape::{expand_to, product, transpose_to};
 use super::{Handler, R};
 
 pub(crate) static OPS: &[(&str, Handler)] = &[("Einsum", einsum)];
@@ -61,16 +61,6 @@ fn labels_of(t: &Term, e: usize, total: usize) -> Vec<u32> {
     v.extend((total - e..total).map(|k| ELLIPSIS + k as u32));
     v.extend(&t.letters[at..]);
     v
-}
-
-/// The product of dims; symbolic products that grow past the IR's bounds
-/// on dim expressions are refused.
-fn product(dims: &[Dim]) -> Result<Dim, NodeError> {
-    dims.iter().try_fold(Dim::constant(1), |a, d| {
-        a.checked_mul(d).ok_or_else(|| {
-            NodeError::Unsupported(format!("the product of dims {dims:?} is too large an expression"))
-        })
-    })
 }
 
 /// A value with one label per axis.

@@ -10,7 +10,7 @@ use optc_ir::ops::{
 use optc_ir::{DType, Dim, Op};
 
 use super::super::import::{unsupported, Cx, NodeCx, NodeError, Val};
-use super::shape::expand_to;
+use super::shape::{expand_to, product};
 use super::{axis, binary, compare, select, Handler, R};
 
 pub(crate) static OPS: &[(&str, Handler)] = &[
@@ -24,14 +24,6 @@ pub(crate) static OPS: &[(&str, Handler)] = &[
     ("TensorScatter", tensor_scatter),
     ("MaxUnpool", max_unpool),
 ];
-
-/// Product of dims (symbolic allowed).
-fn product(dims: &[Dim]) -> Result<Dim, NodeError> {
-    dims.iter().try_fold(Dim::constant(1), |a, d| {
-        a.checked_mul(d)
-            .ok_or_else(|| NodeError::Invalid("dim product too large".into()))
-    })
-}
 
 /// `arange(0, n)` as i64.
 fn iota(cx: &mut Cx, n: &Dim) -> Result<Val, NodeError> {

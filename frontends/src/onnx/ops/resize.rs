@@ -10,7 +10,7 @@ use optc_ir::ops::{Concat, Gather, MatMul};
 use optc_ir::{DType, Dim, Op, Tensor};
 
 use super::super::import::{unsupported, Cx, NodeCx, NodeError, Val};
-use super::shape::{expand_to, slice_axis};
+use super::shape::{expand_to, product, slice_axis};
 use super::{axis, select, want_float, Handler, R};
 
 pub(crate) static OPS: &[(&str, Handler)] = &[
@@ -254,14 +254,6 @@ fn one_hot_rows(p: &AxisPlan, input: usize) -> Option<Vec<i64>> {
             hit
         })
         .collect()
-}
-
-/// Product of dims (symbolic allowed).
-fn product(dims: &[Dim]) -> Result<Dim, NodeError> {
-    dims.iter().try_fold(Dim::constant(1), |a, d| {
-        a.checked_mul(d)
-            .ok_or_else(|| NodeError::Invalid("dim product too large".into()))
-    })
 }
 
 /// Applies one axis's plan to `x`: a gather for one-hot rows, otherwise

@@ -68,8 +68,8 @@ fn constant(cx: &mut Cx, n: &NodeCx) -> R {
     Ok(vec![cx.konst(found.remove(0))])
 }
 
-/// Product of dims (symbolic allowed).
-fn product(dims: &[Dim]) -> Result<Dim, NodeError> {
+/// Product of dims (symbolic allowed); an expression too large is an error.
+pub(crate) fn product(dims: &[Dim]) -> Result<Dim, NodeError> {
     dims.iter().try_fold(Dim::constant(1), |a, d| {
         a.checked_mul(d)
             .ok_or_else(|| NodeError::Invalid("dim product too large".into()))

@@ -379,10 +379,7 @@ fn lrn(cx: &mut Cx, n: &NodeCx) -> R {
     let xc = cx.cast(&x, ct)?;
     let sq = binary(cx, B::Mul, &xc, &xc)?;
     let dims = x.dims().to_vec();
-    let rest = dims[2..]
-        .iter()
-        .try_fold(Dim::constant(1), |a, d| a.checked_mul(d))
-        .ok_or_else(|| NodeError::Unsupported(format!("LRN over {} has too large a spatial extent", x.ty)))?;
+    let rest = super::shape::product(&dims[2..])?;
     let sq = cx.reshape(&sq, vec![dims[0].clone(), dims[1].clone(), rest])?;
     let s = cx.op(Op::MatMul(MatMul), &[band, sq])?;
     let s = cx.reshape(&s, dims)?;
