@@ -21,7 +21,7 @@ pub(crate) static OPS: &[(&str, Handler)] = &[
 
 /// Largest weight matrix (`out * in` entries) built for one axis; beyond it
 /// the constant would dwarf the model.
-const MAX_WEIGHTS: usize = 1 << 24;
+const MAX_WEIGHTS: usize = super::IMPORT_TABLE_LIMIT as usize;
 
 /// How nearest mode rounds a source coordinate (`nearest_mode`).
 #[derive(Clone, Copy, Debug)]

@@ -25,7 +25,7 @@ pub(crate) static OPS: &[(&str, Handler)] = &[
 ];
 
 /// Import-time matrices larger than this many entries are refused.
-const TABLE_LIMIT: usize = 1 << 24;
+const TABLE_LIMIT: usize = super::IMPORT_TABLE_LIMIT as usize;
 
 /// A dim that must be a known constant for the decomposition.
 fn const_dim(d: &Dim, what: &str) -> Result<usize, NodeError> {
