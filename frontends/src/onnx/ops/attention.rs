@@ -14,15 +14,9 @@ use optc_ir::{DType, Dim, Op, Tensor};
 
 use super::super::import::{Cx, NodeCx, NodeError, Val};
 use super::shape::{expand_to, transpose_to};
-use super::{binary, compare, select, unary, want_float, with_scalar, Handler, R};
+use super::{binary, compare, select, static_dim, unary, want_float, with_scalar, Handler, R};
 
 pub(crate) static OPS: &[(&str, Handler)] = &[("Attention", attention)];
-
-fn const_dim(d: &Dim, what: &str) -> Result<i64, NodeError> {
-    d.as_const().ok_or_else(|| {
-        NodeError::Unsupported(format!("Attention with a symbolic {what} ({d}) is not supported"))
-    })
-}
 
 /// `[B, S, H·D]` → `[B, H, S, D]`.
 fn split_heads(cx: &mut Cx, x: &Val, heads: i64) -> Result<Val, NodeError> {
@@ -70,27 +64,27 @@ fn attention(cx: &mut Cx, n: &NodeCx) -> R {
         return Err("Q, K and V must all be 3-D or all 4-D".into());
     }
     let dt = q.dtype();
-    let head = const_dim(&q.dims()[3], "head size")?;
+    let head = static_dim(&q.dims()[3], "head size")?;
     let scale = scale.unwrap_or(1.0 / (head as f64).sqrt()).sqrt();
     // Round √scale to the input type first, as the function body does.
     let scale = Tensor::from_f64(dt, &[], &[scale]).to_f64_vec()[0];
     let mut past_len = 0;
     if let (Some(pk), Some(pv)) = (&past_k, &past_v) {
-        past_len = const_dim(&pk.dims()[2], "past length")?;
+        past_len = static_dim(&pk.dims()[2], "past length")?;
         k = cx.op(Op::Concat(Concat { axis: 2 }), &[pk.clone(), k])?;
         v = cx.op(Op::Concat(Concat { axis: 2 }), &[pv.clone(), v])?;
     }
     let (present_k, present_v) = (k.clone(), v.clone());
-    let sq = const_dim(&q.dims()[2], "query length")?;
-    let skv = const_dim(&k.dims()[2], "key length")?;
+    let sq = static_dim(&q.dims()[2], "query length")?;
+    let skv = static_dim(&k.dims()[2], "key length")?;
     // The mask structure is built at import time: bound its size.
     super::checked_product(
         &[sq, skv],
         super::IMPORT_TABLE_LIMIT,
         "attention query × key length",
     )?;
-    let hq = const_dim(&q.dims()[1], "head count")?;
-    let hkv = const_dim(&k.dims()[1], "KV head count")?;
+    let hq = static_dim(&q.dims()[1], "head count")?;
+    let hkv = static_dim(&k.dims()[1], "KV head count")?;
     if hq != hkv {
         if hkv == 0 || hq % hkv != 0 {
             return Err(format!("{hq} query heads are not a multiple of {hkv} KV heads").into());
@@ -224,7 +218,7 @@ fn attention(cx: &mut Cx, n: &NodeCx) -> R {
 
 /// Pads the mask's last axis to the key length (with false / -inf).
 fn pad_mask(cx: &mut Cx, m: &Val, skv: i64) -> Result<Val, NodeError> {
-    let last = const_dim(
+    let last = static_dim(
         m.dims().last().ok_or("attn_mask must have rank >= 1")?,
         "mask length",
     )?;

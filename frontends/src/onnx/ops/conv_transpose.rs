@@ -9,15 +9,9 @@ use optc_ir::{Dim, Op};
 
 use super::super::import::{Cx, NodeCx, NodeError, Val};
 use super::shape::{expand_to, slice_axis, transpose_to};
-use super::{want_float, Handler, R};
+use super::{static_dim, want_float, Handler, R};
 
 pub(crate) static OPS: &[(&str, Handler)] = &[("ConvTranspose", conv_transpose)];
-
-/// A constant extent (everything here is static geometry).
-fn konst(d: &Dim, what: &str) -> Result<i64, NodeError> {
-    d.as_const()
-        .ok_or_else(|| NodeError::Unsupported(format!("ConvTranspose needs a static {what}, got {d}")))
-}
 
 /// Inserts `s − 1` zeros between the elements along axis `a`
 /// (length `n` → `(n − 1)·s + 1`).
@@ -25,7 +19,7 @@ fn dilate(cx: &mut Cx, x: &Val, a: usize, s: i64) -> Result<Val, NodeError> {
     if s == 1 {
         return Ok(x.clone());
     }
-    let n = konst(&x.dims()[a], "spatial extent")?;
+    let n = static_dim(&x.dims()[a], "spatial extent")?;
     let y = cx.op(
         Op::Unsqueeze(Unsqueeze {
             axes: vec![a as i64 + 1],
@@ -53,11 +47,11 @@ fn conv_transpose(cx: &mut Cx, n: &NodeCx) -> R {
     }
     let k = r - 2;
     let group = n.int("group", 1)?;
-    let c = konst(&x.dims()[1], "channel count")?;
+    let c = static_dim(&x.dims()[1], "channel count")?;
     let wd: Vec<i64> = w
         .dims()
         .iter()
-        .map(|d| konst(d, "kernel shape"))
+        .map(|d| static_dim(d, "kernel shape"))
         .collect::<Result<_, _>>()?;
     if group < 1 || (c > 0 && group > c) || c % group != 0 || wd[0] != c || wd.len() < 3 {
         return Err(format!("W {} does not fit {c} input channels in {group} groups", w.ty).into());
@@ -86,7 +80,7 @@ fn conv_transpose(cx: &mut Cx, n: &NodeCx) -> R {
     }
     let in_sp: Vec<i64> = x.dims()[2..]
         .iter()
-        .map(|d| konst(d, "spatial extent"))
+        .map(|d| static_dim(d, "spatial extent"))
         .collect::<Result<_, _>>()?;
     if in_sp.iter().any(|v| bad(v, 0)) || wd.iter().any(|v| bad(v, 0)) {
         return Err(format!("extents of X {} and W {} must be below 2^31", x.ty, w.ty).into());
@@ -186,7 +180,7 @@ fn conv_transpose(cx: &mut Cx, n: &NodeCx) -> R {
     let mut y = cx.op(Op::Conv(Conv { window, group }), &args)?;
     for (i, &(lo, hi)) in crop.iter().enumerate() {
         if lo > 0 || hi > 0 {
-            let e = konst(&y.dims()[i + 2], "output extent")?;
+            let e = static_dim(&y.dims()[i + 2], "output extent")?;
             y = slice_axis(cx, &y, i + 2, lo, e - hi, 1)?;
         }
     }

@@ -10,22 +10,13 @@ use optc_ir::{DType, Dim, Op};
 
 use super::super::import::{unsupported, Cx, NodeCx, NodeError, Val};
 use super::shape::{slice_axis, transpose_to};
-use super::{binary, unary, want_float, with_scalar, Handler, R};
+use super::{binary, static_dim, unary, want_float, with_scalar, Handler, R};
 
 pub(crate) static OPS: &[(&str, Handler)] = &[("LinearAttention", linear_attention)];
 
-/// A constant extent, or unsupported naming what needed it.
-fn konst(d: &Dim, what: &str) -> Result<i64, NodeError> {
-    d.as_const().ok_or_else(|| {
-        NodeError::Unsupported(format!(
-            "LinearAttention with a symbolic {what} ({d}) is not supported"
-        ))
-    })
-}
-
 /// The packed width of a `[B, T, H·D]` input divided by `heads`.
 fn per_head(x: &Val, heads: i64, what: &str) -> Result<i64, NodeError> {
-    let w = konst(&x.dims()[2], &format!("{what} width"))?;
+    let w = static_dim(&x.dims()[2], &format!("{what} width"))?;
     if w % heads != 0 {
         return Err(format!("{what} width {w} is not divisible by {heads} heads").into());
     }
@@ -80,7 +71,7 @@ fn linear_attention(cx: &mut Cx, n: &NodeCx) -> R {
         }
     }
     let out_dt = q.dtype();
-    let (b, t) = (q.dims()[0].clone(), konst(&q.dims()[1], "sequence length")?);
+    let (b, t) = (q.dims()[0].clone(), static_dim(&q.dims()[1], "sequence length")?);
     // Unrolled step by step: refuse sequences that would explode the graph.
     super::checked_product(&[t], super::UNROLL_LIMIT, "LinearAttention sequence length")?;
     let dk = per_head(&q, hq, "query")?;
@@ -103,7 +94,7 @@ fn linear_attention(cx: &mut Cx, n: &NodeCx) -> R {
             if g.rank() != 3 {
                 return Err(format!("decay must be 3-D, not {}", g.ty).into());
             }
-            let last = konst(&g.dims()[2], "decay width")?;
+            let last = static_dim(&g.dims()[2], "decay width")?;
             let width = if last == hkv {
                 1
             } else if last == hkv * dk {
@@ -127,7 +118,7 @@ fn linear_attention(cx: &mut Cx, n: &NodeCx) -> R {
             if bt.rank() != 3 {
                 return Err(format!("beta must be 3-D, not {}", bt.ty).into());
             }
-            let last = konst(&bt.dims()[2], "beta width")?;
+            let last = static_dim(&bt.dims()[2], "beta width")?;
             if last != hkv && last != 1 {
                 return Err(format!("beta width {last} must be kv_num_heads ({hkv}) or 1").into());
             }

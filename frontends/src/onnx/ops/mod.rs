@@ -26,7 +26,7 @@ mod swiglu;
 mod training;
 
 use optc_ir::ops::{BinaryKind, CompareKind, UnaryKind, Where};
-use optc_ir::{DType, Op};
+use optc_ir::{DType, Dim, Op};
 
 use super::import::{unsupported, Cx, NodeCx, NodeError, Val};
 
@@ -124,6 +124,14 @@ pub(crate) fn checked_product(dims: &[i64], limit: i64, what: &str) -> Result<i6
         .ok_or_else(|| {
             NodeError::Unsupported(format!("{what} {dims:?} is too large (over {limit} elements)"))
         })
+}
+
+/// A dim a decomposition needs as a constant (an unrolled length, a kernel
+/// extent); a symbolic one is unsupported. The importer adds the node.
+pub(crate) fn static_dim(d: &Dim, what: &str) -> Result<i64, NodeError> {
+    d.as_const().ok_or_else(|| {
+        NodeError::Unsupported(format!("the {what} must be static here, not the symbolic {d}"))
+    })
 }
 
 /// Normalises a possibly negative axis against a rank.

@@ -7,7 +7,7 @@ use optc_ir::{DType, Dim, Tensor};
 
 use super::super::import::{unsupported, Cx, NodeCx, NodeError, Val};
 use super::shape::{slice_axis, transpose_to};
-use super::{binary, compare, select, unary, want_float, with_scalar, Handler, R};
+use super::{binary, compare, select, static_dim, unary, want_float, with_scalar, Handler, R};
 
 pub(crate) static OPS: &[(&str, Handler)] = &[
     ("RNN", |cx, n| recurrent(cx, n, Kind::Rnn)),
@@ -158,12 +158,6 @@ fn activate(cx: &mut Cx, act: Act, x: &Val, clip: Option<f64>) -> Result<Val, No
     }
 }
 
-/// A constant extent, or an error naming what must be static.
-fn konst(d: &Dim, what: &str) -> Result<i64, NodeError> {
-    d.as_const()
-        .ok_or_else(|| NodeError::Unsupported(format!("{what} must be static to unroll, got {d}")))
-}
-
 /// `v[d, lo..hi]` of a `[dirs, n]` tensor as a 1-D `[hi-lo]` vector.
 fn row_part(cx: &mut Cx, v: &Val, d: i64, lo: i64, hi: i64) -> Result<Val, NodeError> {
     let y = slice_axis(cx, v, 0, d, d + 1, 1)?;
@@ -274,7 +268,7 @@ fn recurrent(cx: &mut Cx, n: &NodeCx, kind: Kind) -> R {
     let g = kind.gates();
     let h = match n.opt_int("hidden_size")? {
         Some(h) => h,
-        None => konst(&r.dims()[2], "hidden size")?,
+        None => static_dim(&r.dims()[2], "hidden size")?,
     };
     if !(1..=1 << 31).contains(&h) || !r.dims()[2].is(h) || !r.dims()[1].is(g * h) || !w.dims()[1].is(g * h) {
         return Err(format!("hidden_size {h} does not fit W {} and R {}", w.ty, r.ty).into());
@@ -288,12 +282,12 @@ fn recurrent(cx: &mut Cx, n: &NodeCx, kind: Kind) -> R {
     } else {
         x
     };
-    let seq = konst(&x.dims()[0], "sequence length")?;
+    let seq = static_dim(&x.dims()[0], "sequence length")?;
     // Unrolled step by step: refuse sequences that would explode the graph.
     super::checked_product(&[seq], super::UNROLL_LIMIT, "RNN sequence length")?;
     let batch = x.dims()[1].clone();
     let input = x.dims()[2].clone();
-    if !w.dims()[2].is(konst(&input, "input size")?) {
+    if !w.dims()[2].is(static_dim(&input, "input size")?) {
         return Err(format!("W {} does not fit X's input size {input}", w.ty).into());
     }
     let bias = cx.opt_input(n, 3)?;

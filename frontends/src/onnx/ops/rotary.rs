@@ -10,18 +10,9 @@ use optc_ir::{Dim, Op};
 
 use super::super::import::{Cx, NodeCx, NodeError, Val};
 use super::shape::slice_axis;
-use super::{binary, want_float, Handler, R};
+use super::{binary, static_dim, want_float, Handler, R};
 
 pub(crate) static OPS: &[(&str, Handler)] = &[("RotaryEmbedding", rotary)];
-
-/// A constant extent, or an error naming what needed it.
-fn konst(d: &Dim, what: &str) -> Result<i64, NodeError> {
-    d.as_const().ok_or_else(|| {
-        NodeError::Unsupported(format!(
-            "RotaryEmbedding with a symbolic {what} ({d}) is not supported"
-        ))
-    })
-}
 
 fn rotary(cx: &mut Cx, n: &NodeCx) -> R {
     let num_heads = n.int("num_heads", 0)?;
@@ -49,7 +40,7 @@ fn rotary(cx: &mut Cx, n: &NodeCx) -> R {
         }
         _ => return Err(format!("input must be 3-D or 4-D, not {}", x.ty).into()),
     };
-    let head = konst(&x4.dims()[3], "head size")?;
+    let head = static_dim(&x4.dims()[3], "head size")?;
     let r = if rot_dim == 0 { head } else { rot_dim };
     if r <= 0 || r > head || r % 2 != 0 {
         return Err(format!("rotary_embedding_dim {r} must be even and in 1..={head}").into());
@@ -74,7 +65,7 @@ fn rotary(cx: &mut Cx, n: &NodeCx) -> R {
             )
             .into());
         };
-        if konst(last, "cache width")? != half {
+        if static_dim(last, "cache width")? != half {
             return Err(format!("the cache width {last} is not rotary_embedding_dim/2 = {half}").into());
         }
         let mut dims = vec![b.clone(), s.clone(), last.clone()];
