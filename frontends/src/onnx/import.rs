@@ -191,6 +191,15 @@ impl<'a> NodeCx<'a> {
             .map(|a| String::from_utf8_lossy(&a.s).into_owned()))
     }
 
+    pub fn opt_strings(&self, name: &str) -> Result<Option<Vec<String>>, NodeError> {
+        Ok(self.typed(name, attr_type::STRINGS)?.map(|a| {
+            a.strings
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        }))
+    }
+
     pub fn string(&self, name: &str, default: &str) -> Result<String, NodeError> {
         Ok(self.opt_string(name)?.unwrap_or_else(|| default.to_string()))
     }

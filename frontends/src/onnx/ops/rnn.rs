@@ -211,19 +211,6 @@ fn gate_sum(
     Ok(s)
 }
 
-/// Reads the `activations` strings attribute (marking it read).
-fn strings_attr(n: &NodeCx, name: &str) -> Option<Vec<String>> {
-    if !n.has(name) {
-        return None;
-    }
-    n.node.attribute.iter().find(|a| a.name == name).map(|a| {
-        a.strings
-            .iter()
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect()
-    })
-}
-
 fn recurrent(cx: &mut Cx, n: &NodeCx, kind: Kind) -> R {
     let direction = n.string("direction", "forward")?;
     let nd: i64 = match direction.as_str() {
@@ -244,7 +231,7 @@ fn recurrent(cx: &mut Cx, n: &NodeCx, kind: Kind) -> R {
     let alphas = n.opt_floats("activation_alpha")?.unwrap_or_default();
     let betas = n.opt_floats("activation_beta")?.unwrap_or_default();
     let per_dir = kind.default_acts().len();
-    let names: Vec<String> = match strings_attr(n, "activations") {
+    let names: Vec<String> = match n.opt_strings("activations")? {
         Some(v) => v,
         None => (0..nd)
             .flat_map(|_| kind.default_acts().iter().map(|s| s.to_string()))
