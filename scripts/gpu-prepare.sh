@@ -10,5 +10,5 @@ mkdir -p .device
 cp target/release/optc .device/optc
 cp "$(ls -t target/release/deps/nvrtc_target-* | grep -v '\.d$' | head -1)" .device/nvrtc_target
 strip .device/optc .device/nvrtc_target
-cp ../shared/peer/hf_baseline.py .device/
+cp ../shared/peer/hf_baseline.py scripts/ncu_summary.py .device/
 ls -la .device

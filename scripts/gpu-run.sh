@@ -6,7 +6,7 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, profile, peer. Results go to $OUT.
+# Stages (comma-separated): tests, compile, bench, profile, graphprof, ncu, peer. Results go to $OUT.
 set -u
 STAGES=${1:-tests,compile,bench,peer}
 OUT=${OUT:-$PWD/out}
@@ -23,7 +23,7 @@ if has tests; then
   echo "== tests"
   .device/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
 fi
-if has compile || has bench || has profile || has peer; then
+if has compile || has bench || has profile || has graphprof || has ncu || has peer; then
   if [ ! -e $MODEL/config.json ]; then
     python3 .device/hf_baseline.py --parts save_model --model-dir $MODEL 2>&1 | tail -2
   fi
@@ -43,6 +43,24 @@ if has profile; then
   echo "== optc bench per workload with OPTC_CUDA_PROFILE=1 (GPU time per kernel kind)"
   for w in W1 W2 W3; do
     OPTC_CUDA_PROFILE=1 "$BIN" bench $MODEL --target nvrtc --workloads $w --reps 1 --max-num-tokens 8192 2>&1 | tee "$OUT/profile_$w.log" | head -16
+  done
+fi
+if has graphprof; then
+  echo "== CUDA graph replay time against host time (OPTC_CUDA_PROFILE=graph)"
+  for w in W1 W2; do
+    OPTC_CUDA_PROFILE=graph "$BIN" bench $MODEL --target nvrtc --workloads $w --reps 1 --max-num-tokens 16384 2>&1 | tee "$OUT/graphprof_$w.log" | tail -8
+  done
+fi
+if has ncu; then
+  # Kernel times inside the captured decode graphs: ncu times every kernel
+  # node on its own (no launch gaps), 520 launches (two decode steps) well
+  # after the prefill and warm-up.
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for w in W1 W2; do
+    echo "== ncu $w"
+    "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --launch-skip 20000 --launch-count 520 \
+      "$BIN" bench $MODEL --target nvrtc --workloads $w --reps 1 --max-num-tokens 16384 > "$OUT/ncu_$w.csv" 2> "$OUT/ncu_$w.err"
+    python3 .device/ncu_summary.py "$OUT/ncu_$w.csv" 2 | head -30
   done
 fi
 if has peer; then

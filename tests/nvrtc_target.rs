@@ -92,6 +92,23 @@ fn step_graphs_match_the_cpu_target_across_steps() {
             "{name}: {s:?}"
         );
         assert!(s.host.is_empty(), "{name}: step graph ops on the host: {s:?}");
+        // Rotary models: RoPE, the QKV split and the cache write are one
+        // kernel per layer, and SwiGLU reads the gate/up GEMM directly.
+        if name != "gpt2" {
+            assert_eq!(
+                s.kernels.get("rope + kv cache write (split fused)"),
+                Some(&m.config.num_layers),
+                "{name}: {s:?}"
+            );
+            assert_eq!(s.kernels.get("rope"), None, "{name}: {s:?}");
+        }
+        if !["gpt2", "phi3"].contains(&name) {
+            assert_eq!(
+                s.kernels.get("swiglu (split fused)"),
+                Some(&m.config.num_layers),
+                "{name}: {s:?}"
+            );
+        }
         let vocab = m.config.vocab_size as i64;
         let a: Vec<i64> = (0..11).map(|i| (i * 37 + 5) % vocab).collect();
         let b: Vec<i64> = (0..8).map(|i| (i * 91 + 2) % vocab).collect();
@@ -381,6 +398,107 @@ fn kernels_match_the_interpreter_on_random_inputs() {
             let e = rel_l2(&got[&o.name], wt);
             assert!(e < tolerance(t) / 10.0 + 1e-6, "{t} %{}: rel L2 {e}", o.name);
         }
+    }
+}
+
+/// RMSNorm (alone and with the residual add) at model widths, where the
+/// register-resident kernels run (2048: one run of eight per thread; 4104:
+/// up to four, the last partly empty), and past them (8200: the general
+/// kernel).
+#[test]
+fn norms_at_model_widths_match_the_interpreter() {
+    for t in [DType::F32, DType::BF16] {
+        for (rows, cols) in [(3usize, 2048usize), (2, 4104), (1, 8200), (5, 64)] {
+            let text = format!(
+                "graph n(%x: {t}[{rows}, {cols}], %y: {t}[{rows}, {cols}], %w: {t}[{cols}]) -> (%a: {t}[{rows}, {cols}], %s: {t}[{rows}, {cols}], %b: {t}[{rows}, {cols}]) {{
+  %0: {t}[{rows}, {cols}] = rms_norm(%x, %w) {{axis = -1, eps = 1e-5}}
+  %1: {t}[{rows}, {cols}], %2: {t}[{rows}, {cols}] = add_rms_norm(%x, %y, %w) {{axis = -1, eps = 1e-6}}
+  return %0, %1, %2
+}}"
+            );
+            let g = parse(&text).unwrap();
+            let mut seed = cols as u64;
+            let mut inputs = BTreeMap::new();
+            for (name, shape) in [
+                ("x", vec![rows, cols]),
+                ("y", vec![rows, cols]),
+                ("w", vec![cols]),
+            ] {
+                let n = shape.iter().product();
+                inputs.insert(
+                    name.to_string(),
+                    Tensor::from_f32(t, &shape, &random(n, &mut seed)),
+                );
+            }
+            let want = run(&g, &inputs, &WeightStore::new()).unwrap();
+            if !gpu() {
+                return;
+            }
+            let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+            let got = p.run(&inputs).unwrap();
+            for (o, wt) in g.outputs().iter().zip(&want) {
+                let e = rel_l2(&got[&o.name], wt);
+                assert!(
+                    e < tolerance(t) / 10.0 + 1e-6,
+                    "{t} [{rows}, {cols}] %{}: rel L2 {e}",
+                    o.name
+                );
+            }
+        }
+    }
+}
+
+/// Greedy sampling over vocabulary-wide rows (many chunks per row): the
+/// token is the row's first maximum, its log probability the row's
+/// log-softmax there; a row of -inf gives token 0 and -inf.
+#[test]
+fn greedy_argmax_over_wide_rows_matches_the_host() {
+    for t in [DType::F32, DType::BF16] {
+        let (rows, cols) = (4usize, 50_021usize);
+        let text = format!(
+            "graph g(%x: {t}[{rows}, {cols}]) -> (%y: {t}[{rows}, {cols}]) {{
+  %0: {t}[{rows}, {cols}] = neg(%x)
+  return %0
+}}"
+        );
+        let g = parse(&text).unwrap();
+        let mut seed = 7u64;
+        let mut x: Vec<f32> = random(rows * cols, &mut seed).iter().map(|v| v * 4.0).collect();
+        // Row 1: the maximum of -x twice; the first must win.
+        x[cols + 777] = -9.0;
+        x[cols + 40_000] = -9.0;
+        // Row 2: the maximum in the last, partial chunk.
+        x[2 * cols + cols - 1] = -9.5;
+        // Row 3: all -inf after the negation.
+        for v in &mut x[3 * cols..] {
+            *v = f32::INFINITY;
+        }
+        let inputs = BTreeMap::from([("x".to_string(), Tensor::from_f32(t, &[rows, cols], &x))]);
+        if !gpu() {
+            return;
+        }
+        let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+        let y = p.run(&inputs).unwrap()["y"].to_f64_vec();
+        let got = p.run_greedy(&inputs, "y").unwrap();
+        assert_eq!(got.len(), rows);
+        for r in 0..rows {
+            let row = &y[r * cols..(r + 1) * cols];
+            let best = (0..cols).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+            let m = row[best];
+            if m == f64::NEG_INFINITY {
+                assert_eq!(got[r], (0, f32::NEG_INFINITY), "{t} row {r}");
+                continue;
+            }
+            let lp = -row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            assert_eq!(got[r].0 as usize, best, "{t} row {r}");
+            assert!(
+                (f64::from(got[r].1) - lp).abs() <= 1e-4 * lp.abs().max(1.0),
+                "{t} row {r}: log p {} against {lp}",
+                got[r].1
+            );
+        }
+        assert_eq!(got[1].0, 777);
+        assert_eq!(got[2].0 as usize, cols - 1);
     }
 }
 

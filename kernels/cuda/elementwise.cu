@@ -58,6 +58,31 @@ template <typename T> __device__ void swiglu_impl(const T* g, const T* u, T* y, 
     }
 }
 
+// SwiGLU of the two halves of each row of `x` (rows of 2f: gate, then
+// up), as the gate/up GEMM leaves them: no split copies. With `vec` (f a
+// multiple of 8, 16-byte-aligned rows) each thread moves eight elements.
+template <typename T> __device__ void swiglu_split_impl(const T* x, T* y, i64 rows, i64 f, int vec) {
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    if (vec) {
+        const i64 n = rows * (f / 8);
+        for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
+            const i64 r = i / (f / 8), j = (i % (f / 8)) * 8;
+            float g[8], u[8];
+            ld8(x + r * 2 * f + j, g);
+            ld8(x + r * 2 * f + f + j, u);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) g[e] = g[e] / (1.f + expf(-g[e])) * u[e];
+            st8(y + r * f + j, g);
+        }
+        return;
+    }
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < rows * f; i += stride) {
+        const i64 r = i / f, j = i % f;
+        const float g = ld(&x[r * 2 * f + j]);
+        st(&y[i], g / (1.f + expf(-g)) * ld(&x[r * 2 * f + f + j]));
+    }
+}
+
 template <typename T> __device__ void gelu_impl(int tanh_form, const T* x, T* y, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         float v = ld(&x[i]);
@@ -82,6 +107,9 @@ template <typename A, typename B> __device__ void cast_impl(const A* x, B* y, i6
         binary_impl<T>(op, a, b, y, n, s);                                                                \
     }                                                                                                     \
     extern "C" __global__ void swiglu_##N(const T* g, const T* u, T* y, i64 n) { swiglu_impl<T>(g, u, y, n); } \
+    extern "C" __global__ void swiglu_split_##N(const T* x, T* y, i64 rows, i64 f, int vec) {            \
+        swiglu_split_impl<T>(x, y, rows, f, vec);                                                         \
+    }                                                                                                     \
     extern "C" __global__ void gelu_##N(int t, const T* x, T* y, i64 n) { gelu_impl<T>(t, x, y, n); }
 
 OPTC_ELEMENTWISE(float, f32)

@@ -76,3 +76,58 @@ __device__ void rope_impl(const T* x, const T* cs, const T* sn, T* y, i64 rows, 
 OPTC_ROPE(float, f32)
 OPTC_ROPE(bf16, bf16)
 OPTC_ROPE(f16, f16)
+
+// The attention prologue in one launch, straight from the fused QKV
+// projection: each row of `qkv` holds hq query heads, hkv key heads (both
+// of d) and hkv value heads (of dv). Query and key heads rotate as
+// `rope_impl` does (cos/sin rows of `r` per token); queries go to `q`
+// ([ntok, hq, d]), keys and values to their cache slots (`slots`, as in
+// `cache_write_impl`; a negative slot writes nothing). Replaces the split
+// copies, two RoPE launches and the cache write.
+template <typename T>
+__device__ void rope_qkv_cache_impl(const T* qkv, const T* cs, const T* sn, T* q, T* kc, T* vc, const i64* slots,
+                                    i64 ntok, int hq, int hkv, int d, int dv, int r, int interleaved) {
+    const int qk = (hq + hkv) * d, w = qk + hkv * dv, half = r / 2;
+    const i64 n = ntok * w;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        const i64 t = i / w;
+        const int c = (int)(i % w);
+        const T* x = qkv + t * w;
+        if (c >= qk) {
+            const i64 s = slots[t];
+            if (s >= 0) vc[s * hkv * dv + (c - qk)] = x[c];
+            continue;
+        }
+        const int k = c % d;
+        const T* xr = x + (c - k);
+        T out;
+        if (k >= r) {
+            out = xr[k];
+        } else {
+            float rot;
+            if (interleaved) {
+                rot = (k % 2 == 0) ? -ld(&xr[k + 1]) : ld(&xr[k - 1]);
+            } else {
+                rot = k < half ? -ld(&xr[k + half]) : ld(&xr[k - half]);
+            }
+            st(&out, ld(&xr[k]) * ld(&cs[t * r + k]) + rot * ld(&sn[t * r + k]));
+        }
+        if (c < hq * d) {
+            q[t * hq * d + c] = out;
+        } else {
+            const i64 s = slots[t];
+            if (s >= 0) kc[s * hkv * d + (c - hq * d)] = out;
+        }
+    }
+}
+
+#define OPTC_ROPE_QKV(T, N)                                                                               \
+    extern "C" __global__ void rope_qkv_cache_##N(const T* qkv, const T* c, const T* s, T* q, T* kc, T* vc, \
+                                                  const i64* slots, i64 ntok, int hq, int hkv, int d,     \
+                                                  int dv, int r, int il) {                                \
+        rope_qkv_cache_impl<T>(qkv, c, s, q, kc, vc, slots, ntok, hq, hkv, d, dv, r, il);                 \
+    }
+
+OPTC_ROPE_QKV(float, f32)
+OPTC_ROPE_QKV(bf16, bf16)
+OPTC_ROPE_QKV(f16, f16)

@@ -19,6 +19,24 @@ pub(super) fn cfg(grid: (u32, u32, u32), block: u32, smem: u32) -> LaunchConfig 
     }
 }
 
+/// The register-resident norm kernel for rows of `cols`, if it applies:
+/// its index among the step's functions (general, then 1, 2, 4 runs of
+/// eight per thread) and the block size. Needs whole 16-byte runs at
+/// 16-byte-aligned addresses (a null optional operand is fine).
+fn vec_rows(cols: usize, ptrs: &[u64]) -> Option<(usize, u32)> {
+    if cols == 0 || cols % 8 != 0 || ptrs.iter().any(|p| p % 16 != 0) {
+        return None;
+    }
+    let runs = cols / 8;
+    let block = (runs.div_ceil(32) * 32).min(256);
+    match runs.div_ceil(block) {
+        1 => Some((1, block as u32)),
+        2 => Some((2, block as u32)),
+        3 | 4 => Some((3, block as u32)),
+        _ => None,
+    }
+}
+
 impl CudaProgram {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn launch(
@@ -106,12 +124,20 @@ impl CudaProgram {
             }
             (Kernel::RmsNorm, Op::RmsNorm(o)) => {
                 let cols = last(a[0]);
-                launch!(gpu, &fns[0], rows_cfg(n / cols, cols);
-                    x = ptr[a[0]], w = opt(1), y = ptr[o0], c = cols as i32, eps = o.eps as f32)
+                let (f, c) = match vec_rows(cols, &[ptr[a[0]], opt(1), ptr[o0]]) {
+                    Some((i, block)) => (&fns[i], cfg(((n / cols) as u32, 1, 1), block, 0)),
+                    None => (&fns[0], rows_cfg(n / cols, cols)),
+                };
+                launch!(gpu, f, c; x = ptr[a[0]], w = opt(1), y = ptr[o0], c = cols as i32, eps = o.eps as f32)
             }
             (Kernel::AddRmsNorm, Op::AddRmsNorm(o)) => {
                 let cols = last(a[0]);
-                launch!(gpu, &fns[0], rows_cfg(n / cols, cols);
+                let all = [ptr[a[0]], ptr[a[1]], opt(2), ptr[o0], ptr[s.outs[1]]];
+                let (f, c) = match vec_rows(cols, &all) {
+                    Some((i, block)) => (&fns[i], cfg(((n / cols) as u32, 1, 1), block, 0)),
+                    None => (&fns[0], rows_cfg(n / cols, cols)),
+                };
+                launch!(gpu, f, c;
                     x = ptr[a[0]], y = ptr[a[1]], w = opt(2), sum = ptr[o0], out = ptr[s.outs[1]],
                     c = cols as i32, eps = o.eps as f32)
             }
@@ -139,6 +165,38 @@ impl CudaProgram {
             }
             (Kernel::SwiGlu, _) => {
                 launch!(gpu, &fns[0], ew(n); g = ptr[a[0]], u = ptr[a[1]], y = ptr[o0], n = n as i64)
+            }
+            (Kernel::SwiGluSplit, _) => {
+                let f = last(o0);
+                if last(a[0]) != 2 * f {
+                    return Err(format!("swiglu over halves of {} columns into {f}", last(a[0])));
+                }
+                let rows = n.checked_div(f).unwrap_or(0);
+                let vec = f % 8 == 0 && ptr[a[0]] % 16 == 0 && ptr[o0] % 16 == 0;
+                let threads = if vec { n / 8 } else { n };
+                launch!(gpu, &fns[0], ew(threads);
+                    x = ptr[a[0]], y = ptr[o0], rows = rows as i64, f = f as i64, v = i32::from(vec))
+            }
+            (Kernel::RopeQkvCache, Op::Rope(o)) => {
+                // qkv, cos, sin, k cache, v cache, slot mapping -> q.
+                let (dk, dv) = (&dims[a[3]], &dims[a[4]]);
+                let (hkv, d, dvh) = (dk[2], dk[3], dv[3]);
+                let (dq, r) = (&dims[o0], last(a[1]));
+                let hq = dq[dq.len().saturating_sub(2)];
+                let ntok = numel(a[5]);
+                let width = (hq + hkv) * d + hkv * dvh;
+                if numel(a[0]) != ntok * width || n != ntok * hq * d || numel(a[1]) != ntok * r {
+                    return Err(format!(
+                        "fused rope: {} QKV values, {} cos values and {n} query values for {ntok} tokens \
+                         of {hq}+{hkv} heads (a lowering bug)",
+                        numel(a[0]),
+                        numel(a[1])
+                    ));
+                }
+                launch!(gpu, &fns[0], ew(ntok * width);
+                    qkv = ptr[a[0]], c = ptr[a[1]], sn = ptr[a[2]], q = ptr[o0], kc = ptr[a[3]], vc = ptr[a[4]],
+                    sl = ptr[a[5]], nt = ntok as i64, hq = hq as i32, hkv = hkv as i32, d = d as i32,
+                    dv = dvh as i32, r = r as i32, il = i32::from(o.interleaved))
             }
             (Kernel::Gelu, Op::Gelu(gl)) => launch!(gpu, &fns[0], ew(n);
                 t = i32::from(gl.approximate == GeluApprox::Tanh), x = ptr[a[0]], y = ptr[o0], n = n as i64),
@@ -248,9 +306,11 @@ impl CudaProgram {
                 let (ntok, hq, d) = (dq[0], dq[1], dq[2]);
                 let (hkv, bs) = (dk[1], dc[1]);
                 let (kw, vw) = (hkv * d, hkv * dv[2]);
-                launch!(gpu, &fns[0], ew(ntok * kw.max(vw));
-                    k = ptr[a[1]], v = ptr[a[2]], kc = ptr[a[3]], vc = ptr[a[4]], sl = ptr[a[9]],
-                    nt = ntok as i64, kw = kw as i32, vw = vw as i32)?;
+                if !s.cache_written {
+                    launch!(gpu, &fns[0], ew(ntok * kw.max(vw));
+                        k = ptr[a[1]], v = ptr[a[2]], kc = ptr[a[3]], vc = ptr[a[4]], sl = ptr[a[9]],
+                        nt = ntok as i64, kw = kw as i32, vw = vw as i32)?;
+                }
                 if run.tiles == 0 {
                     return Ok(());
                 }

@@ -27,6 +27,7 @@ macro_rules! launch {
 
 mod compile;
 mod device;
+mod fuse;
 mod gemm;
 mod launch;
 mod profile;

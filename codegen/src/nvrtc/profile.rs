@@ -1,5 +1,8 @@
 //! `OPTC_CUDA_PROFILE=1`: GPU time per kernel kind (CUDA events around
-//! every step) and host time per phase, printed when the program drops.
+//! every step, CUDA graphs off) and host time per phase, printed when the
+//! program drops. `OPTC_CUDA_PROFILE=graph` keeps CUDA graphs and times
+//! each replay on the GPU against the host's work around it: whether a
+//! decode step is bound by the GPU or by the host.
 
 use std::collections::BTreeMap;
 
@@ -13,9 +16,27 @@ pub(super) struct Profile {
     /// phase -> host ms
     pub(super) host: BTreeMap<&'static str, f64>,
     pub(super) runs: usize,
+    /// Events around every CUDA graph replay (`graph` mode).
+    pub(super) replays: Vec<(cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>,
+    /// Events per kernel (off in `graph` mode, which keeps CUDA graphs).
+    pub(super) per_kernel: bool,
 }
 
 impl Profile {
+    /// From `OPTC_CUDA_PROFILE`: `1` per kernel, `graph` per replay.
+    pub(super) fn from_env() -> Option<Profile> {
+        let mode = std::env::var("OPTC_CUDA_PROFILE").ok()?;
+        let per_kernel = match mode.as_str() {
+            "1" => true,
+            "graph" => false,
+            _ => return None,
+        };
+        Some(Profile {
+            per_kernel,
+            ..Profile::default()
+        })
+    }
+
     pub(super) fn report(&self) -> String {
         let total: f64 = self.gpu.values().map(|v| v.1).sum();
         let mut rows: Vec<_> = self.gpu.iter().collect();
@@ -28,6 +49,23 @@ impl Profile {
             s.push_str(&format!(
                 "  {k:<28} {n:>8} calls {ms:>10.2} ms {:>5.1}%\n",
                 100.0 * ms / total.max(1e-9)
+            ));
+        }
+        if !self.replays.is_empty() {
+            let mut ms: Vec<f64> = self
+                .replays
+                .iter()
+                .filter_map(|(a, b)| {
+                    b.synchronize().ok()?;
+                    a.elapsed_ms(b).ok().map(f64::from)
+                })
+                .collect();
+            ms.sort_by(f64::total_cmp);
+            let sum: f64 = ms.iter().sum();
+            s.push_str(&format!(
+                "  CUDA graph replays {:>8} {sum:>10.2} ms on the GPU (median {:.3} ms)\n",
+                ms.len(),
+                ms.get(ms.len() / 2).copied().unwrap_or(0.0)
             ));
         }
         for (k, ms) in &self.host {

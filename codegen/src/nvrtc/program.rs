@@ -47,6 +47,9 @@ pub(super) struct Step {
     pub(super) args: Vec<usize>,
     pub(super) outs: Vec<usize>,
     pub(super) exec: Exec,
+    /// A paged-attention step whose cache write an earlier kernel did
+    /// (`Kernel::RopeQkvCache`, see `fuse.rs`).
+    pub(super) cache_written: bool,
 }
 
 /// What lowering decided, for `optc compile --target nvrtc` and logs.
@@ -97,8 +100,10 @@ pub struct CudaProgram {
     pub(super) state: Vec<Option<DeviceBox>>,
     pub(super) weights: Vec<DeviceBox>,
     pub(super) arena: Option<DeviceBox>,
-    /// `argmax_{dtype}` kernels for greedy sampling.
+    /// `argmax_part_{dtype}` kernels for greedy sampling (chunks of rows),
+    /// and the kernel that combines a row's chunks.
     pub(super) argmax: HashMap<&'static str, CudaFunction>,
+    pub(super) argmax_combine: CudaFunction,
     pub(super) summary: CudaSummary,
     /// With `OPTC_CUDA_PROFILE=1`: GPU time per kernel kind (CUDA events
     /// around every step) and host time per phase, reported on drop.
@@ -213,6 +218,7 @@ impl CudaProgram {
                             args,
                             outs,
                             exec: Exec::Host,
+                            cache_written: false,
                         });
                         summary.folded += 1;
                         continue;
@@ -280,9 +286,18 @@ impl CudaProgram {
                         args,
                         outs,
                         exec,
+                        cache_written: false,
                     });
                 }
             }
+        }
+        if std::env::var("OPTC_CUDA_FUSE").map_or(true, |v| v != "0") {
+            let outputs: HashSet<usize> = g.outputs().iter().map(|o| vid[&o.value]).collect();
+            for (name, by) in super::fuse::fuse(&mut steps, &types, &outputs) {
+                let n = summary.kernels.entry(name.to_string()).or_insert(0);
+                *n = n.saturating_add_signed(by as isize);
+            }
+            summary.kernels.retain(|_, n| *n > 0);
         }
         // Compile (or load) the kernels and resolve each step's functions.
         let (ptx, report) = compile::compile(&compile::source(&instances), gpu.arch).map_err(&gerr)?;
@@ -357,8 +372,9 @@ impl CudaProgram {
         }
         let mut argmax = HashMap::new();
         for d in ["f32", "bf16", "f16"] {
-            argmax.insert(d, gpu.function(&format!("argmax_{d}")).map_err(&gerr)?);
+            argmax.insert(d, gpu.function(&format!("argmax_part_{d}")).map_err(&gerr)?);
         }
+        let argmax_combine = gpu.function("argmax_combine").map_err(&gerr)?;
         // Evaluate folded ops and upload the constants kernels read.
         let mut host: HashMap<usize, Tensor> = HashMap::new();
         let weight_node: HashMap<usize, (String, String)> = order
@@ -532,10 +548,9 @@ impl CudaProgram {
             weights,
             arena: None,
             argmax,
+            argmax_combine,
             summary,
-            profile: std::env::var("OPTC_CUDA_PROFILE")
-                .is_ok_and(|v| v == "1")
-                .then(Profile::default),
+            profile: Profile::from_env(),
             graphs: std::env::var("OPTC_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             captures: HashMap::new(),
         })

@@ -75,8 +75,16 @@ impl CudaProgram {
         let ex = self.execute(inputs, Some((v, f.clone())))?;
         let (dims, mut ptr) = (ex.dims, ex.ptr);
         let rows = dims[v][0];
+        let t_wait = std::time::Instant::now();
         let r = match ex.argmax {
-            Some(buf) => self.read_argmax(buf, rows),
+            Some(buf) => {
+                let r = self.read_argmax(buf, rows);
+                if let Some(p) = &mut self.profile {
+                    *p.host.entry("graph: wait + read tokens").or_insert(0.0) +=
+                        t_wait.elapsed().as_secs_f64() * 1e3;
+                }
+                r
+            }
             None => self.argmax_rows(&f, ptr[v], &dims[v]),
         };
         if !ex.captured {
@@ -85,16 +93,36 @@ impl CudaProgram {
         r.map_err(node_err(&self.graph.name))
     }
 
-    /// Launches the argmax over `dims[0]` rows at `x` into a pool buffer.
+    /// Launches the argmax over `dims[0]` rows at `x` into a pool buffer
+    /// (tokens, then log probabilities): blocks of `ARGMAX_CHUNK` logits,
+    /// then one warp per row to combine them.
     fn launch_argmax(&mut self, f: &CudaFunction, x: u64, dims: &[usize]) -> Result<u64, String> {
+        const ARGMAX_CHUNK: usize = 1024;
         let (rows, cols) = (dims[0], dims[1]);
         let buf = self.pool.alloc(rows.max(1) * 8)?;
-        let gpu = &self.gpu;
-        if rows > 0 {
-            launch!(gpu, f, cfg((rows as u32, 1, 1), 256, 0);
-                x = x, tok = buf, lp = buf + rows as u64 * 4, c = cols as i32)?;
+        if rows == 0 {
+            return Ok(buf);
         }
-        Ok(buf)
+        let chunks = cols.div_ceil(ARGMAX_CHUNK).max(1);
+        if chunks > 65535 || rows > i32::MAX as usize || cols > i32::MAX as usize {
+            self.pool.release(buf);
+            return Err(format!(
+                "greedy sampling over {rows} rows of {cols} logits is too large"
+            ));
+        }
+        let part = self.pool.alloc(rows * chunks * 12)?;
+        let (gpu, combine) = (&self.gpu, &self.argmax_combine);
+        let r = launch!(gpu, f, cfg((rows as u32, chunks as u32, 1), 256, 0);
+                x = x, part = part, c = cols as i32, chunk = ARGMAX_CHUNK as i32)
+        .and_then(|_| {
+            launch!(gpu, combine, cfg((rows as u32, 1, 1), 32, 0);
+                part = part, tok = buf, lp = buf + rows as u64 * 4, n = chunks as i32)
+        });
+        self.pool.release(part);
+        if r.is_err() {
+            self.pool.release(buf);
+        }
+        r.map(|_| buf)
     }
 
     fn read_argmax(&self, buf: u64, rows: usize) -> Result<Vec<(u32, f32)>, String> {
@@ -298,7 +326,7 @@ impl CudaProgram {
         // Decode steps (one token per sequence, all on the GPU) replay a
         // graph captured on the first step of their shape.
         let graphable = self.graphs
-            && self.profile.is_none()
+            && self.profile.as_ref().is_none_or(|p| !p.per_kernel)
             && !attn.is_empty()
             && self.steps.iter().all(|s| match &s.exec {
                 Exec::Host => false,
@@ -326,9 +354,18 @@ impl CudaProgram {
                 self.gpu
                     .htod(c.arena.ptr, &arena)
                     .map_err(node_err(&self.graph.name))?;
+                let before = self.profile.as_ref().map(|_| self.record_event()).transpose()?;
                 c.graph
                     .launch()
                     .map_err(|e| node_err(&self.graph.name)(format!("CUDA graph launch: {e}")))?;
+                if let Some(before) = before {
+                    let after = self.record_event()?;
+                    if let Some(p) = &mut self.profile {
+                        *p.host.entry("graph: prepare + launch").or_insert(0.0) +=
+                            t_start.elapsed().as_secs_f64() * 1e3;
+                        p.replays.push((before, after));
+                    }
+                }
                 return Ok(Executed {
                     dims,
                     ptr: c.ptr.clone(),
@@ -453,14 +490,8 @@ impl CudaProgram {
                 ptr[s.outs[0]] = ptr[s.args[0]];
                 continue;
             }
-            if self.profile.is_some() {
-                let ev = self
-                    .gpu
-                    .ctx
-                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                    .and_then(|e| e.record(&self.gpu.stream).map(|_| e))
-                    .map_err(|e| node_err(&s.node)(e.to_string()))?;
-                events.push((si, ev));
+            if self.profile.as_ref().is_some_and(|p| p.per_kernel) {
+                events.push((si, self.record_event()?));
             }
             for &o in &s.outs {
                 if self.locs[o] == Loc::Temp {
@@ -487,13 +518,11 @@ impl CudaProgram {
                 }
             }
         }
-        if let Some(p) = &mut self.profile {
-            let end = self
-                .gpu
-                .ctx
-                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .and_then(|e| e.record(&self.gpu.stream).map(|_| e))
-                .map_err(|e| node_err(&self.graph.name)(e.to_string()))?;
+        if !events.is_empty() {
+            let end = self.record_event()?;
+            let Some(p) = &mut self.profile else {
+                return Ok(());
+            };
             end.synchronize()
                 .map_err(|e| node_err(&self.graph.name)(e.to_string()))?;
             for (i, (si, ev)) in events.iter().enumerate() {
@@ -509,6 +538,15 @@ impl CudaProgram {
             }
         }
         Ok(())
+    }
+
+    /// An event recorded on the stream now (for `OPTC_CUDA_PROFILE`).
+    fn record_event(&self) -> Result<cudarc::driver::CudaEvent, CodegenError> {
+        self.gpu
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .and_then(|e| e.record(&self.gpu.stream).map(|_| e))
+            .map_err(|e| node_err(&self.graph.name)(e.to_string()))
     }
 
     /// The op's reference semantics on the host.

@@ -22,6 +22,11 @@ pub(super) enum Kernel {
     LayerNorm,
     Rope,
     SwiGlu,
+    /// SwiGLU over the two halves of one tensor (a split fused away).
+    SwiGluSplit,
+    /// Query/key RoPE and the KV cache write, straight from the fused QKV
+    /// projection (the split copies fused away; see `fuse.rs`).
+    RopeQkvCache,
     Gelu,
     Unary,
     Binary,
@@ -47,6 +52,8 @@ impl Kernel {
             Kernel::LayerNorm => "layer_norm",
             Kernel::Rope => "rope",
             Kernel::SwiGlu => "swiglu",
+            Kernel::SwiGluSplit => "swiglu (split fused)",
+            Kernel::RopeQkvCache => "rope + kv cache write (split fused)",
             Kernel::Gelu => "gelu",
             Kernel::Unary => "unary",
             Kernel::Binary => "binary",
@@ -159,11 +166,23 @@ pub(super) fn function_names(k: Kernel, args: &[&TensorType], out: &TensorType) 
     let w = word_name(out.dtype).unwrap_or("b4");
     match k {
         Kernel::Linear | Kernel::MatMul => vec![],
-        Kernel::RmsNorm => vec![format!("rms_norm_{f}")],
-        Kernel::AddRmsNorm => vec![format!("add_rms_norm_{f}")],
+        // The general kernel, then the register-resident ones by runs of
+        // eight per thread (1, 2, 4).
+        Kernel::RmsNorm | Kernel::AddRmsNorm => {
+            let n = if k == Kernel::RmsNorm {
+                "rms_norm"
+            } else {
+                "add_rms_norm"
+            };
+            let mut v = vec![format!("{n}_{f}")];
+            v.extend([1, 2, 4].map(|r| format!("{n}_vec{r}_{f}")));
+            v
+        }
         Kernel::LayerNorm => vec![format!("layer_norm_{f}")],
         Kernel::Rope => vec![format!("rope_{f}")],
         Kernel::SwiGlu => vec![format!("swiglu_{f}")],
+        Kernel::SwiGluSplit => vec![format!("swiglu_split_{f}")],
+        Kernel::RopeQkvCache => vec![format!("rope_qkv_cache_{f}")],
         Kernel::Gelu => vec![format!("gelu_{f}")],
         Kernel::Unary => vec![format!("unary_{f}")],
         Kernel::Binary => vec![format!("binary_{f}")],
@@ -297,6 +316,8 @@ mod tests {
             Kernel::LayerNorm,
             Kernel::Rope,
             Kernel::SwiGlu,
+            Kernel::SwiGluSplit,
+            Kernel::RopeQkvCache,
             Kernel::Gelu,
             Kernel::Unary,
             Kernel::Binary,
@@ -330,9 +351,10 @@ mod tests {
             }
         }
         for name in [
-            "argmax_f32",
-            "argmax_bf16",
-            "argmax_f16",
+            "argmax_part_f32",
+            "argmax_part_bf16",
+            "argmax_part_f16",
+            "argmax_combine",
             "paged_prefill_mma_bf16_d64",
         ] {
             assert!(have.contains(name), "{name}");

@@ -1,0 +1,243 @@
+//! Fusions at lowering, where one kernel reads what the IR keeps as
+//! separate ops: the gate/up split feeding SwiGLU, and the QKV split
+//! feeding query/key RoPE and the paged-attention cache write. The split
+//! copies, one of the two RoPE launches and the cache write disappear: a
+//! Llama layer goes from 16 launches to 10. The IR is left as it is; these
+//! are facts about the CUDA kernels, not rewrites every target wants.
+//! `OPTC_CUDA_FUSE=0` turns them off (to compare).
+
+use std::collections::{HashMap, HashSet};
+
+use optc_ir::dim::normalize_axis;
+use optc_ir::ops::Op;
+use optc_ir::{Dim, TensorType};
+
+use super::program::{Exec, Step};
+use super::select::Kernel;
+
+/// Who writes and who reads each value.
+struct Uses {
+    producer: HashMap<usize, usize>,
+    readers: HashMap<usize, Vec<usize>>,
+}
+
+impl Uses {
+    fn new(steps: &[Step]) -> Uses {
+        let mut producer = HashMap::new();
+        let mut readers: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, s) in steps.iter().enumerate() {
+            for &o in &s.outs {
+                producer.insert(o, i);
+            }
+            for &a in &s.args {
+                readers.entry(a).or_default().push(i);
+            }
+        }
+        Uses { producer, readers }
+    }
+
+    /// The value `v` views (through reshapes), or `v`.
+    fn root(&self, steps: &[Step], mut v: usize) -> usize {
+        while let Some(&p) = self.producer.get(&v) {
+            match steps[p].exec {
+                Exec::View => v = steps[p].args[0],
+                _ => break,
+            }
+        }
+        v
+    }
+
+    /// The kernel step that produces `v`, if it is of kind `k`.
+    fn kernel_producer(&self, steps: &[Step], v: usize, k: Kernel) -> Option<usize> {
+        let p = *self.producer.get(&v)?;
+        matches!(&steps[p].exec, Exec::Kernel(kk, _) if *kk == k).then_some(p)
+    }
+
+    /// Whether step `to` is the one reader of `v`, directly or through a
+    /// chain of views, and `v` is not a graph output.
+    fn read_only_by(&self, steps: &[Step], v: usize, to: usize, outputs: &HashSet<usize>) -> bool {
+        if outputs.contains(&v) {
+            return false;
+        }
+        match self.readers.get(&v).map(Vec::as_slice) {
+            Some(&[r]) if r == to => true,
+            Some(&[r]) if matches!(steps[r].exec, Exec::View) => {
+                self.read_only_by(steps, steps[r].outs[0], to, outputs)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn konst(d: &Dim) -> Option<usize> {
+    d.as_const().and_then(|c| usize::try_from(c).ok())
+}
+
+/// The split step producing exactly `outs` along its input's last axis.
+fn last_axis_split(steps: &[Step], types: &[TensorType], sp: usize, outs: &[usize]) -> bool {
+    let s = &steps[sp];
+    let Op::Split(o) = &s.op else { return false };
+    let rank = types[s.args[0]].rank();
+    s.outs == outs && normalize_axis(o.axis, rank).ok() == Some(rank.saturating_sub(1))
+}
+
+/// Rewrites `steps` in place; returns the counts to move in the summary
+/// (kernel name, change).
+pub(super) fn fuse(
+    steps: &mut Vec<Step>,
+    types: &[TensorType],
+    outputs: &HashSet<usize>,
+) -> Vec<(&'static str, i64)> {
+    let mut removed: HashSet<usize> = HashSet::new();
+    let mut counts = Vec::new();
+    let uses = Uses::new(steps);
+    for i in 0..steps.len() {
+        if let Some(sp) = swiglu_split(steps, types, outputs, &uses, i) {
+            steps[i].args = vec![steps[sp].args[0]];
+            steps[i].exec = Exec::Kernel(Kernel::SwiGluSplit, Vec::new());
+            removed.insert(sp);
+            counts.extend([
+                (Kernel::Split.name(), -1),
+                (Kernel::SwiGlu.name(), -1),
+                (Kernel::SwiGluSplit.name(), 1),
+            ]);
+        }
+        if let Some((sp, rq, rk)) = rope_qkv_cache(steps, types, outputs, &uses, i) {
+            let a = &steps[i].args;
+            let args = vec![
+                steps[sp].args[0],
+                steps[rq].args[1],
+                steps[rq].args[2],
+                a[3],
+                a[4],
+                a[9],
+            ];
+            steps[rq].args = args;
+            steps[rq].exec = Exec::Kernel(Kernel::RopeQkvCache, Vec::new());
+            steps[i].cache_written = true;
+            removed.extend([sp, rk]);
+            counts.extend([
+                (Kernel::Split.name(), -1),
+                (Kernel::Rope.name(), -2),
+                (Kernel::RopeQkvCache.name(), 1),
+            ]);
+        }
+    }
+    if removed.is_empty() {
+        return counts;
+    }
+    // Drop the fused steps and the views of what they produced.
+    let mut dead: HashSet<usize> = HashSet::new();
+    let mut kept = Vec::with_capacity(steps.len());
+    for (i, s) in std::mem::take(steps).into_iter().enumerate() {
+        let is_dead = removed.contains(&i) || (matches!(s.exec, Exec::View) && dead.contains(&s.args[0]));
+        if is_dead {
+            dead.extend(s.outs.iter().copied());
+        } else {
+            kept.push(s);
+        }
+    }
+    *steps = kept;
+    counts
+}
+
+/// `swiglu(g, u)` where `g, u` are the two halves of one last-axis split
+/// that nothing else reads: the split step.
+fn swiglu_split(
+    steps: &[Step],
+    types: &[TensorType],
+    outputs: &HashSet<usize>,
+    uses: &Uses,
+    i: usize,
+) -> Option<usize> {
+    let s = &steps[i];
+    if !matches!(s.exec, Exec::Kernel(Kernel::SwiGlu, _)) || s.args.len() != 2 {
+        return None;
+    }
+    let (g, u) = (s.args[0], s.args[1]);
+    let sp = uses.kernel_producer(steps, g, Kernel::Split)?;
+    let ok = last_axis_split(steps, types, sp, &[g, u])
+        && types[g] == types[u]
+        && [g, u]
+            .iter()
+            .all(|&v| !outputs.contains(&v) && uses.readers.get(&v).map(Vec::as_slice) == Some(&[i][..]));
+    ok.then_some(sp)
+}
+
+/// `paged_attention(q, k, v, ...)` with `q = rope(split.0)`,
+/// `k = rope(split.1)` (one cos/sin pair), `v = split.2` (through reshapes,
+/// read by nothing else), heads and head dims constant, cos/sin rows per
+/// token: the (split, query rope, key rope) steps.
+fn rope_qkv_cache(
+    steps: &[Step],
+    types: &[TensorType],
+    outputs: &HashSet<usize>,
+    uses: &Uses,
+    p: usize,
+) -> Option<(usize, usize, usize)> {
+    let s = &steps[p];
+    if !matches!(s.exec, Exec::Kernel(Kernel::PagedAttention, _)) || s.args.len() < 10 {
+        return None;
+    }
+    let (q, k, v) = (s.args[0], s.args[1], s.args[2]);
+    let (q_out, k_out, v_root) = (uses.root(steps, q), uses.root(steps, k), uses.root(steps, v));
+    let rq = uses.kernel_producer(steps, q_out, Kernel::Rope)?;
+    let rk = uses.kernel_producer(steps, k_out, Kernel::Rope)?;
+    let (Op::Rope(oq), Op::Rope(ok)) = (&steps[rq].op, &steps[rk].op) else {
+        return None;
+    };
+    let (xq, xk) = (steps[rq].args[0], steps[rk].args[0]);
+    let (xq_root, xk_root) = (uses.root(steps, xq), uses.root(steps, xk));
+    let sp = uses.kernel_producer(steps, v_root, Kernel::Split)?;
+    let same_tables = steps[rq].args[1..] == steps[rk].args[1..] && oq.interleaved == ok.interleaved;
+    if !same_tables || !last_axis_split(steps, types, sp, &[xq_root, xk_root, v_root]) {
+        return None;
+    }
+    let only = |v: usize, to: usize| uses.read_only_by(steps, v, to, outputs);
+    if !(only(xq_root, rq) && only(xk_root, rk) && only(v_root, p) && only(q_out, p) && only(k_out, p)) {
+        return None;
+    }
+    // [T, heads, head dim] with constant heads and head dims.
+    let heads = |v: usize| -> Option<(usize, usize)> {
+        let d = types[v].shape.dims();
+        (d.len() == 3).then_some(())?;
+        Some((konst(&d[1])?, konst(&d[2])?))
+    };
+    let ((hq, dq), (hkv, dk), (hv, dv)) = (heads(q)?, heads(k)?, heads(v)?);
+    let width = konst(types[steps[sp].args[0]].shape.dims().last()?)?;
+    if dq != dk || hv != hkv || width != hq * dq + hkv * dk + hkv * dv {
+        return None;
+    }
+    // cos/sin: rows of r per token, broadcast over the heads axis.
+    let cos = &types[steps[rq].args[1]];
+    if types[steps[rq].args[2]] != *cos {
+        return None;
+    }
+    let r = konst(cos.shape.dims().last()?)?;
+    if r > dq || r % 2 != 0 {
+        return None;
+    }
+    for (x, h) in [(xq, hq), (xk, hkv)] {
+        let xd = types[x].shape.dims();
+        let cd = cos.shape.dims();
+        // Same rank: every leading axis but the heads one is cos/sin's too.
+        if xd.len() < 2 || cd.len() != xd.len() || konst(&xd[xd.len() - 1]) != Some(dq) {
+            return None;
+        }
+        let heads_axis = xd.len() - 2;
+        if konst(&xd[heads_axis]) != Some(h) {
+            return None;
+        }
+        let fits = (0..xd.len() - 1).all(|j| {
+            if j == heads_axis {
+                konst(&cd[j]) == Some(1)
+            } else {
+                cd[j] == xd[j]
+            }
+        });
+        if !fits {
+            return None;
+        }
+    }
+    Some((sp, rq, rk))
+}

@@ -1,0 +1,51 @@
+"""Compiles optc's CUDA kernels with NVRTC on a machine without a GPU.
+
+NVRTC needs no GPU, so a kernel edit can be syntax- and resource-checked
+here before a device call. Needs libnvrtc and the CUDA headers, e.g. from
+the `nvidia-cuda-nvrtc` and `nvidia-cuda-runtime` wheels unpacked into one
+folder:
+
+    python3 scripts/nvrtc_check.py /path/to/nvidia/cu13 [--verbose]
+
+It compiles the same translation unit the nvrtc target builds (common
+helpers, every kernel file, bf16/f32 attention instances) for sm_90 to a
+cubin and prints NVRTC's log (with --verbose, ptxas's registers and spills).
+"""
+import ctypes
+import pathlib
+import sys
+
+root = pathlib.Path(__file__).resolve().parent.parent / "kernels" / "cuda"
+cuda = pathlib.Path(sys.argv[1])
+verbose = "--verbose" in sys.argv
+files = ["common.cuh", "elementwise.cu", "norm.cu", "layout.cu", "attention.cu", "sample.cu"]
+src = "".join((root / f).read_text() + "\n" for f in files)
+src += "OPTC_PAGED_ATTENTION(bf16, bf16, 64, 64)\nOPTC_PAGED_ATTENTION(float, f32, 128, 64)\n"
+mma = (root / "common.cuh").read_text() + (root / "attention_mma.cu").read_text()
+mma += "OPTC_PAGED_PREFILL_MMA(bf16, bf16, 64)\n"
+
+lib = ctypes.CDLL(str(next((cuda / "lib").glob("libnvrtc.so*"))))
+
+
+def build(name, text):
+    prog = ctypes.c_void_p()
+    r = lib.nvrtcCreateProgram(ctypes.byref(prog), text.encode(), name.encode(), 0, None, None)
+    assert r == 0, r
+    opts = [b"-arch=sm_90", b"-std=c++17", f"-I{cuda / 'include'}".encode()]
+    if verbose:
+        opts.append(b"-Xptxas=-v")
+    arr = (ctypes.c_char_p * len(opts))(*opts)
+    r = lib.nvrtcCompileProgram(prog, len(opts), arr)
+    n = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
+    log = ctypes.create_string_buffer(n.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    text = log.value.decode(errors="replace").strip()
+    print(f"{name}: {'ok' if r == 0 else f'FAILED ({r})'}")
+    if text:
+        print(text)
+    return r == 0
+
+
+ok = build("optc.cu", src) & build("optc_mma.cu", mma)
+sys.exit(0 if ok else 1)
