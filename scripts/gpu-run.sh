@@ -6,7 +6,7 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, profile, graphprof, ncu, peer. Results go to $OUT.
+# Stages (comma-separated): tests, compile, bench, profile, graphprof, ncu, ncudetail, peer. Results go to $OUT.
 set -u
 STAGES=${1:-tests,compile,bench,peer}
 OUT=${OUT:-$PWD/out}
@@ -23,7 +23,7 @@ if has tests; then
   echo "== tests"
   .device/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
 fi
-if has compile || has bench || has profile || has graphprof || has ncu || has peer; then
+if has compile || has bench || has profile || has graphprof || has ncu || has ncudetail || has peer; then
   if [ ! -e $MODEL/config.json ]; then
     python3 .device/hf_baseline.py --parts save_model --model-dir $MODEL 2>&1 | tail -2
   fi
@@ -61,6 +61,16 @@ if has ncu; then
     "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --launch-skip 20000 --launch-count 520 \
       "$BIN" bench $MODEL --target nvrtc --workloads $w --reps 1 --max-num-tokens 16384 > "$OUT/ncu_$w.csv" 2> "$OUT/ncu_$w.err"
     python3 .device/ncu_summary.py "$OUT/ncu_$w.csv" 2 | head -30
+  done
+fi
+if has ncudetail; then
+  # One decode-attention launch and one layer GEMV in full detail.
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for k in paged_decode gemv_bf16_m1; do
+    echo "== ncu detail $k (W1)"
+    "$NCU" --clock-control none --set detailed -k regex:$k --launch-skip 200 --launch-count 1 \
+      "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 > "$OUT/ncu_detail_$k.txt" 2>&1
+    grep -E "Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Block Limit|Waves Per SM|Grid Size|Issue Slots|Eligible Warps" "$OUT/ncu_detail_$k.txt" | head -16
   done
 fi
 if has peer; then

@@ -92,9 +92,10 @@ fn step_graphs_match_the_cpu_target_across_steps() {
             "{name}: {s:?}"
         );
         assert!(s.host.is_empty(), "{name}: step graph ops on the host: {s:?}");
-        // Rotary models: RoPE, the QKV split and the cache write are one
-        // kernel per layer, and SwiGLU reads the gate/up GEMM directly.
-        if name != "gpt2" {
+        // Rotary models with a QKV split (Phi-3 slices its packed
+        // projection): RoPE, the split and the cache write are one kernel
+        // per layer; SwiGLU reads the gate/up GEMM directly.
+        if !["gpt2", "phi3"].contains(&name) {
             assert_eq!(
                 s.kernels.get("rope + kv cache write (split fused)"),
                 Some(&m.config.num_layers),
@@ -102,7 +103,7 @@ fn step_graphs_match_the_cpu_target_across_steps() {
             );
             assert_eq!(s.kernels.get("rope"), None, "{name}: {s:?}");
         }
-        if !["gpt2", "phi3"].contains(&name) {
+        if name != "gpt2" {
             assert_eq!(
                 s.kernels.get("swiglu (split fused)"),
                 Some(&m.config.num_layers),
@@ -195,9 +196,10 @@ fn random(n: usize, seed: &mut u64) -> Vec<f32> {
         .collect()
 }
 
-/// Three steps over three sequences: prefill chunks (one long enough for
+/// Four steps over three sequences: prefill chunks (one long enough for
 /// several tiles), a chunk after cached tokens, then decode, where a
-/// 700-token context goes down the split-K path.
+/// 700-token context goes down the split path, and decode of the two
+/// short sequences alone.
 #[test]
 fn paged_attention_matches_the_interpreter() {
     if !gpu() {
@@ -277,10 +279,13 @@ fn paged_attention_matches_the_interpreter() {
         let zeros = Tensor::from_f32(c.dtype, &cache_shape, &vec![0.0; cache_shape.iter().product()]);
         let (mut kc, mut vc) = (zeros.clone(), zeros);
         // (start, len) per sequence and step.
-        let steps: [[(usize, usize); 3]; 3] = [
+        // Decode steps take the one-launch decode kernel: split over
+        // blocks (the 701-key context) and, at short contexts, not.
+        let steps: [[(usize, usize); 3]; 4] = [
             [(0, 400), (0, 60), (0, 33)],
             [(400, 300), (60, 37), (33, 0)],
             [(700, 1), (97, 1), (33, 1)],
+            [(701, 0), (98, 1), (34, 1)],
         ];
         for (si, step) in steps.iter().enumerate() {
             let mut s = StepInputs::default();
@@ -441,6 +446,46 @@ fn norms_at_model_widths_match_the_interpreter() {
                 assert!(
                     e < tolerance(t) / 10.0 + 1e-6,
                     "{t} [{rows}, {cols}] %{}: rel L2 {e}",
+                    o.name
+                );
+            }
+        }
+    }
+}
+
+/// Linear layers at decode batch sizes (the GEMV kernels: one row, up to
+/// four) and just past them (cuBLASLt), with and without bias, at an odd
+/// output width.
+#[test]
+fn linears_at_decode_batches_match_the_interpreter() {
+    for t in [DType::F32, DType::BF16] {
+        for m in [1usize, 3, 4, 5] {
+            let (k, n) = (2056usize, 37usize);
+            let text = format!(
+                "graph l(%x: {t}[{m}, {k}], %w: {t}[{n}, {k}], %b: {t}[{n}]) -> (%y: {t}[{m}, {n}], %z: {t}[{m}, {n}]) {{
+  %0: {t}[{m}, {n}] = linear(%x, %w)
+  %1: {t}[{m}, {n}] = linear(%x, %w, %b)
+  return %0, %1
+}}"
+            );
+            let g = parse(&text).unwrap();
+            let mut seed = (m * 131) as u64;
+            let mut inputs = BTreeMap::new();
+            for (name, shape) in [("x", vec![m, k]), ("w", vec![n, k]), ("b", vec![n])] {
+                let v = random(shape.iter().product(), &mut seed);
+                inputs.insert(name.to_string(), Tensor::from_f32(t, &shape, &v));
+            }
+            let want = run(&g, &inputs, &WeightStore::new()).unwrap();
+            if !gpu() {
+                return;
+            }
+            let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+            let got = p.run(&inputs).unwrap();
+            for (o, wt) in g.outputs().iter().zip(&want) {
+                let e = rel_l2(&got[&o.name], wt);
+                assert!(
+                    e < tolerance(t) / 10.0 + 1e-6,
+                    "{t} m {m} %{}: rel L2 {e}",
                     o.name
                 );
             }

@@ -213,6 +213,202 @@ template <typename T> __device__ void attention_combine_impl(const float* part, 
     }
 }
 
+// Decode: one query token per sequence, so one block per (sequence, KV
+// head, split) holds the G <= 8 query heads of its group in shared memory
+// and its four warps take 32-key chunks in turn, a lane per key. A lane
+// starts the copy of its key's value row into the warp's shared stage
+// (cp.async, 16 bytes at a time), reads its key row with 16-byte loads and
+// scores it against every head while the copy runs; values then
+// accumulate from the stage with a lane per D/32 dims. The warps' states
+// merge in shared memory; with several splits each block leaves its
+// partial state and the last block of a (sequence, KV head) to finish
+// (counted in `counters`, which it resets to 0) merges them, so decode is
+// one launch. Needs D % 8 == 0, 16-byte-aligned rows and
+// `paged_decode_smem_bytes` of dynamic shared memory (the host checks).
+constexpr int DECODE_GROUP = 8;
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+}
+
+template <typename T, int D>
+__device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i64* positions,
+                                  const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
+                                  int ntok, int hq, int hkv, int bs, float scale, int window) {
+    // Head dims past 256 would overflow static shared memory: the host
+    // never launches this kernel for them, and they compile to nothing.
+    if constexpr (D <= 256) {
+    constexpr int DPL = (D + 31) / 32;
+    constexpr int GM = DECODE_GROUP;
+    __shared__ __align__(16) float q_s[GM * D];
+    __shared__ float m_s[4][GM], l_s[4][GM];
+    __shared__ float a_s[4][GM * D];
+    __shared__ int last_s;
+    // Per warp: 32 value rows of D.
+    extern __shared__ __align__(16) unsigned char decode_smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    T* v_s = reinterpret_cast<T*>(decode_smem) + warp * 32 * D;
+    const int t = blockIdx.x, kh = blockIdx.y, z = blockIdx.z, nsplit = gridDim.z;
+    const int G = hq / hkv;
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) q_s[i] = ld(&q[((i64)t * hq + kh * G) * D + i]) * scale;
+    const int p = (int)positions[t];
+    const int first = window > 0 ? max(0, p + 1 - window) : 0;
+    const int nchunks = (p - first + 32) / 32;
+    const int per = (nchunks + nsplit - 1) / nsplit;
+    const int c_begin = z * per, c_end = min(nchunks, c_begin + per);
+    const i64* table = block_tables + (i64)t * max_blocks;
+    float m[GM], l[GM], acc[GM][DPL];
+#pragma unroll
+    for (int g = 0; g < GM; ++g) {
+        m[g] = -OPTC_INF;
+        l[g] = 0.f;
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) acc[g][i] = 0.f;
+    }
+    __syncthreads();
+    for (int c = c_begin + warp; c < c_end; c += 4) {
+        const int key = first + c * 32 + lane;
+        const bool valid = key <= p;
+        const i64 slot = valid ? table[key / bs] * bs + key % bs : -1;
+        float sc[GM];
+#pragma unroll
+        for (int g = 0; g < GM; ++g) sc[g] = 0.f;
+        if (valid) {
+            const i64 base = (slot * hkv + kh) * D;
+            constexpr int PER16 = 16 / sizeof(T);
+#pragma unroll 4
+            for (int d = 0; d < D; d += PER16) cp_async16(v_s + lane * D + d, vc + base + d);
+            const T* kr = kc + base;
+#pragma unroll 4
+            for (int d = 0; d < D; d += 8) {
+                float kv[8];
+                ld8(kr + d, kv);
+#pragma unroll
+                for (int g = 0; g < GM; ++g) {
+                    if (g < G) {
+                        const float4 a = *reinterpret_cast<const float4*>(&q_s[g * D + d]);
+                        const float4 b = *reinterpret_cast<const float4*>(&q_s[g * D + d + 4]);
+                        sc[g] += a.x * kv[0] + a.y * kv[1] + a.z * kv[2] + a.w * kv[3] + b.x * kv[4] +
+                                 b.y * kv[5] + b.z * kv[6] + b.w * kv[7];
+                    }
+                }
+            }
+        }
+        float pr[GM];
+#pragma unroll
+        for (int g = 0; g < GM; ++g) {
+            if (g >= G) continue;
+            const float mx = warp_max(valid ? sc[g] : -OPTC_INF);
+            const float mn = fmaxf(m[g], mx);
+            const float corr = expf(m[g] - mn);
+            pr[g] = valid ? expf(sc[g] - mn) : 0.f;
+            l[g] = l[g] * corr + pr[g];
+#pragma unroll
+            for (int i = 0; i < DPL; ++i) acc[g][i] *= corr;
+            m[g] = mn;
+        }
+        cp_async_wait_all();
+        __syncwarp();
+        const int nvalid = min(32, p - (first + c * 32) + 1);
+#pragma unroll 4
+        for (int j = 0; j < nvalid; ++j) {
+            const T* vr = v_s + j * D + lane * DPL;
+            float vv[DPL];
+#pragma unroll
+            for (int i = 0; i < DPL; ++i) vv[i] = lane * DPL + i < D ? ld(&vr[i]) : 0.f;
+#pragma unroll
+            for (int g = 0; g < GM; ++g) {
+                if (g >= G) continue;
+                const float pj = __shfl_sync(0xffffffffu, pr[g], j);
+#pragma unroll
+                for (int i = 0; i < DPL; ++i) acc[g][i] += pj * vv[i];
+            }
+        }
+        // The next chunk's copies overwrite the stage.
+        __syncwarp();
+    }
+    // Merge the four warps.
+#pragma unroll
+    for (int g = 0; g < GM; ++g) {
+        if (g >= G) continue;
+        const float lw = warp_sum(l[g]);
+        if (lane == 0) {
+            m_s[warp][g] = m[g];
+            l_s[warp][g] = lw;
+        }
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) {
+            const int d = lane * DPL + i;
+            if (d < D) a_s[warp][g * D + d] = acc[g][i];
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        const int g = i / D;
+        float mx = -OPTC_INF;
+        for (int w = 0; w < 4; ++w) mx = fmaxf(mx, m_s[w][g]);
+        float lsum = 0.f, a = 0.f;
+        if (mx > -OPTC_INF) {
+            for (int w = 0; w < 4; ++w) {
+                const float f = expf(m_s[w][g] - mx);
+                lsum += l_s[w][g] * f;
+                a += a_s[w][i] * f;
+            }
+        }
+        const int h = kh * G + g, d = i % D;
+        if (nsplit == 1) {
+            st(&out[((i64)t * hq + h) * D + d], lsum > 0.f ? a / lsum : 0.f);
+        } else {
+            float* o = part + (((i64)z * ntok + t) * hq + h) * (D + 2);
+            o[d] = a;
+            if (d == 0) {
+                o[D] = mx;
+                o[D + 1] = lsum;
+            }
+        }
+    }
+    if (nsplit == 1) return;
+    // The last split block of this (token, KV head) merges the partials.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* ctr = counters + (i64)t * hkv + kh;
+        const int done = atomicAdd(ctr, 1);
+        last_s = done == nsplit - 1;
+        if (last_s) *ctr = 0;
+    }
+    __syncthreads();
+    if (!last_s) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        const int g = i / D, d = i % D, h = kh * G + g;
+        float mx = -OPTC_INF;
+        for (int zz = 0; zz < nsplit; ++zz) {
+            const float* o = part + (((i64)zz * ntok + t) * hq + h) * (D + 2);
+            mx = fmaxf(mx, __ldcg(&o[D]));
+        }
+        float lsum = 0.f, a = 0.f;
+        if (mx > -OPTC_INF) {
+            for (int zz = 0; zz < nsplit; ++zz) {
+                const float* o = part + (((i64)zz * ntok + t) * hq + h) * (D + 2);
+                const float lz = __ldcg(&o[D + 1]);
+                if (lz > 0.f) {
+                    const float f = expf(__ldcg(&o[D]) - mx);
+                    lsum += lz * f;
+                    a += __ldcg(&o[d]) * f;
+                }
+            }
+        }
+        st(&out[((i64)t * hq + h) * D + d], lsum > 0.f ? a / lsum : 0.f);
+    }
+    }
+}
+
 #define OPTC_ATTENTION_COMMON(T, N)                                                                       \
     extern "C" __global__ void cache_write_##N(const T* k, const T* v, T* kc, T* vc, const i64* slots,    \
                                                i64 ntok, int kw, int vw) {                                \
@@ -235,4 +431,11 @@ OPTC_ATTENTION_COMMON(f16, f16)
         float scale, int window, int nsplit) {                                                            \
         paged_attention_impl<T, D, ROWS>(q, kc, vc, positions, block_tables, max_blocks, tiles, out, part, \
                                          ntok_all, hq, hkv, bs, scale, window, nsplit);                   \
+    }                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(128) paged_decode_##N##_d##D(                            \
+        const T* q, const T* kc, const T* vc, const i64* positions, const i64* block_tables,              \
+        int max_blocks, T* out, float* part, int* counters, int ntok, int hq, int hkv, int bs,            \
+        float scale, int window) {                                                                        \
+        paged_decode_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters,      \
+                                ntok, hq, hkv, bs, scale, window);                                        \
     }

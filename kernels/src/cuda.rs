@@ -8,13 +8,24 @@
 pub const COMMON: &str = include_str!("../cuda/common.cuh");
 
 /// The kernel files, in the order they are concatenated after [`COMMON`].
-pub const FILES: [(&str, &str); 5] = [
+pub const FILES: [(&str, &str); 6] = [
     ("elementwise.cu", include_str!("../cuda/elementwise.cu")),
     ("norm.cu", include_str!("../cuda/norm.cu")),
     ("layout.cu", include_str!("../cuda/layout.cu")),
     ("attention.cu", include_str!("../cuda/attention.cu")),
     ("sample.cu", include_str!("../cuda/sample.cu")),
+    ("gemv.cu", include_str!("../cuda/gemv.cu")),
 ];
+
+/// Most rows of `x` the GEMV kernels take (`gemv_{dtype}_m1`, `_m4`);
+/// larger batches go to cuBLASLt.
+pub const GEMV_MAX_ROWS: usize = 4;
+
+/// Weight rows one 128-thread GEMV block covers.
+pub const GEMV_ROWS_PER_BLOCK: usize = 8;
+
+/// The most dynamic shared memory a GEMV block asks for (its rows of x).
+pub const GEMV_MAX_SMEM: usize = 96 << 10;
 
 /// Query rows (tokens x heads of one KV group) one paged-attention block
 /// handles for head dim `d`: fewer for large heads, whose per-row state
@@ -25,6 +36,19 @@ pub fn attention_rows(d: usize) -> usize {
     } else {
         64
     }
+}
+
+/// Query heads per KV head the decode kernel holds (`DECODE_GROUP` in
+/// attention.cu); larger groups decode on the tiled kernel.
+pub const DECODE_GROUP: usize = 8;
+
+/// The largest head dim the decode kernel takes (its static shared memory).
+pub const DECODE_MAX_HEAD_DIM: usize = 256;
+
+/// Dynamic shared memory of the decode kernel: four warps' stages of 32
+/// value rows of `d` elements of `elem_bytes`.
+pub fn paged_decode_smem_bytes(d: usize, elem_bytes: usize) -> usize {
+    4 * 32 * d * elem_bytes
 }
 
 /// Dynamic shared memory of the paged-attention kernel for head dim `d`.

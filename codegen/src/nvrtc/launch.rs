@@ -7,7 +7,7 @@ use optc_ir::ops::{BinaryKind, GeluApprox, Op, UnaryKind};
 use optc_kernels::cuda as src;
 
 use super::gemm::GemmShape;
-use super::program::{AttentionRun, CudaProgram, Step};
+use super::program::{AttentionRun, CudaProgram, Step, ATTENTION_MMA};
 use super::select::Kernel;
 use super::strided::{broadcast_strides, contiguous, strided};
 
@@ -72,6 +72,23 @@ impl CudaProgram {
                 let kd = last(a[0]);
                 let m = numel(a[0]).checked_div(kd).unwrap_or(0);
                 let nn = dims[a[1]][0];
+                let bytes = m * kd * esize as usize;
+                let aligned = [ptr[a[0]], ptr[a[1]], ptr[o0], opt(2)]
+                    .iter()
+                    .all(|p| p % 16 == 0);
+                if fns.len() == 2
+                    && (1..=src::GEMV_MAX_ROWS).contains(&m)
+                    && kd % 8 == 0
+                    && aligned
+                    && bytes <= src::GEMV_MAX_SMEM
+                    && nn <= i32::MAX as usize
+                {
+                    let f = if m == 1 { &fns[0] } else { &fns[1] };
+                    let blocks = nn.div_ceil(src::GEMV_ROWS_PER_BLOCK) as u32;
+                    return launch!(gpu, f, cfg((blocks, 1, 1), 128, bytes as u32);
+                        x = ptr[a[0]], w = ptr[a[1]], b = opt(2), y = ptr[o0], n = nn as i32, k = kd as i32,
+                        m = m as i32);
+                }
                 let shape = GemmShape {
                     dtype,
                     trans_a: true,
@@ -323,9 +340,23 @@ impl CudaProgram {
                     0
                 };
                 let gpu = &self.gpu;
+                if run.decode {
+                    let counters = self.decode_counters.as_ref().map_or(0, |b| b.ptr);
+                    let grid = (ntok as u32, hkv as u32, run.nsplit as u32);
+                    let smem = src::paged_decode_smem_bytes(d, esize as usize) as u32;
+                    let r = launch!(gpu, &fns[3], cfg(grid, 128, smem);
+                        q = ptr[a[0]], kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],
+                        mb = dims[a[8]][1] as i32, out = ptr[o0], part = part, ctr = counters,
+                        nt = ntok as i32, hq = hq as i32, hkv = hkv as i32, bs = bs as i32, scale = scale,
+                        window = window);
+                    if part != 0 {
+                        self.pool.release(part);
+                    }
+                    return r;
+                }
                 if run.mma {
                     let smem = src::prefill_mma_smem_bytes(d) as u32;
-                    return launch!(gpu, &fns[3], cfg((run.tiles as u32, hkv as u32, 1), 128, smem);
+                    return launch!(gpu, &fns[ATTENTION_MMA], cfg((run.tiles as u32, hkv as u32, 1), 128, smem);
                         q = ptr[a[0]], kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],
                         mb = dims[a[8]][1] as i32, tiles = arena + run.tiles_offset as u64, out = ptr[o0],
                         hq = hq as i32, hkv = hkv as i32, bs = bs as i32, scale = scale, window = window);

@@ -77,7 +77,18 @@ pub(super) struct AttentionRun {
     pub(super) nsplit: usize,
     /// Prefill on the tensor cores (the WMMA kernel).
     pub(super) mma: bool,
+    /// Decode (one token per sequence) on the one-launch decode kernel.
+    pub(super) decode: bool,
 }
+
+/// A paged-attention step's functions: the cache write, the tiled kernel,
+/// its split combine, the decode kernel, then (when it built) the WMMA
+/// prefill at this index.
+pub(super) const ATTENTION_MMA: usize = 4;
+
+/// Split counters of the decode kernel: at most this many (token, KV head)
+/// pairs per step use it.
+pub(super) const DECODE_COUNTERS: usize = 1 << 18;
 
 /// A graph lowered to CUDA kernels and cuBLASLt GEMMs, with its weights on
 /// the GPU and its state (KV caches) allocated there.
@@ -112,6 +123,9 @@ pub struct CudaProgram {
     /// shape; `OPTC_CUDA_GRAPHS=0` turns this off.
     pub(super) graphs: bool,
     pub(super) captures: HashMap<CaptureKey, Captured>,
+    /// The decode kernel's split counters (zero between launches: the
+    /// last block of each pair resets its own).
+    pub(super) decode_counters: Option<DeviceBox>,
 }
 
 /// What a captured graph depends on: every input's shape and the
@@ -331,6 +345,19 @@ impl CudaProgram {
                 for name in function_names(*k, &arg_types, &types[s.outs[0]]) {
                     fns.push(gpu.function(&name).map_err(node_err(&s.node))?);
                 }
+                if *k == Kernel::Linear {
+                    let ok = fns.iter().all(|f| {
+                        f.set_attribute(
+                            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                            src::GEMV_MAX_SMEM as i32,
+                        )
+                        .is_ok()
+                    });
+                    // Without the shared memory the GEMV is off: cuBLASLt.
+                    if !ok || std::env::var("OPTC_CUDA_GEMV").is_ok_and(|v| v == "0") {
+                        fns.clear();
+                    }
+                }
                 if *k == Kernel::PagedAttention {
                     let d = arg_types[0]
                         .shape
@@ -350,6 +377,19 @@ impl CudaProgram {
                             .map_err(|e| CodegenError::Node {
                                 node: s.node.clone(),
                                 message: format!("head dim {d} needs {smem} bytes of shared memory: {e}"),
+                            })?;
+                    }
+                    if d % 8 == 0 && d <= src::DECODE_MAX_HEAD_DIM {
+                        let esize = types[s.outs[0]].dtype.storage_bytes(1);
+                        let bytes = src::paged_decode_smem_bytes(d, esize);
+                        fns[3]
+                            .set_attribute(
+                                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                bytes as i32,
+                            )
+                            .map_err(|e| CodegenError::Node {
+                                node: s.node.clone(),
+                                message: format!("decode attention for head dim {d} needs {bytes} bytes of shared memory: {e}"),
                             })?;
                     }
                     let f = float_name(types[s.outs[0]].dtype).unwrap_or("f32");
@@ -530,6 +570,16 @@ impl CudaProgram {
             .map(|o| (o.name.clone(), vid[&o.value]))
             .collect();
         let gemm = Gemm::new(gpu.arch.0).map_err(&gerr)?;
+        let decode_counters = if steps
+            .iter()
+            .any(|s| matches!(s.exec, Exec::Kernel(Kernel::PagedAttention, _)))
+        {
+            let b = DeviceBox::new(DECODE_COUNTERS * 4).map_err(&gerr)?;
+            gpu.zero(b.ptr, b.bytes).and_then(|_| gpu.sync()).map_err(&gerr)?;
+            Some(b)
+        } else {
+            None
+        };
         Ok(CudaProgram {
             gpu,
             gemm,
@@ -553,6 +603,7 @@ impl CudaProgram {
             profile: Profile::from_env(),
             graphs: std::env::var("OPTC_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             captures: HashMap::new(),
+            decode_counters,
         })
     }
 

@@ -15,7 +15,8 @@ use optc_kernels::cuda as src;
 use super::device::{DeviceBox, Pool};
 use super::launch::cfg;
 use super::program::{
-    node_err, AttentionRun, CaptureKey, Captured, CudaProgram, Exec, Executed, Loc, Step, MAX_CAPTURES,
+    node_err, AttentionRun, CaptureKey, Captured, CudaProgram, Exec, Executed, Loc, Step, ATTENTION_MMA,
+    DECODE_COUNTERS, MAX_CAPTURES,
 };
 use super::select::{float_name, Kernel};
 use crate::CodegenError;
@@ -308,7 +309,28 @@ impl CudaProgram {
                         arena.extend_from_slice(&t.to_le_bytes());
                     }
                     arena.resize(arena.len().div_ceil(256) * 256, 0);
-                    let has_mma = matches!(&s.exec, Exec::Kernel(_, fns) if fns.len() > 3);
+                    let has_mma = matches!(&s.exec, Exec::Kernel(_, fns) if fns.len() > ATTENTION_MMA);
+                    // Decode: one token per sequence, a group the decode
+                    // kernel holds, rows it reads 16 bytes at a time.
+                    let decode = shape.tokens == context_lens.len()
+                        && seq_starts.windows(2).all(|w| w[1] - w[0] == 1)
+                        && group <= src::DECODE_GROUP
+                        && shape.head_dim % 8 == 0
+                        && shape.head_dim <= src::DECODE_MAX_HEAD_DIM
+                        && shape.tokens * shape.kv_heads <= DECODE_COUNTERS;
+                    let nsplit = if decode {
+                        // Each of a block's four warps takes a 32-key chunk;
+                        // split until the grid fills the GPU twice over.
+                        let blocks = shape.tokens * shape.kv_heads;
+                        let fill = (2 * self.gpu.sms as usize).div_ceil(blocks.max(1));
+                        max_chunks
+                            .div_ceil(4)
+                            .next_power_of_two()
+                            .min(fill.next_power_of_two())
+                            .clamp(1, 64)
+                    } else {
+                        nsplit
+                    };
                     attn.insert(
                         si,
                         AttentionRun {
@@ -316,7 +338,8 @@ impl CudaProgram {
                             tiles: ntiles,
                             nsplit,
                             // Prefill-like steps: two or more tokens per tile.
-                            mma: has_mma && nsplit == 1 && shape.tokens >= 2 * ntiles,
+                            mma: !decode && has_mma && nsplit == 1 && shape.tokens >= 2 * ntiles,
+                            decode,
                         },
                     );
                 }

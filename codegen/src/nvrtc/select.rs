@@ -165,7 +165,10 @@ pub(super) fn function_names(k: Kernel, args: &[&TensorType], out: &TensorType) 
     let f = float_name(out.dtype).unwrap_or("f32");
     let w = word_name(out.dtype).unwrap_or("b4");
     match k {
-        Kernel::Linear | Kernel::MatMul => vec![],
+        // The GEMV kernels for decode batches (1 row; up to 4); cuBLASLt
+        // otherwise.
+        Kernel::Linear => vec![format!("gemv_{f}_m1"), format!("gemv_{f}_m4")],
+        Kernel::MatMul => vec![],
         // The general kernel, then the register-resident ones by runs of
         // eight per thread (1, 2, 4).
         Kernel::RmsNorm | Kernel::AddRmsNorm => {
@@ -206,6 +209,7 @@ pub(super) fn function_names(k: Kernel, args: &[&TensorType], out: &TensorType) 
                 format!("cache_write_{f}"),
                 format!("paged_attention_{f}_d{d}"),
                 format!("attention_combine_{f}"),
+                format!("paged_decode_{f}_d{d}"),
             ]
         }
     }
@@ -311,6 +315,7 @@ mod tests {
             TensorType::new(d, s.iter().map(|&x| optc_ir::Dim::from(x)).collect::<Vec<_>>())
         };
         let kernels = [
+            Kernel::Linear,
             Kernel::RmsNorm,
             Kernel::AddRmsNorm,
             Kernel::LayerNorm,
