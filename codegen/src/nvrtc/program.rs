@@ -161,6 +161,14 @@ pub(super) struct Executed {
     pub(super) argmax: Option<u64>,
 }
 
+/// Lets `f` take `bytes` of dynamic shared memory (past the 48 KiB default).
+fn allow_smem(f: &CudaFunction, bytes: usize) -> Result<(), cudarc::driver::DriverError> {
+    f.set_attribute(
+        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes as i32,
+    )
+}
+
 pub(super) fn node_err(node: &str) -> impl Fn(String) -> CodegenError + '_ {
     move |message| CodegenError::Node {
         node: node.to_string(),
@@ -369,28 +377,20 @@ impl CudaProgram {
                     // Always: the static shared memory counts against the
                     // same 48 KiB default.
                     {
-                        fns[1]
-                            .set_attribute(
-                                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                smem as i32,
-                            )
-                            .map_err(|e| CodegenError::Node {
-                                node: s.node.clone(),
-                                message: format!("head dim {d} needs {smem} bytes of shared memory: {e}"),
-                            })?;
+                        allow_smem(&fns[1], smem).map_err(|e| CodegenError::Node {
+                            node: s.node.clone(),
+                            message: format!("head dim {d} needs {smem} bytes of shared memory: {e}"),
+                        })?;
                     }
                     if d % 8 == 0 && d <= src::DECODE_MAX_HEAD_DIM {
                         let esize = types[s.outs[0]].dtype.storage_bytes(1);
                         let bytes = src::paged_decode_smem_bytes(d, esize);
-                        fns[3]
-                            .set_attribute(
-                                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                bytes as i32,
-                            )
-                            .map_err(|e| CodegenError::Node {
-                                node: s.node.clone(),
-                                message: format!("decode attention for head dim {d} needs {bytes} bytes of shared memory: {e}"),
-                            })?;
+                        allow_smem(&fns[3], bytes).map_err(|e| CodegenError::Node {
+                            node: s.node.clone(),
+                            message: format!(
+                                "decode attention for head dim {d} needs {bytes} bytes of shared memory: {e}"
+                            ),
+                        })?;
                     }
                     let f = float_name(types[s.outs[0]].dtype).unwrap_or("f32");
                     if mma && src::prefill_mma_supported(f, d) {
