@@ -7,6 +7,8 @@
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
 # Stages (comma-separated): tests, compile, bench, profile, graphprof, ncu, ncudetail, peer. Results go to $OUT.
+# PROFILE_WORKLOADS (default "W1 W2 W3") picks the workloads of the profile stage,
+# NCU_DETAIL the "WORKLOAD:kernel-regex:launches-to-skip" of the ncudetail stage.
 set -u
 STAGES=${1:-tests,compile,bench,peer}
 OUT=${OUT:-$PWD/out}
@@ -41,7 +43,7 @@ if has bench; then
 fi
 if has profile; then
   echo "== optc bench per workload with OPTC_CUDA_PROFILE=1 (GPU time per kernel kind)"
-  for w in W1 W2 W3; do
+  for w in ${PROFILE_WORKLOADS:-W1 W2 W3}; do
     OPTC_CUDA_PROFILE=1 "$BIN" bench $MODEL --target nvrtc --workloads $w --reps 1 --max-num-tokens 8192 2>&1 | tee "$OUT/profile_$w.log" | head -16
   done
 fi
@@ -64,13 +66,14 @@ if has ncu; then
   done
 fi
 if has ncudetail; then
-  # One decode-attention launch and one layer GEMV in full detail.
+  # One launch of a kernel in full detail, per "WORKLOAD:kernel-regex:skip".
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  for k in paged_decode gemv_bf16_m1; do
-    echo "== ncu detail $k (W1)"
-    "$NCU" --clock-control none --set detailed -k regex:$k --launch-skip 200 --launch-count 1 \
-      "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 > "$OUT/ncu_detail_$k.txt" 2>&1
-    grep -E "Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Block Limit|Waves Per SM|Grid Size|Issue Slots|Eligible Warps" "$OUT/ncu_detail_$k.txt" | head -16
+  for spec in ${NCU_DETAIL:-W1:paged_decode:200 W1:gemv_bf16_m1:200}; do
+    IFS=: read -r w k skip <<< "$spec"
+    echo "== ncu detail $k ($w, skip $skip)"
+    "$NCU" --clock-control none --set detailed -k regex:$k --launch-skip $skip --launch-count 1 \
+      "$BIN" bench $MODEL --target nvrtc --workloads $w --reps 1 > "$OUT/ncu_detail_${w}_$k.txt" 2>&1
+    grep -E "Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Block Limit|Waves Per SM|Grid Size|Issue Slots|Eligible Warps|Theoretical Occ|Dynamic Shared|No Eligible|Bank" "$OUT/ncu_detail_${w}_$k.txt" | head -24
   done
 fi
 if has peer; then

@@ -21,6 +21,7 @@ verbose = "--verbose" in sys.argv
 files = ["common.cuh", "elementwise.cu", "norm.cu", "layout.cu", "attention.cu", "sample.cu", "gemv.cu"]
 src = "".join((root / f).read_text() + "\n" for f in files)
 src += "OPTC_PAGED_ATTENTION(bf16, bf16, 64, 64)\nOPTC_PAGED_ATTENTION(float, f32, 128, 64)\n"
+src += "OPTC_PAGED_ATTENTION(bf16, bf16, 128, 64)\nOPTC_PAGED_ATTENTION(f16, f16, 96, 64)\n"
 mma = (root / "common.cuh").read_text() + (root / "attention_mma.cu").read_text()
 mma += "OPTC_PAGED_PREFILL_MMA(bf16, bf16, 64)\n"
 

@@ -199,7 +199,9 @@ fn random(n: usize, seed: &mut u64) -> Vec<f32> {
 /// Four steps over three sequences: prefill chunks (one long enough for
 /// several tiles), a chunk after cached tokens, then decode, where a
 /// 700-token context goes down the split path, and decode of the two
-/// short sequences alone.
+/// short sequences alone. 16-bit cases with head dims up to 128 decode on
+/// the tensor cores (one with a sliding window and a group of 3), the
+/// others on the CUDA cores.
 #[test]
 fn paged_attention_matches_the_interpreter() {
     if !gpu() {
@@ -236,6 +238,14 @@ fn paged_attention_matches_the_interpreter() {
             hkv: 2,
             d: 48,
             bs: 7,
+            window: Some(100),
+        },
+        Case {
+            dtype: DType::BF16,
+            hq: 12,
+            hkv: 4,
+            d: 96,
+            bs: 16,
             window: Some(100),
         },
         Case {

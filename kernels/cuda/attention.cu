@@ -236,8 +236,79 @@ __device__ __forceinline__ void cp_async_wait_all() {
     asm volatile("cp.async.wait_group 0;\n" ::);
 }
 
+// The end of a decode block: four warps left their softmax state per
+// query head in shared memory (`m` on the natural-log scale, `l`, and the
+// unnormalised output row, strides DECODE_GROUP and DECODE_GROUP * D);
+// merge them, then either store the output (one split) or leave the
+// block's partial state, and the last block of a (token, KV head) to
+// finish (counted in `counters`, which it resets to 0) merges the splits.
 template <typename T, int D>
-__device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i64* positions,
+__device__ void decode_merge(const float* m_s, const float* l_s, const float* a_s, int* last_s, T* out,
+                             float* part, int* counters, int t, int kh, int z, int nsplit, int ntok, int hq,
+                             int hkv, int G) {
+    constexpr int GM = DECODE_GROUP;
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        const int g = i / D;
+        float mx = -OPTC_INF;
+        for (int w = 0; w < 4; ++w) mx = fmaxf(mx, m_s[w * GM + g]);
+        float lsum = 0.f, a = 0.f;
+        if (mx > -OPTC_INF) {
+            for (int w = 0; w < 4; ++w) {
+                const float f = expf(m_s[w * GM + g] - mx);
+                lsum += l_s[w * GM + g] * f;
+                a += a_s[w * GM * D + i] * f;
+            }
+        }
+        const int h = kh * G + g, d = i % D;
+        if (nsplit == 1) {
+            st(&out[((i64)t * hq + h) * D + d], lsum > 0.f ? a / lsum : 0.f);
+        } else {
+            float* o = part + (((i64)z * ntok + t) * hq + h) * (D + 2);
+            o[d] = a;
+            if (d == 0) {
+                o[D] = mx;
+                o[D + 1] = lsum;
+            }
+        }
+    }
+    if (nsplit == 1) return;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* ctr = counters + (i64)t * hkv + kh;
+        const int done = atomicAdd(ctr, 1);
+        *last_s = done == nsplit - 1;
+        if (*last_s) *ctr = 0;
+    }
+    __syncthreads();
+    if (!*last_s) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        const int g = i / D, d = i % D, h = kh * G + g;
+        float mx = -OPTC_INF;
+        for (int zz = 0; zz < nsplit; ++zz) {
+            const float* o = part + (((i64)zz * ntok + t) * hq + h) * (D + 2);
+            mx = fmaxf(mx, __ldcg(&o[D]));
+        }
+        float lsum = 0.f, a = 0.f;
+        if (mx > -OPTC_INF) {
+            for (int zz = 0; zz < nsplit; ++zz) {
+                const float* o = part + (((i64)zz * ntok + t) * hq + h) * (D + 2);
+                const float lz = __ldcg(&o[D + 1]);
+                if (lz > 0.f) {
+                    const float f = expf(__ldcg(&o[D]) - mx);
+                    lsum += lz * f;
+                    a += __ldcg(&o[d]) * f;
+                }
+            }
+        }
+        st(&out[((i64)t * hq + h) * D + d], lsum > 0.f ? a / lsum : 0.f);
+    }
+}
+
+template <typename T, int D>
+__device__ void paged_decode_simt_impl(const T* q, const T* kc, const T* vc, const i64* positions,
                                   const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
                                   int ntok, int hq, int hkv, int bs, float scale, int window) {
     // Head dims past 256 would overflow static shared memory: the host
@@ -347,65 +418,243 @@ __device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i6
             if (d < D) a_s[warp][g * D + d] = acc[g][i];
         }
     }
-    __syncthreads();
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-        const int g = i / D;
-        float mx = -OPTC_INF;
-        for (int w = 0; w < 4; ++w) mx = fmaxf(mx, m_s[w][g]);
-        float lsum = 0.f, a = 0.f;
-        if (mx > -OPTC_INF) {
-            for (int w = 0; w < 4; ++w) {
-                const float f = expf(m_s[w][g] - mx);
-                lsum += l_s[w][g] * f;
-                a += a_s[w][i] * f;
-            }
+    decode_merge<T, D>(&m_s[0][0], &l_s[0][0], &a_s[0][0], &last_s, out, part, counters, t, kh, z, nsplit, ntok,
+                       hq, hkv, G);
+    }
+}
+
+// Decode on the tensor cores, for 16-bit types and head dims that are a
+// multiple of 16 up to 128 (`decode_mma_supported` on the host). Same grid
+// and split merge as above, but each warp streams its chunks of KS keys
+// through two shared-memory stages (cp.async: the next chunk's keys and
+// values load while this one computes) and runs both products as
+// m16n8k16 MMAs: the G <= 8 query heads are the rows (padded to 16) of
+// S = Q Kᵀ and of O += P V, keys and head dims the columns. The softmax
+// stays in f32 registers; P enters the second product as hi + lo in the
+// input type, like the prefill kernel, so it keeps about 16 bits. Rows of
+// a stage are padded by 8 elements: ldmatrix reads them without bank
+// conflicts.
+template <int D> struct DecodeMma {
+    static constexpr int KS = D <= 64 ? 32 : 16;  // keys per chunk
+    static constexpr int RS = D + 8;              // row stride in a stage
+    static constexpr int STAGE = 2 * KS * RS;     // K rows, then V rows
+};
+
+__device__ __forceinline__ unsigned pack2(bf16*, float a, float b) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<unsigned*>(&h);
+}
+__device__ __forceinline__ unsigned pack2(f16*, float a, float b) {
+    __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<unsigned*>(&h);
+}
+__device__ __forceinline__ float2 unpack2(bf16*, unsigned u) {
+    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&u));
+}
+__device__ __forceinline__ float2 unpack2(f16*, unsigned u) { return __half22float2(*reinterpret_cast<__half2*>(&u)); }
+
+// c += a b for one m16n8k16 tile whose rows 8..15 of a are zero.
+__device__ __forceinline__ void mma_rows8(bf16*, float* c, unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_rows8(f16*, float* c, unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const void* p) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+// A 16-byte copy to shared memory that writes zeros when `valid` is false.
+__device__ __forceinline__ void cp_async16_or_zero(void* smem, const void* gmem, bool valid) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <typename T, int D>
+__device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, const i64* positions,
+                                      const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
+                                      int ntok, int hq, int hkv, int bs, float scale, int window) {
+    constexpr int KS = DecodeMma<D>::KS, RS = DecodeMma<D>::RS, STAGE = DecodeMma<D>::STAGE;
+    constexpr int NB = KS / 8, DK = D / 16, DN = D / 8, PIECES = D / 8, GM = DECODE_GROUP;
+    extern __shared__ __align__(16) unsigned char decode_smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, tq = lane & 3;
+    T* stages = reinterpret_cast<T*>(decode_smem) + warp * 2 * STAGE;
+    const int t = blockIdx.x, kh = blockIdx.y, z = blockIdx.z, nsplit = gridDim.z;
+    const int G = hq / hkv;
+    const int p = (int)positions[t];
+    const int first = window > 0 ? max(0, p + 1 - window) : 0;
+    const int nchunks = (p - first + KS) / KS;
+    const int per = (nchunks + nsplit - 1) / nsplit;
+    const int c_begin = z * per, c_end = min(nchunks, c_begin + per);
+    const i64* table = block_tables + (i64)t * max_blocks;
+
+    // Starts the copies of chunk c's key and value rows into stage `st`;
+    // keys past the context are zeros.
+    auto load = [&](int c, T* st) {
+        const int k0 = first + c * KS;
+        const int mine = k0 + lane % KS;
+        const int slot = mine <= p ? (int)(table[mine / bs] * bs + mine % bs) : 0;
+#pragma unroll
+        for (int it = 0; it < KS * PIECES / 32; ++it) {
+            const int i = lane + 32 * it, r = i / PIECES, pc = i % PIECES;
+            const int sl = __shfl_sync(0xffffffffu, slot, r);
+            const bool ok = k0 + r <= p;
+            const i64 off = ok ? ((i64)sl * hkv + kh) * D + pc * 8 : 0;
+            cp_async16_or_zero(st + r * RS + pc * 8, kc + off, ok);
+            cp_async16_or_zero(st + (KS + r) * RS + pc * 8, vc + off, ok);
         }
-        const int h = kh * G + g, d = i % D;
-        if (nsplit == 1) {
-            st(&out[((i64)t * hq + h) * D + d], lsum > 0.f ? a / lsum : 0.f);
+        cp_async_commit();
+    };
+
+    int c = c_begin + warp;
+    if (c < c_end) load(c, stages);
+    // Query rows g < G of this KV group as A fragments (columns 2tq, +1
+    // and 2tq + 8, +9 of each 16-dim step).
+    unsigned qa[DK][2];
+#pragma unroll
+    for (int s = 0; s < DK; ++s) {
+        qa[s][0] = qa[s][1] = 0u;
+        if (g < G) {
+            const T* qr = q + ((i64)t * hq + kh * G + g) * D + 16 * s + 2 * tq;
+            qa[s][0] = *reinterpret_cast<const unsigned*>(qr);
+            qa[s][1] = *reinterpret_cast<const unsigned*>(qr + 8);
+        }
+    }
+    const float sl2 = scale * 1.4426950408889634f;
+    float m_r = -OPTC_INF, l_r = 0.f;  // row g, on the log2 scale; l over this lane's columns
+    float o[DN][4];
+#pragma unroll
+    for (int dn = 0; dn < DN; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.f;
+    int buf = 0;
+    for (; c < c_end; c += 4) {
+        const T* st = stages + buf * STAGE;
+        if (c + 4 < c_end) {
+            load(c + 4, stages + (buf ^ 1) * STAGE);
+            cp_async_wait<1>();
         } else {
-            float* o = part + (((i64)z * ntok + t) * hq + h) * (D + 2);
-            o[d] = a;
-            if (d == 0) {
-                o[D] = mx;
-                o[D + 1] = lsum;
+            cp_async_wait<0>();
+        }
+        __syncwarp();
+        const int k0 = first + c * KS;
+        // S = Q Kᵀ, two 8-key column blocks per ldmatrix.
+        float s[NB][4];
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.f;
+#pragma unroll
+        for (int nb = 0; nb < NB; nb += 2) {
+#pragma unroll
+            for (int ks = 0; ks < DK; ++ks) {
+                unsigned b[4];
+                ldsm_x4(b, st + ((nb + (lane >> 4)) * 8 + (lane & 7)) * RS + ks * 16 + ((lane >> 3) & 1) * 8);
+                mma_rows8((T*)nullptr, s[nb], qa[ks][0], qa[ks][1], b[0], b[1]);
+                mma_rows8((T*)nullptr, s[nb + 1], qa[ks][0], qa[ks][1], b[2], b[3]);
             }
         }
-    }
-    if (nsplit == 1) return;
-    // The last split block of this (token, KV head) merges the partials.
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int* ctr = counters + (i64)t * hkv + kh;
-        const int done = atomicAdd(ctr, 1);
-        last_s = done == nsplit - 1;
-        if (last_s) *ctr = 0;
-    }
-    __syncthreads();
-    if (!last_s) return;
-    __threadfence();
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-        const int g = i / D, d = i % D, h = kh * G + g;
+        // Online softmax over this lane's two columns per block, then
+        // across the four lanes of row g.
         float mx = -OPTC_INF;
-        for (int zz = 0; zz < nsplit; ++zz) {
-            const float* o = part + (((i64)zz * ntok + t) * hq + h) * (D + 2);
-            mx = fmaxf(mx, __ldcg(&o[D]));
-        }
-        float lsum = 0.f, a = 0.f;
-        if (mx > -OPTC_INF) {
-            for (int zz = 0; zz < nsplit; ++zz) {
-                const float* o = part + (((i64)zz * ntok + t) * hq + h) * (D + 2);
-                const float lz = __ldcg(&o[D + 1]);
-                if (lz > 0.f) {
-                    const float f = expf(__ldcg(&o[D]) - mx);
-                    lsum += lz * f;
-                    a += __ldcg(&o[d]) * f;
-                }
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int key = k0 + nb * 8 + 2 * tq + e;
+                s[nb][e] = key <= p ? s[nb][e] * sl2 : -OPTC_INF;
+                mx = fmaxf(mx, s[nb][e]);
             }
         }
-        st(&out[((i64)t * hq + h) * D + d], lsum > 0.f ? a / lsum : 0.f);
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        // The chunk's first key is in the context, so mn is finite.
+        const float mn = fmaxf(m_r, mx);
+        const float corr = exp2f(m_r - mn);
+        m_r = mn;
+        l_r *= corr;
+#pragma unroll
+        for (int dn = 0; dn < DN; ++dn) {
+            o[dn][0] *= corr;
+            o[dn][1] *= corr;
+        }
+        // P as A fragments of 16-key steps: hi and the rest.
+        unsigned ph[NB][1], pl[NB][1];
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) {
+            const float p0 = exp2f(s[nb][0] - mn), p1 = exp2f(s[nb][1] - mn);
+            l_r += p0 + p1;
+            ph[nb][0] = pack2((T*)nullptr, p0, p1);
+            const float2 h = unpack2((T*)nullptr, ph[nb][0]);
+            pl[nb][0] = pack2((T*)nullptr, p0 - h.x, p1 - h.y);
+        }
+        // O += P V, two 8-dim column blocks per ldmatrix.
+#pragma unroll
+        for (int j = 0; j < NB / 2; ++j) {
+#pragma unroll
+            for (int dn = 0; dn < DN; dn += 2) {
+                unsigned b[4];
+                ldsm_x4_trans(b, st + (KS + j * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * RS + (dn + (lane >> 4)) * 8);
+                mma_rows8((T*)nullptr, o[dn], ph[2 * j][0], ph[2 * j + 1][0], b[0], b[1]);
+                mma_rows8((T*)nullptr, o[dn], pl[2 * j][0], pl[2 * j + 1][0], b[0], b[1]);
+                mma_rows8((T*)nullptr, o[dn + 1], ph[2 * j][0], ph[2 * j + 1][0], b[2], b[3]);
+                mma_rows8((T*)nullptr, o[dn + 1], pl[2 * j][0], pl[2 * j + 1][0], b[2], b[3]);
+            }
+        }
+        // The next iteration's copies overwrite this stage.
+        __syncwarp();
+        buf ^= 1;
     }
+    l_r += __shfl_xor_sync(0xffffffffu, l_r, 1);
+    l_r += __shfl_xor_sync(0xffffffffu, l_r, 2);
+    // Every warp is past its stages: reuse them for the merge.
+    __syncthreads();
+    float* m_s = reinterpret_cast<float*>(decode_smem);
+    float* l_s = m_s + 4 * GM;
+    float* a_s = l_s + 4 * GM;
+    int* last_s = reinterpret_cast<int*>(a_s + 4 * GM * D);
+    if (g < G) {
+        if (tq == 0) {
+            m_s[warp * GM + g] = m_r * 0.6931471805599453f;
+            l_s[warp * GM + g] = l_r;
+        }
+#pragma unroll
+        for (int dn = 0; dn < DN; ++dn) {
+            a_s[warp * GM * D + g * D + dn * 8 + 2 * tq] = o[dn][0];
+            a_s[warp * GM * D + g * D + dn * 8 + 2 * tq + 1] = o[dn][1];
+        }
+    }
+    decode_merge<T, D>(m_s, l_s, a_s, last_s, out, part, counters, t, kh, z, nsplit, ntok, hq, hkv, G);
+}
+
+template <typename T, int D>
+__device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i64* positions,
+                                  const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
+                                  int ntok, int hq, int hkv, int bs, float scale, int window) {
+    // The host sizes shared memory by the same rule (`decode_mma_supported`).
+    if constexpr (sizeof(T) == 2 && D % 16 == 0 && D <= 128) {
+        paged_decode_mma_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok, hq,
+                                    hkv, bs, scale, window);
+    } else {
+        paged_decode_simt_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok,
+                                     hq, hkv, bs, scale, window);
     }
 }
 

@@ -45,10 +45,26 @@ pub const DECODE_GROUP: usize = 8;
 /// The largest head dim the decode kernel takes (its static shared memory).
 pub const DECODE_MAX_HEAD_DIM: usize = 256;
 
-/// Dynamic shared memory of the decode kernel: four warps' stages of 32
-/// value rows of `d` elements of `elem_bytes`.
+/// Whether decode runs on the tensor cores (`paged_decode_mma_impl` in
+/// attention.cu, which the kernel picks by the same rule): 16-bit types and
+/// head dims that are a multiple of 16 up to 128.
+pub fn decode_mma_supported(d: usize, elem_bytes: usize) -> bool {
+    elem_bytes == 2 && d % 16 == 0 && d > 0 && d <= 128
+}
+
+/// Dynamic shared memory of the decode kernel. Tensor-core decode: four
+/// warps' two stages of key and value rows (32 keys up to head dim 64, 16
+/// past it; rows padded by 8 elements), reused for the warps' merge.
+/// Otherwise: four warps' stages of 32 value rows.
 pub fn paged_decode_smem_bytes(d: usize, elem_bytes: usize) -> usize {
-    4 * 32 * d * elem_bytes
+    if decode_mma_supported(d, elem_bytes) {
+        let keys = if d <= 64 { 32 } else { 16 };
+        let stages = 4 * 2 * 2 * keys * (d + 8) * elem_bytes;
+        let merge = (4 * DECODE_GROUP * (2 + d) + 1) * 4;
+        stages.max(merge)
+    } else {
+        4 * 32 * d * elem_bytes
+    }
 }
 
 /// Dynamic shared memory of the paged-attention kernel for head dim `d`.

@@ -1,5 +1,5 @@
-//! `OPTC_CUDA_PROFILE=1`: GPU time per kernel kind (CUDA events around
-//! every step, CUDA graphs off) and host time per phase, printed when the
+//! `OPTC_CUDA_PROFILE=1`: GPU time per kernel kind, decode steps apart
+//! from prefill ones (CUDA events around every step, CUDA graphs off) and host time per phase, printed when the
 //! program drops. `OPTC_CUDA_PROFILE=graph` keeps CUDA graphs and times
 //! each replay on the GPU against the host's work around it: whether a
 //! decode step is bound by the GPU or by the host.
@@ -47,7 +47,7 @@ impl Profile {
         );
         for (k, (n, ms)) in rows {
             s.push_str(&format!(
-                "  {k:<28} {n:>8} calls {ms:>10.2} ms {:>5.1}%\n",
+                "  {k:<44} {n:>8} calls {ms:>10.2} ms {:>5.1}%\n",
                 100.0 * ms / total.max(1e-9)
             ));
         }

@@ -542,6 +542,13 @@ impl CudaProgram {
             }
         }
         if !events.is_empty() {
+            // Decode steps (one token per sequence) apart from prefill and
+            // mixed ones: their kernels differ and so do their bottlenecks.
+            let phase = if attn.values().any(|a| a.decode) {
+                "decode"
+            } else {
+                "prefill"
+            };
             let end = self.record_event()?;
             let Some(p) = &mut self.profile else {
                 return Ok(());
@@ -552,8 +559,8 @@ impl CudaProgram {
                 let next = events.get(i + 1).map_or(&end, |(_, e)| e);
                 let ms = f64::from(ev.elapsed_ms(next).unwrap_or(0.0));
                 let kind = match &steps[*si].exec {
-                    Exec::Kernel(k, _) => k.name().to_string(),
-                    _ => format!("host {}", steps[*si].op.name()),
+                    Exec::Kernel(k, _) => format!("{phase} {}", k.name()),
+                    _ => format!("{phase} host {}", steps[*si].op.name()),
                 };
                 let e = p.gpu.entry(kind).or_insert((0, 0.0));
                 e.0 += 1;
