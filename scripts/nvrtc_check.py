@@ -23,7 +23,7 @@ src = "".join((root / f).read_text() + "\n" for f in files)
 src += "OPTC_PAGED_ATTENTION(bf16, bf16, 64, 64)\nOPTC_PAGED_ATTENTION(float, f32, 128, 64)\n"
 src += "OPTC_PAGED_ATTENTION(bf16, bf16, 128, 64)\nOPTC_PAGED_ATTENTION(f16, f16, 96, 64)\n"
 mma = (root / "common.cuh").read_text() + (root / "attention_mma.cu").read_text()
-mma += "OPTC_PAGED_PREFILL_MMA(bf16, bf16, 64)\n"
+mma += "OPTC_PAGED_PREFILL_MMA(bf16, bf16, 64)\nOPTC_PAGED_PREFILL_MMA(bf16, bf16, 128)\nOPTC_PAGED_PREFILL_MMA(f16, f16, 96)\n"
 
 lib = ctypes.CDLL(str(next((cuda / "lib").glob("libnvrtc.so*"))))
 
@@ -49,8 +49,5 @@ def build(name, text):
 
 
 ok = build("optc.cu", src)
-if (cuda / "include" / "crt" / "mma.h").exists():
-    ok &= build("optc_mma.cu", mma)
-else:
-    print("optc_mma.cu: skipped (no crt/mma.h in this CUDA folder)")
+ok &= build("optc_mma.cu", mma)
 sys.exit(0 if ok else 1)

@@ -440,56 +440,6 @@ template <int D> struct DecodeMma {
     static constexpr int STAGE = 2 * KS * RS;     // K rows, then V rows
 };
 
-__device__ __forceinline__ unsigned pack2(bf16*, float a, float b) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<unsigned*>(&h);
-}
-__device__ __forceinline__ unsigned pack2(f16*, float a, float b) {
-    __half2 h = __floats2half2_rn(a, b);
-    return *reinterpret_cast<unsigned*>(&h);
-}
-__device__ __forceinline__ float2 unpack2(bf16*, unsigned u) {
-    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&u));
-}
-__device__ __forceinline__ float2 unpack2(f16*, unsigned u) { return __half22float2(*reinterpret_cast<__half2*>(&u)); }
-
-// c += a b for one m16n8k16 tile whose rows 8..15 of a are zero.
-__device__ __forceinline__ void mma_rows8(bf16*, float* c, unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void mma_rows8(f16*, float* c, unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-}
-__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const void* p) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-}
-
-// A 16-byte copy to shared memory that writes zeros when `valid` is false.
-__device__ __forceinline__ void cp_async16_or_zero(void* smem, const void* gmem, bool valid) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 template <typename T, int D>
 __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, const i64* positions,
                                       const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
@@ -567,8 +517,8 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
             for (int ks = 0; ks < DK; ++ks) {
                 unsigned b[4];
                 ldsm_x4(b, st + ((nb + (lane >> 4)) * 8 + (lane & 7)) * RS + ks * 16 + ((lane >> 3) & 1) * 8);
-                mma_rows8((T*)nullptr, s[nb], qa[ks][0], qa[ks][1], b[0], b[1]);
-                mma_rows8((T*)nullptr, s[nb + 1], qa[ks][0], qa[ks][1], b[2], b[3]);
+                mma16816((T*)nullptr, s[nb], qa[ks][0], 0u, qa[ks][1], 0u, b[0], b[1]);
+                mma16816((T*)nullptr, s[nb + 1], qa[ks][0], 0u, qa[ks][1], 0u, b[2], b[3]);
             }
         }
         // Online softmax over this lane's two columns per block, then
@@ -612,10 +562,10 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
             for (int dn = 0; dn < DN; dn += 2) {
                 unsigned b[4];
                 ldsm_x4_trans(b, st + (KS + j * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * RS + (dn + (lane >> 4)) * 8);
-                mma_rows8((T*)nullptr, o[dn], ph[2 * j][0], ph[2 * j + 1][0], b[0], b[1]);
-                mma_rows8((T*)nullptr, o[dn], pl[2 * j][0], pl[2 * j + 1][0], b[0], b[1]);
-                mma_rows8((T*)nullptr, o[dn + 1], ph[2 * j][0], ph[2 * j + 1][0], b[2], b[3]);
-                mma_rows8((T*)nullptr, o[dn + 1], pl[2 * j][0], pl[2 * j + 1][0], b[2], b[3]);
+                mma16816((T*)nullptr, o[dn], ph[2 * j][0], 0u, ph[2 * j + 1][0], 0u, b[0], b[1]);
+                mma16816((T*)nullptr, o[dn], pl[2 * j][0], 0u, pl[2 * j + 1][0], 0u, b[0], b[1]);
+                mma16816((T*)nullptr, o[dn + 1], ph[2 * j][0], 0u, ph[2 * j + 1][0], 0u, b[2], b[3]);
+                mma16816((T*)nullptr, o[dn + 1], pl[2 * j][0], 0u, pl[2 * j + 1][0], 0u, b[2], b[3]);
             }
         }
         // The next iteration's copies overwrite this stage.

@@ -1,156 +1,215 @@
-// Paged attention for prefill on the tensor cores (WMMA, bf16/f16 in, f32
-// accumulation), FlashAttention-2 style: a block takes up to 64 query
-// rows (tokens x heads of one KV group) and streams the keys through
-// shared memory 32 at a time. S = Q Kᵀ and O += P V run as 16x16x16 WMMA
-// tiles; the online softmax between them runs on the CUDA cores in f32.
-// P enters the second product as two parts in the input dtype, P = hi +
-// lo, so it keeps about 16 bits (one bf16 P alone costs ~1e-2 relative
-// error on small models). Compiled as
-// its own NVRTC module: if this GPU or NVRTC cannot build it, the scalar
-// kernel in attention.cu serves prefill too.
-#include <mma.h>
+// Paged attention for prefill on the tensor cores (m16n8k16 MMA, bf16/f16
+// in, f32 accumulation), FlashAttention-2 style. A block takes up to 64
+// query rows (tokens x heads of one KV group, one sequence); each of its
+// four warps owns 16 rows and keeps their Q fragments, scores, softmax
+// state and output in registers. Key and value rows stream through two
+// shared-memory stages (cp.async: the next tile loads while this one
+// computes), KT keys a tile, rows padded by 8 elements so ldmatrix reads
+// them without bank conflicts. P enters the second product as two parts in
+// the input dtype, P = hi + lo, so it keeps about 16 bits (one bf16 P
+// alone costs ~1e-2 relative error on small models). Compiled as its own
+// NVRTC module: if this GPU or NVRTC cannot build it, the scalar kernel in
+// attention.cu serves prefill too.
+
+template <int D> struct PrefillMma {
+    static constexpr int KT = D <= 64 ? 64 : 32;  // keys per tile
+    static constexpr int RS = D + 8;              // row stride in a stage
+    static constexpr int STAGE = 2 * KT * RS;     // K rows, then V rows
+};
 
 template <typename T, int D>
 __device__ void paged_prefill_mma_impl(const T* q, const T* kc, const T* vc, const i64* positions,
                                        const i64* block_tables, int max_blocks, const int* tiles, T* out, int hq,
                                        int hkv, int bs, float scale, int window) {
-    using namespace nvcuda;
-    constexpr int ROWS = 64, KEYS = 32;
-    constexpr int QS = D + 8, SS = KEYS + 4, PS = KEYS + 8, OS = D + 4;
+    constexpr int KT = PrefillMma<D>::KT, RS = PrefillMma<D>::RS, STAGE = PrefillMma<D>::STAGE;
+    constexpr int NB = KT / 8, DK = D / 16, DN = D / 8, PIECES = D / 8;
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    T* q_h = reinterpret_cast<T*>(smem_raw);                 // [ROWS][QS]
-    T* k_h = q_h + ROWS * QS;                                // [KEYS][QS]
-    T* v_h = k_h + KEYS * QS;                                // [KEYS][QS]
-    T* p_h = v_h + KEYS * QS;                                // [ROWS][PS]
-    T* p_l = p_h + ROWS * PS;                                // [ROWS][PS]
-    float* s_f = reinterpret_cast<float*>(p_l + ROWS * PS);  // [ROWS][SS]
-    float* o_f = s_f + ROWS * SS;                            // [ROWS][OS]
-    float* m_s = o_f + ROWS * OS;                            // [ROWS]
-    float* l_s = m_s + ROWS;                                 // [ROWS]
-    i64* slot_s = reinterpret_cast<i64*>(l_s + ROWS);        // [KEYS]
+    T* stages = reinterpret_cast<T*>(smem_raw);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, tq = lane & 3;
     const int seq = tiles[blockIdx.x * 3], t0 = tiles[blockIdx.x * 3 + 1], ntok = tiles[blockIdx.x * 3 + 2];
     const int kh = blockIdx.y;
     const int G = hq / hkv;
     const int rows = ntok * G;
-    const int row_tiles = (rows + 15) / 16;
     const i64* table = block_tables + (i64)seq * max_blocks;
 
-    // Q rows (zeros past `rows`), O = 0, m = -inf, l = 0.
-    for (int i = threadIdx.x; i < ROWS * (D / 8); i += blockDim.x) {
-        int r = i / (D / 8), d = (i % (D / 8)) * 8;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (r < rows) {
-            int t = t0 + r / G, h = kh * G + r % G;
-            v = *reinterpret_cast<const uint4*>(q + ((i64)t * hq + h) * D + d);
-        }
-        *reinterpret_cast<uint4*>(q_h + r * QS + d) = v;
-    }
-    for (int i = threadIdx.x; i < ROWS * OS; i += blockDim.x) o_f[i] = 0.f;
-    for (int i = threadIdx.x; i < ROWS; i += blockDim.x) {
-        m_s[i] = -OPTC_INF;
-        l_s[i] = 0.f;
-    }
+    // The keys any row of the block sees.
     int kmin = 0x7fffffff, kmax = -1;
     for (int i = 0; i < ntok; ++i) {
-        int p = (int)positions[t0 + i];
-        int f = window > 0 ? max(0, p + 1 - window) : 0;
-        kmin = min(kmin, f);
+        const int p = (int)positions[t0 + i];
+        kmin = min(kmin, window > 0 ? max(0, p + 1 - window) : 0);
         kmax = max(kmax, p);
     }
-    const int nchunks = kmax >= kmin ? (kmax - kmin + KEYS) / KEYS : 0;
-    for (int c = 0; c < nchunks; ++c) {
-        const int c0 = kmin + c * KEYS;
-        __syncthreads();
-        if (threadIdx.x < KEYS) {
-            int p = c0 + threadIdx.x;
-            slot_s[threadIdx.x] = p <= kmax ? table[p / bs] * bs + p % bs : -1;
+    const int ntiles = kmax >= kmin ? (kmax - kmin + KT) / KT : 0;
+    // Starts the copies of tile c's key and value rows into stage `st`;
+    // keys past kmax are zeros.
+    auto load = [&](int c, T* st) {
+        const int k0 = kmin + c * KT;
+        for (int i = threadIdx.x; i < KT * PIECES; i += blockDim.x) {
+            const int r = i / PIECES, pc = i % PIECES, key = k0 + r;
+            const bool ok = key <= kmax;
+            const i64 off = ok ? ((table[key / bs] * bs + key % bs) * hkv + kh) * D + pc * 8 : 0;
+            cp_async16_or_zero(st + r * RS + pc * 8, kc + off, ok);
+            cp_async16_or_zero(st + (KT + r) * RS + pc * 8, vc + off, ok);
         }
-        __syncthreads();
-        for (int i = threadIdx.x; i < KEYS * (D / 8); i += blockDim.x) {
-            int j = i / (D / 8), d = (i % (D / 8)) * 8;
-            i64 slot = slot_s[j];
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (slot >= 0) {
-                i64 base = (slot * hkv + kh) * D + d;
-                kv = *reinterpret_cast<const uint4*>(kc + base);
-                vv = *reinterpret_cast<const uint4*>(vc + base);
-            }
-            *reinterpret_cast<uint4*>(k_h + j * QS + d) = kv;
-            *reinterpret_cast<uint4*>(v_h + j * QS + d) = vv;
-        }
-        __syncthreads();
-        // S = Q Kᵀ: row_tiles x 2 tiles of 16x16 over the warps.
-        for (int tile = warp; tile < row_tiles * 2; tile += 4) {
-            int rt = tile / 2, ct = tile % 2;
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::fill_fragment(acc, 0.f);
+        cp_async_commit();
+    };
+    if (ntiles > 0) load(0, stages);
+
+    // This lane's rows r0 (fragment row g) and r1 (g + 8): the keys each
+    // sees, [f, p]; rows past `rows` see none.
+    const int r0 = warp * 16 + g, r1 = r0 + 8;
+    int p0 = -1, f0 = 0, p1 = -1, f1 = 0;
+    if (r0 < rows) {
+        p0 = (int)positions[t0 + r0 / G];
+        f0 = window > 0 ? max(0, p0 + 1 - window) : 0;
+    }
+    if (r1 < rows) {
+        p1 = (int)positions[t0 + r1 / G];
+        f1 = window > 0 ? max(0, p1 + 1 - window) : 0;
+    }
+    int wlo = min(r0 < rows ? f0 : 0x7fffffff, r1 < rows ? f1 : 0x7fffffff), whi = max(p0, p1);
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-                wmma::load_matrix_sync(a, q_h + rt * 16 * QS + kk * 16, QS);
-                wmma::load_matrix_sync(b, k_h + ct * 16 * QS + kk * 16, QS);
-                wmma::mma_sync(acc, a, b, acc);
-            }
-            wmma::store_matrix_sync(s_f + rt * 16 * SS + ct * 16, acc, SS, wmma::mem_row_major);
-        }
-        __syncthreads();
-        // Online softmax per row (one warp a row, one lane a key); rescale O.
-        for (int r = warp; r < row_tiles * 16; r += 4) {
-            float pj = 0.f;
+    for (int o = 16; o > 0; o >>= 1) {
+        wlo = min(wlo, __shfl_xor_sync(0xffffffffu, wlo, o));
+        whi = max(whi, __shfl_xor_sync(0xffffffffu, whi, o));
+    }
+    // Q fragments of rows r0 and r1 (zeros past `rows`).
+    unsigned qa[DK][4];
+#pragma unroll
+    for (int s = 0; s < DK; ++s) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = h ? r1 : r0;
+            unsigned lo = 0u, hi = 0u;
             if (r < rows) {
-                int pos = (int)positions[t0 + r / G];
-                int fst = window > 0 ? max(0, pos + 1 - window) : 0;
-                int p = c0 + lane;
-                bool valid = p >= fst && p <= pos;
-                float s = valid ? s_f[r * SS + lane] * scale : -OPTC_INF;
-                float mx = warp_max(s);
-                float mo = m_s[r];
-                float mn = fmaxf(mo, mx);
-                float corr = 1.f;
-                if (mn != -OPTC_INF) {
-                    corr = expf(mo - mn);
-                    pj = valid ? expf(s - mn) : 0.f;
-                }
-                float ls = warp_sum(pj);
-                if (lane == 0) {
-                    l_s[r] = l_s[r] * corr + ls;
-                    m_s[r] = mn;
-                }
-                for (int d = lane; d < D; d += 32) o_f[r * OS + d] *= corr;
+                const T* qr = q + ((i64)(t0 + r / G) * hq + kh * G + r % G) * D + 16 * s + 2 * tq;
+                lo = *reinterpret_cast<const unsigned*>(qr);
+                hi = *reinterpret_cast<const unsigned*>(qr + 8);
             }
-            T hi, lo;
-            st(&hi, pj);
-            st(&lo, pj - ld(&hi));
-            p_h[r * PS + lane] = hi;
-            p_l[r * PS + lane] = lo;
-        }
-        __syncthreads();
-        // O += P V: row_tiles x D/16 tiles over the warps.
-        for (int tile = warp; tile < row_tiles * (D / 16); tile += 4) {
-            int rt = tile / (D / 16), ct = tile % (D / 16);
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::load_matrix_sync(acc, o_f + rt * 16 * OS + ct * 16, OS, wmma::mem_row_major);
-#pragma unroll
-            for (int kk = 0; kk < KEYS / 16; ++kk) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a, al;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
-                wmma::load_matrix_sync(a, p_h + rt * 16 * PS + kk * 16, PS);
-                wmma::load_matrix_sync(al, p_l + rt * 16 * PS + kk * 16, PS);
-                wmma::load_matrix_sync(b, v_h + kk * 16 * QS + ct * 16, QS);
-                wmma::mma_sync(acc, a, b, acc);
-                wmma::mma_sync(acc, al, b, acc);
-            }
-            wmma::store_matrix_sync(o_f + rt * 16 * OS + ct * 16, acc, OS, wmma::mem_row_major);
+            qa[s][h] = lo;
+            qa[s][2 + h] = hi;
         }
     }
-    __syncthreads();
-    for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
-        int r = i / D, d = i % D;
-        int t = t0 + r / G, h = kh * G + r % G;
-        float l = l_s[r];
-        st(&out[((i64)t * hq + h) * D + d], l > 0.f ? o_f[r * OS + d] / l : 0.f);
+    const float sl2 = scale * 1.4426950408889634f;
+    float m0 = -OPTC_INF, m1 = -OPTC_INF, l0 = 0.f, l1 = 0.f;  // log2 scale; l over this lane's columns
+    float o[DN][4];
+#pragma unroll
+    for (int dn = 0; dn < DN; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.f;
+
+    for (int c = 0; c < ntiles; ++c) {
+        if (c + 1 < ntiles) {
+            load(c + 1, stages + ((c + 1) & 1) * STAGE);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const T* st = stages + (c & 1) * STAGE;
+        const int k0 = kmin + c * KT;
+        if (k0 <= whi && k0 + KT > wlo) {
+            // S = Q Kᵀ, two 8-key column blocks per ldmatrix.
+            float s[NB][4];
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb) s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.f;
+#pragma unroll
+            for (int nb = 0; nb < NB; nb += 2) {
+#pragma unroll
+                for (int ks = 0; ks < DK; ++ks) {
+                    unsigned b[4];
+                    ldsm_x4(b, st + ((nb + (lane >> 4)) * 8 + (lane & 7)) * RS + ks * 16 + ((lane >> 3) & 1) * 8);
+                    mma16816((T*)nullptr, s[nb], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], b[0], b[1]);
+                    mma16816((T*)nullptr, s[nb + 1], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], b[2], b[3]);
+                }
+            }
+            // Causal (and window) mask, then the online softmax of both rows
+            // across the four lanes that hold them.
+            float mx0 = -OPTC_INF, mx1 = -OPTC_INF;
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int key = k0 + nb * 8 + 2 * tq + e;
+                    s[nb][e] = key >= f0 && key <= p0 ? s[nb][e] * sl2 : -OPTC_INF;
+                    s[nb][2 + e] = key >= f1 && key <= p1 ? s[nb][2 + e] * sl2 : -OPTC_INF;
+                    mx0 = fmaxf(mx0, s[nb][e]);
+                    mx1 = fmaxf(mx1, s[nb][2 + e]);
+                }
+            }
+#pragma unroll
+            for (int x = 1; x <= 2; x <<= 1) {
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
+            }
+            // A row that has seen no key yet keeps m = -inf and gets p = 0.
+            const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+            const float b0 = n0 == -OPTC_INF ? 0.f : n0, b1 = n1 == -OPTC_INF ? 0.f : n1;
+            const float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
+            m0 = n0;
+            m1 = n1;
+            l0 *= c0;
+            l1 *= c1;
+#pragma unroll
+            for (int dn = 0; dn < DN; ++dn) {
+                o[dn][0] *= c0;
+                o[dn][1] *= c0;
+                o[dn][2] *= c1;
+                o[dn][3] *= c1;
+            }
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    s[nb][e] = exp2f(s[nb][e] - b0);
+                    s[nb][2 + e] = exp2f(s[nb][2 + e] - b1);
+                    l0 += s[nb][e];
+                    l1 += s[nb][2 + e];
+                }
+            }
+            // O += P V per 16-key step, P as hi + lo A fragments; two 8-dim
+            // column blocks per ldmatrix.
+#pragma unroll
+            for (int j = 0; j < NB / 2; ++j) {
+                unsigned ph[4], pl[4];
+#pragma unroll
+                for (int f = 0; f < 4; ++f) {
+                    // a0: row g keys 2tq..; a1: row g+8; a2, a3: keys + 8.
+                    const float* sv = s[2 * j + (f >> 1)] + (f & 1) * 2;
+                    ph[f] = pack2((T*)nullptr, sv[0], sv[1]);
+                    const float2 h = unpack2((T*)nullptr, ph[f]);
+                    pl[f] = pack2((T*)nullptr, sv[0] - h.x, sv[1] - h.y);
+                }
+#pragma unroll
+                for (int dn = 0; dn < DN; dn += 2) {
+                    unsigned b[4];
+                    ldsm_x4_trans(b, st + (KT + j * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * RS + (dn + (lane >> 4)) * 8);
+                    mma16816((T*)nullptr, o[dn], ph[0], ph[1], ph[2], ph[3], b[0], b[1]);
+                    mma16816((T*)nullptr, o[dn], pl[0], pl[1], pl[2], pl[3], b[0], b[1]);
+                    mma16816((T*)nullptr, o[dn + 1], ph[0], ph[1], ph[2], ph[3], b[2], b[3]);
+                    mma16816((T*)nullptr, o[dn + 1], pl[0], pl[1], pl[2], pl[3], b[2], b[3]);
+                }
+            }
+        }
+        // The next iteration's copies overwrite this stage.
+        __syncthreads();
+    }
+#pragma unroll
+    for (int x = 1; x <= 2; x <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, x);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, x);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = h ? r1 : r0;
+        if (r >= rows) continue;
+        const float l = h ? l1 : l0;
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        T* orow = out + ((i64)(t0 + r / G) * hq + kh * G + r % G) * D + 2 * tq;
+#pragma unroll
+        for (int dn = 0; dn < DN; ++dn) {
+            *reinterpret_cast<unsigned*>(orow + dn * 8) =
+                pack2((T*)nullptr, o[dn][2 * h] * inv, o[dn][2 * h + 1] * inv);
+        }
     }
 }
 

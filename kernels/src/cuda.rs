@@ -82,23 +82,25 @@ pub fn attention_instance(dtype: &str, d: usize) -> String {
     format!("OPTC_PAGED_ATTENTION({c}, {dtype}, {d}, {})\n", attention_rows(d))
 }
 
-/// The tensor-core prefill kernel (WMMA), compiled as its own module so a
-/// failure to build it only costs speed: the scalar kernel takes over.
+/// The tensor-core prefill kernel (m16n8k16 MMA), compiled as its own
+/// module so a failure to build it only costs speed: the scalar kernel
+/// takes over.
 pub const PREFILL_MMA: &str = include_str!("../cuda/attention_mma.cu");
 
-/// Whether the WMMA prefill kernel covers this dtype and head dim.
+/// Whether the tensor-core prefill kernel covers this dtype and head dim.
 pub fn prefill_mma_supported(dtype: &str, d: usize) -> bool {
     matches!(dtype, "bf16" | "f16") && d % 16 == 0 && d > 0 && d <= 128
 }
 
-/// Dynamic shared memory of the WMMA prefill kernel for head dim `d`.
+/// Dynamic shared memory of the tensor-core prefill kernel for head dim
+/// `d`: two stages of key and value rows (64 keys up to head dim 64, 32
+/// past it), padded by 8 elements.
 pub fn prefill_mma_smem_bytes(d: usize) -> usize {
-    let (rows, keys) = (64, 32);
-    let (qs, ss, ps, os) = (d + 8, keys + 4, keys + 8, d + 4);
-    (rows * qs + 2 * keys * qs + 2 * rows * ps) * 2 + (rows * ss + rows * os + 2 * rows) * 4 + keys * 8
+    let keys = if d <= 64 { 64 } else { 32 };
+    2 * 2 * keys * (d + 8) * 2
 }
 
-/// The instantiation line for the WMMA prefill kernel; it defines
+/// The instantiation line for the tensor-core prefill kernel; it defines
 /// `paged_prefill_mma_{dtype}_d{d}`.
 pub fn prefill_mma_instance(dtype: &str, d: usize) -> String {
     format!("OPTC_PAGED_PREFILL_MMA({dtype}, {dtype}, {d})\n")

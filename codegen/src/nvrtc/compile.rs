@@ -22,7 +22,7 @@ pub(crate) fn source(instances: &[String]) -> String {
     s
 }
 
-/// The WMMA prefill unit: helpers, the kernel, its instantiations.
+/// The tensor-core prefill unit: helpers, the kernel, its instantiations.
 pub(crate) fn mma_source(instances: &[String]) -> String {
     let mut s = String::from(optc_kernels::cuda::COMMON);
     s.push_str("\n// ---- attention_mma.cu\n");

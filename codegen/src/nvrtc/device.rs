@@ -36,7 +36,7 @@ pub(crate) struct Gpu {
     pub name: String,
     pub arch: (i32, i32),
     module: Option<Arc<CudaModule>>,
-    /// Optional kernels in their own module (the WMMA prefill).
+    /// Optional kernels in their own module (the tensor-core prefill).
     extra: Option<Arc<CudaModule>>,
     functions: HashMap<String, CudaFunction>,
 }

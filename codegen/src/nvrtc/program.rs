@@ -75,14 +75,14 @@ pub(super) struct AttentionRun {
     pub(super) tiles_offset: usize,
     pub(super) tiles: usize,
     pub(super) nsplit: usize,
-    /// Prefill on the tensor cores (the WMMA kernel).
+    /// Prefill on the tensor cores (the MMA kernel in attention_mma.cu).
     pub(super) mma: bool,
     /// Decode (one token per sequence) on the one-launch decode kernel.
     pub(super) decode: bool,
 }
 
 /// A paged-attention step's functions: the cache write, the tiled kernel,
-/// its split combine, the decode kernel, then (when it built) the WMMA
+/// its split combine, the decode kernel, then (when it built) the MMA
 /// prefill at this index.
 pub(super) const ATTENTION_MMA: usize = 4;
 
@@ -339,7 +339,7 @@ impl CudaProgram {
             {
                 Ok(()) => mma = true,
                 Err(e) => {
-                    tracing::warn!(error = %e, "the WMMA prefill kernel did not build; prefill uses the scalar kernel");
+                    tracing::warn!(error = %e, "the tensor-core prefill kernel did not build; prefill uses the scalar kernel");
                     summary.prefill_mma = Some(format!("off: {e}"));
                 }
             }
