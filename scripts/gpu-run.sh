@@ -56,11 +56,12 @@ fi
 if has ncu; then
   # Kernel times inside the captured decode graphs: ncu times every kernel
   # node on its own (no launch gaps), 520 launches (two decode steps) well
-  # after the prefill and warm-up.
+  # after the prefill and warm-up; NCU_RUNS lists "WORKLOAD:launches-to-skip".
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  for w in W1 W2; do
-    echo "== ncu $w"
-    "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --launch-skip 20000 --launch-count 520 \
+  for spec in ${NCU_RUNS:-W1:20000 W2:20000}; do
+    IFS=: read -r w skip <<< "$spec"
+    echo "== ncu $w (skip $skip launches)"
+    "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --launch-skip $skip --launch-count 520 \
       "$BIN" bench $MODEL --target nvrtc --workloads $w --reps 1 --max-num-tokens 16384 > "$OUT/ncu_$w.csv" 2> "$OUT/ncu_$w.err"
     python3 .device/ncu_summary.py "$OUT/ncu_$w.csv" 2 | head -30
   done

@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use optc::codegen::cpu::CpuProgram;
-use optc::codegen::nvrtc::{self, CudaProgram};
+use optc::codegen::nvrtc::{self, CudaProgram, SkinnyGemm};
 use optc::frontends::hf;
 use optc::ir::{parse, run, Bindings, DType, Graph, Tensor, WeightStore};
 use optc::passes::kv_cache::StepInputs;
 use optc::passes::Pipeline;
 use optc::Compiler;
+use optc_kernels::cuda as src;
 
 const BLOCK: usize = 4;
 
@@ -464,13 +465,24 @@ fn norms_at_model_widths_match_the_interpreter() {
 }
 
 /// Linear layers at decode batch sizes (the GEMV kernels: one row, up to
-/// four) and just past them (cuBLASLt), with and without bias, at an odd
-/// output width.
+/// four), at small batches (16-bit: the tensor-core skinny GEMM up to 128
+/// rows, its k split over blocks for narrow outputs or not for short k;
+/// f32: cuBLASLt) and past them (cuBLASLt), with and without bias, at odd
+/// output widths and a k that is not a multiple of the 64-wide tiles.
 #[test]
 fn linears_at_decode_batches_match_the_interpreter() {
+    let shapes = |t: DType| {
+        let mut v: Vec<(usize, usize, usize)> = [1usize, 3, 4, 5].iter().map(|&m| (m, 2056, 37)).collect();
+        if t != DType::F32 {
+            for m in [17usize, 32, 33, 64, 100, 128, 129] {
+                v.push((m, 2056, 200));
+            }
+            v.push((40, 72, 200));
+        }
+        v
+    };
     for t in [DType::F32, DType::BF16] {
-        for m in [1usize, 3, 4, 5] {
-            let (k, n) = (2056usize, 37usize);
+        for (m, k, n) in shapes(t) {
             let text = format!(
                 "graph l(%x: {t}[{m}, {k}], %w: {t}[{n}, {k}], %b: {t}[{n}]) -> (%y: {t}[{m}, {n}], %z: {t}[{m}, {n}]) {{
   %0: {t}[{m}, {n}] = linear(%x, %w)
@@ -490,17 +502,20 @@ fn linears_at_decode_batches_match_the_interpreter() {
                 return;
             }
             let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+            p.set_skinny_gemm(SkinnyGemm::All);
             let got = p.run(&inputs).unwrap();
             for (o, wt) in g.outputs().iter().zip(&want) {
                 let e = rel_l2(&got[&o.name], wt);
-                // cuBLASLt's half-precision bias epilogue (past four rows)
-                // rounds the product, then the sum; the GEMV rounds once.
-                let tol = if m > 4 && o.name == "z" {
+                // cuBLASLt's half-precision bias epilogue rounds the
+                // product, then the sum; the GEMV and the skinny GEMM
+                // round once.
+                let cublas = m > src::SKINNY_MAX_ROWS || (m > 4 && t == DType::F32);
+                let tol = if cublas && o.name == "z" {
                     tolerance(t)
                 } else {
                     tolerance(t) / 10.0 + 1e-6
                 };
-                assert!(e < tol, "{t} m {m} %{}: rel L2 {e}", o.name);
+                assert!(e < tol, "{t} m {m} k {k} n {n} %{}: rel L2 {e}", o.name);
             }
         }
     }

@@ -85,3 +85,167 @@ __device__ void gemv_impl(const T* x, const T* w, const T* b, T* y, int n, int k
 OPTC_GEMV(float, f32)
 OPTC_GEMV(bf16, bf16)
 OPTC_GEMV(f16, f16)
+
+// Linear layers at small batches (5..128 rows of x) on the tensor cores,
+// for 16-bit types: y = x wᵀ (+ b) as yᵀ = w xᵀ, so the weight rows are
+// the MMA rows and the few rows of x its columns, and a block streams a
+// 64-row slab of w once. Four warps own 16 weight rows each; tiles of 64
+// along k pass through SKINNY_STAGES cp.async stages (rows padded by 8
+// elements for ldmatrix). With few slabs (narrow outputs) the k range is
+// split over gridDim.y blocks: each leaves f32 partial sums and the last
+// block of a slab to finish (counted in `counters`, reset to 0) adds them
+// in a fixed order, so the sum does not depend on timing; one rounding at
+// the store. Needs k % 8 == 0 and 16-byte-aligned operands (the host
+// checks); MT n8 column blocks cover up to 8 * MT rows of x.
+constexpr int SKINNY_BN = 64, SKINNY_BK = 64, SKINNY_STAGES = 4, SKINNY_RS = SKINNY_BK + 8;
+
+template <typename T, int MT>
+__device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float* part, int* counters, int n, int k,
+                                 int m) {
+    constexpr int RS = SKINNY_RS, WROWS = SKINNY_BN, XROWS = 8 * MT;
+    constexpr int STAGE = (WROWS + XROWS) * RS;
+    extern __shared__ __align__(16) unsigned char skinny_smem[];
+    T* smem = reinterpret_cast<T*>(skinny_smem);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n0 = blockIdx.x * SKINNY_BN, z = blockIdx.y, nsplit = gridDim.y;
+    const int ktiles = (k + SKINNY_BK - 1) / SKINNY_BK;
+    const int per = (ktiles + nsplit - 1) / nsplit;
+    const int kt0 = z * per, kt1 = min(ktiles, kt0 + per), nk = max(0, kt1 - kt0);
+
+    // Starts the copies of k tile kt (weights, then x) into stage st.
+    auto load = [&](int kt, int st) {
+        T* ws = smem + st * STAGE;
+        T* xs = ws + WROWS * RS;
+        const int kb = kt * SKINNY_BK;
+        for (int i = threadIdx.x; i < (WROWS + XROWS) * (SKINNY_BK / 8); i += blockDim.x) {
+            const int r = i / (SKINNY_BK / 8), c = (i % (SKINNY_BK / 8)) * 8, kk = kb + c;
+            if (r < WROWS) {
+                const bool ok = n0 + r < n && kk < k;
+                cp_async16_or_zero(ws + r * RS + c, ok ? w + (i64)(n0 + r) * k + kk : w, ok);
+            } else {
+                const int rx = r - WROWS;
+                const bool ok = rx < m && kk < k;
+                cp_async16_or_zero(xs + rx * RS + c, ok ? x + (i64)rx * k + kk : x, ok);
+            }
+        }
+    };
+#pragma unroll
+    for (int s = 0; s < SKINNY_STAGES - 1; ++s) {
+        if (s < nk) load(kt0 + s, s);
+        cp_async_commit();
+    }
+    float acc[MT][4];
+#pragma unroll
+    for (int j = 0; j < MT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    const int mblocks = (m + 7) / 8;
+    for (int i = 0; i < nk; ++i) {
+        cp_async_wait<SKINNY_STAGES - 2>();
+        __syncthreads();
+        if (i + SKINNY_STAGES - 1 < nk) load(kt0 + i + SKINNY_STAGES - 1, (i + SKINNY_STAGES - 1) % SKINNY_STAGES);
+        cp_async_commit();
+        const T* ws = smem + (i % SKINNY_STAGES) * STAGE;
+        const T* xs = ws + WROWS * RS;
+#pragma unroll
+        for (int ks = 0; ks < SKINNY_BK / 16; ++ks) {
+            unsigned a[4];
+            ldsm_x4(a, ws + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * RS + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+            for (int j = 0; j < MT; j += 2) {
+                if (j * 8 >= m) break;
+                unsigned bb[4];
+                ldsm_x4(bb, xs + ((j + (lane >> 4)) * 8 + (lane & 7)) * RS + ks * 16 + ((lane >> 3) & 1) * 8);
+                mma16816((T*)nullptr, acc[j], a[0], a[1], a[2], a[3], bb[0], bb[1]);
+                if (j + 1 < mblocks) mma16816((T*)nullptr, acc[j + 1], a[0], a[1], a[2], a[3], bb[2], bb[3]);
+            }
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    // The block's [8 MT, 64] tile of y in f32, through shared memory so the
+    // stores run along n.
+    constexpr int CS = SKINNY_BN + 4;
+    float* cs = reinterpret_cast<float*>(skinny_smem);
+    const int g = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int j = 0; j < MT; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int row = j * 8 + 2 * tq + (e & 1), col = warp * 16 + g + (e >> 1) * 8;
+            cs[row * CS + col] = acc[j][e];
+        }
+    }
+    __syncthreads();
+    const int cols = min(SKINNY_BN, n - n0);
+    if (nsplit == 1) {
+        for (int i = threadIdx.x; i < m * SKINNY_BN; i += blockDim.x) {
+            const int r = i / SKINNY_BN, c = i % SKINNY_BN;
+            if (c < cols) st(&y[(i64)r * n + n0 + c], b ? cs[r * CS + c] + ld(&b[n0 + c]) : cs[r * CS + c]);
+        }
+        return;
+    }
+    // Partials in rows of gridDim.x * 64 floats: 16-byte aligned.
+    const i64 np = (i64)gridDim.x * SKINNY_BN;
+    for (int i = threadIdx.x; i < m * (SKINNY_BN / 4); i += blockDim.x) {
+        const int r = i / (SKINNY_BN / 4), c = (i % (SKINNY_BN / 4)) * 4;
+        const float* src = cs + r * CS + c;
+        __stcg(reinterpret_cast<float4*>(part + ((i64)z * m + r) * np + n0 + c), make_float4(src[0], src[1], src[2], src[3]));
+    }
+    __threadfence();
+    __syncthreads();
+    __shared__ int last;
+    if (threadIdx.x == 0) {
+        int* ctr = counters + blockIdx.x;
+        const int done = atomicAdd(ctr, 1);
+        last = done == nsplit - 1;
+        if (last) *ctr = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    // Four splits' loads in flight at a time, summed in split order.
+    for (int i = threadIdx.x; i < m * (SKINNY_BN / 4); i += blockDim.x) {
+        const int r = i / (SKINNY_BN / 4), c = (i % (SKINNY_BN / 4)) * 4;
+        if (c >= cols) continue;
+        const float4* p = reinterpret_cast<const float4*>(part + (i64)r * np + n0 + c);
+        const i64 zs = (i64)m * np / 4;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        int zz = 0;
+        for (; zz + 4 <= nsplit; zz += 4) {
+            float4 a[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) a[u] = __ldcg(p + (zz + u) * zs);
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                v.x += a[u].x;
+                v.y += a[u].y;
+                v.z += a[u].z;
+                v.w += a[u].w;
+            }
+        }
+        for (; zz < nsplit; ++zz) {
+            const float4 a = __ldcg(p + zz * zs);
+            v.x += a.x;
+            v.y += a.y;
+            v.z += a.z;
+            v.w += a.w;
+        }
+        const float vs[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            if (c + e < cols) st(&y[(i64)r * n + n0 + c + e], b ? vs[e] + ld(&b[n0 + c + e]) : vs[e]);
+        }
+    }
+}
+
+#define OPTC_SKINNY(T, N, MT, NAME)                                                                        \
+    extern "C" __global__ void __launch_bounds__(128)                                                      \
+        skinny_##N##_##NAME(const T* x, const T* w, const T* b, T* y, float* part, int* counters, int n,   \
+                            int k, int m) {                                                                \
+        skinny_gemm_impl<T, MT>(x, w, b, y, part, counters, n, k, m);                                      \
+    }
+OPTC_SKINNY(bf16, bf16, 4, m32)
+OPTC_SKINNY(bf16, bf16, 8, m64)
+OPTC_SKINNY(bf16, bf16, 16, m128)
+OPTC_SKINNY(f16, f16, 4, m32)
+OPTC_SKINNY(f16, f16, 8, m64)
+OPTC_SKINNY(f16, f16, 16, m128)

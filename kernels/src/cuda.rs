@@ -27,6 +27,24 @@ pub const GEMV_ROWS_PER_BLOCK: usize = 8;
 /// The most dynamic shared memory a GEMV block asks for (its rows of x).
 pub const GEMV_MAX_SMEM: usize = 96 << 10;
 
+/// Most rows of `x` the tensor-core linear kernels for small batches take
+/// (`skinny_{dtype}_m32`, `_m64`, `_m128`, 16-bit types); larger batches
+/// go to cuBLASLt.
+pub const SKINNY_MAX_ROWS: usize = 128;
+
+/// Weight rows (output features) one skinny-GEMM block streams.
+pub const SKINNY_ROWS_PER_BLOCK: usize = 64;
+
+/// The skinny-GEMM kernels as (name suffix, rows of x they cover).
+pub const SKINNY_VARIANTS: [(&str, usize); 3] = [("m32", 32), ("m64", 64), ("m128", 128)];
+
+/// Dynamic shared memory of a skinny-GEMM block covering `rows` rows of
+/// x: four stages of 64 weight rows and the x rows, 64 elements along k
+/// each, padded by 8 (`SKINNY_*` in gemv.cu).
+pub fn skinny_smem_bytes(rows: usize, elem_bytes: usize) -> usize {
+    4 * (64 + rows) * (64 + 8) * elem_bytes
+}
+
 /// Query rows (tokens x heads of one KV group) one paged-attention block
 /// handles for head dim `d`: fewer for large heads, whose per-row state
 /// would otherwise spill out of registers.

@@ -7,7 +7,7 @@ use optc_ir::ops::{BinaryKind, GeluApprox, Op, UnaryKind};
 use optc_kernels::cuda as src;
 
 use super::gemm::GemmShape;
-use super::program::{AttentionRun, CudaProgram, Step, ATTENTION_MMA};
+use super::program::{AttentionRun, CudaProgram, SkinnyGemm, Step, ATTENTION_MMA, SPLIT_COUNTERS};
 use super::select::Kernel;
 use super::strided::{broadcast_strides, contiguous, strided};
 
@@ -76,7 +76,7 @@ impl CudaProgram {
                 let aligned = [ptr[a[0]], ptr[a[1]], ptr[o0], opt(2)]
                     .iter()
                     .all(|p| p % 16 == 0);
-                if fns.len() == 2
+                if fns.len() >= 2
                     && (1..=src::GEMV_MAX_ROWS).contains(&m)
                     && kd % 8 == 0
                     && aligned
@@ -88,6 +88,49 @@ impl CudaProgram {
                     return launch!(gpu, f, cfg((blocks, 1, 1), 128, bytes as u32);
                         x = ptr[a[0]], w = ptr[a[1]], b = opt(2), y = ptr[o0], n = nn as i32, k = kd as i32,
                         m = m as i32);
+                }
+                let tiles = nn.div_ceil(src::SKINNY_ROWS_PER_BLOCK);
+                if fns.len() == 2 + src::SKINNY_VARIANTS.len()
+                    && (src::GEMV_MAX_ROWS + 1..=src::SKINNY_MAX_ROWS).contains(&m)
+                    && kd % 8 == 0
+                    && aligned
+                    && nn <= i32::MAX as usize
+                    && kd <= i32::MAX as usize
+                    && tiles <= SPLIT_COUNTERS
+                    && match self.skinny {
+                        SkinnyGemm::Off => false,
+                        SkinnyGemm::Narrow => tiles < sms as usize,
+                        SkinnyGemm::All => true,
+                    }
+                {
+                    let v = src::SKINNY_VARIANTS
+                        .iter()
+                        .position(|&(_, rows)| m <= rows)
+                        .unwrap_or(src::SKINNY_VARIANTS.len() - 1);
+                    let smem = src::skinny_smem_bytes(src::SKINNY_VARIANTS[v].1, esize as usize) as u32;
+                    // Narrow outputs split k until the grid fills the GPU
+                    // twice, keeping at least four 64-wide k tiles a block.
+                    let ktiles = kd.div_ceil(64);
+                    let nsplit = if tiles >= sms as usize {
+                        1
+                    } else {
+                        (2 * sms as usize).div_ceil(tiles).min(ktiles / 4).max(1)
+                    };
+                    let part = if nsplit > 1 {
+                        self.pool
+                            .alloc(nsplit * m * tiles * src::SKINNY_ROWS_PER_BLOCK * 4)?
+                    } else {
+                        0
+                    };
+                    let counters = self.split_counters.as_ref().map_or(0, |b| b.ptr);
+                    let gpu = &self.gpu;
+                    let r = launch!(gpu, &fns[2 + v], cfg((tiles as u32, nsplit as u32, 1), 128, smem);
+                        x = ptr[a[0]], w = ptr[a[1]], b = opt(2), y = ptr[o0], part = part, ctr = counters,
+                        n = nn as i32, k = kd as i32, m = m as i32);
+                    if part != 0 {
+                        self.pool.release(part);
+                    }
+                    return r;
                 }
                 let shape = GemmShape {
                     dtype,
@@ -341,7 +384,7 @@ impl CudaProgram {
                 };
                 let gpu = &self.gpu;
                 if run.decode {
-                    let counters = self.decode_counters.as_ref().map_or(0, |b| b.ptr);
+                    let counters = self.split_counters.as_ref().map_or(0, |b| b.ptr);
                     let grid = (ntok as u32, hkv as u32, run.nsplit as u32);
                     let smem = src::paged_decode_smem_bytes(d, esize as usize) as u32;
                     let r = launch!(gpu, &fns[3], cfg(grid, 128, smem);

@@ -38,4 +38,4 @@ mod strided;
 
 pub use compile::{cache_dir, CompileReport};
 pub use device::available;
-pub use program::{CudaProgram, CudaSummary};
+pub use program::{CudaProgram, CudaSummary, SkinnyGemm};

@@ -86,9 +86,9 @@ pub(super) struct AttentionRun {
 /// prefill at this index.
 pub(super) const ATTENTION_MMA: usize = 4;
 
-/// Split counters of the decode kernel: at most this many (token, KV head)
-/// pairs per step use it.
-pub(super) const DECODE_COUNTERS: usize = 1 << 18;
+/// Split counters of the decode attention and the skinny GEMM: at most
+/// this many (token, KV head) pairs or 64-row weight slabs per launch.
+pub(super) const SPLIT_COUNTERS: usize = 1 << 18;
 
 /// A graph lowered to CUDA kernels and cuBLASLt GEMMs, with its weights on
 /// the GPU and its state (KV caches) allocated there.
@@ -123,9 +123,36 @@ pub struct CudaProgram {
     /// shape; `OPTC_CUDA_GRAPHS=0` turns this off.
     pub(super) graphs: bool,
     pub(super) captures: HashMap<CaptureKey, Captured>,
-    /// The decode kernel's split counters (zero between launches: the
-    /// last block of each pair resets its own).
-    pub(super) decode_counters: Option<DeviceBox>,
+    /// Split counters of the decode attention and the skinny GEMM (zero
+    /// between launches: the last block of each group resets its own).
+    pub(super) split_counters: Option<DeviceBox>,
+    /// Where linears of 5..=128 rows (16-bit) take the tensor-core skinny
+    /// GEMM instead of cuBLASLt.
+    pub(super) skinny: SkinnyGemm,
+}
+
+/// Where linears of 5..=128 rows of a 16-bit type run on optc's
+/// tensor-core skinny GEMM (`skinny_*` in gemv.cu) rather than cuBLASLt.
+/// Off by default: on the H200 it has not yet beaten cuBLASLt (see
+/// docs/perf.md); `OPTC_CUDA_SKINNY=1` picks `Narrow`, `=all` picks `All`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkinnyGemm {
+    /// cuBLASLt for every linear past the GEMV's rows.
+    Off,
+    /// The skinny GEMM for outputs narrower than 64 columns per SM.
+    Narrow,
+    /// The skinny GEMM for every width.
+    All,
+}
+
+impl SkinnyGemm {
+    fn from_env() -> SkinnyGemm {
+        match std::env::var("OPTC_CUDA_SKINNY").as_deref() {
+            Ok("1") => SkinnyGemm::Narrow,
+            Ok("all") => SkinnyGemm::All,
+            _ => SkinnyGemm::Off,
+        }
+    }
 }
 
 /// What a captured graph depends on: every input's shape and the
@@ -354,13 +381,15 @@ impl CudaProgram {
                     fns.push(gpu.function(&name).map_err(node_err(&s.node))?);
                 }
                 if *k == Kernel::Linear {
-                    let ok = fns.iter().all(|f| {
-                        f.set_attribute(
-                            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                            src::GEMV_MAX_SMEM as i32,
-                        )
-                        .is_ok()
-                    });
+                    let esize = types[s.outs[0]].dtype.storage_bytes(1);
+                    let smem = |i: usize| match i {
+                        0 | 1 => src::GEMV_MAX_SMEM,
+                        _ => src::skinny_smem_bytes(src::SKINNY_VARIANTS[i - 2].1, esize),
+                    };
+                    let ok = fns
+                        .iter()
+                        .enumerate()
+                        .all(|(i, f)| allow_smem(f, smem(i)).is_ok());
                     // Without the shared memory the GEMV is off: cuBLASLt.
                     if !ok || std::env::var("OPTC_CUDA_GEMV").is_ok_and(|v| v == "0") {
                         fns.clear();
@@ -570,11 +599,11 @@ impl CudaProgram {
             .map(|o| (o.name.clone(), vid[&o.value]))
             .collect();
         let gemm = Gemm::new(gpu.arch.0).map_err(&gerr)?;
-        let decode_counters = if steps
+        let split_counters = if steps
             .iter()
-            .any(|s| matches!(s.exec, Exec::Kernel(Kernel::PagedAttention, _)))
+            .any(|s| matches!(s.exec, Exec::Kernel(Kernel::PagedAttention | Kernel::Linear, _)))
         {
-            let b = DeviceBox::new(DECODE_COUNTERS * 4).map_err(&gerr)?;
+            let b = DeviceBox::new(SPLIT_COUNTERS * 4).map_err(&gerr)?;
             gpu.zero(b.ptr, b.bytes).and_then(|_| gpu.sync()).map_err(&gerr)?;
             Some(b)
         } else {
@@ -603,8 +632,14 @@ impl CudaProgram {
             profile: Profile::from_env(),
             graphs: std::env::var("OPTC_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             captures: HashMap::new(),
-            decode_counters,
+            split_counters,
+            skinny: SkinnyGemm::from_env(),
         })
+    }
+
+    /// Overrides `OPTC_CUDA_SKINNY` for this program's linears.
+    pub fn set_skinny_gemm(&mut self, mode: SkinnyGemm) {
+        self.skinny = mode;
     }
 
     pub fn summary(&self) -> &CudaSummary {

@@ -16,7 +16,7 @@ use super::device::{DeviceBox, Pool};
 use super::launch::cfg;
 use super::program::{
     node_err, AttentionRun, CaptureKey, Captured, CudaProgram, Exec, Executed, Loc, Step, ATTENTION_MMA,
-    DECODE_COUNTERS, MAX_CAPTURES,
+    MAX_CAPTURES, SPLIT_COUNTERS,
 };
 use super::select::{float_name, Kernel};
 use crate::CodegenError;
@@ -317,17 +317,25 @@ impl CudaProgram {
                         && group <= src::DECODE_GROUP
                         && shape.head_dim % 8 == 0
                         && shape.head_dim <= src::DECODE_MAX_HEAD_DIM
-                        && shape.tokens * shape.kv_heads <= DECODE_COUNTERS;
+                        && shape.tokens * shape.kv_heads <= SPLIT_COUNTERS;
                     let nsplit = if decode {
                         // Each of a block's four warps takes a 32-key chunk;
-                        // split until the grid fills the GPU twice over.
+                        // split while the grid still fits in one wave (the
+                        // blocks the SMs hold at once, by shared memory and
+                        // at most four), else twice the SMs (CUDA cores).
                         let blocks = shape.tokens * shape.kv_heads;
-                        let fill = (2 * self.gpu.sms as usize).div_ceil(blocks.max(1));
-                        max_chunks
-                            .div_ceil(4)
-                            .next_power_of_two()
-                            .min(fill.next_power_of_two())
-                            .clamp(1, 64)
+                        let esize = self.types[s.args[0]].dtype.storage_bytes(1);
+                        let fill = if src::decode_mma_supported(shape.head_dim, esize) {
+                            let smem = src::paged_decode_smem_bytes(shape.head_dim, esize) + 1024;
+                            let per_sm = ((228 << 10) / smem).clamp(1, 4);
+                            let f = (per_sm * self.gpu.sms as usize / blocks.max(1)).max(1);
+                            1 << f.ilog2()
+                        } else {
+                            (2 * self.gpu.sms as usize)
+                                .div_ceil(blocks.max(1))
+                                .next_power_of_two()
+                        };
+                        max_chunks.div_ceil(4).next_power_of_two().min(fill).clamp(1, 64)
                     } else {
                         nsplit
                     };

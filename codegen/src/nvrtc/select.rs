@@ -5,6 +5,8 @@ use optc_ir::dim::normalize_axis;
 use optc_ir::ops::{BinaryKind, Op, UnaryKind};
 use optc_ir::{DType, TensorType};
 
+use optc_kernels::cuda as src;
+
 use super::strided::MAX_RANK;
 
 /// How many of `UnaryKind::ALL` / `BinaryKind::ALL` (in order) the CUDA
@@ -165,9 +167,20 @@ pub(super) fn function_names(k: Kernel, args: &[&TensorType], out: &TensorType) 
     let f = float_name(out.dtype).unwrap_or("f32");
     let w = word_name(out.dtype).unwrap_or("b4");
     match k {
-        // The GEMV kernels for decode batches (1 row; up to 4); cuBLASLt
-        // otherwise.
-        Kernel::Linear => vec![format!("gemv_{f}_m1"), format!("gemv_{f}_m4")],
+        // The GEMV kernels for decode batches (1 row; up to 4), then for
+        // 16-bit types the tensor-core kernels for up to 128 rows;
+        // cuBLASLt otherwise.
+        Kernel::Linear => {
+            let mut v = vec![format!("gemv_{f}_m1"), format!("gemv_{f}_m4")];
+            if matches!(f, "bf16" | "f16") {
+                v.extend(
+                    src::SKINNY_VARIANTS
+                        .iter()
+                        .map(|(n, _)| format!("skinny_{f}_{n}")),
+                );
+            }
+            v
+        }
         Kernel::MatMul => vec![],
         // The general kernel, then the register-resident ones by runs of
         // eight per thread (1, 2, 4).
