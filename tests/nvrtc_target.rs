@@ -197,6 +197,18 @@ fn random(n: usize, seed: &mut u64) -> Vec<f32> {
         .collect()
 }
 
+/// Named random inputs of type `t` in [-1, 1), from one seed.
+fn random_inputs(t: DType, shapes: &[(&str, Vec<usize>)], seed: u64) -> BTreeMap<String, Tensor> {
+    let mut seed = seed;
+    shapes
+        .iter()
+        .map(|(name, shape)| {
+            let v = random(shape.iter().product(), &mut seed);
+            (name.to_string(), Tensor::from_f32(t, shape, &v))
+        })
+        .collect()
+}
+
 /// Four steps over three sequences: prefill chunks (one long enough for
 /// several tiles), a chunk after cached tokens, then decode, where a
 /// 700-token context goes down the split path, and decode of the two
@@ -384,22 +396,18 @@ fn kernels_match_the_interpreter_on_random_inputs() {
         );
         let g = parse(&text).unwrap();
         let w = WeightStore::new();
-        let mut seed = 99u64;
-        let mut inputs = BTreeMap::new();
-        for (name, shape) in [
-            ("x", vec![3, 5, 37]),
-            ("y", vec![5, 1]),
-            ("w", vec![37]),
-            ("c", vec![5, 36]),
-            ("s", vec![5, 36]),
-            ("m", vec![37, 19]),
-        ] {
-            let n = shape.iter().product();
-            inputs.insert(
-                name.to_string(),
-                Tensor::from_f32(t, &shape, &random(n, &mut seed)),
-            );
-        }
+        let mut inputs = random_inputs(
+            t,
+            &[
+                ("x", vec![3, 5, 37]),
+                ("y", vec![5, 1]),
+                ("w", vec![37]),
+                ("c", vec![5, 36]),
+                ("s", vec![5, 36]),
+                ("m", vec![37, 19]),
+            ],
+            99,
+        );
         inputs.insert("i".into(), Tensor::from_i64(DType::I64, &[4], &[4, 0, 2, 4]));
         // The graph and its reference results are checked everywhere; the
         // GPU half only where there is one.
@@ -433,19 +441,15 @@ fn norms_at_model_widths_match_the_interpreter() {
 }}"
             );
             let g = parse(&text).unwrap();
-            let mut seed = cols as u64;
-            let mut inputs = BTreeMap::new();
-            for (name, shape) in [
-                ("x", vec![rows, cols]),
-                ("y", vec![rows, cols]),
-                ("w", vec![cols]),
-            ] {
-                let n = shape.iter().product();
-                inputs.insert(
-                    name.to_string(),
-                    Tensor::from_f32(t, &shape, &random(n, &mut seed)),
-                );
-            }
+            let inputs = random_inputs(
+                t,
+                &[
+                    ("x", vec![rows, cols]),
+                    ("y", vec![rows, cols]),
+                    ("w", vec![cols]),
+                ],
+                cols as u64,
+            );
             let want = run(&g, &inputs, &WeightStore::new()).unwrap();
             if !gpu() {
                 return;
@@ -491,12 +495,11 @@ fn linears_at_decode_batches_match_the_interpreter() {
 }}"
             );
             let g = parse(&text).unwrap();
-            let mut seed = (m * 131) as u64;
-            let mut inputs = BTreeMap::new();
-            for (name, shape) in [("x", vec![m, k]), ("w", vec![n, k]), ("b", vec![n])] {
-                let v = random(shape.iter().product(), &mut seed);
-                inputs.insert(name.to_string(), Tensor::from_f32(t, &shape, &v));
-            }
+            let inputs = random_inputs(
+                t,
+                &[("x", vec![m, k]), ("w", vec![n, k]), ("b", vec![n])],
+                (m * 131) as u64,
+            );
             let want = run(&g, &inputs, &WeightStore::new()).unwrap();
             if !gpu() {
                 return;
