@@ -302,9 +302,13 @@ mod tests {
                         .split(',')
                         .map(|a| a.trim().to_string())
                         .collect();
+                    // Longer parameter names first: `##N` must not eat
+                    // the start of `##NAME`.
+                    let mut pairs: Vec<(&String, &String)> = params.iter().zip(&args).collect();
+                    pairs.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
                     collect(body, &|raw| {
                         let mut out = raw.to_string();
-                        for (p, a) in params.iter().zip(&args) {
+                        for (p, a) in &pairs {
                             out = out.replace(&format!("##{p}##"), a).replace(&format!("##{p}"), a);
                         }
                         out.replace("##", "")
