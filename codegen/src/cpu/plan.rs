@@ -63,6 +63,8 @@ pub struct CpuProgram {
     state_types: Vec<TensorType>,
     graph: Graph,
     summary: PlanSummary,
+    /// Every value's dims per input-shape set seen lately.
+    dims_cache: crate::lowering::DimsCache,
 }
 
 /// Whether operand `slot` of `op` is read by a kernel that takes weights in
@@ -399,6 +401,7 @@ impl CpuProgram {
             state_types,
             graph: g.clone(),
             summary,
+            dims_cache: Default::default(),
         })
     }
 
@@ -455,7 +458,10 @@ impl CpuProgram {
                 crate::lowering::state_shape(name, &self.state_types[i], n, |e| e)?,
             );
         }
-        let (bindings, dims) = crate::lowering::run_dims(&self.graph, &self.types, &shapes, &self.inputs)?;
+        let rd = self
+            .dims_cache
+            .get(&self.graph, &self.types, shapes, &self.inputs)?;
+        let (bindings, dims) = (&rd.bindings, &rd.dims);
         for (name, v) in &self.inputs {
             if let Loc::Slot(s) = self.locs[*v] {
                 self.slots[s] = Buf::from_tensor(&inputs[name]);
@@ -463,12 +469,12 @@ impl CpuProgram {
         }
         let mut cx = Ctx {
             types: &self.types,
-            dims: &dims,
+            dims,
             locs: &self.locs,
             weights: &self.weights,
             slots: &mut self.slots,
             state: &mut self.state,
-            bindings: &bindings,
+            bindings,
         };
         for s in &self.steps {
             if s.view {

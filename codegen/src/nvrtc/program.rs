@@ -129,6 +129,8 @@ pub struct CudaProgram {
     /// Where linears of 5..=128 rows (16-bit) take the tensor-core skinny
     /// GEMM instead of cuBLASLt.
     pub(super) skinny: SkinnyGemm,
+    /// Every value's dims per input-shape set seen lately.
+    pub(super) dims_cache: crate::lowering::DimsCache,
 }
 
 /// Where linears of 5..=128 rows of a 16-bit type run on optc's
@@ -180,7 +182,7 @@ pub(super) const MAX_CAPTURES: usize = 64;
 
 /// What [`CudaProgram::execute`] leaves for the caller.
 pub(super) struct Executed {
-    pub(super) dims: Vec<Vec<usize>>,
+    pub(super) dims: std::sync::Arc<crate::lowering::RunDims>,
     pub(super) ptr: Vec<u64>,
     /// The buffers belong to a captured graph (do not release them).
     pub(super) captured: bool,
@@ -634,6 +636,7 @@ impl CudaProgram {
             captures: HashMap::new(),
             split_counters,
             skinny: SkinnyGemm::from_env(),
+            dims_cache: Default::default(),
         })
     }
 

@@ -29,7 +29,8 @@ impl CudaProgram {
         inputs: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, CodegenError> {
         let ex = self.execute(inputs, None)?;
-        let (dims, mut ptr) = (ex.dims, ex.ptr);
+        let (rd, mut ptr) = (ex.dims, ex.ptr);
+        let dims = &rd.dims;
         let mut out = BTreeMap::new();
         let mut r = Ok(());
         for (name, v) in &self.outputs {
@@ -74,7 +75,8 @@ impl CudaProgram {
                 message: format!("greedy sampling needs a 2-D float output, not {}", self.types[v]),
             })?;
         let ex = self.execute(inputs, Some((v, f.clone())))?;
-        let (dims, mut ptr) = (ex.dims, ex.ptr);
+        let (rd, mut ptr) = (ex.dims, ex.ptr);
+        let dims = &rd.dims;
         let rows = dims[v][0];
         let t_wait = std::time::Instant::now();
         let r = match ex.argmax {
@@ -178,7 +180,10 @@ impl CudaProgram {
         for i in 0..self.state_names.len() {
             shapes.insert(self.state_names[i].clone(), self.state_shape(i)?);
         }
-        let (bindings, dims) = crate::lowering::run_dims(&self.graph, &self.types, &shapes, &self.inputs)?;
+        let rd = self
+            .dims_cache
+            .get(&self.graph, &self.types, shapes, &self.inputs)?;
+        let (bindings, dims) = (&rd.bindings, &rd.dims);
         // Host-side checks of what kernels index with, and the attention
         // tiles; then everything goes up in one copy.
         let mut arena: Vec<u8> = Vec::new();
@@ -377,7 +382,7 @@ impl CudaProgram {
             };
             if !self.captures.contains_key(&key) && self.captures.len() < MAX_CAPTURES {
                 let c = self
-                    .capture(&arena, &offsets, &dims, &bindings, &attn, greedy.as_ref())
+                    .capture(&arena, &offsets, dims, bindings, &attn, greedy.as_ref())
                     .map_err(node_err(&self.graph.name))?;
                 self.captures.insert(key.clone(), c);
             }
@@ -398,7 +403,7 @@ impl CudaProgram {
                     }
                 }
                 return Ok(Executed {
-                    dims,
+                    dims: rd.clone(),
                     ptr: c.ptr.clone(),
                     captured: true,
                     argmax: greedy.is_some().then_some(c.argmax),
@@ -415,7 +420,7 @@ impl CudaProgram {
         let mut ptr = self.base_pointers(base, &offsets);
         let steps = std::mem::take(&mut self.steps);
         let t_steps = Instant::now();
-        let r = self.run_steps(&steps, &dims, &bindings, &mut ptr, &attn, base);
+        let r = self.run_steps(&steps, dims, bindings, &mut ptr, &attn, base);
         self.steps = steps;
         if let Some(p) = &mut self.profile {
             *p.host.entry("prepare (checks, inputs)").or_insert(0.0) +=
@@ -433,7 +438,7 @@ impl CudaProgram {
             return Err(e);
         }
         Ok(Executed {
-            dims,
+            dims: rd.clone(),
             ptr,
             captured: false,
             argmax: None,
