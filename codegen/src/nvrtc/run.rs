@@ -322,7 +322,9 @@ impl CudaProgram {
                         && group <= src::DECODE_GROUP
                         && shape.head_dim % 8 == 0
                         && shape.head_dim <= src::DECODE_MAX_HEAD_DIM
-                        && shape.tokens * shape.kv_heads <= SPLIT_COUNTERS;
+                        && shape.tokens * shape.kv_heads <= SPLIT_COUNTERS
+                        // The tensor-core decode keeps cache slots in 32 bits.
+                        && shape.num_blocks * shape.block_size <= i32::MAX as usize;
                     let nsplit = if decode {
                         // Each of a block's four warps takes a 32-key chunk;
                         // split while the grid still fits in one wave (the
