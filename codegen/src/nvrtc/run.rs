@@ -284,6 +284,12 @@ impl CudaProgram {
                         });
                     }
                     let per_tile = (rows / group).max(1);
+                    // The keys a query at position `hi` sees.
+                    let window = match &s.op {
+                        Op::PagedAttention(p) => p.window.and_then(|w| usize::try_from(w).ok()),
+                        _ => None,
+                    };
+                    let span = |hi: usize| window.filter(|&w| w > 0).map_or(hi + 1, |w| (hi + 1).min(w));
                     let mut tiles: Vec<i32> = Vec::new();
                     let mut max_chunks = 1usize;
                     for q in 0..context_lens.len() {
@@ -293,7 +299,7 @@ impl CudaProgram {
                             let n = per_tile.min(e - t);
                             tiles.extend([q as i32, t as i32, n as i32]);
                             let hi = positions[t..t + n].iter().copied().max().unwrap_or(0) as usize;
-                            max_chunks = max_chunks.max(hi / 32 + 1);
+                            max_chunks = max_chunks.max((span(hi) - 1) / 32 + 1);
                             t += n;
                         }
                     }
@@ -315,6 +321,11 @@ impl CudaProgram {
                     }
                     arena.resize(arena.len().div_ceil(256) * 256, 0);
                     let has_mma = matches!(&s.exec, Exec::Kernel(_, fns) if fns.len() > ATTENTION_MMA);
+                    // Prefill-like steps (two or more tokens a tile) on the
+                    // tensor cores, which do not split: even a short prompt
+                    // runs faster there than split on the CUDA cores.
+                    let prefill_mma = has_mma && shape.tokens >= 2 * ntiles;
+                    let nsplit = if prefill_mma { 1 } else { nsplit };
                     // Decode: one token per sequence, a group the decode
                     // kernel holds, rows it reads 16 bytes at a time.
                     let decode = shape.tokens == context_lens.len()
@@ -353,7 +364,7 @@ impl CudaProgram {
                             tiles: ntiles,
                             nsplit,
                             // Prefill-like steps: two or more tokens per tile.
-                            mma: !decode && has_mma && nsplit == 1 && shape.tokens >= 2 * ntiles,
+                            mma: !decode && prefill_mma,
                             decode,
                         },
                     );
