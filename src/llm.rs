@@ -65,6 +65,10 @@ impl InterpreterExecutor {
 }
 
 impl Executor for InterpreterExecutor {
+    fn needs_history(&self) -> bool {
+        true
+    }
+
     fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String> {
         let mut rows = Vec::new();
         for s in seqs.iter().filter(|s| s.sample) {

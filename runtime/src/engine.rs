@@ -11,7 +11,7 @@ use crate::scheduler::{FinishReason, RequestError, Scheduler, SchedulerConfig};
 /// One sequence's part of a step, with everything an executor may need:
 /// the new tokens and their positions and cache slots (for paged
 /// executors), the block table, and the whole token history (for
-/// executors without a cache).
+/// executors without a cache; empty unless [`Executor::needs_history`]).
 #[derive(Clone, Debug)]
 pub struct StepSeq {
     pub seq: SeqId,
@@ -39,6 +39,14 @@ pub trait Executor {
         let _ = seqs;
         None
     }
+
+    /// Whether steps must carry each sequence's whole token history (an
+    /// executor that recomputes it, like the reference interpreter).
+    /// Paged executors say no: copying every history every step is host
+    /// work that grows with batch and context.
+    fn needs_history(&self) -> bool {
+        false
+    }
 }
 
 impl<E: Executor + ?Sized> Executor for Box<E> {
@@ -48,6 +56,10 @@ impl<E: Executor + ?Sized> Executor for Box<E> {
 
     fn step_greedy(&mut self, seqs: &[StepSeq]) -> Option<Result<Vec<(u32, f32)>, String>> {
         (**self).step_greedy(seqs)
+    }
+
+    fn needs_history(&self) -> bool {
+        (**self).needs_history()
     }
 }
 
@@ -133,6 +145,7 @@ impl<E: Executor> Engine<E> {
         if plan.scheduled.is_empty() {
             return Ok(Vec::new());
         }
+        let history = self.exec.needs_history();
         let seqs: Vec<StepSeq> = plan
             .scheduled
             .iter()
@@ -149,7 +162,11 @@ impl<E: Executor> Engine<E> {
                     .block_table(s.seq)
                     .map(<[BlockId]>::to_vec)
                     .unwrap_or_default(),
-                history: self.sched.tokens(s.seq).unwrap_or_default(),
+                history: if history {
+                    self.sched.tokens(s.seq).unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
                 sample: s.sample,
             })
             .collect();

@@ -23,6 +23,10 @@ struct Mock {
 }
 
 impl Executor for Mock {
+    fn needs_history(&self) -> bool {
+        true
+    }
+
     fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String> {
         Ok(seqs.iter().filter(|s| s.sample).map(logits).collect())
     }
