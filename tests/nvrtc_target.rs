@@ -338,7 +338,28 @@ fn paged_attention_matches_the_interpreter() {
             ] {
                 inputs.insert(name.into(), meta[t].clone());
             }
+            let before = cuda.attention_paths();
             let got = cuda.run(&inputs).unwrap();
+            let after = cuda.attention_paths();
+            // Which kernel ran: decode steps on the decode kernel, prefill
+            // steps on the tensor cores where they cover the case.
+            let ran = (
+                after.decode - before.decode,
+                after.prefill_mma - before.prefill_mma,
+                after.tiled - before.tiled,
+            );
+            let want_path = if si >= 2 {
+                (1, 0, 0)
+            } else if c.dtype != DType::F32 && c.d <= 128 {
+                (0, 1, 0)
+            } else {
+                (0, 0, 1)
+            };
+            assert_eq!(
+                ran, want_path,
+                "{:?} d {} step {si}: (decode, mma, tiled)",
+                c.dtype, c.d
+            );
             let mut all = inputs.clone();
             all.insert("kc".into(), kc.clone());
             all.insert("vc".into(), vc.clone());

@@ -38,4 +38,4 @@ mod strided;
 
 pub use compile::{cache_dir, CompileReport};
 pub use device::available;
-pub use program::{CudaProgram, CudaSummary, SkinnyGemm};
+pub use program::{AttentionPaths, CudaProgram, CudaSummary, SkinnyGemm};

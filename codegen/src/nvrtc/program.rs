@@ -81,6 +81,19 @@ pub(super) struct AttentionRun {
     pub(super) decode: bool,
 }
 
+/// How many paged-attention launches took each kernel since the program
+/// was built, so tests and benchmarks can check which path ran (a
+/// heuristic that quietly routes around a kernel leaves it untested).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttentionPaths {
+    /// Decode steps on the one-launch decode kernel.
+    pub decode: u64,
+    /// Prefill-like steps on the tensor-core prefill kernel.
+    pub prefill_mma: u64,
+    /// Steps on the tiled CUDA-core kernel (split or not).
+    pub tiled: u64,
+}
+
 /// A paged-attention step's functions: the cache write, the tiled kernel,
 /// its split combine, the decode kernel, then (when it built) the MMA
 /// prefill at this index.
@@ -131,6 +144,7 @@ pub struct CudaProgram {
     pub(super) skinny: SkinnyGemm,
     /// Every value's dims per input-shape set seen lately.
     pub(super) dims_cache: crate::lowering::DimsCache,
+    pub(super) attention_paths: AttentionPaths,
 }
 
 /// Where linears of 5..=128 rows of a 16-bit type run on optc's
@@ -637,7 +651,13 @@ impl CudaProgram {
             split_counters,
             skinny: SkinnyGemm::from_env(),
             dims_cache: Default::default(),
+            attention_paths: AttentionPaths::default(),
         })
+    }
+
+    /// Which attention kernels this program's runs have launched.
+    pub fn attention_paths(&self) -> AttentionPaths {
+        self.attention_paths
     }
 
     /// Overrides `OPTC_CUDA_SKINNY` for this program's linears.

@@ -372,6 +372,14 @@ impl CudaProgram {
                 _ => {}
             }
         }
+        for r in attn.values().filter(|r| r.tiles > 0) {
+            let p = &mut self.attention_paths;
+            match (r.decode, r.mma) {
+                (true, _) => p.decode += 1,
+                (false, true) => p.prefill_mma += 1,
+                (false, false) => p.tiled += 1,
+            }
+        }
         // Decode steps (one token per sequence, all on the GPU) replay a
         // graph captured on the first step of their shape.
         let graphable = self.graphs
