@@ -178,7 +178,7 @@ const DIMS_CACHE_ENTRIES: usize = 16;
 /// [`run_dims`] remembered per set of input shapes, most recent first. A
 /// serving loop repeats a handful of shapes (decode batch sizes, block
 /// tables padded to powers of two), and evaluating every value's symbolic
-/// dims anew is most of a decode step's host work: 109 µs for the 557
+/// dims anew is most of a decode step's host work: 105 µs for the 557
 /// values of the Llama-3.2-1B step graph on the 2-vCPU development VM.
 #[derive(Default)]
 pub(crate) struct DimsCache {

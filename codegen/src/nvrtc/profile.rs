@@ -1,6 +1,6 @@
 //! `OPTC_CUDA_PROFILE=1`: GPU time per kernel kind, decode steps apart
-//! from prefill ones (CUDA events around every step, CUDA graphs off) and host time per phase, printed when the
-//! program drops. `OPTC_CUDA_PROFILE=graph` keeps CUDA graphs and times
+//! from prefill ones (CUDA events around every step, CUDA graphs off),
+//! and host time per phase, printed when the program drops. `OPTC_CUDA_PROFILE=graph` keeps CUDA graphs and times
 //! each replay on the GPU against the host's work around it: whether a
 //! decode step is bound by the GPU or by the host.
 

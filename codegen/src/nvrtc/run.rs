@@ -304,9 +304,14 @@ impl CudaProgram {
                         }
                     }
                     let ntiles = tiles.len() / 3;
+                    let has_mma = matches!(&s.exec, Exec::Kernel(_, fns) if fns.len() > ATTENTION_MMA);
+                    // Prefill-like steps (two or more tokens a tile) on the
+                    // tensor cores, which do not split: even a short prompt
+                    // runs faster there than split on the CUDA cores.
+                    let prefill_mma = has_mma && shape.tokens >= 2 * ntiles;
                     let blocks = ntiles * shape.kv_heads;
                     let target = 2 * self.gpu.sms as usize;
-                    let nsplit = if blocks == 0 || blocks >= target {
+                    let nsplit = if prefill_mma || blocks == 0 || blocks >= target {
                         1
                     } else {
                         // Powers of two: fewer distinct shapes for CUDA graphs.
@@ -320,12 +325,6 @@ impl CudaProgram {
                         arena.extend_from_slice(&t.to_le_bytes());
                     }
                     arena.resize(arena.len().div_ceil(256) * 256, 0);
-                    let has_mma = matches!(&s.exec, Exec::Kernel(_, fns) if fns.len() > ATTENTION_MMA);
-                    // Prefill-like steps (two or more tokens a tile) on the
-                    // tensor cores, which do not split: even a short prompt
-                    // runs faster there than split on the CUDA cores.
-                    let prefill_mma = has_mma && shape.tokens >= 2 * ntiles;
-                    let nsplit = if prefill_mma { 1 } else { nsplit };
                     // Decode: one token per sequence, a group the decode
                     // kernel holds, rows it reads 16 bytes at a time.
                     let decode = shape.tokens == context_lens.len()
@@ -363,8 +362,8 @@ impl CudaProgram {
                             tiles_offset: off,
                             tiles: ntiles,
                             nsplit,
-                            // Prefill-like steps: two or more tokens per tile.
-                            mma: !decode && prefill_mma,
+                            // Never with `decode`: that has one token a tile.
+                            mma: prefill_mma,
                             decode,
                         },
                     );
