@@ -4,11 +4,12 @@
 # peer harness. Run here, then carry .device in the device call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+DEV=${1:-.device}
 cargo build --release
 cargo test --release --test nvrtc_target --no-run
-mkdir -p .device
-cp target/release/optc .device/optc
-cp "$(ls -t target/release/deps/nvrtc_target-* | grep -v '\.d$' | head -1)" .device/nvrtc_target
-strip .device/optc .device/nvrtc_target
-cp ../shared/peer/hf_baseline.py scripts/ncu_summary.py .device/
-ls -la .device
+mkdir -p "$DEV"
+cp target/release/optc "$DEV"/optc
+cp "$(ls -t target/release/deps/nvrtc_target-* | grep -v '\.d$' | head -1)" "$DEV"/nvrtc_target
+strip "$DEV"/optc "$DEV"/nvrtc_target
+cp ../shared/peer/hf_baseline.py scripts/ncu_summary.py "$DEV"/
+ls -la "$DEV"

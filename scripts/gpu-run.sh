@@ -13,7 +13,10 @@ set -u
 STAGES=${1:-tests,compile,bench,peer}
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
-BIN=$PWD/.device/optc
+# DEV picks the folder of binaries (default .device; gpu-prepare.sh DIR builds another,
+# e.g. a branch to compare in the same call).
+DEV=${DEV:-$PWD/.device}
+BIN=$DEV/optc
 MODEL=/tmp/llama1b
 export OPTC_CACHE_DIR=/tmp/optc-cache
 export PYTHONUNBUFFERED=1
@@ -23,7 +26,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
 if [ ! -e /work/main ]; then mkdir -p /work && ln -s "$PWD" /work/main; fi
 if has tests; then
   echo "== tests"
-  .device/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
+  "$DEV"/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
 fi
 if has compile || has bench || has profile || has graphprof || has ncu || has ncudetail || has peer; then
   if [ ! -e $MODEL/config.json ]; then
