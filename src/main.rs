@@ -546,6 +546,12 @@ fn compile(
             for (k, n) in &s.kernels {
                 eprintln!("  kernel    {k:<20} {n}");
             }
+            if s.gemv_norms + s.gemv_glus > 0 {
+                eprintln!(
+                    "  fused GEMVs at decode batches: {} linears do the norm before them, {} the SwiGLU after",
+                    s.gemv_norms, s.gemv_glus
+                );
+            }
             if let Some(m) = &s.prefill_mma {
                 eprintln!("  tensor-core prefill attention: {m}");
             }

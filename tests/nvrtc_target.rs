@@ -111,6 +111,12 @@ fn step_graphs_match_the_cpu_target_across_steps() {
                 "{name}: {s:?}"
             );
         }
+        // At most four rows (the last step here) each layer's QKV and
+        // gate/up GEMVs do the norm before them, and gate/up the SwiGLU.
+        if name != "gpt2" {
+            assert!(s.gemv_norms >= 2 * m.config.num_layers, "{name}: {s:?}");
+            assert_eq!(s.gemv_glus, m.config.num_layers, "{name}: {s:?}");
+        }
         let vocab = m.config.vocab_size as i64;
         let a: Vec<i64> = (0..11).map(|i| (i * 37 + 5) % vocab).collect();
         let b: Vec<i64> = (0..8).map(|i| (i * 91 + 2) % vocab).collect();
@@ -131,6 +137,12 @@ fn step_graphs_match_the_cpu_target_across_steps() {
             assert!(
                 e < tolerance(dtype),
                 "{name}: step logits differ from the CPU target: rel L2 {e}"
+            );
+        }
+        if name != "gpt2" {
+            assert!(
+                cuda.fused_gemv_launches() >= 2 * m.config.num_layers as u64,
+                "{name}"
             );
         }
         let k0 = cuda.state_tensor("k_cache.0").unwrap();
@@ -540,6 +552,77 @@ fn linears_at_decode_batches_match_the_interpreter() {
                     tolerance(t) / 10.0 + 1e-6
                 };
                 assert!(e < tol, "{t} m {m} k {k} n {n} %{}: rel L2 {e}", o.name);
+            }
+        }
+    }
+}
+
+/// Fused GEMVs at one to four rows: the norm (with and without the
+/// residual add) before a linear done as the GEMV fills x
+/// (`gemv_norm_*`), SwiGLU of a gate/up product done at its store
+/// (`gemv_glu_*`, with and without bias), both at once; past four rows
+/// the separate kernels. A k that is not a multiple of the GEMV's
+/// 256-wide steps and an odd output width.
+#[test]
+fn fused_gemvs_match_the_interpreter() {
+    for t in [DType::F32, DType::BF16] {
+        for (m, k, f, n) in [
+            (1usize, 264usize, 520usize, 37usize),
+            (3, 2056, 1032, 37),
+            (4, 264, 520, 64),
+            (5, 264, 520, 37),
+        ] {
+            let g2 = 2 * f;
+            let text = format!(
+                "graph p(%x: {t}[{m}, {k}], %r: {t}[{m}, {k}], %nw: {t}[{k}], %wg: {t}[{g2}, {k}], %bg: {t}[{g2}], %wd: {t}[{n}, {f}], %bd: {t}[{n}], %wq: {t}[{n}, {k}]) -> (%s: {t}[{m}, {k}], %d: {t}[{m}, {n}], %q: {t}[{m}, {n}], %u: {t}[{m}, {f}]) {{
+  %0: {t}[{m}, {k}], %1: {t}[{m}, {k}] = add_rms_norm(%x, %r, %nw) {{axis = -1, eps = 1e-5}}
+  %2: {t}[{m}, {g2}] = linear(%1, %wg)
+  %3: {t}[{m}, {f}], %4: {t}[{m}, {f}] = split(%2) {{axis = -1, sizes = [{f}, {f}]}}
+  %5: {t}[{m}, {f}] = swiglu(%3, %4)
+  %6: {t}[{m}, {n}] = linear(%5, %wd, %bd)
+  %7: {t}[{m}, {k}] = rms_norm(%x, %nw) {{axis = -1, eps = 1e-6}}
+  %8: {t}[{m}, {n}] = linear(%7, %wq)
+  %9: {t}[{m}, {g2}] = linear(%x, %wg, %bg)
+  %10: {t}[{m}, {f}], %11: {t}[{m}, {f}] = split(%9) {{axis = -1, sizes = [{f}, {f}]}}
+  %12: {t}[{m}, {f}] = swiglu(%10, %11)
+  return %0, %6, %8, %12
+}}"
+            );
+            let g = parse(&text).unwrap();
+            let inputs = random_inputs(
+                t,
+                &[
+                    ("x", vec![m, k]),
+                    ("r", vec![m, k]),
+                    ("nw", vec![k]),
+                    ("wg", vec![g2, k]),
+                    ("bg", vec![g2]),
+                    ("wd", vec![n, f]),
+                    ("bd", vec![n]),
+                    ("wq", vec![n, k]),
+                ],
+                (m * 7 + k) as u64,
+            );
+            let want = run(&g, &inputs, &WeightStore::new()).unwrap();
+            if !gpu() {
+                return;
+            }
+            let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+            let s = p.summary();
+            assert_eq!((s.gemv_norms, s.gemv_glus), (2, 2), "{t} m {m}: {s:?}");
+            let got = p.run(&inputs).unwrap();
+            let fused = if m <= src::GEMV_MAX_ROWS { 3 } else { 0 };
+            assert_eq!(p.fused_gemv_launches(), fused, "{t} m {m}: fused GEMV launches");
+            for (o, wt) in g.outputs().iter().zip(&want) {
+                let e = rel_l2(&got[&o.name], wt);
+                // Past four rows cuBLASLt runs the linears; its half-precision
+                // bias epilogue rounds twice (see the linear test).
+                let tol = if m > src::GEMV_MAX_ROWS {
+                    tolerance(t)
+                } else {
+                    tolerance(t) / 4.0 + 1e-6
+                };
+                assert!(e < tol, "{t} m {m} k {k} %{}: rel L2 {e}", o.name);
             }
         }
     }

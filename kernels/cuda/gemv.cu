@@ -5,44 +5,152 @@
 // both per step, several steps in flight; f32 accumulation, one rounding
 // at the store. Needs k % 8 == 0, 16-byte-aligned operands and M * k
 // elements of dynamic shared memory (the host checks).
+//
+// Two fusions save a launch each where, at one decode token, a launch
+// costs as much as the work:
+// - the rows of x come from a fill policy, so the RMSNorm (with the
+//   residual add) before a linear runs inside its GEMV: each block
+//   recomputes it from L2 while its first weight loads are in flight;
+// - `GLU`: the gate/up linear's warps each own a gate row and its up row
+//   and store silu(gate) * up (both rounded to T first, as the separate
+//   SwiGLU kernel reads them), so the [m, 2f] product is never stored.
 
 constexpr int GEMV_ROWS_PER_WARP = 2;
+constexpr int GEMV_WARPS = 4;
 
-template <typename T, int M>
-__device__ void gemv_impl(const T* x, const T* w, const T* b, T* y, int n, int k, int m) {
+// x as it is.
+template <typename T> struct GemvCopy {
+    const T* x;
+    __device__ void operator()(T* xs, int m, int k) const {
+        constexpr int PER16 = 16 / sizeof(T);
+        for (int i = threadIdx.x * PER16; i < m * k; i += blockDim.x * PER16)
+            *reinterpret_cast<uint4*>(xs + i) = *reinterpret_cast<const uint4*>(x + i);
+    }
+};
+
+// x = rms_norm(a + r) * nw, as `add_rms_norm` computes it (the sum rounded
+// to T, statistics in f32); the first block also stores the sum, the op's
+// first result. `r` null: plain RMSNorm of `a`; `nw` null: no scale.
+template <typename T, int M> struct GemvAddRmsNorm {
+    const T *a, *r, *nw;
+    T* sum;
+    float eps;
+    // Runs of eight a thread loads before it uses any (one L2 round trip
+    // for rows up to 4,096 wide at 128 threads).
+    static constexpr int B = 4;
+    __device__ void operator()(T* xs, int m, int k) const {
+        __shared__ float partial[M][GEMV_WARPS];
+        constexpr int H = sizeof(T) / 2;
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const bool keep = sum && blockIdx.x == 0;
+        const int step = blockDim.x * 8;
+        float ss[M];
+#pragma unroll
+        for (int j = 0; j < M; ++j) {
+            ss[j] = 0.f;
+            if (j >= m) continue;
+            const T* aj = a + (i64)j * k;
+            const T* rj = r ? r + (i64)j * k : nullptr;
+            for (int i0 = threadIdx.x * 8; i0 < k; i0 += B * step) {
+                uint4 ra[B][H], rr[B][H];
+#pragma unroll
+                for (int q = 0; q < B; ++q) {
+                    const int i = i0 + q * step;
+#pragma unroll
+                    for (int h = 0; h < H; ++h) {
+                        ra[q][h] = i < k ? reinterpret_cast<const uint4*>(aj + i)[h] : make_uint4(0, 0, 0, 0);
+                        rr[q][h] = rj && i < k ? reinterpret_cast<const uint4*>(rj + i)[h] : make_uint4(0, 0, 0, 0);
+                    }
+                }
+#pragma unroll
+                for (int q = 0; q < B; ++q) {
+                    const int i = i0 + q * step;
+                    if (i >= k) break;
+                    float v[8];
+                    ld8(reinterpret_cast<const T*>(ra[q]), v);
+                    if (rj) {
+                        float o[8];
+                        ld8(reinterpret_cast<const T*>(rr[q]), o);
+#pragma unroll
+                        for (int e = 0; e < 8; ++e) v[e] = rnd<T>(v[e] + o[e]);
+                        if (keep) st8(sum + (i64)j * k + i, v);
+                    }
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) ss[j] += v[e] * v[e];
+                    st8(xs + j * k + i, v);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < M; ++j) {
+            const float t = warp_sum(ss[j]);
+            if (lane == 0) partial[j][warp] = t;
+        }
+        __syncthreads();
+        float inv[M];
+#pragma unroll
+        for (int j = 0; j < M; ++j) {
+            float t = 0.f;
+#pragma unroll
+            for (int q = 0; q < GEMV_WARPS; ++q) t += partial[j][q];
+            inv[j] = 1.f / sqrtf(t / (float)k + eps);
+        }
+        // Each thread rescales only the elements it stored.
+        for (int i = threadIdx.x * 8; i < k; i += step) {
+            float o[8];
+            if (nw) ld8(nw + i, o);
+#pragma unroll
+            for (int j = 0; j < M; ++j) {
+                if (j >= m) break;
+                float v[8], y[8];
+                ld8(xs + j * k + i, v);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) y[e] = nw ? o[e] * (v[e] * inv[j]) : v[e] * inv[j];
+                st8(xs + j * k + i, y);
+            }
+        }
+    }
+};
+
+// With GLU, n is the output width and w holds 2n rows (gate, then up).
+template <typename T, int M, bool GLU = false, typename Fill>
+__device__ void gemv_impl(const Fill& fill, const T* w, const T* b, T* y, int n, int k, int m) {
     extern __shared__ __align__(16) unsigned char gemv_smem[];
     T* xs = reinterpret_cast<T*>(gemv_smem);
-    constexpr int PER16 = 16 / sizeof(T);
-    for (int i = threadIdx.x * PER16; i < m * k; i += blockDim.x * PER16)
-        *reinterpret_cast<uint4*>(xs + i) = *reinterpret_cast<const uint4*>(x + i);
-    __syncthreads();
-    constexpr int R = GEMV_ROWS_PER_WARP;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int row0 = (blockIdx.x * (blockDim.x >> 5) + warp) * R;
-    if (row0 >= n) return;
-    float acc[R][M];
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int j = 0; j < M; ++j) acc[r][j] = 0.f;
-    const T* wr[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) wr[r] = w + (i64)min(row0 + r, n - 1) * k;
+    constexpr int R = GEMV_ROWS_PER_WARP, H = sizeof(T) / 2;
     // U steps of 16-byte weight loads issued before any is used.
     constexpr int U = 4;
-    for (int k0 = lane * 8; k0 < k; k0 += 256 * U) {
-        uint4 raw[U][R][sizeof(T) / 2];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    static_assert(!GLU || R == 2, "a GLU warp owns one gate and one up row");
+    const int row0 = (blockIdx.x * GEMV_WARPS + warp) * (GLU ? 1 : R);
+    const T* wr[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+        wr[r] = GLU ? w + ((i64)r * n + min(row0, n - 1)) * k : w + (i64)min(row0 + r, n - 1) * k;
+    uint4 raw[U][R][H];
+    auto load = [&](int k0) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int kk = k0 + u * 256;
 #pragma unroll
             for (int r = 0; r < R; ++r) {
 #pragma unroll
-                for (int h = 0; h < (int)(sizeof(T) / 2); ++h) {
+                for (int h = 0; h < H; ++h)
                     raw[u][r][h] = kk < k ? reinterpret_cast<const uint4*>(wr[r] + kk)[h] : make_uint4(0, 0, 0, 0);
-                }
             }
         }
+    };
+    // The first weights stream in while the block fills x.
+    load(lane * 8);
+    fill(xs, m, k);
+    __syncthreads();
+    if (row0 >= n) return;
+    float acc[R][M];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int j = 0; j < M; ++j) acc[r][j] = 0.f;
+    for (int k0 = lane * 8; k0 < k; k0 += 256 * U) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int kk = k0 + u * 256;
@@ -61,6 +169,19 @@ __device__ void gemv_impl(const T* x, const T* w, const T* b, T* y, int n, int k
                 }
             }
         }
+        if (k0 + 256 * U < k) load(k0 + 256 * U);
+    }
+    if (GLU) {
+#pragma unroll
+        for (int j = 0; j < M; ++j) {
+            float g = warp_sum(acc[0][j]), u = warp_sum(acc[1][j]);
+            if (lane == 0 && j < m) {
+                g = rnd<T>(b ? g + ld(&b[row0]) : g);
+                u = rnd<T>(b ? u + ld(&b[n + row0]) : u);
+                st(&y[(i64)j * n + row0], g / (1.f + expf(-g)) * u);
+            }
+        }
+        return;
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -72,15 +193,29 @@ __device__ void gemv_impl(const T* x, const T* w, const T* b, T* y, int n, int k
     }
 }
 
-#define OPTC_GEMV(T, N)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(128) gemv_##N##_m1(const T* x, const T* w, const T* b,  \
-                                                                    T* y, int n, int k, int m) {         \
-        gemv_impl<T, 1>(x, w, b, y, n, k, m);                                                             \
-    }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(128) gemv_##N##_m4(const T* x, const T* w, const T* b,  \
-                                                                    T* y, int n, int k, int m) {         \
-        gemv_impl<T, 4>(x, w, b, y, n, k, m);                                                             \
+#define OPTC_GEMV_ROWS(T, N, MR)                                                                           \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##N##_m##MR(const T* x, const T* w, const T* b, \
+                                                                       T* y, int n, int k, int m) {        \
+        gemv_impl<T, MR>(GemvCopy<T>{x}, w, b, y, n, k, m);                                                \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(128)                                                      \
+        gemv_norm_##N##_m##MR(const T* a, const T* r, const T* nw, T* sum, float eps, const T* w,          \
+                              const T* b, T* y, int n, int k, int m) {                                     \
+        gemv_impl<T, MR>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps}, w, b, y, n, k, m);                     \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(128) gemv_glu_##N##_m##MR(                                \
+        const T* x, const T* w, const T* b, T* y, int n, int k, int m) {                                   \
+        gemv_impl<T, MR, true>(GemvCopy<T>{x}, w, b, y, n, k, m);                                          \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(128)                                                      \
+        gemv_norm_glu_##N##_m##MR(const T* a, const T* r, const T* nw, T* sum, float eps, const T* w,      \
+                                  const T* b, T* y, int n, int k, int m) {                                 \
+        gemv_impl<T, MR, true>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps}, w, b, y, n, k, m);               \
     }
+
+#define OPTC_GEMV(T, N)       \
+    OPTC_GEMV_ROWS(T, N, 1)   \
+    OPTC_GEMV_ROWS(T, N, 4)
 
 OPTC_GEMV(float, f32)
 OPTC_GEMV(bf16, bf16)

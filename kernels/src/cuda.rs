@@ -24,6 +24,15 @@ pub const GEMV_MAX_ROWS: usize = 4;
 /// Weight rows one 128-thread GEMV block covers.
 pub const GEMV_ROWS_PER_BLOCK: usize = 8;
 
+/// Output columns one 128-thread GLU GEMV block covers (`gemv_glu_*`:
+/// a warp per column, owning its gate and up rows).
+pub const GEMV_GLU_COLS_PER_BLOCK: usize = 4;
+
+/// Widest linear whose GEMV runs the norm before it (`gemv_norm_*`):
+/// every block redoes that prologue from L2, which at an LM head's width
+/// costs more than the launch it saves.
+pub const GEMV_PROLOGUE_MAX_N: usize = 32 << 10;
+
 /// The most dynamic shared memory a GEMV block asks for (its rows of x).
 pub const GEMV_MAX_SMEM: usize = 96 << 10;
 

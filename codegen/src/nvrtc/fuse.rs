@@ -5,6 +5,12 @@
 //! Llama layer goes from 16 launches to 10. The IR is left as it is; these
 //! are facts about the CUDA kernels, not rewrites every target wants.
 //! `OPTC_CUDA_FUSE=0` turns them off (to compare).
+//!
+//! `fused_gemvs` marks a third kind, decided per run: at decode batch
+//! sizes, where each launch costs as much as its work, a linear's GEMV
+//! does the RMSNorm (with its residual add) that made its input, and the
+//! SwiGLU that reads its product. At larger batches the steps run as
+//! before.
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,7 +18,7 @@ use optc_ir::dim::normalize_axis;
 use optc_ir::ops::Op;
 use optc_ir::{Dim, TensorType};
 
-use super::program::{Exec, Step};
+use super::program::{Exec, FusedGemv, Step};
 use super::select::Kernel;
 
 /// Who writes and who reads each value.
@@ -123,9 +129,14 @@ pub(super) fn fuse(
             ]);
         }
     }
-    if removed.is_empty() {
-        return counts;
+    if !removed.is_empty() {
+        drop_fused(steps, &removed);
     }
+    counts
+}
+
+/// Drops the `removed` steps and the views of what they produced.
+fn drop_fused(steps: &mut Vec<Step>, removed: &HashSet<usize>) {
     // Drop the fused steps and the views of what they produced.
     let mut dead: HashSet<usize> = HashSet::new();
     let mut kept = Vec::with_capacity(steps.len());
@@ -138,7 +149,6 @@ pub(super) fn fuse(
         }
     }
     *steps = kept;
-    counts
 }
 
 /// `swiglu(g, u)` where `g, u` are the two halves of one last-axis split
@@ -240,4 +250,92 @@ fn rope_qkv_cache(
         }
     }
     Some((sp, rq, rk))
+}
+
+/// Marks the linears whose GEMV may do a neighbour's work: the RMSNorm or
+/// add+RMSNorm that makes x, and the split SwiGLU that reads the product,
+/// when nothing else reads the value between them (views aside). The
+/// linear keeps the norm's operands and results alive until it runs; the
+/// norm step gets `deferred_to`. Returns the (norm, SwiGLU) counts.
+pub(super) fn fused_gemvs(
+    steps: &mut [Step],
+    types: &[TensorType],
+    outputs: &HashSet<usize>,
+) -> (usize, usize) {
+    let uses = Uses::new(steps);
+    let (mut norms, mut glus) = (0, 0);
+    for li in 0..steps.len() {
+        if !matches!(steps[li].exec, Exec::Kernel(Kernel::Linear, _)) {
+            continue;
+        }
+        let norm = fusable_norm(steps, types, outputs, &uses, li);
+        let glu = fusable_glu(steps, types, outputs, &uses, li);
+        if norm.is_none() && glu.is_none() {
+            continue;
+        }
+        if let Some(p) = norm {
+            steps[li].also_reads = steps[p].args.iter().chain(&steps[p].outs).copied().collect();
+            steps[p].deferred_to = Some(li);
+            norms += 1;
+        }
+        glus += usize::from(glu.is_some());
+        steps[li].fused = Some(FusedGemv {
+            norm,
+            glu,
+            fns: Vec::new(),
+        });
+    }
+    (norms, glus)
+}
+
+/// The RMSNorm or add+RMSNorm step whose normalised result is linear
+/// `li`'s x and nothing else's, with a per-column scale if any.
+fn fusable_norm(
+    steps: &[Step],
+    types: &[TensorType],
+    outputs: &HashSet<usize>,
+    uses: &Uses,
+    li: usize,
+) -> Option<usize> {
+    let x = uses.root(steps, steps[li].args[0]);
+    let p = *uses.producer.get(&x)?;
+    let (y, scale) = match steps[p].exec {
+        Exec::Kernel(Kernel::RmsNorm, _) => (steps[p].outs[0], steps[p].args.get(1)),
+        Exec::Kernel(Kernel::AddRmsNorm, _) => (steps[p].outs[1], steps[p].args.get(2)),
+        _ => return None,
+    };
+    let k = konst(types[y].shape.dims().last()?)?;
+    let scale_ok = scale.is_none_or(|&w| types[w].shape.as_consts() == Some(vec![k as i64]));
+    (y == x && scale_ok && steps[p].deferred_to.is_none() && uses.read_only_by(steps, y, li, outputs))
+        .then_some(p)
+}
+
+/// The split SwiGLU step that is the one reader of linear `li`'s product
+/// (rows of 2f: gate, then up), for a weight of 2f rows.
+fn fusable_glu(
+    steps: &[Step],
+    types: &[TensorType],
+    outputs: &HashSet<usize>,
+    uses: &Uses,
+    li: usize,
+) -> Option<usize> {
+    let y = steps[li].outs[0];
+    let readers = uses.readers.get(&y)?;
+    let &[r] = readers.as_slice() else { return None };
+    // The one reader, or the one reader at the end of a chain of views.
+    let mut s = r;
+    while matches!(steps[s].exec, Exec::View) {
+        let &[next] = uses.readers.get(&steps[s].outs[0])?.as_slice() else {
+            return None;
+        };
+        s = next;
+    }
+    if !matches!(steps[s].exec, Exec::Kernel(Kernel::SwiGluSplit, _))
+        || !uses.read_only_by(steps, y, s, outputs)
+    {
+        return None;
+    }
+    let f = konst(types[steps[s].outs[0]].shape.dims().last()?)?;
+    let rows = konst(types[steps[li].args[1]].shape.dims().first()?)?;
+    (rows == 2 * f && uses.root(steps, steps[s].args[0]) == y).then_some(s)
 }

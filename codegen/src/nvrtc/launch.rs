@@ -7,7 +7,7 @@ use optc_ir::ops::{BinaryKind, GeluApprox, Op, UnaryKind};
 use optc_kernels::cuda as src;
 
 use super::gemm::GemmShape;
-use super::program::{AttentionRun, CudaProgram, SkinnyGemm, Step, ATTENTION_MMA, SPLIT_COUNTERS};
+use super::program::{AttentionRun, CudaProgram, Loc, SkinnyGemm, Step, ATTENTION_MMA, SPLIT_COUNTERS};
 use super::select::Kernel;
 use super::strided::{broadcast_strides, contiguous, strided};
 
@@ -38,6 +38,102 @@ fn vec_rows(cols: usize, ptrs: &[u64]) -> Option<(usize, u32)> {
 }
 
 impl CudaProgram {
+    /// Whether linear `lin` runs its fused GEMV on this run: one to four
+    /// rows, a k the GEMV takes, 16-byte-aligned operands and, with a
+    /// norm, outputs no wider than `GEMV_PROLOGUE_MAX_N` (past that every
+    /// block redoing the norm costs more than the launch it saves). Needs
+    /// only what exists when the norm step comes up: the linear's result
+    /// (and the SwiGLU's) are pool buffers, aligned.
+    pub(super) fn fused_gemv_fits(
+        &self,
+        lin: &Step,
+        steps: &[Step],
+        dims: &[Vec<usize>],
+        ptr: &[u64],
+    ) -> bool {
+        let Some(z) = &lin.fused else { return false };
+        let Some(&kd) = dims[lin.args[0]].last() else {
+            return false;
+        };
+        if z.fns.len() < 2 {
+            return false;
+        }
+        let m = dims[lin.args[0]]
+            .iter()
+            .product::<usize>()
+            .checked_div(kd)
+            .unwrap_or(0);
+        let nn = dims[lin.args[1]][0];
+        let esize = self.types[lin.outs[0]].dtype.storage_bytes(1);
+        let aligned = |vs: &[usize]| vs.iter().all(|&v| ptr[v] % 16 == 0);
+        let norm_ok = match z.norm {
+            Some(p) => nn <= src::GEMV_PROLOGUE_MAX_N && aligned(&steps[p].args) && aligned(&steps[p].outs),
+            None => aligned(&lin.args[..1]),
+        };
+        (1..=src::GEMV_MAX_ROWS).contains(&m)
+            && kd % 8 == 0
+            && m * kd * esize <= src::GEMV_MAX_SMEM
+            && nn <= i32::MAX as usize
+            && (z.glu.is_none() || nn % 2 == 0)
+            && aligned(&lin.args[1..])
+            && norm_ok
+    }
+
+    /// Linear `lin` on its fused GEMV, for a run where `fused_gemv_fits`
+    /// held: the norm step's launch was skipped, and the SwiGLU step is
+    /// marked in `done` (its result allocated here) so it is skipped too.
+    pub(super) fn launch_fused_gemv(
+        &mut self,
+        lin: &Step,
+        steps: &[Step],
+        dims: &[Vec<usize>],
+        ptr: &mut [u64],
+        done: &mut [bool],
+    ) -> Result<(), String> {
+        let Some(z) = &lin.fused else {
+            return Err("a plain linear sent to the fused GEMV (a lowering bug)".into());
+        };
+        let a = &lin.args;
+        let kd = *dims[a[0]].last().unwrap_or(&1);
+        let m = dims[a[0]].iter().product::<usize>().checked_div(kd).unwrap_or(0);
+        let nn = dims[a[1]][0];
+        let esize = self.types[lin.outs[0]].dtype.storage_bytes(1);
+        let (y, n, blocks) = match z.glu {
+            Some(g) => {
+                let o = steps[g].outs[0];
+                if self.locs[o] == Loc::Temp && ptr[o] == 0 {
+                    let bytes = self.types[o].dtype.storage_bytes(dims[o].iter().product());
+                    ptr[o] = self.pool.alloc(bytes)?;
+                }
+                done[g] = true;
+                (ptr[o], nn / 2, (nn / 2).div_ceil(src::GEMV_GLU_COLS_PER_BLOCK))
+            }
+            None => (ptr[lin.outs[0]], nn, nn.div_ceil(src::GEMV_ROWS_PER_BLOCK)),
+        };
+        if y % 16 != 0 {
+            return Err("a fused GEMV result outside the pool (a lowering bug)".into());
+        }
+        let f = if m == 1 { &z.fns[0] } else { &z.fns[1] };
+        let c = cfg((blocks as u32, 1, 1), 128, (m * kd * esize) as u32);
+        let bias = a.get(2).map_or(0u64, |&v| ptr[v]);
+        let (n, k, m) = (n as i32, kd as i32, m as i32);
+        let gpu = &self.gpu;
+        let Some(p) = z.norm else {
+            return launch!(gpu, f, c; x = ptr[a[0]], w = ptr[a[1]], b = bias, y = y, n = n, k = k, m = m);
+        };
+        let (pa, po) = (&steps[p].args, &steps[p].outs);
+        let opt = |i: usize| pa.get(i).map_or(0u64, |&v| ptr[v]);
+        // add_rms_norm(x, r, w) -> (sum, y); rms_norm(x, w) -> y.
+        let (r, nw, sum, eps) = match &steps[p].op {
+            Op::AddRmsNorm(o) => (ptr[pa[1]], opt(2), ptr[po[0]], o.eps),
+            Op::RmsNorm(o) => (0, opt(1), 0, o.eps),
+            op => return Err(format!("no fused GEMV after {} (a lowering bug)", op.name())),
+        };
+        launch!(gpu, f, c;
+            x = ptr[pa[0]], r = r, nw = nw, sum = sum, eps = eps as f32, w = ptr[a[1]], b = bias, y = y,
+            n = n, k = k, m = m)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn launch(
         &mut self,

@@ -50,6 +50,25 @@ pub(super) struct Step {
     /// A paged-attention step whose cache write an earlier kernel did
     /// (`Kernel::RopeQkvCache`, see `fuse.rs`).
     pub(super) cache_written: bool,
+    /// On a linear: the neighbouring steps whose work its GEMV may do at
+    /// decode batch sizes (see `fuse::fused_gemvs`), and its kernels.
+    pub(super) fused: Option<FusedGemv>,
+    /// On a norm step: the linear that may do its work. Whether it does
+    /// is decided per run, from the row count.
+    pub(super) deferred_to: Option<usize>,
+    /// Values read besides `args` (a fused norm's operands and results),
+    /// kept alive until this step has run.
+    pub(super) also_reads: Vec<usize>,
+}
+
+/// Work a linear's GEMV does besides the product, at one to four rows.
+pub(super) struct FusedGemv {
+    /// The (add+)RMSNorm step that makes x, done as the block fills x.
+    pub(super) norm: Option<usize>,
+    /// The SwiGLU step that reads the product, done at the store.
+    pub(super) glu: Option<usize>,
+    /// The fused GEMV for one row of x, then for up to four.
+    pub(super) fns: Vec<CudaFunction>,
 }
 
 /// What lowering decided, for `optc compile --target nvrtc` and logs.
@@ -65,6 +84,12 @@ pub struct CudaSummary {
     pub folded: usize,
     pub weight_bytes: usize,
     pub compile: Option<CompileReport>,
+    /// Linears whose GEMV runs the norm that made their input, at decode
+    /// batch sizes.
+    pub gemv_norms: usize,
+    /// Gate/up linears whose GEMV stores SwiGLU of its product, at
+    /// decode batch sizes.
+    pub gemv_glus: usize,
     /// The tensor-core prefill kernel: "on", or why it is off.
     pub prefill_mma: Option<String>,
 }
@@ -145,6 +170,8 @@ pub struct CudaProgram {
     /// Every value's dims per input-shape set seen lately.
     pub(super) dims_cache: crate::lowering::DimsCache,
     pub(super) attention_paths: AttentionPaths,
+    /// Linear launches on a fused GEMV (`gemv_norm_*`, `gemv_glu_*`).
+    pub(super) fused_gemv_launches: u64,
 }
 
 /// Where linears of 5..=128 rows of a 16-bit type run on optc's
@@ -205,6 +232,24 @@ pub(super) struct Executed {
 }
 
 /// Lets `f` take `bytes` of dynamic shared memory (past the 48 KiB default).
+/// Makes linear `li` a plain one again (its fused kernels did not build,
+/// or a step it fused was evaluated at lowering).
+fn unfuse(steps: &mut [Step], li: usize, summary: &mut CudaSummary) {
+    let Some(z) = steps[li].fused.take() else {
+        return;
+    };
+    steps[li].also_reads.clear();
+    if let Some(p) = z.norm {
+        summary.gemv_norms = summary.gemv_norms.saturating_sub(1);
+        if let Some(s) = steps.get_mut(p) {
+            s.deferred_to = None;
+        }
+    }
+    if z.glu.is_some() {
+        summary.gemv_glus = summary.gemv_glus.saturating_sub(1);
+    }
+}
+
 fn allow_smem(f: &CudaFunction, bytes: usize) -> Result<(), cudarc::driver::DriverError> {
     f.set_attribute(
         cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -284,6 +329,9 @@ impl CudaProgram {
                             outs,
                             exec: Exec::Host,
                             cache_written: false,
+                            fused: None,
+                            deferred_to: None,
+                            also_reads: Vec::new(),
                         });
                         summary.folded += 1;
                         continue;
@@ -352,6 +400,9 @@ impl CudaProgram {
                         outs,
                         exec,
                         cache_written: false,
+                        fused: None,
+                        deferred_to: None,
+                        also_reads: Vec::new(),
                     });
                 }
             }
@@ -363,6 +414,10 @@ impl CudaProgram {
                 *n = n.saturating_add_signed(by as isize);
             }
             summary.kernels.retain(|_, n| *n > 0);
+            if std::env::var("OPTC_CUDA_FUSE_GEMV").map_or(true, |v| v != "0") {
+                (summary.gemv_norms, summary.gemv_glus) =
+                    super::fuse::fused_gemvs(&mut steps, &types, &outputs);
+            }
         }
         // Compile (or load) the kernels and resolve each step's functions.
         let (ptx, report) = compile::compile(&compile::source(&instances), gpu.arch).map_err(&gerr)?;
@@ -455,6 +510,32 @@ impl CudaProgram {
                 }
             }
         }
+        // A fused GEMV needs its kernels and the plain GEMV's shared
+        // memory; without either the steps run apart.
+        for li in 0..steps.len() {
+            let Some((norm, glu)) = steps[li].fused.as_ref().map(|z| (z.norm, z.glu)) else {
+                continue;
+            };
+            let f = float_name(types[steps[li].outs[0]].dtype).unwrap_or("f32");
+            let name = format!(
+                "gemv{}{}_{f}",
+                if norm.is_some() { "_norm" } else { "" },
+                if glu.is_some() { "_glu" } else { "" }
+            );
+            let gemv_on = matches!(&steps[li].exec, Exec::Kernel(_, fns) if !fns.is_empty());
+            let fns: Vec<CudaFunction> = ["m1", "m4"]
+                .iter()
+                .filter_map(|m| gpu.function(&format!("{name}_{m}")).ok())
+                .filter(|func| allow_smem(func, src::GEMV_MAX_SMEM).is_ok())
+                .collect();
+            if gemv_on && fns.len() == 2 {
+                if let Some(z) = steps[li].fused.as_mut() {
+                    z.fns = fns;
+                }
+            } else {
+                unfuse(&mut steps, li, &mut summary);
+            }
+        }
         let mut argmax = HashMap::new();
         for d in ["f32", "bf16", "f16"] {
             argmax.insert(d, gpu.function(&format!("argmax_part_{d}")).map_err(&gerr)?);
@@ -518,8 +599,11 @@ impl CudaProgram {
                 Ok::<(), CodegenError>(())
             };
         let mut kept = Vec::new();
-        for s in steps.drain(..) {
+        // Old step index -> index among the kept steps (fusion links).
+        let mut moved: HashMap<usize, usize> = HashMap::new();
+        for (i, s) in steps.drain(..).enumerate() {
             if !s.outs.iter().all(|o| consts.contains(o)) {
+                moved.insert(i, kept.len());
                 kept.push(s);
                 continue;
             }
@@ -542,6 +626,27 @@ impl CudaProgram {
             }
         }
         let mut steps = kept;
+        // Fusion links follow their steps. A linear is kept whenever a
+        // step it fuses is (x or its product is computed on the device),
+        // and a norm evaluated here leaves its linear a plain one.
+        for li in 0..steps.len() {
+            if steps[li].fused.is_none() {
+                steps[li].deferred_to = steps[li].deferred_to.and_then(|l| moved.get(&l).copied());
+                continue;
+            }
+            let (norm, glu) = steps[li].fused.as_ref().map_or((None, None), |z| (z.norm, z.glu));
+            let (norm, glu) = (
+                norm.map(|i| moved.get(&i).copied()),
+                glu.map(|i| moved.get(&i).copied()),
+            );
+            if let Some(z) = steps[li].fused.as_mut() {
+                z.norm = norm.flatten();
+                z.glu = glu.flatten();
+            }
+            if norm == Some(None) || glu == Some(None) {
+                unfuse(&mut steps, li, &mut summary);
+            }
+        }
         let mut ups: Vec<usize> = read_on_device.iter().copied().collect();
         ups.sort_unstable();
         for v in ups {
@@ -587,7 +692,7 @@ impl CudaProgram {
         }
         let mut last_use: HashMap<usize, usize> = HashMap::new();
         for (si, s) in steps.iter().enumerate() {
-            for &a in &s.args {
+            for &a in s.args.iter().chain(&s.also_reads) {
                 last_use.insert(owner[a], si);
             }
         }
@@ -652,12 +757,19 @@ impl CudaProgram {
             skinny: SkinnyGemm::from_env(),
             dims_cache: Default::default(),
             attention_paths: AttentionPaths::default(),
+            fused_gemv_launches: 0,
         })
     }
 
     /// Which attention kernels this program's runs have launched.
     pub fn attention_paths(&self) -> AttentionPaths {
         self.attention_paths
+    }
+
+    /// How many linear launches ran a fused GEMV (the norm before or the
+    /// SwiGLU after done inside it), so tests can check that path ran.
+    pub fn fused_gemv_launches(&self) -> u64 {
+        self.fused_gemv_launches
     }
 
     /// Overrides `OPTC_CUDA_SKINNY` for this program's linears.

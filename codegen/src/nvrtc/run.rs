@@ -541,6 +541,10 @@ impl CudaProgram {
         arena: u64,
     ) -> Result<(), CodegenError> {
         let mut events = Vec::new();
+        // Fused GEMVs (see `fused_gemv_fits`): linears that do their norm
+        // step's work in this run, and SwiGLU steps a GEMV already did.
+        let mut runs_norm = vec![false; steps.len()];
+        let mut done = vec![false; steps.len()];
         for (si, s) in steps.iter().enumerate() {
             if let Exec::View = s.exec {
                 ptr[s.outs[0]] = ptr[s.args[0]];
@@ -550,17 +554,32 @@ impl CudaProgram {
                 events.push((si, self.record_event()?));
             }
             for &o in &s.outs {
-                if self.locs[o] == Loc::Temp {
+                if self.locs[o] == Loc::Temp && !done[si] {
                     let bytes = self.types[o].dtype.storage_bytes(dims[o].iter().product());
                     ptr[o] = self.pool.alloc(bytes).map_err(node_err(&s.node))?;
                 }
             }
+            let deferred = s
+                .deferred_to
+                .is_some_and(|li| self.fused_gemv_fits(&steps[li], steps, dims, ptr));
+            if let (true, Some(li)) = (deferred, s.deferred_to) {
+                runs_norm[li] = true;
+            }
+            let fused = s.fused.as_ref().is_some_and(|z| match z.norm {
+                Some(_) => runs_norm[si],
+                None => self.fused_gemv_fits(s, steps, dims, ptr),
+            });
             let r = match &s.exec {
+                _ if deferred || done[si] => Ok(()),
+                Exec::Kernel(..) if fused => {
+                    self.fused_gemv_launches += 1;
+                    self.launch_fused_gemv(s, steps, dims, ptr, &mut done)
+                }
                 Exec::Kernel(k, fns) => self.launch(*k, fns, s, dims, ptr, attn.get(&si), arena),
                 _ => self.host_step(s, dims, bindings, ptr),
             };
             r.map_err(node_err(&s.node))?;
-            for &a in &s.args {
+            for &a in s.args.iter().chain(&s.also_reads) {
                 let o = self.owner[a];
                 if self.last_use.get(&o) == Some(&si) && self.locs[o] == Loc::Temp && ptr[o] != 0 {
                     self.pool.release(ptr[o]);
