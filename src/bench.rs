@@ -9,14 +9,53 @@ use crate::runtime::engine::Event;
 use crate::runtime::sampler::SamplingParams;
 
 /// One workload: `batch` requests of `input_len` random prompt tokens, each
-/// generating exactly `output_len` tokens (greedy, end-of-sequence ignored),
-/// all submitted at once.
+/// generating exactly `output_len` tokens (end-of-sequence ignored), all
+/// submitted at once.
 #[derive(Clone, Debug)]
 pub struct Workload {
     pub batch: usize,
     pub input_len: usize,
     pub output_len: usize,
     pub seed: u64,
+    pub sampling: Sampling,
+}
+
+/// How a workload's requests pick tokens: greedy (temperature 0, what the
+/// peer harness does) unless asked, to measure sampling's cost.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: f32,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            temperature: 0.0,
+            top_k: None,
+            top_p: 1.0,
+        }
+    }
+}
+
+impl Sampling {
+    fn params(&self, max_tokens: usize, seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: Some(seed),
+            max_tokens,
+            ignore_eos: true,
+            ..SamplingParams::default()
+        }
+    }
+
+    /// The sampler's own range checks, before a model loads.
+    pub fn check(&self) -> Result<(), crate::runtime::sampler::SamplingError> {
+        self.params(1, 0).validate(usize::MAX)
+    }
 }
 
 /// What one run measured.
@@ -79,6 +118,13 @@ impl BenchResult {
             "{{\"batch\": {}, \"input_len\": {}, \"output_len\": {}",
             w.batch, w.input_len, w.output_len
         );
+        if w.sampling != Sampling::default() {
+            let k = w.sampling.top_k.map_or("null".to_string(), |k| k.to_string());
+            s.push_str(&format!(
+                ", \"temperature\": {}, \"top_k\": {k}, \"top_p\": {}",
+                w.sampling.temperature, w.sampling.top_p
+            ));
+        }
         for (k, v) in self.metrics() {
             s.push_str(&format!(", \"{k}\": {v:.4}"));
         }
@@ -96,15 +142,12 @@ pub fn run(llm: &mut LLM, vocab: usize, w: &Workload) -> Result<BenchResult, Llm
         state ^= state << 17;
         state
     };
-    let params = SamplingParams {
-        ignore_eos: true,
-        ..SamplingParams::greedy(w.output_len)
-    };
     let start = Instant::now();
     let mut seqs = Vec::new();
-    for _ in 0..w.batch {
+    for i in 0..w.batch {
         let prompt: Vec<u32> = (0..w.input_len).map(|_| (next() % vocab as u64) as u32).collect();
-        seqs.push(llm.engine().add(prompt, params.clone())?);
+        let params = w.sampling.params(w.output_len, w.seed.wrapping_add(i as u64));
+        seqs.push(llm.engine().add(prompt, params)?);
     }
     let mut first = vec![None; w.batch];
     let mut last = vec![start; w.batch];

@@ -5,7 +5,7 @@
 use optc_codegen::cpu::CpuProgram;
 use optc_ir::{Bindings, DType, Graph, WeightStore};
 use optc_passes::kv_cache::StepInputs;
-use optc_runtime::engine::{Executor, StepSeq};
+use optc_runtime::engine::{Executor, RowSampling, StepSeq};
 
 use crate::llm::LlmError;
 
@@ -210,6 +210,28 @@ impl Executor for CudaExecutor {
             gpu_step_inputs(seqs, self.ids_dtype)
                 .and_then(|m| self.program.run_greedy(&m, "logits").map_err(|e| e.to_string())),
         )
+    }
+
+    fn step_sample(
+        &mut self,
+        seqs: &[StepSeq],
+        rows: &[RowSampling],
+    ) -> Option<Result<Vec<(u32, f32)>, String>> {
+        let rows: Vec<optc_codegen::nvrtc::SampleRow> = rows
+            .iter()
+            .map(|r| optc_codegen::nvrtc::SampleRow {
+                temperature: r.temperature,
+                top_k: r.top_k,
+                top_p: r.top_p,
+                min_p: r.min_p,
+                uniform: r.uniform,
+            })
+            .collect();
+        Some(gpu_step_inputs(seqs, self.ids_dtype).and_then(|m| {
+            self.program
+                .run_sample(&m, "logits", &rows)
+                .map_err(|e| e.to_string())
+        }))
     }
 }
 

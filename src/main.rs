@@ -177,6 +177,16 @@ enum Cmd {
         /// 256), W2 (32, 128, 128), W3 (128, 512, 128), comma-separated.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
+        /// Sample instead of greedy decoding (the peer harness is greedy):
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// With --temperature: keep the k most likely tokens.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// With --temperature: keep the smallest set reaching this mass.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
     },
     /// List every pass with its one-line description.
     Passes,
@@ -602,6 +612,7 @@ fn load_llm(model: &Path, opts: optc::LlmOptions) -> Result<optc::LLM> {
 
 /// Runs each named workload `(batch, input_len, output_len)` on one
 /// engine sized for the largest: one warm-up, then `reps` measured runs.
+#[allow(clippy::too_many_arguments)]
 fn bench(
     model: &Path,
     target: optc::Target,
@@ -610,7 +621,9 @@ fn bench(
     reps: usize,
     max_num_tokens: usize,
     json: bool,
+    sampling: optc::bench::Sampling,
 ) -> Result<()> {
+    sampling.check()?;
     if workloads
         .iter()
         .any(|(_, (b, i, o))| *b == 0 || *i == 0 || *o == 0)
@@ -641,6 +654,7 @@ fn bench(
             input_len,
             output_len,
             seed: 7,
+            sampling,
         };
         optc::bench::run(&mut llm, vocab, &w)?; // warm-up
         for rep in 0..reps {
@@ -928,6 +942,9 @@ fn main() -> ExitCode {
             max_num_tokens,
             json,
             workloads,
+            temperature,
+            top_k,
+            top_p,
         } => (|| {
             let named = if workloads.is_empty() {
                 vec![(String::new(), (*batch, *input_len, *output_len))]
@@ -950,6 +967,11 @@ fn main() -> ExitCode {
                 *reps,
                 *max_num_tokens,
                 *json,
+                optc::bench::Sampling {
+                    temperature: *temperature,
+                    top_k: *top_k,
+                    top_p: *top_p,
+                },
             )
         })(),
         Cmd::OnnxConformance {

@@ -682,6 +682,194 @@ fn greedy_argmax_over_wide_rows_matches_the_host() {
     }
 }
 
+/// A program whose output `y` is its input's negation: rows of logits
+/// go in as `-logits`.
+fn negation(t: DType, rows: usize, cols: usize) -> Graph {
+    parse(&format!(
+        "graph g(%x: {t}[{rows}, {cols}]) -> (%y: {t}[{rows}, {cols}]) {{
+  %0: {t}[{rows}, {cols}] = neg(%x)
+  return %0
+}}"
+    ))
+    .unwrap()
+}
+
+/// log-softmax of `row / t` (of `row` when greedy), in f64.
+fn log_softmax_at(row: &[f32], t: f32, i: usize) -> f64 {
+    let z: Vec<f64> = row
+        .iter()
+        .map(|&v| if t > 0.0 { f64::from(v / t) } else { f64::from(v) })
+        .collect();
+    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    z[i] - m - z.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+}
+
+/// GPU sampling draws from the host sampler's distribution: over a row
+/// with many ties (13 values, about 23 tokens each, two -inf) and each
+/// filter alone and together, the tokens it can pick are exactly those the
+/// host picks (ties cut by lower id), each value's share of the draws
+/// matches the host's within sampling error, the same uniforms give the
+/// same tokens, and each token's log probability is the log-softmax of
+/// the tempered row there.
+#[test]
+fn gpu_sampling_draws_from_the_host_samplers_distribution() {
+    use optc::runtime::sampler::{sample, Rng, SamplingParams};
+    const V: usize = 300;
+    const ROWS: usize = 256;
+    const RUNS: usize = 8;
+    let mut logits: Vec<f32> = (0..V).map(|i| ((i * 7919) % 13) as f32 * 0.37 - 2.0).collect();
+    logits[17] = f32::NEG_INFINITY;
+    logits[230] = f32::NEG_INFINITY;
+    let cases: [(f32, Option<usize>, f32, f32); 7] = [
+        (1.0, None, 1.0, 0.0),
+        (0.7, Some(30), 1.0, 0.0),
+        (1.3, None, 0.3, 0.0),
+        (1.0, None, 1.0, 0.5),
+        (0.9, Some(40), 0.6, 0.05),
+        (2.0, Some(1), 1.0, 0.0),
+        (0.0, None, 1.0, 0.0),
+    ];
+    if !gpu() {
+        return;
+    }
+    for t in [DType::F32, DType::BF16] {
+        let g = negation(t, ROWS, V);
+        let neg: Vec<f32> = (0..ROWS).flat_map(|_| logits.iter().map(|v| -v)).collect();
+        let inputs = BTreeMap::from([("x".to_string(), Tensor::from_f32(t, &[ROWS, V], &neg))]);
+        let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+        // The row as the program holds it (rounded to `t`).
+        let row: Vec<f32> = p.run(&inputs).unwrap()["y"].to_f32_vec()[..V].to_vec();
+        for (ci, &(temperature, top_k, top_p, min_p)) in cases.iter().enumerate() {
+            let params = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                ..SamplingParams::default()
+            };
+            let mut host = vec![0usize; V];
+            let mut rng = Rng::new(99 + ci as u64);
+            let host_n = 40_000;
+            for _ in 0..host_n {
+                host[sample(&row, &params, &[], &[], &mut rng).token as usize] += 1;
+            }
+            let mut gpu_counts = vec![0usize; V];
+            let mut u = Rng::new(7 + ci as u64);
+            for _ in 0..RUNS {
+                let rows: Vec<nvrtc::SampleRow> = (0..ROWS)
+                    .map(|_| nvrtc::SampleRow {
+                        temperature,
+                        top_k,
+                        top_p,
+                        min_p,
+                        uniform: u.uniform(),
+                    })
+                    .collect();
+                let got = p.run_sample(&inputs, "y", &rows).unwrap();
+                assert_eq!(
+                    got,
+                    p.run_sample(&inputs, "y", &rows).unwrap(),
+                    "{t} case {ci}: repeat"
+                );
+                for &(tok, lp) in &got {
+                    let tok = tok as usize;
+                    assert!(tok < V, "{t} case {ci}: token {tok}");
+                    gpu_counts[tok] += 1;
+                    let want = log_softmax_at(&row, temperature, tok);
+                    assert!(
+                        (f64::from(lp) - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{t} case {ci}: log p {lp} against {want}"
+                    );
+                }
+            }
+            let gpu_n = ROWS * RUNS;
+            for i in 0..V {
+                assert!(
+                    gpu_counts[i] == 0 || host[i] > 0,
+                    "{t} case {ci}: the GPU drew token {i} ({} times), the host never did",
+                    gpu_counts[i]
+                );
+                assert!(
+                    host[i] * 100 < host_n || gpu_counts[i] > 0,
+                    "{t} case {ci}: the host drew token {i} {} times in {host_n}, the GPU never",
+                    host[i]
+                );
+            }
+            // Each logit value's share of the draws.
+            let mut levels: Vec<f32> = row.iter().copied().filter(|v| v.is_finite()).collect();
+            levels.sort_by(f32::total_cmp);
+            levels.dedup();
+            for lv in levels {
+                let share = |c: &[usize], n: usize| {
+                    (0..V).filter(|&i| row[i] == lv).map(|i| c[i]).sum::<usize>() as f64 / n as f64
+                };
+                let (h, d) = (share(&host, host_n), share(&gpu_counts, gpu_n));
+                let tol = 5.0 * (h * (1.0 - h) / gpu_n as f64).sqrt() + 0.005;
+                assert!(
+                    (h - d).abs() <= tol,
+                    "{t} case {ci}: logit {lv} drawn {d:.4} of the time on the GPU, {h:.4} on the host"
+                );
+            }
+        }
+    }
+}
+
+/// Sampling over vocabulary-wide rows (the multi-pass selects on 128k
+/// random bf16 logits, with many ties): top-k 1 is the argmax, top-k 50
+/// picks among the 50 first in (value, id) order, top-p 0.9 among the
+/// smallest such prefix reaching 0.9.
+#[test]
+fn gpu_sampling_over_wide_rows_keeps_the_filters() {
+    let (rows, cols) = (8usize, 128_256usize);
+    if !gpu() {
+        return;
+    }
+    let t = DType::BF16;
+    let g = negation(t, rows, cols);
+    let mut seed = 11u64;
+    let x: Vec<f32> = random(rows * cols, &mut seed).iter().map(|v| v * 6.0).collect();
+    let inputs = BTreeMap::from([("x".to_string(), Tensor::from_f32(t, &[rows, cols], &x))]);
+    let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+    let y = p.run(&inputs).unwrap()["y"].to_f32_vec();
+    for (temperature, top_k, top_p) in [(1.0f32, Some(1), 1.0f32), (0.8, Some(50), 1.0), (1.2, None, 0.9)] {
+        for draw in 0..4 {
+            let sr: Vec<nvrtc::SampleRow> = (0..rows)
+                .map(|r| nvrtc::SampleRow {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p: 0.0,
+                    uniform: ((r * 4 + draw) as f64 * 0.618_034).fract(),
+                })
+                .collect();
+            let got = p.run_sample(&inputs, "y", &sr).unwrap();
+            for r in 0..rows {
+                let row = &y[r * cols..(r + 1) * cols];
+                let mut order: Vec<usize> = (0..cols).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                let tok = got[r].0 as usize;
+                let rank = order.iter().position(|&i| i == tok).unwrap();
+                if let Some(k) = top_k {
+                    assert!(rank < k, "top-k {k}: token {tok} ranks {rank} (row {r})");
+                }
+                if top_p < 1.0 {
+                    let m = f64::from(row[order[0]] / temperature);
+                    let w: Vec<f64> = order
+                        .iter()
+                        .map(|&i| (f64::from(row[i] / temperature) - m).exp())
+                        .collect();
+                    let total: f64 = w.iter().sum();
+                    let before: f64 = w[..rank].iter().sum::<f64>() / total;
+                    assert!(
+                        before < 0.9 + 1e-6,
+                        "top-p: {before} of the mass precedes token {tok} (row {r})"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Decode steps replayed from CUDA graphs give exactly what eager launches
 /// give, with a graph captured per shape, and greedy sampling on the GPU
 /// picks the logits' argmax.
@@ -723,6 +911,21 @@ fn cuda_graph_replay_equals_eager_decode() {
                 a["logits"].to_f32_vec(),
                 b["logits"].to_f32_vec(),
                 "{name} step {step}"
+            );
+            // Sampled picks replay too, reading each step's uniforms.
+            let rows: Vec<nvrtc::SampleRow> = (0..2)
+                .map(|q| nvrtc::SampleRow {
+                    temperature: 0.9,
+                    top_k: Some(40),
+                    top_p: 0.95,
+                    min_p: 0.0,
+                    uniform: ((step * 2 + q) as f64 * 0.618_034).fract(),
+                })
+                .collect();
+            assert_eq!(
+                eager.run_sample(&inputs, "logits", &rows).unwrap(),
+                graphed.run_sample(&inputs, "logits", &rows).unwrap(),
+                "{name} step {step}: sampled"
             );
             let greedy = graphed.run_greedy(&inputs, "logits");
             // run_greedy ran the step again: same cache slots, same values.
@@ -775,6 +978,45 @@ fn greedy_generation_equals_the_cpu_target() {
             assert_eq!(a.token_ids, b.token_ids, "{name}");
         }
     }
+}
+
+/// Sampled generation through the engine (the GPU draws, inside the
+/// decode graphs): a seed repeats its tokens, another seed gives others.
+#[test]
+fn seeded_sampled_generation_repeats_on_the_gpu() {
+    if !gpu() {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama_bf16");
+    let params = |seed| optc::runtime::sampler::SamplingParams {
+        temperature: 0.9,
+        top_k: Some(40),
+        top_p: 0.95,
+        seed: Some(seed),
+        max_tokens: 24,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let prompts = [
+        optc::Prompt::Ids(vec![5, 17, 3, 99, 41]),
+        optc::Prompt::Ids(vec![7, 7, 200]),
+    ];
+    let opts = optc::LlmOptions {
+        target: optc::Target::Nvrtc,
+        ..optc::LlmOptions::default()
+    };
+    let mut llm = optc::LLM::new(&dir, opts).unwrap();
+    let a = llm.generate(&prompts, &params(3)).unwrap();
+    let b = llm.generate(&prompts, &params(3)).unwrap();
+    let c = llm.generate(&prompts, &params(4)).unwrap();
+    for i in 0..2 {
+        assert_eq!(a[i].token_ids, b[i].token_ids, "prompt {i}");
+        assert_eq!(a[i].token_ids.len(), 24);
+    }
+    assert!(
+        (0..2).any(|i| a[i].token_ids != c[i].token_ids),
+        "seeds 3 and 4 gave the same tokens"
+    );
 }
 
 #[test]

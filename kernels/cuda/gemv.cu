@@ -171,7 +171,7 @@ __device__ void gemv_impl(const Fill& fill, const T* w, const T* b, T* y, int n,
         }
         if (k0 + 256 * U < k) load(k0 + 256 * U);
     }
-    if (GLU) {
+    if constexpr (GLU) {
 #pragma unroll
         for (int j = 0; j < M; ++j) {
             float g = warp_sum(acc[0][j]), u = warp_sum(acc[1][j]);
@@ -181,14 +181,14 @@ __device__ void gemv_impl(const Fill& fill, const T* w, const T* b, T* y, int n,
                 st(&y[(i64)j * n + row0], g / (1.f + expf(-g)) * u);
             }
         }
-        return;
-    }
+    } else {
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
+        for (int r = 0; r < R; ++r) {
 #pragma unroll
-        for (int j = 0; j < M; ++j) {
-            const float v = warp_sum(acc[r][j]);
-            if (lane == 0 && j < m && row0 + r < n) st(&y[(i64)j * n + row0 + r], b ? v + ld(&b[row0 + r]) : v);
+            for (int j = 0; j < M; ++j) {
+                const float v = warp_sum(acc[r][j]);
+                if (lane == 0 && j < m && row0 + r < n) st(&y[(i64)j * n + row0 + r], b ? v + ld(&b[row0 + r]) : v);
+            }
         }
     }
 }

@@ -109,3 +109,300 @@ extern "C" __global__ void argmax_combine(const float* part, int* out, float* lp
 OPTC_ARGMAX(float, f32)
 OPTC_ARGMAX(bf16, bf16)
 OPTC_ARGMAX(f16, f16)
+
+// ---- Sampling: temperature, top-k, top-p and min-p on the GPU ----
+//
+// One block of 1024 threads per row. The host sampler keeps a prefix of
+// the row in its order (decreasing probability, ties by lower id), so each
+// filter is a cut in that order: a cut (key, id) keeps the elements whose
+// order key is above `key`, and those equal to it whose id is at most
+// `id`. Top-k and top-p cuts come from radix selects over 32-bit
+// order-preserving keys of the scaled logits (weights: 1 to count, fixed-
+// point probability mass for top-p), ties settled by a second select over
+// ids; min-p is a key threshold. The draw walks the kept elements in id
+// order with the request's uniform: the host sampler's distribution, with
+// a different walk order. Integer masses make every sum independent of
+// the order of atomics, so a seeded draw repeats exactly.
+
+typedef unsigned long long u64;
+
+// What the host lays out per row (24 bytes, 8-byte aligned).
+struct SampleRow {
+    float temperature;  // 0: greedy (then top_k acts as 1)
+    int top_k;          // 0: no top-k
+    float top_p;        // 1: no top-p
+    float min_p;        // 0: no min-p
+    double u;           // uniform in [0, 1)
+};
+
+// exp(z - max) in units of 2^-40: a row's total stays below 2^58.
+#define OPTC_MASS_ONE 1099511627776.0f
+
+__device__ __forceinline__ unsigned order_key(float z) {
+    unsigned b = __float_as_uint(z);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ float key_value(unsigned k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// The logit over the temperature, as the host computes it (-0 as +0).
+template <typename T> __device__ __forceinline__ float scaled_logit(const T* x, int i, float t) {
+    float v = ld(&x[i]);
+    return (t > 0.f ? __fdiv_rn(v, t) : v) + 0.f;
+}
+
+// NaN and -inf are never sampled: key 0, below every other key.
+__device__ __forceinline__ unsigned sample_key(float z) {
+    return (z != z || z == -OPTC_INF) ? 0u : order_key(z);
+}
+
+__device__ __forceinline__ u64 sample_mass(float z, float m) {
+    float e = expf(z - m);
+    return e > 0.f ? (u64)(e * OPTC_MASS_ONE) : 0ull;
+}
+
+__device__ __forceinline__ u64 warp_sum_u64(u64 v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ u64 block_sum_u64(u64 v, u64* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum_u64(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    int nw = blockDim.x >> 5;
+    v = lane < nw ? scratch[lane] : 0ull;
+    return warp_sum_u64(v);
+}
+
+// Exclusive prefix sum over the block in thread order; `*total` gets the
+// sum. `scratch` holds 33 values.
+__device__ __forceinline__ u64 block_exclusive_u64(u64 v, u64* scratch, u64* total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    u64 inc = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        u64 y = __shfl_up_sync(0xffffffffu, inc, o);
+        if (lane >= o) inc += y;
+    }
+    __syncthreads();
+    if (lane == 31) scratch[warp] = inc;
+    __syncthreads();
+    if (warp == 0) {
+        u64 w = lane < nw ? scratch[lane] : 0ull, wi = w;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            u64 y = __shfl_up_sync(0xffffffffu, wi, o);
+            if (lane >= o) wi += y;
+        }
+        scratch[lane] = wi - w;
+        if (lane == 31) scratch[32] = wi;
+    }
+    __syncthreads();
+    *total = scratch[32];
+    return scratch[warp] + inc - v;
+}
+
+struct SelectScratch {
+    u64 hist[256];
+    u64 above;
+    int digit;
+};
+
+// Of the elements `kw(i, key)` weighs (weight 0: left out), the largest
+// key t such that those with key >= t weigh at least `target` (at most
+// their total); `*above` gets the weight of those with key > t. Keys use
+// their low `bits` bits; eight bits a pass, from the top.
+template <class KW>
+__device__ unsigned radix_select(const KW& kw, int n, int bits, u64 target, u64* above_out, SelectScratch& s) {
+    unsigned prefix = 0, mask = 0;
+    u64 above = 0;
+    for (int shift = (bits + 7) / 8 * 8 - 8; shift >= 0; shift -= 8) {
+        for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[d] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            unsigned k;
+            u64 w = kw(i, k);
+            if (w && (k & mask) == prefix) atomicAdd(&s.hist[(k >> shift) & 255u], w);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            // Lane l owns digits 8l..8l+7; weights above each lane's digits
+            // by a suffix sum over the lanes, then one lane walks its eight.
+            const int lane = threadIdx.x;
+            u64 own = 0;
+            for (int e = 0; e < 8; ++e) own += s.hist[lane * 8 + e];
+            u64 suf = own;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                u64 v = __shfl_down_sync(0xffffffffu, suf, o);
+                if (lane + o < 32) suf += v;
+            }
+            const u64 hi = above + suf - own;
+            const unsigned mine = __ballot_sync(0xffffffffu, hi < target && target <= hi + own);
+            if (lane == (mine ? __ffs(mine) - 1 : 0)) {
+                u64 acc = hi;
+                int d = lane * 8 + 7;
+                for (; d > lane * 8 && acc + s.hist[d] < target; --d) acc += s.hist[d];
+                s.digit = d;
+                s.above = acc;
+            }
+        }
+        __syncthreads();
+        prefix |= (unsigned)s.digit << shift;
+        mask |= 255u << shift;
+        above = s.above;
+        __syncthreads();
+    }
+    *above_out = above;
+    return prefix;
+}
+
+// Grid (rows), 1024 threads: out[row] the sampled token, lp[row] its log
+// probability under the scaled logits (before the filters, as the host).
+template <typename T>
+__device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* lp, int n) {
+    __shared__ SelectScratch s;
+    __shared__ float fred[32];
+    __shared__ u64 ured[33];
+    const i64 r = blockIdx.x;
+    x += r * n;
+    const SampleRow p = rows[r];
+    const bool greedy = !(p.temperature > 0.f);
+    const float t = greedy ? 0.f : p.temperature;
+    const int top_k = greedy ? 1 : p.top_k;
+
+    // The row's maximum and how many elements can be sampled.
+    float m = -OPTC_INF;
+    u64 valid = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float z = scaled_logit(x, i, t);
+        if (sample_key(z)) {
+            m = fmaxf(m, z);
+            ++valid;
+        }
+    }
+    m = block_max(m, fred);
+    valid = block_sum_u64(valid, ured);
+    if (valid == 0 || m == OPTC_INF) {
+        // Nothing to sample (the host sampler also gives token 0).
+        if (threadIdx.x == 0) {
+            out[r] = 0;
+            lp[r] = valid == 0 ? -OPTC_INF : __int_as_float(0x7fc00000);
+        }
+        return;
+    }
+    // Softmax denominator (for the log probability) and the total mass.
+    float se = 0.f;
+    u64 total = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float z = scaled_logit(x, i, t);
+        if (sample_key(z)) {
+            se += expf(z - m);
+            total += sample_mass(z, m);
+        }
+    }
+    se = block_sum(se, fred);
+    total = block_sum_u64(total, ured);
+
+    // The cut: everything, then each filter's prefix, keeping the shortest.
+    unsigned cut_key = 1;
+    int cut_id = 0x7fffffff;
+    auto tighten = [&](unsigned k, int id) {
+        if (k > cut_key || (k == cut_key && id < cut_id)) {
+            cut_key = k;
+            cut_id = id;
+        }
+    };
+    const int id_bits = 32 - __clz(max(n - 1, 1));
+    // The largest id among the first `need` (by id) elements with key `tau`.
+    auto tie_cut = [&](unsigned tau, u64 need) -> int {
+        auto ties = [&](int i, unsigned& k) -> u64 {
+            k = (unsigned)(n - 1 - i);
+            return sample_key(scaled_logit(x, i, t)) == tau ? 1ull : 0ull;
+        };
+        u64 above;
+        return n - 1 - (int)radix_select(ties, n, id_bits, need, &above, s);
+    };
+    if (top_k > 0 && (u64)top_k < valid) {
+        auto count = [&](int i, unsigned& k) -> u64 {
+            k = sample_key(scaled_logit(x, i, t));
+            return k ? 1ull : 0ull;
+        };
+        u64 above;
+        unsigned tau = radix_select(count, n, 32, (u64)top_k, &above, s);
+        tighten(tau, tie_cut(tau, (u64)top_k - above));
+    }
+    if (!greedy && p.top_p < 1.f) {
+        u64 target = (u64)ceil((double)p.top_p * (double)total);
+        target = min(max(target, 1ull), total);
+        auto weigh = [&](int i, unsigned& k) -> u64 {
+            float z = scaled_logit(x, i, t);
+            k = sample_key(z);
+            return k ? sample_mass(z, m) : 0ull;
+        };
+        u64 above;
+        unsigned tau = radix_select(weigh, n, 32, target, &above, s);
+        // Every element with key tau weighs the same.
+        u64 w = sample_mass(key_value(tau), m);
+        u64 need = w ? (target - above + w - 1) / w : 1ull;
+        tighten(tau, tie_cut(tau, max(need, 1ull)));
+    }
+    if (!greedy && p.min_p > 0.f) tighten(order_key(m + logf(p.min_p)), 0x7fffffff);
+
+    // The draw: each thread sums the mass it keeps over a contiguous run
+    // of ids, a scan places the runs, and the thread whose run holds the
+    // target walks it.
+    const int run = (n + blockDim.x - 1) / blockDim.x;
+    const int b = min(n, (int)threadIdx.x * run), e = min(n, b + run);
+    auto kept = [&](int i, float& z) -> u64 {
+        z = scaled_logit(x, i, t);
+        unsigned k = sample_key(z);
+        bool in = k && (k > cut_key || (k == cut_key && i <= cut_id));
+        return in ? sample_mass(z, m) : 0ull;
+    };
+    u64 own = 0;
+    for (int i = b; i < e; ++i) {
+        float z;
+        own += kept(i, z);
+    }
+    u64 all;
+    const u64 before = block_exclusive_u64(own, ured, &all);
+    if (all == 0) {
+        if (threadIdx.x == 0) {
+            out[r] = 0;
+            lp[r] = -OPTC_INF;
+        }
+        return;
+    }
+    u64 goal = (u64)(p.u * (double)all);
+    if (goal >= all) goal = all - 1;
+    if (before <= goal && goal < before + own) {
+        u64 acc = before;
+        for (int i = b; i < e; ++i) {
+            float z;
+            u64 w = kept(i, z);
+            if (w && goal < acc + w) {
+                out[r] = i;
+                lp[r] = z - m - logf(se);
+                break;
+            }
+            acc += w;
+        }
+    }
+}
+
+#define OPTC_SAMPLE(T, N)                                                                         \
+    extern "C" __global__ void __launch_bounds__(1024)                                            \
+        sample_##N(const T* x, const SampleRow* rows, int* out, float* lp, int n) {              \
+        sample_impl<T>(x, rows, out, lp, n);                                                      \
+    }
+
+OPTC_SAMPLE(float, f32)
+OPTC_SAMPLE(bf16, bf16)
+OPTC_SAMPLE(f16, f16)

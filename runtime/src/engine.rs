@@ -24,6 +24,19 @@ pub struct StepSeq {
     pub sample: bool,
 }
 
+/// One sampling sequence's draw, for an executor that samples where the
+/// logits are ([`Executor::step_sample`]): the request's temperature and
+/// filters (as in [`SamplingParams`]) and the uniform it drew from its own
+/// random stream for this step (0 when greedy, which draws none).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowSampling {
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub uniform: f64,
+}
+
 /// Runs steps of a model: a target's half of the runtime.
 pub trait Executor {
     /// Processes every sequence's new tokens (writing their KV) and returns
@@ -37,6 +50,21 @@ pub trait Executor {
     /// plain greedy; `None` means "not supported, use `step`".
     fn step_greedy(&mut self, seqs: &[StepSeq]) -> Option<Result<Vec<(u32, f32)>, String>> {
         let _ = seqs;
+        None
+    }
+
+    /// Like [`Executor::step_greedy`], for batches where some request
+    /// samples: each sampling sequence's token (and its log probability
+    /// under the tempered logits) drawn where the logits are, with its
+    /// [`RowSampling`], in order. The engine calls it only when no
+    /// sampling sequence needs penalties, masks or top logprobs (those
+    /// stay on the host); `None` means "not supported, use `step`".
+    fn step_sample(
+        &mut self,
+        seqs: &[StepSeq],
+        rows: &[RowSampling],
+    ) -> Option<Result<Vec<(u32, f32)>, String>> {
+        let _ = (seqs, rows);
         None
     }
 
@@ -58,17 +86,24 @@ impl<E: Executor + ?Sized> Executor for Box<E> {
         (**self).step_greedy(seqs)
     }
 
+    fn step_sample(
+        &mut self,
+        seqs: &[StepSeq],
+        rows: &[RowSampling],
+    ) -> Option<Result<Vec<(u32, f32)>, String>> {
+        (**self).step_sample(seqs, rows)
+    }
+
     fn needs_history(&self) -> bool {
         (**self).needs_history()
     }
 }
 
-/// Whether the executor may pick this request's next token as a plain
-/// argmax: greedy, no penalties, no logprobs asked, and no tokens masked
+/// Whether the executor may pick this request's next token from the raw
+/// logits: no penalties, no logprobs asked, and no tokens masked
 /// (min_tokens already reached).
-fn plain_greedy(p: &SamplingParams, produced: usize) -> bool {
-    p.temperature == 0.0
-        && p.repetition_penalty == 1.0
+fn executor_pickable(p: &SamplingParams, produced: usize) -> bool {
+    p.repetition_penalty == 1.0
         && p.presence_penalty == 0.0
         && p.frequency_penalty == 0.0
         && p.logprobs.is_none()
@@ -111,6 +146,11 @@ impl<E: Executor> Engine<E> {
     /// The executor (for targets that report their own statistics).
     pub fn executor(&self) -> &E {
         &self.exec
+    }
+
+    /// The executor, to change its settings between steps.
+    pub fn executor_mut(&mut self) -> &mut E {
+        &mut self.exec
     }
 
     pub fn scheduler(&self) -> &Scheduler {
@@ -171,36 +211,29 @@ impl<E: Executor> Engine<E> {
             })
             .collect();
         let wanted = seqs.iter().filter(|s| s.sample).count();
-        let greedy = seqs.iter().filter(|s| s.sample).all(|s| {
-            self.sched
-                .request(s.seq)
-                .is_some_and(|(p, _, out)| plain_greedy(p, out.len()))
-        });
-        if greedy {
-            if let Some(tokens) = self.exec.step_greedy(&seqs) {
-                let tokens = tokens?;
-                if tokens.len() != wanted {
-                    return Err(format!(
-                        "executor returned {} greedy tokens for {wanted} sampling sequences",
-                        tokens.len()
-                    ));
-                }
-                let mut events = Vec::new();
-                let mut sampled = BTreeMap::new();
-                for (s, (token, logprob)) in seqs.iter().filter(|s| s.sample).zip(tokens) {
-                    sampled.insert(s.seq, token);
-                    events.push(Event::Token {
-                        seq: s.seq,
-                        sample: Sample {
-                            token,
-                            logprob,
-                            top_logprobs: Vec::new(),
-                        },
-                    });
-                }
-                self.finish(&plan, &sampled, &mut events);
-                return Ok(events);
+        if let Some(tokens) = self.executor_picks(&seqs) {
+            let tokens = tokens?;
+            if tokens.len() != wanted {
+                return Err(format!(
+                    "executor returned {} tokens for {wanted} sampling sequences",
+                    tokens.len()
+                ));
             }
+            let mut events = Vec::new();
+            let mut sampled = BTreeMap::new();
+            for (s, (token, logprob)) in seqs.iter().filter(|s| s.sample).zip(tokens) {
+                sampled.insert(s.seq, token);
+                events.push(Event::Token {
+                    seq: s.seq,
+                    sample: Sample {
+                        token,
+                        logprob,
+                        top_logprobs: Vec::new(),
+                    },
+                });
+            }
+            self.finish(&plan, &sampled, &mut events);
+            return Ok(events);
         }
         let rows = self.exec.step(&seqs)?;
         if rows.len() != wanted {
@@ -236,6 +269,43 @@ impl<E: Executor> Engine<E> {
         }
         self.finish(&plan, &sampled, &mut events);
         Ok(events)
+    }
+
+    /// The step's tokens picked by the executor, when every sampling
+    /// sequence allows it and the executor can: greedy for all-greedy
+    /// batches, else drawn with each request's uniform (taken from its
+    /// stream only when the executor takes the step, so a fallback to
+    /// host sampling sees the same stream).
+    fn executor_picks(&mut self, seqs: &[StepSeq]) -> Option<Result<Vec<(u32, f32)>, String>> {
+        let mut greedy = true;
+        for s in seqs.iter().filter(|s| s.sample) {
+            let (p, _, out) = self.sched.request(s.seq)?;
+            if !executor_pickable(p, out.len()) {
+                return None;
+            }
+            greedy &= p.temperature == 0.0;
+        }
+        if greedy {
+            return self.exec.step_greedy(seqs);
+        }
+        let mut rows = Vec::new();
+        let mut drawn = Vec::new();
+        for s in seqs.iter().filter(|s| s.sample) {
+            let (p, _, _) = self.sched.request(s.seq)?;
+            let mut rng = self.rngs.get(&s.seq)?.clone();
+            let uniform = if p.temperature > 0.0 { rng.uniform() } else { 0.0 };
+            rows.push(RowSampling {
+                temperature: p.temperature,
+                top_k: p.top_k,
+                top_p: p.top_p,
+                min_p: p.min_p,
+                uniform,
+            });
+            drawn.push((s.seq, rng));
+        }
+        let r = self.exec.step_sample(seqs, &rows)?;
+        self.rngs.extend(drawn);
+        Some(r)
     }
 
     /// Applies the sampled tokens and reports the requests that finished.

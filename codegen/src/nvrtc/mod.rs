@@ -30,6 +30,7 @@ mod device;
 mod fuse;
 mod gemm;
 mod launch;
+mod pick;
 mod profile;
 mod program;
 mod run;
@@ -38,4 +39,5 @@ mod strided;
 
 pub use compile::{cache_dir, CompileReport};
 pub use device::available;
+pub use pick::SampleRow;
 pub use program::{AttentionPaths, CudaProgram, CudaSummary, SkinnyGemm};

@@ -153,6 +153,8 @@ pub struct CudaProgram {
     /// and the kernel that combines a row's chunks.
     pub(super) argmax: HashMap<&'static str, CudaFunction>,
     pub(super) argmax_combine: CudaFunction,
+    /// `sample_{dtype}`: temperature, top-k, top-p and min-p, one block a row.
+    pub(super) sample: HashMap<&'static str, CudaFunction>,
     pub(super) summary: CudaSummary,
     /// With `OPTC_CUDA_PROFILE=1`: GPU time per kernel kind (CUDA events
     /// around every step) and host time per phase, reported on drop.
@@ -199,14 +201,14 @@ impl SkinnyGemm {
 }
 
 /// What a captured graph depends on: every input's shape and the
-/// attention tiling (from the metadata values), and whether it ends in
-/// greedy sampling.
+/// attention tiling (from the metadata values), and the token pick it
+/// ends with (the output, and whether it samples rather than argmax).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct CaptureKey {
     pub(super) input_dims: Vec<Vec<usize>>,
     pub(super) attention: Vec<(usize, AttentionRun)>,
     pub(super) arena_bytes: usize,
-    pub(super) greedy: Option<usize>,
+    pub(super) pick: Option<(usize, bool)>,
 }
 
 /// A decode step captured as a CUDA graph, with the buffers it owns: its
@@ -216,7 +218,8 @@ pub(super) struct Captured {
     pub(super) _pool: Pool,
     pub(super) arena: DeviceBox,
     pub(super) ptr: Vec<u64>,
-    pub(super) argmax: u64,
+    /// Where the graph leaves its picked tokens (when it picks).
+    pub(super) picked: u64,
 }
 
 pub(super) const MAX_CAPTURES: usize = 64;
@@ -227,8 +230,9 @@ pub(super) struct Executed {
     pub(super) ptr: Vec<u64>,
     /// The buffers belong to a captured graph (do not release them).
     pub(super) captured: bool,
-    /// Greedy results (tokens, then logprobs) already computed on the GPU.
-    pub(super) argmax: Option<u64>,
+    /// Picked tokens, then their log probabilities, when the run picked
+    /// (a pool buffer unless `captured`).
+    pub(super) picked: Option<u64>,
 }
 
 /// Lets `f` take `bytes` of dynamic shared memory (past the 48 KiB default).
@@ -541,6 +545,10 @@ impl CudaProgram {
             argmax.insert(d, gpu.function(&format!("argmax_part_{d}")).map_err(&gerr)?);
         }
         let argmax_combine = gpu.function("argmax_combine").map_err(&gerr)?;
+        let mut sample = HashMap::new();
+        for d in ["f32", "bf16", "f16"] {
+            sample.insert(d, gpu.function(&format!("sample_{d}")).map_err(&gerr)?);
+        }
         // Evaluate folded ops and upload the constants kernels read.
         let mut host: HashMap<usize, Tensor> = HashMap::new();
         let weight_node: HashMap<usize, (String, String)> = order
@@ -749,6 +757,7 @@ impl CudaProgram {
             arena: None,
             argmax,
             argmax_combine,
+            sample,
             summary,
             profile: Profile::from_env(),
             graphs: std::env::var("OPTC_CUDA_GRAPHS").map_or(true, |v| v != "0"),

@@ -1,11 +1,10 @@
 //! Running a lowered program: input checks and the one input copy, the
-//! step loop over the buffer pool, greedy sampling on the GPU, and CUDA
-//! graph capture and replay for decode steps.
+//! step loop over the buffer pool, and CUDA graph capture and replay for
+//! decode steps (with the token pick of `pick.rs` at their end).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use cudarc::driver::{CudaFunction, PushKernelArg};
 use optc_ir::dim::normalize_axis;
 use optc_ir::ops::{EvalCx, Op};
 use optc_ir::{Bindings, Tensor};
@@ -13,12 +12,12 @@ use optc_kernels::cpu::attention::{check_paged_meta, PagedMeta, PagedShape};
 use optc_kernels::cuda as src;
 
 use super::device::{DeviceBox, Pool};
-use super::launch::cfg;
+use super::pick::{Pick, SAMPLE_ROW_BYTES};
 use super::program::{
     node_err, AttentionRun, CaptureKey, Captured, CudaProgram, Exec, Executed, Loc, Step, ATTENTION_MMA,
     MAX_CAPTURES, SPLIT_COUNTERS,
 };
-use super::select::{float_name, Kernel};
+use super::select::Kernel;
 use crate::CodegenError;
 
 impl CudaProgram {
@@ -50,111 +49,7 @@ impl CudaProgram {
         r.map(|_| out)
     }
 
-    /// Runs the program and returns, for each row of the 2-D float output
-    /// `output` (logits), the index of its largest value and that value's
-    /// log-softmax: greedy sampling without copying the rows back.
-    pub fn run_greedy(
-        &mut self,
-        inputs: &BTreeMap<String, Tensor>,
-        output: &str,
-    ) -> Result<Vec<(u32, f32)>, CodegenError> {
-        let v = self
-            .outputs
-            .iter()
-            .find(|(n, _)| n == output)
-            .map(|(_, v)| *v)
-            .ok_or_else(|| CodegenError::Input {
-                name: output.into(),
-                message: "no such output".into(),
-            })?;
-        let f = float_name(self.types[v].dtype)
-            .filter(|_| self.types[v].rank() == 2)
-            .and_then(|n| self.argmax.get(n).cloned())
-            .ok_or_else(|| CodegenError::Input {
-                name: output.into(),
-                message: format!("greedy sampling needs a 2-D float output, not {}", self.types[v]),
-            })?;
-        let ex = self.execute(inputs, Some((v, f.clone())))?;
-        let (rd, mut ptr) = (ex.dims, ex.ptr);
-        let dims = &rd.dims;
-        let rows = dims[v][0];
-        let t_wait = std::time::Instant::now();
-        let r = match ex.argmax {
-            Some(buf) => {
-                let r = self.read_argmax(buf, rows);
-                if let Some(p) = &mut self.profile {
-                    *p.host.entry("graph: wait + read tokens").or_insert(0.0) +=
-                        t_wait.elapsed().as_secs_f64() * 1e3;
-                }
-                r
-            }
-            None => self.argmax_rows(&f, ptr[v], &dims[v]),
-        };
-        if !ex.captured {
-            self.release_outputs(&mut ptr);
-        }
-        r.map_err(node_err(&self.graph.name))
-    }
-
-    /// Launches the argmax over `dims[0]` rows at `x` into a pool buffer
-    /// (tokens, then log probabilities): blocks of `ARGMAX_CHUNK` logits,
-    /// then one warp per row to combine them.
-    fn launch_argmax(&mut self, f: &CudaFunction, x: u64, dims: &[usize]) -> Result<u64, String> {
-        const ARGMAX_CHUNK: usize = 1024;
-        let (rows, cols) = (dims[0], dims[1]);
-        let buf = self.pool.alloc(rows.max(1) * 8)?;
-        if rows == 0 {
-            return Ok(buf);
-        }
-        let chunks = cols.div_ceil(ARGMAX_CHUNK).max(1);
-        if chunks > 65535 || rows > i32::MAX as usize || cols > i32::MAX as usize {
-            self.pool.release(buf);
-            return Err(format!(
-                "greedy sampling over {rows} rows of {cols} logits is too large"
-            ));
-        }
-        let part = self.pool.alloc(rows * chunks * 12)?;
-        let (gpu, combine) = (&self.gpu, &self.argmax_combine);
-        let r = launch!(gpu, f, cfg((rows as u32, chunks as u32, 1), 256, 0);
-                x = x, part = part, c = cols as i32, chunk = ARGMAX_CHUNK as i32)
-        .and_then(|_| {
-            launch!(gpu, combine, cfg((rows as u32, 1, 1), 32, 0);
-                part = part, tok = buf, lp = buf + rows as u64 * 4, n = chunks as i32)
-        });
-        self.pool.release(part);
-        if r.is_err() {
-            self.pool.release(buf);
-        }
-        r.map(|_| buf)
-    }
-
-    fn read_argmax(&self, buf: u64, rows: usize) -> Result<Vec<(u32, f32)>, String> {
-        let mut bytes = vec![0u8; rows * 8];
-        self.gpu.dtoh(buf, &mut bytes)?;
-        let (t, l) = bytes.split_at(rows * 4);
-        Ok(t.chunks_exact(4)
-            .zip(l.chunks_exact(4))
-            .map(|(t, l)| {
-                (
-                    u32::from_le_bytes([t[0], t[1], t[2], t[3]]),
-                    f32::from_le_bytes([l[0], l[1], l[2], l[3]]),
-                )
-            })
-            .collect())
-    }
-
-    fn argmax_rows(&mut self, f: &CudaFunction, x: u64, dims: &[usize]) -> Result<Vec<(u32, f32)>, String> {
-        let rows = dims[0];
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        let buf = self.launch_argmax(f, x, dims)?;
-        let r = self.read_argmax(buf, rows);
-        self.pool.release(buf);
-        r
-    }
-
-    fn release_outputs(&mut self, ptr: &mut [u64]) {
+    pub(super) fn release_outputs(&mut self, ptr: &mut [u64]) {
         for (_, v) in &self.outputs {
             let o = self.owner[*v];
             if self.locs[o] == Loc::Temp && ptr[o] != 0 {
@@ -165,10 +60,10 @@ impl CudaProgram {
     }
 
     /// Everything up to the outputs: checks, the input copy, every step.
-    fn execute(
+    pub(super) fn execute(
         &mut self,
         inputs: &BTreeMap<String, Tensor>,
-        greedy: Option<(usize, CudaFunction)>,
+        pick: Option<Pick>,
     ) -> Result<Executed, CodegenError> {
         let _span = tracing::debug_span!("cuda_run", graph = %self.graph.name).entered();
         let t_start = Instant::now();
@@ -371,6 +266,23 @@ impl CudaProgram {
                 _ => {}
             }
         }
+        // The pick's sampling parameters go up with the inputs, so a
+        // replayed graph reads this step's.
+        let params_offset = arena.len();
+        if let Some(p) = &pick {
+            let rows = dims[p.value].first().copied().unwrap_or(0);
+            if p.samples() && p.params().len() != rows * SAMPLE_ROW_BYTES {
+                return Err(CodegenError::Input {
+                    name: self.graph.name.clone(),
+                    message: format!(
+                        "{} sampling rows for {rows} rows of logits",
+                        p.params().len() / SAMPLE_ROW_BYTES
+                    ),
+                });
+            }
+            arena.extend_from_slice(p.params());
+            arena.resize(arena.len().div_ceil(256) * 256, 0);
+        }
         for r in attn.values().filter(|r| r.tiles > 0) {
             let p = &mut self.attention_paths;
             match (r.decode, r.mma) {
@@ -398,11 +310,18 @@ impl CudaProgram {
                 input_dims: self.inputs.iter().map(|(_, v)| dims[*v].clone()).collect(),
                 attention,
                 arena_bytes: arena.len(),
-                greedy: greedy.as_ref().map(|g| g.0),
+                pick: pick.as_ref().map(|p| (p.value, p.samples())),
             };
             if !self.captures.contains_key(&key) && self.captures.len() < MAX_CAPTURES {
                 let c = self
-                    .capture(&arena, &offsets, dims, bindings, &attn, greedy.as_ref())
+                    .capture(
+                        &arena,
+                        &offsets,
+                        dims,
+                        bindings,
+                        &attn,
+                        pick.as_ref().map(|p| (p, params_offset)),
+                    )
                     .map_err(node_err(&self.graph.name))?;
                 self.captures.insert(key.clone(), c);
             }
@@ -426,7 +345,7 @@ impl CudaProgram {
                     dims: rd.clone(),
                     ptr: c.ptr.clone(),
                     captured: true,
-                    argmax: greedy.is_some().then_some(c.argmax),
+                    picked: pick.is_some().then_some(c.picked),
                 });
             }
         }
@@ -448,20 +367,30 @@ impl CudaProgram {
             *p.host.entry("launch + wait").or_insert(0.0) += t_steps.elapsed().as_secs_f64() * 1e3;
             p.runs += 1;
         }
-        if let Err(e) = r {
-            // Return every temp buffer: the next run starts clean.
-            for (v, &p) in ptr.iter().enumerate() {
-                if p != 0 && self.locs[v] == Loc::Temp && self.owner[v] == v {
-                    self.pool.release(p);
+        let r = r.and_then(|()| match &pick {
+            Some(p) => self
+                .launch_pick(p, ptr[p.value], &dims[p.value], base + params_offset as u64)
+                .map(Some)
+                .map_err(node_err(&self.graph.name)),
+            None => Ok(None),
+        });
+        let picked = match r {
+            Ok(b) => b,
+            Err(e) => {
+                // Return every temp buffer: the next run starts clean.
+                for (v, &p) in ptr.iter().enumerate() {
+                    if p != 0 && self.locs[v] == Loc::Temp && self.owner[v] == v {
+                        self.pool.release(p);
+                    }
                 }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         Ok(Executed {
             dims: rd.clone(),
             ptr,
             captured: false,
-            argmax: None,
+            picked,
         })
     }
 
@@ -478,7 +407,7 @@ impl CudaProgram {
             .collect()
     }
 
-    /// Captures the steps (and the greedy argmax) as a CUDA graph with a
+    /// Captures the steps (and the token pick) as a CUDA graph with a
     /// private input arena and activation pool, then leaves it to replay.
     #[allow(clippy::too_many_arguments)]
     fn capture(
@@ -488,7 +417,7 @@ impl CudaProgram {
         dims: &[Vec<usize>],
         bindings: &Bindings,
         attn: &HashMap<usize, AttentionRun>,
-        greedy: Option<&(usize, CudaFunction)>,
+        pick: Option<(&Pick, usize)>,
     ) -> Result<Captured, String> {
         let abox = DeviceBox::new(arena.len().max(256))?;
         self.gpu.htod(abox.ptr, arena)?;
@@ -507,10 +436,10 @@ impl CudaProgram {
                 .map_err(|e| e.to_string())
         });
         self.steps = steps;
-        let mut argmax = 0;
-        if let (Ok(()), Some((v, f))) = (&r, greedy) {
-            match self.launch_argmax(f, ptr[*v], &dims[*v]) {
-                Ok(b) => argmax = b,
+        let mut picked = 0;
+        if let (Ok(()), Some((p, params))) = (&r, pick) {
+            match self.launch_pick(p, ptr[p.value], &dims[p.value], abox.ptr + params as u64) {
+                Ok(b) => picked = b,
                 Err(e) => r = Err(e),
             }
         }
@@ -527,7 +456,7 @@ impl CudaProgram {
             _pool: pool,
             arena: abox,
             ptr,
-            argmax,
+            picked,
         })
     }
 

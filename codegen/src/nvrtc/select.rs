@@ -377,6 +377,9 @@ mod tests {
             "argmax_part_bf16",
             "argmax_part_f16",
             "argmax_combine",
+            "sample_f32",
+            "sample_bf16",
+            "sample_f16",
             "paged_prefill_mma_bf16_d64",
         ] {
             assert!(have.contains(name), "{name}");

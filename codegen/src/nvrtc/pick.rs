@@ -1,0 +1,275 @@
+//! Picking each row's next token where the logits are: greedy (argmax)
+//! and sampled (temperature, top-k, top-p, min-p), so a step copies back
+//! 8 bytes a sequence instead of a row of logits. Both run inside the
+//! captured decode graph; a sampled pick's parameters travel in the input
+//! arena, so a replay reads the new ones.
+
+use std::collections::BTreeMap;
+
+use cudarc::driver::{CudaFunction, PushKernelArg};
+use optc_ir::Tensor;
+
+use super::launch::cfg;
+use super::program::{node_err, CudaProgram};
+use super::select::float_name;
+use crate::CodegenError;
+
+/// One row's sampling on the GPU, in the host sampler's terms
+/// (`optc_runtime::sampler`): penalties and masks are the host's job, so
+/// a row that needs them does not come here.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleRow {
+    /// 0 means greedy (the lowest id among the largest logits).
+    pub temperature: f32,
+    /// Keep the `k` most likely tokens (`None`: all).
+    pub top_k: Option<usize>,
+    /// Keep the smallest most-likely set reaching this mass, in (0, 1].
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely, in [0, 1].
+    pub min_p: f32,
+    /// The request's uniform draw in [0, 1) for this step.
+    pub uniform: f64,
+}
+
+/// Bytes of one [`SampleRow`] as the kernel reads it (`struct SampleRow`
+/// in `sample.cu`).
+pub(super) const SAMPLE_ROW_BYTES: usize = 24;
+
+impl SampleRow {
+    fn check(&self) -> Result<(), String> {
+        let ok = self.temperature >= 0.0
+            && self.temperature.is_finite()
+            && self.top_p > 0.0
+            && self.top_p <= 1.0
+            && (0.0..=1.0).contains(&self.min_p)
+            && self.top_k != Some(0)
+            && (0.0..1.0).contains(&self.uniform);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("bad sampling row {self:?}"))
+        }
+    }
+
+    fn to_le_bytes(self) -> [u8; SAMPLE_ROW_BYTES] {
+        let mut b = [0u8; SAMPLE_ROW_BYTES];
+        let k = self.top_k.map_or(0, |k| k.min(i32::MAX as usize) as i32);
+        b[0..4].copy_from_slice(&self.temperature.to_le_bytes());
+        b[4..8].copy_from_slice(&k.to_le_bytes());
+        b[8..12].copy_from_slice(&self.top_p.to_le_bytes());
+        b[12..16].copy_from_slice(&self.min_p.to_le_bytes());
+        b[16..24].copy_from_slice(&self.uniform.to_le_bytes());
+        b
+    }
+}
+
+/// The pick a run ends with, on output value `value`.
+pub(super) struct Pick {
+    pub(super) value: usize,
+    pub(super) kernel: PickKernel,
+}
+
+pub(super) enum PickKernel {
+    /// `argmax_part_{dtype}`, then `argmax_combine`.
+    Argmax(CudaFunction),
+    /// `sample_{dtype}` with the rows' parameters (as the kernel reads them).
+    Sample(CudaFunction, Vec<u8>),
+}
+
+impl Pick {
+    /// Whether the pick samples (a captured graph is one or the other).
+    pub(super) fn samples(&self) -> bool {
+        matches!(self.kernel, PickKernel::Sample(..))
+    }
+
+    /// The sampling parameters to copy up with the inputs.
+    pub(super) fn params(&self) -> &[u8] {
+        match &self.kernel {
+            PickKernel::Sample(_, p) => p,
+            PickKernel::Argmax(_) => &[],
+        }
+    }
+}
+
+impl CudaProgram {
+    /// Runs the program and returns, for each row of the 2-D float output
+    /// `output` (logits), the index of its largest value and that value's
+    /// log-softmax: greedy sampling without copying the rows back.
+    pub fn run_greedy(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        output: &str,
+    ) -> Result<Vec<(u32, f32)>, CodegenError> {
+        let (v, dtype) = self.pick_output(output)?;
+        let f = self.argmax.get(dtype).cloned().ok_or_else(|| no_kernel(output))?;
+        self.run_pick(
+            inputs,
+            Pick {
+                value: v,
+                kernel: PickKernel::Argmax(f),
+            },
+        )
+    }
+
+    /// Runs the program and samples each row of the 2-D float output
+    /// `output` (logits) with its [`SampleRow`]: the token and its log
+    /// probability under the tempered logits (before the filters, as the
+    /// host sampler reports it). The same rows and uniforms give the same
+    /// tokens on every run.
+    pub fn run_sample(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        output: &str,
+        rows: &[SampleRow],
+    ) -> Result<Vec<(u32, f32)>, CodegenError> {
+        let (v, dtype) = self.pick_output(output)?;
+        let f = self.sample.get(dtype).cloned().ok_or_else(|| no_kernel(output))?;
+        let mut params = Vec::with_capacity(rows.len() * SAMPLE_ROW_BYTES);
+        for (i, r) in rows.iter().enumerate() {
+            r.check().map_err(|m| CodegenError::Input {
+                name: output.into(),
+                message: format!("row {i}: {m}"),
+            })?;
+            params.extend_from_slice(&r.to_le_bytes());
+        }
+        self.run_pick(
+            inputs,
+            Pick {
+                value: v,
+                kernel: PickKernel::Sample(f, params),
+            },
+        )
+    }
+
+    /// The output's value and its float kernel suffix.
+    fn pick_output(&self, output: &str) -> Result<(usize, &'static str), CodegenError> {
+        let v = self
+            .outputs
+            .iter()
+            .find(|(n, _)| n == output)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| CodegenError::Input {
+                name: output.into(),
+                message: "no such output".into(),
+            })?;
+        let d = float_name(self.types[v].dtype)
+            .filter(|_| self.types[v].rank() == 2)
+            .ok_or_else(|| CodegenError::Input {
+                name: output.into(),
+                message: format!("picking tokens needs a 2-D float output, not {}", self.types[v]),
+            })?;
+        Ok((v, d))
+    }
+
+    fn run_pick(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        pick: Pick,
+    ) -> Result<Vec<(u32, f32)>, CodegenError> {
+        let v = pick.value;
+        let ex = self.execute(inputs, Some(pick))?;
+        let (rd, mut ptr) = (ex.dims, ex.ptr);
+        let rows = rd.dims[v][0];
+        let t_wait = std::time::Instant::now();
+        let buf = ex
+            .picked
+            .ok_or_else(|| node_err(&self.graph.name)("the run picked no tokens".to_string()))?;
+        let r = self.read_picks(buf, rows);
+        if ex.captured {
+            if let Some(p) = &mut self.profile {
+                *p.host.entry("graph: wait + read tokens").or_insert(0.0) +=
+                    t_wait.elapsed().as_secs_f64() * 1e3;
+            }
+        } else {
+            self.pool.release(buf);
+            self.release_outputs(&mut ptr);
+        }
+        r.map_err(node_err(&self.graph.name))
+    }
+
+    /// Launches `pick` over the rows at `x` into a pool buffer (tokens,
+    /// then log probabilities); `params` is where its sampling parameters
+    /// are on the GPU.
+    pub(super) fn launch_pick(
+        &mut self,
+        pick: &Pick,
+        x: u64,
+        dims: &[usize],
+        params: u64,
+    ) -> Result<u64, String> {
+        let (rows, cols) = (dims[0], dims[1]);
+        if rows > i32::MAX as usize || cols > i32::MAX as usize {
+            return Err(format!(
+                "picking tokens from {rows} rows of {cols} logits: too large"
+            ));
+        }
+        let buf = self.pool.alloc(rows.max(1) * 8)?;
+        if rows == 0 {
+            return Ok(buf);
+        }
+        // `execute` checked the sampling rows against the logits rows.
+        let r = match &pick.kernel {
+            PickKernel::Argmax(f) => self.launch_argmax(f, x, rows, cols, buf),
+            PickKernel::Sample(f, _) => {
+                let gpu = &self.gpu;
+                launch!(gpu, f, cfg((rows as u32, 1, 1), 1024, 0);
+                    x = x, params = params, tok = buf, lp = buf + rows as u64 * 4, n = cols as i32)
+            }
+        };
+        if r.is_err() {
+            self.pool.release(buf);
+        }
+        r.map(|_| buf)
+    }
+
+    /// The argmax in blocks of `ARGMAX_CHUNK` logits, then one warp per
+    /// row to combine them.
+    fn launch_argmax(
+        &mut self,
+        f: &CudaFunction,
+        x: u64,
+        rows: usize,
+        cols: usize,
+        buf: u64,
+    ) -> Result<(), String> {
+        const ARGMAX_CHUNK: usize = 1024;
+        let chunks = cols.div_ceil(ARGMAX_CHUNK).max(1);
+        if chunks > 65535 {
+            return Err(format!(
+                "greedy sampling over {rows} rows of {cols} logits is too large"
+            ));
+        }
+        let part = self.pool.alloc(rows * chunks * 12)?;
+        let (gpu, combine) = (&self.gpu, &self.argmax_combine);
+        let r = launch!(gpu, f, cfg((rows as u32, chunks as u32, 1), 256, 0);
+                x = x, part = part, c = cols as i32, chunk = ARGMAX_CHUNK as i32)
+        .and_then(|_| {
+            launch!(gpu, combine, cfg((rows as u32, 1, 1), 32, 0);
+                part = part, tok = buf, lp = buf + rows as u64 * 4, n = chunks as i32)
+        });
+        self.pool.release(part);
+        r
+    }
+
+    fn read_picks(&self, buf: u64, rows: usize) -> Result<Vec<(u32, f32)>, String> {
+        let mut bytes = vec![0u8; rows * 8];
+        self.gpu.dtoh(buf, &mut bytes)?;
+        let (t, l) = bytes.split_at(rows * 4);
+        Ok(t.chunks_exact(4)
+            .zip(l.chunks_exact(4))
+            .map(|(t, l)| {
+                (
+                    u32::from_le_bytes([t[0], t[1], t[2], t[3]]),
+                    f32::from_le_bytes([l[0], l[1], l[2], l[3]]),
+                )
+            })
+            .collect())
+    }
+}
+
+fn no_kernel(output: &str) -> CodegenError {
+    CodegenError::Input {
+        name: output.into(),
+        message: "no token-picking kernel for this output's dtype".into(),
+    }
+}
