@@ -210,16 +210,18 @@ __device__ __forceinline__ u64 block_exclusive_u64(u64 v, u64* scratch, u64* tot
 
 struct SelectScratch {
     u64 hist[256];
-    u64 above;
+    u64 above, at;
     int digit;
 };
 
 // Of the elements `kw(i, key)` weighs (weight 0: left out), the largest
 // key t such that those with key >= t weigh at least `target` (at most
-// their total); `*above` gets the weight of those with key > t. Keys use
-// their low `bits` bits; eight bits a pass, from the top.
+// their total); `*above` gets the weight of those with key > t, `*at` of
+// those with key t. Keys use their low `bits` bits (at least 1); eight bits
+// a pass, from the top.
 template <class KW>
-__device__ unsigned radix_select(const KW& kw, int n, int bits, u64 target, u64* above_out, SelectScratch& s) {
+__device__ unsigned radix_select(const KW& kw, int n, int bits, u64 target, u64* above_out, u64* at_out,
+                                 SelectScratch& s) {
     unsigned prefix = 0, mask = 0;
     u64 above = 0;
     for (int shift = (bits + 7) / 8 * 8 - 8; shift >= 0; shift -= 8) {
@@ -251,6 +253,7 @@ __device__ unsigned radix_select(const KW& kw, int n, int bits, u64 target, u64*
                 for (; d > lane * 8 && acc + s.hist[d] < target; --d) acc += s.hist[d];
                 s.digit = d;
                 s.above = acc;
+                s.at = s.hist[d];
             }
         }
         __syncthreads();
@@ -260,6 +263,7 @@ __device__ unsigned radix_select(const KW& kw, int n, int bits, u64 target, u64*
         __syncthreads();
     }
     *above_out = above;
+    *at_out = s.at;
     return prefix;
 }
 
@@ -326,17 +330,19 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             k = (unsigned)(n - 1 - i);
             return sample_key(scaled_logit(x, i, t)) == tau ? 1ull : 0ull;
         };
-        u64 above;
-        return n - 1 - (int)radix_select(ties, n, id_bits, need, &above, s);
+        u64 above, at;
+        return n - 1 - (int)radix_select(ties, n, id_bits, need, &above, &at, s);
     };
     if (top_k > 0 && (u64)top_k < valid) {
         auto count = [&](int i, unsigned& k) -> u64 {
             k = sample_key(scaled_logit(x, i, t));
             return k ? 1ull : 0ull;
         };
-        u64 above;
-        unsigned tau = radix_select(count, n, 32, (u64)top_k, &above, s);
-        tighten(tau, tie_cut(tau, (u64)top_k - above));
+        u64 above, at;
+        unsigned tau = radix_select(count, n, 32, (u64)top_k, &above, &at, s);
+        // No id select when every tie at the cut is kept.
+        const u64 need = (u64)top_k - above;
+        tighten(tau, need >= at ? 0x7fffffff : tie_cut(tau, need));
     }
     if (!greedy && p.top_p < 1.f) {
         u64 target = (u64)ceil((double)p.top_p * (double)total);
@@ -346,12 +352,12 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             k = sample_key(z);
             return k ? sample_mass(z, m) : 0ull;
         };
-        u64 above;
-        unsigned tau = radix_select(weigh, n, 32, target, &above, s);
+        u64 above, at;
+        unsigned tau = radix_select(weigh, n, 32, target, &above, &at, s);
         // Every element with key tau weighs the same.
-        u64 w = sample_mass(key_value(tau), m);
-        u64 need = w ? (target - above + w - 1) / w : 1ull;
-        tighten(tau, tie_cut(tau, max(need, 1ull)));
+        const u64 w = sample_mass(key_value(tau), m);
+        const u64 need = max(w ? (target - above + w - 1) / w : 1ull, 1ull);
+        tighten(tau, w == 0 || need >= at / w ? 0x7fffffff : tie_cut(tau, need));
     }
     if (!greedy && p.min_p > 0.f) tighten(order_key(m + logf(p.min_p)), 0x7fffffff);
 
