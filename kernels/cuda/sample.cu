@@ -267,11 +267,70 @@ __device__ unsigned radix_select(const KW& kw, int n, int bits, u64 target, u64*
     return prefix;
 }
 
+// The fast path: a coarse histogram of each element's distance below the
+// row's maximum (SAMPLE_BINS bins of 1/SAMPLE_BIN_SCALE) bounds the prefix
+// the filters can keep; when at most SAMPLE_CAP elements lie in it, they
+// are gathered, sorted in the host sampler's order (bitonic, in shared
+// memory), and cut and drawn exactly as the host does, walk order included.
+#define SAMPLE_BINS 512
+#define SAMPLE_BIN_SCALE 16.f
+#define SAMPLE_CAP 2048
+
+__device__ __forceinline__ int sample_bin(float z, float m) {
+    return min(SAMPLE_BINS - 1, (int)((m - z) * SAMPLE_BIN_SCALE));
+}
+
+// One warp: the first bin whose running total from bin 0 reaches `target`
+// (SAMPLE_BINS - 1 when none does); lanes own 16 bins each. With float
+// totals the answer errs late, never early, when a lane's walk and the
+// lane scan round differently.
+template <typename V> __device__ int first_bin_reaching(const V* h, V target) {
+    const int lane = threadIdx.x & 31;
+    V own = 0;
+    for (int e = 0; e < 16; ++e) own += h[lane * 16 + e];
+    V inc = own;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        V y = __shfl_up_sync(0xffffffffu, inc, o);
+        if (lane >= o) inc += y;
+    }
+    const unsigned hit = __ballot_sync(0xffffffffu, inc >= target);
+    if (!hit) return SAMPLE_BINS - 1;
+    const int L = __ffs(hit) - 1;
+    int b = L * 16 + 15;
+    if (lane == L) {
+        V acc = inc - own;
+        for (int e = 0; e < 16; ++e) {
+            acc += h[L * 16 + e];
+            if (acc >= target) {
+                b = L * 16 + e;
+                break;
+            }
+        }
+    }
+    return __shfl_sync(0xffffffffu, b, L);
+}
+
+struct SampleFast {
+    unsigned key[SAMPLE_CAP];
+    int id[SAMPLE_CAP];
+    u64 cum[SAMPLE_CAP];
+    unsigned count[SAMPLE_BINS];
+    float mass[SAMPLE_BINS];
+    int last_bin, n, keep;
+};
+
+// Whether candidate a comes before candidate b in the host's order.
+__device__ __forceinline__ bool sample_before(const SampleFast& f, int a, int b) {
+    return f.key[a] > f.key[b] || (f.key[a] == f.key[b] && f.id[a] < f.id[b]);
+}
+
 // Grid (rows), 1024 threads: out[row] the sampled token, lp[row] its log
 // probability under the scaled logits (before the filters, as the host).
 template <typename T>
 __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* lp, int n) {
     __shared__ SelectScratch s;
+    __shared__ SampleFast f;
     __shared__ float fred[32];
     __shared__ u64 ured[33];
     const i64 r = blockIdx.x;
@@ -301,18 +360,134 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         }
         return;
     }
-    // Softmax denominator (for the log probability) and the total mass.
+    // Softmax denominator (for the log probability), the total mass, and
+    // the coarse histogram (count and mass per bin below the maximum).
+    for (int b = threadIdx.x; b < SAMPLE_BINS; b += blockDim.x) {
+        f.count[b] = 0;
+        f.mass[b] = 0.f;
+    }
+    __syncthreads();
     float se = 0.f;
     u64 total = 0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         float z = scaled_logit(x, i, t);
         if (sample_key(z)) {
-            se += expf(z - m);
+            const float e = expf(z - m);
+            se += e;
             total += sample_mass(z, m);
+            const int b = sample_bin(z, m);
+            atomicAdd(&f.count[b], 1u);
+            atomicAdd(&f.mass[b], e);
         }
     }
     se = block_sum(se, fred);
     total = block_sum_u64(total, ured);
+    const u64 top_p_target =
+        min(max((u64)ceil((double)p.top_p * (double)total), 1ull), total);
+
+    // The last bin the kept prefix can reach: the first bin where each
+    // filter's prefix is sure to end (top-p with a margin over float
+    // sums), the earliest of them.
+    if (threadIdx.x < 32) {
+        int last = SAMPLE_BINS - 1;
+        if (top_k > 0 && (u64)top_k < valid)
+            last = min(last, first_bin_reaching<unsigned>(f.count, (unsigned)top_k));
+        if (!greedy && p.top_p < 1.f) {
+            const float goal = p.top_p * se * 1.001f;
+            if (goal < se) last = min(last, min(SAMPLE_BINS - 1, first_bin_reaching<float>(f.mass, goal) + 1));
+        }
+        if (!greedy && p.min_p > 0.f)
+            last = min(last, min(SAMPLE_BINS - 1, (int)(-logf(p.min_p) * SAMPLE_BIN_SCALE) + 1));
+        unsigned in = 0;
+        for (int b = threadIdx.x; b <= last; b += 32) in += f.count[b];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) in += __shfl_xor_sync(0xffffffffu, in, o);
+        if (threadIdx.x == 0) {
+            f.last_bin = last;
+            f.keep = (int)in;
+            f.n = 0;
+        }
+    }
+    __syncthreads();
+    const int cands = f.keep;
+    if (cands <= SAMPLE_CAP) {
+        // Gather the candidates (in any order; the sort orders them).
+        const int last = f.last_bin;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            float z = scaled_logit(x, i, t);
+            unsigned k = sample_key(z);
+            if (k && sample_bin(z, m) <= last) {
+                const int slot = atomicAdd(&f.n, 1);
+                f.key[slot] = k;
+                f.id[slot] = i;
+            }
+        }
+        __syncthreads();
+        int pn = 1;
+        while (pn < cands) pn <<= 1;
+        for (int j = cands + threadIdx.x; j < pn; j += blockDim.x) {
+            f.key[j] = 0u;
+            f.id[j] = 0x7fffffff;
+        }
+        __syncthreads();
+        // Bitonic sort into the host's order.
+        for (int size = 2; size <= pn; size <<= 1) {
+            for (int stride = size >> 1; stride > 0; stride >>= 1) {
+                for (int q = threadIdx.x; q < pn / 2; q += blockDim.x) {
+                    const int lo = 2 * q - (q & (stride - 1)), hi = lo + stride;
+                    const bool up = (lo & size) == 0;
+                    if (up ? sample_before(f, hi, lo) : sample_before(f, lo, hi)) {
+                        const unsigned tk = f.key[lo];
+                        const int ti = f.id[lo];
+                        f.key[lo] = f.key[hi];
+                        f.id[lo] = f.id[hi];
+                        f.key[hi] = tk;
+                        f.id[hi] = ti;
+                    }
+                }
+                __syncthreads();
+            }
+        }
+        // Running masses in that order: two candidates a thread.
+        const int j0 = 2 * threadIdx.x;
+        const u64 w0 = j0 < cands ? sample_mass(key_value(f.key[j0]), m) : 0ull;
+        const u64 w1 = j0 + 1 < cands ? sample_mass(key_value(f.key[j0 + 1]), m) : 0ull;
+        u64 all;
+        const u64 before = block_exclusive_u64(w0 + w1, ured, &all);
+        if (j0 < SAMPLE_CAP) {
+            f.cum[j0] = before + w0;
+            f.cum[j0 + 1] = before + w0 + w1;
+        }
+        if (threadIdx.x == 0) f.keep = cands;
+        __syncthreads();
+        // How many to keep: each filter's cut, the shortest.
+        const unsigned floor_key = (!greedy && p.min_p > 0.f) ? order_key(m + logf(p.min_p)) : 0u;
+        for (int j = threadIdx.x; j < cands; j += blockDim.x) {
+            if (top_k > 0 && j == top_k) atomicMin(&f.keep, j);
+            if (!greedy && p.top_p < 1.f && f.cum[j] >= top_p_target && (j == 0 || f.cum[j - 1] < top_p_target))
+                atomicMin(&f.keep, j + 1);
+            if (f.key[j] < floor_key && (j == 0 || f.key[j - 1] >= floor_key)) atomicMin(&f.keep, max(j, 1));
+        }
+        __syncthreads();
+        const int keep = f.keep;
+        const u64 kept = f.cum[keep - 1];
+        if (kept == 0) {
+            if (threadIdx.x == 0) {
+                out[r] = 0;
+                lp[r] = -OPTC_INF;
+            }
+            return;
+        }
+        u64 goal = (u64)(p.u * (double)kept);
+        if (goal >= kept) goal = kept - 1;
+        for (int j = threadIdx.x; j < keep; j += blockDim.x) {
+            if (f.cum[j] > goal && (j == 0 || f.cum[j - 1] <= goal)) {
+                out[r] = f.id[j];
+                lp[r] = key_value(f.key[j]) - m - logf(se);
+            }
+        }
+        return;
+    }
 
     // The cut: everything, then each filter's prefix, keeping the shortest.
     unsigned cut_key = 1;
@@ -345,8 +520,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         tighten(tau, need >= at ? 0x7fffffff : tie_cut(tau, need));
     }
     if (!greedy && p.top_p < 1.f) {
-        u64 target = (u64)ceil((double)p.top_p * (double)total);
-        target = min(max(target, 1ull), total);
+        const u64 target = top_p_target;
         auto weigh = [&](int i, unsigned& k) -> u64 {
             float z = scaled_logit(x, i, t);
             k = sample_key(z);
