@@ -635,13 +635,7 @@ fn fused_gemvs_match_the_interpreter() {
 fn greedy_argmax_over_wide_rows_matches_the_host() {
     for t in [DType::F32, DType::BF16] {
         let (rows, cols) = (4usize, 50_021usize);
-        let text = format!(
-            "graph g(%x: {t}[{rows}, {cols}]) -> (%y: {t}[{rows}, {cols}]) {{
-  %0: {t}[{rows}, {cols}] = neg(%x)
-  return %0
-}}"
-        );
-        let g = parse(&text).unwrap();
+        let g = negation(t, rows, cols);
         let mut seed = 7u64;
         let mut x: Vec<f32> = random(rows * cols, &mut seed).iter().map(|v| v * 4.0).collect();
         // Row 1: the maximum of -x twice; the first must win.

@@ -114,15 +114,17 @@ OPTC_ARGMAX(f16, f16)
 //
 // One block of 1024 threads per row. The host sampler keeps a prefix of
 // the row in its order (decreasing probability, ties by lower id), so each
-// filter is a cut in that order: a cut (key, id) keeps the elements whose
-// order key is above `key`, and those equal to it whose id is at most
-// `id`. Top-k and top-p cuts come from radix selects over 32-bit
-// order-preserving keys of the scaled logits (weights: 1 to count, fixed-
-// point probability mass for top-p), ties settled by a second select over
-// ids; min-p is a key threshold. The draw walks the kept elements in id
-// order with the request's uniform: the host sampler's distribution, with
-// a different walk order. Integer masses make every sum independent of
-// the order of atomics, so a seeded draw repeats exactly.
+// filter is a cut in that order. The fast path (`SampleFast`) gathers the
+// few tokens a coarse histogram says the cut can reach, sorts them in that
+// order and cuts and draws as the host does. Otherwise a cut (key, id)
+// keeps the elements whose order key is above `key`, and those equal to
+// it whose id is at most `id`: top-k and top-p cuts come from radix
+// selects over 32-bit order-preserving keys of the scaled logits (weights:
+// 1 to count, fixed-point probability mass for top-p), ties settled by a
+// second select over ids; min-p is a key threshold; the draw walks the
+// kept elements in id order (the host's distribution, another walk
+// order). Integer masses make every sum independent of the order of
+// atomics, so a seeded draw repeats exactly.
 
 typedef unsigned long long u64;
 

@@ -279,40 +279,57 @@ mod tests {
             }
         }
         let mut names = std::collections::HashSet::new();
-        let mut collect = |body: &str, subst: &dyn Fn(&str) -> String| {
+        let mut collect = |body: &str| {
             for part in body.split("__global__ void").skip(1) {
                 let part = part.trim_start();
-                let part = part
-                    .strip_prefix("__launch_bounds__(128)")
-                    .unwrap_or(part)
-                    .trim_start();
+                // Skip `__launch_bounds__(...)` whatever its bounds.
+                let part = match part.strip_prefix("__launch_bounds__(") {
+                    Some(rest) => rest.split_once(')').map_or(rest, |(_, r)| r).trim_start(),
+                    None => part,
+                };
                 let raw: String = part.chars().take_while(|c| *c != '(').collect();
-                names.insert(subst(raw.trim()));
+                names.insert(raw.trim().to_string());
             }
         };
-        for line in joined.lines() {
-            let t = line.trim_start();
+        // Each parameter (a whole identifier) replaced by its argument,
+        // then `##` pasted away.
+        let substitute = |body: &str, pairs: &[(&String, &String)]| {
+            let mut out = String::new();
+            let mut ident = String::new();
+            for c in body.chars().chain(std::iter::once(' ')) {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    ident.push(c);
+                    continue;
+                }
+                let arg = pairs.iter().find(|(p, _)| **p == ident).map(|(_, a)| a.as_str());
+                out.push_str(arg.unwrap_or(&ident));
+                ident.clear();
+                out.push(c);
+            }
+            out.replace("##", "")
+        };
+        // Lines, and what macro invocations expand to (nested ones too).
+        let mut work: Vec<String> = joined.lines().map(|l| l.trim_start().to_string()).collect();
+        while let Some(t) = work.pop() {
             if t.starts_with("extern \"C\" __global__ void") && !t.contains("##") {
-                collect(t, &|n| n.to_string());
+                collect(&t);
             }
             for (name, params, body) in &macros {
-                if let Some(args) = t.strip_prefix(&format!("{name}(")) {
-                    let args: Vec<String> = args
-                        .trim_end_matches(')')
-                        .split(',')
-                        .map(|a| a.trim().to_string())
-                        .collect();
-                    // Longer parameter names first: `##N` must not eat
-                    // the start of `##NAME`.
-                    let mut pairs: Vec<(&String, &String)> = params.iter().zip(&args).collect();
-                    pairs.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-                    collect(body, &|raw| {
-                        let mut out = raw.to_string();
-                        for (p, a) in &pairs {
-                            out = out.replace(&format!("##{p}##"), a).replace(&format!("##{p}"), a);
-                        }
-                        out.replace("##", "")
-                    });
+                let Some(args) = t.strip_prefix(&format!("{name}(")) else {
+                    continue;
+                };
+                let args: Vec<String> = args
+                    .split(')')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .map(|a| a.trim().to_string())
+                    .collect();
+                let pairs: Vec<(&String, &String)> = params.iter().zip(&args).collect();
+                let expanded = substitute(body, &pairs);
+                collect(&expanded);
+                for nested in expanded.split("OPTC_").skip(1) {
+                    work.push(format!("OPTC_{nested}"));
                 }
             }
         }
@@ -380,6 +397,10 @@ mod tests {
             "sample_f32",
             "sample_bf16",
             "sample_f16",
+            // The fused GEMVs (names built in program.rs).
+            "gemv_norm_bf16_m1",
+            "gemv_glu_f32_m4",
+            "gemv_norm_glu_f16_m4",
             "paged_prefill_mma_bf16_d64",
         ] {
             assert!(have.contains(name), "{name}");
