@@ -6,7 +6,8 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, profile, graphprof, ncu, ncudetail, peer. Results go to $OUT.
+# Stages (comma-separated): tests, compile, bench, sample, profile, graphprof, ncu, ncudetail, peer.
+# Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p and top-p alone).
 # PROFILE_WORKLOADS (default "W1 W2 W3") picks the workloads of the profile stage,
 # NCU_DETAIL the "WORKLOAD:kernel-regex:launches-to-skip" of the ncudetail stage.
 set -u
@@ -28,7 +29,7 @@ if has tests; then
   echo "== tests"
   "$DEV"/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
 fi
-if has compile || has bench || has profile || has graphprof || has ncu || has ncudetail || has peer; then
+if has compile || has bench || has sample || has profile || has graphprof || has ncu || has ncudetail || has peer; then
   if [ ! -e $MODEL/config.json ]; then
     python3 .device/hf_baseline.py --parts save_model --model-dir $MODEL 2>&1 | tail -2
   fi
@@ -43,6 +44,14 @@ fi
 if has bench; then
   echo "== optc bench"
   "$BIN" bench $MODEL --target nvrtc --workloads W1,W2,W3 --reps 2 --max-num-tokens 16384 --json 2>&1 | tee "$OUT/optc_bench.jsonl" | tail -8
+fi
+if has sample; then
+  echo "== optc bench, sampled on the GPU (greedy is the bench stage)"
+  for flags in "--top-k 50 --top-p 0.9" "--top-p 0.9"; do
+    echo "-- --temperature 0.8 $flags"
+    "$BIN" bench $MODEL --target nvrtc --workloads W1,W2,W3 --reps 1 --max-num-tokens 16384 --json \
+      --temperature 0.8 $flags 2>&1 | tee -a "$OUT/optc_sample.jsonl" | grep -E "workload|rror"
+  done
 fi
 if has profile; then
   echo "== optc bench per workload with OPTC_CUDA_PROFILE=1 (GPU time per kernel kind)"

@@ -172,7 +172,8 @@ impl CudaExecutor {
 
 /// The step inputs with the block table padded to a power-of-two width:
 /// decode steps then keep one shape (one CUDA graph) for many tokens.
-fn gpu_step_inputs(
+/// Public for the host-work benchmark (`benches/engine_host.rs`).
+pub fn gpu_step_inputs(
     seqs: &[StepSeq],
     ids_dtype: DType,
 ) -> Result<std::collections::BTreeMap<String, optc_ir::Tensor>, String> {

@@ -83,6 +83,9 @@ struct Table {
     blocks: Vec<BlockId>,
     tokens: Vec<u32>,
     computed: usize,
+    /// The chained hash of each full computed block so far, so a step
+    /// hashes only the blocks it fills (not the whole prefix again).
+    hashes: Vec<BlockHash>,
 }
 
 /// Allocates KV-cache blocks to sequences, sharing full blocks by prefix.
@@ -227,9 +230,11 @@ impl BlockManager {
         // Cached hits that sit on the free list also come out of it.
         let mut parent = None;
         let mut reuse = Vec::with_capacity(hit_blocks);
+        let mut hashes = Vec::with_capacity(hit_blocks);
         for chunk in tokens.chunks(self.block_size).take(hit_blocks) {
             let h = BlockHash::of(parent, chunk);
             reuse.push(self.lookup(h, chunk).expect("counted by cached_prefix_len"));
+            hashes.push(h);
             parent = Some(h);
         }
         let free_hits = reuse
@@ -250,6 +255,7 @@ impl BlockManager {
             blocks: reuse,
             tokens: tokens.to_vec(),
             computed: hit,
+            hashes,
         };
         for _ in 0..needed {
             table.blocks.push(self.fresh().expect("checked above"));
@@ -279,19 +285,14 @@ impl BlockManager {
             .tables
             .get_mut(&seq)
             .ok_or(BlockError::UnknownSequence(seq))?;
-        let before = t.computed;
         t.computed = (t.computed + n).min(t.tokens.len());
-        let full_before = before / bs;
         let full_after = t.computed / bs;
-        let mut parent = None;
         let mut newly = Vec::new();
-        for i in 0..full_after {
+        for i in t.hashes.len()..full_after {
             let chunk = &t.tokens[i * bs..(i + 1) * bs];
-            let h = BlockHash::of(parent, chunk);
-            if i >= full_before {
-                newly.push((t.blocks[i], h, chunk.to_vec()));
-            }
-            parent = Some(h);
+            let h = BlockHash::of(t.hashes.last().copied(), chunk);
+            t.hashes.push(h);
+            newly.push((t.blocks[i], h, chunk.to_vec()));
         }
         for (b, h, toks) in newly {
             let blk = &mut self.blocks[b.0 as usize];

@@ -81,6 +81,20 @@ impl Seq {
     fn len(&self) -> usize {
         self.prompt.len() + self.output.len()
     }
+
+    /// Tokens `from..to` of the prompt then the output, copying only those
+    /// (a decode step must not copy the whole context).
+    fn slice(&self, from: usize, to: usize) -> Vec<u32> {
+        let p = self.prompt.len();
+        let mut v = Vec::with_capacity(to.saturating_sub(from));
+        if from < p {
+            v.extend_from_slice(&self.prompt[from..to.min(p)]);
+        }
+        if to > p {
+            v.extend_from_slice(&self.output[from.max(p) - p..to - p]);
+        }
+        v
+    }
 }
 
 /// One sequence's share of a step.
@@ -247,12 +261,12 @@ impl Scheduler {
             // Room for tokens generated since the last step; preempt the
             // latest admitted other sequence until there is (or this one).
             loop {
-                let tokens = self.seqs[&seq].tokens();
                 let known = self
                     .blocks
                     .num_tokens(seq)
                     .expect("running sequences have blocks");
-                match self.blocks.append(seq, &tokens[known..]) {
+                let new = self.seqs[&seq].slice(known, len);
+                match self.blocks.append(seq, &new) {
                     Ok(()) => break,
                     Err(BlockError::OutOfBlocks { .. }) => {}
                     Err(e) => unreachable!("running sequences have blocks: {e}"),
@@ -276,11 +290,10 @@ impl Scheduler {
             if !self.running.contains(&seq) {
                 continue;
             }
-            let tokens = self.seqs[&seq].tokens();
             plan.scheduled.push(Scheduled {
                 seq,
                 start: computed,
-                tokens: tokens[computed..computed + n].to_vec(),
+                tokens: self.seqs[&seq].slice(computed, computed + n),
                 sample: computed + n == len,
             });
             budget -= n;
