@@ -178,23 +178,8 @@ pub fn gpu_step_inputs(
     ids_dtype: DType,
 ) -> Result<std::collections::BTreeMap<String, optc_ir::Tensor>, String> {
     let s = step_inputs(seqs)?;
-    let mut m = s.metadata(ids_dtype);
-    if let Some(t) = m.get("block_tables") {
-        let (rows, width) = (t.shape()[0], t.shape()[1]);
-        let padded = width.next_power_of_two().max(8);
-        if padded != width {
-            let v = t.to_i64_vec();
-            let mut out = vec![0i64; rows * padded];
-            for r in 0..rows {
-                out[r * padded..r * padded + width].copy_from_slice(&v[r * width..(r + 1) * width]);
-            }
-            m.insert(
-                "block_tables".into(),
-                optc_ir::Tensor::from_i64(DType::I64, &[rows, padded], &out),
-            );
-        }
-    }
-    Ok(m)
+    let width = s.block_table_width().next_power_of_two().max(8);
+    Ok(s.metadata_with_width(ids_dtype, width))
 }
 
 impl Executor for CudaExecutor {

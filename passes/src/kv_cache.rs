@@ -510,8 +510,20 @@ impl StepInputs {
 
     /// The token ids and metadata inputs (everything but the caches).
     pub fn metadata(&self, ids_dtype: DType) -> BTreeMap<String, Tensor> {
-        let width = self.block_tables.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let mut table = Vec::new();
+        self.metadata_with_width(ids_dtype, 1)
+    }
+
+    /// The longest block table (at least 1): the narrowest `block_tables`.
+    pub fn block_table_width(&self) -> usize {
+        self.block_tables.iter().map(Vec::len).max().unwrap_or(0).max(1)
+    }
+
+    /// Like [`StepInputs::metadata`], with the block tables zero-padded to
+    /// `width` columns when that is wider than the longest (a GPU keeps one
+    /// decode shape, one CUDA graph, across many steps that way).
+    pub fn metadata_with_width(&self, ids_dtype: DType, width: usize) -> BTreeMap<String, Tensor> {
+        let width = width.max(self.block_table_width());
+        let mut table = Vec::with_capacity(self.block_tables.len() * width);
         for row in &self.block_tables {
             table.extend(row.iter().copied());
             table.extend(std::iter::repeat_n(0, width - row.len()));
