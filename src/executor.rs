@@ -224,6 +224,33 @@ impl Executor for CudaExecutor {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn gpu_block_tables_pad_to_a_power_of_two_of_at_least_8() {
+        use optc_runtime::block_manager::BlockId;
+        let seq = |id: u64, blocks: &[u32], start: usize| optc_runtime::engine::StepSeq {
+            seq: id,
+            start,
+            tokens: vec![1],
+            slots: vec![start],
+            block_table: blocks.iter().map(|&b| BlockId(b)).collect(),
+            history: Vec::new(),
+            sample: true,
+        };
+        let seqs = [
+            seq(0, &[4, 2, 9], 40),
+            seq(1, &[1, 3, 5, 7, 8, 6, 0, 11, 12], 130),
+        ];
+        let m = super::gpu_step_inputs(&seqs, optc_ir::DType::I64).unwrap();
+        let t = &m["block_tables"];
+        assert_eq!(t.shape(), &[2, 16]);
+        let v = t.to_i64_vec();
+        assert_eq!(&v[..4], &[4, 2, 9, 0]);
+        assert!(v[3..16].iter().all(|&x| x == 0));
+        assert_eq!(&v[16..26], &[1, 3, 5, 7, 8, 6, 0, 11, 12, 0]);
+        let one = super::gpu_step_inputs(&seqs[..1], optc_ir::DType::I64).unwrap();
+        assert_eq!(one["block_tables"].shape(), &[1, 8]);
+    }
+
+    #[test]
     fn kv_blocks_fill_the_memory_budget_after_a_reserve() {
         let gib = 1usize << 30;
         // 100 GiB card, 10 in use, 90%: 90 - 10 - 5 (reserve) = 75 GiB.
