@@ -211,43 +211,60 @@ impl<E: Executor> Engine<E> {
             })
             .collect();
         let wanted = seqs.iter().filter(|s| s.sample).count();
-        if let Some(tokens) = self.executor_picks(&seqs) {
-            let tokens = tokens?;
-            if tokens.len() != wanted {
-                return Err(format!(
-                    "executor returned {} tokens for {wanted} sampling sequences",
-                    tokens.len()
-                ));
-            }
-            let mut events = Vec::new();
-            let mut sampled = BTreeMap::new();
-            for (s, (token, logprob)) in seqs.iter().filter(|s| s.sample).zip(tokens) {
-                sampled.insert(s.seq, token);
-                events.push(Event::Token {
-                    seq: s.seq,
-                    sample: Sample {
+        let samples = match self.executor_picks(&seqs) {
+            Some(tokens) => {
+                let tokens = tokens?;
+                if tokens.len() != wanted {
+                    return Err(format!(
+                        "executor returned {} tokens for {wanted} sampling sequences",
+                        tokens.len()
+                    ));
+                }
+                tokens
+                    .into_iter()
+                    .map(|(token, logprob)| Sample {
                         token,
                         logprob,
                         top_logprobs: Vec::new(),
-                    },
-                });
+                    })
+                    .collect()
             }
-            self.finish(&plan, &sampled, &mut events);
-            return Ok(events);
+            None => self.host_samples(&seqs, wanted)?,
+        };
+        let mut events = Vec::new();
+        let mut sampled = BTreeMap::new();
+        for (s, smp) in seqs.iter().filter(|s| s.sample).zip(samples) {
+            sampled.insert(s.seq, smp.token);
+            events.push(Event::Token {
+                seq: s.seq,
+                sample: smp,
+            });
         }
-        let rows = self.exec.step(&seqs)?;
+        for f in self.sched.update(&plan, &sampled) {
+            self.rngs.remove(&f.seq);
+            events.push(Event::Finished {
+                seq: f.seq,
+                output: f.output,
+                reason: f.reason,
+            });
+        }
+        Ok(events)
+    }
+
+    /// Each sampling sequence's token drawn here from the executor's logits
+    /// (penalties, masks and logprobs included).
+    fn host_samples(&mut self, seqs: &[StepSeq], wanted: usize) -> Result<Vec<Sample>, String> {
+        let rows = self.exec.step(seqs)?;
         if rows.len() != wanted {
             return Err(format!(
                 "executor returned {} logit rows for {wanted} sampling sequences",
                 rows.len()
             ));
         }
-        let mut events = Vec::new();
-        let mut sampled = BTreeMap::new();
-        for (s, row) in seqs.iter().filter(|s| s.sample).zip(rows) {
+        let mut samples = Vec::with_capacity(wanted);
+        for (s, mut row) in seqs.iter().filter(|s| s.sample).zip(rows) {
             let (params, prompt, output) =
                 self.sched.request(s.seq).ok_or("scheduled an unknown sequence")?;
-            let mut row = row;
             // min_tokens: end-of-sequence and stop tokens cannot come early.
             if output.len() < params.min_tokens {
                 for &t in self.eos.iter().chain(&params.stop_token_ids) {
@@ -260,15 +277,9 @@ impl<E: Executor> Engine<E> {
                 .rngs
                 .get_mut(&s.seq)
                 .ok_or("sequence without a random stream")?;
-            let smp = sample(&row, params, prompt, output, rng);
-            sampled.insert(s.seq, smp.token);
-            events.push(Event::Token {
-                seq: s.seq,
-                sample: smp,
-            });
+            samples.push(sample(&row, params, prompt, output, rng));
         }
-        self.finish(&plan, &sampled, &mut events);
-        Ok(events)
+        Ok(samples)
     }
 
     /// The step's tokens picked by the executor, when every sampling
@@ -277,23 +288,19 @@ impl<E: Executor> Engine<E> {
     /// stream only when the executor takes the step, so a fallback to
     /// host sampling sees the same stream).
     fn executor_picks(&mut self, seqs: &[StepSeq]) -> Option<Result<Vec<(u32, f32)>, String>> {
-        let mut greedy = true;
+        let mut rows = Vec::new();
+        let mut drawn = Vec::new();
         for s in seqs.iter().filter(|s| s.sample) {
             let (p, _, out) = self.sched.request(s.seq)?;
             if !executor_pickable(p, out.len()) {
                 return None;
             }
-            greedy &= p.temperature == 0.0;
-        }
-        if greedy {
-            return self.exec.step_greedy(seqs);
-        }
-        let mut rows = Vec::new();
-        let mut drawn = Vec::new();
-        for s in seqs.iter().filter(|s| s.sample) {
-            let (p, _, _) = self.sched.request(s.seq)?;
-            let mut rng = self.rngs.get(&s.seq)?.clone();
-            let uniform = if p.temperature > 0.0 { rng.uniform() } else { 0.0 };
+            let mut uniform = 0.0;
+            if p.temperature > 0.0 {
+                let mut rng = self.rngs.get(&s.seq)?.clone();
+                uniform = rng.uniform();
+                drawn.push((s.seq, rng));
+            }
             rows.push(RowSampling {
                 temperature: p.temperature,
                 top_k: p.top_k,
@@ -301,27 +308,12 @@ impl<E: Executor> Engine<E> {
                 min_p: p.min_p,
                 uniform,
             });
-            drawn.push((s.seq, rng));
+        }
+        if drawn.is_empty() {
+            return self.exec.step_greedy(seqs);
         }
         let r = self.exec.step_sample(seqs, &rows)?;
         self.rngs.extend(drawn);
         Some(r)
-    }
-
-    /// Applies the sampled tokens and reports the requests that finished.
-    fn finish(
-        &mut self,
-        plan: &crate::scheduler::StepPlan,
-        sampled: &BTreeMap<SeqId, u32>,
-        events: &mut Vec<Event>,
-    ) {
-        for f in self.sched.update(plan, sampled) {
-            self.rngs.remove(&f.seq);
-            events.push(Event::Finished {
-                seq: f.seq,
-                output: f.output,
-                reason: f.reason,
-            });
-        }
     }
 }

@@ -540,15 +540,13 @@ impl CudaProgram {
                 unfuse(&mut steps, li, &mut summary);
             }
         }
-        let mut argmax = HashMap::new();
+        // The token-pick kernels, one per float dtype.
+        let (mut argmax, mut sample) = (HashMap::new(), HashMap::new());
         for d in ["f32", "bf16", "f16"] {
             argmax.insert(d, gpu.function(&format!("argmax_part_{d}")).map_err(&gerr)?);
-        }
-        let argmax_combine = gpu.function("argmax_combine").map_err(&gerr)?;
-        let mut sample = HashMap::new();
-        for d in ["f32", "bf16", "f16"] {
             sample.insert(d, gpu.function(&format!("sample_{d}")).map_err(&gerr)?);
         }
+        let argmax_combine = gpu.function("argmax_combine").map_err(&gerr)?;
         // Evaluate folded ops and upload the constants kernels read.
         let mut host: HashMap<usize, Tensor> = HashMap::new();
         let weight_node: HashMap<usize, (String, String)> = order
