@@ -44,6 +44,18 @@ impl CudaProgram {
     /// block redoing the norm costs more than the launch it saves). Needs
     /// only what exists when the norm step comes up: the linear's result
     /// (and the SwiGLU's) are pool buffers, aligned.
+    /// A linear's (rows of x, k, output columns, element bytes) this run.
+    fn gemv_shape(&self, lin: &Step, dims: &[Vec<usize>]) -> (usize, usize, usize, usize) {
+        let kd = dims[lin.args[0]].last().copied().unwrap_or(0);
+        let m = dims[lin.args[0]]
+            .iter()
+            .product::<usize>()
+            .checked_div(kd)
+            .unwrap_or(0);
+        let esize = self.types[lin.outs[0]].dtype.storage_bytes(1);
+        (m, kd, dims[lin.args[1]][0], esize)
+    }
+
     pub(super) fn fused_gemv_fits(
         &self,
         lin: &Step,
@@ -52,19 +64,10 @@ impl CudaProgram {
         ptr: &[u64],
     ) -> bool {
         let Some(z) = &lin.fused else { return false };
-        let Some(&kd) = dims[lin.args[0]].last() else {
-            return false;
-        };
         if z.fns.len() < 2 {
             return false;
         }
-        let m = dims[lin.args[0]]
-            .iter()
-            .product::<usize>()
-            .checked_div(kd)
-            .unwrap_or(0);
-        let nn = dims[lin.args[1]][0];
-        let esize = self.types[lin.outs[0]].dtype.storage_bytes(1);
+        let (m, kd, nn, esize) = self.gemv_shape(lin, dims);
         let aligned = |vs: &[usize]| vs.iter().all(|&v| ptr[v] % 16 == 0);
         let norm_ok = match z.norm {
             Some(p) => nn <= src::GEMV_PROLOGUE_MAX_N && aligned(&steps[p].args) && aligned(&steps[p].outs),
@@ -94,10 +97,7 @@ impl CudaProgram {
             return Err("a plain linear sent to the fused GEMV (a lowering bug)".into());
         };
         let a = &lin.args;
-        let kd = *dims[a[0]].last().unwrap_or(&1);
-        let m = dims[a[0]].iter().product::<usize>().checked_div(kd).unwrap_or(0);
-        let nn = dims[a[1]][0];
-        let esize = self.types[lin.outs[0]].dtype.storage_bytes(1);
+        let (m, kd, nn, esize) = self.gemv_shape(lin, dims);
         let (y, n, blocks) = match z.glu {
             Some(g) => {
                 let o = steps[g].outs[0];
