@@ -808,6 +808,62 @@ fn gpu_sampling_draws_from_the_host_samplers_distribution() {
     }
 }
 
+/// For the same uniform the GPU picks the host sampler's token, on both
+/// kernel paths: narrow rows (the sorted-candidates path) and 50k-wide
+/// flat rows under temperature alone or a wide top-p (the select path).
+/// Only draws within rounding of a boundary may differ.
+#[test]
+fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
+    use optc::runtime::sampler::{sample_with, SamplingParams};
+    if !gpu() {
+        return;
+    }
+    const ROWS: usize = 128;
+    for (cols, scale) in [(300usize, 3.0f32), (50_000, 1.0)] {
+        let g = negation(DType::F32, ROWS, cols);
+        let mut seed = 5u64 + cols as u64;
+        let x: Vec<f32> = random(ROWS * cols, &mut seed).iter().map(|v| v * scale).collect();
+        let inputs = BTreeMap::from([("x".to_string(), Tensor::from_f32(DType::F32, &[ROWS, cols], &x))]);
+        let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+        let y = p.run(&inputs).unwrap()["y"].to_f32_vec();
+        for (temperature, top_k, top_p, min_p) in [
+            (0.8f32, None, 1.0f32, 0.0f32),
+            (1.0, Some(20), 1.0, 0.0),
+            (0.7, None, 0.95, 0.0),
+            (1.2, Some(100), 0.8, 0.02),
+            (0.0, None, 1.0, 0.0),
+        ] {
+            let rows: Vec<nvrtc::SampleRow> = (0..ROWS)
+                .map(|r| nvrtc::SampleRow {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p,
+                    uniform: (r as f64 * 0.618_034 + 0.1).fract(),
+                })
+                .collect();
+            let got = p.run_sample(&inputs, "y", &rows).unwrap();
+            let params = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                ..SamplingParams::default()
+            };
+            let same = (0..ROWS)
+                .filter(|&r| {
+                    let row = &y[r * cols..(r + 1) * cols];
+                    sample_with(row, &params, &[], &[], || rows[r].uniform).token == got[r].0
+                })
+                .count();
+            assert!(
+                same + 1 >= ROWS,
+                "{cols} columns, T {temperature} k {top_k:?} p {top_p} min-p {min_p}: {same} of {ROWS} draws equal the host's"
+            );
+        }
+    }
+}
+
 /// Sampling over vocabulary-wide rows (the multi-pass selects on 128k
 /// random bf16 logits, with many ties): top-k 1 is the argmax, top-k 50
 /// picks among the 50 first in (value, id) order, top-p 0.9 among the

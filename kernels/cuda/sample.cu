@@ -121,10 +121,10 @@ OPTC_ARGMAX(f16, f16)
 // it whose id is at most `id`: top-k and top-p cuts come from radix
 // selects over 32-bit order-preserving keys of the scaled logits (weights:
 // 1 to count, fixed-point probability mass for top-p), ties settled by a
-// second select over ids; min-p is a key threshold; the draw walks the
-// kept elements in id order (the host's distribution, another walk
-// order). Integer masses make every sum independent of the order of
-// atomics, so a seeded draw repeats exactly.
+// second select over ids; min-p is a key threshold; the draw is a select
+// over the kept masses, in the host's walk order too. Integer masses make
+// every sum independent of the order of atomics, so a seeded draw repeats
+// exactly.
 
 typedef unsigned long long u64;
 
@@ -158,6 +158,20 @@ template <typename T> __device__ __forceinline__ float scaled_logit(const T* x, 
 // NaN and -inf are never sampled: key 0, below every other key.
 __device__ __forceinline__ unsigned sample_key(float z) {
     return (z != z || z == -OPTC_INF) ? 0u : order_key(z);
+}
+
+// The order key of the smallest f32 z min-p keeps: z - m >= ln(min_p),
+// decided in f64 as the host sampler does (an f32 sum could round below).
+__device__ unsigned min_p_floor_key(float m, float min_p) {
+    const double lim = log((double)min_p);
+    float f = (float)((double)m + lim);
+    while ((double)f - (double)m < lim) f = nextafterf(f, OPTC_INF);
+    for (;;) {
+        const float g = nextafterf(f, -OPTC_INF);
+        if ((double)g - (double)m < lim) break;
+        f = g;
+    }
+    return order_key(f);
 }
 
 __device__ __forceinline__ u64 sample_mass(float z, float m) {
@@ -463,7 +477,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         if (threadIdx.x == 0) f.keep = cands;
         __syncthreads();
         // How many to keep: each filter's cut, the shortest.
-        const unsigned floor_key = (!greedy && p.min_p > 0.f) ? order_key(m + logf(p.min_p)) : 0u;
+        const unsigned floor_key = (!greedy && p.min_p > 0.f) ? min_p_floor_key(m, p.min_p) : 0u;
         for (int j = threadIdx.x; j < cands; j += blockDim.x) {
             if (top_k > 0 && j == top_k) atomicMin(&f.keep, j);
             if (!greedy && p.top_p < 1.f && f.cum[j] >= top_p_target && (j == 0 || f.cum[j - 1] < top_p_target))
@@ -535,26 +549,24 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         const u64 need = max(w ? (target - above + w - 1) / w : 1ull, 1ull);
         tighten(tau, w == 0 || need >= at / w ? 0x7fffffff : tie_cut(tau, need));
     }
-    if (!greedy && p.min_p > 0.f) tighten(order_key(m + logf(p.min_p)), 0x7fffffff);
+    if (!greedy && p.min_p > 0.f) tighten(min_p_floor_key(m, p.min_p), 0x7fffffff);
 
-    // The draw: each thread sums the mass it keeps over a contiguous run
-    // of ids, a scan places the runs, and the thread whose run holds the
-    // target walks it.
-    const int run = (n + blockDim.x - 1) / blockDim.x;
-    const int b = min(n, (int)threadIdx.x * run), e = min(n, b + run);
-    auto kept = [&](int i, float& z) -> u64 {
-        z = scaled_logit(x, i, t);
-        unsigned k = sample_key(z);
-        bool in = k && (k > cut_key || (k == cut_key && i <= cut_id));
+    // The draw, in the host's order as on the fast path: the kept element
+    // where the running mass in (key, lower id) order first passes the
+    // goal. A select over the kept masses finds its key, a select over ids
+    // its place among that key's ties (the kept ones are the lowest ids).
+    auto kept = [&](int i, unsigned& k) -> u64 {
+        const float z = scaled_logit(x, i, t);
+        k = sample_key(z);
+        const bool in = k && (k > cut_key || (k == cut_key && i <= cut_id));
         return in ? sample_mass(z, m) : 0ull;
     };
-    u64 own = 0;
-    for (int i = b; i < e; ++i) {
-        float z;
-        own += kept(i, z);
+    u64 all = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        unsigned k;
+        all += kept(i, k);
     }
-    u64 all;
-    const u64 before = block_exclusive_u64(own, ured, &all);
+    all = block_sum_u64(all, ured);
     if (all == 0) {
         if (threadIdx.x == 0) {
             out[r] = 0;
@@ -564,18 +576,14 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     }
     u64 goal = (u64)(p.u * (double)all);
     if (goal >= all) goal = all - 1;
-    if (before <= goal && goal < before + own) {
-        u64 acc = before;
-        for (int i = b; i < e; ++i) {
-            float z;
-            u64 w = kept(i, z);
-            if (w && goal < acc + w) {
-                out[r] = i;
-                lp[r] = z - m - logf(se);
-                break;
-            }
-            acc += w;
-        }
+    u64 above, at;
+    const unsigned tau = radix_select(kept, n, 32, goal + 1, &above, &at, s);
+    // Every kept element with key tau weighs w (> 0: tau holds kept mass).
+    const u64 w = sample_mass(key_value(tau), m);
+    const int id = tie_cut(tau, w ? (goal - above) / w + 1 : 1ull);
+    if (threadIdx.x == 0) {
+        out[r] = id;
+        lp[r] = key_value(tau) - m - logf(se);
     }
 }
 

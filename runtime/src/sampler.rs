@@ -198,6 +198,19 @@ fn log_softmax(x: &[f32]) -> Vec<f64> {
 
 /// Picks the next token from one row of logits.
 pub fn sample(logits: &[f32], p: &SamplingParams, prompt: &[u32], output: &[u32], rng: &mut Rng) -> Sample {
+    sample_with(logits, p, prompt, output, || rng.uniform())
+}
+
+/// [`sample`] with the uniform in [0, 1) from `draw` (called once, and only
+/// when the request samples), so another sampler (the GPU's) can be
+/// checked draw for draw.
+pub fn sample_with(
+    logits: &[f32],
+    p: &SamplingParams,
+    prompt: &[u32],
+    output: &[u32],
+    draw: impl FnOnce() -> f64,
+) -> Sample {
     let mut l = logits.to_vec();
     apply_penalties(&mut l, p, prompt, output);
     if p.temperature > 0.0 {
@@ -241,7 +254,7 @@ pub fn sample(logits: &[f32], p: &SamplingParams, prompt: &[u32], output: &[u32]
             }
         }
         let total: f64 = order.iter().map(|&i| logp[i].exp()).sum();
-        let mut u = rng.uniform() * total;
+        let mut u = draw() * total;
         let mut pick = *order.last().unwrap_or(&0);
         for &i in &order {
             u -= logp[i].exp();
