@@ -598,6 +598,11 @@ template <typename T, int D>
 __device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i64* positions,
                                   const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
                                   int ntok, int hq, int hkv, int bs, float scale, int window) {
+    // Launched as a dependent (programmatic dependent launch): the
+    // o projection's GEMV after this may start streaming its weights, and
+    // nothing here is read before the kernels ahead have finished.
+    pdl_trigger();
+    pdl_wait();
     // The host sizes shared memory by the same rule (`decode_mma_supported`).
     if constexpr (sizeof(T) == 2 && D % 16 == 0 && D <= 128) {
         paged_decode_mma_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok, hq,

@@ -150,6 +150,24 @@ __device__ __forceinline__ void strided_offsets(const Strided& s, i64 i, i64* sr
     *dst = b;
 }
 
+// ---- Programmatic dependent launch (sm_90). A kernel launched with the
+// programmatic-serialization attribute may start while the kernel before
+// it in the stream still runs: before pdl_wait() it may only read what no
+// earlier kernel writes (weights) and write nothing; pdl_wait() returns
+// once the kernels before it have finished and their writes are visible.
+// pdl_trigger() lets the next kernel start launching (it waits in turn).
+// Without the attribute both return at once.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // ---- Tensor-core helpers (sm_80 and later): packing, m16n8k16 MMA,
 // ldmatrix and cp.async, shared by the attention kernels.
 __device__ __forceinline__ unsigned pack2(bf16*, float a, float b) {

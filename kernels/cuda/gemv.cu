@@ -1,9 +1,11 @@
 // Linear layers at decode batch sizes: y[m, n] = sum_k x[m, k] w[n, k]
 // (+ b[n]) for M <= 4 rows of x, where the time is one pass over the
 // weight. The rows of x go to shared memory once per block; each warp
-// owns two weight rows and each lane streams eight elements (16 bytes) of
-// both per step, several steps in flight; f32 accumulation, one rounding
-// at the store. Needs k % 8 == 0, 16-byte-aligned operands and M * k
+// owns a few weight rows and each lane streams eight elements (16 bytes)
+// of each per load, several loads in flight (GemvGeometry); f32
+// accumulation, one rounding at the store. Consecutive GEMVs overlap
+// through programmatic dependent launch: a block streams its first
+// weights before it waits for the kernel before it. Needs k % 8 == 0, 16-byte-aligned operands and M * k
 // elements of dynamic shared memory (the host checks).
 //
 // Two fusions save a launch each where, at one decode token, a launch
@@ -14,9 +16,6 @@
 // - `GLU`: the gate/up linear's warps each own a gate row and its up row
 //   and store silu(gate) * up (both rounded to T first, as the separate
 //   SwiGLU kernel reads them), so the [m, 2f] product is never stored.
-
-constexpr int GEMV_ROWS_PER_WARP = 2;
-constexpr int GEMV_WARPS = 4;
 
 // x as it is.
 template <typename T> struct GemvCopy {
@@ -39,7 +38,7 @@ template <typename T, int M> struct GemvAddRmsNorm {
     // for rows up to 4,096 wide at 128 threads).
     static constexpr int B = 4;
     __device__ void operator()(T* xs, int m, int k) const {
-        __shared__ float partial[M][GEMV_WARPS];
+        __shared__ float partial[M][32];
         constexpr int H = sizeof(T) / 2;
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
         const bool keep = sum && blockIdx.x == 0;
@@ -92,7 +91,7 @@ template <typename T, int M> struct GemvAddRmsNorm {
         for (int j = 0; j < M; ++j) {
             float t = 0.f;
 #pragma unroll
-            for (int q = 0; q < GEMV_WARPS; ++q) t += partial[j][q];
+            for (int q = 0; q < (int)(blockDim.x >> 5); ++q) t += partial[j][q];
             inv[j] = 1.f / sqrtf(t / (float)k + eps);
         }
         // Each thread rescales only the elements it stored.
@@ -112,51 +111,66 @@ template <typename T, int M> struct GemvAddRmsNorm {
     }
 };
 
+// A GEMV's geometry: WARPS warps a block; each warp owns R weight rows
+// (R output columns with GLU, each a gate and an up row) and streams them
+// in stages of U 16-byte loads a lane a row. With PIPELINE two stages are
+// in flight (the next one's loads issue before the current one is used).
+// With EARLY_TRIGGER a block lets the next kernel launch as it starts
+// (programmatic dependent launch), so that kernel's first weights stream
+// in while this one runs. Each kind of GEMV has its own, chosen with
+// kernels/bench/gemv_bench.cu on the H200 at Llama-3.2-1B's shapes; the
+// host's rows a block and threads (GEMV_* in kernels/src/cuda.rs) follow
+// them (a unit test reads these lines).
+template <int WARPS_, int R_, int U_, bool PIPELINE_ = true, bool EARLY_TRIGGER_ = true> struct GemvGeometry {
+    static constexpr int WARPS = WARPS_, R = R_, U = U_;
+    static constexpr bool PIPELINE = PIPELINE_, EARLY_TRIGGER = EARLY_TRIGGER_;
+};
+using GemvPlain = GemvGeometry<8, 1, 8>;
+using GemvNorm = GemvGeometry<8, 2, 4>;
+using GemvGlu = GemvGeometry<4, 1, 4>;
+
 // With GLU, n is the output width and w holds 2n rows (gate, then up).
-template <typename T, int M, bool GLU = false, typename Fill>
+template <typename T, int M, bool GLU, typename Geo, typename Fill>
 __device__ void gemv_impl(const Fill& fill, const T* w, const T* b, T* y, int n, int k, int m) {
     extern __shared__ __align__(16) unsigned char gemv_smem[];
     T* xs = reinterpret_cast<T*>(gemv_smem);
-    constexpr int R = GEMV_ROWS_PER_WARP, H = sizeof(T) / 2;
-    // U steps of 16-byte weight loads issued before any is used.
-    constexpr int U = 4;
+    constexpr int R = Geo::R, U = Geo::U, H = sizeof(T) / 2;
+    // Weight rows a warp streams: with GLU, each column's gate and up row.
+    constexpr int WR = GLU ? 2 * R : R;
+    constexpr int STAGE = 256 * U;  // elements of a row one stage covers
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    static_assert(!GLU || R == 2, "a GLU warp owns one gate and one up row");
-    const int row0 = (blockIdx.x * GEMV_WARPS + warp) * (GLU ? 1 : R);
-    const T* wr[R];
+    const int row0 = (blockIdx.x * Geo::WARPS + warp) * R;
+    const T* wr[WR];
 #pragma unroll
-    for (int r = 0; r < R; ++r)
-        wr[r] = GLU ? w + ((i64)r * n + min(row0, n - 1)) * k : w + (i64)min(row0 + r, n - 1) * k;
-    uint4 raw[U][R][H];
-    auto load = [&](int k0) {
+    for (int r = 0; r < WR; ++r) {
+        const int col = min(row0 + r % R, n - 1);
+        wr[r] = w + ((i64)(GLU && r >= R ? n : 0) + col) * k;
+    }
+    uint4 ra[U][WR][H], rb[U][WR][H];
+    auto load = [&](uint4 (&raw)[U][WR][H], int k0) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int kk = k0 + u * 256;
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
+            for (int r = 0; r < WR; ++r) {
 #pragma unroll
                 for (int h = 0; h < H; ++h)
                     raw[u][r][h] = kk < k ? reinterpret_cast<const uint4*>(wr[r] + kk)[h] : make_uint4(0, 0, 0, 0);
             }
         }
     };
-    // The first weights stream in while the block fills x.
-    load(lane * 8);
-    fill(xs, m, k);
-    __syncthreads();
-    if (row0 >= n) return;
-    float acc[R][M];
+    float acc[WR][M];
 #pragma unroll
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < WR; ++r)
 #pragma unroll
         for (int j = 0; j < M; ++j) acc[r][j] = 0.f;
-    for (int k0 = lane * 8; k0 < k; k0 += 256 * U) {
+    auto use = [&](const uint4 (&raw)[U][WR][H], int k0) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int kk = k0 + u * 256;
             if (kk >= k) break;
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
+            for (int r = 0; r < WR; ++r) {
                 float wv[8];
                 ld8(reinterpret_cast<const T*>(raw[u][r]), wv);
 #pragma unroll
@@ -169,16 +183,48 @@ __device__ void gemv_impl(const Fill& fill, const T* w, const T* b, T* y, int n,
                 }
             }
         }
-        if (k0 + 256 * U < k) load(k0 + 256 * U);
+    };
+    // The first weights stream in while the kernel before this one
+    // finishes (programmatic dependent launch) and the block fills x.
+    if constexpr (Geo::EARLY_TRIGGER) pdl_trigger();
+    const int k0 = lane * 8;
+    load(ra, k0);
+    if constexpr (Geo::PIPELINE) {
+        if (k0 + STAGE < k) load(rb, k0 + STAGE);
     }
+    pdl_wait();
+    fill(xs, m, k);
+    __syncthreads();
+    if (row0 >= n) return;
+    if constexpr (Geo::PIPELINE) {
+        // Stages alternate between ra and rb; each is refilled two stages
+        // ahead right after it is used.
+        for (int kc = k0; kc < k; kc += 2 * STAGE) {
+            use(ra, kc);
+            if (kc + 2 * STAGE < k) load(ra, kc + 2 * STAGE);
+            if (kc + STAGE >= k) break;
+            use(rb, kc + STAGE);
+            if (kc + 3 * STAGE < k) load(rb, kc + 3 * STAGE);
+        }
+    } else {
+        for (int kc = k0; kc < k; kc += STAGE) {
+            use(ra, kc);
+            if (kc + STAGE < k) load(ra, kc + STAGE);
+        }
+    }
+    if constexpr (!Geo::EARLY_TRIGGER) pdl_trigger();
     if constexpr (GLU) {
 #pragma unroll
-        for (int j = 0; j < M; ++j) {
-            float g = warp_sum(acc[0][j]), u = warp_sum(acc[1][j]);
-            if (lane == 0 && j < m) {
-                g = rnd<T>(b ? g + ld(&b[row0]) : g);
-                u = rnd<T>(b ? u + ld(&b[n + row0]) : u);
-                st(&y[(i64)j * n + row0], g / (1.f + expf(-g)) * u);
+        for (int r = 0; r < R; ++r) {
+#pragma unroll
+            for (int j = 0; j < M; ++j) {
+                float g = warp_sum(acc[r][j]), u = warp_sum(acc[R + r][j]);
+                const int col = row0 + r;
+                if (lane == 0 && j < m && col < n) {
+                    g = rnd<T>(b ? g + ld(&b[col]) : g);
+                    u = rnd<T>(b ? u + ld(&b[n + col]) : u);
+                    st(&y[(i64)j * n + col], g / (1.f + expf(-g)) * u);
+                }
             }
         }
     } else {
@@ -193,24 +239,27 @@ __device__ void gemv_impl(const Fill& fill, const T* w, const T* b, T* y, int n,
     }
 }
 
+// The launch bounds are each geometry's WARPS * 32.
+static_assert(GemvPlain::WARPS * 32 == 256 && GemvNorm::WARPS * 32 == 256 && GemvGlu::WARPS * 32 == 128,
+              "launch bounds out of step with the GEMV geometries");
 #define OPTC_GEMV_ROWS(T, N, MR)                                                                           \
-    extern "C" __global__ void __launch_bounds__(128) gemv_##N##_m##MR(const T* x, const T* w, const T* b, \
+    extern "C" __global__ void __launch_bounds__(256) gemv_##N##_m##MR(const T* x, const T* w, const T* b, \
                                                                        T* y, int n, int k, int m) {        \
-        gemv_impl<T, MR>(GemvCopy<T>{x}, w, b, y, n, k, m);                                                \
+        gemv_impl<T, MR, false, GemvPlain>(GemvCopy<T>{x}, w, b, y, n, k, m);                              \
     }                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(128)                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                      \
         gemv_norm_##N##_m##MR(const T* a, const T* r, const T* nw, T* sum, float eps, const T* w,          \
                               const T* b, T* y, int n, int k, int m) {                                     \
-        gemv_impl<T, MR>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps}, w, b, y, n, k, m);                     \
+        gemv_impl<T, MR, false, GemvNorm>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps}, w, b, y, n, k, m);    \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(128) gemv_glu_##N##_m##MR(                                \
         const T* x, const T* w, const T* b, T* y, int n, int k, int m) {                                   \
-        gemv_impl<T, MR, true>(GemvCopy<T>{x}, w, b, y, n, k, m);                                          \
+        gemv_impl<T, MR, true, GemvGlu>(GemvCopy<T>{x}, w, b, y, n, k, m);                                 \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(128)                                                      \
         gemv_norm_glu_##N##_m##MR(const T* a, const T* r, const T* nw, T* sum, float eps, const T* w,      \
                                   const T* b, T* y, int n, int k, int m) {                                 \
-        gemv_impl<T, MR, true>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps}, w, b, y, n, k, m);               \
+        gemv_impl<T, MR, true, GemvGlu>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps}, w, b, y, n, k, m);      \
     }
 
 #define OPTC_GEMV(T, N)       \

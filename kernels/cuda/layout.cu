@@ -30,6 +30,7 @@ __device__ void gather_impl(const E* x, const i64* idx, E* y, i64 outer, i64 len
     extern "C" __global__ void copy_##N(const E* x, E* y, i64 n, Strided s) { copy_impl<E>(x, y, n, s); } \
     extern "C" __global__ void gather_##N(const E* x, const i64* idx, E* y, i64 outer, i64 len, i64 inner, \
                                           i64 nidx) {                                                     \
+        pdl_trigger();                                                                                    \
         gather_impl<E>(x, idx, y, outer, len, inner, nidx);                                               \
     }
 
@@ -125,6 +126,8 @@ __device__ void rope_qkv_cache_impl(const T* qkv, const T* cs, const T* sn, T* q
     extern "C" __global__ void rope_qkv_cache_##N(const T* qkv, const T* c, const T* s, T* q, T* kc, T* vc, \
                                                   const i64* slots, i64 ntok, int hq, int hkv, int d,     \
                                                   int dv, int r, int il) {                                \
+        pdl_trigger(); /* launched as a dependent: see paged_decode */                                    \
+        pdl_wait();                                                                                       \
         rope_qkv_cache_impl<T>(qkv, c, s, q, kc, vc, slots, ntok, hq, hkv, d, dv, r, il);                 \
     }
 

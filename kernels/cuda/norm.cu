@@ -129,10 +129,12 @@ template <typename T> __device__ void softmax_rows(const T* x, T* y, int cols, i
 
 #define OPTC_NORM_VEC(T, N, V)                                                                            \
     extern "C" __global__ void rms_norm_vec##V##_##N(const T* x, const T* w, T* y, int cols, float eps) { \
+        pdl_trigger();                                                                                    \
         rms_norm_vec_rows<T, V>(x, nullptr, w, nullptr, y, cols, eps);                                     \
     }                                                                                                     \
     extern "C" __global__ void add_rms_norm_vec##V##_##N(const T* a, const T* b, const T* w, T* s, T* y,  \
                                                          int cols, float eps) {                           \
+        pdl_trigger();                                                                                    \
         rms_norm_vec_rows<T, V>(a, b, w, s, y, cols, eps);                                                \
     }
 

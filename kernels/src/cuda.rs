@@ -21,12 +21,32 @@ pub const FILES: [(&str, &str); 6] = [
 /// larger batches go to cuBLASLt.
 pub const GEMV_MAX_ROWS: usize = 4;
 
-/// Weight rows one 128-thread GEMV block covers.
-pub const GEMV_ROWS_PER_BLOCK: usize = 8;
+/// A GEMV kind's block: output columns it covers and its threads
+/// (`GemvGeometry` in gemv.cu: WARPS * R columns, WARPS * 32 threads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemvBlock {
+    pub cols: usize,
+    pub threads: u32,
+}
 
-/// Output columns one 128-thread GLU GEMV block covers (`gemv_glu_*`:
-/// a warp per column, owning its gate and up rows).
-pub const GEMV_GLU_COLS_PER_BLOCK: usize = 4;
+/// `gemv_*`: x as it is (`GemvPlain`).
+pub const GEMV_PLAIN: GemvBlock = GemvBlock {
+    cols: 8,
+    threads: 256,
+};
+
+/// `gemv_norm_*`: the RMSNorm in the x load (`GemvNorm`).
+pub const GEMV_NORM: GemvBlock = GemvBlock {
+    cols: 16,
+    threads: 256,
+};
+
+/// `gemv_glu_*` and `gemv_norm_glu_*`: SwiGLU as the epilogue, a column's
+/// gate and up rows in one warp (`GemvGlu`).
+pub const GEMV_GLU: GemvBlock = GemvBlock {
+    cols: 4,
+    threads: 128,
+};
 
 /// Widest linear whose GEMV runs the norm before it (`gemv_norm_*`):
 /// every block redoes that prologue from L2, which at an LM head's width
@@ -131,4 +151,42 @@ pub fn prefill_mma_smem_bytes(d: usize) -> usize {
 /// `paged_prefill_mma_{dtype}_d{d}`.
 pub fn prefill_mma_instance(dtype: &str, d: usize) -> String {
     format!("OPTC_PAGED_PREFILL_MMA({dtype}, {dtype}, {d})\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host's GEMV blocks must match the geometries gemv.cu
+    /// instantiates (`using GemvX = GemvGeometry<WARPS, R, U>;`).
+    #[test]
+    fn gemv_blocks_match_the_kernel_geometries() {
+        let src = FILES
+            .iter()
+            .find(|f| f.0 == "gemv.cu")
+            .map(|f| f.1)
+            .unwrap_or_default();
+        let geometry = |name: &str| -> GemvBlock {
+            let line = src
+                .lines()
+                .find(|l| l.starts_with(&format!("using {name} = GemvGeometry<")))
+                .unwrap_or_else(|| panic!("no {name} in gemv.cu"));
+            let args: Vec<usize> = line
+                .split('<')
+                .nth(1)
+                .and_then(|a| a.split('>').next())
+                .unwrap_or_default()
+                .split(',')
+                .take(2)
+                .map(|a| a.trim().parse().expect("a number"))
+                .collect();
+            GemvBlock {
+                cols: args[0] * args[1],
+                threads: (args[0] * 32) as u32,
+            }
+        };
+        assert_eq!(geometry("GemvPlain"), GEMV_PLAIN);
+        assert_eq!(geometry("GemvNorm"), GEMV_NORM);
+        assert_eq!(geometry("GemvGlu"), GEMV_GLU);
+    }
 }

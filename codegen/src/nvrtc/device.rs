@@ -35,6 +35,11 @@ pub(crate) struct Gpu {
     pub sms: u32,
     pub name: String,
     pub arch: (i32, i32),
+    /// Launch the GEMVs with programmatic dependent launch (sm_90 and
+    /// later; `OPTC_CUDA_PDL=0` turns it off): each may start while the
+    /// kernel before it runs, streaming its first weights (which no kernel
+    /// writes) before it waits for that kernel (`pdl_wait` in common.cuh).
+    pub pdl: bool,
     module: Option<Arc<CudaModule>>,
     /// Optional kernels in their own module (the tensor-core prefill).
     extra: Option<Arc<CudaModule>>,
@@ -63,10 +68,56 @@ impl Gpu {
             sms,
             name,
             arch,
+            pdl: arch.0 >= 9 && std::env::var("OPTC_CUDA_PDL").map_or(true, |v| v != "0"),
             module: None,
             extra: None,
             functions: HashMap::new(),
         })
+    }
+
+    /// Launches `f` on the program's stream with the
+    /// programmatic-stream-serialization attribute when `pdl` is on and
+    /// the caller asks for it (`early`; a plain launch otherwise), for
+    /// kernels that call `pdl_wait()` before they read anything an
+    /// earlier kernel writes.
+    ///
+    /// # Safety
+    /// `params` must point at each argument's value, in the kernel's
+    /// parameter order and with its parameter types, alive for the call;
+    /// pointers among them must be valid for what the kernel does.
+    pub unsafe fn launch_dependent(
+        &self,
+        f: &CudaFunction,
+        cfg: cudarc::driver::LaunchConfig,
+        early: bool,
+        params: &mut [*mut std::ffi::c_void],
+    ) -> Result<(), String> {
+        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: u32::from(self.pdl && early),
+        };
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| format!("kernel launch: {e}"))?;
+        sys::cuLaunchKernelEx(
+            &config,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+        .result()
+        .map_err(|e| format!("kernel launch: {e}"))
     }
 
     pub fn load(&mut self, ptx: cudarc::nvrtc::Ptx) -> Result<(), String> {

@@ -25,6 +25,26 @@ macro_rules! launch {
     }};
 }
 
+/// Like `launch!`, for a kernel that may start before the one ahead of it
+/// ends (programmatic dependent launch, `Gpu::launch_dependent`) when
+/// `$early` holds: it must call `pdl_wait()` before it reads anything an
+/// earlier kernel writes.
+macro_rules! launch_dependent {
+    ($gpu:expr, $f:expr, $cfg:expr, $early:expr; $($name:ident = $val:expr),* $(,)?) => {{
+        let early = $early;
+        let launch_cfg = $cfg;
+        $(
+            #[allow(clippy::redundant_locals)]
+            let $name = $val;
+        )*
+        let mut params: Vec<*mut std::ffi::c_void> =
+            vec![$( &$name as *const _ as *mut std::ffi::c_void ),*];
+        // SAFETY: the arguments are listed in the kernel's parameter order
+        // with its parameter types, and the locals outlive the call.
+        unsafe { $gpu.launch_dependent($f, launch_cfg, early, &mut params) }
+    }};
+}
+
 mod compile;
 mod device;
 mod fuse;
