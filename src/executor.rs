@@ -106,6 +106,9 @@ pub struct CudaExecutor {
     /// Blocks of KV cache allocated, and their bytes.
     pub num_blocks: usize,
     pub cache_bytes: usize,
+    /// Steps may be submitted before the previous one's tokens are read
+    /// (`Executor::submit`; `OPTC_ASYNC_SCHEDULING=0` turns it off).
+    asynchronous: bool,
 }
 
 /// How many KV blocks the GPU holds: `utilization` of its memory, less
@@ -162,6 +165,7 @@ impl CudaExecutor {
             vocab,
             num_blocks,
             cache_bytes,
+            asynchronous: std::env::var("OPTC_ASYNC_SCHEDULING").map_or(true, |v| v != "0"),
         })
     }
 
@@ -203,22 +207,51 @@ impl Executor for CudaExecutor {
         seqs: &[StepSeq],
         rows: &[RowSampling],
     ) -> Option<Result<Vec<(u32, f32)>, String>> {
-        let rows: Vec<optc_codegen::nvrtc::SampleRow> = rows
-            .iter()
-            .map(|r| optc_codegen::nvrtc::SampleRow {
-                temperature: r.temperature,
-                top_k: r.top_k,
-                top_p: r.top_p,
-                min_p: r.min_p,
-                uniform: r.uniform,
-            })
-            .collect();
+        let rows = sample_rows(rows);
         Some(gpu_step_inputs(seqs, self.ids_dtype).and_then(|m| {
             self.program
                 .run_sample(&m, "logits", &rows)
                 .map_err(|e| e.to_string())
         }))
     }
+
+    fn submit(&mut self, seqs: &[StepSeq], rows: Option<&[RowSampling]>) -> Option<Result<(), String>> {
+        if !self.asynchronous {
+            return None;
+        }
+        // Each placeholder's place in the flat ids input.
+        let mut from_prev = Vec::new();
+        let mut at = 0;
+        for s in seqs {
+            if let Some(row) = s.prev_pick {
+                from_prev.push(optc_codegen::nvrtc::PickedId { index: at, row });
+            }
+            at += s.tokens.len();
+        }
+        let rows = rows.map(sample_rows);
+        Some(gpu_step_inputs(seqs, self.ids_dtype).and_then(|m| {
+            self.program
+                .submit_pick(&m, "logits", rows.as_deref(), "ids", &from_prev)
+                .map_err(|e| e.to_string())
+        }))
+    }
+
+    fn collect(&mut self) -> Result<Vec<(u32, f32)>, String> {
+        self.program.collect_picks().map_err(|e| e.to_string())
+    }
+}
+
+/// The engine's sampling rows in the GPU program's terms.
+fn sample_rows(rows: &[RowSampling]) -> Vec<optc_codegen::nvrtc::SampleRow> {
+    rows.iter()
+        .map(|r| optc_codegen::nvrtc::SampleRow {
+            temperature: r.temperature,
+            top_k: r.top_k,
+            top_p: r.top_p,
+            min_p: r.min_p,
+            uniform: r.uniform,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -234,6 +267,7 @@ mod tests {
             block_table: blocks.iter().map(|&b| BlockId(b)).collect(),
             history: Vec::new(),
             sample: true,
+            prev_pick: None,
         };
         let seqs = [
             seq(0, &[4, 2, 9], 40),

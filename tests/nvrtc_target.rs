@@ -1030,6 +1030,64 @@ fn greedy_generation_equals_the_cpu_target() {
     }
 }
 
+/// Asynchronous scheduling (the engine plans step n + 1 while step n runs;
+/// the program writes step n's picks into step n + 1's ids just before they
+/// go up) gives the tokens synchronous scheduling gives: greedy and seeded
+/// sampled requests, one ending early on a stop token.
+#[test]
+fn asynchronous_scheduling_gives_the_synchronous_tokens_on_the_gpu() {
+    if !gpu() {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama_bf16");
+    let prompts = [
+        optc::Prompt::Ids(vec![5, 17, 3, 99, 41]),
+        optc::Prompt::Ids(vec![7, 7, 200]),
+        optc::Prompt::Ids(vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),
+    ];
+    let greedy = optc::runtime::sampler::SamplingParams {
+        ignore_eos: true,
+        ..optc::runtime::sampler::SamplingParams::greedy(20)
+    };
+    let sampled = optc::runtime::sampler::SamplingParams {
+        temperature: 0.9,
+        top_k: Some(40),
+        seed: Some(7),
+        ..greedy.clone()
+    };
+    let opts = || optc::LlmOptions {
+        target: optc::Target::Nvrtc,
+        ..optc::LlmOptions::default()
+    };
+    let mut llm = optc::LLM::new(&dir, opts()).unwrap();
+    llm.engine().set_async(false);
+    let first = llm.generate(&prompts, &greedy).unwrap();
+    // A stop token that request 0 produces midway ends it early.
+    let stop = first[0].token_ids[6];
+    let greedy = optc::runtime::sampler::SamplingParams {
+        stop_token_ids: vec![stop],
+        ..greedy
+    };
+    for params in [&greedy, &sampled] {
+        let mut outs = Vec::new();
+        for on in [false, true] {
+            let mut llm = optc::LLM::new(&dir, opts()).unwrap();
+            llm.engine().set_async(on);
+            outs.push(llm.generate(&prompts, params).unwrap());
+        }
+        for (i, (s, a)) in outs[0].iter().zip(&outs[1]).enumerate() {
+            assert_eq!(s.token_ids, a.token_ids, "request {i}");
+            assert_eq!(s.finish_reason, a.finish_reason, "request {i}");
+        }
+        if params.temperature == 0.0 {
+            assert_eq!(
+                outs[0][0].finish_reason,
+                optc::runtime::scheduler::FinishReason::Stop
+            );
+        }
+    }
+}
+
 /// Sampled generation through the engine (the GPU draws, inside the
 /// decode graphs): a seed repeats its tokens, another seed gives others.
 #[test]

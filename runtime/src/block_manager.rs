@@ -43,6 +43,8 @@ pub enum BlockError {
     UnknownSequence(SeqId),
     #[error("sequence {0} already has blocks")]
     AlreadyAllocated(SeqId),
+    #[error("sequence {seq}: token {pos} is computed or not appended")]
+    NotPending { seq: SeqId, pos: usize },
 }
 
 /// Counters for reports and tests.
@@ -326,6 +328,21 @@ impl BlockManager {
             .expect("checked")
             .tokens
             .extend_from_slice(new);
+        Ok(())
+    }
+
+    /// Replaces the token at `pos`, one not yet computed: a step planned
+    /// before the token before it was known (asynchronous scheduling)
+    /// appended a placeholder there. Out of range or computed: an error.
+    pub fn set_token(&mut self, seq: SeqId, pos: usize, token: u32) -> Result<(), BlockError> {
+        let t = self
+            .tables
+            .get_mut(&seq)
+            .ok_or(BlockError::UnknownSequence(seq))?;
+        if pos < t.computed || pos >= t.tokens.len() {
+            return Err(BlockError::NotPending { seq, pos });
+        }
+        t.tokens[pos] = token;
         Ok(())
     }
 

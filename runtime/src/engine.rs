@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::block_manager::{BlockId, SeqId};
 use crate::sampler::{sample, Rng, Sample, SamplingParams};
-use crate::scheduler::{FinishReason, RequestError, Scheduler, SchedulerConfig};
+use crate::scheduler::{FinishReason, RequestError, Scheduler, SchedulerConfig, StepPlan};
 
 /// One sequence's part of a step, with everything an executor may need:
 /// the new tokens and their positions and cache slots (for paged
@@ -22,6 +22,11 @@ pub struct StepSeq {
     pub history: Vec<u32>,
     /// Whether the last new token's logits are wanted.
     pub sample: bool,
+    /// With asynchronous scheduling: the (single) token is not known yet;
+    /// it is the one the executor picked for this row of the step
+    /// submitted before ([`Executor::submit`]), and `tokens` holds
+    /// [`crate::scheduler::PENDING_TOKEN`] in its place.
+    pub prev_pick: Option<usize>,
 }
 
 /// One sampling sequence's draw, for an executor that samples where the
@@ -68,6 +73,25 @@ pub trait Executor {
         None
     }
 
+    /// Starts a step whose tokens are picked where the logits are (greedy
+    /// when `rows` is `None`, else drawn with each sampling row's
+    /// [`RowSampling`]) and returns without waiting for them, so the host
+    /// can plan the next step meanwhile. Sequences with a `prev_pick`
+    /// take their token from the picks of the step submitted before this
+    /// one. [`Executor::collect`] returns the picks, oldest step first;
+    /// the engine collects a step after submitting the next. `None`
+    /// means "not supported, use the synchronous calls".
+    fn submit(&mut self, seqs: &[StepSeq], rows: Option<&[RowSampling]>) -> Option<Result<(), String>> {
+        let _ = (seqs, rows);
+        None
+    }
+
+    /// The picks (token, log probability) of the oldest submitted step
+    /// not collected yet, one per sampling sequence in order.
+    fn collect(&mut self) -> Result<Vec<(u32, f32)>, String> {
+        Err("no step was submitted".into())
+    }
+
     /// Whether steps must carry each sequence's whole token history (an
     /// executor that recomputes it, like the reference interpreter).
     /// Paged executors say no: copying every history every step is host
@@ -92,6 +116,14 @@ impl<E: Executor + ?Sized> Executor for Box<E> {
         rows: &[RowSampling],
     ) -> Option<Result<Vec<(u32, f32)>, String>> {
         (**self).step_sample(seqs, rows)
+    }
+
+    fn submit(&mut self, seqs: &[StepSeq], rows: Option<&[RowSampling]>) -> Option<Result<(), String>> {
+        (**self).submit(seqs, rows)
+    }
+
+    fn collect(&mut self) -> Result<Vec<(u32, f32)>, String> {
+        (**self).collect()
     }
 
     fn needs_history(&self) -> bool {
@@ -123,13 +155,30 @@ pub enum Event {
     },
 }
 
+/// A step submitted to the executor whose tokens are not read yet.
+struct InFlight {
+    plan: StepPlan,
+    /// The sequence of each sampling row, in order (the rows of its picks).
+    rows: Vec<SeqId>,
+}
+
 /// Schedules, executes and samples.
+///
+/// With an executor that supports [`Executor::submit`], steps overlap
+/// (asynchronous scheduling, on by default): while step n runs, the host
+/// plans step n + 1 as if every sequence had its next token, submits it
+/// (its new tokens come from step n's picks, on the executor's side) and
+/// only then reads step n's tokens. A request that stops at step n has
+/// had one token computed in vain. [`Engine::step`] then returns the
+/// events of the step before the one it submitted (none on the first).
 pub struct Engine<E: Executor> {
     sched: Scheduler,
     exec: E,
     rngs: HashMap<SeqId, Rng>,
     eos: Vec<u32>,
     next_id: SeqId,
+    inflight: Option<InFlight>,
+    asynchronous: bool,
 }
 
 impl<E: Executor> Engine<E> {
@@ -140,7 +189,16 @@ impl<E: Executor> Engine<E> {
             rngs: HashMap::new(),
             eos,
             next_id: 0,
+            inflight: None,
+            asynchronous: true,
         }
+    }
+
+    /// Turns asynchronous scheduling (see [`Engine`]) on or off; off, every
+    /// step waits for its tokens before the next is planned. Takes effect
+    /// once no step is in flight.
+    pub fn set_async(&mut self, on: bool) {
+        self.asynchronous = on;
     }
 
     /// The executor (for targets that report their own statistics).
@@ -175,19 +233,79 @@ impl<E: Executor> Engine<E> {
         self.sched.abort(seq)
     }
 
+    /// Requests not finished, or a step whose tokens are still to be read.
     pub fn has_unfinished(&self) -> bool {
-        self.sched.num_unfinished() > 0
+        self.sched.num_unfinished() > 0 || self.inflight.is_some()
     }
 
     /// Runs one step and returns what happened.
     pub fn step(&mut self) -> Result<Vec<Event>, String> {
+        if let Some(a) = self.inflight.take() {
+            return self.step_after(a);
+        }
         let plan = self.sched.schedule();
         if plan.scheduled.is_empty() {
             return Ok(Vec::new());
         }
+        let seqs = self.step_seqs(&plan, None);
+        if self.asynchronous {
+            if let Some(rows) = self.submit(&seqs) {
+                self.inflight = Some(InFlight { plan, rows: rows? });
+                return Ok(Vec::new());
+            }
+        }
+        self.run_now(&plan, &seqs, false)
+    }
+
+    /// With step `a` in flight: plans and submits the next step, then
+    /// reads `a`'s tokens. Falls back to waiting for `a` first when the
+    /// next plan could need a preemption, and to running the next step
+    /// here when its sampling needs the host.
+    fn step_after(&mut self, a: InFlight) -> Result<Vec<Event>, String> {
+        let Some(plan) = self.sched.schedule_ahead(&a.plan) else {
+            let picks = self.exec.collect()?;
+            return self.apply(&a, picks, false);
+        };
+        if plan.scheduled.is_empty() {
+            let picks = self.exec.collect()?;
+            return self.apply(&a, picks, true);
+        }
+        let mut seqs = self.step_seqs(&plan, Some(&a.rows));
+        if self.asynchronous {
+            if let Some(rows) = self.submit(&seqs) {
+                let rows = rows?;
+                let picks = self.exec.collect()?;
+                let events = self.apply(&a, picks, true)?;
+                self.inflight = Some(InFlight { plan, rows });
+                return Ok(events);
+            }
+        }
+        // The placeholders get `a`'s tokens here, and the step runs now.
+        let picks = self.exec.collect()?;
+        for s in &mut seqs {
+            if let Some(r) = s.prev_pick.take() {
+                let (token, _) = picks
+                    .get(r)
+                    .ok_or("a placeholder past the previous step's picks")?;
+                s.tokens = vec![*token];
+            }
+        }
+        let mut events = self.apply(&a, picks, true)?;
+        events.extend(self.run_now(&plan, &seqs, false)?);
+        Ok(events)
+    }
+
+    /// Each scheduled sequence's part of a step. `prev_rows`: the sampling
+    /// rows of the step in flight, whose picks are the placeholders.
+    fn step_seqs(&self, plan: &StepPlan, prev_rows: Option<&[SeqId]>) -> Vec<StepSeq> {
         let history = self.exec.needs_history();
-        let seqs: Vec<StepSeq> = plan
-            .scheduled
+        let row_of: HashMap<SeqId, usize> = prev_rows
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(r, &s)| (s, r))
+            .collect();
+        plan.scheduled
             .iter()
             .map(|s| StepSeq {
                 seq: s.seq,
@@ -208,39 +326,97 @@ impl<E: Executor> Engine<E> {
                     Vec::new()
                 },
                 sample: s.sample,
+                // A sequence that sampled in the step in flight decodes
+                // that token: it is this step's one token.
+                prev_pick: row_of.get(&s.seq).copied(),
+            })
+            .collect()
+    }
+
+    /// Runs a planned step and waits for its tokens.
+    fn run_now(&mut self, plan: &StepPlan, seqs: &[StepSeq], ahead: bool) -> Result<Vec<Event>, String> {
+        let wanted = seqs.iter().filter(|s| s.sample).count();
+        let picks = match self.executor_picks(seqs) {
+            Some(tokens) => tokens?,
+            None => {
+                let samples = self.host_samples(seqs, wanted)?;
+                return self.apply_samples(plan, seqs, samples, ahead);
+            }
+        };
+        let samples = picks
+            .into_iter()
+            .map(|(token, logprob)| Sample {
+                token,
+                logprob,
+                top_logprobs: Vec::new(),
             })
             .collect();
-        let wanted = seqs.iter().filter(|s| s.sample).count();
-        let samples = match self.executor_picks(&seqs) {
-            Some(tokens) => {
-                let tokens = tokens?;
-                if tokens.len() != wanted {
-                    return Err(format!(
-                        "executor returned {} tokens for {wanted} sampling sequences",
-                        tokens.len()
-                    ));
-                }
-                tokens
-                    .into_iter()
-                    .map(|(token, logprob)| Sample {
-                        token,
-                        logprob,
-                        top_logprobs: Vec::new(),
-                    })
-                    .collect()
-            }
-            None => self.host_samples(&seqs, wanted)?,
-        };
+        self.apply_samples(plan, seqs, samples, ahead)
+    }
+
+    /// Applies a submitted step's picks.
+    fn apply(&mut self, a: &InFlight, picks: Vec<(u32, f32)>, ahead: bool) -> Result<Vec<Event>, String> {
+        if picks.len() != a.rows.len() {
+            return Err(format!(
+                "executor returned {} tokens for {} sampling sequences",
+                picks.len(),
+                a.rows.len()
+            ));
+        }
+        let samples: Vec<Sample> = picks
+            .into_iter()
+            .map(|(token, logprob)| Sample {
+                token,
+                logprob,
+                top_logprobs: Vec::new(),
+            })
+            .collect();
+        self.apply_rows(&a.plan, &a.rows, samples, ahead)
+    }
+
+    fn apply_samples(
+        &mut self,
+        plan: &StepPlan,
+        seqs: &[StepSeq],
+        samples: Vec<Sample>,
+        ahead: bool,
+    ) -> Result<Vec<Event>, String> {
+        let rows: Vec<SeqId> = seqs.iter().filter(|s| s.sample).map(|s| s.seq).collect();
+        if samples.len() != rows.len() {
+            return Err(format!(
+                "executor returned {} tokens for {} sampling sequences",
+                samples.len(),
+                rows.len()
+            ));
+        }
+        self.apply_rows(plan, &rows, samples, ahead)
+    }
+
+    /// The step's tokens become events and the scheduler's state; a token
+    /// of a request that stopped, was aborted or preempted since the step
+    /// was planned is dropped.
+    fn apply_rows(
+        &mut self,
+        plan: &StepPlan,
+        rows: &[SeqId],
+        samples: Vec<Sample>,
+        ahead: bool,
+    ) -> Result<Vec<Event>, String> {
         let mut events = Vec::new();
         let mut sampled = BTreeMap::new();
-        for (s, smp) in seqs.iter().filter(|s| s.sample).zip(samples) {
-            sampled.insert(s.seq, smp.token);
-            events.push(Event::Token {
-                seq: s.seq,
-                sample: smp,
-            });
+        for (&seq, smp) in rows.iter().zip(samples) {
+            if !self.sched.is_running(seq) {
+                continue;
+            }
+            sampled.insert(seq, smp.token);
+            events.push(Event::Token { seq, sample: smp });
         }
-        for f in self.sched.update(&plan, &sampled) {
+        let finished = if ahead {
+            self.sched.update_ahead(plan, &sampled)
+        } else {
+            self.sched.update(plan, &sampled)
+        };
+        for f in finished {
             self.rngs.remove(&f.seq);
             events.push(Event::Finished {
                 seq: f.seq,
@@ -282,12 +458,12 @@ impl<E: Executor> Engine<E> {
         Ok(samples)
     }
 
-    /// The step's tokens picked by the executor, when every sampling
-    /// sequence allows it and the executor can: greedy for all-greedy
-    /// batches, else drawn with each request's uniform (taken from its
-    /// stream only when the executor takes the step, so a fallback to
-    /// host sampling sees the same stream).
-    fn executor_picks(&mut self, seqs: &[StepSeq]) -> Option<Result<Vec<(u32, f32)>, String>> {
+    /// The sampling rows of a step the executor may pick, each with its
+    /// uniform drawn from a copy of the request's stream (the streams
+    /// advance only if the executor takes the step), or `None` when some
+    /// request needs the host (penalties, logprobs, masks).
+    #[allow(clippy::type_complexity)]
+    fn pick_rows(&self, seqs: &[StepSeq]) -> Option<(Vec<RowSampling>, Vec<(SeqId, Rng)>)> {
         let mut rows = Vec::new();
         let mut drawn = Vec::new();
         for s in seqs.iter().filter(|s| s.sample) {
@@ -309,11 +485,31 @@ impl<E: Executor> Engine<E> {
                 uniform,
             });
         }
+        Some((rows, drawn))
+    }
+
+    /// The step's tokens picked by the executor, when every sampling
+    /// sequence allows it and the executor can: greedy for all-greedy
+    /// batches, else drawn with each request's uniform.
+    fn executor_picks(&mut self, seqs: &[StepSeq]) -> Option<Result<Vec<(u32, f32)>, String>> {
+        let (rows, drawn) = self.pick_rows(seqs)?;
         if drawn.is_empty() {
             return self.exec.step_greedy(seqs);
         }
         let r = self.exec.step_sample(seqs, &rows)?;
         self.rngs.extend(drawn);
         Some(r)
+    }
+
+    /// Submits a step (see [`Executor::submit`]) when the executor may pick
+    /// all its tokens; returns its sampling rows' sequences.
+    fn submit(&mut self, seqs: &[StepSeq]) -> Option<Result<Vec<SeqId>, String>> {
+        let (rows, drawn) = self.pick_rows(seqs)?;
+        let greedy = drawn.is_empty();
+        let r = self.exec.submit(seqs, (!greedy).then_some(rows.as_slice()))?;
+        if r.is_ok() {
+            self.rngs.extend(drawn);
+        }
+        Some(r.map(|()| seqs.iter().filter(|s| s.sample).map(|s| s.seq).collect()))
     }
 }

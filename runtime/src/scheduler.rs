@@ -11,7 +11,7 @@
 //! recomputed from its prompt and the tokens it already generated. A request
 //! is never dropped or duplicated: it is waiting, running or finished.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use crate::block_manager::{BlockError, BlockManager, SeqId};
 use crate::sampler::SamplingParams;
@@ -69,7 +69,15 @@ struct Seq {
     computed: usize,
     /// Admission order, for choosing whom to preempt.
     admitted: u64,
+    /// The last output token is a placeholder ([`PENDING_TOKEN`]) for the
+    /// one a step still in flight samples (asynchronous scheduling).
+    pending: bool,
 }
+
+/// The token id a step planned ahead carries for a token not known yet:
+/// the executor takes the real one from the step before (see
+/// [`Scheduler::schedule_ahead`]). A valid id, so input checks pass.
+pub const PENDING_TOKEN: u32 = 0;
 
 impl Seq {
     fn tokens(&self) -> Vec<u32> {
@@ -220,6 +228,7 @@ impl Scheduler {
                 eos,
                 computed: 0,
                 admitted: 0,
+                pending: false,
             },
         );
         self.waiting.push_back(id);
@@ -233,6 +242,11 @@ impl Scheduler {
         plan.scheduled.retain(|s| s.seq != victim);
         let s = self.seqs.get_mut(&victim).expect("known");
         s.computed = 0;
+        // A token still in flight is dropped; recomputing samples it again.
+        if s.pending {
+            s.output.pop();
+            s.pending = false;
+        }
         self.waiting.push_front(victim);
         plan.preempted.push(victim);
         self.preemptions += 1;
@@ -341,38 +355,128 @@ impl Scheduler {
             if !s.sample {
                 continue;
             }
-            let Some(&tok) = sampled.get(&s.seq) else { continue };
-            let q = self.seqs.get_mut(&s.seq).expect("known");
-            q.output.push(tok);
-            let stop =
-                (!q.params.ignore_eos && q.eos.contains(&tok)) || q.params.stop_token_ids.contains(&tok);
-            let reason = if stop {
-                Some(FinishReason::Stop)
-            } else if q.output.len() >= q.params.max_tokens {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
-            // Otherwise the new token's slot is reserved, and its KV
-            // written, by the next step that schedules it.
-            if let Some(reason) = reason {
-                let q = self.seqs.remove(&s.seq).expect("known");
-                self.blocks.free(s.seq).expect("running");
-                self.running.retain(|&r| r != s.seq);
-                done.push(Finished {
-                    seq: s.seq,
-                    output: q.output,
-                    reason,
-                });
+            if let Some(f) = sampled.get(&s.seq).and_then(|&tok| self.accept(s.seq, tok)) {
+                done.push(f);
             }
         }
         done
     }
 
+    /// Plans the step after `inflight`, a step still running: as if it had
+    /// written its tokens' KV and each of its sampling sequences had one
+    /// more token, whose value the executor takes from that step's picks
+    /// ([`PENDING_TOKEN`] stands in for it here). Sequences the step ends
+    /// by length are left out. Apply `inflight`'s results with
+    /// [`Scheduler::update_ahead`] before planning again.
+    ///
+    /// `None`, with nothing changed, when the plan could need a preemption
+    /// (a sequence whose token is in flight must not lose its blocks): the
+    /// caller then finishes `inflight` first and plans as usual.
+    pub fn schedule_ahead(&mut self, inflight: &StepPlan) -> Option<StepPlan> {
+        let samples: HashSet<SeqId> = inflight
+            .scheduled
+            .iter()
+            .filter(|s| s.sample)
+            .map(|s| s.seq)
+            .collect();
+        let grows = |q: &Seq, seq: SeqId| samples.contains(&seq) && q.output.len() + 1 < q.params.max_tokens;
+        let mut need = 0;
+        for &seq in &self.running {
+            let q = &self.seqs[&seq];
+            if q.pending {
+                return None;
+            }
+            let have = self.blocks.block_table(seq).map_or(0, <[_]>::len);
+            need += self
+                .blocks
+                .blocks_for(q.len() + usize::from(grows(q, seq)))
+                .saturating_sub(have);
+        }
+        if need > self.blocks.num_free_blocks() {
+            return None;
+        }
+        for s in &inflight.scheduled {
+            if !self.running.contains(&s.seq) {
+                continue;
+            }
+            self.blocks.mark_computed(s.seq, s.tokens.len()).expect("running");
+            let q = self.seqs.get_mut(&s.seq).expect("known");
+            q.computed += s.tokens.len();
+            if grows(q, s.seq) {
+                q.output.push(PENDING_TOKEN);
+                q.pending = true;
+            }
+        }
+        Some(self.schedule())
+    }
+
+    /// Applies the sampled tokens of a step planned before
+    /// [`Scheduler::schedule_ahead`] ran on it (which already counted its
+    /// KV as written). Returns the requests that finished.
+    pub fn update_ahead(&mut self, plan: &StepPlan, sampled: &BTreeMap<SeqId, u32>) -> Vec<Finished> {
+        let mut done = Vec::new();
+        for s in plan.scheduled.iter().filter(|s| s.sample) {
+            if !self.running.contains(&s.seq) {
+                continue;
+            }
+            if let Some(f) = sampled.get(&s.seq).and_then(|&tok| self.accept(s.seq, tok)) {
+                done.push(f);
+            }
+        }
+        done
+    }
+
+    /// Whether a request is running (has blocks), so a token it sampled
+    /// counts: not finished, aborted, waiting or preempted.
+    pub fn is_running(&self, seq: SeqId) -> bool {
+        self.running.contains(&seq)
+    }
+
+    /// Gives a running sequence its sampled token (in place of its
+    /// placeholder, if a step planned ahead carries one); the request
+    /// finishes, freeing its blocks, on a stop token or at `max_tokens`.
+    fn accept(&mut self, seq: SeqId, tok: u32) -> Option<Finished> {
+        let q = self.seqs.get_mut(&seq).expect("known");
+        if q.pending {
+            q.pending = false;
+            let pos = q.len() - 1;
+            *q.output.last_mut().expect("a pending token") = tok;
+            // A step planned ahead appended the placeholder: its KV is
+            // computed from the real token, and so is the block's hash.
+            if self.blocks.num_tokens(seq).is_some_and(|n| n > pos) {
+                self.blocks.set_token(seq, pos, tok).expect("not computed yet");
+            }
+        } else {
+            q.output.push(tok);
+        }
+        let q = &self.seqs[&seq];
+        let stop = (!q.params.ignore_eos && q.eos.contains(&tok)) || q.params.stop_token_ids.contains(&tok);
+        let reason = if stop {
+            FinishReason::Stop
+        } else if q.output.len() >= q.params.max_tokens {
+            FinishReason::Length
+        } else {
+            // The new token's slot is reserved, and its KV written, by the
+            // next step that schedules it.
+            return None;
+        };
+        let q = self.seqs.remove(&seq).expect("known");
+        self.blocks.free(seq).expect("running");
+        self.running.retain(|&r| r != seq);
+        Some(Finished {
+            seq,
+            output: q.output,
+            reason,
+        })
+    }
+
     /// Ends a request early (a stop string matched, or the caller gave up):
     /// frees its blocks and returns its output so far.
     pub fn abort(&mut self, seq: SeqId) -> Option<Vec<u32>> {
-        let q = self.seqs.remove(&seq)?;
+        let mut q = self.seqs.remove(&seq)?;
+        if q.pending {
+            q.output.pop();
+        }
         self.waiting.retain(|&s| s != seq);
         if self.running.contains(&seq) {
             self.running.retain(|&s| s != seq);

@@ -59,5 +59,5 @@ mod strided;
 
 pub use compile::{cache_dir, CompileReport};
 pub use device::available;
-pub use pick::SampleRow;
+pub use pick::{PickedId, SampleRow};
 pub use program::{AttentionPaths, CudaProgram, CudaSummary, SkinnyGemm};

@@ -14,6 +14,12 @@ use super::program::{node_err, CudaProgram};
 use super::select::float_name;
 use crate::CodegenError;
 
+/// Ids of a run to overwrite with the previous run's picks.
+pub(super) struct IdsPatch<'a> {
+    pub(super) input: &'a str,
+    pub(super) ids: &'a [PickedId],
+}
+
 /// One row's sampling on the GPU, in the host sampler's terms
 /// (`optc_runtime::sampler`): penalties and masks are the host's job, so
 /// a row that needs them does not come here.
@@ -63,6 +69,25 @@ impl SampleRow {
     }
 }
 
+/// A submitted run ([`CudaProgram::submit_pick`]) whose picks are still
+/// on the GPU.
+pub(super) struct PendingPicks {
+    buf: u64,
+    rows: usize,
+    captured: bool,
+    /// The run's output buffers, released once the picks are read (pool
+    /// buffers unless `captured`).
+    ptr: Vec<u64>,
+}
+
+/// Token ids of a submitted run that are the previous run's picks:
+/// element `index` of input `input` gets the token picked for row `row`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PickedId {
+    pub index: usize,
+    pub row: usize,
+}
+
 /// The pick a run ends with, on output value `value`.
 pub(super) struct Pick {
     pub(super) value: usize,
@@ -100,15 +125,8 @@ impl CudaProgram {
         inputs: &BTreeMap<String, Tensor>,
         output: &str,
     ) -> Result<Vec<(u32, f32)>, CodegenError> {
-        let (v, dtype) = self.pick_output(output)?;
-        let f = self.argmax.get(dtype).cloned().ok_or_else(|| no_kernel(output))?;
-        self.run_pick(
-            inputs,
-            Pick {
-                value: v,
-                kernel: PickKernel::Argmax(f),
-            },
-        )
+        let pick = self.make_pick(output, None)?;
+        self.run_pick(inputs, pick)
     }
 
     /// Runs the program and samples each row of the 2-D float output
@@ -122,7 +140,86 @@ impl CudaProgram {
         output: &str,
         rows: &[SampleRow],
     ) -> Result<Vec<(u32, f32)>, CodegenError> {
+        let pick = self.make_pick(output, Some(rows))?;
+        self.run_pick(inputs, pick)
+    }
+
+    /// Like [`CudaProgram::run_greedy`] (`rows` `None`) or
+    /// [`CudaProgram::run_sample`], but returns once the run is launched;
+    /// [`CudaProgram::collect_picks`] returns its picks. While the host
+    /// prepares this run, the one submitted before still runs on the GPU;
+    /// its picks are read just before this run's inputs go up, and the
+    /// elements of input `ids_input` listed in `from_prev` become them
+    /// (tokens the host did not know when it planned this run).
+    pub fn submit_pick(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        output: &str,
+        rows: Option<&[SampleRow]>,
+        ids_input: &str,
+        from_prev: &[PickedId],
+    ) -> Result<(), CodegenError> {
+        let pick = self.make_pick(output, rows)?;
+        let patch = IdsPatch {
+            input: ids_input,
+            ids: from_prev,
+        };
+        let ex = self.execute_patched(inputs, Some(pick), Some(patch))?;
+        let buf = ex
+            .picked
+            .ok_or_else(|| node_err(&self.graph.name)("the run picked no tokens".to_string()))?;
+        self.pending = Some(PendingPicks {
+            buf,
+            rows: ex.dims.dims[self.pick_output(output)?.0][0],
+            captured: ex.captured,
+            ptr: ex.ptr,
+        });
+        Ok(())
+    }
+
+    /// The picks of the oldest submitted run not collected yet (waiting
+    /// for it if need be).
+    pub fn collect_picks(&mut self) -> Result<Vec<(u32, f32)>, CodegenError> {
+        if self.collected.is_empty() {
+            self.finish_pending()?;
+        }
+        self.collected.pop_front().ok_or_else(|| CodegenError::Input {
+            name: self.graph.name.clone(),
+            message: "no submitted run to collect".into(),
+        })
+    }
+
+    /// Waits for the submitted run still on the GPU, if any, and keeps its
+    /// picks for `collect_picks`; whether there was one.
+    pub(super) fn finish_pending(&mut self) -> Result<bool, CodegenError> {
+        let Some(mut p) = self.pending.take() else {
+            return Ok(false);
+        };
+        let t_wait = std::time::Instant::now();
+        let r = self.read_picks(p.buf, p.rows);
+        if p.captured {
+            if let Some(prof) = &mut self.profile {
+                prof.host_time("graph: wait + read tokens", t_wait);
+                prof.last_pick = Some(std::time::Instant::now());
+            }
+        } else {
+            self.pool.release(p.buf);
+            self.release_outputs(&mut p.ptr);
+        }
+        self.collected.push_back(r.map_err(node_err(&self.graph.name))?);
+        Ok(true)
+    }
+
+    /// The pick for output `output`: argmax, or sampling with `rows`.
+    fn make_pick(&self, output: &str, rows: Option<&[SampleRow]>) -> Result<Pick, CodegenError> {
         let (v, dtype) = self.pick_output(output)?;
+        let Some(rows) = rows else {
+            let f = self.argmax.get(dtype).cloned().ok_or_else(|| no_kernel(output))?;
+            return Ok(Pick {
+                value: v,
+                kernel: PickKernel::Argmax(f),
+            });
+        };
         let f = self.sample.get(dtype).cloned().ok_or_else(|| no_kernel(output))?;
         let mut params = Vec::with_capacity(rows.len() * SAMPLE_ROW_BYTES);
         for (i, r) in rows.iter().enumerate() {
@@ -132,13 +229,10 @@ impl CudaProgram {
             })?;
             params.extend_from_slice(&r.to_le_bytes());
         }
-        self.run_pick(
-            inputs,
-            Pick {
-                value: v,
-                kernel: PickKernel::Sample(f, params),
-            },
-        )
+        Ok(Pick {
+            value: v,
+            kernel: PickKernel::Sample(f, params),
+        })
     }
 
     /// The output's value and its float kernel suffix.
@@ -177,8 +271,8 @@ impl CudaProgram {
         let r = self.read_picks(buf, rows);
         if ex.captured {
             if let Some(p) = &mut self.profile {
-                *p.host.entry("graph: wait + read tokens").or_insert(0.0) +=
-                    t_wait.elapsed().as_secs_f64() * 1e3;
+                p.host_time("graph: wait + read tokens", t_wait);
+                p.last_pick = Some(std::time::Instant::now());
             }
         } else {
             self.pool.release(buf);

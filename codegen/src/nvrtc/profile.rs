@@ -13,16 +13,27 @@ use super::program::CudaProgram;
 pub(super) struct Profile {
     /// kind -> (calls, GPU ms)
     pub(super) gpu: BTreeMap<String, (usize, f64)>,
-    /// phase -> host ms
-    pub(super) host: BTreeMap<&'static str, f64>,
+    /// phase -> host ms of each call
+    pub(super) host: BTreeMap<&'static str, Vec<f64>>,
     pub(super) runs: usize,
     /// Events around every CUDA graph replay (`graph` mode).
     pub(super) replays: Vec<(cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>,
     /// Events per kernel (off in `graph` mode, which keeps CUDA graphs).
     pub(super) per_kernel: bool,
+    /// When the last run that picked tokens returned them: the host time
+    /// from there to the next run is the caller's (engine, step inputs).
+    pub(super) last_pick: Option<std::time::Instant>,
 }
 
 impl Profile {
+    /// Adds one call's host time (since `since`) to `phase`.
+    pub(super) fn host_time(&mut self, phase: &'static str, since: std::time::Instant) {
+        self.host
+            .entry(phase)
+            .or_default()
+            .push(since.elapsed().as_secs_f64() * 1e3);
+    }
+
     /// From `OPTC_CUDA_PROFILE`: `1` per kernel, `graph` per replay.
     pub(super) fn from_env() -> Option<Profile> {
         let mode = std::env::var("OPTC_CUDA_PROFILE").ok()?;
@@ -68,8 +79,16 @@ impl Profile {
                 ms.get(ms.len() / 2).copied().unwrap_or(0.0)
             ));
         }
-        for (k, ms) in &self.host {
-            s.push_str(&format!("  host {k:<23} {ms:>10.2} ms\n"));
+        for (k, calls) in &self.host {
+            let mut sorted = calls.clone();
+            sorted.sort_by(f64::total_cmp);
+            let total: f64 = sorted.iter().sum();
+            let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+            s.push_str(&format!(
+                "  host {k:<28} {:>8} calls {total:>10.2} ms (median {:.1} us)\n",
+                sorted.len(),
+                median * 1e3
+            ));
         }
         s
     }

@@ -174,6 +174,10 @@ pub struct CudaProgram {
     pub(super) attention_paths: AttentionPaths,
     /// Linear launches on a fused GEMV (`gemv_norm_*`, `gemv_glu_*`).
     pub(super) fused_gemv_launches: u64,
+    /// The submitted run whose picks are still on the GPU, and the picks
+    /// of earlier ones read but not collected (`submit_pick`).
+    pub(super) pending: Option<super::pick::PendingPicks>,
+    pub(super) collected: std::collections::VecDeque<Vec<(u32, f32)>>,
 }
 
 /// Where linears of 5..=128 rows of a 16-bit type run on optc's
@@ -765,6 +769,8 @@ impl CudaProgram {
             dims_cache: Default::default(),
             attention_paths: AttentionPaths::default(),
             fused_gemv_launches: 0,
+            pending: None,
+            collected: Default::default(),
         })
     }
 

@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use optc_ir::dim::normalize_axis;
 use optc_ir::ops::{EvalCx, Op};
-use optc_ir::{Bindings, Tensor};
+use optc_ir::{Bindings, DType, Tensor};
 use optc_kernels::cpu::attention::{check_paged_meta, PagedMeta, PagedShape};
 use optc_kernels::cuda as src;
 
 use super::device::{DeviceBox, Pool};
-use super::pick::{Pick, SAMPLE_ROW_BYTES};
+use super::pick::{IdsPatch, Pick, SAMPLE_ROW_BYTES};
 use super::program::{
     node_err, AttentionRun, CaptureKey, Captured, CudaProgram, Exec, Executed, Loc, Step, ATTENTION_MMA,
     MAX_CAPTURES, SPLIT_COUNTERS,
@@ -49,6 +49,50 @@ impl CudaProgram {
         r.map(|_| out)
     }
 
+    /// Writes `prev`'s picked tokens over the ids `patch` names, in the
+    /// input arena (little-endian, in the ids input's integer type).
+    fn patch_ids(
+        &self,
+        arena: &mut [u8],
+        offsets: &[usize],
+        inputs: &BTreeMap<String, Tensor>,
+        patch: &IdsPatch,
+        prev: &[(u32, f32)],
+    ) -> Result<(), CodegenError> {
+        let err = |message: String| CodegenError::Input {
+            name: patch.input.into(),
+            message,
+        };
+        let i = self
+            .inputs
+            .iter()
+            .position(|(n, _)| n == patch.input)
+            .ok_or_else(|| err("no such input".into()))?;
+        let dtype = self.types[self.inputs[i].1].dtype;
+        let size = match dtype {
+            DType::I64 => 8,
+            DType::I32 => 4,
+            d => return Err(err(format!("token ids of type {d:?}"))),
+        };
+        let n = inputs.get(patch.input).map_or(0, Tensor::numel);
+        for p in patch.ids {
+            let &(token, _) = prev.get(p.row).ok_or_else(|| {
+                err(format!(
+                    "row {} of the previous run's {} picks",
+                    p.row,
+                    prev.len()
+                ))
+            })?;
+            if p.index >= n {
+                return Err(err(format!("element {} of {n} ids", p.index)));
+            }
+            let at = offsets[i] + p.index * size;
+            let bytes = i64::from(token).to_le_bytes();
+            arena[at..at + size].copy_from_slice(&bytes[..size]);
+        }
+        Ok(())
+    }
+
     pub(super) fn release_outputs(&mut self, ptr: &mut [u64]) {
         for (_, v) in &self.outputs {
             let o = self.owner[*v];
@@ -65,8 +109,25 @@ impl CudaProgram {
         inputs: &BTreeMap<String, Tensor>,
         pick: Option<Pick>,
     ) -> Result<Executed, CodegenError> {
+        self.execute_patched(inputs, pick, None)
+    }
+
+    /// `execute`, first finishing a submitted run still on the GPU once
+    /// this run's host work is done, and writing its picks into the ids
+    /// `patch` names.
+    pub(super) fn execute_patched(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        pick: Option<Pick>,
+        patch: Option<IdsPatch>,
+    ) -> Result<Executed, CodegenError> {
         let _span = tracing::debug_span!("cuda_run", graph = %self.graph.name).entered();
         let t_start = Instant::now();
+        if let Some(t) = self.profile.as_mut().and_then(|p| p.last_pick.take()) {
+            if let Some(p) = &mut self.profile {
+                p.host_time("between runs (caller)", t);
+            }
+        }
         self.gpu.ctx.bind_to_thread().map_err(|e| CodegenError::Node {
             node: self.graph.name.clone(),
             message: e.to_string(),
@@ -291,6 +352,20 @@ impl CudaProgram {
                 (false, false) => p.tiled += 1,
             }
         }
+        // The run submitted before this one ends here, once this run's host
+        // work is done: its picks are the ids the host could not know.
+        let finished = self.finish_pending()?;
+        if let Some(patch) = patch.filter(|p| !p.ids.is_empty()) {
+            let prev = self
+                .collected
+                .back()
+                .filter(|_| finished)
+                .ok_or_else(|| CodegenError::Input {
+                    name: patch.input.into(),
+                    message: "ids from the previous run's picks, but no run was submitted before".into(),
+                })?;
+            self.patch_ids(&mut arena, &offsets, inputs, &patch, prev)?;
+        }
         // Decode steps (one token per sequence, all on the GPU) replay a
         // graph captured on the first step of their shape.
         let graphable = self.graphs
@@ -326,18 +401,21 @@ impl CudaProgram {
                 self.captures.insert(key.clone(), c);
             }
             if let Some(c) = self.captures.get(&key) {
+                let t_upload = Instant::now();
                 self.gpu
                     .htod(c.arena.ptr, &arena)
                     .map_err(node_err(&self.graph.name))?;
                 let before = self.profile.as_ref().map(|_| self.record_event()).transpose()?;
+                let t_launch = Instant::now();
                 c.graph
                     .launch()
                     .map_err(|e| node_err(&self.graph.name)(format!("CUDA graph launch: {e}")))?;
                 if let Some(before) = before {
                     let after = self.record_event()?;
                     if let Some(p) = &mut self.profile {
-                        *p.host.entry("graph: prepare + launch").or_insert(0.0) +=
-                            t_start.elapsed().as_secs_f64() * 1e3;
+                        p.host_time("graph: prepare + launch", t_start);
+                        p.host_time("graph: upload + launch", t_upload);
+                        p.host_time("graph: launch", t_launch);
                         p.replays.push((before, after));
                     }
                 }
@@ -362,9 +440,11 @@ impl CudaProgram {
         let r = self.run_steps(&steps, dims, bindings, &mut ptr, &attn, base);
         self.steps = steps;
         if let Some(p) = &mut self.profile {
-            *p.host.entry("prepare (checks, inputs)").or_insert(0.0) +=
-                (t_steps - t_start).as_secs_f64() * 1e3;
-            *p.host.entry("launch + wait").or_insert(0.0) += t_steps.elapsed().as_secs_f64() * 1e3;
+            p.host
+                .entry("prepare (checks, inputs)")
+                .or_default()
+                .push((t_steps - t_start).as_secs_f64() * 1e3);
+            p.host_time("launch + wait", t_steps);
             p.runs += 1;
         }
         let r = r.and_then(|()| match &pick {
