@@ -142,6 +142,19 @@ fn executor_pickable(p: &SamplingParams, produced: usize) -> bool {
         && produced >= p.min_tokens
 }
 
+/// Tokens the executor picked, as samples (no top logprobs: a request
+/// that asks for them is sampled on the host).
+fn picked(picks: Vec<(u32, f32)>) -> Vec<Sample> {
+    picks
+        .into_iter()
+        .map(|(token, logprob)| Sample {
+            token,
+            logprob,
+            top_logprobs: Vec::new(),
+        })
+        .collect()
+}
+
 /// Something that happened to a request during a step.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -179,6 +192,9 @@ pub struct Engine<E: Executor> {
     next_id: SeqId,
     inflight: Option<InFlight>,
     asynchronous: bool,
+    /// Set when a step failed with another in flight: the scheduler had
+    /// counted that step as done, so the engine cannot go on.
+    broken: Option<String>,
 }
 
 impl<E: Executor> Engine<E> {
@@ -191,6 +207,7 @@ impl<E: Executor> Engine<E> {
             next_id: 0,
             inflight: None,
             asynchronous: true,
+            broken: None,
         }
     }
 
@@ -240,8 +257,15 @@ impl<E: Executor> Engine<E> {
 
     /// Runs one step and returns what happened.
     pub fn step(&mut self) -> Result<Vec<Event>, String> {
+        if let Some(e) = &self.broken {
+            return Err(format!("the engine stopped after an executor error: {e}"));
+        }
         if let Some(a) = self.inflight.take() {
-            return self.step_after(a);
+            let r = self.step_after(a);
+            if let Err(e) = &r {
+                self.broken = Some(e.clone());
+            }
+            return r;
         }
         let plan = self.sched.schedule();
         if plan.scheduled.is_empty() {
@@ -336,60 +360,17 @@ impl<E: Executor> Engine<E> {
     /// Runs a planned step and waits for its tokens.
     fn run_now(&mut self, plan: &StepPlan, seqs: &[StepSeq], ahead: bool) -> Result<Vec<Event>, String> {
         let wanted = seqs.iter().filter(|s| s.sample).count();
-        let picks = match self.executor_picks(seqs) {
-            Some(tokens) => tokens?,
-            None => {
-                let samples = self.host_samples(seqs, wanted)?;
-                return self.apply_samples(plan, seqs, samples, ahead);
-            }
+        let samples = match self.executor_picks(seqs) {
+            Some(tokens) => picked(tokens?),
+            None => self.host_samples(seqs, wanted)?,
         };
-        let samples = picks
-            .into_iter()
-            .map(|(token, logprob)| Sample {
-                token,
-                logprob,
-                top_logprobs: Vec::new(),
-            })
-            .collect();
-        self.apply_samples(plan, seqs, samples, ahead)
+        let rows: Vec<SeqId> = seqs.iter().filter(|s| s.sample).map(|s| s.seq).collect();
+        self.apply_rows(plan, &rows, samples, ahead)
     }
 
     /// Applies a submitted step's picks.
     fn apply(&mut self, a: &InFlight, picks: Vec<(u32, f32)>, ahead: bool) -> Result<Vec<Event>, String> {
-        if picks.len() != a.rows.len() {
-            return Err(format!(
-                "executor returned {} tokens for {} sampling sequences",
-                picks.len(),
-                a.rows.len()
-            ));
-        }
-        let samples: Vec<Sample> = picks
-            .into_iter()
-            .map(|(token, logprob)| Sample {
-                token,
-                logprob,
-                top_logprobs: Vec::new(),
-            })
-            .collect();
-        self.apply_rows(&a.plan, &a.rows, samples, ahead)
-    }
-
-    fn apply_samples(
-        &mut self,
-        plan: &StepPlan,
-        seqs: &[StepSeq],
-        samples: Vec<Sample>,
-        ahead: bool,
-    ) -> Result<Vec<Event>, String> {
-        let rows: Vec<SeqId> = seqs.iter().filter(|s| s.sample).map(|s| s.seq).collect();
-        if samples.len() != rows.len() {
-            return Err(format!(
-                "executor returned {} tokens for {} sampling sequences",
-                samples.len(),
-                rows.len()
-            ));
-        }
-        self.apply_rows(plan, &rows, samples, ahead)
+        self.apply_rows(&a.plan, &a.rows, picked(picks), ahead)
     }
 
     /// The step's tokens become events and the scheduler's state; a token
@@ -402,6 +383,13 @@ impl<E: Executor> Engine<E> {
         samples: Vec<Sample>,
         ahead: bool,
     ) -> Result<Vec<Event>, String> {
+        if samples.len() != rows.len() {
+            return Err(format!(
+                "executor returned {} tokens for {} sampling sequences",
+                samples.len(),
+                rows.len()
+            ));
+        }
         let mut events = Vec::new();
         let mut sampled = BTreeMap::new();
         for (&seq, smp) in rows.iter().zip(samples) {

@@ -352,3 +352,37 @@ fn executors_without_submit_run_synchronously() {
     assert_eq!(e.executor().submitted, 0);
     assert!(e.executor().synchronous > 0);
 }
+
+/// An executor error with a step in flight stops the engine for good (the
+/// scheduler had counted that step as done); it never panics or makes up
+/// tokens.
+#[test]
+fn an_executor_error_with_a_step_in_flight_stops_the_engine() {
+    struct Failing(PagedMock, usize);
+    impl Executor for Failing {
+        fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String> {
+            self.0.step(seqs)
+        }
+        fn submit(&mut self, seqs: &[StepSeq], rows: Option<&[RowSampling]>) -> Option<Result<(), String>> {
+            self.1 += 1;
+            if self.1 == 4 {
+                return Some(Err("device lost".into()));
+            }
+            self.0.submit(seqs, rows)
+        }
+        fn collect(&mut self) -> Result<Vec<(u32, f32)>, String> {
+            self.0.collect()
+        }
+    }
+    let cfg = config(64, 64);
+    let mut e = Engine::new(cfg.clone(), Failing(PagedMock::new(&cfg, true), 0), vec![EOS]);
+    e.add(vec![1, 2, 5], greedy(20)).unwrap();
+    let mut errors = Vec::new();
+    for _ in 0..6 {
+        if let Err(m) = e.step() {
+            errors.push(m);
+        }
+    }
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(errors.iter().all(|m| m.contains("device lost")), "{errors:?}");
+}
