@@ -304,7 +304,10 @@ impl<E: Executor> Engine<E> {
                 return Ok(events);
             }
         }
-        // The placeholders get `a`'s tokens here, and the step runs now.
+        // The placeholders get `a`'s tokens here, and the step runs now,
+        // without the requests `a` ended (synchronous scheduling would not
+        // have planned them).
+        let mut plan = plan;
         let picks = self.exec.collect()?;
         for s in &mut seqs {
             if let Some(r) = s.prev_pick.take() {
@@ -315,7 +318,11 @@ impl<E: Executor> Engine<E> {
             }
         }
         let mut events = self.apply(&a, picks, true)?;
-        events.extend(self.run_now(&plan, &seqs, false)?);
+        plan.scheduled.retain(|s| self.sched.is_running(s.seq));
+        seqs.retain(|s| self.sched.is_running(s.seq));
+        if !plan.scheduled.is_empty() {
+            events.extend(self.run_now(&plan, &seqs, false)?);
+        }
         Ok(events)
     }
 

@@ -386,3 +386,55 @@ fn an_executor_error_with_a_step_in_flight_stops_the_engine() {
     assert_eq!(errors.len(), 3, "{errors:?}");
     assert!(errors.iter().all(|m| m.contains("device lost")), "{errors:?}");
 }
+
+/// A request that needs host sampling (logprobs) arriving at any point, so
+/// the step after a submitted one falls back to running synchronously,
+/// also when requests stop in the step in flight.
+#[test]
+fn a_host_sampled_request_arriving_at_any_point_gives_the_synchronous_tokens() {
+    let reqs: Vec<_> = prompts().into_iter().map(|p| (p, greedy(14))).collect();
+    let late = SamplingParams {
+        logprobs: Some(2),
+        ..greedy(6)
+    };
+    let mut fallbacks = 0;
+    // It arrives once the others have given `at` tokens in all (the same
+    // point of progress in both modes).
+    for at in 1..50 {
+        let mut outs = Vec::new();
+        for asynchronous in [false, true] {
+            // Room in the batch: the late request joins at once.
+            let cfg = SchedulerConfig {
+                max_batch_size: 8,
+                ..config(64, 64)
+            };
+            let mut e = Engine::new(cfg.clone(), PagedMock::new(&cfg, true), vec![EOS]);
+            e.set_async(asynchronous);
+            for (p, sp) in &reqs {
+                e.add(p.clone(), sp.clone()).unwrap();
+            }
+            let mut done = BTreeMap::new();
+            let (mut given, mut added) = (0, false);
+            while e.has_unfinished() {
+                for ev in e.step().unwrap() {
+                    match ev {
+                        Event::Token { .. } => given += 1,
+                        Event::Finished { seq, output, reason } => {
+                            done.insert(seq, (output, reason));
+                        }
+                    }
+                }
+                if given >= at && !added {
+                    e.add(vec![2, 9, 4], late.clone()).unwrap();
+                    added = true;
+                }
+            }
+            if asynchronous && e.executor().synchronous > 0 {
+                fallbacks += 1;
+            }
+            outs.push(done);
+        }
+        assert_eq!(outs[0], outs[1], "the late request arrives after {at} tokens");
+    }
+    assert!(fallbacks > 20, "{fallbacks} runs fell back");
+}

@@ -115,12 +115,15 @@ impl CudaProgram {
         }
         let f = if m == 1 { &z.fns[0] } else { &z.fns[1] };
         let blocks = n.div_ceil(geo.cols) as u32;
+        // The GEMV streams its matrix before it waits for the kernel ahead:
+        // only a weight (which no kernel writes) may be read that early.
+        let weight_first = matches!(self.locs[self.owner[a[1]]], Loc::Weight(_));
         let c = cfg((blocks, 1, 1), geo.threads, (m * kd * esize) as u32);
         let bias = a.get(2).map_or(0u64, |&v| ptr[v]);
         let (n, k, m) = (n as i32, kd as i32, m as i32);
         let gpu = &self.gpu;
         let Some(p) = z.norm else {
-            return launch_dependent!(gpu, f, c, true; x = ptr[a[0]], w = ptr[a[1]], b = bias, y = y, n = n, k = k, m = m);
+            return launch_dependent!(gpu, f, c, weight_first; x = ptr[a[0]], w = ptr[a[1]], b = bias, y = y, n = n, k = k, m = m);
         };
         let (pa, po) = (&steps[p].args, &steps[p].outs);
         let opt = |i: usize| pa.get(i).map_or(0u64, |&v| ptr[v]);
@@ -130,7 +133,7 @@ impl CudaProgram {
             Op::RmsNorm(o) => (0, opt(1), 0, o.eps),
             op => return Err(format!("no fused GEMV after {} (a lowering bug)", op.name())),
         };
-        launch_dependent!(gpu, f, c, true;
+        launch_dependent!(gpu, f, c, weight_first;
             x = ptr[pa[0]], r = r, nw = nw, sum = sum, eps = eps as f32, w = ptr[a[1]], b = bias, y = y,
             n = n, k = k, m = m)
     }
@@ -183,7 +186,9 @@ impl CudaProgram {
                     let f = if m == 1 { &fns[0] } else { &fns[1] };
                     let blocks = nn.div_ceil(src::GEMV_PLAIN.cols) as u32;
                     let c = cfg((blocks, 1, 1), src::GEMV_PLAIN.threads, bytes as u32);
-                    return launch_dependent!(gpu, f, c, true;
+                    // Streamed before the wait: only a weight may be.
+                    let early = matches!(self.locs[self.owner[a[1]]], Loc::Weight(_));
+                    return launch_dependent!(gpu, f, c, early;
                         x = ptr[a[0]], w = ptr[a[1]], b = opt(2), y = ptr[o0], n = nn as i32, k = kd as i32,
                         m = m as i32);
                 }

@@ -181,19 +181,21 @@ impl CudaProgram {
     /// for it if need be).
     pub fn collect_picks(&mut self) -> Result<Vec<(u32, f32)>, CodegenError> {
         if self.collected.is_empty() {
-            self.finish_pending()?;
+            self.finish_pending();
         }
-        self.collected.pop_front().ok_or_else(|| CodegenError::Input {
+        let picks = self.collected.pop_front().ok_or_else(|| CodegenError::Input {
             name: self.graph.name.clone(),
             message: "no submitted run to collect".into(),
-        })
+        })?;
+        picks.map_err(node_err(&self.graph.name))
     }
 
     /// Waits for the submitted run still on the GPU, if any, and keeps its
-    /// picks for `collect_picks`; whether there was one.
-    pub(super) fn finish_pending(&mut self) -> Result<bool, CodegenError> {
+    /// picks (or why they could not be read) for `collect_picks`; whether
+    /// there was one.
+    pub(super) fn finish_pending(&mut self) -> bool {
         let Some(mut p) = self.pending.take() else {
-            return Ok(false);
+            return false;
         };
         let t_wait = std::time::Instant::now();
         let r = self.read_picks(p.buf, p.rows);
@@ -206,8 +208,8 @@ impl CudaProgram {
             self.pool.release(p.buf);
             self.release_outputs(&mut p.ptr);
         }
-        self.collected.push_back(r.map_err(node_err(&self.graph.name))?);
-        Ok(true)
+        self.collected.push_back(r);
+        true
     }
 
     /// The pick for output `output`: argmax, or sampling with `rows`.

@@ -177,7 +177,7 @@ pub struct CudaProgram {
     /// The submitted run whose picks are still on the GPU, and the picks
     /// of earlier ones read but not collected (`submit_pick`).
     pub(super) pending: Option<super::pick::PendingPicks>,
-    pub(super) collected: std::collections::VecDeque<Vec<(u32, f32)>>,
+    pub(super) collected: std::collections::VecDeque<Result<Vec<(u32, f32)>, String>>,
 }
 
 /// Where linears of 5..=128 rows of a 16-bit type run on optc's
@@ -799,6 +799,8 @@ impl CudaProgram {
     pub fn set_cuda_graphs(&mut self, on: bool) {
         self.graphs = on;
         if !on {
+            // A submitted run may still use a graph's buffers.
+            self.finish_pending();
             self.captures.clear();
         }
     }
@@ -834,6 +836,8 @@ impl CudaProgram {
     /// Allocates zeroed state for the symbols in `bindings` (e.g. `NB`);
     /// returns the bytes allocated.
     pub fn init_state(&mut self, bindings: &Bindings) -> Result<usize, CodegenError> {
+        // A submitted run may still use the state and a graph's buffers.
+        self.finish_pending();
         let mut total = 0;
         for i in 0..self.state_types.len() {
             let ty = &self.state_types[i];

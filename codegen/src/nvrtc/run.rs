@@ -50,12 +50,15 @@ impl CudaProgram {
     }
 
     /// Writes `prev`'s picked tokens over the ids `patch` names, in the
-    /// input arena (little-endian, in the ids input's integer type).
+    /// input arena (little-endian, in the ids input's integer type), after
+    /// the check `execute` makes of ids a gather indexes with: each must
+    /// be a row of every table the ids input indexes.
     fn patch_ids(
         &self,
         arena: &mut [u8],
         offsets: &[usize],
         inputs: &BTreeMap<String, Tensor>,
+        dims: &[Vec<usize>],
         patch: &IdsPatch,
         prev: &[(u32, f32)],
     ) -> Result<(), CodegenError> {
@@ -75,6 +78,19 @@ impl CudaProgram {
             d => return Err(err(format!("token ids of type {d:?}"))),
         };
         let n = inputs.get(patch.input).map_or(0, Tensor::numel);
+        let rows = self
+            .steps
+            .iter()
+            .filter(|s| s.args.get(1) == Some(&self.inputs[i].1))
+            .filter_map(|s| match (&s.exec, &s.op) {
+                (Exec::Kernel(Kernel::Embedding, _), _) => Some(dims[s.args[0]][0]),
+                (Exec::Kernel(Kernel::IndexSelect, _), Op::IndexSelect(ix)) => {
+                    let d = &dims[s.args[0]];
+                    normalize_axis(ix.axis, d.len()).ok().map(|a| d[a])
+                }
+                _ => None,
+            })
+            .min();
         for p in patch.ids {
             let &(token, _) = prev.get(p.row).ok_or_else(|| {
                 err(format!(
@@ -85,6 +101,11 @@ impl CudaProgram {
             })?;
             if p.index >= n {
                 return Err(err(format!("element {} of {n} ids", p.index)));
+            }
+            if let Some(rows) = rows.filter(|&r| token as usize >= r) {
+                return Err(err(format!(
+                    "the previous run picked token {token}, outside the {rows} rows of the embedding"
+                )));
             }
             let at = offsets[i] + p.index * size;
             let bytes = i64::from(token).to_le_bytes();
@@ -354,17 +375,19 @@ impl CudaProgram {
         }
         // The run submitted before this one ends here, once this run's host
         // work is done: its picks are the ids the host could not know.
-        let finished = self.finish_pending()?;
+        let finished = self.finish_pending();
         if let Some(patch) = patch.filter(|p| !p.ids.is_empty()) {
-            let prev = self
-                .collected
-                .back()
-                .filter(|_| finished)
-                .ok_or_else(|| CodegenError::Input {
-                    name: patch.input.into(),
-                    message: "ids from the previous run's picks, but no run was submitted before".into(),
-                })?;
-            self.patch_ids(&mut arena, &offsets, inputs, &patch, prev)?;
+            let prev = match self.collected.back() {
+                Some(Ok(p)) if finished => p,
+                Some(Err(e)) if finished => return Err(node_err(&self.graph.name)(e.clone())),
+                _ => {
+                    return Err(CodegenError::Input {
+                        name: patch.input.into(),
+                        message: "ids from the previous run's picks, but no run was submitted before".into(),
+                    })
+                }
+            };
+            self.patch_ids(&mut arena, &offsets, inputs, dims, &patch, prev)?;
         }
         // Decode steps (one token per sequence, all on the GPU) replay a
         // graph captured on the first step of their shape.
