@@ -6,8 +6,11 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, sample, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, sample, ab, gemvbench, profile, graphprof, ncu, ncudetail, peer.
 # Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p and top-p alone).
+# `ab` runs the workloads with switch AB_VAR (default OPTC_ASYNC_SCHEDULING; e.g.
+# OPTC_CUDA_PDL) at 1, 0, 1, 0 in one call; `gemvbench` compiles and runs
+# kernels/bench/gemv_bench.cu (the decode GEMV geometries) with nvcc.
 # PROFILE_WORKLOADS (default "W1 W2 W3") picks the workloads of the profile stage,
 # NCU_DETAIL the "WORKLOAD:kernel-regex:launches-to-skip" of the ncudetail stage.
 set -u
@@ -29,7 +32,7 @@ if has tests; then
   echo "== tests"
   "$DEV"/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
 fi
-if has compile || has bench || has sample || has profile || has graphprof || has ncu || has ncudetail || has peer; then
+if has compile || has bench || has sample || has ab || has profile || has graphprof || has ncu || has ncudetail || has peer; then
   if [ ! -e $MODEL/config.json ]; then
     python3 .device/hf_baseline.py --parts save_model --model-dir $MODEL 2>&1 | tail -2
   fi
@@ -52,6 +55,18 @@ if has sample; then
     "$BIN" bench $MODEL --target nvrtc --workloads W1,W2,W3 --reps 1 --max-num-tokens 16384 --json \
       --temperature 0.8 $flags 2>&1 | tee -a "$OUT/optc_sample.jsonl" | grep -E "workload|rror"
   done
+fi
+if has ab; then
+  AB_VAR=${AB_VAR:-OPTC_ASYNC_SCHEDULING}
+  for v in 1 0 1 0; do
+    echo "== optc bench with $AB_VAR=$v"
+    env "$AB_VAR=$v" "$BIN" bench $MODEL --target nvrtc --workloads W1,W2,W3 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror"
+  done
+fi
+if has gemvbench; then
+  echo "== decode GEMV geometries (kernels/bench/gemv_bench.cu)"
+  nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/gemv_bench kernels/bench/gemv_bench.cu 2>&1 | grep -i error
+  /tmp/gemv_bench | tee "$OUT/gemv_bench.txt"
 fi
 if has profile; then
   echo "== optc bench per workload with OPTC_CUDA_PROFILE=1 (GPU time per kernel kind)"
