@@ -8,7 +8,7 @@
 
 use optc::executor::gpu_step_inputs;
 use optc::ir::DType;
-use optc::runtime::engine::{Engine, Executor, StepSeq};
+use optc::runtime::engine::{Engine, Executor, RowSampling, StepSeq};
 use optc::runtime::sampler::SamplingParams;
 use optc::runtime::scheduler::SchedulerConfig;
 
@@ -21,10 +21,25 @@ const BLOCK: usize = 16;
 const MAX_LEN: usize = 4096;
 
 /// Answers every step instantly with token 1, after building the inputs a
-/// GPU step would copy up.
-struct HostOnly;
+/// GPU step would copy up; with `submit`, steps are submitted ahead
+/// (asynchronous scheduling, as the CUDA executor does).
+struct HostOnly {
+    submit: bool,
+    queue: std::collections::VecDeque<Vec<(u32, f32)>>,
+}
 
 impl Executor for HostOnly {
+    fn submit(&mut self, seqs: &[StepSeq], _: Option<&[RowSampling]>) -> Option<Result<(), String>> {
+        if !self.submit {
+            return None;
+        }
+        Some(self.step_greedy(seqs)?.map(|p| self.queue.push_back(p)))
+    }
+
+    fn collect(&mut self) -> Result<Vec<(u32, f32)>, String> {
+        self.queue.pop_front().ok_or_else(|| "nothing submitted".into())
+    }
+
     fn step(&mut self, _: &[StepSeq]) -> Result<Vec<Vec<f32>>, String> {
         Err("the host-only executor picks greedy tokens only".into())
     }
@@ -38,7 +53,7 @@ impl Executor for HostOnly {
 }
 
 /// An engine with `batch` requests past their prefill.
-fn decoding_engine(batch: usize) -> Engine<HostOnly> {
+fn decoding_engine(batch: usize, submit: bool) -> Engine<HostOnly> {
     let cfg = SchedulerConfig {
         max_batch_size: batch,
         max_num_tokens: 16_384,
@@ -47,7 +62,11 @@ fn decoding_engine(batch: usize) -> Engine<HostOnly> {
         max_model_len: MAX_LEN,
         vocab_size: 128_256,
     };
-    let mut e = Engine::new(cfg, HostOnly, vec![]);
+    let exec = HostOnly {
+        submit,
+        queue: Default::default(),
+    };
+    let mut e = Engine::new(cfg, exec, vec![]);
     let params = SamplingParams {
         ignore_eos: true,
         ..SamplingParams::greedy(MAX_LEN - PROMPT)
@@ -65,10 +84,21 @@ fn decoding_engine(batch: usize) -> Engine<HostOnly> {
     e
 }
 
-/// One decode step's host work at `batch` sequences.
+/// One decode step's host work at `batch` sequences, each step waiting
+/// for its tokens.
 #[divan::bench(args = [1, 32, 128], sample_count = 40, sample_size = 20)]
 fn decode_step(bencher: divan::Bencher, batch: usize) {
-    let mut e = decoding_engine(batch);
+    let mut e = decoding_engine(batch, false);
+    bencher
+        .counter(divan::counter::ItemsCount::new(batch))
+        .bench_local(|| e.step().expect("step runs"));
+}
+
+/// The same with asynchronous scheduling: the next step planned and
+/// submitted before this one's tokens are applied.
+#[divan::bench(args = [1, 32, 128], sample_count = 40, sample_size = 20)]
+fn decode_step_async(bencher: divan::Bencher, batch: usize) {
+    let mut e = decoding_engine(batch, true);
     bencher
         .counter(divan::counter::ItemsCount::new(batch))
         .bench_local(|| e.step().expect("step runs"));

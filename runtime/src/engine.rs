@@ -2,9 +2,9 @@
 //! update, until every request is done. Targets plug in through
 //! [`Executor`]; the runtime around it is the same for all of them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use crate::block_manager::{BlockId, SeqId};
+use crate::block_manager::{BlockId, SeqId, SeqMap};
 use crate::sampler::{sample, Rng, Sample, SamplingParams};
 use crate::scheduler::{FinishReason, RequestError, Scheduler, SchedulerConfig, StepPlan};
 
@@ -187,7 +187,7 @@ struct InFlight {
 pub struct Engine<E: Executor> {
     sched: Scheduler,
     exec: E,
-    rngs: HashMap<SeqId, Rng>,
+    rngs: SeqMap<Rng>,
     eos: Vec<u32>,
     next_id: SeqId,
     inflight: Option<InFlight>,
@@ -202,7 +202,7 @@ impl<E: Executor> Engine<E> {
         Engine {
             sched: Scheduler::new(cfg),
             exec,
-            rngs: HashMap::new(),
+            rngs: SeqMap::default(),
             eos,
             next_id: 0,
             inflight: None,
@@ -330,7 +330,7 @@ impl<E: Executor> Engine<E> {
     /// rows of the step in flight, whose picks are the placeholders.
     fn step_seqs(&self, plan: &StepPlan, prev_rows: Option<&[SeqId]>) -> Vec<StepSeq> {
         let history = self.exec.needs_history();
-        let row_of: HashMap<SeqId, usize> = prev_rows
+        let row_of: SeqMap<usize> = prev_rows
             .unwrap_or_default()
             .iter()
             .enumerate()

@@ -11,9 +11,9 @@
 //! recomputed from its prompt and the tokens it already generated. A request
 //! is never dropped or duplicated: it is waiting, running or finished.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
-use crate::block_manager::{BlockError, BlockManager, SeqId};
+use crate::block_manager::{BlockError, BlockManager, SeqId, SeqMap};
 use crate::sampler::SamplingParams;
 
 /// Limits of a step and of the cache.
@@ -263,8 +263,7 @@ impl Scheduler {
             (q.computed < q.len().saturating_sub(1), q.admitted)
         });
         for seq in order {
-            if !self.running.contains(&seq) || budget == 0 || plan.scheduled.len() >= self.cfg.max_batch_size
-            {
+            if !self.is_running(seq) || budget == 0 || plan.scheduled.len() >= self.cfg.max_batch_size {
                 continue;
             }
             let (computed, len) = (self.seqs[&seq].computed, self.seqs[&seq].len());
@@ -301,7 +300,7 @@ impl Scheduler {
                 // A preempted sequence's tokens this step go back to the budget.
                 budget = self.cfg.max_num_tokens - plan.num_tokens();
             }
-            if !self.running.contains(&seq) {
+            if !self.is_running(seq) {
                 continue;
             }
             plan.scheduled.push(Scheduled {
@@ -346,7 +345,7 @@ impl Scheduler {
     pub fn update(&mut self, plan: &StepPlan, sampled: &BTreeMap<SeqId, u32>) -> Vec<Finished> {
         let mut done = Vec::new();
         for s in &plan.scheduled {
-            if !self.running.contains(&s.seq) {
+            if !self.is_running(s.seq) {
                 continue;
             }
             let q = self.seqs.get_mut(&s.seq).expect("known");
@@ -373,13 +372,14 @@ impl Scheduler {
     /// (a sequence whose token is in flight must not lose its blocks): the
     /// caller then finishes `inflight` first and plans as usual.
     pub fn schedule_ahead(&mut self, inflight: &StepPlan) -> Option<StepPlan> {
-        let samples: HashSet<SeqId> = inflight
+        let samples: SeqMap<()> = inflight
             .scheduled
             .iter()
             .filter(|s| s.sample)
-            .map(|s| s.seq)
+            .map(|s| (s.seq, ()))
             .collect();
-        let grows = |q: &Seq, seq: SeqId| samples.contains(&seq) && q.output.len() + 1 < q.params.max_tokens;
+        let grows =
+            |q: &Seq, seq: SeqId| samples.contains_key(&seq) && q.output.len() + 1 < q.params.max_tokens;
         let mut need = 0;
         for &seq in &self.running {
             let q = &self.seqs[&seq];
@@ -396,7 +396,7 @@ impl Scheduler {
             return None;
         }
         for s in &inflight.scheduled {
-            if !self.running.contains(&s.seq) {
+            if !self.is_running(s.seq) {
                 continue;
             }
             self.blocks.mark_computed(s.seq, s.tokens.len()).expect("running");
@@ -416,7 +416,7 @@ impl Scheduler {
     pub fn update_ahead(&mut self, plan: &StepPlan, sampled: &BTreeMap<SeqId, u32>) -> Vec<Finished> {
         let mut done = Vec::new();
         for s in plan.scheduled.iter().filter(|s| s.sample) {
-            if !self.running.contains(&s.seq) {
+            if !self.is_running(s.seq) {
                 continue;
             }
             if let Some(f) = sampled.get(&s.seq).and_then(|&tok| self.accept(s.seq, tok)) {
@@ -429,7 +429,9 @@ impl Scheduler {
     /// Whether a request is running (has blocks), so a token it sampled
     /// counts: not finished, aborted, waiting or preempted.
     pub fn is_running(&self, seq: SeqId) -> bool {
-        self.running.contains(&seq)
+        // Running is having blocks (admission allocates them; preemption,
+        // finishing and aborting free them): one map lookup, not a scan.
+        self.blocks.block_table(seq).is_some()
     }
 
     /// Gives a running sequence its sampled token (in place of its
