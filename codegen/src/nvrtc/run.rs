@@ -375,12 +375,15 @@ impl CudaProgram {
         }
         // The run submitted before this one ends here, once this run's host
         // work is done: its picks are the ids the host could not know.
-        let finished = self.finish_pending();
+        self.finish_pending();
         if let Some(patch) = patch.filter(|p| !p.ids.is_empty()) {
+            // The last run submitted is the newest one read (runs are read
+            // in order, and the caller collects a run only after submitting
+            // the next).
             let prev = match self.collected.back() {
-                Some(Ok(p)) if finished => p,
-                Some(Err(e)) if finished => return Err(node_err(&self.graph.name)(e.clone())),
-                _ => {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => return Err(node_err(&self.graph.name)(e.clone())),
+                None => {
                     return Err(CodegenError::Input {
                         name: patch.input.into(),
                         message: "ids from the previous run's picks, but no run was submitted before".into(),
