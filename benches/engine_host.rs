@@ -88,17 +88,18 @@ fn decoding_engine(batch: usize, submit: bool) -> Engine<HostOnly> {
 /// for its tokens.
 #[divan::bench(args = [1, 32, 128], sample_count = 40, sample_size = 20)]
 fn decode_step(bencher: divan::Bencher, batch: usize) {
-    let mut e = decoding_engine(batch, false);
-    bencher
-        .counter(divan::counter::ItemsCount::new(batch))
-        .bench_local(|| e.step().expect("step runs"));
+    bench_steps(bencher, batch, false);
 }
 
 /// The same with asynchronous scheduling: the next step planned and
 /// submitted before this one's tokens are applied.
 #[divan::bench(args = [1, 32, 128], sample_count = 40, sample_size = 20)]
 fn decode_step_async(bencher: divan::Bencher, batch: usize) {
-    let mut e = decoding_engine(batch, true);
+    bench_steps(bencher, batch, true);
+}
+
+fn bench_steps(bencher: divan::Bencher, batch: usize, submit: bool) {
+    let mut e = decoding_engine(batch, submit);
     bencher
         .counter(divan::counter::ItemsCount::new(batch))
         .bench_local(|| e.step().expect("step runs"));

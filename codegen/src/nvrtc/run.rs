@@ -50,15 +50,15 @@ impl CudaProgram {
     }
 
     /// Writes `prev`'s picked tokens over the ids `patch` names, in the
-    /// input arena (little-endian, in the ids input's integer type), after
-    /// the check `execute` makes of ids a gather indexes with: each must
-    /// be a row of every table the ids input indexes.
+    /// input arena (little-endian, in the ids input's integer type), with
+    /// the check `execute` makes of ids a gather indexes with: each must be
+    /// below `gather_rows` of its input.
     fn patch_ids(
         &self,
         arena: &mut [u8],
         offsets: &[usize],
         inputs: &BTreeMap<String, Tensor>,
-        dims: &[Vec<usize>],
+        gather_rows: &[usize],
         patch: &IdsPatch,
         prev: &[(u32, f32)],
     ) -> Result<(), CodegenError> {
@@ -78,19 +78,7 @@ impl CudaProgram {
             d => return Err(err(format!("token ids of type {d:?}"))),
         };
         let n = inputs.get(patch.input).map_or(0, Tensor::numel);
-        let rows = self
-            .steps
-            .iter()
-            .filter(|s| s.args.get(1) == Some(&self.inputs[i].1))
-            .filter_map(|s| match (&s.exec, &s.op) {
-                (Exec::Kernel(Kernel::Embedding, _), _) => Some(dims[s.args[0]][0]),
-                (Exec::Kernel(Kernel::IndexSelect, _), Op::IndexSelect(ix)) => {
-                    let d = &dims[s.args[0]];
-                    normalize_axis(ix.axis, d.len()).ok().map(|a| d[a])
-                }
-                _ => None,
-            })
-            .min();
+        let rows = gather_rows[i];
         for p in patch.ids {
             let &(token, _) = prev.get(p.row).ok_or_else(|| {
                 err(format!(
@@ -102,7 +90,7 @@ impl CudaProgram {
             if p.index >= n {
                 return Err(err(format!("element {} of {n} ids", p.index)));
             }
-            if let Some(rows) = rows.filter(|&r| token as usize >= r) {
+            if token as usize >= rows {
                 return Err(err(format!(
                     "the previous run picked token {token}, outside the {rows} rows of the embedding"
                 )));
@@ -176,6 +164,9 @@ impl CudaProgram {
                 _ => None,
             }
         };
+        // Per input: the rows of the smallest table a gather indexes with
+        // it (what ids written in later must stay below).
+        let mut gather_rows = vec![usize::MAX; self.inputs.len()];
         let mut attn: HashMap<usize, AttentionRun> = HashMap::new();
         type MetaKey = (Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>);
         let mut seen: HashMap<MetaKey, usize> = HashMap::new();
@@ -190,6 +181,9 @@ impl CudaProgram {
                         }
                         _ => dims[table][0],
                     };
+                    if let Loc::Input(i) = self.locs[idx] {
+                        gather_rows[i] = gather_rows[i].min(len);
+                    }
                     if let Some(ids) = host_i64(idx) {
                         let neg_ok = matches!(s.op, Op::IndexSelect(_));
                         if let Some(&bad) = ids
@@ -390,7 +384,7 @@ impl CudaProgram {
                     })
                 }
             };
-            self.patch_ids(&mut arena, &offsets, inputs, dims, &patch, prev)?;
+            self.patch_ids(&mut arena, &offsets, inputs, &gather_rows, &patch, prev)?;
         }
         // Decode steps (one token per sequence, all on the GPU) replay a
         // graph captured on the first step of their shape.
