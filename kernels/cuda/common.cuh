@@ -76,7 +76,8 @@ template <typename T> __device__ __forceinline__ float rnd(float v) {
     return ld(&t);
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
+// Sum over the warp, of floats or of 64-bit integers (exact masses).
+template <typename V> __device__ __forceinline__ V warp_sum(V v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -89,15 +90,15 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every
-// thread gets the result. `scratch` holds 32 floats.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// thread gets the result. `scratch` holds 32 values.
+template <typename V> __device__ __forceinline__ V block_sum(V v, V* scratch) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     v = warp_sum(v);
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     int nw = blockDim.x >> 5;
-    v = lane < nw ? scratch[lane] : 0.f;
+    v = lane < nw ? scratch[lane] : V(0);
     return warp_sum(v);
 }
 

@@ -179,23 +179,6 @@ __device__ __forceinline__ u64 sample_mass(float z, float m) {
     return e > 0.f ? (u64)(e * OPTC_MASS_ONE) : 0ull;
 }
 
-__device__ __forceinline__ u64 warp_sum_u64(u64 v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ u64 block_sum_u64(u64 v, u64* scratch) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum_u64(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    int nw = blockDim.x >> 5;
-    v = lane < nw ? scratch[lane] : 0ull;
-    return warp_sum_u64(v);
-}
-
 // Exclusive prefix sum over the block in thread order; `*total` gets the
 // sum. `scratch` holds 33 values.
 __device__ __forceinline__ u64 block_exclusive_u64(u64 v, u64* scratch, u64* total) {
@@ -336,6 +319,15 @@ struct SampleFast {
     int last_bin, n, keep;
 };
 
+// Nothing left to draw from: token 0 with log probability -inf, as the
+// host sampler gives.
+__device__ __forceinline__ void sample_none(int* out, float* lp, i64 r) {
+    if (threadIdx.x == 0) {
+        out[r] = 0;
+        lp[r] = -OPTC_INF;
+    }
+}
+
 // Whether candidate a comes before candidate b in the host's order.
 __device__ __forceinline__ bool sample_before(const SampleFast& f, int a, int b) {
     return f.key[a] > f.key[b] || (f.key[a] == f.key[b] && f.id[a] < f.id[b]);
@@ -367,7 +359,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         }
     }
     m = block_max(m, fred);
-    valid = block_sum_u64(valid, ured);
+    valid = block_sum(valid, ured);
     if (valid == 0 || m == OPTC_INF) {
         // Nothing to sample (the host sampler also gives token 0).
         if (threadIdx.x == 0) {
@@ -397,7 +389,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         }
     }
     se = block_sum(se, fred);
-    total = block_sum_u64(total, ured);
+    total = block_sum(total, ured);
     const u64 top_p_target =
         min(max((u64)ceil((double)p.top_p * (double)total), 1ull), total);
 
@@ -488,10 +480,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         const int keep = f.keep;
         const u64 kept = f.cum[keep - 1];
         if (kept == 0) {
-            if (threadIdx.x == 0) {
-                out[r] = 0;
-                lp[r] = -OPTC_INF;
-            }
+            sample_none(out, lp, r);
             return;
         }
         u64 goal = (u64)(p.u * (double)kept);
@@ -566,12 +555,9 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         unsigned k;
         all += kept(i, k);
     }
-    all = block_sum_u64(all, ured);
+    all = block_sum(all, ured);
     if (all == 0) {
-        if (threadIdx.x == 0) {
-            out[r] = 0;
-            lp[r] = -OPTC_INF;
-        }
+        sample_none(out, lp, r);
         return;
     }
     u64 goal = (u64)(p.u * (double)all);
