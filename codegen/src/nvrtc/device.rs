@@ -35,10 +35,12 @@ pub(crate) struct Gpu {
     pub sms: u32,
     pub name: String,
     pub arch: (i32, i32),
-    /// Launch the GEMVs with programmatic dependent launch (sm_90 and
-    /// later; `OPTC_CUDA_PDL=0` turns it off): each may start while the
-    /// kernel before it runs, streaming its first weights (which no kernel
-    /// writes) before it waits for that kernel (`pdl_wait` in common.cuh).
+    /// Launch kernels that ask for it (`launch_dependent!`: the decode
+    /// GEMVs, and at ≤ 4 tokens rope + cache and decode attention) with
+    /// programmatic dependent launch (sm_90 and later; `OPTC_CUDA_PDL=0`
+    /// turns it off): each may start while the kernel before it runs; a
+    /// GEMV streams its first weights (which no kernel writes) before it
+    /// waits for that kernel (`pdl_wait` in common.cuh).
     pub pdl: bool,
     module: Option<Arc<CudaModule>>,
     /// Optional kernels in their own module (the tensor-core prefill).
