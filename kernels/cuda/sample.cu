@@ -101,6 +101,21 @@ extern "C" __global__ void argmax_combine(const float* part, int* out, float* lp
     argmax_combine_impl(part, out, lp, chunks);
 }
 
+// Asynchronous scheduling: a decode step planned before the step ahead of
+// it picked its tokens takes them from that step's pick buffer (tokens
+// first) on the GPU, so it can be queued before the step ahead ends.
+// map[2j] is an element of the ids input, map[2j + 1] the pick row it
+// takes; `i64` says the ids are 64-bit.
+extern "C" __global__ void ids_from_picks(void* ids, const int* picks, const int* map, int count, int i64ids) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= count) return;
+    const int index = map[2 * j], tok = picks[map[2 * j + 1]];
+    if (i64ids)
+        reinterpret_cast<long long*>(ids)[index] = tok;
+    else
+        reinterpret_cast<int*>(ids)[index] = tok;
+}
+
 #define OPTC_ARGMAX(T, N)                                                                        \
     extern "C" __global__ void argmax_part_##N(const T* x, float* part, int cols, int chunk) {  \
         argmax_part_impl<T>(x, part, cols, chunk);                                               \
