@@ -82,8 +82,9 @@ pub(super) struct PendingPicks {
     /// The run's output buffers, released with `buf` (pool buffers unless
     /// `captured`).
     pub(super) ptr: Vec<u64>,
-    /// The pinned slot the picks are copied to, and the event after it.
-    pub(super) host: (usize, cudarc::driver::CudaEvent),
+    /// The pinned slot the picks are copied to, and the event after it
+    /// (`None` once read, or when the copy could not be queued).
+    pub(super) host: Option<(usize, cudarc::driver::CudaEvent)>,
 }
 
 /// A page-locked host buffer picks are copied to asynchronously (a copy to
@@ -204,42 +205,85 @@ impl CudaProgram {
             .ok_or_else(|| node_err(&self.graph.name)("the run picked no tokens".to_string()))?;
         let (v, _) = self.pick_output(output)?;
         let (rows, cols) = (ex.dims.dims[v][0], ex.dims.dims[v][1]);
-        // The picks go to a pinned slot right behind the run, so the host
-        // reads them without a sync and the next run may reuse the buffers.
+        match self.copy_picks_back(buf, rows) {
+            Ok(host) => {
+                self.pending.push_back(PendingPicks {
+                    buf,
+                    rows,
+                    cols,
+                    captured: ex.captured,
+                    ptr: ex.ptr,
+                    host: Some(host),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                // The run is queued but cannot be read: let it end, read
+                // the runs before (so none points at buffers it reused) and
+                // give its buffers back.
+                let _ = self.gpu.sync();
+                self.finish_pending();
+                let mut p = PendingPicks {
+                    buf,
+                    rows,
+                    cols,
+                    captured: ex.captured,
+                    ptr: ex.ptr,
+                    host: None,
+                };
+                self.release_picked(&mut p);
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues the copy of a run's picks to a free pinned slot, right behind
+    /// the run (so the next run may reuse its buffers and the host reads
+    /// them without a sync); returns the slot and the event after the copy.
+    fn copy_picks_back(
+        &mut self,
+        buf: u64,
+        rows: usize,
+    ) -> Result<(usize, cudarc::driver::CudaEvent), CodegenError> {
+        let err = node_err(&self.graph.name);
+        self.gpu.ctx.bind_to_thread().map_err(|e| err(e.to_string()))?;
         let slot = (0..)
-            .find(|i| self.pending.iter().all(|p| p.host.0 != *i))
+            .find(|i| {
+                self.pending
+                    .iter()
+                    .all(|p| p.host.as_ref().is_none_or(|h| h.0 != *i))
+            })
             .unwrap_or(0);
         let bytes = rows.max(1) * 8;
         if self.pinned.len() <= slot || self.pinned[slot].cap < bytes {
-            let b = PinnedPicks::new(bytes.next_power_of_two()).map_err(node_err(&self.graph.name))?;
+            let b = PinnedPicks::new(bytes.next_power_of_two()).map_err(&err)?;
             if self.pinned.len() <= slot {
                 self.pinned.push(b);
             } else {
                 self.pinned[slot] = b;
             }
         }
-        // SAFETY: the slot holds `bytes`, no other copy targets it, and
-        // `buf` holds the run's `rows` picks.
-        unsafe {
-            cudarc::driver::sys::cuMemcpyDtoHAsync_v2(
-                self.pinned[slot].ptr.cast(),
-                buf,
-                rows * 8,
-                self.gpu.stream.cu_stream(),
-            )
+        if rows > 0 {
+            // SAFETY: the slot holds `bytes`, no pending copy targets it,
+            // and `buf` holds the run's `rows` picks.
+            unsafe {
+                cudarc::driver::sys::cuMemcpyDtoHAsync_v2(
+                    self.pinned[slot].ptr.cast(),
+                    buf,
+                    rows * 8,
+                    self.gpu.stream.cu_stream(),
+                )
+            }
+            .result()
+            .map_err(|e| err(format!("copying picks back: {e}")))?;
         }
-        .result()
-        .map_err(|e| node_err(&self.graph.name)(format!("copying picks back: {e}")))?;
-        let event = self.record_event()?;
-        self.pending.push_back(PendingPicks {
-            buf,
-            rows,
-            cols,
-            captured: ex.captured,
-            ptr: ex.ptr,
-            host: (slot, event),
-        });
-        Ok(())
+        let event = self
+            .gpu
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
+            .and_then(|e| e.record(&self.gpu.stream).map(|_| e))
+            .map_err(|e| err(e.to_string()))?;
+        Ok((slot, event))
     }
 
     /// The picks of the oldest submitted run not collected yet (waiting
@@ -267,6 +311,8 @@ impl CudaProgram {
             let r = self.read_pending(p);
             self.collected.push_back(r);
         }
+        // No run is in flight now (the synchronous ones were waited for).
+        self.retired.clear();
         any
     }
 
@@ -274,14 +320,17 @@ impl CudaProgram {
     /// them and releases the run's buffers (outside a graph).
     fn read_pending(&mut self, mut p: PendingPicks) -> Result<Vec<(u32, f32)>, String> {
         let t_wait = std::time::Instant::now();
-        let r = p
-            .host
-            .1
-            .synchronize()
-            .map_err(|e| format!("waiting for picks: {e}"));
+        let Some((slot, event)) = p.host.take() else {
+            return Err("a run whose picks were never copied back".into());
+        };
+        let r = event.synchronize().map_err(|e| format!("waiting for picks: {e}"));
+        if r.is_ok() {
+            // What the runs up to this one read is free to go.
+            self.retired.clear();
+        }
         let r = r.map(|()| {
             // SAFETY: the copy into the slot finished (the event after it).
-            let bytes = unsafe { std::slice::from_raw_parts(self.pinned[p.host.0].ptr, p.rows * 8) };
+            let bytes = unsafe { std::slice::from_raw_parts(self.pinned[slot].ptr, p.rows * 8) };
             parse_picks(bytes, p.rows)
         });
         if p.captured {

@@ -100,6 +100,7 @@ impl Drop for CudaProgram {
         let _ = self.gpu.sync();
         self.pending.clear();
         self.pinned.clear();
+        self.retired.clear();
         if let Some(p) = &self.profile {
             eprint!("{}", p.report());
         }

@@ -185,6 +185,10 @@ pub struct CudaProgram {
     pub(super) pinned: Vec<super::pick::PinnedPicks>,
     /// The (ids element, pick row) pairs `ids_from_picks` reads.
     pub(super) ids_map: Option<DeviceBox>,
+    /// Device buffers replaced while a run that reads them may be in
+    /// flight; freed once the runs in flight are read (freeing at once
+    /// would wait for the whole device).
+    pub(super) retired: Vec<DeviceBox>,
     pub(super) collected: std::collections::VecDeque<Result<Vec<(u32, f32)>, String>>,
 }
 
@@ -782,6 +786,7 @@ impl CudaProgram {
             pending: Default::default(),
             pinned: Vec::new(),
             ids_map: None,
+            retired: Vec::new(),
             collected: Default::default(),
         })
     }

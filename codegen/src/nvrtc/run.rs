@@ -103,6 +103,8 @@ impl CudaProgram {
         }
         let picks = prev.buf;
         if self.ids_map.as_ref().is_none_or(|b| b.bytes < map.len()) {
+            // The run in flight's own copy may still read the old map.
+            self.retired.extend(self.ids_map.take());
             self.ids_map =
                 Some(DeviceBox::new(map.len().next_power_of_two()).map_err(node_err(&self.graph.name))?);
         }
@@ -554,7 +556,8 @@ impl CudaProgram {
             }
         }
         if self.arena.as_ref().is_none_or(|b| b.bytes < arena.len()) {
-            self.arena = None;
+            // A run still in flight may read the old one.
+            self.retired.extend(self.arena.take());
             let cap = (arena.len().max(1 << 20)).next_power_of_two();
             self.arena = Some(DeviceBox::new(cap).map_err(node_err(&self.graph.name))?);
         }
