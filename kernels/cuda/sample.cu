@@ -101,6 +101,21 @@ extern "C" __global__ void argmax_combine(const float* part, int* out, float* lp
     argmax_combine_impl(part, out, lp, chunks);
 }
 
+// Asynchronous scheduling: a decode step planned before the step ahead of
+// it picked its tokens takes them from that step's pick buffer (tokens
+// first) on the GPU, so it can be queued before the step ahead ends.
+// map[2j] is an element of the ids input, map[2j + 1] the pick row it
+// takes; `i64` says the ids are 64-bit.
+extern "C" __global__ void ids_from_picks(void* ids, const int* picks, const int* map, int count, int i64ids) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= count) return;
+    const int index = map[2 * j], tok = picks[map[2 * j + 1]];
+    if (i64ids)
+        reinterpret_cast<long long*>(ids)[index] = tok;
+    else
+        reinterpret_cast<int*>(ids)[index] = tok;
+}
+
 #define OPTC_ARGMAX(T, N)                                                                        \
     extern "C" __global__ void argmax_part_##N(const T* x, float* part, int cols, int chunk) {  \
         argmax_part_impl<T>(x, part, cols, chunk);                                               \
@@ -153,6 +168,42 @@ __device__ __forceinline__ float key_value(unsigned k) {
 template <typename T> __device__ __forceinline__ float scaled_logit(const T* x, int i, float t) {
     float v = ld(&x[i]);
     return (t > 0.f ? __fdiv_rn(v, t) : v) + 0.f;
+}
+
+// Calls f(i, z) with every element's scaled logit. One block walks a row
+// that lives in L2 (the LM head just wrote it), so what bounds a pass is
+// the loads in flight: each thread takes runs of 16 bytes (8 bf16), four
+// runs loaded before any is used; scalar loads for the tail and for rows
+// that are not 16-byte aligned. The elements a thread visits differ from
+// a scalar walk's, so only order-free reductions may depend on them.
+template <typename T, class F> __device__ __forceinline__ void for_each_scaled(const T* x, int n, float t, F&& f) {
+    constexpr int V = 16 / sizeof(T), U = 4;
+    int done = 0;
+    if ((reinterpret_cast<unsigned long long>(x) & 15ull) == 0) {
+        const int nv = n / V;
+        const uint4* xv = reinterpret_cast<const uint4*>(x);
+        for (int j0 = threadIdx.x; j0 < nv; j0 += U * blockDim.x) {
+            uint4 raw[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int j = j0 + u * blockDim.x;
+                raw[u] = j < nv ? xv[j] : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int j = j0 + u * blockDim.x;
+                if (j >= nv) break;
+                const T* e = reinterpret_cast<const T*>(&raw[u]);
+#pragma unroll
+                for (int q = 0; q < V; ++q) {
+                    const float v = ld(&e[q]);
+                    f(j * V + q, (t > 0.f ? __fdiv_rn(v, t) : v) + 0.f);
+                }
+            }
+        }
+        done = nv * V;
+    }
+    for (int i = done + threadIdx.x; i < n; i += blockDim.x) f(i, scaled_logit(x, i, t));
 }
 
 // NaN and -inf are never sampled: key 0, below every other key.
@@ -351,13 +402,12 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     // The row's maximum and how many elements can be sampled.
     float m = -OPTC_INF;
     u64 valid = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float z = scaled_logit(x, i, t);
+    for_each_scaled(x, n, t, [&](int, float z) {
         if (sample_key(z)) {
             m = fmaxf(m, z);
             ++valid;
         }
-    }
+    });
     m = block_max(m, fred);
     valid = block_sum(valid, ured);
     if (valid == 0 || m == OPTC_INF) {
@@ -377,8 +427,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     __syncthreads();
     float se = 0.f;
     u64 total = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float z = scaled_logit(x, i, t);
+    for_each_scaled(x, n, t, [&](int, float z) {
         if (sample_key(z)) {
             const float e = expf(z - m);
             se += e;
@@ -387,7 +436,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             atomicAdd(&f.count[b], 1u);
             atomicAdd(&f.mass[b], e);
         }
-    }
+    });
     se = block_sum(se, fred);
     total = block_sum(total, ured);
     const u64 top_p_target =
@@ -421,15 +470,14 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     if (cands <= SAMPLE_CAP) {
         // Gather the candidates (in any order; the sort orders them).
         const int last = f.last_bin;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            float z = scaled_logit(x, i, t);
+        for_each_scaled(x, n, t, [&](int i, float z) {
             unsigned k = sample_key(z);
             if (k && sample_bin(z, m) <= last) {
                 const int slot = atomicAdd(&f.n, 1);
                 f.key[slot] = k;
                 f.id[slot] = i;
             }
-        }
+        });
         __syncthreads();
         int pn = 1;
         while (pn < cands) pn <<= 1;

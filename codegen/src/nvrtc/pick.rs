@@ -69,15 +69,50 @@ impl SampleRow {
     }
 }
 
-/// A submitted run ([`CudaProgram::submit_pick`]) whose picks are still
-/// on the GPU.
+/// A submitted run ([`CudaProgram::submit_pick`]) whose picks are not
+/// read yet.
 pub(super) struct PendingPicks {
-    buf: u64,
-    rows: usize,
-    captured: bool,
-    /// The run's output buffers, released once the picks are read (pool
-    /// buffers unless `captured`).
-    ptr: Vec<u64>,
+    /// The picks on the GPU (tokens, then log probabilities); 0 once
+    /// released (a run outside a graph, after the next run read them).
+    pub(super) buf: u64,
+    pub(super) rows: usize,
+    /// Columns of the logits they were picked from (a token's bound).
+    pub(super) cols: usize,
+    pub(super) captured: bool,
+    /// The run's output buffers, released with `buf` (pool buffers unless
+    /// `captured`).
+    pub(super) ptr: Vec<u64>,
+    /// The pinned slot the picks are copied to, and the event after it
+    /// (`None` once read, or when the copy could not be queued).
+    pub(super) host: Option<(usize, cudarc::driver::CudaEvent)>,
+}
+
+/// A page-locked host buffer picks are copied to asynchronously (a copy to
+/// pageable memory would wait for the GPU).
+pub(super) struct PinnedPicks {
+    ptr: *mut u8,
+    cap: usize,
+}
+
+impl PinnedPicks {
+    fn new(cap: usize) -> Result<PinnedPicks, String> {
+        let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
+        // SAFETY: cuMemAllocHost writes a pointer to `cap` bytes into `p`.
+        unsafe { cudarc::driver::sys::cuMemAllocHost_v2(&mut p, cap) }
+            .result()
+            .map_err(|e| format!("pinned host memory for picks: {e}"))?;
+        Ok(PinnedPicks { ptr: p.cast(), cap })
+    }
+}
+
+impl Drop for PinnedPicks {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemAllocHost; no copy into it is pending
+        // (the program syncs its stream before dropping these).
+        unsafe {
+            let _ = cudarc::driver::sys::cuMemFreeHost(self.ptr.cast());
+        }
+    }
 }
 
 /// Token ids of a submitted run that are the previous run's picks:
@@ -168,48 +203,155 @@ impl CudaProgram {
         let buf = ex
             .picked
             .ok_or_else(|| node_err(&self.graph.name)("the run picked no tokens".to_string()))?;
-        self.pending = Some(PendingPicks {
-            buf,
-            rows: ex.dims.dims[self.pick_output(output)?.0][0],
-            captured: ex.captured,
-            ptr: ex.ptr,
-        });
-        Ok(())
+        let (v, _) = self.pick_output(output)?;
+        let (rows, cols) = (ex.dims.dims[v][0], ex.dims.dims[v][1]);
+        match self.copy_picks_back(buf, rows) {
+            Ok(host) => {
+                self.pending.push_back(PendingPicks {
+                    buf,
+                    rows,
+                    cols,
+                    captured: ex.captured,
+                    ptr: ex.ptr,
+                    host: Some(host),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                // The run is queued but cannot be read: let it end, read
+                // the runs before (so none points at buffers it reused) and
+                // give its buffers back.
+                let _ = self.gpu.sync();
+                self.finish_pending();
+                let mut p = PendingPicks {
+                    buf,
+                    rows,
+                    cols,
+                    captured: ex.captured,
+                    ptr: ex.ptr,
+                    host: None,
+                };
+                self.release_picked(&mut p);
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues the copy of a run's picks to a free pinned slot, right behind
+    /// the run (so the next run may reuse its buffers and the host reads
+    /// them without a sync); returns the slot and the event after the copy.
+    fn copy_picks_back(
+        &mut self,
+        buf: u64,
+        rows: usize,
+    ) -> Result<(usize, cudarc::driver::CudaEvent), CodegenError> {
+        let err = node_err(&self.graph.name);
+        self.gpu.ctx.bind_to_thread().map_err(|e| err(e.to_string()))?;
+        let slot = (0..)
+            .find(|i| {
+                self.pending
+                    .iter()
+                    .all(|p| p.host.as_ref().is_none_or(|h| h.0 != *i))
+            })
+            .unwrap_or(0);
+        let bytes = rows.max(1) * 8;
+        if self.pinned.len() <= slot || self.pinned[slot].cap < bytes {
+            let b = PinnedPicks::new(bytes.next_power_of_two()).map_err(&err)?;
+            if self.pinned.len() <= slot {
+                self.pinned.push(b);
+            } else {
+                self.pinned[slot] = b;
+            }
+        }
+        if rows > 0 {
+            // SAFETY: the slot holds `bytes`, no pending copy targets it,
+            // and `buf` holds the run's `rows` picks.
+            unsafe {
+                cudarc::driver::sys::cuMemcpyDtoHAsync_v2(
+                    self.pinned[slot].ptr.cast(),
+                    buf,
+                    rows * 8,
+                    self.gpu.stream.cu_stream(),
+                )
+            }
+            .result()
+            .map_err(|e| err(format!("copying picks back: {e}")))?;
+        }
+        let event = self
+            .gpu
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
+            .and_then(|e| e.record(&self.gpu.stream).map(|_| e))
+            .map_err(|e| err(e.to_string()))?;
+        Ok((slot, event))
     }
 
     /// The picks of the oldest submitted run not collected yet (waiting
     /// for it if need be).
     pub fn collect_picks(&mut self) -> Result<Vec<(u32, f32)>, CodegenError> {
-        if self.collected.is_empty() {
-            self.finish_pending();
-        }
-        let picks = self.collected.pop_front().ok_or_else(|| CodegenError::Input {
-            name: self.graph.name.clone(),
-            message: "no submitted run to collect".into(),
-        })?;
+        let picks = match self.collected.pop_front() {
+            Some(p) => p,
+            None => {
+                let p = self.pending.pop_front().ok_or_else(|| CodegenError::Input {
+                    name: self.graph.name.clone(),
+                    message: "no submitted run to collect".into(),
+                })?;
+                self.read_pending(p)
+            }
+        };
         picks.map_err(node_err(&self.graph.name))
     }
 
-    /// Waits for the submitted run still on the GPU, if any, and keeps its
-    /// picks (or why they could not be read) for `collect_picks`; whether
-    /// there was one.
+    /// Waits for every submitted run not read yet and keeps their picks (or
+    /// why they could not be read) for `collect_picks`; whether there was
+    /// one.
     pub(super) fn finish_pending(&mut self) -> bool {
-        let Some(mut p) = self.pending.take() else {
-            return false;
-        };
+        let any = !self.pending.is_empty();
+        while let Some(p) = self.pending.pop_front() {
+            let r = self.read_pending(p);
+            self.collected.push_back(r);
+        }
+        // No run is in flight now (the synchronous ones were waited for).
+        self.retired.clear();
+        any
+    }
+
+    /// Waits for a submitted run's picks to reach its pinned slot, reads
+    /// them and releases the run's buffers (outside a graph).
+    fn read_pending(&mut self, mut p: PendingPicks) -> Result<Vec<(u32, f32)>, String> {
         let t_wait = std::time::Instant::now();
-        let r = self.read_picks(p.buf, p.rows);
+        let Some((slot, event)) = p.host.take() else {
+            return Err("a run whose picks were never copied back".into());
+        };
+        let r = event.synchronize().map_err(|e| format!("waiting for picks: {e}"));
+        if r.is_ok() {
+            // What the runs up to this one read is free to go.
+            self.retired.clear();
+        }
+        let r = r.map(|()| {
+            // SAFETY: the copy into the slot finished (the event after it).
+            let bytes = unsafe { std::slice::from_raw_parts(self.pinned[slot].ptr, p.rows * 8) };
+            parse_picks(bytes, p.rows)
+        });
         if p.captured {
             if let Some(prof) = &mut self.profile {
                 prof.host_time("graph: wait + read tokens", t_wait);
                 prof.last_pick = Some(std::time::Instant::now());
             }
         } else {
+            self.release_picked(&mut p);
+        }
+        r
+    }
+
+    /// Returns a run's buffers outside a graph to the pool (later work on
+    /// the stream may reuse them; what is queued before still reads them).
+    pub(super) fn release_picked(&mut self, p: &mut PendingPicks) {
+        if !p.captured && p.buf != 0 {
             self.pool.release(p.buf);
+            p.buf = 0;
             self.release_outputs(&mut p.ptr);
         }
-        self.collected.push_back(r);
-        true
     }
 
     /// The pick for output `output`: argmax, or sampling with `rows`.
@@ -350,17 +492,22 @@ impl CudaProgram {
     fn read_picks(&self, buf: u64, rows: usize) -> Result<Vec<(u32, f32)>, String> {
         let mut bytes = vec![0u8; rows * 8];
         self.gpu.dtoh(buf, &mut bytes)?;
-        let (t, l) = bytes.split_at(rows * 4);
-        Ok(t.chunks_exact(4)
-            .zip(l.chunks_exact(4))
-            .map(|(t, l)| {
-                (
-                    u32::from_le_bytes([t[0], t[1], t[2], t[3]]),
-                    f32::from_le_bytes([l[0], l[1], l[2], l[3]]),
-                )
-            })
-            .collect())
+        Ok(parse_picks(&bytes, rows))
     }
+}
+
+/// `rows` tokens then `rows` log probabilities, little-endian.
+fn parse_picks(bytes: &[u8], rows: usize) -> Vec<(u32, f32)> {
+    let (t, l) = bytes.split_at(rows * 4);
+    t.chunks_exact(4)
+        .zip(l.chunks_exact(4))
+        .map(|(t, l)| {
+            (
+                u32::from_le_bytes([t[0], t[1], t[2], t[3]]),
+                f32::from_le_bytes([l[0], l[1], l[2], l[3]]),
+            )
+        })
+        .collect()
 }
 
 fn no_kernel(output: &str) -> CodegenError {

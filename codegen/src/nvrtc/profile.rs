@@ -96,6 +96,11 @@ impl Profile {
 
 impl Drop for CudaProgram {
     fn drop(&mut self) {
+        // Copies into the pinned pick buffers end before they are freed.
+        let _ = self.gpu.sync();
+        self.pending.clear();
+        self.pinned.clear();
+        self.retired.clear();
         if let Some(p) = &self.profile {
             eprint!("{}", p.report());
         }

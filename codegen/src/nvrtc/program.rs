@@ -153,6 +153,8 @@ pub struct CudaProgram {
     /// and the kernel that combines a row's chunks.
     pub(super) argmax: HashMap<&'static str, CudaFunction>,
     pub(super) argmax_combine: CudaFunction,
+    /// Copies a run's picked tokens into the next run's ids on the GPU.
+    pub(super) ids_from_picks: CudaFunction,
     /// `sample_{dtype}`: temperature, top-k, top-p and min-p, one block a row.
     pub(super) sample: HashMap<&'static str, CudaFunction>,
     pub(super) summary: CudaSummary,
@@ -174,9 +176,19 @@ pub struct CudaProgram {
     pub(super) attention_paths: AttentionPaths,
     /// Linear launches on a fused GEMV (`gemv_norm_*`, `gemv_glu_*`).
     pub(super) fused_gemv_launches: u64,
-    /// The submitted run whose picks are still on the GPU, and the picks
-    /// of earlier ones read but not collected (`submit_pick`).
-    pub(super) pending: Option<super::pick::PendingPicks>,
+    /// Submitted runs whose picks are not read yet, oldest first (at most
+    /// two: the one the host collects and the one it just submitted), and
+    /// the picks of earlier ones read but not collected (`submit_pick`).
+    pub(super) pending: std::collections::VecDeque<super::pick::PendingPicks>,
+    /// Page-locked host buffers the picks of submitted runs are copied to
+    /// asynchronously, one per run in flight.
+    pub(super) pinned: Vec<super::pick::PinnedPicks>,
+    /// The (ids element, pick row) pairs `ids_from_picks` reads.
+    pub(super) ids_map: Option<DeviceBox>,
+    /// Device buffers replaced while a run that reads them may be in
+    /// flight; freed once the runs in flight are read (freeing at once
+    /// would wait for the whole device).
+    pub(super) retired: Vec<DeviceBox>,
     pub(super) collected: std::collections::VecDeque<Result<Vec<(u32, f32)>, String>>,
 }
 
@@ -551,6 +563,7 @@ impl CudaProgram {
             sample.insert(d, gpu.function(&format!("sample_{d}")).map_err(&gerr)?);
         }
         let argmax_combine = gpu.function("argmax_combine").map_err(&gerr)?;
+        let ids_from_picks = gpu.function("ids_from_picks").map_err(&gerr)?;
         // Evaluate folded ops and upload the constants kernels read.
         let mut host: HashMap<usize, Tensor> = HashMap::new();
         let weight_node: HashMap<usize, (String, String)> = order
@@ -759,6 +772,7 @@ impl CudaProgram {
             arena: None,
             argmax,
             argmax_combine,
+            ids_from_picks,
             sample,
             summary,
             profile: Profile::from_env(),
@@ -769,7 +783,10 @@ impl CudaProgram {
             dims_cache: Default::default(),
             attention_paths: AttentionPaths::default(),
             fused_gemv_launches: 0,
-            pending: None,
+            pending: Default::default(),
+            pinned: Vec::new(),
+            ids_map: None,
+            retired: Vec::new(),
             collected: Default::default(),
         })
     }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+use cudarc::driver::PushKernelArg;
 use optc_ir::dim::normalize_axis;
 use optc_ir::ops::{EvalCx, Op};
 use optc_ir::{Bindings, DType, Tensor};
@@ -19,6 +20,16 @@ use super::program::{
 };
 use super::select::Kernel;
 use crate::CodegenError;
+
+/// The on-GPU copy of the previous run's picks into a run's ids (offset of
+/// the ids input in the arena, the picks, the uploaded (element, row) map).
+struct GatherIds {
+    ids_offset: usize,
+    picks: u64,
+    map: u64,
+    count: usize,
+    i64ids: bool,
+}
 
 impl CudaProgram {
     /// Runs the program on the non-state inputs; returns the non-state
@@ -47,6 +58,85 @@ impl CudaProgram {
             self.release_outputs(&mut ptr);
         }
         r.map(|_| out)
+    }
+
+    /// The on-GPU copy of the previous run's picks into this run's ids,
+    /// when it applies: one run in flight, integer ids, and every token it
+    /// can pick a row of the tables the ids index (else the host writes
+    /// and checks them). Uploads the (element, pick row) map.
+    fn device_ids(
+        &mut self,
+        patch: &IdsPatch,
+        inputs: &BTreeMap<String, Tensor>,
+        gather_rows: &[usize],
+        offsets: &[usize],
+    ) -> Result<Option<GatherIds>, CodegenError> {
+        if self.pending.len() != 1 {
+            return Ok(None);
+        }
+        let prev = &self.pending[0];
+        let Some(i) = self.inputs.iter().position(|(n, _)| n == patch.input) else {
+            return Ok(None);
+        };
+        let i64ids = match self.types[self.inputs[i].1].dtype {
+            DType::I64 => true,
+            DType::I32 => false,
+            _ => return Ok(None),
+        };
+        if prev.cols > gather_rows[i] || prev.buf == 0 {
+            return Ok(None);
+        }
+        let n = inputs.get(patch.input).map_or(0, Tensor::numel);
+        let mut map = Vec::with_capacity(patch.ids.len() * 8);
+        for p in patch.ids {
+            if p.row >= prev.rows || p.index >= n || n > i32::MAX as usize {
+                return Err(CodegenError::Input {
+                    name: patch.input.into(),
+                    message: format!(
+                        "element {} of {n} ids from row {} of the previous run's {} picks",
+                        p.index, p.row, prev.rows
+                    ),
+                });
+            }
+            map.extend_from_slice(&(p.index as i32).to_le_bytes());
+            map.extend_from_slice(&(p.row as i32).to_le_bytes());
+        }
+        let picks = prev.buf;
+        if self.ids_map.as_ref().is_none_or(|b| b.bytes < map.len()) {
+            // The run in flight's own copy may still read the old map.
+            self.retired.extend(self.ids_map.take());
+            self.ids_map =
+                Some(DeviceBox::new(map.len().next_power_of_two()).map_err(node_err(&self.graph.name))?);
+        }
+        let map_ptr = self.ids_map.as_ref().map_or(0, |b| b.ptr);
+        self.gpu.htod(map_ptr, &map).map_err(node_err(&self.graph.name))?;
+        Ok(Some(GatherIds {
+            ids_offset: offsets[i],
+            picks,
+            map: map_ptr,
+            count: patch.ids.len(),
+            i64ids,
+        }))
+    }
+
+    /// Queues the copy of the previous run's picks into the ids of the run
+    /// whose inputs are at `base`.
+    fn launch_ids_gather(&self, g: &GatherIds, base: u64) -> Result<(), CodegenError> {
+        let gpu = &self.gpu;
+        let blocks = g.count.div_ceil(128) as u32;
+        launch!(gpu, &self.ids_from_picks, super::launch::cfg((blocks, 1, 1), 128, 0);
+            ids = base + g.ids_offset as u64, picks = g.picks, map = g.map, count = g.count as i32,
+            i64ids = i32::from(g.i64ids))
+        .map_err(node_err(&self.graph.name))
+    }
+
+    /// The previous run's buffers outside a graph go back to the pool once
+    /// the copy that reads its picks is queued.
+    fn release_gathered(&mut self) {
+        if let Some(mut p) = self.pending.pop_front() {
+            self.release_picked(&mut p);
+            self.pending.push_front(p);
+        }
     }
 
     /// Writes `prev`'s picked tokens over the ids `patch` names, in the
@@ -367,24 +457,35 @@ impl CudaProgram {
                 (false, false) => p.tiled += 1,
             }
         }
-        // The run submitted before this one ends here, once this run's host
-        // work is done: its picks are the ids the host could not know.
-        self.finish_pending();
-        if let Some(patch) = patch.filter(|p| !p.ids.is_empty()) {
-            // The last run submitted is the newest one read (runs are read
-            // in order, and the caller collects a run only after submitting
-            // the next).
-            let prev = match self.collected.back() {
-                Some(Ok(p)) => p,
-                Some(Err(e)) => return Err(node_err(&self.graph.name)(e.clone())),
-                None => {
-                    return Err(CodegenError::Input {
-                        name: patch.input.into(),
-                        message: "ids from the previous run's picks, but no run was submitted before".into(),
-                    })
-                }
-            };
-            self.patch_ids(&mut arena, &offsets, inputs, &gather_rows, &patch, prev)?;
+        let patch = patch.filter(|p| !p.ids.is_empty());
+        // With the run before still in flight, its picks become this run's
+        // ids on the GPU (`ids_from_picks`, queued behind this run's input
+        // copy), so this run is queued before that one ends.
+        let gather = match &patch {
+            Some(p) => self.device_ids(p, inputs, &gather_rows, &offsets)?,
+            None => None,
+        };
+        if gather.is_none() {
+            // Otherwise the runs before end here, once this run's host work
+            // is done, and their picks are written into the ids on the host.
+            self.finish_pending();
+            if let Some(patch) = patch {
+                // The last run submitted is the newest one read (runs are
+                // read in order, and the caller collects a run only after
+                // submitting the next).
+                let prev = match self.collected.back() {
+                    Some(Ok(p)) => p,
+                    Some(Err(e)) => return Err(node_err(&self.graph.name)(e.clone())),
+                    None => {
+                        return Err(CodegenError::Input {
+                            name: patch.input.into(),
+                            message: "ids from the previous run's picks, but no run was submitted before"
+                                .into(),
+                        })
+                    }
+                };
+                self.patch_ids(&mut arena, &offsets, inputs, &gather_rows, &patch, prev)?;
+            }
         }
         // Decode steps (one token per sequence, all on the GPU) replay a
         // graph captured on the first step of their shape.
@@ -425,6 +526,9 @@ impl CudaProgram {
                 self.gpu
                     .htod(c.arena.ptr, &arena)
                     .map_err(node_err(&self.graph.name))?;
+                if let Some(g) = &gather {
+                    self.launch_ids_gather(g, c.arena.ptr)?;
+                }
                 let before = self.profile.as_ref().map(|_| self.record_event()).transpose()?;
                 let t_launch = Instant::now();
                 c.graph
@@ -439,26 +543,37 @@ impl CudaProgram {
                         p.replays.push((before, after));
                     }
                 }
-                return Ok(Executed {
+                let out = Executed {
                     dims: rd.clone(),
                     ptr: c.ptr.clone(),
                     captured: true,
                     picked: pick.is_some().then_some(c.picked),
-                });
+                };
+                if gather.is_some() {
+                    self.release_gathered();
+                }
+                return Ok(out);
             }
         }
         if self.arena.as_ref().is_none_or(|b| b.bytes < arena.len()) {
-            self.arena = None;
+            // A run still in flight may read the old one.
+            self.retired.extend(self.arena.take());
             let cap = (arena.len().max(1 << 20)).next_power_of_two();
             self.arena = Some(DeviceBox::new(cap).map_err(node_err(&self.graph.name))?);
         }
         let base = self.arena.as_ref().map_or(0, |b| b.ptr);
         self.gpu.htod(base, &arena).map_err(node_err(&self.graph.name))?;
+        if let Some(g) = &gather {
+            self.launch_ids_gather(g, base)?;
+        }
         let mut ptr = self.base_pointers(base, &offsets);
         let steps = std::mem::take(&mut self.steps);
         let t_steps = Instant::now();
         let r = self.run_steps(&steps, dims, bindings, &mut ptr, &attn, base);
         self.steps = steps;
+        if gather.is_some() {
+            self.release_gathered();
+        }
         if let Some(p) = &mut self.profile {
             p.host
                 .entry("prepare (checks, inputs)")
@@ -652,7 +767,7 @@ impl CudaProgram {
     }
 
     /// An event recorded on the stream now (for `OPTC_CUDA_PROFILE`).
-    fn record_event(&self) -> Result<cudarc::driver::CudaEvent, CodegenError> {
+    pub(super) fn record_event(&self) -> Result<cudarc::driver::CudaEvent, CodegenError> {
         self.gpu
             .ctx
             .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))

@@ -394,6 +394,7 @@ mod tests {
             "argmax_part_bf16",
             "argmax_part_f16",
             "argmax_combine",
+            "ids_from_picks",
             "sample_f32",
             "sample_bf16",
             "sample_f16",
