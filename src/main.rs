@@ -556,10 +556,11 @@ fn compile(
             for (k, n) in &s.kernels {
                 eprintln!("  kernel    {k:<20} {n}");
             }
-            if s.gemv_norms + s.gemv_glus > 0 {
+            if s.gemv_norms + s.gemv_glus + s.gemv_ropes > 0 {
                 eprintln!(
-                    "  fused GEMVs at decode batches: {} linears do the norm before them, {} the SwiGLU after",
-                    s.gemv_norms, s.gemv_glus
+                    "  fused GEMVs at decode batches: {} linears do the norm before them, {} the SwiGLU after, \
+                     {} the rope + KV cache write after",
+                    s.gemv_norms, s.gemv_glus, s.gemv_ropes
                 );
             }
             if let Some(m) = &s.prefill_mma {

@@ -117,6 +117,12 @@ fn step_graphs_match_the_cpu_target_across_steps() {
             assert!(s.gemv_norms >= 2 * m.config.num_layers, "{name}: {s:?}");
             assert_eq!(s.gemv_glus, m.config.num_layers, "{name}: {s:?}");
         }
+        // ... and, with the fused rope, the QKV GEMV the rope and cache
+        // write after it (layer 0 too: the rotary tables' transposes are
+        // views).
+        if !["gpt2", "phi3"].contains(&name) {
+            assert_eq!(s.gemv_ropes, m.config.num_layers, "{name}: {s:?}");
+        }
         let vocab = m.config.vocab_size as i64;
         let a: Vec<i64> = (0..11).map(|i| (i * 37 + 5) % vocab).collect();
         let b: Vec<i64> = (0..8).map(|i| (i * 91 + 2) % vocab).collect();
@@ -286,7 +292,7 @@ fn paged_attention_matches_the_interpreter() {
     for c in &cases {
         let g = paged_graph(c);
         let w = WeightStore::new();
-        let lens = [700usize, 97, 33];
+        let lens = [700usize, 97, 141];
         let max_blocks = lens.iter().map(|l| (l + 1).div_ceil(c.bs)).max().unwrap_or(1);
         let nb = lens.len() * max_blocks + 3;
         // Blocks in a shuffled order.
@@ -315,12 +321,14 @@ fn paged_attention_matches_the_interpreter() {
         let (mut kc, mut vc) = (zeros.clone(), zeros);
         // (start, len) per sequence and step.
         // Decode steps take the one-launch decode kernel: split over
-        // blocks (the 701-key context) and, at short contexts, not.
+        // blocks (the 701-key context) and, at short contexts, not; the
+        // new key is in a warp's first chunk (97, 98), its second (140,
+        // 141: chunk 4) or a later one (700).
         let steps: [[(usize, usize); 3]; 4] = [
-            [(0, 400), (0, 60), (0, 33)],
-            [(400, 300), (60, 37), (33, 0)],
-            [(700, 1), (97, 1), (33, 1)],
-            [(701, 0), (98, 1), (34, 1)],
+            [(0, 400), (0, 60), (0, 100)],
+            [(400, 300), (60, 37), (100, 40)],
+            [(700, 1), (97, 1), (140, 1)],
+            [(701, 0), (98, 1), (141, 1)],
         ];
         for (si, step) in steps.iter().enumerate() {
             let mut s = StepInputs::default();
@@ -624,6 +632,142 @@ fn fused_gemvs_match_the_interpreter() {
                 };
                 assert!(e < tol, "{t} m {m} k {k} %{}: rel L2 {e}", o.name);
             }
+        }
+    }
+}
+
+/// The QKV projection's GEMV that also rotates queries and keys and
+/// writes the KV cache (`gemv_rope_*`, `gemv_norm_rope_*`) at one to four
+/// rows, against the interpreter, with attention reading what it wrote:
+/// Llama's layout (norm, rotate-half over the whole head) with a bias,
+/// partial rotary interleaved without a norm, partial rotary rotate-half
+/// in f32. The first step (seven rows) runs the separate kernels; the
+/// others (one row, then three decode rows, then a two-token chunk beside
+/// a decode row) the fused GEMV.
+#[test]
+fn qkv_gemvs_with_rope_and_cache_write_match_the_interpreter() {
+    // (dtype, query heads, KV heads, head dim, rotated dims, interleaved, bias, norm)
+    let cases = [
+        (DType::BF16, 4usize, 2usize, 64usize, 64usize, false, true, true),
+        (DType::BF16, 3, 1, 32, 16, true, false, false),
+        (DType::F32, 2, 2, 16, 8, false, false, true),
+    ];
+    for (t, hq, hkv, d, r, il, bias, norm) in cases {
+        let (k, bs) = (264usize, 4usize);
+        let (nq, nk) = (hq * d, hkv * d);
+        let n = nq + 2 * nk;
+        let (b_in, b_arg) = if bias {
+            (format!(", %b: {t}[{n}]"), ", %b")
+        } else {
+            (String::new(), "")
+        };
+        let (nw_in, norm_line, x) = if norm {
+            (
+                format!(", %nw: {t}[{k}]"),
+                format!("  %0: {t}[T, {k}] = rms_norm(%x, %nw) {{axis = -1, eps = 1e-5}}\n"),
+                "%0",
+            )
+        } else {
+            (String::new(), String::new(), "%x")
+        };
+        let cache = format!("{t}[NB, {bs}, {hkv}, {d}]");
+        let text = format!(
+            "graph p(%x: {t}[T, {k}]{nw_in}, %w: {t}[{n}, {k}]{b_in}, %c: {t}[T, 1, {r}], %s: {t}[T, 1, {r}], %kc: {cache}, %vc: {cache}, %pos: i64[T], %starts: i64[Q+1], %ctx: i64[Q], %tables: i64[Q, M], %slots: i64[T]) -> (%o: {t}[T, {hq}, {d}], %kc: {cache}, %vc: {cache}) {{
+{norm_line}  %1: {t}[T, {n}] = linear({x}, %w{b_arg})
+  %2: {t}[T, {nq}], %3: {t}[T, {nk}], %4: {t}[T, {nk}] = split(%1) {{axis = -1, sizes = [{nq}, {nk}, {nk}]}}
+  %5: {t}[T, {hq}, {d}] = reshape(%2) {{shape = [T, {hq}, {d}]}}
+  %6: {t}[T, {hkv}, {d}] = reshape(%3) {{shape = [T, {hkv}, {d}]}}
+  %7: {t}[T, {hkv}, {d}] = reshape(%4) {{shape = [T, {hkv}, {d}]}}
+  %8: {t}[T, {hq}, {d}] = rope(%5, %c, %s) {{interleaved = {il}}}
+  %9: {t}[T, {hkv}, {d}] = rope(%6, %c, %s) {{interleaved = {il}}}
+  %10: {t}[T, {hq}, {d}], %11: {cache}, %12: {cache} = paged_attention(%8, %9, %7, %kc, %vc, %pos, %starts, %ctx, %tables, %slots)
+  return %10, %11, %12
+}}"
+        );
+        let g = parse(&text).unwrap();
+        if !gpu() {
+            return;
+        }
+        let mut cuda = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+        let s = cuda.summary();
+        assert_eq!(
+            (s.gemv_ropes, s.gemv_norms),
+            (1, usize::from(norm)),
+            "{t} d {d}: {s:?}"
+        );
+        // Three sequences of three blocks each, blocks interleaved.
+        let tables: Vec<Vec<i64>> = (0..3).map(|q| (0..3).map(|b| b * 3 + q).collect()).collect();
+        let nb = 9usize;
+        cuda.init_state(&Bindings::from([("NB".to_string(), nb as i64)]))
+            .unwrap();
+        let zeros = Tensor::from_f32(t, &[nb, bs, hkv, d], &vec![0.0; nb * bs * hkv * d]);
+        let (mut kc, mut vc) = (zeros.clone(), zeros);
+        let mut seed = (hq * 31 + d) as u64;
+        let mut weights = vec![("w", vec![n, k])];
+        if norm {
+            weights.push(("nw", vec![k]));
+        }
+        if bias {
+            weights.push(("b", vec![n]));
+        }
+        let fixed = random_inputs(t, &weights, seed);
+        // (sequence, start, tokens) per step.
+        let steps: [&[(usize, usize, usize)]; 4] = [
+            &[(0, 0, 5), (1, 0, 2)],
+            &[(0, 5, 1)],
+            &[(0, 6, 1), (1, 2, 1), (2, 0, 1)],
+            &[(1, 3, 2), (2, 1, 1)],
+        ];
+        for (si, step) in steps.iter().enumerate() {
+            let mut st = StepInputs::default();
+            for &(q, start, len) in step.iter() {
+                st.push_seq(&tables[q], bs, start, len, true);
+            }
+            let count = st.positions.len();
+            let meta = st.metadata(DType::I64);
+            let mut inputs = fixed.clone();
+            inputs.extend(random_inputs(
+                t,
+                &[
+                    ("x", vec![count, k]),
+                    ("c", vec![count, 1, r]),
+                    ("s", vec![count, 1, r]),
+                ],
+                seed + si as u64,
+            ));
+            seed += 101;
+            for (name, m) in [
+                ("pos", "positions"),
+                ("starts", "seq_starts"),
+                ("ctx", "context_lens"),
+                ("tables", "block_tables"),
+                ("slots", "slot_mapping"),
+            ] {
+                inputs.insert(name.into(), meta[m].clone());
+            }
+            let launches = cuda.fused_gemv_launches();
+            let got = cuda.run(&inputs).unwrap();
+            let fused = u64::from(count <= src::GEMV_MAX_ROWS);
+            assert_eq!(
+                cuda.fused_gemv_launches() - launches,
+                fused,
+                "{t} d {d} step {si}"
+            );
+            let mut all = inputs.clone();
+            all.insert("kc".into(), kc.clone());
+            all.insert("vc".into(), vc.clone());
+            let want = run(&g, &all, &WeightStore::new()).unwrap();
+            kc = want[1].clone();
+            vc = want[2].clone();
+            let e = rel_l2(&got["o"], &want[0]);
+            assert!(
+                e < tolerance(t),
+                "{t} d {d} r {r} il {il} step {si}: attention rel L2 {e}"
+            );
+        }
+        for (name, want) in [("kc", &kc), ("vc", &vc)] {
+            let e = rel_l2(&cuda.state_tensor(name).unwrap(), want);
+            assert!(e < tolerance(t), "{t} d {d} r {r} il {il}: {name} rel L2 {e}");
         }
     }
 }

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <vector>
 #include <algorithm>
+#include <type_traits>
 #include <cuda_runtime.h>
 
 #include "common.cuh"
@@ -29,10 +30,11 @@
 template <typename Geo, bool NORM, bool GLU>
 __global__ void __launch_bounds__(Geo::WARPS * 32)
     bench_gemv(const bf16* a, const bf16* r, const bf16* nw, bf16* sum, const bf16* w, bf16* y, int n, int k) {
+    using Store = std::conditional_t<GLU, GemvGluStore<bf16>, GemvStore<bf16>>;
     if constexpr (NORM)
-        gemv_impl<bf16, 1, GLU, Geo>(GemvAddRmsNorm<bf16, 1>{a, r, nw, sum, 1e-5f}, w, nullptr, y, n, k, 1);
+        gemv_impl<bf16, 1, Geo>(GemvAddRmsNorm<bf16, 1>{a, r, nw, sum, 1e-5f}, Store{y, nullptr}, w, n, k, 1);
     else
-        gemv_impl<bf16, 1, GLU, Geo>(GemvCopy<bf16>{a}, w, nullptr, y, n, k, 1);
+        gemv_impl<bf16, 1, Geo>(GemvCopy<bf16>{a}, Store{y, nullptr}, w, n, k, 1);
 }
 
 __global__ void fill_random(bf16* p, size_t n, unsigned seed, float scale) {

@@ -326,6 +326,7 @@ __device__ void paged_decode_simt_impl(const T* q, const T* kc, const T* vc, con
     T* v_s = reinterpret_cast<T*>(decode_smem) + warp * 32 * D;
     const int t = blockIdx.x, kh = blockIdx.y, z = blockIdx.z, nsplit = gridDim.z;
     const int G = hq / hkv;
+    pdl_wait();
     for (int i = threadIdx.x; i < G * D; i += blockDim.x) q_s[i] = ld(&q[((i64)t * hq + kh * G) * D + i]) * scale;
     const int p = (int)positions[t];
     const int first = window > 0 ? max(0, p + 1 - window) : 0;
@@ -460,8 +461,10 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     const i64* table = block_tables + (i64)t * max_blocks;
 
     // Starts the copies of chunk c's key and value rows into stage `st`;
-    // keys past the context are zeros.
-    auto load = [&](int c, T* st) {
+    // keys past the context are zeros. `early`: issued before pdl_wait(),
+    // so the key at p (which the kernel ahead writes) is left for
+    // `load_current`; every earlier key was written by an earlier step.
+    auto load = [&](int c, T* st, bool early) {
         const int k0 = first + c * KS;
         const int mine = k0 + lane % KS;
         const int slot = mine <= p ? (int)(table[mine / bs] * bs + mine % bs) : 0;
@@ -469,6 +472,7 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
         for (int it = 0; it < KS * PIECES / 32; ++it) {
             const int i = lane + 32 * it, r = i / PIECES, pc = i % PIECES;
             const int sl = __shfl_sync(0xffffffffu, slot, r);
+            if (early && k0 + r == p) continue;
             const bool ok = k0 + r <= p;
             const i64 off = ok ? ((i64)sl * hkv + kh) * D + pc * 8 : 0;
             cp_async16_or_zero(st + r * RS + pc * 8, kc + off, ok);
@@ -476,9 +480,27 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
         }
         cp_async_commit();
     };
+    // The key and value at p into row p - k0 of chunk c's stage.
+    auto load_current = [&](int c, T* st) {
+        const int r = p - (first + c * KS);
+        const i64 slot = table[p / bs] * bs + p % bs;
+        if (lane < 2 * PIECES) {
+            const int pc = lane % PIECES, v = lane / PIECES;
+            cp_async16_or_zero(st + (v * KS + r) * RS + pc * 8, (v ? vc : kc) + (slot * hkv + kh) * D + pc * 8,
+                               true);
+        }
+        cp_async_commit();
+    };
 
+    // A warp's chunks are c_begin + warp + 4i; two stages in flight. The
+    // first two stream in before the wait for the kernel ahead.
     int c = c_begin + warp;
-    if (c < c_end) load(c, stages);
+    if (c < c_end) load(c, stages, true);
+    if (c + 4 < c_end) load(c + 4, stages + STAGE, true);
+    pdl_wait();
+    const int current = (p - first) / KS;  // the chunk holding p
+    const bool late = current < c_end && (current == c || current == c + 4);
+    if (late) load_current(current, stages + (current == c ? 0 : STAGE));
     // Query rows g < G of this KV group as A fragments (columns 2tq, +1
     // and 2tq + 8, +9 of each 16-dim step).
     unsigned qa[DK][2];
@@ -497,10 +519,11 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
 #pragma unroll
     for (int dn = 0; dn < DN; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.f;
     int buf = 0;
-    for (; c < c_end; c += 4) {
-        const T* st = stages + buf * STAGE;
-        if (c + 4 < c_end) {
-            load(c + 4, stages + (buf ^ 1) * STAGE);
+    for (bool first_chunk = true; c < c_end; c += 4, first_chunk = false) {
+        T* st = stages + buf * STAGE;
+        // This chunk's group done; the next one's may still be in flight
+        // (not when the key at p, committed last, is in this chunk).
+        if (c + 4 < c_end && !(first_chunk && late && current == c)) {
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
@@ -568,8 +591,9 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
                 mma16816((T*)nullptr, o[dn + 1], pl[2 * j][0], 0u, pl[2 * j + 1][0], 0u, b[2], b[3]);
             }
         }
-        // The next iteration's copies overwrite this stage.
+        // The chunk two ahead takes this stage once every lane is done.
         __syncwarp();
+        if (c + 8 < c_end) load(c + 8, st, false);
         buf ^= 1;
     }
     l_r += __shfl_xor_sync(0xffffffffu, l_r, 1);
@@ -599,10 +623,10 @@ __device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i6
                                   const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
                                   int ntok, int hq, int hkv, int bs, float scale, int window) {
     // Launched as a dependent (programmatic dependent launch): the
-    // o projection's GEMV after this may start streaming its weights, and
-    // nothing here is read before the kernels ahead have finished.
+    // o projection's GEMV after this may start streaming its weights. Each
+    // path calls pdl_wait() before it reads what the kernels ahead write
+    // (the tensor-core one streams its first cached keys before).
     pdl_trigger();
-    pdl_wait();
     // The host sizes shared memory by the same rule (`decode_mma_supported`).
     if constexpr (sizeof(T) == 2 && D % 16 == 0 && D <= 128) {
         paged_decode_mma_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok, hq,

@@ -13,9 +13,11 @@
 // - the rows of x come from a fill policy, so the RMSNorm (with the
 //   residual add) before a linear runs inside its GEMV: each block
 //   recomputes it from L2 while its first weight loads are in flight;
-// - `GLU`: the gate/up linear's warps each own a gate row and its up row
-//   and store silu(gate) * up (both rounded to T first, as the separate
-//   SwiGLU kernel reads them), so the [m, 2f] product is never stored.
+// - the sums go out through a store policy: as they are (`GemvStore`);
+//   as silu(gate) * up, each warp owning a gate row and its up row
+//   (`GemvGluStore`), so the [m, 2f] product is never stored; or, for the
+//   QKV projection, rotated and written to the query buffer and the KV
+//   cache (`GemvRopeStore`), which saves the rope + cache launch.
 
 // x as it is.
 template <typename T> struct GemvCopy {
@@ -129,12 +131,106 @@ using GemvPlain = GemvGeometry<8, 1, 8>;
 using GemvNorm = GemvGeometry<8, 2, 4>;
 using GemvGlu = GemvGeometry<4, 1, 4>;
 
-// With GLU, n is the output width and w holds 2n rows (gate, then up).
-template <typename T, int M, bool GLU, typename Geo, typename Fill>
-__device__ void gemv_impl(const Fill& fill, const T* w, const T* b, T* y, int n, int k, int m) {
+// Where a GEMV's sums go. A store names the weight row behind each of
+// the n outputs (`weight_row`; with GLU also row n + that, the up row)
+// and takes a warp's R consecutive outputs of row j of x (`store`, on
+// lane 0; with GLU the R gate sums, then the R up sums).
+
+// y[j, i] = sum (+ b[i]).
+template <typename T> struct GemvStore {
+    static constexpr bool GLU = false;
+    T* y;
+    const T* b;
+    __device__ int weight_row(int i) const { return i; }
+    template <int R> __device__ void store(int j, int i0, const float (&v)[R], int n) const {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const int i = i0 + r;
+            if (i < n) st(&y[(i64)j * n + i], b ? v[r] + ld(&b[i]) : v[r]);
+        }
+    }
+};
+
+// y[j, i] = silu(gate) * up, both rounded to T first (as the SwiGLU
+// kernel reads them), for w's 2n rows (gate, then up).
+template <typename T> struct GemvGluStore {
+    static constexpr bool GLU = true;
+    T* y;
+    const T* b;
+    __device__ int weight_row(int i) const { return i; }
+    template <int WR> __device__ void store(int j, int i0, const float (&v)[WR], int n) const {
+        constexpr int R = WR / 2;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const int i = i0 + r;
+            if (i >= n) continue;
+            const float g = rnd<T>(b ? v[r] + ld(&b[i]) : v[r]);
+            const float u = rnd<T>(b ? v[R + r] + ld(&b[n + i]) : v[R + r]);
+            st(&y[(i64)j * n + i], g / (1.f + expf(-g)) * u);
+        }
+    }
+};
+
+// The fused QKV projection's outputs (hq query heads, hkv key heads of d,
+// hkv value heads of dv) as `rope_qkv_cache_impl` leaves them: queries
+// rotated into q ([m, hq, d]), keys rotated and values into their cache
+// slots (a negative slot writes nothing), x's row j being token j. A
+// warp's two outputs are a RoPE pair: rows (k, k + r/2) of a head for
+// k < r/2 (rows 2k, 2k + 1 when `il`, interleaved), then consecutive rows
+// past r and in the values. Needs R = 2, an even d and an even n (the
+// host checks).
+template <typename T> struct GemvRopeStore {
+    static constexpr bool GLU = false;
+    const T* b;
+    const T *cs, *sn;  // [m, r] cos and sin rows
+    T *q, *kc, *vc;
+    const i64* slots;
+    int hq, hkv, d, dv, r, il;
+    __device__ int weight_row(int i) const {
+        if (il || i >= (hq + hkv) * d) return i;
+        const int li = i % d, pl = li >> 1, e = li & 1, half = r >> 1;
+        return i - li + (pl < half ? pl + e * half : 2 * pl + e);
+    }
+    template <int R> __device__ void store(int j, int i0, const float (&v)[R], int n) const {
+        static_assert(R == 2, "a RoPE pair a warp");
+        if (i0 >= n) return;
+        const int ia = weight_row(i0), ib = weight_row(i0 + 1), qk = (hq + hkv) * d;
+        const float xa = rnd<T>(b ? v[0] + ld(&b[ia]) : v[0]);
+        const float xb = rnd<T>(b ? v[1] + ld(&b[ib]) : v[1]);
+        const i64 slot = slots[j];
+        if (ia >= qk) {
+            if (slot < 0) return;
+            T* row = vc + slot * hkv * dv - qk;
+            st(&row[ia], xa);
+            st(&row[ib], xb);
+            return;
+        }
+        const int ka = ia % d, kb = ib % d;
+        float oa = xa, ob = xb;
+        if (ka < r) {
+            const T *c = cs + (i64)j * r, *s = sn + (i64)j * r;
+            oa = xa * ld(&c[ka]) + (-xb) * ld(&s[ka]);
+            ob = xb * ld(&c[kb]) + xa * ld(&s[kb]);
+        }
+        T* row;
+        if (ia < hq * d) {
+            row = q + (i64)j * hq * d;
+        } else {
+            if (slot < 0) return;
+            row = kc + slot * hkv * d - hq * d;
+        }
+        st(&row[ia], oa);
+        st(&row[ib], ob);
+    }
+};
+
+// n is the output width; with a GLU store w holds 2n rows (gate, then up).
+template <typename T, int M, typename Geo, typename Fill, typename Store>
+__device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n, int k, int m) {
     extern __shared__ __align__(16) unsigned char gemv_smem[];
     T* xs = reinterpret_cast<T*>(gemv_smem);
     constexpr int R = Geo::R, U = Geo::U, H = sizeof(T) / 2;
+    constexpr bool GLU = Store::GLU;
     // Weight rows a warp streams: with GLU, each column's gate and up row.
     constexpr int WR = GLU ? 2 * R : R;
     constexpr int STAGE = 256 * U;  // elements of a row one stage covers
@@ -143,7 +239,7 @@ __device__ void gemv_impl(const Fill& fill, const T* w, const T* b, T* y, int n,
     const T* wr[WR];
 #pragma unroll
     for (int r = 0; r < WR; ++r) {
-        const int col = min(row0 + r % R, n - 1);
+        const int col = out.weight_row(min(row0 + r % R, n - 1));
         wr[r] = w + ((i64)(GLU && r >= R ? n : 0) + col) * k;
     }
     uint4 ra[U][WR][H], rb[U][WR][H];
@@ -213,29 +309,13 @@ __device__ void gemv_impl(const Fill& fill, const T* w, const T* b, T* y, int n,
         }
     }
     if constexpr (!Geo::EARLY_TRIGGER) pdl_trigger();
-    if constexpr (GLU) {
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < M; ++j) {
+        if (j >= m) break;
+        float v[WR];
 #pragma unroll
-            for (int j = 0; j < M; ++j) {
-                float g = warp_sum(acc[r][j]), u = warp_sum(acc[R + r][j]);
-                const int col = row0 + r;
-                if (lane == 0 && j < m && col < n) {
-                    g = rnd<T>(b ? g + ld(&b[col]) : g);
-                    u = rnd<T>(b ? u + ld(&b[n + col]) : u);
-                    st(&y[(i64)j * n + col], g / (1.f + expf(-g)) * u);
-                }
-            }
-        }
-    } else {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-#pragma unroll
-            for (int j = 0; j < M; ++j) {
-                const float v = warp_sum(acc[r][j]);
-                if (lane == 0 && j < m && row0 + r < n) st(&y[(i64)j * n + row0 + r], b ? v + ld(&b[row0 + r]) : v);
-            }
-        }
+        for (int r = 0; r < WR; ++r) v[r] = warp_sum(acc[r][j]);
+        if (lane == 0) out.store(j, row0, v, n);
     }
 }
 
@@ -245,21 +325,38 @@ static_assert(GemvPlain::WARPS * 32 == 256 && GemvNorm::WARPS * 32 == 256 && Gem
 #define OPTC_GEMV_ROWS(T, N, MR)                                                                           \
     extern "C" __global__ void __launch_bounds__(256) gemv_##N##_m##MR(const T* x, const T* w, const T* b, \
                                                                        T* y, int n, int k, int m) {        \
-        gemv_impl<T, MR, false, GemvPlain>(GemvCopy<T>{x}, w, b, y, n, k, m);                              \
+        gemv_impl<T, MR, GemvPlain>(GemvCopy<T>{x}, GemvStore<T>{y, b}, w, n, k, m);                       \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                      \
         gemv_norm_##N##_m##MR(const T* a, const T* r, const T* nw, T* sum, float eps, const T* w,          \
                               const T* b, T* y, int n, int k, int m) {                                     \
-        gemv_impl<T, MR, false, GemvNorm>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps}, w, b, y, n, k, m);    \
+        gemv_impl<T, MR, GemvNorm>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps}, GemvStore<T>{y, b}, w, n, k, \
+                                   m);                                                                     \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(128) gemv_glu_##N##_m##MR(                                \
         const T* x, const T* w, const T* b, T* y, int n, int k, int m) {                                   \
-        gemv_impl<T, MR, true, GemvGlu>(GemvCopy<T>{x}, w, b, y, n, k, m);                                 \
+        gemv_impl<T, MR, GemvGlu>(GemvCopy<T>{x}, GemvGluStore<T>{y, b}, w, n, k, m);                      \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(128)                                                      \
         gemv_norm_glu_##N##_m##MR(const T* a, const T* r, const T* nw, T* sum, float eps, const T* w,      \
                                   const T* b, T* y, int n, int k, int m) {                                 \
-        gemv_impl<T, MR, true, GemvGlu>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps}, w, b, y, n, k, m);      \
+        gemv_impl<T, MR, GemvGlu>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps}, GemvGluStore<T>{y, b}, w, n,  \
+                                  k, m);                                                                   \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) gemv_rope_##N##_m##MR(                               \
+        const T* x, const T* w, const T* b, int n, int k, int m, const T* cs, const T* sn, T* q, T* kc,    \
+        T* vc, const i64* slots, int hq, int hkv, int d, int dv, int rd, int il) {                         \
+        gemv_impl<T, MR, GemvNorm>(GemvCopy<T>{x},                                                         \
+                                   GemvRopeStore<T>{b, cs, sn, q, kc, vc, slots, hq, hkv, d, dv, rd, il}, \
+                                   w, n, k, m);                                                            \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) gemv_norm_rope_##N##_m##MR(                          \
+        const T* a, const T* r, const T* nw, T* sum, float eps, const T* w, const T* b, int n, int k,      \
+        int m, const T* cs, const T* sn, T* q, T* kc, T* vc, const i64* slots, int hq, int hkv, int d,     \
+        int dv, int rd, int il) {                                                                          \
+        gemv_impl<T, MR, GemvNorm>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps},                              \
+                                   GemvRopeStore<T>{b, cs, sn, q, kc, vc, slots, hq, hkv, d, dv, rd, il}, \
+                                   w, n, k, m);                                                            \
     }
 
 #define OPTC_GEMV(T, N)       \

@@ -28,6 +28,9 @@ pub fn available() -> Result<(), String> {
     }
 }
 
+/// The default of `Gpu::decode_chunks`.
+const DECODE_CHUNKS_PER_WARP: usize = 4;
+
 /// One GPU and what a program keeps on it.
 pub(crate) struct Gpu {
     pub ctx: Arc<CudaContext>,
@@ -42,6 +45,12 @@ pub(crate) struct Gpu {
     /// GEMV streams its first weights (which no kernel writes) before it
     /// waits for that kernel (`pdl_wait` in common.cuh).
     pub pdl: bool,
+    /// 32-key chunks each warp of a decode block takes before the keys are
+    /// split over more blocks (flash-decoding). One split merges in shared
+    /// memory; each more costs a round of partial results through global
+    /// memory, which at one token a step is most of the kernel's time.
+    /// `OPTC_DECODE_CHUNKS` overrides it (to compare).
+    pub decode_chunks: usize,
     module: Option<Arc<CudaModule>>,
     /// Optional kernels in their own module (the tensor-core prefill).
     extra: Option<Arc<CudaModule>>,
@@ -71,6 +80,11 @@ impl Gpu {
             name,
             arch,
             pdl: arch.0 >= 9 && std::env::var("OPTC_CUDA_PDL").map_or(true, |v| v != "0"),
+            decode_chunks: std::env::var("OPTC_DECODE_CHUNKS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(DECODE_CHUNKS_PER_WARP),
             module: None,
             extra: None,
             functions: HashMap::new(),

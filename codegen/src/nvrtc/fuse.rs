@@ -9,8 +9,8 @@
 //! `fused_gemvs` marks a third kind, decided per run: at decode batch
 //! sizes, where each launch costs as much as its work, a linear's GEMV
 //! does the RMSNorm (with its residual add) that made its input, and the
-//! SwiGLU that reads its product. At larger batches the steps run as
-//! before.
+//! SwiGLU or the rope + cache write that reads its product. At larger
+//! batches the steps run as before.
 
 use std::collections::{HashMap, HashSet};
 
@@ -252,40 +252,51 @@ fn rope_qkv_cache(
     Some((sp, rq, rk))
 }
 
+/// How many linears' GEMVs do each kind of neighbouring work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct GemvFusions {
+    /// The (add+)RMSNorm that makes x.
+    pub(super) norms: usize,
+    /// The split SwiGLU that reads the product.
+    pub(super) glus: usize,
+    /// The rope + KV cache write (`Kernel::RopeQkvCache`) that reads the
+    /// QKV product.
+    pub(super) ropes: usize,
+}
+
 /// Marks the linears whose GEMV may do a neighbour's work: the RMSNorm or
-/// add+RMSNorm that makes x, and the split SwiGLU that reads the product,
-/// when nothing else reads the value between them (views aside). The
-/// linear keeps the norm's operands and results alive until it runs; the
-/// norm step gets `deferred_to`. Returns the (norm, SwiGLU) counts.
-pub(super) fn fused_gemvs(
-    steps: &mut [Step],
-    types: &[TensorType],
-    outputs: &HashSet<usize>,
-) -> (usize, usize) {
+/// add+RMSNorm that makes x, and the split SwiGLU or the rope + cache
+/// write that reads the product, when nothing else reads the value between
+/// them (views aside). The linear keeps the norm's operands and results
+/// alive until it runs; the norm step gets `deferred_to`.
+pub(super) fn fused_gemvs(steps: &mut [Step], types: &[TensorType], outputs: &HashSet<usize>) -> GemvFusions {
     let uses = Uses::new(steps);
-    let (mut norms, mut glus) = (0, 0);
+    let mut count = GemvFusions::default();
     for li in 0..steps.len() {
         if !matches!(steps[li].exec, Exec::Kernel(Kernel::Linear, _)) {
             continue;
         }
         let norm = fusable_norm(steps, types, outputs, &uses, li);
         let glu = fusable_glu(steps, types, outputs, &uses, li);
-        if norm.is_none() && glu.is_none() {
+        let rope = fusable_rope(steps, types, outputs, &uses, li);
+        if norm.is_none() && glu.is_none() && rope.is_none() {
             continue;
         }
         if let Some(p) = norm {
             steps[li].also_reads = steps[p].args.iter().chain(&steps[p].outs).copied().collect();
             steps[p].deferred_to = Some(li);
-            norms += 1;
+            count.norms += 1;
         }
-        glus += usize::from(glu.is_some());
+        count.glus += usize::from(glu.is_some());
+        count.ropes += usize::from(rope.is_some());
         steps[li].fused = Some(FusedGemv {
             norm,
             glu,
+            rope,
             fns: Vec::new(),
         });
     }
-    (norms, glus)
+    count
 }
 
 /// The RMSNorm or add+RMSNorm step whose normalised result is linear
@@ -310,6 +321,47 @@ fn fusable_norm(
         .then_some(p)
 }
 
+/// The rope + cache write step (`Kernel::RopeQkvCache`) that is the one
+/// reader of linear `li`'s product, whose other operands (cos, sin, the
+/// caches, the slots) are ready when the linear runs.
+fn fusable_rope(
+    steps: &[Step],
+    types: &[TensorType],
+    outputs: &HashSet<usize>,
+    uses: &Uses,
+    li: usize,
+) -> Option<usize> {
+    let y = steps[li].outs[0];
+    let s = one_reader_past_views(steps, uses, y)?;
+    let rope = &steps[s];
+    if !matches!(rope.exec, Exec::Kernel(Kernel::RopeQkvCache, _))
+        || !uses.read_only_by(steps, y, s, outputs)
+        || uses.root(steps, rope.args[0]) != y
+    {
+        return None;
+    }
+    // The GEMV reads them through the buffers they view (`owner`).
+    let ready = rope.args[1..]
+        .iter()
+        .all(|&a| uses.producer.get(&uses.root(steps, a)).is_none_or(|&p| p < li));
+    let rows = konst(types[steps[li].args[1]].shape.dims().first()?)?;
+    (ready && rows % 2 == 0).then_some(s)
+}
+
+/// The one step that reads `v`, directly or at the end of a chain of views.
+fn one_reader_past_views(steps: &[Step], uses: &Uses, v: usize) -> Option<usize> {
+    let &[mut s] = uses.readers.get(&v)?.as_slice() else {
+        return None;
+    };
+    while matches!(steps[s].exec, Exec::View) {
+        let &[next] = uses.readers.get(&steps[s].outs[0])?.as_slice() else {
+            return None;
+        };
+        s = next;
+    }
+    Some(s)
+}
+
 /// The split SwiGLU step that is the one reader of linear `li`'s product
 /// (rows of 2f: gate, then up), for a weight of 2f rows.
 fn fusable_glu(
@@ -320,16 +372,7 @@ fn fusable_glu(
     li: usize,
 ) -> Option<usize> {
     let y = steps[li].outs[0];
-    let readers = uses.readers.get(&y)?;
-    let &[r] = readers.as_slice() else { return None };
-    // The one reader, or the one reader at the end of a chain of views.
-    let mut s = r;
-    while matches!(steps[s].exec, Exec::View) {
-        let &[next] = uses.readers.get(&steps[s].outs[0])?.as_slice() else {
-            return None;
-        };
-        s = next;
-    }
+    let s = one_reader_past_views(steps, uses, y)?;
     if !matches!(steps[s].exec, Exec::Kernel(Kernel::SwiGluSplit, _))
         || !uses.read_only_by(steps, y, s, outputs)
     {

@@ -37,6 +37,78 @@ fn vec_rows(cols: usize, ptrs: &[u64]) -> Option<(usize, u32)> {
     }
 }
 
+/// The shapes of a rope + cache write step (`Kernel::RopeQkvCache`: qkv,
+/// cos, sin, k cache, v cache, slot mapping -> q) this run.
+struct RopeQkv {
+    ntok: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    dv: usize,
+    /// Rotated channels of a head (cos/sin's last extent).
+    r: usize,
+    /// A row of qkv: hq + hkv heads of d, then hkv of dv.
+    width: usize,
+}
+
+impl RopeQkv {
+    fn of(s: &Step, dims: &[Vec<usize>]) -> Result<RopeQkv, String> {
+        let a = &s.args;
+        let numel = |v: usize| dims[v].iter().product::<usize>();
+        let last = |v: usize| dims[v].last().copied().unwrap_or(1);
+        let (dk, dv) = (&dims[a[3]], &dims[a[4]]);
+        let dq = &dims[s.outs[0]];
+        let (Some(&hkv), Some(&d), Some(&dvh), Some(&hq)) = (
+            dk.get(2),
+            dk.get(3),
+            dv.get(3),
+            dq.get(dq.len().saturating_sub(2)),
+        ) else {
+            return Err(format!(
+                "fused rope: caches {dk:?}, {dv:?} and queries {dq:?} (a lowering bug)"
+            ));
+        };
+        let (ntok, r) = (numel(a[5]), last(a[1]));
+        let width = (hq + hkv) * d + hkv * dvh;
+        if numel(a[0]) != ntok * width || numel(s.outs[0]) != ntok * hq * d || numel(a[1]) != ntok * r {
+            return Err(format!(
+                "fused rope: {} QKV values, {} cos values and {} query values for {ntok} tokens \
+                 of {hq}+{hkv} heads (a lowering bug)",
+                numel(a[0]),
+                numel(a[1]),
+                numel(s.outs[0])
+            ));
+        }
+        Ok(RopeQkv {
+            ntok,
+            hq,
+            hkv,
+            d,
+            dv: dvh,
+            r,
+            width,
+        })
+    }
+
+    /// Whether a GEMV of `m` rows and `n` outputs can do this step at its
+    /// store (`GemvRopeStore`: RoPE pairs within a warp).
+    fn fits_gemv(&self, m: usize, n: usize) -> bool {
+        self.ntok == m && self.width == n && n % 2 == 0 && self.d % 2 == 0 && self.r <= self.d
+    }
+}
+
+/// A fused norm step's operands as `gemv_norm_*` takes them: (x, r, nw,
+/// sum, eps) for add_rms_norm(x, r, w) -> (sum, y) or rms_norm(x, w) -> y.
+fn norm_args(p: &Step, ptr: &[u64]) -> Result<(u64, u64, u64, u64, f32), String> {
+    let (pa, po) = (&p.args, &p.outs);
+    let opt = |i: usize| pa.get(i).map_or(0u64, |&v| ptr[v]);
+    match &p.op {
+        Op::AddRmsNorm(o) => Ok((ptr[pa[0]], ptr[pa[1]], opt(2), ptr[po[0]], o.eps as f32)),
+        Op::RmsNorm(o) => Ok((ptr[pa[0]], 0, opt(1), 0, o.eps as f32)),
+        op => Err(format!("no fused GEMV after {} (a lowering bug)", op.name())),
+    }
+}
+
 impl CudaProgram {
     /// Whether linear `lin` runs its fused GEMV on this run: one to four
     /// rows, a k the GEMV takes, 16-byte-aligned operands and, with a
@@ -73,7 +145,11 @@ impl CudaProgram {
             Some(p) => nn <= src::GEMV_PROLOGUE_MAX_N && aligned(&steps[p].args) && aligned(&steps[p].outs),
             None => aligned(&lin.args[..1]),
         };
+        let rope_ok = z
+            .rope
+            .is_none_or(|ri| RopeQkv::of(&steps[ri], dims).is_ok_and(|g| g.fits_gemv(m, nn)));
         (1..=src::GEMV_MAX_ROWS).contains(&m)
+            && rope_ok
             && kd % 8 == 0
             && m * kd * esize <= src::GEMV_MAX_SMEM
             && nn <= i32::MAX as usize
@@ -83,8 +159,9 @@ impl CudaProgram {
     }
 
     /// Linear `lin` on its fused GEMV, for a run where `fused_gemv_fits`
-    /// held: the norm step's launch was skipped, and the SwiGLU step is
-    /// marked in `done` (its result allocated here) so it is skipped too.
+    /// held: the norm step's launch was skipped, and the SwiGLU or rope
+    /// step is marked in `done` (its result allocated here) so it is
+    /// skipped too.
     pub(super) fn launch_fused_gemv(
         &mut self,
         lin: &Step,
@@ -98,17 +175,20 @@ impl CudaProgram {
         };
         let a = &lin.args;
         let (m, kd, nn, esize) = self.gemv_shape(lin, dims);
-        let (y, n, geo) = match z.glu {
-            Some(g) => {
-                let o = steps[g].outs[0];
-                if self.locs[o] == Loc::Temp && ptr[o] == 0 {
-                    let bytes = self.types[o].dtype.storage_bytes(dims[o].iter().product());
-                    ptr[o] = self.pool.alloc(bytes)?;
-                }
-                done[g] = true;
-                (ptr[o], nn / 2, src::GEMV_GLU)
+        // The result of a step this GEMV does, allocated here.
+        let mut take_over = |step: usize, ptr: &mut [u64]| -> Result<u64, String> {
+            let o = steps[step].outs[0];
+            if self.locs[o] == Loc::Temp && ptr[o] == 0 {
+                let bytes = self.types[o].dtype.storage_bytes(dims[o].iter().product());
+                ptr[o] = self.pool.alloc(bytes)?;
             }
-            None => (ptr[lin.outs[0]], nn, src::GEMV_NORM),
+            done[step] = true;
+            Ok(ptr[o])
+        };
+        let (y, n, geo) = match (z.glu, z.rope) {
+            (Some(g), _) => (take_over(g, ptr)?, nn / 2, src::GEMV_GLU),
+            (None, Some(ri)) => (take_over(ri, ptr)?, nn, src::GEMV_NORM),
+            (None, None) => (ptr[lin.outs[0]], nn, src::GEMV_NORM),
         };
         if y % 16 != 0 {
             return Err("a fused GEMV result outside the pool (a lowering bug)".into());
@@ -122,20 +202,73 @@ impl CudaProgram {
         let bias = a.get(2).map_or(0u64, |&v| ptr[v]);
         let (n, k, m) = (n as i32, kd as i32, m as i32);
         let gpu = &self.gpu;
+        if let Some(ri) = z.rope {
+            return self.launch_gemv_rope(
+                lin,
+                &steps[ri],
+                z.norm.map(|p| &steps[p]),
+                dims,
+                ptr,
+                f,
+                c,
+                weight_first,
+            );
+        }
         let Some(p) = z.norm else {
             return launch_dependent!(gpu, f, c, weight_first; x = ptr[a[0]], w = ptr[a[1]], b = bias, y = y, n = n, k = k, m = m);
         };
-        let (pa, po) = (&steps[p].args, &steps[p].outs);
-        let opt = |i: usize| pa.get(i).map_or(0u64, |&v| ptr[v]);
-        // add_rms_norm(x, r, w) -> (sum, y); rms_norm(x, w) -> y.
-        let (r, nw, sum, eps) = match &steps[p].op {
-            Op::AddRmsNorm(o) => (ptr[pa[1]], opt(2), ptr[po[0]], o.eps),
-            Op::RmsNorm(o) => (0, opt(1), 0, o.eps),
-            op => return Err(format!("no fused GEMV after {} (a lowering bug)", op.name())),
-        };
+        let (x, r, nw, sum, eps) = norm_args(&steps[p], ptr)?;
         launch_dependent!(gpu, f, c, weight_first;
-            x = ptr[pa[0]], r = r, nw = nw, sum = sum, eps = eps as f32, w = ptr[a[1]], b = bias, y = y,
-            n = n, k = k, m = m)
+            x = x, r = r, nw = nw, sum = sum, eps = eps, w = ptr[a[1]], b = bias, y = y, n = n, k = k, m = m)
+    }
+
+    /// The QKV GEMV that also does rope step `rs` (`gemv_rope_*` or
+    /// `gemv_norm_rope_*`): its product goes straight to the queries and
+    /// the caches. The step's operands are read through the buffers they
+    /// view: the GEMV runs before the views of cos and sin are made.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_gemv_rope(
+        &self,
+        lin: &Step,
+        rs: &Step,
+        norm: Option<&Step>,
+        dims: &[Vec<usize>],
+        ptr: &[u64],
+        f: &CudaFunction,
+        c: LaunchConfig,
+        weight_first: bool,
+    ) -> Result<(), String> {
+        let Op::Rope(o) = &rs.op else {
+            return Err(format!("no fused rope for {} (a lowering bug)", rs.op.name()));
+        };
+        let g = RopeQkv::of(rs, dims)?;
+        let a = &lin.args;
+        let (m, kd, nn, _) = self.gemv_shape(lin, dims);
+        let bias = a.get(2).map_or(0u64, |&v| ptr[v]);
+        let arg = |i: usize| ptr[self.owner[rs.args[i]]];
+        let (cs, sn, q, kc, vc, slots) = (arg(1), arg(2), ptr[rs.outs[0]], arg(3), arg(4), arg(5));
+        if [cs, sn, q, kc, vc, slots].contains(&0) {
+            return Err("a fused rope operand is not ready at its GEMV (a lowering bug)".into());
+        }
+        let (n, k, m) = (nn as i32, kd as i32, m as i32);
+        let (hq, hkv, d, dv, rd, il) = (
+            g.hq as i32,
+            g.hkv as i32,
+            g.d as i32,
+            g.dv as i32,
+            g.r as i32,
+            i32::from(o.interleaved),
+        );
+        let gpu = &self.gpu;
+        let Some(p) = norm else {
+            return launch_dependent!(gpu, f, c, weight_first;
+                x = ptr[a[0]], w = ptr[a[1]], b = bias, n = n, k = k, m = m, cs = cs, sn = sn, q = q, kc = kc,
+                vc = vc, slots = slots, hq = hq, hkv = hkv, d = d, dv = dv, rd = rd, il = il);
+        };
+        let (x, r, nw, sum, eps) = norm_args(p, ptr)?;
+        launch_dependent!(gpu, f, c, weight_first;
+            x = x, r = r, nw = nw, sum = sum, eps = eps, w = ptr[a[1]], b = bias, n = n, k = k, m = m, cs = cs,
+            sn = sn, q = q, kc = kc, vc = vc, slots = slots, hq = hq, hkv = hkv, d = d, dv = dv, rd = rd, il = il)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -341,27 +474,13 @@ impl CudaProgram {
                     x = ptr[a[0]], y = ptr[o0], rows = rows as i64, f = f as i64, v = i32::from(vec))
             }
             (Kernel::RopeQkvCache, Op::Rope(o)) => {
-                // qkv, cos, sin, k cache, v cache, slot mapping -> q.
-                let (dk, dv) = (&dims[a[3]], &dims[a[4]]);
-                let (hkv, d, dvh) = (dk[2], dk[3], dv[3]);
-                let (dq, r) = (&dims[o0], last(a[1]));
-                let hq = dq[dq.len().saturating_sub(2)];
-                let ntok = numel(a[5]);
-                let width = (hq + hkv) * d + hkv * dvh;
-                if numel(a[0]) != ntok * width || n != ntok * hq * d || numel(a[1]) != ntok * r {
-                    return Err(format!(
-                        "fused rope: {} QKV values, {} cos values and {n} query values for {ntok} tokens \
-                         of {hq}+{hkv} heads (a lowering bug)",
-                        numel(a[0]),
-                        numel(a[1])
-                    ));
-                }
+                let g = RopeQkv::of(s, dims)?;
                 // Early only between GEMVs (decode batches): at larger
                 // batches it measured 1-3 % slower on the H200.
-                launch_dependent!(gpu, &fns[0], ew(ntok * width), ntok <= src::GEMV_MAX_ROWS;
+                launch_dependent!(gpu, &fns[0], ew(g.ntok * g.width), g.ntok <= src::GEMV_MAX_ROWS;
                     qkv = ptr[a[0]], c = ptr[a[1]], sn = ptr[a[2]], q = ptr[o0], kc = ptr[a[3]], vc = ptr[a[4]],
-                    sl = ptr[a[5]], nt = ntok as i64, hq = hq as i32, hkv = hkv as i32, d = d as i32,
-                    dv = dvh as i32, r = r as i32, il = i32::from(o.interleaved))
+                    sl = ptr[a[5]], nt = g.ntok as i64, hq = g.hq as i32, hkv = g.hkv as i32, d = g.d as i32,
+                    dv = g.dv as i32, r = g.r as i32, il = i32::from(o.interleaved))
             }
             (Kernel::Gelu, Op::Gelu(gl)) => launch!(gpu, &fns[0], ew(n);
                 t = i32::from(gl.approximate == GeluApprox::Tanh), x = ptr[a[0]], y = ptr[o0], n = n as i64),

@@ -67,6 +67,9 @@ pub(super) struct FusedGemv {
     pub(super) norm: Option<usize>,
     /// The SwiGLU step that reads the product, done at the store.
     pub(super) glu: Option<usize>,
+    /// The rope + cache write step that reads the (QKV) product, done at
+    /// the store.
+    pub(super) rope: Option<usize>,
     /// The fused GEMV for one row of x, then for up to four.
     pub(super) fns: Vec<CudaFunction>,
 }
@@ -90,6 +93,9 @@ pub struct CudaSummary {
     /// Gate/up linears whose GEMV stores SwiGLU of its product, at
     /// decode batch sizes.
     pub gemv_glus: usize,
+    /// QKV linears whose GEMV rotates its product and writes the KV
+    /// cache, at decode batch sizes.
+    pub gemv_ropes: usize,
     /// The tensor-core prefill kernel: "on", or why it is off.
     pub prefill_mma: Option<String>,
 }
@@ -251,6 +257,21 @@ pub(super) struct Executed {
     pub(super) picked: Option<u64>,
 }
 
+/// A transpose that keeps the order of every axis longer than one (the
+/// rotary tables' `[1, 1, T, r] -> [1, T, 1, r]`): the same bytes, so a
+/// view. Symbolic extents count as longer than one.
+fn moves_only_unit_axes(op: &Op, x: &TensorType) -> bool {
+    let Op::Transpose(t) = op else { return false };
+    let dims = x.shape.dims();
+    let kept: Option<Vec<usize>> = t
+        .perm
+        .iter()
+        .map(|&p| optc_ir::dim::normalize_axis(p, dims.len()).ok())
+        .filter(|p| p.is_none_or(|p| dims[p].as_const() != Some(1)))
+        .collect();
+    t.perm.len() == dims.len() && kept.is_some_and(|k| k.windows(2).all(|w| w[0] < w[1]))
+}
+
 /// Lets `f` take `bytes` of dynamic shared memory (past the 48 KiB default).
 /// Makes linear `li` a plain one again (its fused kernels did not build,
 /// or a step it fused was evaluated at lowering).
@@ -267,6 +288,9 @@ fn unfuse(steps: &mut [Step], li: usize, summary: &mut CudaSummary) {
     }
     if z.glu.is_some() {
         summary.gemv_glus = summary.gemv_glus.saturating_sub(1);
+    }
+    if z.rope.is_some() {
+        summary.gemv_ropes = summary.gemv_ropes.saturating_sub(1);
     }
 }
 
@@ -357,7 +381,9 @@ impl CudaProgram {
                         continue;
                     }
                     let arg_types: Vec<&TensorType> = args.iter().map(|&a| &types[a]).collect();
-                    let exec = if matches!(op, Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_)) {
+                    let exec = if matches!(op, Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_))
+                        || moves_only_unit_axes(op, &types[args[0]])
+                    {
                         summary.views += 1;
                         Exec::View
                     } else if let Some(k) = choose(op, &arg_types, &node.outputs) {
@@ -435,8 +461,8 @@ impl CudaProgram {
             }
             summary.kernels.retain(|_, n| *n > 0);
             if std::env::var("OPTC_CUDA_FUSE_GEMV").map_or(true, |v| v != "0") {
-                (summary.gemv_norms, summary.gemv_glus) =
-                    super::fuse::fused_gemvs(&mut steps, &types, &outputs);
+                let n = super::fuse::fused_gemvs(&mut steps, &types, &outputs);
+                (summary.gemv_norms, summary.gemv_glus, summary.gemv_ropes) = (n.norms, n.glus, n.ropes);
             }
         }
         // Compile (or load) the kernels and resolve each step's functions.
@@ -533,14 +559,15 @@ impl CudaProgram {
         // A fused GEMV needs its kernels and the plain GEMV's shared
         // memory; without either the steps run apart.
         for li in 0..steps.len() {
-            let Some((norm, glu)) = steps[li].fused.as_ref().map(|z| (z.norm, z.glu)) else {
+            let Some((norm, glu, rope)) = steps[li].fused.as_ref().map(|z| (z.norm, z.glu, z.rope)) else {
                 continue;
             };
             let f = float_name(types[steps[li].outs[0]].dtype).unwrap_or("f32");
             let name = format!(
-                "gemv{}{}_{f}",
+                "gemv{}{}{}_{f}",
                 if norm.is_some() { "_norm" } else { "" },
-                if glu.is_some() { "_glu" } else { "" }
+                if glu.is_some() { "_glu" } else { "" },
+                if rope.is_some() { "_rope" } else { "" }
             );
             let gemv_on = matches!(&steps[li].exec, Exec::Kernel(_, fns) if !fns.is_empty());
             let fns: Vec<CudaFunction> = ["m1", "m4"]
@@ -653,20 +680,19 @@ impl CudaProgram {
         // step it fuses is (x or its product is computed on the device),
         // and a norm evaluated here leaves its linear a plain one.
         for li in 0..steps.len() {
-            if steps[li].fused.is_none() {
+            let Some(z) = steps[li].fused.as_mut() else {
                 steps[li].deferred_to = steps[li].deferred_to.and_then(|l| moved.get(&l).copied());
                 continue;
-            }
-            let (norm, glu) = steps[li].fused.as_ref().map_or((None, None), |z| (z.norm, z.glu));
-            let (norm, glu) = (
-                norm.map(|i| moved.get(&i).copied()),
-                glu.map(|i| moved.get(&i).copied()),
+            };
+            let (norm, glu, rope) = (
+                z.norm.map(|i| moved.get(&i).copied()),
+                z.glu.map(|i| moved.get(&i).copied()),
+                z.rope.map(|i| moved.get(&i).copied()),
             );
-            if let Some(z) = steps[li].fused.as_mut() {
-                z.norm = norm.flatten();
-                z.glu = glu.flatten();
-            }
-            if norm == Some(None) || glu == Some(None) {
+            z.norm = norm.flatten();
+            z.glu = glu.flatten();
+            z.rope = rope.flatten();
+            if [norm, glu, rope].contains(&Some(None)) {
                 unfuse(&mut steps, li, &mut summary);
             }
         }

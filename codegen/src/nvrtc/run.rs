@@ -397,10 +397,11 @@ impl CudaProgram {
                         // The tensor-core decode keeps cache slots in 32 bits.
                         && shape.num_blocks * shape.block_size <= i32::MAX as usize;
                     let nsplit = if decode {
-                        // Each of a block's four warps takes a 32-key chunk;
-                        // split while the grid still fits in one wave (the
-                        // blocks the SMs hold at once, by shared memory and
-                        // at most four), else twice the SMs (CUDA cores).
+                        // Each of a block's four warps takes up to
+                        // `decode_chunks` 32-key chunks; split while the
+                        // grid still fits in one wave (the blocks the SMs
+                        // hold at once, by shared memory and at most four),
+                        // else twice the SMs (CUDA cores).
                         let blocks = shape.tokens * shape.kv_heads;
                         let esize = self.types[s.args[0]].dtype.storage_bytes(1);
                         let fill = if src::decode_mma_supported(shape.head_dim, esize) {
@@ -413,7 +414,11 @@ impl CudaProgram {
                                 .div_ceil(blocks.max(1))
                                 .next_power_of_two()
                         };
-                        max_chunks.div_ceil(4).next_power_of_two().min(fill).clamp(1, 64)
+                        max_chunks
+                            .div_ceil(4 * self.gpu.decode_chunks)
+                            .next_power_of_two()
+                            .min(fill)
+                            .clamp(1, 64)
                     } else {
                         nsplit
                     };
