@@ -408,6 +408,109 @@ fn paged_attention_matches_the_interpreter() {
     }
 }
 
+/// Decode attention at contexts that give a warp several 32-key chunks,
+/// split over blocks, with the new key in a warp's first, second or a
+/// later chunk (the decode kernel streams its first two chunks before it
+/// waits for the kernel ahead and loads the new key after). One prefill
+/// step fills the caches; the test mirrors its cache writes on the host
+/// instead of asking the interpreter for its attention, so only the two
+/// decode steps run the interpreter and the test stays quick.
+#[test]
+fn decode_attention_over_long_contexts_matches_the_interpreter() {
+    if !gpu() {
+        return;
+    }
+    let cases = [
+        (DType::BF16, 32usize, 8usize, 64usize, 16usize, None),
+        (DType::BF16, 16, 2, 128, 5, None),
+        (DType::BF16, 12, 4, 96, 16, Some(100usize)),
+        (DType::F16, 8, 1, 256, 16, None),
+    ];
+    let mut seed = 0x5eed_u64;
+    for (dtype, hq, hkv, d, bs, window) in cases {
+        let c = Case {
+            dtype,
+            hq,
+            hkv,
+            d,
+            bs,
+            window,
+        };
+        let g = paged_graph(&c);
+        let lens = [1000usize, 300, 141, 97];
+        let max_blocks = lens.iter().map(|l| (l + 2).div_ceil(bs)).max().unwrap_or(1);
+        let nb = lens.len() * max_blocks;
+        // Sequence q owns blocks q, q + 4, q + 8, ...
+        let tables: Vec<Vec<i64>> = (0..lens.len())
+            .map(|q| (0..max_blocks).map(|b| (b * lens.len() + q) as i64).collect())
+            .collect();
+        let mut cuda = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+        cuda.init_state(&Bindings::from([("NB".to_string(), nb as i64)]))
+            .unwrap();
+        let row = hkv * d;
+        let (mut kc, mut vc) = (vec![0f32; nb * bs * row], vec![0f32; nb * bs * row]);
+        // The prefill, then two decode steps of one token a sequence.
+        let steps: [Vec<(usize, usize)>; 3] = [
+            lens.iter().map(|&l| (0, l)).collect(),
+            lens.iter().map(|&l| (l, 1)).collect(),
+            lens.iter().map(|&l| (l + 1, 1)).collect(),
+        ];
+        for (si, step) in steps.iter().enumerate() {
+            let mut st = StepInputs::default();
+            for (q, &(start, len)) in step.iter().enumerate() {
+                st.push_seq(&tables[q], bs, start, len, true);
+            }
+            let count = st.positions.len();
+            let meta = st.metadata(DType::I64);
+            let mut inputs = BTreeMap::new();
+            for (name, h) in [("q", hq), ("k", hkv), ("v", hkv)] {
+                let vals = random(count * h * d, &mut seed);
+                inputs.insert(name.to_string(), Tensor::from_f32(dtype, &[count, h, d], &vals));
+            }
+            for (name, m) in [
+                ("pos", "positions"),
+                ("starts", "seq_starts"),
+                ("ctx", "context_lens"),
+                ("tables", "block_tables"),
+                ("slots", "slot_mapping"),
+            ] {
+                inputs.insert(name.into(), meta[m].clone());
+            }
+            let before = cuda.attention_paths();
+            let got = cuda.run(&inputs).unwrap();
+            if si > 0 {
+                assert_eq!(
+                    cuda.attention_paths().decode - before.decode,
+                    1,
+                    "{dtype} d {d}: decode kernel"
+                );
+                let shape = [nb, bs, hkv, d];
+                let mut all = inputs.clone();
+                all.insert("kc".into(), Tensor::from_f32(dtype, &shape, &kc));
+                all.insert("vc".into(), Tensor::from_f32(dtype, &shape, &vc));
+                let want = run(&g, &all, &WeightStore::new()).unwrap();
+                let e = rel_l2(&got["o"], &want[0]);
+                assert!(
+                    e < 1e-2,
+                    "{dtype} hq {hq} hkv {hkv} d {d} window {window:?}, step {si}: rel L2 {e}"
+                );
+            }
+            // The cache writes, mirrored.
+            let (k, v) = (inputs["k"].to_f32_vec(), inputs["v"].to_f32_vec());
+            for (i, &slot) in st.slot_mapping.iter().enumerate() {
+                let s = slot as usize * row;
+                kc[s..s + row].copy_from_slice(&k[i * row..(i + 1) * row]);
+                vc[s..s + row].copy_from_slice(&v[i * row..(i + 1) * row]);
+            }
+        }
+        assert_eq!(
+            cuda.state_tensor("kc").unwrap().to_f32_vec(),
+            kc,
+            "{dtype} d {d}: k cache"
+        );
+    }
+}
+
 /// The elementwise, norm and layout kernels on odd sizes, in f32 and bf16.
 #[test]
 fn kernels_match_the_interpreter_on_random_inputs() {
@@ -643,14 +746,15 @@ fn fused_gemvs_match_the_interpreter() {
 /// partial rotary interleaved without a norm, partial rotary rotate-half
 /// in f32. The first step (seven rows) runs the separate kernels; the
 /// others (one row, then three decode rows, then a two-token chunk beside
-/// a decode row) the fused GEMV.
+/// a decode row) the fused GEMV. The (dtype, head dim) pairs are the
+/// paged-attention test's, whose compiled kernels the cache then holds.
 #[test]
 fn qkv_gemvs_with_rope_and_cache_write_match_the_interpreter() {
     // (dtype, query heads, KV heads, head dim, rotated dims, interleaved, bias, norm)
     let cases = [
         (DType::BF16, 4usize, 2usize, 64usize, 64usize, false, true, true),
-        (DType::BF16, 3, 1, 32, 16, true, false, false),
-        (DType::F32, 2, 2, 16, 8, false, false, true),
+        (DType::BF16, 3, 1, 96, 32, true, false, false),
+        (DType::F32, 2, 2, 48, 16, false, false, true),
     ];
     for (t, hq, hkv, d, r, il, bias, norm) in cases {
         let (k, bs) = (264usize, 4usize);

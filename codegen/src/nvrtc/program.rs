@@ -382,7 +382,7 @@ impl CudaProgram {
                     }
                     let arg_types: Vec<&TensorType> = args.iter().map(|&a| &types[a]).collect();
                     let exec = if matches!(op, Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_))
-                        || moves_only_unit_axes(op, &types[args[0]])
+                        || args.first().is_some_and(|&a| moves_only_unit_axes(op, &types[a]))
                     {
                         summary.views += 1;
                         Exec::View
@@ -935,5 +935,34 @@ impl CudaProgram {
         let mut bytes = vec![0u8; dtype.storage_bytes(dims.iter().product())];
         self.gpu.dtoh(ptr, &mut bytes)?;
         Tensor::from_le_bytes(dtype, dims, &bytes).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use optc_ir::ops::{Op, Transpose};
+    use optc_ir::{DType, Dim, TensorType};
+
+    use super::moves_only_unit_axes;
+
+    fn transpose_is_view(dims: &[Dim], perm: &[i64]) -> bool {
+        let x = TensorType::new(DType::F32, dims.to_vec());
+        moves_only_unit_axes(&Op::Transpose(Transpose { perm: perm.to_vec() }), &x)
+    }
+
+    #[test]
+    fn transposes_that_move_only_unit_axes_are_views() {
+        let (c, t) = (Dim::constant, || Dim::sym("T"));
+        // The rotary tables' [1, 1, T, r] -> [1, T, 1, r].
+        assert!(transpose_is_view(&[c(1), c(1), t(), c(16)], &[0, 2, 1, 3]));
+        assert!(transpose_is_view(&[c(1), c(8)], &[1, 0]));
+        assert!(transpose_is_view(&[c(1), c(8)], &[-1, 0]));
+        // Two axes longer than one swap; a symbol may be longer than one.
+        assert!(!transpose_is_view(&[t(), c(4), c(1), c(16)], &[1, 0, 2, 3]));
+        assert!(!transpose_is_view(&[c(8), t()], &[1, 0]));
+        assert!(!transpose_is_view(&[c(1), t(), c(4)], &[2, 1, 0]));
+        // A malformed permutation is not a view (the kernel reports it).
+        assert!(!transpose_is_view(&[c(1), c(8)], &[1]));
+        assert!(!transpose_is_view(&[c(1), c(8)], &[0, 5]));
     }
 }
