@@ -154,8 +154,13 @@ __device__ __forceinline__ void strided_offsets(const Strided& s, i64 i, i64* sr
 // ---- Programmatic dependent launch (sm_90). A kernel launched with the
 // programmatic-serialization attribute may start while the kernel before
 // it in the stream still runs: before pdl_wait() it may only read what no
-// earlier kernel writes (weights) and write nothing; pdl_wait() returns
-// once the kernels before it have finished and their writes are visible.
+// kernel of this run writes and write nothing; pdl_wait() returns once the
+// kernels before it have finished and their writes are visible. What that
+// allows: weights; the run's inputs (positions, block tables: every run
+// starts with the host's copy of its input arena, which orders it after
+// the previous run); cached keys and values of earlier steps (a decode
+// step writes only its own token's slot, and a block another sequence
+// shares is full, so never written).
 // pdl_trigger() lets the next kernel start launching (it waits in turn).
 // Without the attribute both return at once.
 __device__ __forceinline__ void pdl_wait() {

@@ -200,9 +200,9 @@ template <typename T> struct GemvRopeStore {
         const i64 slot = slots[j];
         if (ia >= qk) {
             if (slot < 0) return;
-            T* row = vc + slot * hkv * dv - qk;
-            st(&row[ia], xa);
-            st(&row[ib], xb);
+            T* row = vc + slot * hkv * dv;
+            st(&row[ia - qk], xa);
+            st(&row[ib - qk], xb);
             return;
         }
         const int ka = ia % d, kb = ib % d;
@@ -212,15 +212,18 @@ template <typename T> struct GemvRopeStore {
             oa = xa * ld(&c[ka]) + (-xb) * ld(&s[ka]);
             ob = xb * ld(&c[kb]) + xa * ld(&s[kb]);
         }
+        // The head row: queries of token j, or keys at its cache slot.
         T* row;
+        int at = ia;
         if (ia < hq * d) {
             row = q + (i64)j * hq * d;
         } else {
             if (slot < 0) return;
-            row = kc + slot * hkv * d - hq * d;
+            row = kc + slot * hkv * d;
+            at -= hq * d;
         }
-        st(&row[ia], oa);
-        st(&row[ib], ob);
+        st(&row[at], oa);
+        st(&row[at + (ib - ia)], ob);
     }
 };
 

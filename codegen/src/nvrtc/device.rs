@@ -41,11 +41,14 @@ pub(crate) struct Gpu {
     /// Launch kernels that ask for it (`launch_dependent!`: the decode
     /// GEMVs, and at ≤ 4 tokens rope + cache and decode attention) with
     /// programmatic dependent launch (sm_90 and later; `OPTC_CUDA_PDL=0`
-    /// turns it off): each may start while the kernel before it runs; a
-    /// GEMV streams its first weights (which no kernel writes) before it
-    /// waits for that kernel (`pdl_wait` in common.cuh).
+    /// turns it off): each may start while the kernel before it runs. A
+    /// GEMV streams its first weights (which no kernel writes), decode
+    /// attention its first cached keys (all but the current token's, which
+    /// earlier steps wrote), before it waits for that kernel (`pdl_wait` in
+    /// common.cuh says what may be read early).
     pub pdl: bool,
-    /// 32-key chunks each warp of a decode block takes before the keys are
+    /// Key chunks (32 keys; 16 for head dims past 64) each warp of a
+    /// decode block takes before the keys are
     /// split over more blocks (flash-decoding). One split merges in shared
     /// memory; each more costs a round of partial results through global
     /// memory, which at one token a step is most of the kernel's time.

@@ -93,7 +93,12 @@ impl RopeQkv {
     /// Whether a GEMV of `m` rows and `n` outputs can do this step at its
     /// store (`GemvRopeStore`: RoPE pairs within a warp).
     fn fits_gemv(&self, m: usize, n: usize) -> bool {
-        self.ntok == m && self.width == n && n % 2 == 0 && self.d % 2 == 0 && self.r <= self.d
+        self.ntok == m
+            && self.width == n
+            && n % 2 == 0
+            && self.d % 2 == 0
+            && self.r % 2 == 0
+            && self.r <= self.d
     }
 }
 

@@ -402,6 +402,9 @@ mod tests {
             "gemv_norm_bf16_m1",
             "gemv_glu_f32_m4",
             "gemv_norm_glu_f16_m4",
+            "gemv_rope_f32_m1",
+            "gemv_norm_rope_bf16_m4",
+            "gemv_norm_rope_f16_m1",
             "paged_prefill_mma_bf16_d64",
         ] {
             assert!(have.contains(name), "{name}");
