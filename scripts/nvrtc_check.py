@@ -8,7 +8,7 @@ folder:
     python3 scripts/nvrtc_check.py /path/to/nvidia/cu13 [--verbose]
 
 It compiles the same translation unit the nvrtc target builds (common
-helpers, every kernel file, bf16/f32 attention instances) for sm_90 to a
+helpers, every kernel file, attention and GEMV instances) for sm_90 to a
 cubin and prints NVRTC's log (with --verbose, ptxas's registers and spills).
 """
 import ctypes
@@ -22,6 +22,9 @@ files = ["common.cuh", "elementwise.cu", "norm.cu", "layout.cu", "attention.cu",
 src = "".join((root / f).read_text() + "\n" for f in files)
 src += "OPTC_PAGED_ATTENTION(bf16, bf16, 64, 64)\nOPTC_PAGED_ATTENTION(float, f32, 128, 64)\n"
 src += "OPTC_PAGED_ATTENTION(bf16, bf16, 128, 64)\nOPTC_PAGED_ATTENTION(f16, f16, 96, 64)\n"
+# The linears' kernels, which the host instantiates per float type.
+src += "OPTC_GEMV(float, f32)\nOPTC_GEMV(bf16, bf16)\nOPTC_SKINNY_ALL(bf16, bf16)\n"
+src += "OPTC_GEMV(f16, f16)\nOPTC_SKINNY_ALL(f16, f16)\n"
 mma = (root / "common.cuh").read_text() + (root / "attention_mma.cu").read_text()
 mma += "OPTC_PAGED_PREFILL_MMA(bf16, bf16, 64)\nOPTC_PAGED_PREFILL_MMA(bf16, bf16, 128)\nOPTC_PAGED_PREFILL_MMA(f16, f16, 96)\n"
 

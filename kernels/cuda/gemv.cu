@@ -362,13 +362,12 @@ static_assert(GemvPlain::WARPS * 32 == 256 && GemvNorm::WARPS * 32 == 256 && Gem
                                    w, n, k, m);                                                            \
     }
 
+// Instantiated by the host for each float type a graph's linears use
+// (`gemv_instance` in kernels/src/cuda.rs): most of this file's compile
+// time, so a bf16 model does not build the f32 and f16 GEMVs.
 #define OPTC_GEMV(T, N)       \
     OPTC_GEMV_ROWS(T, N, 1)   \
     OPTC_GEMV_ROWS(T, N, 4)
-
-OPTC_GEMV(float, f32)
-OPTC_GEMV(bf16, bf16)
-OPTC_GEMV(f16, f16)
 
 // Linear layers at small batches (5..128 rows of x) on the tensor cores,
 // for 16-bit types: y = x wᵀ (+ b) as yᵀ = w xᵀ, so the weight rows are
@@ -527,9 +526,9 @@ __device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float
                             int k, int m) {                                                                \
         skinny_gemm_impl<T, MT>(x, w, b, y, part, counters, n, k, m);                                      \
     }
-OPTC_SKINNY(bf16, bf16, 4, m32)
-OPTC_SKINNY(bf16, bf16, 8, m64)
-OPTC_SKINNY(bf16, bf16, 16, m128)
-OPTC_SKINNY(f16, f16, 4, m32)
-OPTC_SKINNY(f16, f16, 8, m64)
-OPTC_SKINNY(f16, f16, 16, m128)
+// The row variants (`SKINNY_VARIANTS` on the host), instantiated with the
+// GEMVs for the 16-bit types.
+#define OPTC_SKINNY_ALL(T, N)    \
+    OPTC_SKINNY(T, N, 4, m32)    \
+    OPTC_SKINNY(T, N, 8, m64)    \
+    OPTC_SKINNY(T, N, 16, m128)

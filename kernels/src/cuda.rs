@@ -119,6 +119,17 @@ pub fn attention_smem_bytes(d: usize) -> usize {
     (attention_rows(d) * d + 32 * (d + 4) + 32 * d) * 4
 }
 
+/// The instantiation lines for the linears of a float type (`f32`, `bf16`,
+/// `f16`): the decode GEMVs (`gemv_*_{dtype}_m1`/`_m4`, fused kinds
+/// included) and, for 16-bit types, the tensor-core skinny GEMMs. Only the
+/// types a graph uses are compiled.
+pub fn gemv_instance(dtype: &str) -> String {
+    match dtype {
+        "f32" => "OPTC_GEMV(float, f32)\n".into(),
+        t => format!("OPTC_GEMV({t}, {t})\nOPTC_SKINNY_ALL({t}, {t})\n"),
+    }
+}
+
 /// The instantiation line for paged attention on `dtype` (`f32`, `bf16`,
 /// `f16`) with head dim `d`; it defines `paged_attention_{dtype}_d{d}`.
 pub fn attention_instance(dtype: &str, d: usize) -> String {

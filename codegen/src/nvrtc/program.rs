@@ -20,7 +20,7 @@ use super::compile::{self, CompileReport};
 use super::device::{DeviceBox, Gpu, Pool};
 use super::gemm::Gemm;
 use super::profile::Profile;
-use super::select::{choose, float_name, foldable, function_names, Kernel};
+use super::select::{choose, float_name, foldable, function_names, instances_for, Kernel};
 use crate::CodegenError;
 
 /// Where a value lives.
@@ -389,6 +389,11 @@ impl CudaProgram {
                     } else if let Some(k) = choose(op, &arg_types, &node.outputs) {
                         *summary.kernels.entry(k.name().to_string()).or_insert(0) += 1;
                         let fns = function_names(k, &arg_types, &node.outputs[0]);
+                        for i in instances_for(k, &node.outputs[0]) {
+                            if !instances.contains(&i) {
+                                instances.push(i);
+                            }
+                        }
                         if k == Kernel::PagedAttention {
                             let d = fns[1]
                                 .rsplit("_d")

@@ -162,6 +162,17 @@ pub(super) fn choose(op: &Op, args: &[&TensorType], outs: &[TensorType]) -> Opti
     Some(k)
 }
 
+/// The instantiation lines (of the kernel sources' `OPTC_*` macros) the
+/// functions of `function_names(k, .., out)` need besides the ones every
+/// program compiles. Paged attention's depend on its head dim and are
+/// added where its step is lowered.
+pub(super) fn instances_for(k: Kernel, out: &TensorType) -> Vec<String> {
+    match (k, float_name(out.dtype)) {
+        (Kernel::Linear, Some(f)) => vec![src::gemv_instance(f)],
+        _ => Vec::new(),
+    }
+}
+
 /// The kernel functions a step launches.
 pub(super) fn function_names(k: Kernel, args: &[&TensorType], out: &TensorType) -> Vec<String> {
     let f = float_name(out.dtype).unwrap_or("f32");
@@ -364,12 +375,17 @@ mod tests {
             Kernel::Transpose,
             Kernel::IndexSelect,
         ];
+        // The GEMVs exist only for the types the host instantiates.
+        assert!(!have.contains("gemv_f32_m1") && !have.contains("skinny_bf16_m32"));
         for d in [DType::F32, DType::BF16, DType::F16, DType::I64, DType::Bool] {
             let x = t(d, &[2, 64]);
             for k in kernels {
                 if float_name(d).is_none() && !matches!(k, Kernel::Transpose | Kernel::IndexSelect) {
                     continue;
                 }
+                let extra = instances_for(k, &x).concat();
+                let with = (!extra.is_empty()).then(|| defined_kernels(&format!("{inst}{extra}")));
+                let have = with.as_ref().unwrap_or(&have);
                 for name in function_names(k, &[&x, &x], &x) {
                     assert!(have.contains(&name), "{name} is not defined; have {have:?}");
                 }
@@ -398,7 +414,16 @@ mod tests {
             "sample_f32",
             "sample_bf16",
             "sample_f16",
-            // The fused GEMVs (names built in program.rs).
+        ] {
+            assert!(have.contains(name), "{name}");
+        }
+        // The fused GEMVs (names built in program.rs), with the linears'
+        // instances.
+        let gemvs: String = ["f32", "bf16", "f16"]
+            .map(optc_kernels::cuda::gemv_instance)
+            .concat();
+        let have = defined_kernels(&format!("{inst}{gemvs}"));
+        for name in [
             "gemv_norm_bf16_m1",
             "gemv_glu_f32_m4",
             "gemv_norm_glu_f16_m4",
