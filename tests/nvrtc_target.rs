@@ -216,6 +216,21 @@ fn paged_graph(c: &Case) -> Graph {
     parse(&text).unwrap()
 }
 
+/// A step's paged-attention metadata under the names `paged_graph` (and
+/// the other paged test graphs) give it.
+fn paged_metadata(meta: &BTreeMap<String, Tensor>) -> Vec<(String, Tensor)> {
+    [
+        ("pos", "positions"),
+        ("starts", "seq_starts"),
+        ("ctx", "context_lens"),
+        ("tables", "block_tables"),
+        ("slots", "slot_mapping"),
+    ]
+    .iter()
+    .map(|(name, m)| (name.to_string(), meta[*m].clone()))
+    .collect()
+}
+
 fn random(n: usize, seed: &mut u64) -> Vec<f32> {
     (0..n)
         .map(|_| {
@@ -362,15 +377,7 @@ fn paged_attention_matches_the_interpreter() {
                     Tensor::from_f32(c.dtype, &[count, h, c.d], &random(n, &mut seed)),
                 );
             }
-            for (name, t) in [
-                ("pos", "positions"),
-                ("starts", "seq_starts"),
-                ("ctx", "context_lens"),
-                ("tables", "block_tables"),
-                ("slots", "slot_mapping"),
-            ] {
-                inputs.insert(name.into(), meta[t].clone());
-            }
+            inputs.extend(paged_metadata(&meta));
             let before = cuda.attention_paths();
             let got = cuda.run(&inputs).unwrap();
             let after = cuda.attention_paths();
@@ -480,15 +487,7 @@ fn decode_attention_over_long_contexts_matches_the_interpreter() {
                 let vals = random(count * h * d, &mut seed);
                 inputs.insert(name.to_string(), Tensor::from_f32(dtype, &[count, h, d], &vals));
             }
-            for (name, m) in [
-                ("pos", "positions"),
-                ("starts", "seq_starts"),
-                ("ctx", "context_lens"),
-                ("tables", "block_tables"),
-                ("slots", "slot_mapping"),
-            ] {
-                inputs.insert(name.into(), meta[m].clone());
-            }
+            inputs.extend(paged_metadata(&meta));
             let before = cuda.attention_paths();
             let got = cuda.run(&inputs).unwrap();
             if si > 0 {
@@ -860,15 +859,7 @@ fn qkv_gemvs_with_rope_and_cache_write_match_the_interpreter() {
                 seed + si as u64,
             ));
             seed += 101;
-            for (name, m) in [
-                ("pos", "positions"),
-                ("starts", "seq_starts"),
-                ("ctx", "context_lens"),
-                ("tables", "block_tables"),
-                ("slots", "slot_mapping"),
-            ] {
-                inputs.insert(name.into(), meta[m].clone());
-            }
+            inputs.extend(paged_metadata(&meta));
             let launches = cuda.fused_gemv_launches();
             let got = cuda.run(&inputs).unwrap();
             let fused = u64::from(count <= src::GEMV_MAX_ROWS);

@@ -332,12 +332,9 @@ fn fusable_rope(
     li: usize,
 ) -> Option<usize> {
     let y = steps[li].outs[0];
-    let s = one_reader_past_views(steps, uses, y)?;
+    let s = sole_reader(steps, outputs, uses, y, Kernel::RopeQkvCache)?;
     let rope = &steps[s];
-    if !matches!(rope.exec, Exec::Kernel(Kernel::RopeQkvCache, _))
-        || !uses.read_only_by(steps, y, s, outputs)
-        || uses.root(steps, rope.args[0]) != y
-    {
+    if uses.root(steps, rope.args[0]) != y {
         return None;
     }
     // The GEMV reads them through the buffers they view (`owner`).
@@ -348,8 +345,9 @@ fn fusable_rope(
     (ready && rows % 2 == 0).then_some(s)
 }
 
-/// The one step that reads `v`, directly or at the end of a chain of views.
-fn one_reader_past_views(steps: &[Step], uses: &Uses, v: usize) -> Option<usize> {
+/// The kernel step of kind `k` that is the one reader of `v` (not a graph
+/// output), directly or at the end of a chain of views.
+fn sole_reader(steps: &[Step], outputs: &HashSet<usize>, uses: &Uses, v: usize, k: Kernel) -> Option<usize> {
     let &[mut s] = uses.readers.get(&v)?.as_slice() else {
         return None;
     };
@@ -359,7 +357,8 @@ fn one_reader_past_views(steps: &[Step], uses: &Uses, v: usize) -> Option<usize>
         };
         s = next;
     }
-    Some(s)
+    (matches!(&steps[s].exec, Exec::Kernel(kk, _) if *kk == k) && uses.read_only_by(steps, v, s, outputs))
+        .then_some(s)
 }
 
 /// The split SwiGLU step that is the one reader of linear `li`'s product
@@ -372,12 +371,7 @@ fn fusable_glu(
     li: usize,
 ) -> Option<usize> {
     let y = steps[li].outs[0];
-    let s = one_reader_past_views(steps, uses, y)?;
-    if !matches!(steps[s].exec, Exec::Kernel(Kernel::SwiGluSplit, _))
-        || !uses.read_only_by(steps, y, s, outputs)
-    {
-        return None;
-    }
+    let s = sole_reader(steps, outputs, uses, y, Kernel::SwiGluSplit)?;
     let f = konst(types[steps[s].outs[0]].shape.dims().last()?)?;
     let rows = konst(types[steps[li].args[1]].shape.dims().first()?)?;
     (rows == 2 * f && uses.root(steps, steps[s].args[0]) == y).then_some(s)
