@@ -25,6 +25,8 @@ src += "OPTC_PAGED_ATTENTION(bf16, bf16, 128, 64)\nOPTC_PAGED_ATTENTION(f16, f16
 # The linears' kernels, which the host instantiates per float type.
 src += "OPTC_GEMV(float, f32)\nOPTC_GEMV(bf16, bf16)\nOPTC_SKINNY_ALL(bf16, bf16)\n"
 src += "OPTC_GEMV(f16, f16)\nOPTC_SKINNY_ALL(f16, f16)\n"
+# The token-pick kernels, per float type of a picked output.
+src += "".join(f"OPTC_ARGMAX({t}, {n})\nOPTC_SAMPLE({t}, {n})\n" for t, n in [("float", "f32"), ("bf16", "bf16"), ("f16", "f16")])
 mma = (root / "common.cuh").read_text() + (root / "attention_mma.cu").read_text()
 mma += "OPTC_PAGED_PREFILL_MMA(bf16, bf16, 64)\nOPTC_PAGED_PREFILL_MMA(bf16, bf16, 128)\nOPTC_PAGED_PREFILL_MMA(f16, f16, 96)\n"
 

@@ -121,9 +121,8 @@ extern "C" __global__ void ids_from_picks(void* ids, const int* picks, const int
         argmax_part_impl<T>(x, part, cols, chunk);                                               \
     }
 
-OPTC_ARGMAX(float, f32)
-OPTC_ARGMAX(bf16, bf16)
-OPTC_ARGMAX(f16, f16)
+// OPTC_ARGMAX and OPTC_SAMPLE are instantiated by the host for the float
+// types of the outputs tokens are picked from (`pick_instances`).
 
 // ---- Sampling: temperature, top-k, top-p and min-p on the GPU ----
 //
@@ -627,6 +626,3 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         sample_impl<T>(x, rows, out, lp, n);                                                      \
     }
 
-OPTC_SAMPLE(float, f32)
-OPTC_SAMPLE(bf16, bf16)
-OPTC_SAMPLE(f16, f16)

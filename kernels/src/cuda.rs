@@ -130,6 +130,17 @@ pub fn gemv_instance(dtype: &str) -> String {
     }
 }
 
+/// The instantiation lines of the token-pick kernels (`argmax_part_{dtype}`,
+/// `sample_{dtype}`) for outputs of a float type: only the types of a
+/// graph's 2-D float outputs are compiled.
+pub fn pick_instances(dtype: &str) -> Vec<String> {
+    let c = if dtype == "f32" { "float" } else { dtype };
+    vec![
+        format!("OPTC_ARGMAX({c}, {dtype})\n"),
+        format!("OPTC_SAMPLE({c}, {dtype})\n"),
+    ]
+}
+
 /// The instantiation line for paged attention on `dtype` (`f32`, `bf16`,
 /// `f16`) with head dim `d`; it defines `paged_attention_{dtype}_d{d}`.
 pub fn attention_instance(dtype: &str, d: usize) -> String {

@@ -470,6 +470,25 @@ impl CudaProgram {
                 (summary.gemv_norms, summary.gemv_glus, summary.gemv_ropes) = (n.norms, n.glus, n.ropes);
             }
         }
+        // Token picks read 2-D float outputs: their kernels for those types.
+        let pick_types: Vec<&'static str> = {
+            let mut v: Vec<&'static str> = g
+                .outputs()
+                .iter()
+                .filter(|o| o.ty.rank() == 2)
+                .filter_map(|o| float_name(o.ty.dtype))
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        for d in &pick_types {
+            for i in src::pick_instances(d) {
+                if !instances.contains(&i) {
+                    instances.push(i);
+                }
+            }
+        }
         // Compile (or load) the kernels and resolve each step's functions.
         let (ptx, report) = compile::compile(&compile::source(&instances), gpu.arch).map_err(&gerr)?;
         tracing::info!(
@@ -588,9 +607,9 @@ impl CudaProgram {
                 unfuse(&mut steps, li, &mut summary);
             }
         }
-        // The token-pick kernels, one per float dtype.
+        // The token-pick kernels, one per float dtype of a 2-D output.
         let (mut argmax, mut sample) = (HashMap::new(), HashMap::new());
-        for d in ["f32", "bf16", "f16"] {
+        for d in pick_types {
             argmax.insert(d, gpu.function(&format!("argmax_part_{d}")).map_err(&gerr)?);
             sample.insert(d, gpu.function(&format!("sample_{d}")).map_err(&gerr)?);
         }

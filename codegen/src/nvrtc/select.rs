@@ -405,17 +405,22 @@ mod tests {
                 assert!(have.contains(&name), "{name}");
             }
         }
-        for name in [
-            "argmax_part_f32",
-            "argmax_part_bf16",
-            "argmax_part_f16",
-            "argmax_combine",
-            "ids_from_picks",
-            "sample_f32",
-            "sample_bf16",
-            "sample_f16",
-        ] {
+        for name in ["argmax_combine", "ids_from_picks"] {
             assert!(have.contains(name), "{name}");
+        }
+        // The pick kernels with the host's instances for each float type.
+        for d in ["f32", "bf16", "f16"] {
+            assert!(
+                !have.contains(&format!("sample_{d}")),
+                "{d}: instantiated by the host"
+            );
+            let have = defined_kernels(&format!(
+                "{inst}{}",
+                optc_kernels::cuda::pick_instances(d).concat()
+            ));
+            for name in [format!("argmax_part_{d}"), format!("sample_{d}")] {
+                assert!(have.contains(&name), "{name}");
+            }
         }
         // The fused GEMVs (names built in program.rs), with the linears'
         // instances.
