@@ -431,7 +431,9 @@ fn paged_attention_matches_the_interpreter() {
 /// Decode attention at contexts that give a warp several 32-key chunks,
 /// split over blocks, with the new key in a warp's first, second or a
 /// later chunk (the decode kernel streams its first two chunks before it
-/// waits for the kernel ahead and loads the new key after). One prefill
+/// waits for the kernel ahead and loads the new key after; the kernel
+/// ahead here is the cache write, which lets it start at once, so a new
+/// key read too early can show). One prefill
 /// step fills the caches; the test mirrors its cache writes on the host
 /// instead of asking the interpreter for its attention, so only the two
 /// decode steps run the interpreter and the test stays quick.

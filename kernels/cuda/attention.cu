@@ -640,6 +640,8 @@ __device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i6
 #define OPTC_ATTENTION_COMMON(T, N)                                                                       \
     extern "C" __global__ void cache_write_##N(const T* k, const T* v, T* kc, T* vc, const i64* slots,    \
                                                i64 ntok, int kw, int vw) {                                \
+        /* decode attention after this may start and stream the keys this does not write */              \
+        pdl_trigger();                                                                                    \
         cache_write_impl<T>(k, v, kc, vc, slots, ntok, kw, vw);                                           \
     }                                                                                                     \
     extern "C" __global__ void attention_combine_##N(const float* part, T* out, i64 rows, int d, int ns) { \
