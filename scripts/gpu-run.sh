@@ -38,10 +38,13 @@ if has compile || has bench || has sample || has ab || has profile || has graphp
   fi
 fi
 if has compile; then
-  echo "== compile (cold, then warm NVRTC cache)"
+  # Cold: optc's cache emptied and the driver's JIT cache off (a fresh
+  # machine); warm: both caches as the cold run left them.
+  echo "== compile (cold, then warm)"
   rm -rf "$OPTC_CACHE_DIR"
   for run in cold warm; do
-    /usr/bin/time -f "$run: %e s wall, %M KB peak RSS" "$BIN" compile $MODEL --kv-cache --target nvrtc -o /dev/null 2>&1 | grep -vE "^\s+(kernel|host) " | tail -4
+    jit=0; [ $run = cold ] && jit=1
+    CUDA_CACHE_DISABLE=$jit /usr/bin/time -f "$run: %e s wall, %M KB peak RSS" "$BIN" compile $MODEL --kv-cache --target nvrtc -o /dev/null 2>&1 | grep -vE "^\s+(kernel|host) " | tail -4
   done
 fi
 if has bench; then
