@@ -519,11 +519,12 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
 #pragma unroll
     for (int dn = 0; dn < DN; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.f;
     int buf = 0;
-    for (bool first_chunk = true; c < c_end; c += 4, first_chunk = false) {
+    for (; c < c_end; c += 4) {
         T* st = stages + buf * STAGE;
-        // This chunk's group done; the next one's may still be in flight
-        // (not when the key at p, committed last, is in this chunk).
-        if (c + 4 < c_end && !(first_chunk && late && current == c)) {
+        // This chunk's group done; the next one's may still be in flight.
+        // (The key at p, committed last, is in the last chunk: when it is
+        // this one, nothing follows and all groups are waited for.)
+        if (c + 4 < c_end) {
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();

@@ -47,11 +47,11 @@ pub(crate) struct Gpu {
     /// earlier steps wrote), before it waits for that kernel (`pdl_wait` in
     /// common.cuh says what may be read early).
     pub pdl: bool,
-    /// Key chunks (32 keys; 16 for head dims past 64) each warp of a
-    /// decode block takes before the keys are
-    /// split over more blocks (flash-decoding). One split merges in shared
-    /// memory; each more costs a round of partial results through global
-    /// memory, which at one token a step is most of the kernel's time.
+    /// Key chunks (32 keys; 16 for head dims past 64) each warp of a decode
+    /// block takes before the keys are split over more blocks
+    /// (flash-decoding). One split merges in shared memory; each more costs
+    /// a round of partial results through global memory, which at one
+    /// token a step is most of the kernel's time.
     /// `OPTC_DECODE_CHUNKS` overrides it (to compare).
     pub decode_chunks: usize,
     module: Option<Arc<CudaModule>>,

@@ -102,6 +102,22 @@ impl RopeQkv {
     }
 }
 
+/// The rope operands of a QKV GEMV, in the kernel's order.
+struct GemvRopeArgs {
+    cs: u64,
+    sn: u64,
+    q: u64,
+    kc: u64,
+    vc: u64,
+    slots: u64,
+    hq: i32,
+    hkv: i32,
+    d: i32,
+    dv: i32,
+    rd: i32,
+    il: i32,
+}
+
 /// A fused norm step's operands as `gemv_norm_*` takes them: (x, r, nw,
 /// sum, eps) for add_rms_norm(x, r, w) -> (sum, y) or rms_norm(x, w) -> y.
 fn norm_args(p: &Step, ptr: &[u64]) -> Result<(u64, u64, u64, u64, f32), String> {
@@ -207,73 +223,58 @@ impl CudaProgram {
         let bias = a.get(2).map_or(0u64, |&v| ptr[v]);
         let (n, k, m) = (n as i32, kd as i32, m as i32);
         let gpu = &self.gpu;
+        let norm = z.norm.map(|p| norm_args(&steps[p], ptr)).transpose()?;
+        let w = ptr[a[1]];
         if let Some(ri) = z.rope {
-            return self.launch_gemv_rope(
-                lin,
-                &steps[ri],
-                z.norm.map(|p| &steps[p]),
-                dims,
-                ptr,
-                f,
-                c,
-                weight_first,
-            );
+            let g = self.gemv_rope_args(&steps[ri], dims, ptr)?;
+            let (cs, sn, q, kc, vc, slots) = (g.cs, g.sn, g.q, g.kc, g.vc, g.slots);
+            let (hq, hkv, d, dv, rd, il) = (g.hq, g.hkv, g.d, g.dv, g.rd, g.il);
+            let Some((x, r, nw, sum, eps)) = norm else {
+                return launch_dependent!(gpu, f, c, weight_first;
+                    x = ptr[a[0]], w = w, b = bias, n = n, k = k, m = m, cs = cs, sn = sn, q = q, kc = kc,
+                    vc = vc, slots = slots, hq = hq, hkv = hkv, d = d, dv = dv, rd = rd, il = il);
+            };
+            return launch_dependent!(gpu, f, c, weight_first;
+                x = x, r = r, nw = nw, sum = sum, eps = eps, w = w, b = bias, n = n, k = k, m = m, cs = cs,
+                sn = sn, q = q, kc = kc, vc = vc, slots = slots, hq = hq, hkv = hkv, d = d, dv = dv, rd = rd,
+                il = il);
         }
-        let Some(p) = z.norm else {
-            return launch_dependent!(gpu, f, c, weight_first; x = ptr[a[0]], w = ptr[a[1]], b = bias, y = y, n = n, k = k, m = m);
+        let Some((x, r, nw, sum, eps)) = norm else {
+            return launch_dependent!(gpu, f, c, weight_first; x = ptr[a[0]], w = w, b = bias, y = y, n = n, k = k, m = m);
         };
-        let (x, r, nw, sum, eps) = norm_args(&steps[p], ptr)?;
         launch_dependent!(gpu, f, c, weight_first;
-            x = x, r = r, nw = nw, sum = sum, eps = eps, w = ptr[a[1]], b = bias, y = y, n = n, k = k, m = m)
+            x = x, r = r, nw = nw, sum = sum, eps = eps, w = w, b = bias, y = y, n = n, k = k, m = m)
     }
 
-    /// The QKV GEMV that also does rope step `rs` (`gemv_rope_*` or
-    /// `gemv_norm_rope_*`): its product goes straight to the queries and
-    /// the caches. The step's operands are read through the buffers they
-    /// view: the GEMV runs before the views of cos and sin are made.
-    #[allow(clippy::too_many_arguments)]
-    fn launch_gemv_rope(
-        &self,
-        lin: &Step,
-        rs: &Step,
-        norm: Option<&Step>,
-        dims: &[Vec<usize>],
-        ptr: &[u64],
-        f: &CudaFunction,
-        c: LaunchConfig,
-        weight_first: bool,
-    ) -> Result<(), String> {
+    /// What `gemv_rope_*` / `gemv_norm_rope_*` take besides the GEMV's own
+    /// operands, for rope step `rs`: its product goes straight to the
+    /// queries and the caches. The step's operands are read through the
+    /// buffers they view: the GEMV runs before the views of cos and sin
+    /// are made.
+    fn gemv_rope_args(&self, rs: &Step, dims: &[Vec<usize>], ptr: &[u64]) -> Result<GemvRopeArgs, String> {
         let Op::Rope(o) = &rs.op else {
             return Err(format!("no fused rope for {} (a lowering bug)", rs.op.name()));
         };
         let g = RopeQkv::of(rs, dims)?;
-        let a = &lin.args;
-        let (m, kd, nn, _) = self.gemv_shape(lin, dims);
-        let bias = a.get(2).map_or(0u64, |&v| ptr[v]);
         let arg = |i: usize| ptr[self.owner[rs.args[i]]];
-        let (cs, sn, q, kc, vc, slots) = (arg(1), arg(2), ptr[rs.outs[0]], arg(3), arg(4), arg(5));
-        if [cs, sn, q, kc, vc, slots].contains(&0) {
+        let args = GemvRopeArgs {
+            cs: arg(1),
+            sn: arg(2),
+            q: ptr[rs.outs[0]],
+            kc: arg(3),
+            vc: arg(4),
+            slots: arg(5),
+            hq: g.hq as i32,
+            hkv: g.hkv as i32,
+            d: g.d as i32,
+            dv: g.dv as i32,
+            rd: g.r as i32,
+            il: i32::from(o.interleaved),
+        };
+        if [args.cs, args.sn, args.q, args.kc, args.vc, args.slots].contains(&0) {
             return Err("a fused rope operand is not ready at its GEMV (a lowering bug)".into());
         }
-        let (n, k, m) = (nn as i32, kd as i32, m as i32);
-        let (hq, hkv, d, dv, rd, il) = (
-            g.hq as i32,
-            g.hkv as i32,
-            g.d as i32,
-            g.dv as i32,
-            g.r as i32,
-            i32::from(o.interleaved),
-        );
-        let gpu = &self.gpu;
-        let Some(p) = norm else {
-            return launch_dependent!(gpu, f, c, weight_first;
-                x = ptr[a[0]], w = ptr[a[1]], b = bias, n = n, k = k, m = m, cs = cs, sn = sn, q = q, kc = kc,
-                vc = vc, slots = slots, hq = hq, hkv = hkv, d = d, dv = dv, rd = rd, il = il);
-        };
-        let (x, r, nw, sum, eps) = norm_args(p, ptr)?;
-        launch_dependent!(gpu, f, c, weight_first;
-            x = x, r = r, nw = nw, sum = sum, eps = eps, w = ptr[a[1]], b = bias, n = n, k = k, m = m, cs = cs,
-            sn = sn, q = q, kc = kc, vc = vc, slots = slots, hq = hq, hkv = hkv, d = d, dv = dv, rd = rd, il = il)
+        Ok(args)
     }
 
     #[allow(clippy::too_many_arguments)]

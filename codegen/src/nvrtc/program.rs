@@ -257,6 +257,13 @@ pub(super) struct Executed {
     pub(super) picked: Option<u64>,
 }
 
+/// Adds instantiation line `i` unless it is there already.
+fn push_new(instances: &mut Vec<String>, i: String) {
+    if !instances.contains(&i) {
+        instances.push(i);
+    }
+}
+
 /// A transpose that keeps the order of every axis longer than one (the
 /// rotary tables' `[1, 1, T, r] -> [1, T, 1, r]`): the same bytes, so a
 /// view. Symbolic extents count as longer than one.
@@ -390,9 +397,7 @@ impl CudaProgram {
                         *summary.kernels.entry(k.name().to_string()).or_insert(0) += 1;
                         let fns = function_names(k, &arg_types, &node.outputs[0]);
                         for i in instances_for(k, &node.outputs[0]) {
-                            if !instances.contains(&i) {
-                                instances.push(i);
-                            }
+                            push_new(&mut instances, i);
                         }
                         if k == Kernel::PagedAttention {
                             let d = fns[1]
@@ -410,15 +415,11 @@ impl CudaProgram {
                                     message: "paged_attention needs a constant head dim".into(),
                                 });
                             }
-                            if !instances.contains(&inst) {
-                                instances.push(inst);
-                            }
+                            push_new(&mut instances, inst);
                             let f = float_name(node.outputs[0].dtype).unwrap_or("f32");
                             if src::prefill_mma_supported(f, d) {
                                 let i = src::prefill_mma_instance(f, d);
-                                if !mma_instances.contains(&i) {
-                                    mma_instances.push(i);
-                                }
+                                push_new(&mut mma_instances, i);
                             }
                             // The caches are updated in place.
                             for (o, a) in [(1, 3), (2, 4)] {
@@ -484,9 +485,7 @@ impl CudaProgram {
         };
         for d in &pick_types {
             for i in src::pick_instances(d) {
-                if !instances.contains(&i) {
-                    instances.push(i);
-                }
+                push_new(&mut instances, i);
             }
         }
         // Compile (or load) the kernels and resolve each step's functions.

@@ -398,7 +398,7 @@ impl CudaProgram {
                         && shape.num_blocks * shape.block_size <= i32::MAX as usize;
                     let nsplit = if decode {
                         // Each of a block's four warps takes up to
-                        // `decode_chunks` 32-key chunks; split while the
+                        // `decode_chunks` key chunks; split while the
                         // grid still fits in one wave (the blocks the SMs
                         // hold at once, by shared memory and at most four),
                         // else twice the SMs (CUDA cores).
