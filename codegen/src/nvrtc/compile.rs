@@ -10,20 +10,13 @@ use std::time::Instant;
 
 use cudarc::nvrtc::{result, sys, Ptx};
 
-/// The translation units of a program: each kernel file with the helpers
-/// and the instantiations whose macro it defines (`OPTC_GEMV(...)` goes
-/// with gemv.cu). Units compile independently, so in parallel.
+/// The translation units of a program, which compile independently, so in
+/// parallel: each kernel file with the helpers, once for each of the
+/// `instances` whose macro it defines (`OPTC_GEMV_ROWS(...)` goes with
+/// gemv.cu), or once alone if it defines none of them.
 pub(crate) fn sources(instances: &[String]) -> Result<Vec<String>, String> {
     let files = optc_kernels::cuda::FILES;
-    let mut units: Vec<String> = files
-        .iter()
-        .map(|(name, text)| {
-            format!(
-                "{}\n// ---- {name}\n{text}\n// ---- instantiations\n",
-                optc_kernels::cuda::COMMON
-            )
-        })
-        .collect();
+    let mut mine: Vec<Vec<&str>> = vec![Vec::new(); files.len()];
     for i in instances {
         let name = i.split('(').next().unwrap_or("").trim();
         let define = format!("#define {name}(");
@@ -31,7 +24,18 @@ pub(crate) fn sources(instances: &[String]) -> Result<Vec<String>, String> {
             .iter()
             .position(|(_, text)| text.contains(&define))
             .ok_or_else(|| format!("no kernel file defines {name} (a lowering bug)"))?;
-        units[at].push_str(i);
+        mine[at].push(i);
+    }
+    let unit = |name: &str, text: &str, instance: &str| {
+        let common = optc_kernels::cuda::COMMON;
+        format!("{common}\n// ---- {name}\n{text}\n// ---- instantiation\n{instance}")
+    };
+    let mut units = Vec::new();
+    for ((name, text), inst) in files.iter().zip(&mine) {
+        if inst.is_empty() {
+            units.push(unit(name, text, ""));
+        }
+        units.extend(inst.iter().map(|i| unit(name, text, i)));
     }
     Ok(units)
 }
@@ -244,10 +248,8 @@ mod tests {
             eprintln!("skipping: no NVRTC or no CUDA headers (set CUDA_HOME)");
             return;
         }
-        let instances = [
-            optc_kernels::cuda::attention_instance("bf16", 64),
-            optc_kernels::cuda::gemv_instance("bf16"),
-        ];
+        let mut instances = vec![optc_kernels::cuda::attention_instance("bf16", 64)];
+        instances.extend(optc_kernels::cuda::gemv_instances("bf16"));
         let units = super::sources(&instances).unwrap();
         let mut options = vec!["--gpu-architecture=sm_90".to_string(), "--std=c++17".into()];
         options.extend(includes.iter().map(|d| format!("--include-path={d}")));
@@ -257,7 +259,8 @@ mod tests {
                 .iter()
                 .map(|u| scope.spawn(|| super::nvrtc_cubin(u, &options)))
                 .collect();
-            for (j, (name, _)) in jobs.into_iter().zip(optc_kernels::cuda::FILES) {
+            for (j, u) in jobs.into_iter().zip(&units) {
+                let name = u.lines().find(|l| l.starts_with("// ---- ")).unwrap_or("?");
                 let cubin = j.join().unwrap().unwrap_or_else(|e| panic!("{name}: {e}"));
                 // An ELF image.
                 assert_eq!(&cubin[..4], b"\x7fELF", "{name}");
@@ -269,19 +272,35 @@ mod tests {
     }
 
     #[test]
-    fn each_instance_goes_to_the_unit_of_its_kernel_file() {
+    fn each_instance_gets_a_unit_of_its_kernel_file() {
         let attention = "OPTC_PAGED_ATTENTION(bf16, bf16, 64, 64)\n".to_string();
-        let gemv = optc_kernels::cuda::gemv_instance("bf16");
-        let units = super::sources(&[attention.clone(), gemv.clone()]).unwrap();
+        let gemvs = optc_kernels::cuda::gemv_instances("bf16");
+        let mut instances = vec![attention.clone()];
+        instances.extend(gemvs.iter().cloned());
+        let units = super::sources(&instances).unwrap();
         let files = optc_kernels::cuda::FILES;
-        assert_eq!(units.len(), files.len());
-        for (u, (name, _)) in units.iter().zip(files) {
+        // Files without instances once; attention.cu once; gemv.cu once a line.
+        assert_eq!(units.len(), files.len() - 2 + 1 + gemvs.len());
+        for (name, _) in files {
+            let tag = format!("// ---- {name}\n");
+            let of: Vec<&String> = units.iter().filter(|u| u.contains(&tag)).collect();
             assert!(
-                u.starts_with(optc_kernels::cuda::COMMON) && u.contains(name),
+                of.iter().all(|u| u.starts_with(optc_kernels::cuda::COMMON)),
                 "{name}"
             );
-            assert_eq!(u.ends_with(&attention), name == "attention.cu", "{name}");
-            assert_eq!(u.ends_with(&gemv), name == "gemv.cu", "{name}");
+            let want: Vec<&String> = match name {
+                "attention.cu" => vec![&attention],
+                "gemv.cu" => gemvs.iter().collect(),
+                _ => Vec::new(),
+            };
+            if want.is_empty() {
+                assert_eq!(of.len(), 1, "{name}");
+            } else {
+                assert_eq!(of.len(), want.len(), "{name}");
+                for (u, i) in of.iter().zip(want) {
+                    assert!(u.ends_with(i.as_str()), "{name}: {i}");
+                }
+            }
         }
         let bad = super::sources(&["OPTC_NOTHING(bf16)\n".into()]).unwrap_err();
         assert!(bad.contains("OPTC_NOTHING"), "{bad}");
