@@ -250,6 +250,7 @@ mod tests {
         }
         let mut instances = vec![optc_kernels::cuda::attention_instance("bf16", 64)];
         instances.extend(optc_kernels::cuda::gemv_instances("bf16"));
+        instances.extend(optc_kernels::cuda::pick_instances("bf16"));
         let units = super::sources(&instances).unwrap();
         let mut options = vec!["--gpu-architecture=sm_90".to_string(), "--std=c++17".into()];
         options.extend(includes.iter().map(|d| format!("--include-path={d}")));
