@@ -23,8 +23,9 @@ src = "".join((root / f).read_text() + "\n" for f in files)
 src += "OPTC_PAGED_ATTENTION(bf16, bf16, 64, 64)\nOPTC_PAGED_ATTENTION(float, f32, 128, 64)\n"
 src += "OPTC_PAGED_ATTENTION(bf16, bf16, 128, 64)\nOPTC_PAGED_ATTENTION(f16, f16, 96, 64)\n"
 # The linears' kernels, which the host instantiates per float type.
-src += "OPTC_GEMV(float, f32)\nOPTC_GEMV(bf16, bf16)\nOPTC_SKINNY_ALL(bf16, bf16)\n"
-src += "OPTC_GEMV(f16, f16)\nOPTC_SKINNY_ALL(f16, f16)\n"
+for t, n in [("float", "f32"), ("bf16", "bf16"), ("f16", "f16")]:
+    src += f"OPTC_GEMV_ROWS({t}, {n}, 1)\nOPTC_GEMV_ROWS({t}, {n}, 4)\n"
+src += "OPTC_SKINNY_ALL(bf16, bf16)\nOPTC_SKINNY_ALL(f16, f16)\n"
 # The token-pick kernels, per float type of a picked output.
 src += "".join(f"OPTC_ARGMAX({t}, {n})\nOPTC_SAMPLE({t}, {n})\n" for t, n in [("float", "f32"), ("bf16", "bf16"), ("f16", "f16")])
 mma = (root / "common.cuh").read_text() + (root / "attention_mma.cu").read_text()

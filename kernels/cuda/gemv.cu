@@ -363,12 +363,9 @@ static_assert(GemvPlain::WARPS * 32 == 256 && GemvNorm::WARPS * 32 == 256 && Gem
     }
 
 // Instantiated by the host for each float type a graph's linears use
-// (`gemv_instance` in kernels/src/cuda.rs): most of this file's compile
-// time, so a bf16 model does not build the f32 and f16 GEMVs.
-#define OPTC_GEMV(T, N)       \
-    OPTC_GEMV_ROWS(T, N, 1)   \
-    OPTC_GEMV_ROWS(T, N, 4)
-
+// (`gemv_instances` in kernels/src/cuda.rs, a unit for each row count):
+// most of this file's compile time, so a bf16 model does not build the
+// f32 and f16 GEMVs.
 // Linear layers at small batches (5..128 rows of x) on the tensor cores,
 // for 16-bit types: y = x wᵀ (+ b) as yᵀ = w xᵀ, so the weight rows are
 // the MMA rows and the few rows of x its columns, and a block streams a

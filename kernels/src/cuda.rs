@@ -120,14 +120,21 @@ pub fn attention_smem_bytes(d: usize) -> usize {
 }
 
 /// The instantiation lines for the linears of a float type (`f32`, `bf16`,
-/// `f16`): the decode GEMVs (`gemv_*_{dtype}_m1`/`_m4`, fused kinds
-/// included) and, for 16-bit types, the tensor-core skinny GEMMs. Only the
-/// types a graph uses are compiled.
-pub fn gemv_instance(dtype: &str) -> String {
-    match dtype {
-        "f32" => "OPTC_GEMV(float, f32)\n".into(),
-        t => format!("OPTC_GEMV({t}, {t})\nOPTC_SKINNY_ALL({t}, {t})\n"),
+/// `f16`): the decode GEMVs for one row and for up to four
+/// (`gemv_*_{dtype}_m1`/`_m4`, fused kinds included) and, for 16-bit
+/// types, the tensor-core skinny GEMMs. Only the types a graph uses are
+/// compiled, each line as its own unit (the four-row GEMVs are the
+/// slowest to compile).
+pub fn gemv_instances(dtype: &str) -> Vec<String> {
+    let c = if dtype == "f32" { "float" } else { dtype };
+    let mut v = vec![
+        format!("OPTC_GEMV_ROWS({c}, {dtype}, 1)\n"),
+        format!("OPTC_GEMV_ROWS({c}, {dtype}, 4)\n"),
+    ];
+    if dtype != "f32" {
+        v.push(format!("OPTC_SKINNY_ALL({c}, {dtype})\n"));
     }
+    v
 }
 
 /// The instantiation lines of the token-pick kernels (`argmax_part_{dtype}`,

@@ -1,4 +1,4 @@
-//! The GPU a program runs on: context, stream, the loaded kernel module,
+//! The GPU a program runs on: context, stream, the loaded kernel modules,
 //! and a pool of device buffers reused across ops and steps.
 
 use std::collections::HashMap;
@@ -54,7 +54,8 @@ pub(crate) struct Gpu {
     /// token a step is most of the kernel's time.
     /// `OPTC_DECODE_CHUNKS` overrides it (to compare).
     pub decode_chunks: usize,
-    module: Option<Arc<CudaModule>>,
+    /// One module per compiled unit (see `compile::sources`).
+    modules: Vec<Arc<CudaModule>>,
     /// Optional kernels in their own module (the tensor-core prefill).
     extra: Option<Arc<CudaModule>>,
     functions: HashMap<String, CudaFunction>,
@@ -88,7 +89,7 @@ impl Gpu {
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n > 0)
                 .unwrap_or(DECODE_CHUNKS_PER_WARP),
-            module: None,
+            modules: Vec::new(),
             extra: None,
             functions: HashMap::new(),
         })
@@ -139,12 +140,12 @@ impl Gpu {
         .map_err(|e| format!("kernel launch: {e}"))
     }
 
-    pub fn load(&mut self, ptx: cudarc::nvrtc::Ptx) -> Result<(), String> {
-        let m = self
-            .ctx
-            .load_module(ptx)
+    pub fn load(&mut self, images: Vec<cudarc::nvrtc::Ptx>) -> Result<(), String> {
+        self.modules = images
+            .into_iter()
+            .map(|image| self.ctx.load_module(image))
+            .collect::<Result<_, _>>()
             .map_err(|e| format!("loading the compiled kernels: {e}"))?;
-        self.module = Some(m);
         self.functions.clear();
         Ok(())
     }
@@ -163,15 +164,19 @@ impl Gpu {
         self.extra.as_ref()?.load_function(name).ok()
     }
 
-    /// A kernel of the loaded module, looked up once.
+    /// A kernel of the loaded modules, looked up once.
     pub fn function(&mut self, name: &str) -> Result<CudaFunction, String> {
         if let Some(f) = self.functions.get(name) {
             return Ok(f.clone());
         }
-        let m = self.module.as_ref().ok_or("no kernels are loaded")?;
-        let f = m
-            .load_function(name)
-            .map_err(|e| format!("kernel {name} is missing from the module: {e}"))?;
+        if self.modules.is_empty() {
+            return Err("no kernels are loaded".into());
+        }
+        let f = self
+            .modules
+            .iter()
+            .find_map(|m| m.load_function(name).ok())
+            .ok_or_else(|| format!("kernel {name} is missing from the compiled modules"))?;
         self.functions.insert(name.to_string(), f.clone());
         Ok(f)
     }

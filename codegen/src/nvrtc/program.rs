@@ -489,7 +489,8 @@ impl CudaProgram {
             }
         }
         // Compile (or load) the kernels and resolve each step's functions.
-        let (ptx, report) = compile::compile(&compile::source(&instances), gpu.arch).map_err(&gerr)?;
+        let units = compile::sources(&instances).map_err(&gerr)?;
+        let (ptx, report) = compile::compile_all(&units, gpu.arch).map_err(&gerr)?;
         tracing::info!(
             cache_hit = report.cache_hit,
             ms = report.millis,

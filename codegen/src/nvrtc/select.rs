@@ -168,7 +168,7 @@ pub(super) fn choose(op: &Op, args: &[&TensorType], outs: &[TensorType]) -> Opti
 /// added where its step is lowered.
 pub(super) fn instances_for(k: Kernel, out: &TensorType) -> Vec<String> {
     match (k, float_name(out.dtype)) {
-        (Kernel::Linear, Some(f)) => vec![src::gemv_instance(f)],
+        (Kernel::Linear, Some(f)) => src::gemv_instances(f),
         _ => Vec::new(),
     }
 }
@@ -425,7 +425,8 @@ mod tests {
         // The fused GEMVs (names built in program.rs), with the linears'
         // instances.
         let gemvs: String = ["f32", "bf16", "f16"]
-            .map(optc_kernels::cuda::gemv_instance)
+            .map(optc_kernels::cuda::gemv_instances)
+            .concat()
             .concat();
         let have = defined_kernels(&format!("{inst}{gemvs}"));
         for name in [
