@@ -583,6 +583,50 @@ fn kernels_match_the_interpreter_on_random_inputs() {
     }
 }
 
+/// Elementwise chains in generated kernels (`chains.rs`): add (with a
+/// broadcast row) -> silu -> gelu joins cast -> mul (by a broadcast
+/// chain of its own, cast -> cos over an i64 row) -> cast through a
+/// final mul; the result has two readers, so exp and neg stay kernels.
+/// Each op rounds to its type as its own kernel would: within the
+/// kernels' tolerance of the interpreter.
+#[test]
+fn elementwise_chains_match_the_interpreter() {
+    let text = "graph ch(%x: bf16[7, 5, 33], %y: bf16[5, 1], %p: i64[33], %z: f32[7, 5, 33]) -> (%e: bf16[7, 5, 33], %n: bf16[7, 5, 33], %c: f32[33]) {
+  %0: bf16[7, 5, 33] = add(%x, %y)
+  %1: bf16[7, 5, 33] = silu(%0)
+  %2: bf16[7, 5, 33] = gelu(%1) {approximate = \"tanh\"}
+  %3: f32[33] = cast(%p) {to = f32}
+  %4: f32[33] = cos(%3)
+  %5: f32[7, 5, 33] = mul(%z, %4)
+  %6: bf16[7, 5, 33] = cast(%5) {to = bf16}
+  %7: bf16[7, 5, 33] = mul(%6, %2)
+  %8: bf16[7, 5, 33] = exp(%7)
+  %9: bf16[7, 5, 33] = neg(%7)
+  return %8, %9, %4
+}";
+    let g = parse(text).unwrap();
+    let w = WeightStore::new();
+    let mut inputs = random_inputs(DType::BF16, &[("x", vec![7, 5, 33]), ("y", vec![5, 1])], 5);
+    inputs.extend(random_inputs(DType::F32, &[("z", vec![7, 5, 33])], 6));
+    let p: Vec<i64> = (0..33).map(|i| i * 37 % 101).collect();
+    inputs.insert("p".into(), Tensor::from_i64(DType::I64, &[33], &p));
+    let want = run(&g, &inputs, &w).unwrap();
+    if !gpu() {
+        return;
+    }
+    let mut prog = CudaProgram::new(&g, &w, &mut no_progress()).unwrap();
+    let s = prog.summary();
+    assert!(s.host.is_empty(), "{s:?}");
+    assert_eq!(s.kernels.get("elementwise chain (generated)"), Some(&2), "{s:?}");
+    assert_eq!(s.kernels.get("unary"), Some(&2), "{s:?}");
+    assert_eq!(s.kernels.get("binary"), None, "{s:?}");
+    let got = prog.run(&inputs).unwrap();
+    for (o, wt) in g.outputs().iter().zip(&want) {
+        let e = rel_l2(&got[&o.name], wt);
+        assert!(e < tolerance(DType::BF16) / 10.0, "%{}: rel L2 {e}", o.name);
+    }
+}
+
 /// RMSNorm (alone and with the residual add) at model widths, where the
 /// register-resident kernels run (2048: one run of eight per thread; 4104:
 /// up to four, the last partly empty), and past them (8200: the general

@@ -69,6 +69,46 @@ __device__ __forceinline__ void st8(f16* p, const float* v) {
     *reinterpret_cast<uint4*>(p) = u;
 }
 
+// Unary op codes: the order of the IR's UnaryKind.
+__device__ __forceinline__ float unary_op(int op, float x) {
+    switch (op) {
+    case 0: return -x;
+    case 1: return fabsf(x);
+    case 2: return expf(x);
+    case 3: return logf(x);
+    case 4: return sqrtf(x);
+    case 5: return 1.f / sqrtf(x);
+    case 6: return 1.f / x;
+    case 7: return tanhf(x);
+    case 8: return erff(x);
+    case 9: return 1.f / (1.f + expf(-x));
+    case 10: return (x > 0.f || x != x) ? x : 0.f;
+    case 11: return x / (1.f + expf(-x));
+    case 12: return sinf(x);
+    case 13: return cosf(x);
+    default: return x;
+    }
+}
+
+// Binary op codes: the order of the IR's BinaryKind.
+__device__ __forceinline__ float binary_op(int op, float a, float b) {
+    switch (op) {
+    case 0: return a + b;
+    case 1: return a - b;
+    case 2: return a * b;
+    case 3: return a / b;
+    case 4: return powf(a, b);
+    case 5: return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b);
+    case 6: return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b);
+    default: return a;
+    }
+}
+
+__device__ __forceinline__ float gelu_op(int tanh_form, float v) {
+    return tanh_form ? 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)))
+                     : 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
+}
+
 // A value rounded to T and read back.
 template <typename T> __device__ __forceinline__ float rnd(float v) {
     T t;
@@ -149,6 +189,41 @@ __device__ __forceinline__ void strided_offsets(const Strided& s, i64 i, i64* sr
     }
     *src = a;
     *dst = b;
+}
+
+// The operands of a generated elementwise kernel (a fused chain, see
+// codegen/src/nvrtc/chains.rs): a row-major walk over the output's `dims`
+// and each of up to OPTC_EW_LEAVES operands' element strides over them
+// (0 where it broadcasts). Mirrored by `EwIndex` there.
+#define OPTC_EW_LEAVES 8
+struct EwIndex {
+    int rank;
+    i64 dims[OPTC_MAX_RANK];
+    i64 st[OPTC_EW_LEAVES][OPTC_MAX_RANK];
+};
+
+// The offsets of output element `i` in the first L operands.
+template <int L> __device__ __forceinline__ void ew_offsets(const EwIndex& ix, i64 i, i64 (&o)[L]) {
+#pragma unroll
+    for (int l = 0; l < L; ++l) o[l] = 0;
+    bool small = i < 0x7fffffff;
+    for (int d = 0; d < ix.rank; ++d) small = small && ix.dims[d] < 0x7fffffff;
+    if (small) {
+        unsigned int j = (unsigned int)i;
+        for (int d = ix.rank - 1; d >= 0; --d) {
+            const unsigned int n = (unsigned int)ix.dims[d], c = j % n;
+            j /= n;
+#pragma unroll
+            for (int l = 0; l < L; ++l) o[l] += (i64)c * ix.st[l][d];
+        }
+    } else {
+        for (int d = ix.rank - 1; d >= 0; --d) {
+            const i64 n = ix.dims[d], c = i % n;
+            i /= n;
+#pragma unroll
+            for (int l = 0; l < L; ++l) o[l] += c * ix.st[l][d];
+        }
+    }
 }
 
 // ---- Programmatic dependent launch (sm_90). A kernel launched with the

@@ -1,40 +1,7 @@
 // Elementwise kernels: unary maps, broadcasting binaries, casts, SwiGLU,
-// GELU. One thread per element, grid-stride loops.
-
-// Unary op codes: the order of the IR's UnaryKind.
-__device__ __forceinline__ float unary_op(int op, float x) {
-    switch (op) {
-    case 0: return -x;
-    case 1: return fabsf(x);
-    case 2: return expf(x);
-    case 3: return logf(x);
-    case 4: return sqrtf(x);
-    case 5: return 1.f / sqrtf(x);
-    case 6: return 1.f / x;
-    case 7: return tanhf(x);
-    case 8: return erff(x);
-    case 9: return 1.f / (1.f + expf(-x));
-    case 10: return (x > 0.f || x != x) ? x : 0.f;
-    case 11: return x / (1.f + expf(-x));
-    case 12: return sinf(x);
-    case 13: return cosf(x);
-    default: return x;
-    }
-}
-
-// Binary op codes: the order of the IR's BinaryKind.
-__device__ __forceinline__ float binary_op(int op, float a, float b) {
-    switch (op) {
-    case 0: return a + b;
-    case 1: return a - b;
-    case 2: return a * b;
-    case 3: return a / b;
-    case 4: return powf(a, b);
-    case 5: return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b);
-    case 6: return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b);
-    default: return a;
-    }
-}
+// GELU. One thread per element, grid-stride loops. The maps themselves
+// (`unary_op`, `binary_op`, `gelu_op`) are in common.cuh: the generated
+// kernels of fused elementwise chains use them too.
 
 template <typename T> __device__ void unary_impl(int op, const T* x, T* y, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
@@ -85,14 +52,7 @@ template <typename T> __device__ void swiglu_split_impl(const T* x, T* y, i64 ro
 
 template <typename T> __device__ void gelu_impl(int tanh_form, const T* x, T* y, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        float v = ld(&x[i]);
-        float r;
-        if (tanh_form) {
-            r = 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-        } else {
-            r = 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
-        }
-        st(&y[i], r);
+        st(&y[i], gelu_op(tanh_form, ld(&x[i])));
     }
 }
 

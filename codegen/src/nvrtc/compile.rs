@@ -53,7 +53,7 @@ pub(crate) fn mma_source(instances: &[String]) -> String {
 }
 
 /// FNV-1a: a stable hash (std's may change between Rust releases).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(super) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for &b in *p {
@@ -86,7 +86,7 @@ fn versions() -> (i32, i32, i32) {
     (drv, maj, min)
 }
 
-fn include_paths() -> Vec<String> {
+pub(super) fn include_paths() -> Vec<String> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     for var in ["CUDA_HOME", "CUDA_PATH"] {
         if let Some(d) = std::env::var_os(var) {
@@ -193,7 +193,7 @@ fn compile_unit(src: &str, arch: (i32, i32)) -> Result<(Ptx, bool), String> {
 }
 
 /// NVRTC's CUBIN for `src`, or its log as the error.
-fn nvrtc_cubin(src: &str, options: &[String]) -> Result<Vec<u8>, String> {
+pub(super) fn nvrtc_cubin(src: &str, options: &[String]) -> Result<Vec<u8>, String> {
     let csrc = CString::new(src).map_err(|_| "kernel source holds a NUL byte".to_string())?;
     let prog = result::create_program(&csrc, None).map_err(|e| format!("NVRTC: {e}"))?;
     // SAFETY: `prog` is a live program until the destroy below; the sizes

@@ -6,10 +6,11 @@ use optc_ir::dim::normalize_axis;
 use optc_ir::ops::{BinaryKind, GeluApprox, Op, UnaryKind};
 use optc_kernels::cuda as src;
 
+use super::chains::{EwIndex, MAX_LEAVES};
 use super::gemm::GemmShape;
 use super::program::{AttentionRun, CudaProgram, Loc, SkinnyGemm, Step, ATTENTION_MMA, SPLIT_COUNTERS};
 use super::select::Kernel;
-use super::strided::{broadcast_strides, contiguous, strided};
+use super::strided::{broadcast_strides, contiguous, strided, MAX_RANK};
 
 pub(super) fn cfg(grid: (u32, u32, u32), block: u32, smem: u32) -> LaunchConfig {
     LaunchConfig {
@@ -654,6 +655,46 @@ impl CudaProgram {
                     self.pool.release(part);
                 }
                 r
+            }
+            (Kernel::EwChain, _) => {
+                let chain = s
+                    .chain
+                    .as_deref()
+                    .ok_or("a generated kernel without its source (a lowering bug)")?;
+                let od = &dims[o0];
+                if a.len() > MAX_LEAVES || od.len() > MAX_RANK {
+                    return Err(format!(
+                        "{}: {} operands of rank {} (a lowering bug)",
+                        chain.name,
+                        a.len(),
+                        od.len()
+                    ));
+                }
+                let mut ix = EwIndex {
+                    rank: od.len() as i32,
+                    dims: [0; MAX_RANK],
+                    st: [[0; MAX_RANK]; MAX_LEAVES],
+                };
+                for (d, &e) in od.iter().enumerate() {
+                    ix.dims[d] = e as i64;
+                }
+                for (l, &v) in a.iter().enumerate() {
+                    for (d, st) in broadcast_strides(&dims[v], od).into_iter().enumerate() {
+                        ix.st[l][d] = st;
+                    }
+                }
+                let ptrs: Vec<u64> = a.iter().chain([&o0]).map(|&v| ptr[v]).collect();
+                let n = n as i64;
+                let mut params: Vec<*mut std::ffi::c_void> = ptrs
+                    .iter()
+                    .map(|p| p as *const u64 as *mut std::ffi::c_void)
+                    .collect();
+                params.push(&n as *const i64 as *mut std::ffi::c_void);
+                params.push(&ix as *const EwIndex as *mut std::ffi::c_void);
+                // SAFETY: the generated kernel takes the operands' pointers,
+                // the result's, the element count and the index, in that
+                // order (`chains::generate`); the locals outlive the call.
+                unsafe { gpu.launch_dependent(&fns[0], ew(n as usize), false, &mut params) }
             }
             _ => Err(format!(
                 "kernel {} does not match op {} (a lowering bug)",

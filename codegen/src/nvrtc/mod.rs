@@ -45,6 +45,7 @@ macro_rules! launch_dependent {
     }};
 }
 
+mod chains;
 mod compile;
 mod device;
 mod fuse;

@@ -59,6 +59,8 @@ pub(super) struct Step {
     /// Values read besides `args` (a fused norm's operands and results),
     /// kept alive until this step has run.
     pub(super) also_reads: Vec<usize>,
+    /// On a `Kernel::EwChain` step: its generated kernel.
+    pub(super) chain: Option<Box<super::chains::EwChain>>,
 }
 
 /// Work a linear's GEMV does besides the product, at one to four rows.
@@ -383,6 +385,7 @@ impl CudaProgram {
                             fused: None,
                             deferred_to: None,
                             also_reads: Vec::new(),
+                            chain: None,
                         });
                         summary.folded += 1;
                         continue;
@@ -455,6 +458,7 @@ impl CudaProgram {
                         fused: None,
                         deferred_to: None,
                         also_reads: Vec::new(),
+                        chain: None,
                     });
                 }
             }
@@ -462,6 +466,10 @@ impl CudaProgram {
         if std::env::var("OPTC_CUDA_FUSE").map_or(true, |v| v != "0") {
             let outputs: HashSet<usize> = g.outputs().iter().map(|o| vid[&o.value]).collect();
             for (name, by) in super::fuse::fuse(&mut steps, &types, &outputs) {
+                let n = summary.kernels.entry(name.to_string()).or_insert(0);
+                *n = n.saturating_add_signed(by as isize);
+            }
+            for (name, by) in super::chains::fuse_chains(&mut steps, &types, &outputs) {
                 let n = summary.kernels.entry(name.to_string()).or_insert(0);
                 *n = n.saturating_add_signed(by as isize);
             }
@@ -489,7 +497,8 @@ impl CudaProgram {
             }
         }
         // Compile (or load) the kernels and resolve each step's functions.
-        let units = compile::sources(&instances).map_err(&gerr)?;
+        let mut units = compile::sources(&instances).map_err(&gerr)?;
+        units.extend(super::chains::unit(&steps));
         let (ptx, report) = compile::compile_all(&units, gpu.arch).map_err(&gerr)?;
         tracing::info!(
             cache_hit = report.cache_hit,
@@ -520,6 +529,9 @@ impl CudaProgram {
                 let arg_types: Vec<&TensorType> = s.args.iter().map(|&a| &types[a]).collect();
                 for name in function_names(*k, &arg_types, &types[s.outs[0]]) {
                     fns.push(gpu.function(&name).map_err(node_err(&s.node))?);
+                }
+                if let Some(c) = &s.chain {
+                    fns.push(gpu.function(&c.name).map_err(node_err(&s.node))?);
                 }
                 if *k == Kernel::Linear {
                     let esize = types[s.outs[0]].dtype.storage_bytes(1);

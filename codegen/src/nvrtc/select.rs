@@ -42,6 +42,8 @@ pub(super) enum Kernel {
     IndexSelect,
     Embedding,
     PagedAttention,
+    /// A chain of elementwise ops in one generated kernel (`chains.rs`).
+    EwChain,
 }
 
 impl Kernel {
@@ -69,6 +71,7 @@ impl Kernel {
             Kernel::IndexSelect => "index_select",
             Kernel::Embedding => "embedding",
             Kernel::PagedAttention => "paged_attention",
+            Kernel::EwChain => "elementwise chain (generated)",
         }
     }
 }
@@ -192,7 +195,8 @@ pub(super) fn function_names(k: Kernel, args: &[&TensorType], out: &TensorType) 
             }
             v
         }
-        Kernel::MatMul => vec![],
+        // Generated: the step carries its kernel's name (`Step::chain`).
+        Kernel::MatMul | Kernel::EwChain => vec![],
         // The general kernel, then the register-resident ones by runs of
         // eight per thread (1, 2, 4).
         Kernel::RmsNorm | Kernel::AddRmsNorm => {
