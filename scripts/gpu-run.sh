@@ -45,7 +45,7 @@ if has compile; then
   rm -rf "$OPTC_CACHE_DIR"
   for run in cold warm-1 warm; do
     jit=0; [ $run = cold ] && jit=1
-    CUDA_CACHE_DISABLE=$jit /usr/bin/time -f "$run: %e s wall, %M KB peak RSS" "$BIN" compile $MODEL --kv-cache --target nvrtc -o /dev/null 2>&1 | grep -vE "^\s+(kernel|host) " | tail -4
+    CUDA_CACHE_DISABLE=$jit /usr/bin/time -f "$run: %e s wall, %M KB peak RSS" "$BIN" compile $MODEL --kv-cache --target nvrtc -o /dev/null 2>&1 | grep -vE "^\s+(kernel|host) " | tail -5
   done
 fi
 if has bench; then

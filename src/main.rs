@@ -498,7 +498,9 @@ fn compile(
     if let Some(c) = check {
         compiler.check_passes(c);
     }
+    let passes_start = std::time::Instant::now();
     let report = compiler.compile(&mut graph, &mut store)?;
+    let passes_millis = passes_start.elapsed().as_secs_f64() * 1e3;
     // With the IR going to a file, the pass report goes to stderr.
     let report_always = out.is_some() || onnx_out.is_some();
     if let Some((path, external)) = onnx_out {
@@ -538,12 +540,24 @@ fn compile(
             }
         }
         Some(optc::Target::Nvrtc) => {
+            let lower_start = std::time::Instant::now();
             optc::codegen::nvrtc::available().map_err(anyhow::Error::msg)?;
             let p = optc::codegen::nvrtc::CudaProgram::new(&graph, &store, &mut |_, _| {})?;
+            let lower_millis = lower_start.elapsed().as_secs_f64() * 1e3;
             let s = p.summary();
             eprintln!(
                 "nvrtc plan on {}: {} weight bytes, {} views, {} ops folded at lowering",
                 s.device, s.weight_bytes, s.views, s.folded
+            );
+            // Where a compile's time goes: the passes, the kernels (NVRTC or
+            // the cache), the weights to the GPU, and the rest of lowering
+            // (the CUDA context, planning).
+            let kernel_millis = s.compile.as_ref().map_or(0.0, |c| c.millis);
+            eprintln!(
+                "  time: passes {passes_millis:.0} ms, lowering {lower_millis:.0} ms (kernels {kernel_millis:.0} ms, \
+                 weights to the GPU {:.0} ms, the rest {:.0} ms)",
+                s.upload_millis,
+                (lower_millis - kernel_millis - s.upload_millis).max(0.0)
             );
             if let Some(c) = &s.compile {
                 eprintln!(

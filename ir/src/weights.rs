@@ -361,13 +361,25 @@ impl WeightStore {
     /// axis-0 concat: uploading a checkpoint to a device then copies each
     /// byte once instead of parsing it into a tensor and back.
     pub fn get_le_bytes(&self, name: &str) -> Result<std::borrow::Cow<'_, [u8]>, WeightError> {
+        let mut parts = self.get_le_parts(name)?;
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
+        Ok(std::borrow::Cow::Owned(parts.concat()))
+    }
+
+    /// The bytes of [`WeightStore::get_le_bytes`] as the pieces that make
+    /// them, in order: an axis-0 concat of mapped tensors is its parts,
+    /// each borrowed from the file, so a device upload can copy each piece
+    /// to its offset without joining them on the host first.
+    pub fn get_le_parts(&self, name: &str) -> Result<Vec<std::borrow::Cow<'_, [u8]>>, WeightError> {
         use std::borrow::Cow;
         match self.entries.get(name) {
             None => Err(WeightError::Unknown(name.into())),
             Some(Entry::Mapped { file, range, .. }) => file
                 .map
                 .get(file.data_start + range.0..file.data_start + range.1)
-                .map(Cow::Borrowed)
+                .map(|b| vec![Cow::Borrowed(b)])
                 .ok_or_else(|| WeightError::Format {
                     path: file.path.clone(),
                     message: format!("data of '{name}' lies outside the file"),
@@ -382,11 +394,11 @@ impl WeightStore {
             {
                 let mut out = Vec::new();
                 for s in sources {
-                    out.extend_from_slice(&self.get_le_bytes(s)?);
+                    out.extend(self.get_le_parts(s)?);
                 }
-                Ok(Cow::Owned(out))
+                Ok(out)
             }
-            Some(_) => Ok(Cow::Owned(self.get(name)?.to_le_bytes())),
+            Some(_) => Ok(vec![Cow::Owned(self.get(name)?.to_le_bytes())]),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The glue from a lowered step to its kernel launch or cuBLASLt call:
 //! grid sizes, strides and arguments per kernel.
 
-use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, LaunchConfig};
 use optc_ir::dim::normalize_axis;
 use optc_ir::ops::{BinaryKind, GeluApprox, Op, UnaryKind};
 use optc_kernels::cuda as src;

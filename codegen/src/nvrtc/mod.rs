@@ -8,31 +8,25 @@
 //! back. cudarc loads the CUDA libraries at run time, so this compiles
 //! everywhere and [`available`] says whether this machine can run it.
 
-/// Launches `$f` with `$cfg`; the arguments are bound to locals first so
-/// each outlives the launch.
+/// Launches `$f` with `$cfg` on the program's stream: a plain launch
+/// through `Gpu::launch_dependent` (one launch path for every kernel).
 macro_rules! launch {
-    ($gpu:expr, $f:expr, $cfg:expr; $($name:ident = $val:expr),* $(,)?) => {{
-        // The config first: argument names may shadow what it reads.
-        let launch_cfg = $cfg;
-        // Locals, so every argument outlives the launch; `x = x` is fine.
-        $(
-            #[allow(clippy::redundant_locals)]
-            let $name = $val;
-        )*
-        let mut b = $gpu.stream.launch_builder($f);
-        $( b.arg(&$name); )*
-        unsafe { b.launch(launch_cfg) }.map(|_| ()).map_err(|e| format!("kernel launch: {e}"))
-    }};
+    ($gpu:expr, $f:expr, $cfg:expr; $($name:ident = $val:expr),* $(,)?) => {
+        launch_dependent!($gpu, $f, $cfg, false; $($name = $val),*)
+    };
 }
 
-/// Like `launch!`, for a kernel that may start before the one ahead of it
-/// ends (programmatic dependent launch, `Gpu::launch_dependent`) when
-/// `$early` holds: it must call `pdl_wait()` before it reads anything an
-/// earlier kernel writes.
+/// Launches `$f` with `$cfg`, as a kernel that may start before the one
+/// ahead of it ends (programmatic dependent launch,
+/// `Gpu::launch_dependent`) when `$early` holds: it must then call
+/// `pdl_wait()` before it reads anything an earlier kernel writes. The
+/// arguments are bound to locals first so each outlives the launch.
 macro_rules! launch_dependent {
     ($gpu:expr, $f:expr, $cfg:expr, $early:expr; $($name:ident = $val:expr),* $(,)?) => {{
+        // The config first: argument names may shadow what it reads.
         let early = $early;
         let launch_cfg = $cfg;
+        // Locals, so every argument outlives the launch; `x = x` is fine.
         $(
             #[allow(clippy::redundant_locals)]
             let $name = $val;
@@ -56,6 +50,7 @@ mod profile;
 mod program;
 mod run;
 mod select;
+mod staging;
 mod strided;
 
 pub use compile::{cache_dir, CompileReport};

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use cudarc::driver::{CudaFunction, PushKernelArg};
+use cudarc::driver::CudaFunction;
 use optc_ir::Tensor;
 
 use super::launch::cfg;

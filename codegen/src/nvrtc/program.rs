@@ -88,6 +88,9 @@ pub struct CudaSummary {
     /// Ops evaluated once at lowering (all operands weights).
     pub folded: usize,
     pub weight_bytes: usize,
+    /// Reading the weights (and building fused ones) and copying them to
+    /// the GPU: most of a warm start.
+    pub upload_millis: f64,
     pub compile: Option<CompileReport>,
     /// Linears whose GEMV runs the norm that made their input, at decode
     /// batch sizes.
@@ -674,11 +677,24 @@ impl CudaProgram {
             .sum();
         let mut weights = Vec::new();
         let mut done = 0usize;
+        // Through page-locked staging buffers when there are some to be had.
+        let mut staging = super::staging::Staging::new(&gpu)
+            .map_err(|e| tracing::warn!(error = %e, "weights are copied from pageable memory"))
+            .ok();
         let mut upload =
-            |v: usize, bytes: &[u8], weights: &mut Vec<DeviceBox>, locs: &mut Vec<Option<Loc>>| {
-                let b = DeviceBox::new(bytes.len()).map_err(&gerr)?;
-                gpu.htod(b.ptr, bytes).map_err(&gerr)?;
-                done += bytes.len();
+            |v: usize, parts: &[&[u8]], weights: &mut Vec<DeviceBox>, locs: &mut Vec<Option<Loc>>| {
+                let len: usize = parts.iter().map(|p| p.len()).sum();
+                let b = DeviceBox::new(len).map_err(&gerr)?;
+                let mut at = b.ptr;
+                for bytes in parts {
+                    match staging.as_mut() {
+                        Some(st) => st.copy(at, bytes),
+                        None => gpu.htod(at, bytes),
+                    }
+                    .map_err(&gerr)?;
+                    at += bytes.len() as u64;
+                }
+                done += len;
                 progress(done, total);
                 locs[v] = Some(Loc::Weight(weights.len()));
                 weights.push(b);
@@ -732,11 +748,12 @@ impl CudaProgram {
                 unfuse(&mut steps, li, &mut summary);
             }
         }
+        let upload_start = std::time::Instant::now();
         let mut ups: Vec<usize> = read_on_device.iter().copied().collect();
         ups.sort_unstable();
         for v in ups {
             if let Some(t) = host.remove(&v) {
-                upload(v, &t.to_le_bytes(), &mut weights, &mut locs)?;
+                upload(v, &[&t.to_le_bytes()], &mut weights, &mut locs)?;
                 continue;
             }
             // A checkpoint weight: its bytes straight from the mapped file.
@@ -759,14 +776,19 @@ impl CudaProgram {
                     types[v]
                 )));
             }
-            let bytes = store.get_le_bytes(key).map_err(|e| werr(e.to_string()))?;
-            if bytes.len() != dtype.storage_bytes(shape.iter().product()) {
-                return Err(werr(format!("{} bytes for {dtype}{shape:?}", bytes.len())));
+            let parts = store.get_le_parts(key).map_err(|e| werr(e.to_string()))?;
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            if len != dtype.storage_bytes(shape.iter().product()) {
+                return Err(werr(format!("{len} bytes for {dtype}{shape:?}")));
             }
-            upload(v, &bytes, &mut weights, &mut locs)?;
+            let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_ref()).collect();
+            upload(v, &parts, &mut weights, &mut locs)?;
         }
         drop(host);
+        // Waits for the last staged copies.
+        drop(staging);
         summary.weight_bytes = weights.iter().map(|w| w.bytes).sum();
+        summary.upload_millis = upload_start.elapsed().as_secs_f64() * 1e3;
         // Buffer owners and liveness.
         let mut owner: Vec<usize> = (0..types.len()).collect();
         for s in &steps {

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use cudarc::driver::PushKernelArg;
 use optc_ir::dim::normalize_axis;
 use optc_ir::ops::{EvalCx, Op};
 use optc_ir::{Bindings, DType, Tensor};
