@@ -336,4 +336,44 @@ mod tests {
             super::super::compile::nvrtc_cubin(&unit, &options).unwrap_or_else(|e| panic!("{e}\n{unit}"));
         assert_eq!(&cubin[..4], b"\x7fELF");
     }
+
+    /// A sum of ten inputs folds into one chain only up to `MAX_LEAVES`
+    /// operands; an intermediate read with broadcasting (a row added to a
+    /// matrix) or a graph output is stored, not inlined.
+    #[test]
+    fn chains_stop_at_the_operand_bound_broadcasts_and_outputs() {
+        let mat = TensorType::new(DType::F32, Shape::of(&[3, 8]));
+        let row = TensorType::new(DType::F32, Shape::of(&[8]));
+        // Values 0..10: inputs; 10..19: the running sums s_i = s_{i-1} + x_{i+1}.
+        let types = vec![mat.clone(); 19];
+        let add = Op::Binary(BinaryKind::Add);
+        let mut steps = vec![step(add.clone(), Kernel::Binary, &[0, 1], 10)];
+        for i in 1..9 {
+            steps.push(step(add.clone(), Kernel::Binary, &[9 + i, i + 1], 10 + i));
+        }
+        let outputs: HashSet<usize> = [18].into();
+        super::fuse_chains(&mut steps, &types, &outputs);
+        let ends: Vec<(usize, usize)> = steps
+            .iter()
+            .filter_map(|s| s.chain.as_ref().map(|c| (s.outs[0], c.ops)))
+            .collect();
+        // Eight operands: seven adds; the last two adds form a chain of two.
+        assert_eq!(ends, vec![(16, 7), (18, 2)]);
+        assert!(steps.iter().all(|s| s.args.len() <= super::MAX_LEAVES));
+
+        // exp(row) feeds a broadcasting add, so it is stored; add -> neg
+        // fuse; neg's result is a graph output, so abs reads it stored.
+        let types = vec![row.clone(), row, mat.clone(), mat.clone(), mat.clone(), mat];
+        let mut steps = vec![
+            step(Op::Unary(UnaryKind::Exp), Kernel::Unary, &[0], 1),
+            step(add, Kernel::Binary, &[2, 1], 3),
+            step(Op::Unary(UnaryKind::Neg), Kernel::Unary, &[3], 4),
+            step(Op::Unary(UnaryKind::Abs), Kernel::Unary, &[4], 5),
+        ];
+        let outputs: HashSet<usize> = [4, 5].into();
+        let counts = super::fuse_chains(&mut steps, &types, &outputs);
+        assert_eq!(steps.len(), 3, "{counts:?}");
+        assert_eq!(steps[1].chain.as_ref().map(|c| c.ops), Some(2));
+        assert_eq!(steps[1].args, vec![2, 1]);
+    }
 }
