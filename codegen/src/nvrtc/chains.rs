@@ -15,6 +15,7 @@ use cudarc::driver::DeviceRepr;
 use optc_ir::ops::{BinaryKind, GeluApprox, Op, UnaryKind};
 use optc_ir::{DType, TensorType};
 
+use super::fuse::{drop_fused, Uses};
 use super::program::{Exec, Step};
 use super::select::{float_name, Kernel};
 use super::strided::MAX_RANK;
@@ -154,16 +155,8 @@ pub(super) fn fuse_chains(
     types: &[TensorType],
     outputs: &HashSet<usize>,
 ) -> Vec<(&'static str, i64)> {
-    let mut producer: HashMap<usize, usize> = HashMap::new();
-    let mut readers: HashMap<usize, usize> = HashMap::new();
-    for (i, s) in steps.iter().enumerate() {
-        for &o in &s.outs {
-            producer.insert(o, i);
-        }
-        for &a in s.args.iter().chain(&s.also_reads) {
-            *readers.entry(a).or_default() += 1;
-        }
-    }
+    // Runs before `fused_gemvs`, so no step reads more than its args yet.
+    let uses = Uses::new(steps);
     // Each chain by the step that ends it: its members in order.
     let mut chains: HashMap<usize, Vec<usize>> = HashMap::new();
     let leaves_of = |members: &[usize], steps: &[Step]| -> Vec<usize> {
@@ -185,10 +178,10 @@ pub(super) fn fuse_chains(
         let out_shape = &types[steps[c].outs[0]].shape;
         let mut members = vec![c];
         for &a in &steps[c].args {
-            let Some(&p) = producer.get(&a) else { continue };
+            let Some(&p) = uses.producer.get(&a) else { continue };
             let inline = p != c
                 && chains.contains_key(&p)
-                && readers.get(&a) == Some(&1)
+                && uses.readers.get(&a).map(Vec::len) == Some(1)
                 && !outputs.contains(&a)
                 && types[a].shape == *out_shape;
             if !inline {
@@ -229,11 +222,7 @@ pub(super) fn fuse_chains(
         s.chain = Some(Box::new(chain));
     }
     if !removed.is_empty() {
-        let mut i = 0;
-        steps.retain(|_| {
-            i += 1;
-            !removed.contains(&(i - 1))
-        });
+        drop_fused(steps, &removed);
     }
     counts
 }

@@ -22,13 +22,14 @@ use super::program::{Exec, FusedGemv, Step};
 use super::select::Kernel;
 
 /// Who writes and who reads each value.
-struct Uses {
-    producer: HashMap<usize, usize>,
-    readers: HashMap<usize, Vec<usize>>,
+pub(super) struct Uses {
+    pub(super) producer: HashMap<usize, usize>,
+    /// A step once for each operand slot that reads the value.
+    pub(super) readers: HashMap<usize, Vec<usize>>,
 }
 
 impl Uses {
-    fn new(steps: &[Step]) -> Uses {
+    pub(super) fn new(steps: &[Step]) -> Uses {
         let mut producer = HashMap::new();
         let mut readers: HashMap<usize, Vec<usize>> = HashMap::new();
         for (i, s) in steps.iter().enumerate() {
@@ -136,7 +137,7 @@ pub(super) fn fuse(
 }
 
 /// Drops the `removed` steps and the views of what they produced.
-fn drop_fused(steps: &mut Vec<Step>, removed: &HashSet<usize>) {
+pub(super) fn drop_fused(steps: &mut Vec<Step>, removed: &HashSet<usize>) {
     // Drop the fused steps and the views of what they produced.
     let mut dead: HashSet<usize> = HashSet::new();
     let mut kept = Vec::with_capacity(steps.len());

@@ -468,11 +468,11 @@ impl CudaProgram {
         }
         if std::env::var("OPTC_CUDA_FUSE").map_or(true, |v| v != "0") {
             let outputs: HashSet<usize> = g.outputs().iter().map(|o| vid[&o.value]).collect();
-            for (name, by) in super::fuse::fuse(&mut steps, &types, &outputs) {
-                let n = summary.kernels.entry(name.to_string()).or_insert(0);
-                *n = n.saturating_add_signed(by as isize);
-            }
-            for (name, by) in super::chains::fuse_chains(&mut steps, &types, &outputs) {
+            let counts = [
+                super::fuse::fuse(&mut steps, &types, &outputs),
+                super::chains::fuse_chains(&mut steps, &types, &outputs),
+            ];
+            for (name, by) in counts.concat() {
                 let n = summary.kernels.entry(name.to_string()).or_insert(0);
                 *n = n.saturating_add_signed(by as isize);
             }
