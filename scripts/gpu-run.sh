@@ -6,7 +6,7 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, sample, ab, gemvbench, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, sample, ab, gemvbench, stepbench, profile, graphprof, ncu, ncudetail, peer.
 # Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p and top-p alone).
 # `ab` runs the workloads with switch AB_VAR (default OPTC_ASYNC_SCHEDULING; e.g.
 # OPTC_CUDA_PDL) at 1, 0, 1, 0 in one call; `gemvbench` compiles and runs
@@ -71,6 +71,11 @@ if has gemvbench; then
   echo "== decode GEMV geometries (kernels/bench/gemv_bench.cu)"
   nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/gemv_bench kernels/bench/gemv_bench.cu 2>&1 | grep -i error
   /tmp/gemv_bench | tee "$OUT/gemv_bench.txt"
+fi
+if has stepbench; then
+  echo "== a W1 decode step's kernels, with and without each (kernels/bench/step_bench.cu)"
+  nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/step_bench kernels/bench/step_bench.cu 2>&1 | grep -i error
+  /tmp/step_bench | tee "$OUT/step_bench.txt"
 fi
 if has profile; then
   echo "== optc bench per workload with OPTC_CUDA_PROFILE=1 (GPU time per kernel kind)"

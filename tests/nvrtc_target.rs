@@ -743,6 +743,9 @@ fn fused_gemvs_match_the_interpreter() {
             (3, 2056, 1032, 37),
             (4, 264, 520, 64),
             (5, 264, 520, 37),
+            // Rings that wrap: several units a warp and k chunks of 1,024
+            // with a short last one.
+            (1, 3080, 4104, 5000),
         ] {
             let g2 = 2 * f;
             let text = format!(
@@ -782,7 +785,10 @@ fn fused_gemvs_match_the_interpreter() {
             let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
             let s = p.summary();
             assert_eq!((s.gemv_norms, s.gemv_glus), (2, 2), "{t} m {m}: {s:?}");
+            // The register GEMVs first (the ring below).
+            p.set_gemv_ring_min_bytes(usize::MAX);
             let got = p.run(&inputs).unwrap();
+            assert_eq!(p.ring_gemv_launches(), 0, "{t} m {m}: ring GEMV launches");
             let fused = if m <= src::GEMV_MAX_ROWS { 3 } else { 0 };
             assert_eq!(p.fused_gemv_launches(), fused, "{t} m {m}: fused GEMV launches");
             for (o, wt) in g.outputs().iter().zip(&want) {
@@ -795,6 +801,18 @@ fn fused_gemvs_match_the_interpreter() {
                     tolerance(t) / 4.0 + 1e-6
                 };
                 assert!(e < tol, "{t} m {m} k {k} %{}: rel L2 {e}", o.name);
+            }
+            // The same linears through the ring GEMV (16-bit types, one
+            // row), forced at these sizes: a lane sums the same pieces in
+            // the same order, so the results are the register GEMV's bits.
+            if t != DType::F32 && m == 1 {
+                p.set_gemv_ring_min_bytes(0);
+                let ring = p.run(&inputs).unwrap();
+                assert_eq!(p.ring_gemv_launches(), 4, "{t} k {k}: ring GEMV launches");
+                for o in g.outputs() {
+                    let (a, b) = (&ring[&o.name], &got[&o.name]);
+                    assert!(a == b, "{t} k {k} %{}: ring and register GEMVs differ", o.name);
+                }
             }
         }
     }

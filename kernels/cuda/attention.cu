@@ -227,10 +227,6 @@ template <typename T> __device__ void attention_combine_impl(const float* part, 
 // `paged_decode_smem_bytes` of dynamic shared memory (the host checks).
 constexpr int DECODE_GROUP = 8;
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
 __device__ __forceinline__ void cp_async_wait_all() {
     asm volatile("cp.async.commit_group;\n" ::);
     asm volatile("cp.async.wait_group 0;\n" ::);

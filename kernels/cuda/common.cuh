@@ -294,6 +294,17 @@ __device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const void* p) {
                  : "r"(s));
 }
 
+// A 16-byte copy to shared memory, bypassing L1 (cp.async).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+// The same, cached in L1 on the way: for what every block of a
+// many-wave kernel reads (a GEMV's x and norm scale).
+__device__ __forceinline__ void cp_async16_ca(void* smem, const void* gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
 // A 16-byte copy to shared memory that writes zeros when `valid` is false.
 __device__ __forceinline__ void cp_async16_or_zero(void* smem, const void* gmem, bool valid) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);

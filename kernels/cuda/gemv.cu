@@ -19,27 +19,63 @@
 //   QKV projection, rotated and written to the query buffer and the KV
 //   cache (`GemvRopeStore`), which saves the rope + cache launch.
 
-// x as it is.
+// A fill policy makes the block's m rows of x in shared memory after the
+// wait for the kernel ahead (`run`), and may start copies of what no
+// kernel writes before it (`prefetch`, as one cp.async group, into the k
+// elements of shared memory after x's m * k; the host sizes shared memory
+// for them). `run<P>` may leave the P groups committed after that one in
+// flight (a ring's weight tiles).
+
+// x as it is. Each thread has all its loads in flight before it stores
+// any (four 16-byte loads per round), so the fill is one L2 round trip up
+// to 4 * 8 * blockDim.x elements.
 template <typename T> struct GemvCopy {
+    static constexpr int EXTRA = 0;  // rows of k the prefetch takes
     const T* x;
-    __device__ void operator()(T* xs, int m, int k) const {
-        constexpr int PER16 = 16 / sizeof(T);
-        for (int i = threadIdx.x * PER16; i < m * k; i += blockDim.x * PER16)
-            *reinterpret_cast<uint4*>(xs + i) = *reinterpret_cast<const uint4*>(x + i);
+    __device__ void prefetch(T*, int, int) const {}
+    template <int P> __device__ void run(T* xs, int m, int k) const {
+        constexpr int PER16 = 16 / sizeof(T), B = 4;
+        const int step = blockDim.x * PER16;
+        for (int i0 = threadIdx.x * PER16; i0 < m * k; i0 += B * step) {
+            uint4 v[B];
+#pragma unroll
+            for (int q = 0; q < B; ++q) {
+                const int i = i0 + q * step;
+                if (i < m * k) v[q] = *reinterpret_cast<const uint4*>(x + i);
+            }
+#pragma unroll
+            for (int q = 0; q < B; ++q) {
+                const int i = i0 + q * step;
+                if (i < m * k) *reinterpret_cast<uint4*>(xs + i) = v[q];
+            }
+        }
     }
 };
 
 // x = rms_norm(a + r) * nw, as `add_rms_norm` computes it (the sum rounded
 // to T, statistics in f32); the first block also stores the sum, the op's
-// first result. `r` null: plain RMSNorm of `a`; `nw` null: no scale.
+// first result. `r` null: plain RMSNorm of `a`; `nw` null: no scale. The
+// scale is a weight (the host launches the GEMV as a dependent only then):
+// it streams into shared memory before the wait, each thread copying the
+// pieces it rescales, so after the wait the fill is one L2 round trip.
 template <typename T, int M> struct GemvAddRmsNorm {
+    static constexpr int EXTRA = 1;
     const T *a, *r, *nw;
     T* sum;
     float eps;
+    __device__ void prefetch(T* xs, int m, int k) const {
+        if (!nw) return;
+        for (int i = threadIdx.x * 8; i < k; i += blockDim.x * 8) {
+#pragma unroll
+            for (int h = 0; h < (int)sizeof(T) / 2; ++h)
+                cp_async16_ca(xs + m * k + i + h * (16 / sizeof(T)), nw + i + h * (16 / sizeof(T)));
+        }
+        cp_async_commit();
+    }
     // Runs of eight a thread loads before it uses any (one L2 round trip
     // for rows up to 4,096 wide at 128 threads).
     static constexpr int B = 4;
-    __device__ void operator()(T* xs, int m, int k) const {
+    template <int P> __device__ void run(T* xs, int m, int k) const {
         __shared__ float partial[M][32];
         constexpr int H = sizeof(T) / 2;
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -96,10 +132,12 @@ template <typename T, int M> struct GemvAddRmsNorm {
             for (int q = 0; q < (int)(blockDim.x >> 5); ++q) t += partial[j][q];
             inv[j] = 1.f / sqrtf(t / (float)k + eps);
         }
-        // Each thread rescales only the elements it stored.
+        // Each thread rescales only the elements it stored, with the
+        // pieces of the scale it copied.
+        if (nw) cp_async_wait<P>();
         for (int i = threadIdx.x * 8; i < k; i += step) {
             float o[8];
-            if (nw) ld8(nw + i, o);
+            if (nw) ld8(xs + m * k + i, o);
 #pragma unroll
             for (int j = 0; j < M; ++j) {
                 if (j >= m) break;
@@ -287,12 +325,13 @@ __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n,
     // finishes (programmatic dependent launch) and the block fills x.
     if constexpr (Geo::EARLY_TRIGGER) pdl_trigger();
     const int k0 = lane * 8;
+    fill.prefetch(xs, m, k);
     load(ra, k0);
     if constexpr (Geo::PIPELINE) {
         if (k0 + STAGE < k) load(rb, k0 + STAGE);
     }
     pdl_wait();
-    fill(xs, m, k);
+    fill.template run<0>(xs, m, k);
     __syncthreads();
     if (row0 >= n) return;
     if constexpr (Geo::PIPELINE) {
@@ -319,6 +358,121 @@ __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n,
 #pragma unroll
         for (int r = 0; r < WR; ++r) v[r] = warp_sum(acc[r][j]);
         if (lane == 0) out.store(j, row0, v, n);
+    }
+}
+
+// A GEMV whose weights stream through shared memory, for the big
+// linears of a decode step: each warp keeps a ring of S tiles (its WR
+// weight rows, CH elements of each) that cp.async fills, and every block
+// issues its first S tiles a warp before pdl_wait(). Launched as one
+// resident wave behind a latency-bound kernel (decode attention, a small
+// GEMV), it streams a large share of its matrix while that kernel runs,
+// which the register pipeline above (two stages, blocks that exit and
+// relaunch) cannot. Warps take units of R output columns grid-stride
+// (gridDim.x * WARPS warps in all) and a unit's rows chunk by chunk. A
+// lane reads the same 8-element pieces of a row in the same order as
+// gemv_impl (CH is a multiple of 256), so the sums are bit-equal to it.
+// Shared memory: (m + Fill::EXTRA) * k elements of x and the fill's
+// prefetch, then WARPS * S * WR * CH elements of rings (the host's
+// `GemvRingBlock::smem_bytes`).
+template <int WARPS_, int R_, int S_, int CH_> struct GemvRing {
+    static constexpr int WARPS = WARPS_, R = R_, S = S_, CH = CH_;
+    static_assert(CH % 256 == 0, "a lane's pieces as gemv_impl reads them");
+};
+using GemvRingPlain = GemvRing<8, 1, 4, 1024>;
+using GemvRingGlu = GemvRing<4, 1, 4, 1024>;
+
+template <typename T, int M, typename Geo, typename Fill, typename Store>
+__device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, int n, int k, int m) {
+    extern __shared__ __align__(16) unsigned char gemv_smem[];
+    constexpr int R = Geo::R, S = Geo::S, CH = Geo::CH;
+    constexpr int H = sizeof(T) / 2;       // 16-byte copies an 8-element piece
+    constexpr int PIECES = CH / 8 / 32;    // a lane's pieces of a row in a tile
+    constexpr bool GLU = Store::GLU;
+    constexpr int WR = GLU ? 2 * R : R;
+    constexpr int TILE = WR * CH;
+    T* xs = reinterpret_cast<T*>(gemv_smem);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    T* ring = xs + (m + Fill::EXTRA) * k + warp * S * TILE;
+    const int warps = gridDim.x * Geo::WARPS, gw = blockIdx.x * Geo::WARPS + warp;
+    const int units = (n + R - 1) / R, nch = (k + CH - 1) / CH;
+    const int mine = gw < units ? (units - 1 - gw) / warps + 1 : 0;
+    const int ntiles = mine * nch;
+    // Starts the copies of tile t (unit t / nch, chunk t % nch) into its
+    // slot; a group is committed either way, so wait_group counts tiles.
+    auto load = [&](int t) {
+        if (t < ntiles) {
+            const int u = gw + (t / nch) * warps, k0 = (t % nch) * CH;
+            T* dst = ring + (t % S) * TILE;
+#pragma unroll
+            for (int r = 0; r < WR; ++r) {
+                const int col = out.weight_row(min(u * R + r % R, n - 1));
+                const T* src = w + ((i64)(GLU && r >= R ? n : 0) + col) * k;
+#pragma unroll
+                for (int i = 0; i < PIECES; ++i) {
+                    const int e = (lane + 32 * i) * 8, kk = k0 + e;
+#pragma unroll
+                    for (int h = 0; h < H; ++h)
+                        cp_async16_or_zero(dst + r * CH + e + h * (8 / H), kk < k ? src + kk + h * (8 / H) : src,
+                                           kk < k);
+                }
+            }
+        }
+        cp_async_commit();
+    };
+    pdl_trigger();
+    fill.prefetch(xs, m, k);
+#pragma unroll
+    for (int t = 0; t < S; ++t) load(t);
+    pdl_wait();
+    fill.template run<S>(xs, m, k);
+    __syncthreads();
+    float acc[WR][M];
+#pragma unroll
+    for (int r = 0; r < WR; ++r)
+#pragma unroll
+        for (int j = 0; j < M; ++j) acc[r][j] = 0.f;
+    for (int t = 0; t < ntiles; ++t) {
+        cp_async_wait<S - 1>();
+        __syncwarp();
+        const int c = t % nch, k0 = c * CH;
+        const T* tile = ring + (t % S) * TILE;
+#pragma unroll
+        for (int i = 0; i < PIECES; ++i) {
+            const int e = (lane + 32 * i) * 8;
+            if (k0 + e >= k) break;
+#pragma unroll
+            for (int r = 0; r < WR; ++r) {
+                float wv[8];
+                ld8(tile + r * CH + e, wv);
+#pragma unroll
+                for (int j = 0; j < M; ++j) {
+                    if (j >= m) break;
+                    float xv[8];
+                    ld8(xs + j * k + k0 + e, xv);
+#pragma unroll
+                    for (int q = 0; q < 8; ++q) acc[r][j] += wv[q] * xv[q];
+                }
+            }
+        }
+        // Every lane is done with the slot before the tile S ahead takes it.
+        __syncwarp();
+        load(t + S);
+        if (c == nch - 1) {
+            const int i0 = (gw + (t / nch) * warps) * R;
+#pragma unroll
+            for (int j = 0; j < M; ++j) {
+                if (j >= m) break;
+                float v[WR];
+#pragma unroll
+                for (int r = 0; r < WR; ++r) v[r] = warp_sum(acc[r][j]);
+                if (lane == 0) out.store(j, i0, v, n);
+            }
+#pragma unroll
+            for (int r = 0; r < WR; ++r)
+#pragma unroll
+                for (int j = 0; j < M; ++j) acc[r][j] = 0.f;
+        }
     }
 }
 
@@ -360,6 +514,33 @@ static_assert(GemvPlain::WARPS * 32 == 256 && GemvNorm::WARPS * 32 == 256 && Gem
         gemv_impl<T, MR, GemvNorm>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps},                              \
                                    GemvRopeStore<T>{b, cs, sn, q, kc, vc, slots, hq, hkv, d, dv, rd, il}, \
                                    w, n, k, m);                                                            \
+    }
+
+// The ring GEMVs at one row of x, same arguments as their OPTC_GEMV_ROWS
+// kinds (`gemv_instances` adds them for the 16-bit types).
+static_assert(GemvRingPlain::WARPS * 32 == 256 && GemvRingGlu::WARPS * 32 == 128,
+              "launch bounds out of step with the ring GEMV geometries");
+#define OPTC_GEMV_RING(T, N)                                                                               \
+    extern "C" __global__ void __launch_bounds__(256) gemv_ring_##N##_m1(const T* x, const T* w,           \
+                                                                         const T* b, T* y, int n, int k,   \
+                                                                         int m) {                          \
+        gemv_ring_impl<T, 1, GemvRingPlain>(GemvCopy<T>{x}, GemvStore<T>{y, b}, w, n, k, m);               \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                      \
+        gemv_norm_ring_##N##_m1(const T* a, const T* r, const T* nw, T* sum, float eps, const T* w,        \
+                                const T* b, T* y, int n, int k, int m) {                                   \
+        gemv_ring_impl<T, 1, GemvRingPlain>(GemvAddRmsNorm<T, 1>{a, r, nw, sum, eps}, GemvStore<T>{y, b},  \
+                                            w, n, k, m);                                                   \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(128) gemv_glu_ring_##N##_m1(                              \
+        const T* x, const T* w, const T* b, T* y, int n, int k, int m) {                                   \
+        gemv_ring_impl<T, 1, GemvRingGlu>(GemvCopy<T>{x}, GemvGluStore<T>{y, b}, w, n, k, m);              \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(128)                                                      \
+        gemv_norm_glu_ring_##N##_m1(const T* a, const T* r, const T* nw, T* sum, float eps, const T* w,    \
+                                    const T* b, T* y, int n, int k, int m) {                               \
+        gemv_ring_impl<T, 1, GemvRingGlu>(GemvAddRmsNorm<T, 1>{a, r, nw, sum, eps},                        \
+                                          GemvGluStore<T>{y, b}, w, n, k, m);                              \
     }
 
 // Instantiated by the host for each float type a graph's linears use

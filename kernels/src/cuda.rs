@@ -56,6 +56,63 @@ pub const GEMV_PROLOGUE_MAX_N: usize = 32 << 10;
 /// The most dynamic shared memory a GEMV block asks for (its rows of x).
 pub const GEMV_MAX_SMEM: usize = 96 << 10;
 
+/// A ring GEMV kind's geometry (`GemvRing` in gemv.cu): `warps` warps a
+/// block, each streaming `rows` output columns at a time through a ring
+/// of `stages` tiles of `chunk` elements a weight row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemvRingBlock {
+    pub warps: usize,
+    pub rows: usize,
+    pub stages: usize,
+    pub chunk: usize,
+}
+
+impl GemvRingBlock {
+    /// Threads a block.
+    pub fn threads(&self) -> u32 {
+        (self.warps * 32) as u32
+    }
+
+    /// Dynamic shared memory of a block: `m` rows of x (one more for a
+    /// norm's scale, which streams in before the wait), then the warps'
+    /// rings (each column's gate and up rows with `glu`).
+    pub fn smem_bytes(&self, m: usize, k: usize, elem_bytes: usize, norm: bool, glu: bool) -> usize {
+        let ring = self.warps * self.stages * self.rows * if glu { 2 } else { 1 } * self.chunk;
+        ((m + usize::from(norm)) * k + ring) * elem_bytes
+    }
+}
+
+/// `gemv_ring_*` and `gemv_norm_ring_*` (`GemvRingPlain`).
+pub const GEMV_RING_PLAIN: GemvRingBlock = GemvRingBlock {
+    warps: 8,
+    rows: 1,
+    stages: 4,
+    chunk: 1024,
+};
+
+/// `gemv_glu_ring_*` and `gemv_norm_glu_ring_*` (`GemvRingGlu`).
+pub const GEMV_RING_GLU: GemvRingBlock = GemvRingBlock {
+    warps: 4,
+    rows: 1,
+    stages: 4,
+    chunk: 1024,
+};
+
+/// Smallest weight (bytes) a one-row linear streams through the ring
+/// GEMV. Smaller ones (a 1B model's QKV and o) take the register GEMV:
+/// their blocks leave shared memory free for the next big linear's rings
+/// to fill while they and decode attention run, which measured faster
+/// than rings everywhere (kernels/bench/step_bench.cu, docs/perf.md).
+pub const GEMV_RING_MIN_BYTES: usize = 24 << 20;
+
+/// Ring-GEMV blocks launched an SM: one wave that stays resident where
+/// shared memory allows (three 72 KB gate/up blocks an H200 SM).
+pub const GEMV_RING_BLOCKS_PER_SM: usize = 3;
+
+/// The most dynamic shared memory a ring-GEMV block may take: two blocks
+/// an SM must fit.
+pub const GEMV_RING_MAX_SMEM: usize = 96 << 10;
+
 /// Most rows of `x` the tensor-core linear kernels for small batches take
 /// (`skinny_{dtype}_m32`, `_m64`, `_m128`, 16-bit types); larger batches
 /// go to cuBLASLt.
@@ -122,7 +179,8 @@ pub fn attention_smem_bytes(d: usize) -> usize {
 /// The instantiation lines for the linears of a float type (`f32`, `bf16`,
 /// `f16`): the decode GEMVs for one row and for up to four
 /// (`gemv_*_{dtype}_m1`/`_m4`, fused kinds included) and, for 16-bit
-/// types, the tensor-core skinny GEMMs. Only the types a graph uses are
+/// types, the tensor-core skinny GEMMs and the one-row ring GEMVs
+/// (`gemv*_ring_{dtype}_m1`). Only the types a graph uses are
 /// compiled, each line as its own unit (the four-row GEMVs are the
 /// slowest to compile).
 pub fn gemv_instances(dtype: &str) -> Vec<String> {
@@ -133,6 +191,7 @@ pub fn gemv_instances(dtype: &str) -> Vec<String> {
     ];
     if dtype != "f32" {
         v.push(format!("OPTC_SKINNY_ALL({c}, {dtype})\n"));
+        v.push(format!("OPTC_GEMV_RING({c}, {dtype})\n"));
     }
     v
 }
@@ -217,5 +276,41 @@ mod tests {
         assert_eq!(geometry("GemvPlain"), GEMV_PLAIN);
         assert_eq!(geometry("GemvNorm"), GEMV_NORM);
         assert_eq!(geometry("GemvGlu"), GEMV_GLU);
+    }
+
+    /// Likewise the ring geometries (`using GemvRingX = GemvRing<WARPS, R,
+    /// S, CH>;`), whose shared memory the host sizes.
+    #[test]
+    fn ring_gemv_blocks_match_the_kernel_geometries() {
+        let src = FILES
+            .iter()
+            .find(|f| f.0 == "gemv.cu")
+            .map(|f| f.1)
+            .unwrap_or_default();
+        let ring = |name: &str| -> GemvRingBlock {
+            let line = src
+                .lines()
+                .find(|l| l.starts_with(&format!("using {name} = GemvRing<")))
+                .unwrap_or_else(|| panic!("no {name} in gemv.cu"));
+            let a: Vec<usize> = line
+                .split('<')
+                .nth(1)
+                .and_then(|a| a.split('>').next())
+                .unwrap_or_default()
+                .split(',')
+                .map(|a| a.trim().parse().expect("a number"))
+                .collect();
+            GemvRingBlock {
+                warps: a[0],
+                rows: a[1],
+                stages: a[2],
+                chunk: a[3],
+            }
+        };
+        assert_eq!(ring("GemvRingPlain"), GEMV_RING_PLAIN);
+        assert_eq!(ring("GemvRingGlu"), GEMV_RING_GLU);
+        // A 1B model's gate/up and down blocks at one row.
+        assert_eq!(GEMV_RING_GLU.smem_bytes(1, 2048, 2, true, true), 72 << 10);
+        assert_eq!(GEMV_RING_PLAIN.smem_bytes(1, 8192, 2, false, false), 80 << 10);
     }
 }

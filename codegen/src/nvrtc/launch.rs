@@ -8,7 +8,9 @@ use optc_kernels::cuda as src;
 
 use super::chains::{EwIndex, MAX_LEAVES};
 use super::gemm::GemmShape;
-use super::program::{AttentionRun, CudaProgram, Loc, SkinnyGemm, Step, ATTENTION_MMA, SPLIT_COUNTERS};
+use super::program::{
+    AttentionRun, CudaProgram, Loc, SkinnyGemm, Step, ATTENTION_MMA, GEMV_RING_AT, SPLIT_COUNTERS,
+};
 use super::select::Kernel;
 use super::strided::{broadcast_strides, contiguous, strided, MAX_RANK};
 
@@ -173,7 +175,7 @@ impl CudaProgram {
         (1..=src::GEMV_MAX_ROWS).contains(&m)
             && rope_ok
             && kd % 8 == 0
-            && m * kd * esize <= src::GEMV_MAX_SMEM
+            && (m + usize::from(z.norm.is_some())) * kd * esize <= src::GEMV_MAX_SMEM
             && nn <= i32::MAX as usize
             && (z.glu.is_none() || nn % 2 == 0)
             && aligned(&lin.args[1..])
@@ -215,12 +217,38 @@ impl CudaProgram {
         if y % 16 != 0 {
             return Err("a fused GEMV result outside the pool (a lowering bug)".into());
         }
-        let f = if m == 1 { &z.fns[0] } else { &z.fns[1] };
-        let blocks = n.div_ceil(geo.cols) as u32;
-        // The GEMV streams its matrix before it waits for the kernel ahead:
-        // only a weight (which no kernel writes) may be read that early.
-        let weight_first = matches!(self.locs[self.owner[a[1]]], Loc::Weight(_));
-        let c = cfg((blocks, 1, 1), geo.threads, (m * kd * esize) as u32);
+        // The GEMV streams its matrix, and the norm's scale, before it
+        // waits for the kernel ahead: only weights (which no kernel
+        // writes) may be read that early.
+        let is_weight = |v: usize| matches!(self.locs[self.owner[v]], Loc::Weight(_));
+        let scale_is_weight = z.norm.is_none_or(|p| {
+            let at = if matches!(steps[p].op, Op::AddRmsNorm(_)) {
+                2
+            } else {
+                1
+            };
+            steps[p].args.get(at).is_none_or(|&v| is_weight(v))
+        });
+        let weight_first = is_weight(a[1]) && scale_is_weight;
+        let ring = match z.fns.get(2) {
+            Some(f) => self
+                .ring_gemv_cfg(m, kd, nn, esize, z.norm.is_some(), z.glu.is_some())
+                .map(|c| (f, c)),
+            None => None,
+        };
+        let (f, c) = match ring {
+            Some(fc) => {
+                self.ring_gemv_launches
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                fc
+            }
+            None => {
+                let f = if m == 1 { &z.fns[0] } else { &z.fns[1] };
+                let blocks = n.div_ceil(geo.cols) as u32;
+                let rows = m + usize::from(z.norm.is_some());
+                (f, cfg((blocks, 1, 1), geo.threads, (rows * kd * esize) as u32))
+            }
+        };
         let bias = a.get(2).map_or(0u64, |&v| ptr[v]);
         let (n, k, m) = (n as i32, kd as i32, m as i32);
         let gpu = &self.gpu;
@@ -245,6 +273,34 @@ impl CudaProgram {
         };
         launch_dependent!(gpu, f, c, weight_first;
             x = x, r = r, nw = nw, sum = sum, eps = eps, w = w, b = bias, y = y, n = n, k = k, m = m)
+    }
+
+    /// The launch of the ring GEMV (`gemv*_ring_*_m1`) for a linear of
+    /// `m` rows of x over a `nn` x `kd` weight (both halves with `glu`),
+    /// when it takes it: one row, a weight of at least
+    /// `gemv_ring_min_bytes`, and a block that leaves room for a second
+    /// on its SM. `GEMV_RING_BLOCKS_PER_SM` blocks an SM, whatever fits
+    /// resident.
+    pub(super) fn ring_gemv_cfg(
+        &self,
+        m: usize,
+        kd: usize,
+        nn: usize,
+        esize: usize,
+        norm: bool,
+        glu: bool,
+    ) -> Option<LaunchConfig> {
+        let geo = if glu {
+            src::GEMV_RING_GLU
+        } else {
+            src::GEMV_RING_PLAIN
+        };
+        let smem = geo.smem_bytes(m, kd, esize, norm, glu);
+        let big = nn.saturating_mul(kd).saturating_mul(esize) >= self.gemv_ring_min_bytes;
+        (m == 1 && big && smem <= src::GEMV_RING_MAX_SMEM).then(|| {
+            let blocks = self.gpu.sms as usize * src::GEMV_RING_BLOCKS_PER_SM;
+            cfg((blocks as u32, 1, 1), geo.threads(), smem as u32)
+        })
     }
 
     /// What `gemv_rope_*` / `gemv_norm_rope_*` take besides the GEMV's own
@@ -323,9 +379,24 @@ impl CudaProgram {
                     && bytes <= src::GEMV_MAX_SMEM
                     && nn <= i32::MAX as usize
                 {
-                    let f = if m == 1 { &fns[0] } else { &fns[1] };
-                    let blocks = nn.div_ceil(src::GEMV_PLAIN.cols) as u32;
-                    let c = cfg((blocks, 1, 1), src::GEMV_PLAIN.threads, bytes as u32);
+                    let ring = match fns.get(GEMV_RING_AT) {
+                        Some(f) => self
+                            .ring_gemv_cfg(m, kd, nn, esize as usize, false, false)
+                            .map(|c| (f, c)),
+                        None => None,
+                    };
+                    let (f, c) = match ring {
+                        Some(fc) => {
+                            self.ring_gemv_launches
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            fc
+                        }
+                        None => {
+                            let f = if m == 1 { &fns[0] } else { &fns[1] };
+                            let blocks = nn.div_ceil(src::GEMV_PLAIN.cols) as u32;
+                            (f, cfg((blocks, 1, 1), src::GEMV_PLAIN.threads, bytes as u32))
+                        }
+                    };
                     // Streamed before the wait: only a weight may be.
                     let early = matches!(self.locs[self.owner[a[1]]], Loc::Weight(_));
                     return launch_dependent!(gpu, f, c, early;
@@ -333,7 +404,7 @@ impl CudaProgram {
                         m = m as i32);
                 }
                 let tiles = nn.div_ceil(src::SKINNY_ROWS_PER_BLOCK);
-                if fns.len() == 2 + src::SKINNY_VARIANTS.len()
+                if fns.len() >= 2 + src::SKINNY_VARIANTS.len()
                     && (src::GEMV_MAX_ROWS + 1..=src::SKINNY_MAX_ROWS).contains(&m)
                     && kd % 8 == 0
                     && aligned

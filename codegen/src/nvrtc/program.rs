@@ -135,6 +135,10 @@ pub struct AttentionPaths {
 /// prefill at this index.
 pub(super) const ATTENTION_MMA: usize = 4;
 
+/// Where a 16-bit linear's kernels hold the one-row ring GEMV: after the
+/// two register GEMVs and the skinny GEMMs (`function_names`).
+pub(super) const GEMV_RING_AT: usize = 2 + src::SKINNY_VARIANTS.len();
+
 /// Split counters of the decode attention and the skinny GEMM: at most
 /// this many (token, KV head) pairs or 64-row weight slabs per launch.
 pub(super) const SPLIT_COUNTERS: usize = 1 << 18;
@@ -187,6 +191,12 @@ pub struct CudaProgram {
     pub(super) attention_paths: AttentionPaths,
     /// Linear launches on a fused GEMV (`gemv_norm_*`, `gemv_glu_*`).
     pub(super) fused_gemv_launches: u64,
+    /// Smallest weight a one-row linear streams through the ring GEMV
+    /// (`GEMV_RING_MIN_BYTES`; `OPTC_GEMV_RING_MIN_BYTES` overrides it).
+    pub(super) gemv_ring_min_bytes: usize,
+    /// Linear launches on a ring GEMV (plain or fused); counted where
+    /// the GPU is borrowed, hence atomic.
+    pub(super) ring_gemv_launches: std::sync::atomic::AtomicU64,
     /// Submitted runs whose picks are not read yet, oldest first (at most
     /// two: the one the host collects and the one it just submitted), and
     /// the picks of earlier ones read but not collected (`submit_pick`).
@@ -538,12 +548,20 @@ impl CudaProgram {
                 }
                 if *k == Kernel::Linear {
                     let esize = types[s.outs[0]].dtype.storage_bytes(1);
+                    // The ring GEMV is optional: without its shared memory
+                    // the register GEMV takes its linears.
+                    if fns.len() > GEMV_RING_AT
+                        && allow_smem(&fns[GEMV_RING_AT], src::GEMV_RING_MAX_SMEM).is_err()
+                    {
+                        fns.truncate(GEMV_RING_AT);
+                    }
                     let smem = |i: usize| match i {
                         0 | 1 => src::GEMV_MAX_SMEM,
                         _ => src::skinny_smem_bytes(src::SKINNY_VARIANTS[i - 2].1, esize),
                     };
                     let ok = fns
                         .iter()
+                        .take(GEMV_RING_AT)
                         .enumerate()
                         .all(|(i, f)| allow_smem(f, smem(i)).is_ok());
                     // Without the shared memory the GEMV is off: cuBLASLt.
@@ -609,12 +627,26 @@ impl CudaProgram {
                 if rope.is_some() { "_rope" } else { "" }
             );
             let gemv_on = matches!(&steps[li].exec, Exec::Kernel(_, fns) if !fns.is_empty());
-            let fns: Vec<CudaFunction> = ["m1", "m4"]
+            let mut fns: Vec<CudaFunction> = ["m1", "m4"]
                 .iter()
                 .filter_map(|m| gpu.function(&format!("{name}_{m}")).ok())
                 .filter(|func| allow_smem(func, src::GEMV_MAX_SMEM).is_ok())
                 .collect();
-            if gemv_on && fns.len() == 2 {
+            // The one-row ring GEMV of this kind, where one exists (16-bit
+            // types, not the rope kinds): `fns[2]`.
+            if rope.is_none() && fns.len() == 2 {
+                let ring = format!(
+                    "gemv{}{}_ring_{f}_m1",
+                    if norm.is_some() { "_norm" } else { "" },
+                    if glu.is_some() { "_glu" } else { "" }
+                );
+                if let Ok(func) = gpu.function(&ring) {
+                    if allow_smem(&func, src::GEMV_RING_MAX_SMEM).is_ok() {
+                        fns.push(func);
+                    }
+                }
+            }
+            if gemv_on && fns.len() >= 2 {
                 if let Some(z) = steps[li].fused.as_mut() {
                     z.fns = fns;
                 }
@@ -867,6 +899,11 @@ impl CudaProgram {
             dims_cache: Default::default(),
             attention_paths: AttentionPaths::default(),
             fused_gemv_launches: 0,
+            gemv_ring_min_bytes: std::env::var("OPTC_GEMV_RING_MIN_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(src::GEMV_RING_MIN_BYTES),
+            ring_gemv_launches: std::sync::atomic::AtomicU64::new(0),
             pending: Default::default(),
             pinned: Vec::new(),
             ids_map: None,
@@ -884,6 +921,17 @@ impl CudaProgram {
     /// SwiGLU after done inside it), so tests can check that path ran.
     pub fn fused_gemv_launches(&self) -> u64 {
         self.fused_gemv_launches
+    }
+
+    /// How many linear launches ran a ring GEMV.
+    pub fn ring_gemv_launches(&self) -> u64 {
+        self.ring_gemv_launches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Overrides the smallest weight (bytes) a one-row linear streams
+    /// through the ring GEMV (`usize::MAX`: never; 0: always).
+    pub fn set_gemv_ring_min_bytes(&mut self, bytes: usize) {
+        self.gemv_ring_min_bytes = bytes;
     }
 
     /// Overrides `OPTC_CUDA_SKINNY` for this program's linears.

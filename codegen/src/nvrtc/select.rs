@@ -192,6 +192,8 @@ pub(super) fn function_names(k: Kernel, args: &[&TensorType], out: &TensorType) 
                         .iter()
                         .map(|(n, _)| format!("skinny_{f}_{n}")),
                 );
+                // At `GEMV_RING_AT`: the one-row ring GEMV for big weights.
+                v.push(format!("gemv_ring_{f}_m1"));
             }
             v
         }

@@ -1,0 +1,283 @@
+// Where does a W1 decode step's time go between its kernels? The kernels
+// of one Llama-3.2-1B decode step at one token, as optc's step graph
+// launches them (per layer: the QKV GEMV with the norm, rope and cache
+// write; decode attention; the o GEMV; gate/up with the norm and SwiGLU;
+// down; then the final norm and the LM head), back to back with
+// programmatic dependent launch in a CUDA graph, over random weights and
+// a random KV cache. Variants leave kernels out, or change how x is
+// filled, so the differences say what each costs on the critical path
+// (not what it costs alone, which ncu measures); `rings` variants run the
+// linears of at least GEMV_RING_MIN_BYTES through the ring GEMV, as optc
+// does, or every linear (`rings everywhere`). Prints microseconds a step,
+// median of 50 replays, at three context lengths.
+// On the GPU machine, from the repo root:
+//   nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/step_bench kernels/bench/step_bench.cu && /tmp/step_bench
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include <algorithm>
+#include <cuda_runtime.h>
+
+#include "common.cuh"
+#include "gemv.cu"
+#include "attention.cu"
+
+OPTC_GEMV_ROWS(bf16, bf16, 1)
+OPTC_GEMV_RING(bf16, bf16)
+OPTC_PAGED_ATTENTION(bf16, bf16, 64, 64)
+
+#define CK(x)                                                                                      \
+    do {                                                                                           \
+        cudaError_t e = (x);                                                                       \
+        if (e != cudaSuccess) {                                                                    \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e));     \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+__global__ void fill_random(bf16* p, size_t n, unsigned seed, float scale) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        unsigned h = (unsigned)i * 2654435761u ^ seed;
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        p[i] = __float2bfloat16((float)(h & 0xffff) / 32768.f * scale - scale);
+    }
+}
+
+static cudaStream_t stream;
+
+template <typename... Args>
+static void launch(void (*k)(Args...), unsigned gx, unsigned gy, unsigned gz, unsigned threads, unsigned smem,
+                   Args... args) {
+    cudaLaunchConfig_t c = {};
+    c.gridDim = dim3(gx, gy, gz);
+    c.blockDim = dim3(threads);
+    c.dynamicSmemBytes = smem;
+    c.stream = stream;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    c.attrs = at;
+    c.numAttrs = 1;
+    CK(cudaLaunchKernelEx(&c, k, args...));
+}
+
+static bf16* dalloc(size_t n, unsigned seed, float scale) {
+    bf16* p;
+    CK(cudaMalloc(&p, n * 2));
+    fill_random<<<1024, 256>>>(p, n, seed, scale);
+    return p;
+}
+
+// The layer GEMVs through shared-memory rings (gemv_ring_impl): one
+// geometry set a template argument, S tiles of CH elements a warp.
+template <int S, int CH> struct RingSet {
+    using Plain = GemvRing<8, 1, S, CH>;
+    using Glu = GemvRing<4, 1, S, CH>;
+    using Rope = GemvRing<4, 2, S, CH>;
+};
+// x left as it is in shared memory: what the fill costs, by difference.
+struct NoFill {
+    static constexpr int EXTRA = 0;
+    __device__ void prefetch(bf16*, int, int) const {}
+    template <int P> __device__ void run(bf16*, int, int) const {}
+};
+__global__ void __launch_bounds__(128) glu_nofill(const bf16* w, bf16* y, int n, int k) {
+    gemv_impl<bf16, 1, GemvGlu>(NoFill{}, GemvGluStore<bf16>{y, nullptr}, w, n, k, 1);
+}
+__global__ void __launch_bounds__(256) plain_nofill(const bf16* w, bf16* y, int n, int k) {
+    gemv_impl<bf16, 1, GemvPlain>(NoFill{}, GemvStore<bf16>{y, nullptr}, w, n, k, 1);
+}
+// The QKV projection through a ring (optc keeps the rope GEMVs on
+// registers; this is the `rings everywhere` comparison).
+__global__ void __launch_bounds__(128)
+    ring_norm_rope(const bf16* a, const bf16* r, const bf16* nw, bf16* sum, const bf16* w, int n, int k,
+                   const bf16* cs, const bf16* sn, bf16* q, bf16* kc, bf16* vc, const i64* slots, int hq, int hkv,
+                   int d) {
+    gemv_ring_impl<bf16, 1, GemvRing<4, 2, 4, 1024>>(
+        GemvAddRmsNorm<bf16, 1>{a, r, nw, sum, 1e-5f},
+        GemvRopeStore<bf16>{nullptr, cs, sn, q, kc, vc, slots, hq, hkv, d, d, d, 0}, w, n, k, 1);
+}
+
+// Which kernels a variant launches, and how.
+struct Variant {
+    const char* name;
+    bool qkv, attention, o, gate_up, down, head;
+    // 0: optc's register GEMVs; 1: the ring GEMV for weights of at least
+    // GEMV_RING_MIN_BYTES (gate/up, down, LM head), as optc does; 2: rings
+    // for every linear.
+    int rings = 0;
+    // 1: gate/up and QKV without the norm (a plain copy of x); 2: gate/up
+    // and down with no fill at all.
+    int fill = 0;
+    int nsplit = 1;  // decode attention's splits
+};
+
+int main() {
+    const int L = 16, D = 2048, F = 8192, HQ = 32, HKV = 8, HD = 64, V = 128256, BS = 16, CTX = 512;
+    const int QKV = (HQ + 2 * HKV) * HD;
+    const float eps = 1e-5f, scale = 0.125f;
+    int sms = 0;
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    // Activations (one token).
+    bf16 *h = dalloc(D, 1, 1.f), *resid = dalloc(D, 2, 1.f), *sum = dalloc(D, 3, 1.f);
+    bf16 *q = dalloc(HQ * HD, 4, 1.f), *att = dalloc(HQ * HD, 5, 1.f), *ob = dalloc(D, 6, 1.f);
+    bf16 *glu = dalloc(F, 7, 1.f), *down = dalloc(D, 8, 1.f), *logits = dalloc(V, 9, 1.f);
+    bf16 *cs = dalloc(HD, 10, 1.f), *sn = dalloc(HD, 11, 1.f), *fnorm = dalloc(D, 12, 1.f);
+    // Weights and caches per layer.
+    std::vector<bf16*> wqkv, wo, wgu, wd, nw1, nw2, kc, vc;
+    for (int l = 0; l < L; ++l) {
+        wqkv.push_back(dalloc((size_t)QKV * D, 100 + l, 0.05f));
+        wo.push_back(dalloc((size_t)D * D, 200 + l, 0.05f));
+        wgu.push_back(dalloc((size_t)2 * F * D, 300 + l, 0.05f));
+        wd.push_back(dalloc((size_t)D * F, 400 + l, 0.05f));
+        nw1.push_back(dalloc(D, 500 + l, 1.f));
+        nw2.push_back(dalloc(D, 600 + l, 1.f));
+        kc.push_back(dalloc((size_t)CTX * HKV * HD, 700 + l, 1.f));
+        vc.push_back(dalloc((size_t)CTX * HKV * HD, 800 + l, 1.f));
+    }
+    bf16* whead = dalloc((size_t)V * D, 900, 0.05f);
+    // One sequence whose blocks are scattered over the cache.
+    const int max_blocks = CTX / BS;
+    std::vector<i64> table(max_blocks);
+    for (int b = 0; b < max_blocks; ++b) table[b] = (b * 7) % max_blocks;
+    i64 *dtable, *dpos, *dslot;
+    CK(cudaMalloc(&dtable, max_blocks * 8));
+    CK(cudaMalloc(&dpos, 8));
+    CK(cudaMalloc(&dslot, 8));
+    CK(cudaMemcpy(dtable, table.data(), max_blocks * 8, cudaMemcpyHostToDevice));
+    float* part;
+    int* counters;
+    CK(cudaMalloc(&part, 64 * HQ * (HD + 2) * 4));
+    CK(cudaMalloc(&counters, 64 * 4));
+    CK(cudaMemset(counters, 0, 64 * 4));
+    const unsigned att_smem = 4 * 2 * 2 * 32 * (HD + 8) * 2;
+    CK(cudaFuncSetAttribute(paged_decode_bf16_d64, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem));
+    for (auto f : {(const void*)gemv_ring_bf16_m1, (const void*)gemv_norm_glu_ring_bf16_m1,
+                   (const void*)ring_norm_rope})
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
+    CK(cudaDeviceSynchronize());
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    // Ring launches as the host makes them (GemvRingBlock, GEMV_RING_* in
+    // kernels/src/cuda.rs): three blocks an SM; x (and the norm's scale)
+    // then 64 KB of rings a block.
+    const unsigned ring_grid = 3 * sms, ring = 64 << 10;
+    const int big = 24 << 20;  // GEMV_RING_MIN_BYTES
+
+    const Variant variants[] = {
+        {"whole step", true, true, true, true, true, true},
+        {"no attention", true, false, true, true, true, true},
+        {"no attention, no LM head", true, false, true, true, true, false},
+        {"attention only", false, true, false, false, false, false},
+        {"QKV only", true, false, false, false, false, false},
+        {"o only", false, false, true, false, false, false},
+        {"gate/up only", false, false, false, true, false, false},
+        {"down only", false, false, false, false, true, false},
+        {"LM head only", false, false, false, false, false, true},
+        {"QKV only, no norm", true, false, false, false, false, false, 0, 1},
+        {"gate/up only, no norm", false, false, false, true, false, false, 0, 1},
+        {"gate/up only, no fill", false, false, false, true, false, false, 0, 2},
+        {"down only, no fill", false, false, false, false, true, false, 0, 2},
+        {"whole step, attention split 4", true, true, true, true, true, true, 0, 0, 4},
+        {"rings: whole step", true, true, true, true, true, true, 1},
+        {"rings: no attention", true, false, true, true, true, true, 1},
+        {"rings: gate/up only", false, false, false, true, false, false, 1},
+        {"rings: down only", false, false, false, false, true, false, 1},
+        {"rings: LM head only", false, false, false, false, false, true, 1},
+        {"rings everywhere: whole step", true, true, true, true, true, true, 2},
+    };
+    for (int pos : {127, 255, 383}) {
+        const i64 p = pos;
+        CK(cudaMemcpy(dpos, &p, 8, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dslot, &p, 8, cudaMemcpyHostToDevice));
+        printf("== decode at position %d (%d keys)\n", pos, pos + 1);
+        for (const Variant& v : variants) {
+            // Whether a linear of this weight takes the ring.
+            auto rings = [&](size_t bytes) { return v.rings == 2 || (v.rings == 1 && bytes >= (size_t)big); };
+            cudaGraph_t g;
+            cudaGraphExec_t ge;
+            CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+            for (int l = 0; l < L; ++l) {
+                const bf16 *hc = h, *rc = resid;
+                if (v.qkv && v.fill == 1)
+                    launch(gemv_rope_bf16_m1, QKV / 16, 1, 1, 256, D * 2, hc, (const bf16*)wqkv[l],
+                           (const bf16*)nullptr, QKV, D, 1, (const bf16*)cs, (const bf16*)sn, q, kc[l], vc[l],
+                           (const i64*)dslot, HQ, HKV, HD, HD, HD, 0);
+                else if (v.qkv && rings((size_t)QKV * D * 2))
+                    launch(ring_norm_rope, ring_grid, 1, 1, 128, 2 * D * 2 + ring, hc, rc, (const bf16*)nw1[l],
+                           sum, (const bf16*)wqkv[l], QKV, D, (const bf16*)cs, (const bf16*)sn, q, kc[l], vc[l],
+                           (const i64*)dslot, HQ, HKV, HD);
+                else if (v.qkv)
+                    launch(gemv_norm_rope_bf16_m1, QKV / 16, 1, 1, 256, 2 * D * 2, hc, rc, (const bf16*)nw1[l], sum,
+                           eps, (const bf16*)wqkv[l], (const bf16*)nullptr, QKV, D, 1, (const bf16*)cs,
+                           (const bf16*)sn, q, kc[l], vc[l], (const i64*)dslot, HQ, HKV, HD, HD, HD, 0);
+                if (v.attention)
+                    launch(paged_decode_bf16_d64, 1, HKV, v.nsplit, 128, att_smem, (const bf16*)q,
+                           (const bf16*)kc[l], (const bf16*)vc[l], (const i64*)dpos, (const i64*)dtable,
+                           max_blocks, att, part, counters, 1, HQ, HKV, BS, scale, 0);
+                if (v.o && rings((size_t)D * D * 2))
+                    launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, D * 2 + ring, (const bf16*)att,
+                           (const bf16*)wo[l], (const bf16*)nullptr, ob, D, D, 1);
+                else if (v.o)
+                    launch(gemv_bf16_m1, D / 8, 1, 1, 256, D * 2, (const bf16*)att, (const bf16*)wo[l],
+                           (const bf16*)nullptr, ob, D, D, 1);
+                if (v.gate_up && v.fill == 1)
+                    launch(gemv_glu_bf16_m1, F / 4, 1, 1, 128, D * 2, (const bf16*)ob, (const bf16*)wgu[l],
+                           (const bf16*)nullptr, glu, F, D, 1);
+                else if (v.gate_up && v.fill == 2)
+                    launch(glu_nofill, F / 4, 1, 1, 128, D * 2, (const bf16*)wgu[l], glu, F, D);
+                else if (v.gate_up && rings((size_t)2 * F * D * 2))
+                    launch(gemv_norm_glu_ring_bf16_m1, ring_grid, 1, 1, 128, 2 * D * 2 + ring, (const bf16*)ob,
+                           (const bf16*)sum, (const bf16*)nw2[l], resid, eps, (const bf16*)wgu[l],
+                           (const bf16*)nullptr, glu, F, D, 1);
+                else if (v.gate_up)
+                    launch(gemv_norm_glu_bf16_m1, F / 4, 1, 1, 128, 2 * D * 2, (const bf16*)ob, (const bf16*)sum,
+                           (const bf16*)nw2[l], resid, eps, (const bf16*)wgu[l], (const bf16*)nullptr, glu, F, D,
+                           1);
+                if (v.down && v.fill == 2)
+                    launch(plain_nofill, D / 8, 1, 1, 256, F * 2, (const bf16*)wd[l], down, D, F);
+                else if (v.down && rings((size_t)D * F * 2))
+                    launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, F * 2 + ring, (const bf16*)glu,
+                           (const bf16*)wd[l], (const bf16*)nullptr, down, D, F, 1);
+                else if (v.down)
+                    launch(gemv_bf16_m1, D / 8, 1, 1, 256, F * 2, (const bf16*)glu, (const bf16*)wd[l],
+                           (const bf16*)nullptr, down, D, F, 1);
+            }
+            if (v.head) {
+                // The final norm is a kernel of its own at this width (no
+                // prologue past GEMV_PROLOGUE_MAX_N); its stand-in is a
+                // one-block GEMV of the same cost class.
+                launch(gemv_norm_bf16_m1, 1, 1, 1, 256, 2 * D * 2, (const bf16*)down, (const bf16*)resid,
+                       (const bf16*)fnorm, sum, eps, (const bf16*)wd[0], (const bf16*)nullptr, h, 16, D, 1);
+                if (rings((size_t)V * D * 2))
+                    launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, D * 2 + ring, (const bf16*)h,
+                           (const bf16*)whead, (const bf16*)nullptr, logits, V, D, 1);
+                else
+                    launch(gemv_bf16_m1, (V + 7) / 8, 1, 1, 256, D * 2, (const bf16*)h, (const bf16*)whead,
+                           (const bf16*)nullptr, logits, V, D, 1);
+            }
+            CK(cudaStreamEndCapture(stream, &g));
+            CK(cudaGraphInstantiate(&ge, g, 0));
+            std::vector<float> ts;
+            for (int i = 0; i < 55; ++i) {
+                CK(cudaEventRecord(e0, stream));
+                CK(cudaGraphLaunch(ge, stream));
+                CK(cudaEventRecord(e1, stream));
+                CK(cudaEventSynchronize(e1));
+                float ms;
+                CK(cudaEventElapsedTime(&ms, e0, e1));
+                if (i >= 5) ts.push_back(ms * 1000.f);
+            }
+            CK(cudaGetLastError());
+            std::sort(ts.begin(), ts.end());
+            printf("  %-34s %8.1f us  (min %.1f)\n", v.name, ts[ts.size() / 2], ts[0]);
+            CK(cudaGraphExecDestroy(ge));
+            CK(cudaGraphDestroy(g));
+        }
+    }
+    return 0;
+}
