@@ -134,12 +134,6 @@ fn norm_args(p: &Step, ptr: &[u64]) -> Result<(u64, u64, u64, u64, f32), String>
 }
 
 impl CudaProgram {
-    /// Whether linear `lin` runs its fused GEMV on this run: one to four
-    /// rows, a k the GEMV takes, 16-byte-aligned operands and, with a
-    /// norm, outputs no wider than `GEMV_PROLOGUE_MAX_N` (past that every
-    /// block redoing the norm costs more than the launch it saves). Needs
-    /// only what exists when the norm step comes up: the linear's result
-    /// (and the SwiGLU's) are pool buffers, aligned.
     /// A linear's (rows of x, k, output columns, element bytes) this run.
     fn gemv_shape(&self, lin: &Step, dims: &[Vec<usize>]) -> (usize, usize, usize, usize) {
         let kd = dims[lin.args[0]].last().copied().unwrap_or(0);
@@ -152,6 +146,13 @@ impl CudaProgram {
         (m, kd, dims[lin.args[1]][0], esize)
     }
 
+    /// Whether linear `lin` runs its fused GEMV on this run: one to four
+    /// rows, a k the GEMV takes, 16-byte-aligned operands and, with a
+    /// norm, outputs no wider than `GEMV_PROLOGUE_MAX_N` (past that every
+    /// block redoing the norm costs more than the launch it saves) unless
+    /// the ring GEMV, whose blocks are few, takes it (an LM head). Needs
+    /// only what exists when the norm step comes up: the linear's result
+    /// (and the SwiGLU's) are pool buffers, aligned.
     pub(super) fn fused_gemv_fits(
         &self,
         lin: &Step,
@@ -165,8 +166,15 @@ impl CudaProgram {
         }
         let (m, kd, nn, esize) = self.gemv_shape(lin, dims);
         let aligned = |vs: &[usize]| vs.iter().all(|&v| ptr[v] % 16 == 0);
+        // A ring GEMV's few blocks redo the norm at any width.
+        let ring = z.fns.len() > 2
+            && self
+                .ring_gemv_cfg(m, kd, nn, esize, z.norm.is_some(), z.glu.is_some())
+                .is_some();
         let norm_ok = match z.norm {
-            Some(p) => nn <= src::GEMV_PROLOGUE_MAX_N && aligned(&steps[p].args) && aligned(&steps[p].outs),
+            Some(p) => {
+                (nn <= src::GEMV_PROLOGUE_MAX_N || ring) && aligned(&steps[p].args) && aligned(&steps[p].outs)
+            }
             None => aligned(&lin.args[..1]),
         };
         let rope_ok = z
