@@ -106,7 +106,7 @@ struct Variant {
     bool qkv, attention, o, gate_up, down, head;
     // 0: optc's register GEMVs; 1: the ring GEMV for weights of at least
     // GEMV_RING_MIN_BYTES (gate/up, down, LM head), as optc does; 2: rings
-    // for every linear.
+    // for every linear; 3 and 4: optc's rings and the QKV's or the o's.
     int rings = 0;
     // 1: gate/up and QKV without the norm (a plain copy of x); 2: gate/up
     // and down with no fill at all.
@@ -185,9 +185,16 @@ int main() {
         {"whole step, attention split 4", true, true, true, true, true, true, 0, 0, 4},
         {"rings: whole step", true, true, true, true, true, true, 1},
         {"rings: no attention", true, false, true, true, true, true, 1},
+        {"rings: no QKV", false, true, true, true, true, true, 1},
+        {"rings: no o", true, true, false, true, true, true, 1},
+        {"rings: no LM head", true, true, true, true, true, false, 1},
+        {"rings: QKV + attention + o only", true, true, true, false, false, false, 1},
+        {"rings: gate/up + down only", false, false, false, true, true, false, 1},
         {"rings: gate/up only", false, false, false, true, false, false, 1},
         {"rings: down only", false, false, false, false, true, false, 1},
         {"rings: LM head only", false, false, false, false, false, true, 1},
+        {"rings and the QKV's: whole step", true, true, true, true, true, true, 3},
+        {"rings and the o's: whole step", true, true, true, true, true, true, 4},
         {"rings everywhere: whole step", true, true, true, true, true, true, 2},
     };
     for (int pos : {127, 255, 383}) {
@@ -197,7 +204,10 @@ int main() {
         printf("== decode at position %d (%d keys)\n", pos, pos + 1);
         for (const Variant& v : variants) {
             // Whether a linear of this weight takes the ring.
-            auto rings = [&](size_t bytes) { return v.rings == 2 || (v.rings == 1 && bytes >= (size_t)big); };
+            auto rings = [&](size_t bytes) {
+                return v.rings == 2 || (v.rings >= 1 && bytes >= (size_t)big) ||
+                       (v.rings == 3 && bytes == (size_t)QKV * D * 2) || (v.rings == 4 && bytes == (size_t)D * D * 2);
+            };
             cudaGraph_t g;
             cudaGraphExec_t ge;
             CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
