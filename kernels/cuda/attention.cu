@@ -638,10 +638,11 @@ __device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i6
     extern "C" __global__ void cache_write_##N(const T* k, const T* v, T* kc, T* vc, const i64* slots,    \
                                                i64 ntok, int kw, int vw) {                                \
         /* decode attention after this may start and stream the keys this does not write */              \
-        pdl_trigger();                                                                                    \
+        pdl_start();                                                                                      \
         cache_write_impl<T>(k, v, kc, vc, slots, ntok, kw, vw);                                           \
     }                                                                                                     \
     extern "C" __global__ void attention_combine_##N(const float* part, T* out, i64 rows, int d, int ns) { \
+        pdl_start();                                                                                      \
         attention_combine_impl<T>(part, out, rows, d, ns);                                                \
     }
 
@@ -656,6 +657,7 @@ OPTC_ATTENTION_COMMON(f16, f16)
         const T* q, const T* kc, const T* vc, const i64* positions, const i64* block_tables,              \
         int max_blocks, const int* tiles, T* out, float* part, i64 ntok_all, int hq, int hkv, int bs,     \
         float scale, int window, int nsplit) {                                                            \
+        pdl_start();                                                                                      \
         paged_attention_impl<T, D, ROWS>(q, kc, vc, positions, block_tables, max_blocks, tiles, out, part, \
                                          ntok_all, hq, hkv, bs, scale, window, nsplit);                   \
     }                                                                                                     \

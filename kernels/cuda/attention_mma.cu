@@ -219,6 +219,7 @@ __device__ void paged_prefill_mma_impl(const T* q, const T* kc, const T* vc, con
     extern "C" __global__ void __launch_bounds__(128) paged_prefill_mma_##N##_d##D(                       \
         const T* q, const T* kc, const T* vc, const i64* positions, const i64* block_tables,              \
         int max_blocks, const int* tiles, T* out, int hq, int hkv, int bs, float scale, int window) {     \
+        pdl_start();                                                                                      \
         paged_prefill_mma_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, tiles, out, hq, hkv, \
                                      bs, scale, window);                                                 \
     }

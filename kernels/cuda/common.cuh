@@ -248,6 +248,16 @@ __device__ __forceinline__ void pdl_trigger() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
+// The first statement of every kernel that streams nothing early: the
+// next kernel may launch, and nothing here runs until the kernel ahead is
+// done. Every thread waits before any returns, so the grid cannot finish
+// before the one ahead. The host launches every kernel as a dependent
+// (`launch!`); a unit test checks each entry point starts so or calls an
+// `_impl` that waits itself.
+__device__ __forceinline__ void pdl_start() {
+    pdl_trigger();
+    pdl_wait();
+}
 
 // ---- Tensor-core helpers (sm_80 and later): packing, m16n8k16 MMA,
 // ldmatrix and cp.async, shared by the attention kernels.

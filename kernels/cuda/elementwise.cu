@@ -62,22 +62,36 @@ template <typename A, typename B> __device__ void cast_impl(const A* x, B* y, i6
 }
 
 #define OPTC_ELEMENTWISE(T, N)                                                                            \
-    extern "C" __global__ void unary_##N(int op, const T* x, T* y, i64 n) { unary_impl<T>(op, x, y, n); } \
+    extern "C" __global__ void unary_##N(int op, const T* x, T* y, i64 n) {                               \
+        pdl_start();                                                                                      \
+        unary_impl<T>(op, x, y, n);                                                                       \
+    }                                                                                                     \
     extern "C" __global__ void binary_##N(int op, const T* a, const T* b, T* y, i64 n, Strided s) {       \
+        pdl_start();                                                                                      \
         binary_impl<T>(op, a, b, y, n, s);                                                                \
     }                                                                                                     \
-    extern "C" __global__ void swiglu_##N(const T* g, const T* u, T* y, i64 n) { swiglu_impl<T>(g, u, y, n); } \
+    extern "C" __global__ void swiglu_##N(const T* g, const T* u, T* y, i64 n) {                          \
+        pdl_start();                                                                                      \
+        swiglu_impl<T>(g, u, y, n);                                                                       \
+    }                                                                                                     \
     extern "C" __global__ void swiglu_split_##N(const T* x, T* y, i64 rows, i64 f, int vec) {            \
+        pdl_start();                                                                                      \
         swiglu_split_impl<T>(x, y, rows, f, vec);                                                         \
     }                                                                                                     \
-    extern "C" __global__ void gelu_##N(int t, const T* x, T* y, i64 n) { gelu_impl<T>(t, x, y, n); }
+    extern "C" __global__ void gelu_##N(int t, const T* x, T* y, i64 n) {                                 \
+        pdl_start();                                                                                      \
+        gelu_impl<T>(t, x, y, n);                                                                         \
+    }
 
 OPTC_ELEMENTWISE(float, f32)
 OPTC_ELEMENTWISE(bf16, bf16)
 OPTC_ELEMENTWISE(f16, f16)
 
 #define OPTC_CAST(A, NA, B, NB) \
-    extern "C" __global__ void cast_##NA##_##NB(const A* x, B* y, i64 n) { cast_impl<A, B>(x, y, n); }
+    extern "C" __global__ void cast_##NA##_##NB(const A* x, B* y, i64 n) {                                \
+        pdl_start();                                                                                      \
+        cast_impl<A, B>(x, y, n);                                                                         \
+    }
 
 OPTC_CAST(float, f32, bf16, bf16)
 OPTC_CAST(float, f32, f16, f16)

@@ -702,6 +702,7 @@ __device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float
     extern "C" __global__ void __launch_bounds__(128)                                                      \
         skinny_##N##_##NAME(const T* x, const T* w, const T* b, T* y, float* part, int* counters, int n,   \
                             int k, int m) {                                                                \
+        pdl_start();                                                                                       \
         skinny_gemm_impl<T, MT>(x, w, b, y, part, counters, n, k, m);                                      \
     }
 // The row variants (`SKINNY_VARIANTS` on the host), instantiated with the

@@ -27,10 +27,13 @@ __device__ void gather_impl(const E* x, const i64* idx, E* y, i64 outer, i64 len
 }
 
 #define OPTC_LAYOUT(E, N)                                                                                 \
-    extern "C" __global__ void copy_##N(const E* x, E* y, i64 n, Strided s) { copy_impl<E>(x, y, n, s); } \
+    extern "C" __global__ void copy_##N(const E* x, E* y, i64 n, Strided s) {                             \
+        pdl_start();                                                                                      \
+        copy_impl<E>(x, y, n, s);                                                                         \
+    }                                                                                                     \
     extern "C" __global__ void gather_##N(const E* x, const i64* idx, E* y, i64 outer, i64 len, i64 inner, \
                                           i64 nidx) {                                                     \
-        pdl_trigger();                                                                                    \
+        pdl_start();                                                                                      \
         gather_impl<E>(x, idx, y, outer, len, inner, nidx);                                               \
     }
 
@@ -71,6 +74,7 @@ __device__ void rope_impl(const T* x, const T* cs, const T* sn, T* y, i64 rows, 
 #define OPTC_ROPE(T, N)                                                                                   \
     extern "C" __global__ void rope_##N(const T* x, const T* c, const T* s, T* y, i64 rows, int d, int r,  \
                                         int il, Strided st_) {                                             \
+        pdl_start();                                                                                      \
         rope_impl<T>(x, c, s, y, rows, d, r, il, st_);                                                    \
     }
 

@@ -129,28 +129,32 @@ template <typename T> __device__ void softmax_rows(const T* x, T* y, int cols, i
 
 #define OPTC_NORM_VEC(T, N, V)                                                                            \
     extern "C" __global__ void rms_norm_vec##V##_##N(const T* x, const T* w, T* y, int cols, float eps) { \
-        pdl_trigger();                                                                                    \
+        pdl_start();                                                                                      \
         rms_norm_vec_rows<T, V>(x, nullptr, w, nullptr, y, cols, eps);                                     \
     }                                                                                                     \
     extern "C" __global__ void add_rms_norm_vec##V##_##N(const T* a, const T* b, const T* w, T* s, T* y,  \
                                                          int cols, float eps) {                           \
-        pdl_trigger();                                                                                    \
+        pdl_start();                                                                                      \
         rms_norm_vec_rows<T, V>(a, b, w, s, y, cols, eps);                                                \
     }
 
 #define OPTC_NORM(T, N)                                                                                   \
     extern "C" __global__ void rms_norm_##N(const T* x, const T* w, T* y, int cols, float eps) {          \
+        pdl_start();                                                                                      \
         rms_norm_rows<T>(x, w, y, cols, eps);                                                             \
     }                                                                                                     \
     extern "C" __global__ void add_rms_norm_##N(const T* a, const T* b, const T* w, T* s, T* y, int cols, \
                                                 float eps) {                                              \
+        pdl_start();                                                                                      \
         add_rms_norm_rows<T>(a, b, w, s, y, cols, eps);                                                   \
     }                                                                                                     \
     extern "C" __global__ void layer_norm_##N(const T* x, const T* w, const T* b, T* y, int cols,         \
                                               float eps) {                                                \
+        pdl_start();                                                                                      \
         layer_norm_rows<T>(x, w, b, y, cols, eps);                                                        \
     }                                                                                                     \
     extern "C" __global__ void softmax_##N(const T* x, T* y, int cols, int log_form) {                    \
+        pdl_start();                                                                                      \
         softmax_rows<T>(x, y, cols, log_form);                                                            \
     }
 

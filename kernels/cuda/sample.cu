@@ -98,6 +98,7 @@ __device__ void argmax_combine_impl(const float* part, int* out, float* logprob,
 }
 
 extern "C" __global__ void argmax_combine(const float* part, int* out, float* lp, int chunks) {
+    pdl_start();
     argmax_combine_impl(part, out, lp, chunks);
 }
 
@@ -107,6 +108,7 @@ extern "C" __global__ void argmax_combine(const float* part, int* out, float* lp
 // map[2j] is an element of the ids input, map[2j + 1] the pick row it
 // takes; `i64` says the ids are 64-bit.
 extern "C" __global__ void ids_from_picks(void* ids, const int* picks, const int* map, int count, int i64ids) {
+    pdl_start();
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= count) return;
     const int index = map[2 * j], tok = picks[map[2 * j + 1]];
@@ -118,6 +120,7 @@ extern "C" __global__ void ids_from_picks(void* ids, const int* picks, const int
 
 #define OPTC_ARGMAX(T, N)                                                                        \
     extern "C" __global__ void argmax_part_##N(const T* x, float* part, int cols, int chunk) {  \
+        pdl_start();                                                                             \
         argmax_part_impl<T>(x, part, cols, chunk);                                               \
     }
 
@@ -623,6 +626,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
 #define OPTC_SAMPLE(T, N)                                                                         \
     extern "C" __global__ void __launch_bounds__(1024)                                            \
         sample_##N(const T* x, const SampleRow* rows, int* out, float* lp, int n) {              \
+        pdl_start();                                                                              \
         sample_impl<T>(x, rows, out, lp, n);                                                      \
     }
 

@@ -134,6 +134,7 @@ fn generate(steps: &[Step], types: &[TensorType], members: &[usize], leaves: &[u
     );
     let source = format!(
         "extern \"C\" __global__ void {name}{signature} {{\n    \
+         pdl_start();\n    \
          for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {{\n\
          {body}    }}\n}}\n"
     );
@@ -314,6 +315,11 @@ mod tests {
         assert_eq!(unit.matches("__global__ void ew_").count(), 2, "{unit}");
         // Each op rounds to its result type, as its own kernel stores it.
         assert!(unit.contains("rnd<bf16>(binary_op(0, t1, v1))"), "{unit}");
+        // Launched as dependents (`launch!`): each waits before it works.
+        for body in unit.split("__global__ void ew_").skip(1) {
+            let after = body.split_once('{').map_or("", |(_, b)| b).trim_start();
+            assert!(after.starts_with("pdl_start();"), "{body}");
+        }
         let includes = super::super::compile::include_paths();
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } || includes.is_empty() {
             eprintln!("skipping the compile: no NVRTC or no CUDA headers (set CUDA_HOME)");

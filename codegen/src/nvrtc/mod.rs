@@ -8,11 +8,16 @@
 //! back. cudarc loads the CUDA libraries at run time, so this compiles
 //! everywhere and [`available`] says whether this machine can run it.
 
-/// Launches `$f` with `$cfg` on the program's stream: a plain launch
-/// through `Gpu::launch_dependent` (one launch path for every kernel).
+/// Launches `$f` with `$cfg` on the program's stream, as a dependent of
+/// the kernel ahead (programmatic dependent launch, when it is on): every
+/// kernel entry point starts with `pdl_start()` or waits inside its
+/// `_impl` before it reads or writes (`entry_points_wait_before_they_work`
+/// checks the sources), so launching it early only hides its launch
+/// latency, and its own early trigger lets the next kernel (a GEMV that
+/// streams its weights before its wait) start sooner.
 macro_rules! launch {
     ($gpu:expr, $f:expr, $cfg:expr; $($name:ident = $val:expr),* $(,)?) => {
-        launch_dependent!($gpu, $f, $cfg, false; $($name = $val),*)
+        launch_dependent!($gpu, $f, $cfg, true; $($name = $val),*)
     };
 }
 

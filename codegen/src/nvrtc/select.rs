@@ -442,9 +442,82 @@ mod tests {
             "gemv_rope_f32_m1",
             "gemv_norm_rope_bf16_m4",
             "gemv_norm_rope_f16_m1",
+            "gemv_ring_bf16_m1",
+            "gemv_norm_ring_f16_m1",
+            "gemv_glu_ring_bf16_m1",
+            "gemv_norm_glu_ring_bf16_m1",
             "paged_prefill_mma_bf16_d64",
         ] {
             assert!(have.contains(name), "{name}");
         }
+        assert!(!have.contains("gemv_ring_f32_m1"), "rings are for 16-bit types");
+    }
+
+    /// `launch!` launches every kernel as a dependent of the one ahead, so
+    /// each entry point must wait for it before it reads or writes: it
+    /// starts with `pdl_start()` (or a trigger and a wait), or is one call
+    /// to an `_impl` that streams only weights or earlier steps' cache
+    /// entries before its own `pdl_wait()`.
+    #[test]
+    fn entry_points_wait_before_they_work() {
+        const WAIT_INSIDE: [&str; 3] = ["gemv_impl<", "gemv_ring_impl<", "paged_decode_impl<"];
+        // (The generated chains' test checks theirs.)
+        let mut seen = 0;
+        for (file, src) in optc_kernels::cuda::FILES {
+            for (at, _) in src.match_indices("extern \"C\" __global__") {
+                let rest = &src[at..];
+                let open = rest.find('{').expect("a body");
+                let mut depth = 0usize;
+                let mut end = open;
+                for (i, c) in rest[open..].char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                end = open + i;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                // The body without macro line ends, comments or spaces.
+                let body: String = rest[open + 1..end]
+                    .lines()
+                    .map(|l| l.split("//").next().unwrap_or(""))
+                    .collect::<String>()
+                    .replace('\\', "");
+                let body = strip_block_comments(&body).replace(char::is_whitespace, "");
+                let starts =
+                    body.starts_with("pdl_start();") || body.starts_with("pdl_trigger();pdl_wait();");
+                let impl_waits =
+                    WAIT_INSIDE.iter().any(|f| body.starts_with(f)) && body.matches(';').count() == 1;
+                let head: String = rest.chars().take(120).collect();
+                assert!(starts || impl_waits, "{file}: {head} does not wait first: {body}");
+                seen += 1;
+            }
+        }
+        assert!(seen > 30, "only {seen} entry points found");
+        // The impls that wait inside do.
+        let gemv = optc_kernels::cuda::FILES
+            .iter()
+            .find(|f| f.0 == "gemv.cu")
+            .map_or("", |f| f.1);
+        for f in ["void gemv_impl(", "void gemv_ring_impl("] {
+            let at = gemv.find(f).unwrap_or_else(|| panic!("{f}"));
+            assert!(gemv[at..].contains("pdl_wait();"), "{f}");
+        }
+    }
+
+    fn strip_block_comments(s: &str) -> String {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find("/*") {
+            out.push_str(&rest[..i]);
+            rest = rest[i..].find("*/").map_or("", |j| &rest[i + j + 2..]);
+        }
+        out.push_str(rest);
+        out
     }
 }
