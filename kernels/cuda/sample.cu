@@ -129,7 +129,13 @@ extern "C" __global__ void ids_from_picks(void* ids, const int* picks, const int
 
 // ---- Sampling: temperature, top-k, top-p and min-p on the GPU ----
 //
-// One block of 1024 threads per row. The host sampler keeps a prefix of
+// Three kernels. `sample_stats` and `sample_hist` split each row into
+// SAMPLE_CHUNK pieces, a block each: the first finds each piece's maximum
+// and how many of its elements can be sampled; the second, knowing the
+// row's maximum, its softmax denominator, total mass and coarse histogram
+// (below). Each block writes its part, so no sum depends on the order of
+// atomics across blocks. `sample`, one block of 1024 threads per row, adds
+// the parts in piece order and does the rest. The host sampler keeps a prefix of
 // the row in its order (decreasing probability, ties by lower id), so each
 // filter is a cut in that order. The fast path (`SampleFast`) gathers the
 // few tokens a coarse histogram says the cut can reach, sorts them in that
@@ -372,6 +378,111 @@ struct SampleFast {
     int last_bin, n, keep;
 };
 
+// Logits a block of `sample_stats` / `sample_hist` takes (the host's
+// SAMPLE_CHUNK).
+#define SAMPLE_CHUNK 4096
+
+// A piece's maximum scaled logit and how many elements can be sampled.
+struct SampleStat {
+    float m;
+    unsigned valid;
+};
+
+// A piece's share of the row's softmax denominator, total mass and coarse
+// histogram, all relative to the row's maximum (4,112 bytes, 8-aligned).
+struct SamplePart {
+    float se;
+    unsigned pad;
+    u64 total;
+    unsigned count[SAMPLE_BINS];
+    float mass[SAMPLE_BINS];
+};
+
+// The row's maximum and sampleable count from its pieces.
+__device__ __forceinline__ void sample_row_stats(const SampleStat* st, int parts, float* m, u64* valid,
+                                                 float* fred, u64* ured) {
+    float mm = -OPTC_INF;
+    u64 v = 0;
+    for (int c = threadIdx.x; c < parts; c += blockDim.x) {
+        mm = fmaxf(mm, st[c].m);
+        v += st[c].valid;
+    }
+    *m = block_max(mm, fred);
+    *valid = block_sum(v, ured);
+}
+
+// Grid (rows, pieces).
+template <typename T>
+__device__ void sample_stats_impl(const T* x, const SampleRow* rows, SampleStat* out, int n) {
+    __shared__ float fred[32];
+    __shared__ unsigned ured[32];
+    const i64 r = blockIdx.x;
+    const SampleRow p = rows[r];
+    const float t = p.temperature > 0.f ? p.temperature : 0.f;
+    const int b0 = blockIdx.y * SAMPLE_CHUNK, len = min(SAMPLE_CHUNK, n - b0);
+    float m = -OPTC_INF;
+    unsigned valid = 0;
+    if (len > 0) {
+        for_each_scaled(x + r * n + b0, len, t, [&](int, float z) {
+            if (sample_key(z)) {
+                m = fmaxf(m, z);
+                ++valid;
+            }
+        });
+    }
+    m = block_max(m, fred);
+    valid = block_sum(valid, ured);
+    if (threadIdx.x == 0) out[r * gridDim.y + blockIdx.y] = SampleStat{m, valid};
+}
+
+// Grid (rows, pieces), after `sample_stats`.
+template <typename T>
+__device__ void sample_hist_impl(const T* x, const SampleRow* rows, const SampleStat* stats, SamplePart* out, int n) {
+    __shared__ float fred[32];
+    __shared__ u64 ured[32];
+    __shared__ unsigned count[SAMPLE_BINS];
+    __shared__ float mass[SAMPLE_BINS];
+    const i64 r = blockIdx.x;
+    const int parts = gridDim.y;
+    const SampleRow p = rows[r];
+    const float t = p.temperature > 0.f ? p.temperature : 0.f;
+    float m;
+    u64 valid;
+    sample_row_stats(stats + r * parts, parts, &m, &valid, fred, ured);
+    for (int b = threadIdx.x; b < SAMPLE_BINS; b += blockDim.x) {
+        count[b] = 0;
+        mass[b] = 0.f;
+    }
+    __syncthreads();
+    float se = 0.f;
+    u64 total = 0;
+    const int b0 = blockIdx.y * SAMPLE_CHUNK, len = min(SAMPLE_CHUNK, n - b0);
+    // (`sample` stops before it reads a part when nothing can be drawn.)
+    if (len > 0 && valid > 0 && m < OPTC_INF) {
+        for_each_scaled(x + r * n + b0, len, t, [&](int, float z) {
+            if (sample_key(z)) {
+                const float e = expf(z - m);
+                se += e;
+                total += sample_mass(z, m);
+                const int b = sample_bin(z, m);
+                atomicAdd(&count[b], 1u);
+                atomicAdd(&mass[b], e);
+            }
+        });
+    }
+    se = block_sum(se, fred);
+    total = block_sum(total, ured);
+    SamplePart* o = out + r * parts + blockIdx.y;
+    for (int b = threadIdx.x; b < SAMPLE_BINS; b += blockDim.x) {
+        o->count[b] = count[b];
+        o->mass[b] = mass[b];
+    }
+    if (threadIdx.x == 0) {
+        o->se = se;
+        o->total = total;
+    }
+}
+
 // Nothing left to draw from: token 0 with log probability -inf, as the
 // host sampler gives.
 __device__ __forceinline__ void sample_none(int* out, float* lp, i64 r) {
@@ -389,29 +500,27 @@ __device__ __forceinline__ bool sample_before(const SampleFast& f, int a, int b)
 // Grid (rows), 1024 threads: out[row] the sampled token, lp[row] its log
 // probability under the scaled logits (before the filters, as the host).
 template <typename T>
-__device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* lp, int n) {
+__device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* lp, int n, const SampleStat* stats,
+                            const SamplePart* parts, int nparts) {
     __shared__ SelectScratch s;
     __shared__ SampleFast f;
     __shared__ float fred[32];
     __shared__ u64 ured[33];
+    __shared__ float se_s;
+    __shared__ u64 total_s;
     const i64 r = blockIdx.x;
     x += r * n;
+    stats += r * nparts;
+    parts += r * nparts;
     const SampleRow p = rows[r];
     const bool greedy = !(p.temperature > 0.f);
     const float t = greedy ? 0.f : p.temperature;
     const int top_k = greedy ? 1 : p.top_k;
 
     // The row's maximum and how many elements can be sampled.
-    float m = -OPTC_INF;
-    u64 valid = 0;
-    for_each_scaled(x, n, t, [&](int, float z) {
-        if (sample_key(z)) {
-            m = fmaxf(m, z);
-            ++valid;
-        }
-    });
-    m = block_max(m, fred);
-    valid = block_sum(valid, ured);
+    float m;
+    u64 valid;
+    sample_row_stats(stats, nparts, &m, &valid, fred, ured);
     if (valid == 0 || m == OPTC_INF) {
         // Nothing to sample (the host sampler also gives token 0).
         if (threadIdx.x == 0) {
@@ -421,26 +530,31 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         return;
     }
     // Softmax denominator (for the log probability), the total mass, and
-    // the coarse histogram (count and mass per bin below the maximum).
+    // the coarse histogram (count and mass per bin below the maximum):
+    // the pieces' parts, added in piece order.
     for (int b = threadIdx.x; b < SAMPLE_BINS; b += blockDim.x) {
-        f.count[b] = 0;
-        f.mass[b] = 0.f;
+        unsigned c = 0;
+        float w = 0.f;
+        for (int q = 0; q < nparts; ++q) {
+            c += parts[q].count[b];
+            w += parts[q].mass[b];
+        }
+        f.count[b] = c;
+        f.mass[b] = w;
+    }
+    if (threadIdx.x == 0) {
+        float a = 0.f;
+        u64 b = 0;
+        for (int q = 0; q < nparts; ++q) {
+            a += parts[q].se;
+            b += parts[q].total;
+        }
+        se_s = a;
+        total_s = b;
     }
     __syncthreads();
-    float se = 0.f;
-    u64 total = 0;
-    for_each_scaled(x, n, t, [&](int, float z) {
-        if (sample_key(z)) {
-            const float e = expf(z - m);
-            se += e;
-            total += sample_mass(z, m);
-            const int b = sample_bin(z, m);
-            atomicAdd(&f.count[b], 1u);
-            atomicAdd(&f.mass[b], e);
-        }
-    });
-    se = block_sum(se, fred);
-    total = block_sum(total, ured);
+    const float se = se_s;
+    const u64 total = total_s;
     const u64 top_p_target =
         min(max((u64)ceil((double)p.top_p * (double)total), 1ull), total);
 
@@ -624,9 +738,20 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
 }
 
 #define OPTC_SAMPLE(T, N)                                                                         \
-    extern "C" __global__ void __launch_bounds__(1024)                                            \
-        sample_##N(const T* x, const SampleRow* rows, int* out, float* lp, int n) {              \
+    extern "C" __global__ void __launch_bounds__(256)                                             \
+        sample_stats_##N(const T* x, const SampleRow* rows, SampleStat* out, int n) {            \
         pdl_start();                                                                              \
-        sample_impl<T>(x, rows, out, lp, n);                                                      \
+        sample_stats_impl<T>(x, rows, out, n);                                                    \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256) sample_hist_##N(                            \
+        const T* x, const SampleRow* rows, const SampleStat* stats, SamplePart* out, int n) {    \
+        pdl_start();                                                                              \
+        sample_hist_impl<T>(x, rows, stats, out, n);                                              \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(1024)                                            \
+        sample_##N(const T* x, const SampleRow* rows, int* out, float* lp, int n,                \
+                   const SampleStat* stats, const SamplePart* parts, int nparts) {               \
+        pdl_start();                                                                              \
+        sample_impl<T>(x, rows, out, lp, n, stats, parts, nparts);                                \
     }
 

@@ -132,9 +132,28 @@ pub(super) struct Pick {
 pub(super) enum PickKernel {
     /// `argmax_part_{dtype}`, then `argmax_combine`.
     Argmax(CudaFunction),
-    /// `sample_{dtype}` with the rows' parameters (as the kernel reads them).
-    Sample(CudaFunction, Vec<u8>),
+    /// The sampling kernels with the rows' parameters (as they read them).
+    Sample(SampleKernels, Vec<u8>),
 }
+
+/// A float type's sampling kernels (sample.cu): each row's pieces of
+/// `SAMPLE_CHUNK` logits get their maximum (`sample_stats_*`), then their
+/// share of the softmax sums and the coarse histogram (`sample_hist_*`),
+/// a block each; `sample_*` adds the parts up and draws, a block a row.
+#[derive(Clone)]
+pub(super) struct SampleKernels {
+    pub(super) stats: CudaFunction,
+    pub(super) hist: CudaFunction,
+    pub(super) draw: CudaFunction,
+}
+
+/// Logits a block of `sample_stats_*` and `sample_hist_*` takes
+/// (`SAMPLE_CHUNK` in sample.cu).
+const SAMPLE_CHUNK: usize = 4096;
+
+/// Bytes of a piece's `SampleStat` and `SamplePart` (sample.cu).
+const SAMPLE_STAT_BYTES: usize = 8;
+const SAMPLE_PART_BYTES: usize = 16 + 512 * 8;
 
 impl Pick {
     /// Whether the pick samples (a captured graph is one or the other).
@@ -364,7 +383,7 @@ impl CudaProgram {
                 kernel: PickKernel::Argmax(f),
             });
         };
-        let f = self.sample.get(dtype).cloned().ok_or_else(|| no_kernel(output))?;
+        let k = self.sample.get(dtype).cloned().ok_or_else(|| no_kernel(output))?;
         let mut params = Vec::with_capacity(rows.len() * SAMPLE_ROW_BYTES);
         for (i, r) in rows.iter().enumerate() {
             r.check().map_err(|m| CodegenError::Input {
@@ -375,7 +394,7 @@ impl CudaProgram {
         }
         Ok(Pick {
             value: v,
-            kernel: PickKernel::Sample(f, params),
+            kernel: PickKernel::Sample(k, params),
         })
     }
 
@@ -448,16 +467,53 @@ impl CudaProgram {
         // `execute` checked the sampling rows against the logits rows.
         let r = match &pick.kernel {
             PickKernel::Argmax(f) => self.launch_argmax(f, x, rows, cols, buf),
-            PickKernel::Sample(f, _) => {
-                let gpu = &self.gpu;
-                launch!(gpu, f, cfg((rows as u32, 1, 1), 1024, 0);
-                    x = x, params = params, tok = buf, lp = buf + rows as u64 * 4, n = cols as i32)
-            }
+            PickKernel::Sample(k, _) => self.launch_sample(k, x, rows, cols, params, buf),
         };
         if r.is_err() {
             self.pool.release(buf);
         }
         r.map(|_| buf)
+    }
+
+    /// Sampling: the rows' pieces' statistics and histograms in blocks of
+    /// `SAMPLE_CHUNK` logits, then one 1024-thread block a row to draw.
+    fn launch_sample(
+        &mut self,
+        k: &SampleKernels,
+        x: u64,
+        rows: usize,
+        cols: usize,
+        params: u64,
+        buf: u64,
+    ) -> Result<(), String> {
+        let pieces = cols.div_ceil(SAMPLE_CHUNK).max(1);
+        if pieces > 65535 || rows > 65535 {
+            return Err(format!("sampling from {rows} rows of {cols} logits is too large"));
+        }
+        let stats = self.pool.alloc(rows * pieces * SAMPLE_STAT_BYTES)?;
+        let parts = match self.pool.alloc(rows * pieces * SAMPLE_PART_BYTES) {
+            Ok(p) => p,
+            Err(e) => {
+                self.pool.release(stats);
+                return Err(e);
+            }
+        };
+        let gpu = &self.gpu;
+        let grid = (rows as u32, pieces as u32, 1);
+        let n = cols as i32;
+        let r = launch!(gpu, &k.stats, cfg(grid, 256, 0); x = x, params = params, stats = stats, n = n)
+            .and_then(|_| {
+                launch!(gpu, &k.hist, cfg(grid, 256, 0);
+                    x = x, params = params, stats = stats, parts = parts, n = n)
+            })
+            .and_then(|_| {
+                launch!(gpu, &k.draw, cfg((rows as u32, 1, 1), 1024, 0);
+                    x = x, params = params, tok = buf, lp = buf + rows as u64 * 4, n = n, stats = stats,
+                    parts = parts, pieces = pieces as i32)
+            });
+        self.pool.release(parts);
+        self.pool.release(stats);
+        r
     }
 
     /// The argmax in blocks of `ARGMAX_CHUNK` logits, then one warp per
@@ -514,5 +570,28 @@ fn no_kernel(output: &str) -> CodegenError {
     CodegenError::Input {
         name: output.into(),
         message: "no token-picking kernel for this output's dtype".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The host sizes the sampling parts as sample.cu lays them out.
+    #[test]
+    fn sample_parts_match_the_kernel() {
+        let src = optc_kernels::cuda::FILES
+            .iter()
+            .find(|f| f.0 == "sample.cu")
+            .map_or("", |f| f.1);
+        let define = |name: &str| -> usize {
+            src.lines()
+                .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no #define {name} in sample.cu"))
+        };
+        assert_eq!(define("SAMPLE_CHUNK"), super::SAMPLE_CHUNK);
+        // se, pad, total, then a count and a mass per bin.
+        assert_eq!(super::SAMPLE_PART_BYTES, 16 + define("SAMPLE_BINS") * 8);
+        assert_eq!(super::SAMPLE_PART_BYTES, 4112);
+        assert!(src.contains("(4,112 bytes, 8-aligned)"));
     }
 }

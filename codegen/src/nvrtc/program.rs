@@ -170,8 +170,8 @@ pub struct CudaProgram {
     pub(super) argmax_combine: CudaFunction,
     /// Copies a run's picked tokens into the next run's ids on the GPU.
     pub(super) ids_from_picks: CudaFunction,
-    /// `sample_{dtype}`: temperature, top-k, top-p and min-p, one block a row.
-    pub(super) sample: HashMap<&'static str, CudaFunction>,
+    /// `sample_{stats,hist,}_{dtype}`: temperature, top-k, top-p and min-p.
+    pub(super) sample: HashMap<&'static str, super::pick::SampleKernels>,
     pub(super) summary: CudaSummary,
     /// With `OPTC_CUDA_PROFILE=1`: GPU time per kernel kind (CUDA events
     /// around every step) and host time per phase, reported on drop.
@@ -658,7 +658,12 @@ impl CudaProgram {
         let (mut argmax, mut sample) = (HashMap::new(), HashMap::new());
         for d in pick_types {
             argmax.insert(d, gpu.function(&format!("argmax_part_{d}")).map_err(&gerr)?);
-            sample.insert(d, gpu.function(&format!("sample_{d}")).map_err(&gerr)?);
+            let kernels = super::pick::SampleKernels {
+                stats: gpu.function(&format!("sample_stats_{d}")).map_err(&gerr)?,
+                hist: gpu.function(&format!("sample_hist_{d}")).map_err(&gerr)?,
+                draw: gpu.function(&format!("sample_{d}")).map_err(&gerr)?,
+            };
+            sample.insert(d, kernels);
         }
         let argmax_combine = gpu.function("argmax_combine").map_err(&gerr)?;
         let ids_from_picks = gpu.function("ids_from_picks").map_err(&gerr)?;

@@ -424,7 +424,12 @@ mod tests {
                 "{inst}{}",
                 optc_kernels::cuda::pick_instances(d).concat()
             ));
-            for name in [format!("argmax_part_{d}"), format!("sample_{d}")] {
+            for name in [
+                format!("argmax_part_{d}"),
+                format!("sample_stats_{d}"),
+                format!("sample_hist_{d}"),
+                format!("sample_{d}"),
+            ] {
                 assert!(have.contains(&name), "{name}");
             }
         }
