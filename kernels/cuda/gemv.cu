@@ -265,6 +265,20 @@ template <typename T> struct GemvRopeStore {
     }
 };
 
+// A warp's sums for its outputs from i0 on, each row of x's reduced over
+// the lanes and stored by lane 0.
+template <int M, int WR, typename Store>
+__device__ __forceinline__ void gemv_store_sums(const Store& out, const float (&acc)[WR][M], int m, int i0, int n) {
+#pragma unroll
+    for (int j = 0; j < M; ++j) {
+        if (j >= m) break;
+        float v[WR];
+#pragma unroll
+        for (int r = 0; r < WR; ++r) v[r] = warp_sum(acc[r][j]);
+        if ((threadIdx.x & 31) == 0) out.store(j, i0, v, n);
+    }
+}
+
 // n is the output width; with a GLU store w holds 2n rows (gate, then up).
 template <typename T, int M, typename Geo, typename Fill, typename Store>
 __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n, int k, int m) {
@@ -351,14 +365,7 @@ __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n,
         }
     }
     if constexpr (!Geo::EARLY_TRIGGER) pdl_trigger();
-#pragma unroll
-    for (int j = 0; j < M; ++j) {
-        if (j >= m) break;
-        float v[WR];
-#pragma unroll
-        for (int r = 0; r < WR; ++r) v[r] = warp_sum(acc[r][j]);
-        if (lane == 0) out.store(j, row0, v, n);
-    }
+    gemv_store_sums<M, WR>(out, acc, m, row0, n);
 }
 
 // A GEMV whose weights stream through shared memory, for the big
@@ -459,15 +466,7 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
         __syncwarp();
         load(t + S);
         if (c == nch - 1) {
-            const int i0 = (gw + (t / nch) * warps) * R;
-#pragma unroll
-            for (int j = 0; j < M; ++j) {
-                if (j >= m) break;
-                float v[WR];
-#pragma unroll
-                for (int r = 0; r < WR; ++r) v[r] = warp_sum(acc[r][j]);
-                if (lane == 0) out.store(j, i0, v, n);
-            }
+            gemv_store_sums<M, WR>(out, acc, m, (gw + (t / nch) * warps) * R, n);
 #pragma unroll
             for (int r = 0; r < WR; ++r)
 #pragma unroll

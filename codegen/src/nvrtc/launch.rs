@@ -238,18 +238,9 @@ impl CudaProgram {
             steps[p].args.get(at).is_none_or(|&v| is_weight(v))
         });
         let weight_first = is_weight(a[1]) && scale_is_weight;
-        let ring = match z.fns.get(2) {
-            Some(f) => self
-                .ring_gemv_cfg(m, kd, nn, esize, z.norm.is_some(), z.glu.is_some())
-                .map(|c| (f, c)),
-            None => None,
-        };
+        let ring = self.ring_gemv(z.fns.get(2), m, kd, nn, esize, z.norm.is_some(), z.glu.is_some());
         let (f, c) = match ring {
-            Some(fc) => {
-                self.ring_gemv_launches
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                fc
-            }
+            Some(fc) => fc,
             None => {
                 let f = if m == 1 { &z.fns[0] } else { &z.fns[1] };
                 let blocks = n.div_ceil(geo.cols) as u32;
@@ -309,6 +300,26 @@ impl CudaProgram {
             let blocks = self.gpu.sms as usize * src::GEMV_RING_BLOCKS_PER_SM;
             cfg((blocks as u32, 1, 1), geo.threads(), smem as u32)
         })
+    }
+
+    /// The ring GEMV `f` (when the linear has one) and its launch, when
+    /// `ring_gemv_cfg` takes the linear; counted in `ring_gemv_launches`.
+    #[allow(clippy::too_many_arguments)]
+    fn ring_gemv<'f>(
+        &self,
+        f: Option<&'f CudaFunction>,
+        m: usize,
+        kd: usize,
+        nn: usize,
+        esize: usize,
+        norm: bool,
+        glu: bool,
+    ) -> Option<(&'f CudaFunction, LaunchConfig)> {
+        let c = self.ring_gemv_cfg(m, kd, nn, esize, norm, glu)?;
+        let f = f?;
+        self.ring_gemv_launches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some((f, c))
     }
 
     /// What `gemv_rope_*` / `gemv_norm_rope_*` take besides the GEMV's own
@@ -387,18 +398,9 @@ impl CudaProgram {
                     && bytes <= src::GEMV_MAX_SMEM
                     && nn <= i32::MAX as usize
                 {
-                    let ring = match fns.get(GEMV_RING_AT) {
-                        Some(f) => self
-                            .ring_gemv_cfg(m, kd, nn, esize as usize, false, false)
-                            .map(|c| (f, c)),
-                        None => None,
-                    };
+                    let ring = self.ring_gemv(fns.get(GEMV_RING_AT), m, kd, nn, esize as usize, false, false);
                     let (f, c) = match ring {
-                        Some(fc) => {
-                            self.ring_gemv_launches
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            fc
-                        }
+                        Some(fc) => fc,
                         None => {
                             let f = if m == 1 { &fns[0] } else { &fns[1] };
                             let blocks = nn.div_ceil(src::GEMV_PLAIN.cols) as u32;
