@@ -371,8 +371,8 @@ __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n,
 // A GEMV whose weights stream through shared memory, for the big
 // linears of a decode step: each warp keeps a ring of S tiles (its WR
 // weight rows, CH elements of each) that cp.async fills, and every block
-// issues its first S tiles a warp before pdl_wait(). Launched as one
-// resident wave behind a latency-bound kernel (decode attention, a small
+// issues its first S tiles a warp before pdl_wait(). Launched a few
+// blocks an SM behind a latency-bound kernel (decode attention, a small
 // GEMV), it streams a large share of its matrix while that kernel runs,
 // which the register pipeline above (two stages, blocks that exit and
 // relaunch) cannot. Warps take units of R output columns grid-stride

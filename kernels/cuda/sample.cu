@@ -133,8 +133,11 @@ extern "C" __global__ void ids_from_picks(void* ids, const int* picks, const int
 // SAMPLE_CHUNK pieces, a block each: the first finds each piece's maximum
 // and how many of its elements can be sampled; the second, knowing the
 // row's maximum, its softmax denominator, total mass and coarse histogram
-// (below). Each block writes its part, so no sum depends on the order of
-// atomics across blocks. `sample`, one block of 1024 threads per row, adds
+// (below). Each block writes its part, and `sample` adds them in piece
+// order. Every sum that decides a token is an integer, so no draw depends
+// on the order of atomics; the float mass per bin (shared atomics) only
+// bounds the fast path's candidates, with a margin, and either path draws
+// the same token. `sample`, one block of 1024 threads per row, adds
 // the parts in piece order and does the rest. The host sampler keeps a prefix of
 // the row in its order (decreasing probability, ties by lower id), so each
 // filter is a cut in that order. The fast path (`SampleFast`) gathers the

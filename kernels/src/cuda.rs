@@ -105,8 +105,14 @@ pub const GEMV_RING_GLU: GemvRingBlock = GemvRingBlock {
 /// than rings everywhere (kernels/bench/step_bench.cu, docs/perf.md).
 pub const GEMV_RING_MIN_BYTES: usize = 24 << 20;
 
-/// Ring-GEMV blocks launched an SM: one wave that stays resident where
-/// shared memory allows (three 72 KB gate/up blocks an H200 SM).
+/// Ring-GEMV blocks launched an SM, whether or not that many fit: three
+/// 72 KB gate/up blocks an H200 SM do; of 80 KB down blocks two do, and
+/// the rest start as those finish (warps take output columns
+/// grid-stride, so any grid is correct). Three an SM measured faster than
+/// one resident wave of two for the down projection too (749 against
+/// 762 µs a step in kernels/bench/step_bench.cu), likely because the
+/// next kernel then launches later, when fewer loads compete; the reason
+/// is not established.
 pub const GEMV_RING_BLOCKS_PER_SM: usize = 3;
 
 /// The most dynamic shared memory a ring-GEMV block may take: two blocks

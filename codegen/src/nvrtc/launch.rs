@@ -278,8 +278,8 @@ impl CudaProgram {
     /// `m` rows of x over a `nn` x `kd` weight (both halves with `glu`),
     /// when it takes it: one row, a weight of at least
     /// `gemv_ring_min_bytes`, and a block that leaves room for a second
-    /// on its SM. `GEMV_RING_BLOCKS_PER_SM` blocks an SM, whatever fits
-    /// resident.
+    /// on its SM. `GEMV_RING_BLOCKS_PER_SM` blocks an SM, whether or not
+    /// they all fit at once (see that constant).
     pub(super) fn ring_gemv_cfg(
         &self,
         m: usize,
