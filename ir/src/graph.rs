@@ -166,6 +166,25 @@ impl Graph {
         id
     }
 
+    /// Adds an op node that orders as if it had been added with `at`: a
+    /// rewrite that replaces `at` keeps its place in the topological order
+    /// (and so in the kernel order of the targets), where a plain
+    /// [`Graph::add_op`] would go after every node added before it.
+    pub fn add_op_at(
+        &mut self,
+        at: NodeId,
+        op: Op,
+        operands: &[Value],
+        outputs: Vec<TensorType>,
+        loc: Option<String>,
+    ) -> NodeId {
+        let id = self.add_op(op, operands, outputs, loc);
+        if let Some(&s) = self.seq.get(&at) {
+            self.seq.insert(id, s);
+        }
+        id
+    }
+
     /// Declares a graph output.
     pub fn add_output(&mut self, name: impl Into<String>, value: Value, ty: TensorType) {
         self.outputs.push(GraphOutput {

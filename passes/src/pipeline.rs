@@ -56,6 +56,7 @@ impl Pipeline {
                 "dce",
                 "fuse_gemm",
                 "dce",
+                "simplify_outer_products",
             ]
             .iter()
             .map(|n| PassSpec::new(n))

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::cleanup::{Canonicalize, ConstantFold, Cse, Dce};
+use crate::cleanup::{Canonicalize, ConstantFold, Cse, Dce, SimplifyOuterProducts};
 use crate::fusion::{
     FuseAddRmsNorm, FuseAttention, FuseGelu, FuseGemm, FuseLayerNorm, FuseRmsNorm, FuseRope, FuseSwiglu,
 };
@@ -31,6 +31,7 @@ impl PassRegistry {
         r.register(Arc::new(ConstantFold));
         r.register(Arc::new(Cse));
         r.register(Arc::new(Dce));
+        r.register(Arc::new(SimplifyOuterProducts));
         r.register(Arc::new(FuseGemm));
         r.register(Arc::new(FuseRmsNorm));
         r.register(Arc::new(FuseSwiglu));

@@ -197,3 +197,60 @@ fn fuse_gemm_fuses_linears_sharing_an_input_and_not_near_misses() {
     .into();
     assert_eq!(run(&before, &inputs, &w).unwrap(), run(&g, &inputs, &w).unwrap());
 }
+
+/// Hugging Face's rotary angles: `inv[r, 1] @ positions[1, T]`,
+/// transposed and concatenated with itself. After the pass: one broadcast
+/// multiply of the (transposed) positions by a folded constant row, and
+/// the same values bit for bit (positions and frequencies are positive,
+/// so no product is -0).
+#[test]
+fn outer_products_become_broadcast_multiplies() {
+    let text = "graph g(%p: f32[5]) -> (%c: f32[5, 6], %s: f32[5, 6]) {
+  %0: f32[3, 1] = constant() {dtype = f32, shape = [3, 1], value = [1.0, 0.25, 0.0625]}
+  %1: f32[1, 5] = unsqueeze(%p) {axes = [0]}
+  %2: f32[3, 5] = matmul(%0, %1)
+  %3: f32[5, 3] = transpose(%2) {perm = [1, 0]}
+  %4: f32[5, 6] = concat(%3, %3) {axis = -1}
+  %5: f32[5, 6] = cos(%4)
+  %6: f32[5, 6] = sin(%4)
+  return %5, %6
+}";
+    let (before, g, n) = apply("simplify_outer_products", text, toml::Table::new());
+    assert_eq!(n, 3, "{}", print(&g));
+    let ops = g.op_counts();
+    for gone in ["matmul", "concat"] {
+        assert!(!ops.contains_key(gone), "{gone} left: {}", print(&g));
+    }
+    // The only transpose left moves the positions' unit axis (a view).
+    assert_eq!(ops.get("transpose"), Some(&1), "{}", print(&g));
+    assert!(
+        body(&g)
+            .iter()
+            .any(|l| l.starts_with("%") && l.contains("f32[1, 6] = constant()")),
+        "{}",
+        print(&g)
+    );
+    let p = Tensor::from_f32(DType::F32, &[5], &[0.0, 1.0, 2.0, 7.0, 131.0]);
+    same_results(&before, &g, &[("p", p)]);
+}
+
+/// What the pass leaves alone: a matmul that contracts more than one
+/// element, a transpose of a product read twice, one whose non-constant
+/// side would really move, and a concat of two different products.
+#[test]
+fn outer_product_rewrites_stay_where_they_would_not_pay() {
+    let text = "graph g(%a: f32[3, 2], %b: f32[2, 4], %x: f32[3, 4], %y: f32[1, 4]) -> (%m: f32[3, 4], %t: f32[4, 3], %u: f32[3, 4], %v: f32[4, 3], %w: f32[1, 8]) {
+  %0: f32[3, 4] = matmul(%a, %b)
+  %1: f32[3, 4] = constant() {dtype = f32, shape = [3, 4], value = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0]}
+  %2: f32[3, 4] = mul(%x, %1)
+  %3: f32[4, 3] = transpose(%2) {perm = [1, 0]}
+  %4: f32[3, 4] = exp(%x)
+  %5: f32[3, 4] = mul(%4, %1)
+  %6: f32[4, 3] = transpose(%5) {perm = [1, 0]}
+  %7: f32[1, 4] = neg(%y)
+  %8: f32[1, 8] = concat(%y, %7) {axis = -1}
+  return %0, %3, %2, %6, %8
+}";
+    let (_, g, n) = apply("simplify_outer_products", text, toml::Table::new());
+    assert_eq!(n, 0, "{}", print(&g));
+}

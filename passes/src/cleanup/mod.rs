@@ -5,11 +5,13 @@ mod canonicalize;
 mod constant_fold;
 mod cse;
 mod dce;
+mod outer_product;
 
 pub use canonicalize::Canonicalize;
 pub use constant_fold::ConstantFold;
 pub use cse::Cse;
 pub use dce::{remove_dead, Dce};
+pub use outer_product::SimplifyOuterProducts;
 
 use optc_ir::{Graph, NodeId};
 
