@@ -236,8 +236,10 @@ fn int8_weights_through_quantize_int8() {
     let want = run(&q, &ids_input(&ids), &m.weights).unwrap();
     let mut cpu = CpuProgram::new(&q, &m.weights).unwrap();
     let s = cpu.summary().clone();
+    // No dequantizing cast or multiply of its own: the one binary kernel
+    // is the rotary angles' (`simplify_outer_products`).
     assert!(
-        !s.reference.contains_key("cast") && !s.kernels.contains_key("binary"),
+        !s.reference.contains_key("cast") && s.kernels.get("binary").copied().unwrap_or(0) <= 1,
         "{s:?}"
     );
     let got = cpu.run(&ids_input(&ids)).unwrap();
