@@ -254,3 +254,27 @@ fn outer_product_rewrites_stay_where_they_would_not_pay() {
     let (_, g, n) = apply("simplify_outer_products", text, toml::Table::new());
     assert_eq!(n, 0, "{}", print(&g));
 }
+
+/// torch.export's spelling of the same angles: a batched matmul of an
+/// expanded frequency column by the positions row. The matmul becomes a
+/// multiply (the transpose's other side is an expand, not a constant, so
+/// it stays).
+#[test]
+fn batched_outer_products_become_multiplies() {
+    let text = "graph g(%p: f32[2, 1, 5]) -> (%y: f32[2, 5, 3]) {
+  %0: f32[1, 3, 1] = constant() {dtype = f32, shape = [1, 3, 1], value = [1.0, 0.5, 0.25]}
+  %1: f32[2, 3, 1] = expand(%0) {shape = [2, 3, 1]}
+  %2: f32[2, 3, 5] = matmul(%1, %p)
+  %3: f32[2, 5, 3] = transpose(%2) {perm = [0, 2, 1]}
+  return %3
+}";
+    let (before, g, n) = apply("simplify_outer_products", text, toml::Table::new());
+    assert_eq!(n, 1, "{}", print(&g));
+    assert!(!g.op_counts().contains_key("matmul"), "{}", print(&g));
+    let v: Vec<f32> = (0..10).map(|i| i as f32 * 1.5).collect();
+    same_results(
+        &before,
+        &g,
+        &[("p", Tensor::from_f32(DType::F32, &[2, 1, 5], &v))],
+    );
+}

@@ -3,7 +3,7 @@
 //! them and concatenates the result with itself, so a step starts with a
 //! GEMM, a transpose and a copy before `cos` and `sin`. This pass rewrites:
 //!
-//! - `matmul(a[M, 1], b[1, N])` → `mul(a, b)` (broadcast; a matmul with
+//! - `matmul(a[…, M, 1], b[…, 1, N])` → `mul(a, b)` (broadcast; a matmul with
 //!   K = 1 computes `0 + a·b`, which differs from `a·b` only when the
 //!   product is -0, where it gives +0);
 //! - `transpose(x ∘ y)` (the op's only reader) → `transpose(x) ∘
@@ -55,13 +55,16 @@ fn add_folded(g: &mut Graph, at: NodeId, op: Op, operands: &[Value], loc: Option
     Some(fold_node(g, n, usize::MAX, &cx, true).unwrap_or(Value::of(n)))
 }
 
-/// `matmul(a[M, 1], b[1, N])` → `mul(a, b)`.
+/// `matmul(a[…, M, 1], b[…, 1, N])` → `mul(a, b)`: the batch dims
+/// broadcast alike (operands of equal rank, at least 2; a rank-1 matmul
+/// operand means something else).
 fn outer_product(g: &mut Graph, n: NodeId) -> Option<NodeId> {
     let ops = g.operands(n);
     let (a, b) = (ty(g, ops[0])?, ty(g, ops[1])?);
     let float = a.dtype.is_float() && a.dtype == b.dtype;
     let (ad, bd) = (a.shape.dims(), b.shape.dims());
-    if !float || ad.len() != 2 || bd.len() != 2 || !is_one(&ad[1]) || !is_one(&bd[0]) {
+    let r = ad.len();
+    if !float || r < 2 || bd.len() != r || !is_one(&ad[r - 1]) || !is_one(&bd[r - 2]) {
         return None;
     }
     let node = g.node(n);
