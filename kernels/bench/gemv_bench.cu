@@ -17,15 +17,7 @@
 
 #include "common.cuh"
 #include "gemv.cu"
-
-#define CK(x)                                                                      \
-    do {                                                                           \
-        cudaError_t e = (x);                                                       \
-        if (e != cudaSuccess) {                                                    \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
+#include "bench.cuh"
 
 template <typename Geo, bool NORM, bool GLU>
 __global__ void __launch_bounds__(Geo::WARPS * 32)
@@ -35,16 +27,6 @@ __global__ void __launch_bounds__(Geo::WARPS * 32)
         gemv_impl<bf16, 1, Geo>(GemvAddRmsNorm<bf16, 1>{a, r, nw, sum, 1e-5f}, Store{y, nullptr}, w, n, k, 1);
     else
         gemv_impl<bf16, 1, Geo>(GemvCopy<bf16>{a}, Store{y, nullptr}, w, n, k, 1);
-}
-
-__global__ void fill_random(bf16* p, size_t n, unsigned seed, float scale) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed;
-        h ^= h >> 15;
-        h *= 2246822519u;
-        h ^= h >> 13;
-        p[i] = __float2bfloat16((float)(h & 0xffff) / 32768.f * scale - scale);
-    }
 }
 
 struct Args {
