@@ -584,16 +584,18 @@ fn kernels_match_the_interpreter_on_random_inputs() {
 }
 
 /// Elementwise chains in generated kernels (`chains.rs`): add (with a
-/// broadcast row) -> silu -> gelu joins cast -> mul (by a broadcast
-/// chain of its own, cast -> cos over an i64 row) -> cast through a
-/// final mul; the result has three readers, so exp, neg and a
-/// broadcasting add stay kernels of their own (the only place the plain
-/// unary and binary kernels still run in these tests). Each op rounds to
-/// its type as its own kernel would: within the kernels' tolerance of the
-/// interpreter.
+/// broadcast row) -> silu -> gelu joins cast -> mul (by cos of an i64 row
+/// cast to f32, a graph output, so stored: a chain of its own) -> cast
+/// through a final mul. That result has three readers (exp, neg and a
+/// broadcasting add) and six ops, too many to recompute in each: the three
+/// become one kernel storing three results. An add of the stored cos row
+/// to itself and a neg of the [5, 1] input stay plain kernels (the only
+/// place the plain unary and binary kernels still run in these tests).
+/// Each op rounds to its type as its own kernel would: within the
+/// kernels' tolerance of the interpreter.
 #[test]
 fn elementwise_chains_match_the_interpreter() {
-    let text = "graph ch(%x: bf16[7, 5, 33], %y: bf16[5, 1], %p: i64[33], %z: f32[7, 5, 33]) -> (%e: bf16[7, 5, 33], %n: bf16[7, 5, 33], %c: f32[33], %s: bf16[7, 5, 33]) {
+    let text = "graph ch(%x: bf16[7, 5, 33], %y: bf16[5, 1], %p: i64[33], %z: f32[7, 5, 33]) -> (%e: bf16[7, 5, 33], %n: bf16[7, 5, 33], %c: f32[33], %s: bf16[7, 5, 33], %d: f32[33], %m: bf16[5, 1]) {
   %0: bf16[7, 5, 33] = add(%x, %y)
   %1: bf16[7, 5, 33] = silu(%0)
   %2: bf16[7, 5, 33] = gelu(%1) {approximate = \"tanh\"}
@@ -605,7 +607,9 @@ fn elementwise_chains_match_the_interpreter() {
   %8: bf16[7, 5, 33] = exp(%7)
   %9: bf16[7, 5, 33] = neg(%7)
   %10: bf16[7, 5, 33] = add(%7, %y)
-  return %8, %9, %4, %10
+  %11: f32[33] = add(%4, %4)
+  %12: bf16[5, 1] = neg(%y)
+  return %8, %9, %4, %10, %11, %12
 }";
     let g = parse(text).unwrap();
     let w = WeightStore::new();
@@ -620,8 +624,8 @@ fn elementwise_chains_match_the_interpreter() {
     let mut prog = CudaProgram::new(&g, &w, &mut no_progress()).unwrap();
     let s = prog.summary();
     assert!(s.host.is_empty(), "{s:?}");
-    assert_eq!(s.kernels.get("elementwise chain (generated)"), Some(&2), "{s:?}");
-    assert_eq!(s.kernels.get("unary"), Some(&2), "{s:?}");
+    assert_eq!(s.kernels.get("elementwise chain (generated)"), Some(&3), "{s:?}");
+    assert_eq!(s.kernels.get("unary"), Some(&1), "{s:?}");
     assert_eq!(s.kernels.get("binary"), Some(&1), "{s:?}");
     let got = prog.run(&inputs).unwrap();
     for (o, wt) in g.outputs().iter().zip(&want) {

@@ -35,8 +35,8 @@ pub(super) struct EwIndex {
 
 unsafe impl DeviceRepr for EwIndex {}
 
-/// A generated kernel, on the step whose result it stores (its args are
-/// the chain's operands).
+/// A generated kernel, on the step whose results it stores (its args are
+/// the chain's operands, its outs the results).
 #[derive(Clone, Debug)]
 pub(super) struct EwChain {
     /// The kernel's name: `ew_` and a hash of its body.
@@ -45,8 +45,21 @@ pub(super) struct EwChain {
     pub(super) source: String,
     /// The elementwise ops it does.
     pub(super) ops: usize,
+    /// For each operand, the value whose dims index it: the operand
+    /// itself, or, for an operand of a step inlined where the chain read a
+    /// view of that step's result (or read it broadcast), that view: the
+    /// operand has the inlined result's shape and element order.
+    pub(super) index_as: Vec<usize>,
 }
 
+/// Most ops a chain recomputes where its result is read more than once,
+/// read broadcast, or read through a view: cheap maps, whose
+/// recomputation costs less than a launch and a store.
+const MAX_RECOMPUTED: usize = 4;
+
+/// Most results one generated kernel stores (chains of one shape merged
+/// side by side, such as the rotary tables' cos and sin).
+const MAX_RESULTS: usize = 4;
 /// The C type a generated kernel reads or writes `d` as.
 fn c_type(d: DType) -> Option<&'static str> {
     match d {
@@ -96,15 +109,23 @@ fn expression(op: &Op, x: &[String]) -> Option<String> {
     })
 }
 
-/// The CUDA C of the chain `members` (steps in order, the last one's
-/// result stored) over `leaves`, under a name from its body.
-fn generate(steps: &[Step], types: &[TensorType], members: &[usize], leaves: &[usize]) -> Option<EwChain> {
+/// The CUDA C of a kernel doing `members` (steps in order) over `leaves`
+/// (operand, value whose dims index it) and storing the results of
+/// `ends`, under a name from its body.
+fn generate(
+    steps: &[Step],
+    types: &[TensorType],
+    view_of: &HashMap<usize, usize>,
+    members: &[usize],
+    leaves: &[(usize, usize)],
+    ends: &[usize],
+) -> Option<EwChain> {
     let mut var: HashMap<usize, String> = HashMap::new();
     let mut params = String::new();
     let mut body = String::new();
     let _ = writeln!(body, "        i64 o[{}];", leaves.len());
     let _ = writeln!(body, "        ew_offsets<{}>(ix, i, o);", leaves.len());
-    for (l, &v) in leaves.iter().enumerate() {
+    for (l, &(v, _)) in leaves.iter().enumerate() {
         let _ = write!(params, "const {}* __restrict__ a{l}, ", c_type(types[v].dtype)?);
         let _ = writeln!(body, "        const float v{l} = ld(&a{l}[o[{l}]]);");
         var.insert(v, format!("v{l}"));
@@ -114,7 +135,7 @@ fn generate(steps: &[Step], types: &[TensorType], members: &[usize], leaves: &[u
         let x: Vec<String> = s
             .args
             .iter()
-            .map(|a| var.get(a).cloned())
+            .map(|a| var.get(a).or_else(|| var.get(&root_of(view_of, *a))).cloned())
             .collect::<Option<_>>()?;
         let out = c_type(types[s.outs[0]].dtype)?;
         let _ = writeln!(
@@ -124,10 +145,12 @@ fn generate(steps: &[Step], types: &[TensorType], members: &[usize], leaves: &[u
         );
         var.insert(s.outs[0], format!("t{t}"));
     }
-    let last = *members.last()?;
-    let out = c_type(types[steps[last].outs[0]].dtype)?;
-    let _ = writeln!(body, "        st(&y[i], t{});", members.len() - 1);
-    let signature = format!("({params}{out}* __restrict__ y, i64 n, EwIndex ix)");
+    for (r, &e) in ends.iter().enumerate() {
+        let out = steps[e].outs[0];
+        let _ = write!(params, "{}* __restrict__ y{r}, ", c_type(types[out].dtype)?);
+        let _ = writeln!(body, "        st(&y{r}[i], {});", var.get(&out)?);
+    }
+    let signature = format!("({params}i64 n, EwIndex ix)");
     let name = format!(
         "ew_{:016x}",
         super::compile::fnv1a(&[signature.as_bytes(), body.as_bytes()])
@@ -142,15 +165,133 @@ fn generate(steps: &[Step], types: &[TensorType], members: &[usize], leaves: &[u
         name,
         source,
         ops: members.len(),
+        index_as: leaves.iter().map(|&(_, ix)| ix).collect(),
     })
 }
 
-/// Merges elementwise steps into chains, in place: a step takes in the
-/// elementwise step that makes one of its operands when it is that value's
-/// one reader, reads it unbroadcast (same shape as its own result) and the
-/// value is not a graph output, while the chain reads at most
-/// `MAX_LEAVES` values. Returns the counts to move in the summary (kernel
-/// name, change).
+/// The value `v` views (through view steps), or `v`.
+fn root_of(view_of: &HashMap<usize, usize>, mut v: usize) -> usize {
+    while let Some(&a) = view_of.get(&v) {
+        v = a;
+    }
+    v
+}
+
+/// The steps, other than views, that read `v` directly or through views
+/// (each once); `None` when `v` or a view of it is a graph output.
+fn end_readers(steps: &[Step], uses: &Uses, outputs: &HashSet<usize>, v: usize) -> Option<Vec<usize>> {
+    let mut found = Vec::new();
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        if outputs.contains(&v) {
+            return None;
+        }
+        for &r in uses.readers.get(&v).map_or(&[][..], Vec::as_slice) {
+            if matches!(steps[r].exec, Exec::View) {
+                todo.push(steps[r].outs[0]);
+            } else if !found.contains(&r) {
+                found.push(r);
+            }
+        }
+    }
+    found.sort_unstable();
+    Some(found)
+}
+
+/// A chain being built: its steps in order, and its operands, each with
+/// the value whose dims index it (see `EwChain::index_as`).
+#[derive(Clone, Debug)]
+struct Chain {
+    members: Vec<usize>,
+    leaves: Vec<(usize, usize)>,
+}
+
+impl Chain {
+    /// Adds `leaves`, unless an operand would be read two ways or there
+    /// would be more than `MAX_LEAVES`.
+    fn with_leaves(mut self, leaves: &[(usize, usize)]) -> Option<Chain> {
+        for &(v, ix) in leaves {
+            match self.leaves.iter().find(|l| l.0 == v) {
+                Some(&(_, other)) if other != ix => return None,
+                Some(_) => {}
+                None => self.leaves.push((v, ix)),
+            }
+        }
+        (self.leaves.len() <= MAX_LEAVES).then_some(self)
+    }
+
+    /// The chain with `p`'s chain inlined where step `c` reads `a`, a
+    /// view of `p`'s result `r` or `r` itself (see `fuse_chains`).
+    #[allow(clippy::too_many_arguments)]
+    fn inline(
+        &self,
+        p: &Chain,
+        steps: &[Step],
+        types: &[TensorType],
+        view_of: &HashMap<usize, usize>,
+        c: usize,
+        a: usize,
+        r: usize,
+        shared: bool,
+    ) -> Option<Chain> {
+        let out_shape = &types[steps[c].outs[0]].shape;
+        let same_frame = a == r && types[a].shape == *out_shape;
+        let broadcast = types[a].shape != *out_shape;
+        if (shared || broadcast) && p.members.len() > MAX_RECOMPUTED {
+            return None;
+        }
+        // Read in another frame (through a view, or broadcast), p's steps
+        // are evaluated at the element of `a` this element reads: each of
+        // p's operands, of r's shape and element order, is indexed as `a`.
+        let leaves: Vec<(usize, usize)> = if same_frame {
+            p.leaves.clone()
+        } else {
+            let plain = p
+                .members
+                .iter()
+                .all(|&m| types[steps[m].outs[0]].shape == types[r].shape)
+                && p.leaves
+                    .iter()
+                    .all(|&(v, ix)| v == ix && types[v].shape == types[r].shape);
+            if !plain {
+                return None;
+            }
+            p.leaves.iter().map(|&(v, _)| (v, a)).collect()
+        };
+        let made: HashSet<usize> = p.members.iter().map(|&m| steps[m].outs[0]).collect();
+        let mut members: Vec<usize> = p.members.iter().chain(&self.members).copied().collect();
+        members.sort_unstable();
+        members.dedup();
+        let kept: Vec<(usize, usize)> = self
+            .leaves
+            .iter()
+            .filter(|&&(v, _)| !made.contains(&root_of(view_of, v)))
+            .copied()
+            .collect();
+        Chain {
+            members,
+            leaves: Vec::new(),
+        }
+        .with_leaves(&leaves)?
+        .with_leaves(&kept)
+    }
+}
+
+/// Merges elementwise steps into generated kernels, in place, and returns
+/// the counts to move in the summary (kernel name, change).
+///
+/// A step takes in the chain that makes one of its operands when that
+/// value is not a graph output and the result reads at most `MAX_LEAVES`
+/// operands. A chain of at most `MAX_RECOMPUTED` ops is also recomputed
+/// where its result is read by several steps (each takes in a copy; it is
+/// dropped once all have), read broadcast (once per element read), or
+/// read through a view (its operands are then indexed as that view; it
+/// must be a plain same-shape chain for that). Then chains whose results
+/// have one shape, and whose operands are all ready at the first of them,
+/// become one kernel storing several results. A Llama step graph's rotary
+/// tables (the positions' cast, their product with the inverse
+/// frequencies, cos, sin and the casts to the model's type) become one
+/// kernel.
 pub(super) fn fuse_chains(
     steps: &mut Vec<Step>,
     types: &[TensorType],
@@ -158,69 +299,131 @@ pub(super) fn fuse_chains(
 ) -> Vec<(&'static str, i64)> {
     // Runs before `fused_gemvs`, so no step reads more than its args yet.
     let uses = Uses::new(steps);
-    // Each chain by the step that ends it: its members in order.
-    let mut chains: HashMap<usize, Vec<usize>> = HashMap::new();
-    let leaves_of = |members: &[usize], steps: &[Step]| -> Vec<usize> {
-        let made: HashSet<usize> = members.iter().map(|&m| steps[m].outs[0]).collect();
-        let mut v: Vec<usize> = Vec::new();
-        for &m in members {
-            for &a in &steps[m].args {
-                if !made.contains(&a) && !v.contains(&a) {
-                    v.push(a);
-                }
-            }
-        }
-        v
-    };
+    let view_of: HashMap<usize, usize> = steps
+        .iter()
+        .filter(|s| matches!(s.exec, Exec::View))
+        .map(|s| (s.outs[0], s.args[0]))
+        .collect();
+    // Each chain by the step that ends it; readers a shared chain still
+    // waits for.
+    let mut chains: HashMap<usize, Chain> = HashMap::new();
+    let mut waiting: HashMap<usize, usize> = HashMap::new();
     for c in 0..steps.len() {
         if !elementwise(&steps[c], types) {
             continue;
         }
-        let out_shape = &types[steps[c].outs[0]].shape;
-        let mut members = vec![c];
+        let mut args: Vec<usize> = Vec::new();
         for &a in &steps[c].args {
-            let Some(&p) = uses.producer.get(&a) else { continue };
-            let inline = p != c
-                && chains.contains_key(&p)
-                && uses.readers.get(&a).map(Vec::len) == Some(1)
-                && !outputs.contains(&a)
-                && types[a].shape == *out_shape;
-            if !inline {
+            if !args.contains(&a) {
+                args.push(a);
+            }
+        }
+        let mut chain = Chain {
+            members: vec![c],
+            leaves: args.iter().map(|&a| (a, a)).collect(),
+        };
+        for &a in &args {
+            let r = root_of(&view_of, a);
+            let Some(&p) = uses.producer.get(&r) else { continue };
+            let internal = chain.members.iter().any(|&m| steps[m].outs[0] == r);
+            let (Some(pc), false) = (chains.get(&p), internal || p == c) else {
+                continue;
+            };
+            let Some(readers) = end_readers(steps, &uses, outputs, r) else {
+                continue;
+            };
+            let shared = readers.len() > 1;
+            if let Some(merged) = chain.inline(pc, steps, types, &view_of, c, a, r, shared) {
+                chain = merged;
+                let left = waiting.entry(p).or_insert(readers.len());
+                *left -= 1;
+                if *left == 0 {
+                    chains.remove(&p);
+                    waiting.remove(&p);
+                }
+            }
+        }
+        chains.insert(c, chain);
+    }
+    // Chains of one shape side by side, led by the first.
+    let position: HashMap<usize, usize> = steps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| s.outs.iter().map(move |&o| (o, i)))
+        .collect();
+    let mut ends: Vec<usize> = chains.keys().copied().collect();
+    ends.sort_unstable();
+    let mut groups: Vec<(Vec<usize>, Chain)> = Vec::new();
+    let mut grouped: HashSet<usize> = HashSet::new();
+    for (i, &lead) in ends.iter().enumerate() {
+        if grouped.contains(&lead) {
+            continue;
+        }
+        let shape = &types[steps[lead].outs[0]].shape;
+        let mut group = vec![lead];
+        let mut merged = chains[&lead].clone();
+        for &e in &ends[i + 1..] {
+            if group.len() == MAX_RESULTS {
+                break;
+            }
+            let other = &chains[&e];
+            let ready = other
+                .leaves
+                .iter()
+                .all(|&(v, _)| position.get(&v).is_none_or(|&at| at < lead));
+            if grouped.contains(&e) || types[steps[e].outs[0]].shape != *shape || !ready {
                 continue;
             }
-            let mut merged: Vec<usize> = chains[&p].clone();
-            merged.extend(members.iter().copied());
-            merged.sort_unstable();
-            merged.dedup();
-            if leaves_of(&merged, steps).len() <= MAX_LEAVES {
-                chains.remove(&p);
-                members = merged;
+            let mut members: Vec<usize> = merged.members.iter().chain(&other.members).copied().collect();
+            members.sort_unstable();
+            members.dedup();
+            if let Some(m) = (Chain {
+                members,
+                leaves: merged.leaves.clone(),
+            })
+            .with_leaves(&other.leaves)
+            {
+                merged = m;
+                group.push(e);
             }
         }
-        chains.insert(c, members);
+        if group.len() > 1 || merged.members.len() > 1 {
+            grouped.extend(group.iter().copied());
+            groups.push((group, merged));
+        }
     }
+    let live: HashSet<usize> = chains.keys().copied().collect();
     let mut counts = Vec::new();
     let mut removed: HashSet<usize> = HashSet::new();
-    let mut ends: Vec<usize> = chains.keys().copied().filter(|e| chains[e].len() > 1).collect();
-    ends.sort_unstable();
-    for end in ends {
-        let members = &chains[&end];
-        let leaves = leaves_of(members, steps);
-        let Some(chain) = generate(steps, types, members, &leaves) else {
+    for (group, chain) in &groups {
+        let Some(kernel) = generate(steps, types, &view_of, &chain.members, &chain.leaves, group) else {
             continue;
         };
-        for &m in members {
-            if let Exec::Kernel(k, _) = steps[m].exec {
-                counts.push((k.name(), -1));
+        for &m in &chain.members {
+            if !live.contains(&m) || group.contains(&m) {
+                removed.insert(m);
             }
         }
+        let lead = group[0];
+        removed.remove(&lead);
         counts.push((Kernel::EwChain.name(), 1));
-        removed.extend(members.iter().copied().filter(|&m| m != end));
-        let s = &mut steps[end];
-        s.node = format!("{} (and {} elementwise ops before it)", s.node, chain.ops - 1);
-        s.args = leaves;
+        let outs: Vec<usize> = group.iter().map(|&e| steps[e].outs[0]).collect();
+        let s = &mut steps[lead];
+        if let Exec::Kernel(k, _) = s.exec {
+            counts.push((k.name(), -1));
+        }
+        s.node = format!("{} (and {} elementwise ops with it)", s.node, kernel.ops - 1);
+        s.args = chain.leaves.iter().map(|&(v, _)| v).collect();
+        s.outs = outs;
         s.exec = Exec::Kernel(Kernel::EwChain, Vec::new());
-        s.chain = Some(Box::new(chain));
+        s.chain = Some(Box::new(kernel));
+    }
+    let mut gone: Vec<usize> = removed.iter().copied().collect();
+    gone.sort_unstable();
+    for &m in &gone {
+        if let Exec::Kernel(k, _) = steps[m].exec {
+            counts.push((k.name(), -1));
+        }
     }
     if !removed.is_empty() {
         drop_fused(steps, &removed);
@@ -270,11 +473,38 @@ mod tests {
         }
     }
 
-    /// The rotary tables' shape of chain: `cast(cos(x))` and
-    /// `cast(sin(x))` (x read twice, so not inlined), the first then added
-    /// to a broadcast row; `exp(x)` read by two steps stays a kernel.
+    fn view(arg: usize, out: usize) -> Step {
+        Step {
+            exec: Exec::View,
+            ..step(
+                Op::Unsqueeze(optc_ir::ops::Unsqueeze { axes: vec![0] }),
+                Kernel::Cast,
+                &[arg],
+                out,
+            )
+        }
+    }
+
+    /// Compiles `unit` with NVRTC where it and the CUDA headers are here.
+    fn compiles(unit: &str) {
+        let includes = super::super::compile::include_paths();
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } || includes.is_empty() {
+            eprintln!("skipping the compile: no NVRTC or no CUDA headers (set CUDA_HOME)");
+            return;
+        }
+        let mut options = vec!["--gpu-architecture=sm_90".to_string(), "--std=c++17".into()];
+        options.extend(includes.iter().map(|d| format!("--include-path={d}")));
+        let cubin =
+            super::super::compile::nvrtc_cubin(unit, &options).unwrap_or_else(|e| panic!("{e}\n{unit}"));
+        assert_eq!(&cubin[..4], b"\x7fELF");
+    }
+
+    /// `cast(cos(x))` added to a broadcast row, `cast(sin(x))`, and
+    /// `exp(x)` read by two steps (`neg`, `abs`): exp is recomputed in
+    /// each, and the four chains (one shape, operands ready at the first)
+    /// become one kernel storing four results.
     #[test]
-    fn single_reader_elementwise_steps_fuse_and_compile() {
+    fn elementwise_steps_fuse_into_one_kernel_and_compile() {
         let t = Dim::sym("T");
         let rows = |d: DType| TensorType::new(d, vec![t.clone(), Dim::constant(64)]);
         let types = vec![
@@ -286,8 +516,8 @@ mod tests {
             rows(DType::F32),                               // 5 sin
             rows(DType::BF16),                              // 6 cast (output)
             rows(DType::F32),                               // 7 exp
-            rows(DType::F32),                               // 8 neg(exp)
-            rows(DType::F32),                               // 9 abs(exp)
+            rows(DType::F32),                               // 8 neg(exp) (output)
+            rows(DType::F32),                               // 9 abs(exp) (output)
         ];
         let cast = |to| Op::Cast(Cast { to });
         let mut steps = vec![
@@ -302,41 +532,88 @@ mod tests {
         ];
         let outputs: HashSet<usize> = [4, 6, 8, 9].into();
         let counts = super::fuse_chains(&mut steps, &types, &outputs);
-        let chains: Vec<(&[usize], usize)> = steps
-            .iter()
-            .filter_map(|s| s.chain.as_ref().map(|c| (&s.args[..], c.ops)))
-            .collect();
-        assert_eq!(chains, vec![(&[0, 3][..], 3), (&[0][..], 2)]);
-        // exp, neg and abs stay: exp's result has two readers.
-        assert_eq!(steps.len(), 5);
+        assert_eq!(steps.len(), 1);
+        let s = &steps[0];
+        assert_eq!((&s.args[..], &s.outs[..]), (&[0, 3][..], &[4, 6, 8, 9][..]));
+        let chain = s.chain.as_ref().unwrap();
+        assert_eq!((chain.ops, &chain.index_as[..]), (8, &[0, 3][..]));
         let net: i64 = counts.iter().map(|(_, n)| n).sum();
-        assert_eq!(net, -3, "{counts:?}");
+        assert_eq!(net, -7, "{counts:?}");
         let unit = super::unit(&steps).unwrap();
-        assert_eq!(unit.matches("__global__ void ew_").count(), 2, "{unit}");
-        // Each op rounds to its result type, as its own kernel stores it.
+        assert_eq!(unit.matches("__global__ void ew_").count(), 1, "{unit}");
+        // Each op rounds to its result type, as its own kernel stores it;
+        // exp is computed once.
         assert!(unit.contains("rnd<bf16>(binary_op(0, t1, v1))"), "{unit}");
+        assert_eq!(unit.matches("unary_op(2,").count(), 1, "{unit}");
+        assert_eq!(unit.matches("st(&y").count(), 4, "{unit}");
         // Launched as dependents (`launch!`): each waits before it works.
         for body in unit.split("__global__ void ew_").skip(1) {
             let after = body.split_once('{').map_or("", |(_, b)| b).trim_start();
             assert!(after.starts_with("pdl_start();"), "{body}");
         }
-        let includes = super::super::compile::include_paths();
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } || includes.is_empty() {
-            eprintln!("skipping the compile: no NVRTC or no CUDA headers (set CUDA_HOME)");
-            return;
-        }
-        let mut options = vec!["--gpu-architecture=sm_90".to_string(), "--std=c++17".into()];
-        options.extend(includes.iter().map(|d| format!("--include-path={d}")));
-        let cubin =
-            super::super::compile::nvrtc_cubin(&unit, &options).unwrap_or_else(|e| panic!("{e}\n{unit}"));
-        assert_eq!(&cubin[..4], b"\x7fELF");
+        compiles(&unit);
+    }
+
+    /// A Llama step graph's rotary tables: the positions cast to f32 and
+    /// viewed as a column, times a row of inverse frequencies, then cos
+    /// and sin, each cast to bf16 and viewed for the rope. One kernel with
+    /// two results; the positions are read as the column view (index_as),
+    /// the product computed once for both.
+    #[test]
+    fn rotary_tables_become_one_kernel() {
+        let t = Dim::sym("T");
+        let ty = |d: DType, dims: Vec<Dim>| TensorType::new(d, dims);
+        let c = Dim::constant;
+        let types = vec![
+            ty(DType::I64, vec![t.clone()]),               // 0 positions
+            ty(DType::F32, vec![t.clone()]),               // 1 cast
+            ty(DType::F32, vec![c(1), t.clone()]),         // 2 unsqueeze (view)
+            ty(DType::F32, vec![t.clone(), c(1)]),         // 3 transpose (view)
+            ty(DType::F32, vec![c(1), c(64)]),             // 4 inverse frequencies
+            ty(DType::F32, vec![t.clone(), c(64)]),        // 5 product
+            ty(DType::F32, vec![t.clone(), c(64)]),        // 6 cos
+            ty(DType::F32, vec![t.clone(), c(64)]),        // 7 sin
+            ty(DType::BF16, vec![t.clone(), c(64)]),       // 8 cast
+            ty(DType::BF16, vec![t.clone(), c(64)]),       // 9 cast
+            ty(DType::BF16, vec![c(1), t.clone(), c(64)]), // 10 view (output)
+            ty(DType::BF16, vec![c(1), t.clone(), c(64)]), // 11 view (output)
+        ];
+        let cast = |to| Op::Cast(Cast { to });
+        let mut steps = vec![
+            step(cast(DType::F32), Kernel::Cast, &[0], 1),
+            view(1, 2),
+            view(2, 3),
+            step(Op::Binary(BinaryKind::Mul), Kernel::Binary, &[4, 3], 5),
+            step(Op::Unary(UnaryKind::Cos), Kernel::Unary, &[5], 6),
+            step(Op::Unary(UnaryKind::Sin), Kernel::Unary, &[5], 7),
+            step(cast(DType::BF16), Kernel::Cast, &[6], 8),
+            step(cast(DType::BF16), Kernel::Cast, &[7], 9),
+            view(8, 10),
+            view(9, 11),
+        ];
+        let outputs: HashSet<usize> = [10, 11].into();
+        let counts = super::fuse_chains(&mut steps, &types, &outputs);
+        let net: i64 = counts.iter().map(|(_, n)| n).sum();
+        assert_eq!(net, -5, "{counts:?}");
+        // The kernel, then the two views of its results.
+        let left: Vec<(&[usize], &[usize])> = steps.iter().map(|s| (&s.args[..], &s.outs[..])).collect();
+        assert_eq!(steps.len(), 3, "{left:?}");
+        let s = &steps[0];
+        assert_eq!((&s.args[..], &s.outs[..]), (&[0, 4][..], &[8, 9][..]));
+        let chain = s.chain.as_ref().unwrap();
+        assert_eq!((chain.ops, &chain.index_as[..]), (6, &[3, 4][..]));
+        assert_eq!((&steps[1].args[..], &steps[2].args[..]), (&[8][..], &[9][..]));
+        let unit = super::unit(&steps).unwrap();
+        assert!(unit.contains("rnd<float>(binary_op(2, v1, t0))"), "{unit}");
+        assert_eq!(unit.matches("binary_op(2,").count(), 1, "{unit}");
+        compiles(&unit);
     }
 
     /// A sum of ten inputs folds into one chain only up to `MAX_LEAVES`
-    /// operands; an intermediate read with broadcasting (a row added to a
-    /// matrix) or a graph output is stored, not inlined.
+    /// operands; a chain read broadcast is recomputed (a row's exp, read
+    /// by an add over a matrix); a graph output is stored, not inlined.
     #[test]
-    fn chains_stop_at_the_operand_bound_broadcasts_and_outputs() {
+    fn chains_stop_at_the_operand_bound_and_outputs() {
         let mat = TensorType::new(DType::F32, Shape::of(&[3, 8]));
         let row = TensorType::new(DType::F32, Shape::of(&[8]));
         // Values 0..10: inputs; 10..19: the running sums s_i = s_{i-1} + x_{i+1}.
@@ -352,12 +629,14 @@ mod tests {
             .iter()
             .filter_map(|s| s.chain.as_ref().map(|c| (s.outs[0], c.ops)))
             .collect();
-        // Eight operands: seven adds; the last two adds form a chain of two.
+        // Eight operands: seven adds; the last two adds form a chain of
+        // two, which reads the first's result (so they stay apart).
         assert_eq!(ends, vec![(16, 7), (18, 2)]);
         assert!(steps.iter().all(|s| s.args.len() <= super::MAX_LEAVES));
 
-        // exp(row) feeds a broadcasting add, so it is stored; add -> neg
-        // fuse; neg's result is a graph output, so abs reads it stored.
+        // exp(row) feeds a broadcasting add: recomputed there, the row
+        // indexed as exp's result is; add -> neg fuse; neg's result is a
+        // graph output, so abs reads it stored.
         let types = vec![row.clone(), row, mat.clone(), mat.clone(), mat.clone(), mat];
         let mut steps = vec![
             step(Op::Unary(UnaryKind::Exp), Kernel::Unary, &[0], 1),
@@ -367,8 +646,12 @@ mod tests {
         ];
         let outputs: HashSet<usize> = [4, 5].into();
         let counts = super::fuse_chains(&mut steps, &types, &outputs);
-        assert_eq!(steps.len(), 3, "{counts:?}");
-        assert_eq!(steps[1].chain.as_ref().map(|c| c.ops), Some(2));
-        assert_eq!(steps[1].args, vec![2, 1]);
+        assert_eq!(steps.len(), 2, "{counts:?}");
+        let chain = steps[0].chain.as_ref().unwrap();
+        assert_eq!(
+            (chain.ops, &steps[0].args[..], &chain.index_as[..]),
+            (3, &[0, 2][..], &[1, 2][..])
+        );
+        assert_eq!(steps[1].args, vec![4]);
     }
 }

@@ -138,13 +138,20 @@ pub(super) fn fuse(
 
 /// Drops the `removed` steps and the views of what they produced.
 pub(super) fn drop_fused(steps: &mut Vec<Step>, removed: &HashSet<usize>) {
-    // Drop the fused steps and the views of what they produced.
+    // Drop the fused steps and the views of what they produced, unless a
+    // kept step now produces it (a generated kernel storing several).
+    let made_by_kept: HashSet<usize> = steps
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| !removed.contains(i) && !matches!(s.exec, Exec::View))
+        .flat_map(|(_, s)| s.outs.iter().copied())
+        .collect();
     let mut dead: HashSet<usize> = HashSet::new();
     let mut kept = Vec::with_capacity(steps.len());
     for (i, s) in std::mem::take(steps).into_iter().enumerate() {
         let is_dead = removed.contains(&i) || (matches!(s.exec, Exec::View) && dead.contains(&s.args[0]));
         if is_dead {
-            dead.extend(s.outs.iter().copied());
+            dead.extend(s.outs.iter().copied().filter(|o| !made_by_kept.contains(o)));
         } else {
             kept.push(s);
         }

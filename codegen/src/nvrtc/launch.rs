@@ -759,12 +759,24 @@ impl CudaProgram {
                 for (d, &e) in od.iter().enumerate() {
                     ix.dims[d] = e as i64;
                 }
-                for (l, &v) in a.iter().enumerate() {
+                if chain.index_as.len() != a.len() || s.outs.iter().any(|&o| dims[o] != *od) {
+                    return Err(format!(
+                        "{}: operands or results out of step (a lowering bug)",
+                        chain.name
+                    ));
+                }
+                for (l, &v) in chain.index_as.iter().enumerate() {
+                    if dims[v].len() > od.len() {
+                        return Err(format!(
+                            "{}: operand {l} of rank above the result's (a lowering bug)",
+                            chain.name
+                        ));
+                    }
                     for (d, st) in broadcast_strides(&dims[v], od).into_iter().enumerate() {
                         ix.st[l][d] = st;
                     }
                 }
-                let ptrs: Vec<u64> = a.iter().chain([&o0]).map(|&v| ptr[v]).collect();
+                let ptrs: Vec<u64> = a.iter().chain(&s.outs).map(|&v| ptr[v]).collect();
                 let n = n as i64;
                 let mut params: Vec<*mut std::ffi::c_void> = ptrs
                     .iter()
@@ -773,7 +785,7 @@ impl CudaProgram {
                 params.push(&n as *const i64 as *mut std::ffi::c_void);
                 params.push(&ix as *const EwIndex as *mut std::ffi::c_void);
                 // SAFETY: the generated kernel takes the operands' pointers,
-                // the result's, the element count and the index, in that
+                // the results', the element count and the index, in that
                 // order (`chains::generate`); the locals outlive the call.
                 unsafe { gpu.launch_dependent(&fns[0], ew(n as usize), false, &mut params) }
             }
