@@ -822,6 +822,67 @@ fn fused_gemvs_match_the_interpreter() {
     }
 }
 
+/// The final norm of a step graph in the LM head's GEMV: add_rms_norm,
+/// then index_select of the logits rows (axis -2, one picked twice), then
+/// the linear. At one to four rows the GEMV's fill gathers
+/// and normalises those rows (`rows` of `gemv_norm_*`) and neither the
+/// norm nor the gather launches; past four rows the three kernels run. At
+/// one row the ring GEMV gives the register GEMV's bits.
+#[test]
+fn gathered_norm_in_the_gemv_matches_the_interpreter() {
+    for t in [DType::F32, DType::BF16] {
+        for (tok, idx, k, n) in [
+            (5usize, vec![3i64], 264usize, 37usize),
+            (6, vec![0, 5, 2], 2056, 64),
+            (7, vec![6, 0, 3, 6, 2], 264, 37),
+        ] {
+            let rows = idx.len();
+            let text = format!(
+                "graph h(%x: {t}[1, {tok}, {k}], %r: {t}[1, {tok}, {k}], %nw: {t}[{k}], %i: i64[{rows}], %w: {t}[{n}, {k}]) -> (%y: {t}[1, {rows}, {n}]) {{
+  %0: {t}[1, {tok}, {k}], %1: {t}[1, {tok}, {k}] = add_rms_norm(%x, %r, %nw) {{axis = -1, eps = 1e-5}}
+  %2: {t}[1, {rows}, {k}] = index_select(%1, %i) {{axis = -2}}
+  %3: {t}[1, {rows}, {n}] = linear(%2, %w)
+  return %3
+}}"
+            );
+            let g = parse(&text).unwrap();
+            let mut inputs = random_inputs(
+                t,
+                &[
+                    ("x", vec![1, tok, k]),
+                    ("r", vec![1, tok, k]),
+                    ("nw", vec![k]),
+                    ("w", vec![n, k]),
+                ],
+                (tok * 13 + k) as u64,
+            );
+            inputs.insert("i".into(), Tensor::from_i64(DType::I64, &[rows], &idx));
+            let want = run(&g, &inputs, &WeightStore::new()).unwrap();
+            if !gpu() {
+                return;
+            }
+            let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+            assert_eq!(p.summary().gemv_norms, 1, "{t} rows {rows}: {:?}", p.summary());
+            p.set_gemv_ring_min_bytes(usize::MAX);
+            let got = p.run(&inputs).unwrap();
+            let fused = u64::from(rows <= src::GEMV_MAX_ROWS);
+            assert_eq!(
+                p.fused_gemv_launches(),
+                fused,
+                "{t} rows {rows}: fused GEMV launches"
+            );
+            let e = rel_l2(&got["y"], &want[0]);
+            assert!(e < tolerance(t) / 4.0 + 1e-6, "{t} rows {rows}: rel L2 {e}");
+            if t != DType::F32 && rows == 1 {
+                p.set_gemv_ring_min_bytes(0);
+                let ring = p.run(&inputs).unwrap();
+                assert_eq!(p.ring_gemv_launches(), 1, "{t}: ring GEMV launches");
+                assert!(ring["y"] == got["y"], "{t}: ring and register GEMVs differ");
+            }
+        }
+    }
+}
+
 /// The QKV projection's GEMV that also rotates queries and keys and
 /// writes the KV cache (`gemv_rope_*`, `gemv_norm_rope_*`) at one to four
 /// rows, against the interpreter, with attention reading what it wrote:

@@ -244,7 +244,8 @@ int main() {
                 // prologue past GEMV_PROLOGUE_MAX_N); its stand-in is a
                 // one-block GEMV of the same cost class.
                 launch(gemv_norm_bf16_m1, 1, 1, 1, 256, 2 * D * 2, (const bf16*)down, (const bf16*)resid,
-                       (const bf16*)fnorm, sum, eps, (const bf16*)wd[0], (const bf16*)nullptr, h, 16, D, 1);
+                       (const bf16*)fnorm, sum, eps, (const i64*)nullptr, 0, (const bf16*)wd[0],
+                       (const bf16*)nullptr, h, 16, D, 1);
                 if (rings((size_t)V * D * 2))
                     launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, D * 2 + ring, (const bf16*)h,
                            (const bf16*)whead, (const bf16*)nullptr, logits, V, D, 1);

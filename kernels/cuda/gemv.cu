@@ -58,11 +58,17 @@ template <typename T> struct GemvCopy {
 // scale is a weight (the host launches the GEMV as a dependent only then):
 // it streams into shared memory before the wait, each thread copying the
 // pieces it rescales, so after the wait the fill is one L2 round trip.
+// With `rows`, row j of x is row rows[j] of a and r (counted from the end
+// when negative; zeros outside their `nrows`), as an index_select of the
+// norm's result would pick it: the final norm of a step graph runs in the
+// LM head's GEMV on the logits rows only (the host passes no `sum` then).
 template <typename T, int M> struct GemvAddRmsNorm {
     static constexpr int EXTRA = 1;
     const T *a, *r, *nw;
     T* sum;
     float eps;
+    const i64* rows = nullptr;
+    int nrows = 0;
     __device__ void prefetch(T* xs, int m, int k) const {
         if (!nw) return;
         for (int i = threadIdx.x * 8; i < k; i += blockDim.x * 8) {
@@ -86,8 +92,14 @@ template <typename T, int M> struct GemvAddRmsNorm {
         for (int j = 0; j < M; ++j) {
             ss[j] = 0.f;
             if (j >= m) continue;
-            const T* aj = a + (i64)j * k;
-            const T* rj = r ? r + (i64)j * k : nullptr;
+            i64 src = j;
+            bool zero = false;
+            if (rows) {
+                src = rows[j] < 0 ? rows[j] + nrows : rows[j];
+                zero = src < 0 || src >= nrows;
+            }
+            const T* aj = a + (zero ? 0 : src) * k;
+            const T* rj = r ? r + (zero ? 0 : src) * k : nullptr;
             for (int i0 = threadIdx.x * 8; i0 < k; i0 += B * step) {
                 uint4 ra[B][H], rr[B][H];
 #pragma unroll
@@ -95,8 +107,10 @@ template <typename T, int M> struct GemvAddRmsNorm {
                     const int i = i0 + q * step;
 #pragma unroll
                     for (int h = 0; h < H; ++h) {
-                        ra[q][h] = i < k ? reinterpret_cast<const uint4*>(aj + i)[h] : make_uint4(0, 0, 0, 0);
-                        rr[q][h] = rj && i < k ? reinterpret_cast<const uint4*>(rj + i)[h] : make_uint4(0, 0, 0, 0);
+                        ra[q][h] =
+                            i < k && !zero ? reinterpret_cast<const uint4*>(aj + i)[h] : make_uint4(0, 0, 0, 0);
+                        rr[q][h] = rj && i < k && !zero ? reinterpret_cast<const uint4*>(rj + i)[h]
+                                                        : make_uint4(0, 0, 0, 0);
                     }
                 }
 #pragma unroll
@@ -484,10 +498,10 @@ static_assert(GemvPlain::WARPS * 32 == 256 && GemvNorm::WARPS * 32 == 256 && Gem
         gemv_impl<T, MR, GemvPlain>(GemvCopy<T>{x}, GemvStore<T>{y, b}, w, n, k, m);                       \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                      \
-        gemv_norm_##N##_m##MR(const T* a, const T* r, const T* nw, T* sum, float eps, const T* w,          \
-                              const T* b, T* y, int n, int k, int m) {                                     \
-        gemv_impl<T, MR, GemvNorm>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps}, GemvStore<T>{y, b}, w, n, k, \
-                                   m);                                                                     \
+        gemv_norm_##N##_m##MR(const T* a, const T* r, const T* nw, T* sum, float eps, const i64* rows,     \
+                              int nrows, const T* w, const T* b, T* y, int n, int k, int m) {              \
+        gemv_impl<T, MR, GemvNorm>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps, rows, nrows},                 \
+                                   GemvStore<T>{y, b}, w, n, k, m);                                        \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(128) gemv_glu_##N##_m##MR(                                \
         const T* x, const T* w, const T* b, T* y, int n, int k, int m) {                                   \
@@ -526,10 +540,10 @@ static_assert(GemvRingPlain::WARPS * 32 == 256 && GemvRingGlu::WARPS * 32 == 128
         gemv_ring_impl<T, 1, GemvRingPlain>(GemvCopy<T>{x}, GemvStore<T>{y, b}, w, n, k, m);               \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                      \
-        gemv_norm_ring_##N##_m1(const T* a, const T* r, const T* nw, T* sum, float eps, const T* w,        \
-                                const T* b, T* y, int n, int k, int m) {                                   \
-        gemv_ring_impl<T, 1, GemvRingPlain>(GemvAddRmsNorm<T, 1>{a, r, nw, sum, eps}, GemvStore<T>{y, b},  \
-                                            w, n, k, m);                                                   \
+        gemv_norm_ring_##N##_m1(const T* a, const T* r, const T* nw, T* sum, float eps, const i64* rows,   \
+                                int nrows, const T* w, const T* b, T* y, int n, int k, int m) {            \
+        gemv_ring_impl<T, 1, GemvRingPlain>(GemvAddRmsNorm<T, 1>{a, r, nw, sum, eps, rows, nrows},         \
+                                            GemvStore<T>{y, b}, w, n, k, m);                               \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(128) gemv_glu_ring_##N##_m1(                              \
         const T* x, const T* w, const T* b, T* y, int n, int k, int m) {                                   \

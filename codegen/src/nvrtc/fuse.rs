@@ -284,21 +284,29 @@ pub(super) fn fused_gemvs(steps: &mut [Step], types: &[TensorType], outputs: &Ha
         if !matches!(steps[li].exec, Exec::Kernel(Kernel::Linear, _)) {
             continue;
         }
-        let norm = fusable_norm(steps, types, outputs, &uses, li);
         let glu = fusable_glu(steps, types, outputs, &uses, li);
         let rope = fusable_rope(steps, types, outputs, &uses, li);
+        // Only the plain GEMV's fill gathers rows.
+        let norm = fusable_norm(steps, types, outputs, &uses, li)
+            .filter(|&(_, gather)| gather.is_none() || (glu.is_none() && rope.is_none()));
         if norm.is_none() && glu.is_none() && rope.is_none() {
             continue;
         }
-        if let Some(p) = norm {
-            steps[li].also_reads = steps[p].args.iter().chain(&steps[p].outs).copied().collect();
+        if let Some((p, gather)) = norm {
+            let mut reads: Vec<usize> = steps[p].args.iter().chain(&steps[p].outs).copied().collect();
+            if let Some(g) = gather {
+                reads.extend(steps[g].args.iter().chain(&steps[g].outs));
+                steps[g].deferred_to = Some(li);
+            }
+            steps[li].also_reads = reads;
             steps[p].deferred_to = Some(li);
             count.norms += 1;
         }
         count.glus += usize::from(glu.is_some());
         count.ropes += usize::from(rope.is_some());
         steps[li].fused = Some(FusedGemv {
-            norm,
+            norm: norm.map(|(p, _)| p),
+            gather: norm.and_then(|(_, g)| g),
             glu,
             rope,
             fns: Vec::new(),
@@ -308,15 +316,22 @@ pub(super) fn fused_gemvs(steps: &mut [Step], types: &[TensorType], outputs: &Ha
 }
 
 /// The RMSNorm or add+RMSNorm step whose normalised result is linear
-/// `li`'s x and nothing else's, with a per-column scale if any.
+/// `li`'s x and nothing else's, with a per-column scale if any; or whose
+/// rows an index_select picks for x (the logits rows before the LM head),
+/// with that step, when nothing reads the norm's sum.
 fn fusable_norm(
     steps: &[Step],
     types: &[TensorType],
     outputs: &HashSet<usize>,
     uses: &Uses,
     li: usize,
-) -> Option<usize> {
-    let x = uses.root(steps, steps[li].args[0]);
+) -> Option<(usize, Option<usize>)> {
+    let x0 = uses.root(steps, steps[li].args[0]);
+    let gather = row_gather(steps, types, outputs, uses, li, x0);
+    let (x, to) = match gather {
+        Some(g) => (uses.root(steps, steps[g].args[0]), g),
+        None => (x0, li),
+    };
     let p = *uses.producer.get(&x)?;
     let (y, scale) = match steps[p].exec {
         Exec::Kernel(Kernel::RmsNorm, _) => (steps[p].outs[0], steps[p].args.get(1)),
@@ -325,8 +340,40 @@ fn fusable_norm(
     };
     let k = konst(types[y].shape.dims().last()?)?;
     let scale_ok = scale.is_none_or(|&w| types[w].shape.as_consts() == Some(vec![k as i64]));
-    (y == x && scale_ok && steps[p].deferred_to.is_none() && uses.read_only_by(steps, y, li, outputs))
-        .then_some(p)
+    // Gathered rows leave the norm's other rows unmade: nothing may read
+    // its sum.
+    let sum_unread = gather.is_none()
+        || steps[p].outs.len() == 1
+        || (!outputs.contains(&steps[p].outs[0]) && !uses.readers.contains_key(&steps[p].outs[0]));
+    (y == x
+        && scale_ok
+        && sum_unread
+        && steps[p].deferred_to.is_none()
+        && uses.read_only_by(steps, y, to, outputs))
+    .then_some((p, gather))
+}
+
+/// The index_select step that makes linear `li`'s x (`x`) from rows of a
+/// matrix (axis -2, nothing but ones before it), read by nothing else.
+fn row_gather(
+    steps: &[Step],
+    types: &[TensorType],
+    outputs: &HashSet<usize>,
+    uses: &Uses,
+    li: usize,
+    x: usize,
+) -> Option<usize> {
+    let g = uses.kernel_producer(steps, x, Kernel::IndexSelect)?;
+    let Op::IndexSelect(o) = &steps[g].op else {
+        return None;
+    };
+    let dims = types[steps[g].args[0]].shape.dims();
+    let rows_axis = normalize_axis(o.axis, dims.len()).ok()? + 2 == dims.len();
+    let ones_before = dims[..dims.len().saturating_sub(2)]
+        .iter()
+        .all(|d| konst(d) == Some(1));
+    (rows_axis && ones_before && steps[g].deferred_to.is_none() && uses.read_only_by(steps, x, li, outputs))
+        .then_some(g)
 }
 
 /// The rope + cache write step (`Kernel::RopeQkvCache`) that is the one

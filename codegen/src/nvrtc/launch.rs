@@ -270,8 +270,24 @@ impl CudaProgram {
         let Some((x, r, nw, sum, eps)) = norm else {
             return launch_dependent!(gpu, f, c, weight_first; x = ptr[a[0]], w = w, b = bias, y = y, n = n, k = k, m = m);
         };
+        if z.glu.is_some() {
+            return launch_dependent!(gpu, f, c, weight_first;
+                x = x, r = r, nw = nw, sum = sum, eps = eps, w = w, b = bias, y = y, n = n, k = k, m = m);
+        }
+        // The plain GEMV may take x's rows from the norm's operands
+        // (`gather`): then only those rows are normalised, and the sum,
+        // which nothing reads, is not stored.
+        let (rows, nrows, sum) = match (z.gather, z.norm) {
+            (Some(g), Some(p)) => {
+                let a0 = steps[p].args[0];
+                let nrows = dims[a0].iter().product::<usize>() / kd.max(1);
+                (ptr[steps[g].args[1]], nrows as i32, 0u64)
+            }
+            _ => (0u64, 0i32, sum),
+        };
         launch_dependent!(gpu, f, c, weight_first;
-            x = x, r = r, nw = nw, sum = sum, eps = eps, w = w, b = bias, y = y, n = n, k = k, m = m)
+            x = x, r = r, nw = nw, sum = sum, eps = eps, rows = rows, nrows = nrows, w = w, b = bias, y = y,
+            n = n, k = k, m = m)
     }
 
     /// The launch of the ring GEMV (`gemv*_ring_*_m1`) for a linear of

@@ -67,6 +67,9 @@ pub(super) struct Step {
 pub(super) struct FusedGemv {
     /// The (add+)RMSNorm step that makes x, done as the block fills x.
     pub(super) norm: Option<usize>,
+    /// The index_select that picks x's rows from the norm's result: the
+    /// fill normalises those rows only (`rows` of `gemv_norm_*`).
+    pub(super) gather: Option<usize>,
     /// The SwiGLU step that reads the product, done at the store.
     pub(super) glu: Option<usize>,
     /// The rope + cache write step that reads the (QKV) product, done at
