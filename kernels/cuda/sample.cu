@@ -142,7 +142,10 @@ extern "C" __global__ void ids_from_picks(void* ids, const int* picks, const int
 // the row in its order (decreasing probability, ties by lower id), so each
 // filter is a cut in that order. The fast path (`SampleFast`) gathers the
 // few tokens a coarse histogram says the cut can reach, sorts them in that
-// order and cuts and draws as the host does. Otherwise a cut (key, id)
+// order and cuts and draws as the host does. With no top-k or min-p cut
+// (temperature alone, or top-p over a flat row) the histogram's exact
+// integer mass per bin says which bin the top-p cut and the draw fall in,
+// and only those bins are gathered and sorted (the bin path). Otherwise a cut (key, id)
 // keeps the elements whose order key is above `key`, and those equal to
 // it whose id is at most `id`: top-k and top-p cuts come from radix
 // selects over 32-bit order-preserving keys of the scaled logits (weights:
@@ -378,6 +381,7 @@ struct SampleFast {
     u64 cum[SAMPLE_CAP];
     unsigned count[SAMPLE_BINS];
     float mass[SAMPLE_BINS];
+    u64 bmass[SAMPLE_BINS];  // integer mass per bin (exact)
     int last_bin, n, keep;
 };
 
@@ -392,11 +396,13 @@ struct SampleStat {
 };
 
 // A piece's share of the row's softmax denominator, total mass and coarse
-// histogram, all relative to the row's maximum (4,112 bytes, 8-aligned).
+// histogram (integer and float mass, count per bin), all relative to the
+// row's maximum (8,208 bytes, 8-aligned).
 struct SamplePart {
     float se;
     unsigned pad;
     u64 total;
+    u64 bmass[SAMPLE_BINS];
     unsigned count[SAMPLE_BINS];
     float mass[SAMPLE_BINS];
 };
@@ -443,6 +449,7 @@ template <typename T>
 __device__ void sample_hist_impl(const T* x, const SampleRow* rows, const SampleStat* stats, SamplePart* out, int n) {
     __shared__ float fred[32];
     __shared__ u64 ured[32];
+    __shared__ u64 bmass[SAMPLE_BINS];
     __shared__ unsigned count[SAMPLE_BINS];
     __shared__ float mass[SAMPLE_BINS];
     const i64 r = blockIdx.x;
@@ -453,6 +460,7 @@ __device__ void sample_hist_impl(const T* x, const SampleRow* rows, const Sample
     u64 valid;
     sample_row_stats(stats + r * parts, parts, &m, &valid, fred, ured);
     for (int b = threadIdx.x; b < SAMPLE_BINS; b += blockDim.x) {
+        bmass[b] = 0;
         count[b] = 0;
         mass[b] = 0.f;
     }
@@ -465,9 +473,11 @@ __device__ void sample_hist_impl(const T* x, const SampleRow* rows, const Sample
         for_each_scaled(x + r * n + b0, len, t, [&](int, float z) {
             if (sample_key(z)) {
                 const float e = expf(z - m);
+                const u64 w = sample_mass(z, m);
                 se += e;
-                total += sample_mass(z, m);
+                total += w;
                 const int b = sample_bin(z, m);
+                if (w) atomicAdd(&bmass[b], w);
                 atomicAdd(&count[b], 1u);
                 atomicAdd(&mass[b], e);
             }
@@ -477,6 +487,7 @@ __device__ void sample_hist_impl(const T* x, const SampleRow* rows, const Sample
     total = block_sum(total, ured);
     SamplePart* o = out + r * parts + blockIdx.y;
     for (int b = threadIdx.x; b < SAMPLE_BINS; b += blockDim.x) {
+        o->bmass[b] = bmass[b];
         o->count[b] = count[b];
         o->mass[b] = mass[b];
     }
@@ -500,6 +511,74 @@ __device__ __forceinline__ bool sample_before(const SampleFast& f, int a, int b)
     return f.key[a] > f.key[b] || (f.key[a] == f.key[b] && f.id[a] < f.id[b]);
 }
 
+// Gathers the `cands` (at most SAMPLE_CAP) sampleable elements whose bin
+// lies in [lo, hi] into f, sorts them into the host's order (bitonic, in
+// shared memory) and sets f.cum[j] to `base` plus the masses of the first
+// j + 1 of them.
+template <typename T>
+__device__ void sample_gather_sorted(const T* x, int n, float t, float m, int lo, int hi, int cands, u64 base,
+                                     SampleFast& f, u64* ured) {
+    if (threadIdx.x == 0) f.n = 0;
+    __syncthreads();
+    // In any order; the sort orders them.
+    for_each_scaled(x, n, t, [&](int i, float z) {
+        const unsigned k = sample_key(z);
+        if (!k) return;
+        const int b = sample_bin(z, m);
+        if (b >= lo && b <= hi) {
+            const int slot = atomicAdd(&f.n, 1);
+            f.key[slot] = k;
+            f.id[slot] = i;
+        }
+    });
+    __syncthreads();
+    int pn = 1;
+    while (pn < cands) pn <<= 1;
+    for (int j = cands + threadIdx.x; j < pn; j += blockDim.x) {
+        f.key[j] = 0u;
+        f.id[j] = 0x7fffffff;
+    }
+    __syncthreads();
+    for (int size = 2; size <= pn; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int q = threadIdx.x; q < pn / 2; q += blockDim.x) {
+                const int lo2 = 2 * q - (q & (stride - 1)), hi2 = lo2 + stride;
+                const bool up = (lo2 & size) == 0;
+                if (up ? sample_before(f, hi2, lo2) : sample_before(f, lo2, hi2)) {
+                    const unsigned tk = f.key[lo2];
+                    const int ti = f.id[lo2];
+                    f.key[lo2] = f.key[hi2];
+                    f.id[lo2] = f.id[hi2];
+                    f.key[hi2] = tk;
+                    f.id[hi2] = ti;
+                }
+            }
+            __syncthreads();
+        }
+    }
+    // Running masses in that order: two candidates a thread.
+    const int j0 = 2 * threadIdx.x;
+    const u64 w0 = j0 < cands ? sample_mass(key_value(f.key[j0]), m) : 0ull;
+    const u64 w1 = j0 + 1 < cands ? sample_mass(key_value(f.key[j0 + 1]), m) : 0ull;
+    u64 all;
+    const u64 before = base + block_exclusive_u64(w0 + w1, ured, &all);
+    if (j0 < SAMPLE_CAP) {
+        f.cum[j0] = before + w0;
+        f.cum[j0 + 1] = before + w0 + w1;
+    }
+    __syncthreads();
+}
+
+// One warp: the integer mass of the bins before bin `b`.
+__device__ u64 sample_mass_before(const u64* h, int b) {
+    const int lane = threadIdx.x & 31;
+    u64 v = 0;
+    for (int e = lane; e < b; e += 32) v += h[e];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 // Grid (rows), 1024 threads: out[row] the sampled token, lp[row] its log
 // probability under the scaled logits (before the filters, as the host).
 template <typename T>
@@ -510,7 +589,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     __shared__ float fred[32];
     __shared__ u64 ured[33];
     __shared__ float se_s;
-    __shared__ u64 total_s;
+    __shared__ u64 total_s, bin_base;
     const i64 r = blockIdx.x;
     x += r * n;
     stats += r * nparts;
@@ -538,12 +617,15 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     for (int b = threadIdx.x; b < SAMPLE_BINS; b += blockDim.x) {
         unsigned c = 0;
         float w = 0.f;
+        u64 iw = 0;
         for (int q = 0; q < nparts; ++q) {
             c += parts[q].count[b];
             w += parts[q].mass[b];
+            iw += parts[q].bmass[b];
         }
         f.count[b] = c;
         f.mass[b] = w;
+        f.bmass[b] = iw;
     }
     if (threadIdx.x == 0) {
         float a = 0.f;
@@ -587,52 +669,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     __syncthreads();
     const int cands = f.keep;
     if (cands <= SAMPLE_CAP) {
-        // Gather the candidates (in any order; the sort orders them).
-        const int last = f.last_bin;
-        for_each_scaled(x, n, t, [&](int i, float z) {
-            unsigned k = sample_key(z);
-            if (k && sample_bin(z, m) <= last) {
-                const int slot = atomicAdd(&f.n, 1);
-                f.key[slot] = k;
-                f.id[slot] = i;
-            }
-        });
-        __syncthreads();
-        int pn = 1;
-        while (pn < cands) pn <<= 1;
-        for (int j = cands + threadIdx.x; j < pn; j += blockDim.x) {
-            f.key[j] = 0u;
-            f.id[j] = 0x7fffffff;
-        }
-        __syncthreads();
-        // Bitonic sort into the host's order.
-        for (int size = 2; size <= pn; size <<= 1) {
-            for (int stride = size >> 1; stride > 0; stride >>= 1) {
-                for (int q = threadIdx.x; q < pn / 2; q += blockDim.x) {
-                    const int lo = 2 * q - (q & (stride - 1)), hi = lo + stride;
-                    const bool up = (lo & size) == 0;
-                    if (up ? sample_before(f, hi, lo) : sample_before(f, lo, hi)) {
-                        const unsigned tk = f.key[lo];
-                        const int ti = f.id[lo];
-                        f.key[lo] = f.key[hi];
-                        f.id[lo] = f.id[hi];
-                        f.key[hi] = tk;
-                        f.id[hi] = ti;
-                    }
-                }
-                __syncthreads();
-            }
-        }
-        // Running masses in that order: two candidates a thread.
-        const int j0 = 2 * threadIdx.x;
-        const u64 w0 = j0 < cands ? sample_mass(key_value(f.key[j0]), m) : 0ull;
-        const u64 w1 = j0 + 1 < cands ? sample_mass(key_value(f.key[j0 + 1]), m) : 0ull;
-        u64 all;
-        const u64 before = block_exclusive_u64(w0 + w1, ured, &all);
-        if (j0 < SAMPLE_CAP) {
-            f.cum[j0] = before + w0;
-            f.cum[j0 + 1] = before + w0 + w1;
-        }
+        sample_gather_sorted(x, n, t, m, 0, f.last_bin, cands, 0ull, f, ured);
         if (threadIdx.x == 0) f.keep = cands;
         __syncthreads();
         // How many to keep: each filter's cut, the shortest.
@@ -659,6 +696,87 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             }
         }
         return;
+    }
+
+    // The bin path, when neither top-k nor min-p cuts (temperature alone,
+    // or top-p over a flat row): the exact integer mass per bin says which
+    // bin the top-p cut falls in and which the draw does; only those bins'
+    // elements are gathered and sorted. Bins run in the host's order (a
+    // larger logit is never in a later bin), so bins before the one found
+    // are whole prefixes of it.
+    if (!(top_k > 0 && (u64)top_k < valid) && !(!greedy && p.min_p > 0.f)) {
+        u64 kept = total;
+        int sorted_bin = -1;  // the bin f holds sorted, its kept prefix in f.keep
+        bool fits = true;
+        if (!greedy && p.top_p < 1.f) {
+            if (threadIdx.x < 32) {
+                const int b = first_bin_reaching<u64>(f.bmass, top_p_target);
+                const u64 base = sample_mass_before(f.bmass, b);
+                if (threadIdx.x == 0) {
+                    f.last_bin = b;
+                    bin_base = base;
+                }
+            }
+            __syncthreads();
+            const int bp = f.last_bin;
+            const u64 base = bin_base;
+            const int in_bin = (int)f.count[bp];
+            __syncthreads();
+            if (in_bin <= SAMPLE_CAP) {
+                sample_gather_sorted(x, n, t, m, bp, bp, in_bin, base, f, ured);
+                if (threadIdx.x == 0) f.keep = in_bin;
+                __syncthreads();
+                for (int j = threadIdx.x; j < in_bin; j += blockDim.x)
+                    if (f.cum[j] >= top_p_target && (j == 0 || f.cum[j - 1] < top_p_target)) atomicMin(&f.keep, j + 1);
+                __syncthreads();
+                kept = f.cum[f.keep - 1];
+                sorted_bin = bp;
+            } else {
+                fits = false;
+            }
+        }
+        if (fits && kept == 0) {
+            sample_none(out, lp, r);
+            return;
+        }
+        u64 goal = (u64)(p.u * (double)kept);
+        if (goal >= kept) goal = kept - 1;
+        int len = 0;
+        if (fits) {
+            // The draw's bin: the first whose running mass passes the goal.
+            if (threadIdx.x < 32) {
+                const int b = first_bin_reaching<u64>(f.bmass, goal + 1);
+                const u64 base = sample_mass_before(f.bmass, b);
+                if (threadIdx.x == 0) {
+                    f.last_bin = b;
+                    bin_base = base;
+                }
+            }
+            __syncthreads();
+            const int bd = f.last_bin;
+            if (bd == sorted_bin) {
+                len = f.keep;
+            } else {
+                const u64 base = bin_base;
+                const int in_bin = (int)f.count[bd];
+                __syncthreads();
+                if (in_bin <= SAMPLE_CAP) {
+                    sample_gather_sorted(x, n, t, m, bd, bd, in_bin, base, f, ured);
+                    len = in_bin;
+                } else {
+                    fits = false;
+                }
+            }
+        }
+        if (fits) {
+            for (int j = threadIdx.x; j < len; j += blockDim.x) {
+                if (f.cum[j] > goal && (j == 0 || f.cum[j - 1] <= goal)) {
+                    out[r] = f.id[j];
+                    lp[r] = key_value(f.key[j]) - m - logf(se);
+                }
+            }
+            return;
+        }
     }
 
     // The cut: everything, then each filter's prefix, keeping the shortest.

@@ -153,7 +153,7 @@ const SAMPLE_CHUNK: usize = 4096;
 
 /// Bytes of a piece's `SampleStat` and `SamplePart` (sample.cu).
 const SAMPLE_STAT_BYTES: usize = 8;
-const SAMPLE_PART_BYTES: usize = 16 + 512 * 8;
+const SAMPLE_PART_BYTES: usize = 16 + 512 * 16;
 
 impl Pick {
     /// Whether the pick samples (a captured graph is one or the other).
@@ -589,9 +589,9 @@ mod tests {
                 .unwrap_or_else(|| panic!("no #define {name} in sample.cu"))
         };
         assert_eq!(define("SAMPLE_CHUNK"), super::SAMPLE_CHUNK);
-        // se, pad, total, then a count and a mass per bin.
-        assert_eq!(super::SAMPLE_PART_BYTES, 16 + define("SAMPLE_BINS") * 8);
-        assert_eq!(super::SAMPLE_PART_BYTES, 4112);
-        assert!(src.contains("(4,112 bytes, 8-aligned)"));
+        // se, pad, total, then an integer mass, a count and a mass per bin.
+        assert_eq!(super::SAMPLE_PART_BYTES, 16 + define("SAMPLE_BINS") * 16);
+        assert_eq!(super::SAMPLE_PART_BYTES, 8208);
+        assert!(src.contains("(8,208 bytes, 8-aligned)"));
     }
 }
