@@ -362,7 +362,8 @@ __device__ void attention_piece(const Model& m, int l, int a, float* qs) {
 __host__ __device__ inline int attention_owner(int a, int G, int WARPS) { return (a % G) * WARPS + (a / G) % WARPS; }
 
 template <int WARPS, int S, int PF>
-__global__ void __launch_bounds__(WARPS * 32, 1) mega_step(const Model m, int attention) {
+__global__ void __launch_bounds__(WARPS * 32, 1) mega_step(const Model m, int mode) {
+    const bool attention = mode & 1, barriers_on = !(mode & 2);
     extern __shared__ __align__(16) unsigned char mega_smem[];
     constexpr int XS = (F > WARPS * GQA * HD * 2 ? F : WARPS * GQA * HD * 2);  // bf16 elements
     __shared__ float scratch[32];
@@ -414,7 +415,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) mega_step(const Model m, int at
     for (int p = 0; p < NPHASE; ++p) {
         const int kind = phase_kind(p), l = p / 5;
         if (kind == K_ATT && !attention) continue;
-        if (p > 0) grid_barrier(&m.bar[0], ++barriers * G);
+        if (p > 0 && barriers_on) grid_barrier(&m.bar[0], ++barriers * G);
         // The phase's x.
         if (kind == K_QKV)
             fill_norm<WARPS * 32>(xs, l == 0 ? m.h0 : m.hout + (size_t)(l - 1) * D, m.nw1 + (size_t)l * D, scratch);
@@ -670,7 +671,7 @@ static float time_graph(cudaGraphExec_t ge, cudaEvent_t e0, cudaEvent_t e1) {
 
 struct Config {
     const char* name;
-    void (*kernel)(const Model, int);
+    void (*kernel)(const Model, int);  // mode: 1 attention, 2 no barriers
     int warps, s;
 };
 
@@ -678,13 +679,14 @@ int main(int argc, char** argv) {
     const bool walk_only = argc > 1 && !strcmp(argv[1], "--walk");
     // The walks at this GPU's grid and at others, before any CUDA call.
     for (int G : {132, 114, 7})
-        for (int WARPS : {8, 16})
+        for (int WARPS : {8, 12, 16})
             if (!check_walks(G, WARPS)) return 1;
     if (walk_only) return 0;
 
     int sms = 0;
     CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-    CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    // A blocking stream: the host's copies between runs are ordered with it.
+    CK(cudaStreamCreate(&stream));
     // Weights (per layer contiguous) and the paged caches.
     bf16* wqkv = dalloc((size_t)L * QKV * D, 100, 0.05f);
     bf16* wo = dalloc((size_t)L * D * D, 200, 0.05f);
@@ -759,7 +761,7 @@ int main(int argc, char** argv) {
                fa.numRegs, (int)fa.localSizeBytes, fit);
         if (fit < 1) return 1;
     }
-    auto launch_stream = [&](const Config& c, int attention) {
+    auto launch_stream = [&](const Config& c, int mode) {
         const int xs = std::max(F, c.warps * GQA * HD * 2) * 2;
         const int smem = xs + c.warps * c.s * CH * 2;
         cudaLaunchConfig_t lc = {};
@@ -769,7 +771,7 @@ int main(int argc, char** argv) {
         lc.stream = stream;
         // One block an SM fits (checked above) and nothing else runs, so
         // every block is resident and the barriers cannot hang.
-        CK(cudaLaunchKernelEx(&lc, c.kernel, (const Model)m, attention));
+        CK(cudaLaunchKernelEx(&lc, c.kernel, (const Model)m, mode));
     };
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
@@ -845,23 +847,32 @@ int main(int argc, char** argv) {
             launch_stream(c, 1);
             CK(cudaStreamSynchronize(stream));
             CK(cudaGetLastError());
+            // bf16 stores after every op and different f32 summation
+            // orders: the error ramps up over the layers (about 1e-3 a
+            // layer, simulated); an indexing bug shows as a jump to ~1.
+            char ramp[256];
+            int at = 0;
+            for (int l = 0; l < L; l += 3)
+                at += snprintf(ramp + at, sizeof ramp - at, " %.0e", rel_l2(m.hout + (size_t)l * D, rout + (size_t)l * D, D));
             const float e_layer0 = rel_l2(m.hout, rout, D), e_logits = rel_l2(m.logits, rlogits, V);
-            const bool good = e_layer0 < 2e-2f && e_logits < 2e-2f;
+            const bool good = e_layer0 < 2e-2f && e_logits < 1e-1f;
             ok = ok && good;
-            for (int attention : {1, 0}) {
+            // 1: the step; 0: no attention; 2: no barriers either (wrong
+            // results; what streaming the weights alone costs).
+            for (int mode : {1, 0, 2}) {
                 cudaGraph_t g;
                 cudaGraphExec_t ge;
                 CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-                launch_stream(c, attention);
+                launch_stream(c, mode);
                 CK(cudaStreamEndCapture(stream, &g));
                 CK(cudaGraphInstantiate(&ge, g, 0));
                 const float us = time_graph(ge, e0, e1);
                 CK(cudaGetLastError());
-                if (attention)
-                    printf("  %-36s %8.1f us  (rel L2: layer 0 %.2e, logits %.2e%s)\n", c.name, us, e_layer0,
-                           e_logits, good ? "" : " FAIL");
+                if (mode == 1)
+                    printf("  %-36s %8.1f us  (rel L2: logits %.2e; h every 3rd layer%s%s)\n", c.name, us, e_logits,
+                           ramp, good ? "" : " FAIL");
                 else
-                    printf("  %-36s %8.1f us  (no attention)\n", c.name, us);
+                    printf("  %-36s %8.1f us  (%s)\n", c.name, us, mode == 0 ? "no attention" : "no attention, no barriers");
                 CK(cudaGraphExecDestroy(ge));
                 CK(cudaGraphDestroy(g));
             }
