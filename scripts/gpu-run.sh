@@ -6,7 +6,7 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, sample, ab, gemvbench, stepbench, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, sample, ab, gemvbench, stepbench, megabench, profile, graphprof, ncu, ncudetail, peer.
 # Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p and top-p alone).
 # `ab` runs the workloads with switch AB_VAR (default OPTC_ASYNC_SCHEDULING; e.g.
 # OPTC_CUDA_PDL) at 1, 0, 1, 0 in one call; `gemvbench` compiles and runs
@@ -76,6 +76,12 @@ if has stepbench; then
   echo "== a W1 decode step's kernels, with and without each (kernels/bench/step_bench.cu)"
   nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/step_bench kernels/bench/step_bench.cu 2>&1 | grep -i error
   /tmp/step_bench | tee "$OUT/step_bench.txt"
+fi
+if has megabench; then
+  echo "== one persistent kernel for a W1 step against the launch chain (kernels/bench/mega_bench.cu)"
+  nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/mega_bench kernels/bench/mega_bench.cu 2>&1 | grep -i error
+  # A barrier bug would hang the persistent kernel: bounded.
+  timeout 240 /tmp/mega_bench | tee "$OUT/mega_bench.txt"
 fi
 if has profile; then
   echo "== optc bench per workload with OPTC_CUDA_PROFILE=1 (GPU time per kernel kind)"
