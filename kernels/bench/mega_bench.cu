@@ -828,7 +828,8 @@ int main(int argc, char** argv) {
                        (const bf16*)(wd + (size_t)l * D * F), (const bf16*)nullptr, cdown, D, F, 1);
             }
             launch(gemv_norm_bf16_m1, 1, 1, 1, 256, 2 * D * 2, (const bf16*)cdown, (const bf16*)cres,
-                   (const bf16*)fnorm, csum, EPS, (const bf16*)wd, (const bf16*)nullptr, ch, 16, D, 1);
+                   (const bf16*)fnorm, csum, EPS, (const i64*)nullptr, 0, (const bf16*)wd, (const bf16*)nullptr,
+                   ch, 16, D, 1);
             launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, D * 2 + ring, (const bf16*)ch, (const bf16*)whead,
                    (const bf16*)nullptr, clogits, V, D, 1);
             CK(cudaStreamEndCapture(stream, &g));
