@@ -6,9 +6,9 @@
 // - `reference`: plain, obviously correct kernels (a warp a row, a block
 //   a head), for the error check only;
 // - `chain`: optc's kernels as its step graph launches them today (ring
-//   GEMVs for gate/up, down and the LM head, register GEMVs for QKV and o,
-//   paged decode attention), with programmatic dependent launch, in a
-//   CUDA graph; as `rings: whole step` in step_bench.cu;
+//   GEMVs for gate/up, down and the LM head, the final norm in the LM
+//   head's fill, register GEMVs for QKV and o, paged decode attention),
+//   with programmatic dependent launch, in a CUDA graph;
 // - `stream`: one persistent kernel, one block an SM. Each warp owns a
 //   ring of S two-kilobyte weight tiles in shared memory (cp.async) and
 //   walks the whole step's tiles in order: the tiles of its rows of
@@ -734,12 +734,14 @@ int main(int argc, char** argv) {
     bf16 *cq = dalloc(HQ * HD, 4, 1.f), *catt = dalloc(HQ * HD, 5, 1.f), *cob = dalloc(D, 6, 1.f);
     bf16 *cglu = dalloc(F, 7, 1.f), *cdown = dalloc(D, 8, 1.f), *clogits = dalloc(V, 9, 1.f);
     float* cpart = dzero<float>(64 * HQ * (HD + 2));
+    i64* row0 = dzero<i64>(1);
     int* ccount = dzero<int>(64);
     CK(cudaDeviceSynchronize());
 
     const unsigned att_smem = 4 * 2 * 2 * 32 * (HD + 8) * 2;
     CK(cudaFuncSetAttribute(paged_decode_bf16_d64, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem));
-    for (auto f : {(const void*)gemv_ring_bf16_m1, (const void*)gemv_norm_glu_ring_bf16_m1})
+    for (auto f : {(const void*)gemv_ring_bf16_m1, (const void*)gemv_norm_glu_ring_bf16_m1,
+                   (const void*)gemv_norm_ring_bf16_m1})
         CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
     const Config configs[] = {
         {"stream 16 warps, S 6", mega_step<16, 6, 0>, 16, 6},
@@ -827,11 +829,10 @@ int main(int argc, char** argv) {
                 launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, F * 2 + ring, (const bf16*)cglu,
                        (const bf16*)(wd + (size_t)l * D * F), (const bf16*)nullptr, cdown, D, F, 1);
             }
-            launch(gemv_norm_bf16_m1, 1, 1, 1, 256, 2 * D * 2, (const bf16*)cdown, (const bf16*)cres,
-                   (const bf16*)fnorm, csum, EPS, (const i64*)nullptr, 0, (const bf16*)wd, (const bf16*)nullptr,
-                   ch, 16, D, 1);
-            launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, D * 2 + ring, (const bf16*)ch, (const bf16*)whead,
-                   (const bf16*)nullptr, clogits, V, D, 1);
+            // The final norm in the LM head's ring, on the logits row.
+            launch(gemv_norm_ring_bf16_m1, ring_grid, 1, 1, 256, 2 * D * 2 + ring, (const bf16*)cdown,
+                   (const bf16*)cres, (const bf16*)fnorm, (bf16*)nullptr, EPS, (const i64*)row0, 1,
+                   (const bf16*)whead, (const bf16*)nullptr, clogits, V, D, 1);
             CK(cudaStreamEndCapture(stream, &g));
             CK(cudaGraphInstantiate(&ge, g, 0));
             printf("  %-36s %8.1f us\n", "chain (optc today)", time_graph(ge, e0, e1));
