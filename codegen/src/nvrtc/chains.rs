@@ -198,6 +198,14 @@ fn end_readers(steps: &[Step], uses: &Uses, outputs: &HashSet<usize>, v: usize) 
     Some(found)
 }
 
+/// Whether step `s` writes an operand in place (the KV caches).
+fn writes_in_place(s: &Step) -> bool {
+    matches!(
+        s.exec,
+        Exec::Kernel(Kernel::PagedAttention | Kernel::RopeQkvCache, _)
+    )
+}
+
 /// A chain being built: its steps in order, and its operands, each with
 /// the value whose dims index it (see `EwChain::index_as`).
 #[derive(Clone, Debug)]
@@ -332,7 +340,18 @@ pub(super) fn fuse_chains(
             let Some(readers) = end_readers(steps, &uses, outputs, r) else {
                 continue;
             };
+            // Computed at c instead, it must read what it read at p.
+            let rewritten = steps[p..c].iter().any(|s| {
+                writes_in_place(s)
+                    && s.args.iter().any(|&x| {
+                        let x = root_of(&view_of, x);
+                        pc.leaves.iter().any(|&(v, _)| root_of(&view_of, v) == x)
+                    })
+            });
             let shared = readers.len() > 1;
+            if rewritten {
+                continue;
+            }
             if let Some(merged) = chain.inline(pc, steps, types, &view_of, c, a, r, shared) {
                 chain = merged;
                 let left = waiting.entry(p).or_insert(readers.len());
@@ -367,10 +386,18 @@ pub(super) fn fuse_chains(
                 break;
             }
             let other = &chains[&e];
-            let ready = other
-                .leaves
-                .iter()
-                .all(|&(v, _)| position.get(&v).is_none_or(|&at| at < lead));
+            // Its operands made before the first, and none written in place
+            // (the KV caches) in between: reading them earlier reads the
+            // same values.
+            let ready = other.leaves.iter().all(|&(v, _)| {
+                position.get(&v).is_none_or(|&at| at < lead)
+                    && !steps[lead..e].iter().any(|s| {
+                        writes_in_place(s)
+                            && s.args
+                                .iter()
+                                .any(|&a| root_of(&view_of, a) == root_of(&view_of, v))
+                    })
+            });
             if grouped.contains(&e) || types[steps[e].outs[0]].shape != *shape || !ready {
                 continue;
             }
@@ -607,6 +634,36 @@ mod tests {
         assert!(unit.contains("rnd<float>(binary_op(2, v1, t0))"), "{unit}");
         assert_eq!(unit.matches("binary_op(2,").count(), 1, "{unit}");
         compiles(&unit);
+    }
+
+    /// A value written in place between two elementwise steps (a KV cache
+    /// and the attention that writes it) keeps them apart: exp(cache)
+    /// before the write is not recomputed after it (in neg), and
+    /// abs(cache) after it does not join exp's kernel; neg and abs, both
+    /// after the write, become one kernel.
+    #[test]
+    fn chains_do_not_move_reads_past_an_in_place_write() {
+        let m = TensorType::new(DType::F32, Shape::of(&[4, 8]));
+        let types = vec![m.clone(); 6];
+        let attention = Step {
+            exec: Exec::Kernel(Kernel::PagedAttention, Vec::new()),
+            args: vec![3, 3, 3, 0],
+            ..step(Op::Unary(UnaryKind::Neg), Kernel::Unary, &[], 2)
+        };
+        let mut steps = vec![
+            step(Op::Unary(UnaryKind::Exp), Kernel::Unary, &[0], 1),
+            attention,
+            step(Op::Unary(UnaryKind::Neg), Kernel::Unary, &[1], 4),
+            step(Op::Unary(UnaryKind::Abs), Kernel::Unary, &[0], 5),
+        ];
+        let outputs: HashSet<usize> = [4, 5].into();
+        let counts = super::fuse_chains(&mut steps, &types, &outputs);
+        let net: i64 = counts.iter().map(|(_, n)| n).sum();
+        assert_eq!(net, -1, "{counts:?}");
+        assert_eq!(steps.len(), 3);
+        assert!(steps[0].chain.is_none() && steps[0].outs == [1]);
+        let merged = &steps[2];
+        assert_eq!((&merged.args[..], &merged.outs[..]), (&[1, 0][..], &[4, 5][..]));
     }
 
     /// A sum of ten inputs folds into one chain only up to `MAX_LEAVES`
