@@ -4,9 +4,11 @@
 // (as the host sampler).
 //
 // A vocabulary row is far too long for one block (128k logits took 0.28 ms
-// that way), so two kernels: `argmax_part` gives each block one chunk of a
-// row and leaves (max, its index, sum of exp(x - max)) per chunk; then
-// `argmax_combine` merges a row's chunks with one warp.
+// that way): `argmax_part` gives each block one chunk of a row and leaves
+// (max, its index, sum of exp(x - max)) per chunk; the last block of a row
+// to finish (counted in `counters`, left at 0) merges the row's chunks with
+// one warp, in chunk order, so the result does not depend on timing.
+// Without counters `argmax_combine` does that merge as a second kernel.
 
 // (m, i, s) merged with (om, oi, os): the larger max wins, the lower index
 // on ties; the sums are rescaled to the winning max.
@@ -34,9 +36,30 @@ __device__ __forceinline__ void argmax_warp(float& m, int& i, float& s) {
     }
 }
 
+// Row r's token in `out[r]`, log p(token) in `logprob[r]`, from its
+// `chunks` parts, by one warp (L2 reads: other blocks wrote the parts).
+__device__ void argmax_combine_row(const float* part, i64 r, int* out, float* logprob, int chunks) {
+    const int lane = threadIdx.x & 31;
+    float m = -OPTC_INF, s = 0.f;
+    int bi = 0x7fffffff;
+    for (int c = lane; c < chunks; c += 32) {
+        const float* p = part + (r * chunks + c) * 3;
+        argmax_merge(m, bi, s, __ldcg(&p[0]), __float_as_int(__ldcg(&p[1])), __ldcg(&p[2]));
+    }
+    argmax_warp(m, bi, s);
+    if (lane == 0) {
+        out[r] = bi == 0x7fffffff ? 0 : bi;
+        // log p(best) = -log(sum exp(x - max)).
+        logprob[r] = m == -OPTC_INF ? -OPTC_INF : -logf(s);
+    }
+}
+
 // Grid (rows, chunks); part[(row * chunks + chunk) * 3 + {0, 1, 2}] = max,
-// index (as int bits), sum of exp(x - max).
-template <typename T> __device__ void argmax_part_impl(const T* x, float* part, int cols, int chunk) {
+// index (as int bits), sum of exp(x - max). With `counters`, the row's
+// last block also merges them into `out` and `logprob`.
+template <typename T>
+__device__ void argmax_part_impl(const T* x, float* part, int cols, int chunk, int* counters, int* out,
+                                 float* logprob) {
     __shared__ float sm[32], ss[32];
     __shared__ int si[32];
     const i64 r = blockIdx.x;
@@ -77,29 +100,26 @@ template <typename T> __device__ void argmax_part_impl(const T* x, float* part, 
             p[2] = s;
         }
     }
-}
-
-// One warp per row: tokens in `out[row]`, log p(token) in `logprob[row]`.
-__device__ void argmax_combine_impl(const float* part, int* out, float* logprob, int chunks) {
-    const i64 r = blockIdx.x;
-    const int lane = threadIdx.x;
-    float m = -OPTC_INF, s = 0.f;
-    int bi = 0x7fffffff;
-    for (int c = lane; c < chunks; c += 32) {
-        const float* p = part + (r * chunks + c) * 3;
-        argmax_merge(m, bi, s, p[0], __float_as_int(p[1]), p[2]);
+    if (!counters) return;
+    __shared__ int last;
+    if (threadIdx.x == 0) {
+        // The part (written by this thread) is visible before the count.
+        __threadfence();
+        last = atomicAdd(&counters[r], 1) == (int)gridDim.y - 1;
     }
-    argmax_warp(m, bi, s);
-    if (lane == 0) {
-        out[r] = bi == 0x7fffffff ? 0 : bi;
-        // log p(best) = -log(sum exp(x - max)).
-        logprob[r] = m == -OPTC_INF ? -OPTC_INF : -logf(s);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (warp == 0) {
+        argmax_combine_row(part, r, out, logprob, gridDim.y);
+        if (lane == 0) counters[r] = 0;
     }
 }
 
+// One warp per row.
 extern "C" __global__ void argmax_combine(const float* part, int* out, float* lp, int chunks) {
     pdl_start();
-    argmax_combine_impl(part, out, lp, chunks);
+    argmax_combine_row(part, blockIdx.x, out, lp, chunks);
 }
 
 // Asynchronous scheduling: a decode step planned before the step ahead of
@@ -118,10 +138,11 @@ extern "C" __global__ void ids_from_picks(void* ids, const int* picks, const int
         reinterpret_cast<int*>(ids)[index] = tok;
 }
 
-#define OPTC_ARGMAX(T, N)                                                                        \
-    extern "C" __global__ void argmax_part_##N(const T* x, float* part, int cols, int chunk) {  \
-        pdl_start();                                                                             \
-        argmax_part_impl<T>(x, part, cols, chunk);                                               \
+#define OPTC_ARGMAX(T, N)                                                                            \
+    extern "C" __global__ void argmax_part_##N(const T* x, float* part, int cols, int chunk, int* counters, \
+                                               int* out, float* lp) {                                      \
+        pdl_start();                                                                                 \
+        argmax_part_impl<T>(x, part, cols, chunk, counters, out, lp);                                \
     }
 
 // OPTC_ARGMAX and OPTC_SAMPLE are instantiated by the host for the float

@@ -10,7 +10,7 @@ use cudarc::driver::CudaFunction;
 use optc_ir::Tensor;
 
 use super::launch::cfg;
-use super::program::{node_err, CudaProgram};
+use super::program::{node_err, CudaProgram, SPLIT_COUNTERS};
 use super::select::float_name;
 use crate::CodegenError;
 
@@ -130,7 +130,8 @@ pub(super) struct Pick {
 }
 
 pub(super) enum PickKernel {
-    /// `argmax_part_{dtype}`, then `argmax_combine`.
+    /// `argmax_part_{dtype}` (its last block a row combines; or
+    /// `argmax_combine` after it).
     Argmax(CudaFunction),
     /// The sampling kernels with the rows' parameters (as they read them).
     Sample(SampleKernels, Vec<u8>),
@@ -516,8 +517,9 @@ impl CudaProgram {
         r
     }
 
-    /// The argmax in blocks of `ARGMAX_CHUNK` logits, then one warp per
-    /// row to combine them.
+    /// The argmax in blocks of `ARGMAX_CHUNK` logits, each row's last
+    /// block combining them (counted in the split counters); without
+    /// enough counters, a second kernel of one warp per row combines.
     fn launch_argmax(
         &mut self,
         f: &CudaFunction,
@@ -534,12 +536,22 @@ impl CudaProgram {
             ));
         }
         let part = self.pool.alloc(rows * chunks * 12)?;
+        let counters = self
+            .split_counters
+            .as_ref()
+            .filter(|_| rows <= SPLIT_COUNTERS)
+            .map_or(0u64, |b| b.ptr);
         let (gpu, combine) = (&self.gpu, &self.argmax_combine);
+        let (tok, lp) = (buf, buf + rows as u64 * 4);
         let r = launch!(gpu, f, cfg((rows as u32, chunks as u32, 1), 256, 0);
-                x = x, part = part, c = cols as i32, chunk = ARGMAX_CHUNK as i32)
+                x = x, part = part, c = cols as i32, chunk = ARGMAX_CHUNK as i32, ctr = counters, tok = tok,
+                lp = lp)
         .and_then(|_| {
+            if counters != 0 {
+                return Ok(());
+            }
             launch!(gpu, combine, cfg((rows as u32, 1, 1), 32, 0);
-                part = part, tok = buf, lp = buf + rows as u64 * 4, n = chunks as i32)
+                part = part, tok = tok, lp = lp, n = chunks as i32)
         });
         self.pool.release(part);
         r
