@@ -51,7 +51,7 @@
 #include "common.cuh"
 #include "gemv.cu"
 #include "attention.cu"
-#include "bench.cuh"
+#include "step_launch.cuh"
 
 OPTC_GEMV_ROWS(bf16, bf16, 1)
 OPTC_GEMV_RING(bf16, bf16)
@@ -557,30 +557,6 @@ __global__ void ref_glu(const bf16* gu, bf16* y) {
 }
 
 // ---- Host.
-static cudaStream_t stream;
-
-template <typename... Args>
-static void launch(void (*k)(Args...), unsigned gx, unsigned gy, unsigned gz, unsigned threads, unsigned smem,
-                   Args... args) {
-    cudaLaunchConfig_t c = {};
-    c.gridDim = dim3(gx, gy, gz);
-    c.blockDim = dim3(threads);
-    c.dynamicSmemBytes = smem;
-    c.stream = stream;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    c.attrs = at;
-    c.numAttrs = 1;
-    CK(cudaLaunchKernelEx(&c, k, args...));
-}
-
-static bf16* dalloc(size_t n, unsigned seed, float scale) {
-    bf16* p;
-    CK(cudaMalloc(&p, n * 2));
-    fill_random<<<1024, 256>>>(p, n, seed, scale);
-    return p;
-}
 template <typename T> static T* dzero(size_t n) {
     T* p;
     CK(cudaMalloc(&p, n * sizeof(T)));

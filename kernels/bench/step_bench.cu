@@ -21,36 +21,11 @@
 #include "common.cuh"
 #include "gemv.cu"
 #include "attention.cu"
-#include "bench.cuh"
+#include "step_launch.cuh"
 
 OPTC_GEMV_ROWS(bf16, bf16, 1)
 OPTC_GEMV_RING(bf16, bf16)
 OPTC_PAGED_ATTENTION(bf16, bf16, 64, 64)
-
-static cudaStream_t stream;
-
-template <typename... Args>
-static void launch(void (*k)(Args...), unsigned gx, unsigned gy, unsigned gz, unsigned threads, unsigned smem,
-                   Args... args) {
-    cudaLaunchConfig_t c = {};
-    c.gridDim = dim3(gx, gy, gz);
-    c.blockDim = dim3(threads);
-    c.dynamicSmemBytes = smem;
-    c.stream = stream;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    c.attrs = at;
-    c.numAttrs = 1;
-    CK(cudaLaunchKernelEx(&c, k, args...));
-}
-
-static bf16* dalloc(size_t n, unsigned seed, float scale) {
-    bf16* p;
-    CK(cudaMalloc(&p, n * 2));
-    fill_random<<<1024, 256>>>(p, n, seed, scale);
-    return p;
-}
 
 // The layer GEMVs through shared-memory rings (gemv_ring_impl): one
 // geometry set a template argument, S tiles of CH elements a warp.
