@@ -2,7 +2,7 @@
 
 Usage: python3 scripts/ncu_summary.py LOG STEPS
 Prints, per kernel name (shortened), the launches and GPU microseconds per
-step (the argmax_combine launches, one per step, or STEPS when there are none), largest first.
+step (the greedy argmax launches, argmax_part_*, one per step, or STEPS when there are none), largest first.
 """
 import csv
 import sys
@@ -27,8 +27,9 @@ def main():
         by[key][0] += 1
         by[key][1] += us
     total = sum(v[1] for v in by.values())
-    # One greedy argmax (its combine kernel) ends every decode step.
-    argmax = sum(v[0] for k, v in by.items() if "argmax_combine" in k)
+    # One greedy argmax (one kernel; its last block a row combines) ends
+    # every decode step.
+    argmax = sum(v[0] for k, v in by.items() if "argmax_part" in k)
     steps = float(argmax) if argmax else steps
     print(f"{len(rows)} kernels, {total / steps:.1f} us of GPU time per step ({steps:g} steps)")
     for k, (n, us) in sorted(by.items(), key=lambda kv: -kv[1][1]):

@@ -143,7 +143,10 @@ fn generate(
             "        const float t{t} = rnd<{out}>({});",
             expression(&s.op, &x)?
         );
-        var.insert(s.outs[0], format!("t{t}"));
+        // A value is an operand or made here, never both.
+        if var.insert(s.outs[0], format!("t{t}")).is_some() {
+            return None;
+        }
     }
     for (r, &e) in ends.iter().enumerate() {
         let out = steps[e].outs[0];
@@ -198,12 +201,49 @@ fn end_readers(steps: &[Step], uses: &Uses, outputs: &HashSet<usize>, v: usize) 
     Some(found)
 }
 
-/// Whether step `s` writes an operand in place (the KV caches).
-fn writes_in_place(s: &Step) -> bool {
-    matches!(
-        s.exec,
-        Exec::Kernel(Kernel::PagedAttention | Kernel::RopeQkvCache, _)
-    )
+/// Where values are written in place (the KV caches), as (step position,
+/// roots written): at an attention step, and at a rope + cache write step
+/// and at the linear whose product it reads (`fused_gemvs` may move the
+/// write there, after this pass).
+fn in_place_writes(steps: &[Step], uses: &Uses, view_of: &HashMap<usize, usize>) -> Vec<(usize, Vec<usize>)> {
+    let mut w = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        let Exec::Kernel(k @ (Kernel::PagedAttention | Kernel::RopeQkvCache), _) = s.exec else {
+            continue;
+        };
+        let caches: Vec<usize> = s
+            .args
+            .iter()
+            .skip(3)
+            .take(2)
+            .map(|&a| root_of(view_of, a))
+            .collect();
+        if k == Kernel::RopeQkvCache {
+            if let Some(&li) = s
+                .args
+                .first()
+                .and_then(|&a| uses.producer.get(&root_of(view_of, a)))
+            {
+                w.push((li, caches.clone()));
+            }
+        }
+        w.push((i, caches));
+    }
+    w
+}
+
+/// Whether a write in `writes` at a position in `lo..hi` changes one of
+/// `leaves`: reading them at `hi` instead of `lo` would read other values.
+fn written_between(
+    writes: &[(usize, Vec<usize>)],
+    view_of: &HashMap<usize, usize>,
+    lo: usize,
+    hi: usize,
+    leaves: &[(usize, usize)],
+) -> bool {
+    writes.iter().any(|(at, roots)| {
+        (lo..hi).contains(at) && leaves.iter().any(|&(v, _)| roots.contains(&root_of(view_of, v)))
+    })
 }
 
 /// A chain being built: its steps in order, and its operands, each with
@@ -267,15 +307,23 @@ impl Chain {
             p.leaves.iter().map(|&(v, _)| (v, a)).collect()
         };
         let made: HashSet<usize> = p.members.iter().map(|&m| steps[m].outs[0]).collect();
+        // One variable a value: every operand of this chain that p now
+        // makes must be r read as `a` reads it (same root, same dims), and
+        // p must not read stored what this chain computes.
+        let (dropped, kept): (Vec<(usize, usize)>, Vec<(usize, usize)>) = self
+            .leaves
+            .iter()
+            .partition(|&&(v, _)| made.contains(&root_of(view_of, v)));
+        let same_layout = dropped
+            .iter()
+            .all(|&(v, ix)| root_of(view_of, v) == r && types[ix].shape == types[a].shape);
+        let mine: HashSet<usize> = self.members.iter().map(|&m| steps[m].outs[0]).collect();
+        if !same_layout || p.leaves.iter().any(|&(v, _)| mine.contains(&root_of(view_of, v))) {
+            return None;
+        }
         let mut members: Vec<usize> = p.members.iter().chain(&self.members).copied().collect();
         members.sort_unstable();
         members.dedup();
-        let kept: Vec<(usize, usize)> = self
-            .leaves
-            .iter()
-            .filter(|&&(v, _)| !made.contains(&root_of(view_of, v)))
-            .copied()
-            .collect();
         Chain {
             members,
             leaves: Vec::new(),
@@ -312,6 +360,7 @@ pub(super) fn fuse_chains(
         .filter(|s| matches!(s.exec, Exec::View))
         .map(|s| (s.outs[0], s.args[0]))
         .collect();
+    let writes = in_place_writes(steps, &uses, &view_of);
     // Each chain by the step that ends it; readers a shared chain still
     // waits for.
     let mut chains: HashMap<usize, Chain> = HashMap::new();
@@ -341,17 +390,10 @@ pub(super) fn fuse_chains(
                 continue;
             };
             // Computed at c instead, it must read what it read at p.
-            let rewritten = steps[p..c].iter().any(|s| {
-                writes_in_place(s)
-                    && s.args.iter().any(|&x| {
-                        let x = root_of(&view_of, x);
-                        pc.leaves.iter().any(|&(v, _)| root_of(&view_of, v) == x)
-                    })
-            });
-            let shared = readers.len() > 1;
-            if rewritten {
+            if written_between(&writes, &view_of, p, c, &pc.leaves) {
                 continue;
             }
+            let shared = readers.len() > 1;
             if let Some(merged) = chain.inline(pc, steps, types, &view_of, c, a, r, shared) {
                 chain = merged;
                 let left = waiting.entry(p).or_insert(readers.len());
@@ -388,17 +430,24 @@ pub(super) fn fuse_chains(
             let other = &chains[&e];
             // Its operands made before the first, and none written in place
             // (the KV caches) in between: reading them earlier reads the
-            // same values.
-            let ready = other.leaves.iter().all(|&(v, _)| {
-                position.get(&v).is_none_or(|&at| at < lead)
-                    && !steps[lead..e].iter().any(|s| {
-                        writes_in_place(s)
-                            && s.args
-                                .iter()
-                                .any(|&a| root_of(&view_of, a) == root_of(&view_of, v))
-                    })
-            });
-            if grouped.contains(&e) || types[steps[e].outs[0]].shape != *shape || !ready {
+            // same values. Neither reads stored what the other computes.
+            let ready = other
+                .leaves
+                .iter()
+                .all(|&(v, _)| position.get(&v).is_none_or(|&at| at < lead))
+                && !written_between(&writes, &view_of, lead, e, &other.leaves);
+            let made =
+                |c: &Chain| -> HashSet<usize> { c.members.iter().map(|&m| steps[m].outs[0]).collect() };
+            let (made_here, made_there) = (made(&merged), made(other));
+            let apart = !other
+                .leaves
+                .iter()
+                .any(|&(v, _)| made_here.contains(&root_of(&view_of, v)))
+                && !merged
+                    .leaves
+                    .iter()
+                    .any(|&(v, _)| made_there.contains(&root_of(&view_of, v)));
+            if grouped.contains(&e) || types[steps[e].outs[0]].shape != *shape || !ready || !apart {
                 continue;
             }
             let mut members: Vec<usize> = merged.members.iter().chain(&other.members).copied().collect();
@@ -419,13 +468,20 @@ pub(super) fn fuse_chains(
             groups.push((group, merged));
         }
     }
+    // Every kernel is written before any step changes; if one cannot be
+    // (a lowering bug), the steps stay as they were.
+    let Some(kernels) = groups
+        .iter()
+        .map(|(group, chain)| generate(steps, types, &view_of, &chain.members, &chain.leaves, group))
+        .collect::<Option<Vec<EwChain>>>()
+    else {
+        tracing::warn!("an elementwise chain could not be generated; its steps run as they are");
+        return Vec::new();
+    };
     let live: HashSet<usize> = chains.keys().copied().collect();
     let mut counts = Vec::new();
     let mut removed: HashSet<usize> = HashSet::new();
-    for (group, chain) in &groups {
-        let Some(kernel) = generate(steps, types, &view_of, &chain.members, &chain.leaves, group) else {
-            continue;
-        };
+    for ((group, chain), kernel) in groups.iter().zip(kernels) {
         for &m in &chain.members {
             if !live.contains(&m) || group.contains(&m) {
                 removed.insert(m);
@@ -634,6 +690,72 @@ mod tests {
         assert!(unit.contains("rnd<float>(binary_op(2, v1, t0))"), "{unit}");
         assert_eq!(unit.matches("binary_op(2,").count(), 1, "{unit}");
         compiles(&unit);
+    }
+
+    /// A value read in two layouts by one step stays stored: `pos[i] -
+    /// pos[j]` from a cast row viewed as a column and as a row (an
+    /// ALiBi-like pattern); inlining it would compute one layout for both.
+    /// `exp(x)` read through a column view by a product and as a row by
+    /// the add after it is recomputed in each, in its own layout, and the
+    /// add does not take in the product (which would mix the two).
+    #[test]
+    fn a_value_read_in_two_layouts_is_not_inlined() {
+        let t = Dim::sym("T");
+        let ty = |d: DType, dims: Vec<Dim>| TensorType::new(d, dims);
+        let c = Dim::constant;
+        let types = vec![
+            ty(DType::I64, vec![t.clone()]),            // 0 positions
+            ty(DType::F32, vec![t.clone()]),            // 1 cast
+            ty(DType::F32, vec![t.clone(), c(1)]),      // 2 column view
+            ty(DType::F32, vec![c(1), t.clone()]),      // 3 row view
+            ty(DType::F32, vec![t.clone(), t.clone()]), // 4 column - row
+        ];
+        let cast = |to| Op::Cast(Cast { to });
+        let mut steps = vec![
+            step(cast(DType::F32), Kernel::Cast, &[0], 1),
+            view(1, 2),
+            view(1, 3),
+            step(Op::Binary(BinaryKind::Sub), Kernel::Binary, &[2, 3], 4),
+        ];
+        let outputs: HashSet<usize> = [4].into();
+        let counts = super::fuse_chains(&mut steps, &types, &outputs);
+        assert!(counts.is_empty(), "{counts:?}");
+        assert_eq!(steps.len(), 4);
+
+        let v = |n| ty(DType::F32, vec![c(n)]);
+        let types = vec![
+            v(64),                              // 0 x
+            v(64),                              // 1 exp(x)
+            ty(DType::F32, vec![c(64), c(1)]),  // 2 column view
+            ty(DType::F32, vec![c(1), c(64)]),  // 3 y
+            ty(DType::F32, vec![c(64), c(64)]), // 4 column * y
+            ty(DType::F32, vec![c(64), c(64)]), // 5 + exp(x) as a row
+        ];
+        let mut steps = vec![
+            step(Op::Unary(UnaryKind::Exp), Kernel::Unary, &[0], 1),
+            view(1, 2),
+            step(Op::Binary(BinaryKind::Mul), Kernel::Binary, &[2, 3], 4),
+            step(Op::Binary(BinaryKind::Add), Kernel::Binary, &[4, 1], 5),
+        ];
+        let outputs: HashSet<usize> = [5].into();
+        super::fuse_chains(&mut steps, &types, &outputs);
+        let got: Vec<(&[usize], &[usize], &[usize])> = steps
+            .iter()
+            .map(|s| {
+                (
+                    &s.args[..],
+                    &s.outs[..],
+                    s.chain.as_ref().map_or(&[][..], |c| &c.index_as[..]),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (&[0, 3][..], &[4][..], &[2, 3][..]),
+                (&[0, 4][..], &[5][..], &[1, 4][..])
+            ]
+        );
     }
 
     /// A value written in place between two elementwise steps (a KV cache

@@ -311,6 +311,9 @@ fn unfuse(steps: &mut [Step], li: usize, summary: &mut CudaSummary) {
             s.deferred_to = None;
         }
     }
+    if let Some(s) = z.gather.and_then(|g| steps.get_mut(g)) {
+        s.deferred_to = None;
+    }
     if z.glu.is_some() {
         summary.gemv_glus = summary.gemv_glus.saturating_sub(1);
     }
@@ -776,15 +779,17 @@ impl CudaProgram {
                 steps[li].deferred_to = steps[li].deferred_to.and_then(|l| moved.get(&l).copied());
                 continue;
             };
-            let (norm, glu, rope) = (
+            let (norm, gather, glu, rope) = (
                 z.norm.map(|i| moved.get(&i).copied()),
+                z.gather.map(|i| moved.get(&i).copied()),
                 z.glu.map(|i| moved.get(&i).copied()),
                 z.rope.map(|i| moved.get(&i).copied()),
             );
             z.norm = norm.flatten();
+            z.gather = gather.flatten();
             z.glu = glu.flatten();
             z.rope = rope.flatten();
-            if [norm, glu, rope].contains(&Some(None)) {
+            if [norm, gather, glu, rope].contains(&Some(None)) {
                 unfuse(&mut steps, li, &mut summary);
             }
         }
