@@ -246,6 +246,9 @@ fn written_between(
     })
 }
 
+/// Operands, each with the value whose dims index it.
+type Leaves = Vec<(usize, usize)>;
+
 /// A chain being built: its steps in order, and its operands, each with
 /// the value whose dims index it (see `EwChain::index_as`).
 #[derive(Clone, Debug)]
@@ -310,7 +313,7 @@ impl Chain {
         // One variable a value: every operand of this chain that p now
         // makes must be r read as `a` reads it (same root, same dims), and
         // p must not read stored what this chain computes.
-        let (dropped, kept): (Vec<(usize, usize)>, Vec<(usize, usize)>) = self
+        let (dropped, kept): (Leaves, Leaves) = self
             .leaves
             .iter()
             .partition(|&&(v, _)| made.contains(&root_of(view_of, v)));
