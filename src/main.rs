@@ -581,7 +581,7 @@ fn compile(
                     c.source_bytes
                 );
             }
-            print_nvrtc_kernels(&s);
+            print_nvrtc_kernels(s);
             if let Some(m) = &s.prefill_mma {
                 eprintln!("  tensor-core prefill attention: {m}");
             }
