@@ -103,6 +103,11 @@ enum Cmd {
         /// (kernels, reference fallbacks, buffers) to standard error.
         #[arg(long)]
         target: Option<String>,
+        /// With --target nvrtc: only plan the lowering (kernels by kind,
+        /// the fusions decided at lowering), which needs no GPU; nothing
+        /// is compiled or uploaded.
+        #[arg(long, requires = "target")]
+        plan_only: bool,
     },
     /// Generate text with a model (compiled for the CPU target by default).
     Generate {
@@ -458,6 +463,7 @@ fn compile(
     verbose: bool,
     kv_cache: Option<usize>,
     lower: Option<&str>,
+    plan_only: bool,
     onnx_out: Option<(PathBuf, bool)>,
 ) -> Result<()> {
     let (mut graph, mut store) = if fx::is_pt2(model) {
@@ -539,6 +545,14 @@ fn compile(
                 eprintln!("  reference {k:<20} {n}");
             }
         }
+        Some(optc::Target::Nvrtc) if plan_only => {
+            let s = optc::codegen::nvrtc::plan_summary(&graph)?;
+            eprintln!(
+                "nvrtc plan (no GPU used: nothing compiled or uploaded): {} views, {} ops folded at lowering",
+                s.views, s.folded
+            );
+            print_nvrtc_kernels(&s);
+        }
         Some(optc::Target::Nvrtc) => {
             let lower_start = std::time::Instant::now();
             optc::codegen::nvrtc::available().map_err(anyhow::Error::msg)?;
@@ -567,26 +581,31 @@ fn compile(
                     c.source_bytes
                 );
             }
-            for (k, n) in &s.kernels {
-                eprintln!("  kernel    {k:<20} {n}");
-            }
-            if s.gemv_norms + s.gemv_glus + s.gemv_ropes > 0 {
-                eprintln!(
-                    "  fused GEMVs at decode batches: {} linears do the norm before them, {} the SwiGLU after, \
-                     {} the rope + KV cache write after",
-                    s.gemv_norms, s.gemv_glus, s.gemv_ropes
-                );
-            }
+            print_nvrtc_kernels(s);
             if let Some(m) = &s.prefill_mma {
                 eprintln!("  tensor-core prefill attention: {m}");
-            }
-            for (k, n) in &s.host {
-                eprintln!("  host      {k:<20} {n}");
             }
         }
         Some(optc::Target::Reference) | None => {}
     }
     Ok(())
+}
+
+/// The nvrtc plan's kernels by kind, fused GEMVs and host fallbacks.
+fn print_nvrtc_kernels(s: &optc::codegen::nvrtc::CudaSummary) {
+    for (k, n) in &s.kernels {
+        eprintln!("  kernel    {k:<20} {n}");
+    }
+    if s.gemv_norms + s.gemv_glus + s.gemv_ropes > 0 {
+        eprintln!(
+            "  fused GEMVs at decode batches: {} linears do the norm before them, {} the SwiGLU after, \
+             {} the rope + KV cache write after",
+            s.gemv_norms, s.gemv_glus, s.gemv_ropes
+        );
+    }
+    for (k, n) in &s.host {
+        eprintln!("  host      {k:<20} {n}");
+    }
 }
 
 fn weight_dtype(name: Option<&str>) -> Result<Option<ir::DType>> {
@@ -884,6 +903,7 @@ fn main() -> ExitCode {
             kv_cache,
             block_size,
             target: lower,
+            plan_only,
         } => (|| {
             let onnx_out = match (emit.as_str(), out) {
                 ("onnx", Some(o)) => Some((o.clone(), *external_data)),
@@ -906,6 +926,7 @@ fn main() -> ExitCode {
                 cli.verbose > 0,
                 kv_cache.then_some(*block_size),
                 lower.as_deref(),
+                *plan_only,
                 onnx_out,
             )
         })(),

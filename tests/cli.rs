@@ -270,6 +270,33 @@ fn the_nvrtc_target_without_a_gpu_says_so() {
     assert_user_error(&o, "not built yet");
 }
 
+/// `--plan-only` shows the nvrtc plan without a GPU: a Llama step graph's
+/// rotary tables are one generated kernel, and every norm (the final one
+/// included, through the logits rows' gather) goes into a GEMV at decode
+/// batch sizes.
+#[test]
+fn the_nvrtc_plan_needs_no_gpu() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama");
+    let model = model.display().to_string();
+    let o = optc(&[
+        "compile",
+        &model,
+        "--kv-cache",
+        "--target",
+        "nvrtc",
+        "--plan-only",
+        "-o",
+        "/dev/null",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("no GPU used"), "{err}");
+    assert!(err.contains("elementwise chain (generated) 1"), "{err}");
+    assert!(err.contains("5 linears do the norm before them"), "{err}");
+    let o = optc(&["compile", &model, "--plan-only"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
 fn fx_fixture(f: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/fx")

@@ -72,6 +72,47 @@ fn no_progress() -> impl FnMut(usize, usize) {
     |_, _| {}
 }
 
+/// What a decode step launches, planned without a GPU (`plan_summary`,
+/// the planning half of `CudaProgram::new`), on every fixture's step
+/// graph: rotary models' tables (positions cast, times the inverse
+/// frequencies, cos and sin, cast to the model's type) are one generated
+/// kernel, and the final norm goes into the LM head's GEMV through the
+/// logits rows' gather, besides each layer's QKV and gate/up norms.
+#[test]
+fn planned_step_graphs_fuse_the_rotary_tables_and_the_final_norm() {
+    for name in [
+        "llama",
+        "mistral",
+        "qwen2",
+        "phi3",
+        "gpt2",
+        "llama_bf16",
+        "qwen2_f16",
+    ] {
+        let mut m = load(name);
+        Compiler::new()
+            .set_pipeline(Pipeline::serving(BLOCK))
+            .compile(&mut m.graph, &mut m.weights)
+            .unwrap();
+        let s = nvrtc::plan_summary(&m.graph).unwrap();
+        assert!(s.host.is_empty(), "{name}: {s:?}");
+        if name == "gpt2" {
+            continue;
+        }
+        let layers = m.config.num_layers;
+        assert_eq!(
+            s.kernels.get("elementwise chain (generated)"),
+            Some(&1),
+            "{name}: {s:?}"
+        );
+        for plain in ["unary", "binary", "cast"] {
+            assert_eq!(s.kernels.get(plain), None, "{name}: {s:?}");
+        }
+        assert_eq!(s.gemv_norms, 2 * layers + 1, "{name}: {s:?}");
+        assert_eq!(s.gemv_glus, layers, "{name}: {s:?}");
+    }
+}
+
 #[test]
 fn step_graphs_match_the_cpu_target_across_steps() {
     if !gpu() {

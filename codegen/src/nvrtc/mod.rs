@@ -61,4 +61,4 @@ mod strided;
 pub use compile::{cache_dir, CompileReport};
 pub use device::available;
 pub use pick::{PickedId, SampleRow};
-pub use program::{AttentionPaths, CudaProgram, CudaSummary, SkinnyGemm};
+pub use program::{plan_summary, AttentionPaths, CudaProgram, CudaSummary, SkinnyGemm};

@@ -336,6 +336,206 @@ pub(super) fn node_err(node: &str) -> impl Fn(String) -> CodegenError + '_ {
     }
 }
 
+/// The GPU-free half of lowering: the steps with their kernels chosen and
+/// the lowering-time fusions done, and what compiling, uploading and
+/// launching need of the graph.
+struct Plan {
+    order: Vec<optc_ir::NodeId>,
+    vid: HashMap<Value, usize>,
+    types: Vec<TensorType>,
+    locs: Vec<Option<Loc>>,
+    inputs: Vec<(String, usize)>,
+    state_names: Vec<String>,
+    state_types: Vec<TensorType>,
+    /// Weights and the values folded from them.
+    consts: HashSet<usize>,
+    steps: Vec<Step>,
+    summary: CudaSummary,
+    /// The kernel sources' instantiation lines the steps need.
+    instances: Vec<String>,
+    mma_instances: Vec<String>,
+}
+
+/// Plans the lowering of `g` for a GPU named `device`, without touching
+/// one.
+fn plan(g: &Graph, device: &str) -> Result<Plan, CodegenError> {
+    verify(g)?;
+    let names = g.value_names();
+    let crate::lowering::Numbered { order, vid, types } = crate::lowering::number_values(g)?;
+    let out_names: HashMap<&str, &TensorType> =
+        g.outputs().iter().map(|o| (o.name.as_str(), &o.ty)).collect();
+    let mut locs: Vec<Option<Loc>> = vec![None; types.len()];
+    let mut inputs = Vec::new();
+    let mut state_names = Vec::new();
+    let mut state_types = Vec::new();
+    // Constant values (weights and folded ops) by value id.
+    let mut consts: HashSet<usize> = HashSet::new();
+    let mut steps = Vec::new();
+    let mut summary = CudaSummary {
+        device: device.to_string(),
+        ..Default::default()
+    };
+    let mut instances: Vec<String> = Vec::new();
+    let mut mma_instances: Vec<String> = Vec::new();
+    for &id in &order {
+        let node = g.node(id);
+        let v0 = vid[&Value::of(id)];
+        match &node.kind {
+            NodeKind::Input { name } => {
+                if out_names.get(name.as_str()) == Some(&&node.outputs[0]) {
+                    locs[v0] = Some(Loc::State(state_names.len()));
+                    state_names.push(name.clone());
+                    state_types.push(node.outputs[0].clone());
+                } else {
+                    locs[v0] = Some(Loc::Input(inputs.len()));
+                    inputs.push((name.clone(), v0));
+                }
+            }
+            NodeKind::Weight { .. } => {
+                consts.insert(v0);
+            }
+            NodeKind::Op(op) => {
+                let args: Vec<usize> = g.operands(id).iter().map(|v| vid[v]).collect();
+                let outs: Vec<usize> = (0..node.outputs.len())
+                    .map(|i| {
+                        vid[&Value {
+                            node: id,
+                            index: i as u32,
+                        }]
+                    })
+                    .collect();
+                let describe = crate::lowering::describe_op(g, &names, id, op);
+                if args.iter().all(|a| consts.contains(a)) && foldable(op, &node.outputs) {
+                    consts.extend(outs.iter().copied());
+                    steps.push(Step {
+                        node: describe,
+                        op: op.clone(),
+                        args,
+                        outs,
+                        exec: Exec::Host,
+                        cache_written: false,
+                        fused: None,
+                        deferred_to: None,
+                        also_reads: Vec::new(),
+                        chain: None,
+                    });
+                    summary.folded += 1;
+                    continue;
+                }
+                let arg_types: Vec<&TensorType> = args.iter().map(|&a| &types[a]).collect();
+                let exec = if matches!(op, Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_))
+                    || args.first().is_some_and(|&a| moves_only_unit_axes(op, &types[a]))
+                {
+                    summary.views += 1;
+                    Exec::View
+                } else if let Some(k) = choose(op, &arg_types, &node.outputs) {
+                    *summary.kernels.entry(k.name().to_string()).or_insert(0) += 1;
+                    let fns = function_names(k, &arg_types, &node.outputs[0]);
+                    for i in instances_for(k, &node.outputs[0]) {
+                        push_new(&mut instances, i);
+                    }
+                    if k == Kernel::PagedAttention {
+                        let d = fns[1]
+                            .rsplit("_d")
+                            .next()
+                            .and_then(|d| d.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        let inst =
+                            src::attention_instance(float_name(node.outputs[0].dtype).unwrap_or("f32"), d);
+                        if d == 0 {
+                            return Err(CodegenError::Node {
+                                node: describe,
+                                message: "paged_attention needs a constant head dim".into(),
+                            });
+                        }
+                        push_new(&mut instances, inst);
+                        let f = float_name(node.outputs[0].dtype).unwrap_or("f32");
+                        if src::prefill_mma_supported(f, d) {
+                            let i = src::prefill_mma_instance(f, d);
+                            push_new(&mut mma_instances, i);
+                        }
+                        // The caches are updated in place.
+                        for (o, a) in [(1, 3), (2, 4)] {
+                            match locs[args[a]] {
+                                Some(Loc::State(s)) => locs[outs[o]] = Some(Loc::State(s)),
+                                _ => {
+                                    return Err(CodegenError::Node {
+                                        node: describe,
+                                        message:
+                                            "the KV caches must be graph inputs that are also outputs (state)"
+                                                .into(),
+                                    })
+                                }
+                            }
+                        }
+                    }
+                    Exec::Kernel(k, Vec::new())
+                } else {
+                    if matches!(op, Op::PagedAttention(_)) {
+                        return Err(CodegenError::Node {
+                            node: describe,
+                            message: "paged_attention on the GPU needs f32/bf16/f16 operands of one dtype and equal K and V head dims".into(),
+                        });
+                    }
+                    *summary.host.entry(op.name().to_string()).or_insert(0) += 1;
+                    Exec::Host
+                };
+                steps.push(Step {
+                    node: describe,
+                    op: op.clone(),
+                    args,
+                    outs,
+                    exec,
+                    cache_written: false,
+                    fused: None,
+                    deferred_to: None,
+                    also_reads: Vec::new(),
+                    chain: None,
+                });
+            }
+        }
+    }
+    if std::env::var("OPTC_CUDA_FUSE").map_or(true, |v| v != "0") {
+        let outputs: HashSet<usize> = g.outputs().iter().map(|o| vid[&o.value]).collect();
+        let counts = [
+            super::fuse::fuse(&mut steps, &types, &outputs),
+            super::chains::fuse_chains(&mut steps, &types, &outputs),
+        ];
+        for (name, by) in counts.concat() {
+            let n = summary.kernels.entry(name.to_string()).or_insert(0);
+            *n = n.saturating_add_signed(by as isize);
+        }
+        summary.kernels.retain(|_, n| *n > 0);
+        if std::env::var("OPTC_CUDA_FUSE_GEMV").map_or(true, |v| v != "0") {
+            let n = super::fuse::fused_gemvs(&mut steps, &types, &outputs);
+            (summary.gemv_norms, summary.gemv_glus, summary.gemv_ropes) = (n.norms, n.glus, n.ropes);
+        }
+    }
+    Ok(Plan {
+        order,
+        vid,
+        types,
+        locs,
+        inputs,
+        state_names,
+        state_types,
+        consts,
+        steps,
+        summary,
+        instances,
+        mma_instances,
+    })
+}
+
+/// What lowering `g` for the GPU launches (kernels by kind, the fusions
+/// decided at lowering), worked out without a GPU: the planning
+/// `CudaProgram::new` does before it compiles and uploads. Kernel counts
+/// are per run of the graph; whether a fused GEMV runs fused is decided
+/// per run, from its rows.
+pub fn plan_summary(g: &Graph) -> Result<CudaSummary, CodegenError> {
+    plan(g, "(planned without a GPU)").map(|p| p.summary)
+}
+
 impl CudaProgram {
     /// Lowers `g` for GPU 0, uploading its weights from `store`;
     /// `progress(done, total)` follows the upload in bytes.
@@ -346,158 +546,20 @@ impl CudaProgram {
     ) -> Result<CudaProgram, CodegenError> {
         let gerr = node_err(&g.name);
         let mut gpu = Gpu::new(0).map_err(&gerr)?;
-        verify(g)?;
-        let names = g.value_names();
-        let crate::lowering::Numbered { order, vid, types } = crate::lowering::number_values(g)?;
-        let out_names: HashMap<&str, &TensorType> =
-            g.outputs().iter().map(|o| (o.name.as_str(), &o.ty)).collect();
-        let mut locs: Vec<Option<Loc>> = vec![None; types.len()];
-        let mut inputs = Vec::new();
-        let mut state_names = Vec::new();
-        let mut state_types = Vec::new();
-        // Constant values (weights and folded ops) by value id.
-        let mut consts: HashSet<usize> = HashSet::new();
-        let mut steps = Vec::new();
-        let mut summary = CudaSummary {
-            device: gpu.name.clone(),
-            ..Default::default()
-        };
-        let mut instances: Vec<String> = Vec::new();
-        let mut mma_instances: Vec<String> = Vec::new();
-        for &id in &order {
-            let node = g.node(id);
-            let v0 = vid[&Value::of(id)];
-            match &node.kind {
-                NodeKind::Input { name } => {
-                    if out_names.get(name.as_str()) == Some(&&node.outputs[0]) {
-                        locs[v0] = Some(Loc::State(state_names.len()));
-                        state_names.push(name.clone());
-                        state_types.push(node.outputs[0].clone());
-                    } else {
-                        locs[v0] = Some(Loc::Input(inputs.len()));
-                        inputs.push((name.clone(), v0));
-                    }
-                }
-                NodeKind::Weight { .. } => {
-                    consts.insert(v0);
-                }
-                NodeKind::Op(op) => {
-                    let args: Vec<usize> = g.operands(id).iter().map(|v| vid[v]).collect();
-                    let outs: Vec<usize> = (0..node.outputs.len())
-                        .map(|i| {
-                            vid[&Value {
-                                node: id,
-                                index: i as u32,
-                            }]
-                        })
-                        .collect();
-                    let describe = crate::lowering::describe_op(g, &names, id, op);
-                    if args.iter().all(|a| consts.contains(a)) && foldable(op, &node.outputs) {
-                        consts.extend(outs.iter().copied());
-                        steps.push(Step {
-                            node: describe,
-                            op: op.clone(),
-                            args,
-                            outs,
-                            exec: Exec::Host,
-                            cache_written: false,
-                            fused: None,
-                            deferred_to: None,
-                            also_reads: Vec::new(),
-                            chain: None,
-                        });
-                        summary.folded += 1;
-                        continue;
-                    }
-                    let arg_types: Vec<&TensorType> = args.iter().map(|&a| &types[a]).collect();
-                    let exec = if matches!(op, Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_))
-                        || args.first().is_some_and(|&a| moves_only_unit_axes(op, &types[a]))
-                    {
-                        summary.views += 1;
-                        Exec::View
-                    } else if let Some(k) = choose(op, &arg_types, &node.outputs) {
-                        *summary.kernels.entry(k.name().to_string()).or_insert(0) += 1;
-                        let fns = function_names(k, &arg_types, &node.outputs[0]);
-                        for i in instances_for(k, &node.outputs[0]) {
-                            push_new(&mut instances, i);
-                        }
-                        if k == Kernel::PagedAttention {
-                            let d = fns[1]
-                                .rsplit("_d")
-                                .next()
-                                .and_then(|d| d.parse::<usize>().ok())
-                                .unwrap_or(0);
-                            let inst = src::attention_instance(
-                                float_name(node.outputs[0].dtype).unwrap_or("f32"),
-                                d,
-                            );
-                            if d == 0 {
-                                return Err(CodegenError::Node {
-                                    node: describe,
-                                    message: "paged_attention needs a constant head dim".into(),
-                                });
-                            }
-                            push_new(&mut instances, inst);
-                            let f = float_name(node.outputs[0].dtype).unwrap_or("f32");
-                            if src::prefill_mma_supported(f, d) {
-                                let i = src::prefill_mma_instance(f, d);
-                                push_new(&mut mma_instances, i);
-                            }
-                            // The caches are updated in place.
-                            for (o, a) in [(1, 3), (2, 4)] {
-                                match locs[args[a]] {
-                                    Some(Loc::State(s)) => locs[outs[o]] = Some(Loc::State(s)),
-                                    _ => return Err(CodegenError::Node {
-                                        node: describe,
-                                        message:
-                                            "the KV caches must be graph inputs that are also outputs (state)"
-                                                .into(),
-                                    }),
-                                }
-                            }
-                        }
-                        Exec::Kernel(k, Vec::new())
-                    } else {
-                        if matches!(op, Op::PagedAttention(_)) {
-                            return Err(CodegenError::Node {
-                                node: describe,
-                                message: "paged_attention on the GPU needs f32/bf16/f16 operands of one dtype and equal K and V head dims".into(),
-                            });
-                        }
-                        *summary.host.entry(op.name().to_string()).or_insert(0) += 1;
-                        Exec::Host
-                    };
-                    steps.push(Step {
-                        node: describe,
-                        op: op.clone(),
-                        args,
-                        outs,
-                        exec,
-                        cache_written: false,
-                        fused: None,
-                        deferred_to: None,
-                        also_reads: Vec::new(),
-                        chain: None,
-                    });
-                }
-            }
-        }
-        if std::env::var("OPTC_CUDA_FUSE").map_or(true, |v| v != "0") {
-            let outputs: HashSet<usize> = g.outputs().iter().map(|o| vid[&o.value]).collect();
-            let counts = [
-                super::fuse::fuse(&mut steps, &types, &outputs),
-                super::chains::fuse_chains(&mut steps, &types, &outputs),
-            ];
-            for (name, by) in counts.concat() {
-                let n = summary.kernels.entry(name.to_string()).or_insert(0);
-                *n = n.saturating_add_signed(by as isize);
-            }
-            summary.kernels.retain(|_, n| *n > 0);
-            if std::env::var("OPTC_CUDA_FUSE_GEMV").map_or(true, |v| v != "0") {
-                let n = super::fuse::fused_gemvs(&mut steps, &types, &outputs);
-                (summary.gemv_norms, summary.gemv_glus, summary.gemv_ropes) = (n.norms, n.glus, n.ropes);
-            }
-        }
+        let Plan {
+            order,
+            vid,
+            types,
+            mut locs,
+            inputs,
+            state_names,
+            state_types,
+            consts,
+            mut steps,
+            mut summary,
+            mut instances,
+            mma_instances,
+        } = plan(g, &gpu.name)?;
         // Token picks read 2-D float outputs: their kernels for those types.
         let pick_types: Vec<&'static str> = {
             let mut v: Vec<&'static str> = g
