@@ -20,7 +20,8 @@
 //   monotonic counter a block arrives at once. Optionally (PF > 0) a lane
 //   also asks L2 for the tile PF places past the ring
 //   (`cp.async.bulk.prefetch.L2`), so the rings' refills after a stall hit
-//   L2.
+//   L2. The `TMA` variants fill each slot with one bulk copy (lane 0,
+//   completing on the slot's mbarrier) instead of 128 cp.async.
 // Phases of a layer: QKV (x = rms_norm(h) in shared memory; a warp's unit
 // is a rope pair of rows, rotated and stored to q or the cache), attention
 // (HKV x NSPLIT pieces of keys, a warp each; the last piece of a KV head
