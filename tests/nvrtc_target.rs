@@ -1240,10 +1240,15 @@ fn gpu_sampling_draws_from_the_host_samplers_distribution() {
     }
 }
 
-/// For the same uniform the GPU picks the host sampler's token, on both
-/// kernel paths: narrow rows (the sorted-candidates path) and 50k-wide
-/// flat rows under temperature alone or a wide top-p (the select path).
-/// Only draws within rounding of a boundary may differ.
+/// For the same uniform the GPU picks the host sampler's token, on every
+/// kernel path: narrow rows (the sorted candidates); 50k-wide flat rows
+/// under temperature alone or a wide top-p (the exact bins: only the
+/// bins of the cut and of the draw are sorted; every eighth row draws at
+/// u = 0.99999, in the cut's own bin); and rows whose bins are too full
+/// or whose filter the bins cannot decide (temperature 3, min-p on a flat
+/// row, top-k 3,000: the radix selects). Only draws within rounding of a
+/// boundary may differ, and the same uniforms draw the same tokens
+/// again.
 #[test]
 fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
     use optc::runtime::sampler::{sample_with, SamplingParams};
@@ -1264,6 +1269,9 @@ fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
             (0.7, None, 0.95, 0.0),
             (1.2, Some(100), 0.8, 0.02),
             (0.0, None, 1.0, 0.0),
+            (3.0, None, 1.0, 0.0),
+            (0.7, None, 0.95, 0.05),
+            (1.0, Some(3000), 1.0, 0.0),
         ] {
             let rows: Vec<nvrtc::SampleRow> = (0..ROWS)
                 .map(|r| nvrtc::SampleRow {
@@ -1271,10 +1279,19 @@ fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
                     top_k,
                     top_p,
                     min_p,
-                    uniform: (r as f64 * 0.618_034 + 0.1).fract(),
+                    uniform: if r % 8 == 7 {
+                        0.99999
+                    } else {
+                        (r as f64 * 0.618_034 + 0.1).fract()
+                    },
                 })
                 .collect();
             let got = p.run_sample(&inputs, "y", &rows).unwrap();
+            let again = p.run_sample(&inputs, "y", &rows).unwrap();
+            assert!(
+                got == again,
+                "{cols} columns, T {temperature} k {top_k:?} p {top_p} min-p {min_p}: the same uniforms drew other tokens"
+            );
             let params = SamplingParams {
                 temperature,
                 top_k,

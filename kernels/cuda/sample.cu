@@ -535,9 +535,11 @@ __device__ __forceinline__ bool sample_before(const SampleFast& f, int a, int b)
 // Gathers the `cands` (at most SAMPLE_CAP) sampleable elements whose bin
 // lies in [lo, hi] into f, sorts them into the host's order (bitonic, in
 // shared memory) and sets f.cum[j] to `base` plus the masses of the first
-// j + 1 of them.
+// j + 1 of them. False (f unusable) when the gather did not find exactly
+// `cands`: the histogram and the gather disagree, and the caller falls
+// back to the radix selects rather than write past f or read an empty f.
 template <typename T>
-__device__ void sample_gather_sorted(const T* x, int n, float t, float m, int lo, int hi, int cands, u64 base,
+__device__ bool sample_gather_sorted(const T* x, int n, float t, float m, int lo, int hi, int cands, u64 base,
                                      SampleFast& f, u64* ured) {
     if (threadIdx.x == 0) f.n = 0;
     __syncthreads();
@@ -548,11 +550,14 @@ __device__ void sample_gather_sorted(const T* x, int n, float t, float m, int lo
         const int b = sample_bin(z, m);
         if (b >= lo && b <= hi) {
             const int slot = atomicAdd(&f.n, 1);
-            f.key[slot] = k;
-            f.id[slot] = i;
+            if (slot < SAMPLE_CAP) {
+                f.key[slot] = k;
+                f.id[slot] = i;
+            }
         }
     });
     __syncthreads();
+    if (f.n != cands || cands < 1) return false;
     int pn = 1;
     while (pn < cands) pn <<= 1;
     for (int j = cands + threadIdx.x; j < pn; j += blockDim.x) {
@@ -588,6 +593,7 @@ __device__ void sample_gather_sorted(const T* x, int n, float t, float m, int lo
         f.cum[j0 + 1] = before + w0 + w1;
     }
     __syncthreads();
+    return true;
 }
 
 // One warp: the integer mass of the bins before bin `b`.
@@ -689,8 +695,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     }
     __syncthreads();
     const int cands = f.keep;
-    if (cands <= SAMPLE_CAP) {
-        sample_gather_sorted(x, n, t, m, 0, f.last_bin, cands, 0ull, f, ured);
+    if (cands <= SAMPLE_CAP && sample_gather_sorted(x, n, t, m, 0, f.last_bin, cands, 0ull, f, ured)) {
         if (threadIdx.x == 0) f.keep = cands;
         __syncthreads();
         // How many to keep: each filter's cut, the shortest.
@@ -743,8 +748,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             const u64 base = bin_base;
             const int in_bin = (int)f.count[bp];
             __syncthreads();
-            if (in_bin <= SAMPLE_CAP) {
-                sample_gather_sorted(x, n, t, m, bp, bp, in_bin, base, f, ured);
+            if (in_bin <= SAMPLE_CAP && sample_gather_sorted(x, n, t, m, bp, bp, in_bin, base, f, ured)) {
                 if (threadIdx.x == 0) f.keep = in_bin;
                 __syncthreads();
                 for (int j = threadIdx.x; j < in_bin; j += blockDim.x)
@@ -781,8 +785,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
                 const u64 base = bin_base;
                 const int in_bin = (int)f.count[bd];
                 __syncthreads();
-                if (in_bin <= SAMPLE_CAP) {
-                    sample_gather_sorted(x, n, t, m, bd, bd, in_bin, base, f, ured);
+                if (in_bin <= SAMPLE_CAP && sample_gather_sorted(x, n, t, m, bd, bd, in_bin, base, f, ured)) {
                     len = in_bin;
                 } else {
                     fits = false;
