@@ -192,17 +192,28 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned b
                  "l"(src), "r"(bytes), "r"(smem_addr(b))
                  : "memory");
 }
+// A wait that has spun for about two seconds is a bug, not a slow GPU:
+// the kernel traps (an error the host reports) instead of hanging.
+__device__ __forceinline__ void spin_guard(long long t0) {
+    if (clock64() - t0 > (4ll << 30)) __trap();
+}
+
 // Waits until barrier b has completed the phase of parity `parity`.
 __device__ __forceinline__ void mbar_wait(unsigned long long* b, unsigned parity) {
-    asm volatile(
-        "{\n"
-        ".reg .pred ready;\n"
-        "again:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 ready, [%0], %1;\n"
-        "@!ready bra again;\n"
-        "}\n" ::"r"(smem_addr(b)),
-        "r"(parity)
-        : "memory");
+    const long long t0 = clock64();
+    unsigned ready = 0;
+    while (!ready) {
+        asm volatile(
+            "{\n"
+            ".reg .pred p;\n"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "selp.u32 %0, 1, 0, p;\n"
+            "}\n"
+            : "=r"(ready)
+            : "r"(smem_addr(b)), "r"(parity)
+            : "memory");
+        if (!ready) spin_guard(t0);
+    }
 }
 
 // All blocks have finished the phase before: arrivals counted on one
@@ -212,8 +223,8 @@ __device__ __forceinline__ void grid_barrier(unsigned* count, unsigned target) {
     if (threadIdx.x == 0) {
         __threadfence();
         atomicAdd(count, 1u);
-        while (ld_acquire(count) < target) {
-        }
+        const long long t0 = clock64();
+        while (ld_acquire(count) < target) spin_guard(t0);
         __threadfence();
     }
     __syncthreads();
@@ -419,8 +430,9 @@ __global__ void __launch_bounds__(WARPS * 32, 1) mega_step(const Model m, int mo
     ld_walk.start(gw, W);
     pf_walk.start(gw, W);
     use.start(gw, W);
-    // Starts the copies of the load walk's tile into its slot (a group is
-    // committed either way, so wait_group counts tiles), and the L2
+    // Starts the copies of the load walk's tile into its slot (with
+    // cp.async a group is committed either way, so wait_group counts
+    // tiles; with TMA the slot's barrier counts its fills), and the L2
     // prefetch of the tile PF further on.
     int issued = 0;
     auto load = [&]() {
