@@ -68,6 +68,27 @@ fn tolerance(d: DType) -> f64 {
     }
 }
 
+/// Every HF fixture architecture.
+const FIXTURES: [&str; 7] = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "phi3",
+    "gpt2",
+    "llama_bf16",
+    "qwen2_f16",
+];
+
+/// Fixture `name` through the serving pipeline: its step graph.
+fn step_graph(name: &str) -> hf::HfModel {
+    let mut m = load(name);
+    Compiler::new()
+        .set_pipeline(Pipeline::serving(BLOCK))
+        .compile(&mut m.graph, &mut m.weights)
+        .unwrap();
+    m
+}
+
 fn no_progress() -> impl FnMut(usize, usize) {
     |_, _| {}
 }
@@ -80,20 +101,8 @@ fn no_progress() -> impl FnMut(usize, usize) {
 /// logits rows' gather, besides each layer's QKV and gate/up norms.
 #[test]
 fn planned_step_graphs_fuse_the_rotary_tables_and_the_final_norm() {
-    for name in [
-        "llama",
-        "mistral",
-        "qwen2",
-        "phi3",
-        "gpt2",
-        "llama_bf16",
-        "qwen2_f16",
-    ] {
-        let mut m = load(name);
-        Compiler::new()
-            .set_pipeline(Pipeline::serving(BLOCK))
-            .compile(&mut m.graph, &mut m.weights)
-            .unwrap();
+    for name in FIXTURES {
+        let m = step_graph(name);
         let s = nvrtc::plan_summary(&m.graph).unwrap();
         assert!(s.host.is_empty(), "{name}: {s:?}");
         if name == "gpt2" {
@@ -118,20 +127,8 @@ fn step_graphs_match_the_cpu_target_across_steps() {
     if !gpu() {
         return;
     }
-    for name in [
-        "llama",
-        "mistral",
-        "qwen2",
-        "phi3",
-        "gpt2",
-        "llama_bf16",
-        "qwen2_f16",
-    ] {
-        let mut m = load(name);
-        Compiler::new()
-            .set_pipeline(Pipeline::serving(BLOCK))
-            .compile(&mut m.graph, &mut m.weights)
-            .unwrap();
+    for name in FIXTURES {
+        let m = step_graph(name);
         let g = &m.graph;
         let dtype = g.outputs()[0].ty.dtype;
         let nb = Bindings::from([("NB".to_string(), 8)]);

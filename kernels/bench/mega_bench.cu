@@ -693,20 +693,8 @@ static float rel_l2(const bf16* a, const bf16* b, size_t n) {
     return (float)sqrt(num / (den > 0 ? den : 1));
 }
 
-static float time_graph(cudaGraphExec_t ge, cudaEvent_t e0, cudaEvent_t e1) {
-    std::vector<float> ts;
-    for (int i = 0; i < 55; ++i) {
-        CK(cudaEventRecord(e0, stream));
-        CK(cudaGraphLaunch(ge, stream));
-        CK(cudaEventRecord(e1, stream));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        if (i >= 5) ts.push_back(ms * 1000.f);
-    }
-    std::sort(ts.begin(), ts.end());
-    return ts[ts.size() / 2];
-}
+// The median of the graph's replay times, in microseconds.
+static float time_graph(cudaGraphExec_t ge) { return replay_times(ge)[25]; }
 
 struct Config {
     const char* name;
@@ -817,9 +805,6 @@ int main(int argc, char** argv) {
         // every block is resident and the barriers cannot hang.
         CK(cudaLaunchKernelEx(&lc, c.kernel, (const Model)m, mode));
     };
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
     const unsigned ring_grid = 3 * sms, ring = 64 << 10;
 
     bool ok = true;
@@ -877,7 +862,7 @@ int main(int argc, char** argv) {
                    (const bf16*)whead, (const bf16*)nullptr, clogits, V, D, 1);
             CK(cudaStreamEndCapture(stream, &g));
             CK(cudaGraphInstantiate(&ge, g, 0));
-            printf("  %-36s %8.1f us\n", "chain (optc today)", time_graph(ge, e0, e1));
+            printf("  %-36s %8.1f us\n", "chain (optc today)", time_graph(ge));
             CK(cudaGraphExecDestroy(ge));
             CK(cudaGraphDestroy(g));
         }
@@ -910,7 +895,7 @@ int main(int argc, char** argv) {
                 launch_stream(c, mode);
                 CK(cudaStreamEndCapture(stream, &g));
                 CK(cudaGraphInstantiate(&ge, g, 0));
-                const float us = time_graph(ge, e0, e1);
+                const float us = time_graph(ge);
                 CK(cudaGetLastError());
                 if (mode == 1)
                     printf("  %-36s %8.1f us  (rel L2: logits %.2e; h every 3rd layer%s%s)\n", c.name, us, e_logits,

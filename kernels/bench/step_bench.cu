@@ -116,9 +116,6 @@ int main() {
                    (const void*)ring_norm_rope})
         CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
     CK(cudaDeviceSynchronize());
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
     // Ring launches as the host makes them (GemvRingBlock, GEMV_RING_* in
     // kernels/src/cuda.rs): three blocks an SM; x (and the norm's scale)
     // then 64 KB of rings a block.
@@ -230,18 +227,7 @@ int main() {
             }
             CK(cudaStreamEndCapture(stream, &g));
             CK(cudaGraphInstantiate(&ge, g, 0));
-            std::vector<float> ts;
-            for (int i = 0; i < 55; ++i) {
-                CK(cudaEventRecord(e0, stream));
-                CK(cudaGraphLaunch(ge, stream));
-                CK(cudaEventRecord(e1, stream));
-                CK(cudaEventSynchronize(e1));
-                float ms;
-                CK(cudaEventElapsedTime(&ms, e0, e1));
-                if (i >= 5) ts.push_back(ms * 1000.f);
-            }
-            CK(cudaGetLastError());
-            std::sort(ts.begin(), ts.end());
+            const std::vector<float> ts = replay_times(ge);
             printf("  %-34s %8.1f us  (min %.1f)\n", v.name, ts[ts.size() / 2], ts[0]);
             CK(cudaGraphExecDestroy(ge));
             CK(cudaGraphDestroy(g));

@@ -734,9 +734,11 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         u64 kept = total;
         int sorted_bin = -1;  // the bin f holds sorted, its kept prefix in f.keep
         bool fits = true;
-        if (!greedy && p.top_p < 1.f) {
+        // The first bin whose running mass reaches `reach` (its mass
+        // before in bin_base), for the whole block.
+        auto locate_bin = [&](u64 reach) {
             if (threadIdx.x < 32) {
-                const int b = first_bin_reaching<u64>(f.bmass, top_p_target);
+                const int b = first_bin_reaching<u64>(f.bmass, reach);
                 const u64 base = sample_mass_before(f.bmass, b);
                 if (threadIdx.x == 0) {
                     f.last_bin = b;
@@ -744,7 +746,10 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
                 }
             }
             __syncthreads();
-            const int bp = f.last_bin;
+            return f.last_bin;
+        };
+        if (!greedy && p.top_p < 1.f) {
+            const int bp = locate_bin(top_p_target);
             const u64 base = bin_base;
             const int in_bin = (int)f.count[bp];
             __syncthreads();
@@ -769,16 +774,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         int len = 0;
         if (fits) {
             // The draw's bin: the first whose running mass passes the goal.
-            if (threadIdx.x < 32) {
-                const int b = first_bin_reaching<u64>(f.bmass, goal + 1);
-                const u64 base = sample_mass_before(f.bmass, b);
-                if (threadIdx.x == 0) {
-                    f.last_bin = b;
-                    bin_base = base;
-                }
-            }
-            __syncthreads();
-            const int bd = f.last_bin;
+            const int bd = locate_bin(goal + 1);
             if (bd == sorted_bin) {
                 len = f.keep;
             } else {
