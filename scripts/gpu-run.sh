@@ -7,7 +7,7 @@
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
 # Stages (comma-separated): tests, compile, bench, sample, ab, gemvbench, stepbench, megabench, profile, graphprof, ncu, ncudetail, peer.
-# Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p and top-p alone).
+# Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p, top-p alone, temperature alone).
 # `ab` runs the workloads with switch AB_VAR (default OPTC_ASYNC_SCHEDULING; e.g.
 # OPTC_CUDA_PDL) at 1, 0, 1, 0 in one call; `gemvbench` compiles and runs
 # kernels/bench/gemv_bench.cu (the decode GEMV geometries) with nvcc.
@@ -54,7 +54,7 @@ if has bench; then
 fi
 if has sample; then
   echo "== optc bench, sampled on the GPU (greedy is the bench stage)"
-  for flags in "--top-k 50 --top-p 0.9" "--top-p 0.9"; do
+  for flags in "--top-k 50 --top-p 0.9" "--top-p 0.9" ""; do
     echo "-- --temperature 0.8 $flags"
     "$BIN" bench $MODEL --target nvrtc --workloads W1,W2,W3 --reps 1 --max-num-tokens 16384 --json \
       --temperature 0.8 $flags 2>&1 | tee -a "$OUT/optc_sample.jsonl" | grep -E "workload|rror"
