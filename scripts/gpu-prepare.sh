@@ -17,19 +17,21 @@ if [ -n "$REV" ]; then
   git worktree add --detach "$WT" "$REV" >/dev/null
   # Its own target folder, kept between calls, so this checkout's stays as it is.
   (cd "$WT" && CARGO_TARGET_DIR="$ROOT/target/rev" cargo build --release --bin optc)
-  mkdir -p "$DEV"
-  cp target/rev/release/optc "$DEV"/optc
-  strip "$DEV"/optc
-  cp ../shared/peer/hf_baseline.py scripts/ncu_summary.py "$DEV"/
   git worktree remove --force "$WT"
-  ls -la "$DEV"
-  exit 0
+  BIN=target/rev/release/optc
+  TESTS=
+else
+  cargo build --release
+  cargo test --release --test nvrtc_target --no-run
+  BIN=target/release/optc
+  TESTS=$(ls -t target/release/deps/nvrtc_target-* | grep -v '\.d$' | head -1)
 fi
-cargo build --release
-cargo test --release --test nvrtc_target --no-run
 mkdir -p "$DEV"
-cp target/release/optc "$DEV"/optc
-cp "$(ls -t target/release/deps/nvrtc_target-* | grep -v '\.d$' | head -1)" "$DEV"/nvrtc_target
-strip "$DEV"/optc "$DEV"/nvrtc_target
+cp "$BIN" "$DEV"/optc
+strip "$DEV"/optc
+if [ -n "$TESTS" ]; then
+  cp "$TESTS" "$DEV"/nvrtc_target
+  strip "$DEV"/nvrtc_target
+fi
 cp ../shared/peer/hf_baseline.py scripts/ncu_summary.py "$DEV"/
 ls -la "$DEV"
