@@ -247,6 +247,132 @@ pub fn prefill_mma_instance(dtype: &str, d: usize) -> String {
     format!("OPTC_PAGED_PREFILL_MMA({dtype}, {dtype}, {d})\n")
 }
 
+/// The one-token decode megakernel (a layer stack and the LM head in one
+/// persistent launch), compiled as its own module like the tensor-core
+/// prefill: a failure to build it only costs speed.
+pub const MEGA: &str = include_str!("../cuda/mega.cu");
+
+/// Attention pieces a KV head in the megakernel (`MEGA_NSPLIT`).
+pub const MEGA_NSPLIT: usize = 16;
+
+/// Dynamic shared memory the megakernel may ask for: the H200's 227 KiB a
+/// block, less room for its static shared memory.
+pub const MEGA_MAX_SMEM: usize = 224 << 10;
+
+/// Warps a megakernel block (one block an SM).
+pub const MEGA_WARPS: usize = 16;
+
+/// Most weight tiles a warp keeps in flight.
+pub const MEGA_MAX_STAGES: usize = 6;
+
+/// The shape a megakernel is instantiated for (`MegaShape` in mega.cu):
+/// a 16-bit `dtype`, hidden `d`, intermediate `f`, `hq` query and `hkv`
+/// key/value heads of `hd`, weight tiles of `ch` elements, and each of
+/// `warps` warps a block streaming through `stages` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MegaShape {
+    pub dtype: &'static str,
+    pub d: usize,
+    pub f: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub hd: usize,
+    pub ch: usize,
+    pub warps: usize,
+    pub stages: usize,
+}
+
+impl MegaShape {
+    /// The megakernel for a model of this shape, if mega.cu covers it:
+    /// bf16 or f16, heads that divide evenly with `hd` a multiple of 8 (at
+    /// most 256), and rings of at least two tiles within
+    /// [`MEGA_MAX_SMEM`]. The tile is the longest power of two up to
+    /// 1,024 elements that divides every k (`d`, `f`, `hq * hd`).
+    pub fn new(dtype: &'static str, d: usize, f: usize, hq: usize, hkv: usize, hd: usize) -> Option<MegaShape> {
+        if !matches!(dtype, "bf16" | "f16")
+            || hkv == 0
+            || hq % hkv != 0
+            || hd == 0
+            || hd % 8 != 0
+            || hd > 256
+            || d == 0
+            || f == 0
+        {
+            return None;
+        }
+        let ch = (3..=10)
+            .rev()
+            .map(|b| 1usize << b)
+            .find(|c| d % c == 0 && f % c == 0 && (hq * hd) % c == 0)?;
+        let mut s = MegaShape {
+            dtype,
+            d,
+            f,
+            hq,
+            hkv,
+            hd,
+            ch,
+            warps: MEGA_WARPS,
+            stages: 0,
+        };
+        let ring = MEGA_MAX_SMEM.checked_sub(s.x_bytes())? / (s.warps * ch * 2);
+        s.stages = ring.min(MEGA_MAX_STAGES);
+        (s.stages >= 2).then_some(s)
+    }
+
+    /// x's share of the shared memory: the widest input, or a block's
+    /// queries in f32 during attention.
+    fn x_bytes(&self) -> usize {
+        let x = self.d.max(self.f).max(self.hq * self.hd) * 2;
+        x.max(self.warps * (self.hq / self.hkv) * self.hd * 4)
+    }
+
+    /// Dynamic shared memory a block asks for (`mega_smem_bytes`).
+    pub fn smem_bytes(&self) -> usize {
+        self.x_bytes() + self.warps * self.stages * self.ch * 2
+    }
+
+    /// Threads a block.
+    pub fn threads(&self) -> u32 {
+        (self.warps * 32) as u32
+    }
+
+    /// The kernel's name (`OPTC_MEGA_DECODE` spells it).
+    pub fn function(&self) -> String {
+        let s = self;
+        format!(
+            "mega_decode_{}_d{}_f{}_h{}x{}x{}_c{}_w{}_s{}",
+            s.dtype, s.d, s.f, s.hq, s.hkv, s.hd, s.ch, s.warps, s.stages
+        )
+    }
+
+    /// The instantiation line that defines [`MegaShape::function`].
+    pub fn instance(&self) -> String {
+        let s = self;
+        format!(
+            "OPTC_MEGA_DECODE({0}, {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8})\n",
+            s.dtype, s.d, s.f, s.hq, s.hkv, s.hd, s.ch, s.warps, s.stages
+        )
+    }
+
+    /// Elements of each scratch activation a layer: q, att, hmid, hout,
+    /// glu (`MegaArgs`).
+    pub fn scratch_rows(&self) -> [usize; 5] {
+        let ko = self.hq * self.hd;
+        [ko, ko, self.d, self.d, self.f]
+    }
+
+    /// f32 values of attention's partial results a layer (`part`).
+    pub fn part_floats(&self) -> usize {
+        self.hkv * MEGA_NSPLIT * (self.hq / self.hkv) * (self.hd + 2)
+    }
+}
+
+/// The megakernel module's source: helpers, mega.cu, one instantiation.
+pub fn mega_source(shape: &MegaShape) -> String {
+    format!("{COMMON}\n// ---- mega.cu\n{MEGA}\n// ---- instantiation\n{}", shape.instance())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
