@@ -606,6 +606,13 @@ fn print_nvrtc_kernels(s: &optc::codegen::nvrtc::CudaSummary) {
     for (k, n) in &s.host {
         eprintln!("  host      {k:<20} {n}");
     }
+    if let Some(k) = &s.mega_kernel {
+        eprintln!(
+            "  one-token decode megakernel: {} layers and the LM head in one launch ({k}){}",
+            s.mega_layers,
+            s.mega.as_deref().map(|m| format!(", {m}")).unwrap_or_default()
+        );
+    }
 }
 
 fn weight_dtype(name: Option<&str>) -> Result<Option<ir::DType>> {

@@ -98,7 +98,8 @@ fn no_progress() -> impl FnMut(usize, usize) {
 /// graph: rotary models' tables (positions cast, times the inverse
 /// frequencies, cos and sin, cast to the model's type) are one generated
 /// kernel, and the final norm goes into the LM head's GEMV through the
-/// logits rows' gather, besides each layer's QKV and gate/up norms.
+/// logits rows' gather, besides each layer's QKV and gate/up norms; the
+/// 16-bit stacks are found whole for the one-token megakernel.
 #[test]
 fn planned_step_graphs_fuse_the_rotary_tables_and_the_final_norm() {
     for name in FIXTURES {
@@ -119,7 +120,20 @@ fn planned_step_graphs_fuse_the_rotary_tables_and_the_final_norm() {
         }
         assert_eq!(s.gemv_norms, 2 * layers + 1, "{name}: {s:?}");
         assert_eq!(s.gemv_glus, layers, "{name}: {s:?}");
+        // The megakernel takes the 16-bit stacks whole (f32 has no
+        // megakernel).
+        let sixteen = m.graph.outputs()[0].ty.dtype != DType::F32;
+        assert_eq!(s.mega_layers, if sixteen { layers } else { 0 }, "{name}: {s:?}");
+        assert_eq!(s.mega_kernel.is_some(), sixteen, "{name}: {s:?}");
     }
+    // The random Llama-3.2-1B shape's kernel: 1,024-element tiles, six a
+    // warp.
+    let shape = src::MegaShape::new("bf16", 2048, 8192, 32, 8, 64).unwrap();
+    assert_eq!(
+        shape.function(),
+        "mega_decode_bf16_d2048_f8192_h32x8x64_c1024_w16_s6"
+    );
+    assert!(shape.smem_bytes() <= src::MEGA_MAX_SMEM);
 }
 
 #[test]
@@ -204,6 +218,86 @@ fn step_graphs_match_the_cpu_target_across_steps() {
         let k0 = cuda.state_tensor("k_cache.0").unwrap();
         let want = cpu.state_tensor("k_cache.0", &nb).unwrap();
         assert!(rel_l2(&k0, &want) < tolerance(dtype), "{name}: caches differ");
+    }
+}
+
+/// The one-token decode megakernel (`set_mega`, kernels/cuda/mega.cu)
+/// against the CPU target on the 16-bit fixtures (Llama with tied
+/// embeddings; Qwen2 with QKV biases, in f16): a 9-token prompt, then 20
+/// one-token steps whose context crosses several scattered cache blocks,
+/// then a step of two sequences (which keeps to the launch chain). With
+/// CUDA graphs off every one-token step launches it; with them on the
+/// captured graph holds it. The caches it writes match too.
+#[test]
+fn megakernel_matches_the_cpu_target() {
+    if !gpu() {
+        return;
+    }
+    for name in ["llama_bf16", "qwen2_f16"] {
+        let m = step_graph(name);
+        let g = &m.graph;
+        let dtype = g.outputs()[0].ty.dtype;
+        let plan = nvrtc::plan_summary(g).unwrap();
+        assert_eq!(plan.mega_layers, m.config.num_layers, "{name}: {plan:?}");
+        for graphs in [false, true] {
+            let nb = Bindings::from([("NB".to_string(), 16)]);
+            let mut cpu = CpuProgram::new(g, &m.weights).unwrap();
+            cpu.init_state(&nb).unwrap();
+            let mut cuda = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
+            cuda.set_cuda_graphs(graphs);
+            assert!(cuda.set_mega(true).unwrap(), "{name}: {:?}", cuda.summary());
+            cuda.init_state(&nb).unwrap();
+            let vocab = m.config.vocab_size as i64;
+            let (table, other) = (vec![3i64, 0, 7, 1, 5, 2, 9, 4], vec![11i64, 12]);
+            let mut ids: Vec<i64> = (0..9).map(|i| (i * 37 + 5) % vocab).collect();
+            let run = |cpu: &mut CpuProgram, cuda: &mut CudaProgram, si: &StepInputs, what: &str| {
+                let mut inputs = si.tensors(g, 16, DType::I64).unwrap();
+                inputs.retain(|k, _| !k.contains("_cache."));
+                let want = cpu.run(&inputs).unwrap();
+                let got = cuda.run(&inputs).unwrap();
+                let e = worst_row_rel_l2(&got["logits"], &want["logits"], si.logits_indices.len());
+                assert!(
+                    e < tolerance(dtype),
+                    "{name} (graphs {graphs}), {what}: logits differ from the CPU target: rel L2 {e}"
+                );
+                want["logits"].to_f64_vec()
+            };
+            let mut si = StepInputs::default();
+            si.ids.extend(&ids);
+            si.push_seq(&table, BLOCK, 0, ids.len(), true);
+            let mut logits = run(&mut cpu, &mut cuda, &si, "prompt");
+            for step in 0..20 {
+                let next = (0..logits.len())
+                    .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+                    .unwrap_or(0) as i64;
+                ids.push(next);
+                let mut si = StepInputs::default();
+                si.ids.push(next);
+                si.push_seq(&table, BLOCK, ids.len() - 1, 1, true);
+                logits = run(&mut cpu, &mut cuda, &si, &format!("one-token step {step}"));
+            }
+            let launched = cuda.mega_launches();
+            let mut si = StepInputs::default();
+            si.ids.extend([ids[3], ids[4]]);
+            si.push_seq(&table, BLOCK, ids.len(), 1, true);
+            si.push_seq(&other, BLOCK, 0, 1, true);
+            run(&mut cpu, &mut cuda, &si, "two sequences");
+            assert_eq!(
+                cuda.mega_launches(),
+                launched,
+                "{name}: two sequences took the megakernel"
+            );
+            if graphs {
+                assert!(launched >= 1, "{name}: the captured step holds no megakernel");
+            } else {
+                assert_eq!(launched, 20, "{name}");
+            }
+            for cache in ["k_cache.1", "v_cache.0"] {
+                let got = cuda.state_tensor(cache).unwrap();
+                let want = cpu.state_tensor(cache, &nb).unwrap();
+                assert!(rel_l2(&got, &want) < tolerance(dtype), "{name}: {cache} differs");
+            }
+        }
     }
 }
 

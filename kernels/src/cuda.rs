@@ -288,7 +288,14 @@ impl MegaShape {
     /// most 256), and rings of at least two tiles within
     /// [`MEGA_MAX_SMEM`]. The tile is the longest power of two up to
     /// 1,024 elements that divides every k (`d`, `f`, `hq * hd`).
-    pub fn new(dtype: &'static str, d: usize, f: usize, hq: usize, hkv: usize, hd: usize) -> Option<MegaShape> {
+    pub fn new(
+        dtype: &'static str,
+        d: usize,
+        f: usize,
+        hq: usize,
+        hkv: usize,
+        hd: usize,
+    ) -> Option<MegaShape> {
         if !matches!(dtype, "bf16" | "f16")
             || hkv == 0
             || hq % hkv != 0
@@ -370,7 +377,10 @@ impl MegaShape {
 
 /// The megakernel module's source: helpers, mega.cu, one instantiation.
 pub fn mega_source(shape: &MegaShape) -> String {
-    format!("{COMMON}\n// ---- mega.cu\n{MEGA}\n// ---- instantiation\n{}", shape.instance())
+    format!(
+        "{COMMON}\n// ---- mega.cu\n{MEGA}\n// ---- instantiation\n{}",
+        shape.instance()
+    )
 }
 
 #[cfg(test)]

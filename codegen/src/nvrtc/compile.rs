@@ -251,7 +251,15 @@ mod tests {
         let mut instances = vec![optc_kernels::cuda::attention_instance("bf16", 64)];
         instances.extend(optc_kernels::cuda::gemv_instances("bf16"));
         instances.extend(optc_kernels::cuda::pick_instances("bf16"));
-        let units = super::sources(&instances).unwrap();
+        let mut units = super::sources(&instances).unwrap();
+        // The megakernel at Llama-3.2-1B's shape and at the fixtures'.
+        use optc_kernels::cuda::{mega_source, MegaShape};
+        for shape in [
+            MegaShape::new("bf16", 2048, 8192, 32, 8, 64),
+            MegaShape::new("f16", 64, 128, 4, 2, 16),
+        ] {
+            units.push(mega_source(&shape.unwrap()));
+        }
         let mut options = vec!["--gpu-architecture=sm_90".to_string(), "--std=c++17".into()];
         options.extend(includes.iter().map(|d| format!("--include-path={d}")));
         let t = std::time::Instant::now();

@@ -56,8 +56,8 @@ pub(crate) struct Gpu {
     pub decode_chunks: usize,
     /// One module per compiled unit (see `compile::sources`).
     modules: Vec<Arc<CudaModule>>,
-    /// Optional kernels in their own module (the tensor-core prefill).
-    extra: Option<Arc<CudaModule>>,
+    /// Optional kernels in modules of their own (the tensor-core prefill, the megakernel).
+    extra: Vec<Arc<CudaModule>>,
     functions: HashMap<String, CudaFunction>,
 }
 
@@ -90,7 +90,7 @@ impl Gpu {
                 .filter(|&n| n > 0)
                 .unwrap_or(DECODE_CHUNKS_PER_WARP),
             modules: Vec::new(),
-            extra: None,
+            extra: Vec::new(),
             functions: HashMap::new(),
         })
     }
@@ -155,13 +155,13 @@ impl Gpu {
             .ctx
             .load_module(ptx)
             .map_err(|e| format!("loading the compiled kernels: {e}"))?;
-        self.extra = Some(m);
+        self.extra.push(m);
         Ok(())
     }
 
-    /// A kernel of the optional module, if it was built.
+    /// A kernel of the optional modules, if it was built.
     pub fn extra_function(&mut self, name: &str) -> Option<CudaFunction> {
-        self.extra.as_ref()?.load_function(name).ok()
+        self.extra.iter().find_map(|m| m.load_function(name).ok())
     }
 
     /// A kernel of the loaded modules, looked up once.

@@ -44,7 +44,7 @@ impl Uses {
     }
 
     /// The value `v` views (through reshapes), or `v`.
-    fn root(&self, steps: &[Step], mut v: usize) -> usize {
+    pub(super) fn root(&self, steps: &[Step], mut v: usize) -> usize {
         while let Some(&p) = self.producer.get(&v) {
             match steps[p].exec {
                 Exec::View => v = steps[p].args[0],

@@ -50,6 +50,7 @@ mod device;
 mod fuse;
 mod gemm;
 mod launch;
+mod mega;
 mod pick;
 mod profile;
 mod program;

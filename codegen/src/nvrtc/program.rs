@@ -106,6 +106,13 @@ pub struct CudaSummary {
     pub gemv_ropes: usize,
     /// The tensor-core prefill kernel: "on", or why it is off.
     pub prefill_mma: Option<String>,
+    /// Layers of the decode stack the one-token megakernel covers (0:
+    /// none), with the LM head.
+    pub mega_layers: usize,
+    /// The megakernel's function, when a stack was found.
+    pub mega_kernel: Option<String>,
+    /// Whether one-token runs launch it: "on", or why not.
+    pub mega: Option<String>,
 }
 
 /// Per-run metadata of one paged-attention step.
@@ -214,6 +221,12 @@ pub struct CudaProgram {
     /// would wait for the whole device).
     pub(super) retired: Vec<DeviceBox>,
     pub(super) collected: std::collections::VecDeque<Result<Vec<(u32, f32)>, String>>,
+    /// The decode layer stack the megakernel covers, if any, and the
+    /// megakernel once loaded (`set_mega`).
+    pub(super) mega_stack: Option<super::mega::MegaStack>,
+    pub(super) mega: Option<super::mega::Mega>,
+    /// Runs that launched the megakernel.
+    pub(super) mega_launches: u64,
 }
 
 /// Where linears of 5..=128 rows of a 16-bit type run on optc's
@@ -322,7 +335,7 @@ fn unfuse(steps: &mut [Step], li: usize, summary: &mut CudaSummary) {
     }
 }
 
-fn allow_smem(f: &CudaFunction, bytes: usize) -> Result<(), cudarc::driver::DriverError> {
+pub(super) fn allow_smem(f: &CudaFunction, bytes: usize) -> Result<(), cudarc::driver::DriverError> {
     f.set_attribute(
         cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         bytes as i32,
@@ -354,6 +367,8 @@ struct Plan {
     /// The kernel sources' instantiation lines the steps need.
     instances: Vec<String>,
     mma_instances: Vec<String>,
+    /// The decode layer stack the megakernel can run at one token.
+    mega: Option<super::mega::MegaStack>,
 }
 
 /// Plans the lowering of `g` for a GPU named `device`, without touching
@@ -495,6 +510,7 @@ fn plan(g: &Graph, device: &str) -> Result<Plan, CodegenError> {
             }
         }
     }
+    let mut mega = None;
     if std::env::var("OPTC_CUDA_FUSE").map_or(true, |v| v != "0") {
         let outputs: HashSet<usize> = g.outputs().iter().map(|o| vid[&o.value]).collect();
         let counts = [
@@ -509,6 +525,11 @@ fn plan(g: &Graph, device: &str) -> Result<Plan, CodegenError> {
         if std::env::var("OPTC_CUDA_FUSE_GEMV").map_or(true, |v| v != "0") {
             let n = super::fuse::fused_gemvs(&mut steps, &types, &outputs);
             (summary.gemv_norms, summary.gemv_glus, summary.gemv_ropes) = (n.norms, n.glus, n.ropes);
+            mega = super::mega::find(&steps, &types, &consts, &outputs);
+            if let Some(m) = &mega {
+                summary.mega_layers = m.layers.len();
+                summary.mega_kernel = Some(m.shape.function());
+            }
         }
     }
     Ok(Plan {
@@ -524,6 +545,7 @@ fn plan(g: &Graph, device: &str) -> Result<Plan, CodegenError> {
         summary,
         instances,
         mma_instances,
+        mega,
     })
 }
 
@@ -559,6 +581,7 @@ impl CudaProgram {
             mut summary,
             mut instances,
             mma_instances,
+            mega: mega_stack,
         } = plan(g, &gpu.name)?;
         // Token picks read 2-D float outputs: their kernels for those types.
         let pick_types: Vec<&'static str> = {
@@ -855,6 +878,7 @@ impl CudaProgram {
                 unfuse(&mut steps, li, &mut summary);
             }
         }
+        let mega_stack = mega_stack.and_then(|m| m.remap(&moved));
         let upload_start = std::time::Instant::now();
         let mut ups: Vec<usize> = read_on_device.iter().copied().collect();
         ups.sort_unstable();
@@ -944,7 +968,7 @@ impl CudaProgram {
         } else {
             None
         };
-        Ok(CudaProgram {
+        let mut p = CudaProgram {
             gpu,
             gemm,
             pool: Pool::default(),
@@ -984,7 +1008,16 @@ impl CudaProgram {
             ids_map: None,
             retired: Vec::new(),
             collected: Default::default(),
-        })
+            mega_stack,
+            mega: None,
+            mega_launches: 0,
+        };
+        if std::env::var("OPTC_CUDA_MEGA").is_ok_and(|v| v == "1") {
+            p.set_mega(true)?;
+        } else if p.mega_stack.is_some() {
+            p.summary.mega = Some("off (OPTC_CUDA_MEGA=1 turns it on)".into());
+        }
+        Ok(p)
     }
 
     /// Which attention kernels this program's runs have launched.
@@ -1012,6 +1045,51 @@ impl CudaProgram {
     /// Overrides `OPTC_CUDA_SKINNY` for this program's linears.
     pub fn set_skinny_gemm(&mut self, mode: SkinnyGemm) {
         self.skinny = mode;
+    }
+
+    /// Runs one-token decode steps (one sequence, one token) through the
+    /// megakernel (`kernels/cuda/mega.cu`: the layer stack and LM head in
+    /// one persistent launch) when `on`, compiling it on first use, as
+    /// `OPTC_CUDA_MEGA=1` does at construction. Returns whether it will
+    /// run: the step graph has a stack it covers and it built and fits
+    /// this GPU (`summary().mega` says why not). Captured graphs are
+    /// dropped, since they hold the other path's launches.
+    pub fn set_mega(&mut self, on: bool) -> Result<bool, CodegenError> {
+        self.finish_pending();
+        self.captures.clear();
+        if !on {
+            if let Some(m) = &mut self.mega {
+                m.on = false;
+            }
+            if self.mega_stack.is_some() {
+                self.summary.mega = Some("off".into());
+            }
+            return Ok(false);
+        }
+        let Some(stack) = self.mega_stack.clone() else {
+            return Ok(false);
+        };
+        if self.mega.is_none() {
+            match super::mega::Mega::load(&mut self.gpu, stack) {
+                Ok(m) => self.mega = Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the decode megakernel is off");
+                    self.summary.mega = Some(format!("off: {e}"));
+                    return Ok(false);
+                }
+            }
+        }
+        if let Some(m) = &mut self.mega {
+            m.on = true;
+            m.invalidate();
+        }
+        self.summary.mega = Some("on".into());
+        Ok(true)
+    }
+
+    /// Runs that launched the one-token decode megakernel.
+    pub fn mega_launches(&self) -> u64 {
+        self.mega_launches
     }
 
     pub fn summary(&self) -> &CudaSummary {
@@ -1070,8 +1148,12 @@ impl CudaProgram {
                 message,
             })?;
             let bytes = ty.dtype.storage_bytes(shape.iter().product());
-            // Captured graphs point at the old state.
+            // Captured graphs and the megakernel's layer table point at
+            // the old state.
             self.captures.clear();
+            if let Some(m) = &mut self.mega {
+                m.invalidate();
+            }
             self.state[i] = None;
             let b = DeviceBox::new(bytes).map_err(|message| CodegenError::Input {
                 name: self.state_names[i].clone(),

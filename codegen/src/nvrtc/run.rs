@@ -238,6 +238,7 @@ impl CudaProgram {
             .dims_cache
             .get(&self.graph, &self.types, shapes, &self.inputs)?;
         let (bindings, dims) = (&rd.bindings, &rd.dims);
+        self.mega_prepare()?;
         // Host-side checks of what kernels index with, and the attention
         // tiles; then everything goes up in one copy.
         let mut arena: Vec<u8> = Vec::new();
@@ -693,6 +694,10 @@ impl CudaProgram {
         // step's work in this run, and SwiGLU steps a GEMV already did.
         let mut runs_norm = vec![false; steps.len()];
         let mut done = vec![false; steps.len()];
+        // The megakernel's first step, and its last once it launched: the
+        // steps between are its work.
+        let mega_first = self.mega.as_ref().filter(|m| m.on).map(|m| m.stack.first);
+        let mut mega_last = None;
         for (si, s) in steps.iter().enumerate() {
             if let Exec::View = s.exec {
                 ptr[s.outs[0]] = ptr[s.args[0]];
@@ -700,6 +705,21 @@ impl CudaProgram {
             }
             if self.profile.as_ref().is_some_and(|p| p.per_kernel) {
                 events.push((si, self.record_event()?));
+            }
+            if mega_first == Some(si) && self.mega_fits(dims, ptr) {
+                let Some(m) = self.mega.as_ref() else { continue };
+                let (head, last) = (m.stack.head, m.stack.last);
+                let logits = steps[head].outs[0];
+                let bytes = self.types[logits]
+                    .dtype
+                    .storage_bytes(dims[logits].iter().product());
+                ptr[logits] = self.pool.alloc(bytes).map_err(node_err(&s.node))?;
+                self.launch_mega(dims, ptr).map_err(node_err(&s.node))?;
+                self.mega_launches += 1;
+                mega_last = Some(last);
+            }
+            if mega_last.is_some_and(|l| si <= l) {
+                done[si] = true;
             }
             for &o in &s.outs {
                 if self.locs[o] == Loc::Temp && !done[si] {

@@ -465,10 +465,16 @@ mod tests {
     /// entries before its own `pdl_wait()`.
     #[test]
     fn entry_points_wait_before_they_work() {
-        const WAIT_INSIDE: [&str; 3] = ["gemv_impl<", "gemv_ring_impl<", "paged_decode_impl<"];
+        const WAIT_INSIDE: [&str; 4] = [
+            "gemv_impl<",
+            "gemv_ring_impl<",
+            "paged_decode_impl<",
+            "mega_decode_impl<",
+        ];
         // (The generated chains' test checks theirs.)
         let mut seen = 0;
-        for (file, src) in optc_kernels::cuda::FILES {
+        let mega = ("mega.cu", optc_kernels::cuda::MEGA);
+        for (file, src) in optc_kernels::cuda::FILES.into_iter().chain([mega]) {
             for (at, _) in src.match_indices("extern \"C\" __global__") {
                 let rest = &src[at..];
                 let open = rest.find('{').expect("a body");
@@ -513,6 +519,8 @@ mod tests {
             let at = gemv.find(f).unwrap_or_else(|| panic!("{f}"));
             assert!(gemv[at..].contains("pdl_wait();"), "{f}");
         }
+        let at = mega.1.find("void mega_decode_impl(").expect("mega_decode_impl");
+        assert!(mega.1[at..].contains("pdl_wait();"));
     }
 
     fn strip_block_comments(s: &str) -> String {
