@@ -6,7 +6,9 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, sample, ab, gemvbench, stepbench, megabench, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, sample, mega, ab, gemvbench, stepbench, megabench, profile, graphprof, ncu, ncudetail, peer.
+# `mega` runs W1 and W2 with the one-token decode megakernel on and off (OPTC_CUDA_MEGA=1, 0, 1, 0), then
+# W1's GPU time per kernel kind with it on.
 # Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p, top-p alone, temperature alone).
 # `ab` runs the workloads with switch AB_VAR (default OPTC_ASYNC_SCHEDULING; e.g.
 # OPTC_CUDA_PDL) at 1, 0, 1, 0 in one call; `gemvbench` compiles and runs
@@ -32,7 +34,7 @@ if has tests; then
   echo "== tests"
   "$DEV"/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
 fi
-if has compile || has bench || has sample || has ab || has profile || has graphprof || has ncu || has ncudetail || has peer; then
+if has compile || has bench || has sample || has mega || has ab || has profile || has graphprof || has ncu || has ncudetail || has peer; then
   if [ ! -e $MODEL/config.json ]; then
     python3 .device/hf_baseline.py --parts save_model --model-dir $MODEL 2>&1 | tail -2
   fi
@@ -59,6 +61,17 @@ if has sample; then
     "$BIN" bench $MODEL --target nvrtc --workloads W1,W2,W3 --reps 1 --max-num-tokens 16384 --json \
       --temperature 0.8 $flags 2>&1 | tee -a "$OUT/optc_sample.jsonl" | grep -E "workload|rror"
   done
+fi
+if has mega; then
+  echo "== optc bench W1, W2 with the decode megakernel on and off (OPTC_CUDA_MEGA)"
+  for v in 1 0 1 0; do
+    echo "-- OPTC_CUDA_MEGA=$v"
+    OPTC_CUDA_MEGA=$v "$BIN" bench $MODEL --target nvrtc --workloads W1,W2 --reps 2 --max-num-tokens 16384 --json \
+      2>&1 | tee -a "$OUT/optc_mega_$v.jsonl" | grep -E "workload|rror|panic"
+  done
+  echo "-- W1 GPU time per kernel kind, megakernel on"
+  OPTC_CUDA_MEGA=1 OPTC_CUDA_PROFILE=1 "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 --max-num-tokens 8192 \
+    2>&1 | tee "$OUT/profile_mega_W1.log" | head -16
 fi
 if has ab; then
   AB_VAR=${AB_VAR:-OPTC_ASYNC_SCHEDULING}

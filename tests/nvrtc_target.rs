@@ -136,6 +136,31 @@ fn planned_step_graphs_fuse_the_rotary_tables_and_the_final_norm() {
     assert!(shape.smem_bytes() <= src::MEGA_MAX_SMEM);
 }
 
+/// The megakernel takes a stack only whole: when something outside reads
+/// a value inside it (here layer 0's attention projection, made a graph
+/// output), planning leaves the steps to the launch chain.
+#[test]
+fn megakernel_leaves_a_stack_read_from_outside() {
+    let mut m = step_graph("llama_bf16");
+    let g = &mut m.graph;
+    let o_proj = g
+        .node_ids()
+        .find(|&id| {
+            g.node(id).op().is_some_and(|op| op.name() == "linear")
+                && g.operands(id).get(1).is_some_and(|w| {
+                    g.node_name(w.node)
+                        .is_some_and(|n| n.contains("layers.0.self_attn.o_proj"))
+                })
+        })
+        .expect("layer 0's o_proj");
+    let ty = g.node(o_proj).outputs[0].clone();
+    assert_eq!(nvrtc::plan_summary(g).unwrap().mega_layers, 2);
+    g.add_output("attn_out_0", optc::ir::Value::of(o_proj), ty);
+    let s = nvrtc::plan_summary(g).unwrap();
+    assert_eq!(s.mega_layers, 0, "{s:?}");
+    assert_eq!(s.mega_kernel, None, "{s:?}");
+}
+
 #[test]
 fn step_graphs_match_the_cpu_target_across_steps() {
     if !gpu() {

@@ -703,7 +703,9 @@ impl CudaProgram {
                 ptr[s.outs[0]] = ptr[s.args[0]];
                 continue;
             }
-            if self.profile.as_ref().is_some_and(|p| p.per_kernel) {
+            // (Inside the megakernel's range only its launch is timed.)
+            let inside = mega_last.is_some_and(|l| si <= l);
+            if !inside && self.profile.as_ref().is_some_and(|p| p.per_kernel) {
                 events.push((si, self.record_event()?));
             }
             if mega_first == Some(si) && self.mega_fits(dims, ptr) {
@@ -779,6 +781,9 @@ impl CudaProgram {
                 let next = events.get(i + 1).map_or(&end, |(_, e)| e);
                 let ms = f64::from(ev.elapsed_ms(next).unwrap_or(0.0));
                 let kind = match &steps[*si].exec {
+                    _ if mega_last.is_some() && mega_first == Some(*si) => {
+                        format!("{phase} megakernel (layers and LM head)")
+                    }
                     Exec::Kernel(k, _) => format!("{phase} {}", k.name()),
                     _ => format!("{phase} host {}", steps[*si].op.name()),
                 };
