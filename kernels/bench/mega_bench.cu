@@ -256,7 +256,6 @@ int main(int argc, char** argv) {
     for (int b = 0; b < max_blocks; ++b) table[b] = (b * 7) % max_blocks;
     i64* dtable = dzero<i64>(max_blocks);
     i64* dpos = dzero<i64>(1);
-    i64* dctx = dzero<i64>(1);
     i64* dslot = dzero<i64>(1);
     CK(cudaMemcpy(dtable, table.data(), max_blocks * 8, cudaMemcpyHostToDevice));
     // The megakernel's layer table, operands and scratch.
@@ -276,7 +275,7 @@ int main(int argc, char** argv) {
     MegaArgs<bf16> m = {};
     m.layers = dlayers, m.nlayers = L, m.vocab = V;
     m.h0 = h0, m.cs = cs, m.sn = sn, m.interleaved = 0, m.block_size = BS;
-    m.slot = dslot, m.ctx = dctx, m.table = dtable, m.window = 0, m.scale = SCALE;
+    m.slot = dslot, m.pos = dpos, m.table = dtable, m.window = 0, m.scale = SCALE;
     m.fnorm = fnorm, m.whead = whead, m.bhead = nullptr, m.feps = EPS, m.flags = 0;
     m.logits = dzero<bf16>(V);
     m.q = dzero<bf16>((size_t)L * HQ * HD);
@@ -344,9 +343,8 @@ int main(int argc, char** argv) {
 
     bool ok = true;
     for (int pos : {127, 255, 383}) {
-        const i64 p = pos, ctx = pos + 1, slot = table[pos / BS] * BS + pos % BS;
+        const i64 p = pos, slot = table[pos / BS] * BS + pos % BS;
         CK(cudaMemcpy(dpos, &p, 8, cudaMemcpyHostToDevice));
-        CK(cudaMemcpy(dctx, &ctx, 8, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dslot, &slot, 8, cudaMemcpyHostToDevice));
         printf("== decode at position %d (%d keys)\n", pos, pos + 1);
         // The reference, on its own copy of the caches.
@@ -381,7 +379,7 @@ int main(int argc, char** argv) {
                 launch(gemv_norm_rope_bf16_m1, QKV / 16, 1, 1, 256, 2 * D * 2, (const bf16*)ch, (const bf16*)cres,
                        (const bf16*)(nw1 + (size_t)l * D), csum, EPS, (const bf16*)(wqkv + (size_t)l * QKV * D),
                        (const bf16*)nullptr, QKV, D, 1, (const bf16*)cs, (const bf16*)sn, cq, kc + l * cache,
-                       vc + l * cache, (const i64*)dpos, HQ, HKV, HD, HD, HD, 0);
+                       vc + l * cache, (const i64*)dslot, HQ, HKV, HD, HD, HD, 0);
                 launch(paged_decode_bf16_d64, 1, HKV, 1, 128, att_smem, (const bf16*)cq, (const bf16*)(kc + l * cache),
                        (const bf16*)(vc + l * cache), (const i64*)dpos, (const i64*)dtable, max_blocks, catt, cpart,
                        ccount, 1, HQ, HKV, BS, SCALE, 0);

@@ -53,7 +53,7 @@ template <typename T> struct MegaArgs {
     const T *cs, *sn;        // this token's cos and sin [HD]
     int interleaved, block_size;
     const i64* slot;         // this token's cache slot (negative: no write)
-    const i64* ctx;          // the sequence's context length, this token included
+    const i64* pos;          // this token's position (it sees keys 0..pos)
     const i64* table;        // its block table
     int window;              // 0: every key
     float scale;
@@ -360,7 +360,7 @@ template <class S> __device__ void mega_attention_piece(const MegaArgs<typename 
     using T = typename S::T;
     constexpr int HD = S::HD, GQA = S::GQA, DPL = S::DPL, NS = MEGA_NSPLIT;
     const int lane = threadIdx.x & 31, g = a / NS, s = a % NS;
-    const int ctx = (int)*m.ctx;
+    const int ctx = (int)*m.pos + 1;
     const int lo = m.window > 0 ? max(0, ctx - m.window) : 0;
     const int keys = ctx - lo, per = (keys + NS - 1) / NS;
     const int k0 = lo + min(keys, s * per), k1 = lo + min(keys, s * per + per);
@@ -502,7 +502,7 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
     const bool attention = !(m.flags & 1), barriers_on = !(m.flags & 2);
     const MegaDims dims{m.nlayers, m.vocab};
     unsigned long long* bars = slot_bar + (TMA ? warp * STAGES : 0);
-    if (TMA) {
+    if constexpr (TMA) {
         if (lane == 0)
             for (int i = 0; i < STAGES; ++i) mega_mbar_init(&bars[i]);
         mega_mbar_init_fence();
@@ -521,7 +521,7 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
         if (!ld_walk.done()) {
             const T* src = mega_tile_src<S>(m, ld_walk, dims.kind(ld_walk.p));
             T* dst = ring + (issued % STAGES) * CH;
-            if (TMA) {
+            if constexpr (TMA) {
                 if (lane == 0) mega_bulk_copy(dst, src, CH * sizeof(T), &bars[issued % STAGES]);
             } else {
 #pragma unroll
@@ -532,14 +532,15 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
             }
             ld_walk.next(gw, W);
         }
-        if (!TMA) cp_async_commit();
+        if constexpr (!TMA) cp_async_commit();
         ++issued;
-        if (PF > 0 && !pf_walk.done()) {
+        if constexpr (PF > 0) {
+            if (pf_walk.done()) return;
             if (lane == 0) mega_prefetch_l2(mega_tile_src<S>(m, pf_walk, dims.kind(pf_walk.p)), CH * sizeof(T));
             pf_walk.next(gw, W);
         }
     };
-    if (PF > 0)
+    if constexpr (PF > 0)
         for (int t = 0; t < PF && !pf_walk.done(); ++t) pf_walk.next(gw, W);
     // Weights first: they depend on no kernel before this one.
 #pragma unroll 1
@@ -581,7 +582,7 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
             const int u = use.u;
             float acc[2] = {0.f, 0.f};
             for (int j = 0; j < lin.rows * lin.nch; ++j) {
-                if (TMA)
+                if constexpr (TMA)
                     mega_mbar_wait(&bars[used % STAGES], (used / STAGES) & 1);
                 else
                     cp_async_wait<STAGES - 1>();
@@ -615,7 +616,7 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
         // keeps the order without barriers too).
         __syncthreads();
     }
-    if (!TMA) cp_async_wait<0>();
+    if constexpr (!TMA) cp_async_wait<0>();
     // The last block out resets the counters for the next step.
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -629,7 +630,8 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
 }
 
 // mega_decode_{N}_d{D}_f{F}_h{HQ}x{HKV}x{HD}_c{CH}_w{WARPS}_s{STAGES}
-// (`mega_instance` in kernels/src/cuda.rs names it).
+// (`MegaShape::function` and `MegaShape::instance` in kernels/src/cuda.rs
+// spell it).
 #define OPTC_MEGA_DECODE(T, N, D, F, HQ, HKV, HD, CH, WARPS, STAGES)                                          \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, 1)                                                 \
         mega_decode_##N##_d##D##_f##F##_h##HQ##x##HKV##x##HD##_c##CH##_w##WARPS##_s##STAGES(                   \

@@ -322,9 +322,17 @@ impl MegaShape {
             warps: MEGA_WARPS,
             stages: 0,
         };
-        let ring = MEGA_MAX_SMEM.checked_sub(s.x_bytes())? / (s.warps * ch * 2);
-        s.stages = ring.min(MEGA_MAX_STAGES);
-        (s.stages >= 2).then_some(s)
+        s.stages = MEGA_MAX_STAGES;
+        s.within(MEGA_MAX_SMEM)
+    }
+
+    /// The shape with as many ring stages (at most [`MEGA_MAX_STAGES`],
+    /// at least two) as `max_smem` bytes of dynamic shared memory hold: a
+    /// GPU with less than the H200's gets shorter rings.
+    pub fn within(mut self, max_smem: usize) -> Option<MegaShape> {
+        let ring = max_smem.checked_sub(self.x_bytes())? / (self.warps * self.ch * 2);
+        self.stages = ring.min(MEGA_MAX_STAGES);
+        (self.stages >= 2).then_some(self)
     }
 
     /// x's share of the shared memory: the widest input, or a block's
@@ -386,6 +394,33 @@ pub fn mega_source(shape: &MegaShape) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The megakernel's shapes: the longest tile dividing every k, rings
+    /// as deep as shared memory holds, 16-bit types and whole heads only.
+    #[test]
+    fn mega_shapes_fit_their_shared_memory() {
+        let s = MegaShape::new("bf16", 2048, 8192, 32, 8, 64).unwrap();
+        assert_eq!((s.ch, s.warps, s.stages), (1024, 16, 6));
+        assert_eq!(s.smem_bytes(), 8192 * 2 + 16 * 6 * 1024 * 2);
+        // Llama-3-8B: attention's queries (32 KiB) outgrow x, and six
+        // stages still fit.
+        let b = MegaShape::new("bf16", 4096, 14336, 32, 8, 128).unwrap();
+        assert_eq!((b.ch, b.stages), (1024, 6));
+        assert!(b.smem_bytes() <= MEGA_MAX_SMEM);
+        // The fixtures: 64-element tiles.
+        let f = MegaShape::new("f16", 64, 128, 4, 2, 16).unwrap();
+        assert_eq!((f.ch, f.stages), (64, 6));
+        // Less shared memory, shorter rings; too little, none.
+        assert_eq!(s.within(163 << 10).map(|s| s.stages), Some(4));
+        assert_eq!(s.within(64 << 10), None);
+        assert_eq!(MegaShape::new("f32", 2048, 8192, 32, 8, 64), None);
+        assert_eq!(MegaShape::new("bf16", 2048, 8192, 30, 8, 64), None);
+        assert_eq!(MegaShape::new("bf16", 2048, 8192, 32, 8, 60), None);
+        assert_eq!(
+            s.instance(),
+            "OPTC_MEGA_DECODE(bf16, bf16, 2048, 8192, 32, 8, 64, 1024, 16, 6)\n"
+        );
+    }
 
     /// The host's GEMV blocks must match the geometries gemv.cu
     /// instantiates (`using GemvX = GemvGeometry<WARPS, R, U>;`).

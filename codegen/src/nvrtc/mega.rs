@@ -52,6 +52,15 @@ pub(super) struct MegaStack {
     pub(super) head: usize,
     /// The stack's input (the embedding's result).
     pub(super) input: usize,
+    /// The values it reads besides weights and caches: the rotary
+    /// tables, the cache slots, the paged metadata, the logits rows.
+    pub(super) cos: usize,
+    pub(super) sin: usize,
+    pub(super) slots: usize,
+    pub(super) positions: usize,
+    pub(super) context_lens: usize,
+    pub(super) block_tables: usize,
+    pub(super) rows: usize,
     pub(super) vocab: usize,
     pub(super) interleaved: bool,
     pub(super) scale: f32,
@@ -217,6 +226,8 @@ impl Finder<'_> {
         };
         let (interleaved, window, scale) = (r.interleaved, pa.window, pa.scale);
         let cos = st[l0.rope].args[1];
+        let gather = st[head].fused.as_ref()?.gather?;
+        let t = ty[input].dtype;
         for l in &layers {
             let weights = [
                 (st[l.qkv].args[1], (qkv_rows, d)),
@@ -224,7 +235,13 @@ impl Finder<'_> {
                 (st[l.gate_up].args[1], (2 * f, d)),
                 (st[l.down].args[1], (d, f)),
             ];
-            let shapes_ok = weights.iter().all(|&(w, rc)| matrix(&ty[w]) == Some(rc));
+            // Every operand of the stack's type T (biases and scales too).
+            let operands = [l.qkv, l.o, l.gate_up, l.down, l.norm1, l.norm2]
+                .into_iter()
+                .flat_map(|i| st[i].args.iter().copied())
+                .chain(st[l.rope].args[1..5].iter().copied());
+            let shapes_ok = weights.iter().all(|&(w, rc)| matrix(&ty[w]) == Some(rc))
+                && operands.into_iter().all(|v| ty[v].dtype == t);
             let (Op::Rope(r), Op::PagedAttention(p)) = (&st[l.rope].op, &st[l.attention].op) else {
                 return None;
             };
@@ -256,13 +273,25 @@ impl Finder<'_> {
             Some(w) => i32::try_from(w).ok().filter(|&w| w > 0)?,
         };
         let scale = scale.map_or(1.0 / (hd as f64).sqrt(), |s| s) as f32;
+        let a0 = &st[l0.attention];
+        let mut head_ops = st[final_norm].args.iter().chain(&st[head].args[1..]);
+        if !head_ops.all(|&v| ty[v].dtype == t) {
+            return None;
+        }
         let stack = MegaStack {
             first: n1,
             last: head,
-            layers,
             final_norm,
             head,
             input,
+            cos,
+            sin: st[l0.rope].args[2],
+            slots: st[l0.rope].args[5],
+            positions: a0.args[5],
+            context_lens: a0.args[7],
+            block_tables: a0.args[8],
+            rows: st[gather].args[1],
+            layers,
             vocab,
             interleaved,
             scale,
@@ -372,7 +401,7 @@ struct StepArgs {
     interleaved: i32,
     block_size: i32,
     slot: u64,
-    ctx: u64,
+    pos: u64,
     table: u64,
     window: i32,
     scale: f32,
@@ -439,7 +468,19 @@ impl Mega {
     /// Compiles (or finds in the cache) and loads the megakernel for
     /// `stack`, checks that a block fits on an SM, and allocates its
     /// scratch, zeroed.
-    pub(super) fn load(gpu: &mut super::device::Gpu, stack: MegaStack) -> Result<Mega, String> {
+    pub(super) fn load(gpu: &mut super::device::Gpu, mut stack: MegaStack) -> Result<Mega, String> {
+        // This GPU's shared memory a block, less the kernel's static share.
+        let optin = gpu
+            .ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(|e| e.to_string())?;
+        let max_smem = usize::try_from(optin).unwrap_or(0).saturating_sub(1 << 10);
+        stack.shape = stack
+            .shape
+            .within(max_smem.min(src::MEGA_MAX_SMEM))
+            .ok_or_else(|| format!("{max_smem} bytes of shared memory a block hold no two-stage rings"))?;
         let shape = stack.shape;
         let (ptx, _) = super::compile::compile(&src::mega_source(&shape), gpu.arch)?;
         gpu.load_extra(ptx)?;
@@ -576,22 +617,22 @@ impl CudaProgram {
         let Some(m) = self.mega.as_ref().filter(|m| m.on && m.uploaded.is_some()) else {
             return false;
         };
-        let (s, st) = (&m.stack, &self.steps);
+        let s = &m.stack;
         let numel = |v: usize| dims[v].iter().product::<usize>();
-        let (rope, att) = (&st[s.layers[0].rope], &st[s.layers[0].attention]);
-        let rows = st[s.head]
-            .fused
-            .as_ref()
-            .and_then(|z| z.gather)
-            .map(|g| st[g].args[1]);
+        // Views of these may not have run yet: their buffers' owners.
+        let own = |v: usize| ptr[self.owner[v]];
         numel(s.input) == s.shape.d
-            && numel(att.args[7]) == 1
-            && dims[att.args[8]].first() == Some(&1)
-            && rows.is_some_and(|r| numel(r) == 1)
-            && numel(rope.args[5]) == 1
-            && [s.input, rope.args[1], rope.args[2]]
+            && numel(s.context_lens) == 1
+            && numel(s.positions) == 1
+            && numel(s.slots) == 1
+            && numel(s.rows) == 1
+            && dims[s.block_tables].first() == Some(&1)
+            && [s.input, s.cos, s.sin]
                 .iter()
-                .all(|&v| ptr[v] != 0 && ptr[v] % 16 == 0)
+                .all(|&v| own(v) != 0 && own(v) % 16 == 0)
+            && [s.positions, s.slots, s.block_tables]
+                .iter()
+                .all(|&v| own(v) != 0)
     }
 
     /// Launches the megakernel for this run (`mega_fits` held), its
@@ -599,7 +640,9 @@ impl CudaProgram {
     pub(super) fn launch_mega(&mut self, dims: &[Vec<usize>], ptr: &[u64]) -> Result<(), String> {
         let m = self.mega.as_ref().ok_or("no megakernel (a lowering bug)")?;
         let (s, st) = (&m.stack, &self.steps);
-        let (rope, att) = (&st[s.layers[0].rope], &st[s.layers[0].attention]);
+        let rope = &st[s.layers[0].rope];
+        // Views of these may not have run yet: their buffers' owners.
+        let own = |v: usize| ptr[self.owner[v]];
         let fnorm = self
             .fixed_ptr(norm_scale(&st[s.final_norm]))
             .ok_or("final norm scale")?;
@@ -612,14 +655,14 @@ impl CudaProgram {
             layers: m.table.ptr,
             nlayers: s.layers.len() as i32,
             vocab: s.vocab as i32,
-            h0: ptr[s.input],
-            cs: ptr[rope.args[1]],
-            sn: ptr[rope.args[2]],
+            h0: own(s.input),
+            cs: own(s.cos),
+            sn: own(s.sin),
             interleaved: i32::from(s.interleaved),
             block_size: dims[rope.args[3]].get(1).copied().unwrap_or(0) as i32,
-            slot: ptr[rope.args[5]],
-            ctx: ptr[att.args[7]],
-            table: ptr[att.args[8]],
+            slot: own(s.slots),
+            pos: own(s.positions),
+            table: own(s.block_tables),
             window: s.window,
             scale: s.scale,
             fnorm,
@@ -627,7 +670,7 @@ impl CudaProgram {
             bhead,
             feps: eps_of(&st[s.final_norm].op),
             flags: 0,
-            logits: ptr[st[s.head].outs[0]],
+            logits: own(st[s.head].outs[0]),
             q: at(0),
             att: at(1),
             hmid: at(2),
