@@ -79,14 +79,56 @@ const FIXTURES: [&str; 7] = [
     "qwen2_f16",
 ];
 
+/// A bf16 copy of fixture `name` (its checkpoint rounded, its config's
+/// dtype bf16) in a fresh temporary folder: a 16-bit model of an
+/// architecture the fixtures hold in f32 only.
+fn bf16_copy(name: &str) -> std::path::PathBuf {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name);
+    let to = std::env::temp_dir().join(format!("optc-bf16-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&to).unwrap();
+    let mut store = WeightStore::new();
+    let mut shards: Vec<_> = std::fs::read_dir(&from)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let f = p.file_name().unwrap().to_string_lossy();
+            f.starts_with("model") && f.ends_with(".safetensors")
+        })
+        .collect();
+    shards.sort();
+    for p in &shards {
+        store.open_safetensors(p).unwrap();
+    }
+    let tensors: Vec<(String, Tensor)> = store
+        .names()
+        .map(|n| (n.to_string(), store.get(n).unwrap().cast(DType::BF16)))
+        .collect();
+    optc::ir::weights::write_safetensors(to.join("model.safetensors"), &tensors).unwrap();
+    let config = std::fs::read_to_string(from.join("config.json")).unwrap();
+    assert!(config.contains("\"dtype\": \"float32\""), "{name}: {config}");
+    std::fs::write(
+        to.join("config.json"),
+        config.replace("\"dtype\": \"float32\"", "\"dtype\": \"bfloat16\""),
+    )
+    .unwrap();
+    to
+}
+
 /// Fixture `name` through the serving pipeline: its step graph.
 fn step_graph(name: &str) -> hf::HfModel {
     let mut m = load(name);
+    compile_step_graph(&mut m);
+    m
+}
+
+/// The serving pipeline on a loaded model: its step graph.
+fn compile_step_graph(m: &mut hf::HfModel) {
     Compiler::new()
         .set_pipeline(Pipeline::serving(BLOCK))
         .compile(&mut m.graph, &mut m.weights)
         .unwrap();
-    m
 }
 
 fn no_progress() -> impl FnMut(usize, usize) {
@@ -134,6 +176,18 @@ fn planned_step_graphs_fuse_the_rotary_tables_and_the_final_norm() {
         "mega_decode_bf16_d2048_f8192_h32x8x64_c1024_w16_s6"
     );
     assert!(shape.smem_bytes() <= src::MEGA_MAX_SMEM);
+}
+
+/// A sliding-window model (Mistral, rounded to bf16) plans its stack for
+/// the megakernel too: the window is the kernel's.
+#[test]
+fn megakernel_plans_a_sliding_window_stack() {
+    let dir = bf16_copy("mistral");
+    let mut m = hf::load(&dir).unwrap();
+    compile_step_graph(&mut m);
+    let s = nvrtc::plan_summary(&m.graph).unwrap();
+    assert_eq!(s.mega_layers, m.config.num_layers, "{s:?}");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The megakernel takes a stack only whole: when something outside reads
@@ -248,7 +302,8 @@ fn step_graphs_match_the_cpu_target_across_steps() {
 
 /// The one-token decode megakernel (`set_mega`, kernels/cuda/mega.cu)
 /// against the CPU target on the 16-bit fixtures (Llama with tied
-/// embeddings; Qwen2 with QKV biases, in f16): a 9-token prompt, then 20
+/// embeddings; Qwen2 with QKV biases, in f16) and on Mistral rounded to
+/// bf16 (a sliding window of 4 keys): a 9-token prompt, then 20
 /// one-token steps whose context crosses several scattered cache blocks,
 /// then a step of two sequences (which keeps to the launch chain). With
 /// CUDA graphs off every one-token step launches it; with them on the
@@ -258,8 +313,16 @@ fn megakernel_matches_the_cpu_target() {
     if !gpu() {
         return;
     }
-    for name in ["llama_bf16", "qwen2_f16"] {
-        let m = step_graph(name);
+    for name in ["llama_bf16", "qwen2_f16", "mistral in bf16"] {
+        let copy = name.strip_suffix(" in bf16").map(bf16_copy);
+        let m = match &copy {
+            Some(dir) => {
+                let mut m = hf::load(dir).unwrap();
+                compile_step_graph(&mut m);
+                m
+            }
+            None => step_graph(name),
+        };
         let g = &m.graph;
         let dtype = g.outputs()[0].ty.dtype;
         let plan = nvrtc::plan_summary(g).unwrap();
@@ -322,6 +385,9 @@ fn megakernel_matches_the_cpu_target() {
                 let want = cpu.state_tensor(cache, &nb).unwrap();
                 assert!(rel_l2(&got, &want) < tolerance(dtype), "{name}: {cache} differs");
             }
+        }
+        if let Some(dir) = copy {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
