@@ -173,7 +173,7 @@ fn planned_step_graphs_fuse_the_rotary_tables_and_the_final_norm() {
     let shape = src::MegaShape::new("bf16", 2048, 8192, 32, 8, 64).unwrap();
     assert_eq!(
         shape.function(),
-        "mega_decode_bf16_d2048_f8192_h32x8x64_c1024_w16_s6"
+        "mega_decode_bf16_d2048_f8192_h32x8x64_c1024_w16_s6_p0_t0"
     );
     assert!(shape.smem_bytes() <= src::MEGA_MAX_SMEM);
 }

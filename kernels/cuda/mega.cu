@@ -629,12 +629,12 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
     }
 }
 
-// mega_decode_{N}_d{D}_f{F}_h{HQ}x{HKV}x{HD}_c{CH}_w{WARPS}_s{STAGES}
+// mega_decode_{N}_d{D}_f{F}_h{HQ}x{HKV}x{HD}_c{CH}_w{WARPS}_s{STAGES}_p{PF}_t{TMA}
 // (`MegaShape::function` and `MegaShape::instance` in kernels/src/cuda.rs
 // spell it).
-#define OPTC_MEGA_DECODE(T, N, D, F, HQ, HKV, HD, CH, WARPS, STAGES)                                          \
+#define OPTC_MEGA_DECODE(T, N, D, F, HQ, HKV, HD, CH, WARPS, STAGES, PF, TMA)                                 \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, 1)                                                 \
-        mega_decode_##N##_d##D##_f##F##_h##HQ##x##HKV##x##HD##_c##CH##_w##WARPS##_s##STAGES(                   \
+        mega_decode_##N##_d##D##_f##F##_h##HQ##x##HKV##x##HD##_c##CH##_w##WARPS##_s##STAGES##_p##PF##_t##TMA(  \
             const MegaArgs<T> m) {                                                                              \
-        mega_decode_impl<MegaShape<T, D, F, HQ, HKV, HD, CH>, WARPS, STAGES, 0, false>(m);                      \
+        mega_decode_impl<MegaShape<T, D, F, HQ, HKV, HD, CH>, WARPS, STAGES, PF, (TMA != 0)>(m);               \
     }

@@ -268,7 +268,10 @@ pub const MEGA_MAX_STAGES: usize = 6;
 /// The shape a megakernel is instantiated for (`MegaShape` in mega.cu):
 /// a 16-bit `dtype`, hidden `d`, intermediate `f`, `hq` query and `hkv`
 /// key/value heads of `hd`, weight tiles of `ch` elements, and each of
-/// `warps` warps a block streaming through `stages` of them.
+/// `warps` warps a block streaming through `stages` of them; `prefetch`
+/// tiles past the ring asked of L2 ahead, and `tma` filling each ring
+/// slot with one bulk copy (both off by default; `OPTC_MEGA_PREFETCH`,
+/// `OPTC_MEGA_TMA` set them to measure).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MegaShape {
     pub dtype: &'static str,
@@ -280,6 +283,8 @@ pub struct MegaShape {
     pub ch: usize,
     pub warps: usize,
     pub stages: usize,
+    pub prefetch: usize,
+    pub tma: bool,
 }
 
 impl MegaShape {
@@ -321,6 +326,8 @@ impl MegaShape {
             ch,
             warps: MEGA_WARPS,
             stages: 0,
+            prefetch: 0,
+            tma: false,
         };
         s.stages = MEGA_MAX_STAGES;
         s.within(MEGA_MAX_SMEM)
@@ -356,8 +363,18 @@ impl MegaShape {
     pub fn function(&self) -> String {
         let s = self;
         format!(
-            "mega_decode_{}_d{}_f{}_h{}x{}x{}_c{}_w{}_s{}",
-            s.dtype, s.d, s.f, s.hq, s.hkv, s.hd, s.ch, s.warps, s.stages
+            "mega_decode_{}_d{}_f{}_h{}x{}x{}_c{}_w{}_s{}_p{}_t{}",
+            s.dtype,
+            s.d,
+            s.f,
+            s.hq,
+            s.hkv,
+            s.hd,
+            s.ch,
+            s.warps,
+            s.stages,
+            s.prefetch,
+            u8::from(s.tma)
         )
     }
 
@@ -365,8 +382,18 @@ impl MegaShape {
     pub fn instance(&self) -> String {
         let s = self;
         format!(
-            "OPTC_MEGA_DECODE({0}, {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8})\n",
-            s.dtype, s.d, s.f, s.hq, s.hkv, s.hd, s.ch, s.warps, s.stages
+            "OPTC_MEGA_DECODE({0}, {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10})\n",
+            s.dtype,
+            s.d,
+            s.f,
+            s.hq,
+            s.hkv,
+            s.hd,
+            s.ch,
+            s.warps,
+            s.stages,
+            s.prefetch,
+            u8::from(s.tma)
         )
     }
 
@@ -418,7 +445,7 @@ mod tests {
         assert_eq!(MegaShape::new("bf16", 2048, 8192, 32, 8, 60), None);
         assert_eq!(
             s.instance(),
-            "OPTC_MEGA_DECODE(bf16, bf16, 2048, 8192, 32, 8, 64, 1024, 16, 6)\n"
+            "OPTC_MEGA_DECODE(bf16, bf16, 2048, 8192, 32, 8, 64, 1024, 16, 6, 0, 0)\n"
         );
     }
 

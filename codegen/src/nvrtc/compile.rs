@@ -252,13 +252,17 @@ mod tests {
         instances.extend(optc_kernels::cuda::gemv_instances("bf16"));
         instances.extend(optc_kernels::cuda::pick_instances("bf16"));
         let mut units = super::sources(&instances).unwrap();
-        // The megakernel at Llama-3.2-1B's shape and at the fixtures'.
+        // The megakernel at Llama-3.2-1B's shape (also with the L2
+        // prefetch and bulk copies) and at the fixtures'.
         use optc_kernels::cuda::{mega_source, MegaShape};
-        for shape in [
-            MegaShape::new("bf16", 2048, 8192, 32, 8, 64),
-            MegaShape::new("f16", 64, 128, 4, 2, 16),
-        ] {
-            units.push(mega_source(&shape.unwrap()));
+        let one_b = MegaShape::new("bf16", 2048, 8192, 32, 8, 64).unwrap();
+        let variant = MegaShape {
+            prefetch: 16,
+            tma: true,
+            ..one_b
+        };
+        for shape in [one_b, variant, MegaShape::new("f16", 64, 128, 4, 2, 16).unwrap()] {
+            units.push(mega_source(&shape));
         }
         let mut options = vec!["--gpu-architecture=sm_90".to_string(), "--std=c++17".into()];
         options.extend(includes.iter().map(|d| format!("--include-path={d}")));

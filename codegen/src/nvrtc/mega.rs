@@ -481,6 +481,12 @@ impl Mega {
             .shape
             .within(max_smem.min(src::MEGA_MAX_SMEM))
             .ok_or_else(|| format!("{max_smem} bytes of shared memory a block hold no two-stage rings"))?;
+        // Variants to measure (kernels/bench/mega_bench.cu times them too).
+        stack.shape.prefetch = std::env::var("OPTC_MEGA_PREFETCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        stack.shape.tma = std::env::var("OPTC_MEGA_TMA").is_ok_and(|v| v == "1");
         let shape = stack.shape;
         let (ptx, _) = super::compile::compile(&src::mega_source(&shape), gpu.arch)?;
         gpu.load_extra(ptx)?;
