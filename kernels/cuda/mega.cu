@@ -350,6 +350,36 @@ __device__ void mega_store_unit(const MegaArgs<typename S::T>& m, int kind, int 
     }
 }
 
+// The keys [k0, k1) of attention piece s of a KV head: the token sees
+// keys 0..pos (the last `window` of them with a window), in MEGA_NSPLIT
+// near-equal pieces.
+template <typename T> __device__ __forceinline__ void mega_piece_keys(const MegaArgs<T>& m, int s, int& k0, int& k1) {
+    const int ctx = (int)*m.pos + 1;
+    const int lo = m.window > 0 ? max(0, ctx - m.window) : 0;
+    const int keys = ctx - lo, per = (keys + MEGA_NSPLIT - 1) / MEGA_NSPLIT;
+    k0 = lo + min(keys, s * per);
+    k1 = lo + min(keys, s * per + per);
+}
+
+// Asks L2 for the cached keys and values attention piece `a` of layer l
+// reads, a key a lane, so that after the barrier its loads hit L2 rather
+// than DRAM. (This token's own slot is written meanwhile: L2 is where
+// that write lands too.)
+template <class S> __device__ void mega_attention_prefetch(const MegaArgs<typename S::T>& m, int l, int a) {
+    using T = typename S::T;
+    int k0, k1;
+    mega_piece_keys(m, a % MEGA_NSPLIT, k0, k1);
+    const MegaLayer<T>& ly = m.layers[l];
+    const i64 head = (a / MEGA_NSPLIT) * S::HD;
+    for (int key = k0 + (int)(threadIdx.x & 31); key < k1; key += 32) {
+        const i64 at = mega_slot_of(m.table, m.block_size, key) * S::HKV * S::HD + head;
+        for (int b = 0; b < S::HD * (int)sizeof(T); b += 128) {
+            asm volatile("prefetch.global.L2 [%0];\n" ::"l"(reinterpret_cast<const char*>(ly.kc + at) + b));
+            asm volatile("prefetch.global.L2 [%0];\n" ::"l"(reinterpret_cast<const char*>(ly.vc + at) + b));
+        }
+    }
+}
+
 // Decode attention piece `a` of layer l (KV head a / MEGA_NSPLIT, its
 // keys' piece a % MEGA_NSPLIT): online softmax over the piece's keys for
 // the head's GQA query heads, a key a lane for the scores and DPL dims a
@@ -360,10 +390,8 @@ template <class S> __device__ void mega_attention_piece(const MegaArgs<typename 
     using T = typename S::T;
     constexpr int HD = S::HD, GQA = S::GQA, DPL = S::DPL, NS = MEGA_NSPLIT;
     const int lane = threadIdx.x & 31, g = a / NS, s = a % NS;
-    const int ctx = (int)*m.pos + 1;
-    const int lo = m.window > 0 ? max(0, ctx - m.window) : 0;
-    const int keys = ctx - lo, per = (keys + NS - 1) / NS;
-    const int k0 = lo + min(keys, s * per), k1 = lo + min(keys, s * per + per);
+    int k0, k1;
+    mega_piece_keys(m, s, k0, k1);
     const MegaLayer<T>& ly = m.layers[l];
     const T* kc = ly.kc + g * HD;
     const T* vc = ly.vc + g * HD;
@@ -412,22 +440,30 @@ template <class S> __device__ void mega_attention_piece(const MegaArgs<typename 
             for (int e = 0; e < DPL; ++e) acc[j][e] *= corr;
             mx[j] = mn;
         }
+        // Values eight keys at a time, their loads all in flight before
+        // any is used (keys past the chunk's end weigh 0 and load 0).
         const int n = min(32, k1 - kb);
-        for (int t = 0; t < n; ++t) {
-            const i64 st_ = __shfl_sync(0xffffffffu, slot, t);
-            const T* vr = vc + st_ * S::HKV * HD;
-            float vf[DPL];
+        for (int t0 = 0; t0 < n; t0 += 8) {
+            float vf[8][DPL];
 #pragma unroll
-            for (int e = 0; e < DPL; ++e) {
-                const int dim = lane * DPL + e;
-                vf[e] = dim < HD ? mega_ldcg(&vr[dim]) : 0.f;
+            for (int u = 0; u < 8; ++u) {
+                const int t = t0 + u;
+                const i64 st_ = __shfl_sync(0xffffffffu, slot, t & 31);
+                const T* vr = vc + st_ * S::HKV * HD;
+#pragma unroll
+                for (int e = 0; e < DPL; ++e) {
+                    const int dim = lane * DPL + e;
+                    vf[u][e] = t < n && dim < HD ? mega_ldcg(&vr[dim]) : 0.f;
+                }
             }
 #pragma unroll
-            for (int j = 0; j < GQA; ++j) {
-                const float pj = __shfl_sync(0xffffffffu, p[j], t);
+            for (int u = 0; u < 8; ++u)
 #pragma unroll
-                for (int e = 0; e < DPL; ++e) acc[j][e] += pj * vf[e];
-            }
+                for (int j = 0; j < GQA; ++j) {
+                    const float pj = __shfl_sync(0xffffffffu, p[j], (t0 + u) & 31);
+#pragma unroll
+                    for (int e = 0; e < DPL; ++e) acc[j][e] += pj * vf[u][e];
+                }
         }
     }
     constexpr int ROW = HD + 2;
@@ -458,9 +494,11 @@ template <class S> __device__ void mega_attention_piece(const MegaArgs<typename 
         float o[DPL];
 #pragma unroll
         for (int e = 0; e < DPL; ++e) o[e] = 0.f;
+        // Every piece wrote its part (an empty one zeros, weighing 0):
+        // all loads at once.
+#pragma unroll
         for (int t = 0; t < NS; ++t) {
             const float wt = __shfl_sync(0xffffffffu, wgt, t);
-            if (wt == 0.f) continue;
             const float* pa = &all[(t * GQA + j) * ROW + 2 + lane * DPL];
 #pragma unroll
             for (int e = 0; e < DPL; ++e)
@@ -554,6 +592,11 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
     for (int p = 0; p < dims.phases(); ++p) {
         const int kind = dims.kind(p), l = p / 5;
         if (kind == MK_ATT && !attention) continue;
+        // The layer's attention pieces this warp owns: their cached keys
+        // and values on their way to L2 a phase early.
+        if (kind == MK_QKV && attention)
+            for (int a = 0; a < S::HKV * MEGA_NSPLIT; ++a)
+                if (mega_attention_owner(a, G, WARPS) == gw) mega_attention_prefetch<S>(m, l, a);
         if (p > 0 && barriers_on) mega_grid_barrier(&m.bar[0], ++barriers * G);
         // The phase's x.
         if (kind == MK_QKV)
