@@ -259,29 +259,36 @@ __device__ __forceinline__ void mega_grid_barrier(unsigned* count, unsigned targ
 
 // x = rms_norm(a) * nw into shared memory, as the GEMVs' fill does it
 // (statistics in f32, nw * (a * inv) rounded once; no scale when nw is
-// null).
-template <class S>
+// null). Each of the block's THREADS threads loads its pieces of a and of
+// the scale at once, into registers: one L2 round trip after the barrier.
+template <class S, int THREADS>
 __device__ void mega_fill_norm(typename S::T* xs, const typename S::T* a, const typename S::T* nw, float eps,
                                float* scratch) {
-    constexpr int D = S::D;
-    const int step = blockDim.x * 8;
-    float ss = 0.f;
-    for (int i = threadIdx.x * 8; i < D; i += step) {
-        float v[8];
-        mega_ldcg8(a + i, v);
+    constexpr int D = S::D, NP = (D + THREADS * 8 - 1) / (THREADS * 8);
+    float v[NP][8], o[NP][8];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) ss += v[e] * v[e];
-        st8(xs + i, v);
+    for (int q = 0; q < NP; ++q) {
+        const int i = (q * THREADS + (int)threadIdx.x) * 8;
+        if (i < D) {
+            mega_ldcg8(a + i, v[q]);
+            if (nw) ld8(nw + i, o[q]);
+        }
     }
+    float ss = 0.f;
+#pragma unroll
+    for (int q = 0; q < NP; ++q)
+        if ((q * THREADS + (int)threadIdx.x) * 8 < D)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) ss += v[q][e] * v[q][e];
     ss = block_sum(ss, scratch);
     const float inv = 1.f / sqrtf(ss / (float)D + eps);
-    // Each thread rescales the pieces it stored (a's values are exact in T).
-    for (int i = threadIdx.x * 8; i < D; i += step) {
-        float v[8], o[8], y[8];
-        ld8(xs + i, v);
-        if (nw) ld8(nw + i, o);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) y[e] = nw ? o[e] * (v[e] * inv) : v[e] * inv;
+    for (int q = 0; q < NP; ++q) {
+        const int i = (q * THREADS + (int)threadIdx.x) * 8;
+        if (i >= D) continue;
+        float y[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) y[e] = nw ? o[q][e] * (v[q][e] * inv) : v[q][e] * inv;
         st8(xs + i, y);
     }
 }
@@ -294,9 +301,18 @@ __device__ __forceinline__ i64 mega_slot_of(const i64* table, int bs, i64 pos) {
     return table[pos / bs] * bs + pos % bs;
 }
 
-// A warp's sums of unit u of a linear phase, on lane 0.
+// This token's rotary tables and cache slot, read once a launch into
+// shared memory.
+template <class S> struct MegaToken {
+    float cs[S::HD], sn[S::HD];
+    i64 slot;
+};
+
+// A warp's sums of unit u of a linear phase, on lane 0; `res` is the
+// residual an o or down unit adds (loaded while its tiles streamed).
 template <class S>
-__device__ void mega_store_unit(const MegaArgs<typename S::T>& m, int kind, int l, int u, float a0, float a1) {
+__device__ void mega_store_unit(const MegaArgs<typename S::T>& m, const MegaToken<S>& tok, int kind, int l, int u,
+                                float a0, float a1, float res) {
     using T = typename S::T;
     constexpr int HD = S::HD;
     switch (kind) {
@@ -305,7 +321,7 @@ __device__ void mega_store_unit(const MegaArgs<typename S::T>& m, int kind, int 
         const int ia = mega_row<S>(MK_QKV, u, 0, m.interleaved), ib = mega_row<S>(MK_QKV, u, 1, m.interleaved);
         const float xa = rnd<T>(ly.bqkv ? a0 + ld(&ly.bqkv[ia]) : a0);
         const float xb = rnd<T>(ly.bqkv ? a1 + ld(&ly.bqkv[ib]) : a1);
-        const i64 slot = *m.slot;
+        const i64 slot = tok.slot;
         if (ia >= S::QK) {
             if (slot < 0) return;
             T* row = ly.vc + slot * S::HKV * HD;
@@ -314,8 +330,8 @@ __device__ void mega_store_unit(const MegaArgs<typename S::T>& m, int kind, int 
             return;
         }
         const int ka = ia % HD, kb = ib % HD;
-        const float oa = xa * ld(&m.cs[ka]) + (-xb) * ld(&m.sn[ka]);
-        const float ob = xb * ld(&m.cs[kb]) + xa * ld(&m.sn[kb]);
+        const float oa = xa * tok.cs[ka] + (-xb) * tok.sn[ka];
+        const float ob = xb * tok.cs[kb] + xa * tok.sn[kb];
         T* row;
         int at = ia;
         if (ia < S::HQ * HD) {
@@ -331,8 +347,7 @@ __device__ void mega_store_unit(const MegaArgs<typename S::T>& m, int kind, int 
     }
     case MK_O: {
         const T* bo = m.layers[l].bo;
-        const T* h = l == 0 ? m.h0 : m.hout + (i64)(l - 1) * S::D;
-        st(&m.hmid[(i64)l * S::D + u], mega_ldcg(&h[u]) + rnd<T>(bo ? a0 + ld(&bo[u]) : a0));
+        st(&m.hmid[(i64)l * S::D + u], res + rnd<T>(bo ? a0 + ld(&bo[u]) : a0));
         return;
     }
     case MK_GU: {
@@ -343,7 +358,7 @@ __device__ void mega_store_unit(const MegaArgs<typename S::T>& m, int kind, int 
     }
     case MK_DOWN: {
         const T* b = m.layers[l].bd;
-        st(&m.hout[(i64)l * S::D + u], mega_ldcg(&m.hmid[(i64)l * S::D + u]) + rnd<T>(b ? a0 + ld(&b[u]) : a0));
+        st(&m.hout[(i64)l * S::D + u], res + rnd<T>(b ? a0 + ld(&b[u]) : a0));
         return;
     }
     default: st(&m.logits[u], m.bhead ? a0 + ld(&m.bhead[u]) : a0);
@@ -585,6 +600,10 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
     for (int t = 0; t < STAGES; ++t) load();
     pdl_trigger();
     pdl_wait();
+    __shared__ MegaToken<S> tok;
+    for (int i = threadIdx.x; i < S::HD; i += blockDim.x) tok.cs[i] = ld(&m.cs[i]), tok.sn[i] = ld(&m.sn[i]);
+    if (threadIdx.x == 0) tok.slot = *m.slot;
+    __syncthreads();
 
     int used = 0;  // tiles consumed
     unsigned barriers = 0;
@@ -600,12 +619,13 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
         if (p > 0 && barriers_on) mega_grid_barrier(&m.bar[0], ++barriers * G);
         // The phase's x.
         if (kind == MK_QKV)
-            mega_fill_norm<S>(xs, l == 0 ? m.h0 : m.hout + (i64)(l - 1) * S::D, m.layers[l].nw1, m.layers[l].eps1,
+            mega_fill_norm<S, WARPS * 32>(xs, l == 0 ? m.h0 : m.hout + (i64)(l - 1) * S::D, m.layers[l].nw1,
+                                          m.layers[l].eps1,
                               scratch);
         else if (kind == MK_GU)
-            mega_fill_norm<S>(xs, m.hmid + (i64)l * S::D, m.layers[l].nw2, m.layers[l].eps2, scratch);
+            mega_fill_norm<S, WARPS * 32>(xs, m.hmid + (i64)l * S::D, m.layers[l].nw2, m.layers[l].eps2, scratch);
         else if (kind == MK_HEAD)
-            mega_fill_norm<S>(xs, m.hout + (i64)(L - 1) * S::D, m.fnorm, m.feps, scratch);
+            mega_fill_norm<S, WARPS * 32>(xs, m.hout + (i64)(L - 1) * S::D, m.fnorm, m.feps, scratch);
         else if (kind == MK_O)
             mega_fill_copy(xs, m.att + (i64)l * S::KO, S::KO);
         else if (kind == MK_DOWN)
@@ -623,6 +643,11 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
         while (!use.done() && use.p == p) {
             const MegaLinear lin = use.lin();
             const int u = use.u;
+            // The residual an o or down unit adds: final two barriers ago,
+            // loaded now so it is in a register by the store.
+            float res = 0.f;
+            if (lane == 0 && kind == MK_O) res = mega_ldcg(&(l == 0 ? m.h0 : m.hout + (i64)(l - 1) * S::D)[u]);
+            if (lane == 0 && kind == MK_DOWN) res = mega_ldcg(&m.hmid[(i64)l * S::D + u]);
             float acc[2] = {0.f, 0.f};
             for (int j = 0; j < lin.rows * lin.nch; ++j) {
                 if constexpr (TMA)
@@ -653,7 +678,7 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
                 use.next(gw, W);
             }
             const float a0 = warp_sum(acc[0]), a1 = warp_sum(acc[1]);
-            if (lane == 0) mega_store_unit<S>(m, kind, l, u, a0, a1);
+            if (lane == 0) mega_store_unit<S>(m, tok, kind, l, u, a0, a1, res);
         }
         // x is rewritten by the next phase's fill (after its barrier; this
         // keeps the order without barriers too).

@@ -469,14 +469,16 @@ impl Mega {
     /// `stack`, checks that a block fits on an SM, and allocates its
     /// scratch, zeroed.
     pub(super) fn load(gpu: &mut super::device::Gpu, mut stack: MegaStack) -> Result<Mega, String> {
-        // This GPU's shared memory a block, less the kernel's static share.
+        // This GPU's shared memory a block, less the kernel's static share
+        // (at most 3 KiB: the rotary tables at head dim 256, the TMA
+        // variant's barriers).
         let optin = gpu
             .ctx
             .attribute(
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
             )
             .map_err(|e| e.to_string())?;
-        let max_smem = usize::try_from(optin).unwrap_or(0).saturating_sub(1 << 10);
+        let max_smem = usize::try_from(optin).unwrap_or(0).saturating_sub(3 << 10);
         stack.shape = stack
             .shape
             .within(max_smem.min(src::MEGA_MAX_SMEM))
