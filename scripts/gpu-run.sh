@@ -8,7 +8,7 @@
 #
 # Stages (comma-separated): tests, compile, bench, sample, mega, ab, gemvbench, stepbench, megabench, profile, graphprof, ncu, ncudetail, peer.
 # `mega` runs W1 and W2 with the one-token decode megakernel on and off (OPTC_CUDA_MEGA=1, 0, 1, 0), W1
-# with its L2 prefetch and bulk-copy variants, then W1's GPU time per kernel kind with it on.
+# with its L2 prefetch, bulk-copy and cooperative-launch variants, then W1's GPU time per kernel kind with it on.
 # Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p, top-p alone, temperature alone).
 # `ab` runs the workloads with switch AB_VAR (default OPTC_ASYNC_SCHEDULING; e.g.
 # OPTC_CUDA_PDL) at 1, 0, 1, 0 in one call; `gemvbench` compiles and runs
@@ -69,7 +69,7 @@ if has mega; then
     OPTC_CUDA_MEGA=$v "$BIN" bench $MODEL --target nvrtc --workloads W1,W2 --reps 2 --max-num-tokens 16384 --json \
       2>&1 | tee -a "$OUT/optc_mega_$v.jsonl" | grep -E "workload|rror|panic"
   done
-  for v in OPTC_MEGA_PREFETCH=16 OPTC_MEGA_TMA=1; do
+  for v in OPTC_MEGA_PREFETCH=16 OPTC_MEGA_TMA=1 OPTC_MEGA_COOPERATIVE=1; do
     echo "-- OPTC_CUDA_MEGA=1 $v"
     env OPTC_CUDA_MEGA=1 $v "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 2 --max-num-tokens 16384 --json \
       2>&1 | tee -a "$OUT/optc_mega_$v.jsonl" | grep -E "workload|rror|panic"

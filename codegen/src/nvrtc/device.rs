@@ -112,9 +112,36 @@ impl Gpu {
         early: bool,
         params: &mut [*mut std::ffi::c_void],
     ) -> Result<(), String> {
-        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        self.launch_with(f, cfg, early, false, params)
+    }
+
+    /// [`Gpu::launch_dependent`], and as a cooperative launch when
+    /// `cooperative` holds: the driver then refuses a grid whose blocks
+    /// cannot all be resident at once, rather than letting a kernel with
+    /// grid barriers wait forever.
+    ///
+    /// # Safety
+    /// As for [`Gpu::launch_dependent`].
+    pub unsafe fn launch_with(
+        &self,
+        f: &CudaFunction,
+        cfg: cudarc::driver::LaunchConfig,
+        early: bool,
+        cooperative: bool,
+        params: &mut [*mut std::ffi::c_void],
+    ) -> Result<(), String> {
+        let mut attrs: [sys::CUlaunchAttribute; 2] = std::mem::zeroed();
+        let mut n = 0;
+        if self.pdl && early {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[n].value.programmaticStreamSerializationAllowed = 1;
+            n += 1;
+        }
+        if cooperative {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+            attrs[n].value.cooperative = 1;
+            n += 1;
+        }
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -124,8 +151,8 @@ impl Gpu {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: u32::from(self.pdl && early),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: n as u32,
         };
         self.ctx
             .bind_to_thread()

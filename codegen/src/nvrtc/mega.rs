@@ -438,6 +438,8 @@ pub(super) struct Mega {
     uploaded: Option<Vec<LayerArgs>>,
     /// Whether one-token runs launch it.
     pub(super) on: bool,
+    /// Launch it cooperatively (`OPTC_MEGA_COOPERATIVE=1`).
+    cooperative: bool,
 }
 
 /// The scratch layout for `s` (offsets, total bytes), each piece aligned
@@ -516,6 +518,7 @@ impl Mega {
             table,
             uploaded: None,
             on: false,
+            cooperative: std::env::var("OPTC_MEGA_COOPERATIVE").is_ok_and(|v| v == "1"),
         })
     }
 
@@ -693,10 +696,18 @@ impl CudaProgram {
             s.shape.threads(),
             s.shape.smem_bytes() as u32,
         );
-        let gpu = &self.gpu;
         // One block an SM, each of which fits (`Mega::load`): every block
-        // is resident at once, as the kernel's grid barriers need.
-        launch!(gpu, &m.func, cfg; args = args)
+        // is resident at once, as the kernel's grid barriers need, unless
+        // something else holds SMs (another process, another program's
+        // megakernel on another stream). A cooperative launch
+        // (`OPTC_MEGA_COOPERATIVE=1`) has the driver refuse that case.
+        let mut params: Vec<*mut std::ffi::c_void> = vec![&args as *const StepArgs as *mut _];
+        // SAFETY: the one parameter is a `MegaArgs<T>` by value, which
+        // `StepArgs` mirrors; its pointers are the run's live buffers.
+        unsafe {
+            self.gpu
+                .launch_with(&m.func, cfg, true, m.cooperative, &mut params)
+        }
     }
 }
 
