@@ -133,17 +133,37 @@ fn norm_args(p: &Step, ptr: &[u64]) -> Result<(u64, u64, u64, u64, f32), String>
     }
 }
 
+/// A linear's GEMV this run: rows of x, k, output columns (gate and up
+/// rows together with `glu`), element bytes, and the fused work that
+/// sizes a ring GEMV's shared memory (the norm's scale, SwiGLU).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GemvShape {
+    pub(super) m: usize,
+    pub(super) k: usize,
+    pub(super) n: usize,
+    pub(super) esize: usize,
+    pub(super) norm: bool,
+    pub(super) glu: bool,
+}
+
 impl CudaProgram {
-    /// A linear's (rows of x, k, output columns, element bytes) this run.
-    fn gemv_shape(&self, lin: &Step, dims: &[Vec<usize>]) -> (usize, usize, usize, usize) {
-        let kd = dims[lin.args[0]].last().copied().unwrap_or(0);
+    /// Linear `lin`'s GEMV this run (with its fusions, if it has any).
+    fn gemv_shape(&self, lin: &Step, dims: &[Vec<usize>]) -> GemvShape {
+        let k = dims[lin.args[0]].last().copied().unwrap_or(0);
         let m = dims[lin.args[0]]
             .iter()
             .product::<usize>()
-            .checked_div(kd)
+            .checked_div(k)
             .unwrap_or(0);
-        let esize = self.types[lin.outs[0]].dtype.storage_bytes(1);
-        (m, kd, dims[lin.args[1]][0], esize)
+        let z = lin.fused.as_ref();
+        GemvShape {
+            m,
+            k,
+            n: dims[lin.args[1]][0],
+            esize: self.types[lin.outs[0]].dtype.storage_bytes(1),
+            norm: z.is_some_and(|z| z.norm.is_some()),
+            glu: z.is_some_and(|z| z.glu.is_some()),
+        }
     }
 
     /// Whether linear `lin` runs its fused GEMV on this run: one to four
@@ -164,13 +184,11 @@ impl CudaProgram {
         if z.fns.len() < 2 {
             return false;
         }
-        let (m, kd, nn, esize) = self.gemv_shape(lin, dims);
+        let shape = self.gemv_shape(lin, dims);
+        let (m, kd, nn, esize) = (shape.m, shape.k, shape.n, shape.esize);
         let aligned = |vs: &[usize]| vs.iter().all(|&v| ptr[v] % 16 == 0);
         // A ring GEMV's few blocks redo the norm at any width.
-        let ring = z.fns.len() > 2
-            && self
-                .ring_gemv_cfg(m, kd, nn, esize, z.norm.is_some(), z.glu.is_some())
-                .is_some();
+        let ring = z.fns.len() > 2 && self.ring_gemv_cfg(&shape).is_some();
         let norm_ok = match z.norm {
             Some(p) => {
                 (nn <= src::GEMV_PROLOGUE_MAX_N || ring) && aligned(&steps[p].args) && aligned(&steps[p].outs)
@@ -206,7 +224,8 @@ impl CudaProgram {
             return Err("a plain linear sent to the fused GEMV (a lowering bug)".into());
         };
         let a = &lin.args;
-        let (m, kd, nn, esize) = self.gemv_shape(lin, dims);
+        let shape = self.gemv_shape(lin, dims);
+        let (m, kd, nn, esize) = (shape.m, shape.k, shape.n, shape.esize);
         // The result of a step this GEMV does, allocated here.
         let mut take_over = |step: usize, ptr: &mut [u64]| -> Result<u64, String> {
             let o = steps[step].outs[0];
@@ -238,7 +257,7 @@ impl CudaProgram {
             steps[p].args.get(at).is_none_or(|&v| is_weight(v))
         });
         let weight_first = is_weight(a[1]) && scale_is_weight;
-        let ring = self.ring_gemv(z.fns.get(2), m, kd, nn, esize, z.norm.is_some(), z.glu.is_some());
+        let ring = self.ring_gemv(z.fns.get(2), &shape);
         let (f, c) = match ring {
             Some(fc) => fc,
             None => {
@@ -290,29 +309,20 @@ impl CudaProgram {
             n = n, k = k, m = m)
     }
 
-    /// The launch of the ring GEMV (`gemv*_ring_*_m1`) for a linear of
-    /// `m` rows of x over a `nn` x `kd` weight (both halves with `glu`),
+    /// The launch of the ring GEMV (`gemv*_ring_*_m1`) for linear `g`,
     /// when it takes it: one row, a weight of at least
     /// `gemv_ring_min_bytes`, and a block that leaves room for a second
     /// on its SM. `GEMV_RING_BLOCKS_PER_SM` blocks an SM, whether or not
     /// they all fit at once (see that constant).
-    pub(super) fn ring_gemv_cfg(
-        &self,
-        m: usize,
-        kd: usize,
-        nn: usize,
-        esize: usize,
-        norm: bool,
-        glu: bool,
-    ) -> Option<LaunchConfig> {
-        let geo = if glu {
+    pub(super) fn ring_gemv_cfg(&self, g: &GemvShape) -> Option<LaunchConfig> {
+        let geo = if g.glu {
             src::GEMV_RING_GLU
         } else {
             src::GEMV_RING_PLAIN
         };
-        let smem = geo.smem_bytes(m, kd, esize, norm, glu);
-        let big = nn.saturating_mul(kd).saturating_mul(esize) >= self.gemv_ring_min_bytes;
-        (m == 1 && big && smem <= src::GEMV_RING_MAX_SMEM).then(|| {
+        let smem = geo.smem_bytes(g.m, g.k, g.esize, g.norm, g.glu);
+        let big = g.n.saturating_mul(g.k).saturating_mul(g.esize) >= self.gemv_ring_min_bytes;
+        (g.m == 1 && big && smem <= src::GEMV_RING_MAX_SMEM).then(|| {
             let blocks = self.gpu.sms as usize * src::GEMV_RING_BLOCKS_PER_SM;
             cfg((blocks as u32, 1, 1), geo.threads(), smem as u32)
         })
@@ -320,18 +330,12 @@ impl CudaProgram {
 
     /// The ring GEMV `f` (when the linear has one) and its launch, when
     /// `ring_gemv_cfg` takes the linear; counted in `ring_gemv_launches`.
-    #[allow(clippy::too_many_arguments)]
     fn ring_gemv<'f>(
         &self,
         f: Option<&'f CudaFunction>,
-        m: usize,
-        kd: usize,
-        nn: usize,
-        esize: usize,
-        norm: bool,
-        glu: bool,
+        g: &GemvShape,
     ) -> Option<(&'f CudaFunction, LaunchConfig)> {
-        let c = self.ring_gemv_cfg(m, kd, nn, esize, norm, glu)?;
+        let c = self.ring_gemv_cfg(g)?;
         let f = f?;
         self.ring_gemv_launches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -414,7 +418,15 @@ impl CudaProgram {
                     && bytes <= src::GEMV_MAX_SMEM
                     && nn <= i32::MAX as usize
                 {
-                    let ring = self.ring_gemv(fns.get(GEMV_RING_AT), m, kd, nn, esize as usize, false, false);
+                    let plain = GemvShape {
+                        m,
+                        k: kd,
+                        n: nn,
+                        esize: esize as usize,
+                        norm: false,
+                        glu: false,
+                    };
+                    let ring = self.ring_gemv(fns.get(GEMV_RING_AT), &plain);
                     let (f, c) = match ring {
                         Some(fc) => fc,
                         None => {
