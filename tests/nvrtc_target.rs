@@ -365,6 +365,10 @@ fn megakernel_matches_the_cpu_target() {
                 logits = run(&mut cpu, &mut cuda, &si, &format!("one-token step {step}"));
             }
             let launched = cuda.mega_launches();
+            // Every one-token step's attention was the megakernel's (graph
+            // replays included); the two-sequence step takes the decode
+            // kernel in each layer.
+            assert_eq!(cuda.attention_paths().decode, 0, "{name} (graphs {graphs})");
             let mut si = StepInputs::default();
             si.ids.extend([ids[3], ids[4]]);
             si.push_seq(&table, BLOCK, ids.len(), 1, true);
@@ -375,6 +379,8 @@ fn megakernel_matches_the_cpu_target() {
                 launched,
                 "{name}: two sequences took the megakernel"
             );
+            let layers = m.config.num_layers as u64;
+            assert_eq!(cuda.attention_paths().decode, layers, "{name} (graphs {graphs})");
             if graphs {
                 assert!(launched >= 1, "{name}: the captured step holds no megakernel");
             } else {

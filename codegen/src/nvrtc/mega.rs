@@ -625,25 +625,33 @@ impl CudaProgram {
     /// and its table uploaded, and the run is one sequence of one token
     /// with one logits row.
     pub(super) fn mega_fits(&self, dims: &[Vec<usize>], ptr: &[u64]) -> bool {
-        let Some(m) = self.mega.as_ref().filter(|m| m.on && m.uploaded.is_some()) else {
-            return false;
-        };
+        let Some(m) = self.mega.as_ref() else { return false };
         let s = &m.stack;
-        let numel = |v: usize| dims[v].iter().product::<usize>();
         // Views of these may not have run yet: their buffers' owners.
         let own = |v: usize| ptr[self.owner[v]];
-        numel(s.input) == s.shape.d
-            && numel(s.context_lens) == 1
-            && numel(s.positions) == 1
-            && numel(s.slots) == 1
-            && numel(s.rows) == 1
-            && dims[s.block_tables].first() == Some(&1)
+        self.mega_takes(dims)
             && [s.input, s.cos, s.sin]
                 .iter()
                 .all(|&v| own(v) != 0 && own(v) % 16 == 0)
             && [s.positions, s.slots, s.block_tables]
                 .iter()
                 .all(|&v| own(v) != 0)
+    }
+
+    /// The shape half of `mega_fits`, known before a run's buffers: on,
+    /// its table uploaded, one sequence of one token with one logits row.
+    pub(super) fn mega_takes(&self, dims: &[Vec<usize>]) -> bool {
+        let Some(m) = self.mega.as_ref().filter(|m| m.on && m.uploaded.is_some()) else {
+            return false;
+        };
+        let s = &m.stack;
+        let numel = |v: usize| dims[v].iter().product::<usize>();
+        numel(s.input) == s.shape.d
+            && numel(s.context_lens) == 1
+            && numel(s.positions) == 1
+            && numel(s.slots) == 1
+            && numel(s.rows) == 1
+            && dims[s.block_tables].first() == Some(&1)
     }
 
     /// Launches the megakernel for this run (`mega_fits` held), its

@@ -454,7 +454,16 @@ impl CudaProgram {
             arena.extend_from_slice(p.params());
             arena.resize(arena.len().div_ceil(256) * 256, 0);
         }
-        for r in attn.values().filter(|r| r.tiles > 0) {
+        // (The megakernel's attention is its own.)
+        let mega = self
+            .mega
+            .as_ref()
+            .filter(|_| self.mega_takes(dims))
+            .map(|m| m.stack.first..=m.stack.last);
+        for (_, r) in attn
+            .iter()
+            .filter(|(si, r)| r.tiles > 0 && !mega.as_ref().is_some_and(|m| m.contains(si)))
+        {
             let p = &mut self.attention_paths;
             match (r.decode, r.mma) {
                 (true, _) => p.decode += 1,
