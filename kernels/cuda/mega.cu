@@ -34,6 +34,7 @@
 // kernels/bench/mega_bench.cu times it against the launch chain.
 
 constexpr int MEGA_NSPLIT = 16;  // attention pieces a KV head (the combine reads one a lane)
+constexpr int MEGA_PREFETCH_KEYS = 64;  // cached keys a piece asks of L2 ahead
 enum MegaKind { MK_QKV = 0, MK_ATT = 1, MK_O = 2, MK_GU = 3, MK_DOWN = 4, MK_HEAD = 5 };
 
 // A layer's operands (the host's table, `MegaLayer` in mega.rs). Biases,
@@ -264,31 +265,38 @@ __device__ __forceinline__ void mega_grid_barrier(unsigned* count, unsigned targ
 template <class S, int THREADS>
 __device__ void mega_fill_norm(typename S::T* xs, const typename S::T* a, const typename S::T* nw, float eps,
                                float* scratch) {
+    using T = typename S::T;
     constexpr int D = S::D, NP = (D + THREADS * 8 - 1) / (THREADS * 8);
-    float v[NP][8], o[NP][8];
+    // Kept as loaded (16 bytes a piece) across the reduction.
+    uint4 va[NP], vw[NP];
 #pragma unroll
     for (int q = 0; q < NP; ++q) {
         const int i = (q * THREADS + (int)threadIdx.x) * 8;
         if (i < D) {
-            mega_ldcg8(a + i, v[q]);
-            if (nw) ld8(nw + i, o[q]);
+            va[q] = __ldcg(reinterpret_cast<const uint4*>(a + i));
+            if (nw) vw[q] = *reinterpret_cast<const uint4*>(nw + i);
         }
     }
     float ss = 0.f;
 #pragma unroll
     for (int q = 0; q < NP; ++q)
-        if ((q * THREADS + (int)threadIdx.x) * 8 < D)
+        if ((q * THREADS + (int)threadIdx.x) * 8 < D) {
+            float v[8];
+            ld8(reinterpret_cast<const T*>(&va[q]), v);
 #pragma unroll
-            for (int e = 0; e < 8; ++e) ss += v[q][e] * v[q][e];
+            for (int e = 0; e < 8; ++e) ss += v[e] * v[e];
+        }
     ss = block_sum(ss, scratch);
     const float inv = 1.f / sqrtf(ss / (float)D + eps);
 #pragma unroll
     for (int q = 0; q < NP; ++q) {
         const int i = (q * THREADS + (int)threadIdx.x) * 8;
         if (i >= D) continue;
-        float y[8];
+        float v[8], o[8], y[8];
+        ld8(reinterpret_cast<const T*>(&va[q]), v);
+        if (nw) ld8(reinterpret_cast<const T*>(&vw[q]), o);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) y[e] = nw ? o[q][e] * (v[q][e] * inv) : v[q][e] * inv;
+        for (int e = 0; e < 8; ++e) y[e] = nw ? o[e] * (v[e] * inv) : v[e] * inv;
         st8(xs + i, y);
     }
 }
@@ -365,6 +373,40 @@ __device__ void mega_store_unit(const MegaArgs<typename S::T>& m, const MegaToke
     }
 }
 
+// DPL consecutive 16-bit elements of a row, as one load where DPL is a
+// power of two (the lane's dims start at lane * DPL, aligned to their
+// size), else one at a time; lanes past the row, or not `valid`, hold 0.
+template <int DPL> struct MegaRaw { using U = uint4; };  // (unused where DPL is not a power of two)
+template <> struct MegaRaw<1> { using U = unsigned short; };
+template <> struct MegaRaw<2> { using U = unsigned; };
+template <> struct MegaRaw<4> { using U = uint2; };
+template <typename T, int DPL> struct MegaPacked {
+    static constexpr bool PACKED = DPL == 1 || DPL == 2 || DPL == 4 || DPL == 8;
+    using U = typename MegaRaw<DPL>::U;
+    U raw;
+    float f[PACKED ? 1 : DPL];
+    __device__ __forceinline__ void load(const T* row, int lane, int hd, bool valid) {
+        if constexpr (PACKED) {
+            raw = U{};
+            if (valid && lane * DPL < hd) raw = __ldcg(reinterpret_cast<const U*>(row + lane * DPL));
+        } else {
+#pragma unroll
+            for (int e = 0; e < DPL; ++e)
+                f[e] = valid && lane * DPL + e < hd ? mega_ldcg(&row[lane * DPL + e]) : 0.f;
+        }
+    }
+    __device__ __forceinline__ void unpack(float (&out)[DPL]) const {
+        if constexpr (PACKED) {
+            const T* h = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+            for (int e = 0; e < DPL; ++e) out[e] = ld(&h[e]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < DPL; ++e) out[e] = f[e];
+        }
+    }
+};
+
 // The keys [k0, k1) of attention piece s of a KV head: the token sees
 // keys 0..pos (the last `window` of them with a window), in MEGA_NSPLIT
 // near-equal pieces.
@@ -386,11 +428,17 @@ template <class S> __device__ void mega_attention_prefetch(const MegaArgs<typena
     mega_piece_keys(m, a % MEGA_NSPLIT, k0, k1);
     const MegaLayer<T>& ly = m.layers[l];
     const i64 head = (a / MEGA_NSPLIT) * S::HD;
+    // The first MEGA_PREFETCH_KEYS keys at most: enough to hide the
+    // piece's start, and never more than L2 holds at long contexts.
+    k1 = min(k1, k0 + MEGA_PREFETCH_KEYS);
+    constexpr int BYTES = S::HD * (int)sizeof(T);
     for (int key = k0 + (int)(threadIdx.x & 31); key < k1; key += 32) {
         const i64 at = mega_slot_of(m.table, m.block_size, key) * S::HKV * S::HD + head;
-        for (int b = 0; b < S::HD * (int)sizeof(T); b += 128) {
-            asm volatile("prefetch.global.L2 [%0];\n" ::"l"(reinterpret_cast<const char*>(ly.kc + at) + b));
-            asm volatile("prefetch.global.L2 [%0];\n" ::"l"(reinterpret_cast<const char*>(ly.vc + at) + b));
+        for (const T* row : {ly.kc + at, ly.vc + at}) {
+            // Every 128-byte line the row touches.
+            const size_t first = reinterpret_cast<size_t>(row) & ~size_t(127);
+            for (size_t line = first; line < reinterpret_cast<size_t>(row) + BYTES; line += 128)
+                asm volatile("prefetch.global.L2 [%0];\n" ::"l"(line));
         }
     }
 }
@@ -459,26 +507,26 @@ template <class S> __device__ void mega_attention_piece(const MegaArgs<typename 
         // any is used (keys past the chunk's end weigh 0 and load 0).
         const int n = min(32, k1 - kb);
         for (int t0 = 0; t0 < n; t0 += 8) {
-            float vf[8][DPL];
+            // A lane's DPL dims of a row, packed as loaded (half the
+            // registers of floats).
+            MegaPacked<T, DPL> vr[8];
 #pragma unroll
             for (int u = 0; u < 8; ++u) {
                 const int t = t0 + u;
-                const i64 st_ = __shfl_sync(0xffffffffu, slot, t & 31);
-                const T* vr = vc + st_ * S::HKV * HD;
-#pragma unroll
-                for (int e = 0; e < DPL; ++e) {
-                    const int dim = lane * DPL + e;
-                    vf[u][e] = t < n && dim < HD ? mega_ldcg(&vr[dim]) : 0.f;
-                }
+                const i64 st_ = __shfl_sync(0xffffffffu, slot, t);
+                vr[u].load(vc + st_ * S::HKV * HD, lane, HD, t < n);
             }
 #pragma unroll
-            for (int u = 0; u < 8; ++u)
+            for (int u = 0; u < 8; ++u) {
+                float vf[DPL];
+                vr[u].unpack(vf);
 #pragma unroll
                 for (int j = 0; j < GQA; ++j) {
-                    const float pj = __shfl_sync(0xffffffffu, p[j], (t0 + u) & 31);
+                    const float pj = __shfl_sync(0xffffffffu, p[j], t0 + u);
 #pragma unroll
-                    for (int e = 0; e < DPL; ++e) acc[j][e] += pj * vf[u][e];
+                    for (int e = 0; e < DPL; ++e) acc[j][e] += pj * vf[e];
                 }
+            }
         }
     }
     constexpr int ROW = HD + 2;
@@ -517,7 +565,10 @@ template <class S> __device__ void mega_attention_piece(const MegaArgs<typename 
             const float* pa = &all[(t * GQA + j) * ROW + 2 + lane * DPL];
 #pragma unroll
             for (int e = 0; e < DPL; ++e)
-                if (lane * DPL + e < HD) o[e] += wt * __ldcg(pa + e);
+                if (lane * DPL + e < HD) {
+                    const float v = __ldcg(pa + e);
+                    o[e] += wt == 0.f ? 0.f : wt * v;
+                }
         }
         T* out = m.att + (i64)l * S::KO + (g * GQA + j) * HD;
 #pragma unroll
@@ -528,7 +579,8 @@ template <class S> __device__ void mega_attention_piece(const MegaArgs<typename 
 }
 
 // The attention pieces spread over the blocks first: piece a on block
-// a % G, warp (a / G) % WARPS.
+// a % G, warp (a / G) % WARPS (the kernel walks a warp's pieces as
+// a = block + G * (warp + WARPS * i)).
 __host__ __device__ inline int mega_attention_owner(int a, int G, int warps) { return (a % G) * warps + (a / G) % warps; }
 
 // Shared memory the kernel asks for: x, then each warp's ring.
@@ -547,6 +599,8 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
     extern __shared__ __align__(16) unsigned char mega_smem[];
     __shared__ float scratch[32];
     __shared__ unsigned long long slot_bar[TMA ? WARPS * STAGES : 1];
+    static_assert(sizeof(MegaToken<S>) + sizeof(slot_bar) + sizeof(scratch) <= 3072,
+                  "static shared memory within the host's 3 KiB reserve (Mega::load)");
     constexpr int XBYTES = mega_smem_bytes<S, WARPS, STAGES>() - WARPS * STAGES * CH * (int)sizeof(T);
     T* xs = reinterpret_cast<T*>(mega_smem);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -614,8 +668,8 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
         // The layer's attention pieces this warp owns: their cached keys
         // and values on their way to L2 a phase early.
         if (kind == MK_QKV && attention)
-            for (int a = 0; a < S::HKV * MEGA_NSPLIT; ++a)
-                if (mega_attention_owner(a, G, WARPS) == gw) mega_attention_prefetch<S>(m, l, a);
+            for (int a = blockIdx.x + G * warp; a < S::HKV * MEGA_NSPLIT; a += G * WARPS)
+                mega_attention_prefetch<S>(m, l, a);
         if (p > 0 && barriers_on) mega_grid_barrier(&m.bar[0], ++barriers * G);
         // The phase's x.
         if (kind == MK_QKV)
@@ -633,8 +687,8 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
         __syncthreads();
         if (kind == MK_ATT) {
             float* qs = reinterpret_cast<float*>(mega_smem) + warp * S::GQA * S::HD;
-            for (int a = 0; a < S::HKV * MEGA_NSPLIT; ++a)
-                if (mega_attention_owner(a, G, WARPS) == gw) mega_attention_piece<S>(m, l, a, qs);
+            for (int a = blockIdx.x + G * warp; a < S::HKV * MEGA_NSPLIT; a += G * WARPS)
+                mega_attention_piece<S>(m, l, a, qs);
             // x is rewritten by the next phase's fill.
             __syncthreads();
             continue;
@@ -643,7 +697,7 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
         while (!use.done() && use.p == p) {
             const MegaLinear lin = use.lin();
             const int u = use.u;
-            // The residual an o or down unit adds: final two barriers ago,
+            // The residual an o or down unit adds: final barriers ago,
             // loaded now so it is in a register by the store.
             float res = 0.f;
             if (lane == 0 && kind == MK_O) res = mega_ldcg(&(l == 0 ? m.h0 : m.hout + (i64)(l - 1) * S::D)[u]);

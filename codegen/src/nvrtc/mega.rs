@@ -710,11 +710,14 @@ impl CudaProgram {
         // megakernel on another stream). A cooperative launch
         // (`OPTC_MEGA_COOPERATIVE=1`) has the driver refuse that case.
         let mut params: Vec<*mut std::ffi::c_void> = vec![&args as *const StepArgs as *mut _];
+        // (A cooperative launch goes without programmatic dependent
+        // launch: the pair is not known to be accepted.)
+        let early = !m.cooperative;
         // SAFETY: the one parameter is a `MegaArgs<T>` by value, which
         // `StepArgs` mirrors; its pointers are the run's live buffers.
         unsafe {
             self.gpu
-                .launch_with(&m.func, cfg, true, m.cooperative, &mut params)
+                .launch_with(&m.func, cfg, early, m.cooperative, &mut params)
         }
     }
 }
