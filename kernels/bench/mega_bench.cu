@@ -187,7 +187,20 @@ static bool check_walks(int G, int WARPS) {
                 fprintf(stderr, "tile %zu of phase %d never walked\n", t, p);
                 return false;
             }
-    printf("walks of %d warps: every tile once, %lld to %lld tiles a warp\n", W, lo, hi);
+    // The attention pieces the kernel's loop gives warp (block, warp) are
+    // exactly those mega_attention_owner assigns it.
+    for (int b = 0; b < G; ++b)
+        for (int w = 0; w < WARPS; ++w) {
+            std::vector<int> mine, owned;
+            for (int a = b + G * w; a < HKV * MEGA_NSPLIT; a += G * WARPS) mine.push_back(a);
+            for (int a = 0; a < HKV * MEGA_NSPLIT; ++a)
+                if (mega_attention_owner(a, G, WARPS) == b * WARPS + w) owned.push_back(a);
+            if (mine != owned) {
+                fprintf(stderr, "attention pieces of block %d warp %d differ from their owners'\n", b, w);
+                return false;
+            }
+        }
+    printf("walks of %d warps: every tile once, %lld to %lld tiles a warp; attention pieces as owned\n", W, lo, hi);
     return true;
 }
 
