@@ -1013,7 +1013,12 @@ impl CudaProgram {
             mega_launches: 0,
         };
         if std::env::var("OPTC_CUDA_MEGA").is_ok_and(|v| v == "1") {
-            p.set_mega(true)?;
+            if !p.set_mega(true)? && p.mega_stack.is_none() {
+                tracing::warn!(
+                    graph = %p.graph.name,
+                    "OPTC_CUDA_MEGA=1, but the step graph has no decode layer stack the megakernel covers"
+                );
+            }
         } else if p.mega_stack.is_some() {
             p.summary.mega = Some("off (OPTC_CUDA_MEGA=1 turns it on)".into());
         }
