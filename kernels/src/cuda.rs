@@ -359,12 +359,11 @@ impl MegaShape {
         (self.warps * 32) as u32
     }
 
-    /// The kernel's name (`OPTC_MEGA_DECODE` spells it).
-    pub fn function(&self) -> String {
+    /// The instantiation's numbers, in `OPTC_MEGA_DECODE`'s order after
+    /// the type.
+    fn numbers(&self) -> [usize; 10] {
         let s = self;
-        format!(
-            "mega_decode_{}_d{}_f{}_h{}x{}x{}_c{}_w{}_s{}_p{}_t{}",
-            s.dtype,
+        [
             s.d,
             s.f,
             s.hq,
@@ -374,26 +373,27 @@ impl MegaShape {
             s.warps,
             s.stages,
             s.prefetch,
-            u8::from(s.tma)
-        )
+            usize::from(s.tma),
+        ]
+    }
+
+    /// The kernel's name (`OPTC_MEGA_DECODE` spells it).
+    pub fn function(&self) -> String {
+        const JOINS: [&str; 10] = ["_d", "_f", "_h", "x", "x", "_c", "_w", "_s", "_p", "_t"];
+        let mut name = format!("mega_decode_{}", self.dtype);
+        for (join, n) in JOINS.iter().zip(self.numbers()) {
+            name.push_str(&format!("{join}{n}"));
+        }
+        name
     }
 
     /// The instantiation line that defines [`MegaShape::function`].
     pub fn instance(&self) -> String {
-        let s = self;
+        let numbers: Vec<String> = self.numbers().iter().map(usize::to_string).collect();
         format!(
-            "OPTC_MEGA_DECODE({0}, {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10})\n",
-            s.dtype,
-            s.d,
-            s.f,
-            s.hq,
-            s.hkv,
-            s.hd,
-            s.ch,
-            s.warps,
-            s.stages,
-            s.prefetch,
-            u8::from(s.tma)
+            "OPTC_MEGA_DECODE({0}, {0}, {1})\n",
+            self.dtype,
+            numbers.join(", ")
         )
     }
 

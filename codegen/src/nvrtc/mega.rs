@@ -22,6 +22,11 @@ use super::program::{node_err, CudaProgram, Exec, Loc, Step};
 use super::select::Kernel;
 use crate::CodegenError;
 
+/// Whether programs launch the megakernel unless `OPTC_CUDA_MEGA` says
+/// otherwise (`=1` on, `=0` off). Off until it is measured to beat the
+/// launch chain on the GPU (docs/perf.md).
+pub(super) const MEGA_BY_DEFAULT: bool = false;
+
 /// The steps of one layer of the stack.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct LayerSteps {

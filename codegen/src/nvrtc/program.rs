@@ -1012,15 +1012,22 @@ impl CudaProgram {
             mega: None,
             mega_launches: 0,
         };
-        if std::env::var("OPTC_CUDA_MEGA").is_ok_and(|v| v == "1") {
-            if !p.set_mega(true)? && p.mega_stack.is_none() {
+        let asked = std::env::var("OPTC_CUDA_MEGA").ok();
+        if asked
+            .as_deref()
+            .map_or(super::mega::MEGA_BY_DEFAULT, |v| v == "1")
+        {
+            if !p.set_mega(true)? && p.mega_stack.is_none() && asked.is_some() {
                 tracing::warn!(
                     graph = %p.graph.name,
                     "OPTC_CUDA_MEGA=1, but the step graph has no decode layer stack the megakernel covers"
                 );
             }
         } else if p.mega_stack.is_some() {
-            p.summary.mega = Some("off (OPTC_CUDA_MEGA=1 turns it on)".into());
+            p.summary.mega = Some(match asked {
+                Some(v) => format!("off (OPTC_CUDA_MEGA={v})"),
+                None => "off (OPTC_CUDA_MEGA=1 turns it on)".into(),
+            });
         }
         Ok(p)
     }
