@@ -116,6 +116,63 @@ fn bf16_copy(name: &str) -> std::path::PathBuf {
     to
 }
 
+/// A random bf16 Llama (tied embeddings) of `layers` layers, hidden
+/// `d`, intermediate `f`, `hq`/`hkv` heads of 64, in a fresh temporary
+/// folder: a model wide enough for the megakernel's 1,024-element tiles,
+/// the path the 1B model takes. Weights uniform in ±0.05 (a fixed LCG),
+/// norms 1.
+fn random_llama(
+    layers: usize,
+    d: usize,
+    f: usize,
+    hq: usize,
+    hkv: usize,
+    vocab: usize,
+) -> std::path::PathBuf {
+    let to = std::env::temp_dir().join(format!("optc-llama-{d}-{}", std::process::id()));
+    std::fs::create_dir_all(&to).unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut random = |shape: &[usize]| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+            })
+            .collect();
+        Tensor::from_f32(DType::BF16, shape, &v)
+    };
+    let ones = |n: usize| Tensor::from_f32(DType::BF16, &[n], &vec![1.0; n]);
+    let hd = 64;
+    let mut t = vec![("model.embed_tokens.weight".to_string(), random(&[vocab, d]))];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        t.push((format!("{p}.input_layernorm.weight"), ones(d)));
+        t.push((format!("{p}.post_attention_layernorm.weight"), ones(d)));
+        t.push((format!("{p}.self_attn.q_proj.weight"), random(&[hq * hd, d])));
+        t.push((format!("{p}.self_attn.k_proj.weight"), random(&[hkv * hd, d])));
+        t.push((format!("{p}.self_attn.v_proj.weight"), random(&[hkv * hd, d])));
+        t.push((format!("{p}.self_attn.o_proj.weight"), random(&[d, hq * hd])));
+        t.push((format!("{p}.mlp.gate_proj.weight"), random(&[f, d])));
+        t.push((format!("{p}.mlp.up_proj.weight"), random(&[f, d])));
+        t.push((format!("{p}.mlp.down_proj.weight"), random(&[d, f])));
+    }
+    t.push(("model.norm.weight".to_string(), ones(d)));
+    optc::ir::weights::write_safetensors(to.join("model.safetensors"), &t).unwrap();
+    let config = format!(
+        r#"{{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "bfloat16",
+  "hidden_size": {d}, "intermediate_size": {f}, "num_attention_heads": {hq},
+  "num_key_value_heads": {hkv}, "head_dim": {hd}, "num_hidden_layers": {layers},
+  "vocab_size": {vocab}, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+  "max_position_embeddings": 2048, "hidden_act": "silu", "tie_word_embeddings": true,
+  "bos_token_id": 0, "eos_token_id": 1}}"#
+    );
+    std::fs::write(to.join("config.json"), config).unwrap();
+    to
+}
+
 /// Fixture `name` through the serving pipeline: its step graph.
 fn step_graph(name: &str) -> hf::HfModel {
     let mut m = load(name);
@@ -179,14 +236,25 @@ fn planned_step_graphs_fuse_the_rotary_tables_and_the_final_norm() {
 }
 
 /// A sliding-window model (Mistral, rounded to bf16) plans its stack for
-/// the megakernel too: the window is the kernel's.
+/// the megakernel too: the window is the kernel's. So does a random
+/// Llama of hidden 1,024, with the 1B model's 1,024-element tiles.
 #[test]
-fn megakernel_plans_a_sliding_window_stack() {
+fn megakernel_plans_a_sliding_window_stack_and_wide_tiles() {
     let dir = bf16_copy("mistral");
     let mut m = hf::load(&dir).unwrap();
     compile_step_graph(&mut m);
     let s = nvrtc::plan_summary(&m.graph).unwrap();
     assert_eq!(s.mega_layers, m.config.num_layers, "{s:?}");
+    let _ = std::fs::remove_dir_all(dir);
+    let dir = random_llama(2, 1024, 4096, 16, 4, 4096);
+    let mut m = hf::load(&dir).unwrap();
+    compile_step_graph(&mut m);
+    let s = nvrtc::plan_summary(&m.graph).unwrap();
+    assert_eq!(s.mega_layers, 2, "{s:?}");
+    assert_eq!(
+        s.mega_kernel.as_deref(),
+        Some("mega_decode_bf16_d1024_f4096_h16x4x64_c1024_w16_s6_p0_t0")
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -302,8 +370,9 @@ fn step_graphs_match_the_cpu_target_across_steps() {
 
 /// The one-token decode megakernel (`set_mega`, kernels/cuda/mega.cu)
 /// against the CPU target on the 16-bit fixtures (Llama with tied
-/// embeddings; Qwen2 with QKV biases, in f16) and on Mistral rounded to
-/// bf16 (a sliding window of 4 keys): a 9-token prompt, then 20
+/// embeddings; Qwen2 with QKV biases, in f16), on Mistral rounded to
+/// bf16 (a sliding window of 4 keys) and on a random Llama of hidden
+/// 1,024 (the 1B model's tiles and heads): a 9-token prompt, then 20
 /// one-token steps whose context crosses several scattered cache blocks,
 /// then a step of two sequences (which keeps to the launch chain). With
 /// CUDA graphs off every one-token step launches it; with them on the
@@ -313,8 +382,16 @@ fn megakernel_matches_the_cpu_target() {
     if !gpu() {
         return;
     }
-    for name in ["llama_bf16", "qwen2_f16", "mistral in bf16"] {
-        let copy = name.strip_suffix(" in bf16").map(bf16_copy);
+    for name in [
+        "llama_bf16",
+        "qwen2_f16",
+        "mistral in bf16",
+        "random Llama, hidden 1024",
+    ] {
+        let copy = match name {
+            "random Llama, hidden 1024" => Some(random_llama(2, 1024, 4096, 16, 4, 4096)),
+            _ => name.strip_suffix(" in bf16").map(bf16_copy),
+        };
         let m = match &copy {
             Some(dir) => {
                 let mut m = hf::load(dir).unwrap();
