@@ -67,12 +67,12 @@ if has mega; then
   for v in 1 0 1 0; do
     echo "-- OPTC_CUDA_MEGA=$v"
     OPTC_CUDA_MEGA=$v "$BIN" bench $MODEL --target nvrtc --workloads W1,W2 --reps 2 --max-num-tokens 16384 --json \
-      2>&1 | tee -a "$OUT/optc_mega_$v.jsonl" | grep -E "workload|rror|panic"
+      2>&1 | tee -a "$OUT/optc_mega_$v.jsonl" | grep -E "workload|rror|panic|megakernel"
   done
   for v in OPTC_MEGA_PREFETCH=16 OPTC_MEGA_TMA=1 OPTC_MEGA_COOPERATIVE=1; do
     echo "-- OPTC_CUDA_MEGA=1 $v"
     env OPTC_CUDA_MEGA=1 $v "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 2 --max-num-tokens 16384 --json \
-      2>&1 | tee -a "$OUT/optc_mega_$v.jsonl" | grep -E "workload|rror|panic"
+      2>&1 | tee -a "$OUT/optc_mega_$v.jsonl" | grep -E "workload|rror|panic|megakernel"
   done
   echo "-- W1 GPU time per kernel kind, megakernel on"
   OPTC_CUDA_MEGA=1 OPTC_CUDA_PROFILE=1 "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 --max-num-tokens 8192 \

@@ -187,6 +187,17 @@ pub fn gpu_step_inputs(
 }
 
 impl Executor for CudaExecutor {
+    /// Whether one-token decode steps take the megakernel, so a benchmark
+    /// with `OPTC_CUDA_MEGA` says which path its numbers are.
+    fn report(&self) -> Option<String> {
+        let s = self.program.summary();
+        let kernel = s.mega_kernel.as_deref()?;
+        Some(format!(
+            "nvrtc: one-token decode megakernel {kernel}: {}",
+            s.mega.as_deref().unwrap_or("off")
+        ))
+    }
+
     fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String> {
         let out = self
             .program

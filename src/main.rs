@@ -721,6 +721,9 @@ fn bench(
             }
         }
     }
+    if let Some(report) = llm.engine().executor().report() {
+        eprintln!("{report}");
+    }
     Ok(())
 }
 

@@ -99,6 +99,13 @@ pub trait Executor {
     fn needs_history(&self) -> bool {
         false
     }
+
+    /// A line on how the executor runs steps that a benchmark should
+    /// print beside its numbers (e.g. which decode path a GPU program
+    /// took), if it has one.
+    fn report(&self) -> Option<String> {
+        None
+    }
 }
 
 impl<E: Executor + ?Sized> Executor for Box<E> {
@@ -128,6 +135,10 @@ impl<E: Executor + ?Sized> Executor for Box<E> {
 
     fn needs_history(&self) -> bool {
         (**self).needs_history()
+    }
+
+    fn report(&self) -> Option<String> {
+        (**self).report()
     }
 }
 
