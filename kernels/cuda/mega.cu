@@ -245,15 +245,18 @@ __device__ __forceinline__ void mega_mbar_wait(unsigned long long* b, unsigned p
 }
 
 // All blocks have finished the phase before: arrivals counted on one
-// monotonic counter (`target` in all).
+// monotonic counter (`target` in all). The block's writes are ordered
+// before its arrival by the CTA barrier and an acquire-release fence
+// (cumulative: it covers what the barrier made visible to thread 0), and
+// every later read after the acquire load that sees the last arrival;
+// cheaper than a sequentially consistent fence on each side.
 __device__ __forceinline__ void mega_grid_barrier(unsigned* count, unsigned target) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(count, 1u);
+        asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+        asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;\n" ::"l"(count) : "memory");
         const long long t0 = clock64();
         while (mega_ld_acquire(count) < target) mega_spin_guard(t0);
-        __threadfence();
     }
     __syncthreads();
 }
