@@ -677,8 +677,7 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
         // The phase's x.
         if (kind == MK_QKV)
             mega_fill_norm<S, WARPS * 32>(xs, l == 0 ? m.h0 : m.hout + (i64)(l - 1) * S::D, m.layers[l].nw1,
-                                          m.layers[l].eps1,
-                              scratch);
+                                          m.layers[l].eps1, scratch);
         else if (kind == MK_GU)
             mega_fill_norm<S, WARPS * 32>(xs, m.hmid + (i64)l * S::D, m.layers[l].nw2, m.layers[l].eps2, scratch);
         else if (kind == MK_HEAD)
