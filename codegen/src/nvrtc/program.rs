@@ -1099,7 +1099,9 @@ impl CudaProgram {
         Ok(true)
     }
 
-    /// Runs that launched the one-token decode megakernel.
+    /// Runs that launched the one-token decode megakernel outside a CUDA
+    /// graph, plus graph captures that hold it (a replay does not count;
+    /// `attention_paths` leaves out every run it took, replays included).
     pub fn mega_launches(&self) -> u64 {
         self.mega_launches
     }
