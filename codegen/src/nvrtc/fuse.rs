@@ -345,12 +345,27 @@ fn fusable_norm(
     let sum_unread = gather.is_none()
         || steps[p].outs.len() == 1
         || (!outputs.contains(&steps[p].outs[0]) && !uses.readers.contains_key(&steps[p].outs[0]));
+    // The GEMV stores the sum when it runs: nothing may read it before
+    // (a generated chain grouped ahead of the linear, say).
+    let sum_in_time = steps[p].outs.len() == 1 || read_after(steps, uses, steps[p].outs[0], li);
     (y == x
         && scale_ok
         && sum_unread
+        && sum_in_time
         && steps[p].deferred_to.is_none()
         && uses.read_only_by(steps, y, to, outputs))
     .then_some((p, gather))
+}
+
+/// Whether every step that reads `v`, directly or through views, comes
+/// after step `li`.
+fn read_after(steps: &[Step], uses: &Uses, v: usize, li: usize) -> bool {
+    uses.readers.get(&v).is_none_or(|rs| {
+        rs.iter().all(|&r| match steps[r].exec {
+            Exec::View => read_after(steps, uses, steps[r].outs[0], li),
+            _ => r > li,
+        })
+    })
 }
 
 /// The index_select step that makes linear `li`'s x (`x`) from rows of a
@@ -430,4 +445,65 @@ fn fusable_glu(
     let f = konst(types[steps[s].outs[0]].shape.dims().last()?)?;
     let rows = konst(types[steps[li].args[1]].shape.dims().first()?)?;
     (rows == 2 * f && uses.root(steps, steps[s].args[0]) == y).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use optc_ir::ops::{AddRmsNorm, BinaryKind, Linear, Op};
+    use optc_ir::{DType, Dim, TensorType};
+
+    use super::super::program::{Exec, Step};
+    use super::super::select::Kernel;
+
+    fn step(op: Op, k: Kernel, args: &[usize], outs: &[usize]) -> Step {
+        Step {
+            node: format!("%{}", outs[0]),
+            op,
+            args: args.to_vec(),
+            outs: outs.to_vec(),
+            exec: Exec::Kernel(k, Vec::new()),
+            cache_written: false,
+            fused: None,
+            deferred_to: None,
+            also_reads: Vec::new(),
+            chain: None,
+        }
+    }
+
+    /// An add+RMSNorm's sum is stored by the GEMV that takes the norm, when
+    /// it runs: a step reading the sum before that linear keeps the norm a
+    /// kernel of its own; read after it, the norm goes into the GEMV.
+    #[test]
+    fn a_norm_whose_sum_is_read_before_its_linear_stays_apart() {
+        let t = Dim::sym("T");
+        let row = |n: i64| TensorType::new(DType::BF16, vec![t.clone(), Dim::constant(n)]);
+        let types = vec![
+            row(64),                                                                  // 0 a
+            row(64),                                                                  // 1 r
+            TensorType::new(DType::BF16, vec![Dim::constant(64)]),                    // 2 scale
+            row(64),                                                                  // 3 sum
+            row(64),                                                                  // 4 y
+            TensorType::new(DType::BF16, vec![Dim::constant(32), Dim::constant(64)]), // 5 w
+            row(32),                                                                  // 6 linear
+            row(64),                                                                  // 7 sum + a
+        ];
+        let norm = Op::AddRmsNorm(AddRmsNorm { axis: -1, eps: 1e-5 });
+        let plan = |sum_reader_first: bool| {
+            let norm = step(norm.clone(), Kernel::AddRmsNorm, &[0, 1, 2], &[3, 4]);
+            let lin = step(Op::Linear(Linear), Kernel::Linear, &[4, 5], &[6]);
+            let add = step(Op::Binary(BinaryKind::Add), Kernel::Binary, &[3, 0], &[7]);
+            let mut steps = if sum_reader_first {
+                vec![norm, add, lin]
+            } else {
+                vec![norm, lin, add]
+            };
+            let outputs: HashSet<usize> = [6, 7].into();
+            let n = super::fused_gemvs(&mut steps, &types, &outputs);
+            (n.norms, steps[0].deferred_to)
+        };
+        assert_eq!(plan(false), (1, Some(1)));
+        assert_eq!(plan(true), (0, None));
+    }
 }
