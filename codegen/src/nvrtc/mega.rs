@@ -660,10 +660,16 @@ impl CudaProgram {
     }
 
     /// Launches the megakernel for this run (`mega_fits` held), its
-    /// logits allocated.
-    pub(super) fn launch_mega(&mut self, dims: &[Vec<usize>], ptr: &[u64]) -> Result<(), String> {
+    /// logits allocated. `steps` are the program's, which `run_steps`
+    /// holds while it runs (`self.steps` is empty then).
+    pub(super) fn launch_mega(
+        &mut self,
+        steps: &[Step],
+        dims: &[Vec<usize>],
+        ptr: &[u64],
+    ) -> Result<(), String> {
         let m = self.mega.as_ref().ok_or("no megakernel (a lowering bug)")?;
-        let (s, st) = (&m.stack, &self.steps);
+        let (s, st) = (&m.stack, steps);
         let rope = &st[s.layers[0].rope];
         // Views of these may not have run yet: their buffers' owners.
         let own = |v: usize| ptr[self.owner[v]];

@@ -725,7 +725,7 @@ impl CudaProgram {
                     .dtype
                     .storage_bytes(dims[logits].iter().product());
                 ptr[logits] = self.pool.alloc(bytes).map_err(node_err(&s.node))?;
-                self.launch_mega(dims, ptr).map_err(node_err(&s.node))?;
+                self.launch_mega(steps, dims, ptr).map_err(node_err(&s.node))?;
                 self.mega_launches += 1;
                 mega_last = Some(last);
             }
