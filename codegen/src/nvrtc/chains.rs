@@ -545,18 +545,13 @@ mod tests {
     use super::super::select::Kernel;
 
     fn step(op: Op, k: Kernel, args: &[usize], out: usize) -> Step {
-        Step {
-            node: format!("%{out}"),
+        Step::new(
+            format!("%{out}"),
             op,
-            args: args.to_vec(),
-            outs: vec![out],
-            exec: Exec::Kernel(k, Vec::new()),
-            cache_written: false,
-            fused: None,
-            deferred_to: None,
-            also_reads: Vec::new(),
-            chain: None,
-        }
+            args.to_vec(),
+            vec![out],
+            Exec::Kernel(k, Vec::new()),
+        )
     }
 
     fn view(arg: usize, out: usize) -> Step {

@@ -458,18 +458,13 @@ mod tests {
     use super::super::select::Kernel;
 
     fn step(op: Op, k: Kernel, args: &[usize], outs: &[usize]) -> Step {
-        Step {
-            node: format!("%{}", outs[0]),
+        Step::new(
+            format!("%{}", outs[0]),
             op,
-            args: args.to_vec(),
-            outs: outs.to_vec(),
-            exec: Exec::Kernel(k, Vec::new()),
-            cache_written: false,
-            fused: None,
-            deferred_to: None,
-            also_reads: Vec::new(),
-            chain: None,
-        }
+            args.to_vec(),
+            outs.to_vec(),
+            Exec::Kernel(k, Vec::new()),
+        )
     }
 
     /// An add+RMSNorm's sum is stored by the GEMV that takes the norm, when

@@ -438,9 +438,9 @@ pub(super) struct Mega {
     /// Offsets in `scratch` of q, att, hmid, hout, glu, part, attcnt, bar.
     offsets: [usize; 8],
     table: DeviceBox,
-    /// The layer table on the GPU; `None` until uploaded for the current
-    /// state (the caches' addresses).
-    uploaded: Option<Vec<LayerArgs>>,
+    /// Whether `table` holds the current state's layer table (the
+    /// caches' addresses move with `init_state`).
+    uploaded: bool,
     /// Whether one-token runs launch it.
     pub(super) on: bool,
     /// Launch it cooperatively (`OPTC_MEGA_COOPERATIVE=1`).
@@ -521,7 +521,7 @@ impl Mega {
             scratch,
             offsets,
             table,
-            uploaded: None,
+            uploaded: false,
             on: false,
             cooperative: std::env::var("OPTC_MEGA_COOPERATIVE").is_ok_and(|v| v == "1"),
         })
@@ -529,7 +529,7 @@ impl Mega {
 
     /// The layer table must be uploaded again (the state moved).
     pub(super) fn invalidate(&mut self) {
-        self.uploaded = None;
+        self.uploaded = false;
     }
 }
 
@@ -596,7 +596,7 @@ impl CudaProgram {
     /// Before a run: the layer table on the GPU, when the megakernel is on
     /// and the state moved since it was uploaded.
     pub(super) fn mega_prepare(&mut self) -> Result<(), CodegenError> {
-        let Some(m) = self.mega.as_ref().filter(|m| m.on && m.uploaded.is_none()) else {
+        let Some(m) = self.mega.as_ref().filter(|m| m.on && !m.uploaded) else {
             return Ok(());
         };
         if self.state.iter().any(Option::is_none) {
@@ -621,7 +621,7 @@ impl CudaProgram {
             .htod(m.table.ptr, bytes)
             .map_err(node_err(&self.graph.name))?;
         if let Some(m) = &mut self.mega {
-            m.uploaded = Some(table);
+            m.uploaded = true;
         }
         Ok(())
     }
@@ -646,7 +646,7 @@ impl CudaProgram {
     /// The shape half of `mega_fits`, known before a run's buffers: on,
     /// its table uploaded, one sequence of one token with one logits row.
     pub(super) fn mega_takes(&self, dims: &[Vec<usize>]) -> bool {
-        let Some(m) = self.mega.as_ref().filter(|m| m.on && m.uploaded.is_some()) else {
+        let Some(m) = self.mega.as_ref().filter(|m| m.on && m.uploaded) else {
             return false;
         };
         let s = &m.stack;

@@ -63,6 +63,24 @@ pub(super) struct Step {
     pub(super) chain: Option<Box<super::chains::EwChain>>,
 }
 
+impl Step {
+    /// A step of `op` as lowering first plans it: no fusion yet.
+    pub(super) fn new(node: String, op: Op, args: Vec<usize>, outs: Vec<usize>, exec: Exec) -> Step {
+        Step {
+            node,
+            op,
+            args,
+            outs,
+            exec,
+            cache_written: false,
+            fused: None,
+            deferred_to: None,
+            also_reads: Vec::new(),
+            chain: None,
+        }
+    }
+}
+
 /// Work a linear's GEMV does besides the product, at one to four rows.
 pub(super) struct FusedGemv {
     /// The (add+)RMSNorm step that makes x, done as the block fills x.
@@ -422,18 +440,7 @@ fn plan(g: &Graph, device: &str) -> Result<Plan, CodegenError> {
                 let describe = crate::lowering::describe_op(g, &names, id, op);
                 if args.iter().all(|a| consts.contains(a)) && foldable(op, &node.outputs) {
                     consts.extend(outs.iter().copied());
-                    steps.push(Step {
-                        node: describe,
-                        op: op.clone(),
-                        args,
-                        outs,
-                        exec: Exec::Host,
-                        cache_written: false,
-                        fused: None,
-                        deferred_to: None,
-                        also_reads: Vec::new(),
-                        chain: None,
-                    });
+                    steps.push(Step::new(describe, op.clone(), args, outs, Exec::Host));
                     summary.folded += 1;
                     continue;
                 }
@@ -495,18 +502,7 @@ fn plan(g: &Graph, device: &str) -> Result<Plan, CodegenError> {
                     *summary.host.entry(op.name().to_string()).or_insert(0) += 1;
                     Exec::Host
                 };
-                steps.push(Step {
-                    node: describe,
-                    op: op.clone(),
-                    args,
-                    outs,
-                    exec,
-                    cache_written: false,
-                    fused: None,
-                    deferred_to: None,
-                    also_reads: Vec::new(),
-                    chain: None,
-                });
+                steps.push(Step::new(describe, op.clone(), args, outs, exec));
             }
         }
     }
