@@ -6,7 +6,7 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, sample, mega, ab, gemvbench, stepbench, megabench, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, sample, mega, ab, gemvbench, stepbench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
 # `mega` runs W1 and W2 with the one-token decode megakernel on and off (OPTC_CUDA_MEGA=1, 0, 1, 0), W1
 # with its L2 prefetch, bulk-copy and cooperative-launch variants, then W1's GPU time per kernel kind with it on.
 # Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p, top-p alone, temperature alone).
@@ -94,6 +94,13 @@ if has stepbench; then
   echo "== a W1 decode step's kernels, with and without each (kernels/bench/step_bench.cu)"
   nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/step_bench kernels/bench/step_bench.cu 2>&1 | grep -i error
   /tmp/step_bench | tee "$OUT/step_bench.txt"
+fi
+if has steptrace; then
+  # The same step with the kernels logging per block (common.cuh's OPTC_TRACE): a timeline of each
+  # kernel's release, end and the gap to the next. STEP_TRACE picks variants by name ("all" for every one).
+  echo "== a W1 decode step's timeline (kernels/bench/step_bench.cu built with -DOPTC_TRACE)"
+  nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -DOPTC_TRACE -o /tmp/step_trace kernels/bench/step_bench.cu 2>&1 | grep -i error
+  /tmp/step_trace | tee "$OUT/step_trace.txt"
 fi
 if has megabench; then
   echo "== one persistent kernel for a W1 step against the launch chain (kernels/bench/mega_bench.cu)"

@@ -57,6 +57,95 @@ __global__ void __launch_bounds__(128)
         GemvRopeStore<bf16>{nullptr, cs, sn, q, kc, vc, slots, hq, hkv, d, d, d, 0}, w, n, k, 1);
 }
 
+#ifdef OPTC_TRACE
+#include <map>
+#include <cstring>
+// The timeline build (`-DOPTC_TRACE`, the `steptrace` stage of
+// scripts/gpu-run.sh): replays a variant's graph with the kernels logging
+// per block when they reached pdl_wait(), when it returned and when each
+// warp ended (common.cuh), and prints, for each kernel of a layer
+// (averaged over layers 1 to L - 2 and 10 replays), where its time on the
+// critical path went:
+//   crit  = its release (first block out of pdl_wait) to the next kernel's
+//   run   = release to its last warp's end
+//   gap   = its end to the next kernel's release (completion, flush, PDL)
+//   early = its first block's arrival at pdl_wait to its release (how
+//           long its prefetched weights had to stream)
+//   all   = its last block's arrival to its release (< 0: blocks arrived
+//           after the release, so not all were resident before it)
+// The kernels log with atomics, so the traced step is a little slower
+// than the untraced one printed above it.
+struct KernelSpan {
+    unsigned long long arrive0 = ~0ull, arrive1 = 0, release = ~0ull, end = 0;
+};
+static void trace_step(cudaGraphExec_t ge, const std::vector<const char*>& names, int per_layer, int layers) {
+    const int reps = 10, n = (int)names.size();
+    std::vector<double> crit(n, 0), run(n, 0), gap(n, 0), early(n, 0), all(n, 0), total(1, 0);
+    std::vector<OptcTraceRecord> log;
+    unsigned long long tick = ~0ull;
+    for (int rep = 0; rep < reps; ++rep) {
+        const unsigned zero = 0;
+        CK(cudaMemcpyToSymbol(optc_trace_count, &zero, 4));
+        CK(cudaGraphLaunch(ge, stream));
+        CK(cudaStreamSynchronize(stream));
+        unsigned count = 0;
+        CK(cudaMemcpyFromSymbol(&count, optc_trace_count, 4));
+        count = std::min(count, OPTC_TRACE_CAP);
+        log.resize(count);
+        CK(cudaMemcpyFromSymbol(log.data(), optc_trace_log, count * sizeof(OptcTraceRecord)));
+        std::map<unsigned long long, KernelSpan> by_grid;
+        std::vector<unsigned long long> stamps;
+        for (const OptcTraceRecord& r : log) {
+            KernelSpan& k = by_grid[r.grid];
+            if (r.t1 == 0) {
+                k.end = std::max(k.end, r.t0);
+            } else {
+                k.arrive0 = std::min(k.arrive0, r.t0);
+                k.arrive1 = std::max(k.arrive1, r.t0);
+                k.release = std::min(k.release, r.t1);
+            }
+            stamps.push_back(r.t0);
+        }
+        std::sort(stamps.begin(), stamps.end());
+        for (size_t i = 1; i < stamps.size(); ++i)
+            if (stamps[i] > stamps[i - 1]) tick = std::min(tick, stamps[i] - stamps[i - 1]);
+        std::vector<KernelSpan> ks;
+        for (auto& [g, k] : by_grid) ks.push_back(k);
+        std::sort(ks.begin(), ks.end(), [](const KernelSpan& a, const KernelSpan& b) { return a.release < b.release; });
+        if ((int)ks.size() != n) {
+            printf("  trace: %zu kernels logged, %d launched (log %u records)\n", ks.size(), n, count);
+            return;
+        }
+        for (int i = 0; i < n; ++i) {
+            const double next = i + 1 < n ? (double)ks[i + 1].release : (double)ks[i].end;
+            crit[i] += (next - ks[i].release) / reps;
+            run[i] += ((double)ks[i].end - ks[i].release) / reps;
+            gap[i] += (next - ks[i].end) / reps;
+            early[i] += ((double)ks[i].release - ks[i].arrive0) / reps;
+            all[i] += ((double)ks[i].release - ks[i].arrive1) / reps;
+        }
+        total[0] += ((double)ks[n - 1].end - ks[0].arrive0) / reps;
+    }
+    printf("  timeline (ns; globaltimer tick %llu ns), first arrival to last end %.0f ns:\n", tick, total[0]);
+    printf("    %-10s %8s %8s %8s %8s %8s\n", "kernel", "crit", "run", "gap", "early", "all");
+    auto row = [&](const char* name, const std::vector<int>& at) {
+        double c = 0, r = 0, g = 0, e = 0, a = 0;
+        for (int i : at) c += crit[i], r += run[i], g += gap[i], e += early[i], a += all[i];
+        const double m = at.size();
+        printf("    %-10s %8.0f %8.0f %8.0f %8.0f %8.0f\n", name, c / m, r / m, g / m, e / m, a / m);
+    };
+    double layer_sum = 0;
+    for (int j = 0; j < per_layer; ++j) {
+        std::vector<int> at;
+        for (int l = 1; l < layers - 1; ++l) at.push_back(l * per_layer + j);
+        row(names[j], at);
+        for (int i : at) layer_sum += crit[i] / at.size();
+    }
+    printf("    %-10s %8.0f\n", "a layer", layer_sum);
+    for (int i = layers * per_layer; i < n; ++i) row(names[i], {i});
+}
+#endif
+
 // Which kernels a variant launches, and how.
 struct Variant {
     const char* name;
@@ -164,9 +253,15 @@ int main() {
             };
             cudaGraph_t g;
             cudaGraphExec_t ge;
+            // The kernels' roles in launch order (the timeline's names).
+            std::vector<const char*> names;
+            const int per_layer = v.qkv + v.attention + v.o + v.gate_up + v.down;
             CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
             for (int l = 0; l < L; ++l) {
                 const bf16 *hc = h, *rc = resid;
+                for (auto [on, name] : {std::pair{v.qkv, "QKV"}, {v.attention, "attention"}, {v.o, "o"},
+                                        {v.gate_up, "gate/up"}, {v.down, "down"}})
+                    if (on) names.push_back(name);
                 if (v.qkv && v.fill == 1)
                     launch(gemv_rope_bf16_m1, QKV / 16, 1, 1, 256, D * 2, hc, (const bf16*)wqkv[l],
                            (const bf16*)nullptr, QKV, D, 1, (const bf16*)cs, (const bf16*)sn, q, kc[l], vc[l],
@@ -212,6 +307,8 @@ int main() {
                            (const bf16*)nullptr, down, D, F, 1);
             }
             if (v.head) {
+                names.push_back("final norm");
+                names.push_back("LM head");
                 // The final norm is a kernel of its own at this width (no
                 // prologue past GEMV_PROLOGUE_MAX_N); its stand-in is a
                 // one-block GEMV of the same cost class.
@@ -229,6 +326,11 @@ int main() {
             CK(cudaGraphInstantiate(&ge, g, 0));
             const std::vector<float> ts = replay_times(ge);
             printf("  %-34s %8.1f us  (min %.1f)\n", v.name, ts[ts.size() / 2], ts[0]);
+#ifdef OPTC_TRACE
+            const char* want = getenv("STEP_TRACE");
+            if (strstr(v.name, want ? want : "rings: whole step") || (want && !strcmp(want, "all")))
+                trace_step(ge, names, per_layer, L);
+#endif
             CK(cudaGraphExecDestroy(ge));
             CK(cudaGraphDestroy(g));
         }

@@ -632,6 +632,7 @@ __device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i6
         paged_decode_simt_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok,
                                      hq, hkv, bs, scale, window);
     }
+    OPTC_TRACE_END();
 }
 
 #define OPTC_ATTENTION_COMMON(T, N)                                                                       \

@@ -238,9 +238,48 @@ template <int L> __device__ __forceinline__ void ew_offsets(const EwIndex& ix, i
 // shares is full, so never written).
 // pdl_trigger() lets the next kernel start launching (it waits in turn).
 // Without the attribute both return at once.
+// OPTC_TRACE (defined only by kernels/bench/step_bench.cu's timeline
+// build, never by optc): each block's thread 0 logs when it reached
+// pdl_wait() and when the wait returned, and each warp's lane 0 when it
+// finished (OPTC_TRACE_END at the end of the GEMV and decode `_impl`s),
+// tagged with the launch's %gridid, so the bench can lay a CUDA graph's
+// kernels out in time: no profiler on the GPU machine does.
+#ifdef OPTC_TRACE
+struct OptcTraceRecord {
+    unsigned long long grid, t0, t1;  // t1 = 0: a warp's end at t0
+};
+constexpr unsigned OPTC_TRACE_CAP = 1u << 22;
+__device__ OptcTraceRecord optc_trace_log[OPTC_TRACE_CAP];
+__device__ unsigned optc_trace_count;
+__device__ __forceinline__ unsigned long long optc_trace_now() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __forceinline__ void optc_trace_put(unsigned long long t0, unsigned long long t1) {
+    unsigned long long g;
+    asm("mov.u64 %0, %%gridid;" : "=l"(g));
+    const unsigned i = atomicAdd(&optc_trace_count, 1u);
+    if (i < OPTC_TRACE_CAP) optc_trace_log[i] = {g, t0, t1};
+}
+#define OPTC_TRACE_END() \
+    do {                                                                      \
+        if ((threadIdx.x & 31) == 0) optc_trace_put(optc_trace_now(), 0);     \
+    } while (0)
+#else
+#define OPTC_TRACE_END() \
+    do {                 \
+    } while (0)
+#endif
 __device__ __forceinline__ void pdl_wait() {
+#ifdef OPTC_TRACE
+    const unsigned long long t0 = optc_trace_now();
+#endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+#ifdef OPTC_TRACE
+    if (threadIdx.x == 0) optc_trace_put(t0, optc_trace_now());
 #endif
 }
 __device__ __forceinline__ void pdl_trigger() {

@@ -380,6 +380,7 @@ __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n,
     }
     if constexpr (!Geo::EARLY_TRIGGER) pdl_trigger();
     gemv_store_sums<M, WR>(out, acc, m, row0, n);
+    OPTC_TRACE_END();
 }
 
 // A GEMV whose weights stream through shared memory, for the big
@@ -487,6 +488,7 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
                 for (int j = 0; j < M; ++j) acc[r][j] = 0.f;
         }
     }
+    OPTC_TRACE_END();
 }
 
 // The launch bounds are each geometry's WARPS * 32.
