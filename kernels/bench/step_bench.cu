@@ -46,6 +46,16 @@ __global__ void __launch_bounds__(128) glu_nofill(const bf16* w, bf16* y, int n,
 __global__ void __launch_bounds__(256) plain_nofill(const bf16* w, bf16* y, int n, int k) {
     gemv_impl<bf16, 1, GemvPlain>(NoFill{}, GemvStore<bf16>{y, nullptr}, w, n, k, 1);
 }
+// The o projection in other register geometries (`o_geo` 1 to 3): two
+// stages instead of one, the next kernel launched only at the end, four
+// warps a block.
+template <typename Geo>
+__global__ void __launch_bounds__(256) o_geo(const bf16* x, const bf16* w, bf16* y, int n, int k) {
+    gemv_impl<bf16, 1, Geo>(GemvCopy<bf16>{x}, GemvStore<bf16>{y, nullptr}, w, n, k, 1);
+}
+using OGeo1 = GemvGeometry<8, 1, 4>;
+using OGeo2 = GemvGeometry<8, 1, 8, true, false>;
+using OGeo3 = GemvGeometry<4, 1, 8>;
 // The QKV projection through a ring (optc keeps the rope GEMVs on
 // registers; this is the `rings everywhere` comparison).
 __global__ void __launch_bounds__(128)
@@ -84,15 +94,21 @@ static void trace_step(cudaGraphExec_t ge, const std::vector<const char*>& names
     std::vector<OptcTraceRecord> log;
     unsigned long long tick = ~0ull;
     for (int rep = 0; rep < reps; ++rep) {
-        const unsigned zero = 0;
-        CK(cudaMemcpyToSymbol(optc_trace_count, &zero, 4));
+        std::vector<unsigned> counts(OPTC_TRACE_SMS, 0);
+        CK(cudaMemcpyToSymbol(optc_trace_count, counts.data(), counts.size() * 4));
         CK(cudaGraphLaunch(ge, stream));
         CK(cudaStreamSynchronize(stream));
+        CK(cudaMemcpyFromSymbol(counts.data(), optc_trace_count, counts.size() * 4));
+        std::vector<OptcTraceRecord> all_sms(OPTC_TRACE_SMS * OPTC_TRACE_PER_SM);
+        CK(cudaMemcpyFromSymbol(all_sms.data(), optc_trace_log, all_sms.size() * sizeof(OptcTraceRecord)));
+        log.clear();
         unsigned count = 0;
-        CK(cudaMemcpyFromSymbol(&count, optc_trace_count, 4));
-        count = std::min(count, OPTC_TRACE_CAP);
-        log.resize(count);
-        CK(cudaMemcpyFromSymbol(log.data(), optc_trace_log, count * sizeof(OptcTraceRecord)));
+        for (unsigned sm = 0; sm < OPTC_TRACE_SMS; ++sm) {
+            const unsigned c = std::min(counts[sm], OPTC_TRACE_PER_SM);
+            count += c;
+            log.insert(log.end(), all_sms.begin() + sm * OPTC_TRACE_PER_SM,
+                       all_sms.begin() + sm * OPTC_TRACE_PER_SM + c);
+        }
         std::map<unsigned long long, KernelSpan> by_grid;
         std::vector<unsigned long long> stamps;
         for (const OptcTraceRecord& r : log) {
@@ -158,6 +174,7 @@ struct Variant {
     // and down with no fill at all.
     int fill = 0;
     int nsplit = 1;  // decode attention's splits
+    int o_geo = 0;   // 0: GemvPlain; 1 to 3: OGeo1 to OGeo3
 };
 
 int main() {
@@ -239,6 +256,9 @@ int main() {
         {"rings and the QKV's: whole step", true, true, true, true, true, true, 3},
         {"rings and the o's: whole step", true, true, true, true, true, true, 4},
         {"rings everywhere: whole step", true, true, true, true, true, true, 2},
+        {"rings, o in two stages: whole step", true, true, true, true, true, true, 1, 0, 1, 1},
+        {"rings, o triggering late: whole step", true, true, true, true, true, true, 1, 0, 1, 2},
+        {"rings, o of 4 warps: whole step", true, true, true, true, true, true, 1, 0, 1, 3},
     };
     for (int pos : {127, 255, 383}) {
         const i64 p = pos;
@@ -255,7 +275,7 @@ int main() {
             cudaGraphExec_t ge;
             // The kernels' roles in launch order (the timeline's names).
             std::vector<const char*> names;
-            const int per_layer = v.qkv + v.attention + v.o + v.gate_up + v.down;
+            [[maybe_unused]] const int per_layer = v.qkv + v.attention + v.o + v.gate_up + v.down;
             CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
             for (int l = 0; l < L; ++l) {
                 const bf16 *hc = h, *rc = resid;
@@ -281,6 +301,12 @@ int main() {
                 if (v.o && rings((size_t)D * D * 2))
                     launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, D * 2 + ring, (const bf16*)att,
                            (const bf16*)wo[l], (const bf16*)nullptr, ob, D, D, 1);
+                else if (v.o && v.o_geo == 1)
+                    launch(o_geo<OGeo1>, D / 8, 1, 1, 256, D * 2, (const bf16*)att, (const bf16*)wo[l], ob, D, D);
+                else if (v.o && v.o_geo == 2)
+                    launch(o_geo<OGeo2>, D / 8, 1, 1, 256, D * 2, (const bf16*)att, (const bf16*)wo[l], ob, D, D);
+                else if (v.o && v.o_geo == 3)
+                    launch(o_geo<OGeo3>, D / 4, 1, 1, 128, D * 2, (const bf16*)att, (const bf16*)wo[l], ob, D, D);
                 else if (v.o)
                     launch(gemv_bf16_m1, D / 8, 1, 1, 256, D * 2, (const bf16*)att, (const bf16*)wo[l],
                            (const bf16*)nullptr, ob, D, D, 1);

@@ -248,9 +248,12 @@ template <int L> __device__ __forceinline__ void ew_offsets(const EwIndex& ix, i
 struct OptcTraceRecord {
     unsigned long long grid, t0, t1;  // t1 = 0: a warp's end at t0
 };
-constexpr unsigned OPTC_TRACE_CAP = 1u << 22;
-__device__ OptcTraceRecord optc_trace_log[OPTC_TRACE_CAP];
-__device__ unsigned optc_trace_count;
+// A log and a count an SM (%smid), so that warps ending together on
+// different SMs do not queue on one atomic (which would delay their
+// grid's completion and so the timeline being measured).
+constexpr unsigned OPTC_TRACE_SMS = 256, OPTC_TRACE_PER_SM = 1u << 14;
+__device__ OptcTraceRecord optc_trace_log[OPTC_TRACE_SMS * OPTC_TRACE_PER_SM];
+__device__ unsigned optc_trace_count[OPTC_TRACE_SMS];
 __device__ __forceinline__ unsigned long long optc_trace_now() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -258,9 +261,12 @@ __device__ __forceinline__ unsigned long long optc_trace_now() {
 }
 __device__ __forceinline__ void optc_trace_put(unsigned long long t0, unsigned long long t1) {
     unsigned long long g;
+    unsigned sm;
     asm("mov.u64 %0, %%gridid;" : "=l"(g));
-    const unsigned i = atomicAdd(&optc_trace_count, 1u);
-    if (i < OPTC_TRACE_CAP) optc_trace_log[i] = {g, t0, t1};
+    asm("mov.u32 %0, %%smid;" : "=r"(sm));
+    sm %= OPTC_TRACE_SMS;
+    const unsigned i = atomicAdd(&optc_trace_count[sm], 1u);
+    if (i < OPTC_TRACE_PER_SM) optc_trace_log[sm * OPTC_TRACE_PER_SM + i] = {g, t0, t1};
 }
 #define OPTC_TRACE_END() \
     do {                                                                      \
