@@ -83,15 +83,27 @@ __global__ void __launch_bounds__(128)
 //           long its prefetched weights had to stream)
 //   all   = its last block's arrival to its release (< 0: blocks arrived
 //           after the release, so not all were resident before it)
+//   marks = what a kernel's OPTC_TRACE_MARKs say (common.cuh): m3 the
+//           GEMVs' fill done; for decode attention m3 its queries' loads
+//           issued, m4 warp 0's chunks done, m5 all warps' (the merge
+//           follows)
 // The kernels log with atomics, so the traced step is a little slower
 // than the untraced one printed above it.
 struct KernelSpan {
     unsigned long long arrive0 = ~0ull, arrive1 = 0, release = ~0ull, end = 0;
+    std::map<unsigned, unsigned long long> released;  // block: its release
+    std::vector<std::pair<unsigned, const OptcTraceRecord*>> marks;
 };
+constexpr int MARKS = 3;  // kinds 3 to 5
 static void trace_step(cudaGraphExec_t ge, const std::vector<const char*>& names, int per_layer, int layers) {
     const int reps = 10, n = (int)names.size();
     std::vector<double> crit(n, 0), run(n, 0), gap(n, 0), early(n, 0), all(n, 0), total(1, 0);
-    std::vector<OptcTraceRecord> log;
+    // Marks: mean over blocks of (mark - the block's release), and the last
+    // block's (mark - the kernel's release); count of blocks that set it.
+    std::vector<std::vector<double>> mark_mean(n, std::vector<double>(MARKS, 0)),
+        mark_last(n, std::vector<double>(MARKS, 0));
+    std::vector<std::vector<int>> mark_seen(n, std::vector<int>(MARKS, 0));
+    std::vector<OptcTraceRecord> log, all_sms(OPTC_TRACE_SMS * OPTC_TRACE_PER_SM);
     unsigned long long tick = ~0ull;
     for (int rep = 0; rep < reps; ++rep) {
         std::vector<unsigned> counts(OPTC_TRACE_SMS, 0);
@@ -99,13 +111,10 @@ static void trace_step(cudaGraphExec_t ge, const std::vector<const char*>& names
         CK(cudaGraphLaunch(ge, stream));
         CK(cudaStreamSynchronize(stream));
         CK(cudaMemcpyFromSymbol(counts.data(), optc_trace_count, counts.size() * 4));
-        std::vector<OptcTraceRecord> all_sms(OPTC_TRACE_SMS * OPTC_TRACE_PER_SM);
         CK(cudaMemcpyFromSymbol(all_sms.data(), optc_trace_log, all_sms.size() * sizeof(OptcTraceRecord)));
         log.clear();
-        unsigned count = 0;
         for (unsigned sm = 0; sm < OPTC_TRACE_SMS; ++sm) {
             const unsigned c = std::min(counts[sm], OPTC_TRACE_PER_SM);
-            count += c;
             log.insert(log.end(), all_sms.begin() + sm * OPTC_TRACE_PER_SM,
                        all_sms.begin() + sm * OPTC_TRACE_PER_SM + c);
         }
@@ -113,42 +122,70 @@ static void trace_step(cudaGraphExec_t ge, const std::vector<const char*>& names
         std::vector<unsigned long long> stamps;
         for (const OptcTraceRecord& r : log) {
             KernelSpan& k = by_grid[r.grid];
-            if (r.t1 == 0) {
-                k.end = std::max(k.end, r.t0);
-            } else {
-                k.arrive0 = std::min(k.arrive0, r.t0);
-                k.arrive1 = std::max(k.arrive1, r.t0);
-                k.release = std::min(k.release, r.t1);
+            if (r.kind == OPTC_TRACE_WARP_END) {
+                k.end = std::max(k.end, r.t);
+            } else if (r.kind == OPTC_TRACE_ARRIVE) {
+                k.arrive0 = std::min(k.arrive0, r.t);
+                k.arrive1 = std::max(k.arrive1, r.t);
+            } else if (r.kind == OPTC_TRACE_RELEASE) {
+                k.release = std::min(k.release, r.t);
+                k.released[r.block] = r.t;
+            } else if (r.kind >= 3 && r.kind < 3 + MARKS) {
+                k.marks.push_back({r.kind - 3, &r});
             }
-            stamps.push_back(r.t0);
+            stamps.push_back(r.t);
         }
         std::sort(stamps.begin(), stamps.end());
         for (size_t i = 1; i < stamps.size(); ++i)
             if (stamps[i] > stamps[i - 1]) tick = std::min(tick, stamps[i] - stamps[i - 1]);
-        std::vector<KernelSpan> ks;
-        for (auto& [g, k] : by_grid) ks.push_back(k);
-        std::sort(ks.begin(), ks.end(), [](const KernelSpan& a, const KernelSpan& b) { return a.release < b.release; });
+        std::vector<KernelSpan*> ks;
+        for (auto& [g, k] : by_grid) ks.push_back(&k);
+        std::sort(ks.begin(), ks.end(), [](const KernelSpan* a, const KernelSpan* b) { return a->release < b->release; });
         if ((int)ks.size() != n) {
-            printf("  trace: %zu kernels logged, %d launched (log %u records)\n", ks.size(), n, count);
+            printf("  trace: %zu kernels logged, %d launched (%zu records)\n", ks.size(), n, log.size());
             return;
         }
         for (int i = 0; i < n; ++i) {
-            const double next = i + 1 < n ? (double)ks[i + 1].release : (double)ks[i].end;
-            crit[i] += (next - ks[i].release) / reps;
-            run[i] += ((double)ks[i].end - ks[i].release) / reps;
-            gap[i] += (next - ks[i].end) / reps;
-            early[i] += ((double)ks[i].release - ks[i].arrive0) / reps;
-            all[i] += ((double)ks[i].release - ks[i].arrive1) / reps;
+            const KernelSpan& k = *ks[i];
+            const double next = i + 1 < n ? (double)ks[i + 1]->release : (double)k.end;
+            crit[i] += (next - k.release) / reps;
+            run[i] += ((double)k.end - k.release) / reps;
+            gap[i] += (next - k.end) / reps;
+            early[i] += ((double)k.release - k.arrive0) / reps;
+            all[i] += ((double)k.release - k.arrive1) / reps;
+            std::vector<double> sum(MARKS, 0), last(MARKS, 0);
+            std::vector<int> seen(MARKS, 0);
+            for (auto& [m, r] : k.marks) {
+                auto it = k.released.find(r->block);
+                if (it == k.released.end()) continue;
+                sum[m] += (double)r->t - it->second;
+                last[m] = std::max(last[m], (double)r->t - k.release);
+                ++seen[m];
+            }
+            for (int m = 0; m < MARKS; ++m)
+                if (seen[m]) {
+                    mark_mean[i][m] += sum[m] / seen[m] / reps;
+                    mark_last[i][m] += last[m] / reps;
+                    mark_seen[i][m] = 1;
+                }
         }
-        total[0] += ((double)ks[n - 1].end - ks[0].arrive0) / reps;
+        total[0] += ((double)ks[n - 1]->end - ks[0]->arrive0) / reps;
     }
     printf("  timeline (ns; globaltimer tick %llu ns), first arrival to last end %.0f ns:\n", tick, total[0]);
-    printf("    %-10s %8s %8s %8s %8s %8s\n", "kernel", "crit", "run", "gap", "early", "all");
+    printf("    %-10s %7s %7s %7s %7s %7s | marks: mean from own release / last from first release\n", "kernel",
+           "crit", "run", "gap", "early", "all");
     auto row = [&](const char* name, const std::vector<int>& at) {
         double c = 0, r = 0, g = 0, e = 0, a = 0;
         for (int i : at) c += crit[i], r += run[i], g += gap[i], e += early[i], a += all[i];
         const double m = at.size();
-        printf("    %-10s %8.0f %8.0f %8.0f %8.0f %8.0f\n", name, c / m, r / m, g / m, e / m, a / m);
+        printf("    %-10s %7.0f %7.0f %7.0f %7.0f %7.0f |", name, c / m, r / m, g / m, e / m, a / m);
+        for (int k = 0; k < MARKS; ++k) {
+            if (!mark_seen[at[0]][k]) continue;
+            double mm = 0, ml = 0;
+            for (int i : at) mm += mark_mean[i][k], ml += mark_last[i][k];
+            printf(" m%d %.0f/%.0f", k + 3, mm / m, ml / m);
+        }
+        printf("\n");
     };
     double layer_sum = 0;
     for (int j = 0; j < per_layer; ++j) {
@@ -157,7 +194,7 @@ static void trace_step(cudaGraphExec_t ge, const std::vector<const char*>& names
         row(names[j], at);
         for (int i : at) layer_sum += crit[i] / at.size();
     }
-    printf("    %-10s %8.0f\n", "a layer", layer_sum);
+    printf("    %-10s %7.0f\n", "a layer", layer_sum);
     for (int i = layers * per_layer; i < n; ++i) row(names[i], {i});
 }
 #endif

@@ -509,6 +509,7 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
             qa[s][1] = *reinterpret_cast<const unsigned*>(qr + 8);
         }
     }
+    OPTC_TRACE_MARK(3);
     const float sl2 = scale * 1.4426950408889634f;
     float m_r = -OPTC_INF, l_r = 0.f;  // row g, on the log2 scale; l over this lane's columns
     float o[DN][4];
@@ -595,8 +596,10 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     }
     l_r += __shfl_xor_sync(0xffffffffu, l_r, 1);
     l_r += __shfl_xor_sync(0xffffffffu, l_r, 2);
+    OPTC_TRACE_MARK(4);
     // Every warp is past its stages: reuse them for the merge.
     __syncthreads();
+    OPTC_TRACE_MARK(5);
     float* m_s = reinterpret_cast<float*>(decode_smem);
     float* l_s = m_s + 4 * GM;
     float* a_s = l_s + 4 * GM;

@@ -240,13 +240,17 @@ template <int L> __device__ __forceinline__ void ew_offsets(const EwIndex& ix, i
 // Without the attribute both return at once.
 // OPTC_TRACE (defined only by kernels/bench/step_bench.cu's timeline
 // build, never by optc): each block's thread 0 logs when it reached
-// pdl_wait() and when the wait returned, and each warp's lane 0 when it
+// pdl_wait() and when the wait returned, each warp's lane 0 when it
 // finished (OPTC_TRACE_END at the end of the GEMV and decode `_impl`s),
-// tagged with the launch's %gridid, so the bench can lay a CUDA graph's
-// kernels out in time: no profiler on the GPU machine does.
+// and warp 0 of a block the marks a kernel sets (OPTC_TRACE_MARK(k), k
+// from 3: the GEMVs' fills done, decode attention's steps), tagged with
+// the launch's %gridid and the block, so the bench can lay a CUDA
+// graph's kernels out in time: no profiler on the GPU machine does.
 #ifdef OPTC_TRACE
+enum : unsigned { OPTC_TRACE_ARRIVE = 0, OPTC_TRACE_RELEASE = 1, OPTC_TRACE_WARP_END = 2 };
 struct OptcTraceRecord {
-    unsigned long long grid, t0, t1;  // t1 = 0: a warp's end at t0
+    unsigned long long grid, t;
+    unsigned block, kind;
 };
 // A log and a count an SM (%smid), so that warps ending together on
 // different SMs do not queue on one atomic (which would delay their
@@ -259,22 +263,30 @@ __device__ __forceinline__ unsigned long long optc_trace_now() {
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     return t;
 }
-__device__ __forceinline__ void optc_trace_put(unsigned long long t0, unsigned long long t1) {
+__device__ __forceinline__ void optc_trace_put(unsigned long long t, unsigned kind) {
     unsigned long long g;
     unsigned sm;
     asm("mov.u64 %0, %%gridid;" : "=l"(g));
     asm("mov.u32 %0, %%smid;" : "=r"(sm));
     sm %= OPTC_TRACE_SMS;
     const unsigned i = atomicAdd(&optc_trace_count[sm], 1u);
-    if (i < OPTC_TRACE_PER_SM) optc_trace_log[sm * OPTC_TRACE_PER_SM + i] = {g, t0, t1};
+    const unsigned block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    if (i < OPTC_TRACE_PER_SM) optc_trace_log[sm * OPTC_TRACE_PER_SM + i] = {g, t, block, kind};
 }
-#define OPTC_TRACE_END() \
-    do {                                                                      \
-        if ((threadIdx.x & 31) == 0) optc_trace_put(optc_trace_now(), 0);     \
+#define OPTC_TRACE_END()                                                                     \
+    do {                                                                                     \
+        if ((threadIdx.x & 31) == 0) optc_trace_put(optc_trace_now(), OPTC_TRACE_WARP_END); \
+    } while (0)
+#define OPTC_TRACE_MARK(k)                                          \
+    do {                                                            \
+        if (threadIdx.x == 0) optc_trace_put(optc_trace_now(), k);  \
     } while (0)
 #else
 #define OPTC_TRACE_END() \
     do {                 \
+    } while (0)
+#define OPTC_TRACE_MARK(k) \
+    do {                   \
     } while (0)
 #endif
 __device__ __forceinline__ void pdl_wait() {
@@ -285,7 +297,11 @@ __device__ __forceinline__ void pdl_wait() {
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 #ifdef OPTC_TRACE
-    if (threadIdx.x == 0) optc_trace_put(t0, optc_trace_now());
+    if (threadIdx.x == 0) {
+        const unsigned long long t1 = optc_trace_now();
+        optc_trace_put(t0, OPTC_TRACE_ARRIVE);
+        optc_trace_put(t1, OPTC_TRACE_RELEASE);
+    }
 #endif
 }
 __device__ __forceinline__ void pdl_trigger() {

@@ -361,6 +361,7 @@ __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n,
     pdl_wait();
     fill.template run<0>(xs, m, k);
     __syncthreads();
+    OPTC_TRACE_MARK(3);
     if (row0 >= n) return;
     if constexpr (Geo::PIPELINE) {
         // Stages alternate between ra and rb; each is refilled two stages
@@ -449,6 +450,7 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
     pdl_wait();
     fill.template run<S>(xs, m, k);
     __syncthreads();
+    OPTC_TRACE_MARK(3);
     float acc[WR][M];
 #pragma unroll
     for (int r = 0; r < WR; ++r)
