@@ -56,6 +56,17 @@ __global__ void __launch_bounds__(256) o_geo(const bf16* x, const bf16* w, bf16*
 using OGeo1 = GemvGeometry<8, 1, 4>;
 using OGeo2 = GemvGeometry<8, 1, 8, true, false>;
 using OGeo3 = GemvGeometry<4, 1, 8>;
+// Decode attention with eight warps a block (a chunk of 32 keys each up
+// to 256 keys) instead of four.
+__global__ void __launch_bounds__(256)
+    decode_w8(const bf16* q, const bf16* kc, const bf16* vc, const i64* positions, const i64* block_tables,
+              int max_blocks, bf16* out, float* part, int* counters, int ntok, int hq, int hkv, int bs, float scale,
+              int window) {
+    pdl_trigger();
+    paged_decode_mma_impl<bf16, 64, 8>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok,
+                                       hq, hkv, bs, scale, window);
+    OPTC_TRACE_END();
+}
 // The QKV projection through a ring (optc keeps the rope GEMVs on
 // registers; this is the `rings everywhere` comparison).
 __global__ void __launch_bounds__(128)
@@ -212,6 +223,7 @@ struct Variant {
     int fill = 0;
     int nsplit = 1;  // decode attention's splits
     int o_geo = 0;   // 0: GemvPlain; 1 to 3: OGeo1 to OGeo3
+    int att_warps = 4;
 };
 
 int main() {
@@ -255,6 +267,7 @@ int main() {
     CK(cudaMemset(counters, 0, 64 * 4));
     const unsigned att_smem = 4 * 2 * 2 * 32 * (HD + 8) * 2;
     CK(cudaFuncSetAttribute(paged_decode_bf16_d64, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem));
+    CK(cudaFuncSetAttribute(decode_w8, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * att_smem));
     for (auto f : {(const void*)gemv_ring_bf16_m1, (const void*)gemv_norm_glu_ring_bf16_m1,
                    (const void*)ring_norm_rope})
         CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
@@ -296,6 +309,9 @@ int main() {
         {"rings, o in two stages: whole step", true, true, true, true, true, true, 1, 0, 1, 1},
         {"rings, o triggering late: whole step", true, true, true, true, true, true, 1, 0, 1, 2},
         {"rings, o of 4 warps: whole step", true, true, true, true, true, true, 1, 0, 1, 3},
+        {"rings, attention of 8 warps: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8},
+        {"rings, attention of 8 warps: no LM head", true, true, true, true, true, false, 1, 0, 1, 0, 8},
+        {"rings, attention of 8 warps: QKV + attention + o only", true, true, true, false, false, false, 1, 0, 1, 0, 8},
     };
     for (int pos : {127, 255, 383}) {
         const i64 p = pos;
@@ -331,7 +347,11 @@ int main() {
                     launch(gemv_norm_rope_bf16_m1, QKV / 16, 1, 1, 256, 2 * D * 2, hc, rc, (const bf16*)nw1[l], sum,
                            eps, (const bf16*)wqkv[l], (const bf16*)nullptr, QKV, D, 1, (const bf16*)cs,
                            (const bf16*)sn, q, kc[l], vc[l], (const i64*)dslot, HQ, HKV, HD, HD, HD, 0);
-                if (v.attention)
+                if (v.attention && v.att_warps == 8)
+                    launch(decode_w8, 1, HKV, v.nsplit, 256, 2 * att_smem, (const bf16*)q, (const bf16*)kc[l],
+                           (const bf16*)vc[l], (const i64*)dpos, (const i64*)dtable, max_blocks, att, part, counters, 1,
+                           HQ, HKV, BS, scale, 0);
+                else if (v.attention)
                     launch(paged_decode_bf16_d64, 1, HKV, v.nsplit, 128, att_smem, (const bf16*)q,
                            (const bf16*)kc[l], (const bf16*)vc[l], (const i64*)dpos, (const i64*)dtable,
                            max_blocks, att, part, counters, 1, HQ, HKV, BS, scale, 0);

@@ -232,13 +232,13 @@ __device__ __forceinline__ void cp_async_wait_all() {
     asm volatile("cp.async.wait_group 0;\n" ::);
 }
 
-// The end of a decode block: four warps left their softmax state per
+// The end of a decode block: its NW warps left their softmax state per
 // query head in shared memory (`m` on the natural-log scale, `l`, and the
 // unnormalised output row, strides DECODE_GROUP and DECODE_GROUP * D);
 // merge them, then either store the output (one split) or leave the
 // block's partial state, and the last block of a (token, KV head) to
 // finish (counted in `counters`, which it resets to 0) merges the splits.
-template <typename T, int D>
+template <typename T, int D, int NW = 4>
 __device__ void decode_merge(const float* m_s, const float* l_s, const float* a_s, int* last_s, T* out,
                              float* part, int* counters, int t, int kh, int z, int nsplit, int ntok, int hq,
                              int hkv, int G) {
@@ -247,10 +247,10 @@ __device__ void decode_merge(const float* m_s, const float* l_s, const float* a_
     for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
         const int g = i / D;
         float mx = -OPTC_INF;
-        for (int w = 0; w < 4; ++w) mx = fmaxf(mx, m_s[w * GM + g]);
+        for (int w = 0; w < NW; ++w) mx = fmaxf(mx, m_s[w * GM + g]);
         float lsum = 0.f, a = 0.f;
         if (mx > -OPTC_INF) {
-            for (int w = 0; w < 4; ++w) {
+            for (int w = 0; w < NW; ++w) {
                 const float f = expf(m_s[w * GM + g] - mx);
                 lsum += l_s[w * GM + g] * f;
                 a += a_s[w * GM * D + i] * f;
@@ -437,7 +437,7 @@ template <int D> struct DecodeMma {
     static constexpr int STAGE = 2 * KS * RS;     // K rows, then V rows
 };
 
-template <typename T, int D>
+template <typename T, int D, int NW = 4>
 __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, const i64* positions,
                                       const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
                                       int ntok, int hq, int hkv, int bs, float scale, int window) {
@@ -488,14 +488,14 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
         cp_async_commit();
     };
 
-    // A warp's chunks are c_begin + warp + 4i; two stages in flight. The
-    // first two stream in before the wait for the kernel ahead.
+    // A warp's chunks are c_begin + warp + NW i; two stages in flight.
+    // The first two stream in before the wait for the kernel ahead.
     int c = c_begin + warp;
     if (c < c_end) load(c, stages, true);
-    if (c + 4 < c_end) load(c + 4, stages + STAGE, true);
+    if (c + NW < c_end) load(c + NW, stages + STAGE, true);
     pdl_wait();
     const int current = (p - first) / KS;  // the chunk holding p
-    const bool late = current < c_end && (current == c || current == c + 4);
+    const bool late = current < c_end && (current == c || current == c + NW);
     if (late) load_current(current, stages + (current == c ? 0 : STAGE));
     // Query rows g < G of this KV group as A fragments (columns 2tq, +1
     // and 2tq + 8, +9 of each 16-dim step).
@@ -516,12 +516,12 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
 #pragma unroll
     for (int dn = 0; dn < DN; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.f;
     int buf = 0;
-    for (; c < c_end; c += 4) {
+    for (; c < c_end; c += NW) {
         T* st = stages + buf * STAGE;
         // This chunk's group done; the next one's may still be in flight.
         // (The key at p, committed last, is in the last chunk: when it is
         // this one, nothing follows and all groups are waited for.)
-        if (c + 4 < c_end) {
+        if (c + NW < c_end) {
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
@@ -591,7 +591,7 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
         }
         // The chunk two ahead takes this stage once every lane is done.
         __syncwarp();
-        if (c + 8 < c_end) load(c + 8, st, false);
+        if (c + 2 * NW < c_end) load(c + 2 * NW, st, false);
         buf ^= 1;
     }
     l_r += __shfl_xor_sync(0xffffffffu, l_r, 1);
@@ -601,9 +601,9 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     __syncthreads();
     OPTC_TRACE_MARK(5);
     float* m_s = reinterpret_cast<float*>(decode_smem);
-    float* l_s = m_s + 4 * GM;
-    float* a_s = l_s + 4 * GM;
-    int* last_s = reinterpret_cast<int*>(a_s + 4 * GM * D);
+    float* l_s = m_s + NW * GM;
+    float* a_s = l_s + NW * GM;
+    int* last_s = reinterpret_cast<int*>(a_s + NW * GM * D);
     if (g < G) {
         if (tq == 0) {
             m_s[warp * GM + g] = m_r * 0.6931471805599453f;
@@ -615,7 +615,7 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
             a_s[warp * GM * D + g * D + dn * 8 + 2 * tq + 1] = o[dn][1];
         }
     }
-    decode_merge<T, D>(m_s, l_s, a_s, last_s, out, part, counters, t, kh, z, nsplit, ntok, hq, hkv, G);
+    decode_merge<T, D, NW>(m_s, l_s, a_s, last_s, out, part, counters, t, kh, z, nsplit, ntok, hq, hkv, G);
 }
 
 template <typename T, int D>
