@@ -440,7 +440,8 @@ template <int D> struct DecodeMma {
 template <typename T, int D, int NW = 4>
 __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, const i64* positions,
                                       const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
-                                      int ntok, int hq, int hkv, int bs, float scale, int window) {
+                                      int ntok, int hq, int hkv, int bs, float scale, int window,
+                                      unsigned* ready = nullptr, unsigned expect = 0) {
     constexpr int KS = DecodeMma<D>::KS, RS = DecodeMma<D>::RS, STAGE = DecodeMma<D>::STAGE;
     constexpr int NB = KS / 8, DK = D / 16, DN = D / 8, PIECES = D / 8, GM = DECODE_GROUP;
     extern __shared__ __align__(16) unsigned char decode_smem[];
@@ -493,7 +494,28 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     int c = c_begin + warp;
     if (c < c_end) load(c, stages, true);
     if (c + NW < c_end) load(c + NW, stages + STAGE, true);
-    pdl_wait();
+    if (ready) {
+        // The kernel ahead counts, per KV head, the warps that stored this
+        // head's rows (queries, key and value at the cache slot); wait for
+        // this head's, not for the whole grid, then reset the count for the
+        // next layer's (which starts only after this grid is done).
+        if (threadIdx.x == 0) {
+#ifdef OPTC_TRACE
+            optc_trace_put(optc_trace_now(), OPTC_TRACE_ARRIVE);
+#endif
+            unsigned* flag = ready + (i64)t * hkv + kh;
+            while (*reinterpret_cast<volatile unsigned*>(flag) < expect) {
+            }
+            __threadfence();
+            *flag = 0;
+#ifdef OPTC_TRACE
+            optc_trace_put(optc_trace_now(), OPTC_TRACE_RELEASE);
+#endif
+        }
+        __syncthreads();
+    } else {
+        pdl_wait();
+    }
     const int current = (p - first) / KS;  // the chunk holding p
     const bool late = current < c_end && (current == c || current == c + NW);
     if (late) load_current(current, stages + (current == c ? 0 : STAGE));
@@ -616,6 +638,9 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
         }
     }
     decode_merge<T, D, NW>(m_s, l_s, a_s, last_s, out, part, counters, t, kh, z, nsplit, ntok, hq, hkv, G);
+    // Done only once the kernel ahead is (what follows waits for this grid
+    // alone, and may read more of what that one wrote).
+    if (ready) pdl_wait();
 }
 
 template <typename T, int D>
