@@ -56,52 +56,6 @@ __global__ void __launch_bounds__(256) o_geo(const bf16* x, const bf16* w, bf16*
 using OGeo1 = GemvGeometry<8, 1, 4>;
 using OGeo2 = GemvGeometry<8, 1, 8, true, false>;
 using OGeo3 = GemvGeometry<4, 1, 8>;
-// Decode attention with eight warps a block (a chunk of 32 keys each up
-// to 256 keys) instead of four.
-__global__ void __launch_bounds__(256)
-    decode_w8(const bf16* q, const bf16* kc, const bf16* vc, const i64* positions, const i64* block_tables,
-              int max_blocks, bf16* out, float* part, int* counters, int ntok, int hq, int hkv, int bs, float scale,
-              int window) {
-    pdl_trigger();
-    paged_decode_mma_impl<bf16, 64, 8>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok,
-                                       hq, hkv, bs, scale, window);
-    OPTC_TRACE_END();
-}
-// The QKV GEMV counting, per KV head, the warps that stored its rows
-// (each warp stores one RoPE pair), so decode attention for that head may
-// start before the whole grid is done (`decode_flag`).
-struct FlagRopeStore {
-    static constexpr bool GLU = false;
-    GemvRopeStore<bf16> base;
-    unsigned* ready;
-    __device__ int weight_row(int i) const { return base.weight_row(i); }
-    template <int R> __device__ void store(int j, int i0, const float (&v)[R], int n) const {
-        base.store<R>(j, i0, v, n);
-        if (i0 >= n) return;
-        const int hq = base.hq, hkv = base.hkv, d = base.d;
-        const int g = i0 < hq * d ? i0 / d / (hq / hkv) : i0 < (hq + hkv) * d ? (i0 - hq * d) / d
-                                                                             : (i0 - (hq + hkv) * d) / base.dv;
-        __threadfence();
-        atomicAdd(ready + (i64)j * hkv + g, 1u);
-    }
-};
-__global__ void __launch_bounds__(256)
-    qkv_flag(const bf16* a, const bf16* r, const bf16* nw, bf16* sum, float eps, const bf16* w, int n, int k,
-             const bf16* cs, const bf16* sn, bf16* q, bf16* kc, bf16* vc, const i64* slots, int hq, int hkv, int d,
-             unsigned* ready) {
-    gemv_impl<bf16, 1, GemvNorm>(GemvAddRmsNorm<bf16, 1>{a, r, nw, sum, eps},
-                                 FlagRopeStore{{nullptr, cs, sn, q, kc, vc, slots, hq, hkv, d, d, d, 0}, ready}, w, n,
-                                 k, 1);
-}
-__global__ void __launch_bounds__(128)
-    decode_flag(const bf16* q, const bf16* kc, const bf16* vc, const i64* positions, const i64* block_tables,
-                int max_blocks, bf16* out, float* part, int* counters, int ntok, int hq, int hkv, int bs, float scale,
-                int window, unsigned* ready, unsigned expect) {
-    pdl_trigger();
-    paged_decode_mma_impl<bf16, 64, 4>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok,
-                                       hq, hkv, bs, scale, window, ready, expect);
-    OPTC_TRACE_END();
-}
 // The QKV projection through a ring (optc keeps the rope GEMVs on
 // registers; this is the `rings everywhere` comparison).
 __global__ void __launch_bounds__(128)
@@ -259,7 +213,7 @@ struct Variant {
     int nsplit = 1;  // decode attention's splits
     int o_geo = 0;   // 0: GemvPlain; 1 to 3: OGeo1 to OGeo3
     int att_warps = 4;
-    bool flags = false;  // QKV signals decode attention per KV head (qkv_flag, decode_flag)
+    bool flags = false;  // the QKV GEMV counts stored warps per KV head, decode attention waits on that
 };
 
 int main() {
@@ -301,13 +255,12 @@ int main() {
     CK(cudaMalloc(&part, 64 * HQ * (HD + 2) * 4));
     CK(cudaMalloc(&counters, 64 * 4));
     CK(cudaMemset(counters, 0, 64 * 4));
-    unsigned* ready;  // decode_flag's per-head counts (reset by it)
+    unsigned* ready;  // those counts (decode attention resets them)
     CK(cudaMalloc(&ready, 64 * 4));
     CK(cudaMemset(ready, 0, 64 * 4));
     const unsigned att_smem = 4 * 2 * 2 * 32 * (HD + 8) * 2;
     CK(cudaFuncSetAttribute(paged_decode_bf16_d64, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem));
-    CK(cudaFuncSetAttribute(decode_w8, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * att_smem));
-    CK(cudaFuncSetAttribute(decode_flag, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem));
+    CK(cudaFuncSetAttribute(paged_decode8_bf16_d64, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * att_smem));
     for (auto f : {(const void*)gemv_ring_bf16_m1, (const void*)gemv_norm_glu_ring_bf16_m1,
                    (const void*)ring_norm_rope})
         CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
@@ -354,6 +307,7 @@ int main() {
         {"rings, attention of 8 warps: QKV + attention + o only", true, true, true, false, false, false, 1, 0, 1, 0, 8},
         {"rings, attention on flags: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 4, true},
         {"rings, attention on flags: QKV + attention + o only", true, true, true, false, false, false, 1, 0, 1, 0, 4, true},
+        {"rings, attention of 8 warps on flags: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, true},
     };
     for (int pos : {127, 255, 383}) {
         const i64 p = pos;
@@ -377,14 +331,14 @@ int main() {
                 for (auto [on, name] : {std::pair{v.qkv, "QKV"}, {v.attention, "attention"}, {v.o, "o"},
                                         {v.gate_up, "gate/up"}, {v.down, "down"}})
                     if (on) names.push_back(name);
+                // With `flags` the QKV GEMV counts its stored warps per KV head and
+                // decode attention waits for its head's count, not for the grid.
+                unsigned* rdy = v.flags ? ready : nullptr;
+                const unsigned expect = v.flags ? (HQ / HKV + 2) * HD / 2 : 0;
                 if (v.qkv && v.fill == 1)
                     launch(gemv_rope_bf16_m1, QKV / 16, 1, 1, 256, D * 2, hc, (const bf16*)wqkv[l],
                            (const bf16*)nullptr, QKV, D, 1, (const bf16*)cs, (const bf16*)sn, q, kc[l], vc[l],
-                           (const i64*)dslot, HQ, HKV, HD, HD, HD, 0);
-                else if (v.qkv && v.flags)
-                    launch(qkv_flag, QKV / 16, 1, 1, 256, 2 * D * 2, hc, rc, (const bf16*)nw1[l], sum, eps,
-                           (const bf16*)wqkv[l], QKV, D, (const bf16*)cs, (const bf16*)sn, q, kc[l], vc[l],
-                           (const i64*)dslot, HQ, HKV, HD, ready);
+                           (const i64*)dslot, HQ, HKV, HD, HD, HD, 0, rdy);
                 else if (v.qkv && rings((size_t)QKV * D * 2))
                     launch(ring_norm_rope, ring_grid, 1, 1, 128, 2 * D * 2 + ring, hc, rc, (const bf16*)nw1[l],
                            sum, (const bf16*)wqkv[l], QKV, D, (const bf16*)cs, (const bf16*)sn, q, kc[l], vc[l],
@@ -392,19 +346,12 @@ int main() {
                 else if (v.qkv)
                     launch(gemv_norm_rope_bf16_m1, QKV / 16, 1, 1, 256, 2 * D * 2, hc, rc, (const bf16*)nw1[l], sum,
                            eps, (const bf16*)wqkv[l], (const bf16*)nullptr, QKV, D, 1, (const bf16*)cs,
-                           (const bf16*)sn, q, kc[l], vc[l], (const i64*)dslot, HQ, HKV, HD, HD, HD, 0);
-                if (v.attention && v.flags)
-                    launch(decode_flag, 1, HKV, v.nsplit, 128, att_smem, (const bf16*)q, (const bf16*)kc[l],
-                           (const bf16*)vc[l], (const i64*)dpos, (const i64*)dtable, max_blocks, att, part, counters, 1,
-                           HQ, HKV, BS, scale, 0, ready, (unsigned)((HQ / HKV + 2) * HD / 2));
-                else if (v.attention && v.att_warps == 8)
-                    launch(decode_w8, 1, HKV, v.nsplit, 256, 2 * att_smem, (const bf16*)q, (const bf16*)kc[l],
-                           (const bf16*)vc[l], (const i64*)dpos, (const i64*)dtable, max_blocks, att, part, counters, 1,
-                           HQ, HKV, BS, scale, 0);
-                else if (v.attention)
-                    launch(paged_decode_bf16_d64, 1, HKV, v.nsplit, 128, att_smem, (const bf16*)q,
-                           (const bf16*)kc[l], (const bf16*)vc[l], (const i64*)dpos, (const i64*)dtable,
-                           max_blocks, att, part, counters, 1, HQ, HKV, BS, scale, 0);
+                           (const bf16*)sn, q, kc[l], vc[l], (const i64*)dslot, HQ, HKV, HD, HD, HD, 0, rdy);
+                if (v.attention)
+                    launch(v.att_warps == 8 ? paged_decode8_bf16_d64 : paged_decode_bf16_d64, 1, HKV, v.nsplit,
+                           32 * v.att_warps, v.att_warps / 4 * att_smem, (const bf16*)q, (const bf16*)kc[l],
+                           (const bf16*)vc[l], (const i64*)dpos, (const i64*)dtable, max_blocks, att, part, counters,
+                           1, HQ, HKV, BS, scale, 0, rdy, expect);
                 if (v.o && rings((size_t)D * D * 2))
                     launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, D * 2 + ring, (const bf16*)att,
                            (const bf16*)wo[l], (const bf16*)nullptr, ob, D, D, 1);

@@ -241,7 +241,7 @@ __device__ __forceinline__ void cp_async_wait_all() {
 template <typename T, int D, int NW = 4>
 __device__ void decode_merge(const float* m_s, const float* l_s, const float* a_s, int* last_s, T* out,
                              float* part, int* counters, int t, int kh, int z, int nsplit, int ntok, int hq,
-                             int hkv, int G) {
+                             int hkv, int G, unsigned* ready = nullptr) {
     constexpr int GM = DECODE_GROUP;
     __syncthreads();
     for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
@@ -268,14 +268,22 @@ __device__ void decode_merge(const float* m_s, const float* l_s, const float* a_
             }
         }
     }
-    if (nsplit == 1) return;
+    // The last block of a (token, KV head) resets its ready count (every
+    // block of it is past its wait by then).
+    if (nsplit == 1) {
+        if (ready && threadIdx.x == 0) ready[(i64)t * hkv + kh] = 0;
+        return;
+    }
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
         int* ctr = counters + (i64)t * hkv + kh;
         const int done = atomicAdd(ctr, 1);
         *last_s = done == nsplit - 1;
-        if (*last_s) *ctr = 0;
+        if (*last_s) {
+            *ctr = 0;
+            if (ready) ready[(i64)t * hkv + kh] = 0;
+        }
     }
     __syncthreads();
     if (!*last_s) return;
@@ -495,19 +503,20 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     if (c < c_end) load(c, stages, true);
     if (c + NW < c_end) load(c + NW, stages + STAGE, true);
     if (ready) {
-        // The kernel ahead counts, per KV head, the warps that stored this
-        // head's rows (queries, key and value at the cache slot); wait for
-        // this head's, not for the whole grid, then reset the count for the
-        // next layer's (which starts only after this grid is done).
+        // The QKV GEMV ahead counts, per (token, KV head), the warps that
+        // stored this head's rows (queries, key and value at the cache
+        // slot: GemvRopeStore); wait for this head's count, not for the
+        // whole grid. The merge's last block resets it for the next layer's
+        // GEMV, which starts only after this grid is done. A count that
+        // never comes (a host bug) fails the launch instead of hanging.
         if (threadIdx.x == 0) {
 #ifdef OPTC_TRACE
             optc_trace_put(optc_trace_now(), OPTC_TRACE_ARRIVE);
 #endif
-            unsigned* flag = ready + (i64)t * hkv + kh;
-            while (*reinterpret_cast<volatile unsigned*>(flag) < expect) {
-            }
+            const volatile unsigned* flag = ready + (i64)t * hkv + kh;
+            for (unsigned spins = 0; *flag < expect; ++spins)
+                if (spins == (1u << 24)) __trap();
             __threadfence();
-            *flag = 0;
 #ifdef OPTC_TRACE
             optc_trace_put(optc_trace_now(), OPTC_TRACE_RELEASE);
 #endif
@@ -637,28 +646,33 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
             a_s[warp * GM * D + g * D + dn * 8 + 2 * tq + 1] = o[dn][1];
         }
     }
-    decode_merge<T, D, NW>(m_s, l_s, a_s, last_s, out, part, counters, t, kh, z, nsplit, ntok, hq, hkv, G);
-    // Done only once the kernel ahead is (what follows waits for this grid
-    // alone, and may read more of what that one wrote).
+    decode_merge<T, D, NW>(m_s, l_s, a_s, last_s, out, part, counters, t, kh, z, nsplit, ntok, hq, hkv, G, ready);
+    // Done only once the kernel ahead is: what follows waits for this grid
+    // alone, and may read more of what that one wrote (the residual sum).
     if (ready) pdl_wait();
 }
 
-template <typename T, int D>
+template <typename T, int D, int NW = 4>
 __device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i64* positions,
                                   const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
-                                  int ntok, int hq, int hkv, int bs, float scale, int window) {
+                                  int ntok, int hq, int hkv, int bs, float scale, int window, unsigned* ready,
+                                  unsigned expect) {
     // Launched as a dependent (programmatic dependent launch): the
     // o projection's GEMV after this may start streaming its weights. Each
     // path calls pdl_wait() before it reads what the kernels ahead write
     // (the tensor-core one streams its first cached keys before).
     pdl_trigger();
-    // The host sizes shared memory by the same rule (`decode_mma_supported`).
+    // The host sizes shared memory by the same rule (`decode_mma_supported`),
+    // and launches the eight-warp kernel and passes `ready` only on it.
     if constexpr (sizeof(T) == 2 && D % 16 == 0 && D <= 128) {
-        paged_decode_mma_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok, hq,
-                                    hkv, bs, scale, window);
-    } else {
+        paged_decode_mma_impl<T, D, NW>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok,
+                                        hq, hkv, bs, scale, window, ready, expect);
+    } else if constexpr (NW == 4) {
+        if (ready) __trap();
         paged_decode_simt_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok,
                                      hq, hkv, bs, scale, window);
+    } else {
+        __trap();
     }
     OPTC_TRACE_END();
 }
@@ -693,7 +707,14 @@ OPTC_ATTENTION_COMMON(f16, f16)
     extern "C" __global__ void __launch_bounds__(128) paged_decode_##N##_d##D(                            \
         const T* q, const T* kc, const T* vc, const i64* positions, const i64* block_tables,              \
         int max_blocks, T* out, float* part, int* counters, int ntok, int hq, int hkv, int bs,            \
-        float scale, int window) {                                                                        \
+        float scale, int window, unsigned* ready, unsigned expect) {                                      \
         paged_decode_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters,      \
-                                ntok, hq, hkv, bs, scale, window);                                        \
+                                ntok, hq, hkv, bs, scale, window, ready, expect);                         \
+    }                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(256) paged_decode8_##N##_d##D(                           \
+        const T* q, const T* kc, const T* vc, const i64* positions, const i64* block_tables,              \
+        int max_blocks, T* out, float* part, int* counters, int ntok, int hq, int hkv, int bs,            \
+        float scale, int window, unsigned* ready, unsigned expect) {                                      \
+        paged_decode_impl<T, D, 8>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters,   \
+                                   ntok, hq, hkv, bs, scale, window, ready, expect);                      \
     }

@@ -162,15 +162,16 @@ pub fn decode_mma_supported(d: usize, elem_bytes: usize) -> bool {
     elem_bytes == 2 && d % 16 == 0 && d > 0 && d <= 128
 }
 
-/// Dynamic shared memory of the decode kernel. Tensor-core decode: four
-/// warps' two stages of key and value rows (32 keys up to head dim 64, 16
-/// past it; rows padded by 8 elements), reused for the warps' merge.
-/// Otherwise: four warps' stages of 32 value rows.
-pub fn paged_decode_smem_bytes(d: usize, elem_bytes: usize) -> usize {
+/// Dynamic shared memory of the decode kernel of `warps` warps (8 only on
+/// the tensor cores). Tensor-core decode: each warp's two stages of key
+/// and value rows (32 keys up to head dim 64, 16 past it; rows padded by
+/// 8 elements), reused for the warps' merge. Otherwise: four warps'
+/// stages of 32 value rows.
+pub fn paged_decode_smem_bytes(d: usize, elem_bytes: usize, warps: usize) -> usize {
     if decode_mma_supported(d, elem_bytes) {
         let keys = if d <= 64 { 32 } else { 16 };
-        let stages = 4 * 2 * 2 * keys * (d + 8) * elem_bytes;
-        let merge = (4 * DECODE_GROUP * (2 + d) + 1) * 4;
+        let stages = warps * 2 * 2 * keys * (d + 8) * elem_bytes;
+        let merge = (warps * DECODE_GROUP * (2 + d) + 1) * 4;
         stages.max(merge)
     } else {
         4 * 32 * d * elem_bytes

@@ -9,7 +9,8 @@ use optc_kernels::cuda as src;
 use super::chains::{EwIndex, MAX_LEAVES};
 use super::gemm::GemmShape;
 use super::program::{
-    AttentionRun, CudaProgram, Loc, SkinnyGemm, Step, ATTENTION_MMA, GEMV_RING_AT, SPLIT_COUNTERS,
+    AttentionRun, CudaProgram, Loc, SkinnyGemm, Step, ATTENTION_DECODE8, ATTENTION_MMA, GEMV_RING_AT,
+    SPLIT_COUNTERS,
 };
 use super::select::Kernel;
 use super::strided::{broadcast_strides, contiguous, strided, MAX_RANK};
@@ -219,6 +220,7 @@ impl CudaProgram {
         dims: &[Vec<usize>],
         ptr: &mut [u64],
         done: &mut [bool],
+        ready: u64,
     ) -> Result<(), String> {
         let Some(z) = &lin.fused else {
             return Err("a plain linear sent to the fused GEMV (a lowering bug)".into());
@@ -279,12 +281,12 @@ impl CudaProgram {
             let Some((x, r, nw, sum, eps)) = norm else {
                 return launch_dependent!(gpu, f, c, weight_first;
                     x = ptr[a[0]], w = w, b = bias, n = n, k = k, m = m, cs = cs, sn = sn, q = q, kc = kc,
-                    vc = vc, slots = slots, hq = hq, hkv = hkv, d = d, dv = dv, rd = rd, il = il);
+                    vc = vc, slots = slots, hq = hq, hkv = hkv, d = d, dv = dv, rd = rd, il = il, ready = ready);
             };
             return launch_dependent!(gpu, f, c, weight_first;
                 x = x, r = r, nw = nw, sum = sum, eps = eps, w = w, b = bias, n = n, k = k, m = m, cs = cs,
                 sn = sn, q = q, kc = kc, vc = vc, slots = slots, hq = hq, hkv = hkv, d = d, dv = dv, rd = rd,
-                il = il);
+                il = il, ready = ready);
         }
         let Some((x, r, nw, sum, eps)) = norm else {
             return launch_dependent!(gpu, f, c, weight_first; x = ptr[a[0]], w = w, b = bias, y = y, n = n, k = k, m = m);
@@ -326,6 +328,17 @@ impl CudaProgram {
             let blocks = self.gpu.sms as usize * src::GEMV_RING_BLOCKS_PER_SM;
             cfg((blocks as u32, 1, 1), geo.threads(), smem as u32)
         })
+    }
+
+    /// Warps of the decode attention block for head dim `d` of `esize`-byte
+    /// elements, given the step's `nfns` functions: `Gpu::decode_warps`
+    /// where the eight-warp kernel applies (the tensor cores), else four.
+    pub(super) fn decode_warps(&self, nfns: usize, d: usize, esize: usize) -> usize {
+        if self.gpu.decode_warps == 8 && nfns > ATTENTION_DECODE8 && src::decode_mma_supported(d, esize) {
+            8
+        } else {
+            4
+        }
     }
 
     /// The ring GEMV `f` (when the linear has one) and its launch, when
@@ -383,6 +396,7 @@ impl CudaProgram {
         ptr: &[u64],
         attn: Option<&AttentionRun>,
         arena: u64,
+        ready: u64,
     ) -> Result<(), String> {
         let a = &s.args;
         let o0 = s.outs[0];
@@ -726,12 +740,21 @@ impl CudaProgram {
                 if run.decode {
                     let counters = self.split_counters.as_ref().map_or(0, |b| b.ptr);
                     let grid = (ntok as u32, hkv as u32, run.nsplit as u32);
-                    let smem = src::paged_decode_smem_bytes(d, esize as usize) as u32;
-                    let r = launch_dependent!(gpu, &fns[3], cfg(grid, 128, smem), ntok <= src::GEMV_MAX_ROWS;
+                    let warps = self.decode_warps(fns.len(), d, esize as usize);
+                    let smem = src::paged_decode_smem_bytes(d, esize as usize, warps) as u32;
+                    let f = if warps == 8 { &fns[ATTENTION_DECODE8] } else { &fns[3] };
+                    // Waiting on the QKV GEMV's per-head counts (`ready.rs`).
+                    let expect = match ready {
+                        0 => 0,
+                        _ => super::ready::expected_count(hq, hkv, d, dv[2])
+                            .ok_or("ready counts for heads whose rows straddle (a lowering bug)")?,
+                    };
+                    let gpu = &self.gpu;
+                    let r = launch_dependent!(gpu, f, cfg(grid, 32 * warps as u32, smem), ntok <= src::GEMV_MAX_ROWS;
                         q = ptr[a[0]], kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],
                         mb = dims[a[8]][1] as i32, out = ptr[o0], part = part, ctr = counters,
                         nt = ntok as i32, hq = hq as i32, hkv = hkv as i32, bs = bs as i32, scale = scale,
-                        window = window);
+                        window = window, ready = ready, expect = expect);
                     if part != 0 {
                         self.pool.release(part);
                     }

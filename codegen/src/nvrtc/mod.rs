@@ -53,6 +53,7 @@ mod launch;
 mod mega;
 mod pick;
 mod profile;
+mod ready;
 mod program;
 mod run;
 mod select;

@@ -159,9 +159,12 @@ pub struct AttentionPaths {
 }
 
 /// A paged-attention step's functions: the cache write, the tiled kernel,
-/// its split combine, the decode kernel, then (when it built) the MMA
-/// prefill at this index.
-pub(super) const ATTENTION_MMA: usize = 4;
+/// its split combine, the decode kernels of four and of eight warps, then
+/// (when it built) the MMA prefill at this index.
+pub(super) const ATTENTION_MMA: usize = 5;
+
+/// Where the eight-warp decode kernel is among them.
+pub(super) const ATTENTION_DECODE8: usize = 4;
 
 /// Where a 16-bit linear's kernels hold the one-row ring GEMV: after the
 /// two register GEMVs and the skinny GEMMs (`function_names`).
@@ -245,6 +248,11 @@ pub struct CudaProgram {
     pub(super) mega: Option<super::mega::Mega>,
     /// Runs that launched the megakernel.
     pub(super) mega_launches: u64,
+    /// Per-head ready counts between each QKV GEMV and its decode
+    /// attention (`ready.rs`), when the step graph has such pairs.
+    pub(super) ready: Option<super::ready::ReadyCounts>,
+    /// Decode attention launches that waited on ready counts.
+    pub(super) ready_waits: u64,
 }
 
 /// Where linears of 5..=128 rows of a 16-bit type run on optc's
@@ -674,13 +682,20 @@ impl CudaProgram {
                     }
                     if d % 8 == 0 && d <= src::DECODE_MAX_HEAD_DIM {
                         let esize = types[s.outs[0]].dtype.storage_bytes(1);
-                        let bytes = src::paged_decode_smem_bytes(d, esize);
-                        allow_smem(&fns[3], bytes).map_err(|e| CodegenError::Node {
-                            node: s.node.clone(),
-                            message: format!(
-                                "decode attention for head dim {d} needs {bytes} bytes of shared memory: {e}"
-                            ),
-                        })?;
+                        for (at, warps) in [(3, 4), (ATTENTION_DECODE8, 8)] {
+                            // Eight warps only on the tensor cores.
+                            if warps == 8 && !src::decode_mma_supported(d, esize) {
+                                continue;
+                            }
+                            let bytes = src::paged_decode_smem_bytes(d, esize, warps);
+                            allow_smem(&fns[at], bytes).map_err(|e| CodegenError::Node {
+                                node: s.node.clone(),
+                                message: format!(
+                                    "decode attention for head dim {d} ({warps} warps) needs {bytes} bytes of \
+                                     shared memory: {e}"
+                                ),
+                            })?;
+                        }
                     }
                     let f = float_name(types[s.outs[0]].dtype).unwrap_or("f32");
                     if mma && src::prefill_mma_supported(f, d) {
@@ -964,6 +979,19 @@ impl CudaProgram {
         } else {
             None
         };
+        let pairs = super::ready::rope_attention(&steps, &owner);
+        let ready = if pairs.is_empty() {
+            None
+        } else {
+            let buf = DeviceBox::new(super::ready::READY_COUNTS * 4).map_err(&gerr)?;
+            gpu.zero(buf.ptr, buf.bytes).and_then(|_| gpu.sync()).map_err(&gerr)?;
+            Some(super::ready::ReadyCounts {
+                buf,
+                pairs,
+                pending: None,
+                dirty: false,
+            })
+        };
         let mut p = CudaProgram {
             gpu,
             gemm,
@@ -1007,6 +1035,8 @@ impl CudaProgram {
             mega_stack,
             mega: None,
             mega_launches: 0,
+            ready,
+            ready_waits: 0,
         };
         let asked = std::env::var("OPTC_CUDA_MEGA").ok();
         if asked
@@ -1104,6 +1134,33 @@ impl CudaProgram {
 
     pub fn summary(&self) -> &CudaSummary {
         &self.summary
+    }
+
+    /// Overrides `OPTC_ATTENTION_FLAGS`: whether decode attention after a
+    /// QKV GEMV with the rope waits on per-head ready counts (`ready.rs`)
+    /// instead of the GEMV's whole grid. Captured graphs are dropped.
+    pub fn set_attention_flags(&mut self, on: bool) {
+        self.finish_pending();
+        self.captures.clear();
+        self.gpu.attention_flags = on;
+    }
+
+    /// Overrides `OPTC_DECODE_WARPS` (4 or 8; anything else is ignored):
+    /// the warps of a tensor-core decode attention block. Captured graphs
+    /// are dropped.
+    pub fn set_decode_warps(&mut self, warps: usize) {
+        if warps == 4 || warps == 8 {
+            self.finish_pending();
+            self.captures.clear();
+            self.gpu.decode_warps = warps;
+        }
+    }
+
+    /// Decode attention launches that waited on per-head ready counts (so
+    /// tests see the path ran); a graph capture counts once, not its
+    /// replays.
+    pub fn ready_waits(&self) -> u64 {
+        self.ready_waits
     }
 
     /// Turns CUDA graph capture of decode steps on or off (on by default

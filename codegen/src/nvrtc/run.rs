@@ -397,15 +397,20 @@ impl CudaProgram {
                         // The tensor-core decode keeps cache slots in 32 bits.
                         && shape.num_blocks * shape.block_size <= i32::MAX as usize;
                     let nsplit = if decode {
-                        // Each of a block's four warps takes up to
+                        // Each of a block's warps takes up to
                         // `decode_chunks` key chunks; split while the
                         // grid still fits in one wave (the blocks the SMs
                         // hold at once, by shared memory and at most four),
                         // else twice the SMs (CUDA cores).
                         let blocks = shape.tokens * shape.kv_heads;
                         let esize = self.types[s.args[0]].dtype.storage_bytes(1);
+                        let nfns = match &s.exec {
+                            Exec::Kernel(_, fns) => fns.len(),
+                            _ => 0,
+                        };
+                        let warps = self.decode_warps(nfns, shape.head_dim, esize);
                         let fill = if src::decode_mma_supported(shape.head_dim, esize) {
-                            let smem = src::paged_decode_smem_bytes(shape.head_dim, esize) + 1024;
+                            let smem = src::paged_decode_smem_bytes(shape.head_dim, esize, warps) + 1024;
                             let per_sm = ((228 << 10) / smem).clamp(1, 4);
                             let f = (per_sm * self.gpu.sms as usize / blocks.max(1)).max(1);
                             1 << f.ilog2()
@@ -415,7 +420,7 @@ impl CudaProgram {
                                 .next_power_of_two()
                         };
                         max_chunks
-                            .div_ceil(4 * self.gpu.decode_chunks)
+                            .div_ceil(warps * self.gpu.decode_chunks)
                             .next_power_of_two()
                             .min(fill)
                             .clamp(1, 64)
@@ -699,6 +704,16 @@ impl CudaProgram {
         arena: u64,
     ) -> Result<(), CodegenError> {
         let mut events = Vec::new();
+        // Ready counts a failed run may have left behind (`ready.rs`).
+        if let Some(rc) = &mut self.ready {
+            if rc.dirty || rc.pending.is_some() {
+                self.gpu
+                    .zero(rc.buf.ptr, rc.buf.bytes)
+                    .map_err(node_err(&self.graph.name))?;
+                rc.dirty = false;
+                rc.pending = None;
+            }
+        }
         // Fused GEMVs (see `fused_gemv_fits`): linears that do their norm
         // step's work in this run, and SwiGLU steps a GEMV already did.
         let mut runs_norm = vec![false; steps.len()];
@@ -752,9 +767,31 @@ impl CudaProgram {
                 _ if deferred || done[si] => Ok(()),
                 Exec::Kernel(..) if fused => {
                     self.fused_gemv_launches += 1;
-                    self.launch_fused_gemv(s, steps, dims, ptr, &mut done)
+                    let counts = self.rope_ready(s, steps, dims, attn);
+                    let r = self.launch_fused_gemv(s, steps, dims, ptr, &mut done, counts.map_or(0, |c| c.0));
+                    if let (Ok(()), Some((_, sa)), Some(rc)) = (&r, counts, &mut self.ready) {
+                        rc.pending = Some(sa);
+                        rc.dirty = true;
+                    }
+                    r
                 }
-                Exec::Kernel(k, fns) => self.launch(*k, fns, s, dims, ptr, attn.get(&si), arena),
+                Exec::Kernel(k, fns) => {
+                    // The ready counts a GEMV left for this attention step.
+                    let wait = match &mut self.ready {
+                        Some(rc) if rc.pending == Some(si) => {
+                            rc.pending = None;
+                            rc.buf.ptr
+                        }
+                        _ => 0,
+                    };
+                    let r = self.launch(*k, fns, s, dims, ptr, attn.get(&si), arena, wait);
+                    if let (Ok(()), true, Some(rc)) = (&r, wait != 0, &mut self.ready) {
+                        // The attention resets them as it reads them.
+                        rc.dirty = false;
+                        self.ready_waits += 1;
+                    }
+                    r
+                }
                 _ => self.host_step(s, dims, bindings, ptr),
             };
             r.map_err(node_err(&s.node))?;
@@ -771,6 +808,13 @@ impl CudaProgram {
                     ptr[o] = 0;
                 }
             }
+        }
+        if let Some(sa) = self.ready.as_ref().and_then(|rc| rc.pending) {
+            // Counts no attention waited on (the next run zeroes them).
+            return Err(node_err(&steps[sa].node)(
+                "a QKV GEMV counted ready rows for an attention step that did not wait on them (a lowering bug)"
+                    .into(),
+            ));
         }
         if !events.is_empty() {
             // Decode steps (one token per sequence) apart from prefill and
