@@ -475,6 +475,121 @@ fn megakernel_matches_the_cpu_target() {
     }
 }
 
+/// Decode attention waiting on the QKV GEMV's per-head ready counts
+/// (`set_attention_flags`, codegen/src/nvrtc/ready.rs) and the eight-warp
+/// decode kernel (`set_decode_warps`), alone and together, against the CPU
+/// target: the 16-bit fixtures (Llama; Qwen2 with QKV biases, in f16),
+/// Mistral rounded to bf16 (a sliding window), a random Llama of hidden
+/// 1,024 (the 1B model's heads) and an f32 fixture (no tensor-core decode,
+/// so no counts: the run must neither hang nor count). A 9-token prompt,
+/// 14 one-token steps, then steps of two sequences (two rows a GEMV, two
+/// tokens an attention grid), with CUDA graphs off and on, and once with
+/// one key chunk a warp, so the keys split over several blocks that all
+/// wait on one count and the split's last block resets it.
+#[test]
+fn decode_attention_on_ready_counts_matches_the_cpu_target() {
+    if !gpu() {
+        return;
+    }
+    for name in [
+        "llama_bf16",
+        "qwen2_f16",
+        "mistral in bf16",
+        "random Llama, hidden 1024",
+        "llama",
+    ] {
+        let copy = match name {
+            "random Llama, hidden 1024" => Some(random_llama(2, 1024, 4096, 16, 4, 4096)),
+            _ => name.strip_suffix(" in bf16").map(bf16_copy),
+        };
+        let m = match &copy {
+            Some(dir) => {
+                let mut m = hf::load(dir).unwrap();
+                compile_step_graph(&mut m);
+                m
+            }
+            None => step_graph(name),
+        };
+        let g = &m.graph;
+        let dtype = g.outputs()[0].ty.dtype;
+        let counts = dtype != DType::F32;
+        let configs = [
+            (true, 4, 4, false),
+            (false, 8, 4, false),
+            (true, 8, 4, false),
+            (true, 8, 4, true),
+            (true, 4, 1, true),
+            (true, 8, 1, false),
+        ];
+        for (flags, warps, chunks, graphs) in configs {
+            let what = format!("{name}, flags {flags}, {warps} warps, {chunks} chunks, graphs {graphs}");
+            let nb = Bindings::from([("NB".to_string(), 16)]);
+            let mut cpu = CpuProgram::new(g, &m.weights).unwrap();
+            cpu.init_state(&nb).unwrap();
+            let mut cuda = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
+            cuda.set_cuda_graphs(graphs);
+            cuda.set_attention_flags(flags);
+            cuda.set_decode_warps(warps);
+            cuda.set_decode_chunks(chunks);
+            cuda.init_state(&nb).unwrap();
+            let vocab = m.config.vocab_size as i64;
+            let (table, other) = (vec![3i64, 0, 7, 1, 5, 2, 9, 4], vec![11i64, 12, 13]);
+            let mut ids: Vec<i64> = (0..9).map(|i| (i * 37 + 5) % vocab).collect();
+            let run = |cpu: &mut CpuProgram, cuda: &mut CudaProgram, si: &StepInputs, step: &str| {
+                let mut inputs = si.tensors(g, 16, DType::I64).unwrap();
+                inputs.retain(|k, _| !k.contains("_cache."));
+                let want = cpu.run(&inputs).unwrap();
+                let got = cuda.run(&inputs).unwrap();
+                let e = worst_row_rel_l2(&got["logits"], &want["logits"], si.logits_indices.len());
+                assert!(
+                    e < tolerance(dtype),
+                    "{what}, {step}: logits differ from the CPU target: rel L2 {e}"
+                );
+                want["logits"].to_f64_vec()
+            };
+            let mut si = StepInputs::default();
+            si.ids.extend(&ids);
+            si.push_seq(&table, BLOCK, 0, ids.len(), true);
+            let mut logits = run(&mut cpu, &mut cuda, &si, "prompt");
+            for step in 0..14 {
+                let next = (0..logits.len())
+                    .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+                    .unwrap_or(0) as i64;
+                ids.push(next);
+                let mut si = StepInputs::default();
+                si.ids.push(next);
+                si.push_seq(&table, BLOCK, ids.len() - 1, 1, true);
+                logits = run(&mut cpu, &mut cuda, &si, &format!("one-token step {step}"));
+            }
+            for step in 0..3 {
+                let mut si = StepInputs::default();
+                si.ids.extend([ids[3 + step], ids[4]]);
+                si.push_seq(&table, BLOCK, ids.len() + step, 1, true);
+                si.push_seq(&other, BLOCK, step, 1, true);
+                run(&mut cpu, &mut cuda, &si, &format!("two sequences, step {step}"));
+            }
+            let layers = m.config.num_layers as u64;
+            assert!(cuda.attention_paths().decode >= layers, "{what}");
+            if flags && counts {
+                // Outside graphs every decode layer waited on counts; a
+                // capture counts once per shape.
+                let want = if graphs { 2 * layers } else { 17 * layers };
+                assert!(cuda.ready_waits() >= want, "{what}: {} waits", cuda.ready_waits());
+            } else {
+                assert_eq!(cuda.ready_waits(), 0, "{what}");
+            }
+            for cache in ["k_cache.1", "v_cache.0"] {
+                let got = cuda.state_tensor(cache).unwrap();
+                let want = cpu.state_tensor(cache, &nb).unwrap();
+                assert!(rel_l2(&got, &want) < tolerance(dtype), "{what}: {cache} differs");
+            }
+        }
+        if let Some(dir) = copy {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 #[test]
 fn model_graphs_match_the_interpreter() {
     if !gpu() {

@@ -742,7 +742,11 @@ impl CudaProgram {
                     let grid = (ntok as u32, hkv as u32, run.nsplit as u32);
                     let warps = self.decode_warps(fns.len(), d, esize as usize);
                     let smem = src::paged_decode_smem_bytes(d, esize as usize, warps) as u32;
-                    let f = if warps == 8 { &fns[ATTENTION_DECODE8] } else { &fns[3] };
+                    let f = if warps == 8 {
+                        &fns[ATTENTION_DECODE8]
+                    } else {
+                        &fns[3]
+                    };
                     // Waiting on the QKV GEMV's per-head counts (`ready.rs`).
                     let expect = match ready {
                         0 => 0,

@@ -984,7 +984,9 @@ impl CudaProgram {
             None
         } else {
             let buf = DeviceBox::new(super::ready::READY_COUNTS * 4).map_err(&gerr)?;
-            gpu.zero(buf.ptr, buf.bytes).and_then(|_| gpu.sync()).map_err(&gerr)?;
+            gpu.zero(buf.ptr, buf.bytes)
+                .and_then(|_| gpu.sync())
+                .map_err(&gerr)?;
             Some(super::ready::ReadyCounts {
                 buf,
                 pairs,
@@ -1154,6 +1156,16 @@ impl CudaProgram {
             self.captures.clear();
             self.gpu.decode_warps = warps;
         }
+    }
+
+    /// Overrides `OPTC_DECODE_CHUNKS` (at least 1): the key chunks each
+    /// decode warp takes before the keys are split over more blocks, so
+    /// tests can force the split path at short contexts. Captured graphs
+    /// are dropped.
+    pub fn set_decode_chunks(&mut self, chunks: usize) {
+        self.finish_pending();
+        self.captures.clear();
+        self.gpu.decode_chunks = chunks.max(1);
     }
 
     /// Decode attention launches that waited on per-head ready counts (so
