@@ -86,6 +86,19 @@ pub(super) fn expected_count(hq: usize, hkv: usize, d: usize, dv: usize) -> Opti
 }
 
 impl CudaProgram {
+    /// Zeroes ready counts a failed run left behind (a GEMV counted, its
+    /// attention never ran), before a run or a graph replay reads them.
+    pub(super) fn clear_stale_ready(&mut self) -> Result<(), String> {
+        if let Some(rc) = &mut self.ready {
+            if rc.dirty || rc.pending.is_some() {
+                self.gpu.zero(rc.buf.ptr, rc.buf.bytes)?;
+                rc.dirty = false;
+                rc.pending = None;
+            }
+        }
+        Ok(())
+    }
+
     /// The ready counts QKV GEMV `s` (a linear whose GEMV does the rope)
     /// counts into this run, and the attention step that will wait on
     /// them: only when that attention takes the tensor-core decode kernel

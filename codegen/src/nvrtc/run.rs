@@ -527,6 +527,8 @@ impl CudaProgram {
                 arena_bytes: arena.len(),
                 pick: pick.as_ref().map(|p| (p.value, p.samples())),
             };
+            // Before a capture, so it does not hold the zeroing.
+            self.clear_stale_ready().map_err(node_err(&self.graph.name))?;
             if !self.captures.contains_key(&key) && self.captures.len() < MAX_CAPTURES {
                 let c = self
                     .capture(
@@ -704,16 +706,7 @@ impl CudaProgram {
         arena: u64,
     ) -> Result<(), CodegenError> {
         let mut events = Vec::new();
-        // Ready counts a failed run may have left behind (`ready.rs`).
-        if let Some(rc) = &mut self.ready {
-            if rc.dirty || rc.pending.is_some() {
-                self.gpu
-                    .zero(rc.buf.ptr, rc.buf.bytes)
-                    .map_err(node_err(&self.graph.name))?;
-                rc.dirty = false;
-                rc.pending = None;
-            }
-        }
+        self.clear_stale_ready().map_err(node_err(&self.graph.name))?;
         // Fused GEMVs (see `fused_gemv_fits`): linears that do their norm
         // step's work in this run, and SwiGLU steps a GEMV already did.
         let mut runs_norm = vec![false; steps.len()];
