@@ -535,9 +535,12 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     for (int s = 0; s < DK; ++s) {
         qa[s][0] = qa[s][1] = 0u;
         if (g < G) {
+            // From L2 (.cg): the queries were written by the kernel ahead,
+            // which may still be running when the wait is on ready counts,
+            // so no line of them may come from this SM's L1.
             const T* qr = q + ((i64)t * hq + kh * G + g) * D + 16 * s + 2 * tq;
-            qa[s][0] = *reinterpret_cast<const unsigned*>(qr);
-            qa[s][1] = *reinterpret_cast<const unsigned*>(qr + 8);
+            qa[s][0] = __ldcg(reinterpret_cast<const unsigned*>(qr));
+            qa[s][1] = __ldcg(reinterpret_cast<const unsigned*>(qr + 8));
         }
     }
     OPTC_TRACE_MARK(3);
