@@ -6,7 +6,7 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, attnab, sample, mega, ab, gemvbench, stepbench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, warps, sample, mega, ab, gemvbench, stepbench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
 # `mega` runs W1 and W2 with the one-token decode megakernel on and off (OPTC_CUDA_MEGA=1, 0, 1, 0), W1
 # with its L2 prefetch, bulk-copy and cooperative-launch variants, then W1's GPU time per kernel kind with it on.
 # Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p, top-p alone, temperature alone).
@@ -34,7 +34,7 @@ if has tests; then
   echo "== tests"
   "$DEV"/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
 fi
-if has compile || has bench || has attnab || has sample || has mega || has ab || has profile || has graphprof || has ncu || has ncudetail || has peer; then
+if has compile || has bench || has warps || has sample || has mega || has ab || has profile || has graphprof || has ncu || has ncudetail || has peer; then
   if [ ! -e $MODEL/config.json ]; then
     python3 .device/hf_baseline.py --parts save_model --model-dir $MODEL 2>&1 | tail -2
   fi
@@ -54,17 +54,13 @@ if has bench; then
   echo "== optc bench"
   "$BIN" bench $MODEL --target nvrtc --workloads W1,W2,W3 --reps 2 --max-num-tokens 16384 --json 2>&1 | tee "$OUT/optc_bench.jsonl" | tail -8
 fi
-if has attnab; then
-  # Decode attention on the QKV GEMV's per-head ready counts (OPTC_ATTENTION_FLAGS) and with eight
-  # warps a block (OPTC_DECODE_WARPS), each combination twice, alternating, W1 and W2.
-  echo "== optc bench W1, W2: OPTC_ATTENTION_FLAGS x OPTC_DECODE_WARPS"
-  for rep in 1 2; do
-    for c in "0 4" "1 4" "0 8" "1 8"; do
-      set -- $c
-      echo "-- OPTC_ATTENTION_FLAGS=$1 OPTC_DECODE_WARPS=$2"
-      OPTC_ATTENTION_FLAGS=$1 OPTC_DECODE_WARPS=$2 "$BIN" bench $MODEL --target nvrtc --workloads ${ATTNAB_WORKLOADS:-W1,W2} \
-        --reps 1 --max-num-tokens 16384 --json 2>&1 | tee -a "$OUT/optc_attnab_$1_$2.jsonl" | grep -E "workload|rror|panic"
-    done
+if has warps; then
+  # Decode attention with four or eight warps a block (OPTC_DECODE_WARPS), alternating, twice.
+  echo "== optc bench ${WARPS_WORKLOADS:-W1,W2}: OPTC_DECODE_WARPS=4, 8, 4, 8"
+  for w in 4 8 4 8; do
+    echo "-- OPTC_DECODE_WARPS=$w"
+    OPTC_DECODE_WARPS=$w "$BIN" bench $MODEL --target nvrtc --workloads ${WARPS_WORKLOADS:-W1,W2} --reps 1 \
+      --max-num-tokens 16384 --json 2>&1 | tee -a "$OUT/optc_warps_$w.jsonl" | grep -E "workload|rror|panic"
   done
 fi
 if has sample; then

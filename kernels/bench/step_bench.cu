@@ -213,7 +213,6 @@ struct Variant {
     int nsplit = 1;  // decode attention's splits
     int o_geo = 0;   // 0: GemvPlain; 1 to 3: OGeo1 to OGeo3
     int att_warps = 4;
-    bool flags = false;  // the QKV GEMV counts stored warps per KV head, decode attention waits on that
 };
 
 int main() {
@@ -255,9 +254,6 @@ int main() {
     CK(cudaMalloc(&part, 64 * HQ * (HD + 2) * 4));
     CK(cudaMalloc(&counters, 64 * 4));
     CK(cudaMemset(counters, 0, 64 * 4));
-    unsigned* ready;  // those counts (decode attention resets them)
-    CK(cudaMalloc(&ready, 64 * 4));
-    CK(cudaMemset(ready, 0, 64 * 4));
     const unsigned att_smem = 4 * 2 * 2 * 32 * (HD + 8) * 2;
     CK(cudaFuncSetAttribute(paged_decode_bf16_d64, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem));
     CK(cudaFuncSetAttribute(paged_decode8_bf16_d64, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * att_smem));
@@ -305,9 +301,6 @@ int main() {
         {"rings, attention of 8 warps: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8},
         {"rings, attention of 8 warps: no LM head", true, true, true, true, true, false, 1, 0, 1, 0, 8},
         {"rings, attention of 8 warps: QKV + attention + o only", true, true, true, false, false, false, 1, 0, 1, 0, 8},
-        {"rings, attention on flags: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 4, true},
-        {"rings, attention on flags: QKV + attention + o only", true, true, true, false, false, false, 1, 0, 1, 0, 4, true},
-        {"rings, attention of 8 warps on flags: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, true},
     };
     for (int pos : {127, 255, 383}) {
         const i64 p = pos;
@@ -331,14 +324,10 @@ int main() {
                 for (auto [on, name] : {std::pair{v.qkv, "QKV"}, {v.attention, "attention"}, {v.o, "o"},
                                         {v.gate_up, "gate/up"}, {v.down, "down"}})
                     if (on) names.push_back(name);
-                // With `flags` the QKV GEMV counts its stored warps per KV head and
-                // decode attention waits for its head's count, not for the grid.
-                unsigned* rdy = v.flags ? ready : nullptr;
-                const unsigned expect = v.flags ? (HQ / HKV + 2) * HD / 2 : 0;
                 if (v.qkv && v.fill == 1)
                     launch(gemv_rope_bf16_m1, QKV / 16, 1, 1, 256, D * 2, hc, (const bf16*)wqkv[l],
                            (const bf16*)nullptr, QKV, D, 1, (const bf16*)cs, (const bf16*)sn, q, kc[l], vc[l],
-                           (const i64*)dslot, HQ, HKV, HD, HD, HD, 0, rdy);
+                           (const i64*)dslot, HQ, HKV, HD, HD, HD, 0);
                 else if (v.qkv && rings((size_t)QKV * D * 2))
                     launch(ring_norm_rope, ring_grid, 1, 1, 128, 2 * D * 2 + ring, hc, rc, (const bf16*)nw1[l],
                            sum, (const bf16*)wqkv[l], QKV, D, (const bf16*)cs, (const bf16*)sn, q, kc[l], vc[l],
@@ -346,12 +335,12 @@ int main() {
                 else if (v.qkv)
                     launch(gemv_norm_rope_bf16_m1, QKV / 16, 1, 1, 256, 2 * D * 2, hc, rc, (const bf16*)nw1[l], sum,
                            eps, (const bf16*)wqkv[l], (const bf16*)nullptr, QKV, D, 1, (const bf16*)cs,
-                           (const bf16*)sn, q, kc[l], vc[l], (const i64*)dslot, HQ, HKV, HD, HD, HD, 0, rdy);
+                           (const bf16*)sn, q, kc[l], vc[l], (const i64*)dslot, HQ, HKV, HD, HD, HD, 0);
                 if (v.attention)
                     launch(v.att_warps == 8 ? paged_decode8_bf16_d64 : paged_decode_bf16_d64, 1, HKV, v.nsplit,
                            32 * v.att_warps, v.att_warps / 4 * att_smem, (const bf16*)q, (const bf16*)kc[l],
                            (const bf16*)vc[l], (const i64*)dpos, (const i64*)dtable, max_blocks, att, part, counters,
-                           1, HQ, HKV, BS, scale, 0, rdy, expect);
+                           1, HQ, HKV, BS, scale, 0);
                 if (v.o && rings((size_t)D * D * 2))
                     launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, D * 2 + ring, (const bf16*)att,
                            (const bf16*)wo[l], (const bf16*)nullptr, ob, D, D, 1);

@@ -241,7 +241,7 @@ __device__ __forceinline__ void cp_async_wait_all() {
 template <typename T, int D, int NW = 4>
 __device__ void decode_merge(const float* m_s, const float* l_s, const float* a_s, int* last_s, T* out,
                              float* part, int* counters, int t, int kh, int z, int nsplit, int ntok, int hq,
-                             int hkv, int G, unsigned* ready = nullptr) {
+                             int hkv, int G) {
     constexpr int GM = DECODE_GROUP;
     __syncthreads();
     for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
@@ -268,22 +268,14 @@ __device__ void decode_merge(const float* m_s, const float* l_s, const float* a_
             }
         }
     }
-    // The last block of a (token, KV head) resets its ready count (every
-    // block of it is past its wait by then).
-    if (nsplit == 1) {
-        if (ready && threadIdx.x == 0) ready[(i64)t * hkv + kh] = 0;
-        return;
-    }
+    if (nsplit == 1) return;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
         int* ctr = counters + (i64)t * hkv + kh;
         const int done = atomicAdd(ctr, 1);
         *last_s = done == nsplit - 1;
-        if (*last_s) {
-            *ctr = 0;
-            if (ready) ready[(i64)t * hkv + kh] = 0;
-        }
+        if (*last_s) *ctr = 0;
     }
     __syncthreads();
     if (!*last_s) return;
@@ -448,8 +440,7 @@ template <int D> struct DecodeMma {
 template <typename T, int D, int NW = 4>
 __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, const i64* positions,
                                       const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
-                                      int ntok, int hq, int hkv, int bs, float scale, int window,
-                                      unsigned* ready = nullptr, unsigned expect = 0) {
+                                      int ntok, int hq, int hkv, int bs, float scale, int window) {
     constexpr int KS = DecodeMma<D>::KS, RS = DecodeMma<D>::RS, STAGE = DecodeMma<D>::STAGE;
     constexpr int NB = KS / 8, DK = D / 16, DN = D / 8, PIECES = D / 8, GM = DECODE_GROUP;
     extern __shared__ __align__(16) unsigned char decode_smem[];
@@ -502,29 +493,7 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     int c = c_begin + warp;
     if (c < c_end) load(c, stages, true);
     if (c + NW < c_end) load(c + NW, stages + STAGE, true);
-    if (ready) {
-        // The QKV GEMV ahead counts, per (token, KV head), the warps that
-        // stored this head's rows (queries, key and value at the cache
-        // slot: GemvRopeStore); wait for this head's count, not for the
-        // whole grid. The merge's last block resets it for the next layer's
-        // GEMV, which starts only after this grid is done. A count that
-        // never comes (a host bug) fails the launch instead of hanging.
-        if (threadIdx.x == 0) {
-#ifdef OPTC_TRACE
-            optc_trace_put(optc_trace_now(), OPTC_TRACE_ARRIVE);
-#endif
-            const volatile unsigned* flag = ready + (i64)t * hkv + kh;
-            for (unsigned spins = 0; *flag < expect; ++spins)
-                if (spins == (1u << 24)) __trap();
-            __threadfence();
-#ifdef OPTC_TRACE
-            optc_trace_put(optc_trace_now(), OPTC_TRACE_RELEASE);
-#endif
-        }
-        __syncthreads();
-    } else {
-        pdl_wait();
-    }
+    pdl_wait();
     const int current = (p - first) / KS;  // the chunk holding p
     const bool late = current < c_end && (current == c || current == c + NW);
     if (late) load_current(current, stages + (current == c ? 0 : STAGE));
@@ -535,9 +504,7 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     for (int s = 0; s < DK; ++s) {
         qa[s][0] = qa[s][1] = 0u;
         if (g < G) {
-            // From L2 (.cg): the queries were written by the kernel ahead,
-            // which may still be running when the wait is on ready counts,
-            // so no line of them may come from this SM's L1.
+            // From L2 (.cg): read once, by this block only.
             const T* qr = q + ((i64)t * hq + kh * G + g) * D + 16 * s + 2 * tq;
             qa[s][0] = __ldcg(reinterpret_cast<const unsigned*>(qr));
             qa[s][1] = __ldcg(reinterpret_cast<const unsigned*>(qr + 8));
@@ -649,29 +616,24 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
             a_s[warp * GM * D + g * D + dn * 8 + 2 * tq + 1] = o[dn][1];
         }
     }
-    decode_merge<T, D, NW>(m_s, l_s, a_s, last_s, out, part, counters, t, kh, z, nsplit, ntok, hq, hkv, G, ready);
-    // Done only once the kernel ahead is: what follows waits for this grid
-    // alone, and may read more of what that one wrote (the residual sum).
-    if (ready) pdl_wait();
+    decode_merge<T, D, NW>(m_s, l_s, a_s, last_s, out, part, counters, t, kh, z, nsplit, ntok, hq, hkv, G);
 }
 
 template <typename T, int D, int NW = 4>
 __device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i64* positions,
                                   const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
-                                  int ntok, int hq, int hkv, int bs, float scale, int window, unsigned* ready,
-                                  unsigned expect) {
+                                  int ntok, int hq, int hkv, int bs, float scale, int window) {
     // Launched as a dependent (programmatic dependent launch): the
     // o projection's GEMV after this may start streaming its weights. Each
     // path calls pdl_wait() before it reads what the kernels ahead write
     // (the tensor-core one streams its first cached keys before).
     pdl_trigger();
     // The host sizes shared memory by the same rule (`decode_mma_supported`),
-    // and launches the eight-warp kernel and passes `ready` only on it.
+    // and launches the eight-warp kernel only on the tensor-core path.
     if constexpr (sizeof(T) == 2 && D % 16 == 0 && D <= 128) {
         paged_decode_mma_impl<T, D, NW>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok,
-                                        hq, hkv, bs, scale, window, ready, expect);
+                                        hq, hkv, bs, scale, window);
     } else if constexpr (NW == 4) {
-        if (ready) __trap();
         paged_decode_simt_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok,
                                      hq, hkv, bs, scale, window);
     } else {
@@ -710,14 +672,14 @@ OPTC_ATTENTION_COMMON(f16, f16)
     extern "C" __global__ void __launch_bounds__(128) paged_decode_##N##_d##D(                            \
         const T* q, const T* kc, const T* vc, const i64* positions, const i64* block_tables,              \
         int max_blocks, T* out, float* part, int* counters, int ntok, int hq, int hkv, int bs,            \
-        float scale, int window, unsigned* ready, unsigned expect) {                                      \
+        float scale, int window) {                                                                        \
         paged_decode_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters,      \
-                                ntok, hq, hkv, bs, scale, window, ready, expect);                         \
+                                ntok, hq, hkv, bs, scale, window);                                        \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(256) paged_decode8_##N##_d##D(                           \
         const T* q, const T* kc, const T* vc, const i64* positions, const i64* block_tables,              \
         int max_blocks, T* out, float* part, int* counters, int ntok, int hq, int hkv, int bs,            \
-        float scale, int window, unsigned* ready, unsigned expect) {                                      \
+        float scale, int window) {                                                                        \
         paged_decode_impl<T, D, 8>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters,   \
-                                   ntok, hq, hkv, bs, scale, window, ready, expect);                      \
+                                   ntok, hq, hkv, bs, scale, window);                                     \
     }

@@ -238,13 +238,6 @@ template <typename T> struct GemvRopeStore {
     T *q, *kc, *vc;
     const i64* slots;
     int hq, hkv, d, dv, r, il;
-    // Non-null: after its stores each warp adds 1 to ready[j * hkv + g]
-    // for the KV head g its pair belongs to (queries of g's group, its key
-    // or its value row), so decode attention for g can start once all
-    // (G d + d + dv) / 2 of g's warps are done instead of waiting for the
-    // whole grid (`paged_decode_mma_impl`, which resets the count). The
-    // host passes it only when that attention runs next and d, dv are even.
-    unsigned* ready = nullptr;
     __device__ int weight_row(int i) const {
         if (il || i >= (hq + hkv) * d) return i;
         const int li = i % d, pl = li >> 1, e = li & 1, half = r >> 1;
@@ -253,18 +246,9 @@ template <typename T> struct GemvRopeStore {
     template <int R> __device__ void store(int j, int i0, const float (&v)[R], int n) const {
         static_assert(R == 2, "a RoPE pair a warp");
         if (i0 >= n) return;
-        put(j, i0, v[0], v[1]);
-        if (ready) {
-            const int g = i0 < hq * d ? i0 / d / (hq / hkv) : i0 < (hq + hkv) * d ? (i0 - hq * d) / d
-                                                                                 : (i0 - (hq + hkv) * d) / dv;
-            __threadfence();
-            atomicAdd(ready + (i64)j * hkv + g, 1u);
-        }
-    }
-    __device__ void put(int j, int i0, float va, float vb) const {
         const int ia = weight_row(i0), ib = weight_row(i0 + 1), qk = (hq + hkv) * d;
-        const float xa = rnd<T>(b ? va + ld(&b[ia]) : va);
-        const float xb = rnd<T>(b ? vb + ld(&b[ib]) : vb);
+        const float xa = rnd<T>(b ? v[0] + ld(&b[ia]) : v[0]);
+        const float xb = rnd<T>(b ? v[1] + ld(&b[ib]) : v[1]);
         const i64 slot = slots[j];
         if (ia >= qk) {
             if (slot < 0) return;
@@ -535,18 +519,18 @@ static_assert(GemvPlain::WARPS * 32 == 256 && GemvNorm::WARPS * 32 == 256 && Gem
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256) gemv_rope_##N##_m##MR(                               \
         const T* x, const T* w, const T* b, int n, int k, int m, const T* cs, const T* sn, T* q, T* kc,    \
-        T* vc, const i64* slots, int hq, int hkv, int d, int dv, int rd, int il, unsigned* ready) {        \
-        gemv_impl<T, MR, GemvNorm>(                                                                        \
-            GemvCopy<T>{x}, GemvRopeStore<T>{b, cs, sn, q, kc, vc, slots, hq, hkv, d, dv, rd, il, ready},  \
-            w, n, k, m);                                                                                   \
+        T* vc, const i64* slots, int hq, int hkv, int d, int dv, int rd, int il) {                         \
+        gemv_impl<T, MR, GemvNorm>(GemvCopy<T>{x},                                                         \
+                                   GemvRopeStore<T>{b, cs, sn, q, kc, vc, slots, hq, hkv, d, dv, rd, il}, \
+                                   w, n, k, m);                                                            \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256) gemv_norm_rope_##N##_m##MR(                          \
         const T* a, const T* r, const T* nw, T* sum, float eps, const T* w, const T* b, int n, int k,      \
         int m, const T* cs, const T* sn, T* q, T* kc, T* vc, const i64* slots, int hq, int hkv, int d,     \
-        int dv, int rd, int il, unsigned* ready) {                                                         \
-        gemv_impl<T, MR, GemvNorm>(                                                                        \
-            GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps},                                                     \
-            GemvRopeStore<T>{b, cs, sn, q, kc, vc, slots, hq, hkv, d, dv, rd, il, ready}, w, n, k, m);     \
+        int dv, int rd, int il) {                                                                          \
+        gemv_impl<T, MR, GemvNorm>(GemvAddRmsNorm<T, MR>{a, r, nw, sum, eps},                              \
+                                   GemvRopeStore<T>{b, cs, sn, q, kc, vc, slots, hq, hkv, d, dv, rd, il}, \
+                                   w, n, k, m);                                                            \
     }
 
 // The ring GEMVs at one row of x, same arguments as their OPTC_GEMV_ROWS

@@ -32,10 +32,7 @@ pub fn available() -> Result<(), String> {
 const DECODE_CHUNKS_PER_WARP: usize = 4;
 
 /// The default of `Gpu::decode_warps`.
-const DECODE_WARPS: usize = 4;
-
-/// The default of `Gpu::attention_flags`.
-const ATTENTION_FLAGS: bool = false;
+const DECODE_WARPS: usize = 8;
 
 /// One GPU and what a program keeps on it.
 pub(crate) struct Gpu {
@@ -64,11 +61,6 @@ pub(crate) struct Gpu {
     /// takes a key chunk a warp up to twice the keys before it loops).
     /// `OPTC_DECODE_WARPS` overrides it.
     pub decode_warps: usize,
-    /// Decode attention after a QKV GEMV that does the rope waits, per KV
-    /// head, for the warps that stored that head's rows (counted by the
-    /// GEMV) instead of for the whole GEMV grid, so a head's attention
-    /// starts as its rows land. `OPTC_ATTENTION_FLAGS=0|1` overrides it.
-    pub attention_flags: bool,
     /// One module per compiled unit (see `compile::sources`).
     modules: Vec<Arc<CudaModule>>,
     /// Optional kernels in modules of their own (the tensor-core prefill, the megakernel).
@@ -109,7 +101,6 @@ impl Gpu {
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n == 4 || n == 8)
                 .unwrap_or(DECODE_WARPS),
-            attention_flags: std::env::var("OPTC_ATTENTION_FLAGS").map_or(ATTENTION_FLAGS, |v| v != "0"),
             modules: Vec::new(),
             extra: Vec::new(),
             functions: HashMap::new(),

@@ -220,7 +220,6 @@ impl CudaProgram {
         dims: &[Vec<usize>],
         ptr: &mut [u64],
         done: &mut [bool],
-        ready: u64,
     ) -> Result<(), String> {
         let Some(z) = &lin.fused else {
             return Err("a plain linear sent to the fused GEMV (a lowering bug)".into());
@@ -281,12 +280,12 @@ impl CudaProgram {
             let Some((x, r, nw, sum, eps)) = norm else {
                 return launch_dependent!(gpu, f, c, weight_first;
                     x = ptr[a[0]], w = w, b = bias, n = n, k = k, m = m, cs = cs, sn = sn, q = q, kc = kc,
-                    vc = vc, slots = slots, hq = hq, hkv = hkv, d = d, dv = dv, rd = rd, il = il, ready = ready);
+                    vc = vc, slots = slots, hq = hq, hkv = hkv, d = d, dv = dv, rd = rd, il = il);
             };
             return launch_dependent!(gpu, f, c, weight_first;
                 x = x, r = r, nw = nw, sum = sum, eps = eps, w = w, b = bias, n = n, k = k, m = m, cs = cs,
                 sn = sn, q = q, kc = kc, vc = vc, slots = slots, hq = hq, hkv = hkv, d = d, dv = dv, rd = rd,
-                il = il, ready = ready);
+                il = il);
         }
         let Some((x, r, nw, sum, eps)) = norm else {
             return launch_dependent!(gpu, f, c, weight_first; x = ptr[a[0]], w = w, b = bias, y = y, n = n, k = k, m = m);
@@ -332,9 +331,11 @@ impl CudaProgram {
 
     /// Warps of the decode attention block for head dim `d` of `esize`-byte
     /// elements, given the step's `nfns` functions: `Gpu::decode_warps`
-    /// where the eight-warp kernel applies (the tensor cores), else four.
+    /// where the eight-warp kernel applies (the tensor cores, with the
+    /// shared memory it needs), else four.
     pub(super) fn decode_warps(&self, nfns: usize, d: usize, esize: usize) -> usize {
-        if self.gpu.decode_warps == 8 && nfns > ATTENTION_DECODE8 && src::decode_mma_supported(d, esize) {
+        let fits = self.decode8 && nfns > ATTENTION_DECODE8 && src::decode_mma_supported(d, esize);
+        if self.gpu.decode_warps == 8 && fits {
             8
         } else {
             4
@@ -396,7 +397,6 @@ impl CudaProgram {
         ptr: &[u64],
         attn: Option<&AttentionRun>,
         arena: u64,
-        ready: u64,
     ) -> Result<(), String> {
         let a = &s.args;
         let o0 = s.outs[0];
@@ -740,25 +740,19 @@ impl CudaProgram {
                 if run.decode {
                     let counters = self.split_counters.as_ref().map_or(0, |b| b.ptr);
                     let grid = (ntok as u32, hkv as u32, run.nsplit as u32);
-                    let warps = self.decode_warps(fns.len(), d, esize as usize);
+                    // Four warps, or eight (`decode_warps`: the splits were sized for them).
+                    let warps = run.warps;
                     let smem = src::paged_decode_smem_bytes(d, esize as usize, warps) as u32;
                     let f = if warps == 8 {
                         &fns[ATTENTION_DECODE8]
                     } else {
                         &fns[3]
                     };
-                    // Waiting on the QKV GEMV's per-head counts (`ready.rs`).
-                    let expect = match ready {
-                        0 => 0,
-                        _ => super::ready::expected_count(hq, hkv, d, dv[2])
-                            .ok_or("ready counts for heads whose rows straddle (a lowering bug)")?,
-                    };
-                    let gpu = &self.gpu;
                     let r = launch_dependent!(gpu, f, cfg(grid, 32 * warps as u32, smem), ntok <= src::GEMV_MAX_ROWS;
                         q = ptr[a[0]], kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],
                         mb = dims[a[8]][1] as i32, out = ptr[o0], part = part, ctr = counters,
                         nt = ntok as i32, hq = hq as i32, hkv = hkv as i32, bs = bs as i32, scale = scale,
-                        window = window, ready = ready, expect = expect);
+                        window = window);
                     if part != 0 {
                         self.pool.release(part);
                     }

@@ -54,7 +54,6 @@ mod mega;
 mod pick;
 mod profile;
 mod program;
-mod ready;
 mod run;
 mod select;
 mod staging;

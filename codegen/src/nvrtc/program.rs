@@ -143,6 +143,8 @@ pub(super) struct AttentionRun {
     pub(super) mma: bool,
     /// Decode (one token per sequence) on the one-launch decode kernel.
     pub(super) decode: bool,
+    /// Its warps a block (`CudaProgram::decode_warps`; the splits assume them).
+    pub(super) warps: usize,
 }
 
 /// How many paged-attention launches took each kernel since the program
@@ -152,6 +154,8 @@ pub(super) struct AttentionRun {
 pub struct AttentionPaths {
     /// Decode steps on the one-launch decode kernel.
     pub decode: u64,
+    /// Those of them on its eight-warp form (`OPTC_DECODE_WARPS=8`).
+    pub decode8: u64,
     /// Prefill-like steps on the tensor-core prefill kernel.
     pub prefill_mma: u64,
     /// Steps on the tiled CUDA-core kernel (split or not).
@@ -248,11 +252,10 @@ pub struct CudaProgram {
     pub(super) mega: Option<super::mega::Mega>,
     /// Runs that launched the megakernel.
     pub(super) mega_launches: u64,
-    /// Per-head ready counts between each QKV GEMV and its decode
-    /// attention (`ready.rs`), when the step graph has such pairs.
-    pub(super) ready: Option<super::ready::ReadyCounts>,
-    /// Decode attention launches that waited on ready counts.
-    pub(super) ready_waits: u64,
+    /// Whether every eight-warp decode kernel got the shared memory it
+    /// needs (not on GPUs with less than Hopper's per-block limit):
+    /// otherwise decode keeps four warps.
+    pub(super) decode8: bool,
 }
 
 /// Where linears of 5..=128 rows of a 16-bit type run on optc's
@@ -632,6 +635,7 @@ impl CudaProgram {
         if mma {
             summary.prefill_mma = Some("on".into());
         }
+        let mut decode8 = true;
         for s in &mut steps {
             if let Exec::Kernel(k, fns) = &mut s.exec {
                 let arg_types: Vec<&TensorType> = s.args.iter().map(|&a| &types[a]).collect();
@@ -682,19 +686,18 @@ impl CudaProgram {
                     }
                     if d % 8 == 0 && d <= src::DECODE_MAX_HEAD_DIM {
                         let esize = types[s.outs[0]].dtype.storage_bytes(1);
-                        for (at, warps) in [(3, 4), (ATTENTION_DECODE8, 8)] {
-                            // Eight warps only on the tensor cores.
-                            if warps == 8 && !src::decode_mma_supported(d, esize) {
-                                continue;
-                            }
-                            let bytes = src::paged_decode_smem_bytes(d, esize, warps);
-                            allow_smem(&fns[at], bytes).map_err(|e| CodegenError::Node {
-                                node: s.node.clone(),
-                                message: format!(
-                                    "decode attention for head dim {d} ({warps} warps) needs {bytes} bytes of \
-                                     shared memory: {e}"
-                                ),
-                            })?;
+                        let bytes = src::paged_decode_smem_bytes(d, esize, 4);
+                        allow_smem(&fns[3], bytes).map_err(|e| CodegenError::Node {
+                            node: s.node.clone(),
+                            message: format!(
+                                "decode attention for head dim {d} needs {bytes} bytes of shared memory: {e}"
+                            ),
+                        })?;
+                        // Eight warps (tensor cores only) are optional: past
+                        // the GPU's per-block shared memory, decode keeps four.
+                        if src::decode_mma_supported(d, esize) {
+                            let bytes = src::paged_decode_smem_bytes(d, esize, 8);
+                            decode8 &= allow_smem(&fns[ATTENTION_DECODE8], bytes).is_ok();
                         }
                     }
                     let f = float_name(types[s.outs[0]].dtype).unwrap_or("f32");
@@ -979,21 +982,6 @@ impl CudaProgram {
         } else {
             None
         };
-        let pairs = super::ready::rope_attention(&steps, &owner);
-        let ready = if pairs.is_empty() {
-            None
-        } else {
-            let buf = DeviceBox::new(super::ready::READY_COUNTS * 4).map_err(&gerr)?;
-            gpu.zero(buf.ptr, buf.bytes)
-                .and_then(|_| gpu.sync())
-                .map_err(&gerr)?;
-            Some(super::ready::ReadyCounts {
-                buf,
-                pairs,
-                pending: None,
-                dirty: false,
-            })
-        };
         let mut p = CudaProgram {
             gpu,
             gemm,
@@ -1037,8 +1025,7 @@ impl CudaProgram {
             mega_stack,
             mega: None,
             mega_launches: 0,
-            ready,
-            ready_waits: 0,
+            decode8,
         };
         let asked = std::env::var("OPTC_CUDA_MEGA").ok();
         if asked
@@ -1138,15 +1125,6 @@ impl CudaProgram {
         &self.summary
     }
 
-    /// Overrides `OPTC_ATTENTION_FLAGS`: whether decode attention after a
-    /// QKV GEMV with the rope waits on per-head ready counts (`ready.rs`)
-    /// instead of the GEMV's whole grid. Captured graphs are dropped.
-    pub fn set_attention_flags(&mut self, on: bool) {
-        self.finish_pending();
-        self.captures.clear();
-        self.gpu.attention_flags = on;
-    }
-
     /// Overrides `OPTC_DECODE_WARPS` (4 or 8; anything else is ignored):
     /// the warps of a tensor-core decode attention block. Captured graphs
     /// are dropped.
@@ -1166,13 +1144,6 @@ impl CudaProgram {
         self.finish_pending();
         self.captures.clear();
         self.gpu.decode_chunks = chunks.max(1);
-    }
-
-    /// Decode attention launches that waited on per-head ready counts (so
-    /// tests see the path ran); a graph capture counts once, not its
-    /// replays.
-    pub fn ready_waits(&self) -> u64 {
-        self.ready_waits
     }
 
     /// Turns CUDA graph capture of decode steps on or off (on by default

@@ -396,6 +396,12 @@ impl CudaProgram {
                         && shape.tokens * shape.kv_heads <= SPLIT_COUNTERS
                         // The tensor-core decode keeps cache slots in 32 bits.
                         && shape.num_blocks * shape.block_size <= i32::MAX as usize;
+                    let esize = self.types[s.args[0]].dtype.storage_bytes(1);
+                    let nfns = match &s.exec {
+                        Exec::Kernel(_, fns) => fns.len(),
+                        _ => 0,
+                    };
+                    let warps = self.decode_warps(nfns, shape.head_dim, esize);
                     let nsplit = if decode {
                         // Each of a block's warps takes up to
                         // `decode_chunks` key chunks; split while the
@@ -403,12 +409,6 @@ impl CudaProgram {
                         // hold at once, by shared memory and at most four),
                         // else twice the SMs (CUDA cores).
                         let blocks = shape.tokens * shape.kv_heads;
-                        let esize = self.types[s.args[0]].dtype.storage_bytes(1);
-                        let nfns = match &s.exec {
-                            Exec::Kernel(_, fns) => fns.len(),
-                            _ => 0,
-                        };
-                        let warps = self.decode_warps(nfns, shape.head_dim, esize);
                         let fill = if src::decode_mma_supported(shape.head_dim, esize) {
                             let smem = src::paged_decode_smem_bytes(shape.head_dim, esize, warps) + 1024;
                             let per_sm = ((228 << 10) / smem).clamp(1, 4);
@@ -436,6 +436,7 @@ impl CudaProgram {
                             // Never with `decode`: that has one token a tile.
                             mma: prefill_mma,
                             decode,
+                            warps,
                         },
                     );
                 }
@@ -471,7 +472,10 @@ impl CudaProgram {
         {
             let p = &mut self.attention_paths;
             match (r.decode, r.mma) {
-                (true, _) => p.decode += 1,
+                (true, _) => {
+                    p.decode += 1;
+                    p.decode8 += u64::from(r.warps == 8);
+                }
                 (false, true) => p.prefill_mma += 1,
                 (false, false) => p.tiled += 1,
             }
@@ -527,8 +531,6 @@ impl CudaProgram {
                 arena_bytes: arena.len(),
                 pick: pick.as_ref().map(|p| (p.value, p.samples())),
             };
-            // Before a capture, so it does not hold the zeroing.
-            self.clear_stale_ready().map_err(node_err(&self.graph.name))?;
             if !self.captures.contains_key(&key) && self.captures.len() < MAX_CAPTURES {
                 let c = self
                     .capture(
@@ -706,7 +708,6 @@ impl CudaProgram {
         arena: u64,
     ) -> Result<(), CodegenError> {
         let mut events = Vec::new();
-        self.clear_stale_ready().map_err(node_err(&self.graph.name))?;
         // Fused GEMVs (see `fused_gemv_fits`): linears that do their norm
         // step's work in this run, and SwiGLU steps a GEMV already did.
         let mut runs_norm = vec![false; steps.len()];
@@ -760,31 +761,9 @@ impl CudaProgram {
                 _ if deferred || done[si] => Ok(()),
                 Exec::Kernel(..) if fused => {
                     self.fused_gemv_launches += 1;
-                    let counts = self.rope_ready(s, steps, dims, attn);
-                    let r = self.launch_fused_gemv(s, steps, dims, ptr, &mut done, counts.map_or(0, |c| c.0));
-                    if let (Ok(()), Some((_, sa)), Some(rc)) = (&r, counts, &mut self.ready) {
-                        rc.pending = Some(sa);
-                        rc.dirty = true;
-                    }
-                    r
+                    self.launch_fused_gemv(s, steps, dims, ptr, &mut done)
                 }
-                Exec::Kernel(k, fns) => {
-                    // The ready counts a GEMV left for this attention step.
-                    let wait = match &mut self.ready {
-                        Some(rc) if rc.pending == Some(si) => {
-                            rc.pending = None;
-                            rc.buf.ptr
-                        }
-                        _ => 0,
-                    };
-                    let r = self.launch(*k, fns, s, dims, ptr, attn.get(&si), arena, wait);
-                    if let (Ok(()), true, Some(rc)) = (&r, wait != 0, &mut self.ready) {
-                        // The attention resets them as it reads them.
-                        rc.dirty = false;
-                        self.ready_waits += 1;
-                    }
-                    r
-                }
+                Exec::Kernel(k, fns) => self.launch(*k, fns, s, dims, ptr, attn.get(&si), arena),
                 _ => self.host_step(s, dims, bindings, ptr),
             };
             r.map_err(node_err(&s.node))?;
@@ -801,13 +780,6 @@ impl CudaProgram {
                     ptr[o] = 0;
                 }
             }
-        }
-        if let Some(sa) = self.ready.as_ref().and_then(|rc| rc.pending) {
-            // Counts no attention waited on (the next run zeroes them).
-            return Err(node_err(&steps[sa].node)(
-                "a QKV GEMV counted ready rows for an attention step that did not wait on them (a lowering bug)"
-                    .into(),
-            ));
         }
         if !events.is_empty() {
             // Decode steps (one token per sequence) apart from prefill and
