@@ -368,6 +368,49 @@ fn step_graphs_match_the_cpu_target_across_steps() {
     }
 }
 
+/// A model of the decode tests by name: a fixture's step graph, a
+/// fixture rounded to bf16 ("mistral in bf16"), or "random Llama, hidden
+/// 1024" (the 1B model's tiles and heads); and the folder to remove
+/// afterwards, when one was written.
+fn decode_model(name: &str) -> (hf::HfModel, Option<std::path::PathBuf>) {
+    let copy = match name {
+        "random Llama, hidden 1024" => Some(random_llama(2, 1024, 4096, 16, 4, 4096)),
+        _ => name.strip_suffix(" in bf16").map(bf16_copy),
+    };
+    let m = match &copy {
+        Some(dir) => {
+            let mut m = hf::load(dir).unwrap();
+            compile_step_graph(&mut m);
+            m
+        }
+        None => step_graph(name),
+    };
+    (m, copy)
+}
+
+/// Step `si` (over `blocks` cache blocks) on both targets: the GPU's
+/// logits must match the CPU's row by row; returns the CPU's.
+fn step_on_both(
+    g: &Graph,
+    cpu: &mut CpuProgram,
+    cuda: &mut CudaProgram,
+    si: &StepInputs,
+    blocks: usize,
+    what: &str,
+) -> Vec<f64> {
+    let dtype = g.outputs()[0].ty.dtype;
+    let mut inputs = si.tensors(g, blocks, DType::I64).unwrap();
+    inputs.retain(|k, _| !k.contains("_cache."));
+    let want = cpu.run(&inputs).unwrap();
+    let got = cuda.run(&inputs).unwrap();
+    let e = worst_row_rel_l2(&got["logits"], &want["logits"], si.logits_indices.len());
+    assert!(
+        e < tolerance(dtype),
+        "{what}: logits differ from the CPU target: rel L2 {e}"
+    );
+    want["logits"].to_f64_vec()
+}
+
 /// The one-token decode megakernel (`set_mega`, kernels/cuda/mega.cu)
 /// against the CPU target on the 16-bit fixtures (Llama with tied
 /// embeddings; Qwen2 with QKV biases, in f16), on Mistral rounded to
@@ -388,18 +431,7 @@ fn megakernel_matches_the_cpu_target() {
         "mistral in bf16",
         "random Llama, hidden 1024",
     ] {
-        let copy = match name {
-            "random Llama, hidden 1024" => Some(random_llama(2, 1024, 4096, 16, 4, 4096)),
-            _ => name.strip_suffix(" in bf16").map(bf16_copy),
-        };
-        let m = match &copy {
-            Some(dir) => {
-                let mut m = hf::load(dir).unwrap();
-                compile_step_graph(&mut m);
-                m
-            }
-            None => step_graph(name),
-        };
+        let (m, copy) = decode_model(name);
         let g = &m.graph;
         let dtype = g.outputs()[0].ty.dtype;
         let plan = nvrtc::plan_summary(g).unwrap();
@@ -416,16 +448,7 @@ fn megakernel_matches_the_cpu_target() {
             let (table, other) = (vec![3i64, 0, 7, 1, 5, 2, 9, 4], vec![11i64, 12]);
             let mut ids: Vec<i64> = (0..9).map(|i| (i * 37 + 5) % vocab).collect();
             let run = |cpu: &mut CpuProgram, cuda: &mut CudaProgram, si: &StepInputs, what: &str| {
-                let mut inputs = si.tensors(g, 16, DType::I64).unwrap();
-                inputs.retain(|k, _| !k.contains("_cache."));
-                let want = cpu.run(&inputs).unwrap();
-                let got = cuda.run(&inputs).unwrap();
-                let e = worst_row_rel_l2(&got["logits"], &want["logits"], si.logits_indices.len());
-                assert!(
-                    e < tolerance(dtype),
-                    "{name} (graphs {graphs}), {what}: logits differ from the CPU target: rel L2 {e}"
-                );
-                want["logits"].to_f64_vec()
+                step_on_both(g, cpu, cuda, si, 16, &format!("{name} (graphs {graphs}), {what}"))
             };
             let mut si = StepInputs::default();
             si.ids.extend(&ids);
@@ -498,18 +521,7 @@ fn eight_warp_and_split_decode_attention_matches_the_cpu_target() {
         "random Llama, hidden 1024",
         "llama",
     ] {
-        let copy = match name {
-            "random Llama, hidden 1024" => Some(random_llama(2, 1024, 4096, 16, 4, 4096)),
-            _ => name.strip_suffix(" in bf16").map(bf16_copy),
-        };
-        let m = match &copy {
-            Some(dir) => {
-                let mut m = hf::load(dir).unwrap();
-                compile_step_graph(&mut m);
-                m
-            }
-            None => step_graph(name),
-        };
+        let (m, copy) = decode_model(name);
         let g = &m.graph;
         let dtype = g.outputs()[0].ty.dtype;
         let eight = dtype != DType::F32;
@@ -532,16 +544,7 @@ fn eight_warp_and_split_decode_attention_matches_the_cpu_target() {
             let other: Vec<i64> = (84..87).map(block).collect();
             let mut ids: Vec<i64> = (0..300).map(|i| (i * 37 + 5) % vocab).collect();
             let run = |cpu: &mut CpuProgram, cuda: &mut CudaProgram, si: &StepInputs, step: &str| {
-                let mut inputs = si.tensors(g, NB, DType::I64).unwrap();
-                inputs.retain(|k, _| !k.contains("_cache."));
-                let want = cpu.run(&inputs).unwrap();
-                let got = cuda.run(&inputs).unwrap();
-                let e = worst_row_rel_l2(&got["logits"], &want["logits"], si.logits_indices.len());
-                assert!(
-                    e < tolerance(dtype),
-                    "{what}, {step}: logits differ from the CPU target: rel L2 {e}"
-                );
-                want["logits"].to_f64_vec()
+                step_on_both(g, cpu, cuda, si, NB, &format!("{what}, {step}"))
             };
             let mut si = StepInputs::default();
             si.ids.extend(&ids);
