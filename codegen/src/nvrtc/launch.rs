@@ -329,12 +329,19 @@ impl CudaProgram {
         })
     }
 
-    /// Warps of the decode attention block for head dim `d` of `esize`-byte
-    /// elements, given the step's `nfns` functions: `Gpu::decode_warps`
-    /// where the eight-warp kernel applies (the tensor cores, with the
-    /// shared memory it needs), else four.
-    pub(super) fn decode_warps(&self, nfns: usize, d: usize, esize: usize) -> usize {
-        let fits = self.decode8 && nfns > ATTENTION_DECODE8 && src::decode_mma_supported(d, esize);
+    /// Warps of the decode attention blocks of a grid of `blocks`
+    /// (sequences × KV heads) for head dim `d` of `esize`-byte elements,
+    /// given the step's `nfns` functions: `Gpu::decode_warps` where the
+    /// eight-warp kernel applies (the tensor cores, with the shared memory
+    /// it needs) and its grid fits the SMs one block each, else four. A
+    /// bigger grid gains nothing from shorter walks and loses the four-warp
+    /// kernel's three blocks an SM (on the H200, W2 and W3 were 2–5 %
+    /// slower with eight; W1, eight blocks, 3 % faster).
+    pub(super) fn decode_warps(&self, blocks: usize, nfns: usize, d: usize, esize: usize) -> usize {
+        let fits = self.decode8
+            && nfns > ATTENTION_DECODE8
+            && src::decode_mma_supported(d, esize)
+            && blocks <= self.gpu.sms as usize;
         if self.gpu.decode_warps == 8 && fits {
             8
         } else {

@@ -401,7 +401,7 @@ impl CudaProgram {
                         Exec::Kernel(_, fns) => fns.len(),
                         _ => 0,
                     };
-                    let warps = self.decode_warps(nfns, shape.head_dim, esize);
+                    let warps = self.decode_warps(shape.tokens * shape.kv_heads, nfns, shape.head_dim, esize);
                     let nsplit = if decode {
                         // Each of a block's warps takes up to
                         // `decode_chunks` key chunks; split while the
