@@ -422,7 +422,9 @@ __device__ void paged_decode_simt_impl(const T* q, const T* kc, const T* vc, con
 
 // Decode on the tensor cores, for 16-bit types and head dims that are a
 // multiple of 16 up to 128 (`decode_mma_supported` on the host). Same grid
-// and split merge as above, but each warp streams its chunks of KS keys
+// and split merge as above, with NW warps a block (four, or eight for
+// grids that leave SMs idle: `paged_decode8_*`, so each warp walks half
+// the chunks a one-token step waits on), but each warp streams its chunks of KS keys
 // through two shared-memory stages (cp.async: the next chunk's keys and
 // values load while this one computes) and runs both products as
 // m16n8k16 MMAs: the G <= 8 query heads are the rows (padded to 16) of
