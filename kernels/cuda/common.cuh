@@ -226,18 +226,6 @@ template <int L> __device__ __forceinline__ void ew_offsets(const EwIndex& ix, i
     }
 }
 
-// ---- Programmatic dependent launch (sm_90). A kernel launched with the
-// programmatic-serialization attribute may start while the kernel before
-// it in the stream still runs: before pdl_wait() it may only read what no
-// kernel of this run writes and write nothing; pdl_wait() returns once the
-// kernels before it have finished and their writes are visible. What that
-// allows: weights; the run's inputs (positions, block tables: every run
-// starts with the host's copy of its input arena, which orders it after
-// the previous run); cached keys and values of earlier steps (a decode
-// step writes only its own token's slot, and a block another sequence
-// shares is full, so never written).
-// pdl_trigger() lets the next kernel start launching (it waits in turn).
-// Without the attribute both return at once.
 // OPTC_TRACE (defined only by kernels/bench/step_bench.cu's timeline
 // build, never by optc): each block's thread 0 logs when it reached
 // pdl_wait() and when the wait returned, each warp's lane 0 when it
@@ -289,6 +277,19 @@ __device__ __forceinline__ void optc_trace_put(unsigned long long t, unsigned ki
     do {                   \
     } while (0)
 #endif
+
+// ---- Programmatic dependent launch (sm_90). A kernel launched with the
+// programmatic-serialization attribute may start while the kernel before
+// it in the stream still runs: before pdl_wait() it may only read what no
+// kernel of this run writes and write nothing; pdl_wait() returns once the
+// kernels before it have finished and their writes are visible. What that
+// allows: weights; the run's inputs (positions, block tables: every run
+// starts with the host's copy of its input arena, which orders it after
+// the previous run); cached keys and values of earlier steps (a decode
+// step writes only its own token's slot, and a block another sequence
+// shares is full, so never written).
+// pdl_trigger() lets the next kernel start launching (it waits in turn).
+// Without the attribute both return at once.
 __device__ __forceinline__ void pdl_wait() {
 #ifdef OPTC_TRACE
     const unsigned long long t0 = optc_trace_now();
