@@ -100,9 +100,21 @@ if has gemvbench; then
   /tmp/gemv_bench | tee "$OUT/gemv_bench.txt"
 fi
 if has stepbench; then
+  # STEP_KERNELS="NAME=DIR ..." builds this step_bench.cu against other kernel sources too (DIR holding
+  # cuda/, e.g. `git archive REV kernels | tar -x -C .device/REV` gives .device/REV/kernels) and runs the
+  # builds alternately, STEP_REPS times; STEP_ONLY ("name|name") picks the variants.
   echo "== a W1 decode step's kernels, with and without each (kernels/bench/step_bench.cu)"
-  nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/step_bench kernels/bench/step_bench.cu 2>&1 | grep -i error
-  /tmp/step_bench | tee "$OUT/step_bench.txt"
+  for spec in ${STEP_KERNELS:-this=kernels}; do
+    name=${spec%%=*}
+    nvcc -O3 -std=c++17 -arch=sm_90 -I "${spec#*=}/cuda" -o /tmp/step_bench_$name kernels/bench/step_bench.cu 2>&1 | grep -i error
+  done
+  for rep in $(seq ${STEP_REPS:-1}); do
+    for spec in ${STEP_KERNELS:-this=kernels}; do
+      name=${spec%%=*}
+      echo "-- kernels: $spec (round $rep)"
+      /tmp/step_bench_$name | tee -a "$OUT/step_bench_$name.txt"
+    done
+  done
 fi
 if has steptrace; then
   # The same step with the kernels logging per block (common.cuh's OPTC_TRACE): a timeline of each

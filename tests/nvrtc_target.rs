@@ -399,16 +399,29 @@ fn step_on_both(
     what: &str,
 ) -> Vec<f64> {
     let dtype = g.outputs()[0].ty.dtype;
+    let (e, logits) = step_error(g, cpu, cuda, si, blocks);
+    assert!(
+        e < tolerance(dtype),
+        "{what}: logits differ from the CPU target: rel L2 {e}"
+    );
+    logits
+}
+
+/// Step `si` on both targets: the worst row's relative L2 error of the
+/// GPU's logits against the CPU's, and the CPU's logits.
+fn step_error(
+    g: &Graph,
+    cpu: &mut CpuProgram,
+    cuda: &mut CudaProgram,
+    si: &StepInputs,
+    blocks: usize,
+) -> (f64, Vec<f64>) {
     let mut inputs = si.tensors(g, blocks, DType::I64).unwrap();
     inputs.retain(|k, _| !k.contains("_cache."));
     let want = cpu.run(&inputs).unwrap();
     let got = cuda.run(&inputs).unwrap();
     let e = worst_row_rel_l2(&got["logits"], &want["logits"], si.logits_indices.len());
-    assert!(
-        e < tolerance(dtype),
-        "{what}: logits differ from the CPU target: rel L2 {e}"
-    );
-    want["logits"].to_f64_vec()
+    (e, want["logits"].to_f64_vec())
 }
 
 /// The one-token decode megakernel (`set_mega`, kernels/cuda/mega.cu)
@@ -589,6 +602,71 @@ fn eight_warp_and_split_decode_attention_matches_the_cpu_target() {
         if let Some(dir) = copy {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// The eighth session saw the random hidden-1,024 Llama's logits 1.02e-2
+/// from the CPU's at 300 keys with eight-warp decode attention, just past
+/// the bf16 bound. Whether that is the model's own bf16 error at a long
+/// context or the eight-warp merge: the same prompt and greedy steps with
+/// four and with eight warps a block (same chunking otherwise), whose
+/// errors against the CPU target must agree closely. Each warp count's
+/// errors are printed.
+#[test]
+fn eight_warp_decode_attention_is_as_accurate_as_four_at_300_keys() {
+    if !gpu() {
+        return;
+    }
+    let (m, copy) = decode_model("random Llama, hidden 1024");
+    let g = &m.graph;
+    const NB: usize = 96;
+    let nb = Bindings::from([("NB".to_string(), NB as i64)]);
+    let table: Vec<i64> = (0..84).map(|i| (i * 37 % NB) as i64).collect();
+    let vocab = m.config.vocab_size as i64;
+    let prompt: Vec<i64> = (0..300).map(|i| (i * 37 + 5) % vocab).collect();
+    // The CPU's greedy tokens drive both runs, so their steps see the same ids.
+    let mut errors = BTreeMap::new();
+    for warps in [4usize, 8] {
+        let mut cpu = CpuProgram::new(g, &m.weights).unwrap();
+        cpu.init_state(&nb).unwrap();
+        let mut cuda = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
+        cuda.set_decode_warps(warps);
+        cuda.init_state(&nb).unwrap();
+        let mut ids = prompt.clone();
+        let mut si = StepInputs::default();
+        si.ids.extend(&ids);
+        si.push_seq(&table, BLOCK, 0, ids.len(), true);
+        let (e, mut logits) = step_error(g, &mut cpu, &mut cuda, &si, NB);
+        let mut errs = vec![e];
+        for _ in 0..6 {
+            let next = (0..logits.len())
+                .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+                .unwrap_or(0) as i64;
+            ids.push(next);
+            let mut si = StepInputs::default();
+            si.ids.push(next);
+            si.push_seq(&table, BLOCK, ids.len() - 1, 1, true);
+            let (e, l) = step_error(g, &mut cpu, &mut cuda, &si, NB);
+            errs.push(e);
+            logits = l;
+        }
+        let paths = cuda.attention_paths();
+        let want8 = if warps == 8 { paths.decode } else { 0 };
+        assert_eq!(paths.decode8, want8, "{warps} warps: {paths:?}");
+        println!("random Llama, 300 keys, {warps} warps: logits rel L2 per step {errs:.4e?}");
+        errors.insert(warps, errs);
+    }
+    let worst = |w: usize| errors[&w].iter().cloned().fold(0.0, f64::max);
+    // The prompt step (prefill) takes neither decode kernel: equal errors.
+    assert_eq!(errors[&4][0], errors[&8][0], "the prompt step differs");
+    assert!(
+        worst(8) <= 1.25 * worst(4) + 1e-3,
+        "eight warps: worst rel L2 {} against four warps' {}",
+        worst(8),
+        worst(4)
+    );
+    if let Some(dir) = copy {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

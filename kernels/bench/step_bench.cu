@@ -9,13 +9,15 @@
 // (not what it costs alone, which ncu measures); `rings` variants run the
 // linears of at least GEMV_RING_MIN_BYTES through the ring GEMV, as optc
 // does, or every linear (`rings everywhere`). Prints microseconds a step,
-// median of 50 replays, at three context lengths.
+// median of 50 replays, at three context lengths (STEP_ONLY picks
+// variants by name).
 // On the GPU machine, from the repo root:
 //   nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/step_bench kernels/bench/step_bench.cu && /tmp/step_bench
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 #include <algorithm>
+#include <string>
 #include <cuda_runtime.h>
 
 #include "common.cuh"
@@ -215,6 +217,14 @@ struct Variant {
     int att_warps = 4;
 };
 
+// STEP_ONLY: the variants to run, names separated by '|' (all if unset).
+static bool wanted(const char* name) {
+    const char* only = getenv("STEP_ONLY");
+    if (!only || !*only) return true;
+    const std::string list = std::string("|") + only + "|";
+    return list.find(std::string("|") + name + "|") != std::string::npos;
+}
+
 int main() {
     const int L = 16, D = 2048, F = 8192, HQ = 32, HKV = 8, HD = 64, V = 128256, BS = 16, CTX = 512;
     const int QKV = (HQ + 2 * HKV) * HD;
@@ -308,6 +318,7 @@ int main() {
         CK(cudaMemcpy(dslot, &p, 8, cudaMemcpyHostToDevice));
         printf("== decode at position %d (%d keys)\n", pos, pos + 1);
         for (const Variant& v : variants) {
+            if (!wanted(v.name)) continue;
             // Whether a linear of this weight takes the ring.
             auto rings = [&](size_t bytes) {
                 return v.rings == 2 || (v.rings >= 1 && bytes >= (size_t)big) ||

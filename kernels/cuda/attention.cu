@@ -478,10 +478,12 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
         }
         cp_async_commit();
     };
-    // The key and value at p into row p - k0 of chunk c's stage.
+    // The key and value at p into row p - k0 of chunk c's stage. Its slot
+    // (host metadata, like the table) is read before the wait.
+    const i64 slot_p = table[p / bs] * bs + p % bs;
     auto load_current = [&](int c, T* st) {
         const int r = p - (first + c * KS);
-        const i64 slot = table[p / bs] * bs + p % bs;
+        const i64 slot = slot_p;
         if (lane < 2 * PIECES) {
             const int pc = lane % PIECES, v = lane / PIECES;
             cp_async16_or_zero(st + (v * KS + r) * RS + pc * 8, (v ? vc : kc) + (slot * hkv + kh) * D + pc * 8,

@@ -186,15 +186,21 @@ using GemvGlu = GemvGeometry<4, 1, 4>;
 // Where a GEMV's sums go. A store names the weight row behind each of
 // the n outputs (`weight_row`; with GLU also row n + that, the up row)
 // and takes a warp's R consecutive outputs of row j of x (`store`, on
-// lane 0; with GLU the R gate sums, then the R up sums).
+// lane j; with GLU the R gate sums, then the R up sums). What it reads
+// besides the sums (rotary rows, cache slots, biases) it loads in
+// `prepare`, which the register GEMV calls right after the wait for the
+// kernel ahead: those loads are then in flight during the fill instead
+// of adding an L2 round trip after the sums.
 
 // y[j, i] = sum (+ b[i]).
 template <typename T> struct GemvStore {
     static constexpr bool GLU = false;
     T* y;
     const T* b;
+    struct Pre {};
     __device__ int weight_row(int i) const { return i; }
-    template <int R> __device__ void store(int j, int i0, const float (&v)[R], int n) const {
+    __device__ Pre prepare(int, int, int) const { return {}; }
+    template <int R> __device__ void store(int j, int i0, const float (&v)[R], int n, Pre) const {
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const int i = i0 + r;
@@ -209,8 +215,10 @@ template <typename T> struct GemvGluStore {
     static constexpr bool GLU = true;
     T* y;
     const T* b;
+    struct Pre {};
     __device__ int weight_row(int i) const { return i; }
-    template <int WR> __device__ void store(int j, int i0, const float (&v)[WR], int n) const {
+    __device__ Pre prepare(int, int, int) const { return {}; }
+    template <int WR> __device__ void store(int j, int i0, const float (&v)[WR], int n, Pre) const {
         constexpr int R = WR / 2;
 #pragma unroll
         for (int r = 0; r < R; ++r) {
@@ -243,13 +251,37 @@ template <typename T> struct GemvRopeStore {
         const int li = i % d, pl = li >> 1, e = li & 1, half = r >> 1;
         return i - li + (pl < half ? pl + e * half : 2 * pl + e);
     }
-    template <int R> __device__ void store(int j, int i0, const float (&v)[R], int n) const {
+    // Token j's slot, the pair's biases and, for a rotated pair, its cos
+    // and sin (written by the rotary kernel ahead: loaded after the wait).
+    struct Pre {
+        i64 slot = -1;
+        float ba = 0.f, bb = 0.f, ca = 1.f, cb = 1.f, sa = 0.f, sb = 0.f;
+    };
+    __device__ Pre prepare(int j, int i0, int n) const {
+        Pre p;
+        if (i0 >= n) return p;
+        const int ia = weight_row(i0), ib = weight_row(i0 + 1), ka = ia % d, kb = ib % d;
+        p.slot = slots[j];
+        if (b) {
+            p.ba = ld(&b[ia]);
+            p.bb = ld(&b[ib]);
+        }
+        if (ia < (hq + hkv) * d && ka < r) {
+            const T *c = cs + (i64)j * r, *s = sn + (i64)j * r;
+            p.ca = ld(&c[ka]);
+            p.cb = ld(&c[kb]);
+            p.sa = ld(&s[ka]);
+            p.sb = ld(&s[kb]);
+        }
+        return p;
+    }
+    template <int R> __device__ void store(int j, int i0, const float (&v)[R], int n, const Pre& p) const {
         static_assert(R == 2, "a RoPE pair a warp");
         if (i0 >= n) return;
         const int ia = weight_row(i0), ib = weight_row(i0 + 1), qk = (hq + hkv) * d;
-        const float xa = rnd<T>(b ? v[0] + ld(&b[ia]) : v[0]);
-        const float xb = rnd<T>(b ? v[1] + ld(&b[ib]) : v[1]);
-        const i64 slot = slots[j];
+        const float xa = rnd<T>(b ? v[0] + p.ba : v[0]);
+        const float xb = rnd<T>(b ? v[1] + p.bb : v[1]);
+        const i64 slot = p.slot;
         if (ia >= qk) {
             if (slot < 0) return;
             T* row = vc + slot * hkv * dv;
@@ -257,12 +289,10 @@ template <typename T> struct GemvRopeStore {
             st(&row[ib - qk], xb);
             return;
         }
-        const int ka = ia % d, kb = ib % d;
         float oa = xa, ob = xb;
-        if (ka < r) {
-            const T *c = cs + (i64)j * r, *s = sn + (i64)j * r;
-            oa = xa * ld(&c[ka]) + (-xb) * ld(&s[ka]);
-            ob = xb * ld(&c[kb]) + xa * ld(&s[kb]);
+        if (ia % d < r) {
+            oa = xa * p.ca + (-xb) * p.sa;
+            ob = xb * p.cb + xa * p.sb;
         }
         // The head row: queries of token j, or keys at its cache slot.
         T* row;
@@ -280,16 +310,18 @@ template <typename T> struct GemvRopeStore {
 };
 
 // A warp's sums for its outputs from i0 on, each row of x's reduced over
-// the lanes and stored by lane 0.
+// the lanes (every lane gets the same bits) and row j stored by lane j,
+// with what that lane prepared (`Store::prepare(j, i0, n)`).
 template <int M, int WR, typename Store>
-__device__ __forceinline__ void gemv_store_sums(const Store& out, const float (&acc)[WR][M], int m, int i0, int n) {
+__device__ __forceinline__ void gemv_store_sums(const Store& out, const float (&acc)[WR][M], int m, int i0, int n,
+                                                const typename Store::Pre& pre) {
 #pragma unroll
     for (int j = 0; j < M; ++j) {
         if (j >= m) break;
         float v[WR];
 #pragma unroll
         for (int r = 0; r < WR; ++r) v[r] = warp_sum(acc[r][j]);
-        if ((threadIdx.x & 31) == 0) out.store(j, i0, v, n);
+        if ((threadIdx.x & 31) == j) out.store(j, i0, v, n, pre);
     }
 }
 
@@ -359,6 +391,8 @@ __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n,
         if (k0 + STAGE < k) load(rb, k0 + STAGE);
     }
     pdl_wait();
+    // Lane j's part of the store for row j, in flight during the fill.
+    const typename Store::Pre pre = lane < m ? out.prepare(lane, row0, n) : typename Store::Pre{};
     fill.template run<0>(xs, m, k);
     __syncthreads();
     OPTC_TRACE_MARK(3);
@@ -380,7 +414,7 @@ __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n,
         }
     }
     if constexpr (!Geo::EARLY_TRIGGER) pdl_trigger();
-    gemv_store_sums<M, WR>(out, acc, m, row0, n);
+    gemv_store_sums<M, WR>(out, acc, m, row0, n, pre);
     OPTC_TRACE_END();
 }
 
@@ -483,7 +517,9 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
         __syncwarp();
         load(t + S);
         if (c == nch - 1) {
-            gemv_store_sums<M, WR>(out, acc, m, (gw + (t / nch) * warps) * R, n);
+            const int i0 = (gw + (t / nch) * warps) * R;
+            gemv_store_sums<M, WR>(out, acc, m, i0, n,
+                                   lane < m ? out.prepare(lane, i0, n) : typename Store::Pre{});
 #pragma unroll
             for (int r = 0; r < WR; ++r)
 #pragma unroll
