@@ -478,6 +478,10 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
         cp_async_commit();
     };
     pdl_trigger();
+    // A block past the units (a narrow matrix on a grid sized for the
+    // SMs) leaves at once: it would otherwise start as the working blocks
+    // end, fill x and so delay the kernel's completion.
+    if (blockIdx.x * Geo::WARPS >= units) return;
     fill.prefetch(xs, m, k);
 #pragma unroll
     for (int t = 0; t < S; ++t) load(t);
