@@ -52,7 +52,7 @@ if has compile; then
 fi
 if has bench; then
   echo "== optc bench"
-  "$BIN" bench $MODEL --target nvrtc --workloads W1,W2,W3 --reps 2 --max-num-tokens 16384 --json 2>&1 | tee "$OUT/optc_bench.jsonl" | tail -8
+  "$BIN" bench $MODEL --target nvrtc --workloads ${BENCH_WORKLOADS:-W1,W2,W3} --reps ${BENCH_REPS:-2} --max-num-tokens 16384 --json 2>&1 | tee -a "$OUT/optc_bench.jsonl" | grep -E "workload|rror|panic"
 fi
 if has warps; then
   # Decode attention with four or eight warps a block (OPTC_DECODE_WARPS), alternating, twice.
