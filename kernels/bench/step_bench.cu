@@ -69,50 +69,6 @@ __global__ void __launch_bounds__(128)
         GemvRopeStore<bf16>{nullptr, cs, sn, q, kc, vc, slots, hq, hkv, d, d, d, 0}, w, n, k, 1);
 }
 
-// The gate/up and down rings with X tiles a warp held in registers
-// (GemvRing's X; optc's geometries hold none). Kernel sources without
-// held tiles (STEP_KERNELS of an older revision) run optc's rings there.
-#ifdef OPTC_GEMV_RING_HELD
-template <int X>
-__global__ void __launch_bounds__(128) glu_ring_held(const bf16* a, const bf16* r, const bf16* nw, bf16* sum,
-                                                     const bf16* w, bf16* y, int n, int k) {
-    gemv_ring_impl<bf16, 1, GemvRing<4, 1, 4, 1024, X>>(GemvAddRmsNorm<bf16, 1>{a, r, nw, sum, 1e-5f},
-                                                        GemvGluStore<bf16>{y, nullptr}, w, n, k, 1);
-}
-template <int X>
-__global__ void __launch_bounds__(256) down_ring_held(const bf16* x, const bf16* w, bf16* y, int n, int k) {
-    gemv_ring_impl<bf16, 1, GemvRing<8, 1, 4, 1024, X>>(GemvCopy<bf16>{x}, GemvStore<bf16>{y, nullptr}, w, n, k,
-                                                        1);
-}
-#define STEP_HELD(kind, X) ((const void*)kind##_ring_held<X>)
-#else
-#define STEP_HELD(kind, X) ((const void*)nullptr)
-#endif
-// `launch` for a kernel known by address (a variant's pick of kernels).
-template <typename... Args>
-static void launch_ptr(const void* k, unsigned gx, unsigned threads, unsigned smem, Args... args) {
-    void* a[] = {(void*)&args...};
-    cudaLaunchConfig_t c = {};
-    c.gridDim = dim3(gx);
-    c.blockDim = dim3(threads);
-    c.dynamicSmemBytes = smem;
-    c.stream = stream;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    c.attrs = at;
-    c.numAttrs = 1;
-    CK(cudaLaunchKernelExC(&c, k, a));
-    launched.push_back(k);
-}
-// A held-tile kernel for X (1, 2 or 4), or null.
-static const void* held_glu(int x) {
-    return x == 1 ? STEP_HELD(glu, 1) : x == 2 ? STEP_HELD(glu, 2) : x == 4 ? STEP_HELD(glu, 4) : nullptr;
-}
-static const void* held_down(int x) {
-    return x == 1 ? STEP_HELD(down, 1) : x == 2 ? STEP_HELD(down, 2) : x == 4 ? STEP_HELD(down, 4) : nullptr;
-}
-
 #ifdef OPTC_TRACE
 #include <map>
 #include <cstring>
@@ -259,8 +215,6 @@ struct Variant {
     int nsplit = 1;  // decode attention's splits
     int o_geo = 0;   // 0: GemvPlain; 1 to 3: OGeo1 to OGeo3
     int att_warps = 4;
-    int glu_held = 0, down_held = 0;  // ring tiles a warp held in registers (rings == 1)
-    int down_grid = 3;                // down's ring blocks an SM
 };
 
 // STEP_ONLY: the variants to run, names separated by '|' (all if unset).
@@ -314,50 +268,14 @@ int main() {
     CK(cudaFuncSetAttribute(paged_decode_bf16_d64, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem));
     CK(cudaFuncSetAttribute(paged_decode8_bf16_d64, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * att_smem));
     for (auto f : {(const void*)gemv_ring_bf16_m1, (const void*)gemv_norm_glu_ring_bf16_m1,
-                   (const void*)ring_norm_rope, held_glu(1), held_glu(2), held_glu(4), held_down(1), held_down(2),
-                   held_down(4)})
-        if (f) CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
+                   (const void*)ring_norm_rope})
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
     CK(cudaDeviceSynchronize());
     // Ring launches as the host makes them (GemvRingBlock, GEMV_RING_* in
     // kernels/src/cuda.rs): three blocks an SM; x (and the norm's scale)
     // then 64 KB of rings a block.
     const unsigned ring_grid = 3 * sms, ring = 64 << 10;
     const int big = 24 << 20;  // GEMV_RING_MIN_BYTES
-
-    // The held-tile rings must give optc's rings' sums bit for bit (same
-    // pieces in the same order): gate/up and down of layer 0, alone.
-    {
-        auto run_once = [&](const void* glu_k, const void* down_k) {
-            if (glu_k)
-                launch_ptr(glu_k, ring_grid, 128, 2 * D * 2 + ring, (const bf16*)ob, (const bf16*)sum,
-                           (const bf16*)nw2[0], resid, (const bf16*)wgu[0], glu, F, D);
-            else
-                launch(gemv_norm_glu_ring_bf16_m1, ring_grid, 1, 1, 128, 2 * D * 2 + ring, (const bf16*)ob,
-                       (const bf16*)sum, (const bf16*)nw2[0], resid, eps, (const bf16*)wgu[0], (const bf16*)nullptr,
-                       glu, F, D, 1);
-            if (down_k)
-                launch_ptr(down_k, ring_grid, 256, F * 2 + ring, (const bf16*)glu, (const bf16*)wd[0], down, D, F);
-            else
-                launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, F * 2 + ring, (const bf16*)glu, (const bf16*)wd[0],
-                       (const bf16*)nullptr, down, D, F, 1);
-            CK(cudaStreamSynchronize(stream));
-            std::vector<unsigned short> g(F), d(D);
-            CK(cudaMemcpy(g.data(), glu, F * 2, cudaMemcpyDeviceToHost));
-            CK(cudaMemcpy(d.data(), down, D * 2, cudaMemcpyDeviceToHost));
-            g.insert(g.end(), d.begin(), d.end());
-            return g;
-        };
-        const std::vector<unsigned short> want = run_once(nullptr, nullptr);
-        for (int x : {1, 2, 4}) {
-            if (!held_glu(x)) continue;
-            const std::vector<unsigned short> got = run_once(held_glu(x), held_down(x));
-            size_t bad = 0;
-            for (size_t i = 0; i < want.size(); ++i) bad += got[i] != want[i];
-            printf("held tiles %d: %zu of %zu gate/up and down outputs differ from optc's rings\n", x, bad,
-                   want.size());
-        }
-        launched.clear();
-    }
 
     const Variant variants[] = {
         {"whole step", true, true, true, true, true, true},
@@ -393,13 +311,6 @@ int main() {
         {"rings, attention of 8 warps: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8},
         {"rings, attention of 8 warps: no LM head", true, true, true, true, true, false, 1, 0, 1, 0, 8},
         {"rings, attention of 8 warps: QKV + attention + o only", true, true, true, false, false, false, 1, 0, 1, 0, 8},
-        {"8 warps, gate/up 1 held: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 1, 0},
-        {"8 warps, gate/up 2 held: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 2, 0},
-        {"8 warps, down 2 held: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 2},
-        {"8 warps, down 4 held: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 4},
-        {"8 warps, gate/up 2, down 4 held: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 2, 4},
-        {"8 warps, gate/up 4, down 4 held: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 4, 4},
-        {"8 warps, down at 2 an SM: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 0, 2},
     };
     for (int pos : {127, 255, 383}) {
         const i64 p = pos;
@@ -408,7 +319,6 @@ int main() {
         printf("== decode at position %d (%d keys)\n", pos, pos + 1);
         for (const Variant& v : variants) {
             if (!wanted(v.name)) continue;
-            if ((v.glu_held && !held_glu(v.glu_held)) || (v.down_held && !held_down(v.down_held))) continue;
             // Whether a linear of this weight takes the ring.
             auto rings = [&](size_t bytes) {
                 return v.rings == 2 || (v.rings >= 1 && bytes >= (size_t)big) ||
@@ -459,9 +369,6 @@ int main() {
                            (const bf16*)nullptr, glu, F, D, 1);
                 else if (v.gate_up && v.fill == 2)
                     launch(glu_nofill, F / 4, 1, 1, 128, D * 2, (const bf16*)wgu[l], glu, F, D);
-                else if (v.gate_up && v.glu_held)
-                    launch_ptr(held_glu(v.glu_held), ring_grid, 128, 2 * D * 2 + ring, (const bf16*)ob,
-                               (const bf16*)sum, (const bf16*)nw2[l], resid, (const bf16*)wgu[l], glu, F, D);
                 else if (v.gate_up && rings((size_t)2 * F * D * 2))
                     launch(gemv_norm_glu_ring_bf16_m1, ring_grid, 1, 1, 128, 2 * D * 2 + ring, (const bf16*)ob,
                            (const bf16*)sum, (const bf16*)nw2[l], resid, eps, (const bf16*)wgu[l],
@@ -472,11 +379,8 @@ int main() {
                            1);
                 if (v.down && v.fill == 2)
                     launch(plain_nofill, D / 8, 1, 1, 256, F * 2, (const bf16*)wd[l], down, D, F);
-                else if (v.down && v.down_held)
-                    launch_ptr(held_down(v.down_held), ring_grid, 256, F * 2 + ring, (const bf16*)glu,
-                               (const bf16*)wd[l], down, D, F);
                 else if (v.down && rings((size_t)D * F * 2))
-                    launch(gemv_ring_bf16_m1, v.down_grid * sms, 1, 1, 256, F * 2 + ring, (const bf16*)glu,
+                    launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, F * 2 + ring, (const bf16*)glu,
                            (const bf16*)wd[l], (const bf16*)nullptr, down, D, F, 1);
                 else if (v.down)
                     launch(gemv_bf16_m1, D / 8, 1, 1, 256, F * 2, (const bf16*)glu, (const bf16*)wd[l],

@@ -431,12 +431,9 @@ __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n,
 // gemv_impl (CH is a multiple of 256), so the sums are bit-equal to it.
 // Shared memory: (m + Fill::EXTRA) * k elements of x and the fill's
 // prefetch, then WARPS * S * WR * CH elements of rings (the host's
-// `GemvRingBlock::smem_bytes`). With X > 0 a warp also loads tiles S to
-// S + X - 1 into registers before the wait and moves each into the slot
-// that frees as the first X tiles are used: more of the matrix streams
-// while the kernels ahead run, where shared memory bounds the ring.
-template <int WARPS_, int R_, int S_, int CH_, int X_ = 0> struct GemvRing {
-    static constexpr int WARPS = WARPS_, R = R_, S = S_, CH = CH_, X = X_;
+// `GemvRingBlock::smem_bytes`).
+template <int WARPS_, int R_, int S_, int CH_> struct GemvRing {
+    static constexpr int WARPS = WARPS_, R = R_, S = S_, CH = CH_;
     static_assert(CH % 256 == 0, "a lane's pieces as gemv_impl reads them");
 };
 using GemvRingPlain = GemvRing<8, 1, 4, 1024>;
@@ -480,38 +477,6 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
         }
         cp_async_commit();
     };
-    // Tiles S + x (x < X) held in registers: each lane loads the pieces
-    // it will store into the slot.
-    constexpr int X = Geo::X;
-    uint4 held[X > 0 ? X : 1][WR][PIECES][H];
-    auto hold = [&](int x) {
-        const int t = S + x;
-        const int u = gw + (t / nch) * warps, k0 = (t % nch) * CH;
-#pragma unroll
-        for (int r = 0; r < WR; ++r) {
-            const int col = out.weight_row(min(u * R + r % R, n - 1));
-            const T* src = w + ((i64)(GLU && r >= R ? n : 0) + col) * k;
-#pragma unroll
-            for (int i = 0; i < PIECES; ++i) {
-                const int kk = k0 + (lane + 32 * i) * 8;
-#pragma unroll
-                for (int h = 0; h < H; ++h)
-                    held[x][r][i][h] = t < ntiles && kk < k ? __ldg(reinterpret_cast<const uint4*>(src + kk) + h)
-                                                            : make_uint4(0, 0, 0, 0);
-            }
-        }
-    };
-    auto place = [&](int x) {
-        T* dst = ring + ((S + x) % S) * TILE;
-#pragma unroll
-        for (int r = 0; r < WR; ++r)
-#pragma unroll
-            for (int i = 0; i < PIECES; ++i)
-#pragma unroll
-                for (int h = 0; h < H; ++h)
-                    reinterpret_cast<uint4*>(dst + r * CH + (lane + 32 * i) * 8)[h] = held[x][r][i][h];
-        cp_async_commit();  // an empty group: wait_group still counts tiles
-    };
     pdl_trigger();
     // A block past the units (a narrow matrix on a grid sized for the
     // SMs) leaves at once: it would otherwise start as the working blocks
@@ -520,8 +485,6 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
     fill.prefetch(xs, m, k);
 #pragma unroll
     for (int t = 0; t < S; ++t) load(t);
-#pragma unroll
-    for (int x = 0; x < X; ++x) hold(x);
     pdl_wait();
     fill.template run<S>(xs, m, k);
     __syncthreads();
@@ -531,8 +494,7 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
     for (int r = 0; r < WR; ++r)
 #pragma unroll
         for (int j = 0; j < M; ++j) acc[r][j] = 0.f;
-    // Uses tile t from its slot; its units' sums go out after its last chunk.
-    auto use = [&](int t) {
+    for (int t = 0; t < ntiles; ++t) {
         cp_async_wait<S - 1>();
         __syncwarp();
         const int c = t % nch, k0 = c * CH;
@@ -557,9 +519,8 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
         }
         // Every lane is done with the slot before the tile S ahead takes it.
         __syncwarp();
-    };
-    auto finish = [&](int t) {
-        if (t % nch == nch - 1) {
+        load(t + S);
+        if (c == nch - 1) {
             const int i0 = (gw + (t / nch) * warps) * R;
             gemv_store_sums<M, WR>(out, acc, m, i0, n,
                                    lane < m ? out.prepare(lane, i0, n) : typename Store::Pre{});
@@ -568,29 +529,9 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
 #pragma unroll
                 for (int j = 0; j < M; ++j) acc[r][j] = 0.f;
         }
-    };
-    // The first X tiles' slots take the held tiles, the rest cp.async.
-#pragma unroll
-    for (int x = 0; x < X; ++x) {
-        if (x >= ntiles) break;
-        use(x);
-        if (S + x < ntiles) {
-            place(x);
-        } else {
-            cp_async_commit();
-        }
-        finish(x);
-    }
-    for (int t = X; t < ntiles; ++t) {
-        use(t);
-        load(t + S);
-        finish(t);
     }
     OPTC_TRACE_END();
 }
-
-// Marks the ring geometry's held tiles (X) for kernels/bench/step_bench.cu.
-#define OPTC_GEMV_RING_HELD 1
 
 // The launch bounds are each geometry's WARPS * 32.
 static_assert(GemvPlain::WARPS * 32 == 256 && GemvNorm::WARPS * 32 == 256 && GemvGlu::WARPS * 32 == 128,
