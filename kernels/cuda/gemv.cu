@@ -451,13 +451,8 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
     T* xs = reinterpret_cast<T*>(gemv_smem);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     T* ring = xs + (m + Fill::EXTRA) * k + warp * S * TILE;
-    const int warps = gridDim.x * Geo::WARPS, units = (n + R - 1) / R, nch = (k + CH - 1) / CH;
-    // Global warp numbers, which take units grid-stride. With a unit for
-    // every warp, a block's warps are gridDim.x apart, so the units past
-    // an even share go to warps all over the GPU rather than to the first
-    // blocks' SMs (a shorter tail); with fewer units, whole blocks in
-    // order take them and the rest have none.
-    const int gw = units >= warps ? warp * gridDim.x + blockIdx.x : blockIdx.x * Geo::WARPS + warp;
+    const int warps = gridDim.x * Geo::WARPS, gw = blockIdx.x * Geo::WARPS + warp;
+    const int units = (n + R - 1) / R, nch = (k + CH - 1) / CH;
     const int mine = gw < units ? (units - 1 - gw) / warps + 1 : 0;
     const int ntiles = mine * nch;
     // Starts the copies of tile t (unit t / nch, chunk t % nch) into its
