@@ -108,11 +108,14 @@ pub const GEMV_RING_MIN_BYTES: usize = 24 << 20;
 /// Ring-GEMV blocks launched an SM, whether or not that many fit: three
 /// 72 KB gate/up blocks an H200 SM do; of 80 KB down blocks two do, and
 /// the rest start as those finish (warps take output columns
-/// grid-stride, so any grid is correct). Three an SM measured faster than
-/// one resident wave of two for the down projection too (749 against
-/// 762 µs a step in kernels/bench/step_bench.cu), likely because the
-/// next kernel then launches later, when fewer loads compete; the reason
-/// is not established.
+/// grid-stride, so any grid is correct; a 1B model's down projection
+/// leaves the last 140 blocks no columns, and they leave at once). Three
+/// an SM measured faster than one resident wave of two for the down
+/// projection too (923 against 931 µs a step on an H100 in
+/// kernels/bench/step_bench.cu): the next kernel launches only as the
+/// third wave starts, so the next layer's QKV does not stream its
+/// weights while the down projection, on the critical path, still needs
+/// the bandwidth.
 pub const GEMV_RING_BLOCKS_PER_SM: usize = 3;
 
 /// The most dynamic shared memory a ring-GEMV block may take: two blocks
