@@ -230,20 +230,25 @@ template <int L> __device__ __forceinline__ void ew_offsets(const EwIndex& ix, i
 // build, never by optc): each block's thread 0 logs when it reached
 // pdl_wait() and when the wait returned, each warp's lane 0 when it
 // finished (OPTC_TRACE_END at the end of the GEMV and decode `_impl`s),
-// and warp 0 of a block the marks a kernel sets (OPTC_TRACE_MARK(k), k
-// from 3: the GEMVs' fills done, decode attention's steps), tagged with
-// the launch's %gridid and the block, so the bench can lay a CUDA
-// graph's kernels out in time: no profiler on the GPU machine does.
+// and thread 0 the marks a kernel sets (OPTC_TRACE_MARK(k), k from 3:
+// the GEMVs' fills done, decode attention's steps), tagged with the
+// launch's %gridid and the block, so the bench can lay a CUDA graph's
+// kernels out in time: no profiler on the GPU machine does.
 #ifdef OPTC_TRACE
 enum : unsigned { OPTC_TRACE_ARRIVE = 0, OPTC_TRACE_RELEASE = 1, OPTC_TRACE_WARP_END = 2 };
+constexpr unsigned OPTC_TRACE_EMPTY = ~0u;  // a reserved slot nobody wrote
 struct OptcTraceRecord {
     unsigned long long grid, t;
     unsigned block, kind;
 };
 // A log and a count an SM (%smid), so that warps ending together on
 // different SMs do not queue on one atomic (which would delay their
-// grid's completion and so the timeline being measured).
-constexpr unsigned OPTC_TRACE_SMS = 256, OPTC_TRACE_PER_SM = 1u << 14;
+// grid's completion and so the timeline being measured). A block takes
+// OPTC_TRACE_SLOTS records with one atomic as it reaches pdl_wait(), so
+// what it logs after the release is a plain store, no round trip:
+// slot 0 its arrival, 1 its release, 2 to 7 marks 3 to 8, then one a warp
+// (warps past those slots log through an atomic of their own).
+constexpr unsigned OPTC_TRACE_SMS = 256, OPTC_TRACE_PER_SM = 1u << 14, OPTC_TRACE_SLOTS = 16;
 __device__ OptcTraceRecord optc_trace_log[OPTC_TRACE_SMS * OPTC_TRACE_PER_SM];
 __device__ unsigned optc_trace_count[OPTC_TRACE_SMS];
 __device__ __forceinline__ unsigned long long optc_trace_now() {
@@ -251,23 +256,46 @@ __device__ __forceinline__ unsigned long long optc_trace_now() {
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     return t;
 }
-__device__ __forceinline__ void optc_trace_put(unsigned long long t, unsigned kind) {
-    unsigned long long g;
+__device__ __forceinline__ unsigned optc_trace_sm() {
     unsigned sm;
-    asm("mov.u64 %0, %%gridid;" : "=l"(g));
     asm("mov.u32 %0, %%smid;" : "=r"(sm));
-    sm %= OPTC_TRACE_SMS;
-    const unsigned i = atomicAdd(&optc_trace_count[sm], 1u);
-    const unsigned block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-    if (i < OPTC_TRACE_PER_SM) optc_trace_log[sm * OPTC_TRACE_PER_SM + i] = {g, t, block, kind};
+    return sm % OPTC_TRACE_SMS;
 }
-#define OPTC_TRACE_END()                                                                     \
-    do {                                                                                     \
-        if ((threadIdx.x & 31) == 0) optc_trace_put(optc_trace_now(), OPTC_TRACE_WARP_END); \
+__device__ __forceinline__ OptcTraceRecord optc_trace_record(unsigned long long t, unsigned kind) {
+    unsigned long long g;
+    asm("mov.u64 %0, %%gridid;" : "=l"(g));
+    return {g, t, blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), kind};
+}
+// The block's first reserved record (OPTC_TRACE_EMPTY: none), in shared
+// memory: set by thread 0 before the wait, read by others after a barrier.
+__device__ __forceinline__ unsigned& optc_trace_base() {
+    __shared__ unsigned base;
+    return base;
+}
+__device__ __forceinline__ void optc_trace_reserve() {
+    const unsigned sm = optc_trace_sm();
+    const unsigned i = atomicAdd(&optc_trace_count[sm], OPTC_TRACE_SLOTS);
+    optc_trace_base() = i + OPTC_TRACE_SLOTS <= OPTC_TRACE_PER_SM ? sm * OPTC_TRACE_PER_SM + i : OPTC_TRACE_EMPTY;
+}
+// Record `kind` at time t into the block's slot, or (no slot) through an atomic.
+__device__ __forceinline__ void optc_trace_put(unsigned slot, unsigned long long t, unsigned kind) {
+    const unsigned base = optc_trace_base();
+    if (slot < OPTC_TRACE_SLOTS) {
+        if (base != OPTC_TRACE_EMPTY) optc_trace_log[base + slot] = optc_trace_record(t, kind);
+        return;
+    }
+    const unsigned sm = optc_trace_sm();
+    const unsigned i = atomicAdd(&optc_trace_count[sm], 1u);
+    if (i < OPTC_TRACE_PER_SM) optc_trace_log[sm * OPTC_TRACE_PER_SM + i] = optc_trace_record(t, kind);
+}
+#define OPTC_TRACE_END()                                                                                     \
+    do {                                                                                                     \
+        if ((threadIdx.x & 31) == 0)                                                                         \
+            optc_trace_put(8 + (threadIdx.x >> 5), optc_trace_now(), OPTC_TRACE_WARP_END);                   \
     } while (0)
-#define OPTC_TRACE_MARK(k)                                          \
-    do {                                                            \
-        if (threadIdx.x == 0) optc_trace_put(optc_trace_now(), k);  \
+#define OPTC_TRACE_MARK(k)                                               \
+    do {                                                                 \
+        if (threadIdx.x == 0) optc_trace_put((k) - 1, optc_trace_now(), k); \
     } while (0)
 #else
 #define OPTC_TRACE_END() \
@@ -292,17 +320,16 @@ __device__ __forceinline__ void optc_trace_put(unsigned long long t, unsigned ki
 // Without the attribute both return at once.
 __device__ __forceinline__ void pdl_wait() {
 #ifdef OPTC_TRACE
-    const unsigned long long t0 = optc_trace_now();
+    if (threadIdx.x == 0) {
+        optc_trace_reserve();
+        optc_trace_put(0, optc_trace_now(), OPTC_TRACE_ARRIVE);
+    }
 #endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 #ifdef OPTC_TRACE
-    if (threadIdx.x == 0) {
-        const unsigned long long t1 = optc_trace_now();
-        optc_trace_put(t0, OPTC_TRACE_ARRIVE);
-        optc_trace_put(t1, OPTC_TRACE_RELEASE);
-    }
+    if (threadIdx.x == 0) optc_trace_put(1, optc_trace_now(), OPTC_TRACE_RELEASE);
 #endif
 }
 __device__ __forceinline__ void pdl_trigger() {
