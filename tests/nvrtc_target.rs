@@ -424,6 +424,19 @@ fn step_error(
     (e, want["logits"].to_f64_vec())
 }
 
+/// The next greedy step of a sequence whose cache blocks are `table`:
+/// the CPU's arg-max of `logits` appended to `ids`, as one new token.
+fn greedy_step(ids: &mut Vec<i64>, logits: &[f64], table: &[i64]) -> StepInputs {
+    let next = (0..logits.len())
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+        .unwrap_or(0) as i64;
+    ids.push(next);
+    let mut si = StepInputs::default();
+    si.ids.push(next);
+    si.push_seq(table, BLOCK, ids.len() - 1, 1, true);
+    si
+}
+
 /// The one-token decode megakernel (`set_mega`, kernels/cuda/mega.cu)
 /// against the CPU target on the 16-bit fixtures (Llama with tied
 /// embeddings; Qwen2 with QKV biases, in f16), on Mistral rounded to
@@ -468,13 +481,7 @@ fn megakernel_matches_the_cpu_target() {
             si.push_seq(&table, BLOCK, 0, ids.len(), true);
             let mut logits = run(&mut cpu, &mut cuda, &si, "prompt");
             for step in 0..20 {
-                let next = (0..logits.len())
-                    .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
-                    .unwrap_or(0) as i64;
-                ids.push(next);
-                let mut si = StepInputs::default();
-                si.ids.push(next);
-                si.push_seq(&table, BLOCK, ids.len() - 1, 1, true);
+                let si = greedy_step(&mut ids, &logits, &table);
                 logits = run(&mut cpu, &mut cuda, &si, &format!("one-token step {step}"));
             }
             let launched = cuda.mega_launches();
@@ -569,13 +576,7 @@ fn eight_warp_and_split_decode_attention_matches_the_cpu_target() {
             si.push_seq(&table, BLOCK, 0, ids.len(), true);
             let mut logits = run(&mut cpu, &mut cuda, &si, "prompt");
             for step in 0..8 {
-                let next = (0..logits.len())
-                    .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
-                    .unwrap_or(0) as i64;
-                ids.push(next);
-                let mut si = StepInputs::default();
-                si.ids.push(next);
-                si.push_seq(&table, BLOCK, ids.len() - 1, 1, true);
+                let si = greedy_step(&mut ids, &logits, &table);
                 logits = run(&mut cpu, &mut cuda, &si, &format!("one-token step {step}"));
             }
             for step in 0..2 {
@@ -639,13 +640,7 @@ fn eight_warp_decode_attention_is_as_accurate_as_four_at_300_keys() {
         let (e, mut logits) = step_error(g, &mut cpu, &mut cuda, &si, NB);
         let mut errs = vec![e];
         for _ in 0..6 {
-            let next = (0..logits.len())
-                .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
-                .unwrap_or(0) as i64;
-            ids.push(next);
-            let mut si = StepInputs::default();
-            si.ids.push(next);
-            si.push_seq(&table, BLOCK, ids.len() - 1, 1, true);
+            let si = greedy_step(&mut ids, &logits, &table);
             let (e, l) = step_error(g, &mut cpu, &mut cuda, &si, NB);
             errs.push(e);
             logits = l;
