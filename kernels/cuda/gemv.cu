@@ -391,8 +391,14 @@ __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n,
         if (k0 + STAGE < k) load(rb, k0 + STAGE);
     }
     pdl_wait();
-    // Lane j's part of the store for row j, in flight during the fill.
-    const typename Store::Pre pre = lane < m ? out.prepare(lane, row0, n) : typename Store::Pre{};
+    // At one row, lane 0's part of the store, in flight during the fill.
+    // (At more rows it is loaded at the store: held through the weight
+    // loop it took the four-row rope GEMV to 147 registers, one block an
+    // SM.)
+    typename Store::Pre pre{};
+    if constexpr (M == 1) {
+        if (lane == 0) pre = out.prepare(0, row0, n);
+    }
     fill.template run<0>(xs, m, k);
     __syncthreads();
     OPTC_TRACE_MARK(3);
@@ -414,6 +420,9 @@ __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n,
         }
     }
     if constexpr (!Geo::EARLY_TRIGGER) pdl_trigger();
+    if constexpr (M > 1) {
+        if (lane < m) pre = out.prepare(lane, row0, n);
+    }
     gemv_store_sums<M, WR>(out, acc, m, row0, n, pre);
     OPTC_TRACE_END();
 }
@@ -480,7 +489,8 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
     pdl_trigger();
     // A block past the units (a narrow matrix on a grid sized for the
     // SMs) leaves at once: it would otherwise start as the working blocks
-    // end, fill x and so delay the kernel's completion.
+    // end, fill x and so delay the kernel's completion. Block 0 always has
+    // a unit and waits, so the grid still ends after the kernel ahead.
     if (blockIdx.x * Geo::WARPS >= units) return;
     fill.prefetch(xs, m, k);
 #pragma unroll
