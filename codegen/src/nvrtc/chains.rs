@@ -201,49 +201,80 @@ fn end_readers(steps: &[Step], uses: &Uses, outputs: &HashSet<usize>, v: usize) 
     Some(found)
 }
 
-/// Where values are written in place (the KV caches), as (step position,
-/// roots written): at an attention step, and at a rope + cache write step
-/// and at the linear whose product it reads (`fused_gemvs` may move the
-/// write there, after this pass).
-fn in_place_writes(steps: &[Step], uses: &Uses, view_of: &HashMap<usize, usize>) -> Vec<(usize, Vec<usize>)> {
-    let mut w = Vec::new();
-    for (i, s) in steps.iter().enumerate() {
-        let Exec::Kernel(k @ (Kernel::PagedAttention | Kernel::RopeQkvCache), _) = s.exec else {
-            continue;
-        };
-        let caches: Vec<usize> = s
-            .args
-            .iter()
-            .skip(3)
-            .take(2)
-            .map(|&a| root_of(view_of, a))
-            .collect();
-        if k == Kernel::RopeQkvCache {
-            if let Some(&li) = s
-                .args
-                .first()
-                .and_then(|&a| uses.producer.get(&root_of(view_of, a)))
-            {
-                w.push((li, caches.clone()));
-            }
-        }
-        w.push((i, caches));
-    }
-    w
+/// Where values are written in place (the KV caches): at an attention
+/// step, and at a rope + cache write step and at the linear whose product
+/// it reads (`fused_gemvs` may move the write there, after this pass).
+/// Memory is named by the value that first held it: an attention step's
+/// returned caches share its cache operands' memory, so a read of either
+/// is seen to change at a later write to that memory.
+struct InPlaceWrites {
+    /// (step position, memories written).
+    at: Vec<(usize, Vec<usize>)>,
+    /// A returned cache's root: the value whose memory it shares.
+    shares: HashMap<usize, usize>,
 }
 
-/// Whether a write in `writes` at a position in `lo..hi` changes one of
-/// `leaves`: reading them at `hi` instead of `lo` would read other values.
-fn written_between(
-    writes: &[(usize, Vec<usize>)],
-    view_of: &HashMap<usize, usize>,
-    lo: usize,
-    hi: usize,
-    leaves: &[(usize, usize)],
-) -> bool {
-    writes.iter().any(|(at, roots)| {
-        (lo..hi).contains(at) && leaves.iter().any(|&(v, _)| roots.contains(&root_of(view_of, v)))
-    })
+impl InPlaceWrites {
+    fn new(steps: &[Step], uses: &Uses, view_of: &HashMap<usize, usize>) -> InPlaceWrites {
+        let mut w = InPlaceWrites {
+            at: Vec::new(),
+            shares: HashMap::new(),
+        };
+        for (i, s) in steps.iter().enumerate() {
+            let Exec::Kernel(k @ (Kernel::PagedAttention | Kernel::RopeQkvCache), _) = s.exec else {
+                continue;
+            };
+            let caches: Vec<usize> = s
+                .args
+                .iter()
+                .skip(3)
+                .take(2)
+                .map(|&a| w.memory_of(view_of, a))
+                .collect();
+            if k == Kernel::PagedAttention {
+                for (o, m) in s.outs.iter().skip(1).zip(&caches) {
+                    w.shares.insert(root_of(view_of, *o), *m);
+                }
+            }
+            if k == Kernel::RopeQkvCache {
+                if let Some(&li) = s
+                    .args
+                    .first()
+                    .and_then(|&a| uses.producer.get(&root_of(view_of, a)))
+                {
+                    w.at.push((li, caches.clone()));
+                }
+            }
+            w.at.push((i, caches));
+        }
+        w
+    }
+
+    /// The value that first held `v`'s memory.
+    fn memory_of(&self, view_of: &HashMap<usize, usize>, v: usize) -> usize {
+        let mut r = root_of(view_of, v);
+        while let Some(&m) = self.shares.get(&r) {
+            r = m;
+        }
+        r
+    }
+
+    /// Whether a write at a position in `lo..hi` changes one of `leaves`:
+    /// reading them at `hi` instead of `lo` would read other values.
+    fn between(
+        &self,
+        view_of: &HashMap<usize, usize>,
+        lo: usize,
+        hi: usize,
+        leaves: &[(usize, usize)],
+    ) -> bool {
+        self.at.iter().any(|(at, written)| {
+            (lo..hi).contains(at)
+                && leaves
+                    .iter()
+                    .any(|&(v, _)| written.contains(&self.memory_of(view_of, v)))
+        })
+    }
 }
 
 /// Operands, each with the value whose dims index it.
@@ -363,7 +394,7 @@ pub(super) fn fuse_chains(
         .filter(|s| matches!(s.exec, Exec::View))
         .map(|s| (s.outs[0], s.args[0]))
         .collect();
-    let writes = in_place_writes(steps, &uses, &view_of);
+    let writes = InPlaceWrites::new(steps, &uses, &view_of);
     // Each chain by the step that ends it; readers a shared chain still
     // waits for.
     let mut chains: HashMap<usize, Chain> = HashMap::new();
@@ -393,7 +424,7 @@ pub(super) fn fuse_chains(
                 continue;
             };
             // Computed at c instead, it must read what it read at p.
-            if written_between(&writes, &view_of, p, c, &pc.leaves) {
+            if writes.between(&view_of, p, c, &pc.leaves) {
                 continue;
             }
             let shared = readers.len() > 1;
@@ -438,7 +469,7 @@ pub(super) fn fuse_chains(
                 .leaves
                 .iter()
                 .all(|&(v, _)| position.get(&v).is_none_or(|&at| at < lead))
-                && !written_between(&writes, &view_of, lead, e, &other.leaves);
+                && !writes.between(&view_of, lead, e, &other.leaves);
             let made =
                 |c: &Chain| -> HashSet<usize> { c.members.iter().map(|&m| steps[m].outs[0]).collect() };
             let (made_here, made_there) = (made(&merged), made(other));
@@ -784,6 +815,41 @@ mod tests {
         assert!(steps[0].chain.is_none() && steps[0].outs == [1]);
         let merged = &steps[2];
         assert_eq!((&merged.args[..], &merged.outs[..]), (&[1, 0][..], &[4, 5][..]));
+    }
+
+    /// A cache an attention step returns shares its operand's memory: two
+    /// attention steps that write the same cache (6, 7 and 10, 11 are the
+    /// caches each returns) keep exp(6), read before the second write,
+    /// from being recomputed in neg's kernel after it.
+    #[test]
+    fn a_returned_cache_is_written_by_a_later_write_to_its_memory() {
+        let m = TensorType::new(DType::F32, Shape::of(&[4, 8]));
+        let types = vec![m.clone(); 13];
+        let attention = |outs: &[usize]| Step {
+            exec: Exec::Kernel(Kernel::PagedAttention, Vec::new()),
+            args: vec![3, 3, 3, 0, 1],
+            outs: outs.to_vec(),
+            ..step(Op::Unary(UnaryKind::Neg), Kernel::Unary, &[], outs[0])
+        };
+        let mut steps = vec![
+            attention(&[2, 6, 7]),
+            step(Op::Unary(UnaryKind::Exp), Kernel::Unary, &[6], 8),
+            attention(&[9, 10, 11]),
+            step(Op::Unary(UnaryKind::Neg), Kernel::Unary, &[8], 12),
+        ];
+        let outputs: HashSet<usize> = [12].into();
+        let counts = super::fuse_chains(&mut steps, &types, &outputs);
+        assert!(counts.is_empty(), "{counts:?}");
+        assert_eq!(steps.len(), 4);
+        // Without the second write the two become one kernel.
+        let mut steps = vec![
+            attention(&[2, 6, 7]),
+            step(Op::Unary(UnaryKind::Exp), Kernel::Unary, &[6], 8),
+            step(Op::Unary(UnaryKind::Neg), Kernel::Unary, &[8], 12),
+        ];
+        let counts = super::fuse_chains(&mut steps, &types, &outputs);
+        assert_eq!(counts.iter().map(|(_, n)| n).sum::<i64>(), -1, "{counts:?}");
+        assert_eq!(steps.len(), 2);
     }
 
     /// A sum of ten inputs folds into one chain only up to `MAX_LEAVES`
