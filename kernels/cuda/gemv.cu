@@ -188,9 +188,10 @@ using GemvGlu = GemvGeometry<4, 1, 4>;
 // and takes a warp's R consecutive outputs of row j of x (`store`, on
 // lane j; with GLU the R gate sums, then the R up sums). What it reads
 // besides the sums (rotary rows, cache slots, biases) it loads in
-// `prepare`, which the register GEMV calls right after the wait for the
-// kernel ahead: those loads are then in flight during the fill instead
-// of adding an L2 round trip after the sums.
+// `prepare`, which the register GEMV at one row calls right after the
+// wait for the kernel ahead: those loads are then in flight during the
+// fill instead of adding an L2 round trip after the sums (at more rows,
+// and in the ring GEMV, it runs at the store).
 
 // y[j, i] = sum (+ b[i]).
 template <typename T> struct GemvStore {
