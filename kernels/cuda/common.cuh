@@ -321,8 +321,9 @@ __device__ __forceinline__ void optc_trace_put(unsigned slot, unsigned long long
 __device__ __forceinline__ void pdl_wait() {
 #ifdef OPTC_TRACE
     if (threadIdx.x == 0) {
+        const unsigned long long t0 = optc_trace_now();
         optc_trace_reserve();
-        optc_trace_put(0, optc_trace_now(), OPTC_TRACE_ARRIVE);
+        optc_trace_put(0, t0, OPTC_TRACE_ARRIVE);
     }
 #endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
