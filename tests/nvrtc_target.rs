@@ -424,6 +424,16 @@ fn step_error(
     (e, want["logits"].to_f64_vec())
 }
 
+/// Two of the step graph's caches (layer 1's keys, layer 0's values)
+/// after the steps so far, GPU against CPU.
+fn caches_match(cuda: &CudaProgram, cpu: &CpuProgram, nb: &Bindings, dtype: DType, what: &str) {
+    for cache in ["k_cache.1", "v_cache.0"] {
+        let got = cuda.state_tensor(cache).unwrap();
+        let want = cpu.state_tensor(cache, nb).unwrap();
+        assert!(rel_l2(&got, &want) < tolerance(dtype), "{what}: {cache} differs");
+    }
+}
+
 /// The next greedy step of a sequence whose cache blocks are `table`:
 /// the CPU's arg-max of `logits` appended to `ids`, as one new token.
 fn greedy_step(ids: &mut Vec<i64>, logits: &[f64], table: &[i64]) -> StepInputs {
@@ -506,11 +516,7 @@ fn megakernel_matches_the_cpu_target() {
             } else {
                 assert_eq!(launched, 20, "{name}");
             }
-            for cache in ["k_cache.1", "v_cache.0"] {
-                let got = cuda.state_tensor(cache).unwrap();
-                let want = cpu.state_tensor(cache, &nb).unwrap();
-                assert!(rel_l2(&got, &want) < tolerance(dtype), "{name}: {cache} differs");
-            }
+            caches_match(&cuda, &cpu, &nb, dtype, name);
         }
         if let Some(dir) = copy {
             let _ = std::fs::remove_dir_all(dir);
@@ -594,11 +600,7 @@ fn eight_warp_and_split_decode_attention_matches_the_cpu_target() {
             } else {
                 assert_eq!(paths.decode8, 0, "{what}: {paths:?}");
             }
-            for cache in ["k_cache.1", "v_cache.0"] {
-                let got = cuda.state_tensor(cache).unwrap();
-                let want = cpu.state_tensor(cache, &nb).unwrap();
-                assert!(rel_l2(&got, &want) < tolerance(dtype), "{what}: {cache} differs");
-            }
+            caches_match(&cuda, &cpu, &nb, dtype, &what);
         }
         if let Some(dir) = copy {
             let _ = std::fs::remove_dir_all(dir);
