@@ -1908,6 +1908,132 @@ fn cuda_graph_replay_equals_eager_decode() {
     }
 }
 
+/// Submitted decode steps (the next step queued before the one ahead
+/// ends, its ids copied from that step's picks on the GPU) give the tokens
+/// of synchronous steps whose ids the host writes, whether the step graphs
+/// come in pairs taken in turn (their input and pick copies on side
+/// streams), one copy each, or not at all. Step 6 is submitted twice
+/// before a collect, so its ids come from the host inside a graph too.
+#[test]
+fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
+    if !gpu() {
+        return;
+    }
+    for name in ["llama", "llama_bf16"] {
+        let mut m = load(name);
+        Compiler::new()
+            .set_pipeline(Pipeline::serving(BLOCK))
+            .compile(&mut m.graph, &mut m.weights)
+            .unwrap();
+        let g = &m.graph;
+        let nb = Bindings::from([("NB".to_string(), 16)]);
+        let tables = [vec![3i64, 9, 1, 12, 5, 4], vec![0, 7, 2, 14, 8, 6]];
+        let prompts = [vec![5i64, 9, 13, 2, 1, 4], vec![8, 3, 3]];
+        let steps = 14;
+        let inputs_at = |step: usize, toks: &[Vec<i64>; 2]| {
+            let mut s = StepInputs::default();
+            for q in 0..2 {
+                let (start, len) = if step == 0 {
+                    (0, prompts[q].len())
+                } else {
+                    (prompts[q].len() + step - 1, 1)
+                };
+                s.ids.extend(&toks[q][start..start + len]);
+                s.push_seq(&tables[q], BLOCK, start, len, true);
+            }
+            let mut inputs = s.tensors(g, 16, DType::I64).unwrap();
+            inputs.retain(|k, _| !k.contains("_cache."));
+            inputs
+        };
+        let rows_at = |step: usize, sampled: bool| -> Option<Vec<nvrtc::SampleRow>> {
+            sampled.then(|| {
+                (0..2)
+                    .map(|q| nvrtc::SampleRow {
+                        temperature: 0.9,
+                        top_k: Some(40),
+                        top_p: 0.95,
+                        min_p: 0.0,
+                        uniform: ((step * 2 + q) as f64 * 0.618_034).fract(),
+                    })
+                    .collect()
+            })
+        };
+        for sampled in [false, true] {
+            let what = |how: &str| format!("{name}, {how}, sampled {sampled}");
+            // The reference: synchronous steps, ids from the host.
+            let mut reference = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
+            reference.set_cuda_graphs(false);
+            reference.init_state(&nb).unwrap();
+            let mut toks = prompts.clone();
+            for step in 0..steps {
+                let inputs = inputs_at(step, &toks);
+                let picks = match rows_at(step, sampled) {
+                    Some(rows) => reference.run_sample(&inputs, "logits", &rows).unwrap(),
+                    None => reference.run_greedy(&inputs, "logits").unwrap(),
+                };
+                for q in 0..2 {
+                    toks[q].push(i64::from(picks[q].0));
+                }
+            }
+            for (how, graphs, pairs) in [
+                ("eager", false, false),
+                ("one graph a shape", true, false),
+                ("paired graphs", true, true),
+            ] {
+                let mut cuda = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
+                cuda.set_cuda_graphs(graphs);
+                cuda.set_graph_pairs(pairs);
+                cuda.init_state(&nb).unwrap();
+                // Ids not known yet are 0 until the previous step's picks
+                // replace them.
+                let mut got = prompts.clone();
+                let mut placeholders = prompts.clone();
+                let from_prev = [
+                    nvrtc::PickedId { index: 0, row: 0 },
+                    nvrtc::PickedId { index: 1, row: 1 },
+                ];
+                let mut submitted = 0;
+                let mut collected = 0;
+                let collect = |cuda: &mut CudaProgram, got: &mut [Vec<i64>; 2], collected: &mut usize| {
+                    let picks = cuda.collect_picks().unwrap();
+                    for q in 0..2 {
+                        got[q].push(i64::from(picks[q].0));
+                    }
+                    *collected += 1;
+                };
+                while submitted < steps {
+                    let inputs = inputs_at(submitted, &placeholders);
+                    let prev: &[nvrtc::PickedId] = if submitted == 0 { &[] } else { &from_prev };
+                    let rows = rows_at(submitted, sampled);
+                    cuda.submit_pick(&inputs, "logits", rows.as_deref(), "ids", prev)
+                        .unwrap();
+                    submitted += 1;
+                    for p in &mut placeholders {
+                        p.push(0);
+                    }
+                    // Collect the step before (step 6: two submitted
+                    // before the collect).
+                    if submitted >= 2 && submitted != 6 {
+                        while collected + 1 < submitted {
+                            collect(&mut cuda, &mut got, &mut collected);
+                        }
+                    }
+                }
+                while collected < submitted {
+                    collect(&mut cuda, &mut got, &mut collected);
+                }
+                assert_eq!(got, toks, "{}", what(how));
+                if graphs {
+                    let shapes = cuda.captured_graphs();
+                    assert!(shapes > 0, "{}: no step was captured", what(how));
+                    let copies = if pairs { 2 * shapes } else { shapes };
+                    assert_eq!(cuda.graph_copies(), copies, "{}", what(how));
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn greedy_generation_equals_the_cpu_target() {
     if !gpu() {

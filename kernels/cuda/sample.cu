@@ -124,15 +124,19 @@ extern "C" __global__ void argmax_combine(const float* part, int* out, float* lp
 
 // Asynchronous scheduling: a decode step planned before the step ahead of
 // it picked its tokens takes them from that step's pick buffer (tokens
-// first) on the GPU, so it can be queued before the step ahead ends.
-// map[2j] is an element of the ids input, map[2j + 1] the pick row it
-// takes; `i64` says the ids are 64-bit.
-extern "C" __global__ void ids_from_picks(void* ids, const int* picks, const int* map, int count, int i64ids) {
+// first) on the GPU, so it can be queued before the step ahead ends. What
+// to copy travels in the step's input arena, so a CUDA graph that starts
+// with this kernel reads each replay's own: `head` is the address of the
+// pick buffer (8 bytes; unread when the count is 0), the count, whether
+// the ids are 64-bit, then (ids element, pick row) pairs.
+extern "C" __global__ void ids_from_picks(void* ids, const int* head) {
     pdl_start();
+    const int count = head[2];
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= count) return;
-    const int index = map[2 * j], tok = picks[map[2 * j + 1]];
-    if (i64ids)
+    const int* picks = *reinterpret_cast<const int* const*>(head);
+    const int index = head[4 + 2 * j], tok = picks[head[5 + 2 * j]];
+    if (head[3])
         reinterpret_cast<long long*>(ids)[index] = tok;
     else
         reinterpret_cast<int*>(ids)[index] = tok;

@@ -38,6 +38,11 @@ const DECODE_WARPS: usize = 8;
 pub(crate) struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
+    /// Side streams for the copies around replayed step graphs (inputs up,
+    /// picks down): ordered by events, so they run beside the step before
+    /// rather than between two steps.
+    pub up: Arc<CudaStream>,
+    pub down: Arc<CudaStream>,
     pub sms: u32,
     pub name: String,
     pub arch: (i32, i32),
@@ -79,6 +84,11 @@ impl Gpu {
         let stream = ctx
             .new_stream()
             .map_err(|e| format!("cannot create a CUDA stream: {e}"))?;
+        let side = || {
+            ctx.new_stream()
+                .map_err(|e| format!("cannot create a CUDA stream: {e}"))
+        };
+        let (up, down) = (side()?, side()?);
         let sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| e.to_string())? as u32;
@@ -87,6 +97,8 @@ impl Gpu {
         Ok(Gpu {
             ctx,
             stream,
+            up,
+            down,
             sms,
             name,
             arch,
@@ -224,6 +236,14 @@ impl Gpu {
         self.stream.synchronize().map_err(|e| format!("GPU error: {e}"))
     }
 
+    /// Waits for the side streams' copies too.
+    pub fn sync_all(&self) -> Result<(), String> {
+        for s in [&self.stream, &self.up, &self.down] {
+            s.synchronize().map_err(|e| format!("GPU error: {e}"))?;
+        }
+        Ok(())
+    }
+
     pub fn htod(&self, dst: u64, bytes: &[u8]) -> Result<(), String> {
         if bytes.is_empty() {
             return Ok(());
@@ -252,6 +272,58 @@ impl Gpu {
     /// Free and total device memory, in bytes.
     pub fn mem_info(&self) -> Result<(usize, usize), String> {
         self.ctx.mem_get_info().map_err(|e| e.to_string())
+    }
+}
+
+/// A page-locked host buffer: copies between it and the GPU are truly
+/// asynchronous (from pageable memory the driver stages them, and a copy
+/// back waits for the GPU).
+pub(crate) struct PinnedHost {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl PinnedHost {
+    pub fn new(len: usize) -> Result<PinnedHost, String> {
+        let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
+        // SAFETY: cuMemAllocHost writes a pointer to `len` bytes into `p`.
+        unsafe { sys::cuMemAllocHost_v2(&mut p, len.max(1)) }
+            .result()
+            .map_err(|e| format!("{len} bytes of pinned host memory: {e}"))?;
+        Ok(PinnedHost { ptr: p.cast(), len })
+    }
+
+    pub fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Writes `bytes` at the start. The caller makes sure no copy that
+    /// reads this buffer is still pending.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if bytes.len() > self.len {
+            return Err(format!(
+                "{} bytes for a pinned buffer of {}",
+                bytes.len(),
+                self.len
+            ));
+        }
+        // SAFETY: `ptr` holds `len` bytes, which this borrow owns.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len)[..bytes.len()].copy_from_slice(bytes) };
+        Ok(())
+    }
+}
+
+impl Drop for PinnedHost {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemAllocHost; owners wait for the copies
+        // that use it before dropping it.
+        unsafe {
+            let _ = sys::cuMemFreeHost(self.ptr.cast());
+        }
     }
 }
 

@@ -49,6 +49,7 @@ mod compile;
 mod device;
 mod fuse;
 mod gemm;
+mod graphs;
 mod launch;
 mod mega;
 mod pick;

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use cudarc::driver::CudaFunction;
 use optc_ir::Tensor;
 
+use super::device::PinnedHost;
+use super::graphs::ReplayEvents;
 use super::launch::cfg;
 use super::program::{node_err, CudaProgram, SPLIT_COUNTERS};
 use super::select::float_name;
@@ -85,34 +87,6 @@ pub(super) struct PendingPicks {
     /// The pinned slot the picks are copied to, and the event after it
     /// (`None` once read, or when the copy could not be queued).
     pub(super) host: Option<(usize, cudarc::driver::CudaEvent)>,
-}
-
-/// A page-locked host buffer picks are copied to asynchronously (a copy to
-/// pageable memory would wait for the GPU).
-pub(super) struct PinnedPicks {
-    ptr: *mut u8,
-    cap: usize,
-}
-
-impl PinnedPicks {
-    fn new(cap: usize) -> Result<PinnedPicks, String> {
-        let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
-        // SAFETY: cuMemAllocHost writes a pointer to `cap` bytes into `p`.
-        unsafe { cudarc::driver::sys::cuMemAllocHost_v2(&mut p, cap) }
-            .result()
-            .map_err(|e| format!("pinned host memory for picks: {e}"))?;
-        Ok(PinnedPicks { ptr: p.cast(), cap })
-    }
-}
-
-impl Drop for PinnedPicks {
-    fn drop(&mut self) {
-        // SAFETY: allocated by cuMemAllocHost; no copy into it is pending
-        // (the program syncs its stream before dropping these).
-        unsafe {
-            let _ = cudarc::driver::sys::cuMemFreeHost(self.ptr.cast());
-        }
-    }
 }
 
 /// Token ids of a submitted run that are the previous run's picks:
@@ -225,7 +199,7 @@ impl CudaProgram {
             .ok_or_else(|| node_err(&self.graph.name)("the run picked no tokens".to_string()))?;
         let (v, _) = self.pick_output(output)?;
         let (rows, cols) = (ex.dims.dims[v][0], ex.dims.dims[v][1]);
-        match self.copy_picks_back(buf, rows) {
+        match self.copy_picks_back(buf, rows, ex.replayed.as_deref()) {
             Ok(host) => {
                 self.pending.push_back(PendingPicks {
                     buf,
@@ -260,10 +234,14 @@ impl CudaProgram {
     /// Queues the copy of a run's picks to a free pinned slot, right behind
     /// the run (so the next run may reuse its buffers and the host reads
     /// them without a sync); returns the slot and the event after the copy.
+    /// A replay of a graph with a twin (`replayed`) copies on the side
+    /// stream instead, so the next step does not wait for the copy; that
+    /// graph waits for it (`copied`) before it writes its picks again.
     fn copy_picks_back(
         &mut self,
         buf: u64,
         rows: usize,
+        replayed: Option<&ReplayEvents>,
     ) -> Result<(usize, cudarc::driver::CudaEvent), CodegenError> {
         let err = node_err(&self.graph.name);
         self.gpu.ctx.bind_to_thread().map_err(|e| err(e.to_string()))?;
@@ -275,33 +253,46 @@ impl CudaProgram {
             })
             .unwrap_or(0);
         let bytes = rows.max(1) * 8;
-        if self.pinned.len() <= slot || self.pinned[slot].cap < bytes {
-            let b = PinnedPicks::new(bytes.next_power_of_two()).map_err(&err)?;
+        if self.pinned.len() <= slot || self.pinned[slot].len() < bytes {
+            let b = PinnedHost::new(bytes.next_power_of_two()).map_err(&err)?;
             if self.pinned.len() <= slot {
                 self.pinned.push(b);
             } else {
                 self.pinned[slot] = b;
             }
         }
+        let stream = match replayed {
+            Some(r) => {
+                self.gpu
+                    .down
+                    .wait(&r.done)
+                    .map_err(|e| err(format!("copying picks back: {e}")))?;
+                &self.gpu.down
+            }
+            None => &self.gpu.stream,
+        };
         if rows > 0 {
             // SAFETY: the slot holds `bytes`, no pending copy targets it,
             // and `buf` holds the run's `rows` picks.
             unsafe {
                 cudarc::driver::sys::cuMemcpyDtoHAsync_v2(
-                    self.pinned[slot].ptr.cast(),
+                    self.pinned[slot].ptr().cast(),
                     buf,
                     rows * 8,
-                    self.gpu.stream.cu_stream(),
+                    stream.cu_stream(),
                 )
             }
             .result()
             .map_err(|e| err(format!("copying picks back: {e}")))?;
         }
+        if let Some(r) = replayed {
+            r.copied.record(stream).map_err(|e| err(e.to_string()))?;
+        }
         let event = self
             .gpu
             .ctx
             .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
-            .and_then(|e| e.record(&self.gpu.stream).map(|_| e))
+            .and_then(|e| e.record(stream).map(|_| e))
             .map_err(|e| err(e.to_string()))?;
         Ok((slot, event))
     }
@@ -350,7 +341,7 @@ impl CudaProgram {
         }
         let r = r.map(|()| {
             // SAFETY: the copy into the slot finished (the event after it).
-            let bytes = unsafe { std::slice::from_raw_parts(self.pinned[slot].ptr, p.rows * 8) };
+            let bytes = unsafe { std::slice::from_raw_parts(self.pinned[slot].ptr(), p.rows * 8) };
             parse_picks(bytes, p.rows)
         });
         if p.captured {

@@ -97,7 +97,7 @@ impl Profile {
 impl Drop for CudaProgram {
     fn drop(&mut self) {
         // Copies into the pinned pick buffers end before they are freed.
-        let _ = self.gpu.sync();
+        let _ = self.gpu.sync_all();
         self.pending.clear();
         self.pinned.clear();
         self.retired.clear();

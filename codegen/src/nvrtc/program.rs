@@ -214,7 +214,11 @@ pub struct CudaProgram {
     /// Decode steps (one token per sequence) replay a CUDA graph per
     /// shape; `OPTC_CUDA_GRAPHS=0` turns this off.
     pub(super) graphs: bool,
-    pub(super) captures: HashMap<CaptureKey, Captured>,
+    pub(super) captures: HashMap<CaptureKey, super::graphs::CaptureSet>,
+    /// Small step graphs get a second copy, taken in turn, so the copies
+    /// around a step run beside the step before (`OPTC_CUDA_GRAPH_PAIRS=0`
+    /// keeps one).
+    pub(super) graph_pairs: bool,
     /// Split counters of the decode attention and the skinny GEMM (zero
     /// between launches: the last block of each group resets its own).
     pub(super) split_counters: Option<DeviceBox>,
@@ -238,9 +242,7 @@ pub struct CudaProgram {
     pub(super) pending: std::collections::VecDeque<super::pick::PendingPicks>,
     /// Page-locked host buffers the picks of submitted runs are copied to
     /// asynchronously, one per run in flight.
-    pub(super) pinned: Vec<super::pick::PinnedPicks>,
-    /// The (ids element, pick row) pairs `ids_from_picks` reads.
-    pub(super) ids_map: Option<DeviceBox>,
+    pub(super) pinned: Vec<super::device::PinnedHost>,
     /// Device buffers replaced while a run that reads them may be in
     /// flight; freed once the runs in flight are read (freeing at once
     /// would wait for the whole device).
@@ -291,17 +293,9 @@ pub(super) struct CaptureKey {
     pub(super) attention: Vec<(usize, AttentionRun)>,
     pub(super) arena_bytes: usize,
     pub(super) pick: Option<(usize, bool)>,
-}
-
-/// A decode step captured as a CUDA graph, with the buffers it owns: its
-/// input arena (filled before each replay) and its pool of activations.
-pub(super) struct Captured {
-    pub(super) graph: cudarc::driver::CudaGraph,
-    pub(super) _pool: Pool,
-    pub(super) arena: DeviceBox,
-    pub(super) ptr: Vec<u64>,
-    /// Where the graph leaves its picked tokens (when it picks).
-    pub(super) picked: u64,
+    /// Where the graph's first kernel finds the ids it may copy from the
+    /// previous run's picks.
+    pub(super) ids: Option<super::run::IdsHead>,
 }
 
 pub(super) const MAX_CAPTURES: usize = 64;
@@ -315,6 +309,9 @@ pub(super) struct Executed {
     /// Picked tokens, then their log probabilities, when the run picked
     /// (a pool buffer unless `captured`).
     pub(super) picked: Option<u64>,
+    /// A replay of a graph with a twin: its picks go back on the side
+    /// stream (`graphs.rs`).
+    pub(super) replayed: Option<std::sync::Arc<super::graphs::ReplayEvents>>,
 }
 
 /// Adds instantiation line `i` unless it is there already.
@@ -1007,6 +1004,7 @@ impl CudaProgram {
             profile: Profile::from_env(),
             graphs: std::env::var("OPTC_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             captures: HashMap::new(),
+            graph_pairs: std::env::var("OPTC_CUDA_GRAPH_PAIRS").map_or(true, |v| v != "0"),
             split_counters,
             skinny: SkinnyGemm::from_env(),
             dims_cache: Default::default(),
@@ -1019,7 +1017,6 @@ impl CudaProgram {
             ring_gemv_launches: std::sync::atomic::AtomicU64::new(0),
             pending: Default::default(),
             pinned: Vec::new(),
-            ids_map: None,
             retired: Vec::new(),
             collected: Default::default(),
             mega_stack,
@@ -1157,9 +1154,23 @@ impl CudaProgram {
         }
     }
 
+    /// Gives small step graphs a second copy (the default unless
+    /// `OPTC_CUDA_GRAPH_PAIRS=0`), or keeps one. Captured graphs are
+    /// dropped.
+    pub fn set_graph_pairs(&mut self, on: bool) {
+        self.finish_pending();
+        self.captures.clear();
+        self.graph_pairs = on;
+    }
+
     /// Decode shapes captured as CUDA graphs so far.
     pub fn captured_graphs(&self) -> usize {
         self.captures.len()
+    }
+
+    /// Graphs captured so far, counting each shape's second copy.
+    pub fn graph_copies(&self) -> usize {
+        self.captures.values().map(super::graphs::CaptureSet::len).sum()
     }
 
     pub fn state_names(&self) -> &[String] {

@@ -11,23 +11,43 @@ use optc_ir::{Bindings, DType, Tensor};
 use optc_kernels::cpu::attention::{check_paged_meta, PagedMeta, PagedShape};
 use optc_kernels::cuda as src;
 
-use super::device::{DeviceBox, Pool};
+use super::device::DeviceBox;
 use super::pick::{IdsPatch, Pick, SAMPLE_ROW_BYTES};
 use super::program::{
-    node_err, AttentionRun, CaptureKey, Captured, CudaProgram, Exec, Executed, Loc, Step, ATTENTION_MMA,
-    MAX_CAPTURES, SPLIT_COUNTERS,
+    node_err, AttentionRun, CaptureKey, CudaProgram, Exec, Executed, Loc, Step, ATTENTION_MMA, MAX_CAPTURES,
+    SPLIT_COUNTERS,
 };
 use super::select::Kernel;
 use crate::CodegenError;
 
-/// The on-GPU copy of the previous run's picks into a run's ids (offset of
-/// the ids input in the arena, the picks, the uploaded (element, row) map).
-struct GatherIds {
+/// Where `ids_from_picks` finds a run's ids and what to copy into them
+/// (its head in the arena, for up to `capacity` ids): the previous run's
+/// picks on the GPU, or nothing when the host wrote the ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct IdsHead {
     ids_offset: usize,
-    picks: u64,
-    map: u64,
-    count: usize,
-    i64ids: bool,
+    head_offset: usize,
+    capacity: usize,
+}
+
+/// Bytes of the head before its (ids element, pick row) pairs: the pick
+/// buffer's address, the count, whether the ids are 64-bit.
+const IDS_HEAD_BYTES: usize = 16;
+
+/// Appends the head `ids_from_picks` reads (`map`: its (element, row)
+/// pairs as little-endian i32s) with room for `capacity` pairs, so every
+/// step of a shape has the same arena layout; returns its offset.
+fn push_ids_head(arena: &mut Vec<u8>, picks: u64, i64ids: bool, map: &[u8], capacity: usize) -> usize {
+    let at = arena.len();
+    arena.extend_from_slice(&picks.to_le_bytes());
+    arena.extend_from_slice(&((map.len() / 8) as i32).to_le_bytes());
+    arena.extend_from_slice(&i32::from(i64ids).to_le_bytes());
+    arena.extend_from_slice(map);
+    arena.resize(
+        (at + IDS_HEAD_BYTES + 8 * capacity.max(map.len() / 8)).div_ceil(256) * 256,
+        0,
+    );
+    at
 }
 
 impl CudaProgram {
@@ -59,21 +79,20 @@ impl CudaProgram {
         r.map(|_| out)
     }
 
-    /// The on-GPU copy of the previous run's picks into this run's ids,
-    /// when it applies: one run in flight, integer ids, and every token it
-    /// can pick a row of the tables the ids index (else the host writes
-    /// and checks them). Uploads the (element, pick row) map.
-    fn device_ids(
-        &mut self,
+    /// Appends the head `ids_from_picks` reads to the arena; `None` when
+    /// the patched input is not integer ids. The head copies the previous
+    /// run's picks into this run's ids when that applies (one run in
+    /// flight, and every token it can pick a row of the tables the ids
+    /// index); else its count is 0 and the host writes and checks them.
+    /// Returns the head and its count.
+    fn ids_head(
+        &self,
         patch: &IdsPatch,
         inputs: &BTreeMap<String, Tensor>,
         gather_rows: &[usize],
         offsets: &[usize],
-    ) -> Result<Option<GatherIds>, CodegenError> {
-        if self.pending.len() != 1 {
-            return Ok(None);
-        }
-        let prev = &self.pending[0];
+        arena: &mut Vec<u8>,
+    ) -> Result<Option<(IdsHead, usize)>, CodegenError> {
         let Some(i) = self.inputs.iter().position(|(n, _)| n == patch.input) else {
             return Ok(None);
         };
@@ -82,50 +101,48 @@ impl CudaProgram {
             DType::I32 => false,
             _ => return Ok(None),
         };
-        if prev.cols > gather_rows[i] || prev.buf == 0 {
+        let n = inputs.get(patch.input).map_or(0, Tensor::numel);
+        if n > i32::MAX as usize / 2 {
             return Ok(None);
         }
-        let n = inputs.get(patch.input).map_or(0, Tensor::numel);
-        let mut map = Vec::with_capacity(patch.ids.len() * 8);
-        for p in patch.ids {
-            if p.row >= prev.rows || p.index >= n || n > i32::MAX as usize {
-                return Err(CodegenError::Input {
-                    name: patch.input.into(),
-                    message: format!(
-                        "element {} of {n} ids from row {} of the previous run's {} picks",
-                        p.index, p.row, prev.rows
-                    ),
-                });
+        let prev = self
+            .pending
+            .front()
+            .filter(|p| self.pending.len() == 1 && p.cols <= gather_rows[i] && p.buf != 0);
+        let mut map = Vec::new();
+        if let Some(prev) = prev {
+            map.reserve(patch.ids.len() * 8);
+            for p in patch.ids {
+                if p.row >= prev.rows || p.index >= n {
+                    return Err(CodegenError::Input {
+                        name: patch.input.into(),
+                        message: format!(
+                            "element {} of {n} ids from row {} of the previous run's {} picks",
+                            p.index, p.row, prev.rows
+                        ),
+                    });
+                }
+                map.extend_from_slice(&(p.index as i32).to_le_bytes());
+                map.extend_from_slice(&(p.row as i32).to_le_bytes());
             }
-            map.extend_from_slice(&(p.index as i32).to_le_bytes());
-            map.extend_from_slice(&(p.row as i32).to_le_bytes());
         }
-        let picks = prev.buf;
-        if self.ids_map.as_ref().is_none_or(|b| b.bytes < map.len()) {
-            // The run in flight's own copy may still read the old map.
-            self.retired.extend(self.ids_map.take());
-            self.ids_map =
-                Some(DeviceBox::new(map.len().next_power_of_two()).map_err(node_err(&self.graph.name))?);
-        }
-        let map_ptr = self.ids_map.as_ref().map_or(0, |b| b.ptr);
-        self.gpu.htod(map_ptr, &map).map_err(node_err(&self.graph.name))?;
-        Ok(Some(GatherIds {
+        let count = map.len() / 8;
+        let picks = prev.filter(|_| count > 0).map_or(0, |p| p.buf);
+        let head_offset = push_ids_head(arena, picks, i64ids, &map, n);
+        let head = IdsHead {
             ids_offset: offsets[i],
-            picks,
-            map: map_ptr,
-            count: patch.ids.len(),
-            i64ids,
-        }))
+            head_offset,
+            capacity: n,
+        };
+        Ok(Some((head, count)))
     }
 
-    /// Queues the copy of the previous run's picks into the ids of the run
-    /// whose inputs are at `base`.
-    fn launch_ids_gather(&self, g: &GatherIds, base: u64) -> Result<(), CodegenError> {
+    /// Queues `ids_from_picks` for the run whose inputs are at `base`.
+    pub(super) fn launch_ids_gather(&self, h: IdsHead, base: u64) -> Result<(), CodegenError> {
         let gpu = &self.gpu;
-        let blocks = g.count.div_ceil(128) as u32;
+        let blocks = h.capacity.div_ceil(128).max(1) as u32;
         launch!(gpu, &self.ids_from_picks, super::launch::cfg((blocks, 1, 1), 128, 0);
-            ids = base + g.ids_offset as u64, picks = g.picks, map = g.map, count = g.count as i32,
-            i64ids = i32::from(g.i64ids))
+            ids = base + h.ids_offset as u64, head = base + h.head_offset as u64)
         .map_err(node_err(&self.graph.name))
     }
 
@@ -480,19 +497,20 @@ impl CudaProgram {
                 (false, false) => p.tiled += 1,
             }
         }
-        let patch = patch.filter(|p| !p.ids.is_empty());
         // With the run before still in flight, its picks become this run's
         // ids on the GPU (`ids_from_picks`, queued behind this run's input
-        // copy), so this run is queued before that one ends.
-        let gather = match &patch {
-            Some(p) => self.device_ids(p, inputs, &gather_rows, &offsets)?,
+        // copy, first in a step graph), so this run is queued before that
+        // one ends.
+        let head = match &patch {
+            Some(p) => self.ids_head(p, inputs, &gather_rows, &offsets, &mut arena)?,
             None => None,
         };
-        if gather.is_none() {
+        let gathering = head.is_some_and(|(_, count)| count > 0);
+        if !gathering {
             // Otherwise the runs before end here, once this run's host work
             // is done, and their picks are written into the ids on the host.
             self.finish_pending();
-            if let Some(patch) = patch {
+            if let Some(patch) = patch.filter(|p| !p.ids.is_empty()) {
                 // The last run submitted is the newest one read (runs are
                 // read in order, and the caller collects a run only after
                 // submitting the next).
@@ -510,6 +528,7 @@ impl CudaProgram {
                 self.patch_ids(&mut arena, &offsets, inputs, &gather_rows, &patch, prev)?;
             }
         }
+        let head = head.map(|(h, _)| h);
         // Decode steps (one token per sequence, all on the GPU) replay a
         // graph captured on the first step of their shape.
         let graphable = self.graphs
@@ -530,49 +549,38 @@ impl CudaProgram {
                 attention,
                 arena_bytes: arena.len(),
                 pick: pick.as_ref().map(|p| (p.value, p.samples())),
+                ids: head,
             };
             if !self.captures.contains_key(&key) && self.captures.len() < MAX_CAPTURES {
-                let c = self
-                    .capture(
+                let set = self
+                    .capture_set(
                         &arena,
                         &offsets,
                         dims,
                         bindings,
                         &attn,
                         pick.as_ref().map(|p| (p, params_offset)),
+                        head,
                     )
                     .map_err(node_err(&self.graph.name))?;
-                self.captures.insert(key.clone(), c);
+                self.captures.insert(key.clone(), set);
             }
-            if let Some(c) = self.captures.get(&key) {
-                let t_upload = Instant::now();
-                self.gpu
-                    .htod(c.arena.ptr, &arena)
-                    .map_err(node_err(&self.graph.name))?;
-                if let Some(g) = &gather {
-                    self.launch_ids_gather(g, c.arena.ptr)?;
-                }
-                let before = self.profile.as_ref().map(|_| self.record_event()).transpose()?;
-                let t_launch = Instant::now();
-                c.graph
-                    .launch()
-                    .map_err(|e| node_err(&self.graph.name)(format!("CUDA graph launch: {e}")))?;
-                if let Some(before) = before {
-                    let after = self.record_event()?;
-                    if let Some(p) = &mut self.profile {
-                        p.host_time("graph: prepare + launch", t_start);
-                        p.host_time("graph: upload + launch", t_upload);
-                        p.host_time("graph: launch", t_launch);
-                        p.replays.push((before, after));
-                    }
+            let t_upload = Instant::now();
+            if let Some(r) = self.replay(&key, &arena).map_err(node_err(&self.graph.name))? {
+                if let (Some((before, after, t_launch)), Some(p)) = (r.timed, &mut self.profile) {
+                    p.host_time("graph: prepare + launch", t_start);
+                    p.host_time("graph: upload + launch", t_upload);
+                    p.host_time("graph: launch", t_launch);
+                    p.replays.push((before, after));
                 }
                 let out = Executed {
                     dims: rd.clone(),
-                    ptr: c.ptr.clone(),
+                    ptr: r.ptr,
                     captured: true,
-                    picked: pick.is_some().then_some(c.picked),
+                    picked: pick.is_some().then_some(r.picked),
+                    replayed: r.events,
                 };
-                if gather.is_some() {
+                if gathering {
                     self.release_gathered();
                 }
                 return Ok(out);
@@ -586,15 +594,15 @@ impl CudaProgram {
         }
         let base = self.arena.as_ref().map_or(0, |b| b.ptr);
         self.gpu.htod(base, &arena).map_err(node_err(&self.graph.name))?;
-        if let Some(g) = &gather {
-            self.launch_ids_gather(g, base)?;
+        if let Some(h) = head.filter(|_| gathering) {
+            self.launch_ids_gather(h, base)?;
         }
         let mut ptr = self.base_pointers(base, &offsets);
         let steps = std::mem::take(&mut self.steps);
         let t_steps = Instant::now();
         let r = self.run_steps(&steps, dims, bindings, &mut ptr, &attn, base);
         self.steps = steps;
-        if gather.is_some() {
+        if gathering {
             self.release_gathered();
         }
         if let Some(p) = &mut self.profile {
@@ -629,11 +637,12 @@ impl CudaProgram {
             ptr,
             captured: false,
             picked,
+            replayed: None,
         })
     }
 
     /// Value pointers for a run with its inputs at `base`.
-    fn base_pointers(&self, base: u64, offsets: &[usize]) -> Vec<u64> {
+    pub(super) fn base_pointers(&self, base: u64, offsets: &[usize]) -> Vec<u64> {
         self.locs
             .iter()
             .map(|l| match *l {
@@ -645,60 +654,7 @@ impl CudaProgram {
             .collect()
     }
 
-    /// Captures the steps (and the token pick) as a CUDA graph with a
-    /// private input arena and activation pool, then leaves it to replay.
-    #[allow(clippy::too_many_arguments)]
-    fn capture(
-        &mut self,
-        arena: &[u8],
-        offsets: &[usize],
-        dims: &[Vec<usize>],
-        bindings: &Bindings,
-        attn: &HashMap<usize, AttentionRun>,
-        pick: Option<(&Pick, usize)>,
-    ) -> Result<Captured, String> {
-        let abox = DeviceBox::new(arena.len().max(256))?;
-        self.gpu.htod(abox.ptr, arena)?;
-        self.gpu.sync()?;
-        let mut ptr = self.base_pointers(abox.ptr, offsets);
-        let mut pool = Pool::default();
-        std::mem::swap(&mut self.pool, &mut pool);
-        let begun = self
-            .gpu
-            .stream
-            .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-            .map_err(|e| format!("CUDA graph capture: {e}"));
-        let steps = std::mem::take(&mut self.steps);
-        let mut r = begun.and_then(|_| {
-            self.run_steps(&steps, dims, bindings, &mut ptr, attn, abox.ptr)
-                .map_err(|e| e.to_string())
-        });
-        self.steps = steps;
-        let mut picked = 0;
-        if let (Ok(()), Some((p, params))) = (&r, pick) {
-            match self.launch_pick(p, ptr[p.value], &dims[p.value], abox.ptr + params as u64) {
-                Ok(b) => picked = b,
-                Err(e) => r = Err(e),
-            }
-        }
-        let g = self
-            .gpu
-            .stream
-            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
-            .map_err(|e| format!("CUDA graph capture: {e}"));
-        std::mem::swap(&mut self.pool, &mut pool);
-        r?;
-        let graph = g?.ok_or("CUDA graph capture produced no graph")?;
-        Ok(Captured {
-            graph,
-            _pool: pool,
-            arena: abox,
-            ptr,
-            picked,
-        })
-    }
-
-    fn run_steps(
+    pub(super) fn run_steps(
         &mut self,
         steps: &[Step],
         dims: &[Vec<usize>],
@@ -854,5 +810,44 @@ impl CudaProgram {
             self.gpu.htod(ptr[o], &t.to_le_bytes())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The head as `ids_from_picks` reads it: 32-bit words, the pick
+    /// buffer's address in the first two, the count, the id width, then
+    /// (element, row) pairs; the arena stays 256-byte aligned.
+    #[test]
+    fn the_ids_head_is_laid_out_as_the_kernel_reads_it() {
+        let mut arena = vec![7u8; 256];
+        let pairs = [(3i32, 1i32), (0, 2)];
+        let map: Vec<u8> = pairs
+            .iter()
+            .flat_map(|&(e, r)| e.to_le_bytes().into_iter().chain(r.to_le_bytes()))
+            .collect();
+        let at = super::push_ids_head(&mut arena, 0x1234_5678_9abc_def0, true, &map, 40);
+        assert_eq!(at, 256);
+        assert_eq!(arena.len() % 256, 0);
+        assert!(arena.len() >= at + 16 + 8 * 40);
+        let word = |i: usize| i32::from_le_bytes(arena[at + 4 * i..at + 4 * i + 4].try_into().unwrap());
+        let ptr = u64::from_le_bytes(arena[at..at + 8].try_into().unwrap());
+        assert_eq!(ptr, 0x1234_5678_9abc_def0);
+        assert_eq!((word(2), word(3)), (2, 1));
+        for (j, &(e, r)) in pairs.iter().enumerate() {
+            assert_eq!((word(4 + 2 * j), word(5 + 2 * j)), (e, r));
+        }
+        // Past the pairs, up to the capacity: zeros.
+        assert!(arena[at + 16 + 16..at + 16 + 8 * 40].iter().all(|&b| b == 0));
+        // The kernel's reads, as the source writes them.
+        let (_, src) = optc_kernels::cuda::FILES
+            .iter()
+            .find(|(f, _)| *f == "sample.cu")
+            .unwrap();
+        let kernel = &src[src.find("void ids_from_picks").unwrap()..];
+        let kernel = &kernel[..kernel.find("\n}").unwrap()];
+        for read in ["head[2]", "head[3]", "head[4 + 2 * j]", "head[5 + 2 * j]"] {
+            assert!(kernel.contains(read), "{read}");
+        }
     }
 }
