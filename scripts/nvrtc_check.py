@@ -26,6 +26,7 @@ src += "OPTC_PAGED_ATTENTION(bf16, bf16, 128, 64)\nOPTC_PAGED_ATTENTION(f16, f16
 for t, n in [("float", "f32"), ("bf16", "bf16"), ("f16", "f16")]:
     src += f"OPTC_GEMV_ROWS({t}, {n}, 1)\nOPTC_GEMV_ROWS({t}, {n}, 4)\n"
 src += "OPTC_SKINNY_ALL(bf16, bf16)\nOPTC_SKINNY_ALL(f16, f16)\n"
+src += "OPTC_GEMV_RING(bf16, bf16)\nOPTC_GEMV_RING(f16, f16)\n"
 # The token-pick kernels, per float type of a picked output.
 src += "".join(f"OPTC_ARGMAX({t}, {n})\nOPTC_SAMPLE({t}, {n})\n" for t, n in [("float", "f32"), ("bf16", "bf16"), ("f16", "f16")])
 mma = (root / "common.cuh").read_text() + (root / "attention_mma.cu").read_text()

@@ -1569,6 +1569,61 @@ fn greedy_argmax_over_wide_rows_matches_the_host() {
     }
 }
 
+/// A one-row linear on the ring GEMV picks the greedy token as it stores
+/// the logits (`gemv_ring_argmax_*`): the host's argmax of the logits it
+/// stored (the first of two equal maxima), the log probability of the
+/// host's log-softmax, and the argmax kernel's token.
+#[test]
+fn greedy_pick_in_the_ring_gemv_matches_the_host() {
+    for t in [DType::BF16, DType::F16] {
+        let (n, k) = (50_021usize, 256usize);
+        let g = parse(&format!(
+            "graph g(%x: {t}[1, {k}], %w: {t}[{n}, {k}]) -> (%y: {t}[1, {n}]) {{
+  %0: {t}[1, {n}] = linear(%x, %w)
+  return %0
+}}"
+        ))
+        .unwrap();
+        let mut seed = 11u64;
+        let x: Vec<f32> = random(k, &mut seed).iter().map(|v| v.abs()).collect();
+        let mut w = random(n * k, &mut seed);
+        // Two equal rows that give the largest logit; the first must win.
+        for r in [777, 40_000] {
+            w[r * k..(r + 1) * k].fill(1.0);
+        }
+        let inputs = BTreeMap::from([
+            ("x".to_string(), Tensor::from_f32(t, &[1, k], &x)),
+            ("w".to_string(), Tensor::from_f32(t, &[n, k], &w)),
+        ]);
+        if !gpu() {
+            return;
+        }
+        let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+        p.set_gemv_ring_min_bytes(0);
+        let y = p.run(&inputs).unwrap()["y"].to_f64_vec();
+        let got = p.run_greedy(&inputs, "y").unwrap();
+        assert_eq!(p.gemv_picks(), 1, "{t}: the ring GEMV did not pick");
+        let best = (0..n).fold(0, |b, i| if y[i] > y[b] { i } else { b });
+        assert_eq!(best, 777, "{t}");
+        assert_eq!(got[0].0 as usize, best, "{t}");
+        let m = y[best];
+        let lp = -y.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        assert!(
+            (f64::from(got[0].1) - lp).abs() <= 1e-4 * lp.abs().max(1.0),
+            "{t}: log p {} against {lp}",
+            got[0].1
+        );
+        p.set_pick_in_gemv(false);
+        let kernel = p.run_greedy(&inputs, "y").unwrap();
+        assert_eq!(p.gemv_picks(), 1, "{t}");
+        assert_eq!(kernel[0].0, got[0].0, "{t}");
+        assert!(
+            (kernel[0].1 - got[0].1).abs() <= 1e-5 * kernel[0].1.abs().max(1.0),
+            "{t}"
+        );
+    }
+}
+
 /// A program whose output `y` is its input's negation: rows of logits
 /// go in as `-logits`.
 fn negation(t: DType, rows: usize, cols: usize) -> Graph {
@@ -1912,8 +1967,10 @@ fn cuda_graph_replay_equals_eager_decode() {
 /// ends, its ids copied from that step's picks on the GPU) give the tokens
 /// of synchronous steps whose ids the host writes, whether the step graphs
 /// come in pairs taken in turn (their input and pick copies on side
-/// streams), one copy each, or not at all. Step 6 is submitted twice
-/// before a collect, so its ids come from the host inside a graph too.
+/// streams), one copy each, or not at all; and with every one-row linear
+/// on the ring GEMV, whose LM head then picks the greedy token as it
+/// stores the logits. Step 5 is left uncollected when step 6 is
+/// submitted, so step 6's ids come from the host inside a graph too.
 #[test]
 fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
     if !gpu() {
@@ -1927,107 +1984,130 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
             .unwrap();
         let g = &m.graph;
         let nb = Bindings::from([("NB".to_string(), 16)]);
-        let tables = [vec![3i64, 9, 1, 12, 5, 4], vec![0, 7, 2, 14, 8, 6]];
-        let prompts = [vec![5i64, 9, 13, 2, 1, 4], vec![8, 3, 3]];
         let steps = 14;
-        let inputs_at = |step: usize, toks: &[Vec<i64>; 2]| {
-            let mut s = StepInputs::default();
-            for q in 0..2 {
-                let (start, len) = if step == 0 {
-                    (0, prompts[q].len())
-                } else {
-                    (prompts[q].len() + step - 1, 1)
-                };
-                s.ids.extend(&toks[q][start..start + len]);
-                s.push_seq(&tables[q], BLOCK, start, len, true);
-            }
-            let mut inputs = s.tensors(g, 16, DType::I64).unwrap();
-            inputs.retain(|k, _| !k.contains("_cache."));
-            inputs
-        };
-        let rows_at = |step: usize, sampled: bool| -> Option<Vec<nvrtc::SampleRow>> {
-            sampled.then(|| {
-                (0..2)
-                    .map(|q| nvrtc::SampleRow {
-                        temperature: 0.9,
-                        top_k: Some(40),
-                        top_p: 0.95,
-                        min_p: 0.0,
-                        uniform: ((step * 2 + q) as f64 * 0.618_034).fract(),
-                    })
-                    .collect()
-            })
-        };
-        for sampled in [false, true] {
-            let what = |how: &str| format!("{name}, {how}, sampled {sampled}");
-            // The reference: synchronous steps, ids from the host.
-            let mut reference = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
-            reference.set_cuda_graphs(false);
-            reference.init_state(&nb).unwrap();
-            let mut toks = prompts.clone();
-            for step in 0..steps {
-                let inputs = inputs_at(step, &toks);
-                let picks = match rows_at(step, sampled) {
-                    Some(rows) => reference.run_sample(&inputs, "logits", &rows).unwrap(),
-                    None => reference.run_greedy(&inputs, "logits").unwrap(),
-                };
-                for q in 0..2 {
-                    toks[q].push(i64::from(picks[q].0));
+        // One sequence (one row of logits: the LM head may take the ring
+        // GEMV) and two.
+        for nseq in [1, 2] {
+            let tables = [vec![3i64, 9, 1, 12, 5, 4], vec![0, 7, 2, 14, 8, 6]];
+            let prompts: Vec<Vec<i64>> = [vec![5i64, 9, 13, 2, 1, 4], vec![8, 3, 3]][..nseq].to_vec();
+            let inputs_at = |step: usize, toks: &[Vec<i64>]| {
+                let mut s = StepInputs::default();
+                for q in 0..nseq {
+                    let (start, len) = if step == 0 {
+                        (0, prompts[q].len())
+                    } else {
+                        (prompts[q].len() + step - 1, 1)
+                    };
+                    s.ids.extend(&toks[q][start..start + len]);
+                    s.push_seq(&tables[q], BLOCK, start, len, true);
                 }
-            }
-            for (how, graphs, pairs) in [
-                ("eager", false, false),
-                ("one graph a shape", true, false),
-                ("paired graphs", true, true),
-            ] {
-                let mut cuda = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
-                cuda.set_cuda_graphs(graphs);
-                cuda.set_graph_pairs(pairs);
-                cuda.init_state(&nb).unwrap();
-                // Ids not known yet are 0 until the previous step's picks
-                // replace them.
-                let mut got = prompts.clone();
-                let mut placeholders = prompts.clone();
-                let from_prev = [
-                    nvrtc::PickedId { index: 0, row: 0 },
-                    nvrtc::PickedId { index: 1, row: 1 },
-                ];
-                let mut submitted = 0;
-                let mut collected = 0;
-                let collect = |cuda: &mut CudaProgram, got: &mut [Vec<i64>; 2], collected: &mut usize| {
-                    let picks = cuda.collect_picks().unwrap();
-                    for q in 0..2 {
-                        got[q].push(i64::from(picks[q].0));
+                let mut inputs = s.tensors(g, 16, DType::I64).unwrap();
+                inputs.retain(|k, _| !k.contains("_cache."));
+                inputs
+            };
+            let rows_at = |step: usize, sampled: bool| -> Option<Vec<nvrtc::SampleRow>> {
+                sampled.then(|| {
+                    (0..nseq)
+                        .map(|q| nvrtc::SampleRow {
+                            temperature: 0.9,
+                            top_k: Some(40),
+                            top_p: 0.95,
+                            min_p: 0.0,
+                            uniform: ((step * 2 + q) as f64 * 0.618_034).fract(),
+                        })
+                        .collect()
+                })
+            };
+            for sampled in [false, true] {
+                let what = |how: &str| format!("{name}, {nseq} sequences, {how}, sampled {sampled}");
+                // The reference: synchronous steps, ids from the host, the
+                // argmax kernel.
+                let mut reference = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
+                reference.set_cuda_graphs(false);
+                reference.set_pick_in_gemv(false);
+                reference.init_state(&nb).unwrap();
+                let mut toks = prompts.clone();
+                for step in 0..steps {
+                    let inputs = inputs_at(step, &toks);
+                    let picks = match rows_at(step, sampled) {
+                        Some(rows) => reference.run_sample(&inputs, "logits", &rows).unwrap(),
+                        None => reference.run_greedy(&inputs, "logits").unwrap(),
+                    };
+                    for q in 0..nseq {
+                        toks[q].push(i64::from(picks[q].0));
                     }
-                    *collected += 1;
-                };
-                while submitted < steps {
-                    let inputs = inputs_at(submitted, &placeholders);
-                    let prev: &[nvrtc::PickedId] = if submitted == 0 { &[] } else { &from_prev };
-                    let rows = rows_at(submitted, sampled);
-                    cuda.submit_pick(&inputs, "logits", rows.as_deref(), "ids", prev)
-                        .unwrap();
-                    submitted += 1;
-                    for p in &mut placeholders {
-                        p.push(0);
+                }
+                for (how, graphs, pairs, rings) in [
+                    ("eager", false, false, false),
+                    ("one graph a shape", true, false, false),
+                    ("paired graphs", true, true, false),
+                    ("paired graphs, ring GEMVs", true, true, true),
+                    ("eager, ring GEMVs", false, false, true),
+                ] {
+                    let mut cuda = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
+                    cuda.set_cuda_graphs(graphs);
+                    cuda.set_graph_pairs(pairs);
+                    if rings {
+                        // Bit-equal to the register GEMV (see the fused GEMV test).
+                        cuda.set_gemv_ring_min_bytes(0);
                     }
-                    // Collect the step before (step 6: two submitted
-                    // before the collect).
-                    if submitted >= 2 && submitted != 6 {
-                        while collected + 1 < submitted {
-                            collect(&mut cuda, &mut got, &mut collected);
+                    cuda.init_state(&nb).unwrap();
+                    // Ids not known yet are 0 until the previous step's
+                    // picks replace them.
+                    let mut got = prompts.clone();
+                    let mut placeholders = prompts.clone();
+                    let from_prev: Vec<nvrtc::PickedId> =
+                        (0..nseq).map(|q| nvrtc::PickedId { index: q, row: q }).collect();
+                    let mut submitted = 0;
+                    let mut collected = 0;
+                    let collect = |cuda: &mut CudaProgram, got: &mut [Vec<i64>], collected: &mut usize| {
+                        let picks = cuda.collect_picks().unwrap();
+                        for q in 0..nseq {
+                            got[q].push(i64::from(picks[q].0));
+                        }
+                        *collected += 1;
+                    };
+                    while submitted < steps {
+                        let inputs = inputs_at(submitted, &placeholders);
+                        let prev: &[nvrtc::PickedId] = if submitted == 0 { &[] } else { &from_prev };
+                        let rows = rows_at(submitted, sampled);
+                        cuda.submit_pick(&inputs, "logits", rows.as_deref(), "ids", prev)
+                            .unwrap();
+                        submitted += 1;
+                        for p in &mut placeholders {
+                            p.push(0);
+                        }
+                        // Collect the step before, except step 5 when step
+                        // 6 goes in: two runs are then in flight.
+                        if submitted >= 2 && submitted != 6 {
+                            while collected + 1 < submitted {
+                                collect(&mut cuda, &mut got, &mut collected);
+                            }
                         }
                     }
-                }
-                while collected < submitted {
-                    collect(&mut cuda, &mut got, &mut collected);
-                }
-                assert_eq!(got, toks, "{}", what(how));
-                if graphs {
-                    let shapes = cuda.captured_graphs();
-                    assert!(shapes > 0, "{}: no step was captured", what(how));
-                    let copies = if pairs { 2 * shapes } else { shapes };
-                    assert_eq!(cuda.graph_copies(), copies, "{}", what(how));
+                    while collected < submitted {
+                        collect(&mut cuda, &mut got, &mut collected);
+                    }
+                    assert_eq!(got, toks, "{}", what(how));
+                    if graphs {
+                        let shapes = cuda.captured_graphs();
+                        assert!(shapes > 0, "{}: no step was captured", what(how));
+                        let copies = if pairs { 2 * shapes } else { shapes };
+                        assert_eq!(cuda.graph_copies(), copies, "{}", what(how));
+                        let [first, second] = cuda.graph_replays();
+                        assert!(first > 1, "{}: {first} replays", what(how));
+                        if pairs {
+                            // Taken in turn.
+                            let turns = first.abs_diff(second) <= shapes as u64;
+                            assert!(turns, "{}: {first}, {second}", what(how));
+                        } else {
+                            assert_eq!(second, 0, "{}", what(how));
+                        }
+                    }
+                    // The greedy pick of one row runs in the LM head's ring
+                    // GEMV (16-bit weights only).
+                    let in_gemv = rings && !sampled && nseq == 1 && name == "llama_bf16";
+                    assert_eq!(cuda.gemv_picks() > 0, in_gemv, "{}", what(how));
                 }
             }
         }

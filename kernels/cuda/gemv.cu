@@ -195,7 +195,7 @@ using GemvGlu = GemvGeometry<4, 1, 4>;
 
 // y[j, i] = sum (+ b[i]).
 template <typename T> struct GemvStore {
-    static constexpr bool GLU = false;
+    static constexpr bool GLU = false, PICK = false;
     T* y;
     const T* b;
     struct Pre {};
@@ -210,10 +210,84 @@ template <typename T> struct GemvStore {
     }
 };
 
+// GemvStore at one row, which also picks the row's greedy token from the
+// values it stores (rounded to T, as `argmax_part_impl` reads them back):
+// lane 0 of each warp keeps its units' largest value, first index and sum
+// of exp(v - max) as it stores them, in increasing index order; `finish`
+// merges a block's warps into part[block] and the last block to get there
+// (counted in `counter`, left at 0) merges the parts into the token and
+// its log probability, as `argmax_part` would have after this kernel.
+template <typename T> struct GemvArgmaxStore {
+    static constexpr bool GLU = false, PICK = true;
+    T* y;
+    const T* b;
+    float* part;
+    int* counter;
+    int* tok;
+    float* lp;
+    mutable float pm = -OPTC_INF, ps = 0.f;
+    mutable int pi = 0x7fffffff;
+    struct Pre {};
+    __device__ int weight_row(int i) const { return i; }
+    __device__ Pre prepare(int, int, int) const { return {}; }
+    template <int R> __device__ void store(int j, int i0, const float (&v)[R], int n, Pre) const {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const int i = i0 + r;
+            if (i >= n) continue;
+            const float o = rnd<T>(b ? v[r] + ld(&b[i]) : v[r]);
+            st(&y[(i64)j * n + i], o);
+            if (o > pm) {
+                ps = (ps > 0.f ? ps * expf(pm - o) : 0.f) + 1.f;
+                pm = o;
+                pi = i;
+            } else if (pm > -OPTC_INF) {
+                // NaN adds NaN to the sum, as in argmax_part_impl.
+                ps += expf(o - pm);
+            }
+        }
+    }
+    // Every thread of a block with units calls this after its last store;
+    // `blocks` is how many blocks have units (each writes one part).
+    __device__ void finish(int blocks) const {
+        __shared__ float sm[32], ss[32];
+        __shared__ int si[32];
+        __shared__ int last;
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+        if (lane == 0) {
+            sm[warp] = pm;
+            si[warp] = pi;
+            ss[warp] = ps;
+        }
+        __syncthreads();
+        if (warp == 0) {
+            float m = lane < nw ? sm[lane] : -OPTC_INF, s = lane < nw ? ss[lane] : 0.f;
+            int bi = lane < nw ? si[lane] : 0x7fffffff;
+            argmax_warp(m, bi, s);
+            if (lane == 0) {
+                float* p = part + (i64)blockIdx.x * 3;
+                p[0] = m;
+                p[1] = __int_as_float(bi);
+                p[2] = s;
+                // The part (written by this thread) is visible before the count.
+                __threadfence();
+                last = atomicAdd(counter, 1) == blocks - 1;
+            }
+        }
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+        if (warp == 0) {
+            argmax_combine_row(part, 0, tok, lp, blocks);
+            if (lane == 0) *counter = 0;
+        }
+    }
+};
+
 // y[j, i] = silu(gate) * up, both rounded to T first (as the SwiGLU
 // kernel reads them), for w's 2n rows (gate, then up).
 template <typename T> struct GemvGluStore {
-    static constexpr bool GLU = true;
+    static constexpr bool GLU = true, PICK = false;
     T* y;
     const T* b;
     struct Pre {};
@@ -241,7 +315,7 @@ template <typename T> struct GemvGluStore {
 // past r and in the values. Needs R = 2, an even d and an even n (the
 // host checks).
 template <typename T> struct GemvRopeStore {
-    static constexpr bool GLU = false;
+    static constexpr bool GLU = false, PICK = false;
     const T* b;
     const T *cs, *sn;  // [m, r] cos and sin rows
     T *q, *kc, *vc;
@@ -541,6 +615,7 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
                 for (int j = 0; j < M; ++j) acc[r][j] = 0.f;
         }
     }
+    if constexpr (Store::PICK) out.finish(min((int)gridDim.x, (units + Geo::WARPS - 1) / Geo::WARPS));
     OPTC_TRACE_END();
 }
 
@@ -609,6 +684,18 @@ static_assert(GemvRingPlain::WARPS * 32 == 256 && GemvRingGlu::WARPS * 32 == 128
                                     const T* b, T* y, int n, int k, int m) {                               \
         gemv_ring_impl<T, 1, GemvRingGlu>(GemvAddRmsNorm<T, 1>{a, r, nw, sum, eps},                        \
                                           GemvGluStore<T>{y, b}, w, n, k, m);                              \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                      \
+        gemv_ring_argmax_##N##_m1(const T* x, const T* w, const T* b, T* y, int n, int k, int m,           \
+                                  float* part, int* counter, int* tok, float* lp) {                        \
+        gemv_ring_impl<T, 1, GemvRingPlain>(GemvCopy<T>{x}, GemvArgmaxStore<T>{y, b, part, counter, tok, lp}, \
+                                            w, n, k, m);                                                   \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) gemv_norm_ring_argmax_##N##_m1(                      \
+        const T* a, const T* r, const T* nw, T* sum, float eps, const i64* rows, int nrows, const T* w,    \
+        const T* b, T* y, int n, int k, int m, float* part, int* counter, int* tok, float* lp) {           \
+        gemv_ring_impl<T, 1, GemvRingPlain>(GemvAddRmsNorm<T, 1>{a, r, nw, sum, eps, rows, nrows},         \
+                                            GemvArgmaxStore<T>{y, b, part, counter, tok, lp}, w, n, k, m); \
     }
 
 // Instantiated by the host for each float type a graph's linears use

@@ -10,49 +10,8 @@
 // one warp, in chunk order, so the result does not depend on timing.
 // Without counters `argmax_combine` does that merge as a second kernel.
 
-// (m, i, s) merged with (om, oi, os): the larger max wins, the lower index
-// on ties; the sums are rescaled to the winning max.
-__device__ __forceinline__ void argmax_merge(float& m, int& i, float& s, float om, int oi, float os) {
-    float nm = fmaxf(m, om);
-    if (nm == -OPTC_INF) {
-        // Both empty or all -inf: nothing to sum yet.
-        if (oi < i) i = oi;
-        return;
-    }
-    float a = s > 0.f ? s * expf(m - nm) : 0.f;
-    float b = os > 0.f ? os * expf(om - nm) : 0.f;
-    if (om > m || (om == m && oi < i)) i = oi;
-    m = nm;
-    s = a + b;
-}
-
-__device__ __forceinline__ void argmax_warp(float& m, int& i, float& s) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float om = __shfl_xor_sync(0xffffffffu, m, o);
-        int oi = __shfl_xor_sync(0xffffffffu, i, o);
-        float os = __shfl_xor_sync(0xffffffffu, s, o);
-        argmax_merge(m, i, s, om, oi, os);
-    }
-}
-
-// Row r's token in `out[r]`, log p(token) in `logprob[r]`, from its
-// `chunks` parts, by one warp (L2 reads: other blocks wrote the parts).
-__device__ void argmax_combine_row(const float* part, i64 r, int* out, float* logprob, int chunks) {
-    const int lane = threadIdx.x & 31;
-    float m = -OPTC_INF, s = 0.f;
-    int bi = 0x7fffffff;
-    for (int c = lane; c < chunks; c += 32) {
-        const float* p = part + (r * chunks + c) * 3;
-        argmax_merge(m, bi, s, __ldcg(&p[0]), __float_as_int(__ldcg(&p[1])), __ldcg(&p[2]));
-    }
-    argmax_warp(m, bi, s);
-    if (lane == 0) {
-        out[r] = bi == 0x7fffffff ? 0 : bi;
-        // log p(best) = -log(sum exp(x - max)).
-        logprob[r] = m == -OPTC_INF ? -OPTC_INF : -logf(s);
-    }
-}
+// argmax_merge, argmax_warp and argmax_combine_row are in common.cuh (the
+// LM head's ring GEMV merges its argmax with them too).
 
 // Grid (rows, chunks); part[(row * chunks + chunk) * 3 + {0, 1, 2}] = max,
 // index (as int bits), sum of exp(x - max). With `counters`, the row's

@@ -24,6 +24,11 @@ use super::run::IdsHead;
 /// visible share of it. Larger steps keep one copy.
 const SECOND_COPY_MAX_BYTES: usize = 32 << 20;
 
+/// Device memory all second copies together may hold: the KV cache was
+/// sized before any graph was captured, leaving a reserve this must not
+/// eat into.
+const SECOND_COPIES_MAX_BYTES: usize = 256 << 20;
+
 /// A decode step captured as a CUDA graph, with the buffers it owns: its
 /// input arena (filled before each replay) and its pool of activations.
 pub(super) struct Captured {
@@ -64,11 +69,18 @@ pub(super) struct ReplayEvents {
 pub(super) struct CaptureSet {
     copies: Vec<Captured>,
     next: usize,
+    /// Replays of each copy.
+    replays: [u64; 2],
 }
 
 impl CaptureSet {
     pub(super) fn len(&self) -> usize {
         self.copies.len()
+    }
+
+    /// Replays of the first copy and of the second.
+    pub(super) fn replays(&self) -> [u64; 2] {
+        self.replays
     }
 }
 
@@ -98,10 +110,18 @@ impl CudaProgram {
         ids: Option<IdsHead>,
     ) -> Result<CaptureSet, String> {
         let mut first = self.capture(arena, offsets, dims, bindings, attn, pick, ids)?;
-        if !self.graph_pairs || first._pool.bytes + arena.len() > SECOND_COPY_MAX_BYTES {
+        let bytes = first._pool.bytes + first.arena.bytes;
+        let held: usize = self
+            .captures
+            .values()
+            .filter_map(|s| s.copies.get(1))
+            .map(|c| c._pool.bytes + c.arena.bytes)
+            .sum();
+        if !self.graph_pairs || bytes > SECOND_COPY_MAX_BYTES || held + bytes > SECOND_COPIES_MAX_BYTES {
             return Ok(CaptureSet {
                 copies: vec![first],
                 next: 0,
+                replays: [0; 2],
             });
         }
         // The second copy holds the same launches: the counters of what
@@ -110,6 +130,7 @@ impl CudaProgram {
             self.fused_gemv_launches,
             self.ring_gemv_launches.load(Ordering::Relaxed),
             self.mega_launches,
+            self.gemv_picks,
         );
         let second = self
             .capture(arena, offsets, dims, bindings, attn, pick, ids)
@@ -118,6 +139,7 @@ impl CudaProgram {
         self.fused_gemv_launches = counted.0;
         self.ring_gemv_launches.store(counted.1, Ordering::Relaxed);
         self.mega_launches = counted.2;
+        self.gemv_picks = counted.3;
         let copies = match second {
             Ok(c) => vec![first, c],
             Err(e) => {
@@ -126,7 +148,11 @@ impl CudaProgram {
                 vec![first]
             }
         };
-        Ok(CaptureSet { copies, next: 0 })
+        Ok(CaptureSet {
+            copies,
+            next: 0,
+            replays: [0; 2],
+        })
     }
 
     /// Gives `c` a staging buffer of `bytes` and the events of a copy with
@@ -175,21 +201,29 @@ impl CudaProgram {
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
             .map_err(|e| format!("CUDA graph capture: {e}"));
         let steps = std::mem::take(&mut self.steps);
+        let mut in_gemv = self.gemv_pick(pick.map(|(p, _)| p));
         let mut r = begun
             .and_then(|_| match ids {
                 Some(h) => self.launch_ids_gather(h, abox.ptr).map_err(|e| e.to_string()),
                 None => Ok(()),
             })
             .and_then(|_| {
-                self.run_steps(&steps, dims, bindings, &mut ptr, attn, abox.ptr)
+                self.run_steps(&steps, dims, bindings, &mut ptr, attn, abox.ptr, in_gemv.as_mut())
                     .map_err(|e| e.to_string())
             });
         self.steps = steps;
         let mut picked = 0;
         if let (Ok(()), Some((p, params))) = (&r, pick) {
-            match self.launch_pick(p, ptr[p.value], &dims[p.value], abox.ptr + params as u64) {
-                Ok(b) => picked = b,
-                Err(e) => r = Err(e),
+            match in_gemv.and_then(|g| g.buf) {
+                // The LM head's ring GEMV picked as it stored the logits.
+                Some(b) => {
+                    picked = b;
+                    self.gemv_picks += 1;
+                }
+                None => match self.launch_pick(p, ptr[p.value], &dims[p.value], abox.ptr + params as u64) {
+                    Ok(b) => picked = b,
+                    Err(e) => r = Err(e),
+                },
             }
         }
         let g = self
@@ -222,10 +256,12 @@ impl CudaProgram {
             return Ok(None);
         };
         let n = set.copies.len().max(1);
-        let Some(c) = set.copies.get_mut(set.next % n) else {
+        let at = set.next % n;
+        let Some(c) = set.copies.get_mut(at) else {
             return Ok(None);
         };
-        set.next = (set.next + 1) % n;
+        set.next = (at + 1) % n;
+        set.replays[at.min(1)] += 1;
         let gpu = &self.gpu;
         upload(gpu, c, arena)?;
         let event = || {

@@ -8,6 +8,7 @@ use optc_kernels::cuda as src;
 
 use super::chains::{EwIndex, MAX_LEAVES};
 use super::gemm::GemmShape;
+use super::pick::GemvPick;
 use super::program::{
     AttentionRun, CudaProgram, Loc, SkinnyGemm, Step, ATTENTION_DECODE8, ATTENTION_MMA, GEMV_RING_AT,
     SPLIT_COUNTERS,
@@ -220,6 +221,7 @@ impl CudaProgram {
         dims: &[Vec<usize>],
         ptr: &mut [u64],
         done: &mut [bool],
+        pick: Option<&mut GemvPick>,
     ) -> Result<(), String> {
         let Some(z) = &lin.fused else {
             return Err("a plain linear sent to the fused GEMV (a lowering bug)".into());
@@ -259,6 +261,7 @@ impl CudaProgram {
         });
         let weight_first = is_weight(a[1]) && scale_is_weight;
         let ring = self.ring_gemv(z.fns.get(2), &shape);
+        let on_ring = ring.is_some();
         let (f, c) = match ring {
             Some(fc) => fc,
             None => {
@@ -269,6 +272,23 @@ impl CudaProgram {
             }
         };
         let bias = a.get(2).map_or(0u64, |&v| ptr[v]);
+        // The greedy pick of its logits, as the ring stores them (the
+        // final norm's LM head).
+        let picking = match z.fns.get(3) {
+            Some(fa) if on_ring && z.norm.is_some() && z.glu.is_none() && z.rope.is_none() => {
+                let counters = self.split_counters.as_ref().map(|b| b.ptr);
+                GemvPick::args(
+                    pick,
+                    &self.owner,
+                    lin.outs[0],
+                    counters,
+                    &mut self.pool,
+                    c.grid_dim.0,
+                )?
+                .map(|pa| (fa, pa))
+            }
+            _ => None,
+        };
         let (n, k, m) = (n as i32, kd as i32, m as i32);
         let gpu = &self.gpu;
         let norm = z.norm.map(|p| norm_args(&steps[p], ptr)).transpose()?;
@@ -305,6 +325,13 @@ impl CudaProgram {
             }
             _ => (0u64, 0i32, sum),
         };
+        if let Some((fa, pa)) = picking {
+            let r = launch_dependent!(gpu, fa, c, weight_first;
+                x = x, r = r, nw = nw, sum = sum, eps = eps, rows = rows, nrows = nrows, w = w, b = bias,
+                y = y, n = n, k = k, m = m, part = pa.part, counter = pa.counter, tok = pa.tok, lp = pa.lp);
+            self.pool.release(pa.part);
+            return r;
+        }
         launch_dependent!(gpu, f, c, weight_first;
             x = x, r = r, nw = nw, sum = sum, eps = eps, rows = rows, nrows = nrows, w = w, b = bias, y = y,
             n = n, k = k, m = m)
@@ -404,6 +431,7 @@ impl CudaProgram {
         ptr: &[u64],
         attn: Option<&AttentionRun>,
         arena: u64,
+        pick: Option<&mut GemvPick>,
     ) -> Result<(), String> {
         let a = &s.args;
         let o0 = s.outs[0];
@@ -448,6 +476,7 @@ impl CudaProgram {
                         glu: false,
                     };
                     let ring = self.ring_gemv(fns.get(GEMV_RING_AT), &plain);
+                    let on_ring = ring.is_some();
                     let (f, c) = match ring {
                         Some(fc) => fc,
                         None => {
@@ -458,6 +487,21 @@ impl CudaProgram {
                     };
                     // Streamed before the wait: only a weight may be.
                     let early = matches!(self.locs[self.owner[a[1]]], Loc::Weight(_));
+                    // The greedy pick of its logits, as the ring stores them.
+                    if let Some(fa) = fns.get(GEMV_RING_AT + 1).filter(|_| on_ring) {
+                        let counters = self.split_counters.as_ref().map(|b| b.ptr);
+                        let args =
+                            GemvPick::args(pick, &self.owner, o0, counters, &mut self.pool, c.grid_dim.0)?;
+                        if let Some(pa) = args {
+                            let r = launch_dependent!(&self.gpu, fa, c, early;
+                                x = ptr[a[0]], w = ptr[a[1]], b = opt(2), y = ptr[o0], n = nn as i32,
+                                k = kd as i32, m = m as i32, part = pa.part, counter = pa.counter, tok = pa.tok,
+                                lp = pa.lp);
+                            self.pool.release(pa.part);
+                            return r;
+                        }
+                    }
+                    let gpu = &self.gpu;
                     return launch_dependent!(gpu, f, c, early;
                         x = ptr[a[0]], w = ptr[a[1]], b = opt(2), y = ptr[o0], n = nn as i32, k = kd as i32,
                         m = m as i32);

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use cudarc::driver::CudaFunction;
 use optc_ir::Tensor;
 
-use super::device::PinnedHost;
+use super::device::{PinnedHost, Pool};
 use super::graphs::ReplayEvents;
 use super::launch::cfg;
 use super::program::{node_err, CudaProgram, SPLIT_COUNTERS};
@@ -87,6 +87,62 @@ pub(super) struct PendingPicks {
     /// The pinned slot the picks are copied to, and the event after it
     /// (`None` once read, or when the copy could not be queued).
     pub(super) host: Option<(usize, cudarc::driver::CudaEvent)>,
+}
+
+/// A greedy pick that the one-row ring GEMV making its logits does as it
+/// stores them (`gemv*_ring_argmax_*`), instead of the argmax kernel after
+/// it: set up by `execute` for a greedy pick, taken by the launch of the
+/// linear whose result `value` is, if that runs on the ring.
+pub(super) struct GemvPick {
+    pub(super) value: usize,
+    /// The picks (tokens, then log probabilities), once a GEMV took it.
+    pub(super) buf: Option<u64>,
+}
+
+/// What `gemv*_ring_argmax_*` takes besides the GEMV's operands.
+pub(super) struct GemvPickArgs {
+    pub(super) part: u64,
+    pub(super) counter: u64,
+    pub(super) tok: u64,
+    pub(super) lp: u64,
+}
+
+impl GemvPick {
+    /// The buffers for a ring GEMV of `blocks` blocks making `out`, when
+    /// this pick is for it (`owner` maps values to the buffers they view)
+    /// and split counters exist: the picks (kept in `buf`) and the blocks'
+    /// parts (the caller releases them once the launch is queued). `None`
+    /// leaves the pick to the argmax kernel.
+    pub(super) fn args(
+        pick: Option<&mut GemvPick>,
+        owner: &[usize],
+        out: usize,
+        counters: Option<u64>,
+        pool: &mut Pool,
+        blocks: u32,
+    ) -> Result<Option<GemvPickArgs>, String> {
+        let Some(pick) = pick.filter(|p| p.buf.is_none() && owner[p.value] == out) else {
+            return Ok(None);
+        };
+        let Some(counter) = counters else {
+            return Ok(None);
+        };
+        let buf = pool.alloc(8)?;
+        let part = match pool.alloc(blocks.max(1) as usize * 12) {
+            Ok(p) => p,
+            Err(e) => {
+                pool.release(buf);
+                return Err(e);
+            }
+        };
+        pick.buf = Some(buf);
+        Ok(Some(GemvPickArgs {
+            part,
+            counter,
+            tok: buf,
+            lp: buf + 4,
+        }))
+    }
 }
 
 /// Token ids of a submitted run that are the previous run's picks:
@@ -212,10 +268,11 @@ impl CudaProgram {
                 Ok(())
             }
             Err(e) => {
-                // The run is queued but cannot be read: let it end, read
-                // the runs before (so none points at buffers it reused) and
-                // give its buffers back.
-                let _ = self.gpu.sync();
+                // The run is queued but cannot be read: let it end (and a
+                // copy back on the side stream), read the runs before (so
+                // none points at buffers it reused) and give its buffers
+                // back.
+                let _ = self.gpu.sync_all();
                 self.finish_pending();
                 let mut p = PendingPicks {
                     buf,

@@ -219,6 +219,13 @@ pub struct CudaProgram {
     /// around a step run beside the step before (`OPTC_CUDA_GRAPH_PAIRS=0`
     /// keeps one).
     pub(super) graph_pairs: bool,
+    /// A greedy pick is made by the LM head's one-row ring GEMV as it
+    /// stores the logits (`gemv*_ring_argmax_*`), where it runs there,
+    /// instead of by the argmax kernel after it (`OPTC_CUDA_PICK_IN_GEMV=0`
+    /// turns this off).
+    pub(super) pick_in_gemv: bool,
+    /// Runs (and captures) whose greedy pick the ring GEMV made.
+    pub(super) gemv_picks: u64,
     /// Split counters of the decode attention and the skinny GEMM (zero
     /// between launches: the last block of each group resets its own).
     pub(super) split_counters: Option<DeviceBox>,
@@ -651,6 +658,11 @@ impl CudaProgram {
                     {
                         fns.truncate(GEMV_RING_AT);
                     }
+                    if fns.len() > GEMV_RING_AT + 1
+                        && allow_smem(&fns[GEMV_RING_AT + 1], src::GEMV_RING_MAX_SMEM).is_err()
+                    {
+                        fns.truncate(GEMV_RING_AT + 1);
+                    }
                     let smem = |i: usize| match i {
                         0 | 1 => src::GEMV_MAX_SMEM,
                         _ => src::skinny_smem_bytes(src::SKINNY_VARIANTS[i - 2].1, esize),
@@ -745,6 +757,16 @@ impl CudaProgram {
                 if let Ok(func) = gpu.function(&ring) {
                     if allow_smem(&func, src::GEMV_RING_MAX_SMEM).is_ok() {
                         fns.push(func);
+                    }
+                }
+                // `fns[3]`: the plain one picking the greedy token of its
+                // row (an LM head after the final norm).
+                let argmax = format!("gemv_norm_ring_argmax_{f}_m1");
+                if norm.is_some() && glu.is_none() && fns.len() == 3 {
+                    if let Ok(func) = gpu.function(&argmax) {
+                        if allow_smem(&func, src::GEMV_RING_MAX_SMEM).is_ok() {
+                            fns.push(func);
+                        }
                     }
                 }
             }
@@ -1005,6 +1027,8 @@ impl CudaProgram {
             graphs: std::env::var("OPTC_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             captures: HashMap::new(),
             graph_pairs: std::env::var("OPTC_CUDA_GRAPH_PAIRS").map_or(true, |v| v != "0"),
+            pick_in_gemv: std::env::var("OPTC_CUDA_PICK_IN_GEMV").map_or(true, |v| v != "0"),
+            gemv_picks: 0,
             split_counters,
             skinny: SkinnyGemm::from_env(),
             dims_cache: Default::default(),
@@ -1163,6 +1187,21 @@ impl CudaProgram {
         self.graph_pairs = on;
     }
 
+    /// Lets the LM head's one-row ring GEMV pick greedy tokens as it
+    /// stores the logits (the default unless `OPTC_CUDA_PICK_IN_GEMV=0`),
+    /// or leaves that to the argmax kernel. Captured graphs are dropped.
+    pub fn set_pick_in_gemv(&mut self, on: bool) {
+        self.finish_pending();
+        self.captures.clear();
+        self.pick_in_gemv = on;
+    }
+
+    /// Runs, and graph captures, whose greedy pick the LM head's ring
+    /// GEMV made (a replay does not count).
+    pub fn gemv_picks(&self) -> u64 {
+        self.gemv_picks
+    }
+
     /// Decode shapes captured as CUDA graphs so far.
     pub fn captured_graphs(&self) -> usize {
         self.captures.len()
@@ -1171,6 +1210,15 @@ impl CudaProgram {
     /// Graphs captured so far, counting each shape's second copy.
     pub fn graph_copies(&self) -> usize {
         self.captures.values().map(super::graphs::CaptureSet::len).sum()
+    }
+
+    /// Replays so far of the shapes' first copies and of their second
+    /// copies (taken in turn with the first).
+    pub fn graph_replays(&self) -> [u64; 2] {
+        self.captures.values().fold([0, 0], |t, s| {
+            let r = s.replays();
+            [t[0] + r[0], t[1] + r[1]]
+        })
     }
 
     pub fn state_names(&self) -> &[String] {

@@ -12,7 +12,7 @@ use optc_kernels::cpu::attention::{check_paged_meta, PagedMeta, PagedShape};
 use optc_kernels::cuda as src;
 
 use super::device::DeviceBox;
-use super::pick::{IdsPatch, Pick, SAMPLE_ROW_BYTES};
+use super::pick::{GemvPick, IdsPatch, Pick, SAMPLE_ROW_BYTES};
 use super::program::{
     node_err, AttentionRun, CaptureKey, CudaProgram, Exec, Executed, Loc, Step, ATTENTION_MMA, MAX_CAPTURES,
     SPLIT_COUNTERS,
@@ -127,6 +127,12 @@ impl CudaProgram {
             }
         }
         let count = map.len() / 8;
+        if count > n {
+            return Err(CodegenError::Input {
+                name: patch.input.into(),
+                message: format!("{count} ids from the previous run's picks for {n} ids"),
+            });
+        }
         let picks = prev.filter(|_| count > 0).map_or(0, |p| p.buf);
         let head_offset = push_ids_head(arena, picks, i64ids, &map, n);
         let head = IdsHead {
@@ -600,7 +606,8 @@ impl CudaProgram {
         let mut ptr = self.base_pointers(base, &offsets);
         let steps = std::mem::take(&mut self.steps);
         let t_steps = Instant::now();
-        let r = self.run_steps(&steps, dims, bindings, &mut ptr, &attn, base);
+        let mut in_gemv = self.gemv_pick(pick.as_ref());
+        let r = self.run_steps(&steps, dims, bindings, &mut ptr, &attn, base, in_gemv.as_mut());
         self.steps = steps;
         if gathering {
             self.release_gathered();
@@ -613,12 +620,15 @@ impl CudaProgram {
             p.host_time("launch + wait", t_steps);
             p.runs += 1;
         }
-        let r = r.and_then(|()| match &pick {
-            Some(p) => self
+        let taken = in_gemv.and_then(|g| g.buf);
+        self.gemv_picks += u64::from(taken.is_some());
+        let r = r.and_then(|()| match (&pick, taken) {
+            (Some(_), Some(buf)) => Ok(Some(buf)),
+            (Some(p), None) => self
                 .launch_pick(p, ptr[p.value], &dims[p.value], base + params_offset as u64)
                 .map(Some)
                 .map_err(node_err(&self.graph.name)),
-            None => Ok(None),
+            (None, _) => Ok(None),
         });
         let picked = match r {
             Ok(b) => b,
@@ -628,6 +638,9 @@ impl CudaProgram {
                     if p != 0 && self.locs[v] == Loc::Temp && self.owner[v] == v {
                         self.pool.release(p);
                     }
+                }
+                if let Some(buf) = taken {
+                    self.pool.release(buf);
                 }
                 return Err(e);
             }
@@ -639,6 +652,16 @@ impl CudaProgram {
             picked,
             replayed: None,
         })
+    }
+
+    /// A greedy pick for the ring GEMV that makes its logits to take
+    /// (`GemvPick`), unless `pick_in_gemv` is off.
+    pub(super) fn gemv_pick(&self, pick: Option<&Pick>) -> Option<GemvPick> {
+        pick.filter(|p| self.pick_in_gemv && !p.samples())
+            .map(|p| GemvPick {
+                value: p.value,
+                buf: None,
+            })
     }
 
     /// Value pointers for a run with its inputs at `base`.
@@ -654,6 +677,7 @@ impl CudaProgram {
             .collect()
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn run_steps(
         &mut self,
         steps: &[Step],
@@ -662,6 +686,7 @@ impl CudaProgram {
         ptr: &mut [u64],
         attn: &HashMap<usize, AttentionRun>,
         arena: u64,
+        mut pick: Option<&mut GemvPick>,
     ) -> Result<(), CodegenError> {
         let mut events = Vec::new();
         // Fused GEMVs (see `fused_gemv_fits`): linears that do their norm
@@ -717,9 +742,11 @@ impl CudaProgram {
                 _ if deferred || done[si] => Ok(()),
                 Exec::Kernel(..) if fused => {
                     self.fused_gemv_launches += 1;
-                    self.launch_fused_gemv(s, steps, dims, ptr, &mut done)
+                    self.launch_fused_gemv(s, steps, dims, ptr, &mut done, pick.as_deref_mut())
                 }
-                Exec::Kernel(k, fns) => self.launch(*k, fns, s, dims, ptr, attn.get(&si), arena),
+                Exec::Kernel(k, fns) => {
+                    self.launch(*k, fns, s, dims, ptr, attn.get(&si), arena, pick.as_deref_mut())
+                }
                 _ => self.host_step(s, dims, bindings, ptr),
             };
             r.map_err(node_err(&s.node))?;

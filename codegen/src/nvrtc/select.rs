@@ -192,8 +192,10 @@ pub(super) fn function_names(k: Kernel, args: &[&TensorType], out: &TensorType) 
                         .iter()
                         .map(|(n, _)| format!("skinny_{f}_{n}")),
                 );
-                // At `GEMV_RING_AT`: the one-row ring GEMV for big weights.
+                // At `GEMV_RING_AT`: the one-row ring GEMV for big weights,
+                // then the same picking the greedy token of its row.
                 v.push(format!("gemv_ring_{f}_m1"));
+                v.push(format!("gemv_ring_argmax_{f}_m1"));
             }
             v
         }
@@ -450,6 +452,8 @@ mod tests {
             "gemv_norm_rope_f16_m1",
             "gemv_ring_bf16_m1",
             "gemv_norm_ring_f16_m1",
+            "gemv_ring_argmax_bf16_m1",
+            "gemv_norm_ring_argmax_f16_m1",
             "gemv_glu_ring_bf16_m1",
             "gemv_norm_glu_ring_bf16_m1",
             "paged_prefill_mma_bf16_d64",
