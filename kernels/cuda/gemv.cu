@@ -225,7 +225,8 @@ template <typename T> struct GemvArgmaxStore {
     int* counter;
     int* tok;
     float* lp;
-    mutable float pm = -OPTC_INF, ps = 0.f;
+    // -inf (OPTC_INF is device-only; nvcc also compiles this for the host).
+    mutable float pm = -1.f / 0.f, ps = 0.f;
     mutable int pi = 0x7fffffff;
     struct Pre {};
     __device__ int weight_row(int i) const { return i; }
