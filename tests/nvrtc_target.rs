@@ -1570,9 +1570,11 @@ fn greedy_argmax_over_wide_rows_matches_the_host() {
 }
 
 /// A one-row linear on the ring GEMV picks the greedy token as it stores
-/// the logits (`gemv_ring_argmax_*`): the host's argmax of the logits it
-/// stored (the first of two equal maxima), the log probability of the
-/// host's log-softmax, and the argmax kernel's token.
+/// the logits (`gemv_ring_argmax_*`): the host's argmax of the logits the
+/// plain ring stores (the first of two equal maxima), the log probability
+/// of the host's log-softmax, and the argmax kernel's token. Two inputs
+/// with different answers alternate between the two paths, so neither
+/// can pass on the other's picks left in a reused buffer.
 #[test]
 fn greedy_pick_in_the_ring_gemv_matches_the_host() {
     for t in [DType::BF16, DType::F16] {
@@ -1586,41 +1588,58 @@ fn greedy_pick_in_the_ring_gemv_matches_the_host() {
         .unwrap();
         let mut seed = 11u64;
         let x: Vec<f32> = random(k, &mut seed).iter().map(|v| v.abs()).collect();
-        let mut w = random(n * k, &mut seed);
-        // Two equal rows that give the largest logit; the first must win.
-        for r in [777, 40_000] {
-            w[r * k..(r + 1) * k].fill(1.0);
-        }
-        let inputs = BTreeMap::from([
-            ("x".to_string(), Tensor::from_f32(t, &[1, k], &x)),
-            ("w".to_string(), Tensor::from_f32(t, &[n, k], &w)),
-        ]);
+        let w = random(n * k, &mut seed);
+        // A: two equal rows give the largest logit; the first must win.
+        // B: one row, in the last block's units.
+        let with_rows = |rows: &[usize]| {
+            let mut w = w.clone();
+            for &r in rows {
+                w[r * k..(r + 1) * k].fill(1.0);
+            }
+            BTreeMap::from([
+                ("x".to_string(), Tensor::from_f32(t, &[1, k], &x)),
+                ("w".to_string(), Tensor::from_f32(t, &[n, k], &w)),
+            ])
+        };
+        let cases = [
+            (with_rows(&[777, 40_000]), 777usize),
+            (with_rows(&[n - 2]), n - 2),
+        ];
         if !gpu() {
             return;
         }
         let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
         p.set_gemv_ring_min_bytes(0);
-        let y = p.run(&inputs).unwrap()["y"].to_f64_vec();
-        let got = p.run_greedy(&inputs, "y").unwrap();
-        assert_eq!(p.gemv_picks(), 1, "{t}: the ring GEMV did not pick");
-        let best = (0..n).fold(0, |b, i| if y[i] > y[b] { i } else { b });
-        assert_eq!(best, 777, "{t}");
-        assert_eq!(got[0].0 as usize, best, "{t}");
-        let m = y[best];
-        let lp = -y.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-        assert!(
-            (f64::from(got[0].1) - lp).abs() <= 1e-4 * lp.abs().max(1.0),
-            "{t}: log p {} against {lp}",
-            got[0].1
-        );
-        p.set_pick_in_gemv(false);
-        let kernel = p.run_greedy(&inputs, "y").unwrap();
-        assert_eq!(p.gemv_picks(), 1, "{t}");
-        assert_eq!(kernel[0].0, got[0].0, "{t}");
-        assert!(
-            (kernel[0].1 - got[0].1).abs() <= 1e-5 * kernel[0].1.abs().max(1.0),
-            "{t}"
-        );
+        let mut picks = Vec::new();
+        for (on, case) in [(true, 0), (false, 1), (true, 1), (false, 0)] {
+            let (inputs, want) = &cases[case];
+            p.set_pick_in_gemv(on);
+            let before = p.gemv_picks();
+            let got = p.run_greedy(inputs, "y").unwrap();
+            assert_eq!(p.gemv_picks() - before, u64::from(on), "{t} in the GEMV {on}");
+            let y = p.run(inputs).unwrap()["y"].to_f64_vec();
+            let best = (0..n).fold(0, |b, i| if y[i] > y[b] { i } else { b });
+            assert_eq!(best, *want, "{t} case {case}");
+            assert_eq!(got[0].0 as usize, best, "{t} case {case}, in the GEMV {on}");
+            let m = y[best];
+            let lp = -y.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            assert!(
+                (f64::from(got[0].1) - lp).abs() <= 1e-4 * lp.abs().max(1.0),
+                "{t} case {case}, in the GEMV {on}: log p {} against {lp}",
+                got[0].1
+            );
+            picks.push((case, got[0]));
+        }
+        // Each case's log probability is the same either way (the sums'
+        // order differs).
+        for (case, (tok, lp)) in &picks[..2] {
+            let (_, (tok2, lp2)) = picks[2..].iter().find(|(c, _)| c == case).unwrap();
+            assert_eq!(tok, tok2, "{t} case {case}");
+            assert!(
+                (lp - lp2).abs() <= 1e-5 * lp.abs().max(1.0),
+                "{t} case {case}: {lp} against {lp2}"
+            );
+        }
     }
 }
 

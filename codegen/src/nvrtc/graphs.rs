@@ -201,7 +201,7 @@ impl CudaProgram {
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
             .map_err(|e| format!("CUDA graph capture: {e}"));
         let steps = std::mem::take(&mut self.steps);
-        let mut in_gemv = self.gemv_pick(pick.map(|(p, _)| p));
+        let mut in_gemv = self.gemv_pick(pick.map(|(p, _)| p), dims);
         let mut r = begun
             .and_then(|_| match ids {
                 Some(h) => self.launch_ids_gather(h, abox.ptr).map_err(|e| e.to_string()),
@@ -214,12 +214,9 @@ impl CudaProgram {
         self.steps = steps;
         let mut picked = 0;
         if let (Ok(()), Some((p, params))) = (&r, pick) {
-            match in_gemv.and_then(|g| g.buf) {
+            match in_gemv.as_ref().and_then(|g| g.buf) {
                 // The LM head's ring GEMV picked as it stored the logits.
-                Some(b) => {
-                    picked = b;
-                    self.gemv_picks += 1;
-                }
+                Some(b) => picked = b,
                 None => match self.launch_pick(p, ptr[p.value], &dims[p.value], abox.ptr + params as u64) {
                     Ok(b) => picked = b,
                     Err(e) => r = Err(e),
@@ -234,6 +231,7 @@ impl CudaProgram {
         std::mem::swap(&mut self.pool, &mut pool);
         r?;
         let graph = g?.ok_or("CUDA graph capture produced no graph")?;
+        self.gemv_picks += u64::from(in_gemv.is_some_and(|g| g.buf.is_some()));
         Ok(Captured {
             graph,
             _pool: pool,

@@ -272,6 +272,7 @@ impl CudaProgram {
             }
         };
         let bias = a.get(2).map_or(0u64, |&v| ptr[v]);
+        let norm = z.norm.map(|p| norm_args(&steps[p], ptr)).transpose()?;
         // The greedy pick of its logits, as the ring stores them (the
         // final norm's LM head).
         let picking = match z.fns.get(3) {
@@ -291,7 +292,6 @@ impl CudaProgram {
         };
         let (n, k, m) = (n as i32, kd as i32, m as i32);
         let gpu = &self.gpu;
-        let norm = z.norm.map(|p| norm_args(&steps[p], ptr)).transpose()?;
         let w = ptr[a[1]];
         if let Some(ri) = z.rope {
             let g = self.gemv_rope_args(&steps[ri], dims, ptr)?;

@@ -606,7 +606,7 @@ impl CudaProgram {
         let mut ptr = self.base_pointers(base, &offsets);
         let steps = std::mem::take(&mut self.steps);
         let t_steps = Instant::now();
-        let mut in_gemv = self.gemv_pick(pick.as_ref());
+        let mut in_gemv = self.gemv_pick(pick.as_ref(), dims);
         let r = self.run_steps(&steps, dims, bindings, &mut ptr, &attn, base, in_gemv.as_mut());
         self.steps = steps;
         if gathering {
@@ -621,7 +621,7 @@ impl CudaProgram {
             p.runs += 1;
         }
         let taken = in_gemv.and_then(|g| g.buf);
-        self.gemv_picks += u64::from(taken.is_some());
+        self.gemv_picks += u64::from(taken.is_some() && r.is_ok());
         let r = r.and_then(|()| match (&pick, taken) {
             (Some(_), Some(buf)) => Ok(Some(buf)),
             (Some(p), None) => self
@@ -654,10 +654,10 @@ impl CudaProgram {
         })
     }
 
-    /// A greedy pick for the ring GEMV that makes its logits to take
-    /// (`GemvPick`), unless `pick_in_gemv` is off.
-    pub(super) fn gemv_pick(&self, pick: Option<&Pick>) -> Option<GemvPick> {
-        pick.filter(|p| self.pick_in_gemv && !p.samples())
+    /// A greedy pick of one row for the ring GEMV that makes its logits to
+    /// take (`GemvPick`), unless `pick_in_gemv` is off.
+    pub(super) fn gemv_pick(&self, pick: Option<&Pick>, dims: &[Vec<usize>]) -> Option<GemvPick> {
+        pick.filter(|p| self.pick_in_gemv && !p.samples() && dims[p.value].first() == Some(&1))
             .map(|p| GemvPick {
                 value: p.value,
                 buf: None,
