@@ -10,7 +10,8 @@
 // linears of at least GEMV_RING_MIN_BYTES through the ring GEMV, as optc
 // does, or every linear (`rings everywhere`). Prints microseconds a step,
 // median of 50 replays, at three context lengths (STEP_ONLY picks
-// variants by name).
+// variants by name; STEP_CHECK=1 first checks the ring variants' results
+// against optc's rings, bit for bit, and stops if any differs).
 // On the GPU machine, from the repo root:
 //   nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/step_bench kernels/bench/step_bench.cu && /tmp/step_bench
 #include <cstdio>
@@ -68,6 +69,50 @@ __global__ void __launch_bounds__(128)
         GemvAddRmsNorm<bf16, 1>{a, r, nw, sum, 1e-5f},
         GemvRopeStore<bf16>{nullptr, cs, sn, q, kc, vc, slots, hq, hkv, d, d, d, 0}, w, n, k, 1);
 }
+
+// The big linears' rings in the variants `GemvRing` offers (L2 prefetch
+// past the ring, before or after the wait; slots filled by bulk copies):
+// `RingVar` picks one per kind, `ring_var` a variant's set.
+template <typename Geo>
+__global__ void __launch_bounds__(128) gu_ring(const bf16* a, const bf16* r, const bf16* nw, bf16* sum, float eps,
+                                               const bf16* w, bf16* y, int n, int k) {
+    gemv_ring_impl<bf16, 1, Geo>(GemvAddRmsNorm<bf16, 1>{a, r, nw, sum, eps}, GemvGluStore<bf16>{y, nullptr}, w, n,
+                                 k, 1);
+}
+template <typename Geo>
+__global__ void __launch_bounds__(256) plain_ring(const bf16* x, const bf16* w, bf16* y, int n, int k) {
+    gemv_ring_impl<bf16, 1, Geo>(GemvCopy<bf16>{x}, GemvStore<bf16>{y, nullptr}, w, n, k, 1);
+}
+using GuBase = GemvRingGlu;
+using GuL2Before2 = GemvRing<4, 1, 4, 1024, 2, false>;
+using GuL2After2 = GemvRing<4, 1, 4, 1024, 2, true>;
+using GuL2After4 = GemvRing<4, 1, 4, 1024, 4, true>;
+using GuTma = GemvRing<4, 1, 4, 1024, 0, false, true>;
+using PlainBase = GemvRingPlain;
+using PlainL2Before4 = GemvRing<8, 1, 4, 1024, 4, false>;
+using PlainL2After4 = GemvRing<8, 1, 4, 1024, 4, true>;
+using PlainTma = GemvRing<8, 1, 4, 1024, 0, false, true>;
+// One ring set: gate/up, down and the LM head's kernels.
+struct RingVar {
+    decltype(&gu_ring<GuBase>) gu;
+    decltype(&plain_ring<PlainBase>) down, head;
+};
+static const RingVar ring_vars[] = {
+    {gu_ring<GuBase>, plain_ring<PlainBase>, plain_ring<PlainBase>},            // 0: optc's
+    {gu_ring<GuL2Before2>, plain_ring<PlainBase>, plain_ring<PlainBase>},       // 1
+    {gu_ring<GuL2After2>, plain_ring<PlainBase>, plain_ring<PlainBase>},        // 2
+    {gu_ring<GuL2After4>, plain_ring<PlainBase>, plain_ring<PlainBase>},        // 3
+    {gu_ring<GuBase>, plain_ring<PlainL2Before4>, plain_ring<PlainBase>},       // 4
+    {gu_ring<GuBase>, plain_ring<PlainL2After4>, plain_ring<PlainBase>},        // 5
+    {gu_ring<GuL2After2>, plain_ring<PlainL2After4>, plain_ring<PlainBase>},    // 6
+    {gu_ring<GuBase>, plain_ring<PlainBase>, plain_ring<PlainL2After4>},        // 7
+    {gu_ring<GuL2After2>, plain_ring<PlainL2After4>, plain_ring<PlainL2After4>}, // 8
+    {gu_ring<GuTma>, plain_ring<PlainBase>, plain_ring<PlainBase>},             // 9
+    {gu_ring<GuBase>, plain_ring<PlainTma>, plain_ring<PlainBase>},             // 10
+    {gu_ring<GuBase>, plain_ring<PlainBase>, plain_ring<PlainTma>},             // 11
+    {gu_ring<GuTma>, plain_ring<PlainTma>, plain_ring<PlainTma>},               // 12
+};
+constexpr int RING_VARS = sizeof(ring_vars) / sizeof(ring_vars[0]);
 
 #ifdef OPTC_TRACE
 #include <map>
@@ -222,7 +267,52 @@ struct Variant {
     int nsplit = 1;  // decode attention's splits
     int o_geo = 0;   // 0: GemvPlain; 1 to 3: OGeo1 to OGeo3
     int att_warps = 4;
+    int ring_var = 0;  // the big linears' ring kernels (`ring_vars`)
 };
+
+// STEP_CHECK=1: each ring variant's gate/up, down and LM head results
+// against optc's rings on the same operands, bit for bit (a lane sums the
+// same pieces in the same order whichever way they reached the ring).
+static int check_ring_vars(const bf16* h, const bf16* resid, const bf16* nw, bf16* sum, const bf16* wgu,
+                           const bf16* wd, const bf16* whead, int D, int F, int V, unsigned grid) {
+    const int n_out[3] = {F, D, V};
+    std::vector<bf16*> want(3), got(3);
+    for (int i = 0; i < 3; ++i) {
+        CK(cudaMalloc(&want[i], (size_t)n_out[i] * 2));
+        CK(cudaMalloc(&got[i], (size_t)n_out[i] * 2));
+    }
+    // Down's operand: any F-wide row.
+    bf16* glu_x;
+    CK(cudaMalloc(&glu_x, (size_t)F * 2));
+    fill_random<<<64, 256>>>(glu_x, F, 77, 1.f);
+    int bad = 0;
+    auto run = [&](const RingVar& r, std::vector<bf16*>& out) {
+        launch(r.gu, grid, 1, 1, 128, 2 * D * 2 + (64 << 10), h, resid, nw, sum, 1e-5f, wgu, out[0], F, D);
+        launch(r.down, grid, 1, 1, 256, F * 2 + (64 << 10), (const bf16*)glu_x, wd, out[1], D, F);
+        launch(r.head, grid, 1, 1, 256, D * 2 + (64 << 10), h, whead, out[2], V, D);
+        CK(cudaStreamSynchronize(stream));
+    };
+    run(ring_vars[0], want);
+    for (int v = 1; v < RING_VARS; ++v) {
+        for (int i = 0; i < 3; ++i) CK(cudaMemset(got[i], 0xff, (size_t)n_out[i] * 2));
+        run(ring_vars[v], got);
+        const char* kind[3] = {"gate/up", "down", "LM head"};
+        for (int i = 0; i < 3; ++i) {
+            std::vector<unsigned short> a(n_out[i]), b(n_out[i]);
+            CK(cudaMemcpy(a.data(), want[i], a.size() * 2, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(b.data(), got[i], b.size() * 2, cudaMemcpyDeviceToHost));
+            const bool same = a == b;
+            bad += !same;
+            printf("  check ring variant %2d %-8s %s\n", v, kind[i], same ? "bit-equal" : "DIFFERS");
+        }
+    }
+    for (int i = 0; i < 3; ++i) {
+        CK(cudaFree(want[i]));
+        CK(cudaFree(got[i]));
+    }
+    CK(cudaFree(glu_x));
+    return bad;
+}
 
 // STEP_ONLY: the variants to run, names separated by '|' (all if unset).
 static bool wanted(const char* name) {
@@ -277,12 +367,20 @@ int main() {
     for (auto f : {(const void*)gemv_ring_bf16_m1, (const void*)gemv_norm_glu_ring_bf16_m1,
                    (const void*)ring_norm_rope})
         CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
+    for (const RingVar& r : ring_vars)
+        for (auto f : {(const void*)r.gu, (const void*)r.down, (const void*)r.head})
+            CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
     CK(cudaDeviceSynchronize());
     // Ring launches as the host makes them (GemvRingBlock, GEMV_RING_* in
     // kernels/src/cuda.rs): three blocks an SM; x (and the norm's scale)
     // then 64 KB of rings a block.
     const unsigned ring_grid = 3 * sms, ring = 64 << 10;
     const int big = 24 << 20;  // GEMV_RING_MIN_BYTES
+    if (getenv("STEP_CHECK") && atoi(getenv("STEP_CHECK")) == 1) {
+        const int bad = check_ring_vars(h, resid, nw2[0], sum, wgu[0], wd[0], whead, D, F, V, ring_grid);
+        printf("== ring variants: %d results differ from optc's rings\n", bad);
+        if (bad) return 1;
+    }
 
     const Variant variants[] = {
         {"whole step", true, true, true, true, true, true},
@@ -318,6 +416,19 @@ int main() {
         {"rings, attention of 8 warps: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8},
         {"rings, attention of 8 warps: no LM head", true, true, true, true, true, false, 1, 0, 1, 0, 8},
         {"rings, attention of 8 warps: QKV + attention + o only", true, true, true, false, false, false, 1, 0, 1, 0, 8},
+        // The ring variants (`ring_vars`), eight-warp attention as optc.
+        {"8 warps, gate/up L2 +2 before: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 1},
+        {"8 warps, gate/up L2 +2 after: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 2},
+        {"8 warps, gate/up L2 +4 after: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 3},
+        {"8 warps, down L2 +4 before: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 4},
+        {"8 warps, down L2 +4 after: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 5},
+        {"8 warps, gate/up +2 and down +4 after: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 6},
+        {"8 warps, LM head L2 +4 after: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 7},
+        {"8 warps, all L2 after: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 8},
+        {"8 warps, gate/up by bulk copies: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 9},
+        {"8 warps, down by bulk copies: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 10},
+        {"8 warps, LM head by bulk copies: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 11},
+        {"8 warps, every ring by bulk copies: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 12},
     };
     for (int pos : {127, 255, 383}) {
         const i64 p = pos;
@@ -376,6 +487,9 @@ int main() {
                            (const bf16*)nullptr, glu, F, D, 1);
                 else if (v.gate_up && v.fill == 2)
                     launch(glu_nofill, F / 4, 1, 1, 128, D * 2, (const bf16*)wgu[l], glu, F, D);
+                else if (v.gate_up && v.ring_var && rings((size_t)2 * F * D * 2))
+                    launch(ring_vars[v.ring_var].gu, ring_grid, 1, 1, 128, 2 * D * 2 + ring, (const bf16*)ob,
+                           (const bf16*)sum, (const bf16*)nw2[l], resid, eps, (const bf16*)wgu[l], glu, F, D);
                 else if (v.gate_up && rings((size_t)2 * F * D * 2))
                     launch(gemv_norm_glu_ring_bf16_m1, ring_grid, 1, 1, 128, 2 * D * 2 + ring, (const bf16*)ob,
                            (const bf16*)sum, (const bf16*)nw2[l], resid, eps, (const bf16*)wgu[l],
@@ -386,6 +500,9 @@ int main() {
                            1);
                 if (v.down && v.fill == 2)
                     launch(plain_nofill, D / 8, 1, 1, 256, F * 2, (const bf16*)wd[l], down, D, F);
+                else if (v.down && v.ring_var && rings((size_t)D * F * 2))
+                    launch(ring_vars[v.ring_var].down, ring_grid, 1, 1, 256, F * 2 + ring, (const bf16*)glu,
+                           (const bf16*)wd[l], down, D, F);
                 else if (v.down && rings((size_t)D * F * 2))
                     launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, F * 2 + ring, (const bf16*)glu,
                            (const bf16*)wd[l], (const bf16*)nullptr, down, D, F, 1);
@@ -402,7 +519,10 @@ int main() {
                 launch(gemv_norm_bf16_m1, 1, 1, 1, 256, 2 * D * 2, (const bf16*)down, (const bf16*)resid,
                        (const bf16*)fnorm, sum, eps, (const i64*)nullptr, 0, (const bf16*)wd[0],
                        (const bf16*)nullptr, h, 16, D, 1);
-                if (rings((size_t)V * D * 2))
+                if (v.ring_var && rings((size_t)V * D * 2))
+                    launch(ring_vars[v.ring_var].head, ring_grid, 1, 1, 256, D * 2 + ring, (const bf16*)h,
+                           (const bf16*)whead, logits, V, D);
+                else if (rings((size_t)V * D * 2))
                     launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, D * 2 + ring, (const bf16*)h,
                            (const bf16*)whead, (const bf16*)nullptr, logits, V, D, 1);
                 else

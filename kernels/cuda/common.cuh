@@ -116,6 +116,71 @@ template <typename T> __device__ __forceinline__ float rnd(float v) {
     return ld(&t);
 }
 
+// ---- L2 prefetches and bulk copies (TMA, sm_90): the megakernel and the
+// ring GEMV's variants.
+__device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+}
+// A wait that has spun for about two seconds is a bug, not a slow GPU.
+__device__ __forceinline__ void spin_guard(long long t0) {
+    if (clock64() - t0 > (4ll << 30)) __trap();
+}
+
+// Bulk copies (TMA, sm_90) completing on an mbarrier: one instruction a
+// tile where cp.async takes one a 16-byte piece.
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void mbar_init(unsigned long long* b) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_addr(b)) : "memory");
+}
+__device__ __forceinline__ void mbar_init_fence() {
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// Expects `bytes` on barrier b, then copies them from global src to shared
+// dst; b's phase completes when they land. The proxy fence orders this
+// warp's earlier reads of dst before the copy's writes.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, unsigned long long* b) {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(b)), "r"(bytes)
+                 : "memory");
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+            smem_addr(dst)),
+        "l"(src), "r"(bytes), "r"(smem_addr(b))
+        : "memory");
+}
+// One arrival on barrier b expecting `bytes` more, for fills of several
+// copies (`bulk_copy_expected` each): b's phase completes when all land.
+__device__ __forceinline__ void bulk_expect(unsigned long long* b, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(b)), "r"(bytes)
+                 : "memory");
+}
+// A bulk copy whose bytes `bulk_expect` already announced on b.
+__device__ __forceinline__ void bulk_copy_expected(void* dst, const void* src, unsigned bytes, unsigned long long* b) {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+            smem_addr(dst)),
+        "l"(src), "r"(bytes), "r"(smem_addr(b))
+        : "memory");
+}
+// Waits until barrier b has completed the phase of parity `parity`.
+__device__ __forceinline__ void mbar_wait(unsigned long long* b, unsigned parity) {
+    const long long t0 = clock64();
+    unsigned ready = 0;
+    while (!ready) {
+        asm volatile(
+            "{\n"
+            ".reg .pred p;\n"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "selp.u32 %0, 1, 0, p;\n"
+            "}\n"
+            : "=r"(ready)
+            : "r"(smem_addr(b)), "r"(parity)
+            : "memory");
+        if (!ready) spin_guard(t0);
+    }
+}
+
 // ---- Greedy picks (sample.cu, and the ring GEMV at an LM head): a
 // row's largest value, its index and the sum of exp(x - max), merged.
 

@@ -517,8 +517,17 @@ __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n,
 // Shared memory: (m + Fill::EXTRA) * k elements of x and the fill's
 // prefetch, then WARPS * S * WR * CH elements of rings (the host's
 // `GemvRingBlock::smem_bytes`).
-template <int WARPS_, int R_, int S_, int CH_> struct GemvRing {
-    static constexpr int WARPS = WARPS_, R = R_, S = S_, CH = CH_;
+//
+// Variants the step bench measures (optc instantiates the defaults): L2 > 0
+// asks L2 for the tiles L2 places past the ring, the first of them before
+// the wait or, with L2_AFTER, right after it, so DRAM stays busy while the
+// block fills x with a full ring; TMA fills each slot with bulk copies (one
+// a row, completing on the slot's mbarrier), which take none of the SM's
+// load slots, instead of 16-byte cp.async pieces.
+template <int WARPS_, int R_, int S_, int CH_, int L2_ = 0, bool L2_AFTER_ = false, bool TMA_ = false>
+struct GemvRing {
+    static constexpr int WARPS = WARPS_, R = R_, S = S_, CH = CH_, L2 = L2_;
+    static constexpr bool L2_AFTER = L2_AFTER_, TMA = TMA_;
     static_assert(CH % 256 == 0, "a lane's pieces as gemv_impl reads them");
 };
 using GemvRingPlain = GemvRing<8, 1, 4, 1024>;
@@ -540,27 +549,50 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
     const int units = (n + R - 1) / R, nch = (k + CH - 1) / CH;
     const int mine = gw < units ? (units - 1 - gw) / warps + 1 : 0;
     const int ntiles = mine * nch;
-    // Starts the copies of tile t (unit t / nch, chunk t % nch) into its
-    // slot; a group is committed either way, so wait_group counts tiles.
+    // Row r of tile t (unit t / nch, chunk t % nch), from its chunk's start.
+    auto tile_row = [&](int t, int r) {
+        const int u = gw + (t / nch) * warps, col = out.weight_row(min(u * R + r % R, n - 1));
+        return w + ((i64)(GLU && r >= R ? n : 0) + col) * k + (t % nch) * CH;
+    };
+    auto tile_bytes = [&](int t) { return (unsigned)(min(CH, k - (t % nch) * CH) * sizeof(T)); };
+    // With TMA, slot s's fills complete on bars[s] (phase t / S of tile t).
+    __shared__ unsigned long long ring_bars[Geo::TMA ? Geo::WARPS * S : 1];
+    unsigned long long* bars = ring_bars + (Geo::TMA ? warp * S : 0);
+    // Starts the copies of tile t into its slot; with cp.async a group is
+    // committed either way, so wait_group counts tiles.
     auto load = [&](int t) {
         if (t < ntiles) {
-            const int u = gw + (t / nch) * warps, k0 = (t % nch) * CH;
+            const int k0 = (t % nch) * CH;
             T* dst = ring + (t % S) * TILE;
+            if constexpr (Geo::TMA) {
+                if (lane == 0) {
+                    const unsigned bytes = tile_bytes(t);
+                    bulk_expect(&bars[t % S], WR * bytes);
 #pragma unroll
-            for (int r = 0; r < WR; ++r) {
-                const int col = out.weight_row(min(u * R + r % R, n - 1));
-                const T* src = w + ((i64)(GLU && r >= R ? n : 0) + col) * k;
+                    for (int r = 0; r < WR; ++r) bulk_copy_expected(dst + r * CH, tile_row(t, r), bytes, &bars[t % S]);
+                }
+            } else {
 #pragma unroll
-                for (int i = 0; i < PIECES; ++i) {
-                    const int e = (lane + 32 * i) * 8, kk = k0 + e;
+                for (int r = 0; r < WR; ++r) {
+                    const T* src = tile_row(t, r) - k0;
 #pragma unroll
-                    for (int h = 0; h < H; ++h)
-                        cp_async16_or_zero(dst + r * CH + e + h * (8 / H), kk < k ? src + kk + h * (8 / H) : src,
-                                           kk < k);
+                    for (int i = 0; i < PIECES; ++i) {
+                        const int e = (lane + 32 * i) * 8, kk = k0 + e;
+#pragma unroll
+                        for (int h = 0; h < H; ++h)
+                            cp_async16_or_zero(dst + r * CH + e + h * (8 / H),
+                                               kk < k ? src + kk + h * (8 / H) : src, kk < k);
+                    }
                 }
             }
         }
-        cp_async_commit();
+        if constexpr (!Geo::TMA) cp_async_commit();
+    };
+    // Asks L2 for tile t (the variants with L2 > 0).
+    auto prefetch = [&](int t) {
+        if (lane == 0 && t < ntiles)
+#pragma unroll
+            for (int r = 0; r < WR; ++r) prefetch_l2(tile_row(t, r), tile_bytes(t));
     };
     pdl_trigger();
     // A block past the units (a narrow matrix on a grid sized for the
@@ -568,10 +600,20 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
     // end, fill x and so delay the kernel's completion. Block 0 always has
     // a unit and waits, so the grid still ends after the kernel ahead.
     if (blockIdx.x * Geo::WARPS >= units) return;
+    if constexpr (Geo::TMA) {
+        if (lane == 0)
+            for (int i = 0; i < S; ++i) mbar_init(&bars[i]);
+        mbar_init_fence();
+        __syncwarp();
+    }
     fill.prefetch(xs, m, k);
 #pragma unroll
     for (int t = 0; t < S; ++t) load(t);
+    if constexpr (Geo::L2 > 0 && !Geo::L2_AFTER)
+        for (int t = S; t < S + Geo::L2; ++t) prefetch(t);
     pdl_wait();
+    if constexpr (Geo::L2 > 0 && Geo::L2_AFTER)
+        for (int t = S; t < S + Geo::L2; ++t) prefetch(t);
     fill.template run<S>(xs, m, k);
     __syncthreads();
     OPTC_TRACE_MARK(3);
@@ -581,7 +623,10 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
 #pragma unroll
         for (int j = 0; j < M; ++j) acc[r][j] = 0.f;
     for (int t = 0; t < ntiles; ++t) {
-        cp_async_wait<S - 1>();
+        if constexpr (Geo::TMA)
+            mbar_wait(&bars[t % S], (t / S) & 1);
+        else
+            cp_async_wait<S - 1>();
         __syncwarp();
         const int c = t % nch, k0 = c * CH;
         const T* tile = ring + (t % S) * TILE;
@@ -606,6 +651,7 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
         // Every lane is done with the slot before the tile S ahead takes it.
         __syncwarp();
         load(t + S);
+        if constexpr (Geo::L2 > 0) prefetch(t + S + Geo::L2);
         if (c == nch - 1) {
             const int i0 = (gw + (t / nch) * warps) * R;
             gemv_store_sums<M, WR>(out, acc, m, i0, n,

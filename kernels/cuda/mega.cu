@@ -196,53 +196,8 @@ __device__ __forceinline__ unsigned mega_ld_acquire(const unsigned* p) {
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
-__device__ __forceinline__ void mega_prefetch_l2(const void* p, unsigned bytes) {
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-}
-// A wait that has spun for about two seconds is a bug, not a slow GPU.
-__device__ __forceinline__ void mega_spin_guard(long long t0) {
-    if (clock64() - t0 > (4ll << 30)) __trap();
-}
-
-// Bulk copies (TMA, sm_90) completing on an mbarrier: one instruction a
-// tile where cp.async takes one a 16-byte piece.
-__device__ __forceinline__ unsigned mega_smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void mega_mbar_init(unsigned long long* b) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(mega_smem_addr(b)) : "memory");
-}
-__device__ __forceinline__ void mega_mbar_init_fence() {
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-// Expects `bytes` on barrier b, then copies them from global src to shared
-// dst; b's phase completes when they land. The proxy fence orders this
-// warp's earlier reads of dst before the copy's writes.
-__device__ __forceinline__ void mega_bulk_copy(void* dst, const void* src, unsigned bytes, unsigned long long* b) {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(mega_smem_addr(b)), "r"(bytes)
-                 : "memory");
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-            mega_smem_addr(dst)),
-        "l"(src), "r"(bytes), "r"(mega_smem_addr(b))
-        : "memory");
-}
-// Waits until barrier b has completed the phase of parity `parity`.
-__device__ __forceinline__ void mega_mbar_wait(unsigned long long* b, unsigned parity) {
-    const long long t0 = clock64();
-    unsigned ready = 0;
-    while (!ready) {
-        asm volatile(
-            "{\n"
-            ".reg .pred p;\n"
-            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-            "selp.u32 %0, 1, 0, p;\n"
-            "}\n"
-            : "=r"(ready)
-            : "r"(mega_smem_addr(b)), "r"(parity)
-            : "memory");
-        if (!ready) mega_spin_guard(t0);
-    }
-}
+// prefetch_l2, spin_guard and the bulk-copy helpers (smem_addr, mbar_*,
+// bulk_copy) are in common.cuh: the ring GEMV uses them too.
 
 // All blocks have finished the phase before: arrivals counted on one
 // monotonic counter (`target` in all). The block's writes are ordered
@@ -256,7 +211,7 @@ __device__ __forceinline__ void mega_grid_barrier(unsigned* count, unsigned targ
         asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
         asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;\n" ::"l"(count) : "memory");
         const long long t0 = clock64();
-        while (mega_ld_acquire(count) < target) mega_spin_guard(t0);
+        while (mega_ld_acquire(count) < target) spin_guard(t0);
     }
     __syncthreads();
 }
@@ -614,8 +569,8 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
     unsigned long long* bars = slot_bar + (TMA ? warp * STAGES : 0);
     if constexpr (TMA) {
         if (lane == 0)
-            for (int i = 0; i < STAGES; ++i) mega_mbar_init(&bars[i]);
-        mega_mbar_init_fence();
+            for (int i = 0; i < STAGES; ++i) mbar_init(&bars[i]);
+        mbar_init_fence();
         __syncwarp();
     }
     MegaWalk<S> ld_walk, pf_walk, use;
@@ -632,7 +587,7 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
             const T* src = mega_tile_src<S>(m, ld_walk, dims.kind(ld_walk.p));
             T* dst = ring + (issued % STAGES) * CH;
             if constexpr (TMA) {
-                if (lane == 0) mega_bulk_copy(dst, src, CH * sizeof(T), &bars[issued % STAGES]);
+                if (lane == 0) bulk_copy(dst, src, CH * sizeof(T), &bars[issued % STAGES]);
             } else {
 #pragma unroll
                 for (int i = 0; i < S::PIECES; ++i) {
@@ -646,7 +601,7 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
         ++issued;
         if constexpr (PF > 0) {
             if (pf_walk.done()) return;
-            if (lane == 0) mega_prefetch_l2(mega_tile_src<S>(m, pf_walk, dims.kind(pf_walk.p)), CH * sizeof(T));
+            if (lane == 0) prefetch_l2(mega_tile_src<S>(m, pf_walk, dims.kind(pf_walk.p)), CH * sizeof(T));
             pf_walk.next(gw, W);
         }
     };
@@ -707,7 +662,7 @@ __device__ void mega_decode_impl(const MegaArgs<typename S::T>& m) {
             float acc[2] = {0.f, 0.f};
             for (int j = 0; j < lin.rows * lin.nch; ++j) {
                 if constexpr (TMA)
-                    mega_mbar_wait(&bars[used % STAGES], (used / STAGES) & 1);
+                    mbar_wait(&bars[used % STAGES], (used / STAGES) & 1);
                 else
                     cp_async_wait<STAGES - 1>();
                 __syncwarp();
