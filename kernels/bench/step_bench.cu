@@ -70,6 +70,19 @@ __global__ void __launch_bounds__(128)
         GemvRopeStore<bf16>{nullptr, cs, sn, q, kc, vc, slots, hq, hkv, d, d, d, 0}, w, n, k, 1);
 }
 
+// The QKV GEMV (norm, rope, cache write) in other register geometries
+// (`qkv_geo` 1 and 2): four warps a block, and two loads a stage; a warp
+// keeps its two rows (a RoPE pair).
+template <typename Geo>
+__global__ void __launch_bounds__(256)
+    qkv_geo(const bf16* a, const bf16* r, const bf16* nw, bf16* sum, float eps, const bf16* w, int n, int k,
+            const bf16* cs, const bf16* sn, bf16* q, bf16* kc, bf16* vc, const i64* slots, int hq, int hkv, int d) {
+    gemv_impl<bf16, 1, Geo>(GemvAddRmsNorm<bf16, 1>{a, r, nw, sum, eps},
+                            GemvRopeStore<bf16>{nullptr, cs, sn, q, kc, vc, slots, hq, hkv, d, d, d, 0}, w, n, k, 1);
+}
+using QkvGeo1 = GemvGeometry<4, 2, 4>;
+using QkvGeo2 = GemvGeometry<8, 2, 2>;
+
 // The big linears' rings in the variants `GemvRing` offers (L2 prefetch
 // past the ring, before or after the wait; slots filled by bulk copies):
 // `RingVar` picks one per kind, `ring_var` a variant's set.
@@ -268,6 +281,7 @@ struct Variant {
     int o_geo = 0;   // 0: GemvPlain; 1 to 3: OGeo1 to OGeo3
     int att_warps = 4;
     int ring_var = 0;  // the big linears' ring kernels (`ring_vars`)
+    int qkv_geo = 0;   // 0: GemvNorm; 1, 2: QkvGeo1, QkvGeo2
 };
 
 // STEP_CHECK=1: each ring variant's gate/up, down and LM head results
@@ -429,6 +443,8 @@ int main() {
         {"8 warps, down by bulk copies: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 10},
         {"8 warps, LM head by bulk copies: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 11},
         {"8 warps, every ring by bulk copies: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 12},
+        {"8 warps, QKV of 4 warps: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 1},
+        {"8 warps, QKV in stages of 2: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 2},
     };
     for (int pos : {127, 255, 383}) {
         const i64 p = pos;
@@ -460,6 +476,14 @@ int main() {
                 else if (v.qkv && rings((size_t)QKV * D * 2))
                     launch(ring_norm_rope, ring_grid, 1, 1, 128, 2 * D * 2 + ring, hc, rc, (const bf16*)nw1[l],
                            sum, (const bf16*)wqkv[l], QKV, D, (const bf16*)cs, (const bf16*)sn, q, kc[l], vc[l],
+                           (const i64*)dslot, HQ, HKV, HD);
+                else if (v.qkv && v.qkv_geo == 1)
+                    launch(qkv_geo<QkvGeo1>, QKV / 8, 1, 1, 128, 2 * D * 2, hc, rc, (const bf16*)nw1[l], sum, eps,
+                           (const bf16*)wqkv[l], QKV, D, (const bf16*)cs, (const bf16*)sn, q, kc[l], vc[l],
+                           (const i64*)dslot, HQ, HKV, HD);
+                else if (v.qkv && v.qkv_geo == 2)
+                    launch(qkv_geo<QkvGeo2>, QKV / 16, 1, 1, 256, 2 * D * 2, hc, rc, (const bf16*)nw1[l], sum, eps,
+                           (const bf16*)wqkv[l], QKV, D, (const bf16*)cs, (const bf16*)sn, q, kc[l], vc[l],
                            (const i64*)dslot, HQ, HKV, HD);
                 else if (v.qkv)
                     launch(gemv_norm_rope_bf16_m1, QKV / 16, 1, 1, 256, 2 * D * 2, hc, rc, (const bf16*)nw1[l], sum,
