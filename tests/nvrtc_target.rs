@@ -1986,9 +1986,10 @@ fn cuda_graph_replay_equals_eager_decode() {
 /// ends, its ids copied from that step's picks on the GPU) give the tokens
 /// of synchronous steps whose ids the host writes, whether the step graphs
 /// come in pairs taken in turn (their input and pick copies on side
-/// streams), one copy each, or not at all; and with every one-row linear
-/// on the ring GEMV, whose LM head then picks the greedy token as it
-/// stores the logits. Step 5 is left uncollected when step 6 is
+/// streams), one copy each, or not at all; with the embedding reading the
+/// picked ids itself or `ids_from_picks` copying them into the ids first;
+/// and with every one-row linear on the ring GEMV, whose LM head then
+/// picks the greedy token as it stores the logits. Step 5 is left uncollected when step 6 is
 /// submitted, so step 6's ids come from the host inside a graph too.
 #[test]
 fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
@@ -2056,16 +2057,27 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                         toks[q].push(i64::from(picks[q].0));
                     }
                 }
-                for (how, graphs, pairs, rings) in [
-                    ("eager", false, false, false),
-                    ("one graph a shape", true, false, false),
-                    ("paired graphs", true, true, false),
-                    ("paired graphs, ring GEMVs", true, true, true),
-                    ("eager, ring GEMVs", false, false, true),
+                for (how, graphs, pairs, rings, copied) in [
+                    ("eager", false, false, false, false),
+                    ("eager, ids copied first", false, false, false, true),
+                    ("one graph a shape", true, false, false, false),
+                    ("paired graphs", true, true, false, false),
+                    ("paired graphs, ids copied first", true, true, false, true),
+                    ("paired graphs, ring GEMVs", true, true, true, false),
+                    ("eager, ring GEMVs", false, false, true, false),
                 ] {
                     let mut cuda = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
                     cuda.set_cuda_graphs(graphs);
                     cuda.set_graph_pairs(pairs);
+                    if copied {
+                        // `ids_from_picks` first, as for more than 8 ids.
+                        cuda.set_ids_in_embedding(0);
+                    }
+                    assert!(
+                        cuda.ids_read_by_embedding(),
+                        "{}: the embedding is not the ids' only reader",
+                        what(how)
+                    );
                     if rings {
                         // Bit-equal to the register GEMV (see the fused GEMV test).
                         cuda.set_gemv_ring_min_bytes(0);

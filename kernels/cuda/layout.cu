@@ -11,16 +11,30 @@ template <typename E> __device__ void copy_impl(const E* x, E* y, i64 n, Strided
     }
 }
 
+// Id j of a run whose ids may come from the previous run's picks: the
+// pick `head` (ids_from_picks's, sample.cu) names for element j, if any,
+// else idx[j]. For a few ids only: it scans the head's pairs.
+__device__ __forceinline__ i64 picked_id(const int* head, i64 j, const i64* idx) {
+    const int count = head[2];
+    for (int c = 0; c < count; ++c)
+        if (head[4 + 2 * c] == j) return (*reinterpret_cast<const int* const*>(head))[head[5 + 2 * c]];
+    return idx[j];
+}
+
 // out[o, j, i] = x[o, idx[j], i]; an index outside [0, len) (which the host
 // rejects for graph inputs) writes zeros rather than reading out of bounds.
+// With `head`, the ids a run takes from the previous run's picks are read
+// there (the run's only reader of its ids is this embedding, so the copy
+// into them is left out).
 template <typename E>
-__device__ void gather_impl(const E* x, const i64* idx, E* y, i64 outer, i64 len, i64 inner, i64 nidx) {
+__device__ void gather_impl(const E* x, const i64* idx, E* y, i64 outer, i64 len, i64 inner, i64 nidx,
+                            const int* head = nullptr) {
     i64 n = outer * nidx * inner;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         i64 k = i % inner;
         i64 j = (i / inner) % nidx;
         i64 o = i / (inner * nidx);
-        i64 r = idx[j];
+        i64 r = head ? picked_id(head, j, idx) : idx[j];
         if (r < 0) r += len;
         y[i] = (r >= 0 && r < len) ? x[(o * len + r) * inner + k] : (E)0;
     }
@@ -35,6 +49,11 @@ __device__ void gather_impl(const E* x, const i64* idx, E* y, i64 outer, i64 len
                                           i64 nidx) {                                                     \
         pdl_start();                                                                                      \
         gather_impl<E>(x, idx, y, outer, len, inner, nidx);                                               \
+    }                                                                                                     \
+    extern "C" __global__ void gather_picked_##N(const E* x, const i64* idx, const int* head, E* y, i64 outer, \
+                                                 i64 len, i64 inner, i64 nidx) {                          \
+        pdl_start();                                                                                      \
+        gather_impl<E>(x, idx, y, outer, len, inner, nidx, head);                                         \
     }
 
 OPTC_LAYOUT(unsigned char, b1)

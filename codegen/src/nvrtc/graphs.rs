@@ -202,14 +202,26 @@ impl CudaProgram {
             .map_err(|e| format!("CUDA graph capture: {e}"));
         let steps = std::mem::take(&mut self.steps);
         let mut in_gemv = self.gemv_pick(pick.map(|(p, _)| p), dims);
+        // The embedding reads a few picked ids itself; else the copy of
+        // the picks into the ids comes first.
+        let embedding = ids.and_then(|h| self.ids_embedding(h, abox.ptr));
         let mut r = begun
-            .and_then(|_| match ids {
+            .and_then(|_| match ids.filter(|_| embedding.is_none()) {
                 Some(h) => self.launch_ids_gather(h, abox.ptr).map_err(|e| e.to_string()),
                 None => Ok(()),
             })
             .and_then(|_| {
-                self.run_steps(&steps, dims, bindings, &mut ptr, attn, abox.ptr, in_gemv.as_mut())
-                    .map_err(|e| e.to_string())
+                self.run_steps(
+                    &steps,
+                    dims,
+                    bindings,
+                    &mut ptr,
+                    attn,
+                    abox.ptr,
+                    in_gemv.as_mut(),
+                    embedding,
+                )
+                .map_err(|e| e.to_string())
             });
         self.steps = steps;
         let mut picked = 0;

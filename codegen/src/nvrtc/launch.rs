@@ -421,6 +421,34 @@ impl CudaProgram {
         Ok(args)
     }
 
+    /// Embedding step `s` reading the ids the previous run picked through
+    /// `head` (`gather_picked_*`, `fns[1]`): its run leaves out the copy of
+    /// those picks into the ids, which nothing else reads.
+    pub(super) fn launch_embedding_picked(
+        &self,
+        fns: &[CudaFunction],
+        s: &Step,
+        dims: &[Vec<usize>],
+        ptr: &[u64],
+        head: u64,
+    ) -> Result<(), String> {
+        let (a, o0) = (&s.args, s.outs[0]);
+        let f = fns
+            .get(1)
+            .ok_or("an embedding without its picked-ids kernel (a lowering bug)")?;
+        let numel = |v: usize| dims[v].iter().product::<usize>();
+        let n = numel(o0);
+        if n == 0 {
+            return Ok(());
+        }
+        let di = &dims[a[0]];
+        let inner: usize = di[1..].iter().product();
+        let grid = n.div_ceil(256).clamp(1, self.gpu.sms as usize * 16) as u32;
+        let gpu = &self.gpu;
+        launch!(gpu, f, cfg((grid, 1, 1), 256, 0); x = ptr[a[0]], i = ptr[a[1]], head = head, y = ptr[o0],
+            o = 1i64, l = di[0] as i64, inn = inner as i64, ni = numel(a[1]) as i64)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn launch(
         &mut self,

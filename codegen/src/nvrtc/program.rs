@@ -226,6 +226,13 @@ pub struct CudaProgram {
     pub(super) pick_in_gemv: bool,
     /// Runs (and captures) whose greedy pick the ring GEMV made.
     pub(super) gemv_picks: u64,
+    /// Per input: the embedding step that is its only reader, if any (i64
+    /// ids). A run taking a few of those ids from the previous run's picks
+    /// lets that embedding read them through the head (`gather_picked_*`)
+    /// rather than copying them into the ids first.
+    pub(super) ids_embedding: Vec<Option<usize>>,
+    /// Most ids an embedding reads through the head (`IDS_IN_EMBEDDING_MAX`).
+    pub(super) ids_in_embedding_max: usize,
     /// Split counters of the decode attention and the skinny GEMM (zero
     /// between launches: the last block of each group resets its own).
     pub(super) split_counters: Option<DeviceBox>,
@@ -319,6 +326,36 @@ pub(super) struct Executed {
     /// A replay of a graph with a twin: its picks go back on the side
     /// stream (`graphs.rs`).
     pub(super) replayed: Option<std::sync::Arc<super::graphs::ReplayEvents>>,
+}
+
+/// Per input, the embedding step that is its only reader (through views),
+/// when the input is i64 ids, not an output, and the step has its
+/// `gather_picked_*` kernel.
+fn sole_embeddings(
+    inputs: &[(String, usize)],
+    steps: &[Step],
+    owner: &[usize],
+    types: &[TensorType],
+    last_use: &HashMap<usize, usize>,
+) -> Vec<Option<usize>> {
+    inputs
+        .iter()
+        .map(|&(_, v)| {
+            if types[v].dtype != DType::I64 || last_use.get(&owner[v]) == Some(&usize::MAX) {
+                return None;
+            }
+            let mut readers = steps.iter().enumerate().filter(|(_, s)| {
+                !matches!(s.exec, Exec::View)
+                    && s.args.iter().chain(&s.also_reads).any(|&a| owner[a] == owner[v])
+            });
+            let (si, s) = readers.next()?;
+            let only = readers.next().is_none();
+            let embedding = matches!(&s.exec, Exec::Kernel(Kernel::Embedding, fns) if fns.len() >= 2)
+                && s.args.get(1).is_some_and(|&a| owner[a] == owner[v])
+                && owner[s.args[0]] != owner[v];
+            (only && embedding).then_some(si)
+        })
+        .collect()
 }
 
 /// Adds instantiation line `i` unless it is there already.
@@ -1001,6 +1038,7 @@ impl CudaProgram {
         } else {
             None
         };
+        let ids_embedding = sole_embeddings(&inputs, &steps, &owner, &types, &last_use);
         let mut p = CudaProgram {
             gpu,
             gemm,
@@ -1029,6 +1067,8 @@ impl CudaProgram {
             graph_pairs: std::env::var("OPTC_CUDA_GRAPH_PAIRS").map_or(true, |v| v != "0"),
             pick_in_gemv: std::env::var("OPTC_CUDA_PICK_IN_GEMV").map_or(true, |v| v != "0"),
             gemv_picks: 0,
+            ids_embedding,
+            ids_in_embedding_max: super::run::IDS_IN_EMBEDDING_MAX,
             split_counters,
             skinny: SkinnyGemm::from_env(),
             dims_cache: Default::default(),
@@ -1194,6 +1234,21 @@ impl CudaProgram {
         self.finish_pending();
         self.captures.clear();
         self.pick_in_gemv = on;
+    }
+
+    /// Whether some input's only reader is an embedding that can read
+    /// picked ids through the head itself (`gather_picked_*`).
+    pub fn ids_read_by_embedding(&self) -> bool {
+        self.ids_embedding.iter().any(Option::is_some)
+    }
+
+    /// Most ids taken from the previous run's picks that the embedding
+    /// reads itself (default 8; 0 always copies them into the ids first,
+    /// with `ids_from_picks`). Captured graphs are dropped.
+    pub fn set_ids_in_embedding(&mut self, max: usize) {
+        self.finish_pending();
+        self.captures.clear();
+        self.ids_in_embedding_max = max;
     }
 
     /// Runs, and graph captures, whose greedy pick the LM head's ring

@@ -25,9 +25,26 @@ use crate::CodegenError;
 /// picks on the GPU, or nothing when the host wrote the ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct IdsHead {
+    /// The ids input.
+    input: usize,
     ids_offset: usize,
     head_offset: usize,
     capacity: usize,
+}
+
+/// Most ids an embedding reads through the head itself by default (each
+/// of its threads scans the head's pairs); past this the ids are copied
+/// first (`CudaProgram::set_ids_in_embedding`).
+pub(super) const IDS_IN_EMBEDDING_MAX: usize = 8;
+
+impl CudaProgram {
+    /// The embedding step that reads the picks through head `h` (its step
+    /// and the head's address for inputs at `base`), when the ids' only
+    /// reader is that embedding and they are few.
+    pub(super) fn ids_embedding(&self, h: IdsHead, base: u64) -> Option<(usize, u64)> {
+        let si = self.ids_embedding.get(h.input).copied().flatten()?;
+        (h.capacity <= self.ids_in_embedding_max).then_some((si, base + h.head_offset as u64))
+    }
 }
 
 /// Bytes of the head before its (ids element, pick row) pairs: the pick
@@ -136,6 +153,7 @@ impl CudaProgram {
         let picks = prev.filter(|_| count > 0).map_or(0, |p| p.buf);
         let head_offset = push_ids_head(arena, picks, i64ids, &map, n);
         let head = IdsHead {
+            input: i,
             ids_offset: offsets[i],
             head_offset,
             capacity: n,
@@ -600,14 +618,24 @@ impl CudaProgram {
         }
         let base = self.arena.as_ref().map_or(0, |b| b.ptr);
         self.gpu.htod(base, &arena).map_err(node_err(&self.graph.name))?;
-        if let Some(h) = head.filter(|_| gathering) {
+        let embedding = head.and_then(|h| self.ids_embedding(h, base));
+        if let Some(h) = head.filter(|_| gathering && embedding.is_none()) {
             self.launch_ids_gather(h, base)?;
         }
         let mut ptr = self.base_pointers(base, &offsets);
         let steps = std::mem::take(&mut self.steps);
         let t_steps = Instant::now();
         let mut in_gemv = self.gemv_pick(pick.as_ref(), dims);
-        let r = self.run_steps(&steps, dims, bindings, &mut ptr, &attn, base, in_gemv.as_mut());
+        let r = self.run_steps(
+            &steps,
+            dims,
+            bindings,
+            &mut ptr,
+            &attn,
+            base,
+            in_gemv.as_mut(),
+            embedding,
+        );
         self.steps = steps;
         if gathering {
             self.release_gathered();
@@ -687,6 +715,7 @@ impl CudaProgram {
         attn: &HashMap<usize, AttentionRun>,
         arena: u64,
         mut pick: Option<&mut GemvPick>,
+        embedding: Option<(usize, u64)>,
     ) -> Result<(), CodegenError> {
         let mut events = Vec::new();
         // Fused GEMVs (see `fused_gemv_fits`): linears that do their norm
@@ -743,6 +772,10 @@ impl CudaProgram {
                 Exec::Kernel(..) if fused => {
                     self.fused_gemv_launches += 1;
                     self.launch_fused_gemv(s, steps, dims, ptr, &mut done, pick.as_deref_mut())
+                }
+                Exec::Kernel(Kernel::Embedding, fns) if embedding.is_some_and(|(e, _)| e == si) => {
+                    let head = embedding.map_or(0, |(_, h)| h);
+                    self.launch_embedding_picked(fns, s, dims, ptr, head)
                 }
                 Exec::Kernel(k, fns) => {
                     self.launch(*k, fns, s, dims, ptr, attn.get(&si), arena, pick.as_deref_mut())

@@ -229,7 +229,10 @@ pub(super) fn function_names(k: Kernel, args: &[&TensorType], out: &TensorType) 
         Kernel::Transpose | Kernel::Split | Kernel::Slice | Kernel::Concat | Kernel::Expand => {
             vec![format!("copy_{w}")]
         }
-        Kernel::IndexSelect | Kernel::Embedding => vec![format!("gather_{w}")],
+        Kernel::IndexSelect => vec![format!("gather_{w}")],
+        // Then the gather that takes a few ids from the previous run's
+        // picks (`picked_id` in layout.cu).
+        Kernel::Embedding => vec![format!("gather_{w}"), format!("gather_picked_{w}")],
         Kernel::PagedAttention => {
             let d = args[0]
                 .shape
