@@ -2073,11 +2073,6 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                         // `ids_from_picks` first, as for more than 8 ids.
                         cuda.set_ids_in_embedding(0);
                     }
-                    assert!(
-                        cuda.ids_read_by_embedding(),
-                        "{}: the embedding is not the ids' only reader",
-                        what(how)
-                    );
                     if rings {
                         // Bit-equal to the register GEMV (see the fused GEMV test).
                         cuda.set_gemv_ring_min_bytes(0);
@@ -2135,6 +2130,9 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                             assert_eq!(second, 0, "{}", what(how));
                         }
                     }
+                    // The embedding read the picked ids itself unless told
+                    // to copy them first.
+                    assert_eq!(cuda.embedding_picks() > 0, !copied, "{}", what(how));
                     // The greedy pick of one row runs in the LM head's ring
                     // GEMV (16-bit weights only).
                     let in_gemv = rings && !sampled && nseq == 1 && name == "llama_bf16";

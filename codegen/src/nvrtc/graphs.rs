@@ -131,6 +131,7 @@ impl CudaProgram {
             self.ring_gemv_launches.load(Ordering::Relaxed),
             self.mega_launches,
             self.gemv_picks,
+            self.embedding_picks,
         );
         let second = self
             .capture(arena, offsets, dims, bindings, attn, pick, ids)
@@ -140,6 +141,7 @@ impl CudaProgram {
         self.ring_gemv_launches.store(counted.1, Ordering::Relaxed);
         self.mega_launches = counted.2;
         self.gemv_picks = counted.3;
+        self.embedding_picks = counted.4;
         let copies = match second {
             Ok(c) => vec![first, c],
             Err(e) => {
@@ -244,6 +246,7 @@ impl CudaProgram {
         r?;
         let graph = g?.ok_or("CUDA graph capture produced no graph")?;
         self.gemv_picks += u64::from(in_gemv.is_some_and(|g| g.buf.is_some()));
+        self.embedding_picks += u64::from(embedding.is_some());
         Ok(Captured {
             graph,
             _pool: pool,

@@ -233,6 +233,8 @@ pub struct CudaProgram {
     pub(super) ids_embedding: Vec<Option<usize>>,
     /// Most ids an embedding reads through the head (`IDS_IN_EMBEDDING_MAX`).
     pub(super) ids_in_embedding_max: usize,
+    /// Runs (and captures) whose embedding read picked ids that way.
+    pub(super) embedding_picks: u64,
     /// Split counters of the decode attention and the skinny GEMM (zero
     /// between launches: the last block of each group resets its own).
     pub(super) split_counters: Option<DeviceBox>,
@@ -1069,6 +1071,7 @@ impl CudaProgram {
             gemv_picks: 0,
             ids_embedding,
             ids_in_embedding_max: super::run::IDS_IN_EMBEDDING_MAX,
+            embedding_picks: 0,
             split_counters,
             skinny: SkinnyGemm::from_env(),
             dims_cache: Default::default(),
@@ -1236,10 +1239,11 @@ impl CudaProgram {
         self.pick_in_gemv = on;
     }
 
-    /// Whether some input's only reader is an embedding that can read
-    /// picked ids through the head itself (`gather_picked_*`).
-    pub fn ids_read_by_embedding(&self) -> bool {
-        self.ids_embedding.iter().any(Option::is_some)
+    /// Runs, and graph captures, whose embedding read the ids taken from
+    /// the previous run's picks itself (`gather_picked_*`; a replay does
+    /// not count).
+    pub fn embedding_picks(&self) -> u64 {
+        self.embedding_picks
     }
 
     /// Most ids taken from the previous run's picks that the embedding

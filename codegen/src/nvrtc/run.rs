@@ -129,7 +129,17 @@ impl CudaProgram {
         let mut map = Vec::new();
         if let Some(prev) = prev {
             map.reserve(patch.ids.len() * 8);
+            let mut seen = std::collections::HashSet::new();
             for p in patch.ids {
+                if !seen.insert(p.index) {
+                    return Err(CodegenError::Input {
+                        name: patch.input.into(),
+                        message: format!(
+                            "element {} of the ids from the previous run's picks twice",
+                            p.index
+                        ),
+                    });
+                }
                 if p.row >= prev.rows || p.index >= n {
                     return Err(CodegenError::Input {
                         name: patch.input.into(),
@@ -619,6 +629,7 @@ impl CudaProgram {
         let base = self.arena.as_ref().map_or(0, |b| b.ptr);
         self.gpu.htod(base, &arena).map_err(node_err(&self.graph.name))?;
         let embedding = head.and_then(|h| self.ids_embedding(h, base));
+        self.embedding_picks += u64::from(embedding.is_some());
         if let Some(h) = head.filter(|_| gathering && embedding.is_none()) {
             self.launch_ids_gather(h, base)?;
         }
@@ -908,6 +919,21 @@ mod tests {
         let kernel = &kernel[..kernel.find("\n}").unwrap()];
         for read in ["head[2]", "head[3]", "head[4 + 2 * j]", "head[5 + 2 * j]"] {
             assert!(kernel.contains(read), "{read}");
+        }
+        // And the embedding's, reading them itself (`picked_id`).
+        let (_, layout) = optc_kernels::cuda::FILES
+            .iter()
+            .find(|(f, _)| *f == "layout.cu")
+            .unwrap();
+        let picked = &layout[layout.find("i64 picked_id(").unwrap()..];
+        let picked = &picked[..picked.find("\n}").unwrap()];
+        for read in [
+            "head[2]",
+            "head[4 + 2 * c]",
+            "head[5 + 2 * c]",
+            "const int* const*>(head)",
+        ] {
+            assert!(picked.contains(read), "{read}");
         }
     }
 }

@@ -386,13 +386,16 @@ mod tests {
             Kernel::Softmax,
             Kernel::Transpose,
             Kernel::IndexSelect,
+            Kernel::Embedding,
         ];
         // The GEMVs exist only for the types the host instantiates.
         assert!(!have.contains("gemv_f32_m1") && !have.contains("skinny_bf16_m32"));
         for d in [DType::F32, DType::BF16, DType::F16, DType::I64, DType::Bool] {
             let x = t(d, &[2, 64]);
             for k in kernels {
-                if float_name(d).is_none() && !matches!(k, Kernel::Transpose | Kernel::IndexSelect) {
+                if float_name(d).is_none()
+                    && !matches!(k, Kernel::Transpose | Kernel::IndexSelect | Kernel::Embedding)
+                {
                     continue;
                 }
                 let extra = instances_for(k, &x).concat();
