@@ -1989,19 +1989,16 @@ fn cuda_graph_replay_equals_eager_decode() {
 /// streams), one copy each, or not at all; with the embedding reading the
 /// picked ids itself or `ids_from_picks` copying them into the ids first;
 /// and with every one-row linear on the ring GEMV, whose LM head then
-/// picks the greedy token as it stores the logits. Step 5 is left uncollected when step 6 is
-/// submitted, so step 6's ids come from the host inside a graph too.
+/// picks the greedy token as it stores the logits. Step 5 is left
+/// uncollected when step 6 is submitted, so step 6's ids come from the
+/// host inside a graph too.
 #[test]
 fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
     if !gpu() {
         return;
     }
     for name in ["llama", "llama_bf16"] {
-        let mut m = load(name);
-        Compiler::new()
-            .set_pipeline(Pipeline::serving(BLOCK))
-            .compile(&mut m.graph, &mut m.weights)
-            .unwrap();
+        let m = step_graph(name);
         let g = &m.graph;
         let nb = Bindings::from([("NB".to_string(), 16)]);
         let steps = 14;

@@ -135,26 +135,15 @@ __device__ __forceinline__ void mbar_init(unsigned long long* b) {
 __device__ __forceinline__ void mbar_init_fence() {
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
-// Expects `bytes` on barrier b, then copies them from global src to shared
-// dst; b's phase completes when they land. The proxy fence orders this
-// warp's earlier reads of dst before the copy's writes.
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, unsigned long long* b) {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(b)), "r"(bytes)
-                 : "memory");
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-            smem_addr(dst)),
-        "l"(src), "r"(bytes), "r"(smem_addr(b))
-        : "memory");
-}
 // One arrival on barrier b expecting `bytes` more, for fills of several
 // copies (`bulk_copy_expected` each): b's phase completes when all land.
 __device__ __forceinline__ void bulk_expect(unsigned long long* b, unsigned bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(b)), "r"(bytes)
                  : "memory");
 }
-// A bulk copy whose bytes `bulk_expect` already announced on b.
+// Copies `bytes` from global src to shared dst, which `bulk_expect`
+// announced on b. The proxy fence orders this warp's earlier reads of dst
+// before the copy's writes.
 __device__ __forceinline__ void bulk_copy_expected(void* dst, const void* src, unsigned bytes, unsigned long long* b) {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     asm volatile(
@@ -162,6 +151,12 @@ __device__ __forceinline__ void bulk_copy_expected(void* dst, const void* src, u
             smem_addr(dst)),
         "l"(src), "r"(bytes), "r"(smem_addr(b))
         : "memory");
+}
+// Expects `bytes` on barrier b, then copies them; b's phase completes when
+// they land.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, unsigned long long* b) {
+    bulk_expect(b, bytes);
+    bulk_copy_expected(dst, src, bytes, b);
 }
 // Waits until barrier b has completed the phase of parity `parity`.
 __device__ __forceinline__ void mbar_wait(unsigned long long* b, unsigned parity) {

@@ -910,30 +910,34 @@ mod tests {
         }
         // Past the pairs, up to the capacity: zeros.
         assert!(arena[at + 16 + 16..at + 16 + 8 * 40].iter().all(|&b| b == 0));
-        // The kernel's reads, as the source writes them.
-        let (_, src) = optc_kernels::cuda::FILES
-            .iter()
-            .find(|(f, _)| *f == "sample.cu")
-            .unwrap();
-        let kernel = &src[src.find("void ids_from_picks").unwrap()..];
-        let kernel = &kernel[..kernel.find("\n}").unwrap()];
-        for read in ["head[2]", "head[3]", "head[4 + 2 * j]", "head[5 + 2 * j]"] {
-            assert!(kernel.contains(read), "{read}");
+        // The reads of `ids_from_picks` and of the embedding that reads the
+        // picks itself (`picked_id`), as their sources write them.
+        let body = |file: &str, start: &str| -> &'static str {
+            let (_, src) = optc_kernels::cuda::FILES
+                .iter()
+                .find(|(f, _)| *f == file)
+                .unwrap();
+            let from = &src[src.find(start).unwrap()..];
+            &from[..from.find("\n}").unwrap()]
+        };
+        let gather = body("sample.cu", "void ids_from_picks");
+        for read in [
+            "head[2]",
+            "head[3]",
+            "head[4 + 2 * j]",
+            "head[5 + 2 * j]",
+            "const int* const*>(head)",
+        ] {
+            assert!(gather.contains(read), "ids_from_picks: {read}");
         }
-        // And the embedding's, reading them itself (`picked_id`).
-        let (_, layout) = optc_kernels::cuda::FILES
-            .iter()
-            .find(|(f, _)| *f == "layout.cu")
-            .unwrap();
-        let picked = &layout[layout.find("i64 picked_id(").unwrap()..];
-        let picked = &picked[..picked.find("\n}").unwrap()];
+        let picked = body("layout.cu", "i64 picked_id(");
         for read in [
             "head[2]",
             "head[4 + 2 * c]",
             "head[5 + 2 * c]",
             "const int* const*>(head)",
         ] {
-            assert!(picked.contains(read), "{read}");
+            assert!(picked.contains(read), "picked_id: {read}");
         }
     }
 }
