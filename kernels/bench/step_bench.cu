@@ -101,10 +101,13 @@ using GuL2Before2 = GemvRing<4, 1, 4, 1024, 2, false>;
 using GuL2After2 = GemvRing<4, 1, 4, 1024, 2, true>;
 using GuL2After4 = GemvRing<4, 1, 4, 1024, 4, true>;
 using GuTma = GemvRing<4, 1, 4, 1024, 0, false, true>;
+using GuPre2 = GemvRing<4, 1, 4, 1024, 0, false, false, 2>;
+using GuPre0 = GemvRing<4, 1, 4, 1024, 0, false, false, 0>;
 using PlainBase = GemvRingPlain;
 using PlainL2Before4 = GemvRing<8, 1, 4, 1024, 4, false>;
 using PlainL2After4 = GemvRing<8, 1, 4, 1024, 4, true>;
 using PlainTma = GemvRing<8, 1, 4, 1024, 0, false, true>;
+using PlainPre2 = GemvRing<8, 1, 4, 1024, 0, false, false, 2>;
 // One ring set: gate/up, down and the LM head's kernels.
 struct RingVar {
     decltype(&gu_ring<GuBase>) gu;
@@ -124,6 +127,9 @@ static const RingVar ring_vars[] = {
     {gu_ring<GuBase>, plain_ring<PlainTma>, plain_ring<PlainBase>},             // 10
     {gu_ring<GuBase>, plain_ring<PlainBase>, plain_ring<PlainTma>},             // 11
     {gu_ring<GuTma>, plain_ring<PlainTma>, plain_ring<PlainTma>},               // 12
+    {gu_ring<GuPre2>, plain_ring<PlainBase>, plain_ring<PlainBase>},            // 13
+    {gu_ring<GuPre0>, plain_ring<PlainBase>, plain_ring<PlainBase>},            // 14
+    {gu_ring<GuPre2>, plain_ring<PlainPre2>, plain_ring<PlainBase>},            // 15
 };
 constexpr int RING_VARS = sizeof(ring_vars) / sizeof(ring_vars[0]);
 
@@ -443,6 +449,9 @@ int main() {
         {"8 warps, down by bulk copies: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 10},
         {"8 warps, LM head by bulk copies: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 11},
         {"8 warps, every ring by bulk copies: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 12},
+        {"8 warps, gate/up 2 tiles before the wait: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 13},
+        {"8 warps, gate/up no tiles before the wait: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 14},
+        {"8 warps, gate/up and down 2 tiles before the wait: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 15},
         {"8 warps, QKV of 4 warps: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 1},
         {"8 warps, QKV in stages of 2: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 2},
     };

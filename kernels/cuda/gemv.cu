@@ -523,12 +523,16 @@ __device__ void gemv_impl(const Fill& fill, const Store& out, const T* w, int n,
 // the wait or, with L2_AFTER, right after it, so DRAM stays busy while the
 // block fills x with a full ring; TMA fills each slot with bulk copies (one
 // a row, completing on the slot's mbarrier), which take none of the SM's
-// load slots, instead of 16-byte cp.async pieces.
-template <int WARPS_, int R_, int S_, int CH_, int L2_ = 0, bool L2_AFTER_ = false, bool TMA_ = false>
+// load slots, instead of 16-byte cp.async pieces; PRE < S starts only PRE
+// tiles before the wait and the rest after the fill, so the fill's loads
+// are not queued behind a whole ring of weight copies.
+template <int WARPS_, int R_, int S_, int CH_, int L2_ = 0, bool L2_AFTER_ = false, bool TMA_ = false,
+          int PRE_ = S_>
 struct GemvRing {
-    static constexpr int WARPS = WARPS_, R = R_, S = S_, CH = CH_, L2 = L2_;
+    static constexpr int WARPS = WARPS_, R = R_, S = S_, CH = CH_, L2 = L2_, PRE = PRE_;
     static constexpr bool L2_AFTER = L2_AFTER_, TMA = TMA_;
     static_assert(CH % 256 == 0, "a lane's pieces as gemv_impl reads them");
+    static_assert(PRE >= 0 && PRE <= S, "tiles before the wait: at most the ring");
 };
 using GemvRingPlain = GemvRing<8, 1, 4, 1024>;
 using GemvRingGlu = GemvRing<4, 1, 4, 1024>;
@@ -608,13 +612,17 @@ __device__ void gemv_ring_impl(const Fill& fill, const Store& out, const T* w, i
     }
     fill.prefetch(xs, m, k);
 #pragma unroll
-    for (int t = 0; t < S; ++t) load(t);
+    for (int t = 0; t < Geo::PRE; ++t) load(t);
     if constexpr (Geo::L2 > 0 && !Geo::L2_AFTER)
         for (int t = S; t < S + Geo::L2; ++t) prefetch(t);
     pdl_wait();
     if constexpr (Geo::L2 > 0 && Geo::L2_AFTER)
         for (int t = S; t < S + Geo::L2; ++t) prefetch(t);
-    fill.template run<S>(xs, m, k);
+    // The fill may leave the tiles' cp.async groups in flight (bulk copies
+    // commit none).
+    fill.template run<Geo::TMA ? 0 : Geo::PRE>(xs, m, k);
+#pragma unroll
+    for (int t = Geo::PRE; t < S; ++t) load(t);
     __syncthreads();
     OPTC_TRACE_MARK(3);
     float acc[WR][M];
