@@ -24,11 +24,13 @@
 #include "common.cuh"
 #include "gemv.cu"
 #include "attention.cu"
+#include "sample.cu"
 #include "step_launch.cuh"
 
 OPTC_GEMV_ROWS(bf16, bf16, 1)
 OPTC_GEMV_RING(bf16, bf16)
 OPTC_PAGED_ATTENTION(bf16, bf16, 64, 64)
+OPTC_ARGMAX(bf16, bf16)
 
 // The layer GEMVs through shared-memory rings (gemv_ring_impl): one
 // geometry set a template argument, S tiles of CH elements a warp.
@@ -288,6 +290,11 @@ struct Variant {
     int att_warps = 4;
     int ring_var = 0;  // the big linears' ring kernels (`ring_vars`)
     int qkv_geo = 0;   // 0: GemvNorm; 1, 2: QkvGeo1, QkvGeo2
+    // The step's end: 0, a final norm kernel and the LM head; 1, the norm
+    // in the LM head's ring (on the logits row) and the argmax kernel
+    // after it (optc until the tenth session); 2, the norm and the greedy
+    // pick in the ring (`gemv_norm_ring_argmax`, optc now).
+    int head_mode = 0;
 };
 
 // STEP_CHECK=1: each ring variant's gate/up, down and LM head results
@@ -377,15 +384,22 @@ int main() {
     CK(cudaMalloc(&dslot, 8));
     CK(cudaMemcpy(dtable, table.data(), max_blocks * 8, cudaMemcpyHostToDevice));
     float* part;
-    int* counters;
+    int *counters, *picks;
     CK(cudaMalloc(&part, 64 * HQ * (HD + 2) * 4));
     CK(cudaMalloc(&counters, 64 * 4));
     CK(cudaMemset(counters, 0, 64 * 4));
+    // The greedy pick (token, log probability) and the logits row the
+    // LM head's fused norm reads (row 0).
+    CK(cudaMalloc(&picks, 8));
+    i64* drow;
+    CK(cudaMalloc(&drow, 8));
+    CK(cudaMemset(drow, 0, 8));
     const unsigned att_smem = 4 * 2 * 2 * 32 * (HD + 8) * 2;
     CK(cudaFuncSetAttribute(paged_decode_bf16_d64, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem));
     CK(cudaFuncSetAttribute(paged_decode8_bf16_d64, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * att_smem));
     for (auto f : {(const void*)gemv_ring_bf16_m1, (const void*)gemv_norm_glu_ring_bf16_m1,
-                   (const void*)ring_norm_rope})
+                   (const void*)ring_norm_rope, (const void*)gemv_norm_ring_bf16_m1,
+                   (const void*)gemv_norm_ring_argmax_bf16_m1})
         CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
     for (const RingVar& r : ring_vars)
         for (auto f : {(const void*)r.gu, (const void*)r.down, (const void*)r.head})
@@ -452,6 +466,10 @@ int main() {
         {"8 warps, gate/up 2 tiles before the wait: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 13},
         {"8 warps, gate/up no tiles before the wait: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 14},
         {"8 warps, gate/up and down 2 tiles before the wait: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 15},
+        {"8 warps, head as optc before: norm in the ring, argmax kernel: whole step", true, true, true, true, true,
+         true, 1, 0, 1, 0, 8, 0, 0, 1},
+        {"8 warps, head as optc now: norm and pick in the ring: whole step", true, true, true, true, true, true, 1,
+         0, 1, 0, 8, 0, 0, 2},
         {"8 warps, QKV of 4 warps: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 1},
         {"8 warps, QKV in stages of 2: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 2},
     };
@@ -543,7 +561,21 @@ int main() {
                     launch(gemv_bf16_m1, D / 8, 1, 1, 256, F * 2, (const bf16*)glu, (const bf16*)wd[l],
                            (const bf16*)nullptr, down, D, F, 1);
             }
-            if (v.head) {
+            if (v.head && v.head_mode == 1) {
+                names.push_back("LM head");
+                names.push_back("argmax");
+                launch(gemv_norm_ring_bf16_m1, ring_grid, 1, 1, 256, 2 * D * 2 + ring, (const bf16*)down,
+                       (const bf16*)resid, (const bf16*)fnorm, (bf16*)nullptr, eps, (const i64*)drow, 1,
+                       (const bf16*)whead, (const bf16*)nullptr, logits, V, D, 1);
+                launch(argmax_part_bf16, 1, (V + 1023) / 1024, 1, 256, 0, (const bf16*)logits, part, V, 1024,
+                       counters + 32, picks, (float*)(picks + 1));
+            } else if (v.head && v.head_mode == 2) {
+                names.push_back("LM head");
+                launch(gemv_norm_ring_argmax_bf16_m1, ring_grid, 1, 1, 256, 2 * D * 2 + ring, (const bf16*)down,
+                       (const bf16*)resid, (const bf16*)fnorm, (bf16*)nullptr, eps, (const i64*)drow, 1,
+                       (const bf16*)whead, (const bf16*)nullptr, logits, V, D, 1, part, counters + 32, picks,
+                       (float*)(picks + 1));
+            } else if (v.head) {
                 names.push_back("final norm");
                 names.push_back("LM head");
                 // The final norm is a kernel of its own at this width (no
