@@ -4,7 +4,9 @@
 //! stream while the step before it is still on the GPU, and its picks go
 //! back on another while the next step runs: neither copy sits between
 //! two steps. The copy of the previous step's picks into this step's ids
-//! is the graph's first kernel, reading what to copy from the arena.
+//! is the graph's first kernel, reading what to copy from the arena (or,
+//! for a few ids that only the embedding reads, the embedding reads the
+//! picks itself).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -33,7 +35,7 @@ const SECOND_COPIES_MAX_BYTES: usize = 256 << 20;
 /// input arena (filled before each replay) and its pool of activations.
 pub(super) struct Captured {
     pub(super) graph: cudarc::driver::CudaGraph,
-    _pool: Pool,
+    pool: Pool,
     pub(super) arena: DeviceBox,
     pub(super) ptr: Vec<u64>,
     /// Where the graph leaves its picked tokens (when it picks).
@@ -110,12 +112,12 @@ impl CudaProgram {
         ids: Option<IdsHead>,
     ) -> Result<CaptureSet, String> {
         let mut first = self.capture(arena, offsets, dims, bindings, attn, pick, ids)?;
-        let bytes = first._pool.bytes + first.arena.bytes;
+        let bytes = first.pool.bytes + first.arena.bytes;
         let held: usize = self
             .captures
             .values()
             .filter_map(|s| s.copies.get(1))
-            .map(|c| c._pool.bytes + c.arena.bytes)
+            .map(|c| c.pool.bytes + c.arena.bytes)
             .sum();
         if !self.graph_pairs || bytes > SECOND_COPY_MAX_BYTES || held + bytes > SECOND_COPIES_MAX_BYTES {
             return Ok(CaptureSet {
@@ -249,7 +251,7 @@ impl CudaProgram {
         self.embedding_picks += u64::from(embedding.is_some());
         Ok(Captured {
             graph,
-            _pool: pool,
+            pool,
             arena: abox,
             ptr,
             picked,
