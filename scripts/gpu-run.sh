@@ -52,7 +52,7 @@ if has compile; then
 fi
 if has bench; then
   echo "== optc bench"
-  "$BIN" bench $MODEL --target nvrtc --workloads ${BENCH_WORKLOADS:-W1,W2,W3} --reps ${BENCH_REPS:-2} --max-num-tokens 16384 --json 2>&1 | tee -a "$OUT/optc_bench.jsonl" | grep -E "workload|rror|panic"
+  "$BIN" bench $MODEL --target nvrtc --workloads ${BENCH_WORKLOADS:-W1,W2,W3} --reps ${BENCH_REPS:-2} --max-num-tokens 16384 --json 2>&1 | tee -a "$OUT/optc_bench.jsonl" | grep -E "workload|rror|panic|nvrtc:"
 fi
 if has warps; then
   # Decode attention with four or eight warps a block (OPTC_DECODE_WARPS), alternating, twice.
@@ -91,7 +91,7 @@ if has ab; then
   AB_VAR=${AB_VAR:-OPTC_ASYNC_SCHEDULING}
   for v in 1 0 1 0; do
     echo "== optc bench with $AB_VAR=$v"
-    env "$AB_VAR=$v" "$BIN" bench $MODEL --target nvrtc --workloads ${AB_WORKLOADS:-W1,W2,W3} --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror"
+    env "$AB_VAR=$v" "$BIN" bench $MODEL --target nvrtc --workloads ${AB_WORKLOADS:-W1,W2,W3} --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
   done
 fi
 if has gemvbench; then

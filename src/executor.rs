@@ -187,15 +187,28 @@ pub fn gpu_step_inputs(
 }
 
 impl Executor for CudaExecutor {
-    /// Whether one-token decode steps take the megakernel, so a benchmark
-    /// with `OPTC_CUDA_MEGA` says which path its numbers are.
+    /// Which decode paths the run took (graph copies, the pick in the LM
+    /// head's GEMV, the embedding reading picks, the megakernel), so a
+    /// benchmark with the `OPTC_CUDA_*` switches says which path its
+    /// numbers are.
     fn report(&self) -> Option<String> {
-        let s = self.program.summary();
-        let kernel = s.mega_kernel.as_deref()?;
-        Some(format!(
-            "nvrtc: one-token decode megakernel {kernel}: {}",
-            s.mega.as_deref().unwrap_or("off")
-        ))
+        let p = &self.program;
+        let s = p.summary();
+        let [first, second] = p.graph_replays();
+        let mut line = format!(
+            "nvrtc: decode graphs: {} shapes, {} copies, {first} + {second} replays; greedy picks in the LM head's GEMV: {}; picked ids read by the embedding: {}",
+            p.captured_graphs(),
+            p.graph_copies(),
+            p.gemv_picks(),
+            p.embedding_picks()
+        );
+        if let Some(kernel) = s.mega_kernel.as_deref() {
+            line += &format!(
+                "; one-token decode megakernel {kernel}: {}",
+                s.mega.as_deref().unwrap_or("off")
+            );
+        }
+        Some(line)
     }
 
     fn step(&mut self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>, String> {
