@@ -422,7 +422,9 @@ __device__ __forceinline__ void optc_trace_put(unsigned slot, unsigned long long
 // starts with the host's copy of its input arena, which orders it after
 // the previous run); cached keys and values of earlier steps (a decode
 // step writes only its own token's slot, and a block another sequence
-// shares is full, so never written).
+// shares is full, so never written). One exception: a generated chain
+// whose operands are all ready before the run and whose results' buffers
+// are new to it works first and waits at its end (`early` in chains.rs).
 // pdl_trigger() lets the next kernel start launching (it waits in turn).
 // Without the attribute both return at once.
 __device__ __forceinline__ void pdl_wait() {

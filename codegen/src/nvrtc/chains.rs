@@ -153,16 +153,22 @@ fn generate(
         let _ = write!(params, "{}* __restrict__ y{r}, ", c_type(types[out].dtype)?);
         let _ = writeln!(body, "        st(&y{r}[i], {});", var.get(&out)?);
     }
-    let signature = format!("({params}i64 n, EwIndex ix)");
+    let signature = format!("({params}i64 n, EwIndex ix, int early)");
     let name = format!(
         "ew_{:016x}",
         super::compile::fnv1a(&[signature.as_bytes(), body.as_bytes()])
     );
+    // `early`: the operands are ready before the run (inputs no kernel of
+    // it writes, weights) and the results' buffers are new to it, so the
+    // work may run before the wait; the wait at the end keeps the grid
+    // from finishing before the kernel ahead.
     let source = format!(
         "extern \"C\" __global__ void {name}{signature} {{\n    \
-         pdl_start();\n    \
+         pdl_trigger();\n    \
+         if (!early) pdl_wait();\n    \
          for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {{\n\
-         {body}    }}\n}}\n"
+         {body}    }}\n    \
+         if (early) pdl_wait();\n}}\n"
     );
     Some(EwChain {
         name,
@@ -658,10 +664,15 @@ mod tests {
         assert!(unit.contains("rnd<bf16>(binary_op(0, t1, v1))"), "{unit}");
         assert_eq!(unit.matches("unary_op(2,").count(), 1, "{unit}");
         assert_eq!(unit.matches("st(&y").count(), 4, "{unit}");
-        // Launched as dependents (`launch!`): each waits before it works.
+        // Launched as dependents (`launch!`): each waits before it works,
+        // or, early, after (every thread once either way).
         for body in unit.split("__global__ void ew_").skip(1) {
             let after = body.split_once('{').map_or("", |(_, b)| b).trim_start();
-            assert!(after.starts_with("pdl_start();"), "{body}");
+            assert!(
+                after.starts_with("pdl_trigger();\n    if (!early) pdl_wait();"),
+                "{body}"
+            );
+            assert!(after.contains("}\n    if (early) pdl_wait();\n}"), "{body}");
         }
         compiles(&unit);
     }

@@ -338,6 +338,9 @@ pub(crate) struct Pool {
     caps: HashMap<u64, usize>,
     /// Bytes allocated from the driver.
     pub bytes: usize,
+    /// Buffers handed back so far: a run during which this has not moved
+    /// hands out only buffers no kernel of it has used.
+    pub released: u64,
 }
 
 impl Pool {
@@ -369,6 +372,7 @@ impl Pool {
     pub fn release(&mut self, ptr: u64) {
         if let Some(&cap) = self.caps.get(&ptr) {
             self.free.push((cap, ptr));
+            self.released += 1;
         }
     }
 }

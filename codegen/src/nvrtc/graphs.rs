@@ -215,6 +215,8 @@ impl CudaProgram {
                 None => Ok(()),
             })
             .and_then(|_| {
+                // `ids_from_picks`, when it runs, writes the ids input.
+                let written = ids.filter(|_| embedding.is_none()).map(|h| h.input);
                 self.run_steps(
                     &steps,
                     dims,
@@ -224,6 +226,7 @@ impl CudaProgram {
                     abox.ptr,
                     in_gemv.as_mut(),
                     embedding,
+                    written,
                 )
                 .map_err(|e| e.to_string())
             });

@@ -421,6 +421,82 @@ impl CudaProgram {
         Ok(args)
     }
 
+    /// A generated elementwise chain (`chains.rs`); `early` lets it work
+    /// before its wait (operands ready before the run, results' buffers
+    /// new to it: `run_steps` decides).
+    pub(super) fn launch_chain(
+        &self,
+        fns: &[CudaFunction],
+        s: &Step,
+        dims: &[Vec<usize>],
+        ptr: &[u64],
+        early: bool,
+    ) -> Result<(), String> {
+        let (a, o0) = (&s.args, s.outs[0]);
+        let n: usize = dims[o0].iter().product();
+        if s.outs.iter().all(|&o| dims[o].iter().product::<usize>() == 0) {
+            return Ok(());
+        }
+        let sms = self.gpu.sms;
+        let ew = |n: usize| cfg((n.div_ceil(256).clamp(1, sms as usize * 16) as u32, 1, 1), 256, 0);
+        let gpu = &self.gpu;
+        let chain = s
+            .chain
+            .as_deref()
+            .ok_or("a generated kernel without its source (a lowering bug)")?;
+        let od = &dims[o0];
+        if a.len() > MAX_LEAVES || od.len() > MAX_RANK {
+            return Err(format!(
+                "{}: {} operands of rank {} (a lowering bug)",
+                chain.name,
+                a.len(),
+                od.len()
+            ));
+        }
+        let mut ix = EwIndex {
+            rank: od.len() as i32,
+            dims: [0; MAX_RANK],
+            st: [[0; MAX_RANK]; MAX_LEAVES],
+        };
+        for (d, &e) in od.iter().enumerate() {
+            ix.dims[d] = e as i64;
+        }
+        if chain.index_as.len() != a.len() || s.outs.iter().any(|&o| dims[o] != *od) {
+            return Err(format!(
+                "{}: operands or results out of step (a lowering bug)",
+                chain.name
+            ));
+        }
+        for (l, &v) in chain.index_as.iter().enumerate() {
+            if dims[v].len() > od.len() {
+                return Err(format!(
+                    "{}: operand {l} of rank above the result's (a lowering bug)",
+                    chain.name
+                ));
+            }
+            for (d, st) in broadcast_strides(&dims[v], od).into_iter().enumerate() {
+                ix.st[l][d] = st;
+            }
+        }
+        let ptrs: Vec<u64> = a.iter().chain(&s.outs).map(|&v| ptr[v]).collect();
+        let n = n as i64;
+        let mut params: Vec<*mut std::ffi::c_void> = ptrs
+            .iter()
+            .map(|p| p as *const u64 as *mut std::ffi::c_void)
+            .collect();
+        let early = i32::from(early);
+        params.push(&n as *const i64 as *mut std::ffi::c_void);
+        params.push(&ix as *const EwIndex as *mut std::ffi::c_void);
+        params.push(&early as *const i32 as *mut std::ffi::c_void);
+        // SAFETY: the generated kernel takes the operands' pointers, the
+        // results', the element count, the index and `early`, in that
+        // order (`chains::generate`); the locals outlive the call.
+        // As a dependent, as `launch!` launches every other kernel (it
+        // waited for the kernel ahead, but was launched only once that one
+        // ended, until the tenth session).
+        unsafe { gpu.launch_dependent(&fns[0], ew(n as usize), true, &mut params) }
+    }
+
     /// Embedding step `s` reading the ids the previous run picked through
     /// `head` (`gather_picked_*`, `fns[1]`): its run leaves out the copy of
     /// those picks into the ids, which nothing else reads.
@@ -865,58 +941,7 @@ impl CudaProgram {
                 }
                 r
             }
-            (Kernel::EwChain, _) => {
-                let chain = s
-                    .chain
-                    .as_deref()
-                    .ok_or("a generated kernel without its source (a lowering bug)")?;
-                let od = &dims[o0];
-                if a.len() > MAX_LEAVES || od.len() > MAX_RANK {
-                    return Err(format!(
-                        "{}: {} operands of rank {} (a lowering bug)",
-                        chain.name,
-                        a.len(),
-                        od.len()
-                    ));
-                }
-                let mut ix = EwIndex {
-                    rank: od.len() as i32,
-                    dims: [0; MAX_RANK],
-                    st: [[0; MAX_RANK]; MAX_LEAVES],
-                };
-                for (d, &e) in od.iter().enumerate() {
-                    ix.dims[d] = e as i64;
-                }
-                if chain.index_as.len() != a.len() || s.outs.iter().any(|&o| dims[o] != *od) {
-                    return Err(format!(
-                        "{}: operands or results out of step (a lowering bug)",
-                        chain.name
-                    ));
-                }
-                for (l, &v) in chain.index_as.iter().enumerate() {
-                    if dims[v].len() > od.len() {
-                        return Err(format!(
-                            "{}: operand {l} of rank above the result's (a lowering bug)",
-                            chain.name
-                        ));
-                    }
-                    for (d, st) in broadcast_strides(&dims[v], od).into_iter().enumerate() {
-                        ix.st[l][d] = st;
-                    }
-                }
-                let ptrs: Vec<u64> = a.iter().chain(&s.outs).map(|&v| ptr[v]).collect();
-                let n = n as i64;
-                let mut params: Vec<*mut std::ffi::c_void> = ptrs
-                    .iter()
-                    .map(|p| p as *const u64 as *mut std::ffi::c_void)
-                    .collect();
-                params.push(&n as *const i64 as *mut std::ffi::c_void);
-                params.push(&ix as *const EwIndex as *mut std::ffi::c_void);
-                // SAFETY: the generated kernel takes the operands' pointers,
-                // the results', the element count and the index, in that
-                // order (`chains::generate`); the locals outlive the call.
-                unsafe { gpu.launch_dependent(&fns[0], ew(n as usize), false, &mut params) }
-            }
+            (Kernel::EwChain, _) => self.launch_chain(fns, s, dims, ptr, false),
             _ => Err(format!(
                 "kernel {} does not match op {} (a lowering bug)",
                 k.name(),

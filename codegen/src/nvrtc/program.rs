@@ -235,6 +235,10 @@ pub struct CudaProgram {
     pub(super) ids_in_embedding_max: usize,
     /// Runs (and captures) whose embedding read picked ids that way.
     pub(super) embedding_picks: u64,
+    /// Generated chains whose operands are ready before the run (the
+    /// rotary tables: positions and constants) work before their wait
+    /// (`OPTC_CUDA_EARLY_CHAINS=0` turns this off).
+    pub(super) early_chains: bool,
     /// Split counters of the decode attention and the skinny GEMM (zero
     /// between launches: the last block of each group resets its own).
     pub(super) split_counters: Option<DeviceBox>,
@@ -1072,6 +1076,7 @@ impl CudaProgram {
             ids_embedding,
             ids_in_embedding_max: super::run::IDS_IN_EMBEDDING_MAX,
             embedding_picks: 0,
+            early_chains: std::env::var("OPTC_CUDA_EARLY_CHAINS").map_or(true, |v| v != "0"),
             split_counters,
             skinny: SkinnyGemm::from_env(),
             dims_cache: Default::default(),

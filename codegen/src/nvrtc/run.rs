@@ -26,7 +26,7 @@ use crate::CodegenError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct IdsHead {
     /// The ids input.
-    input: usize,
+    pub(super) input: usize,
     ids_offset: usize,
     head_offset: usize,
     capacity: usize,
@@ -637,6 +637,8 @@ impl CudaProgram {
         let steps = std::mem::take(&mut self.steps);
         let t_steps = Instant::now();
         let mut in_gemv = self.gemv_pick(pick.as_ref(), dims);
+        // The input `ids_from_picks` writes in this run, if it runs.
+        let written = head.filter(|_| gathering && embedding.is_none()).map(|h| h.input);
         let r = self.run_steps(
             &steps,
             dims,
@@ -646,6 +648,7 @@ impl CudaProgram {
             base,
             in_gemv.as_mut(),
             embedding,
+            written,
         );
         self.steps = steps;
         if gathering {
@@ -727,8 +730,12 @@ impl CudaProgram {
         arena: u64,
         mut pick: Option<&mut GemvPick>,
         embedding: Option<(usize, u64)>,
+        written_input: Option<usize>,
     ) -> Result<(), CodegenError> {
         let mut events = Vec::new();
+        // Until a buffer goes back to the pool, a result's buffer is new to
+        // this run (earlier runs have ended: see `pdl_wait` in common.cuh).
+        let released_before = self.pool.released;
         // Fused GEMVs (see `fused_gemv_fits`): linears that do their norm
         // step's work in this run, and SwiGLU steps a GEMV already did.
         let mut runs_norm = vec![false; steps.len()];
@@ -787,6 +794,17 @@ impl CudaProgram {
                 Exec::Kernel(Kernel::Embedding, fns) if embedding.is_some_and(|(e, _)| e == si) => {
                     let head = embedding.map_or(0, |(_, h)| h);
                     self.launch_embedding_picked(fns, s, dims, ptr, head)
+                }
+                Exec::Kernel(Kernel::EwChain, fns) => {
+                    // Works before its wait when its operands are ready
+                    // before the run and its results' buffers new to it.
+                    let ready = s.args.iter().all(|&a| match self.locs[self.owner[a]] {
+                        Loc::Weight(_) => true,
+                        Loc::Input(i) => Some(i) != written_input,
+                        _ => false,
+                    });
+                    let early = self.early_chains && ready && self.pool.released == released_before;
+                    self.launch_chain(fns, s, dims, ptr, early)
                 }
                 Exec::Kernel(k, fns) => {
                     self.launch(*k, fns, s, dims, ptr, attn.get(&si), arena, pick.as_deref_mut())
