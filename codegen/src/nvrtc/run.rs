@@ -803,7 +803,9 @@ impl CudaProgram {
                         Loc::Input(i) => Some(i) != written_input,
                         _ => false,
                     });
-                    let early = self.early_chains && ready && self.pool.released == released_before;
+                    let fresh = s.outs.iter().all(|&o| self.locs[o] == Loc::Temp)
+                        && self.pool.released == released_before;
+                    let early = self.early_chains && ready && fresh;
                     self.launch_chain(fns, s, dims, ptr, early)
                 }
                 Exec::Kernel(k, fns) => {
