@@ -664,8 +664,8 @@ mod tests {
         assert!(unit.contains("rnd<bf16>(binary_op(0, t1, v1))"), "{unit}");
         assert_eq!(unit.matches("unary_op(2,").count(), 1, "{unit}");
         assert_eq!(unit.matches("st(&y").count(), 4, "{unit}");
-        // Launched as dependents (`launch!`): each waits before it works,
-        // or, early, after (every thread once either way).
+        // Launched as dependents (`launch_chain`): each waits before it
+        // works, or, early, after (every thread once either way).
         for body in unit.split("__global__ void ew_").skip(1) {
             let after = body.split_once('{').map_or("", |(_, b)| b).trim_start();
             assert!(

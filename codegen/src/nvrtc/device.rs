@@ -46,14 +46,15 @@ pub(crate) struct Gpu {
     pub sms: u32,
     pub name: String,
     pub arch: (i32, i32),
-    /// Launch kernels that ask for it (`launch_dependent!`: the decode
-    /// GEMVs, and at ≤ 4 tokens rope + cache and decode attention) with
-    /// programmatic dependent launch (sm_90 and later; `OPTC_CUDA_PDL=0`
-    /// turns it off): each may start while the kernel before it runs. A
-    /// GEMV streams its first weights (which no kernel writes), decode
-    /// attention its first cached keys (all but the current token's, which
-    /// earlier steps wrote), before it waits for that kernel (`pdl_wait` in
-    /// common.cuh says what may be read early).
+    /// Launch kernels that ask for it (every kernel through `launch!` and
+    /// the generated chains; the GEMVs whose weights are weights; decode
+    /// attention at ≤ 4 tokens) with programmatic dependent launch (sm_90
+    /// and later; `OPTC_CUDA_PDL=0` turns it off): each may start while
+    /// the kernel before it runs. A GEMV streams its first weights (which
+    /// no kernel writes), decode attention its first cached keys (all but
+    /// the current token's, which earlier steps wrote), an early chain its
+    /// whole work, before it waits for that kernel (`pdl_wait` in
+    /// common.cuh says what may be done early).
     pub pdl: bool,
     /// Key chunks (32 keys; 16 for head dims past 64) each warp of a decode
     /// block takes before the keys are split over more blocks

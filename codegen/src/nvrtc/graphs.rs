@@ -19,7 +19,7 @@ use optc_ir::Bindings;
 use super::device::{DeviceBox, Gpu, PinnedHost, Pool};
 use super::pick::Pick;
 use super::program::{AttentionRun, CudaProgram};
-use super::run::IdsHead;
+use super::run::{IdsHead, StepCx};
 
 /// Largest activation pool (plus arena) a step graph may have for a second
 /// copy: the small-batch steps where the copies around a step are a
@@ -199,6 +199,21 @@ impl CudaProgram {
         let mut ptr = self.base_pointers(abox.ptr, offsets);
         let mut pool = Pool::default();
         std::mem::swap(&mut self.pool, &mut pool);
+        // The picks' buffer first, so no buffer of the steps is ever it: a
+        // replay reads the previous replay's picks (its own, with one copy)
+        // while a chain working before its wait may already write its
+        // results.
+        let rows = pick.map_or(0, |(p, _)| dims[p.value].first().copied().unwrap_or(0));
+        let picks = match pick {
+            Some(_) => match self.pool.alloc(rows.max(1) * 8) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    std::mem::swap(&mut self.pool, &mut pool);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let begun = self
             .gpu
             .stream
@@ -206,6 +221,9 @@ impl CudaProgram {
             .map_err(|e| format!("CUDA graph capture: {e}"));
         let steps = std::mem::take(&mut self.steps);
         let mut in_gemv = self.gemv_pick(pick.map(|(p, _)| p), dims);
+        if let Some(g) = &mut in_gemv {
+            g.into = picks;
+        }
         // The embedding reads a few picked ids itself; else the copy of
         // the picks into the ids comes first.
         let embedding = ids.and_then(|h| self.ids_embedding(h, abox.ptr));
@@ -215,20 +233,17 @@ impl CudaProgram {
                 None => Ok(()),
             })
             .and_then(|_| {
-                // `ids_from_picks`, when it runs, writes the ids input.
-                let written = ids.filter(|_| embedding.is_none()).map(|h| h.input);
-                self.run_steps(
-                    &steps,
-                    dims,
-                    bindings,
-                    &mut ptr,
-                    attn,
-                    abox.ptr,
-                    in_gemv.as_mut(),
+                let cx = StepCx {
+                    arena: abox.ptr,
+                    pick: in_gemv.as_mut(),
                     embedding,
-                    written,
-                )
-                .map_err(|e| e.to_string())
+                    // `ids_from_picks`, when it runs, writes the ids input.
+                    written_input: ids.filter(|_| embedding.is_none()).map(|h| h.input),
+                    // A graph launch waits for all work before it.
+                    barrier: true,
+                };
+                self.run_steps(&steps, dims, bindings, &mut ptr, attn, cx)
+                    .map_err(|e| e.to_string())
             });
         self.steps = steps;
         let mut picked = 0;
@@ -236,10 +251,12 @@ impl CudaProgram {
             match in_gemv.as_ref().and_then(|g| g.buf) {
                 // The LM head's ring GEMV picked as it stored the logits.
                 Some(b) => picked = b,
-                None => match self.launch_pick(p, ptr[p.value], &dims[p.value], abox.ptr + params as u64) {
-                    Ok(b) => picked = b,
-                    Err(e) => r = Err(e),
-                },
+                None => {
+                    match self.launch_pick(p, ptr[p.value], &dims[p.value], abox.ptr + params as u64, picks) {
+                        Ok(b) => picked = b,
+                        Err(e) => r = Err(e),
+                    }
+                }
             }
         }
         let g = self

@@ -491,9 +491,7 @@ impl CudaProgram {
         // SAFETY: the generated kernel takes the operands' pointers, the
         // results', the element count, the index and `early`, in that
         // order (`chains::generate`); the locals outlive the call.
-        // As a dependent, as `launch!` launches every other kernel (it
-        // waited for the kernel ahead, but was launched only once that one
-        // ended, until the tenth session).
+        // As a dependent, as `launch!` launches the other kernels.
         unsafe { gpu.launch_dependent(&fns[0], ew(n as usize), true, &mut params) }
     }
 

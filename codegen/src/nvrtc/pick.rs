@@ -97,6 +97,8 @@ pub(super) struct GemvPick {
     pub(super) value: usize,
     /// The picks (tokens, then log probabilities), once a GEMV took it.
     pub(super) buf: Option<u64>,
+    /// The buffer to pick into, when the caller allocated it (a capture).
+    pub(super) into: Option<u64>,
 }
 
 /// What `gemv*_ring_argmax_*` takes besides the GEMV's operands.
@@ -127,11 +129,16 @@ impl GemvPick {
         let Some(counter) = counters else {
             return Ok(None);
         };
-        let buf = pool.alloc(8)?;
+        let buf = match pick.into {
+            Some(b) => b,
+            None => pool.alloc(8)?,
+        };
         let part = match pool.alloc(blocks.max(1) as usize * 12) {
             Ok(p) => p,
             Err(e) => {
-                pool.release(buf);
+                if pick.into.is_none() {
+                    pool.release(buf);
+                }
                 return Err(e);
             }
         };
@@ -493,15 +500,16 @@ impl CudaProgram {
         r.map_err(node_err(&self.graph.name))
     }
 
-    /// Launches `pick` over the rows at `x` into a pool buffer (tokens,
-    /// then log probabilities); `params` is where its sampling parameters
-    /// are on the GPU.
+    /// Launches `pick` over the rows at `x` into `into` or a pool buffer
+    /// (tokens, then log probabilities; `into` holds them, the caller made
+    /// sure); `params` is where its sampling parameters are on the GPU.
     pub(super) fn launch_pick(
         &mut self,
         pick: &Pick,
         x: u64,
         dims: &[usize],
         params: u64,
+        into: Option<u64>,
     ) -> Result<u64, String> {
         let (rows, cols) = (dims[0], dims[1]);
         if rows > i32::MAX as usize || cols > i32::MAX as usize {
@@ -509,7 +517,10 @@ impl CudaProgram {
                 "picking tokens from {rows} rows of {cols} logits: too large"
             ));
         }
-        let buf = self.pool.alloc(rows.max(1) * 8)?;
+        let buf = match into {
+            Some(b) => b,
+            None => self.pool.alloc(rows.max(1) * 8)?,
+        };
         if rows == 0 {
             return Ok(buf);
         }
@@ -518,7 +529,7 @@ impl CudaProgram {
             PickKernel::Argmax(f) => self.launch_argmax(f, x, rows, cols, buf),
             PickKernel::Sample(k, _) => self.launch_sample(k, x, rows, cols, params, buf),
         };
-        if r.is_err() {
+        if r.is_err() && into.is_none() {
             self.pool.release(buf);
         }
         r.map(|_| buf)

@@ -47,6 +47,23 @@ impl CudaProgram {
     }
 }
 
+/// What a run's steps take from around them.
+pub(super) struct StepCx<'a> {
+    /// Where the run's input arena is on the GPU.
+    pub(super) arena: u64,
+    /// A greedy pick the LM head's ring GEMV may make.
+    pub(super) pick: Option<&'a mut GemvPick>,
+    /// The embedding step that reads picked ids through the head, and the
+    /// head's address.
+    pub(super) embedding: Option<(usize, u64)>,
+    /// The input `ids_from_picks` writes in this run, if it runs.
+    pub(super) written_input: Option<usize>,
+    /// The run starts behind a full barrier (an input copy, or a graph
+    /// launch): every earlier run has ended, so a generated chain may work
+    /// before its wait (`early` in chains.rs).
+    pub(super) barrier: bool,
+}
+
 /// Bytes of the head before its (ids element, pick row) pairs: the pick
 /// buffer's address, the count, whether the ids are 64-bit.
 const IDS_HEAD_BYTES: usize = 16;
@@ -637,19 +654,16 @@ impl CudaProgram {
         let steps = std::mem::take(&mut self.steps);
         let t_steps = Instant::now();
         let mut in_gemv = self.gemv_pick(pick.as_ref(), dims);
-        // The input `ids_from_picks` writes in this run, if it runs.
-        let written = head.filter(|_| gathering && embedding.is_none()).map(|h| h.input);
-        let r = self.run_steps(
-            &steps,
-            dims,
-            bindings,
-            &mut ptr,
-            &attn,
-            base,
-            in_gemv.as_mut(),
+        let cx = StepCx {
+            arena: base,
+            pick: in_gemv.as_mut(),
             embedding,
-            written,
-        );
+            written_input: head.filter(|_| gathering && embedding.is_none()).map(|h| h.input),
+            // The input copy orders this run after every earlier one
+            // (`Gpu::htod` queues nothing for an empty arena).
+            barrier: !arena.is_empty(),
+        };
+        let r = self.run_steps(&steps, dims, bindings, &mut ptr, &attn, cx);
         self.steps = steps;
         if gathering {
             self.release_gathered();
@@ -667,7 +681,7 @@ impl CudaProgram {
         let r = r.and_then(|()| match (&pick, taken) {
             (Some(_), Some(buf)) => Ok(Some(buf)),
             (Some(p), None) => self
-                .launch_pick(p, ptr[p.value], &dims[p.value], base + params_offset as u64)
+                .launch_pick(p, ptr[p.value], &dims[p.value], base + params_offset as u64, None)
                 .map(Some)
                 .map_err(node_err(&self.graph.name)),
             (None, _) => Ok(None),
@@ -703,6 +717,7 @@ impl CudaProgram {
             .map(|p| GemvPick {
                 value: p.value,
                 buf: None,
+                into: None,
             })
     }
 
@@ -719,7 +734,6 @@ impl CudaProgram {
             .collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn run_steps(
         &mut self,
         steps: &[Step],
@@ -727,10 +741,7 @@ impl CudaProgram {
         bindings: &Bindings,
         ptr: &mut [u64],
         attn: &HashMap<usize, AttentionRun>,
-        arena: u64,
-        mut pick: Option<&mut GemvPick>,
-        embedding: Option<(usize, u64)>,
-        written_input: Option<usize>,
+        mut cx: StepCx,
     ) -> Result<(), CodegenError> {
         let mut events = Vec::new();
         // Until a buffer goes back to the pool, a result's buffer is new to
@@ -789,10 +800,10 @@ impl CudaProgram {
                 _ if deferred || done[si] => Ok(()),
                 Exec::Kernel(..) if fused => {
                     self.fused_gemv_launches += 1;
-                    self.launch_fused_gemv(s, steps, dims, ptr, &mut done, pick.as_deref_mut())
+                    self.launch_fused_gemv(s, steps, dims, ptr, &mut done, cx.pick.as_deref_mut())
                 }
-                Exec::Kernel(Kernel::Embedding, fns) if embedding.is_some_and(|(e, _)| e == si) => {
-                    let head = embedding.map_or(0, |(_, h)| h);
+                Exec::Kernel(Kernel::Embedding, fns) if cx.embedding.is_some_and(|(e, _)| e == si) => {
+                    let head = cx.embedding.map_or(0, |(_, h)| h);
                     self.launch_embedding_picked(fns, s, dims, ptr, head)
                 }
                 Exec::Kernel(Kernel::EwChain, fns) => {
@@ -800,17 +811,24 @@ impl CudaProgram {
                     // before the run and its results' buffers new to it.
                     let ready = s.args.iter().all(|&a| match self.locs[self.owner[a]] {
                         Loc::Weight(_) => true,
-                        Loc::Input(i) => Some(i) != written_input,
+                        Loc::Input(i) => Some(i) != cx.written_input,
                         _ => false,
                     });
                     let fresh = s.outs.iter().all(|&o| self.locs[o] == Loc::Temp)
                         && self.pool.released == released_before;
-                    let early = self.early_chains && ready && fresh;
+                    let early = self.early_chains && cx.barrier && ready && fresh;
                     self.launch_chain(fns, s, dims, ptr, early)
                 }
-                Exec::Kernel(k, fns) => {
-                    self.launch(*k, fns, s, dims, ptr, attn.get(&si), arena, pick.as_deref_mut())
-                }
+                Exec::Kernel(k, fns) => self.launch(
+                    *k,
+                    fns,
+                    s,
+                    dims,
+                    ptr,
+                    attn.get(&si),
+                    cx.arena,
+                    cx.pick.as_deref_mut(),
+                ),
                 _ => self.host_step(s, dims, bindings, ptr),
             };
             r.map_err(node_err(&s.node))?;
