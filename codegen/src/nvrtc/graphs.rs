@@ -134,6 +134,7 @@ impl CudaProgram {
             self.mega_launches,
             self.gemv_picks,
             self.embedding_picks,
+            self.early_chain_launches,
         );
         let second = self
             .capture(arena, offsets, dims, bindings, attn, pick, ids)
@@ -144,6 +145,7 @@ impl CudaProgram {
         self.mega_launches = counted.2;
         self.gemv_picks = counted.3;
         self.embedding_picks = counted.4;
+        self.early_chain_launches = counted.5;
         let copies = match second {
             Ok(c) => vec![first, c],
             Err(e) => {

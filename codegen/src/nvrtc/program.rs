@@ -239,6 +239,8 @@ pub struct CudaProgram {
     /// rotary tables: positions and constants) work before their wait
     /// (`OPTC_CUDA_EARLY_CHAINS=0` turns this off).
     pub(super) early_chains: bool,
+    /// Chain launches that worked before their wait.
+    pub(super) early_chain_launches: u64,
     /// Split counters of the decode attention and the skinny GEMM (zero
     /// between launches: the last block of each group resets its own).
     pub(super) split_counters: Option<DeviceBox>,
@@ -1077,6 +1079,7 @@ impl CudaProgram {
             ids_in_embedding_max: super::run::IDS_IN_EMBEDDING_MAX,
             embedding_picks: 0,
             early_chains: std::env::var("OPTC_CUDA_EARLY_CHAINS").map_or(true, |v| v != "0"),
+            early_chain_launches: 0,
             split_counters,
             skinny: SkinnyGemm::from_env(),
             dims_cache: Default::default(),
@@ -1242,6 +1245,21 @@ impl CudaProgram {
         self.finish_pending();
         self.captures.clear();
         self.pick_in_gemv = on;
+    }
+
+    /// Generated chain launches that worked before their wait (a graph
+    /// replay does not count).
+    pub fn early_chains(&self) -> u64 {
+        self.early_chain_launches
+    }
+
+    /// Lets generated chains whose operands are ready before the run work
+    /// before their wait (the default unless `OPTC_CUDA_EARLY_CHAINS=0`),
+    /// or not. Captured graphs are dropped.
+    pub fn set_early_chains(&mut self, on: bool) {
+        self.finish_pending();
+        self.captures.clear();
+        self.early_chains = on;
     }
 
     /// Runs, and graph captures, whose embedding read the ids taken from

@@ -817,6 +817,7 @@ impl CudaProgram {
                     let fresh = s.outs.iter().all(|&o| self.locs[o] == Loc::Temp)
                         && self.pool.released == released_before;
                     let early = self.early_chains && cx.barrier && ready && fresh;
+                    self.early_chain_launches += u64::from(early);
                     self.launch_chain(fns, s, dims, ptr, early)
                 }
                 Exec::Kernel(k, fns) => self.launch(
