@@ -1917,6 +1917,20 @@ fn gpu_sampling_over_wide_rows_keeps_the_filters() {
     }
 }
 
+/// Step `step`'s sampling rows for `rows` sequences (top-k 40, top-p
+/// 0.95, temperature 0.9), each with its own uniform.
+fn sample_rows(step: usize, rows: usize) -> Vec<nvrtc::SampleRow> {
+    (0..rows)
+        .map(|q| nvrtc::SampleRow {
+            temperature: 0.9,
+            top_k: Some(40),
+            top_p: 0.95,
+            min_p: 0.0,
+            uniform: ((step * 2 + q) as f64 * 0.618_034).fract(),
+        })
+        .collect()
+}
+
 /// Decode steps replayed from CUDA graphs give exactly what eager launches
 /// give, with a graph captured per shape, and greedy sampling on the GPU
 /// picks the logits' argmax.
@@ -1960,15 +1974,7 @@ fn cuda_graph_replay_equals_eager_decode() {
                 "{name} step {step}"
             );
             // Sampled picks replay too, reading each step's uniforms.
-            let rows: Vec<nvrtc::SampleRow> = (0..2)
-                .map(|q| nvrtc::SampleRow {
-                    temperature: 0.9,
-                    top_k: Some(40),
-                    top_p: 0.95,
-                    min_p: 0.0,
-                    uniform: ((step * 2 + q) as f64 * 0.618_034).fract(),
-                })
-                .collect();
+            let rows = sample_rows(step, 2);
             assert_eq!(
                 eager.run_sample(&inputs, "logits", &rows).unwrap(),
                 graphed.run_sample(&inputs, "logits", &rows).unwrap(),
@@ -2035,19 +2041,7 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                 inputs.retain(|k, _| !k.contains("_cache."));
                 inputs
             };
-            let rows_at = |step: usize, sampled: bool| -> Option<Vec<nvrtc::SampleRow>> {
-                sampled.then(|| {
-                    (0..nseq)
-                        .map(|q| nvrtc::SampleRow {
-                            temperature: 0.9,
-                            top_k: Some(40),
-                            top_p: 0.95,
-                            min_p: 0.0,
-                            uniform: ((step * 2 + q) as f64 * 0.618_034).fract(),
-                        })
-                        .collect()
-                })
-            };
+            let rows_at = |step: usize, sampled: bool| sampled.then(|| sample_rows(step, nseq));
             for sampled in [false, true] {
                 let what = |how: &str| format!("{name}, {nseq} sequences, {how}, sampled {sampled}");
                 // The reference: synchronous steps, ids from the host, the

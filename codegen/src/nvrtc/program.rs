@@ -1154,8 +1154,7 @@ impl CudaProgram {
     /// this GPU (`summary().mega` says why not). Captured graphs are
     /// dropped, since they hold the other path's launches.
     pub fn set_mega(&mut self, on: bool) -> Result<bool, CodegenError> {
-        self.finish_pending();
-        self.captures.clear();
+        self.drop_captures();
         if !on {
             if let Some(m) = &mut self.mega {
                 m.on = false;
@@ -1213,8 +1212,7 @@ impl CudaProgram {
     /// tests can force the split path at short contexts. Captured graphs
     /// are dropped.
     pub fn set_decode_chunks(&mut self, chunks: usize) {
-        self.finish_pending();
-        self.captures.clear();
+        self.drop_captures();
         self.gpu.decode_chunks = chunks.max(1);
     }
 
@@ -1229,12 +1227,18 @@ impl CudaProgram {
         }
     }
 
+    /// Drops the captured graphs once the runs in flight are read: a
+    /// setting they were captured under changed.
+    fn drop_captures(&mut self) {
+        self.finish_pending();
+        self.captures.clear();
+    }
+
     /// Gives small step graphs a second copy (the default unless
     /// `OPTC_CUDA_GRAPH_PAIRS=0`), or keeps one. Captured graphs are
     /// dropped.
     pub fn set_graph_pairs(&mut self, on: bool) {
-        self.finish_pending();
-        self.captures.clear();
+        self.drop_captures();
         self.graph_pairs = on;
     }
 
@@ -1242,8 +1246,7 @@ impl CudaProgram {
     /// stores the logits (the default unless `OPTC_CUDA_PICK_IN_GEMV=0`),
     /// or leaves that to the argmax kernel. Captured graphs are dropped.
     pub fn set_pick_in_gemv(&mut self, on: bool) {
-        self.finish_pending();
-        self.captures.clear();
+        self.drop_captures();
         self.pick_in_gemv = on;
     }
 
@@ -1257,8 +1260,7 @@ impl CudaProgram {
     /// before their wait (the default unless `OPTC_CUDA_EARLY_CHAINS=0`),
     /// or not. Captured graphs are dropped.
     pub fn set_early_chains(&mut self, on: bool) {
-        self.finish_pending();
-        self.captures.clear();
+        self.drop_captures();
         self.early_chains = on;
     }
 
@@ -1273,8 +1275,7 @@ impl CudaProgram {
     /// reads itself (default 8; 0 always copies them into the ids first,
     /// with `ids_from_picks`). Captured graphs are dropped.
     pub fn set_ids_in_embedding(&mut self, max: usize) {
-        self.finish_pending();
-        self.captures.clear();
+        self.drop_captures();
         self.ids_in_embedding_max = max;
     }
 
