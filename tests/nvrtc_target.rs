@@ -2082,8 +2082,10 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                         cuda.set_ids_in_embedding(0);
                     }
                     if rings {
-                        // Bit-equal to the register GEMV (see the fused GEMV test).
+                        // Bit-equal to the register GEMV (see the fused GEMV
+                        // test); the LM head's ring then picks.
                         cuda.set_gemv_ring_min_bytes(0);
+                        cuda.set_pick_in_gemv(true);
                     }
                     cuda.init_state(&nb).unwrap();
                     // Ids not known yet are 0 until the previous step's

@@ -278,9 +278,34 @@ template <typename T> struct GemvArgmaxStore {
         __syncthreads();
         if (!last) return;
         __threadfence();
+        // Every thread of the last block reads a few parts (L2: other
+        // blocks wrote them), so the reads are one round trip or two, not
+        // one a part a warp's lane; then the block merges as above.
+        float m = -OPTC_INF, s = 0.f;
+        int bi = 0x7fffffff;
+        for (int c = threadIdx.x; c < blocks; c += blockDim.x) {
+            const float* p = part + (i64)c * 3;
+            argmax_merge(m, bi, s, __ldcg(&p[0]), __float_as_int(__ldcg(&p[1])), __ldcg(&p[2]));
+        }
+        argmax_warp(m, bi, s);
+        if (lane == 0) {
+            sm[warp] = m;
+            si[warp] = bi;
+            ss[warp] = s;
+        }
+        __syncthreads();
         if (warp == 0) {
-            argmax_combine_row(part, 0, tok, lp, blocks);
-            if (lane == 0) *counter = 0;
+            m = lane < nw ? sm[lane] : -OPTC_INF;
+            s = lane < nw ? ss[lane] : 0.f;
+            bi = lane < nw ? si[lane] : 0x7fffffff;
+            argmax_warp(m, bi, s);
+            if (lane == 0) {
+                // As argmax_combine_row: token 0 when nothing won, log p(best)
+                // = -log(sum exp(x - max)).
+                *tok = bi == 0x7fffffff ? 0 : bi;
+                *lp = m == -OPTC_INF ? -OPTC_INF : -logf(s);
+                *counter = 0;
+            }
         }
     }
 };

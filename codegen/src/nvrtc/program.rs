@@ -221,8 +221,8 @@ pub struct CudaProgram {
     pub(super) graph_pairs: bool,
     /// A greedy pick is made by the LM head's one-row ring GEMV as it
     /// stores the logits (`gemv*_ring_argmax_*`), where it runs there,
-    /// instead of by the argmax kernel after it (`OPTC_CUDA_PICK_IN_GEMV=0`
-    /// turns this off).
+    /// instead of by the argmax kernel after it (`OPTC_CUDA_PICK_IN_GEMV=1`
+    /// turns this on).
     pub(super) pick_in_gemv: bool,
     /// Runs (and captures) whose greedy pick the ring GEMV made.
     pub(super) gemv_picks: u64,
@@ -1073,7 +1073,9 @@ impl CudaProgram {
             graphs: std::env::var("OPTC_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             captures: HashMap::new(),
             graph_pairs: std::env::var("OPTC_CUDA_GRAPH_PAIRS").map_or(true, |v| v != "0"),
-            pick_in_gemv: std::env::var("OPTC_CUDA_PICK_IN_GEMV").map_or(true, |v| v != "0"),
+            // Off by default: on an H100 it measured 1.6 % slower at W1
+            // than the argmax kernel (tenth session; see perf.md).
+            pick_in_gemv: std::env::var("OPTC_CUDA_PICK_IN_GEMV").is_ok_and(|v| v != "0"),
             gemv_picks: 0,
             ids_embedding,
             ids_in_embedding_max: super::run::IDS_IN_EMBEDDING_MAX,
@@ -1243,8 +1245,8 @@ impl CudaProgram {
     }
 
     /// Lets the LM head's one-row ring GEMV pick greedy tokens as it
-    /// stores the logits (the default unless `OPTC_CUDA_PICK_IN_GEMV=0`),
-    /// or leaves that to the argmax kernel. Captured graphs are dropped.
+    /// stores the logits (off unless `OPTC_CUDA_PICK_IN_GEMV=1`), or
+    /// leaves that to the argmax kernel. Captured graphs are dropped.
     pub fn set_pick_in_gemv(&mut self, on: bool) {
         self.drop_captures();
         self.pick_in_gemv = on;
