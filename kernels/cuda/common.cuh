@@ -195,6 +195,19 @@ __device__ __forceinline__ void argmax_merge(float& m, int& i, float& s, float o
     s = a + b;
 }
 
+// Value v at index at, taken into a running (m, i, s) in index order: a
+// larger value wins (the first index on ties); NaN never wins and adds NaN
+// to the sum, as exp(NaN) does on the host.
+__device__ __forceinline__ void argmax_push(float& m, int& i, float& s, float v, int at) {
+    if (v > m) {
+        s = (s > 0.f ? s * expf(m - v) : 0.f) + 1.f;
+        m = v;
+        i = at;
+    } else if (m > -OPTC_INF) {
+        s += expf(v - m);
+    }
+}
+
 __device__ __forceinline__ void argmax_warp(float& m, int& i, float& s) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
@@ -202,6 +215,28 @@ __device__ __forceinline__ void argmax_warp(float& m, int& i, float& s) {
         int oi = __shfl_xor_sync(0xffffffffu, i, o);
         float os = __shfl_xor_sync(0xffffffffu, s, o);
         argmax_merge(m, i, s, om, oi, os);
+    }
+}
+
+// Every thread's (m, i, s) merged over the block, onto warp 0's lanes (the
+// others keep their warp's); all the block's threads call it. A second call
+// in one kernel needs a __syncthreads() after warp 0 has read the first's.
+__device__ __forceinline__ void argmax_block(float& m, int& i, float& s) {
+    __shared__ float sm[32], ss[32];
+    __shared__ int si[32];
+    argmax_warp(m, i, s);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) {
+        sm[warp] = m;
+        si[warp] = i;
+        ss[warp] = s;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        m = lane < nw ? sm[lane] : -OPTC_INF;
+        i = lane < nw ? si[lane] : 0x7fffffff;
+        s = lane < nw ? ss[lane] : 0.f;
+        argmax_warp(m, i, s);
     }
 }
 

@@ -238,74 +238,43 @@ template <typename T> struct GemvArgmaxStore {
             if (i >= n) continue;
             const float o = rnd<T>(b ? v[r] + ld(&b[i]) : v[r]);
             st(&y[(i64)j * n + i], o);
-            if (o > pm) {
-                ps = (ps > 0.f ? ps * expf(pm - o) : 0.f) + 1.f;
-                pm = o;
-                pi = i;
-            } else if (pm > -OPTC_INF) {
-                // NaN adds NaN to the sum, as in argmax_part_impl.
-                ps += expf(o - pm);
-            }
+            argmax_push(pm, pi, ps, o, i);
         }
     }
     // Every thread of a block with units calls this after its last store;
     // `blocks` is how many blocks have units (each writes one part).
     __device__ void finish(int blocks) const {
-        __shared__ float sm[32], ss[32];
-        __shared__ int si[32];
         __shared__ int last;
-        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-        if (lane == 0) {
-            sm[warp] = pm;
-            si[warp] = pi;
-            ss[warp] = ps;
-        }
-        __syncthreads();
-        if (warp == 0) {
-            float m = lane < nw ? sm[lane] : -OPTC_INF, s = lane < nw ? ss[lane] : 0.f;
-            int bi = lane < nw ? si[lane] : 0x7fffffff;
-            argmax_warp(m, bi, s);
-            if (lane == 0) {
-                float* p = part + (i64)blockIdx.x * 3;
-                p[0] = m;
-                p[1] = __int_as_float(bi);
-                p[2] = s;
-                // The part (written by this thread) is visible before the count.
-                __threadfence();
-                last = atomicAdd(counter, 1) == blocks - 1;
-            }
+        float m = pm, s = ps;
+        int bi = pi;
+        argmax_block(m, bi, s);
+        if (threadIdx.x == 0) {
+            float* p = part + (i64)blockIdx.x * 3;
+            p[0] = m;
+            p[1] = __int_as_float(bi);
+            p[2] = s;
+            // The part (written by this thread) is visible before the count.
+            __threadfence();
+            last = atomicAdd(counter, 1) == blocks - 1;
         }
         __syncthreads();
         if (!last) return;
         __threadfence();
         // Every thread of the last block reads a few parts (L2: other
         // blocks wrote them), so the reads are one round trip or two, not
-        // one a part a warp's lane; then the block merges as above.
-        float m = -OPTC_INF, s = 0.f;
-        int bi = 0x7fffffff;
+        // one a part a warp's lane; then the block merges them.
+        m = -OPTC_INF, s = 0.f, bi = 0x7fffffff;
         for (int c = threadIdx.x; c < blocks; c += blockDim.x) {
             const float* p = part + (i64)c * 3;
             argmax_merge(m, bi, s, __ldcg(&p[0]), __float_as_int(__ldcg(&p[1])), __ldcg(&p[2]));
         }
-        argmax_warp(m, bi, s);
-        if (lane == 0) {
-            sm[warp] = m;
-            si[warp] = bi;
-            ss[warp] = s;
-        }
-        __syncthreads();
-        if (warp == 0) {
-            m = lane < nw ? sm[lane] : -OPTC_INF;
-            s = lane < nw ? ss[lane] : 0.f;
-            bi = lane < nw ? si[lane] : 0x7fffffff;
-            argmax_warp(m, bi, s);
-            if (lane == 0) {
-                // As argmax_combine_row: token 0 when nothing won, log p(best)
-                // = -log(sum exp(x - max)).
-                *tok = bi == 0x7fffffff ? 0 : bi;
-                *lp = m == -OPTC_INF ? -OPTC_INF : -logf(s);
-                *counter = 0;
-            }
+        argmax_block(m, bi, s);
+        if (threadIdx.x == 0) {
+            // As argmax_combine_row: token 0 when nothing won, log p(best)
+            // = -log(sum exp(x - max)).
+            *tok = bi == 0x7fffffff ? 0 : bi;
+            *lp = m == -OPTC_INF ? -OPTC_INF : -logf(s);
+            *counter = 0;
         }
     }
 };

@@ -19,8 +19,6 @@
 template <typename T>
 __device__ void argmax_part_impl(const T* x, float* part, int cols, int chunk, int* counters, int* out,
                                  float* logprob) {
-    __shared__ float sm[32], ss[32];
-    __shared__ int si[32];
     const i64 r = blockIdx.x;
     const int b = blockIdx.y * chunk, e = min(cols, b + chunk);
     x += r * cols;
@@ -28,36 +26,15 @@ __device__ void argmax_part_impl(const T* x, float* part, int cols, int chunk, i
     int bi = 0x7fffffff;
 #pragma unroll 4
     for (int i = b + threadIdx.x; i < e; i += blockDim.x) {
-        float v = ld(&x[i]);
-        if (v > m) {
-            s = (s > 0.f ? s * expf(m - v) : 0.f) + 1.f;
-            m = v;
-            bi = i;
-        } else if (m > -OPTC_INF) {
-            // NaN adds NaN to the sum, as exp(NaN) does on the host.
-            s += expf(v - m);
-        }
+        argmax_push(m, bi, s, ld(&x[i]), i);
     }
-    argmax_warp(m, bi, s);
+    argmax_block(m, bi, s);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) {
-        sm[warp] = m;
-        si[warp] = bi;
-        ss[warp] = s;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        const int nw = blockDim.x >> 5;
-        m = lane < nw ? sm[lane] : -OPTC_INF;
-        bi = lane < nw ? si[lane] : 0x7fffffff;
-        s = lane < nw ? ss[lane] : 0.f;
-        argmax_warp(m, bi, s);
-        if (lane == 0) {
-            float* p = part + (r * gridDim.y + blockIdx.y) * 3;
-            p[0] = m;
-            p[1] = __int_as_float(bi);
-            p[2] = s;
-        }
+    if (threadIdx.x == 0) {
+        float* p = part + (r * gridDim.y + blockIdx.y) * 3;
+        p[0] = m;
+        p[1] = __int_as_float(bi);
+        p[2] = s;
     }
     if (!counters) return;
     __shared__ int last;

@@ -421,6 +421,16 @@ impl CudaProgram {
         Ok(args)
     }
 
+    /// The launch of an elementwise kernel over `n` elements: 256 threads
+    /// a block, a grid-stride loop past 16 blocks an SM.
+    fn ew_cfg(&self, n: usize) -> LaunchConfig {
+        cfg(
+            (n.div_ceil(256).clamp(1, self.gpu.sms as usize * 16) as u32, 1, 1),
+            256,
+            0,
+        )
+    }
+
     /// A generated elementwise chain (`chains.rs`); `early` lets it work
     /// before its wait (operands ready before the run, results' buffers
     /// new to it: `run_steps` decides).
@@ -437,8 +447,6 @@ impl CudaProgram {
         if s.outs.iter().all(|&o| dims[o].iter().product::<usize>() == 0) {
             return Ok(());
         }
-        let sms = self.gpu.sms;
-        let ew = |n: usize| cfg((n.div_ceil(256).clamp(1, sms as usize * 16) as u32, 1, 1), 256, 0);
         let gpu = &self.gpu;
         let chain = s
             .chain
@@ -492,7 +500,7 @@ impl CudaProgram {
         // results', the element count, the index and `early`, in that
         // order (`chains::generate`); the locals outlive the call.
         // As a dependent, as `launch!` launches the other kernels.
-        unsafe { gpu.launch_dependent(&fns[0], ew(n as usize), true, &mut params) }
+        unsafe { gpu.launch_dependent(&fns[0], self.ew_cfg(n as usize), true, &mut params) }
     }
 
     /// Embedding step `s` reading the ids the previous run picked through
@@ -517,9 +525,8 @@ impl CudaProgram {
         }
         let di = &dims[a[0]];
         let inner: usize = di[1..].iter().product();
-        let grid = n.div_ceil(256).clamp(1, self.gpu.sms as usize * 16) as u32;
         let gpu = &self.gpu;
-        launch!(gpu, f, cfg((grid, 1, 1), 256, 0); x = ptr[a[0]], i = ptr[a[1]], head = head, y = ptr[o0],
+        launch!(gpu, f, self.ew_cfg(n); x = ptr[a[0]], i = ptr[a[1]], head = head, y = ptr[o0],
             o = 1i64, l = di[0] as i64, inn = inner as i64, ni = numel(a[1]) as i64)
     }
 
@@ -543,7 +550,7 @@ impl CudaProgram {
         }
         let n = numel(o0);
         let sms = self.gpu.sms;
-        let ew = |n: usize| cfg((n.div_ceil(256).clamp(1, sms as usize * 16) as u32, 1, 1), 256, 0);
+        let ew = |n: usize| self.ew_cfg(n);
         let dtype = self.types[o0].dtype;
         let esize = dtype.storage_bytes(1) as u64;
         let opt = |i: usize| a.get(i).map_or(0u64, |&v| ptr[v]);

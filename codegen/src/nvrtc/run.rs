@@ -170,13 +170,8 @@ impl CudaProgram {
                 map.extend_from_slice(&(p.row as i32).to_le_bytes());
             }
         }
+        // Distinct elements below n: at most n pairs.
         let count = map.len() / 8;
-        if count > n {
-            return Err(CodegenError::Input {
-                name: patch.input.into(),
-                message: format!("{count} ids from the previous run's picks for {n} ids"),
-            });
-        }
         let picks = prev.filter(|_| count > 0).map_or(0, |p| p.buf);
         let head_offset = push_ids_head(arena, picks, i64ids, &map, n);
         let head = IdsHead {
@@ -647,7 +642,9 @@ impl CudaProgram {
         self.gpu.htod(base, &arena).map_err(node_err(&self.graph.name))?;
         let embedding = head.and_then(|h| self.ids_embedding(h, base));
         self.embedding_picks += u64::from(embedding.is_some());
-        if let Some(h) = head.filter(|_| gathering && embedding.is_none()) {
+        // `ids_from_picks` runs unless the embedding reads the picks itself.
+        let gather = head.filter(|_| gathering && embedding.is_none());
+        if let Some(h) = gather {
             self.launch_ids_gather(h, base)?;
         }
         let mut ptr = self.base_pointers(base, &offsets);
@@ -658,7 +655,7 @@ impl CudaProgram {
             arena: base,
             pick: in_gemv.as_mut(),
             embedding,
-            written_input: head.filter(|_| gathering && embedding.is_none()).map(|h| h.input),
+            written_input: gather.map(|h| h.input),
             // The input copy orders this run after every earlier one
             // (`Gpu::htod` queues nothing for an empty arena).
             barrier: !arena.is_empty(),
