@@ -130,6 +130,57 @@ __global__ void __launch_bounds__(256) o_then_norm(const bf16* x, const bf16* w,
     if (threadIdx.x == 0) *counter = 0;
 }
 
+// Gate/up's first weights asked of L2 while the latency-bound kernels
+// before it (QKV, attention, o) leave DRAM idle (`pf` variants): the
+// first `rows` gate rows and as many up rows of a [2f, k] gate/up matrix,
+// one weight row a request, spread over the grid's threads. A ring warp's
+// first tiles are rows gw and gw + warps (GemvRingGlu: 1,584 warps at 132
+// SMs), so rows below 3,168 are what gate/up's rings load first.
+struct GuPrefetch {
+    const bf16* w;
+    int rows, f, k;
+    __device__ void issue() const {
+        if (!w) return;
+        const int threads = gridDim.x * gridDim.y * gridDim.z * blockDim.x;
+        const int tid = ((blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
+        for (int i = tid; i < 2 * rows; i += threads) {
+            const int row = (i & 1) ? f + i / 2 : i / 2;
+            prefetch_l2(w + (i64)row * k, (unsigned)(k * sizeof(bf16)));
+        }
+    }
+};
+// x as GemvCopy fills it, with the prefetch before o's wait (BEFORE) or
+// at the start of its fill, right after the wait.
+template <bool BEFORE> struct CopyAndPrefetch : GemvCopy<bf16> {
+    GuPrefetch pf;
+    __device__ void prefetch(bf16*, int, int) const {
+        if (BEFORE) pf.issue();
+    }
+    template <int P> __device__ void run(bf16* xs, int m, int k) const {
+        if (!BEFORE) pf.issue();
+        GemvCopy<bf16>::run<P>(xs, m, k);
+    }
+};
+template <bool BEFORE>
+__global__ void __launch_bounds__(256) o_pf(const bf16* x, const bf16* w, bf16* y, int n, int k, const bf16* gu,
+                                            int rows, int f) {
+    gemv_impl<bf16, 1, GemvPlain>(CopyAndPrefetch<BEFORE>{{x}, {gu, rows, f, k}}, GemvStore<bf16>{y, nullptr}, w,
+                                  n, k, 1);
+}
+// Eight-warp decode attention with the prefetch at its start (`at` 0:
+// before its wait, so while QKV runs) or at each block's end (1: while o
+// runs). Right after its wait is optc's own kernel (`pf` 5).
+__global__ void __launch_bounds__(256) att8_pf(const bf16* q, const bf16* kc, const bf16* vc, const i64* positions,
+                                               const i64* block_tables, int max_blocks, bf16* out, float* part,
+                                               int* counters, int ntok, int hq, int hkv, int bs, float scale,
+                                               int window, const bf16* gu, int rows, int f, int k, int at) {
+    const GuPrefetch pf{gu, rows, f, k};
+    if (at == 0) pf.issue();
+    paged_decode_impl<bf16, 64, 8>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok, hq,
+                                   hkv, bs, scale, window);
+    if (at == 1) pf.issue();
+}
+
 // The big linears' rings in the variants `GemvRing` offers (L2 prefetch
 // past the ring, before or after the wait; slots filled by bulk copies):
 // `RingVar` picks one per kind, `ring_var` a variant's set.
@@ -341,6 +392,10 @@ struct Variant {
     // pick in the ring (`gemv_norm_ring_argmax`, optc now).
     int head_mode = 0;
     bool o_norm = false;  // o_then_norm, then gate/up copying x
+    // Gate/up's first `pf_rows` gate and up rows asked of L2 (GuPrefetch)
+    // by: 1, o before its wait; 2, o after it; 3, attention at its start;
+    // 4, attention at its end; 5, attention right after its wait.
+    int pf = 0, pf_rows = 0;
 };
 
 // STEP_CHECK=1: each ring variant's gate/up, down and LM head results
@@ -444,6 +499,7 @@ int main() {
     const unsigned att_smem = 4 * 2 * 2 * 32 * (HD + 8) * 2;
     CK(cudaFuncSetAttribute(paged_decode_bf16_d64, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem));
     CK(cudaFuncSetAttribute(paged_decode8_bf16_d64, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * att_smem));
+    CK(cudaFuncSetAttribute(att8_pf, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * att_smem));
     for (auto f : {(const void*)gemv_ring_bf16_m1, (const void*)gemv_norm_glu_ring_bf16_m1,
                    (const void*)gemv_glu_ring_bf16_m1,
                    (const void*)ring_norm_rope, (const void*)gemv_norm_ring_bf16_m1,
@@ -522,6 +578,34 @@ int main() {
          0, 0, true},
         {"8 warps, QKV of 4 warps: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 1},
         {"8 warps, QKV in stages of 2: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 2},
+        {"8 warps, gate/up 8 MB to L2 by o before its wait", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0,
+         0, 0, false, 1, 1024},
+        {"8 warps, gate/up 16 MB to L2 by o before its wait", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0,
+         0, 0, false, 1, 2048},
+        {"8 warps, gate/up 8 MB to L2 by o after its wait", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 0,
+         0, false, 2, 1024},
+        {"8 warps, gate/up 16 MB to L2 by o after its wait", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0,
+         0, 0, false, 2, 2048},
+        {"8 warps, gate/up 4 MB to L2 by attention at its start", true, true, true, true, true, true, 1, 0, 1, 0, 8,
+         0, 0, 0, false, 3, 512},
+        {"8 warps, gate/up 8 MB to L2 by attention at its start", true, true, true, true, true, true, 1, 0, 1, 0, 8,
+         0, 0, 0, false, 3, 1024},
+        {"8 warps, gate/up 16 MB to L2 by attention at its start", true, true, true, true, true, true, 1, 0, 1, 0,
+         8, 0, 0, 0, false, 3, 2048},
+        {"8 warps, gate/up 8 MB to L2 by attention after its wait", true, true, true, true, true, true, 1, 0, 1, 0,
+         8, 0, 0, 0, false, 5, 1024},
+        {"8 warps, gate/up 16 MB to L2 by attention after its wait", true, true, true, true, true, true, 1, 0, 1, 0,
+         8, 0, 0, 0, false, 5, 2048},
+        {"8 warps, gate/up 24 MB to L2 by attention after its wait", true, true, true, true, true, true, 1, 0, 1, 0,
+         8, 0, 0, 0, false, 5, 3072},
+        {"8 warps, gate/up 4 MB to L2 by attention at its end", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0,
+         0, 0, false, 4, 512},
+        {"8 warps, gate/up 8 MB to L2 by attention at its end", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0,
+         0, 0, false, 4, 1024},
+        {"8 warps, gate/up 16 MB to L2 by attention at its end", true, true, true, true, true, true, 1, 0, 1, 0, 8,
+         0, 0, 0, false, 4, 2048},
+        {"8 warps, gate/up 24 MB to L2 by attention at its end", true, true, true, true, true, true, 1, 0, 1, 0, 8,
+         0, 0, 0, false, 4, 3072},
     };
     for (int pos : {127, 255, 383}) {
         const i64 p = pos;
@@ -566,14 +650,31 @@ int main() {
                     launch(gemv_norm_rope_bf16_m1, QKV / 16, 1, 1, 256, 2 * D * 2, hc, rc, (const bf16*)nw1[l], sum,
                            eps, (const bf16*)wqkv[l], (const bf16*)nullptr, QKV, D, 1, (const bf16*)cs,
                            (const bf16*)sn, q, kc[l], vc[l], (const i64*)dslot, HQ, HKV, HD, HD, HD, 0);
-                if (v.attention)
+                // optc's L2 ahead (`CudaProgram::l2_ahead`): decode attention
+                // asks, right after its wait, for gate/up's first rows.
+                const bool ahead = v.pf == 5;
+                const auto* gate = reinterpret_cast<const unsigned char*>(wgu[l]);
+                const auto* ahead_a = ahead ? gate : nullptr;
+                const auto* ahead_b = ahead ? gate + (size_t)F * D * 2 : nullptr;
+                const long long ahead_bytes = ahead ? (long long)v.pf_rows * D * 2 : 0;
+                if (v.attention && (v.pf == 3 || v.pf == 4))
+                    launch(att8_pf, 1, HKV, v.nsplit, 256, 2 * att_smem, (const bf16*)q, (const bf16*)kc[l],
+                           (const bf16*)vc[l], (const i64*)dpos, (const i64*)dtable, max_blocks, att, part, counters,
+                           1, HQ, HKV, BS, scale, 0, (const bf16*)wgu[l], v.pf_rows, F, D, v.pf - 3);
+                else if (v.attention)
                     launch(v.att_warps == 8 ? paged_decode8_bf16_d64 : paged_decode_bf16_d64, 1, HKV, v.nsplit,
                            32 * v.att_warps, v.att_warps / 4 * att_smem, (const bf16*)q, (const bf16*)kc[l],
                            (const bf16*)vc[l], (const i64*)dpos, (const i64*)dtable, max_blocks, att, part, counters,
-                           1, HQ, HKV, BS, scale, 0);
+                           1, HQ, HKV, BS, scale, 0, ahead_a, ahead_b, ahead_bytes);
                 if (v.o && v.o_norm)
                     launch(o_then_norm, D / 8, 1, 1, 256, D * 2, (const bf16*)att, (const bf16*)wo[l], ob, D, D,
                            (const bf16*)resid, (const bf16*)nw2[l], sum, xn, eps, counters + 40);
+                else if (v.o && v.pf == 1)
+                    launch(o_pf<true>, D / 8, 1, 1, 256, D * 2, (const bf16*)att, (const bf16*)wo[l], ob, D, D,
+                           (const bf16*)wgu[l], v.pf_rows, F);
+                else if (v.o && v.pf == 2)
+                    launch(o_pf<false>, D / 8, 1, 1, 256, D * 2, (const bf16*)att, (const bf16*)wo[l], ob, D, D,
+                           (const bf16*)wgu[l], v.pf_rows, F);
                 else if (v.o && rings((size_t)D * D * 2))
                     launch(gemv_ring_bf16_m1, ring_grid, 1, 1, 256, D * 2 + ring, (const bf16*)att,
                            (const bf16*)wo[l], (const bf16*)nullptr, ob, D, D, 1);

@@ -145,6 +145,21 @@ pub(super) struct AttentionRun {
     pub(super) decode: bool,
     /// Its warps a block (`CudaProgram::decode_warps`; the splits assume them).
     pub(super) warps: usize,
+    /// Weights the decode kernel asks L2 for after its wait
+    /// (`CudaProgram::l2_ahead`; set as the step launches).
+    pub(super) ahead: L2Ahead,
+}
+
+/// The first rows of the ring GEMV after a decode attention step, which
+/// the attention kernel asks L2 for while DRAM would otherwise idle (the
+/// attention and the o projection after it are latency-bound at one
+/// token): ranges `[a, a + bytes)` and, for a GLU's up rows,
+/// `[b, b + bytes)` (`b` zero for one range). All zero: nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(super) struct L2Ahead {
+    pub(super) a: u64,
+    pub(super) b: u64,
+    pub(super) bytes: i64,
 }
 
 /// How many paged-attention launches took each kernel since the program
@@ -241,6 +256,11 @@ pub struct CudaProgram {
     pub(super) early_chains: bool,
     /// Chain launches that worked before their wait.
     pub(super) early_chain_launches: u64,
+    /// Bytes of each range decode attention asks L2 for (`L2Ahead`; 0,
+    /// the default, turns it off; `OPTC_CUDA_L2_AHEAD_MB` sets it).
+    pub(super) l2_ahead_bytes: usize,
+    /// Decode attention launches that asked L2 for a ring's rows.
+    pub(super) l2_ahead_launches: u64,
     /// Split counters of the decode attention and the skinny GEMM (zero
     /// between launches: the last block of each group resets its own).
     pub(super) split_counters: Option<DeviceBox>,
@@ -1082,6 +1102,11 @@ impl CudaProgram {
             embedding_picks: 0,
             early_chains: std::env::var("OPTC_CUDA_EARLY_CHAINS").map_or(true, |v| v != "0"),
             early_chain_launches: 0,
+            l2_ahead_bytes: std::env::var("OPTC_CUDA_L2_AHEAD_MB")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .map_or(0, |mb| mb << 20),
+            l2_ahead_launches: 0,
             split_counters,
             skinny: SkinnyGemm::from_env(),
             dims_cache: Default::default(),
@@ -1264,6 +1289,21 @@ impl CudaProgram {
     pub fn set_early_chains(&mut self, on: bool) {
         self.drop_captures();
         self.early_chains = on;
+    }
+
+    /// Decode attention launches that asked L2 for the first rows of the
+    /// ring GEMV after them (a graph replay does not count).
+    pub fn l2_ahead_launches(&self) -> u64 {
+        self.l2_ahead_launches
+    }
+
+    /// Lets decode attention ask L2 for up to `bytes` of the first gate
+    /// rows and as many up rows of the ring GEMV after it (0, the
+    /// default unless `OPTC_CUDA_L2_AHEAD_MB` sets it, turns that off).
+    /// Captured graphs are dropped.
+    pub fn set_l2_ahead(&mut self, bytes: usize) {
+        self.drop_captures();
+        self.l2_ahead_bytes = bytes;
     }
 
     /// Runs, and graph captures, whose embedding read the ids taken from
