@@ -133,39 +133,30 @@ __global__ void __launch_bounds__(256) o_then_norm(const bf16* x, const bf16* w,
 // Gate/up's first weights asked of L2 while the latency-bound kernels
 // before it (QKV, attention, o) leave DRAM idle (`pf` variants): the
 // first `rows` gate rows and as many up rows of a [2f, k] gate/up matrix,
-// one weight row a request, spread over the grid's threads. A ring warp's
-// first tiles are rows gw and gw + warps (GemvRingGlu: 1,584 warps at 132
-// SMs), so rows below 3,168 are what gate/up's rings load first.
-struct GuPrefetch {
-    const bf16* w;
-    int rows, f, k;
-    __device__ void issue() const {
-        if (!w) return;
-        const int threads = gridDim.x * gridDim.y * gridDim.z * blockDim.x;
-        const int tid = ((blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
-        for (int i = tid; i < 2 * rows; i += threads) {
-            const int row = (i & 1) ? f + i / 2 : i / 2;
-            prefetch_l2(w + (i64)row * k, (unsigned)(k * sizeof(bf16)));
-        }
-    }
-};
+// as optc's L2Ahead (common.cuh) asks for them. A ring warp's first tiles
+// are rows gw and gw + warps (GemvRingGlu: 1,584 warps at 132 SMs), so
+// rows below 3,168 are what gate/up's rings load first.
+__device__ L2Ahead gu_ahead(const bf16* gu, int rows, int f, int k) {
+    const auto* a = reinterpret_cast<const unsigned char*>(gu);
+    return L2Ahead{a, a + (i64)f * k * sizeof(bf16), (long long)rows * k * (long long)sizeof(bf16)};
+}
 // x as GemvCopy fills it, with the prefetch before o's wait (BEFORE) or
 // at the start of its fill, right after the wait.
 template <bool BEFORE> struct CopyAndPrefetch : GemvCopy<bf16> {
-    GuPrefetch pf;
+    L2Ahead ahead;
     __device__ void prefetch(bf16*, int, int) const {
-        if (BEFORE) pf.issue();
+        if (BEFORE) ahead();
     }
     template <int P> __device__ void run(bf16* xs, int m, int k) const {
-        if (!BEFORE) pf.issue();
+        if (!BEFORE) ahead();
         GemvCopy<bf16>::run<P>(xs, m, k);
     }
 };
 template <bool BEFORE>
 __global__ void __launch_bounds__(256) o_pf(const bf16* x, const bf16* w, bf16* y, int n, int k, const bf16* gu,
                                             int rows, int f) {
-    gemv_impl<bf16, 1, GemvPlain>(CopyAndPrefetch<BEFORE>{{x}, {gu, rows, f, k}}, GemvStore<bf16>{y, nullptr}, w,
-                                  n, k, 1);
+    gemv_impl<bf16, 1, GemvPlain>(CopyAndPrefetch<BEFORE>{{x}, gu_ahead(gu, rows, f, k)},
+                                  GemvStore<bf16>{y, nullptr}, w, n, k, 1);
 }
 // Eight-warp decode attention with the prefetch at its start (`at` 0:
 // before its wait, so while QKV runs) or at each block's end (1: while o
@@ -174,11 +165,11 @@ __global__ void __launch_bounds__(256) att8_pf(const bf16* q, const bf16* kc, co
                                                const i64* block_tables, int max_blocks, bf16* out, float* part,
                                                int* counters, int ntok, int hq, int hkv, int bs, float scale,
                                                int window, const bf16* gu, int rows, int f, int k, int at) {
-    const GuPrefetch pf{gu, rows, f, k};
-    if (at == 0) pf.issue();
+    const L2Ahead ahead = gu_ahead(gu, rows, f, k);
+    if (at == 0) ahead();
     paged_decode_impl<bf16, 64, 8>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok, hq,
                                    hkv, bs, scale, window);
-    if (at == 1) pf.issue();
+    if (at == 1) ahead();
 }
 
 // The big linears' rings in the variants `GemvRing` offers (L2 prefetch
@@ -392,7 +383,7 @@ struct Variant {
     // pick in the ring (`gemv_norm_ring_argmax`, optc now).
     int head_mode = 0;
     bool o_norm = false;  // o_then_norm, then gate/up copying x
-    // Gate/up's first `pf_rows` gate and up rows asked of L2 (GuPrefetch)
+    // Gate/up's first `pf_rows` gate and up rows asked of L2 (gu_ahead)
     // by: 1, o before its wait; 2, o after it; 3, attention at its start;
     // 4, attention at its end; 5, attention right after its wait.
     int pf = 0, pf_rows = 0;
