@@ -11,7 +11,8 @@
 # with its L2 prefetch, bulk-copy and cooperative-launch variants, then W1's GPU time per kernel kind with it on.
 # Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p, top-p alone, temperature alone).
 # `ab` runs the workloads (AB_WORKLOADS, default W1,W2,W3) with switch AB_VAR (default
-# OPTC_ASYNC_SCHEDULING; e.g. OPTC_CUDA_PDL, OPTC_CUDA_GRAPH_PAIRS, OPTC_CUDA_PICK_IN_GEMV) at 1, 0, 1, 0 in one call; `gemvbench` compiles and runs
+# OPTC_ASYNC_SCHEDULING; e.g. OPTC_CUDA_PDL, OPTC_CUDA_GRAPH_PAIRS, OPTC_CUDA_PICK_IN_GEMV) at AB_VALUES (default
+# 1 0 1 0; e.g. AB_VAR=OPTC_CUDA_L2_AHEAD_MB AB_VALUES="0 16 0 16") in one call; `gemvbench` compiles and runs
 # kernels/bench/gemv_bench.cu (the decode GEMV geometries) with nvcc.
 # PROFILE_WORKLOADS (default "W1 W2 W3") picks the workloads of the profile stage,
 # NCU_DETAIL the "WORKLOAD:kernel-regex:launches-to-skip" of the ncudetail stage.
@@ -89,7 +90,7 @@ if has mega; then
 fi
 if has ab; then
   AB_VAR=${AB_VAR:-OPTC_ASYNC_SCHEDULING}
-  for v in 1 0 1 0; do
+  for v in ${AB_VALUES:-1 0 1 0}; do
     echo "== optc bench with $AB_VAR=$v"
     env "$AB_VAR=$v" "$BIN" bench $MODEL --target nvrtc --workloads ${AB_WORKLOADS:-W1,W2,W3} --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
   done
