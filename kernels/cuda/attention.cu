@@ -439,8 +439,9 @@ template <int D> struct DecodeMma {
     static constexpr int STAGE = 2 * KS * RS;     // K rows, then V rows
 };
 
-// What decode attention does right after its wait: nothing in optc; the
-// step bench's variants ask L2 for the next kernels' weights there.
+// What decode attention does right after its wait (and its current key's
+// load): nothing by default; optc's decode kernels pass an L2Ahead
+// (common.cuh), which asks L2 for the next fused ring GEMV's first weights.
 struct NothingAfterWait {
     __device__ void operator()() const {}
 };
@@ -505,10 +506,11 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     if (c < c_end) load(c, stages, true);
     if (c + NW < c_end) load(c + NW, stages + STAGE, true);
     pdl_wait();
-    after_wait();
     const int current = (p - first) / KS;  // the chunk holding p
     const bool late = current < c_end && (current == c || current == c + NW);
     if (late) load_current(current, stages + (current == c ? 0 : STAGE));
+    // After the one load on the critical path.
+    after_wait();
     // Query rows g < G of this KV group as A fragments (columns 2tq, +1
     // and 2tq + 8, +9 of each 16-dim step).
     unsigned qa[DK][2];

@@ -116,15 +116,19 @@ template <typename T> __device__ __forceinline__ float rnd(float v) {
     return ld(&t);
 }
 
-// ---- L2 prefetches and bulk copies (TMA, sm_90): the megakernel and the
-// ring GEMV's variants.
+// ---- L2 prefetches and bulk copies (TMA, sm_90): the megakernel, the
+// ring GEMV's variants and decode attention's L2 ahead. Every kernel
+// file is compiled for the GPU's own arch, so the prefetch is a no-op
+// before sm_90 (the host asks for none there).
 __device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#endif
 }
 // Weights a later kernel reads first, asked of L2 by a latency-bound
 // kernel while DRAM would otherwise idle: decode attention at one token
-// asks for the first rows of the ring GEMV after the o projection
-// (`CudaProgram::l2_ahead`). Two ranges of `bytes` each (a GLU's gate rows
+// asks for the first rows of the next fused ring GEMV (gate/up, after
+// the o projection; `CudaProgram::l2_ahead`). Two ranges of `bytes` each (a GLU's gate rows
 // and its up rows; `b` may be null), in 4 KiB pieces spread over the
 // grid's threads. `bytes` is a multiple of 16, the ranges 16-byte aligned.
 struct L2Ahead {

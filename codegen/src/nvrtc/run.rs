@@ -823,7 +823,7 @@ impl CudaProgram {
                         ahead: self.l2_ahead(r, si, steps, dims, ptr),
                         ..*r
                     });
-                    self.launch(
+                    let r = self.launch(
                         *k,
                         fns,
                         s,
@@ -832,7 +832,10 @@ impl CudaProgram {
                         run.as_ref(),
                         cx.arena,
                         cx.pick.as_deref_mut(),
-                    )
+                    );
+                    let asked = run.is_some_and(|a| a.tiles > 0 && a.ahead.bytes > 0);
+                    self.l2_ahead_launches += u64::from(asked && r.is_ok());
+                    r
                 }
                 _ => self.host_step(s, dims, bindings, ptr),
             };
@@ -884,24 +887,27 @@ impl CudaProgram {
     }
 
     /// What decode attention step `si` asks L2 for after its wait: the
-    /// first rows of the next ring GEMV before the next attention step
+    /// first rows of the next fused ring GEMV before the next attention step
     /// (gate/up, after the o projection), up to `l2_ahead_bytes` of its
     /// gate rows and as many of its up rows. At one token the attention
     /// and the o GEMV leave DRAM mostly idle for several microseconds;
     /// the ring then finds its first tiles in L2. Only on the tensor-core
     /// decode kernel (the other does not ask).
     fn l2_ahead(
-        &mut self,
+        &self,
         run: &AttentionRun,
         si: usize,
         steps: &[Step],
         dims: &[Vec<usize>],
         ptr: &[u64],
     ) -> L2Ahead {
+        // The bulk prefetch is an sm_90 instruction.
+        if self.l2_ahead_bytes == 0 || !run.decode || self.gpu.arch.0 < 9 {
+            return L2Ahead::default();
+        }
         let q = steps[si].args[0];
         let d = dims[q].last().copied().unwrap_or(0);
-        let on_mma = src::decode_mma_supported(d, self.types[q].dtype.storage_bytes(1));
-        if self.l2_ahead_bytes == 0 || !run.decode || !on_mma {
+        if !src::decode_mma_supported(d, self.types[q].dtype.storage_bytes(1)) {
             return L2Ahead::default();
         }
         let after = steps.iter().skip(si + 1);
@@ -915,14 +921,18 @@ impl CudaProgram {
         let Some((s, shape)) = next else {
             return L2Ahead::default();
         };
-        let w = ptr[self.owner[s.args[1]]];
+        // Only weights: no kernel writes them, so asking early is safe.
+        let owner = self.owner[s.args[1]];
+        if !matches!(self.locs[owner], Loc::Weight(_)) {
+            return L2Ahead::default();
+        }
+        let w = ptr[owner];
         let row_bytes = shape.k * shape.esize;
         let (rows, ranges) = if shape.glu { (shape.n / 2, 2) } else { (shape.n, 1) };
         let take = rows.min(self.l2_ahead_bytes / row_bytes.max(1));
         if w == 0 || take == 0 || row_bytes % 16 != 0 {
             return L2Ahead::default();
         }
-        self.l2_ahead_launches += 1;
         L2Ahead {
             a: w,
             b: if ranges == 2 {
