@@ -128,9 +128,10 @@ __device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
 // Weights a later kernel reads first, asked of L2 by a latency-bound
 // kernel while DRAM would otherwise idle: decode attention at one token
 // asks for the first rows of the next fused ring GEMV (gate/up, after
-// the o projection; `CudaProgram::l2_ahead`). Two ranges of `bytes` each (a GLU's gate rows
-// and its up rows; `b` may be null), in 4 KiB pieces spread over the
-// grid's threads. `bytes` is a multiple of 16, the ranges 16-byte aligned.
+// the o projection; `CudaProgram::l2_ahead`). Two ranges of `bytes` each
+// (a GLU's gate rows and its up rows; `b` may be null), in 4 KiB pieces
+// spread over the grid's threads. `bytes` is a multiple of 16, the
+// ranges 16-byte aligned.
 struct L2Ahead {
     const unsigned char *a, *b;
     long long bytes;

@@ -928,18 +928,16 @@ impl CudaProgram {
         }
         let w = ptr[owner];
         let row_bytes = shape.k * shape.esize;
-        let (rows, ranges) = if shape.glu { (shape.n / 2, 2) } else { (shape.n, 1) };
+        // A GLU's gate rows, then its up rows.
+        let rows = if shape.glu { shape.n / 2 } else { shape.n };
         let take = rows.min(self.l2_ahead_bytes / row_bytes.max(1));
         if w == 0 || take == 0 || row_bytes % 16 != 0 {
             return L2Ahead::default();
         }
+        let up = w + (rows * row_bytes) as u64;
         L2Ahead {
             a: w,
-            b: if ranges == 2 {
-                w + (rows * row_bytes) as u64
-            } else {
-                0
-            },
+            b: if shape.glu { up } else { 0 },
             bytes: (take * row_bytes) as i64,
         }
     }
