@@ -181,6 +181,42 @@ template <typename T, class F> __device__ __forceinline__ void for_each_scaled(c
     for (int i = done + threadIdx.x; i < n; i += blockDim.x) f(i, scaled_logit(x, i, t));
 }
 
+// As for_each_scaled, but every lane of a warp calls f(i, z, live) the same
+// number of times (live false past the row's end, z then 0), so f may use
+// warp collectives.
+template <typename T, class F>
+__device__ __forceinline__ void for_each_scaled_uniform(const T* x, int n, float t, F&& f) {
+    constexpr int V = 16 / sizeof(T), U = 4;
+    int done = 0;
+    if ((reinterpret_cast<unsigned long long>(x) & 15ull) == 0) {
+        const int nv = n / V;
+        const uint4* xv = reinterpret_cast<const uint4*>(x);
+        for (int b = 0; b < nv; b += U * blockDim.x) {
+            uint4 raw[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int j = b + u * blockDim.x + threadIdx.x;
+                raw[u] = j < nv ? xv[j] : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int j = b + u * blockDim.x + threadIdx.x;
+                const T* e = reinterpret_cast<const T*>(&raw[u]);
+#pragma unroll
+                for (int q = 0; q < V; ++q) {
+                    const float v = ld(&e[q]);
+                    f(j * V + q, (t > 0.f ? __fdiv_rn(v, t) : v) + 0.f, j < nv);
+                }
+            }
+        }
+        done = nv * V;
+    }
+    for (int b = done; b < n; b += blockDim.x) {
+        const int i = b + threadIdx.x;
+        f(i, i < n ? scaled_logit(x, i, t) : 0.f, i < n);
+    }
+}
+
 // NaN and -inf are never sampled: key 0, below every other key.
 __device__ __forceinline__ unsigned sample_key(float z) {
     return (z != z || z == -OPTC_INF) ? 0u : order_key(z);
@@ -239,24 +275,46 @@ struct SelectScratch {
     int digit;
 };
 
-// Of the elements `kw(i, key)` weighs (weight 0: left out), the largest
-// key t such that those with key >= t weigh at least `target` (at most
-// their total); `*above` gets the weight of those with key > t, `*at` of
-// those with key t. Keys use their low `bits` bits (at least 1); eight bits
-// a pass, from the top.
-template <class KW>
-__device__ unsigned radix_select(const KW& kw, int n, int bits, u64 target, u64* above_out, u64* at_out,
-                                 SelectScratch& s) {
+// Adds w to hist[d] for every lane whose d is below 256; the lanes of a
+// warp that share a digit add once, together. A flat row puts most of a
+// pass's elements under one digit, and 1024 threads adding to one shared
+// word one by one took milliseconds a step. Weights stay below 2^51, so
+// 32 of them summed in two 32-bit halves (24 low bits, the rest) fit.
+// Every lane of the warp must call it.
+__device__ __forceinline__ void hist_add(u64* hist, unsigned d, u64 w) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned peers = __match_any_sync(0xffffffffu, d);
+    const unsigned lo = __reduce_add_sync(peers, (unsigned)(w & 0xffffffull));
+    const unsigned hi = __reduce_add_sync(peers, (unsigned)(w >> 24));
+    if (d < 256u && (threadIdx.x & 31) == __ffs(peers) - 1) {
+        const u64 sum = ((u64)hi << 24) + lo;
+        if (sum) atomicAdd(&hist[d], sum);
+    }
+#else
+    if (d < 256u && w) atomicAdd(&hist[d], w);
+#endif
+}
+
+// Of the row's elements `kw(i, z, key)` weighs (z: the scaled logit;
+// weight 0: left out; every weight below 2^51), the largest key t such
+// that those with key >= t weigh at least `target` (at most their total);
+// `*above` gets the weight of those with key > t, `*at` of those with key
+// t. Keys use their low `bits` bits (at least 1); eight bits a pass, from
+// the top.
+template <typename T, class KW>
+__device__ unsigned radix_select(const T* x, float t, const KW& kw, int n, int bits, u64 target, u64* above_out,
+                                 u64* at_out, SelectScratch& s) {
     unsigned prefix = 0, mask = 0;
     u64 above = 0;
     for (int shift = (bits + 7) / 8 * 8 - 8; shift >= 0; shift -= 8) {
         for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[d] = 0;
         __syncthreads();
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            unsigned k;
-            u64 w = kw(i, k);
-            if (w && (k & mask) == prefix) atomicAdd(&s.hist[(k >> shift) & 255u], w);
-        }
+        for_each_scaled_uniform(x, n, t, [&](int i, float z, bool live) {
+            unsigned k = 0;
+            const u64 w = live ? kw(i, z, k) : 0ull;
+            const bool in = w && (k & mask) == prefix;
+            hist_add(s.hist, in ? (k >> shift) & 255u : 256u, in ? w : 0ull);
+        });
         __syncthreads();
         if (threadIdx.x < 32) {
             // Lane l owns digits 8l..8l+7; weights above each lane's digits
@@ -751,33 +809,32 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     const int id_bits = 32 - __clz(max(n - 1, 1));
     // The largest id among the first `need` (by id) elements with key `tau`.
     auto tie_cut = [&](unsigned tau, u64 need) -> int {
-        auto ties = [&](int i, unsigned& k) -> u64 {
+        auto ties = [&](int i, float z, unsigned& k) -> u64 {
             k = (unsigned)(n - 1 - i);
-            return sample_key(scaled_logit(x, i, t)) == tau ? 1ull : 0ull;
+            return sample_key(z) == tau ? 1ull : 0ull;
         };
         u64 above, at;
-        return n - 1 - (int)radix_select(ties, n, id_bits, need, &above, &at, s);
+        return n - 1 - (int)radix_select(x, t, ties, n, id_bits, need, &above, &at, s);
     };
     if (top_k > 0 && (u64)top_k < valid) {
-        auto count = [&](int i, unsigned& k) -> u64 {
-            k = sample_key(scaled_logit(x, i, t));
+        auto count = [&](int, float z, unsigned& k) -> u64 {
+            k = sample_key(z);
             return k ? 1ull : 0ull;
         };
         u64 above, at;
-        unsigned tau = radix_select(count, n, 32, (u64)top_k, &above, &at, s);
+        unsigned tau = radix_select(x, t, count, n, 32, (u64)top_k, &above, &at, s);
         // No id select when every tie at the cut is kept.
         const u64 need = (u64)top_k - above;
         tighten(tau, need >= at ? 0x7fffffff : tie_cut(tau, need));
     }
     if (!greedy && p.top_p < 1.f) {
         const u64 target = top_p_target;
-        auto weigh = [&](int i, unsigned& k) -> u64 {
-            float z = scaled_logit(x, i, t);
+        auto weigh = [&](int, float z, unsigned& k) -> u64 {
             k = sample_key(z);
             return k ? sample_mass(z, m) : 0ull;
         };
         u64 above, at;
-        unsigned tau = radix_select(weigh, n, 32, target, &above, &at, s);
+        unsigned tau = radix_select(x, t, weigh, n, 32, target, &above, &at, s);
         // Every element with key tau weighs the same.
         const u64 w = sample_mass(key_value(tau), m);
         const u64 need = max(w ? (target - above + w - 1) / w : 1ull, 1ull);
@@ -789,17 +846,16 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     // where the running mass in (key, lower id) order first passes the
     // goal. A select over the kept masses finds its key, a select over ids
     // its place among that key's ties (the kept ones are the lowest ids).
-    auto kept = [&](int i, unsigned& k) -> u64 {
-        const float z = scaled_logit(x, i, t);
+    auto kept = [&](int i, float z, unsigned& k) -> u64 {
         k = sample_key(z);
         const bool in = k && (k > cut_key || (k == cut_key && i <= cut_id));
         return in ? sample_mass(z, m) : 0ull;
     };
     u64 all = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    for_each_scaled(x, n, t, [&](int i, float z) {
         unsigned k;
-        all += kept(i, k);
-    }
+        all += kept(i, z, k);
+    });
     all = block_sum(all, ured);
     if (all == 0) {
         sample_none(out, lp, r);
@@ -808,7 +864,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     u64 goal = (u64)(p.u * (double)all);
     if (goal >= all) goal = all - 1;
     u64 above, at;
-    const unsigned tau = radix_select(kept, n, 32, goal + 1, &above, &at, s);
+    const unsigned tau = radix_select(x, t, kept, n, 32, goal + 1, &above, &at, s);
     // Every kept element with key tau weighs w (> 0: tau holds kept mass).
     const u64 w = sample_mass(key_value(tau), m);
     const int id = tie_cut(tau, w ? (goal - above) / w + 1 : 1ull);
