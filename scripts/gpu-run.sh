@@ -12,7 +12,7 @@
 # Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p, top-p alone, temperature alone).
 # `ab` runs the workloads (AB_WORKLOADS, default W1,W2,W3) with switch AB_VAR (default
 # OPTC_ASYNC_SCHEDULING; e.g. OPTC_CUDA_PDL, OPTC_CUDA_GRAPH_PAIRS, OPTC_CUDA_PICK_IN_GEMV) at AB_VALUES (default
-# 1 0 1 0; e.g. AB_VAR=OPTC_CUDA_L2_AHEAD_MB AB_VALUES="0 16 0 16") in one call; `gemvbench` compiles and runs
+# 1 0 1 0; e.g. AB_VAR=OPTC_DECODE_WARPS AB_VALUES="4 8 4 8") in one call; `gemvbench` compiles and runs
 # kernels/bench/gemv_bench.cu (the decode GEMV geometries) with nvcc.
 # PROFILE_WORKLOADS (default "W1 W2 W3") picks the workloads of the profile stage,
 # NCU_DETAIL the "WORKLOAD:kernel-regex:launches-to-skip" of the ncudetail stage.

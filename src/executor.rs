@@ -188,20 +188,19 @@ pub fn gpu_step_inputs(
 
 impl Executor for CudaExecutor {
     /// Which decode paths the run took (graph copies, the pick in the LM
-    /// head's GEMV, the embedding reading picks, the L2 ahead, the
-    /// megakernel), so a benchmark with the `OPTC_CUDA_*` switches says
-    /// which path its numbers are.
+    /// head's GEMV, the embedding reading picks, the megakernel), so a
+    /// benchmark with the `OPTC_CUDA_*` switches says which path its
+    /// numbers are.
     fn report(&self) -> Option<String> {
         let p = &self.program;
         let s = p.summary();
         let [first, second] = p.graph_replays();
         let mut line = format!(
-            "nvrtc: decode graphs: {} shapes, {} copies, {first} + {second} replays; greedy picks in the LM head's GEMV: {}; picked ids read by the embedding: {}; decode attention launches asking L2 ahead: {}",
+            "nvrtc: decode graphs: {} shapes, {} copies, {first} + {second} replays; greedy picks in the LM head's GEMV: {}; picked ids read by the embedding: {}",
             p.captured_graphs(),
             p.graph_copies(),
             p.gemv_picks(),
-            p.embedding_picks(),
-            p.l2_ahead_launches()
+            p.embedding_picks()
         );
         if let Some(kernel) = s.mega_kernel.as_deref() {
             line += &format!(

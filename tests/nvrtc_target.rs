@@ -2061,16 +2061,14 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                         toks[q].push(i64::from(picks[q].0));
                     }
                 }
-                for (how, graphs, pairs, rings, copied, ahead) in [
-                    ("eager", false, false, false, false, false),
-                    ("eager, ids copied first", false, false, false, true, false),
-                    ("one graph a shape", true, false, false, false, false),
-                    ("paired graphs", true, true, false, false, false),
-                    ("paired graphs, ids copied first", true, true, false, true, false),
-                    ("paired graphs, ring GEMVs", true, true, true, false, false),
-                    ("eager, ring GEMVs", false, false, true, false, false),
-                    ("paired graphs, rings, L2 ahead", true, true, true, false, true),
-                    ("eager, rings, L2 ahead", false, false, true, false, true),
+                for (how, graphs, pairs, rings, copied) in [
+                    ("eager", false, false, false, false),
+                    ("eager, ids copied first", false, false, false, true),
+                    ("one graph a shape", true, false, false, false),
+                    ("paired graphs", true, true, false, false),
+                    ("paired graphs, ids copied first", true, true, false, true),
+                    ("paired graphs, ring GEMVs", true, true, true, false),
+                    ("eager, ring GEMVs", false, false, true, false),
                 ] {
                     // The rings' pick is greedy: sampled steps skip them.
                     if rings && sampled {
@@ -2089,10 +2087,6 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                         cuda.set_gemv_ring_min_bytes(0);
                         cuda.set_pick_in_gemv(true);
                     }
-                    // Decode attention asks L2 for gate/up's first rows (a
-                    // hint: the tokens cannot change); off in the other
-                    // cases whatever OPTC_CUDA_L2_AHEAD_MB says.
-                    cuda.set_l2_ahead(if ahead { 1 << 20 } else { 0 });
                     cuda.init_state(&nb).unwrap();
                     // Ids not known yet are 0 until the previous step's
                     // picks replace them.
@@ -2153,11 +2147,6 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                     // GEMV (16-bit weights only).
                     let in_gemv = rings && !sampled && nseq == 1 && name == "llama_bf16";
                     assert_eq!(cuda.gemv_picks() > 0, in_gemv, "{}", what(how));
-                    // The L2 ahead: one-token decode on the tensor-core
-                    // kernel (16-bit), with gate/up on the ring, from sm_90.
-                    let sm90 = cuda.compute_capability().0 >= 9;
-                    let asked = ahead && nseq == 1 && name == "llama_bf16" && sm90;
-                    assert_eq!(cuda.l2_ahead_launches() > 0, asked, "{}", what(how));
                 }
             }
         }

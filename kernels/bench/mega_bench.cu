@@ -395,8 +395,7 @@ int main(int argc, char** argv) {
                        vc + l * cache, (const i64*)dslot, HQ, HKV, HD, HD, HD, 0);
                 launch(paged_decode_bf16_d64, 1, HKV, 1, 128, att_smem, (const bf16*)cq, (const bf16*)(kc + l * cache),
                        (const bf16*)(vc + l * cache), (const i64*)dpos, (const i64*)dtable, max_blocks, catt, cpart,
-                       ccount, 1, HQ, HKV, BS, SCALE, 0, (const unsigned char*)nullptr,
-                       (const unsigned char*)nullptr, 0ll);
+                       ccount, 1, HQ, HKV, BS, SCALE, 0);
                 launch(gemv_bf16_m1, D / 8, 1, 1, 256, D * 2, (const bf16*)catt, (const bf16*)(wo + (size_t)l * D * D),
                        (const bf16*)nullptr, cob, D, D, 1);
                 launch(gemv_norm_glu_ring_bf16_m1, ring_grid, 1, 1, 128, 2 * D * 2 + ring, (const bf16*)cob,

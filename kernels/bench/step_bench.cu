@@ -130,11 +130,35 @@ __global__ void __launch_bounds__(256) o_then_norm(const bf16* x, const bf16* w,
     if (threadIdx.x == 0) *counter = 0;
 }
 
+// Weights a later kernel reads first, asked of L2 by a latency-bound
+// kernel while DRAM would otherwise idle (the `pf` variants). Two ranges
+// of `bytes` each (a GLU's gate rows and its up rows; `b` may be null),
+// in 4 KiB pieces spread over the grid's threads. `bytes` is a multiple
+// of 16, the ranges 16-byte aligned. (optc's decode attention asked this
+// way for a session, behind a switch; it lost at every size on an H200,
+// see docs/perf.md, twelfth session.)
+struct L2Ahead {
+    const unsigned char *a, *b;
+    long long bytes;
+    __device__ void operator()() const {
+        if (!a || bytes <= 0) return;
+        constexpr long long PIECE = 4096;
+        const int ranges = b ? 2 : 1;
+        const long long pieces = (bytes + PIECE - 1) / PIECE * ranges;
+        const long long threads = (long long)gridDim.x * gridDim.y * gridDim.z * blockDim.x;
+        const long long tid =
+            (((long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
+        for (long long i = tid; i < pieces; i += threads) {
+            const long long off = i / ranges * PIECE;
+            prefetch_l2((i % ranges ? b : a) + off, (unsigned)(bytes - off < PIECE ? bytes - off : PIECE));
+        }
+    }
+};
+
 // Gate/up's first weights asked of L2 while the latency-bound kernels
 // before it (QKV, attention, o) leave DRAM idle (`pf` variants): the
 // first `rows` gate rows and as many up rows of a [2f, k] gate/up matrix,
-// as optc's L2Ahead (common.cuh) asks for them. A ring warp's first tiles
-// are rows gw and gw + warps (GemvRingGlu: 1,584 warps at 132 SMs), so
+// through L2Ahead. A ring warp's first tiles are rows gw and gw + warps (GemvRingGlu: 1,584 warps at 132 SMs), so
 // rows below 3,168 are what gate/up's rings load first.
 __device__ L2Ahead gu_ahead(const bf16* gu, int rows, int f, int k) {
     const auto* a = reinterpret_cast<const unsigned char*>(gu);
@@ -160,7 +184,7 @@ __global__ void __launch_bounds__(256) o_pf(const bf16* x, const bf16* w, bf16* 
 }
 // Eight-warp decode attention with the prefetch at its start (`at` 0:
 // before its wait, so while QKV runs) or at each block's end (1: while o
-// runs). Right after its wait is optc's own kernel (`pf` 5).
+// runs).
 __global__ void __launch_bounds__(256) att8_pf(const bf16* q, const bf16* kc, const bf16* vc, const i64* positions,
                                                const i64* block_tables, int max_blocks, bf16* out, float* part,
                                                int* counters, int ntok, int hq, int hkv, int bs, float scale,
@@ -385,7 +409,7 @@ struct Variant {
     bool o_norm = false;  // o_then_norm, then gate/up copying x
     // Gate/up's first `pf_rows` gate and up rows asked of L2 (gu_ahead)
     // by: 1, o before its wait; 2, o after it; 3, attention at its start;
-    // 4, attention at its end; 5, attention right after its wait.
+    // 4, attention at its end.
     int pf = 0, pf_rows = 0;
 };
 
@@ -583,12 +607,6 @@ int main() {
          0, 0, 0, false, 3, 1024},
         {"8 warps, gate/up 16 MB to L2 by attention at its start", true, true, true, true, true, true, 1, 0, 1, 0,
          8, 0, 0, 0, false, 3, 2048},
-        {"8 warps, gate/up 8 MB to L2 by attention after its wait", true, true, true, true, true, true, 1, 0, 1, 0,
-         8, 0, 0, 0, false, 5, 1024},
-        {"8 warps, gate/up 16 MB to L2 by attention after its wait", true, true, true, true, true, true, 1, 0, 1, 0,
-         8, 0, 0, 0, false, 5, 2048},
-        {"8 warps, gate/up 24 MB to L2 by attention after its wait", true, true, true, true, true, true, 1, 0, 1, 0,
-         8, 0, 0, 0, false, 5, 3072},
         {"8 warps, gate/up 4 MB to L2 by attention at its end", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0,
          0, 0, false, 4, 512},
         {"8 warps, gate/up 8 MB to L2 by attention at its end", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0,
@@ -641,13 +659,6 @@ int main() {
                     launch(gemv_norm_rope_bf16_m1, QKV / 16, 1, 1, 256, 2 * D * 2, hc, rc, (const bf16*)nw1[l], sum,
                            eps, (const bf16*)wqkv[l], (const bf16*)nullptr, QKV, D, 1, (const bf16*)cs,
                            (const bf16*)sn, q, kc[l], vc[l], (const i64*)dslot, HQ, HKV, HD, HD, HD, 0);
-                // optc's L2 ahead (`CudaProgram::l2_ahead`): decode attention
-                // asks, right after its wait, for gate/up's first rows.
-                const bool ahead = v.pf == 5;
-                const auto* gate = reinterpret_cast<const unsigned char*>(wgu[l]);
-                const auto* ahead_a = ahead ? gate : nullptr;
-                const auto* ahead_b = ahead ? gate + (size_t)F * D * 2 : nullptr;
-                const long long ahead_bytes = ahead ? (long long)v.pf_rows * D * 2 : 0;
                 if (v.attention && (v.pf == 3 || v.pf == 4))
                     launch(att8_pf, 1, HKV, v.nsplit, 256, 2 * att_smem, (const bf16*)q, (const bf16*)kc[l],
                            (const bf16*)vc[l], (const i64*)dpos, (const i64*)dtable, max_blocks, att, part, counters,
@@ -656,7 +667,7 @@ int main() {
                     launch(v.att_warps == 8 ? paged_decode8_bf16_d64 : paged_decode_bf16_d64, 1, HKV, v.nsplit,
                            32 * v.att_warps, v.att_warps / 4 * att_smem, (const bf16*)q, (const bf16*)kc[l],
                            (const bf16*)vc[l], (const i64*)dpos, (const i64*)dtable, max_blocks, att, part, counters,
-                           1, HQ, HKV, BS, scale, 0, ahead_a, ahead_b, ahead_bytes);
+                           1, HQ, HKV, BS, scale, 0);
                 if (v.o && v.o_norm)
                     launch(o_then_norm, D / 8, 1, 1, 256, D * 2, (const bf16*)att, (const bf16*)wo[l], ob, D, D,
                            (const bf16*)resid, (const bf16*)nw2[l], sum, xn, eps, counters + 40);

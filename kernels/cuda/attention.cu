@@ -439,18 +439,10 @@ template <int D> struct DecodeMma {
     static constexpr int STAGE = 2 * KS * RS;     // K rows, then V rows
 };
 
-// What decode attention does right after its wait (and its current key's
-// load): nothing by default; optc's decode kernels pass an L2Ahead
-// (common.cuh), which asks L2 for the next fused ring GEMV's first weights.
-struct NothingAfterWait {
-    __device__ void operator()() const {}
-};
-
-template <typename T, int D, int NW = 4, typename AfterWait = NothingAfterWait>
+template <typename T, int D, int NW = 4>
 __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, const i64* positions,
                                       const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
-                                      int ntok, int hq, int hkv, int bs, float scale, int window,
-                                      AfterWait after_wait = {}) {
+                                      int ntok, int hq, int hkv, int bs, float scale, int window) {
     constexpr int KS = DecodeMma<D>::KS, RS = DecodeMma<D>::RS, STAGE = DecodeMma<D>::STAGE;
     constexpr int NB = KS / 8, DK = D / 16, DN = D / 8, PIECES = D / 8, GM = DECODE_GROUP;
     extern __shared__ __align__(16) unsigned char decode_smem[];
@@ -509,8 +501,6 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     const int current = (p - first) / KS;  // the chunk holding p
     const bool late = current < c_end && (current == c || current == c + NW);
     if (late) load_current(current, stages + (current == c ? 0 : STAGE));
-    // After the one load on the critical path.
-    after_wait();
     // Query rows g < G of this KV group as A fragments (columns 2tq, +1
     // and 2tq + 8, +9 of each 16-dim step).
     unsigned qa[DK][2];
@@ -633,11 +623,10 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     decode_merge<T, D, NW>(m_s, l_s, a_s, last_s, out, part, counters, t, kh, z, nsplit, ntok, hq, hkv, G);
 }
 
-template <typename T, int D, int NW = 4, typename AfterWait = NothingAfterWait>
+template <typename T, int D, int NW = 4>
 __device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i64* positions,
                                   const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
-                                  int ntok, int hq, int hkv, int bs, float scale, int window,
-                                  AfterWait after_wait = {}) {
+                                  int ntok, int hq, int hkv, int bs, float scale, int window) {
     // Launched as a dependent (programmatic dependent launch): the
     // o projection's GEMV after this may start streaming its weights. Each
     // path calls pdl_wait() before it reads what the kernels ahead write
@@ -647,7 +636,7 @@ __device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i6
     // and launches the eight-warp kernel only on the tensor-core path.
     if constexpr (sizeof(T) == 2 && D % 16 == 0 && D <= 128) {
         paged_decode_mma_impl<T, D, NW>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok,
-                                        hq, hkv, bs, scale, window, after_wait);
+                                        hq, hkv, bs, scale, window);
     } else if constexpr (NW == 4) {
         paged_decode_simt_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok,
                                      hq, hkv, bs, scale, window);
@@ -687,17 +676,14 @@ OPTC_ATTENTION_COMMON(f16, f16)
     extern "C" __global__ void __launch_bounds__(128) paged_decode_##N##_d##D(                            \
         const T* q, const T* kc, const T* vc, const i64* positions, const i64* block_tables,              \
         int max_blocks, T* out, float* part, int* counters, int ntok, int hq, int hkv, int bs,            \
-        float scale, int window, const unsigned char* ahead_a, const unsigned char* ahead_b,              \
-        long long ahead_bytes) {                                                                          \
+        float scale, int window) {                                                                        \
         paged_decode_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters,      \
-                                ntok, hq, hkv, bs, scale, window, L2Ahead{ahead_a, ahead_b, ahead_bytes}); \
+                                ntok, hq, hkv, bs, scale, window);                                        \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(256) paged_decode8_##N##_d##D(                           \
         const T* q, const T* kc, const T* vc, const i64* positions, const i64* block_tables,              \
         int max_blocks, T* out, float* part, int* counters, int ntok, int hq, int hkv, int bs,            \
-        float scale, int window, const unsigned char* ahead_a, const unsigned char* ahead_b,              \
-        long long ahead_bytes) {                                                                          \
+        float scale, int window) {                                                                        \
         paged_decode_impl<T, D, 8>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters,   \
-                                   ntok, hq, hkv, bs, scale, window,                                      \
-                                   L2Ahead{ahead_a, ahead_b, ahead_bytes});                               \
+                                   ntok, hq, hkv, bs, scale, window);                                     \
     }

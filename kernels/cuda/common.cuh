@@ -116,39 +116,14 @@ template <typename T> __device__ __forceinline__ float rnd(float v) {
     return ld(&t);
 }
 
-// ---- L2 prefetches and bulk copies (TMA, sm_90): the megakernel, the
-// ring GEMV's variants and decode attention's L2 ahead. Every kernel
-// file is compiled for the GPU's own arch, so the prefetch is a no-op
-// before sm_90 (the host asks for none there).
+// ---- L2 prefetches and bulk copies (TMA, sm_90): the megakernel and the
+// ring GEMV's variants. Every kernel file is compiled for the GPU's own
+// arch, so the prefetch is a no-op before sm_90.
 __device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 #endif
 }
-// Weights a later kernel reads first, asked of L2 by a latency-bound
-// kernel while DRAM would otherwise idle: decode attention at one token
-// asks for the first rows of the next fused ring GEMV (gate/up, after
-// the o projection; `CudaProgram::l2_ahead`). Two ranges of `bytes` each
-// (a GLU's gate rows and its up rows; `b` may be null), in 4 KiB pieces
-// spread over the grid's threads. `bytes` is a multiple of 16, the
-// ranges 16-byte aligned.
-struct L2Ahead {
-    const unsigned char *a, *b;
-    long long bytes;
-    __device__ void operator()() const {
-        if (!a || bytes <= 0) return;
-        constexpr long long PIECE = 4096;
-        const int ranges = b ? 2 : 1;
-        const long long pieces = (bytes + PIECE - 1) / PIECE * ranges;
-        const long long threads = (long long)gridDim.x * gridDim.y * gridDim.z * blockDim.x;
-        const long long tid =
-            (((long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
-        for (long long i = tid; i < pieces; i += threads) {
-            const long long off = i / ranges * PIECE;
-            prefetch_l2((i % ranges ? b : a) + off, (unsigned)(bytes - off < PIECE ? bytes - off : PIECE));
-        }
-    }
-};
 // A wait that has spun for about two seconds is a bug, not a slow GPU.
 __device__ __forceinline__ void spin_guard(long long t0) {
     if (clock64() - t0 > (4ll << 30)) __trap();

@@ -135,7 +135,6 @@ impl CudaProgram {
             self.gemv_picks,
             self.embedding_picks,
             self.early_chain_launches,
-            self.l2_ahead_launches,
         );
         let second = self
             .capture(arena, offsets, dims, bindings, attn, pick, ids)
@@ -147,7 +146,6 @@ impl CudaProgram {
         self.gemv_picks = counted.3;
         self.embedding_picks = counted.4;
         self.early_chain_launches = counted.5;
-        self.l2_ahead_launches = counted.6;
         let copies = match second {
             Ok(c) => vec![first, c],
             Err(e) => {

@@ -150,7 +150,7 @@ pub(super) struct GemvShape {
 
 impl CudaProgram {
     /// Linear `lin`'s GEMV this run (with its fusions, if it has any).
-    pub(super) fn gemv_shape(&self, lin: &Step, dims: &[Vec<usize>]) -> GemvShape {
+    fn gemv_shape(&self, lin: &Step, dims: &[Vec<usize>]) -> GemvShape {
         let k = dims[lin.args[0]].last().copied().unwrap_or(0);
         let m = dims[lin.args[0]]
             .iter()
@@ -912,8 +912,7 @@ impl CudaProgram {
                         q = ptr[a[0]], kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],
                         mb = dims[a[8]][1] as i32, out = ptr[o0], part = part, ctr = counters,
                         nt = ntok as i32, hq = hq as i32, hkv = hkv as i32, bs = bs as i32, scale = scale,
-                        window = window, ahead_a = run.ahead.a, ahead_b = run.ahead.b,
-                        ahead_bytes = run.ahead.bytes);
+                        window = window);
                     if part != 0 {
                         self.pool.release(part);
                     }

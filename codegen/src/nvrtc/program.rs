@@ -145,43 +145,6 @@ pub(super) struct AttentionRun {
     pub(super) decode: bool,
     /// Its warps a block (`CudaProgram::decode_warps`; the splits assume them).
     pub(super) warps: usize,
-    /// Weights the decode kernel asks L2 for after its wait
-    /// (`CudaProgram::l2_ahead`). Always empty in the per-run map and in
-    /// capture keys: `run_steps` fills it in the copy it launches with,
-    /// since it needs the weights' addresses.
-    pub(super) ahead: L2Ahead,
-}
-
-/// `OPTC_CUDA_L2_AHEAD_MB` in bytes (0, off, when unset; a value that is
-/// not a size in MiB is reported and ignored).
-fn l2_ahead_from_env() -> usize {
-    let Ok(v) = std::env::var("OPTC_CUDA_L2_AHEAD_MB") else {
-        return 0;
-    };
-    match v
-        .trim()
-        .parse::<usize>()
-        .ok()
-        .and_then(|mb| mb.checked_mul(1 << 20))
-    {
-        Some(bytes) => bytes,
-        None => {
-            tracing::warn!(value = %v, "OPTC_CUDA_L2_AHEAD_MB is not a size in MiB; the L2 ahead stays off");
-            0
-        }
-    }
-}
-
-/// The first rows of the next fused ring GEMV after a decode attention step, which
-/// the attention kernel asks L2 for while DRAM would otherwise idle (the
-/// attention and the o projection after it are latency-bound at one
-/// token): ranges `[a, a + bytes)` and, for a GLU's up rows,
-/// `[b, b + bytes)` (`b` zero for one range). All zero: nothing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub(super) struct L2Ahead {
-    pub(super) a: u64,
-    pub(super) b: u64,
-    pub(super) bytes: i64,
 }
 
 /// How many paged-attention launches took each kernel since the program
@@ -278,11 +241,6 @@ pub struct CudaProgram {
     pub(super) early_chains: bool,
     /// Chain launches that worked before their wait.
     pub(super) early_chain_launches: u64,
-    /// Bytes of each range decode attention asks L2 for (`L2Ahead`; 0,
-    /// the default, turns it off; `OPTC_CUDA_L2_AHEAD_MB` sets it).
-    pub(super) l2_ahead_bytes: usize,
-    /// Decode attention launches that asked L2 for a ring's rows.
-    pub(super) l2_ahead_launches: u64,
     /// Split counters of the decode attention and the skinny GEMM (zero
     /// between launches: the last block of each group resets its own).
     pub(super) split_counters: Option<DeviceBox>,
@@ -1124,8 +1082,6 @@ impl CudaProgram {
             embedding_picks: 0,
             early_chains: std::env::var("OPTC_CUDA_EARLY_CHAINS").map_or(true, |v| v != "0"),
             early_chain_launches: 0,
-            l2_ahead_bytes: l2_ahead_from_env(),
-            l2_ahead_launches: 0,
             split_counters,
             skinny: SkinnyGemm::from_env(),
             dims_cache: Default::default(),
@@ -1308,27 +1264,6 @@ impl CudaProgram {
     pub fn set_early_chains(&mut self, on: bool) {
         self.drop_captures();
         self.early_chains = on;
-    }
-
-    /// The GPU's compute capability (major, minor): which paths can run
-    /// (PDL and the L2 ahead need sm_90).
-    pub fn compute_capability(&self) -> (i32, i32) {
-        self.gpu.arch
-    }
-
-    /// Decode attention launches that asked L2 for the first rows of the
-    /// ring GEMV after them (a graph replay does not count).
-    pub fn l2_ahead_launches(&self) -> u64 {
-        self.l2_ahead_launches
-    }
-
-    /// Lets decode attention ask L2 for up to `bytes` of the first gate
-    /// rows and as many up rows of the next fused ring GEMV (0, the
-    /// default unless `OPTC_CUDA_L2_AHEAD_MB` sets it, turns that off).
-    /// Captured graphs are dropped.
-    pub fn set_l2_ahead(&mut self, bytes: usize) {
-        self.drop_captures();
-        self.l2_ahead_bytes = bytes;
     }
 
     /// Runs, and graph captures, whose embedding read the ids taken from

@@ -14,8 +14,8 @@ use optc_kernels::cuda as src;
 use super::device::DeviceBox;
 use super::pick::{GemvPick, IdsPatch, Pick, SAMPLE_ROW_BYTES};
 use super::program::{
-    node_err, AttentionRun, CaptureKey, CudaProgram, Exec, Executed, L2Ahead, Loc, Step, ATTENTION_MMA,
-    MAX_CAPTURES, SPLIT_COUNTERS,
+    node_err, AttentionRun, CaptureKey, CudaProgram, Exec, Executed, Loc, Step, ATTENTION_MMA, MAX_CAPTURES,
+    SPLIT_COUNTERS,
 };
 use super::select::Kernel;
 use crate::CodegenError;
@@ -500,7 +500,6 @@ impl CudaProgram {
                             mma: prefill_mma,
                             decode,
                             warps,
-                            ahead: L2Ahead::default(),
                         },
                     );
                 }
@@ -818,25 +817,16 @@ impl CudaProgram {
                     self.early_chain_launches += u64::from(early);
                     self.launch_chain(fns, s, dims, ptr, early)
                 }
-                Exec::Kernel(k, fns) => {
-                    let run = attn.get(&si).map(|r| AttentionRun {
-                        ahead: self.l2_ahead(r, si, steps, dims, ptr),
-                        ..*r
-                    });
-                    let r = self.launch(
-                        *k,
-                        fns,
-                        s,
-                        dims,
-                        ptr,
-                        run.as_ref(),
-                        cx.arena,
-                        cx.pick.as_deref_mut(),
-                    );
-                    let asked = run.is_some_and(|a| a.tiles > 0 && a.ahead.bytes > 0);
-                    self.l2_ahead_launches += u64::from(asked && r.is_ok());
-                    r
-                }
+                Exec::Kernel(k, fns) => self.launch(
+                    *k,
+                    fns,
+                    s,
+                    dims,
+                    ptr,
+                    attn.get(&si),
+                    cx.arena,
+                    cx.pick.as_deref_mut(),
+                ),
                 _ => self.host_step(s, dims, bindings, ptr),
             };
             r.map_err(node_err(&s.node))?;
@@ -884,62 +874,6 @@ impl CudaProgram {
             }
         }
         Ok(())
-    }
-
-    /// What decode attention step `si` asks L2 for after its wait: the
-    /// first rows of the next fused ring GEMV before the next attention step
-    /// (gate/up, after the o projection), up to `l2_ahead_bytes` of its
-    /// gate rows and as many of its up rows. At one token the attention
-    /// and the o GEMV leave DRAM mostly idle for several microseconds;
-    /// the ring then finds its first tiles in L2. Only on the tensor-core
-    /// decode kernel (the other does not ask).
-    fn l2_ahead(
-        &self,
-        run: &AttentionRun,
-        si: usize,
-        steps: &[Step],
-        dims: &[Vec<usize>],
-        ptr: &[u64],
-    ) -> L2Ahead {
-        // The bulk prefetch is an sm_90 instruction.
-        if self.l2_ahead_bytes == 0 || !run.decode || self.gpu.arch.0 < 9 {
-            return L2Ahead::default();
-        }
-        let q = steps[si].args[0];
-        let d = dims[q].last().copied().unwrap_or(0);
-        if !src::decode_mma_supported(d, self.types[q].dtype.storage_bytes(1)) {
-            return L2Ahead::default();
-        }
-        let after = steps.iter().skip(si + 1);
-        let next = after
-            .take_while(|s| !matches!(s.exec, Exec::Kernel(Kernel::PagedAttention, _)))
-            .find_map(|s| {
-                let z = s.fused.as_ref()?;
-                let shape = self.gemv_shape(s, dims);
-                (z.fns.len() > 2 && self.ring_gemv_cfg(&shape).is_some()).then_some((s, shape))
-            });
-        let Some((s, shape)) = next else {
-            return L2Ahead::default();
-        };
-        // Only weights: no kernel writes them, so asking early is safe.
-        let owner = self.owner[s.args[1]];
-        if !matches!(self.locs[owner], Loc::Weight(_)) {
-            return L2Ahead::default();
-        }
-        let w = ptr[owner];
-        let row_bytes = shape.k * shape.esize;
-        // A GLU's gate rows, then its up rows.
-        let rows = if shape.glu { shape.n / 2 } else { shape.n };
-        let take = rows.min(self.l2_ahead_bytes / row_bytes.max(1));
-        if w == 0 || take == 0 || row_bytes % 16 != 0 {
-            return L2Ahead::default();
-        }
-        let up = w + (rows * row_bytes) as u64;
-        L2Ahead {
-            a: w,
-            b: if shape.glu { up } else { 0 },
-            bytes: (take * row_bytes) as i64,
-        }
     }
 
     /// An event recorded on the stream now (for `OPTC_CUDA_PROFILE`).
