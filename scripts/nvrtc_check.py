@@ -7,9 +7,15 @@ folder:
 
     python3 scripts/nvrtc_check.py /path/to/nvidia/cu13 [--verbose]
 
+Use the GPU machine's NVRTC version (13.0: `nvidia-cuda-nvrtc==13.0.*`,
+with the headers of any 13.x runtime wheel): later versions accept code
+13.0 rejects, such as a generic lambda in device code.
+
 It compiles the same translation unit the nvrtc target builds (common
 helpers, every kernel file, attention and GEMV instances) for sm_90 to a
-cubin and prints NVRTC's log (with --verbose, ptxas's registers and spills).
+cubin, once more with each compile-time switch the host can define
+(`compile::switch_defines`), and prints NVRTC's log (with --verbose,
+ptxas's registers and spills).
 """
 import ctypes
 import pathlib
@@ -56,5 +62,6 @@ def build(name, text):
 
 
 ok = build("optc.cu", src)
+ok &= build("optc_list_bins.cu", "#define OPTC_SAMPLE_LIST_BINS 1\n" + src)
 ok &= build("optc_mma.cu", mma)
 sys.exit(0 if ok else 1)

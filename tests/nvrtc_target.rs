@@ -1792,11 +1792,13 @@ fn gpu_sampling_draws_from_the_host_samplers_distribution() {
 /// kernel path: narrow rows (the sorted candidates); 50k-wide flat rows
 /// under temperature alone or a wide top-p (the exact bins: only the
 /// bins of the cut and of the draw are sorted; every eighth row draws at
-/// u = 0.99999, in the cut's own bin); and rows whose bins are too full
-/// or whose filter the bins cannot decide (temperature 3, min-p on a flat
-/// row, top-k 3,000: the radix selects). Only draws within rounding of a
-/// boundary may differ, and the same uniforms draw the same tokens
-/// again.
+/// u = 0.99999, in the cut's own bin); bins too full to sort
+/// (temperature 3, alone or with top-p 0.9: about 4,700 logits a bin,
+/// listed, and the selects walk the list); and rows whose bins hold more
+/// than the list or whose filter the bins cannot decide (temperature 50
+/// with top-p 0.9: one bin; min-p on a flat row; top-k 3,000: the radix
+/// selects over the row). Only draws within rounding of a boundary may
+/// differ, and the same uniforms draw the same tokens again.
 #[test]
 fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
     use optc::runtime::sampler::{sample_with, SamplingParams};
@@ -1818,6 +1820,8 @@ fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
             (1.2, Some(100), 0.8, 0.02),
             (0.0, None, 1.0, 0.0),
             (3.0, None, 1.0, 0.0),
+            (3.0, None, 0.9, 0.0),
+            (50.0, None, 0.9, 0.0),
             (0.7, None, 0.95, 0.05),
             (1.0, Some(3000), 1.0, 0.0),
         ] {

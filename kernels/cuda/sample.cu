@@ -295,21 +295,22 @@ __device__ __forceinline__ void hist_add(u64* hist, unsigned d, u64 w) {
 #endif
 }
 
-// Of the row's elements `kw(i, z, key)` weighs (z: the scaled logit;
-// weight 0: left out; every weight below 2^51), the largest key t such
-// that those with key >= t weigh at least `target` (at most their total);
-// `*above` gets the weight of those with key > t, `*at` of those with key
-// t. Keys use their low `bits` bits (at least 1); eight bits a pass, from
-// the top.
-template <typename T, class KW>
-__device__ unsigned radix_select(const T* x, float t, const KW& kw, int n, int bits, u64 target, u64* above_out,
-                                 u64* at_out, SelectScratch& s) {
+// Of the elements `walk` visits (walk(g) calls g(i, z, live) for each,
+// warp-uniformly: a whole row, or a bin's listed elements) those
+// `kw(i, z, key)` weighs (z: the scaled logit; weight 0: left out; every
+// weight below 2^51), the largest key t such that those with key >= t
+// weigh at least `target` (at most their total); `*above` gets the weight
+// of those with key > t, `*at` of those with key t. Keys use their low
+// `bits` bits (at least 1); eight bits a pass, from the top.
+template <class W, class KW>
+__device__ unsigned radix_select(const W& walk, const KW& kw, int bits, u64 target, u64* above_out, u64* at_out,
+                                 SelectScratch& s) {
     unsigned prefix = 0, mask = 0;
     u64 above = 0;
     for (int shift = (bits + 7) / 8 * 8 - 8; shift >= 0; shift -= 8) {
         for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[d] = 0;
         __syncthreads();
-        for_each_scaled_uniform(x, n, t, [&](int i, float z, bool live) {
+        walk([&](int i, float z, bool live) {
             unsigned k = 0;
             const u64 w = live ? kw(i, z, k) : 0ull;
             const bool in = w && (k & mask) == prefix;
@@ -604,17 +605,81 @@ __device__ u64 sample_mass_before(const u64* h, int b) {
     return v;
 }
 
+// Bins too full to sort are listed (`list_bin`) and the selects walk the
+// list when the host defines OPTC_SAMPLE_LIST_BINS as 1
+// (`OPTC_SAMPLE_LIST_BINS=1`); off until it has run on a GPU, which no
+// session could lend after it was written (docs/perf.md, twelfth session).
+#ifndef OPTC_SAMPLE_LIST_BINS
+#define OPTC_SAMPLE_LIST_BINS 0
+#endif
+
+// What radix_select walks: the whole row (scaled logits)...
+template <typename T> struct RowWalk {
+    const T* x;
+    int n;
+    float t;
+    template <class G> __device__ void operator()(G&& g) const { for_each_scaled_uniform(x, n, t, g); }
+};
+// ...or a bin's listed (key, id) pairs (`list_bin`), `*count` of them.
+// (Function objects, not generic lambdas: NVRTC 13.0 takes a generic
+// lambda in device code for a host function; 13.5 does not mind.)
+struct ListWalk {
+    const unsigned* key;
+    const int* id;
+    const int* count;
+    template <class G> __device__ void operator()(G&& g) const {
+        const int c = *count;
+        for (int b0 = 0; b0 < c; b0 += blockDim.x) {
+            const int j = b0 + threadIdx.x;
+            const bool live = j < c;
+            g(live ? id[j] : 0, live ? key_value(key[j]) : 0.f, live);
+        }
+    }
+};
+
+// Lists the sampleable elements of bin `b` as (key, id) pairs in
+// `key`/`id` (global scratch, `cap` pairs), in any order; returns how many
+// there are (more than `cap`: only the first `cap` were listed). For a
+// bin too full to sort in shared memory, so that the selects after it
+// walk its elements instead of the whole row. `count` is shared.
+template <typename T>
+__device__ int list_bin(const T* x, int n, float t, float m, int b, unsigned* key, int* id, int cap, int* count) {
+    if (threadIdx.x == 0) *count = 0;
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    for_each_scaled_uniform(x, n, t, [&](int i, float z, bool live) {
+        const unsigned k = live ? sample_key(z) : 0u;
+        const bool in = k && sample_bin(z, m) == b;
+        const unsigned mask = __ballot_sync(0xffffffffu, in);
+        if (!mask) return;
+        const int leader = __ffs(mask) - 1;
+        int base = 0;
+        if (lane == leader) base = atomicAdd(count, __popc(mask));
+        base = __shfl_sync(0xffffffffu, base, leader);
+        const int slot = base + __popc(mask & ((1u << lane) - 1u));
+        if (in && slot < cap) {
+            key[slot] = k;
+            id[slot] = i;
+        }
+    });
+    __syncthreads();
+    const int listed = *count;
+    __syncthreads();
+    return listed;
+}
+
 // Grid (rows), 1024 threads: out[row] the sampled token, lp[row] its log
 // probability under the scaled logits (before the filters, as the host).
 template <typename T>
 __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* lp, int n, const SampleStat* stats,
-                            const SamplePart* parts, int nparts) {
+                            SamplePart* parts, int nparts) {
     __shared__ SelectScratch s;
     __shared__ SampleFast f;
     __shared__ float fred[32];
     __shared__ u64 ured[33];
     __shared__ float se_s;
     __shared__ u64 total_s, bin_base;
+    __shared__ int list_count;
     const i64 r = blockIdx.x;
     x += r * n;
     stats += r * nparts;
@@ -665,6 +730,15 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     __syncthreads();
     const float se = se_s;
     const u64 total = total_s;
+    // The row's parts are read: their bytes (8,208 a piece) hold the
+    // (key, id) pairs of a bin too full to sort (`list_bin`).
+    const int list_cap = nparts * (int)(sizeof(SamplePart) / 8);
+    unsigned* list_key = reinterpret_cast<unsigned*>(parts);
+    int* list_id = reinterpret_cast<int*>(list_key + list_cap);
+    // Walks the whole row, or the listed pairs, for radix_select.
+    const RowWalk<T> row_walk{x, n, t};
+    int listed = 0;
+    const ListWalk list_walk{list_key, list_id, &listed};
     const u64 top_p_target =
         min(max((u64)ceil((double)p.top_p * (double)total), 1ull), total);
 
@@ -727,10 +801,19 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     // bin the top-p cut falls in and which the draw does; only those bins'
     // elements are gathered and sorted. Bins run in the host's order (a
     // larger logit is never in a later bin), so bins before the one found
-    // are whole prefixes of it.
+    // are whole prefixes of it. With OPTC_SAMPLE_LIST_BINS a bin too full
+    // to sort in shared memory is listed in the scratch, and radix selects
+    // over its elements find the cut and the draw (a row pass each instead
+    // of a dozen).
     if (!(top_k > 0 && (u64)top_k < valid) && !(!greedy && p.min_p > 0.f)) {
         u64 kept = total;
         int sorted_bin = -1;  // the bin f holds sorted, its kept prefix in f.keep
+        int listed_bin = -1;  // the bin the scratch lists
+        // The top-p cut found in a listed bin, cut_bin: its keys above
+        // cut_key are kept, and those equal to it whose id is at most cut_id.
+        int cut_bin = -1;
+        unsigned cut_key = 0;
+        int cut_id = 0x7fffffff;
         bool fits = true;
         // The first bin whose running mass reaches `reach` (its mass
         // before in bin_base), for the whole block.
@@ -746,6 +829,26 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             __syncthreads();
             return f.last_bin;
         };
+        // Lists bin b unless it already is; false when it does not fit
+        // or the listing disagrees with the histogram.
+        auto list = [&](int b) {
+            if (b == listed_bin) return true;
+            const int want = (int)f.count[b];
+            if (want > list_cap) return false;
+            listed = list_bin(x, n, t, m, b, list_key, list_id, list_cap, &list_count);
+            listed_bin = listed == want ? b : -1;
+            return listed == want;
+        };
+        // The largest id among the first `need` (by id) listed elements
+        // with key `tau`.
+        auto listed_tie_cut = [&](unsigned tau, u64 need) -> int {
+            auto ties = [&](int i, float z, unsigned& k) -> u64 {
+                k = (unsigned)(n - 1 - i);
+                return sample_key(z) == tau ? 1ull : 0ull;
+            };
+            u64 above, at;
+            return n - 1 - (int)radix_select(list_walk, ties, 32 - __clz(max(n - 1, 1)), need, &above, &at, s);
+        };
         if (!greedy && p.top_p < 1.f) {
             const int bp = locate_bin(top_p_target);
             const u64 base = bin_base;
@@ -759,6 +862,22 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
                 __syncthreads();
                 kept = f.cum[f.keep - 1];
                 sorted_bin = bp;
+            } else if (OPTC_SAMPLE_LIST_BINS && in_bin > SAMPLE_CAP && list(bp)) {
+                // The cut within the bin: the bins before it weigh `base`.
+                auto weigh = [&](int, float z, unsigned& k) -> u64 {
+                    k = sample_key(z);
+                    return sample_mass(z, m);
+                };
+                u64 above, at;
+                cut_key = radix_select(list_walk, weigh, 32, top_p_target - base, &above, &at, s);
+                // Every element with key cut_key weighs the same.
+                const u64 w = sample_mass(key_value(cut_key), m);
+                const u64 ties = w ? at / w : 0ull;
+                const u64 need = max(w ? (top_p_target - base - above + w - 1) / w : 1ull, 1ull);
+                const u64 keep = min(need, ties);
+                if (keep < ties) cut_id = listed_tie_cut(cut_key, keep);
+                kept = base + above + keep * w;
+                cut_bin = bp;
             } else {
                 fits = false;
             }
@@ -781,6 +900,24 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
                 __syncthreads();
                 if (in_bin <= SAMPLE_CAP && sample_gather_sorted(x, n, t, m, bd, bd, in_bin, base, f, ured)) {
                     len = in_bin;
+                } else if (OPTC_SAMPLE_LIST_BINS && in_bin > SAMPLE_CAP && list(bd)) {
+                    // The draw among the bin's kept elements (all of them
+                    // unless it holds the top-p cut), in the host's order.
+                    const bool cut = bd == cut_bin;
+                    auto in_draw = [&](int i, float z, unsigned& k) -> u64 {
+                        k = sample_key(z);
+                        const bool in = !cut || k > cut_key || (k == cut_key && i <= cut_id);
+                        return in ? sample_mass(z, m) : 0ull;
+                    };
+                    u64 above, at;
+                    const unsigned tau = radix_select(list_walk, in_draw, 32, goal - base + 1, &above, &at, s);
+                    const u64 w = sample_mass(key_value(tau), m);
+                    const int id = listed_tie_cut(tau, w ? (goal - base - above) / w + 1 : 1ull);
+                    if (threadIdx.x == 0) {
+                        out[r] = id;
+                        lp[r] = key_value(tau) - m - logf(se);
+                    }
+                    return;
                 } else {
                     fits = false;
                 }
@@ -814,7 +951,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             return sample_key(z) == tau ? 1ull : 0ull;
         };
         u64 above, at;
-        return n - 1 - (int)radix_select(x, t, ties, n, id_bits, need, &above, &at, s);
+        return n - 1 - (int)radix_select(row_walk, ties, id_bits, need, &above, &at, s);
     };
     if (top_k > 0 && (u64)top_k < valid) {
         auto count = [&](int, float z, unsigned& k) -> u64 {
@@ -822,7 +959,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             return k ? 1ull : 0ull;
         };
         u64 above, at;
-        unsigned tau = radix_select(x, t, count, n, 32, (u64)top_k, &above, &at, s);
+        unsigned tau = radix_select(row_walk, count, 32, (u64)top_k, &above, &at, s);
         // No id select when every tie at the cut is kept.
         const u64 need = (u64)top_k - above;
         tighten(tau, need >= at ? 0x7fffffff : tie_cut(tau, need));
@@ -834,7 +971,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             return k ? sample_mass(z, m) : 0ull;
         };
         u64 above, at;
-        unsigned tau = radix_select(x, t, weigh, n, 32, target, &above, &at, s);
+        unsigned tau = radix_select(row_walk, weigh, 32, target, &above, &at, s);
         // Every element with key tau weighs the same.
         const u64 w = sample_mass(key_value(tau), m);
         const u64 need = max(w ? (target - above + w - 1) / w : 1ull, 1ull);
@@ -864,7 +1001,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     u64 goal = (u64)(p.u * (double)all);
     if (goal >= all) goal = all - 1;
     u64 above, at;
-    const unsigned tau = radix_select(x, t, kept, n, 32, goal + 1, &above, &at, s);
+    const unsigned tau = radix_select(row_walk, kept, 32, goal + 1, &above, &at, s);
     // Every kept element with key tau weighs w (> 0: tau holds kept mass).
     const u64 w = sample_mass(key_value(tau), m);
     const int id = tie_cut(tau, w ? (goal - above) / w + 1 : 1ull);
@@ -887,7 +1024,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(1024)                                            \
         sample_##N(const T* x, const SampleRow* rows, int* out, float* lp, int n,                \
-                   const SampleStat* stats, const SamplePart* parts, int nparts) {               \
+                   const SampleStat* stats, SamplePart* parts, int nparts) {                     \
         pdl_start();                                                                              \
         sample_impl<T>(x, rows, out, lp, n, stats, parts, nparts);                                \
     }
