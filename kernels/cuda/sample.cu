@@ -145,45 +145,15 @@ template <typename T> __device__ __forceinline__ float scaled_logit(const T* x, 
     return (t > 0.f ? __fdiv_rn(v, t) : v) + 0.f;
 }
 
-// Calls f(i, z) with every element's scaled logit. One block walks a row
+// Calls f with every element's scaled logit. One block walks a row
 // that lives in L2 (the LM head just wrote it), so what bounds a pass is
 // the loads in flight: each thread takes runs of 16 bytes (8 bf16), four
 // runs loaded before any is used; scalar loads for the tail and for rows
 // that are not 16-byte aligned. The elements a thread visits differ from
 // a scalar walk's, so only order-free reductions may depend on them.
-template <typename T, class F> __device__ __forceinline__ void for_each_scaled(const T* x, int n, float t, F&& f) {
-    constexpr int V = 16 / sizeof(T), U = 4;
-    int done = 0;
-    if ((reinterpret_cast<unsigned long long>(x) & 15ull) == 0) {
-        const int nv = n / V;
-        const uint4* xv = reinterpret_cast<const uint4*>(x);
-        for (int j0 = threadIdx.x; j0 < nv; j0 += U * blockDim.x) {
-            uint4 raw[U];
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int j = j0 + u * blockDim.x;
-                raw[u] = j < nv ? xv[j] : make_uint4(0, 0, 0, 0);
-            }
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int j = j0 + u * blockDim.x;
-                if (j >= nv) break;
-                const T* e = reinterpret_cast<const T*>(&raw[u]);
-#pragma unroll
-                for (int q = 0; q < V; ++q) {
-                    const float v = ld(&e[q]);
-                    f(j * V + q, (t > 0.f ? __fdiv_rn(v, t) : v) + 0.f);
-                }
-            }
-        }
-        done = nv * V;
-    }
-    for (int i = done + threadIdx.x; i < n; i += blockDim.x) f(i, scaled_logit(x, i, t));
-}
-
-// As for_each_scaled, but every lane of a warp calls f(i, z, live) the same
-// number of times (live false past the row's end, z then 0), so f may use
-// warp collectives.
+// Every lane of a warp calls f(i, z, live) the same number of times
+// (live false past the row's end, z then 0), so f may use warp
+// collectives.
 template <typename T, class F>
 __device__ __forceinline__ void for_each_scaled_uniform(const T* x, int n, float t, F&& f) {
     constexpr int V = 16 / sizeof(T), U = 4;
@@ -215,6 +185,13 @@ __device__ __forceinline__ void for_each_scaled_uniform(const T* x, int n, float
         const int i = b + threadIdx.x;
         f(i, i < n ? scaled_logit(x, i, t) : 0.f, i < n);
     }
+}
+
+// f(i, z) for the live elements only, for walks that need no collectives.
+template <typename T, class F> __device__ __forceinline__ void for_each_scaled(const T* x, int n, float t, F&& f) {
+    for_each_scaled_uniform(x, n, t, [&](int i, float z, bool live) {
+        if (live) f(i, z);
+    });
 }
 
 // NaN and -inf are never sampled: key 0, below every other key.
@@ -637,6 +614,17 @@ struct ListWalk {
     }
 };
 
+// Of the elements `walk` visits, the largest id among the first `need`
+// (by id) whose key is `tau`: where a cut or a draw ends among ties.
+template <class W> __device__ int tie_select(const W& walk, int n, unsigned tau, u64 need, SelectScratch& s) {
+    auto ties = [&](int i, float z, unsigned& k) -> u64 {
+        k = (unsigned)(n - 1 - i);
+        return sample_key(z) == tau ? 1ull : 0ull;
+    };
+    u64 above, at;
+    return n - 1 - (int)radix_select(walk, ties, 32 - __clz(max(n - 1, 1)), need, &above, &at, s);
+}
+
 // Lists the sampleable elements of bin `b` as (key, id) pairs in
 // `key`/`id` (global scratch, `cap` pairs), in any order; returns how many
 // there are (more than `cap`: only the first `cap` were listed). For a
@@ -839,16 +827,6 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             listed_bin = listed == want ? b : -1;
             return listed == want;
         };
-        // The largest id among the first `need` (by id) listed elements
-        // with key `tau`.
-        auto listed_tie_cut = [&](unsigned tau, u64 need) -> int {
-            auto ties = [&](int i, float z, unsigned& k) -> u64 {
-                k = (unsigned)(n - 1 - i);
-                return sample_key(z) == tau ? 1ull : 0ull;
-            };
-            u64 above, at;
-            return n - 1 - (int)radix_select(list_walk, ties, 32 - __clz(max(n - 1, 1)), need, &above, &at, s);
-        };
         if (!greedy && p.top_p < 1.f) {
             const int bp = locate_bin(top_p_target);
             const u64 base = bin_base;
@@ -875,7 +853,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
                 const u64 ties = w ? at / w : 0ull;
                 const u64 need = max(w ? (top_p_target - base - above + w - 1) / w : 1ull, 1ull);
                 const u64 keep = min(need, ties);
-                if (keep < ties) cut_id = listed_tie_cut(cut_key, keep);
+                if (keep < ties) cut_id = tie_select(list_walk, n, cut_key, keep, s);
                 kept = base + above + keep * w;
                 cut_bin = bp;
             } else {
@@ -912,7 +890,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
                     u64 above, at;
                     const unsigned tau = radix_select(list_walk, in_draw, 32, goal - base + 1, &above, &at, s);
                     const u64 w = sample_mass(key_value(tau), m);
-                    const int id = listed_tie_cut(tau, w ? (goal - base - above) / w + 1 : 1ull);
+                    const int id = tie_select(list_walk, n, tau, w ? (goal - base - above) / w + 1 : 1ull, s);
                     if (threadIdx.x == 0) {
                         out[r] = id;
                         lp[r] = key_value(tau) - m - logf(se);
@@ -943,16 +921,6 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             cut_id = id;
         }
     };
-    const int id_bits = 32 - __clz(max(n - 1, 1));
-    // The largest id among the first `need` (by id) elements with key `tau`.
-    auto tie_cut = [&](unsigned tau, u64 need) -> int {
-        auto ties = [&](int i, float z, unsigned& k) -> u64 {
-            k = (unsigned)(n - 1 - i);
-            return sample_key(z) == tau ? 1ull : 0ull;
-        };
-        u64 above, at;
-        return n - 1 - (int)radix_select(row_walk, ties, id_bits, need, &above, &at, s);
-    };
     if (top_k > 0 && (u64)top_k < valid) {
         auto count = [&](int, float z, unsigned& k) -> u64 {
             k = sample_key(z);
@@ -962,7 +930,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         unsigned tau = radix_select(row_walk, count, 32, (u64)top_k, &above, &at, s);
         // No id select when every tie at the cut is kept.
         const u64 need = (u64)top_k - above;
-        tighten(tau, need >= at ? 0x7fffffff : tie_cut(tau, need));
+        tighten(tau, need >= at ? 0x7fffffff : tie_select(row_walk, n, tau, need, s));
     }
     if (!greedy && p.top_p < 1.f) {
         const u64 target = top_p_target;
@@ -975,7 +943,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         // Every element with key tau weighs the same.
         const u64 w = sample_mass(key_value(tau), m);
         const u64 need = max(w ? (target - above + w - 1) / w : 1ull, 1ull);
-        tighten(tau, w == 0 || need >= at / w ? 0x7fffffff : tie_cut(tau, need));
+        tighten(tau, w == 0 || need >= at / w ? 0x7fffffff : tie_select(row_walk, n, tau, need, s));
     }
     if (!greedy && p.min_p > 0.f) tighten(min_p_floor_key(m, p.min_p), 0x7fffffff);
 
@@ -1004,7 +972,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     const unsigned tau = radix_select(row_walk, kept, 32, goal + 1, &above, &at, s);
     // Every kept element with key tau weighs w (> 0: tau holds kept mass).
     const u64 w = sample_mass(key_value(tau), m);
-    const int id = tie_cut(tau, w ? (goal - above) / w + 1 : 1ull);
+    const int id = tie_select(row_walk, n, tau, w ? (goal - above) / w + 1 : 1ull, s);
     if (threadIdx.x == 0) {
         out[r] = id;
         lp[r] = key_value(tau) - m - logf(se);
