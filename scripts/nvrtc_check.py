@@ -13,8 +13,7 @@ with the headers of any 13.x runtime wheel): later versions accept code
 
 It compiles the same translation unit the nvrtc target builds (common
 helpers, every kernel file, attention and GEMV instances) for sm_90 to a
-cubin, once more with each compile-time switch the host can define
-(`compile::switch_defines`), and prints NVRTC's log (with --verbose,
+cubin, and prints NVRTC's log (with --verbose,
 ptxas's registers and spills).
 """
 import ctypes
@@ -62,6 +61,5 @@ def build(name, text):
 
 
 ok = build("optc.cu", src)
-ok &= build("optc_list_bins.cu", "#define OPTC_SAMPLE_LIST_BINS 1\n" + src)
 ok &= build("optc_mma.cu", mma)
 sys.exit(0 if ok else 1)

@@ -582,13 +582,9 @@ __device__ u64 sample_mass_before(const u64* h, int b) {
     return v;
 }
 
-// Bins too full to sort are listed (`list_bin`) and the selects walk the
-// list when the host defines OPTC_SAMPLE_LIST_BINS as 1
-// (`OPTC_SAMPLE_LIST_BINS=1`); off until it has run on a GPU, which no
-// session could lend after it was written (docs/perf.md, twelfth session).
-#ifndef OPTC_SAMPLE_LIST_BINS
-#define OPTC_SAMPLE_LIST_BINS 0
-#endif
+// Bins too full to sort are listed (`list_bin`) and the radix selects walk
+// the list rather than the row: a pass over a few thousand pairs instead
+// of every logit again (measured: docs/perf.md, thirteenth session).
 
 // What radix_select walks: the whole row (scaled logits)...
 template <typename T> struct RowWalk {
@@ -789,10 +785,9 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     // bin the top-p cut falls in and which the draw does; only those bins'
     // elements are gathered and sorted. Bins run in the host's order (a
     // larger logit is never in a later bin), so bins before the one found
-    // are whole prefixes of it. With OPTC_SAMPLE_LIST_BINS a bin too full
-    // to sort in shared memory is listed in the scratch, and radix selects
-    // over its elements find the cut and the draw (a row pass each instead
-    // of a dozen).
+    // are whole prefixes of it. A bin too full to sort in shared memory is
+    // listed in the scratch, and radix selects over its elements find the
+    // cut and the draw (a row pass each instead of a dozen).
     if (!(top_k > 0 && (u64)top_k < valid) && !(!greedy && p.min_p > 0.f)) {
         u64 kept = total;
         int sorted_bin = -1;  // the bin f holds sorted, its kept prefix in f.keep
@@ -840,7 +835,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
                 __syncthreads();
                 kept = f.cum[f.keep - 1];
                 sorted_bin = bp;
-            } else if (OPTC_SAMPLE_LIST_BINS && in_bin > SAMPLE_CAP && list(bp)) {
+            } else if (in_bin > SAMPLE_CAP && list(bp)) {
                 // The cut within the bin: the bins before it weigh `base`.
                 auto weigh = [&](int, float z, unsigned& k) -> u64 {
                     k = sample_key(z);
@@ -878,7 +873,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
                 __syncthreads();
                 if (in_bin <= SAMPLE_CAP && sample_gather_sorted(x, n, t, m, bd, bd, in_bin, base, f, ured)) {
                     len = in_bin;
-                } else if (OPTC_SAMPLE_LIST_BINS && in_bin > SAMPLE_CAP && list(bd)) {
+                } else if (in_bin > SAMPLE_CAP && list(bd)) {
                     // The draw among the bin's kept elements (all of them
                     // unless it holds the top-p cut), in the host's order.
                     const bool cut = bd == cut_bin;

@@ -26,10 +26,9 @@ pub(crate) fn sources(instances: &[String]) -> Result<Vec<String>, String> {
             .ok_or_else(|| format!("no kernel file defines {name} (a lowering bug)"))?;
         mine[at].push(i);
     }
-    let defines = switch_defines();
     let unit = |name: &str, text: &str, instance: &str| {
         let common = optc_kernels::cuda::COMMON;
-        format!("{defines}{common}\n// ---- {name}\n{text}\n// ---- instantiation\n{instance}")
+        format!("{common}\n// ---- {name}\n{text}\n// ---- instantiation\n{instance}")
     };
     let mut units = Vec::new();
     for ((name, text), inst) in files.iter().zip(&mine) {
@@ -39,21 +38,6 @@ pub(crate) fn sources(instances: &[String]) -> Result<Vec<String>, String> {
         units.extend(inst.iter().map(|i| unit(name, text, i)));
     }
     Ok(units)
-}
-
-/// Kernel switches that are compile-time constants in the sources,
-/// defined ahead of every unit from the environment (a unit's cache key
-/// is its source, so each setting has its own CUBINs):
-/// `OPTC_SAMPLE_LIST_BINS=1` lets the sampler list a bin too full to
-/// sort and select over the list instead of the row (sample.cu; off until
-/// it has run on a GPU).
-fn switch_defines() -> String {
-    let on = std::env::var("OPTC_SAMPLE_LIST_BINS").is_ok_and(|v| v.trim() == "1");
-    if on {
-        "#define OPTC_SAMPLE_LIST_BINS 1\n".to_string()
-    } else {
-        String::new()
-    }
 }
 
 /// The tensor-core prefill unit: helpers, the kernel, its instantiations.
