@@ -6,7 +6,7 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, warps, sample, mega, ab, gemvbench, stepbench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, warps, sample, mega, ab, gemvbench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
 # `mega` runs W1 and W2 with the one-token decode megakernel on and off (OPTC_CUDA_MEGA=1, 0, 1, 0), W1
 # with its L2 prefetch, bulk-copy and cooperative-launch variants, then W1's GPU time per kernel kind with it on.
 # Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p, top-p alone, temperature alone).
@@ -114,6 +114,21 @@ if has stepbench; then
       name=${spec%%=*}
       echo "-- kernels: $spec (round $rep)"
       /tmp/step_bench_$name | tee -a "$OUT/step_bench_$name.txt"
+    done
+  done
+fi
+if has samplebench; then
+  # SAMPLE_KERNELS="NAME=DIR ..." as STEP_KERNELS: sample.cu's kernels from other sources too, run alternately.
+  echo "== the sampling kernels alone (kernels/bench/sample_bench.cu)"
+  for spec in ${SAMPLE_KERNELS:-this=kernels}; do
+    name=${spec%%=*}
+    nvcc -O3 -std=c++17 -arch=sm_90 -I "${spec#*=}/cuda" -o /tmp/sample_bench_$name kernels/bench/sample_bench.cu 2>&1 | grep -i error
+  done
+  for rep in $(seq ${SAMPLE_REPS:-1}); do
+    for spec in ${SAMPLE_KERNELS:-this=kernels}; do
+      name=${spec%%=*}
+      echo "-- kernels: $spec (round $rep)"
+      /tmp/sample_bench_$name | tee -a "$OUT/sample_bench_$name.txt"
     done
   done
 fi
