@@ -100,37 +100,32 @@ if has gemvbench; then
   nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/gemv_bench kernels/bench/gemv_bench.cu 2>&1 | grep -i error
   /tmp/gemv_bench | tee "$OUT/gemv_bench.txt"
 fi
-if has stepbench; then
-  # STEP_KERNELS="NAME=DIR ..." builds this step_bench.cu against other kernel sources too (DIR holding
-  # cuda/, e.g. `git archive REV kernels | tar -x -C .device/REV` gives .device/REV/kernels) and runs the
-  # builds alternately, STEP_REPS times; STEP_ONLY ("name|name") picks the variants.
-  echo "== a W1 decode step's kernels, with and without each (kernels/bench/step_bench.cu)"
-  for spec in ${STEP_KERNELS:-this=kernels}; do
+# bench_kernels BENCH SPECS REPS: builds kernels/bench/BENCH.cu against each "NAME=DIR" of SPECS
+# (DIR holding cuda/, e.g. `git archive REV kernels | tar -x -C .device/REV` gives .device/REV/kernels)
+# and runs the builds alternately, REPS times.
+bench_kernels() {
+  local bench=$1 specs=$2 reps=$3 spec name rep
+  for spec in $specs; do
     name=${spec%%=*}
-    nvcc -O3 -std=c++17 -arch=sm_90 -I "${spec#*=}/cuda" -o /tmp/step_bench_$name kernels/bench/step_bench.cu 2>&1 | grep -i error
+    nvcc -O3 -std=c++17 -arch=sm_90 -I "${spec#*=}/cuda" -o /tmp/${bench}_$name kernels/bench/$bench.cu 2>&1 | grep -i error
   done
-  for rep in $(seq ${STEP_REPS:-1}); do
-    for spec in ${STEP_KERNELS:-this=kernels}; do
+  for rep in $(seq $reps); do
+    for spec in $specs; do
       name=${spec%%=*}
       echo "-- kernels: $spec (round $rep)"
-      /tmp/step_bench_$name | tee -a "$OUT/step_bench_$name.txt"
+      /tmp/${bench}_$name | tee -a "$OUT/${bench}_$name.txt"
     done
   done
+}
+if has stepbench; then
+  # STEP_KERNELS="NAME=DIR ..." (bench_kernels), STEP_REPS rounds; STEP_ONLY ("name|name") picks the variants.
+  echo "== a W1 decode step's kernels, with and without each (kernels/bench/step_bench.cu)"
+  bench_kernels step_bench "${STEP_KERNELS:-this=kernels}" ${STEP_REPS:-1}
 fi
 if has samplebench; then
-  # SAMPLE_KERNELS="NAME=DIR ..." as STEP_KERNELS: sample.cu's kernels from other sources too, run alternately.
+  # SAMPLE_KERNELS="NAME=DIR ..." (bench_kernels), SAMPLE_REPS rounds.
   echo "== the sampling kernels alone (kernels/bench/sample_bench.cu)"
-  for spec in ${SAMPLE_KERNELS:-this=kernels}; do
-    name=${spec%%=*}
-    nvcc -O3 -std=c++17 -arch=sm_90 -I "${spec#*=}/cuda" -o /tmp/sample_bench_$name kernels/bench/sample_bench.cu 2>&1 | grep -i error
-  done
-  for rep in $(seq ${SAMPLE_REPS:-1}); do
-    for spec in ${SAMPLE_KERNELS:-this=kernels}; do
-      name=${spec%%=*}
-      echo "-- kernels: $spec (round $rep)"
-      /tmp/sample_bench_$name | tee -a "$OUT/sample_bench_$name.txt"
-    done
-  done
+  bench_kernels sample_bench "${SAMPLE_KERNELS:-this=kernels}" ${SAMPLE_REPS:-1}
 fi
 if has steptrace; then
   # The same step with the kernels logging per block (common.cuh's OPTC_TRACE): a timeline of each
