@@ -2,10 +2,11 @@
 // kernels (sample_stats, sample_hist, sample) on rows of a Llama-3.2
 // vocabulary (128,256 bf16 logits), launched as optc's `Pick::launch_sample`
 // launches them, each timed with CUDA events (median of REPS rounds), and
-// the three back to back. Rows are "flat" (hashed values in [-2, 2): what a
-// random-weight model gives, where top-p alone needs thousands of tokens)
-// or "peaked" (the same plus 64 logits raised by 6 to 14: a trained
-// model's shape, where the histogram settles every cut), at 1 and 32 rows
+// the three back to back. Rows are "flat" (hashed values in [-0.5, 0.5):
+// at temperature 0.8 some 6,400 logits a 1/16-nat bin, as a random-weight
+// model gives, so top-p alone lists the bin of its cut) or "peaked" (the
+// same plus 64 logits raised by 6 to 13.5: a trained model's shape, where
+// the histogram settles every cut), at 1 and 32 rows
 // and the bench workloads' sampling settings. It also prints the token of
 // the first row, so a changed kernel can be checked to draw the same.
 // To compare a change, build against two kernel folders and run both, as
@@ -24,7 +25,7 @@
 
 OPTC_SAMPLE(bf16, bf16)
 
-// Adds `bump` (6 to 14, by a hash) to `count` logits of each row spread
+// Adds `bump` (6 to 13.5, by a hash) to `count` logits of each row spread
 // over the vocabulary: a few likely tokens above a flat tail.
 __global__ void raise_some(bf16* x, int rows, int n, int count) {
     const int r = blockIdx.x;
@@ -74,7 +75,7 @@ int main() {
     printf("µs, median of %d rounds: sample_stats / sample_hist / sample / the three back to back; token of row 0\n",
            reps);
     for (int peaked = 0; peaked < 2; ++peaked) {
-        fill_random<<<1024, 256>>>(x, (size_t)max_rows * n, 17u, 2.f);
+        fill_random<<<1024, 256>>>(x, (size_t)max_rows * n, 17u, 0.5f);
         if (peaked) raise_some<<<max_rows, 64>>>(x, max_rows, n, 64);
         CK(cudaGetLastError());
         for (int rows : {1, 32}) {
