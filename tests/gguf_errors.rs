@@ -9,6 +9,7 @@ use optc::frontends::gguf;
 /// A metadata value as GGUF encodes it.
 enum V {
     U32(u32),
+    U64(u64),
     F32(f32),
     Str(&'static str),
     Strs(Vec<String>),
@@ -30,6 +31,10 @@ fn gguf_file(meta: &[(&str, V)], tensors: &[(&str, Vec<u64>, u32, Vec<u8>)]) -> 
         match v {
             V::U32(x) => {
                 b.extend(4u32.to_le_bytes());
+                b.extend(x.to_le_bytes());
+            }
+            V::U64(x) => {
+                b.extend(10u32.to_le_bytes());
                 b.extend(x.to_le_bytes());
             }
             V::F32(x) => {
@@ -181,4 +186,30 @@ fn missing_tensors_are_named() {
     let t = ("token_embd.weight", vec![32, 16], 0u32, vec![0u8; 32 * 16 * 4]);
     let e = err("tensors", &gguf_file(&llama_meta(), &[t]));
     assert_eq!(e, "FILE: missing tensor 'blk.0.attn_norm.weight'");
+}
+
+#[test]
+fn implausible_sizes_are_errors_not_overflows() {
+    // 2^63 heads over a hidden size of 0 passed the divisibility checks,
+    // and the rotary pair check then took a remainder by 2 * 2^63 = 0.
+    let meta: Vec<_> = llama_meta()
+        .into_iter()
+        .map(|(k, v)| match k {
+            "llama.embedding_length" => (k, V::U32(0)),
+            "llama.attention.head_count" | "llama.attention.head_count_kv" => (k, V::U64(1 << 63)),
+            _ => (k, v),
+        })
+        .collect();
+    let e = err("heads", &gguf_file(&meta, &[]));
+    assert!(
+        e.contains("llama.attention.head_count") && e.contains("do not divide hidden size 0"),
+        "{e}"
+    );
+    // 2^62 f32 values need 2^64 bytes: more than a u64 counts.
+    let t = ("token_embd.weight", vec![1 << 62], 0u32, vec![0u8; 64]);
+    let e = err("huge", &gguf_file(&llama_meta(), &[t]));
+    assert!(
+        e.contains("tensor 'token_embd.weight'") && e.contains("too many to address"),
+        "{e}"
+    );
 }

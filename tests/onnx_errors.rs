@@ -258,3 +258,68 @@ fn shapes_from_graph_inputs_must_be_static() {
         "declared output [2, 3] but reshape gives [3, 2]: must not silently pass"
     );
 }
+
+/// A model over the given graph inputs (all float), one node, opset 23.
+fn model_over(inputs: &[(&str, &[i64])], n: NodeProto) -> ModelProto {
+    let mut m = model(vec![n], vec![]);
+    m.opset_import[0].version = 23;
+    let g = m.graph.as_mut().expect("model() makes a graph");
+    g.input = inputs.iter().map(|(name, dims)| vi(name, dims)).collect();
+    m
+}
+
+fn int_attr(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attr_type::INT,
+        i,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn axes_and_ranks_that_do_not_fit_are_errors() {
+    // Axis 0 of a scalar: Split and Squeeze index the input's dims with it.
+    let s = import(&model_over(&[("s", &[])], node("Split", "sp", &["s"], &["y"]))).to_string();
+    assert!(s.contains("Split node 'sp'") && s.contains("scalar"), "{s}");
+    let mut n = node("Squeeze", "sq", &["s", "ax"], &["y"]);
+    n.input.truncate(1);
+    n.attribute.push(AttributeProto {
+        name: "axes".into(),
+        r#type: attr_type::INTS,
+        ints: vec![0],
+        ..Default::default()
+    });
+    let mut m = model_over(&[("s", &[])], n);
+    m.opset_import[0].version = 11;
+    let s = import(&m).to_string();
+    assert!(s.contains("Squeeze node 'sq'") && s.contains("scalar"), "{s}");
+    // Concat of a matrix and a vector.
+    let mut n = node("Concat", "c", &["x", "v"], &["y"]);
+    n.attribute.push(int_attr("axis", 1));
+    let s = import(&model_over(&[("x", &[2, 3]), ("v", &[4])], n)).to_string();
+    assert!(
+        s.contains("Concat node 'c'") && s.contains("ranks 2 and 1"),
+        "{s}"
+    );
+    // num_outputs must be the node's output count (not a loop bound).
+    let mut n = node("Split", "sp2", &["x"], &["y"]);
+    n.attribute.push(int_attr("num_outputs", 1 << 40));
+    let s = import(&model_over(&[("x", &[2, 3])], n)).to_string();
+    assert!(
+        s.contains("Split node 'sp2'") && s.contains("num_outputs is 1099511627776"),
+        "{s}"
+    );
+    // A past key that is not 4-D.
+    let n = node("Attention", "at", &["q", "k", "v", "", "pk", "pv"], &["y"]);
+    let q = [1, 2, 3, 8];
+    let s = import(&model_over(
+        &[("q", &q), ("k", &q), ("v", &q), ("pk", &[5]), ("pv", &[5])],
+        n,
+    ))
+    .to_string();
+    assert!(
+        s.contains("Attention node 'at'") && s.contains("must be 4-D"),
+        "{s}"
+    );
+}

@@ -203,7 +203,8 @@ impl Scheduler {
         params
             .validate(self.cfg.vocab_size)
             .map_err(|e| RequestError::Sampling { id, message: e.0 })?;
-        if prompt.len() + params.max_tokens > self.cfg.max_model_len {
+        // Saturating: a huge max_tokens is too long, not an overflow.
+        if prompt.len().saturating_add(params.max_tokens) > self.cfg.max_model_len {
             return Err(RequestError::TooLong {
                 id,
                 len: prompt.len(),

@@ -164,6 +164,16 @@ fn bad_requests_are_refused_without_disturbing_others() {
             ctx: 256
         }
     );
+    // A max_tokens near usize::MAX is too long, not an overflow.
+    assert_eq!(
+        bad(&mut s, 8, vec![1; 3], SamplingParams::greedy(usize::MAX)),
+        RequestError::TooLong {
+            id: 8,
+            len: 3,
+            max: usize::MAX,
+            ctx: 256
+        }
+    );
     assert_eq!(
         bad(&mut s, 5, vec![1], SamplingParams::greedy(0)).to_string(),
         "request 5: max_tokens must be at least 1"

@@ -216,7 +216,8 @@ fn config(path: &Path, h: &GgufHeader) -> Result<ModelConfig, GgufError> {
     let kv = m
         .opt_u64("llama.attention.head_count_kv")?
         .map_or(heads, |v| v as usize);
-    if heads == 0 || kv == 0 || heads % kv != 0 || hidden % heads != 0 {
+    // hidden > 0 bounds heads by it (and 2 * heads, the rotary pairs).
+    if hidden == 0 || heads == 0 || kv == 0 || heads % kv != 0 || hidden % heads != 0 {
         return Err(m.err(
             "llama.attention.head_count",
             format!("{heads} heads / {kv} kv heads do not divide hidden size {hidden}"),
@@ -305,7 +306,10 @@ fn weights(path: &Path, h: &GgufHeader, map: Arc<Mmap>, c: &ModelConfig) -> Resu
         let bytes = ty.bytes_for(n).ok_or_else(|| {
             terr(
                 t,
-                format!("{n} values are not whole {} blocks", type_name(t.ggml_type)),
+                format!(
+                    "{n} values are not whole {} blocks, or too many to address",
+                    type_name(t.ggml_type)
+                ),
             )
         })?;
         let start = h.data_start.checked_add(t.offset);
@@ -333,7 +337,11 @@ fn weights(path: &Path, h: &GgufHeader, map: Arc<Mmap>, c: &ModelConfig) -> Resu
             None
         };
         let shape = t.shape();
-        if unpermute_heads.is_some_and(|heads| shape.first().is_none_or(|&r| r % (2 * heads) != 0)) {
+        let pairs_split = |heads: usize| {
+            let pairs = heads.checked_mul(2);
+            shape.first().zip(pairs).is_some_and(|(&r, p)| r % p == 0)
+        };
+        if unpermute_heads.is_some_and(|heads| !pairs_split(heads)) {
             return Err(terr(
                 t,
                 format!("shape {shape:?} does not split into rotary head pairs"),

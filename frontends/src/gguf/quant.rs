@@ -85,10 +85,14 @@ impl GgmlType {
         }
     }
 
-    /// Bytes for `n` values; `None` if `n` is not a whole number of blocks.
+    /// Bytes for `n` values; `None` if `n` is not a whole number of blocks
+    /// or the byte count does not fit in a `u64` (a corrupt shape).
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (per, size) = self.block();
-        (n % per as u64 == 0).then(|| n / per as u64 * size as u64)
+        if n % per as u64 != 0 {
+            return None;
+        }
+        (n / per as u64).checked_mul(size as u64)
     }
 }
 

@@ -70,6 +70,14 @@ fn attention(cx: &mut Cx, n: &NodeCx) -> R {
     let scale = Tensor::from_f64(dt, &[], &[scale]).to_f64_vec()[0];
     let mut past_len = 0;
     if let (Some(pk), Some(pv)) = (&past_k, &past_v) {
+        if pk.rank() != 4 || pv.rank() != 4 {
+            return Err(format!(
+                "past_key and past_value must be 4-D, not of ranks {} and {}",
+                pk.rank(),
+                pv.rank()
+            )
+            .into());
+        }
         past_len = static_dim(&pk.dims()[2], "past length")?;
         k = cx.op(Op::Concat(Concat { axis: 2 }), &[pk.clone(), k])?;
         v = cx.op(Op::Concat(Concat { axis: 2 }), &[pv.clone(), v])?;

@@ -145,6 +145,18 @@ pub(crate) fn axis(a: i64, rank: usize) -> Result<usize, NodeError> {
     Ok(if a < 0 { (a + r) as usize } else { a as usize })
 }
 
+/// An axis that must name one of the input's dims, so a scalar has none
+/// (`axis` lets axis 0 through at rank 0, for ops where that means the
+/// whole value); callers index the dims with it.
+pub(crate) fn dim_axis(a: i64, rank: usize) -> Result<usize, NodeError> {
+    if rank == 0 {
+        return Err(NodeError::Invalid(format!(
+            "axis {a} is out of range for a scalar (rank 0)"
+        )));
+    }
+    axis(a, rank)
+}
+
 /// The IR dtype from a `to`/`dtype` attribute code.
 pub(crate) fn dtype_attr(code: i64) -> Result<DType, NodeError> {
     super::tensor::dtype_of(code as i32).map_err(NodeError::Unsupported)

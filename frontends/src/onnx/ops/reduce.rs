@@ -7,7 +7,7 @@ use optc_ir::{DType, Op, Tensor};
 
 use super::super::import::{Cx, NodeCx, NodeError, Val};
 use super::shape::slice_axis;
-use super::{axis, binary, unary, with_scalar, Handler, R};
+use super::{axis, binary, dim_axis, unary, with_scalar, Handler, R};
 
 pub(crate) static OPS: &[(&str, Handler)] = &[
     ("ReduceSum", |cx, n| reduce(cx, n, Kind::Plain(K::Sum), 13)),
@@ -132,7 +132,7 @@ fn reduced_count(x: &Val, axes: &[i64]) -> Result<i64, NodeError> {
     let picked: Vec<usize> = if axes.is_empty() {
         (0..r).collect()
     } else {
-        axes.iter().map(|&a| axis(a, r)).collect::<Result<_, _>>()?
+        axes.iter().map(|&a| dim_axis(a, r)).collect::<Result<_, _>>()?
     };
     picked
         .iter()

@@ -9,7 +9,7 @@ use optc_ir::{DType, Dim, Op, Tensor};
 
 use super::super::import::{unsupported, Cx, Known, NodeCx, NodeError, Val};
 use super::super::tensor::to_tensor;
-use super::{axis, compare, dtype_attr, select, Handler, R};
+use super::{axis, compare, dim_axis, dtype_attr, select, Handler, R};
 
 pub(crate) static OPS: &[(&str, Handler)] = &[
     ("Constant", constant),
@@ -163,7 +163,7 @@ fn squeeze(cx: &mut Cx, n: &NodeCx) -> R {
     let x = cx.input(n, 0)?;
     let r = x.rank();
     let drop: Vec<usize> = match axes_arg(cx, n, 13)? {
-        Some(a) => a.iter().map(|&a| axis(a, r)).collect::<Result<_, _>>()?,
+        Some(a) => a.iter().map(|&a| dim_axis(a, r)).collect::<Result<_, _>>()?,
         None => (0..r).filter(|&i| x.dims()[i].is(1)).collect(),
     };
     for &a in &drop {
@@ -246,7 +246,15 @@ fn expand(cx: &mut Cx, n: &NodeCx) -> R {
 fn concat(cx: &mut Cx, n: &NodeCx) -> R {
     let xs = cx.inputs_from(n, 0)?;
     let first = xs.first().ok_or("needs at least one input")?.clone();
-    let a = axis(n.req_int("axis")?, first.rank())?;
+    let a = dim_axis(n.req_int("axis")?, first.rank())?;
+    if let Some(v) = xs.iter().find(|v| v.rank() != first.rank()) {
+        return Err(format!(
+            "inputs of ranks {} and {} cannot be concatenated",
+            first.rank(),
+            v.rank()
+        )
+        .into());
+    }
     // Shape vectors stay symbolic through concat.
     if xs
         .iter()
@@ -290,7 +298,7 @@ fn concat(cx: &mut Cx, n: &NodeCx) -> R {
 
 fn split(cx: &mut Cx, n: &NodeCx) -> R {
     let x = cx.input(n, 0)?;
-    let a = axis(n.int("axis", 0)?, x.rank())?;
+    let a = dim_axis(n.int("axis", 0)?, x.rank())?;
     let given = if n.opset < 13 {
         n.opt_ints("split")?
     } else {
@@ -305,6 +313,9 @@ fn split(cx: &mut Cx, n: &NodeCx) -> R {
             let parts = num_outputs.map_or(outs as i64, |k| k);
             if parts <= 0 {
                 return Err("split into zero parts".into());
+            }
+            if parts != outs as i64 {
+                return Err(format!("num_outputs is {parts} but the node has {outs} outputs").into());
             }
             match extent.as_const() {
                 Some(e) => {
@@ -408,7 +419,7 @@ fn slice(cx: &mut Cx, n: &NodeCx) -> R {
     }
     let mut y = x;
     for i in 0..starts.len() {
-        let a = axis(axes[i], r)?;
+        let a = dim_axis(axes[i], r)?;
         y = slice_axis(cx, &y, a, starts[i], ends[i], steps[i])?;
     }
     Ok(vec![y])
@@ -722,7 +733,7 @@ fn pad(cx: &mut Cx, n: &NodeCx) -> R {
         )
     };
     let axes: Vec<usize> = match axes {
-        Some(a) => a.iter().map(|&a| axis(a, r)).collect::<Result<_, _>>()?,
+        Some(a) => a.iter().map(|&a| dim_axis(a, r)).collect::<Result<_, _>>()?,
         None => (0..r).collect(),
     };
     if pads.len() != 2 * axes.len() {
@@ -817,7 +828,7 @@ fn compress(cx: &mut Cx, n: &NodeCx) -> R {
     };
     let (x, a) = match n.opt_int("axis")? {
         Some(a) => {
-            let a = axis(a, x.rank())?;
+            let a = dim_axis(a, x.rank())?;
             (x, a)
         }
         None => {
