@@ -205,6 +205,13 @@ fn implausible_sizes_are_errors_not_overflows() {
         e.contains("llama.attention.head_count") && e.contains("do not divide hidden size 0"),
         "{e}"
     );
+    // A key length of 10^12 would size the rotary tables.
+    let mut meta = llama_meta();
+    meta.push(("llama.attention.key_length", V::U64(1_000_000_000_000)));
+    assert_eq!(
+        err("keylen", &gguf_file(&meta, &[])),
+        "FILE: metadata 'llama.attention.key_length': 1000000000000 is implausibly large (over 16777216)"
+    );
     // 2^62 f32 values need 2^64 bytes: more than a u64 counts.
     let t = ("token_embd.weight", vec![1 << 62], 0u32, vec![0u8; 64]);
     let e = err("huge", &gguf_file(&llama_meta(), &[t]));

@@ -180,6 +180,17 @@ fn malformed_config_values() {
             dir.join("config.json").display()
         )
     );
+    // A head_dim of 10^12 would have built a rotary table of 5 * 10^11
+    // floats before any weight's shape was checked.
+    let dir = copy_fixture("llama", "config4");
+    edit_config(&dir, |c| c["head_dim"] = 1_000_000_000_000u64.into());
+    assert_eq!(
+        load_err(&dir),
+        format!(
+            "{}: head_dim 1000000000000 is implausibly large (over 16777216)",
+            dir.join("config.json").display()
+        )
+    );
 }
 
 #[test]

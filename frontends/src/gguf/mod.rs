@@ -255,7 +255,7 @@ fn config(path: &Path, h: &GgufHeader) -> Result<ModelConfig, GgufError> {
     let ids = |key: &str| -> Result<Vec<i64>, GgufError> {
         Ok(m.opt_u64(key)?.map(|v| v as i64).into_iter().collect())
     };
-    Ok(ModelConfig {
+    let config = ModelConfig {
         source: path.to_path_buf(),
         architecture: Architecture::Llama,
         vocab_size: vocab,
@@ -280,7 +280,30 @@ fn config(path: &Path, h: &GgufHeader) -> Result<ModelConfig, GgufError> {
         dtype: Some(DType::F32),
         bos_token_id: ids("tokenizer.ggml.bos_token_id")?.first().copied(),
         eos_token_ids: ids("tokenizer.ggml.eos_token_id")?,
-    })
+    };
+    match config.implausible_size() {
+        Some((name, v)) => Err(m.err(
+            gguf_key(name),
+            format!("{v} is implausibly large (over {})", hf::config::MAX_CONFIG_SIZE),
+        )),
+        None => Ok(config),
+    }
+}
+
+/// The GGUF metadata key a config size comes from (`implausible_size`
+/// names it as config.json does).
+fn gguf_key(name: &str) -> &'static str {
+    match name {
+        "hidden_size" => "llama.embedding_length",
+        "num_attention_heads" => "llama.attention.head_count",
+        "num_key_value_heads" => "llama.attention.head_count_kv",
+        "num_hidden_layers" => "llama.block_count",
+        "head_dim" => "llama.attention.key_length",
+        "intermediate_size" => "llama.feed_forward_length",
+        "vocab_size" => "tokenizer.ggml.tokens",
+        "max_position_embeddings" => "llama.context_length",
+        _ => "(size)",
+    }
 }
 
 /// Maps the file and registers every tensor (under its Hugging Face name) as

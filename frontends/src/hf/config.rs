@@ -263,6 +263,11 @@ fn rope(f: &Fields) -> Result<(f64, RopeScaling, Option<f64>), HfError> {
     Ok((theta, scaling, partial))
 }
 
+/// The largest size a config may give (2^24: far past every real model's
+/// widths, vocabularies, layer counts and windows, and small enough that
+/// products of two sizes fit in 64 bits).
+pub const MAX_CONFIG_SIZE: usize = 1 << 24;
+
 impl ModelConfig {
     /// Parses `config.json` text; `path` is only for messages.
     pub fn parse(path: &Path, text: &str) -> Result<ModelConfig, HfError> {
@@ -297,7 +302,7 @@ impl ModelConfig {
         };
         let intermediate_size = match f.opt_usize(&["intermediate_size", "n_inner"])? {
             Some(n) => n,
-            None if gpt2 => 4 * hidden_size,
+            None if gpt2 => hidden_size.saturating_mul(4),
             None => return Err(f.err("missing 'intermediate_size'".into())),
         };
         let (rope_theta, rope_scaling, partial) = rope(&f)?;
@@ -316,15 +321,19 @@ impl ModelConfig {
             }
             _ => None,
         };
+        let vocab_size = f.usize(&["vocab_size"])?;
+        let max_position_embeddings = f
+            .opt_usize(&["max_position_embeddings", "n_positions"])?
+            .unwrap_or(2048);
         let default_bias = architecture == Architecture::Qwen2 || gpt2;
         let hidden_act = f
             .opt_str(&["hidden_act", "activation_function"])
             .unwrap_or(if gpt2 { "gelu_new" } else { "silu" })
             .to_string();
-        Ok(ModelConfig {
+        let config = ModelConfig {
             source: path.to_path_buf(),
             architecture,
-            vocab_size: f.usize(&["vocab_size"])?,
+            vocab_size,
             hidden_size,
             intermediate_size,
             num_layers,
@@ -337,9 +346,7 @@ impl ModelConfig {
             rope_theta,
             rope_scaling,
             partial_rotary_factor: partial.unwrap_or(1.0),
-            max_position_embeddings: f
-                .opt_usize(&["max_position_embeddings", "n_positions"])?
-                .unwrap_or(2048),
+            max_position_embeddings,
             tie_word_embeddings: f.opt_bool(&["tie_word_embeddings"])?.unwrap_or(gpt2),
             sliding_window,
             attention_bias: f.opt_bool(&["attention_bias"])?.unwrap_or(default_bias),
@@ -348,7 +355,32 @@ impl ModelConfig {
             dtype,
             bos_token_id: f.ids("bos_token_id")?.first().copied(),
             eos_token_ids: f.ids("eos_token_id")?,
-        })
+        };
+        match config.implausible_size() {
+            Some((name, v)) => Err(f.err(format!(
+                "{name} {v} is implausibly large (over {MAX_CONFIG_SIZE})"
+            ))),
+            None => Ok(config),
+        }
+    }
+
+    /// The first size past any real model's (`MAX_CONFIG_SIZE`), with its
+    /// config.json name: a corrupt or hostile config, caught before tables
+    /// are built from its sizes or they are multiplied.
+    pub fn implausible_size(&self) -> Option<(&'static str, usize)> {
+        [
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("num_hidden_layers", self.num_layers),
+            ("head_dim", self.head_dim),
+            ("intermediate_size", self.intermediate_size),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("sliding_window", self.sliding_window.unwrap_or(0)),
+        ]
+        .into_iter()
+        .find(|&(_, v)| v > MAX_CONFIG_SIZE)
     }
 
     /// Reads and parses `config.json` in a model folder.
