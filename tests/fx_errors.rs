@@ -169,6 +169,47 @@ fn missing_and_short_weights() {
     assert!(e.contains("weight model.model.rotary_emb.inv_freq"), "{e}");
 }
 
+/// Rewrites the layer 0 q_proj weight's recorded view through `f`.
+fn edit_q_proj_view(f: impl Fn(&mut Json)) -> Vec<u8> {
+    rewrite(|rel, bytes| {
+        if rel != "data/weights/model_weights_config.json" {
+            return Some(bytes);
+        }
+        let mut v: Json = serde_json::from_slice(&bytes).unwrap();
+        f(&mut v["config"]["model.model.layers.0.self_attn.q_proj.weight"]["tensor_meta"]);
+        Some(serde_json::to_vec(&v).unwrap())
+    })
+}
+
+#[test]
+fn views_too_large_for_their_storage_are_errors() {
+    // Stride 0 repeats one element 2^62 times: the storage check passes,
+    // the copy cannot.
+    let e = error(&edit_q_proj_view(|tm| {
+        tm["sizes"] = serde_json::json!([{"as_int": 1i64 << 62}]);
+        tm["strides"] = serde_json::json!([{"as_int": 0}]);
+    }));
+    assert!(
+        e.contains("q_proj.weight") && e.contains("element count overflows"),
+        "{e}"
+    );
+    let e = error(&edit_q_proj_view(|tm| {
+        tm["sizes"] = serde_json::json!([{"as_int": 1i64 << 40}]);
+        tm["strides"] = serde_json::json!([{"as_int": 0}]);
+    }));
+    assert!(e.contains("over the 1073741824-byte limit"), "{e}");
+    // Sizes and strides whose last index does not fit in 128 bits.
+    let e = error(&edit_q_proj_view(|tm| {
+        let big = serde_json::json!({"as_int": i64::MAX});
+        tm["sizes"] = serde_json::json!([big, big, big, big, big]);
+        tm["strides"] = serde_json::json!([big, big, big, big, big]);
+    }));
+    assert!(
+        e.contains("element count overflows") || e.contains("index overflows"),
+        "{e}"
+    );
+}
+
 #[test]
 fn every_unmapped_op_is_listed() {
     let bytes = edit_program(|v| {
@@ -210,6 +251,21 @@ fn metadata_disagreeing_with_the_mapping_is_an_error() {
     });
     let e = error(&bytes);
     assert!(e.contains("torch recorded f32[1, s70, 3]"), "{e}");
+    // A negative size (unbind would have made that many pieces).
+    let bytes = edit_program(|v| {
+        v["graph_module"]["graph"]["tensor_values"]["rsqrt"]["sizes"][2] = serde_json::json!({"as_int": -1});
+    });
+    let e = error(&bytes);
+    assert!(e.contains("negative size -1"), "{e}");
+    let bytes = edit_program(|v| {
+        v["graph_module"]["graph"]["tensor_values"]["input_ids"]["sizes"][0] =
+            serde_json::json!({"as_int": -1});
+    });
+    let e = error(&bytes);
+    assert!(
+        e.contains("input input_ids") && e.contains("negative size -1"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -322,4 +322,8 @@ fn axes_and_ranks_that_do_not_fit_are_errors() {
         s.contains("Attention node 'at'") && s.contains("must be 4-D"),
         "{s}"
     );
+    // An identity table of 10^12 entries for a declared [10^6, 10^6] input.
+    let n = node("EyeLike", "eye", &["x"], &["y"]);
+    let s = import(&model_over(&[("x", &[1_000_000, 1_000_000])], n)).to_string();
+    assert!(s.contains("EyeLike node 'eye'") && s.contains("too large"), "{s}");
 }

@@ -333,9 +333,20 @@ fn sym_value(v: &SymInt) -> Result<Dim, String> {
     }
 }
 
+/// A negative constant among the recorded sizes (a corrupt archive).
+fn negative_size(m: &TensorMeta) -> Option<i64> {
+    m.sizes.iter().find_map(|s| match s {
+        SymInt::AsInt(i) if *i < 0 => Some(*i),
+        _ => None,
+    })
+}
+
 /// The IR type of recorded tensor metadata.
 pub fn meta_type(m: &TensorMeta) -> Result<TensorType, String> {
     let dtype = dtype_of(m.dtype)?;
+    if let Some(i) = negative_size(m) {
+        return Err(format!("negative size {i} in the recorded sizes"));
+    }
     let dims: Vec<Dim> = m.sizes.iter().map(sym_value).collect::<Result<_, _>>()?;
     Ok(TensorType::new(dtype, Shape(dims)))
 }
@@ -494,6 +505,9 @@ fn check_type(name: &str, m: &TensorMeta, got: &TensorType) -> Result<(), String
         return Err(format!(
             "{name}: optc computes {got} but torch recorded dtype {want_dtype}"
         ));
+    }
+    if let Some(i) = negative_size(m) {
+        return Err(format!("{name}: torch recorded a negative size {i}"));
     }
     // Sizes optc cannot express (Min, FloorDiv) are not compared.
     if let Ok(want) = meta_type(m) {

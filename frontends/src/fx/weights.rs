@@ -70,6 +70,10 @@ fn concrete(v: &SymInt, what: &str) -> Result<i64, String> {
     }
 }
 
+/// How many bytes a view with zero strides may copy out of a smaller
+/// storage entry (a broadcast weight): 1 GiB.
+const VIEW_EXPANSION_LIMIT: usize = 1 << 30;
+
 /// The contiguous tensor a (sizes, strides, offset) view of `storage` holds.
 fn strided_copy(tm: &TensorMeta, storage: &[u8]) -> Result<Tensor, String> {
     let dtype = dtype_of(tm.dtype)?;
@@ -112,33 +116,42 @@ fn strided_copy(tm: &TensorMeta, storage: &[u8]) -> Result<Tensor, String> {
         .iter()
         .zip(&strides)
         .try_fold(offset as u128, |a, (&s, &st)| {
-            Some(a + (s as u128 - 1) * st as u128)
+            a.checked_add((s as u128 - 1).checked_mul(st as u128)?)
         })
         .ok_or("index overflows")?;
-    let need = (last + 1) * elem as u128;
+    let need = (last + 1).checked_mul(elem as u128).ok_or("index overflows")?;
     if need > storage.len() as u128 {
         return Err(format!(
             "its view (sizes {sizes:?}, strides {strides:?}, offset {offset}) needs {need} bytes but the storage entry holds {}",
             storage.len()
         ));
     }
+    // Zero strides repeat elements: a view may be larger than its storage,
+    // but not by more than VIEW_EXPANSION_LIMIT bytes of copies.
+    let bytes = numel.checked_mul(elem).ok_or("element count overflows")?;
+    if bytes > storage.len().max(VIEW_EXPANSION_LIMIT) {
+        return Err(format!(
+            "its view (sizes {sizes:?}, strides {strides:?}) repeats {} storage bytes into {bytes}, over the {VIEW_EXPANSION_LIMIT}-byte limit",
+            storage.len()
+        ));
+    }
     let contiguous = {
-        let mut expect = 1i64;
+        let mut expect = 1i128;
         let mut ok = true;
         for (&s, &st) in sizes.iter().zip(&strides).rev() {
-            if s != 1 && st != expect {
+            if s != 1 && i128::from(st) != expect {
                 ok = false;
             }
-            expect *= s;
+            expect = expect.saturating_mul(i128::from(s));
         }
         ok
     };
     let start = offset as usize * elem;
     if contiguous {
-        let bytes = &storage[start..start + numel * elem];
+        let bytes = &storage[start..start + bytes];
         return Tensor::from_le_bytes(dtype, &shape, bytes).map_err(|e| e.to_string());
     }
-    let mut out = Vec::with_capacity(numel * elem);
+    let mut out = Vec::with_capacity(bytes);
     let mut idx = vec![0usize; shape.len()];
     for _ in 0..numel {
         let at = offset as usize

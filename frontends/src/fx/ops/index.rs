@@ -220,6 +220,18 @@ fn const_extent(cx: &Cx, x: Value, dim: i64) -> Result<i64, String> {
         .ok_or_else(|| format!("splitting the symbolic dim {d} of {ty} by a size is not supported"))
 }
 
+/// Most pieces a split, chunk or unbind may make (each is a node of its own).
+const MAX_PIECES: i64 = 1 << 16;
+
+/// `count` pieces, if there are not too many.
+fn pieces(count: i64) -> Result<usize, String> {
+    if (0..=MAX_PIECES).contains(&count) {
+        Ok(count as usize)
+    } else {
+        Err(format!("{count} pieces (the most is {MAX_PIECES})"))
+    }
+}
+
 fn split(cx: &mut Cx, n: &Node) -> R {
     let x = cx.tensor(n, "self")?;
     let dim = cx.int(n, "dim", Some(0))?;
@@ -228,7 +240,7 @@ fn split(cx: &mut Cx, n: &Node) -> R {
         return Err(format!("split_size {size}"));
     }
     let e = const_extent(cx, x, dim)?;
-    let mut sizes = vec![Dim::constant(size); (e / size) as usize];
+    let mut sizes = vec![Dim::constant(size); pieces(e / size)?];
     if e % size != 0 || e == 0 {
         sizes.push(Dim::constant(e % size));
     }
@@ -251,7 +263,8 @@ fn chunk(cx: &mut Cx, n: &Node) -> R {
         return Err(format!("chunks = {chunks}"));
     }
     let e = const_extent(cx, x, dim)?;
-    let size = ((e + chunks - 1) / chunks).max(1);
+    pieces(chunks.min(e))?;
+    let size = (e / chunks + i64::from(e % chunks != 0)).max(1);
     let mut sizes = Vec::new();
     let mut left = e;
     while left > 0 {
@@ -268,7 +281,7 @@ fn unbind(cx: &mut Cx, n: &Node) -> R {
     let x = cx.tensor(n, "self")?;
     let dim = cx.int(n, "dim", Some(0))?;
     let e = const_extent(cx, x, dim)?;
-    let parts = split_into(cx, x, dim, vec![Dim::constant(1); e as usize])?;
+    let parts = split_into(cx, x, dim, vec![Dim::constant(1); pieces(e)?])?;
     parts
         .into_iter()
         .map(|p| cx.op(Op::Squeeze(Squeeze { axes: vec![dim] }), &[p]))

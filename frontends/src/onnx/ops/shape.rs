@@ -9,7 +9,7 @@ use optc_ir::{DType, Dim, Op, Tensor};
 
 use super::super::import::{unsupported, Cx, Known, NodeCx, NodeError, Val};
 use super::super::tensor::to_tensor;
-use super::{axis, compare, dim_axis, dtype_attr, select, Handler, R};
+use super::{axis, checked_product, compare, dim_axis, dtype_attr, select, Handler, IMPORT_TABLE_LIMIT, R};
 
 pub(crate) static OPS: &[(&str, Handler)] = &[
     ("Constant", constant),
@@ -672,7 +672,8 @@ fn eye_like(cx: &mut Cx, n: &NodeCx) -> R {
     let (Some(r), Some(c)) = (r.as_const(), c.as_const()) else {
         return unsupported("EyeLike on symbolic shapes is not supported");
     };
-    let v: Vec<i64> = (0..r * c).map(|i| i64::from(i % c - i / c == k)).collect();
+    let n = checked_product(&[r, c], IMPORT_TABLE_LIMIT, "the EyeLike table")?;
+    let v: Vec<i64> = (0..n).map(|i| i64::from(i % c - i / c == k)).collect();
     Ok(vec![cx.konst(Tensor::from_i64(
         dtype,
         &[r as usize, c as usize],
