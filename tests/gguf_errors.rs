@@ -136,6 +136,13 @@ fn malformed_headers() {
         "FILE: malformed GGUF header at byte 8: tensor count 18446744073709551615 is implausibly large"
     );
     assert!(err("empty", b"").contains("file ends inside magic"));
+    // 2^24 tensors announced in a file of a few bytes: not a 1 GiB table.
+    let mut many = gguf_file(&[], &[]);
+    many[8..16].copy_from_slice(&(1u64 << 24).to_le_bytes());
+    assert_eq!(
+        err("many", &many),
+        "FILE: malformed GGUF header at byte 8: tensor count 16777216 needs more tensor entries than the 8 bytes left hold"
+    );
 }
 
 #[test]

@@ -326,4 +326,33 @@ fn axes_and_ranks_that_do_not_fit_are_errors() {
     let n = node("EyeLike", "eye", &["x"], &["y"]);
     let s = import(&model_over(&[("x", &[1_000_000, 1_000_000])], n)).to_string();
     assert!(s.contains("EyeLike node 'eye'") && s.contains("too large"), "{s}");
+    // A block size whose square overflows, and a stride that would overflow
+    // the SAME padding arithmetic.
+    let mut n = node("DepthToSpace", "d2s", &["x"], &["y"]);
+    n.attribute.push(int_attr("blocksize", 1 << 40));
+    let s = import(&model_over(&[("x", &[1, 4, 2, 2])], n)).to_string();
+    assert!(
+        s.contains("DepthToSpace node 'd2s'") && s.contains("blocksize 1099511627776"),
+        "{s}"
+    );
+    let mut n = node("MaxPool", "mp", &["x"], &["y"]);
+    for (name, v) in [("kernel_shape", vec![2, 2]), ("strides", vec![i64::MAX, 1])] {
+        n.attribute.push(AttributeProto {
+            name: name.into(),
+            r#type: attr_type::INTS,
+            ints: v,
+            ..Default::default()
+        });
+    }
+    n.attribute.push(AttributeProto {
+        name: "auto_pad".into(),
+        r#type: attr_type::STRING,
+        s: b"SAME_UPPER".to_vec(),
+        ..Default::default()
+    });
+    let s = import(&model_over(&[("x", &[1, 1, 4, 4])], n)).to_string();
+    assert!(
+        s.contains("MaxPool node 'mp'") && s.contains("must lie in 1..=16777216"),
+        "{s}"
+    );
 }

@@ -242,6 +242,17 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader, FormatError> {
         let v = c.value(ty, 0)?;
         metadata.insert(key, v);
     }
+    // A tensor's entry takes at least 32 bytes (an empty name's length,
+    // rank, one dim, type, offset).
+    if n_tensors > (bytes.len() - c.pos) as u64 / 32 {
+        return Err(FormatError {
+            offset: 8,
+            message: format!(
+                "tensor count {n_tensors} needs more tensor entries than the {} bytes left hold",
+                bytes.len() - c.pos
+            ),
+        });
+    }
     let mut tensors = Vec::with_capacity(n_tensors as usize);
     for _ in 0..n_tensors {
         let name = c.string("tensor name")?;

@@ -17,6 +17,9 @@ pub(crate) static OPS: &[(&str, Handler)] = &[
     ("GlobalMaxPool", |cx, n| global(cx, n, ReduceKind::Max)),
 ];
 
+/// The largest kernel extent, stride or dilation a window may have.
+const WINDOW_LIMIT: i64 = 1 << 24;
+
 /// Reads kernel, strides, dilations and pads (resolving `auto_pad`).
 fn window(n: &NodeCx, x: &Val, kernel: Vec<i64>) -> Result<Window, NodeError> {
     let k = kernel.len();
@@ -25,6 +28,13 @@ fn window(n: &NodeCx, x: &Val, kernel: Vec<i64>) -> Result<Window, NodeError> {
     }
     let strides = n.opt_ints("strides")?.unwrap_or_else(|| vec![1; k]);
     let dilations = n.opt_ints("dilations")?.unwrap_or_else(|| vec![1; k]);
+    // Bounded, so the window arithmetic below cannot overflow.
+    let fits = |v: &[i64]| v.iter().all(|&e| (1..=WINDOW_LIMIT).contains(&e));
+    if !fits(&strides) || !fits(&dilations) || !fits(&kernel) {
+        return Err(NodeError::Invalid(format!(
+            "kernel {kernel:?}, strides {strides:?} and dilations {dilations:?} must lie in 1..={WINDOW_LIMIT}"
+        )));
+    }
     let auto = n.string("auto_pad", "NOTSET")?;
     let pads = match auto.as_str() {
         "NOTSET" => n.opt_ints("pads")?.unwrap_or_else(|| vec![0; 2 * k]),

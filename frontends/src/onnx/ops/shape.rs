@@ -584,8 +584,18 @@ fn trilu(cx: &mut Cx, n: &NodeCx) -> R {
     Ok(vec![cx.op(Op::Triangular(Triangular { upper, k }), &[x])?])
 }
 
-fn depth_to_space(cx: &mut Cx, n: &NodeCx) -> R {
+/// DepthToSpace's and SpaceToDepth's block size, in 1..=2^15 (its square
+/// divides the channels).
+fn blocksize(n: &NodeCx) -> Result<i64, NodeError> {
     let b = n.req_int("blocksize")?;
+    if !(1..=1 << 15).contains(&b) {
+        return Err(NodeError::Invalid(format!("blocksize {b} is not in 1..=32768")));
+    }
+    Ok(b)
+}
+
+fn depth_to_space(cx: &mut Cx, n: &NodeCx) -> R {
+    let b = blocksize(n)?;
     let mode = n.string("mode", "DCR")?;
     let x = cx.input(n, 0)?;
     let [bn, c, h, w] = x.dims() else {
@@ -628,7 +638,7 @@ fn depth_to_space(cx: &mut Cx, n: &NodeCx) -> R {
 }
 
 fn space_to_depth(cx: &mut Cx, n: &NodeCx) -> R {
-    let b = n.req_int("blocksize")?;
+    let b = blocksize(n)?;
     let x = cx.input(n, 0)?;
     let [bn, c, h, w] = x.dims() else {
         return Err("input must be 4-D".into());
