@@ -135,6 +135,42 @@ impl Default for LlmOptions {
     }
 }
 
+impl LlmOptions {
+    /// Sizes an engine can run with: none zero (a zero token budget or
+    /// batch would schedule nothing, forever), blocks of at most 4,096
+    /// tokens, a cache whose token count fits in 32 bits, and a GPU memory
+    /// fraction in (0, 1].
+    pub fn check(&self) -> Result<(), LlmError> {
+        let bad = |m: String| Err(LlmError::Load(m));
+        if self.max_batch_size == 0 || self.max_num_tokens == 0 {
+            return bad(format!(
+                "max_batch_size ({}) and max_num_tokens ({}) must be at least 1",
+                self.max_batch_size, self.max_num_tokens
+            ));
+        }
+        if !(1..=4096).contains(&self.block_size) {
+            return bad(format!("block_size {} is not in 1..=4096", self.block_size));
+        }
+        if self.num_blocks == 0
+            || self
+                .num_blocks
+                .checked_mul(self.block_size)
+                .is_none_or(|t| t > u32::MAX as usize)
+        {
+            return bad(format!(
+                "a cache of {} blocks of {} tokens is empty or holds more than 2^32 tokens",
+                self.num_blocks, self.block_size
+            ));
+        }
+        if let Some(u) = self.gpu_memory_utilization {
+            if !(u > 0.0 && u <= 1.0) {
+                return bad(format!("gpu_memory_utilization {u} is not in (0, 1]"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A prompt as text (tokenized with the model's tokenizer) or token ids.
 #[derive(Clone, Debug)]
 pub enum Prompt {
@@ -182,6 +218,7 @@ impl LLM {
         opts: LlmOptions,
         stage: &mut dyn FnMut(&str),
     ) -> Result<LLM, LlmError> {
+        opts.check()?;
         stage("loading");
         let mut m = load(path.as_ref())?;
         let vocab = m.config.vocab_size;

@@ -672,11 +672,14 @@ fn bench(
         bail!("--batch, --input-len and --output-len must be at least 1");
     }
     let block_size = 16;
-    let blocks = workloads
-        .iter()
-        .map(|(_, (b, i, o))| (i + o).div_ceil(block_size) * b)
-        .max()
-        .unwrap_or(1);
+    let mut blocks = 1;
+    for (name, (b, i, o)) in workloads {
+        let need = i
+            .checked_add(*o)
+            .and_then(|t| t.div_ceil(block_size).checked_mul(*b))
+            .with_context(|| format!("workload {name}: {b} requests of {i} + {o} tokens overflow"))?;
+        blocks = blocks.max(need);
+    }
     let max_batch = workloads.iter().map(|(_, (b, _, _))| *b).max().unwrap_or(1);
     let opts = optc::LlmOptions {
         max_batch_size: max_batch,

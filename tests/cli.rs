@@ -193,6 +193,54 @@ fn inspect_and_logits_on_a_model_folder() {
 }
 
 #[test]
+fn sizes_and_settings_out_of_range_are_user_errors() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    let llama = root.join("llama").display().to_string();
+    // Prompt + output lengths that overflow when the cache is sized.
+    assert_user_error(
+        &optc(&[
+            "bench",
+            &llama,
+            "--input-len",
+            "18446744073709551615",
+            "--output-len",
+            "1",
+        ]),
+        "overflow",
+    );
+    // A cache too large to count (2^40 tokens).
+    assert_user_error(
+        &optc(&[
+            "bench",
+            &llama,
+            "--input-len",
+            "1099511627776",
+            "--output-len",
+            "1",
+        ]),
+        "holds more than 2^32 tokens",
+    );
+    // A temperature whose division overflows the logits.
+    assert_user_error(
+        &optc(&["generate", &llama, "--ids", "1,2", "--temperature", "1e-40"]),
+        "is below 0.00001 (0 means greedy)",
+    );
+    // Check inputs of 2^64 elements.
+    assert_user_error(
+        &optc(&[
+            "compile",
+            &llama,
+            "--check-passes",
+            "--check-symbol",
+            "B=4294967296",
+            "--check-symbol",
+            "S=4294967296",
+        ]),
+        "elements (pick smaller check symbols)",
+    );
+}
+
+#[test]
 fn compile_runs_a_pipeline_with_dumps_and_checks() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
     let dir = bundle("compile");

@@ -253,3 +253,54 @@ fn cpu_target_equals_reference_target() {
         interp.generate(&prompt, &params).unwrap()
     );
 }
+
+/// Engine sizes that could never schedule a step (or that overflow) are
+/// load errors, not a hang or a panic.
+#[test]
+fn engine_sizes_out_of_range_are_load_errors() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama");
+    let cases = [
+        (
+            LlmOptions {
+                max_num_tokens: 0,
+                ..LlmOptions::default()
+            },
+            "must be at least 1",
+        ),
+        (
+            LlmOptions {
+                max_batch_size: 0,
+                ..LlmOptions::default()
+            },
+            "must be at least 1",
+        ),
+        (
+            LlmOptions {
+                block_size: 0,
+                target: Target::Reference,
+                ..LlmOptions::default()
+            },
+            "block_size 0 is not in 1..=4096",
+        ),
+        (
+            LlmOptions {
+                num_blocks: usize::MAX,
+                ..LlmOptions::default()
+            },
+            "more than 2^32 tokens",
+        ),
+        (
+            LlmOptions {
+                gpu_memory_utilization: Some(1.5),
+                ..LlmOptions::default()
+            },
+            "gpu_memory_utilization 1.5 is not in (0, 1]",
+        ),
+    ];
+    for (opts, want) in cases {
+        match LLM::new(&dir, opts) {
+            Ok(_) => panic!("loaded with {want:?}"),
+            Err(e) => assert!(e.to_string().contains(want), "{e}"),
+        }
+    }
+}

@@ -187,10 +187,14 @@ fn malformed_config_values() {
     assert_eq!(
         load_err(&dir),
         format!(
-            "{}: head_dim 1000000000000 is implausibly large (over 16777216)",
+            "{}: head_dim 1000000000000 is not in 1..=16777216",
             dir.join("config.json").display()
         )
     );
+    // A zero vocabulary (random prompts take ids modulo it).
+    let dir = copy_fixture("llama", "config5");
+    edit_config(&dir, |c| c["vocab_size"] = 0.into());
+    assert!(load_err(&dir).contains("vocab_size 0 is not in 1..=16777216"));
 }
 
 #[test]

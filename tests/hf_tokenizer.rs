@@ -74,3 +74,29 @@ fn incremental_detokenisation_adds_up() {
         assert_eq!(out, want, "{:?}", c["text"]);
     }
 }
+
+/// A tokenizer.json that asks for truncation and padding: prompts are
+/// still encoded whole and unpadded (transformers' default), and a stride
+/// the tokenizers crate would assert on is harmless.
+#[test]
+fn saved_truncation_and_padding_are_not_applied() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama");
+    let plain = hf::HfTokenizer::load_if_present(&root).unwrap().unwrap();
+    let dir = std::env::temp_dir().join(format!("optc-tok-trunc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("tokenizer.json")).unwrap()).unwrap();
+    json["truncation"] = serde_json::json!({
+        "direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 2
+    });
+    json["padding"] = serde_json::json!({
+        "strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null,
+        "pad_id": 0, "pad_type_id": 0, "pad_token": "<pad>"
+    });
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&json).unwrap()).unwrap();
+    let tok = hf::HfTokenizer::load_if_present(&dir).unwrap().unwrap();
+    let text = "one two three four five";
+    let ids = tok.encode(text, true).unwrap();
+    assert!(ids.len() > 2 && ids.len() < 64, "{ids:?}");
+    assert_eq!(ids, plain.encode(text, true).unwrap());
+}

@@ -30,6 +30,9 @@ impl Default for CheckConfig {
     }
 }
 
+/// Most elements a random check input may have (2^26: 256 MiB of f32).
+const CHECK_INPUT_LIMIT: usize = 1 << 26;
+
 /// Random inputs for every graph input: floats uniform in [-1, 1), integers
 /// in [0, 4) (valid token ids for any vocabulary), bools at random. Symbols
 /// take their configured values.
@@ -54,7 +57,16 @@ pub fn random_inputs(g: &Graph, cfg: &CheckConfig) -> Result<BTreeMap<String, Te
             .shape
             .eval(&bindings)
             .map_err(|e| format!("input %{name}: {e}"))?;
-        let n: usize = shape.iter().product();
+        // Random inputs for a check run: a few million elements at most.
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= CHECK_INPUT_LIMIT)
+            .ok_or_else(|| {
+                format!(
+                    "input %{name}: shape {shape:?} is over {CHECK_INPUT_LIMIT} elements (pick smaller check symbols)"
+                )
+            })?;
         let t = if ty.dtype.is_float() {
             let v: Vec<f32> = (0..n)
                 .map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)

@@ -68,6 +68,9 @@ impl Default for SamplingParams {
 #[error("bad sampling parameters: {0}")]
 pub struct SamplingError(pub String);
 
+/// The smallest positive temperature (vLLM samples greedily below it).
+pub const MIN_TEMPERATURE: f32 = 1e-5;
+
 impl SamplingParams {
     /// Greedy decoding of up to `max_tokens` tokens.
     pub fn greedy(max_tokens: usize) -> SamplingParams {
@@ -84,6 +87,14 @@ impl SamplingParams {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad(format!(
                 "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            ));
+        }
+        // Dividing by less overflows the scaled logits to infinities (every
+        // probability NaN): 0 is the way to ask for greedy.
+        if self.temperature > 0.0 && self.temperature < MIN_TEMPERATURE {
+            return bad(format!(
+                "temperature {} is below {MIN_TEMPERATURE} (0 means greedy)",
                 self.temperature
             ));
         }

@@ -417,14 +417,29 @@ impl CpuProgram {
     /// Allocates zeroed state for the symbols in `bindings` (e.g. `NB`,
     /// the number of cache blocks); returns the bytes allocated.
     pub fn init_state(&mut self, bindings: &Bindings) -> Result<usize, CodegenError> {
-        let mut bytes = 0;
+        let mut bytes = 0usize;
         for (i, ty) in self.state_types.iter().enumerate() {
             let shape = ty.shape.eval(bindings).map_err(|message| CodegenError::Input {
                 name: self.state_names[i].clone(),
                 message,
             })?;
-            let n: usize = shape.iter().product();
-            bytes += n * 4;
+            // 4 bytes an element; the total must be addressable.
+            let n = shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .filter(|n| n.checked_mul(4).is_some_and(|b| b <= isize::MAX as usize))
+                .ok_or_else(|| CodegenError::Input {
+                    name: self.state_names[i].clone(),
+                    message: format!("a state of shape {shape:?} is too large to allocate"),
+                })?;
+            bytes = n
+                .checked_mul(4)
+                .and_then(|b| bytes.checked_add(b))
+                .filter(|&b| b <= isize::MAX as usize)
+                .ok_or_else(|| CodegenError::Input {
+                    name: self.state_names[i].clone(),
+                    message: "the states together are too large to allocate".into(),
+                })?;
             // Zeroed, not resized: a fresh cache holds no old tokens.
             self.state[i] = Buf::default().resized(kind_of(ty.dtype), n);
         }

@@ -281,16 +281,16 @@ fn config(path: &Path, h: &GgufHeader) -> Result<ModelConfig, GgufError> {
         bos_token_id: ids("tokenizer.ggml.bos_token_id")?.first().copied(),
         eos_token_ids: ids("tokenizer.ggml.eos_token_id")?,
     };
-    match config.implausible_size() {
+    match config.size_out_of_range() {
         Some((name, v)) => Err(m.err(
             gguf_key(name),
-            format!("{v} is implausibly large (over {})", hf::config::MAX_CONFIG_SIZE),
+            format!("{v} is not in 1..={}", hf::config::MAX_CONFIG_SIZE),
         )),
         None => Ok(config),
     }
 }
 
-/// The GGUF metadata key a config size comes from (`implausible_size`
+/// The GGUF metadata key a config size comes from (`size_out_of_range`
 /// names it as config.json does).
 fn gguf_key(name: &str) -> &'static str {
     match name {

@@ -356,18 +356,18 @@ impl ModelConfig {
             bos_token_id: f.ids("bos_token_id")?.first().copied(),
             eos_token_ids: f.ids("eos_token_id")?,
         };
-        match config.implausible_size() {
-            Some((name, v)) => Err(f.err(format!(
-                "{name} {v} is implausibly large (over {MAX_CONFIG_SIZE})"
-            ))),
+        match config.size_out_of_range() {
+            Some((name, v)) => Err(f.err(format!("{name} {v} is not in 1..={MAX_CONFIG_SIZE}"))),
             None => Ok(config),
         }
     }
 
-    /// The first size past any real model's (`MAX_CONFIG_SIZE`), with its
-    /// config.json name: a corrupt or hostile config, caught before tables
-    /// are built from its sizes or they are multiplied.
-    pub fn implausible_size(&self) -> Option<(&'static str, usize)> {
+    /// The first size that is zero or past any real model's
+    /// (`MAX_CONFIG_SIZE`), with its config.json name: a corrupt or hostile
+    /// config, caught before tables are built from its sizes, they are
+    /// multiplied, or a zero vocabulary divides. (No sliding window is 0.)
+    pub fn size_out_of_range(&self) -> Option<(&'static str, usize)> {
+        let window = self.sliding_window.map(|w| ("sliding_window", w));
         [
             ("hidden_size", self.hidden_size),
             ("num_attention_heads", self.num_heads),
@@ -377,10 +377,10 @@ impl ModelConfig {
             ("intermediate_size", self.intermediate_size),
             ("vocab_size", self.vocab_size),
             ("max_position_embeddings", self.max_position_embeddings),
-            ("sliding_window", self.sliding_window.unwrap_or(0)),
         ]
         .into_iter()
-        .find(|&(_, v)| v > MAX_CONFIG_SIZE)
+        .chain(window)
+        .find(|&(_, v)| !(1..=MAX_CONFIG_SIZE).contains(&v))
     }
 
     /// Reads and parses `config.json` in a model folder.

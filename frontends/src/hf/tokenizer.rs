@@ -55,10 +55,21 @@ impl HfTokenizer {
         if !path.exists() {
             return Ok(None);
         }
-        let inner = Tokenizer::from_file(&path).map_err(|e| HfError::Tokenizer {
+        let mut inner = Tokenizer::from_file(&path).map_err(|e| HfError::Tokenizer {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        // A prompt is encoded whole, as transformers does by default (its
+        // calls turn the file's truncation and padding off): never cut or
+        // padded, and a malformed truncation (stride >= max_length, which
+        // the crate asserts on at encode time) never runs.
+        inner
+            .with_truncation(None)
+            .map_err(|e| HfError::Tokenizer {
+                path: path.clone(),
+                message: e.to_string(),
+            })?
+            .with_padding(None);
         Ok(Some(HfTokenizer { path, inner }))
     }
 
