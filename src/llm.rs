@@ -137,9 +137,9 @@ impl Default for LlmOptions {
 
 impl LlmOptions {
     /// Sizes an engine can run with: none zero (a zero token budget or
-    /// batch would schedule nothing, forever), blocks of at most 4,096
-    /// tokens, a cache whose token count fits in 32 bits, and a GPU memory
-    /// fraction in (0, 1].
+    /// batch would schedule nothing, forever), batches of at most 2^20,
+    /// blocks of at most 4,096 tokens, a cache whose token count fits in
+    /// 32 bits, and a GPU memory fraction in (0, 1].
     pub fn check(&self) -> Result<(), LlmError> {
         let bad = |m: String| Err(LlmError::Load(m));
         if self.max_batch_size == 0 || self.max_num_tokens == 0 {
@@ -147,6 +147,9 @@ impl LlmOptions {
                 "max_batch_size ({}) and max_num_tokens ({}) must be at least 1",
                 self.max_batch_size, self.max_num_tokens
             ));
+        }
+        if self.max_batch_size > 1 << 20 {
+            return bad(format!("max_batch_size {} is over 2^20", self.max_batch_size));
         }
         if !(1..=4096).contains(&self.block_size) {
             return bad(format!("block_size {} is not in 1..=4096", self.block_size));
@@ -158,7 +161,7 @@ impl LlmOptions {
                 .is_none_or(|t| t > u32::MAX as usize)
         {
             return bad(format!(
-                "a cache of {} blocks of {} tokens is empty or holds more than 2^32 tokens",
+                "a cache of {} blocks of {} tokens is empty or holds 2^32 tokens or more",
                 self.num_blocks, self.block_size
             ));
         }

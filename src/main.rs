@@ -680,11 +680,12 @@ fn bench(
             .with_context(|| format!("workload {name}: {b} requests of {i} + {o} tokens overflow"))?;
         blocks = blocks.max(need);
     }
+    let blocks = blocks.saturating_add(1);
     let max_batch = workloads.iter().map(|(_, (b, _, _))| *b).max().unwrap_or(1);
     let opts = optc::LlmOptions {
         max_batch_size: max_batch,
         max_num_tokens: max_num_tokens.max(max_batch),
-        num_blocks: blocks + 1,
+        num_blocks: blocks,
         block_size,
         target,
         weight_dtype,

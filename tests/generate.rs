@@ -287,7 +287,7 @@ fn engine_sizes_out_of_range_are_load_errors() {
                 num_blocks: usize::MAX,
                 ..LlmOptions::default()
             },
-            "more than 2^32 tokens",
+            "2^32 tokens or more",
         ),
         (
             LlmOptions {

@@ -302,6 +302,11 @@ fn axes_and_ranks_that_do_not_fit_are_errors() {
         s.contains("Concat node 'c'") && s.contains("ranks 2 and 1"),
         "{s}"
     );
+    // An empty input may have another rank: it adds nothing.
+    let mut n = node("Concat", "c0", &["e", "x"], &["y"]);
+    n.attribute.push(int_attr("axis", 0));
+    let m = model_over(&[("e", &[0]), ("x", &[2, 3])], n);
+    assert!(onnx::load_bytes(&m.encode_to_vec(), None, &ImportOptions::default()).is_ok());
     // num_outputs must be the node's output count (not a loop bound).
     let mut n = node("Split", "sp2", &["x"], &["y"]);
     n.attribute.push(int_attr("num_outputs", 1 << 40));

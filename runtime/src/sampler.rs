@@ -68,7 +68,8 @@ impl Default for SamplingParams {
 #[error("bad sampling parameters: {0}")]
 pub struct SamplingError(pub String);
 
-/// The smallest positive temperature (vLLM samples greedily below it).
+/// Below this temperature a request samples greedily, as in vLLM
+/// (dividing by a temperature near 0 overflows the scaled logits).
 pub const MIN_TEMPERATURE: f32 = 1e-5;
 
 impl SamplingParams {
@@ -81,20 +82,21 @@ impl SamplingParams {
         }
     }
 
+    /// The parameters a request runs with: a temperature below
+    /// `MIN_TEMPERATURE` becomes 0, greedy (vLLM's rule).
+    pub fn normalized(mut self) -> SamplingParams {
+        if self.temperature < MIN_TEMPERATURE {
+            self.temperature = 0.0;
+        }
+        self
+    }
+
     /// Checks every field against its range (and token ids against `vocab`).
     pub fn validate(&self, vocab: usize) -> Result<(), SamplingError> {
         let bad = |m: String| Err(SamplingError(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad(format!(
                 "temperature must be a finite number >= 0, got {}",
-                self.temperature
-            ));
-        }
-        // Dividing by less overflows the scaled logits to infinities (every
-        // probability NaN): 0 is the way to ask for greedy.
-        if self.temperature > 0.0 && self.temperature < MIN_TEMPERATURE {
-            return bad(format!(
-                "temperature {} is below {MIN_TEMPERATURE} (0 means greedy)",
                 self.temperature
             ));
         }

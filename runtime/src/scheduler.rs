@@ -225,7 +225,7 @@ impl Scheduler {
             Seq {
                 prompt,
                 output: Vec::new(),
-                params,
+                params: params.normalized(),
                 eos,
                 computed: 0,
                 admitted: 0,

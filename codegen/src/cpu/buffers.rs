@@ -39,6 +39,23 @@ pub fn kind_of(d: DType) -> Kind {
 }
 
 impl Buf {
+    /// A zeroed buffer of `kind` with `n` elements, or `None` when the
+    /// memory cannot be had (a state sized from user input: an error, not
+    /// an abort).
+    pub fn try_zeroed(kind: Kind, n: usize) -> Option<Buf> {
+        fn zeroed<T: Clone + Default>(n: usize) -> Option<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).ok()?;
+            v.resize(n, T::default());
+            Some(v)
+        }
+        Some(match kind {
+            Kind::F => Buf::F(zeroed(n)?),
+            Kind::I => Buf::I(zeroed(n)?),
+            Kind::B => Buf::B(zeroed(n)?),
+        })
+    }
+
     /// A buffer of `kind` with `n` elements, reusing this one's allocation
     /// when it has the kind already.
     pub fn resized(self, kind: Kind, n: usize) -> Buf {

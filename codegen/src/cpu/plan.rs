@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use optc_ir::{verify, Bindings, Graph, NodeKind, Op, Tensor, TensorType, Value, WeightStore};
 
-use super::buffers::{kind_of, Buf, Weight};
+use super::buffers::{kind_of, Buf, Kind, Weight};
 use super::exec::{self, Ctx};
 use crate::CodegenError;
 
@@ -423,25 +423,22 @@ impl CpuProgram {
                 name: self.state_names[i].clone(),
                 message,
             })?;
-            // 4 bytes an element; the total must be addressable.
+            let kind = kind_of(ty.dtype);
+            let too_large = || CodegenError::Input {
+                name: self.state_names[i].clone(),
+                message: format!("a state of shape {shape:?} is too large to allocate"),
+            };
             let n = shape
                 .iter()
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
-                .filter(|n| n.checked_mul(4).is_some_and(|b| b <= isize::MAX as usize))
-                .ok_or_else(|| CodegenError::Input {
-                    name: self.state_names[i].clone(),
-                    message: format!("a state of shape {shape:?} is too large to allocate"),
-                })?;
-            bytes = n
-                .checked_mul(4)
-                .and_then(|b| bytes.checked_add(b))
-                .filter(|&b| b <= isize::MAX as usize)
-                .ok_or_else(|| CodegenError::Input {
-                    name: self.state_names[i].clone(),
-                    message: "the states together are too large to allocate".into(),
-                })?;
+                .ok_or_else(too_large)?;
             // Zeroed, not resized: a fresh cache holds no old tokens.
-            self.state[i] = Buf::default().resized(kind_of(ty.dtype), n);
+            self.state[i] = Buf::try_zeroed(kind, n).ok_or_else(too_large)?;
+            bytes = bytes.saturating_add(n.saturating_mul(match kind {
+                Kind::F => 4,
+                Kind::I => 8,
+                Kind::B => 1,
+            }));
         }
         Ok(bytes)
     }

@@ -6,7 +6,7 @@ use optc_ir::{DType, Dim, Tensor};
 
 use super::super::import::{unsupported, Cx, NodeCx, NodeError, Val};
 use super::shape::expand_to;
-use super::{axis, binary, dtype_attr, unary, Handler, R};
+use super::{binary, dim_axis, dtype_attr, unary, Handler, R};
 
 pub(crate) static OPS: &[(&str, Handler)] = &[("QuantizeLinear", quantize), ("DequantizeLinear", dequantize)];
 
@@ -17,7 +17,7 @@ fn fit(cx: &mut Cx, v: &Val, x: &Val, a: i64, block: i64) -> Result<Val, NodeErr
         return cx.reshape(v, vec![]);
     }
     let r = x.rank();
-    let a = axis(a, r)?;
+    let a = dim_axis(a, r)?;
     if block > 0 {
         // [.., n/block, ..] → repeat along `a` → [.., n, ..]
         let d = v.dims().to_vec();

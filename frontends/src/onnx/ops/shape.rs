@@ -246,11 +246,15 @@ fn expand(cx: &mut Cx, n: &NodeCx) -> R {
 fn concat(cx: &mut Cx, n: &NodeCx) -> R {
     let xs = cx.inputs_from(n, 0)?;
     let first = xs.first().ok_or("needs at least one input")?.clone();
-    let a = dim_axis(n.req_int("axis")?, first.rank())?;
-    if let Some(v) = xs.iter().find(|v| v.rank() != first.rank()) {
+    // An input with no elements may have any rank (as onnxruntime reads
+    // the spec); the others must share one rank.
+    let empty = |v: &Val| v.dims().iter().any(|d| d.is(0));
+    let reference = xs.iter().find(|v| !empty(v)).unwrap_or(&first).clone();
+    let a = dim_axis(n.req_int("axis")?, reference.rank())?;
+    if let Some(v) = xs.iter().find(|v| !empty(v) && v.rank() != reference.rank()) {
         return Err(format!(
             "inputs of ranks {} and {} cannot be concatenated",
-            first.rank(),
+            reference.rank(),
             v.rank()
         )
         .into());
@@ -285,8 +289,13 @@ fn concat(cx: &mut Cx, n: &NodeCx) -> R {
             return Ok(vec![cx.dims_val(dims)]);
         }
     }
-    // Empty operands add nothing (and the IR concat needs none).
-    let xs: Vec<Val> = xs.into_iter().filter(|v| !v.dims()[a].is(0)).collect();
+    // Operands of no extent on the axis, or of another rank (so empty), add
+    // nothing (and the IR concat needs none).
+    let rank = reference.rank();
+    let xs: Vec<Val> = xs
+        .into_iter()
+        .filter(|v| v.rank() == rank && !v.dims()[a].is(0))
+        .collect();
     if xs.len() == 1 {
         return Ok(xs);
     }
