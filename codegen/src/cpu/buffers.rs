@@ -56,6 +56,15 @@ impl Buf {
         })
     }
 
+    /// Bytes its elements take (f32, i64 or bool each).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Buf::F(v) => v.len() * 4,
+            Buf::I(v) => v.len() * 8,
+            Buf::B(v) => v.len(),
+        }
+    }
+
     /// A buffer of `kind` with `n` elements, reusing this one's allocation
     /// when it has the kind already.
     pub fn resized(self, kind: Kind, n: usize) -> Buf {
@@ -215,13 +224,7 @@ impl Weight {
             Some(_) => n * 2,
             None => 0,
         };
-        let buf = match &self.buf {
-            Some(Buf::F(_)) => n * 4,
-            Some(Buf::I(_)) => n * 8,
-            Some(Buf::B(_)) => n,
-            None => 0,
-        };
-        stored + buf
+        stored + self.buf.as_ref().map_or(0, Buf::bytes)
     }
 
     pub fn to_tensor(&self) -> Tensor {

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use optc_ir::{verify, Bindings, Graph, NodeKind, Op, Tensor, TensorType, Value, WeightStore};
 
-use super::buffers::{kind_of, Buf, Kind, Weight};
+use super::buffers::{kind_of, Buf, Weight};
 use super::exec::{self, Ctx};
 use crate::CodegenError;
 
@@ -417,13 +417,12 @@ impl CpuProgram {
     /// Allocates zeroed state for the symbols in `bindings` (e.g. `NB`,
     /// the number of cache blocks); returns the bytes allocated.
     pub fn init_state(&mut self, bindings: &Bindings) -> Result<usize, CodegenError> {
-        let mut bytes = 0usize;
+        let mut bytes = 0;
         for (i, ty) in self.state_types.iter().enumerate() {
             let shape = ty.shape.eval(bindings).map_err(|message| CodegenError::Input {
                 name: self.state_names[i].clone(),
                 message,
             })?;
-            let kind = kind_of(ty.dtype);
             let too_large = || CodegenError::Input {
                 name: self.state_names[i].clone(),
                 message: format!("a state of shape {shape:?} is too large to allocate"),
@@ -433,12 +432,8 @@ impl CpuProgram {
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
                 .ok_or_else(too_large)?;
             // Zeroed, not resized: a fresh cache holds no old tokens.
-            self.state[i] = Buf::try_zeroed(kind, n).ok_or_else(too_large)?;
-            bytes = bytes.saturating_add(n.saturating_mul(match kind {
-                Kind::F => 4,
-                Kind::I => 8,
-                Kind::B => 1,
-            }));
+            self.state[i] = Buf::try_zeroed(kind_of(ty.dtype), n).ok_or_else(too_large)?;
+            bytes += self.state[i].bytes();
         }
         Ok(bytes)
     }
