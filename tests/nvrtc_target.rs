@@ -1865,6 +1865,126 @@ fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
     }
 }
 
+/// Rows with a small top-k are sampled in one kernel from each piece's
+/// first top_k candidates (sample.cu, `sample_by_candidates`), not the
+/// histogram, alone or in a batch with rows that take the histogram: the
+/// same token and log probability as the host for the same uniform (NaN is never sampled on
+/// the GPU, so the host gets NaN as -inf), with the rows that make a
+/// piece's cut hard: flat bf16 rows (hundreds of ties at the cut), NaN and
+/// -inf logits, fewer sampleable logits than k, a row with none, a partial
+/// last piece, k = 1, and k at the largest the candidates take (64 of 32
+/// pieces; 600 of 3). The all -inf row gives token 0 at -inf, as the
+/// host.
+#[test]
+fn gpu_sampling_from_piece_candidates_matches_the_host() {
+    use optc::runtime::sampler::{sample_with, SamplingParams};
+    if !gpu() {
+        return;
+    }
+    const ROWS: usize = 24;
+    for (cols, k_most) in [(9_000usize, 600usize), (128_256, 64)] {
+        let t = DType::BF16;
+        let g = negation(t, ROWS, cols);
+        let mut seed = 29u64 + cols as u64;
+        let mut x = random(ROWS * cols, &mut seed);
+        for r in 0..ROWS {
+            let row = &mut x[r * cols..(r + 1) * cols];
+            match r % 6 {
+                // Flat: a few hundred distinct bf16 values a row.
+                0 => row.iter_mut().for_each(|v| *v *= 0.05),
+                1 => row.iter_mut().for_each(|v| *v *= 4.0),
+                // NaN and +inf (-inf after the negation) sprinkled.
+                2 => {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        if i % 7 == 3 {
+                            *v = f32::NAN;
+                        } else if i % 5 == 1 {
+                            *v = f32::INFINITY;
+                        }
+                    }
+                }
+                // 30 sampleable logits, spread over the row.
+                3 => {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        if i % (cols / 30) != 0 || i / (cols / 30) >= 30 {
+                            *v = f32::INFINITY;
+                        }
+                    }
+                }
+                // None sampleable (every one -inf).
+                4 if r == 4 => row.iter_mut().for_each(|v| *v = f32::INFINITY),
+                _ => {}
+            }
+        }
+        let inputs = BTreeMap::from([("x".to_string(), Tensor::from_f32(t, &[ROWS, cols], &x))]);
+        let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+        let y = p.run(&inputs).unwrap()["y"].to_f32_vec();
+        // (Mixed: odd rows have no top-k, so they take the histogram.)
+        for (temperature, top_k, top_p, min_p, mixed) in [
+            (1.0f32, 1usize, 1.0f32, 0.0f32, false),
+            (0.8, 50, 0.9, 0.0, false),
+            (2.0, 40, 1.0, 0.05, false),
+            (0.7, k_most, 0.95, 0.0, false),
+            (1.5, k_most, 1.0, 0.0, false),
+            (0.8, 50, 0.9, 0.0, true),
+        ] {
+            let k_of = |r: usize| (!mixed || r % 2 == 0).then_some(top_k);
+            let rows: Vec<nvrtc::SampleRow> = (0..ROWS)
+                .map(|r| nvrtc::SampleRow {
+                    temperature,
+                    top_k: k_of(r),
+                    top_p,
+                    min_p,
+                    uniform: if r % 8 == 7 {
+                        0.99999
+                    } else {
+                        (r as f64 * 0.618_034 + 0.3).fract()
+                    },
+                })
+                .collect();
+            let got = p.run_sample(&inputs, "y", &rows).unwrap();
+            assert_eq!(got, p.run_sample(&inputs, "y", &rows).unwrap());
+            let what =
+                format!("{cols} columns, T {temperature} k {top_k} p {top_p} min-p {min_p} mixed {mixed}");
+            let mut same = 0;
+            for r in 0..ROWS {
+                let row: Vec<f32> = y[r * cols..(r + 1) * cols]
+                    .iter()
+                    .map(|&v| if v.is_nan() { f32::NEG_INFINITY } else { v })
+                    .collect();
+                let params = SamplingParams {
+                    temperature,
+                    top_k: k_of(r),
+                    top_p,
+                    min_p,
+                    ..SamplingParams::default()
+                };
+                let host = sample_with(&row, &params, &[], &[], || rows[r].uniform);
+                if r == 4 {
+                    assert_eq!(got[r], (0, f32::NEG_INFINITY), "{what}: the row of -inf");
+                    assert_eq!((host.token, host.logprob), (0, f32::NEG_INFINITY));
+                    same += 1;
+                    continue;
+                }
+                if host.token != got[r].0 {
+                    continue;
+                }
+                same += 1;
+                assert!(
+                    (host.logprob - got[r].1).abs() <= 1e-4 * host.logprob.abs().max(1.0),
+                    "{what} row {r}: log p {} against {}",
+                    got[r].1,
+                    host.logprob
+                );
+            }
+            assert!(
+                same + 1 >= ROWS,
+                "{what}: {same} of {ROWS} draws equal the host's"
+            );
+        }
+    }
+}
+
 /// Sampling over vocabulary-wide rows (the multi-pass selects on 128k
 /// random bf16 logits, with many ties): top-k 1 is the argmax, top-k 50
 /// picks among the 50 first in (value, id) order, top-p 0.9 among the

@@ -59,6 +59,9 @@ int main() {
     SamplePart* parts;
     int* tok;
     float* lp;
+    int* counters;  // zero, as the last block of a row leaves them
+    CK(cudaMalloc(&counters, sizeof(int) * max_rows));
+    CK(cudaMemset(counters, 0, sizeof(int) * max_rows));
     CK(cudaMalloc(&x, sizeof(bf16) * (size_t)max_rows * n));
     CK(cudaMalloc(&params, sizeof(SampleRow) * max_rows));
     CK(cudaMalloc(&stats, sizeof(SampleStat) * max_rows * pieces));
@@ -83,15 +86,29 @@ int main() {
                 std::vector<SampleRow> host(rows);
                 for (int r = 0; r < rows; ++r) host[r] = SampleRow{s.temperature, s.top_k, s.top_p, 0.f, 0.37 + 0.01 * r};
                 CK(cudaMemcpy(params, host.data(), sizeof(SampleRow) * rows, cudaMemcpyHostToDevice));
+#ifdef SAMPLE_PIECE_CANDS
+                const bool one_pass = sample_by_candidates(host[0], pieces);
+#endif
                 const dim3 grid(rows, pieces);
                 std::vector<float> t[4];
                 for (int i = 0; i < reps + 5; ++i) {
                     CK(cudaEventRecord(ev[0]));
+#ifdef SAMPLE_PIECE_CANDS
+                    // As optc launches them: rows with a small top-k are
+                    // done by the first kernel (with the counters), and
+                    // when every row is, the other two are not launched.
+                    sample_stats_bf16<<<grid, 256>>>(x, params, stats, parts, n, counters, tok, lp);
+                    CK(cudaEventRecord(ev[1]));
+                    if (!one_pass) sample_hist_bf16<<<grid, 256>>>(x, params, stats, parts, n, 1);
+                    CK(cudaEventRecord(ev[2]));
+                    if (!one_pass) sample_bf16<<<rows, 1024>>>(x, params, tok, lp, n, stats, parts, pieces, 1);
+#else  // kernels from before the one-pass rows (to compare against)
                     sample_stats_bf16<<<grid, 256>>>(x, params, stats, n);
                     CK(cudaEventRecord(ev[1]));
                     sample_hist_bf16<<<grid, 256>>>(x, params, stats, parts, n);
                     CK(cudaEventRecord(ev[2]));
                     sample_bf16<<<rows, 1024>>>(x, params, tok, lp, n, stats, parts, pieces);
+#endif
                     CK(cudaEventRecord(ev[3]));
                     CK(cudaEventSynchronize(ev[3]));
                     if (i < 5) continue;  // warm-up

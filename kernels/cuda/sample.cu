@@ -90,7 +90,8 @@ extern "C" __global__ void ids_from_picks(void* ids, const int* head) {
 
 // ---- Sampling: temperature, top-k, top-p and min-p on the GPU ----
 //
-// Three kernels. `sample_stats` and `sample_hist` split each row into
+// Three kernels (one for rows with a small top-k: `sample_by_candidates`
+// below). `sample_stats` and `sample_hist` split each row into
 // SAMPLE_CHUNK pieces, a block each: the first finds each piece's maximum
 // and how many of its elements can be sampled; the second, knowing the
 // row's maximum, its softmax denominator, total mass and coarse histogram
@@ -417,33 +418,386 @@ __device__ __forceinline__ void sample_row_stats(const SampleStat* st, int parts
     *valid = block_sum(v, ured);
 }
 
-// Grid (rows, pieces).
+// ---- Rows with a small top-k: one kernel ----
+//
+// A row whose top-k is small enough (`sample_by_candidates`) needs no
+// histogram and no walk over the row after the first: its first top_k
+// tokens are among its pieces' first top_k, and the softmax sum splits
+// over the pieces. So `sample_stats`, given the split counters, samples
+// such a row by itself. Each block leaves in its piece's part the
+// piece's maximum, sampleable count and sum of exp(z - max) (f64), and
+// its first top_k (key, id) pairs in the host's order. The row's last
+// block to finish adds the sums (in a fixed order), sorts the candidates
+// at or above the row's top-k cut, and cuts and draws over the first
+// top_k as the host sampler does, in f64: log probabilities z - lse,
+// top-p's running sum, min-p's floor, the draw's walk. It keeps the
+// host's token wherever the two sums' rounding does not decide it.
+// `sample_hist` and `sample` leave such rows alone, and when every row
+// is one the host launches neither. A flat row, whose top-k cut falls
+// in a bin too full to sort, costs what any other does here.
+#define SAMPLE_PIECE_CANDS 1024
+
+__host__ __device__ __forceinline__ bool sample_by_candidates(const SampleRow& p, int pieces) {
+    return p.temperature > 0.f && p.top_k > 0 && p.top_k <= SAMPLE_PIECE_CANDS && p.top_k * pieces <= SAMPLE_CAP;
+}
+
+// What a piece of such a row leaves at the start of its part, followed
+// by SAMPLE_PIECE_CANDS keys and as many ids.
+struct SampleCandHead {
+    float m;         // the piece's largest scaled logit
+    unsigned valid;  // its sampleable elements
+    double s;        // sum of exp(z - m) over them
+};
+
+__device__ __forceinline__ SampleCandHead* cand_head(SamplePart* part) {
+    return reinterpret_cast<SampleCandHead*>(part);
+}
+__device__ __forceinline__ unsigned* cand_keys(SamplePart* part) {
+    return reinterpret_cast<unsigned*>(reinterpret_cast<char*>(part) + sizeof(SampleCandHead));
+}
+__device__ __forceinline__ int* cand_ids(SamplePart* part) {
+    return reinterpret_cast<int*>(cand_keys(part) + SAMPLE_PIECE_CANDS);
+}
+
+// Adds 1 to hist[d] for every lane whose d is below 256, a warp's equal
+// digits at once. Every lane of the warp must call it.
+__device__ __forceinline__ void count_add(unsigned* hist, unsigned d) {
+    const unsigned peers = __match_any_sync(0xffffffffu, d);
+    if (d < 256u && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[d], (unsigned)__popc(peers));
+}
+
+// Where the `want` largest of some keys end: the kept are those whose
+// key masked by `mask` is above `prefix`, and `need` of those equal to
+// it (all of them when `need` is their count).
+struct RadixCut {
+    unsigned prefix, mask, need;
+};
+
+// The cut for the `want` (at least 1, at most their count) largest
+// nonzero keys among those `get(e)` gives each thread of the block for
+// e < E: a radix select, eight bits a pass from the top, that stops once
+// every key left at the prefix is kept.
+template <int E, class Get> __device__ RadixCut radix_cut(const Get& get, unsigned want, unsigned* hist) {
+    __shared__ unsigned sel_digit, sel_above, sel_at;
+    RadixCut c{0u, 0u, want};
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int d = threadIdx.x; d < 256; d += blockDim.x) hist[d] = 0;
+        __syncthreads();
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            const unsigned k = get(e);
+            count_add(hist, k && (k & c.mask) == c.prefix ? (k >> shift) & 255u : 256u);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            // Lane l owns digits 8l..8l+7: the count above each lane's
+            // digits by a suffix sum over the lanes, then one lane walks
+            // its eight.
+            const int lane = threadIdx.x;
+            unsigned mine = 0;
+            for (int e = 0; e < 8; ++e) mine += hist[lane * 8 + e];
+            unsigned suf = mine;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned v = __shfl_down_sync(0xffffffffu, suf, o);
+                if (lane + o < 32) suf += v;
+            }
+            const unsigned hi = suf - mine;
+            const unsigned hit = __ballot_sync(0xffffffffu, hi < c.need && c.need <= hi + mine);
+            if (lane == (hit ? __ffs(hit) - 1 : 0)) {
+                unsigned acc = hi;
+                int d = lane * 8 + 7;
+                for (; d > lane * 8 && acc + hist[d] < c.need; --d) acc += hist[d];
+                sel_digit = (unsigned)d;
+                sel_above = acc;
+                sel_at = hist[d];
+            }
+        }
+        __syncthreads();
+        c.prefix |= sel_digit << shift;
+        c.mask |= 255u << shift;
+        c.need -= sel_above;
+        const bool whole = sel_at == c.need;
+        __syncthreads();
+        if (whole) break;
+    }
+    return c;
+}
+
+// The piece's first `want` sampleable elements in the host's order
+// (larger key first, lower id on ties) as (key, id) pairs into `part`.
+// Thread t holds elements 16t to 16t + 15 (`own`, key 0: not
+// sampleable), so ties at the cut rank by id through one block scan.
+__device__ void piece_candidates(const unsigned (&own)[SAMPLE_CHUNK / 256], int b0, unsigned want, SamplePart* part,
+                                 unsigned* hist, u64* scan) {
+    constexpr int E = SAMPLE_CHUNK / 256;
+    const RadixCut c = radix_cut<E>([&](int e) { return own[e]; }, want, hist);
+    unsigned ties = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) ties += own[e] && (own[e] & c.mask) == c.prefix;
+    u64 all;
+    unsigned rank = (unsigned)block_exclusive_u64(ties, scan, &all);
+    bool in[E];
+    unsigned kept = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        const unsigned k = own[e];
+        const bool tie = k && (k & c.mask) == c.prefix;
+        in[e] = k && ((k & c.mask) > c.prefix || (tie && rank < c.need));
+        rank += tie;
+        kept += in[e];
+    }
+    unsigned slot = (unsigned)block_exclusive_u64(kept, scan, &all);
+    unsigned* key_out = cand_keys(part);
+    int* id_out = cand_ids(part);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        if (in[e]) {
+            key_out[slot] = own[e];
+            id_out[slot] = b0 + threadIdx.x * E + e;
+            ++slot;
+        }
+    }
+}
+
+// Sorts the first `count` (at most SAMPLE_CAP) pairs into the host's
+// order (bitonic, in shared memory; the arrays hold SAMPLE_CAP).
+__device__ void sort_pairs(unsigned* key, int* id, int count) {
+    int pn = 1;
+    while (pn < count) pn <<= 1;
+    for (int j = count + threadIdx.x; j < pn; j += blockDim.x) {
+        key[j] = 0u;
+        id[j] = 0x7fffffff;
+    }
+    __syncthreads();
+    for (int size = 2; size <= pn; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int q = threadIdx.x; q < pn / 2; q += blockDim.x) {
+                const int lo = 2 * q - (q & (stride - 1)), hi = lo + stride;
+                const bool up = (lo & size) == 0;
+                const bool hi_first = key[hi] > key[lo] || (key[hi] == key[lo] && id[hi] < id[lo]);
+                if (up == hi_first) {
+                    const unsigned tk = key[lo];
+                    const int ti = id[lo];
+                    key[lo] = key[hi];
+                    id[lo] = id[hi];
+                    key[hi] = tk;
+                    id[hi] = ti;
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// The row's last block: its token and log probability from the pieces'
+// parts. `scratch` holds 2 * SAMPLE_CAP words (the block's own keys are
+// spent).
+__device__ void sample_from_candidates(SamplePart* parts, int pieces, const SampleRow& p, int* tok, float* lp,
+                                       i64 r, unsigned* scratch, unsigned* hist, u64* scan) {
+    __shared__ unsigned sk[SAMPLE_CAP];
+    __shared__ int sid[SAMPLE_CAP];
+    __shared__ double pd[SAMPLE_PIECE_CANDS];
+    __shared__ float row_m;
+    __shared__ unsigned row_valid;
+    __shared__ double row_lse;
+    __shared__ unsigned off[33];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    // The row's maximum, sampleable count and lse, in a fixed order.
+    if (warp == 0) {
+        float m = -OPTC_INF;
+        unsigned v = 0;
+        for (int q = lane; q < pieces; q += 32) {
+            const SampleCandHead* h = cand_head(parts + q);
+            m = fmaxf(m, __ldcg(&h->m));
+            v += __ldcg(&h->valid);
+        }
+        m = warp_max(m);
+        v = warp_sum(v);
+        double s = 0.0;
+        for (int q = lane; q < pieces; q += 32) {
+            const SampleCandHead* h = cand_head(parts + q);
+            if (__ldcg(&h->valid)) s += __ldcg(&h->s) * exp((double)__ldcg(&h->m) - (double)m);
+        }
+        s = warp_sum(s);
+        if (lane == 0) {
+            row_m = m;
+            row_valid = v;
+            row_lse = log(s) + (double)m;
+        }
+    }
+    __syncthreads();
+    if (row_valid == 0 || row_m == OPTC_INF) {
+        // Nothing to sample, or an infinite logit (as `sample`).
+        if (threadIdx.x == 0) {
+            tok[r] = 0;
+            lp[r] = row_valid == 0 ? -OPTC_INF : __int_as_float(0x7fc00000);
+        }
+        return;
+    }
+    const double lse = row_lse;
+    const unsigned k = (unsigned)p.top_k;
+    // The pieces' candidates, 32 pieces at a time, each after the one before.
+    unsigned* ck = scratch;
+    int* cid = reinterpret_cast<int*>(scratch + SAMPLE_CAP);
+    unsigned count = 0;
+    for (int base = 0; base < pieces; base += 32) {
+        if (warp == 0) {
+            const int q = base + lane;
+            const unsigned c = q < pieces ? min(k, __ldcg(&cand_head(parts + q)->valid)) : 0u;
+            unsigned inc = c;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned y = __shfl_up_sync(0xffffffffu, inc, o);
+                if (lane >= o) inc += y;
+            }
+            off[lane] = count + inc - c;
+            if (lane == 31) off[32] = count + inc;
+        }
+        __syncthreads();
+        for (int j = warp; j < 32 && base + j < pieces; j += nw) {
+            SamplePart* part = parts + base + j;
+            const unsigned at = off[j], len = off[j + 1] - at;
+            for (unsigned e = lane; e < len; e += 32) {
+                ck[at + e] = __ldcg(cand_keys(part) + e);
+                cid[at + e] = __ldcg(cand_ids(part) + e);
+            }
+        }
+        count = off[32];
+        __syncthreads();
+    }
+    // Those at or above the row's top-k cut, sorted; the first `want`
+    // are the row's first top_k.
+    const unsigned want = min(k, count);
+    constexpr int E = SAMPLE_CAP / 256;
+    auto get = [&](int e) {
+        const unsigned j = e * blockDim.x + threadIdx.x;
+        return j < count ? ck[j] : 0u;
+    };
+    const RadixCut c = want < count ? radix_cut<E>(get, want, hist) : RadixCut{0u, 0u, count};
+    unsigned mine = 0;
+    for (int e = 0; e < E; ++e) {
+        const unsigned key = get(e);
+        mine += key && (key & c.mask) >= c.prefix;
+    }
+    u64 all;
+    unsigned slot = (unsigned)block_exclusive_u64(mine, scan, &all);
+    for (int e = 0; e < E; ++e) {
+        const unsigned key = get(e);
+        if (key && (key & c.mask) >= c.prefix) {
+            sk[slot] = key;
+            sid[slot] = cid[e * blockDim.x + threadIdx.x];
+            ++slot;
+        }
+    }
+    __syncthreads();
+    sort_pairs(sk, sid, (int)all);
+    for (unsigned j = threadIdx.x; j < want; j += blockDim.x) pd[j] = exp((double)key_value(sk[j]) - lse);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        // The host sampler's cuts and walk.
+        unsigned keep = want;
+        if (p.top_p < 1.f) {
+            double acc = 0.0;
+            keep = 0;
+            while (keep < want) {
+                acc += pd[keep++];
+                if (acc >= (double)p.top_p) break;
+            }
+            keep = max(keep, 1u);
+        }
+        if (p.min_p > 0.f) {
+            const double floor = ((double)key_value(sk[0]) - lse) + log((double)p.min_p);
+            unsigned j = 1;
+            while (j < keep && (double)key_value(sk[j]) - lse >= floor) ++j;
+            keep = j;
+        }
+        double total = 0.0;
+        for (unsigned j = 0; j < keep; ++j) total += pd[j];
+        double u = p.u * total;
+        unsigned pick = keep - 1;
+        for (unsigned j = 0; j < keep; ++j) {
+            u -= pd[j];
+            if (u < 0.0) {
+                pick = j;
+                break;
+            }
+        }
+        tok[r] = sid[pick];
+        lp[r] = (float)((double)key_value(sk[pick]) - lse);
+    }
+}
+
+// Grid (rows, pieces), SAMPLE_CHUNK / 16 threads. With `counters` (the
+// split counters, left at 0), rows sampled from candidates are sampled
+// here into tok/lp; other rows get their pieces' maxima and counts.
 template <typename T>
-__device__ void sample_stats_impl(const T* x, const SampleRow* rows, SampleStat* out, int n) {
+__device__ void sample_stats_impl(const T* x, const SampleRow* rows, SampleStat* out, SamplePart* parts, int n,
+                                  int* counters, int* tok, float* lp) {
     __shared__ float fred[32];
     __shared__ unsigned ured[32];
+    __shared__ double dred[32];
+    __shared__ u64 scan[33];
+    __shared__ unsigned hist[256];
+    __shared__ unsigned keys[SAMPLE_CHUNK + SAMPLE_CHUNK / 32];
+    __shared__ bool last;
+    constexpr int E = SAMPLE_CHUNK / 256;
     const i64 r = blockIdx.x;
+    const int pieces = gridDim.y;
     const SampleRow p = rows[r];
     const float t = p.temperature > 0.f ? p.temperature : 0.f;
+    const bool by_cands = counters && sample_by_candidates(p, pieces);
     const int b0 = blockIdx.y * SAMPLE_CHUNK, len = min(SAMPLE_CHUNK, n - b0);
     float m = -OPTC_INF;
     unsigned valid = 0;
     if (len > 0) {
-        for_each_scaled(x + r * n + b0, len, t, [&](int, float z) {
-            if (sample_key(z)) {
+        // Element i's key at i + i / 32: thread t reads its own 16 below
+        // without bank conflicts.
+        for_each_scaled(x + r * n + b0, len, t, [&](int i, float z) {
+            const unsigned k = sample_key(z);
+            if (k) {
                 m = fmaxf(m, z);
                 ++valid;
             }
+            if (by_cands) keys[i + (i >> 5)] = k;
         });
     }
     m = block_max(m, fred);
     valid = block_sum(valid, ured);
-    if (threadIdx.x == 0) out[r * gridDim.y + blockIdx.y] = SampleStat{m, valid};
+    if (!by_cands) {
+        if (threadIdx.x == 0) out[r * pieces + blockIdx.y] = SampleStat{m, valid};
+        return;
+    }
+    SamplePart* part = parts + r * pieces + blockIdx.y;
+    unsigned own[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        const int i = threadIdx.x * E + e;
+        own[e] = i < len ? keys[i + (i >> 5)] : 0u;
+    }
+    double s = 0.0;
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+        if (own[e]) s += exp((double)key_value(own[e]) - (double)m);
+    s = block_sum(s, dred);
+    if (threadIdx.x == 0) *cand_head(part) = SampleCandHead{m, valid, s};
+    if (valid > 0) piece_candidates(own, b0, min(valid, (unsigned)p.top_k), part, hist, scan);
+    // Every thread's pairs are visible before the count says so.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&counters[r], 1) == pieces - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    sample_from_candidates(parts + r * pieces, pieces, p, tok, lp, r, keys, hist, scan);
+    if (threadIdx.x == 0) counters[r] = 0;
 }
 
-// Grid (rows, pieces), after `sample_stats`.
+// Grid (rows, pieces), after `sample_stats`. With `one_pass`, rows
+// sampled from candidates are done already.
 template <typename T>
-__device__ void sample_hist_impl(const T* x, const SampleRow* rows, const SampleStat* stats, SamplePart* out, int n) {
+__device__ void sample_hist_impl(const T* x, const SampleRow* rows, const SampleStat* stats, SamplePart* out, int n,
+                                 int one_pass) {
     __shared__ float fred[32];
     __shared__ u64 ured[32];
     __shared__ u64 bmass[SAMPLE_BINS];
@@ -452,6 +806,7 @@ __device__ void sample_hist_impl(const T* x, const SampleRow* rows, const Sample
     const i64 r = blockIdx.x;
     const int parts = gridDim.y;
     const SampleRow p = rows[r];
+    if (one_pass && sample_by_candidates(p, parts)) return;
     const float t = p.temperature > 0.f ? p.temperature : 0.f;
     float m;
     u64 valid;
@@ -654,9 +1009,10 @@ __device__ int list_bin(const T* x, int n, float t, float m, int b, unsigned* ke
 
 // Grid (rows), 1024 threads: out[row] the sampled token, lp[row] its log
 // probability under the scaled logits (before the filters, as the host).
+// With `one_pass`, rows sampled from candidates are done already.
 template <typename T>
 __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* lp, int n, const SampleStat* stats,
-                            SamplePart* parts, int nparts) {
+                            SamplePart* parts, int nparts, int one_pass) {
     __shared__ SelectScratch s;
     __shared__ SampleFast f;
     __shared__ float fred[32];
@@ -669,6 +1025,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     stats += r * nparts;
     parts += r * nparts;
     const SampleRow p = rows[r];
+    if (one_pass && sample_by_candidates(p, nparts)) return;
     const bool greedy = !(p.temperature > 0.f);
     const float t = greedy ? 0.f : p.temperature;
     const int top_k = greedy ? 1 : p.top_k;
@@ -974,21 +1331,22 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     }
 }
 
-#define OPTC_SAMPLE(T, N)                                                                         \
-    extern "C" __global__ void __launch_bounds__(256)                                             \
-        sample_stats_##N(const T* x, const SampleRow* rows, SampleStat* out, int n) {            \
-        pdl_start();                                                                              \
-        sample_stats_impl<T>(x, rows, out, n);                                                    \
-    }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(256) sample_hist_##N(                            \
-        const T* x, const SampleRow* rows, const SampleStat* stats, SamplePart* out, int n) {    \
-        pdl_start();                                                                              \
-        sample_hist_impl<T>(x, rows, stats, out, n);                                              \
-    }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(1024)                                            \
-        sample_##N(const T* x, const SampleRow* rows, int* out, float* lp, int n,                \
-                   const SampleStat* stats, SamplePart* parts, int nparts) {                     \
-        pdl_start();                                                                              \
-        sample_impl<T>(x, rows, out, lp, n, stats, parts, nparts);                                \
+#define OPTC_SAMPLE(T, N)                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                                  \
+        sample_stats_##N(const T* x, const SampleRow* rows, SampleStat* out, SamplePart* parts, int n, \
+                         int* counters, int* tok, float* lp) {                                         \
+        pdl_start();                                                                                   \
+        sample_stats_impl<T>(x, rows, out, parts, n, counters, tok, lp);                               \
+    }                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256)                                                  \
+        sample_hist_##N(const T* x, const SampleRow* rows, const SampleStat* stats, SamplePart* out,   \
+                        int n, int one_pass) {                                                         \
+        pdl_start();                                                                                   \
+        sample_hist_impl<T>(x, rows, stats, out, n, one_pass);                                         \
+    }                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(1024)                                                 \
+        sample_##N(const T* x, const SampleRow* rows, int* out, float* lp, int n,                     \
+                   const SampleStat* stats, SamplePart* parts, int nparts, int one_pass) {            \
+        pdl_start();                                                                                   \
+        sample_impl<T>(x, rows, out, lp, n, stats, parts, nparts, one_pass);                           \
     }
-

@@ -171,7 +171,29 @@ pub(super) enum PickKernel {
     /// `argmax_combine` after it).
     Argmax(CudaFunction),
     /// The sampling kernels with the rows' parameters (as they read them).
-    Sample(SampleKernels, Vec<u8>),
+    Sample {
+        kernels: SampleKernels,
+        params: Vec<u8>,
+        /// The largest top-k when every row samples with one (no greedy
+        /// row): whether all rows may take the one-pass kernel
+        /// ([`one_pass_rows`]).
+        top_k_most: Option<usize>,
+    },
+}
+
+/// Pairs a piece of a row leaves for the one-pass kernel, at most
+/// (`SAMPLE_PIECE_CANDS` in sample.cu), and candidates a row's last block
+/// sorts, at most (`SAMPLE_CAP`).
+const SAMPLE_PIECE_CANDS: usize = 1024;
+const SAMPLE_CAP: usize = 2048;
+
+/// Whether rows of `cols` logits whose top-k is at most `top_k_most`
+/// (every row sampled, none greedy) are all sampled by `sample_stats_*`
+/// alone: their first top_k are among each piece's first top_k, so no
+/// histogram is needed (sample.cu's `sample_by_candidates`, row by row).
+fn one_pass_rows(top_k_most: Option<usize>, cols: usize) -> bool {
+    let pieces = cols.div_ceil(SAMPLE_CHUNK).max(1);
+    top_k_most.is_some_and(|k| k <= SAMPLE_PIECE_CANDS && k * pieces <= SAMPLE_CAP)
 }
 
 /// A float type's sampling kernels (sample.cu): each row's pieces of
@@ -196,13 +218,22 @@ const SAMPLE_PART_BYTES: usize = 16 + 512 * 16;
 impl Pick {
     /// Whether the pick samples (a captured graph is one or the other).
     pub(super) fn samples(&self) -> bool {
-        matches!(self.kernel, PickKernel::Sample(..))
+        matches!(self.kernel, PickKernel::Sample { .. })
+    }
+
+    /// What a captured graph's pick launches over rows of `cols` logits:
+    /// 0 the argmax, 1 the three sampling kernels, 2 the one-pass one.
+    pub(super) fn launches(&self, cols: usize) -> u8 {
+        match &self.kernel {
+            PickKernel::Argmax(_) => 0,
+            PickKernel::Sample { top_k_most, .. } => 1 + u8::from(one_pass_rows(*top_k_most, cols)),
+        }
     }
 
     /// The sampling parameters to copy up with the inputs.
     pub(super) fn params(&self) -> &[u8] {
         match &self.kernel {
-            PickKernel::Sample(_, p) => p,
+            PickKernel::Sample { params, .. } => params,
             PickKernel::Argmax(_) => &[],
         }
     }
@@ -439,18 +470,27 @@ impl CudaProgram {
                 kernel: PickKernel::Argmax(f),
             });
         };
-        let k = self.sample.get(dtype).cloned().ok_or_else(|| no_kernel(output))?;
+        let kernels = self.sample.get(dtype).cloned().ok_or_else(|| no_kernel(output))?;
         let mut params = Vec::with_capacity(rows.len() * SAMPLE_ROW_BYTES);
+        let mut top_k_most = Some(0);
         for (i, r) in rows.iter().enumerate() {
             r.check().map_err(|m| CodegenError::Input {
                 name: output.into(),
                 message: format!("row {i}: {m}"),
             })?;
             params.extend_from_slice(&r.to_le_bytes());
+            top_k_most = match r.top_k {
+                Some(k) if r.temperature > 0.0 => top_k_most.map(|m: usize| m.max(k)),
+                _ => None,
+            };
         }
         Ok(Pick {
             value: v,
-            kernel: PickKernel::Sample(k, params),
+            kernel: PickKernel::Sample {
+                kernels,
+                params,
+                top_k_most,
+            },
         })
     }
 
@@ -527,7 +567,9 @@ impl CudaProgram {
         // `execute` checked the sampling rows against the logits rows.
         let r = match &pick.kernel {
             PickKernel::Argmax(f) => self.launch_argmax(f, x, rows, cols, buf),
-            PickKernel::Sample(k, _) => self.launch_sample(k, x, rows, cols, params, buf),
+            PickKernel::Sample {
+                kernels, top_k_most, ..
+            } => self.launch_sample(kernels, *top_k_most, x, rows, cols, params, buf),
         };
         if r.is_err() && into.is_none() {
             self.pool.release(buf);
@@ -536,10 +578,15 @@ impl CudaProgram {
     }
 
     /// Sampling: the rows' pieces' statistics and histograms in blocks of
-    /// `SAMPLE_CHUNK` logits, then one 1024-thread block a row to draw.
+    /// `SAMPLE_CHUNK` logits, then one 1024-thread block a row to draw;
+    /// with the split counters, rows with a small top-k are sampled by the
+    /// first kernel alone, and when all are, the other two are not
+    /// launched.
+    #[allow(clippy::too_many_arguments)]
     fn launch_sample(
         &mut self,
         k: &SampleKernels,
+        top_k_most: Option<usize>,
         x: u64,
         rows: usize,
         cols: usize,
@@ -558,19 +605,34 @@ impl CudaProgram {
                 return Err(e);
             }
         };
+        let counters = self
+            .split_counters
+            .as_ref()
+            .filter(|_| rows <= SPLIT_COUNTERS)
+            .map_or(0u64, |b| b.ptr);
+        let one_pass = i32::from(counters != 0);
+        let only_stats = counters != 0 && one_pass_rows(top_k_most, cols);
         let gpu = &self.gpu;
         let grid = (rows as u32, pieces as u32, 1);
         let n = cols as i32;
-        let r = launch!(gpu, &k.stats, cfg(grid, 256, 0); x = x, params = params, stats = stats, n = n)
-            .and_then(|_| {
-                launch!(gpu, &k.hist, cfg(grid, 256, 0);
-                    x = x, params = params, stats = stats, parts = parts, n = n)
-            })
-            .and_then(|_| {
-                launch!(gpu, &k.draw, cfg((rows as u32, 1, 1), 1024, 0);
-                    x = x, params = params, tok = buf, lp = buf + rows as u64 * 4, n = n, stats = stats,
-                    parts = parts, pieces = pieces as i32)
-            });
+        let (tok, lp) = (buf, buf + rows as u64 * 4);
+        let r = launch!(gpu, &k.stats, cfg(grid, 256, 0);
+                x = x, params = params, stats = stats, parts = parts, n = n, ctr = counters, tok = tok, lp = lp)
+        .and_then(|_| {
+            if only_stats {
+                return Ok(());
+            }
+            launch!(gpu, &k.hist, cfg(grid, 256, 0);
+                    x = x, params = params, stats = stats, parts = parts, n = n, one_pass = one_pass)
+        })
+        .and_then(|_| {
+            if only_stats {
+                return Ok(());
+            }
+            launch!(gpu, &k.draw, cfg((rows as u32, 1, 1), 1024, 0);
+                    x = x, params = params, tok = tok, lp = lp, n = n, stats = stats,
+                    parts = parts, pieces = pieces as i32, one_pass = one_pass)
+        });
         self.pool.release(parts);
         self.pool.release(stats);
         r
@@ -660,6 +722,10 @@ mod tests {
                 .unwrap_or_else(|| panic!("no #define {name} in sample.cu"))
         };
         assert_eq!(define("SAMPLE_CHUNK"), super::SAMPLE_CHUNK);
+        assert_eq!(define("SAMPLE_PIECE_CANDS"), super::SAMPLE_PIECE_CANDS);
+        assert_eq!(define("SAMPLE_CAP"), super::SAMPLE_CAP);
+        // A piece's head (16 bytes) and pairs fit its part.
+        assert!(16 + 8 * super::SAMPLE_PIECE_CANDS <= super::SAMPLE_PART_BYTES);
         // se, pad, total, then an integer mass, a count and a mass per bin.
         assert_eq!(super::SAMPLE_PART_BYTES, 16 + define("SAMPLE_BINS") * 16);
         assert_eq!(super::SAMPLE_PART_BYTES, 8208);

@@ -308,13 +308,13 @@ impl SkinnyGemm {
 
 /// What a captured graph depends on: every input's shape and the
 /// attention tiling (from the metadata values), and the token pick it
-/// ends with (the output, and whether it samples rather than argmax).
+/// ends with (the output, and what it launches: `Pick::launches`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct CaptureKey {
     pub(super) input_dims: Vec<Vec<usize>>,
     pub(super) attention: Vec<(usize, AttentionRun)>,
     pub(super) arena_bytes: usize,
-    pub(super) pick: Option<(usize, bool)>,
+    pub(super) pick: Option<(usize, u8)>,
     /// Where the graph's first kernel finds the ids it may copy from the
     /// previous run's picks.
     pub(super) ids: Option<super::run::IdsHead>,

@@ -594,7 +594,9 @@ impl CudaProgram {
                 input_dims: self.inputs.iter().map(|(_, v)| dims[*v].clone()).collect(),
                 attention,
                 arena_bytes: arena.len(),
-                pick: pick.as_ref().map(|p| (p.value, p.samples())),
+                pick: pick
+                    .as_ref()
+                    .map(|p| (p.value, p.launches(dims[p.value].get(1).copied().unwrap_or(0)))),
                 ids: head,
             };
             if !self.captures.contains_key(&key) && self.captures.len() < MAX_CAPTURES {
