@@ -1868,7 +1868,8 @@ fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
 /// Rows with a small top-k are sampled in one kernel from each piece's
 /// first top_k candidates (sample.cu, `sample_by_candidates`), not the
 /// histogram, alone or in a batch with rows that take the histogram: the
-/// same token and log probability as the host for the same uniform (NaN is never sampled on
+/// same token and log probability as the host for the same uniform, and
+/// as the histogram kernels (`set_one_pass_sampling(false)`) (NaN is never sampled on
 /// the GPU, so the host gets NaN as -inf), with the rows that make a
 /// piece's cut hard: flat bf16 rows (hundreds of ties at the cut), NaN and
 /// -inf logits, fewer sampleable logits than k, a row with none, a partial
@@ -1942,45 +1943,61 @@ fn gpu_sampling_from_piece_candidates_matches_the_host() {
                     },
                 })
                 .collect();
-            let got = p.run_sample(&inputs, "y", &rows).unwrap();
-            assert_eq!(got, p.run_sample(&inputs, "y", &rows).unwrap());
-            let what =
-                format!("{cols} columns, T {temperature} k {top_k} p {top_p} min-p {min_p} mixed {mixed}");
-            let mut same = 0;
-            for r in 0..ROWS {
-                let row: Vec<f32> = y[r * cols..(r + 1) * cols]
-                    .iter()
-                    .map(|&v| if v.is_nan() { f32::NEG_INFINITY } else { v })
-                    .collect();
-                let params = SamplingParams {
-                    temperature,
-                    top_k: k_of(r),
-                    top_p,
-                    min_p,
-                    ..SamplingParams::default()
-                };
-                let host = sample_with(&row, &params, &[], &[], || rows[r].uniform);
-                if r == 4 {
-                    assert_eq!(got[r], (0, f32::NEG_INFINITY), "{what}: the row of -inf");
-                    assert_eq!((host.token, host.logprob), (0, f32::NEG_INFINITY));
+            // Both paths, each against the host and the two against each
+            // other: one pass (counted when every row takes it), then the
+            // histogram kernels for every row.
+            let mut paths = Vec::new();
+            for one_pass in [true, false] {
+                p.set_one_pass_sampling(one_pass);
+                let before = p.one_pass_samples();
+                let got = p.run_sample(&inputs, "y", &rows).unwrap();
+                assert_eq!(got, p.run_sample(&inputs, "y", &rows).unwrap());
+                let counted = if one_pass && !mixed { 2 } else { 0 };
+                assert_eq!(p.one_pass_samples() - before, counted, "one pass {one_pass}");
+                paths.push(got);
+            }
+            let agree = (0..ROWS).filter(|&r| paths[0][r].0 == paths[1][r].0).count();
+            assert!(agree + 1 >= ROWS, "the two paths agree on {agree} of {ROWS} rows");
+            for (got, one_pass) in paths.iter().zip([true, false]) {
+                let what = format!(
+                "{cols} columns, T {temperature} k {top_k} p {top_p} min-p {min_p} mixed {mixed} one pass {one_pass}"
+            );
+                let mut same = 0;
+                for r in 0..ROWS {
+                    let row: Vec<f32> = y[r * cols..(r + 1) * cols]
+                        .iter()
+                        .map(|&v| if v.is_nan() { f32::NEG_INFINITY } else { v })
+                        .collect();
+                    let params = SamplingParams {
+                        temperature,
+                        top_k: k_of(r),
+                        top_p,
+                        min_p,
+                        ..SamplingParams::default()
+                    };
+                    let host = sample_with(&row, &params, &[], &[], || rows[r].uniform);
+                    if r == 4 {
+                        assert_eq!(got[r], (0, f32::NEG_INFINITY), "{what}: the row of -inf");
+                        assert_eq!((host.token, host.logprob), (0, f32::NEG_INFINITY));
+                        same += 1;
+                        continue;
+                    }
+                    if host.token != got[r].0 {
+                        continue;
+                    }
                     same += 1;
-                    continue;
+                    assert!(
+                        (host.logprob - got[r].1).abs() <= 1e-4 * host.logprob.abs().max(1.0),
+                        "{what} row {r}: log p {} against {}",
+                        got[r].1,
+                        host.logprob
+                    );
                 }
-                if host.token != got[r].0 {
-                    continue;
-                }
-                same += 1;
                 assert!(
-                    (host.logprob - got[r].1).abs() <= 1e-4 * host.logprob.abs().max(1.0),
-                    "{what} row {r}: log p {} against {}",
-                    got[r].1,
-                    host.logprob
+                    same + 1 >= ROWS,
+                    "{what}: {same} of {ROWS} draws equal the host's"
                 );
             }
-            assert!(
-                same + 1 >= ROWS,
-                "{what}: {same} of {ROWS} draws equal the host's"
-            );
         }
     }
 }

@@ -135,6 +135,7 @@ impl CudaProgram {
             self.gemv_picks,
             self.embedding_picks,
             self.early_chain_launches,
+            self.one_pass_samples,
         );
         let second = self
             .capture(arena, offsets, dims, bindings, attn, pick, ids)
@@ -146,6 +147,7 @@ impl CudaProgram {
         self.gemv_picks = counted.3;
         self.embedding_picks = counted.4;
         self.early_chain_launches = counted.5;
+        self.one_pass_samples = counted.6;
         let copies = match second {
             Ok(c) => vec![first, c],
             Err(e) => {

@@ -277,7 +277,7 @@ impl CudaProgram {
         // final norm's LM head).
         let picking = match z.fns.get(3) {
             Some(fa) if on_ring && z.norm.is_some() && z.glu.is_none() && z.rope.is_none() => {
-                let counters = self.split_counters.as_ref().map(|b| b.ptr);
+                let counters = Some(self.split_counters.ptr);
                 GemvPick::args(
                     pick,
                     &self.owner,
@@ -598,7 +598,7 @@ impl CudaProgram {
                     let early = matches!(self.locs[self.owner[a[1]]], Loc::Weight(_));
                     // The greedy pick of its logits, as the ring stores them.
                     if let Some(fa) = fns.get(GEMV_RING_AT + 1).filter(|_| on_ring) {
-                        let counters = self.split_counters.as_ref().map(|b| b.ptr);
+                        let counters = Some(self.split_counters.ptr);
                         let args =
                             GemvPick::args(pick, &self.owner, o0, counters, &mut self.pool, c.grid_dim.0)?;
                         if let Some(pa) = args {
@@ -648,7 +648,7 @@ impl CudaProgram {
                     } else {
                         0
                     };
-                    let counters = self.split_counters.as_ref().map_or(0, |b| b.ptr);
+                    let counters = self.split_counters.ptr;
                     let gpu = &self.gpu;
                     let r = launch!(gpu, &fns[2 + v], cfg((tiles as u32, nsplit as u32, 1), 128, smem);
                         x = ptr[a[0]], w = ptr[a[1]], b = opt(2), y = ptr[o0], part = part, ctr = counters,
@@ -898,7 +898,7 @@ impl CudaProgram {
                 };
                 let gpu = &self.gpu;
                 if run.decode {
-                    let counters = self.split_counters.as_ref().map_or(0, |b| b.ptr);
+                    let counters = self.split_counters.ptr;
                     let grid = (ntok as u32, hkv as u32, run.nsplit as u32);
                     // Four warps, or eight (`decode_warps`: the splits were sized for them).
                     let warps = run.warps;

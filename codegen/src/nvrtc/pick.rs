@@ -221,12 +221,16 @@ impl Pick {
         matches!(self.kernel, PickKernel::Sample { .. })
     }
 
-    /// What a captured graph's pick launches over rows of `cols` logits:
-    /// 0 the argmax, 1 the three sampling kernels, 2 the one-pass one.
-    pub(super) fn launches(&self, cols: usize) -> u8 {
+    /// What a captured graph's pick launches over rows of `dims`
+    /// logits: 0 the argmax, 1 the three sampling kernels, 2 the one-pass
+    /// one (`one_pass`: the program may sample rows in one pass).
+    pub(super) fn launches(&self, dims: &[usize], one_pass: bool) -> u8 {
         match &self.kernel {
             PickKernel::Argmax(_) => 0,
-            PickKernel::Sample { top_k_most, .. } => 1 + u8::from(one_pass_rows(*top_k_most, cols)),
+            PickKernel::Sample { top_k_most, .. } => {
+                let cols = dims.get(1).copied().unwrap_or(0);
+                1 + u8::from(one_pass && one_pass_rows(*top_k_most, cols))
+            }
         }
     }
 
@@ -605,13 +609,14 @@ impl CudaProgram {
                 return Err(e);
             }
         };
-        let counters = self
-            .split_counters
-            .as_ref()
-            .filter(|_| rows <= SPLIT_COUNTERS)
-            .map_or(0u64, |b| b.ptr);
-        let one_pass = i32::from(counters != 0);
-        let only_stats = counters != 0 && one_pass_rows(top_k_most, cols);
+        // Without the counters `sample_stats` samples no row itself.
+        let one_pass = self.one_pass_ok(rows);
+        let only_stats = one_pass && one_pass_rows(top_k_most, cols);
+        let (counters, one_pass) = if one_pass {
+            (self.split_counters.ptr, 1i32)
+        } else {
+            (0, 0)
+        };
         let gpu = &self.gpu;
         let grid = (rows as u32, pieces as u32, 1);
         let n = cols as i32;
@@ -635,6 +640,7 @@ impl CudaProgram {
         });
         self.pool.release(parts);
         self.pool.release(stats);
+        self.one_pass_samples += u64::from(only_stats && r.is_ok());
         r
     }
 
@@ -657,11 +663,11 @@ impl CudaProgram {
             ));
         }
         let part = self.pool.alloc(rows * chunks * 12)?;
-        let counters = self
-            .split_counters
-            .as_ref()
-            .filter(|_| rows <= SPLIT_COUNTERS)
-            .map_or(0u64, |b| b.ptr);
+        let counters = if rows <= SPLIT_COUNTERS {
+            self.split_counters.ptr
+        } else {
+            0
+        };
         let (gpu, combine) = (&self.gpu, &self.argmax_combine);
         let (tok, lp) = (buf, buf + rows as u64 * 4);
         let r = launch!(gpu, f, cfg((rows as u32, chunks as u32, 1), 256, 0);
@@ -676,6 +682,12 @@ impl CudaProgram {
         });
         self.pool.release(part);
         r
+    }
+
+    /// Whether rows with a small top-k among `rows` may be sampled in one
+    /// pass: it is on and each row has a split counter.
+    pub(super) fn one_pass_ok(&self, rows: usize) -> bool {
+        self.one_pass_sampling && rows <= SPLIT_COUNTERS
     }
 
     fn read_picks(&self, buf: u64, rows: usize) -> Result<Vec<(u32, f32)>, String> {
@@ -725,7 +737,7 @@ mod tests {
         assert_eq!(define("SAMPLE_PIECE_CANDS"), super::SAMPLE_PIECE_CANDS);
         assert_eq!(define("SAMPLE_CAP"), super::SAMPLE_CAP);
         // A piece's head (16 bytes) and pairs fit its part.
-        assert!(16 + 8 * super::SAMPLE_PIECE_CANDS <= super::SAMPLE_PART_BYTES);
+        const { assert!(16 + 8 * super::SAMPLE_PIECE_CANDS <= super::SAMPLE_PART_BYTES) };
         // se, pad, total, then an integer mass, a count and a mass per bin.
         assert_eq!(super::SAMPLE_PART_BYTES, 16 + define("SAMPLE_BINS") * 16);
         assert_eq!(super::SAMPLE_PART_BYTES, 8208);

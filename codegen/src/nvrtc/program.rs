@@ -224,6 +224,11 @@ pub struct CudaProgram {
     /// instead of by the argmax kernel after it (`OPTC_CUDA_PICK_IN_GEMV=1`
     /// turns this on).
     pub(super) pick_in_gemv: bool,
+    /// Whether rows with a small top-k are sampled in one kernel
+    /// (`Pick::launches`); off, they take the three-kernel path too.
+    pub(super) one_pass_sampling: bool,
+    /// Sampling launches whose rows were all sampled in one pass.
+    pub(super) one_pass_samples: u64,
     /// Runs (and captures) whose greedy pick the ring GEMV made.
     pub(super) gemv_picks: u64,
     /// Per input: the embedding step that is its only reader, if any (i64
@@ -241,9 +246,10 @@ pub struct CudaProgram {
     pub(super) early_chains: bool,
     /// Chain launches that worked before their wait.
     pub(super) early_chain_launches: u64,
-    /// Split counters of the decode attention and the skinny GEMM (zero
-    /// between launches: the last block of each group resets its own).
-    pub(super) split_counters: Option<DeviceBox>,
+    /// Split counters of the decode attention, the skinny GEMM and the
+    /// token picks (zero between launches: the last block of each group
+    /// resets its own).
+    pub(super) split_counters: DeviceBox,
     /// Where linears of 5..=128 rows (16-bit) take the tensor-core skinny
     /// GEMM instead of cuBLASLt.
     pub(super) skinny: SkinnyGemm,
@@ -1036,16 +1042,12 @@ impl CudaProgram {
             .map(|o| (o.name.clone(), vid[&o.value]))
             .collect();
         let gemm = Gemm::new(gpu.arch.0).map_err(&gerr)?;
-        let split_counters = if steps
-            .iter()
-            .any(|s| matches!(s.exec, Exec::Kernel(Kernel::PagedAttention | Kernel::Linear, _)))
-        {
-            let b = DeviceBox::new(SPLIT_COUNTERS * 4).map_err(&gerr)?;
-            gpu.zero(b.ptr, b.bytes).and_then(|_| gpu.sync()).map_err(&gerr)?;
-            Some(b)
-        } else {
-            None
-        };
+        // Split GEMVs and attention count their blocks here, and so do
+        // the token picks, which any program may run over an output.
+        let split_counters = DeviceBox::new(SPLIT_COUNTERS * 4).map_err(&gerr)?;
+        gpu.zero(split_counters.ptr, split_counters.bytes)
+            .and_then(|_| gpu.sync())
+            .map_err(&gerr)?;
         let ids_embedding = sole_embeddings(&inputs, &steps, &owner, &types, &last_use);
         let mut p = CudaProgram {
             gpu,
@@ -1076,6 +1078,8 @@ impl CudaProgram {
             // Off by default: on an H100 it measured 1.6 % slower at W1
             // than the argmax kernel (tenth session; see perf.md).
             pick_in_gemv: std::env::var("OPTC_CUDA_PICK_IN_GEMV").is_ok_and(|v| v != "0"),
+            one_pass_sampling: true,
+            one_pass_samples: 0,
             gemv_picks: 0,
             ids_embedding,
             ids_in_embedding_max: super::run::IDS_IN_EMBEDDING_MAX,
@@ -1252,6 +1256,14 @@ impl CudaProgram {
         self.pick_in_gemv = on;
     }
 
+    /// Samples rows with a small top-k in one kernel from each piece's
+    /// first k (on by default), or through the histogram kernels as
+    /// other rows are: the two paths check each other in the tests.
+    pub fn set_one_pass_sampling(&mut self, on: bool) {
+        self.drop_captures();
+        self.one_pass_sampling = on;
+    }
+
     /// Generated chain launches that worked before their wait (a graph
     /// replay does not count).
     pub fn early_chains(&self) -> u64 {
@@ -1285,6 +1297,12 @@ impl CudaProgram {
     /// GEMV made (a replay does not count).
     pub fn gemv_picks(&self) -> u64 {
         self.gemv_picks
+    }
+
+    /// Runs, and graph captures, whose rows were all sampled in one pass
+    /// (a replay does not count).
+    pub fn one_pass_samples(&self) -> u64 {
+        self.one_pass_samples
     }
 
     /// Decode shapes captured as CUDA graphs so far.

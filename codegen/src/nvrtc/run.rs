@@ -594,9 +594,13 @@ impl CudaProgram {
                 input_dims: self.inputs.iter().map(|(_, v)| dims[*v].clone()).collect(),
                 attention,
                 arena_bytes: arena.len(),
-                pick: pick
-                    .as_ref()
-                    .map(|p| (p.value, p.launches(dims[p.value].get(1).copied().unwrap_or(0)))),
+                pick: pick.as_ref().map(|p| {
+                    let d = &dims[p.value];
+                    (
+                        p.value,
+                        p.launches(d, self.one_pass_ok(d.first().copied().unwrap_or(0))),
+                    )
+                }),
                 ids: head,
             };
             if !self.captures.contains_key(&key) && self.captures.len() < MAX_CAPTURES {
