@@ -1582,6 +1582,38 @@ fn greedy_argmax_over_wide_rows_matches_the_host() {
     }
 }
 
+/// More rows than the split counters (2^18) take the argmax's second
+/// kernel (`argmax_combine`), which merges each row's chunks instead of
+/// the row's last block: the same tokens and log probabilities as the
+/// host.
+#[test]
+fn greedy_argmax_past_the_split_counters_matches_the_host() {
+    let (rows, cols) = ((1usize << 18) + 3, 5usize);
+    if !gpu() {
+        return;
+    }
+    let g = negation(DType::F32, rows, cols);
+    let mut seed = 13u64;
+    let x = random(rows * cols, &mut seed);
+    let inputs = BTreeMap::from([("x".to_string(), Tensor::from_f32(DType::F32, &[rows, cols], &x))]);
+    let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+    let got = p.run_greedy(&inputs, "y").unwrap();
+    assert_eq!(got.len(), rows);
+    for (r, &(tok, lp)) in got.iter().enumerate() {
+        let row: Vec<f64> = x[r * cols..(r + 1) * cols]
+            .iter()
+            .map(|&v| -f64::from(v))
+            .collect();
+        let best = (0..cols).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+        let want = -row.iter().map(|v| (v - row[best]).exp()).sum::<f64>().ln();
+        assert_eq!(tok as usize, best, "row {r}");
+        assert!(
+            (f64::from(lp) - want).abs() <= 1e-5,
+            "row {r}: log p {lp} against {want}"
+        );
+    }
+}
+
 /// A one-row linear on the ring GEMV picks the greedy token as it stores
 /// the logits (`gemv_ring_argmax_*`): the host's argmax of the logits the
 /// plain ring stores (the first of two equal maxima), the log probability
