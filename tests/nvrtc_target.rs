@@ -1831,6 +1831,21 @@ fn gpu_sampling_draws_from_the_host_samplers_distribution() {
 /// with top-p 0.9: one bin; min-p on a flat row; top-k 3,000: the radix
 /// selects over the row). Only draws within rounding of a boundary may
 /// differ, and the same uniforms draw the same tokens again.
+/// `n` sampling rows from `row(r)`, with uniforms spread over [0, 1)
+/// from `phase` and every eighth at 0.99999 (the walk's far end).
+fn spread_rows(n: usize, phase: f64, row: impl Fn(usize) -> nvrtc::SampleRow) -> Vec<nvrtc::SampleRow> {
+    (0..n)
+        .map(|r| nvrtc::SampleRow {
+            uniform: if r % 8 == 7 {
+                0.99999
+            } else {
+                (r as f64 * 0.618_034 + phase).fract()
+            },
+            ..row(r)
+        })
+        .collect()
+}
+
 #[test]
 fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
     use optc::runtime::sampler::{sample_with, SamplingParams};
@@ -1857,19 +1872,13 @@ fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
             (0.7, None, 0.95, 0.05),
             (1.0, Some(3000), 1.0, 0.0),
         ] {
-            let rows: Vec<nvrtc::SampleRow> = (0..ROWS)
-                .map(|r| nvrtc::SampleRow {
-                    temperature,
-                    top_k,
-                    top_p,
-                    min_p,
-                    uniform: if r % 8 == 7 {
-                        0.99999
-                    } else {
-                        (r as f64 * 0.618_034 + 0.1).fract()
-                    },
-                })
-                .collect();
+            let rows = spread_rows(ROWS, 0.1, |_| nvrtc::SampleRow {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                uniform: 0.0,
+            });
             let got = p.run_sample(&inputs, "y", &rows).unwrap();
             let again = p.run_sample(&inputs, "y", &rows).unwrap();
             assert!(
@@ -1962,19 +1971,13 @@ fn gpu_sampling_from_piece_candidates_matches_the_host() {
             (0.8, 50, 0.9, 0.0, true),
         ] {
             let k_of = |r: usize| (!mixed || r % 2 == 0).then_some(top_k);
-            let rows: Vec<nvrtc::SampleRow> = (0..ROWS)
-                .map(|r| nvrtc::SampleRow {
-                    temperature,
-                    top_k: k_of(r),
-                    top_p,
-                    min_p,
-                    uniform: if r % 8 == 7 {
-                        0.99999
-                    } else {
-                        (r as f64 * 0.618_034 + 0.3).fract()
-                    },
-                })
-                .collect();
+            let rows = spread_rows(ROWS, 0.3, |r| nvrtc::SampleRow {
+                temperature,
+                top_k: k_of(r),
+                top_p,
+                min_p,
+                uniform: 0.0,
+            });
             // Both paths, each against the host and the two against each
             // other: one pass (counted when every row takes it), then the
             // histogram kernels for every row.

@@ -858,11 +858,6 @@ __device__ __forceinline__ void sample_none(int* out, float* lp, i64 r) {
     }
 }
 
-// Whether candidate a comes before candidate b in the host's order.
-__device__ __forceinline__ bool sample_before(const SampleFast& f, int a, int b) {
-    return f.key[a] > f.key[b] || (f.key[a] == f.key[b] && f.id[a] < f.id[b]);
-}
-
 // Gathers the `cands` (at most SAMPLE_CAP) sampleable elements whose bin
 // lies in [lo, hi] into f, sorts them into the host's order (bitonic, in
 // shared memory) and sets f.cum[j] to `base` plus the masses of the first
@@ -889,30 +884,7 @@ __device__ bool sample_gather_sorted(const T* x, int n, float t, float m, int lo
     });
     __syncthreads();
     if (f.n != cands || cands < 1) return false;
-    int pn = 1;
-    while (pn < cands) pn <<= 1;
-    for (int j = cands + threadIdx.x; j < pn; j += blockDim.x) {
-        f.key[j] = 0u;
-        f.id[j] = 0x7fffffff;
-    }
-    __syncthreads();
-    for (int size = 2; size <= pn; size <<= 1) {
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (int q = threadIdx.x; q < pn / 2; q += blockDim.x) {
-                const int lo2 = 2 * q - (q & (stride - 1)), hi2 = lo2 + stride;
-                const bool up = (lo2 & size) == 0;
-                if (up ? sample_before(f, hi2, lo2) : sample_before(f, lo2, hi2)) {
-                    const unsigned tk = f.key[lo2];
-                    const int ti = f.id[lo2];
-                    f.key[lo2] = f.key[hi2];
-                    f.id[lo2] = f.id[hi2];
-                    f.key[hi2] = tk;
-                    f.id[hi2] = ti;
-                }
-            }
-            __syncthreads();
-        }
-    }
+    sort_pairs(f.key, f.id, cands);
     // Running masses in that order: two candidates a thread.
     const int j0 = 2 * threadIdx.x;
     const u64 w0 = j0 < cands ? sample_mass(key_value(f.key[j0]), m) : 0ull;
