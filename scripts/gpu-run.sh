@@ -6,7 +6,8 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, warps, sample, mega, ab, gemvbench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, clocks, warps, sample, mega, ab, gemvbench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
+# `clocks` runs W1 twice while nvidia-smi samples the SM and memory clocks, power and temperature (20 a second).
 # `mega` runs W1 and W2 with the one-token decode megakernel on and off (OPTC_CUDA_MEGA=1, 0, 1, 0), W1
 # with its L2 prefetch, bulk-copy and cooperative-launch variants, then W1's GPU time per kernel kind with it on.
 # Results go to $OUT. `sample` runs the workloads sampled on the GPU (top-k/top-p, top-p alone, temperature alone).
@@ -35,7 +36,7 @@ if has tests; then
   echo "== tests"
   "$DEV"/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
 fi
-if has compile || has bench || has warps || has sample || has mega || has ab || has profile || has graphprof || has ncu || has ncudetail || has peer; then
+if has compile || has bench || has clocks || has warps || has sample || has mega || has ab || has profile || has graphprof || has ncu || has ncudetail || has peer; then
   if [ ! -e $MODEL/config.json ]; then
     python3 .device/hf_baseline.py --parts save_model --model-dir $MODEL 2>&1 | tail -2
   fi
@@ -54,6 +55,14 @@ fi
 if has bench; then
   echo "== optc bench"
   "$BIN" bench $MODEL --target nvrtc --workloads ${BENCH_WORKLOADS:-W1,W2,W3} --reps ${BENCH_REPS:-2} --max-num-tokens 16384 --json 2>&1 | tee -a "$OUT/optc_bench.jsonl" | grep -E "workload|rror|panic|nvrtc:"
+fi
+if has clocks; then
+  echo "== W1 with the clocks sampled (counts of each reading: SM, memory, power, temperature)"
+  nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv,noheader -lms 50 > "$OUT/clocks.csv" &
+  SMI=$!
+  "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 2 --max-num-tokens 16384 2>&1 | grep -E "^W|rror"
+  kill $SMI
+  sort "$OUT/clocks.csv" | uniq -c | sort -rn | head -8
 fi
 if has warps; then
   # Decode attention with four or eight warps a block (OPTC_DECODE_WARPS), alternating, twice.
