@@ -612,7 +612,7 @@ impl CudaProgram {
         // Without the counters `sample_stats` samples no row itself.
         let one_pass = self.one_pass_ok(rows);
         let only_stats = one_pass && one_pass_rows(top_k_most, cols);
-        let (counters, one_pass) = if one_pass {
+        let (counters, one_pass_arg) = if one_pass {
             (self.split_counters.ptr, 1i32)
         } else {
             (0, 0)
@@ -628,15 +628,10 @@ impl CudaProgram {
                 return Ok(());
             }
             launch!(gpu, &k.hist, cfg(grid, 256, 0);
-                    x = x, params = params, stats = stats, parts = parts, n = n, one_pass = one_pass)
-        })
-        .and_then(|_| {
-            if only_stats {
-                return Ok(());
-            }
+                    x = x, params = params, stats = stats, parts = parts, n = n, one_pass = one_pass_arg)?;
             launch!(gpu, &k.draw, cfg((rows as u32, 1, 1), 1024, 0);
                     x = x, params = params, tok = tok, lp = lp, n = n, stats = stats,
-                    parts = parts, pieces = pieces as i32, one_pass = one_pass)
+                    parts = parts, pieces = pieces as i32, one_pass = one_pass_arg)
         });
         self.pool.release(parts);
         self.pool.release(stats);
