@@ -1906,6 +1906,83 @@ fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
     }
 }
 
+/// Rows shaped like a trained model's (a few dozen likely tokens far
+/// above a flat tail, over a Llama-3 vocabulary) take the fast path from
+/// the pieces' listed near elements (sample.cu, `SAMPLE_NEAR_BINS`), not
+/// a walk over the row: the host sampler's token for the same uniform,
+/// under the settings people run (Llama 3's temperature 0.6 with top-p
+/// 0.9, top-p alone, temperature alone, a top-k too large for one pass,
+/// min-p), with raised logits both within the listed bins and beyond
+/// them, and rows where one piece holds more near elements than it lists
+/// (every fourth), which gather from the row as before.
+#[test]
+fn gpu_sampling_of_peaked_rows_matches_the_host() {
+    use optc::runtime::sampler::{sample_with, SamplingParams};
+    if !gpu() {
+        return;
+    }
+    const ROWS: usize = 64;
+    const COLS: usize = 128_256;
+    let g = negation(DType::F32, ROWS, COLS);
+    let mut seed = 23u64;
+    let mut y: Vec<f32> = random(ROWS * COLS, &mut seed);
+    for r in 0..ROWS {
+        let row = &mut y[r * COLS..(r + 1) * COLS];
+        // 8 to 71 raised logits, 6 to 21 above the tail, spread by a hash.
+        for j in 0..8 + (r * 13) % 64 {
+            let h = ((r * 7919 + j) as u64).wrapping_mul(2_654_435_761) >> 7;
+            row[(h % COLS as u64) as usize] += 6.0 + (h % 61) as f32 * 0.25;
+        }
+        if r % 4 == 3 {
+            // 300 near elements in one piece: more than it lists.
+            let at = (r * 4096) % (COLS - 300);
+            for v in &mut row[at..at + 300] {
+                *v += 20.0;
+            }
+        }
+    }
+    // The graph negates its input.
+    let x: Vec<f32> = y.iter().map(|v| -v).collect();
+    let inputs = BTreeMap::from([("x".to_string(), Tensor::from_f32(DType::F32, &[ROWS, COLS], &x))]);
+    let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+    assert_eq!(p.run(&inputs).unwrap()["y"].to_f32_vec(), y);
+    for (temperature, top_k, top_p, min_p) in [
+        (0.6f32, None, 0.9f32, 0.0f32),
+        (0.8, None, 0.9, 0.0),
+        (1.0, None, 1.0, 0.0),
+        (0.8, Some(100), 0.95, 0.0),
+        (0.8, None, 1.0, 0.1),
+        (2.0, None, 0.99, 0.0),
+    ] {
+        let rows = spread_rows(ROWS, 0.3, |_| nvrtc::SampleRow {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            uniform: 0.0,
+        });
+        let got = p.run_sample(&inputs, "y", &rows).unwrap();
+        let params = SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            ..SamplingParams::default()
+        };
+        let same = (0..ROWS)
+            .filter(|&r| {
+                let row = &y[r * COLS..(r + 1) * COLS];
+                let want = sample_with(row, &params, &[], &[], || rows[r].uniform);
+                want.token == got[r].0 && (f64::from(want.logprob) - f64::from(got[r].1)).abs() <= 1e-3
+            })
+            .count();
+        assert!(
+            same + 1 >= ROWS,
+            "T {temperature} k {top_k:?} p {top_p} min-p {min_p}: {same} of {ROWS} draws equal the host's"
+        );
+    }
+}
+
 /// Rows with a small top-k are sampled in one kernel from each piece's
 /// first top_k candidates (sample.cu, `sample_by_candidates`), not the
 /// histogram, alone or in a batch with rows that take the histogram: the

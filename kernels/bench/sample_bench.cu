@@ -75,7 +75,8 @@ int main() {
         {"T 0.8, top-p 0.9", 0.8f, 0, 0.9f},
         {"T 0.8", 0.8f, 0, 1.f},
     };
-    printf("µs, median of %d rounds: sample_stats / sample_hist / sample / the three back to back; token of row 0\n",
+    printf("µs, median of %d rounds: sample_stats / sample_hist / sample / the three back to back / one pick of 20 "
+           "queued; token of row 0\n",
            reps);
     for (int peaked = 0; peaked < 2; ++peaked) {
         fill_random<<<1024, 256>>>(x, (size_t)max_rows * n, 17u, 0.5f);
@@ -90,25 +91,29 @@ int main() {
                 const bool one_pass = sample_by_candidates(host[0], pieces);
 #endif
                 const dim3 grid(rows, pieces);
-                std::vector<float> t[4];
-                for (int i = 0; i < reps + 5; ++i) {
-                    CK(cudaEventRecord(ev[0]));
+                // The kernels of one pick; with `marks`, an event after each.
+                auto pick = [&](bool marks) {
 #ifdef SAMPLE_PIECE_CANDS
                     // As optc launches them: rows with a small top-k are
                     // done by the first kernel (with the counters), and
                     // when every row is, the other two are not launched.
                     sample_stats_bf16<<<grid, 256>>>(x, params, stats, parts, n, counters, tok, lp);
-                    CK(cudaEventRecord(ev[1]));
+                    if (marks) CK(cudaEventRecord(ev[1]));
                     if (!one_pass) sample_hist_bf16<<<grid, 256>>>(x, params, stats, parts, n, 1);
-                    CK(cudaEventRecord(ev[2]));
+                    if (marks) CK(cudaEventRecord(ev[2]));
                     if (!one_pass) sample_bf16<<<rows, 1024>>>(x, params, tok, lp, n, stats, parts, pieces, 1);
 #else  // kernels from before the one-pass rows (to compare against)
                     sample_stats_bf16<<<grid, 256>>>(x, params, stats, n);
-                    CK(cudaEventRecord(ev[1]));
+                    if (marks) CK(cudaEventRecord(ev[1]));
                     sample_hist_bf16<<<grid, 256>>>(x, params, stats, parts, n);
-                    CK(cudaEventRecord(ev[2]));
+                    if (marks) CK(cudaEventRecord(ev[2]));
                     sample_bf16<<<rows, 1024>>>(x, params, tok, lp, n, stats, parts, pieces);
 #endif
+                };
+                std::vector<float> t[4];
+                for (int i = 0; i < reps + 5; ++i) {
+                    CK(cudaEventRecord(ev[0]));
+                    pick(true);
                     CK(cudaEventRecord(ev[3]));
                     CK(cudaEventSynchronize(ev[3]));
                     if (i < 5) continue;  // warm-up
@@ -121,11 +126,34 @@ int main() {
                     CK(cudaEventElapsedTime(&all, ev[0], ev[3]));
                     t[3].push_back(all * 1e3f);
                 }
+                // Picks back to back, as a stream of decode steps queues
+                // them: no event between the kernels, so launch gaps hide.
+                const int queued = 20;
+                CK(cudaEventRecord(ev[0]));
+                for (int i = 0; i < queued; ++i) pick(false);
+                CK(cudaEventRecord(ev[3]));
+                CK(cudaEventSynchronize(ev[3]));
+                float back;
+                CK(cudaEventElapsedTime(&back, ev[0], ev[3]));
                 CK(cudaGetLastError());
                 int first;
                 CK(cudaMemcpy(&first, tok, sizeof(int), cudaMemcpyDeviceToHost));
-                printf("  %-6s rows %2d  %-28s %7.1f %7.1f %7.1f %8.1f   token %d\n", peaked ? "peaked" : "flat", rows,
-                       s.name, median(t[0]), median(t[1]), median(t[2]), median(t[3]), first);
+                printf("  %-6s rows %2d  %-28s %7.1f %7.1f %7.1f %8.1f %8.1f   token %d\n", peaked ? "peaked" : "flat",
+                       rows, s.name, median(t[0]), median(t[1]), median(t[2]), median(t[3]), back * 1e3f / queued,
+                       first);
+#ifdef OPTC_SAMPLE_TRACE
+                // One pick's phases (sample.cu's SAMPLE_MARK), in µs from
+                // the first kernel's start.
+                unsigned long long marks[64] = {};
+                CK(cudaMemcpyToSymbol(optc_sample_marks, marks, sizeof(marks)));
+                pick(false);
+                CK(cudaDeviceSynchronize());
+                CK(cudaMemcpyFromSymbol(marks, optc_sample_marks, sizeof(marks)));
+                printf("    marks:");
+                for (int k = 0; k < 64; ++k)
+                    if (marks[k]) printf(" %d:%.1f", k, (double)(marks[k] - marks[0]) * 1e-3);
+                printf("\n");
+#endif
             }
         }
     }

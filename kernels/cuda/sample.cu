@@ -128,6 +128,27 @@ struct SampleRow {
     double u;           // uniform in [0, 1)
 };
 
+// OPTC_SAMPLE_TRACE (defined only by kernels/bench/sample_bench.cu's
+// phase build, never by optc): thread 0 of the block a mark names logs
+// %globaltimer into optc_sample_marks[k] as a phase ends, so the bench can
+// say where each sampling kernel's time goes. Empty in optc's build.
+#ifdef OPTC_SAMPLE_TRACE
+__device__ unsigned long long optc_sample_marks[64];
+#define SAMPLE_MARK(k, when)                                                 \
+    do {                                                                     \
+        if ((when) && threadIdx.x == 0) {                                    \
+            unsigned long long t_;                                           \
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));           \
+            optc_sample_marks[k] = t_;                                       \
+        }                                                                    \
+    } while (0)
+#else
+#define SAMPLE_MARK(k, when) \
+    do {                     \
+        (void)(when);        \
+    } while (0)
+#endif
+
 // exp(z - max) in units of 2^-40: a row's total stays below 2^58.
 #define OPTC_MASS_ONE 1099511627776.0f
 
@@ -247,19 +268,26 @@ __device__ __forceinline__ u64 block_exclusive_u64(u64 v, u64* scratch, u64* tot
     return scratch[warp] + inc - v;
 }
 
+// A select's histogram in SELECT_COPIES copies, a warp adding to copy
+// warp % SELECT_COPIES: a shared 64-bit add is a compare-and-swap loop on
+// sm_90, and on a flat row the 32 warps of `sample` all add to one digit,
+// so one copy serialised them (11 µs a pass over 6,400 listed pairs).
+#define SELECT_COPIES 4
 struct SelectScratch {
-    u64 hist[256];
+    u64 hist[SELECT_COPIES * 256];
     u64 above, at;
     int digit;
 };
 
-// Adds w to hist[d] for every lane whose d is below 256; the lanes of a
-// warp that share a digit add once, together. A flat row puts most of a
-// pass's elements under one digit, and 1024 threads adding to one shared
-// word one by one took milliseconds a step. Weights stay below 2^51, so
-// 32 of them summed in two 32-bit halves (24 low bits, the rest) fit.
-// Every lane of the warp must call it.
+// Adds w to hist[d] (in the warp's copy, of SELECT_COPIES) for every lane
+// whose d is below 256; the lanes of a warp that share a digit add once,
+// together. A flat row puts most of a pass's elements under one digit,
+// and 1024 threads adding to one shared word one by one took
+// milliseconds a step. Weights stay below 2^51, so 32 of them summed in
+// two 32-bit halves (24 low bits, the rest) fit. Every lane of the warp
+// must call it.
 __device__ __forceinline__ void hist_add(u64* hist, unsigned d, u64 w) {
+    hist += ((threadIdx.x >> 5) % SELECT_COPIES) * 256;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     const unsigned peers = __match_any_sync(0xffffffffu, d);
     const unsigned lo = __reduce_add_sync(peers, (unsigned)(w & 0xffffffull));
@@ -272,6 +300,7 @@ __device__ __forceinline__ void hist_add(u64* hist, unsigned d, u64 w) {
     if (d < 256u && w) atomicAdd(&hist[d], w);
 #endif
 }
+
 
 // Of the elements `walk` visits (walk(g) calls g(i, z, live) for each,
 // warp-uniformly: a whole row, or a bin's listed elements) those
@@ -286,7 +315,7 @@ __device__ unsigned radix_select(const W& walk, const KW& kw, int bits, u64 targ
     unsigned prefix = 0, mask = 0;
     u64 above = 0;
     for (int shift = (bits + 7) / 8 * 8 - 8; shift >= 0; shift -= 8) {
-        for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[d] = 0;
+        for (int d = threadIdx.x; d < SELECT_COPIES * 256; d += blockDim.x) s.hist[d] = 0;
         __syncthreads();
         walk([&](int i, float z, bool live) {
             unsigned k = 0;
@@ -294,6 +323,14 @@ __device__ unsigned radix_select(const W& walk, const KW& kw, int bits, u64 targ
             const bool in = w && (k & mask) == prefix;
             hist_add(s.hist, in ? (k >> shift) & 255u : 256u, in ? w : 0ull);
         });
+        __syncthreads();
+        // The copies added into the first.
+        for (int d = threadIdx.x; d < 256; d += blockDim.x) {
+            u64 v = s.hist[d];
+#pragma unroll
+            for (int c = 1; c < SELECT_COPIES; ++c) v += s.hist[c * 256 + d];
+            s.hist[d] = v;
+        }
         __syncthreads();
         if (threadIdx.x < 32) {
             // Lane l owns digits 8l..8l+7; weights above each lane's digits
@@ -378,7 +415,6 @@ struct SampleFast {
     int id[SAMPLE_CAP];
     u64 cum[SAMPLE_CAP];
     unsigned count[SAMPLE_BINS];
-    float mass[SAMPLE_BINS];
     u64 bmass[SAMPLE_BINS];  // integer mass per bin (exact)
     int last_bin, n, keep;
 };
@@ -393,16 +429,24 @@ struct SampleStat {
     unsigned valid;
 };
 
+// The elements of a piece within SAMPLE_NEAR_BINS bins of the row's
+// maximum are listed in its part (up to SAMPLE_NEAR_CAP of them), so the
+// fast path gathers a peaked row's few candidates from the parts rather
+// than walk the whole row with one block (20 µs of a sampled step).
+#define SAMPLE_NEAR_BINS 128
+#define SAMPLE_NEAR_CAP 256
+
 // A piece's share of the row's softmax denominator, total mass and coarse
-// histogram (integer and float mass, count per bin), all relative to the
-// row's maximum (8,208 bytes, 8-aligned).
+// histogram (integer mass and count per bin), all relative to the row's
+// maximum, and its listed near elements (8,208 bytes, 8-aligned).
 struct SamplePart {
     float se;
-    unsigned pad;
+    unsigned near;  // elements in bins below SAMPLE_NEAR_BINS (listed: at most SAMPLE_NEAR_CAP)
     u64 total;
     u64 bmass[SAMPLE_BINS];
     unsigned count[SAMPLE_BINS];
-    float mass[SAMPLE_BINS];
+    unsigned near_key[SAMPLE_NEAR_CAP];
+    int near_id[SAMPLE_NEAR_CAP];
 };
 
 // The row's maximum and sampleable count from its pieces.
@@ -462,8 +506,12 @@ __device__ __forceinline__ int* cand_ids(SamplePart* part) {
 // Adds 1 to hist[d] for every lane whose d is below 256, a warp's equal
 // digits at once. Every lane of the warp must call it.
 __device__ __forceinline__ void count_add(unsigned* hist, unsigned d) {
+#ifdef OPTC_COUNT_ADD_PLAIN
+    if (d < 256u) atomicAdd(&hist[d], 1u);
+#else
     const unsigned peers = __match_any_sync(0xffffffffu, d);
     if (d < 256u && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[d], (unsigned)__popc(peers));
+#endif
 }
 
 // Where the `want` largest of some keys end: the kept are those whose
@@ -627,6 +675,7 @@ __device__ void sample_from_candidates(SamplePart* parts, int pieces, const Samp
         }
     }
     __syncthreads();
+    SAMPLE_MARK(5, r == 0);
     if (row_valid == 0 || row_m == OPTC_INF) {
         // Nothing to sample, or an infinite logit (as `sample`).
         if (threadIdx.x == 0) {
@@ -666,6 +715,7 @@ __device__ void sample_from_candidates(SamplePart* parts, int pieces, const Samp
         count = off[32];
         __syncthreads();
     }
+    SAMPLE_MARK(6, r == 0);
     // Those at or above the row's top-k cut, sorted; the first `want`
     // are the row's first top_k.
     const unsigned want = min(k, count);
@@ -675,6 +725,7 @@ __device__ void sample_from_candidates(SamplePart* parts, int pieces, const Samp
         return j < count ? ck[j] : 0u;
     };
     const RadixCut c = want < count ? radix_cut<E>(get, want, hist) : RadixCut{0u, 0u, count};
+    SAMPLE_MARK(7, r == 0);
     unsigned mine = 0;
     for (int e = 0; e < E; ++e) {
         const unsigned key = get(e);
@@ -691,7 +742,9 @@ __device__ void sample_from_candidates(SamplePart* parts, int pieces, const Samp
         }
     }
     __syncthreads();
+    SAMPLE_MARK(8, r == 0);
     sort_pairs(sk, sid, (int)all);
+    SAMPLE_MARK(9, r == 0);
     for (unsigned j = threadIdx.x; j < want; j += blockDim.x) pd[j] = exp((double)key_value(sk[j]) - lse);
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -726,6 +779,7 @@ __device__ void sample_from_candidates(SamplePart* parts, int pieces, const Samp
         tok[r] = sid[pick];
         lp[r] = (float)((double)key_value(sk[pick]) - lse);
     }
+    SAMPLE_MARK(10, r == 0);
 }
 
 // Grid (rows, pieces), SAMPLE_CHUNK / 16 threads. With `counters` (the
@@ -748,6 +802,8 @@ __device__ void sample_stats_impl(const T* x, const SampleRow* rows, SampleStat*
     const float t = p.temperature > 0.f ? p.temperature : 0.f;
     const bool by_cands = counters && sample_by_candidates(p, pieces);
     const int b0 = blockIdx.y * SAMPLE_CHUNK, len = min(SAMPLE_CHUNK, n - b0);
+    const bool traced = r == 0 && blockIdx.y == 0;
+    SAMPLE_MARK(0, traced);
     float m = -OPTC_INF;
     unsigned valid = 0;
     if (len > 0) {
@@ -764,6 +820,7 @@ __device__ void sample_stats_impl(const T* x, const SampleRow* rows, SampleStat*
     }
     m = block_max(m, fred);
     valid = block_sum(valid, ured);
+    SAMPLE_MARK(1, traced);
     if (!by_cands) {
         if (threadIdx.x == 0) out[r * pieces + blockIdx.y] = SampleStat{m, valid};
         return;
@@ -781,13 +838,16 @@ __device__ void sample_stats_impl(const T* x, const SampleRow* rows, SampleStat*
         if (own[e]) s += exp((double)key_value(own[e]) - (double)m);
     s = block_sum(s, dred);
     if (threadIdx.x == 0) *cand_head(part) = SampleCandHead{m, valid, s};
+    SAMPLE_MARK(2, traced);
     if (valid > 0) piece_candidates(own, b0, min(valid, (unsigned)p.top_k), part, hist, scan);
+    SAMPLE_MARK(3, traced);
     // Every thread's pairs are visible before the count says so.
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(&counters[r], 1) == pieces - 1;
     __syncthreads();
     if (!last) return;
+    SAMPLE_MARK(4, r == 0);
     __threadfence();
     sample_from_candidates(parts + r * pieces, pieces, p, tok, lp, r, keys, hist, scan);
     if (threadIdx.x == 0) counters[r] = 0;
@@ -800,53 +860,86 @@ __device__ void sample_hist_impl(const T* x, const SampleRow* rows, const Sample
                                  int one_pass) {
     __shared__ float fred[32];
     __shared__ u64 ured[32];
-    __shared__ u64 bmass[SAMPLE_BINS];
+    // A bin's integer mass in 32-bit words (shared 64-bit adds are
+    // compare-and-swap loops on sm_90; 32-bit adds are native): bits 0-19
+    // and 20-39 of each element's mass (the sums of 4,096 fit), and the
+    // elements of mass 2^40 (the maximum's, bin 0).
+    __shared__ unsigned mass_lo[SAMPLE_BINS], mass_mid[SAMPLE_BINS];
     __shared__ unsigned count[SAMPLE_BINS];
-    __shared__ float mass[SAMPLE_BINS];
+    __shared__ unsigned at_max, near_n;
     const i64 r = blockIdx.x;
     const int parts = gridDim.y;
     const SampleRow p = rows[r];
     if (one_pass && sample_by_candidates(p, parts)) return;
+    SAMPLE_MARK(12, r == 0 && blockIdx.y == 0);
     const float t = p.temperature > 0.f ? p.temperature : 0.f;
     float m;
     u64 valid;
     sample_row_stats(stats + r * parts, parts, &m, &valid, fred, ured);
     for (int b = threadIdx.x; b < SAMPLE_BINS; b += blockDim.x) {
-        bmass[b] = 0;
+        mass_lo[b] = 0;
+        mass_mid[b] = 0;
         count[b] = 0;
-        mass[b] = 0.f;
+    }
+    if (threadIdx.x == 0) {
+        at_max = 0;
+        near_n = 0;
     }
     __syncthreads();
     float se = 0.f;
     u64 total = 0;
     const int b0 = blockIdx.y * SAMPLE_CHUNK, len = min(SAMPLE_CHUNK, n - b0);
+    SamplePart* o = out + r * parts + blockIdx.y;
+    const int lane = threadIdx.x & 31;
     // (`sample` stops before it reads a part when nothing can be drawn.)
     if (len > 0 && valid > 0 && m < OPTC_INF) {
-        for_each_scaled(x + r * n + b0, len, t, [&](int, float z) {
-            if (sample_key(z)) {
+        for_each_scaled_uniform(x + r * n + b0, len, t, [&](int i, float z, bool live) {
+            const unsigned k = live ? sample_key(z) : 0u;
+            int b = SAMPLE_BINS;
+            u64 w = 0;
+            if (k) {
                 const float e = expf(z - m);
-                const u64 w = sample_mass(z, m);
+                w = e > 0.f ? (u64)(e * OPTC_MASS_ONE) : 0ull;  // sample_mass(z, m)
                 se += e;
                 total += w;
-                const int b = sample_bin(z, m);
-                if (w) atomicAdd(&bmass[b], w);
+                b = sample_bin(z, m);
+                if (w >> 40) atomicAdd(&at_max, 1u);
+            }
+            // (Plain adds: aggregating a warp's lanes by bin with
+            // __match_any_sync measured 2-3x slower here.)
+            if (b < SAMPLE_BINS) {
+                const unsigned lo = (unsigned)(w & 0xfffffull), mid = (unsigned)((w >> 20) & 0xfffffull);
                 atomicAdd(&count[b], 1u);
-                atomicAdd(&mass[b], e);
+                if (lo) atomicAdd(&mass_lo[b], lo);
+                if (mid) atomicAdd(&mass_mid[b], mid);
+            }
+            // The near elements, listed in any order (a slot a warp claims).
+            const bool near = b < SAMPLE_NEAR_BINS;
+            const unsigned mask = __ballot_sync(0xffffffffu, near);
+            if (!mask) return;
+            const int leader = __ffs(mask) - 1;
+            unsigned base = 0;
+            if (lane == leader) base = atomicAdd(&near_n, (unsigned)__popc(mask));
+            base = __shfl_sync(0xffffffffu, base, leader);
+            const unsigned slot = base + __popc(mask & ((1u << lane) - 1u));
+            if (near && slot < SAMPLE_NEAR_CAP) {
+                o->near_key[slot] = k;
+                o->near_id[slot] = b0 + i;
             }
         });
     }
     se = block_sum(se, fred);
     total = block_sum(total, ured);
-    SamplePart* o = out + r * parts + blockIdx.y;
     for (int b = threadIdx.x; b < SAMPLE_BINS; b += blockDim.x) {
-        o->bmass[b] = bmass[b];
+        o->bmass[b] = (u64)mass_lo[b] + ((u64)mass_mid[b] << 20) + (b == 0 ? (u64)at_max << 40 : 0ull);
         o->count[b] = count[b];
-        o->mass[b] = mass[b];
     }
     if (threadIdx.x == 0) {
         o->se = se;
+        o->near = near_n;
         o->total = total;
     }
+    SAMPLE_MARK(13, r == 0 && blockIdx.y == 0);
 }
 
 // Nothing left to draw from: token 0 with log probability -inf, as the
@@ -864,15 +957,15 @@ __device__ __forceinline__ void sample_none(int* out, float* lp, i64 r) {
 // j + 1 of them. False (f unusable) when the gather did not find exactly
 // `cands`: the histogram and the gather disagree, and the caller falls
 // back to the radix selects rather than write past f or read an empty f.
+// With `near` (the row's parts, when every piece listed its near elements
+// and hi < SAMPLE_NEAR_BINS) it gathers from their lists, not the row.
 template <typename T>
 __device__ bool sample_gather_sorted(const T* x, int n, float t, float m, int lo, int hi, int cands, u64 base,
-                                     SampleFast& f, u64* ured) {
+                                     SampleFast& f, u64* ured, const SamplePart* near, int nparts) {
     if (threadIdx.x == 0) f.n = 0;
     __syncthreads();
     // In any order; the sort orders them.
-    for_each_scaled(x, n, t, [&](int i, float z) {
-        const unsigned k = sample_key(z);
-        if (!k) return;
+    auto take = [&](int i, float z, unsigned k) {
         const int b = sample_bin(z, m);
         if (b >= lo && b <= hi) {
             const int slot = atomicAdd(&f.n, 1);
@@ -881,7 +974,22 @@ __device__ bool sample_gather_sorted(const T* x, int n, float t, float m, int lo
                 f.id[slot] = i;
             }
         }
-    });
+    };
+    if (near) {
+        for (int g = threadIdx.x; g < nparts * SAMPLE_NEAR_CAP; g += blockDim.x) {
+            const SamplePart& q = near[g / SAMPLE_NEAR_CAP];
+            const unsigned j = (unsigned)(g % SAMPLE_NEAR_CAP);
+            if (j < q.near) {
+                const unsigned k = q.near_key[j];
+                take(q.near_id[j], key_value(k), k);
+            }
+        }
+    } else {
+        for_each_scaled(x, n, t, [&](int i, float z) {
+            const unsigned k = sample_key(z);
+            if (k) take(i, z, k);
+        });
+    }
     __syncthreads();
     if (f.n != cands || cands < 1) return false;
     sort_pairs(f.key, f.id, cands);
@@ -927,12 +1035,25 @@ struct ListWalk {
     const unsigned* key;
     const int* id;
     const int* count;
+    // Four pairs a thread loaded before any is used: a pass over a
+    // listed bin is bound by the list's L2 round trips, not the work.
     template <class G> __device__ void operator()(G&& g) const {
+        constexpr int U = 4;
         const int c = *count;
-        for (int b0 = 0; b0 < c; b0 += blockDim.x) {
-            const int j = b0 + threadIdx.x;
-            const bool live = j < c;
-            g(live ? id[j] : 0, live ? key_value(key[j]) : 0.f, live);
+        for (int b0 = 0; b0 < c; b0 += U * blockDim.x) {
+            unsigned k[U];
+            int i[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int j = b0 + u * blockDim.x + threadIdx.x;
+                k[u] = j < c ? key[j] : 0u;
+                i[u] = j < c ? id[j] : 0;
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const bool live = b0 + u * blockDim.x + threadIdx.x < c;
+                g(i[u], live ? key_value(k[u]) : 0.f, live);
+            }
         }
     }
 };
@@ -992,12 +1113,15 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     __shared__ float se_s;
     __shared__ u64 total_s, bin_base;
     __shared__ int list_count;
+    __shared__ bool near_listed;
     const i64 r = blockIdx.x;
     x += r * n;
     stats += r * nparts;
     parts += r * nparts;
     const SampleRow p = rows[r];
     if (one_pass && sample_by_candidates(p, nparts)) return;
+    const bool traced = r == 0;
+    SAMPLE_MARK(16, traced);
     const bool greedy = !(p.temperature > 0.f);
     const float t = greedy ? 0.f : p.temperature;
     const int top_k = greedy ? 1 : p.top_k;
@@ -1006,6 +1130,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     float m;
     u64 valid;
     sample_row_stats(stats, nparts, &m, &valid, fred, ured);
+    SAMPLE_MARK(17, traced);
     if (valid == 0 || m == OPTC_INF) {
         // Nothing to sample (the host sampler also gives token 0).
         if (threadIdx.x == 0) {
@@ -1019,28 +1144,33 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     // the pieces' parts, added in piece order.
     for (int b = threadIdx.x; b < SAMPLE_BINS; b += blockDim.x) {
         unsigned c = 0;
-        float w = 0.f;
         u64 iw = 0;
         for (int q = 0; q < nparts; ++q) {
             c += parts[q].count[b];
-            w += parts[q].mass[b];
             iw += parts[q].bmass[b];
         }
         f.count[b] = c;
-        f.mass[b] = w;
         f.bmass[b] = iw;
     }
-    if (threadIdx.x == 0) {
-        float a = 0.f;
-        u64 b = 0;
-        for (int q = 0; q < nparts; ++q) {
-            a += parts[q].se;
-            b += parts[q].total;
+    if (threadIdx.x < 32) {
+        // Whether every piece listed all its near elements.
+        unsigned over = 0;
+        for (int q = threadIdx.x; q < nparts; q += 32) over |= parts[q].near > SAMPLE_NEAR_CAP;
+        over = __any_sync(0xffffffffu, over);
+        if (threadIdx.x == 0) {
+            float a = 0.f;
+            u64 b = 0;
+            for (int q = 0; q < nparts; ++q) {
+                a += parts[q].se;
+                b += parts[q].total;
+            }
+            se_s = a;
+            total_s = b;
+            near_listed = !over;
         }
-        se_s = a;
-        total_s = b;
     }
     __syncthreads();
+    SAMPLE_MARK(18, traced);
     const float se = se_s;
     const u64 total = total_s;
     // The row's parts are read: their bytes (8,208 a piece) hold the
@@ -1062,10 +1192,8 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         int last = SAMPLE_BINS - 1;
         if (top_k > 0 && (u64)top_k < valid)
             last = min(last, first_bin_reaching<unsigned>(f.count, (unsigned)top_k));
-        if (!greedy && p.top_p < 1.f) {
-            const float goal = p.top_p * se * 1.001f;
-            if (goal < se) last = min(last, min(SAMPLE_BINS - 1, first_bin_reaching<float>(f.mass, goal) + 1));
-        }
+        // The integer masses decide the top-p cut, so its bin bounds it exactly.
+        if (!greedy && p.top_p < 1.f) last = min(last, first_bin_reaching<u64>(f.bmass, top_p_target));
         if (!greedy && p.min_p > 0.f)
             last = min(last, min(SAMPLE_BINS - 1, (int)(-logf(p.min_p) * SAMPLE_BIN_SCALE) + 1));
         unsigned in = 0;
@@ -1079,8 +1207,15 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         }
     }
     __syncthreads();
+    SAMPLE_MARK(19, traced);
     const int cands = f.keep;
-    if (cands <= SAMPLE_CAP && sample_gather_sorted(x, n, t, m, 0, f.last_bin, cands, 0ull, f, ured)) {
+    // Whether the pieces' near lists hold every element of bins up to b
+    // (until a bin too full to sort is listed over them).
+    bool near_ok = near_listed;
+    auto near_for = [&](int b) { return near_ok && b < SAMPLE_NEAR_BINS ? parts : nullptr; };
+    if (cands <= SAMPLE_CAP &&
+        sample_gather_sorted(x, n, t, m, 0, f.last_bin, cands, 0ull, f, ured, near_for(f.last_bin), nparts)) {
+        SAMPLE_MARK(20, traced);
         if (threadIdx.x == 0) f.keep = cands;
         __syncthreads();
         // How many to keep: each filter's cut, the shortest.
@@ -1106,8 +1241,10 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
                 lp[r] = key_value(f.key[j]) - m - logf(se);
             }
         }
+        SAMPLE_MARK(21, traced);
         return;
     }
+    SAMPLE_MARK(22, traced);
 
     // The bin path, when neither top-k nor min-p cuts (temperature alone,
     // or top-p over a flat row): the exact integer mass per bin says which
@@ -1147,16 +1284,19 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             if (b == listed_bin) return true;
             const int want = (int)f.count[b];
             if (want > list_cap) return false;
+            near_ok = false;
             listed = list_bin(x, n, t, m, b, list_key, list_id, list_cap, &list_count);
             listed_bin = listed == want ? b : -1;
             return listed == want;
         };
         if (!greedy && p.top_p < 1.f) {
             const int bp = locate_bin(top_p_target);
+            SAMPLE_MARK(23, traced);
             const u64 base = bin_base;
             const int in_bin = (int)f.count[bp];
             __syncthreads();
-            if (in_bin <= SAMPLE_CAP && sample_gather_sorted(x, n, t, m, bp, bp, in_bin, base, f, ured)) {
+            if (in_bin <= SAMPLE_CAP &&
+                sample_gather_sorted(x, n, t, m, bp, bp, in_bin, base, f, ured, near_for(bp), nparts)) {
                 if (threadIdx.x == 0) f.keep = in_bin;
                 __syncthreads();
                 for (int j = threadIdx.x; j < in_bin; j += blockDim.x)
@@ -1165,6 +1305,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
                 kept = f.cum[f.keep - 1];
                 sorted_bin = bp;
             } else if (in_bin > SAMPLE_CAP && list(bp)) {
+                SAMPLE_MARK(24, traced);
                 // The cut within the bin: the bins before it weigh `base`.
                 auto weigh = [&](int, float z, unsigned& k) -> u64 {
                     k = sample_key(z);
@@ -1172,12 +1313,14 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
                 };
                 u64 above, at;
                 cut_key = radix_select(list_walk, weigh, 32, top_p_target - base, &above, &at, s);
+                SAMPLE_MARK(25, traced);
                 // Every element with key cut_key weighs the same.
                 const u64 w = sample_mass(key_value(cut_key), m);
                 const u64 ties = w ? at / w : 0ull;
                 const u64 need = max(w ? (top_p_target - base - above + w - 1) / w : 1ull, 1ull);
                 const u64 keep = min(need, ties);
                 if (keep < ties) cut_id = tie_select(list_walk, n, cut_key, keep, s);
+                SAMPLE_MARK(26, traced);
                 kept = base + above + keep * w;
                 cut_bin = bp;
             } else {
@@ -1194,15 +1337,18 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         if (fits) {
             // The draw's bin: the first whose running mass passes the goal.
             const int bd = locate_bin(goal + 1);
+            SAMPLE_MARK(27, traced);
             if (bd == sorted_bin) {
                 len = f.keep;
             } else {
                 const u64 base = bin_base;
                 const int in_bin = (int)f.count[bd];
                 __syncthreads();
-                if (in_bin <= SAMPLE_CAP && sample_gather_sorted(x, n, t, m, bd, bd, in_bin, base, f, ured)) {
+                if (in_bin <= SAMPLE_CAP &&
+                    sample_gather_sorted(x, n, t, m, bd, bd, in_bin, base, f, ured, near_for(bd), nparts)) {
                     len = in_bin;
                 } else if (in_bin > SAMPLE_CAP && list(bd)) {
+                    SAMPLE_MARK(28, traced);
                     // The draw among the bin's kept elements (all of them
                     // unless it holds the top-p cut), in the host's order.
                     const bool cut = bd == cut_bin;
@@ -1213,12 +1359,14 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
                     };
                     u64 above, at;
                     const unsigned tau = radix_select(list_walk, in_draw, 32, goal - base + 1, &above, &at, s);
+                    SAMPLE_MARK(29, traced);
                     const u64 w = sample_mass(key_value(tau), m);
                     const int id = tie_select(list_walk, n, tau, w ? (goal - base - above) / w + 1 : 1ull, s);
                     if (threadIdx.x == 0) {
                         out[r] = id;
                         lp[r] = key_value(tau) - m - logf(se);
                     }
+                    SAMPLE_MARK(30, traced);
                     return;
                 } else {
                     fits = false;
@@ -1226,16 +1374,19 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             }
         }
         if (fits) {
+            SAMPLE_MARK(31, traced);
             for (int j = threadIdx.x; j < len; j += blockDim.x) {
                 if (f.cum[j] > goal && (j == 0 || f.cum[j - 1] <= goal)) {
                     out[r] = f.id[j];
                     lp[r] = key_value(f.key[j]) - m - logf(se);
                 }
             }
+            SAMPLE_MARK(32, traced);
             return;
         }
     }
 
+    SAMPLE_MARK(33, traced);
     // The cut: everything, then each filter's prefix, keeping the shortest.
     unsigned cut_key = 1;
     int cut_id = 0x7fffffff;
@@ -1301,6 +1452,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         out[r] = id;
         lp[r] = key_value(tau) - m - logf(se);
     }
+    SAMPLE_MARK(34, traced);
 }
 
 #define OPTC_SAMPLE(T, N)                                                                              \

@@ -213,7 +213,7 @@ const SAMPLE_CHUNK: usize = 4096;
 
 /// Bytes of a piece's `SampleStat` and `SamplePart` (sample.cu).
 const SAMPLE_STAT_BYTES: usize = 8;
-const SAMPLE_PART_BYTES: usize = 16 + 512 * 16;
+const SAMPLE_PART_BYTES: usize = 16 + 512 * 12 + 256 * 8;
 
 impl Pick {
     /// Whether the pick samples (a captured graph is one or the other).
@@ -733,8 +733,12 @@ mod tests {
         assert_eq!(define("SAMPLE_CAP"), super::SAMPLE_CAP);
         // A piece's head (16 bytes) and pairs fit its part.
         const { assert!(16 + 8 * super::SAMPLE_PIECE_CANDS <= super::SAMPLE_PART_BYTES) };
-        // se, pad, total, then an integer mass, a count and a mass per bin.
-        assert_eq!(super::SAMPLE_PART_BYTES, 16 + define("SAMPLE_BINS") * 16);
+        // se, near, total, an integer mass and a count per bin, then the
+        // near elements' keys and ids.
+        assert_eq!(
+            super::SAMPLE_PART_BYTES,
+            16 + define("SAMPLE_BINS") * 12 + define("SAMPLE_NEAR_CAP") * 8
+        );
         assert_eq!(super::SAMPLE_PART_BYTES, 8208);
         assert!(src.contains("(8,208 bytes, 8-aligned)"));
     }
