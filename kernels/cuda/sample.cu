@@ -503,15 +503,12 @@ __device__ __forceinline__ int* cand_ids(SamplePart* part) {
     return reinterpret_cast<int*>(cand_keys(part) + SAMPLE_PIECE_CANDS);
 }
 
-// Adds 1 to hist[d] for every lane whose d is below 256, a warp's equal
-// digits at once. Every lane of the warp must call it.
+// Adds 1 to hist[d] for every lane whose d is below 256. Plain 32-bit
+// shared adds (native on sm_90): grouping a warp's equal digits first
+// with __match_any_sync made the one-pass kernel 5 µs slower a row
+// (docs/perf.md, fifteenth session).
 __device__ __forceinline__ void count_add(unsigned* hist, unsigned d) {
-#ifdef OPTC_COUNT_ADD_PLAIN
     if (d < 256u) atomicAdd(&hist[d], 1u);
-#else
-    const unsigned peers = __match_any_sync(0xffffffffu, d);
-    if (d < 256u && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[d], (unsigned)__popc(peers));
-#endif
 }
 
 // Where the `want` largest of some keys end: the kept are those whose
