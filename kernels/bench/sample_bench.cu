@@ -9,9 +9,13 @@
 // the histogram settles every cut), at 1 and 32 rows
 // and the bench workloads' sampling settings. It also prints the token of
 // the first row, so a changed kernel can be checked to draw the same.
-// To compare a change, build against two kernel folders and run both, as
-// scripts/gpu-run.sh's `samplebench` stage does (SAMPLE_KERNELS="NAME=DIR").
-// On the GPU machine, from the repo root:
+// Each kernel is timed alone (an event after each) and 20 picks queued
+// back to back, as a stream of decode steps queues them. Built with
+// -DOPTC_SAMPLE_TRACE it also prints, per setting, when each phase of one
+// pick ended (sample.cu's SAMPLE_MARK numbers, µs from sample_stats'
+// start). To compare a change, build against two kernel folders and run
+// both, as scripts/gpu-run.sh's `samplebench` stage does
+// (SAMPLE_KERNELS="NAME=DIR"). On the GPU machine, from the repo root:
 //   nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/sample_bench kernels/bench/sample_bench.cu && /tmp/sample_bench
 #include <cstdio>
 #include <cstdlib>
