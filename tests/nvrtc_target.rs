@@ -1846,9 +1846,36 @@ fn spread_rows(n: usize, phase: f64, row: impl Fn(usize) -> nvrtc::SampleRow) ->
         .collect()
 }
 
+/// How many of the GPU's picks `got` for `rows` (over `y`, rows of `cols`
+/// logits) are the host sampler's token for the same parameters and
+/// uniform, and with `logprob_tol` also its log probability within that.
+fn host_agreements(
+    y: &[f32],
+    cols: usize,
+    rows: &[nvrtc::SampleRow],
+    got: &[(u32, f32)],
+    logprob_tol: Option<f64>,
+) -> usize {
+    use optc::runtime::sampler::{sample_with, SamplingParams};
+    (0..rows.len())
+        .filter(|&r| {
+            let q = &rows[r];
+            let params = SamplingParams {
+                temperature: q.temperature,
+                top_k: q.top_k,
+                top_p: q.top_p,
+                min_p: q.min_p,
+                ..SamplingParams::default()
+            };
+            let want = sample_with(&y[r * cols..(r + 1) * cols], &params, &[], &[], || q.uniform);
+            want.token == got[r].0
+                && logprob_tol.is_none_or(|tol| (f64::from(want.logprob) - f64::from(got[r].1)).abs() <= tol)
+        })
+        .count()
+}
+
 #[test]
 fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
-    use optc::runtime::sampler::{sample_with, SamplingParams};
     if !gpu() {
         return;
     }
@@ -1885,19 +1912,7 @@ fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
                 got == again,
                 "{cols} columns, T {temperature} k {top_k:?} p {top_p} min-p {min_p}: the same uniforms drew other tokens"
             );
-            let params = SamplingParams {
-                temperature,
-                top_k,
-                top_p,
-                min_p,
-                ..SamplingParams::default()
-            };
-            let same = (0..ROWS)
-                .filter(|&r| {
-                    let row = &y[r * cols..(r + 1) * cols];
-                    sample_with(row, &params, &[], &[], || rows[r].uniform).token == got[r].0
-                })
-                .count();
+            let same = host_agreements(&y, cols, &rows, &got, None);
             assert!(
                 same + 1 >= ROWS,
                 "{cols} columns, T {temperature} k {top_k:?} p {top_p} min-p {min_p}: {same} of {ROWS} draws equal the host's"
@@ -1917,7 +1932,6 @@ fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
 /// (every fourth), which gather from the row as before.
 #[test]
 fn gpu_sampling_of_peaked_rows_matches_the_host() {
-    use optc::runtime::sampler::{sample_with, SamplingParams};
     if !gpu() {
         return;
     }
@@ -1962,20 +1976,7 @@ fn gpu_sampling_of_peaked_rows_matches_the_host() {
             uniform: 0.0,
         });
         let got = p.run_sample(&inputs, "y", &rows).unwrap();
-        let params = SamplingParams {
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            ..SamplingParams::default()
-        };
-        let same = (0..ROWS)
-            .filter(|&r| {
-                let row = &y[r * COLS..(r + 1) * COLS];
-                let want = sample_with(row, &params, &[], &[], || rows[r].uniform);
-                want.token == got[r].0 && (f64::from(want.logprob) - f64::from(got[r].1)).abs() <= 1e-3
-            })
-            .count();
+        let same = host_agreements(&y, COLS, &rows, &got, Some(1e-3));
         assert!(
             same + 1 >= ROWS,
             "T {temperature} k {top_k:?} p {top_p} min-p {min_p}: {same} of {ROWS} draws equal the host's"

@@ -97,9 +97,9 @@ extern "C" __global__ void ids_from_picks(void* ids, const int* head) {
 // row's maximum, its softmax denominator, total mass and coarse histogram
 // (below). Each block writes its part, and `sample` adds them in piece
 // order. Every sum that decides a token is an integer, so no draw depends
-// on the order of atomics; the float mass per bin (shared atomics) only
-// bounds the fast path's candidates, with a margin, and either path draws
-// the same token. `sample`, one block of 1024 threads per row, adds
+// on the order of atomics. `sample_hist` also lists each piece's elements
+// near the row's maximum (SAMPLE_NEAR_BINS), from which the fast path
+// gathers a peaked row's candidates. `sample`, one block of 1024 threads per row, adds
 // the parts in piece order and does the rest. The host sampler keeps a prefix of
 // the row in its order (decreasing probability, ties by lower id), so each
 // filter is a cut in that order. The fast path (`SampleFast`) gathers the
@@ -380,9 +380,8 @@ __device__ __forceinline__ int sample_bin(float z, float m) {
 }
 
 // One warp: the first bin whose running total from bin 0 reaches `target`
-// (SAMPLE_BINS - 1 when none does); lanes own 16 bins each. With float
-// totals the answer errs late, never early, when a lane's walk and the
-// lane scan round differently.
+// (SAMPLE_BINS - 1 when none does); lanes own 16 bins each (integer
+// totals: counts or masses).
 template <typename V> __device__ int first_bin_reaching(const V* h, V target) {
     const int lane = threadIdx.x & 31;
     V own = 0;
@@ -1170,8 +1169,10 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     SAMPLE_MARK(18, traced);
     const float se = se_s;
     const u64 total = total_s;
-    // The row's parts are read: their bytes (8,208 a piece) hold the
-    // (key, id) pairs of a bin too full to sort (`list_bin`).
+    // The row's parts are read (all but their near lists, which the
+    // gathers read until `list_bin` overwrites them: `near_ok`): their
+    // bytes (8,208 a piece) hold the (key, id) pairs of a bin too full to
+    // sort (`list_bin`).
     const int list_cap = nparts * (int)(sizeof(SamplePart) / 8);
     unsigned* list_key = reinterpret_cast<unsigned*>(parts);
     int* list_id = reinterpret_cast<int*>(list_key + list_cap);
@@ -1183,8 +1184,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         min(max((u64)ceil((double)p.top_p * (double)total), 1ull), total);
 
     // The last bin the kept prefix can reach: the first bin where each
-    // filter's prefix is sure to end (top-p with a margin over float
-    // sums), the earliest of them.
+    // filter's prefix is sure to end, the earliest of them.
     if (threadIdx.x < 32) {
         int last = SAMPLE_BINS - 1;
         if (top_k > 0 && (u64)top_k < valid)
