@@ -116,7 +116,7 @@ bench_kernels() {
   local bench=$1 specs=$2 reps=$3 spec name rep
   for spec in $specs; do
     name=${spec%%=*}
-    nvcc -O3 -std=c++17 -arch=sm_90 -I "${spec#*=}/cuda" -o /tmp/${bench}_$name kernels/bench/$bench.cu 2>&1 | grep -i error
+    nvcc -O3 -std=c++17 -arch=sm_90 ${BENCH_NVCC_FLAGS:-} -I "${spec#*=}/cuda" -o /tmp/${bench}_$name kernels/bench/$bench.cu 2>&1 | grep -i error
   done
   for rep in $(seq $reps); do
     for spec in $specs; do
@@ -132,7 +132,8 @@ if has stepbench; then
   bench_kernels step_bench "${STEP_KERNELS:-this=kernels}" ${STEP_REPS:-1}
 fi
 if has samplebench; then
-  # SAMPLE_KERNELS="NAME=DIR ..." (bench_kernels), SAMPLE_REPS rounds.
+  # SAMPLE_KERNELS="NAME=DIR ..." (bench_kernels), SAMPLE_REPS rounds; BENCH_NVCC_FLAGS=-DOPTC_SAMPLE_TRACE
+  # adds each pick's phase marks (only for kernel folders that have SAMPLE_MARK, i.e. from ad68085 on).
   echo "== the sampling kernels alone (kernels/bench/sample_bench.cu)"
   bench_kernels sample_bench "${SAMPLE_KERNELS:-this=kernels}" ${SAMPLE_REPS:-1}
 fi
