@@ -289,6 +289,18 @@ struct SelectScratch {
 __device__ __forceinline__ void hist_add(u64* hist, unsigned d, u64 w) {
     hist += ((threadIdx.x >> 5) % SELECT_COPIES) * 256;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#ifdef OPTC_HIST_ADD_UNIFORM
+    // Not yet measured (sample_bench with BENCH_NVCC_FLAGS=-DOPTC_HIST_ADD_UNIFORM):
+    // a warp whose lanes share one digit (a flat row's first passes) sums
+    // without __match_any_sync, which measured slow on sm_90.
+    if (__all_sync(0xffffffffu, d == __shfl_sync(0xffffffffu, d, 0))) {
+        const unsigned lo = __reduce_add_sync(0xffffffffu, (unsigned)(w & 0xffffffull));
+        const unsigned hi = __reduce_add_sync(0xffffffffu, (unsigned)(w >> 24));
+        const u64 sum = ((u64)hi << 24) + lo;
+        if (d < 256u && (threadIdx.x & 31) == 0 && sum) atomicAdd(&hist[d], sum);
+        return;
+    }
+#endif
     const unsigned peers = __match_any_sync(0xffffffffu, d);
     const unsigned lo = __reduce_add_sync(peers, (unsigned)(w & 0xffffffull));
     const unsigned hi = __reduce_add_sync(peers, (unsigned)(w >> 24));
@@ -910,7 +922,13 @@ __device__ void sample_hist_impl(const T* x, const SampleRow* rows, const Sample
                 if (mid) atomicAdd(&mass_mid[b], mid);
             }
             // The near elements, listed in any order (a slot a warp claims).
+#ifdef OPTC_NEAR_SKIP_FULL
+            // Not yet measured: once the piece has more than it lists (a
+            // flat row), stop claiming slots; its count stays over the cap.
+            const bool near = b < SAMPLE_NEAR_BINS && *(volatile unsigned*)&near_n <= SAMPLE_NEAR_CAP;
+#else
             const bool near = b < SAMPLE_NEAR_BINS;
+#endif
             const unsigned mask = __ballot_sync(0xffffffffu, near);
             if (!mask) return;
             const int leader = __ffs(mask) - 1;
