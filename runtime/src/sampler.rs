@@ -7,6 +7,8 @@
 //! request gives the same tokens whatever else is in the batch).
 //! Temperature 0 is greedy (argmax, lowest id on ties). Logprobs are those
 //! of the distribution after penalties and temperature, before filtering.
+//! A NaN logit is never picked and takes no mass (as -inf), as on the GPU;
+//! a row of nothing but NaN and -inf gives token 0 at -inf.
 
 /// What a request asks of sampling.
 #[derive(Clone, Debug, PartialEq)]
@@ -199,14 +201,23 @@ pub fn apply_penalties(logits: &mut [f32], p: &SamplingParams, prompt: &[u32], o
     }
 }
 
-/// log-softmax in f64 (stable).
+/// log-softmax in f64 (stable), NaN taken as -inf.
 fn log_softmax(x: &[f32]) -> Vec<f64> {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let nan_as_neg_inf = |v: f32| if v.is_nan() { f64::NEG_INFINITY } else { v as f64 };
+    let max = x
+        .iter()
+        .map(|&v| nan_as_neg_inf(v))
+        .fold(f64::NEG_INFINITY, f64::max);
     if max == f64::NEG_INFINITY {
         return vec![f64::NEG_INFINITY; x.len()];
     }
-    let lse = x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
-    x.iter().map(|&v| v as f64 - lse).collect()
+    let lse = x
+        .iter()
+        .map(|&v| (nan_as_neg_inf(v) - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    x.iter().map(|&v| nan_as_neg_inf(v) - lse).collect()
 }
 
 /// Picks the next token from one row of logits.
@@ -233,14 +244,15 @@ pub fn sample_with(
     }
     let logp = log_softmax(&l);
     let token = if p.temperature == 0.0 {
-        // argmax, lowest id on ties
-        let mut best = 0;
+        // argmax, lowest id on ties; NaN and -inf never win (token 0 when
+        // nothing else is left, as the GPU's argmax)
+        let mut best: Option<usize> = None;
         for (i, &v) in l.iter().enumerate() {
-            if v > l[best] {
-                best = i;
+            if v > f32::NEG_INFINITY && best.is_none_or(|b| v > l[b]) {
+                best = Some(i);
             }
         }
-        best
+        best.unwrap_or(0)
     } else {
         // Candidates by decreasing probability (ties by id), then filters.
         let mut order: Vec<usize> = (0..l.len()).filter(|&i| logp[i] > f64::NEG_INFINITY).collect();

@@ -125,3 +125,38 @@ fn bad_parameters_are_named() {
     );
     assert!(SamplingParams::default().validate(100).is_ok());
 }
+
+/// NaN logits are never picked and take no mass, as on the GPU: greedy and
+/// sampling keep to the other tokens (even with NaN at token 0), their log
+/// probabilities are those of the row without the NaN, and a row of
+/// nothing but NaN and -inf gives token 0 at -inf.
+#[test]
+fn nan_logits_are_never_picked() {
+    let row = [f32::NAN, 1.0, f32::NAN, 3.0, 2.0];
+    let greedy = sample(&row, &SamplingParams::greedy(1), &[], &[], &mut Rng::new(0));
+    assert_eq!(greedy.token, 3);
+    let without: [f32; 3] = [1.0, 3.0, 2.0];
+    let lse = without.iter().map(|&v| f64::from(v).exp()).sum::<f64>().ln();
+    assert!(
+        (f64::from(greedy.logprob) - (3.0 - lse)).abs() < 1e-6,
+        "{}",
+        greedy.logprob
+    );
+    assert_eq!(support(&row, &params(|_| {})), vec![1, 3, 4]);
+    assert_eq!(support(&row, &params(|p| p.top_k = Some(2))), vec![3, 4]);
+    let mut rng = Rng::new(3);
+    for _ in 0..100 {
+        let s = sample(&row, &params(|p| p.temperature = 0.7), &[], &[], &mut rng);
+        assert!(s.logprob.is_finite() && s.logprob < 0.0, "{s:?}");
+    }
+    for p in [SamplingParams::greedy(1), params(|_| {})] {
+        let s = sample(
+            &[f32::NAN, f32::NEG_INFINITY, f32::NAN],
+            &p,
+            &[],
+            &[],
+            &mut Rng::new(0),
+        );
+        assert_eq!((s.token, s.logprob), (0, f32::NEG_INFINITY));
+    }
+}
