@@ -1874,6 +1874,21 @@ fn host_agreements(
         .count()
 }
 
+/// `spread_rows` of one setting: (temperature, top-k, top-p, min-p).
+fn setting_rows(
+    n: usize,
+    phase: f64,
+    (temperature, top_k, top_p, min_p): (f32, Option<usize>, f32, f32),
+) -> Vec<nvrtc::SampleRow> {
+    spread_rows(n, phase, |_| nvrtc::SampleRow {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        uniform: 0.0,
+    })
+}
+
 #[test]
 fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
     if !gpu() {
@@ -1899,13 +1914,7 @@ fn gpu_sampling_picks_the_hosts_token_for_the_same_uniform() {
             (0.7, None, 0.95, 0.05),
             (1.0, Some(3000), 1.0, 0.0),
         ] {
-            let rows = spread_rows(ROWS, 0.1, |_| nvrtc::SampleRow {
-                temperature,
-                top_k,
-                top_p,
-                min_p,
-                uniform: 0.0,
-            });
+            let rows = setting_rows(ROWS, 0.1, (temperature, top_k, top_p, min_p));
             let got = p.run_sample(&inputs, "y", &rows).unwrap();
             let again = p.run_sample(&inputs, "y", &rows).unwrap();
             assert!(
@@ -1968,13 +1977,7 @@ fn gpu_sampling_of_peaked_rows_matches_the_host() {
         (0.8, None, 1.0, 0.1),
         (2.0, None, 0.99, 0.0),
     ] {
-        let rows = spread_rows(ROWS, 0.3, |_| nvrtc::SampleRow {
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            uniform: 0.0,
-        });
+        let rows = setting_rows(ROWS, 0.3, (temperature, top_k, top_p, min_p));
         let got = p.run_sample(&inputs, "y", &rows).unwrap();
         let same = host_agreements(&y, COLS, &rows, &got, Some(1e-3));
         assert!(
