@@ -1534,13 +1534,54 @@ fn qkv_gemvs_with_rope_and_cache_write_match_the_interpreter() {
     }
 }
 
+/// The host's greedy pick of a row: the first of its largest values, NaN
+/// never winning and taking no mass; token 0 at -inf when nothing but -inf
+/// and NaN is left.
+fn host_greedy(row: &[f64]) -> (usize, f64) {
+    let best = (0..row.len())
+        .filter(|&i| !row[i].is_nan())
+        .fold(None, |b: Option<usize>, i| match b {
+            Some(b) if row[i] <= row[b] => Some(b),
+            _ => Some(i),
+        });
+    match best {
+        Some(b) if row[b] > f64::NEG_INFINITY => {
+            let m = row[b];
+            let sum: f64 = row.iter().filter(|v| !v.is_nan()).map(|v| (v - m).exp()).sum();
+            (b, -sum.ln())
+        }
+        _ => (0, f64::NEG_INFINITY),
+    }
+}
+
+/// The argmax kernels a test runs: the chunked one (`argmax_part_*`), one
+/// block a row, and clusters of 8 and 16 blocks a row where they fit.
+fn argmax_modes(p: &mut CudaProgram) -> Vec<u32> {
+    let mut modes = Vec::new();
+    for blocks in [0, 1, 8, 16] {
+        if p.set_argmax_cluster(blocks) == blocks {
+            modes.push(blocks);
+        } else {
+            eprintln!("skipping the argmax in clusters of {blocks}: they do not fit on this GPU");
+        }
+    }
+    modes
+}
+
 /// Greedy sampling over vocabulary-wide rows (many chunks per row): the
 /// token is the row's first maximum, its log probability the row's
-/// log-softmax there; a row of -inf gives token 0 and -inf.
+/// log-softmax there; a row of -inf gives token 0 and -inf; NaN never
+/// wins and takes no mass. Every argmax kernel gives the same picks. Rows
+/// 50,021 wide start misaligned (read one element at a time) after the
+/// first; 50,024-wide rows are read in 16-byte groups; 300,008-wide ones
+/// take several rounds of groups a thread.
 #[test]
 fn greedy_argmax_over_wide_rows_matches_the_host() {
-    for t in [DType::F32, DType::BF16] {
-        let (rows, cols) = (4usize, 50_021usize);
+    for (t, cols) in [DType::F32, DType::BF16]
+        .into_iter()
+        .flat_map(|t| [50_021usize, 50_024, 300_008].map(|c| (t, c)))
+    {
+        let rows = 6usize;
         let g = negation(t, rows, cols);
         let mut seed = 7u64;
         let mut x: Vec<f32> = random(rows * cols, &mut seed).iter().map(|v| v * 4.0).collect();
@@ -1550,8 +1591,17 @@ fn greedy_argmax_over_wide_rows_matches_the_host() {
         // Row 2: the maximum in the last, partial chunk.
         x[2 * cols + cols - 1] = -9.5;
         // Row 3: all -inf after the negation.
-        for v in &mut x[3 * cols..] {
+        for v in &mut x[3 * cols..4 * cols] {
             *v = f32::INFINITY;
+        }
+        // Row 4: NaN first, next to the maximum and in the tail.
+        for i in [0, 1_000, 1_001, 30_000, cols - 3] {
+            x[4 * cols + i] = f32::NAN;
+        }
+        x[4 * cols + 1_002] = -9.25;
+        // Row 5: NaN and -inf only, the NaN first.
+        for (i, v) in x[5 * cols..].iter_mut().enumerate() {
+            *v = if i % 3 == 0 { f32::NAN } else { f32::INFINITY };
         }
         let inputs = BTreeMap::from([("x".to_string(), Tensor::from_f32(t, &[rows, cols], &x))]);
         if !gpu() {
@@ -1559,33 +1609,36 @@ fn greedy_argmax_over_wide_rows_matches_the_host() {
         }
         let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
         let y = p.run(&inputs).unwrap()["y"].to_f64_vec();
-        let got = p.run_greedy(&inputs, "y").unwrap();
-        assert_eq!(got.len(), rows);
-        for r in 0..rows {
-            let row = &y[r * cols..(r + 1) * cols];
-            let best = (0..cols).fold(0, |b, i| if row[i] > row[b] { i } else { b });
-            let m = row[best];
-            if m == f64::NEG_INFINITY {
-                assert_eq!(got[r], (0, f32::NEG_INFINITY), "{t} row {r}");
-                continue;
+        for blocks in argmax_modes(&mut p) {
+            p.set_argmax_cluster(blocks);
+            let got = p.run_greedy(&inputs, "y").unwrap();
+            assert_eq!(got.len(), rows);
+            for r in 0..rows {
+                let (best, lp) = host_greedy(&y[r * cols..(r + 1) * cols]);
+                let at = format!("{t} cols {cols} blocks {blocks} row {r}");
+                if lp == f64::NEG_INFINITY {
+                    assert_eq!(got[r], (0, f32::NEG_INFINITY), "{at}");
+                    continue;
+                }
+                assert_eq!(got[r].0 as usize, best, "{at}");
+                assert!(
+                    (f64::from(got[r].1) - lp).abs() <= 1e-4 * lp.abs().max(1.0),
+                    "{at}: log p {} against {lp}",
+                    got[r].1
+                );
             }
-            let lp = -row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-            assert_eq!(got[r].0 as usize, best, "{t} row {r}");
-            assert!(
-                (f64::from(got[r].1) - lp).abs() <= 1e-4 * lp.abs().max(1.0),
-                "{t} row {r}: log p {} against {lp}",
-                got[r].1
-            );
+            assert_eq!(got[1].0, 777);
+            assert_eq!(got[2].0 as usize, cols - 1);
+            assert_eq!(got[4].0, 1_002);
         }
-        assert_eq!(got[1].0, 777);
-        assert_eq!(got[2].0 as usize, cols - 1);
     }
 }
 
-/// More rows than the split counters (2^18) take the argmax's second
-/// kernel (`argmax_combine`), which merges each row's chunks instead of
-/// the row's last block: the same tokens and log probabilities as the
-/// host.
+/// More rows than the split counters (2^18) take the chunked argmax's
+/// second kernel (`argmax_combine`), which merges each row's chunks
+/// instead of the row's last block; the cluster argmax takes them in one
+/// grid: the same tokens and log probabilities as the host. The rows are
+/// 5 wide, so a row starts misaligned and is read one element at a time.
 #[test]
 fn greedy_argmax_past_the_split_counters_matches_the_host() {
     let (rows, cols) = ((1usize << 18) + 3, 5usize);
@@ -1597,20 +1650,22 @@ fn greedy_argmax_past_the_split_counters_matches_the_host() {
     let x = random(rows * cols, &mut seed);
     let inputs = BTreeMap::from([("x".to_string(), Tensor::from_f32(DType::F32, &[rows, cols], &x))]);
     let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
-    let got = p.run_greedy(&inputs, "y").unwrap();
-    assert_eq!(got.len(), rows);
-    for (r, &(tok, lp)) in got.iter().enumerate() {
-        let row: Vec<f64> = x[r * cols..(r + 1) * cols]
-            .iter()
-            .map(|&v| -f64::from(v))
-            .collect();
-        let best = (0..cols).fold(0, |b, i| if row[i] > row[b] { i } else { b });
-        let want = -row.iter().map(|v| (v - row[best]).exp()).sum::<f64>().ln();
-        assert_eq!(tok as usize, best, "row {r}");
-        assert!(
-            (f64::from(lp) - want).abs() <= 1e-5,
-            "row {r}: log p {lp} against {want}"
-        );
+    for blocks in argmax_modes(&mut p) {
+        p.set_argmax_cluster(blocks);
+        let got = p.run_greedy(&inputs, "y").unwrap();
+        assert_eq!(got.len(), rows);
+        for (r, &(tok, lp)) in got.iter().enumerate() {
+            let row: Vec<f64> = x[r * cols..(r + 1) * cols]
+                .iter()
+                .map(|&v| -f64::from(v))
+                .collect();
+            let (best, want) = host_greedy(&row);
+            assert_eq!(tok as usize, best, "blocks {blocks} row {r}");
+            assert!(
+                (f64::from(lp) - want).abs() <= 1e-5,
+                "blocks {blocks} row {r}: log p {lp} against {want}"
+            );
+        }
     }
 }
 

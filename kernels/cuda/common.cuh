@@ -199,14 +199,14 @@ __device__ __forceinline__ void argmax_merge(float& m, int& i, float& s, float o
 }
 
 // Value v at index at, taken into a running (m, i, s) in index order: a
-// larger value wins (the first index on ties); NaN never wins and adds NaN
-// to the sum, as exp(NaN) does on the host.
+// larger value wins (the first index on ties); NaN never wins and takes
+// no mass, as in the host sampler.
 __device__ __forceinline__ void argmax_push(float& m, int& i, float& s, float v, int at) {
     if (v > m) {
         s = (s > 0.f ? s * expf(m - v) : 0.f) + 1.f;
         m = v;
         i = at;
-    } else if (m > -OPTC_INF) {
+    } else if (m > -OPTC_INF && v == v) {
         s += expf(v - m);
     }
 }

@@ -13,11 +13,17 @@ template <typename E> __device__ void copy_impl(const E* x, E* y, i64 n, Strided
 
 // Id j of a run whose ids may come from the previous run's picks: the
 // pick `head` (ids_from_picks's, sample.cu) names for element j, if any,
-// else idx[j]. For a few ids only: it scans the head's pairs.
+// else idx[j]. For a few ids only: it scans the head's pairs. The count,
+// the picks' address and the first pair are read at once (the head always
+// has room for one pair), so at one id (a W1 step's embedding, on the
+// critical path) the pick is the second dependent read and the row the
+// third.
 __device__ __forceinline__ i64 picked_id(const int* head, i64 j, const i64* idx) {
-    const int count = head[2];
-    for (int c = 0; c < count; ++c)
-        if (head[4 + 2 * c] == j) return (*reinterpret_cast<const int* const*>(head))[head[5 + 2 * c]];
+    const int count = head[2], first = head[4], first_row = head[5];
+    const int* picks = *reinterpret_cast<const int* const*>(head);
+    if (count > 0 && first == j) return picks[first_row];
+    for (int c = 1; c < count; ++c)
+        if (head[4 + 2 * c] == j) return picks[head[5 + 2 * c]];
     return idx[j];
 }
 

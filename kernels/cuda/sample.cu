@@ -78,11 +78,144 @@ extern "C" __global__ void ids_from_picks(void* ids, const int* head) {
         reinterpret_cast<int*>(ids)[index] = tok;
 }
 
+// ---- The greedy pick of a row by one thread block cluster (sm_90) ----
+//
+// argmax_part's blocks meet through global memory: a part stored, a
+// fence, a ticket, then the last block reading every part, several L2
+// round trips on the critical path of every decode step, where nothing
+// else runs. Here a row's gridDim.y blocks form one cluster: each thread
+// loads its few 16-byte groups of the row at once, the blocks merge in
+// shared memory, and block 0 reads the others' results through
+// distributed shared memory after one cluster barrier. The merge order is
+// fixed by the grid, so the result does not depend on timing. NaN never
+// wins and takes no mass (as the host sampler); a row of -inf and NaN
+// gives token 0 at -inf.
+
+// The elements of a thread's groups, in index order (`v[a]` holds the
+// row's elements at[a] .. at[a] + 7 where at[a] >= 0), merged into the
+// running (m, i, s): their maximum first, then one exp each.
+template <int A>
+__device__ __forceinline__ void argmax_push_groups(float& m, int& i, float& s, const float (&v)[A][8],
+                                                   const int (&at)[A]) {
+    float gm = -OPTC_INF;
+#pragma unroll
+    for (int a = 0; a < A; ++a)
+#pragma unroll
+        for (int q = 0; q < 8; ++q)
+            if (at[a] >= 0) gm = fmaxf(gm, v[a][q]);  // fmaxf skips NaN
+    if (gm == -OPTC_INF) return;  // only -inf and NaN: nothing to take
+    int gi = 0x7fffffff;
+    float gs = 0.f;
+#pragma unroll
+    for (int a = A - 1; a >= 0; --a)
+#pragma unroll
+        for (int q = 7; q >= 0; --q) {
+            if (at[a] < 0) continue;
+            const float x = v[a][q];
+            if (x == gm) gi = at[a] + q;
+            gs += x == x ? expf(x - gm) : 0.f;
+        }
+    argmax_merge(m, i, s, gm, gi, gs);
+}
+
+// The rank of this block in its cluster, and a barrier over the cluster's
+// threads (release/acquire: shared memory written before it is visible to
+// the cluster's blocks after it).
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+    return r;
+}
+__device__ __forceinline__ void cluster_barrier() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+// The word at `local`'s place in the shared memory of the cluster's block
+// `rank`.
+__device__ __forceinline__ unsigned ld_cluster_u32(const void* local, unsigned rank) {
+    unsigned v = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned a = (unsigned)__cvta_generic_to_shared(local), remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.u32 %0, [%1];\n" : "=r"(v) : "r"(remote) : "memory");
+#endif
+    return v;
+}
+
+// Groups of 8 a thread loads before it uses any.
+constexpr int ARGMAX_AHEAD = 2;
+
+// Grid (rows, blocks a row), launched with clusters of (1, gridDim.y, 1)
+// (up to 16 blocks; one needs no cluster).
+template <typename T> __device__ void argmax_cluster_impl(const T* x, int cols, int* out, float* logprob) {
+    const i64 r = blockIdx.x;
+    const T* row = x + r * (i64)cols;
+    const int nt = gridDim.y * blockDim.x;
+    const unsigned rank = gridDim.y > 1 ? cluster_rank() : 0;
+    const int t = rank * blockDim.x + threadIdx.x;
+    float m = -OPTC_INF, s = 0.f;
+    int bi = 0x7fffffff;
+    // Whole 16-byte groups where the row starts 16-byte aligned; the
+    // rest (a tail, or a misaligned row) one element at a time.
+    const int groups = (reinterpret_cast<unsigned long long>(row) & 15) == 0 ? cols / 8 : 0;
+    for (int g = t; g < groups; g += ARGMAX_AHEAD * nt) {
+        float v[ARGMAX_AHEAD][8];
+        int at[ARGMAX_AHEAD];
+#pragma unroll
+        for (int a = 0; a < ARGMAX_AHEAD; ++a) {
+            const int ga = g + a * nt;
+            at[a] = ga < groups ? ga * 8 : -1;
+            if (ga < groups) ld8(row + (i64)ga * 8, v[a]);
+        }
+        argmax_push_groups<ARGMAX_AHEAD>(m, bi, s, v, at);
+    }
+    for (int i = groups * 8 + t; i < cols; i += nt) argmax_push(m, bi, s, ld(&row[i]), i);
+    argmax_block(m, bi, s);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    // Block 0 of the row writes the pick from (m, bi, s) on its warp 0.
+    auto write = [&]() {
+        if (lane == 0) {
+            out[r] = bi == 0x7fffffff ? 0 : bi;
+            // log p(best) = -log(sum exp(x - max)).
+            logprob[r] = m == -OPTC_INF ? -OPTC_INF : -logf(s);
+        }
+    };
+    if (gridDim.y == 1) {
+        if (warp == 0) write();
+        return;
+    }
+    __shared__ unsigned mine[3];
+    if (threadIdx.x == 0) {
+        mine[0] = __float_as_uint(m);
+        mine[1] = (unsigned)bi;
+        mine[2] = __float_as_uint(s);
+    }
+    cluster_barrier();
+    if (rank == 0 && warp == 0) {
+        const bool has = lane < (int)gridDim.y;
+        m = has ? __uint_as_float(ld_cluster_u32(&mine[0], lane)) : -OPTC_INF;
+        bi = has ? (int)ld_cluster_u32(&mine[1], lane) : 0x7fffffff;
+        s = has ? __uint_as_float(ld_cluster_u32(&mine[2], lane)) : 0.f;
+        argmax_warp(m, bi, s);
+        write();
+    }
+    // Every block's shared memory stays until block 0 has read it.
+    cluster_barrier();
+}
+
 #define OPTC_ARGMAX(T, N)                                                                            \
     extern "C" __global__ void argmax_part_##N(const T* x, float* part, int cols, int chunk, int* counters, \
                                                int* out, float* lp) {                                      \
         pdl_start();                                                                                 \
         argmax_part_impl<T>(x, part, cols, chunk, counters, out, lp);                                \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(512) argmax_cluster_##N(const T* x, int cols, int* out, \
+                                                                          float* lp) {                \
+        pdl_start();                                                                                 \
+        argmax_cluster_impl<T>(x, cols, out, lp);                                                    \
     }
 
 // OPTC_ARGMAX and OPTC_SAMPLE are instantiated by the host for the float

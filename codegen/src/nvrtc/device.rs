@@ -34,6 +34,42 @@ const DECODE_CHUNKS_PER_WARP: usize = 4;
 /// The default of `Gpu::decode_warps`.
 const DECODE_WARPS: usize = 8;
 
+/// How a kernel is launched besides its grid (`Gpu::launch_opts`).
+#[derive(Clone, Copy)]
+struct LaunchOpts {
+    /// Programmatic dependent launch, where the GPU has it.
+    early: bool,
+    /// A cooperative launch: all blocks resident at once, or refused.
+    cooperative: bool,
+    /// Blocks a cluster along y (1: no clusters).
+    cluster_y: u32,
+}
+
+impl LaunchOpts {
+    /// Fills `attrs` with the launch attributes; returns how many.
+    fn attributes(self, pdl: bool, attrs: &mut [sys::CUlaunchAttribute; 3]) -> usize {
+        let mut n = 0;
+        if pdl && self.early {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[n].value.programmaticStreamSerializationAllowed = 1;
+            n += 1;
+        }
+        if self.cooperative {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+            attrs[n].value.cooperative = 1;
+            n += 1;
+        }
+        if self.cluster_y > 1 {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attrs[n].value.clusterDim.x = 1;
+            attrs[n].value.clusterDim.y = self.cluster_y;
+            attrs[n].value.clusterDim.z = 1;
+            n += 1;
+        }
+        n
+    }
+}
+
 /// One GPU and what a program keeps on it.
 pub(crate) struct Gpu {
     pub ctx: Arc<CudaContext>,
@@ -155,30 +191,44 @@ impl Gpu {
         cooperative: bool,
         params: &mut [*mut std::ffi::c_void],
     ) -> Result<(), String> {
-        let mut attrs: [sys::CUlaunchAttribute; 2] = std::mem::zeroed();
-        let mut n = 0;
-        if self.pdl && early {
-            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-            attrs[n].value.programmaticStreamSerializationAllowed = 1;
-            n += 1;
-        }
-        if cooperative {
-            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
-            attrs[n].value.cooperative = 1;
-            n += 1;
-        }
-        let config = sys::CUlaunchConfig {
-            gridDimX: cfg.grid_dim.0,
-            gridDimY: cfg.grid_dim.1,
-            gridDimZ: cfg.grid_dim.2,
-            blockDimX: cfg.block_dim.0,
-            blockDimY: cfg.block_dim.1,
-            blockDimZ: cfg.block_dim.2,
-            sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: self.stream.cu_stream(),
-            attrs: attrs.as_mut_ptr(),
-            numAttrs: n as u32,
+        let opts = LaunchOpts {
+            early,
+            cooperative,
+            cluster_y: 1,
         };
+        self.launch_opts(f, cfg, opts, params)
+    }
+
+    /// [`Gpu::launch_dependent`], with the grid's blocks in clusters of
+    /// (1, `cluster_y`, 1) (sm_90 and later; see [`Gpu::cluster_fits`]).
+    ///
+    /// # Safety
+    /// As for [`Gpu::launch_dependent`].
+    pub unsafe fn launch_clustered(
+        &self,
+        f: &CudaFunction,
+        cfg: cudarc::driver::LaunchConfig,
+        cluster_y: u32,
+        params: &mut [*mut std::ffi::c_void],
+    ) -> Result<(), String> {
+        let opts = LaunchOpts {
+            early: true,
+            cooperative: false,
+            cluster_y,
+        };
+        self.launch_opts(f, cfg, opts, params)
+    }
+
+    unsafe fn launch_opts(
+        &self,
+        f: &CudaFunction,
+        cfg: cudarc::driver::LaunchConfig,
+        opts: LaunchOpts,
+        params: &mut [*mut std::ffi::c_void],
+    ) -> Result<(), String> {
+        let mut attrs: [sys::CUlaunchAttribute; 3] = std::mem::zeroed();
+        let n = opts.attributes(self.pdl, &mut attrs);
+        let config = self.launch_config(cfg, &mut attrs[..n]);
         self.ctx
             .bind_to_thread()
             .map_err(|e| format!("kernel launch: {e}"))?;
@@ -190,6 +240,69 @@ impl Gpu {
         )
         .result()
         .map_err(|e| format!("kernel launch: {e}"))
+    }
+
+    /// The driver's launch config for `cfg` on the program's stream.
+    fn launch_config(
+        &self,
+        cfg: cudarc::driver::LaunchConfig,
+        attrs: &mut [sys::CUlaunchAttribute],
+    ) -> sys::CUlaunchConfig {
+        sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: attrs.len() as u32,
+        }
+    }
+
+    /// Whether clusters of `cluster_y` blocks of `threads` threads of `f`
+    /// can be resident on this GPU (sm_90 and later), allowing sizes past
+    /// the portable 8 on `f` first when asked for. The driver refuses a
+    /// clustered launch that cannot be placed, so a kernel asks here once
+    /// and launches without clusters otherwise.
+    pub fn cluster_fits(&self, f: &CudaFunction, cluster_y: u32, threads: u32) -> bool {
+        if self.arch.0 < 9 || cluster_y < 2 || self.ctx.bind_to_thread().is_err() {
+            return false;
+        }
+        // SAFETY: `f` is a loaded function of this context, and `config`
+        // and its attributes outlive the calls that read them.
+        unsafe {
+            if cluster_y > 8
+                && sys::cuFuncSetAttribute(
+                    f.cu_function(),
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                    1,
+                )
+                .result()
+                .is_err()
+            {
+                return false;
+            }
+            let mut attrs: [sys::CUlaunchAttribute; 3] = std::mem::zeroed();
+            let opts = LaunchOpts {
+                early: false,
+                cooperative: false,
+                cluster_y,
+            };
+            let n = opts.attributes(false, &mut attrs);
+            let cfg = cudarc::driver::LaunchConfig {
+                grid_dim: (1, cluster_y, 1),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let config = self.launch_config(cfg, &mut attrs[..n]);
+            let mut clusters = 0;
+            sys::cuOccupancyMaxActiveClusters(&mut clusters, f.cu_function(), &config)
+                .result()
+                .is_ok_and(|_| clusters > 0)
+        }
     }
 
     pub fn load(&mut self, images: Vec<cudarc::nvrtc::Ptx>) -> Result<(), String> {

@@ -168,8 +168,12 @@ pub(super) struct Pick {
 
 pub(super) enum PickKernel {
     /// `argmax_part_{dtype}` (its last block a row combines; or
-    /// `argmax_combine` after it).
-    Argmax(CudaFunction),
+    /// `argmax_combine` after it), or `argmax_cluster_{dtype}` with its
+    /// blocks a row.
+    Argmax {
+        part: CudaFunction,
+        cluster: Option<(CudaFunction, u32)>,
+    },
     /// The sampling kernels with the rows' parameters (as they read them).
     Sample {
         kernels: SampleKernels,
@@ -179,6 +183,28 @@ pub(super) enum PickKernel {
         /// ([`one_pass_rows`]).
         top_k_most: Option<usize>,
     },
+}
+
+/// Threads of an `argmax_cluster_*` block (its `__launch_bounds__`).
+pub(super) const ARGMAX_CLUSTER_THREADS: u32 = 512;
+
+/// Most blocks of `argmax_cluster_*` a row: the largest cluster sm_90
+/// allows (16, past the portable 8). At one row, 16 blocks of 512 threads
+/// load a 128k-logit row in one 16-byte group or two a thread.
+pub(super) const ARGMAX_CLUSTER_MOST: u32 = 16;
+
+/// The blocks of the cluster argmax a row that fit for `f` on `gpu`: the
+/// `asked` size, else the portable 8 (for asked sizes past it), else 0
+/// (the chunked argmax). 0 and 1 need no cluster.
+pub(super) fn argmax_cluster_fit(gpu: &super::device::Gpu, f: &CudaFunction, asked: u32) -> u32 {
+    if asked <= 1 {
+        return asked;
+    }
+    [asked, 8]
+        .into_iter()
+        .filter(|&b| b <= asked)
+        .find(|&b| gpu.cluster_fits(f, b, ARGMAX_CLUSTER_THREADS))
+        .unwrap_or(0)
 }
 
 /// Pairs a piece of a row leaves for the one-pass kernel, at most
@@ -226,7 +252,7 @@ impl Pick {
     /// one (`one_pass`: the program may sample rows in one pass).
     pub(super) fn launches(&self, dims: &[usize], one_pass: bool) -> u8 {
         match &self.kernel {
-            PickKernel::Argmax(_) => 0,
+            PickKernel::Argmax { .. } => 0,
             PickKernel::Sample { top_k_most, .. } => {
                 let cols = dims.get(1).copied().unwrap_or(0);
                 1 + u8::from(one_pass && one_pass_rows(*top_k_most, cols))
@@ -238,7 +264,7 @@ impl Pick {
     pub(super) fn params(&self) -> &[u8] {
         match &self.kernel {
             PickKernel::Sample { params, .. } => params,
-            PickKernel::Argmax(_) => &[],
+            PickKernel::Argmax { .. } => &[],
         }
     }
 }
@@ -468,10 +494,14 @@ impl CudaProgram {
     fn make_pick(&self, output: &str, rows: Option<&[SampleRow]>) -> Result<Pick, CodegenError> {
         let (v, dtype) = self.pick_output(output)?;
         let Some(rows) = rows else {
-            let f = self.argmax.get(dtype).cloned().ok_or_else(|| no_kernel(output))?;
+            let part = self.argmax.get(dtype).cloned().ok_or_else(|| no_kernel(output))?;
+            let blocks = self.argmax_cluster_blocks;
+            let cluster = (blocks > 0)
+                .then(|| self.argmax_cluster.get(dtype).map(|f| (f.clone(), blocks)))
+                .flatten();
             return Ok(Pick {
                 value: v,
-                kernel: PickKernel::Argmax(f),
+                kernel: PickKernel::Argmax { part, cluster },
             });
         };
         let kernels = self.sample.get(dtype).cloned().ok_or_else(|| no_kernel(output))?;
@@ -570,7 +600,11 @@ impl CudaProgram {
         }
         // `execute` checked the sampling rows against the logits rows.
         let r = match &pick.kernel {
-            PickKernel::Argmax(f) => self.launch_argmax(f, x, rows, cols, buf),
+            PickKernel::Argmax {
+                cluster: Some((f, blocks)),
+                ..
+            } => self.launch_argmax_cluster(f, *blocks, x, rows, cols, buf),
+            PickKernel::Argmax { part, .. } => self.launch_argmax(part, x, rows, cols, buf),
             PickKernel::Sample {
                 kernels, top_k_most, ..
             } => self.launch_sample(kernels, *top_k_most, x, rows, cols, params, buf),
@@ -637,6 +671,37 @@ impl CudaProgram {
         self.pool.release(stats);
         self.one_pass_samples += u64::from(only_stats && r.is_ok());
         r
+    }
+
+    /// The argmax of each row by a cluster of `blocks` blocks
+    /// (`argmax_cluster_*`; one block a row needs no cluster).
+    fn launch_argmax_cluster(
+        &self,
+        f: &CudaFunction,
+        blocks: u32,
+        x: u64,
+        rows: usize,
+        cols: usize,
+        buf: u64,
+    ) -> Result<(), String> {
+        let grid_rows = u32::try_from(rows)
+            .ok()
+            .filter(|&r| r < 1 << 31)
+            .ok_or_else(|| format!("greedy sampling over {rows} rows is too large"))?;
+        let cols = i32::try_from(cols)
+            .map_err(|_| format!("greedy sampling over rows of {cols} logits is too large"))?;
+        let (tok, lp) = (buf, buf + rows as u64 * 4);
+        let mut params: [*mut std::ffi::c_void; 4] = [
+            &x as *const u64 as *mut _,
+            &cols as *const i32 as *mut _,
+            &tok as *const u64 as *mut _,
+            &lp as *const u64 as *mut _,
+        ];
+        let config = cfg((grid_rows, blocks, 1), ARGMAX_CLUSTER_THREADS, 0);
+        // SAFETY: the parameters are argmax_cluster's (x, cols, out, lp),
+        // locals that outlive the call; `buf` holds a token and a log
+        // probability per row, `x` the rows.
+        unsafe { self.gpu.launch_clustered(f, config, blocks, &mut params) }
     }
 
     /// The argmax in blocks of `ARGMAX_CHUNK` logits, each row's last

@@ -203,6 +203,16 @@ pub struct CudaProgram {
     /// and the kernel that combines a row's chunks.
     pub(super) argmax: HashMap<&'static str, CudaFunction>,
     pub(super) argmax_combine: CudaFunction,
+    /// `argmax_cluster_{dtype}`: a row's greedy pick by one cluster of
+    /// blocks that merge in shared memory, without argmax_part's rounds
+    /// through global memory (the pick is on every decode step's critical
+    /// path). Used with `argmax_cluster_blocks` blocks a row when that is
+    /// not 0.
+    pub(super) argmax_cluster: HashMap<&'static str, CudaFunction>,
+    /// Blocks of `argmax_cluster_*` a row: 16 where such clusters fit (8
+    /// where only the portable size does), 1 for a block a row without
+    /// clusters, 0 for argmax_part (`OPTC_CUDA_ARGMAX_CLUSTER` overrides).
+    pub(super) argmax_cluster_blocks: u32,
     /// Copies a run's picked tokens into the next run's ids on the GPU.
     pub(super) ids_from_picks: CudaFunction,
     /// `sample_{stats,hist,}_{dtype}`: temperature, top-k, top-p and min-p.
@@ -831,8 +841,17 @@ impl CudaProgram {
         }
         // The token-pick kernels, one per float dtype of a 2-D output.
         let (mut argmax, mut sample) = (HashMap::new(), HashMap::new());
+        let mut argmax_cluster = HashMap::new();
+        let mut argmax_cluster_blocks = std::env::var("OPTC_CUDA_ARGMAX_CLUSTER")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(super::pick::ARGMAX_CLUSTER_MOST)
+            .min(super::pick::ARGMAX_CLUSTER_MOST);
         for d in pick_types {
             argmax.insert(d, gpu.function(&format!("argmax_part_{d}")).map_err(&gerr)?);
+            let f = gpu.function(&format!("argmax_cluster_{d}")).map_err(&gerr)?;
+            argmax_cluster_blocks = super::pick::argmax_cluster_fit(&gpu, &f, argmax_cluster_blocks);
+            argmax_cluster.insert(d, f);
             let kernels = super::pick::SampleKernels {
                 stats: gpu.function(&format!("sample_stats_{d}")).map_err(&gerr)?,
                 hist: gpu.function(&format!("sample_hist_{d}")).map_err(&gerr)?,
@@ -1068,6 +1087,8 @@ impl CudaProgram {
             arena: None,
             argmax,
             argmax_combine,
+            argmax_cluster,
+            argmax_cluster_blocks,
             ids_from_picks,
             sample,
             summary,
@@ -1291,6 +1312,28 @@ impl CudaProgram {
     pub fn set_ids_in_embedding(&mut self, max: usize) {
         self.drop_captures();
         self.ids_in_embedding_max = max;
+    }
+
+    /// Blocks of the cluster argmax a row (0: the argmax in chunks with
+    /// its last block merging, `argmax_part_*`).
+    pub fn argmax_cluster_blocks(&self) -> u32 {
+        self.argmax_cluster_blocks
+    }
+
+    /// Picks greedy tokens with `blocks` blocks of the cluster argmax a
+    /// row (1 without clusters; 0 the chunked argmax), where such
+    /// clusters fit on this GPU; returns the number taken (0 when they do
+    /// not fit). Captured graphs are dropped.
+    pub fn set_argmax_cluster(&mut self, blocks: u32) -> u32 {
+        self.drop_captures();
+        let mut b = blocks.min(super::pick::ARGMAX_CLUSTER_MOST);
+        for f in self.argmax_cluster.values() {
+            if b > 1 && !self.gpu.cluster_fits(f, b, super::pick::ARGMAX_CLUSTER_THREADS) {
+                b = 0;
+            }
+        }
+        self.argmax_cluster_blocks = b;
+        b
     }
 
     /// Runs, and graph captures, whose greedy pick the LM head's ring

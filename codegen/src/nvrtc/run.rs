@@ -69,8 +69,10 @@ pub(super) struct StepCx<'a> {
 const IDS_HEAD_BYTES: usize = 16;
 
 /// Appends the head `ids_from_picks` reads (`map`: its (element, row)
-/// pairs as little-endian i32s) with room for `capacity` pairs, so every
-/// step of a shape has the same arena layout; returns its offset.
+/// pairs as little-endian i32s) with room for `capacity` pairs (one at
+/// least: the embedding reads the first pair with the count, layout.cu's
+/// `picked_id`), so every step of a shape has the same arena layout;
+/// returns its offset.
 fn push_ids_head(arena: &mut Vec<u8>, picks: u64, i64ids: bool, map: &[u8], capacity: usize) -> usize {
     let at = arena.len();
     arena.extend_from_slice(&picks.to_le_bytes());
@@ -78,7 +80,7 @@ fn push_ids_head(arena: &mut Vec<u8>, picks: u64, i64ids: bool, map: &[u8], capa
     arena.extend_from_slice(&i32::from(i64ids).to_le_bytes());
     arena.extend_from_slice(map);
     arena.resize(
-        (at + IDS_HEAD_BYTES + 8 * capacity.max(map.len() / 8)).div_ceil(256) * 256,
+        (at + IDS_HEAD_BYTES + 8 * capacity.max(map.len() / 8).max(1)).div_ceil(256) * 256,
         0,
     );
     at
