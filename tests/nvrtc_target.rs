@@ -2373,20 +2373,26 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                         toks[q].push(i64::from(picks[q].0));
                     }
                 }
-                for (how, graphs, pairs, rings, copied) in [
-                    ("eager", false, false, false, false),
-                    ("eager, ids copied first", false, false, false, true),
-                    ("one graph a shape", true, false, false, false),
-                    ("paired graphs", true, true, false, false),
-                    ("paired graphs, ids copied first", true, true, false, true),
-                    ("paired graphs, ring GEMVs", true, true, true, false),
-                    ("eager, ring GEMVs", false, false, true, false),
+                for (how, graphs, pairs, rings, copied, cluster) in [
+                    ("eager", false, false, false, false, 0),
+                    ("eager, ids copied first", false, false, false, true, 0),
+                    ("one graph a shape", true, false, false, false, 0),
+                    ("paired graphs", true, true, false, false, 0),
+                    ("paired graphs, ids copied first", true, true, false, true, 0),
+                    ("paired graphs, ring GEMVs", true, true, true, false, 0),
+                    ("eager, ring GEMVs", false, false, true, false, 0),
+                    ("paired graphs, cluster argmax", true, true, false, false, 16),
                 ] {
-                    // The rings' pick is greedy: sampled steps skip them.
-                    if rings && sampled {
+                    // The rings' pick and the cluster argmax are greedy:
+                    // sampled steps skip them.
+                    if (rings || cluster > 0) && sampled {
                         continue;
                     }
                     let mut cuda = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
+                    if cluster > 0 && cuda.set_argmax_cluster(cluster) == 0 {
+                        eprintln!("skipping {}: clusters do not fit on this GPU", what(how));
+                        continue;
+                    }
                     cuda.set_cuda_graphs(graphs);
                     cuda.set_graph_pairs(pairs);
                     if copied {

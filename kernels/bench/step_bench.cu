@@ -402,9 +402,11 @@ struct Variant {
     int ring_var = 0;  // the big linears' ring kernels (`ring_vars`)
     int qkv_geo = 0;   // 0: GemvNorm; 1, 2: QkvGeo1, QkvGeo2
     // The step's end: 0, a final norm kernel and the LM head; 1, the norm
-    // in the LM head's ring (on the logits row) and the argmax kernel
-    // after it (optc until the tenth session); 2, the norm and the greedy
-    // pick in the ring (`gemv_norm_ring_argmax`, optc now).
+    // in the LM head's ring (on the logits row) and the chunked argmax
+    // kernel after it (optc's default); 2, the norm and the greedy pick in
+    // the ring (`gemv_norm_ring_argmax`, OPTC_CUDA_PICK_IN_GEMV=1); 3, the
+    // norm in the ring and the cluster argmax (16 blocks, 8 where 16 do
+    // not fit; OPTC_CUDA_ARGMAX_CLUSTER).
     int head_mode = 0;
     bool o_norm = false;  // o_then_norm, then gate/up copying x
     // Gate/up's first `pf_rows` gate and up rows asked of L2 (gu_ahead)
@@ -529,6 +531,28 @@ int main() {
     // then 64 KB of rings a block.
     const unsigned ring_grid = 3 * sms, ring = 64 << 10;
     const int big = 24 << 20;  // GEMV_RING_MIN_BYTES
+    // The cluster argmax's blocks a row, as optc picks them (pick.rs's
+    // argmax_cluster_fit): 16 where such clusters fit, else 8.
+    unsigned argmax_blocks = 8;
+    {
+        CK(cudaFuncSetAttribute((const void*)argmax_cluster_bf16, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+        cudaLaunchConfig_t c = {};
+        c.gridDim = dim3(1, 16, 1);
+        c.blockDim = dim3(512);
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeClusterDimension;
+        at[0].val.clusterDim.x = 1;
+        at[0].val.clusterDim.y = 16;
+        at[0].val.clusterDim.z = 1;
+        c.attrs = at;
+        c.numAttrs = 1;
+        int clusters = 0;
+        if (cudaOccupancyMaxActiveClusters(&clusters, (const void*)argmax_cluster_bf16, &c) == cudaSuccess &&
+            clusters > 0)
+            argmax_blocks = 16;
+        cudaGetLastError();
+        printf("== cluster argmax: %u blocks a row\n", argmax_blocks);
+    }
     if (getenv("STEP_CHECK") && atoi(getenv("STEP_CHECK")) == 1) {
         const int bad = check_ring_vars(h, resid, nw2[0], sum, wgu[0], wd[0], whead, D, F, V, ring_grid);
         printf("== ring variants: %d results differ from optc's rings\n", bad);
@@ -587,8 +611,10 @@ int main() {
         {"8 warps, gate/up and down 2 tiles before the wait: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 15},
         {"8 warps, head as optc before: norm in the ring, argmax kernel: whole step", true, true, true, true, true,
          true, 1, 0, 1, 0, 8, 0, 0, 1},
-        {"8 warps, head as optc now: norm and pick in the ring: whole step", true, true, true, true, true, true, 1,
-         0, 1, 0, 8, 0, 0, 2},
+        {"8 warps, head with the pick in the ring: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8,
+         0, 0, 2},
+        {"8 warps, head: norm in the ring, cluster argmax: whole step", true, true, true, true, true, true, 1, 0, 1,
+         0, 8, 0, 0, 3},
         {"8 warps, the gate/up norm at o's end: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0,
          0, 0, true},
         {"8 warps, QKV of 4 warps: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 1},
@@ -728,6 +754,14 @@ int main() {
                        (const bf16*)whead, (const bf16*)nullptr, logits, V, D, 1);
                 launch(argmax_part_bf16, 1, (V + 1023) / 1024, 1, 256, 0, (const bf16*)logits, part, V, 1024,
                        counters + 32, picks, (float*)(picks + 1));
+            } else if (v.head && v.head_mode == 3) {
+                names.push_back("LM head");
+                names.push_back("argmax");
+                launch(gemv_norm_ring_bf16_m1, ring_grid, 1, 1, 256, 2 * D * 2 + ring, (const bf16*)down,
+                       (const bf16*)resid, (const bf16*)fnorm, (bf16*)nullptr, eps, (const i64*)drow, 1,
+                       (const bf16*)whead, (const bf16*)nullptr, logits, V, D, 1);
+                launch_clustered(argmax_cluster_bf16, argmax_blocks, 1, argmax_blocks, 1, 512, 0, (const bf16*)logits,
+                                 V, picks, (float*)(picks + 1));
             } else if (v.head && v.head_mode == 2) {
                 names.push_back("LM head");
                 launch(gemv_norm_ring_argmax_bf16_m1, ring_grid, 1, 1, 256, 2 * D * 2 + ring, (const bf16*)down,

@@ -11,21 +11,33 @@ static cudaStream_t stream;
 // step_bench.cu names a captured graph's kernels by it).
 static std::vector<const void*> launched;
 
+// Launches k as a programmatic dependent; with `cluster_y` > 1, in
+// clusters of (1, cluster_y, 1) blocks (as optc's cluster argmax).
 template <typename... Args>
-static void launch(void (*k)(Args...), unsigned gx, unsigned gy, unsigned gz, unsigned threads, unsigned smem,
-                   Args... args) {
+static void launch_clustered(void (*k)(Args...), unsigned cluster_y, unsigned gx, unsigned gy, unsigned gz,
+                             unsigned threads, unsigned smem, Args... args) {
     cudaLaunchConfig_t c = {};
     c.gridDim = dim3(gx, gy, gz);
     c.blockDim = dim3(threads);
     c.dynamicSmemBytes = smem;
     c.stream = stream;
-    cudaLaunchAttribute at[1];
+    cudaLaunchAttribute at[2];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
+    at[1].id = cudaLaunchAttributeClusterDimension;
+    at[1].val.clusterDim.x = 1;
+    at[1].val.clusterDim.y = cluster_y;
+    at[1].val.clusterDim.z = 1;
     c.attrs = at;
-    c.numAttrs = 1;
+    c.numAttrs = cluster_y > 1 ? 2 : 1;
     CK(cudaLaunchKernelEx(&c, k, args...));
     launched.push_back((const void*)k);
+}
+
+template <typename... Args>
+static void launch(void (*k)(Args...), unsigned gx, unsigned gy, unsigned gz, unsigned threads, unsigned smem,
+                   Args... args) {
+    launch_clustered(k, 1, gx, gy, gz, threads, smem, args...);
 }
 
 static bf16* dalloc(size_t n, unsigned seed, float scale) {

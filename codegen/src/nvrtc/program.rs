@@ -209,9 +209,10 @@ pub struct CudaProgram {
     /// path). Used with `argmax_cluster_blocks` blocks a row when that is
     /// not 0.
     pub(super) argmax_cluster: HashMap<&'static str, CudaFunction>,
-    /// Blocks of `argmax_cluster_*` a row: 16 where such clusters fit (8
-    /// where only the portable size does), 1 for a block a row without
-    /// clusters, 0 for argmax_part (`OPTC_CUDA_ARGMAX_CLUSTER` overrides).
+    /// Blocks of `argmax_cluster_*` a row: 0 for argmax_part (the
+    /// default until the cluster argmax is measured on a GPU), 2 to 16 in
+    /// one cluster where such clusters fit (else 8, else 0), 1 for a block
+    /// a row without clusters (`OPTC_CUDA_ARGMAX_CLUSTER`).
     pub(super) argmax_cluster_blocks: u32,
     /// Copies a run's picked tokens into the next run's ids on the GPU.
     pub(super) ids_from_picks: CudaFunction,
@@ -845,7 +846,7 @@ impl CudaProgram {
         let mut argmax_cluster_blocks = std::env::var("OPTC_CUDA_ARGMAX_CLUSTER")
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(super::pick::ARGMAX_CLUSTER_MOST)
+            .unwrap_or(0)
             .min(super::pick::ARGMAX_CLUSTER_MOST);
         for d in pick_types {
             argmax.insert(d, gpu.function(&format!("argmax_part_{d}")).map_err(&gerr)?);
