@@ -1535,8 +1535,9 @@ fn qkv_gemvs_with_rope_and_cache_write_match_the_interpreter() {
 }
 
 /// The host's greedy pick of a row: the first of its largest values, NaN
-/// never winning and taking no mass; token 0 at -inf when nothing but -inf
-/// and NaN is left.
+/// never winning and taking no mass; values at the maximum weigh 1 each
+/// (k at +inf: log p = -ln k); token 0 at -inf when nothing but -inf and
+/// NaN is left.
 fn host_greedy(row: &[f64]) -> (usize, f64) {
     let best = (0..row.len())
         .filter(|&i| !row[i].is_nan())
@@ -1547,7 +1548,11 @@ fn host_greedy(row: &[f64]) -> (usize, f64) {
     match best {
         Some(b) if row[b] > f64::NEG_INFINITY => {
             let m = row[b];
-            let sum: f64 = row.iter().filter(|v| !v.is_nan()).map(|v| (v - m).exp()).sum();
+            let sum: f64 = row
+                .iter()
+                .filter(|v| !v.is_nan())
+                .map(|&v| if v == m { 1.0 } else { (v - m).exp() })
+                .sum();
             (b, -sum.ln())
         }
         _ => (0, f64::NEG_INFINITY),
@@ -1555,14 +1560,18 @@ fn host_greedy(row: &[f64]) -> (usize, f64) {
 }
 
 /// The argmax kernels a test runs: the chunked one (`argmax_part_*`), one
-/// block a row, and clusters of 8 and 16 blocks a row where they fit.
+/// block a row, and clusters of 8 and 16 blocks a row where they fit (on
+/// an H100 or H200 they must).
 fn argmax_modes(p: &mut CudaProgram) -> Vec<u32> {
+    let device = p.summary().device.clone();
+    let hopper = device.contains("H100") || device.contains("H200");
     let mut modes = Vec::new();
     for blocks in [0, 1, 8, 16] {
         if p.set_argmax_cluster(blocks) == blocks {
             modes.push(blocks);
         } else {
-            eprintln!("skipping the argmax in clusters of {blocks}: they do not fit on this GPU");
+            assert!(!hopper, "{device}: clusters of {blocks} do not fit");
+            eprintln!("skipping the argmax in clusters of {blocks}: they do not fit on {device}");
         }
     }
     modes
@@ -1571,17 +1580,18 @@ fn argmax_modes(p: &mut CudaProgram) -> Vec<u32> {
 /// Greedy sampling over vocabulary-wide rows (many chunks per row): the
 /// token is the row's first maximum, its log probability the row's
 /// log-softmax there; a row of -inf gives token 0 and -inf; NaN never
-/// wins and takes no mass. Every argmax kernel gives the same picks. Rows
-/// 50,021 wide start misaligned (read one element at a time) after the
-/// first; 50,024-wide rows are read in 16-byte groups; 300,008-wide ones
-/// take several rounds of groups a thread.
+/// wins and takes no mass; two +inf share the mass. Every argmax kernel
+/// gives the same picks. Rows 50,021 wide start anywhere after the first
+/// (the cluster argmax reads up to the first 16-byte boundary one element
+/// at a time, then groups, then a tail); 50,024-wide rows are whole
+/// groups; 300,008-wide ones take several rounds of groups a thread.
 #[test]
 fn greedy_argmax_over_wide_rows_matches_the_host() {
     for (t, cols) in [DType::F32, DType::BF16]
         .into_iter()
         .flat_map(|t| [50_021usize, 50_024, 300_008].map(|c| (t, c)))
     {
-        let rows = 6usize;
+        let rows = 7usize;
         let g = negation(t, rows, cols);
         let mut seed = 7u64;
         let mut x: Vec<f32> = random(rows * cols, &mut seed).iter().map(|v| v * 4.0).collect();
@@ -1600,9 +1610,12 @@ fn greedy_argmax_over_wide_rows_matches_the_host() {
         }
         x[4 * cols + 1_002] = -9.25;
         // Row 5: NaN and -inf only, the NaN first.
-        for (i, v) in x[5 * cols..].iter_mut().enumerate() {
+        for (i, v) in x[5 * cols..6 * cols].iter_mut().enumerate() {
             *v = if i % 3 == 0 { f32::NAN } else { f32::INFINITY };
         }
+        // Row 6: +inf twice: the first wins, at log p = -ln 2.
+        x[6 * cols + 5] = f32::NEG_INFINITY;
+        x[6 * cols + cols - 2] = f32::NEG_INFINITY;
         let inputs = BTreeMap::from([("x".to_string(), Tensor::from_f32(t, &[rows, cols], &x))]);
         if !gpu() {
             return;
@@ -1630,6 +1643,8 @@ fn greedy_argmax_over_wide_rows_matches_the_host() {
             assert_eq!(got[1].0, 777);
             assert_eq!(got[2].0 as usize, cols - 1);
             assert_eq!(got[4].0, 1_002);
+            assert_eq!(got[6].0, 5);
+            assert!((f64::from(got[6].1) + 2f64.ln()).abs() < 1e-6, "{}", got[6].1);
         }
     }
 }

@@ -191,8 +191,10 @@ __device__ __forceinline__ void argmax_merge(float& m, int& i, float& s, float o
         if (oi < i) i = oi;
         return;
     }
-    float a = s > 0.f ? s * expf(m - nm) : 0.f;
-    float b = os > 0.f ? os * expf(om - nm) : 0.f;
+    // A side at the maximum keeps its sum as it is (exp(0); inf - inf
+    // would be NaN when the maximum is +inf).
+    float a = s > 0.f ? (m == nm ? s : s * expf(m - nm)) : 0.f;
+    float b = os > 0.f ? (om == nm ? os : os * expf(om - nm)) : 0.f;
     if (om > m || (om == m && oi < i)) i = oi;
     m = nm;
     s = a + b;
@@ -200,14 +202,15 @@ __device__ __forceinline__ void argmax_merge(float& m, int& i, float& s, float o
 
 // Value v at index at, taken into a running (m, i, s) in index order: a
 // larger value wins (the first index on ties); NaN never wins and takes
-// no mass, as in the host sampler.
+// no mass, as in the host sampler; values at the maximum add exactly 1, so
+// k logits at +inf give log p = -ln k.
 __device__ __forceinline__ void argmax_push(float& m, int& i, float& s, float v, int at) {
     if (v > m) {
         s = (s > 0.f ? s * expf(m - v) : 0.f) + 1.f;
         m = v;
         i = at;
     } else if (m > -OPTC_INF && v == v) {
-        s += expf(v - m);
+        s += v == m ? 1.f : expf(v - m);
     }
 }
 

@@ -63,7 +63,7 @@ extern "C" __global__ void argmax_combine(const float* part, int* out, float* lp
 // first) on the GPU, so it can be queued before the step ahead ends. What
 // to copy travels in the step's input arena, so a CUDA graph that starts
 // with this kernel reads each replay's own: `head` is the address of the
-// pick buffer (8 bytes; unread when the count is 0), the count, whether
+// pick buffer (8 bytes; not followed when the count is 0), the count, whether
 // the ids are 64-bit, then (ids element, pick row) pairs.
 extern "C" __global__ void ids_from_picks(void* ids, const int* head) {
     pdl_start();
@@ -113,20 +113,27 @@ __device__ __forceinline__ void argmax_push_groups(float& m, int& i, float& s, c
             if (at[a] < 0) continue;
             const float x = v[a][q];
             if (x == gm) gi = at[a] + q;
-            gs += x == x ? expf(x - gm) : 0.f;
+            gs += x == gm ? 1.f : (x == x ? expf(x - gm) : 0.f);
         }
     argmax_merge(m, i, s, gm, gi, gs);
 }
 
-// The rank of this block in its cluster, and a barrier over the cluster's
-// threads (release/acquire: shared memory written before it is visible to
-// the cluster's blocks after it).
+// The rank of this block in its cluster, the cluster's blocks, and a
+// barrier over the cluster's threads (release/acquire: shared memory
+// written before it is visible to the cluster's blocks after it).
 __device__ __forceinline__ unsigned cluster_rank() {
     unsigned r = 0;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
 #endif
     return r;
+}
+__device__ __forceinline__ unsigned cluster_blocks() {
+    unsigned n = 1;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
+#endif
+    return n;
 }
 __device__ __forceinline__ void cluster_barrier() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -154,25 +161,32 @@ template <typename T> __device__ void argmax_cluster_impl(const T* x, int cols, 
     const i64 r = blockIdx.x;
     const T* row = x + r * (i64)cols;
     const int nt = gridDim.y * blockDim.x;
+    // The row's blocks must be one cluster (the host launches them so).
+    if (gridDim.y > 1 && cluster_blocks() != gridDim.y) __trap();
     const unsigned rank = gridDim.y > 1 ? cluster_rank() : 0;
     const int t = rank * blockDim.x + threadIdx.x;
     float m = -OPTC_INF, s = 0.f;
     int bi = 0x7fffffff;
-    // Whole 16-byte groups where the row starts 16-byte aligned; the
-    // rest (a tail, or a misaligned row) one element at a time.
-    const int groups = (reinterpret_cast<unsigned long long>(row) & 15) == 0 ? cols / 8 : 0;
+    // The elements before the row's first 16-byte boundary one at a time
+    // (rows of a width that is not a multiple of 16 bytes start anywhere),
+    // then whole 8-element groups, then the tail; a thread's elements go
+    // in index order.
+    const int lead = (int)min((i64)cols, (i64)(((16 - (reinterpret_cast<unsigned long long>(row) & 15)) & 15) /
+                                               sizeof(T)));
+    if (t < lead) argmax_push(m, bi, s, ld(&row[t]), t);
+    const int groups = (cols - lead) / 8;
     for (int g = t; g < groups; g += ARGMAX_AHEAD * nt) {
         float v[ARGMAX_AHEAD][8];
         int at[ARGMAX_AHEAD];
 #pragma unroll
         for (int a = 0; a < ARGMAX_AHEAD; ++a) {
             const int ga = g + a * nt;
-            at[a] = ga < groups ? ga * 8 : -1;
-            if (ga < groups) ld8(row + (i64)ga * 8, v[a]);
+            at[a] = ga < groups ? lead + ga * 8 : -1;
+            if (ga < groups) ld8(row + lead + (i64)ga * 8, v[a]);
         }
         argmax_push_groups<ARGMAX_AHEAD>(m, bi, s, v, at);
     }
-    for (int i = groups * 8 + t; i < cols; i += nt) argmax_push(m, bi, s, ld(&row[i]), i);
+    for (i64 i = lead + (i64)groups * 8 + t; i < cols; i += nt) argmax_push(m, bi, s, ld(&row[i]), (int)i);
     argmax_block(m, bi, s);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     // Block 0 of the row writes the pick from (m, bi, s) on its warp 0.

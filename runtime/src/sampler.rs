@@ -201,7 +201,8 @@ pub fn apply_penalties(logits: &mut [f32], p: &SamplingParams, prompt: &[u32], o
     }
 }
 
-/// log-softmax in f64 (stable), NaN taken as -inf.
+/// log-softmax in f64 (stable), NaN taken as -inf. Logits at +inf share
+/// all the mass (k of them: log p = -ln k each), as on the GPU.
 fn log_softmax(x: &[f32]) -> Vec<f64> {
     let nan_as_neg_inf = |v: f32| if v.is_nan() { f64::NEG_INFINITY } else { v as f64 };
     let max = x
@@ -211,13 +212,17 @@ fn log_softmax(x: &[f32]) -> Vec<f64> {
     if max == f64::NEG_INFINITY {
         return vec![f64::NEG_INFINITY; x.len()];
     }
-    let lse = x
-        .iter()
-        .map(|&v| (nan_as_neg_inf(v) - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
-    x.iter().map(|&v| nan_as_neg_inf(v) - lse).collect()
+    // Shifted by the maximum, which itself gives 0 (inf - inf would be NaN).
+    let shifted = |v: f32| {
+        let v = nan_as_neg_inf(v);
+        if v == max {
+            0.0
+        } else {
+            v - max
+        }
+    };
+    let log_sum = x.iter().map(|&v| shifted(v).exp()).sum::<f64>().ln();
+    x.iter().map(|&v| shifted(v) - log_sum).collect()
 }
 
 /// Picks the next token from one row of logits.

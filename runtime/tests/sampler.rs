@@ -131,6 +131,18 @@ fn bad_parameters_are_named() {
 /// probabilities are those of the row without the NaN, and a row of
 /// nothing but NaN and -inf gives token 0 at -inf.
 #[test]
+fn logits_at_plus_infinity_share_the_mass() {
+    let row = [1.0, f32::INFINITY, 0.0, f32::INFINITY];
+    let greedy = sample(&row, &SamplingParams::greedy(1), &[], &[], &mut Rng::new(0));
+    assert_eq!(greedy.token, 1);
+    assert!(
+        (f64::from(greedy.logprob) + 2f64.ln()).abs() < 1e-6,
+        "{}",
+        greedy.logprob
+    );
+}
+
+#[test]
 fn nan_logits_are_never_picked() {
     let row = [f32::NAN, 1.0, f32::NAN, 3.0, 2.0];
     let greedy = sample(&row, &SamplingParams::greedy(1), &[], &[], &mut Rng::new(0));

@@ -1323,15 +1323,14 @@ impl CudaProgram {
 
     /// Picks greedy tokens with `blocks` blocks of the cluster argmax a
     /// row (1 without clusters; 0 the chunked argmax), where such
-    /// clusters fit on this GPU; returns the number taken (0 when they do
-    /// not fit). Captured graphs are dropped.
+    /// clusters fit on this GPU, else with 8 (for more than 8), else with
+    /// the chunked argmax, as `OPTC_CUDA_ARGMAX_CLUSTER` does; returns the
+    /// number taken. Captured graphs are dropped.
     pub fn set_argmax_cluster(&mut self, blocks: u32) -> u32 {
         self.drop_captures();
         let mut b = blocks.min(super::pick::ARGMAX_CLUSTER_MOST);
         for f in self.argmax_cluster.values() {
-            if b > 1 && !self.gpu.cluster_fits(f, b, super::pick::ARGMAX_CLUSTER_THREADS) {
-                b = 0;
-            }
+            b = super::pick::argmax_cluster_fit(&self.gpu, f, b);
         }
         self.argmax_cluster_blocks = b;
         b

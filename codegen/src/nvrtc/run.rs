@@ -977,11 +977,20 @@ mod tests {
         let picked = body("layout.cu", "i64 picked_id(");
         for read in [
             "head[2]",
+            "head[4]",
+            "head[5]",
             "head[4 + 2 * c]",
             "head[5 + 2 * c]",
             "const int* const*>(head)",
         ] {
             assert!(picked.contains(read), "picked_id: {read}");
         }
+        // `picked_id` reads the first pair whatever the count: a head with
+        // no pairs and no capacity still has room for one, zeroed.
+        let mut arena = vec![7u8; 40];
+        let at = super::push_ids_head(&mut arena, 0, false, &[], 0);
+        assert_eq!(at, 40);
+        assert!(arena.len() >= at + 24);
+        assert!(arena[at + 8..at + 24].iter().all(|&b| b == 0));
     }
 }
