@@ -6,7 +6,7 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, clocks, warps, sample, mega, ab, argmax, gemvbench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, clocks, warps, sample, mega, ab, ends, gemvbench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
 # `clocks` runs W1 twice while nvidia-smi samples the SM and memory clocks, power and temperature (20 a second).
 # `mega` runs W1 and W2 with the one-token decode megakernel on and off (OPTC_CUDA_MEGA=1, 0, 1, 0), W1
 # with its L2 prefetch, bulk-copy and cooperative-launch variants, then W1's GPU time per kernel kind with it on.
@@ -36,7 +36,7 @@ if has tests; then
   echo "== tests"
   "$DEV"/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
 fi
-if has compile || has bench || has clocks || has warps || has sample || has mega || has ab || has argmax || has profile || has graphprof || has ncu || has ncudetail || has peer; then
+if has compile || has bench || has clocks || has warps || has sample || has mega || has ab || has ends || has profile || has graphprof || has ncu || has ncudetail || has peer; then
   if [ ! -e $MODEL/config.json ]; then
     python3 .device/hf_baseline.py --parts save_model --model-dir $MODEL 2>&1 | tail -2
   fi
@@ -126,22 +126,29 @@ bench_kernels() {
     done
   done
 }
-if has argmax; then
-  # The cluster argmax (OPTC_CUDA_ARGMAX_CLUSTER=16) against the chunked one (0), alternating: W1 twice
-  # each, W2 and W3 once each; then the step bench's two step ends and W1's time per kernel kind.
-  for v in 16 0 16 0; do
-    echo "== W1 with OPTC_CUDA_ARGMAX_CLUSTER=$v"
-    OPTC_CUDA_ARGMAX_CLUSTER=$v "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
+if has ends; then
+  # A W1 step's two ends, each behind a switch until measured: the cluster argmax
+  # (OPTC_CUDA_ARGMAX_CLUSTER=16 against the chunked 0) and the early embedding (the rotary
+  # tables launched first, the embedding gathering before its wait: OPTC_CUDA_EARLY_EMBEDDING=1
+  # against 0). W1 at each of the four pairs, alternating, twice; W2 and W3 with both on and
+  # both off; the step bench's two argmax ends; W1's time per kernel kind with both on.
+  for round in 1 2; do
+    for pair in "0 0" "16 0" "0 1" "16 1"; do
+      set -- $pair
+      echo "== W1 with OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_EARLY_EMBEDDING=$2 (round $round)"
+      OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_EARLY_EMBEDDING=$2 "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
+    done
   done
-  for v in 16 0; do
-    echo "== W2, W3 with OPTC_CUDA_ARGMAX_CLUSTER=$v"
-    OPTC_CUDA_ARGMAX_CLUSTER=$v "$BIN" bench $MODEL --target nvrtc --workloads W2,W3 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
+  for pair in "16 1" "0 0"; do
+    set -- $pair
+    echo "== W2, W3 with OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_EARLY_EMBEDDING=$2"
+    OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_EARLY_EMBEDDING=$2 "$BIN" bench $MODEL --target nvrtc --workloads W2,W3 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
   done
   echo "== step bench: the chunked and the cluster argmax after the LM head"
   STEP_ONLY="8 warps, head as optc before: norm in the ring, argmax kernel: whole step|8 warps, head: norm in the ring, cluster argmax: whole step" \
     bench_kernels step_bench "this=kernels" 1
   echo "== W1 with OPTC_CUDA_PROFILE=1 (graphs off): GPU time per kernel kind, prefill apart"
-  OPTC_CUDA_ARGMAX_CLUSTER=16 OPTC_CUDA_PROFILE=1 "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 --max-num-tokens 16384 2>&1 | tee "$OUT/profile_argmax_W1.log" | head -60
+  OPTC_CUDA_ARGMAX_CLUSTER=16 OPTC_CUDA_EARLY_EMBEDDING=1 OPTC_CUDA_PROFILE=1 "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 --max-num-tokens 16384 2>&1 | tee "$OUT/profile_ends_W1.log" | head -60
 fi
 if has stepbench; then
   # STEP_KERNELS="NAME=DIR ..." (bench_kernels), STEP_REPS rounds; STEP_ONLY ("name|name") picks the variants.

@@ -2388,15 +2388,50 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                         toks[q].push(i64::from(picks[q].0));
                     }
                 }
-                for (how, graphs, pairs, rings, copied, cluster) in [
-                    ("eager", false, false, false, false, 0),
-                    ("eager, ids copied first", false, false, false, true, 0),
-                    ("one graph a shape", true, false, false, false, 0),
-                    ("paired graphs", true, true, false, false, 0),
-                    ("paired graphs, ids copied first", true, true, false, true, 0),
-                    ("paired graphs, ring GEMVs", true, true, true, false, 0),
-                    ("eager, ring GEMVs", false, false, true, false, 0),
-                    ("paired graphs, cluster argmax", true, true, false, false, 16),
+                for (how, graphs, pairs, rings, copied, cluster, early) in [
+                    ("eager", false, false, false, false, 0, false),
+                    ("eager, ids copied first", false, false, false, true, 0, false),
+                    ("one graph a shape", true, false, false, false, 0, false),
+                    ("paired graphs", true, true, false, false, 0, false),
+                    (
+                        "paired graphs, ids copied first",
+                        true,
+                        true,
+                        false,
+                        true,
+                        0,
+                        false,
+                    ),
+                    ("paired graphs, ring GEMVs", true, true, true, false, 0, false),
+                    ("eager, ring GEMVs", false, false, true, false, 0, false),
+                    (
+                        "paired graphs, cluster argmax",
+                        true,
+                        true,
+                        false,
+                        false,
+                        16,
+                        false,
+                    ),
+                    ("eager, early embedding", false, false, false, false, 0, true),
+                    (
+                        "paired graphs, early embedding",
+                        true,
+                        true,
+                        false,
+                        false,
+                        0,
+                        true,
+                    ),
+                    (
+                        "paired graphs, early embedding, ids copied first",
+                        true,
+                        true,
+                        false,
+                        true,
+                        0,
+                        true,
+                    ),
                 ] {
                     // The rings' pick and the cluster argmax are greedy:
                     // sampled steps skip them.
@@ -2410,6 +2445,7 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                     }
                     cuda.set_cuda_graphs(graphs);
                     cuda.set_graph_pairs(pairs);
+                    cuda.set_early_embedding(early);
                     if copied {
                         // `ids_from_picks` first, as for more than 8 ids.
                         cuda.set_ids_in_embedding(0);
@@ -2474,8 +2510,10 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                         }
                     }
                     // The embedding read the picked ids itself unless told
-                    // to copy them first.
+                    // to copy them first, and then gathered before its
+                    // wait where asked to.
                     assert_eq!(cuda.embedding_picks() > 0, !copied, "{}", what(how));
+                    assert_eq!(cuda.early_embeddings() > 0, early && !copied, "{}", what(how));
                     // The greedy pick of one row runs in the LM head's ring
                     // GEMV (16-bit weights only).
                     let in_gemv = rings && !sampled && nseq == 1 && name == "llama_bf16";

@@ -56,10 +56,14 @@ __device__ void gather_impl(const E* x, const i64* idx, E* y, i64 outer, i64 len
         pdl_start();                                                                                      \
         gather_impl<E>(x, idx, y, outer, len, inner, nidx);                                               \
     }                                                                                                     \
+    /* early: everything it reads is ready before the run and its result is new to the run (the host  \
+       decides, run.rs), so it gathers first and waits at its end. */                                     \
     extern "C" __global__ void gather_picked_##N(const E* x, const i64* idx, const int* head, E* y, i64 outer, \
-                                                 i64 len, i64 inner, i64 nidx) {                          \
-        pdl_start();                                                                                      \
+                                                 i64 len, i64 inner, i64 nidx, int early) {               \
+        pdl_trigger();                                                                                    \
+        if (!early) pdl_wait();                                                                           \
         gather_impl<E>(x, idx, y, outer, len, inner, nidx, head);                                         \
+        if (early) pdl_wait();                                                                            \
     }
 
 OPTC_LAYOUT(unsigned char, b1)

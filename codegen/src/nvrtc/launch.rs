@@ -513,6 +513,7 @@ impl CudaProgram {
         dims: &[Vec<usize>],
         ptr: &[u64],
         head: u64,
+        early: bool,
     ) -> Result<(), String> {
         let (a, o0) = (&s.args, s.outs[0]);
         let f = fns
@@ -527,7 +528,7 @@ impl CudaProgram {
         let inner: usize = di[1..].iter().product();
         let gpu = &self.gpu;
         launch!(gpu, f, self.ew_cfg(n); x = ptr[a[0]], i = ptr[a[1]], head = head, y = ptr[o0],
-            o = 1i64, l = di[0] as i64, inn = inner as i64, ni = numel(a[1]) as i64)
+            o = 1i64, l = di[0] as i64, inn = inner as i64, ni = numel(a[1]) as i64, early = i32::from(early))
     }
 
     #[allow(clippy::too_many_arguments)]

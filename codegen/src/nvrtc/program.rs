@@ -257,6 +257,17 @@ pub struct CudaProgram {
     pub(super) early_chains: bool,
     /// Chain launches that worked before their wait.
     pub(super) early_chain_launches: u64,
+    /// Steps reading only the run's inputs (the rotary tables) launch
+    /// first (`launch_order`), and an embedding reading picked ids
+    /// through the head, behind a full barrier into a fresh buffer,
+    /// gathers before its wait (`OPTC_CUDA_EARLY_EMBEDDING=1`; off until
+    /// measured on a GPU): one kernel boundary fewer at a decode step's
+    /// start.
+    pub(super) early_embedding: bool,
+    /// `inputs_first` of the steps.
+    pub(super) launch_order: Vec<usize>,
+    /// Embedding launches that gathered before their wait.
+    pub(super) early_embedding_launches: u64,
     /// Split counters of the decode attention, the skinny GEMM and the
     /// token picks (zero between launches: the last block of each group
     /// resets its own).
@@ -381,6 +392,44 @@ fn sole_embeddings(
             (only && embedding).then_some(si)
         })
         .collect()
+}
+
+/// The order `run_steps` launches steps in when the embedding gathers
+/// early (`early_embedding`): the steps that read only the run's inputs
+/// and weights (directly or through such steps) and write pool buffers,
+/// the rotary tables' chain for one, first; then every other step in its
+/// order. Embeddings stay where they are, so at one token the embedding
+/// is the kernel right before the first layer's GEMV: each kernel waits
+/// for the one ahead, so its end covers the hoisted kernels' too, and
+/// their completion no longer lies between the embedding and that GEMV.
+pub(super) fn inputs_first(steps: &[Step], locs: &[Loc], owner: &[usize]) -> Vec<usize> {
+    let mut hoisted = vec![false; locs.len()];
+    let (mut first, mut rest) = (Vec::new(), Vec::new());
+    for (si, s) in steps.iter().enumerate() {
+        let movable = match &s.exec {
+            Exec::View => true,
+            Exec::Kernel(k, _) => {
+                *k != Kernel::Embedding
+                    && s.fused.is_none()
+                    && s.deferred_to.is_none()
+                    && s.outs.iter().all(|&o| locs[owner[o]] == Loc::Temp)
+            }
+            Exec::Host => false,
+        };
+        let reads = || s.args.iter().chain(&s.also_reads).map(|&a| owner[a]);
+        let from_inputs = reads().all(|o| matches!(locs[o], Loc::Input(_) | Loc::Weight(_)) || hoisted[o])
+            && reads().any(|o| matches!(locs[o], Loc::Input(_)) || hoisted[o]);
+        if movable && from_inputs {
+            for &o in &s.outs {
+                hoisted[owner[o]] = true;
+            }
+            first.push(si);
+        } else {
+            rest.push(si);
+        }
+    }
+    first.extend(rest);
+    first
 }
 
 /// Adds instantiation line `i` unless it is there already.
@@ -1069,6 +1118,7 @@ impl CudaProgram {
             .and_then(|_| gpu.sync())
             .map_err(&gerr)?;
         let ids_embedding = sole_embeddings(&inputs, &steps, &owner, &types, &last_use);
+        let launch_order = inputs_first(&steps, &locs, &owner);
         let mut p = CudaProgram {
             gpu,
             gemm,
@@ -1108,6 +1158,9 @@ impl CudaProgram {
             embedding_picks: 0,
             early_chains: std::env::var("OPTC_CUDA_EARLY_CHAINS").map_or(true, |v| v != "0"),
             early_chain_launches: 0,
+            early_embedding: std::env::var("OPTC_CUDA_EARLY_EMBEDDING").is_ok_and(|v| v != "0"),
+            launch_order,
+            early_embedding_launches: 0,
             split_counters,
             skinny: SkinnyGemm::from_env(),
             dims_cache: Default::default(),
@@ -1300,6 +1353,21 @@ impl CudaProgram {
         self.early_chains = on;
     }
 
+    /// Launches the steps that read only the run's inputs first and lets
+    /// an embedding reading picked ids gather before its wait (off unless
+    /// `OPTC_CUDA_EARLY_EMBEDDING=1`), or not. Captured graphs are
+    /// dropped.
+    pub fn set_early_embedding(&mut self, on: bool) {
+        self.drop_captures();
+        self.early_embedding = on;
+    }
+
+    /// Embedding launches that gathered before their wait (a graph replay
+    /// does not count).
+    pub fn early_embeddings(&self) -> u64 {
+        self.early_embedding_launches
+    }
+
     /// Runs, and graph captures, whose embedding read the ids taken from
     /// the previous run's picks itself (`gather_picked_*`; a replay does
     /// not count).
@@ -1461,7 +1529,8 @@ mod tests {
     use optc_ir::ops::{Op, Transpose};
     use optc_ir::{DType, Dim, TensorType};
 
-    use super::moves_only_unit_axes;
+    use super::{inputs_first, moves_only_unit_axes, plan, Exec, Loc};
+    use crate::nvrtc::select::Kernel;
 
     fn transpose_is_view(dims: &[Dim], perm: &[i64]) -> bool {
         let x = TensorType::new(DType::F32, dims.to_vec());
@@ -1482,5 +1551,93 @@ mod tests {
         // A malformed permutation is not a view (the kernel reports it).
         assert!(!transpose_is_view(&[c(1), c(8)], &[1]));
         assert!(!transpose_is_view(&[c(1), c(8)], &[0, 5]));
+    }
+
+    /// A decode step's start as lowering plans it: the embedding, then the
+    /// rotary tables from the positions, then the first layer's work on
+    /// both. With the early embedding the tables' steps launch first and
+    /// the embedding right before the work that reads it; every step
+    /// still comes after the steps whose results it reads.
+    #[test]
+    fn the_steps_that_read_only_inputs_launch_first() {
+        let g = optc_ir::parse(
+            "graph g(%ids: i64[T], %positions: i64[T]) -> (%y: f32[T, 8]) {
+  weight @emb: f32[32, 8] = \"emb\"
+  weight @w: f32[8, 8] = \"w\"
+  %0: f32[T, 8] = embedding(@emb, %ids)
+  %1: f32[T] = cast(%positions) {to = f32}
+  %2: f32[T, 1] = unsqueeze(%1) {axes = [1]}
+  %3: f32[T, 1] = cos(%2)
+  %4: f32[T, 8] = mul(%0, %3)
+  %5: f32[T, 8] = linear(%4, @w)
+  return %5
+}",
+        )
+        .unwrap();
+        let p = plan(&g, "test").unwrap();
+        let locs: Vec<Loc> = (0..p.types.len())
+            .map(|v| match p.locs[v] {
+                Some(l) => l,
+                None if p.consts.contains(&v) => Loc::Weight(0),
+                None => Loc::Temp,
+            })
+            .collect();
+        let mut owner: Vec<usize> = (0..p.types.len()).collect();
+        for s in &p.steps {
+            if let Exec::View = s.exec {
+                owner[s.outs[0]] = owner[s.args[0]];
+            }
+        }
+        let order = inputs_first(&p.steps, &locs, &owner);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..p.steps.len()).collect::<Vec<_>>(), "a permutation");
+        let at = |pred: &dyn Fn(&super::Step) -> bool| {
+            order
+                .iter()
+                .position(|&si| pred(&p.steps[si]))
+                .expect("a step of that kind")
+        };
+        let embedding = at(&|s| matches!(s.exec, Exec::Kernel(Kernel::Embedding, _)));
+        let reads_positions = |s: &super::Step| {
+            !matches!(s.exec, Exec::View)
+                && s.args
+                    .iter()
+                    .any(|&a| matches!(locs[owner[a]], Loc::Input(i) if p.inputs[i].0 == "positions"))
+        };
+        let tables = at(&reads_positions);
+        assert!(tables < embedding, "the tables first: {order:?}");
+        assert!(
+            p.steps.iter().position(reads_positions)
+                > p.steps
+                    .iter()
+                    .position(|s| matches!(s.exec, Exec::Kernel(Kernel::Embedding, _))),
+            "the plan has the embedding first"
+        );
+        // Every step after the producers of what it reads.
+        let mut ready: Vec<bool> = locs.iter().map(|l| *l != Loc::Temp).collect();
+        for &si in &order {
+            let s = &p.steps[si];
+            for &a in s.args.iter().chain(&s.also_reads) {
+                assert!(
+                    ready[owner[a]] || ready[a],
+                    "step {si} ({}) before its operand",
+                    s.node
+                );
+            }
+            for &o in &s.outs {
+                ready[o] = true;
+                ready[owner[o]] = true;
+            }
+        }
+        // The embedding is the last step before the one that reads it.
+        let reader = at(&|s| {
+            s.args.iter().any(|&a| {
+                p.steps
+                    .iter()
+                    .any(|e| matches!(e.exec, Exec::Kernel(Kernel::Embedding, _)) && e.outs[0] == a)
+            })
+        });
+        assert_eq!(reader, embedding + 1, "{order:?}");
     }
 }

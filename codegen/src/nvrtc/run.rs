@@ -760,7 +760,13 @@ impl CudaProgram {
         // steps between are its work.
         let mega_first = self.mega.as_ref().filter(|m| m.on).map(|m| m.stack.first);
         let mut mega_last = None;
-        for (si, s) in steps.iter().enumerate() {
+        // With the early embedding, the steps that read only the inputs go
+        // first (`inputs_first`); a buffer is still released after its
+        // last reader, which keeps its place in the order.
+        let hoist = self.early_embedding && self.launch_order.len() == steps.len();
+        for k in 0..steps.len() {
+            let si = if hoist { self.launch_order[k] } else { k };
+            let s = &steps[si];
             if let Exec::View = s.exec {
                 ptr[s.outs[0]] = ptr[s.args[0]];
                 continue;
@@ -809,7 +815,14 @@ impl CudaProgram {
                 }
                 Exec::Kernel(Kernel::Embedding, fns) if cx.embedding.is_some_and(|(e, _)| e == si) => {
                     let head = cx.embedding.map_or(0, |(_, h)| h);
-                    self.launch_embedding_picked(fns, s, dims, ptr, head)
+                    // Its table is a weight, the head in the arena, the
+                    // picks the previous run's: ready before the run, so
+                    // with a fresh result buffer it may gather first.
+                    let fresh = s.outs.iter().all(|&o| self.locs[o] == Loc::Temp)
+                        && self.pool.released == released_before;
+                    let early = hoist && cx.barrier && fresh;
+                    self.early_embedding_launches += u64::from(early);
+                    self.launch_embedding_picked(fns, s, dims, ptr, head, early)
                 }
                 Exec::Kernel(Kernel::EwChain, fns) => {
                     // Works before its wait when its operands are ready
