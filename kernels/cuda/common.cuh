@@ -463,9 +463,11 @@ __device__ __forceinline__ void optc_trace_put(unsigned slot, unsigned long long
 // starts with the host's copy of its input arena, which orders it after
 // the previous run); cached keys and values of earlier steps (a decode
 // step writes only its own token's slot, and a block another sequence
-// shares is full, so never written). One exception: a generated chain
-// whose operands are all ready before the run and whose results' buffers
-// are new to it works first and waits at its end (`early` in chains.rs).
+// shares is full, so never written). Two exceptions work first and wait at
+// their end: a generated chain whose operands are all ready before the run
+// and whose results' buffers are new to it (`early` in chains.rs), and the
+// embedding reading picked ids through the head under the same conditions
+// (`gather_picked_*` in layout.cu; the host decides, run.rs).
 // pdl_trigger() lets the next kernel start launching (it waits in turn).
 // Without the attribute both return at once.
 __device__ __forceinline__ void pdl_wait() {

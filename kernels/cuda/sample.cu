@@ -169,11 +169,13 @@ template <typename T> __device__ void argmax_cluster_impl(const T* x, int cols, 
     int bi = 0x7fffffff;
     // The elements before the row's first 16-byte boundary one at a time
     // (rows of a width that is not a multiple of 16 bytes start anywhere),
-    // then whole 8-element groups, then the tail; a thread's elements go
-    // in index order.
+    // then whole 8-element groups, then the tail; the groups and the tail
+    // go in index order.
     const int lead = (int)min((i64)cols, (i64)(((16 - (reinterpret_cast<unsigned long long>(row) & 15)) & 15) /
                                                sizeof(T)));
-    if (t < lead) argmax_push(m, bi, s, ld(&row[t]), t);
+    // Loaded now, merged last (argmax_merge settles ties by index in any
+    // order), so it does not hold up the groups' loads.
+    const float lead_v = t < lead ? ld(&row[t]) : -OPTC_INF;
     const int groups = (cols - lead) / 8;
     for (int g = t; g < groups; g += ARGMAX_AHEAD * nt) {
         float v[ARGMAX_AHEAD][8];
@@ -187,6 +189,7 @@ template <typename T> __device__ void argmax_cluster_impl(const T* x, int cols, 
         argmax_push_groups<ARGMAX_AHEAD>(m, bi, s, v, at);
     }
     for (i64 i = lead + (i64)groups * 8 + t; i < cols; i += nt) argmax_push(m, bi, s, ld(&row[i]), (int)i);
+    if (lead_v > -OPTC_INF) argmax_merge(m, bi, s, lead_v, t, 1.f);  // NaN and -inf take nothing
     argmax_block(m, bi, s);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     // Block 0 of the row writes the pick from (m, bi, s) on its warp 0.

@@ -136,6 +136,7 @@ impl CudaProgram {
             self.embedding_picks,
             self.early_chain_launches,
             self.one_pass_samples,
+            self.early_embedding_launches,
         );
         let second = self
             .capture(arena, offsets, dims, bindings, attn, pick, ids)
@@ -148,6 +149,7 @@ impl CudaProgram {
         self.embedding_picks = counted.4;
         self.early_chain_launches = counted.5;
         self.one_pass_samples = counted.6;
+        self.early_embedding_launches = counted.7;
         let copies = match second {
             Ok(c) => vec![first, c],
             Err(e) => {

@@ -266,6 +266,9 @@ pub struct CudaProgram {
     pub(super) early_embedding: bool,
     /// `inputs_first` of the steps.
     pub(super) launch_order: Vec<usize>,
+    /// `last_use` for steps launched in `launch_order`: a buffer goes back
+    /// to the pool after its last reader in that order.
+    pub(super) launch_last_use: HashMap<usize, usize>,
     /// Embedding launches that gathered before their wait.
     pub(super) early_embedding_launches: u64,
     /// Split counters of the decode attention, the skinny GEMM and the
@@ -392,6 +395,28 @@ fn sole_embeddings(
             (only && embedding).then_some(si)
         })
         .collect()
+}
+
+/// Per buffer (owner), the step after which it goes back to the pool:
+/// its last reader when the steps launch in `order`; `usize::MAX` for the
+/// graph's outputs (`outputs`, owners), which outlive the run.
+pub(super) fn last_readers(
+    steps: &[Step],
+    owner: &[usize],
+    order: impl Iterator<Item = usize>,
+    outputs: &[usize],
+) -> HashMap<usize, usize> {
+    let mut last = HashMap::new();
+    for si in order {
+        let s = &steps[si];
+        for &a in s.args.iter().chain(&s.also_reads) {
+            last.insert(owner[a], si);
+        }
+    }
+    for &o in outputs {
+        last.insert(o, usize::MAX);
+    }
+    last
 }
 
 /// The order `run_steps` launches steps in when the embedding gathers
@@ -1081,15 +1106,8 @@ impl CudaProgram {
                 locs[s.outs[0]] = locs[s.args[0]];
             }
         }
-        let mut last_use: HashMap<usize, usize> = HashMap::new();
-        for (si, s) in steps.iter().enumerate() {
-            for &a in s.args.iter().chain(&s.also_reads) {
-                last_use.insert(owner[a], si);
-            }
-        }
-        for o in g.outputs() {
-            last_use.insert(owner[vid[&o.value]], usize::MAX);
-        }
+        let output_owners: Vec<usize> = g.outputs().iter().map(|o| owner[vid[&o.value]]).collect();
+        let last_use = last_readers(&steps, &owner, 0..steps.len(), &output_owners);
         let locs: Vec<Loc> = locs.into_iter().map(|l| l.unwrap_or(Loc::Temp)).collect();
         for s in &mut steps {
             if let Exec::View = s.exec {
@@ -1119,6 +1137,7 @@ impl CudaProgram {
             .map_err(&gerr)?;
         let ids_embedding = sole_embeddings(&inputs, &steps, &owner, &types, &last_use);
         let launch_order = inputs_first(&steps, &locs, &owner);
+        let launch_last_use = last_readers(&steps, &owner, launch_order.iter().copied(), &output_owners);
         let mut p = CudaProgram {
             gpu,
             gemm,
@@ -1160,6 +1179,7 @@ impl CudaProgram {
             early_chain_launches: 0,
             early_embedding: std::env::var("OPTC_CUDA_EARLY_EMBEDDING").is_ok_and(|v| v != "0"),
             launch_order,
+            launch_last_use,
             early_embedding_launches: 0,
             split_counters,
             skinny: SkinnyGemm::from_env(),
@@ -1553,15 +1573,73 @@ mod tests {
         assert!(!transpose_is_view(&[c(1), c(8)], &[0, 5]));
     }
 
+    /// `graph`'s plan as `CudaProgram::new` sees it (locs with views
+    /// carried over, weights and folded values as weights, owners), and
+    /// its launch order with the early embedding.
+    fn launch_plan(graph: &str) -> (super::Plan, Vec<Loc>, Vec<usize>, Vec<usize>) {
+        let g = optc_ir::parse(graph).unwrap();
+        let p = plan(&g, "test").unwrap();
+        let mut owner: Vec<usize> = (0..p.types.len()).collect();
+        let mut locs = p.locs.clone();
+        for (v, l) in locs.iter_mut().enumerate() {
+            if l.is_none() && p.consts.contains(&v) {
+                *l = Some(Loc::Weight(0));
+            }
+        }
+        for s in &p.steps {
+            if let Exec::View = s.exec {
+                owner[s.outs[0]] = owner[s.args[0]];
+                locs[s.outs[0]] = locs[s.args[0]];
+            }
+        }
+        let locs: Vec<Loc> = locs.into_iter().map(|l| l.unwrap_or(Loc::Temp)).collect();
+        let order = inputs_first(&p.steps, &locs, &owner);
+        (p, locs, owner, order)
+    }
+
+    /// Runs the pool's bookkeeping over `order` as `run_steps` does
+    /// (buffers taken by their producer, given back after their last
+    /// reader in `last`): every read must find its buffer taken and not
+    /// yet given back. Returns the first read that does not, if any.
+    fn first_stale_read(
+        p: &super::Plan,
+        locs: &[Loc],
+        owner: &[usize],
+        order: &[usize],
+        last: &std::collections::HashMap<usize, usize>,
+    ) -> Option<(usize, usize)> {
+        let (mut taken, mut back) = (vec![false; locs.len()], vec![false; locs.len()]);
+        for &si in order {
+            let s = &p.steps[si];
+            for &a in s.args.iter().chain(&s.also_reads) {
+                let o = owner[a];
+                if locs[o] == Loc::Temp && (!taken[o] || back[o]) {
+                    return Some((si, a));
+                }
+            }
+            for &o in &s.outs {
+                taken[owner[o]] = true;
+            }
+            for &a in s.args.iter().chain(&s.also_reads) {
+                if last.get(&owner[a]) == Some(&si) {
+                    back[owner[a]] = true;
+                }
+            }
+        }
+        None
+    }
+
     /// A decode step's start as lowering plans it: the embedding, then the
     /// rotary tables from the positions, then the first layer's work on
     /// both. With the early embedding the tables' steps launch first and
     /// the embedding right before the work that reads it; every step
-    /// still comes after the steps whose results it reads.
+    /// still comes after the steps whose results it reads, and a buffer
+    /// goes back to the pool only after its last reader in launch order
+    /// (the second graph has a hoisted reader of a table past an unhoisted
+    /// one, which the steps' own order would give back too early).
     #[test]
     fn the_steps_that_read_only_inputs_launch_first() {
-        let g = optc_ir::parse(
-            "graph g(%ids: i64[T], %positions: i64[T]) -> (%y: f32[T, 8]) {
+        let start = "graph g(%ids: i64[T], %positions: i64[T]) -> (%y: f32[T, 8]) {
   weight @emb: f32[32, 8] = \"emb\"
   weight @w: f32[8, 8] = \"w\"
   %0: f32[T, 8] = embedding(@emb, %ids)
@@ -1571,73 +1649,69 @@ mod tests {
   %4: f32[T, 8] = mul(%0, %3)
   %5: f32[T, 8] = linear(%4, @w)
   return %5
-}",
-        )
-        .unwrap();
-        let p = plan(&g, "test").unwrap();
-        let locs: Vec<Loc> = (0..p.types.len())
-            .map(|v| match p.locs[v] {
-                Some(l) => l,
-                None if p.consts.contains(&v) => Loc::Weight(0),
-                None => Loc::Temp,
-            })
-            .collect();
-        let mut owner: Vec<usize> = (0..p.types.len()).collect();
-        for s in &p.steps {
-            if let Exec::View = s.exec {
-                owner[s.outs[0]] = owner[s.args[0]];
-            }
+}";
+        let late_reader = "graph g(%ids: i64[T], %positions: i64[T]) -> (%y: f32[T, 8]) {
+  weight @emb: f32[32, 8] = \"emb\"
+  weight @w9: f32[8, 9] = \"w9\"
+  weight @w2: f32[8, 2] = \"w2\"
+  %0: f32[T, 8] = embedding(@emb, %ids)
+  %1: f32[T] = cast(%positions) {to = f32}
+  %2: f32[T, 1] = unsqueeze(%1) {axes = [1]}
+  %3: f32[T, 9] = concat(%0, %2) {axis = 1}
+  %4: f32[T, 8] = linear(%3, @w9)
+  %5: f32[T, 2] = concat(%2, %2) {axis = 1}
+  %6: f32[T, 8] = linear(%5, @w2)
+  %7: f32[T, 8] = add(%4, %6)
+  return %7
+}";
+        for (graph, stale_in_step_order) in [(start, false), (late_reader, true)] {
+            let (p, locs, owner, order) = launch_plan(graph);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..p.steps.len()).collect::<Vec<_>>(), "a permutation");
+            let is_embedding = |s: &super::Step| matches!(s.exec, Exec::Kernel(Kernel::Embedding, _));
+            let reads_positions = |s: &super::Step| {
+                !matches!(s.exec, Exec::View)
+                    && s.args
+                        .iter()
+                        .any(|&a| matches!(locs[owner[a]], Loc::Input(i) if p.inputs[i].0 == "positions"))
+            };
+            let at = |pred: &dyn Fn(&super::Step) -> bool| order.iter().position(|&si| pred(&p.steps[si]));
+            let planned = |pred: &dyn Fn(&super::Step) -> bool| p.steps.iter().position(pred);
+            assert!(
+                planned(&reads_positions) > planned(&is_embedding),
+                "the plan has the embedding first"
+            );
+            assert!(
+                at(&reads_positions) < at(&is_embedding),
+                "the tables first: {order:?}"
+            );
+            // Every step after the producers of what it reads, and every
+            // buffer given back after its last reader in launch order.
+            let outputs: Vec<usize> = Vec::new();
+            let last = super::last_readers(&p.steps, &owner, order.iter().copied(), &outputs);
+            assert_eq!(
+                first_stale_read(&p, &locs, &owner, &order, &last),
+                None,
+                "{order:?}"
+            );
+            // The steps' own order's release points would not do here.
+            let by_index = super::last_readers(&p.steps, &owner, 0..p.steps.len(), &outputs);
+            let stale = first_stale_read(&p, &locs, &owner, &order, &by_index);
+            assert_eq!(stale.is_some(), stale_in_step_order, "{order:?}: {stale:?}");
         }
-        let order = inputs_first(&p.steps, &locs, &owner);
-        let mut sorted = order.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..p.steps.len()).collect::<Vec<_>>(), "a permutation");
-        let at = |pred: &dyn Fn(&super::Step) -> bool| {
-            order
-                .iter()
-                .position(|&si| pred(&p.steps[si]))
-                .expect("a step of that kind")
-        };
-        let embedding = at(&|s| matches!(s.exec, Exec::Kernel(Kernel::Embedding, _)));
-        let reads_positions = |s: &super::Step| {
-            !matches!(s.exec, Exec::View)
-                && s.args
-                    .iter()
-                    .any(|&a| matches!(locs[owner[a]], Loc::Input(i) if p.inputs[i].0 == "positions"))
-        };
-        let tables = at(&reads_positions);
-        assert!(tables < embedding, "the tables first: {order:?}");
-        assert!(
-            p.steps.iter().position(reads_positions)
-                > p.steps
-                    .iter()
-                    .position(|s| matches!(s.exec, Exec::Kernel(Kernel::Embedding, _))),
-            "the plan has the embedding first"
-        );
-        // Every step after the producers of what it reads.
-        let mut ready: Vec<bool> = locs.iter().map(|l| *l != Loc::Temp).collect();
-        for &si in &order {
-            let s = &p.steps[si];
-            for &a in s.args.iter().chain(&s.also_reads) {
-                assert!(
-                    ready[owner[a]] || ready[a],
-                    "step {si} ({}) before its operand",
-                    s.node
-                );
-            }
-            for &o in &s.outs {
-                ready[o] = true;
-                ready[owner[o]] = true;
-            }
-        }
-        // The embedding is the last step before the one that reads it.
-        let reader = at(&|s| {
-            s.args.iter().any(|&a| {
-                p.steps
-                    .iter()
-                    .any(|e| matches!(e.exec, Exec::Kernel(Kernel::Embedding, _)) && e.outs[0] == a)
-            })
-        });
+        // At a decode step's start the embedding is the last step before
+        // the one that reads it.
+        let (p, _, _, order) = launch_plan(start);
+        let embedding = order
+            .iter()
+            .position(|&si| matches!(p.steps[si].exec, Exec::Kernel(Kernel::Embedding, _)))
+            .unwrap();
+        let out = p.steps[order[embedding]].outs[0];
+        let reader = order
+            .iter()
+            .position(|&si| p.steps[si].args.contains(&out))
+            .unwrap();
         assert_eq!(reader, embedding + 1, "{order:?}");
     }
 }

@@ -760,10 +760,14 @@ impl CudaProgram {
         // steps between are its work.
         let mega_first = self.mega.as_ref().filter(|m| m.on).map(|m| m.stack.first);
         let mut mega_last = None;
-        // With the early embedding, the steps that read only the inputs go
-        // first (`inputs_first`); a buffer is still released after its
-        // last reader, which keeps its place in the order.
-        let hoist = self.early_embedding && self.launch_order.len() == steps.len();
+        // With the early embedding, in a run whose embedding reads the
+        // picked ids behind a full barrier, the steps that read only the
+        // inputs go first (`inputs_first`), and a buffer goes back to the
+        // pool after its last reader in that order (`launch_last_use`).
+        let hoist = self.early_embedding
+            && cx.embedding.is_some()
+            && cx.barrier
+            && self.launch_order.len() == steps.len();
         for k in 0..steps.len() {
             let si = if hoist { self.launch_order[k] } else { k };
             let s = &steps[si];
@@ -853,7 +857,12 @@ impl CudaProgram {
             r.map_err(node_err(&s.node))?;
             for &a in s.args.iter().chain(&s.also_reads) {
                 let o = self.owner[a];
-                if self.last_use.get(&o) == Some(&si) && self.locs[o] == Loc::Temp && ptr[o] != 0 {
+                let last = if hoist {
+                    self.launch_last_use.get(&o)
+                } else {
+                    self.last_use.get(&o)
+                };
+                if last == Some(&si) && self.locs[o] == Loc::Temp && ptr[o] != 0 {
                     self.pool.release(ptr[o]);
                     ptr[o] = 0;
                 }

@@ -511,8 +511,13 @@ mod tests {
                     .collect::<String>()
                     .replace('\\', "");
                 let body = strip_block_comments(&body).replace(char::is_whitespace, "");
-                let starts =
-                    body.starts_with("pdl_start();") || body.starts_with("pdl_trigger();pdl_wait();");
+                // The picked-ids embedding may gather first when the host
+                // says its reads are ready (`early`), then waits at its end.
+                let early = body.starts_with("pdl_trigger();if(!early)pdl_wait();")
+                    && body.ends_with("if(early)pdl_wait();");
+                let starts = body.starts_with("pdl_start();")
+                    || body.starts_with("pdl_trigger();pdl_wait();")
+                    || early;
                 let impl_waits =
                     WAIT_INSIDE.iter().any(|f| body.starts_with(f)) && body.matches(';').count() == 1;
                 let head: String = rest.chars().take(120).collect();
