@@ -2414,6 +2414,8 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                         false,
                     ),
                     ("eager, early embedding", false, false, false, false, 0, true),
+                    ("one graph a shape, early embedding", true, false, false, false, 0, true),
+                    ("paired graphs, ring GEMVs, early embedding", true, true, true, false, 0, true),
                     (
                         "paired graphs, early embedding",
                         true,
