@@ -2338,6 +2338,19 @@ fn cuda_graph_replay_equals_eager_decode() {
 /// picks the greedy token as it stores the logits. Step 5 is left
 /// uncollected when step 6 is submitted, so step 6's ids come from the
 /// host inside a graph too.
+/// How a test runs submitted steps: CUDA graphs (one or a pair a shape),
+/// ring GEMVs with the LM head's pick, the ids copied before the embedding,
+/// the cluster argmax's blocks a row, the early embedding.
+#[derive(Clone, Copy, Default)]
+struct StepPath {
+    graphs: bool,
+    pairs: bool,
+    rings: bool,
+    copied: bool,
+    cluster: u32,
+    early: bool,
+}
+
 #[test]
 fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
     if !gpu() {
@@ -2388,53 +2401,67 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                         toks[q].push(i64::from(picks[q].0));
                     }
                 }
-                for (how, graphs, pairs, rings, copied, cluster, early) in [
-                    ("eager", false, false, false, false, 0, false),
-                    ("eager, ids copied first", false, false, false, true, 0, false),
-                    ("one graph a shape", true, false, false, false, 0, false),
-                    ("paired graphs", true, true, false, false, 0, false),
+                let eager = StepPath::default();
+                let graph = StepPath {
+                    graphs: true,
+                    ..eager
+                };
+                let pairs = StepPath { pairs: true, ..graph };
+                for (how, path) in [
+                    ("eager", eager),
+                    (
+                        "eager, ids copied first",
+                        StepPath {
+                            copied: true,
+                            ..eager
+                        },
+                    ),
+                    ("one graph a shape", graph),
+                    ("paired graphs", pairs),
                     (
                         "paired graphs, ids copied first",
-                        true,
-                        true,
-                        false,
-                        true,
-                        0,
-                        false,
+                        StepPath {
+                            copied: true,
+                            ..pairs
+                        },
                     ),
-                    ("paired graphs, ring GEMVs", true, true, true, false, 0, false),
-                    ("eager, ring GEMVs", false, false, true, false, 0, false),
+                    ("paired graphs, ring GEMVs", StepPath { rings: true, ..pairs }),
+                    ("eager, ring GEMVs", StepPath { rings: true, ..eager }),
+                    ("paired graphs, cluster argmax", StepPath { cluster: 16, ..pairs }),
+                    ("eager, early embedding", StepPath { early: true, ..eager }),
                     (
-                        "paired graphs, cluster argmax",
-                        true,
-                        true,
-                        false,
-                        false,
-                        16,
-                        false,
+                        "one graph a shape, early embedding",
+                        StepPath { early: true, ..graph },
                     ),
-                    ("eager, early embedding", false, false, false, false, 0, true),
-                    ("one graph a shape, early embedding", true, false, false, false, 0, true),
-                    ("paired graphs, ring GEMVs, early embedding", true, true, true, false, 0, true),
                     (
                         "paired graphs, early embedding",
-                        true,
-                        true,
-                        false,
-                        false,
-                        0,
-                        true,
+                        StepPath { early: true, ..pairs },
                     ),
                     (
                         "paired graphs, early embedding, ids copied first",
-                        true,
-                        true,
-                        false,
-                        true,
-                        0,
-                        true,
+                        StepPath {
+                            early: true,
+                            copied: true,
+                            ..pairs
+                        },
+                    ),
+                    (
+                        "paired graphs, ring GEMVs, early embedding",
+                        StepPath {
+                            early: true,
+                            rings: true,
+                            ..pairs
+                        },
                     ),
                 ] {
+                    let StepPath {
+                        graphs,
+                        pairs,
+                        rings,
+                        copied,
+                        cluster,
+                        early,
+                    } = path;
                     // The rings' pick and the cluster argmax are greedy:
                     // sampled steps skip them.
                     if (rings || cluster > 0) && sampled {
