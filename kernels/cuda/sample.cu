@@ -118,22 +118,15 @@ __device__ __forceinline__ void argmax_push_groups(float& m, int& i, float& s, c
     argmax_merge(m, i, s, gm, gi, gs);
 }
 
-// The rank of this block in its cluster, the cluster's blocks, and a
+// This block's rank in its cluster and the cluster's blocks, and a
 // barrier over the cluster's threads (release/acquire: shared memory
 // written before it is visible to the cluster's blocks after it).
-__device__ __forceinline__ unsigned cluster_rank() {
-    unsigned r = 0;
+__device__ __forceinline__ void cluster_place(unsigned& rank, unsigned& blocks) {
+    rank = 0;
+    blocks = 1;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\nmov.u32 %1, %%cluster_nctarank;\n" : "=r"(rank), "=r"(blocks));
 #endif
-    return r;
-}
-__device__ __forceinline__ unsigned cluster_blocks() {
-    unsigned n = 1;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
-#endif
-    return n;
 }
 __device__ __forceinline__ void cluster_barrier() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -161,9 +154,10 @@ template <typename T> __device__ void argmax_cluster_impl(const T* x, int cols, 
     const i64 r = blockIdx.x;
     const T* row = x + r * (i64)cols;
     const int nt = gridDim.y * blockDim.x;
+    unsigned rank = 0, blocks = 1;
+    if (gridDim.y > 1) cluster_place(rank, blocks);
     // The row's blocks must be one cluster (the host launches them so).
-    if (gridDim.y > 1 && cluster_blocks() != gridDim.y) __trap();
-    const unsigned rank = gridDim.y > 1 ? cluster_rank() : 0;
+    if (blocks != gridDim.y) __trap();
     const int t = rank * blockDim.x + threadIdx.x;
     float m = -OPTC_INF, s = 0.f;
     int bi = 0x7fffffff;
