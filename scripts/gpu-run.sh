@@ -139,6 +139,8 @@ if has ends; then
       OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_EARLY_EMBEDDING=$2 "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
     done
   done
+  echo "== W1 with OPTC_CUDA_ARGMAX_CLUSTER=16 OPTC_CUDA_ARGMAX_THREADS=512"
+  OPTC_CUDA_ARGMAX_CLUSTER=16 OPTC_CUDA_ARGMAX_THREADS=512 "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
   for pair in "16 1" "0 0"; do
     set -- $pair
     echo "== W2, W3 with OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_EARLY_EMBEDDING=$2"

@@ -532,14 +532,15 @@ int main() {
     const unsigned ring_grid = 3 * sms, ring = 64 << 10;
     const int big = 24 << 20;  // GEMV_RING_MIN_BYTES
     // The cluster argmax's blocks a row, as optc picks them (pick.rs's
-    // argmax_cluster_fit): 16 where such clusters fit, else 8.
+    // argmax_cluster_fit): 16 where such clusters fit, else 8; 256
+    // threads a block (optc's default).
     unsigned argmax_blocks = 8;
     {
         // A card without non-portable clusters refuses this: 8 then.
         cudaFuncSetAttribute((const void*)argmax_cluster_bf16, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
         cudaLaunchConfig_t c = {};
         c.gridDim = dim3(1, 16, 1);
-        c.blockDim = dim3(512);
+        c.blockDim = dim3(256);
         cudaLaunchAttribute at[1];
         at[0].id = cudaLaunchAttributeClusterDimension;
         at[0].val.clusterDim.x = 1;
@@ -761,7 +762,7 @@ int main() {
                 launch(gemv_norm_ring_bf16_m1, ring_grid, 1, 1, 256, 2 * D * 2 + ring, (const bf16*)down,
                        (const bf16*)resid, (const bf16*)fnorm, (bf16*)nullptr, eps, (const i64*)drow, 1,
                        (const bf16*)whead, (const bf16*)nullptr, logits, V, D, 1);
-                launch_clustered(argmax_cluster_bf16, argmax_blocks, 1, argmax_blocks, 1, 512, 0, (const bf16*)logits,
+                launch_clustered(argmax_cluster_bf16, argmax_blocks, 1, argmax_blocks, 1, 256, 0, (const bf16*)logits,
                                  V, picks, (float*)(picks + 1));
             } else if (v.head && v.head_mode == 2) {
                 names.push_back("LM head");

@@ -145,8 +145,9 @@ __device__ __forceinline__ unsigned ld_cluster_u32(const void* local, unsigned r
     return v;
 }
 
-// Groups of 8 a thread loads before it uses any.
-constexpr int ARGMAX_AHEAD = 2;
+// Groups of 8 a thread loads before it uses any (a 128,256-logit row
+// over 16 blocks of 256 threads is four a thread).
+constexpr int ARGMAX_AHEAD = 4;
 
 // Grid (rows, blocks a row), launched with clusters of (1, gridDim.y, 1)
 // (up to 16 blocks; one needs no cluster).
@@ -223,8 +224,9 @@ template <typename T> __device__ void argmax_cluster_impl(const T* x, int cols, 
         pdl_start();                                                                                 \
         argmax_part_impl<T>(x, part, cols, chunk, counters, out, lp);                                \
     }                                                                                                \
-    extern "C" __global__ void __launch_bounds__(512) argmax_cluster_##N(const T* x, int cols, int* out, \
-                                                                          float* lp) {                \
+    /* At most 64 registers a thread: a 256-thread block fits beside the LM head's ring blocks. */     \
+    extern "C" __global__ void __launch_bounds__(512, 2) argmax_cluster_##N(const T* x, int cols, int* out, \
+                                                                             float* lp) {             \
         pdl_start();                                                                                 \
         argmax_cluster_impl<T>(x, cols, out, lp);                                                    \
     }

@@ -169,10 +169,10 @@ pub(super) struct Pick {
 pub(super) enum PickKernel {
     /// `argmax_part_{dtype}` (its last block a row combines; or
     /// `argmax_combine` after it), or `argmax_cluster_{dtype}` with its
-    /// blocks a row.
+    /// blocks a row and threads a block.
     Argmax {
         part: CudaFunction,
-        cluster: Option<(CudaFunction, u32)>,
+        cluster: Option<(CudaFunction, u32, u32)>,
     },
     /// The sampling kernels with the rows' parameters (as they read them).
     Sample {
@@ -185,25 +185,38 @@ pub(super) enum PickKernel {
     },
 }
 
-/// Threads of an `argmax_cluster_*` block (its `__launch_bounds__`).
-pub(super) const ARGMAX_CLUSTER_THREADS: u32 = 512;
+/// Threads of an `argmax_cluster_*` block: 256 by default, so a block
+/// fits on an SM beside the LM head's three ring blocks and waits there
+/// for their end (512, `OPTC_CUDA_ARGMAX_THREADS=512`, loads the row in
+/// half the rounds a thread; its `__launch_bounds__`).
+pub(super) fn argmax_cluster_threads() -> u32 {
+    match std::env::var("OPTC_CUDA_ARGMAX_THREADS").as_deref() {
+        Ok("512") => 512,
+        _ => 256,
+    }
+}
 
 /// Most blocks of `argmax_cluster_*` a row: the largest cluster sm_90
-/// allows (16, past the portable 8). At one row, 16 blocks of 512 threads
-/// load a 128k-logit row in one 16-byte group or two a thread.
+/// allows (16, past the portable 8). At one row, 16 blocks of 256 threads
+/// load a 128k-logit row in four 16-byte groups a thread, all at once.
 pub(super) const ARGMAX_CLUSTER_MOST: u32 = 16;
 
-/// The blocks of the cluster argmax a row that fit for `f` on `gpu`: the
-/// `asked` size, else the portable 8 (for asked sizes past it), else 0
-/// (the chunked argmax). 0 and 1 need no cluster.
-pub(super) fn argmax_cluster_fit(gpu: &super::device::Gpu, f: &CudaFunction, asked: u32) -> u32 {
+/// The blocks of the cluster argmax a row that fit for `f` (blocks of
+/// `threads`) on `gpu`: the `asked` size, else the portable 8 (for asked
+/// sizes past it), else 0 (the chunked argmax). 0 and 1 need no cluster.
+pub(super) fn argmax_cluster_fit(
+    gpu: &super::device::Gpu,
+    f: &CudaFunction,
+    asked: u32,
+    threads: u32,
+) -> u32 {
     if asked <= 1 {
         return asked;
     }
     [asked, 8]
         .into_iter()
         .filter(|&b| b <= asked)
-        .find(|&b| gpu.cluster_fits(f, b, ARGMAX_CLUSTER_THREADS))
+        .find(|&b| gpu.cluster_fits(f, b, threads))
         .unwrap_or(0)
 }
 
@@ -495,9 +508,13 @@ impl CudaProgram {
         let (v, dtype) = self.pick_output(output)?;
         let Some(rows) = rows else {
             let part = self.argmax.get(dtype).cloned().ok_or_else(|| no_kernel(output))?;
-            let blocks = self.argmax_cluster_blocks;
+            let (blocks, threads) = (self.argmax_cluster_blocks, self.argmax_cluster_threads);
             let cluster = (blocks > 0)
-                .then(|| self.argmax_cluster.get(dtype).map(|f| (f.clone(), blocks)))
+                .then(|| {
+                    self.argmax_cluster
+                        .get(dtype)
+                        .map(|f| (f.clone(), blocks, threads))
+                })
                 .flatten();
             return Ok(Pick {
                 value: v,
@@ -601,9 +618,9 @@ impl CudaProgram {
         // `execute` checked the sampling rows against the logits rows.
         let r = match &pick.kernel {
             PickKernel::Argmax {
-                cluster: Some((f, blocks)),
+                cluster: Some((f, blocks, threads)),
                 ..
-            } => self.launch_argmax_cluster(f, *blocks, x, rows, cols, buf),
+            } => self.launch_argmax_cluster(f, (*blocks, *threads), x, rows, cols, buf),
             PickKernel::Argmax { part, .. } => self.launch_argmax(part, x, rows, cols, buf),
             PickKernel::Sample {
                 kernels, top_k_most, ..
@@ -673,12 +690,12 @@ impl CudaProgram {
         r
     }
 
-    /// The argmax of each row by a cluster of `blocks` blocks
-    /// (`argmax_cluster_*`; one block a row needs no cluster).
+    /// The argmax of each row by a cluster of `blocks` blocks of
+    /// `threads` (`argmax_cluster_*`; one block a row needs no cluster).
     fn launch_argmax_cluster(
         &self,
         f: &CudaFunction,
-        blocks: u32,
+        (blocks, threads): (u32, u32),
         x: u64,
         rows: usize,
         cols: usize,
@@ -697,7 +714,7 @@ impl CudaProgram {
             &tok as *const u64 as *mut _,
             &lp as *const u64 as *mut _,
         ];
-        let config = cfg((grid_rows, blocks, 1), ARGMAX_CLUSTER_THREADS, 0);
+        let config = cfg((grid_rows, blocks, 1), threads, 0);
         // SAFETY: the parameters are argmax_cluster's (x, cols, out, lp),
         // locals that outlive the call; `buf` holds a token and a log
         // probability per row, `x` the rows.

@@ -214,6 +214,8 @@ pub struct CudaProgram {
     /// one cluster where such clusters fit (else 8, else 0), 1 for a block
     /// a row without clusters (`OPTC_CUDA_ARGMAX_CLUSTER`).
     pub(super) argmax_cluster_blocks: u32,
+    /// Threads of an `argmax_cluster_*` block (`argmax_cluster_threads`).
+    pub(super) argmax_cluster_threads: u32,
     /// Copies a run's picked tokens into the next run's ids on the GPU.
     pub(super) ids_from_picks: CudaFunction,
     /// `sample_{stats,hist,}_{dtype}`: temperature, top-k, top-p and min-p.
@@ -917,6 +919,7 @@ impl CudaProgram {
         // The token-pick kernels, one per float dtype of a 2-D output.
         let (mut argmax, mut sample) = (HashMap::new(), HashMap::new());
         let mut argmax_cluster = HashMap::new();
+        let argmax_cluster_threads = super::pick::argmax_cluster_threads();
         let mut argmax_cluster_blocks = std::env::var("OPTC_CUDA_ARGMAX_CLUSTER")
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
@@ -925,7 +928,8 @@ impl CudaProgram {
         for d in pick_types {
             argmax.insert(d, gpu.function(&format!("argmax_part_{d}")).map_err(&gerr)?);
             let f = gpu.function(&format!("argmax_cluster_{d}")).map_err(&gerr)?;
-            argmax_cluster_blocks = super::pick::argmax_cluster_fit(&gpu, &f, argmax_cluster_blocks);
+            argmax_cluster_blocks =
+                super::pick::argmax_cluster_fit(&gpu, &f, argmax_cluster_blocks, argmax_cluster_threads);
             argmax_cluster.insert(d, f);
             let kernels = super::pick::SampleKernels {
                 stats: gpu.function(&format!("sample_stats_{d}")).map_err(&gerr)?,
@@ -1159,6 +1163,7 @@ impl CudaProgram {
             argmax_combine,
             argmax_cluster,
             argmax_cluster_blocks,
+            argmax_cluster_threads,
             ids_from_picks,
             sample,
             summary,
@@ -1418,7 +1423,7 @@ impl CudaProgram {
         self.drop_captures();
         let mut b = blocks.min(super::pick::ARGMAX_CLUSTER_MOST);
         for f in self.argmax_cluster.values() {
-            b = super::pick::argmax_cluster_fit(&self.gpu, f, b);
+            b = super::pick::argmax_cluster_fit(&self.gpu, f, b, self.argmax_cluster_threads);
         }
         self.argmax_cluster_blocks = b;
         b
