@@ -1559,22 +1559,30 @@ fn host_greedy(row: &[f64]) -> (usize, f64) {
     }
 }
 
-/// The argmax kernels a test runs: the chunked one (`argmax_part_*`), one
-/// block a row, and clusters of 8 and 16 blocks a row where they fit (on
-/// an H100 or H200 they must).
-fn argmax_modes(p: &mut CudaProgram) -> Vec<u32> {
+/// The argmax kernels a test runs, as (blocks a row, threads a block): the
+/// chunked one (`argmax_part_*`, blocks 0), one block a row, and clusters
+/// of 8 and 16 blocks a row where they fit (on an H100 or H200 they
+/// must), with blocks of 256 and of 512 threads. `use_argmax` sets one.
+fn argmax_modes(p: &mut CudaProgram) -> Vec<(u32, u32)> {
     let device = p.summary().device.clone();
     let hopper = device.contains("H100") || device.contains("H200");
-    let mut modes = Vec::new();
-    for blocks in [0, 1, 8, 16] {
-        if p.set_argmax_cluster(blocks) == blocks {
-            modes.push(blocks);
-        } else {
-            assert!(!hopper, "{device}: clusters of {blocks} do not fit");
-            eprintln!("skipping the argmax in clusters of {blocks}: they do not fit on {device}");
+    let mut modes = vec![(0, 256)];
+    for threads in [256, 512] {
+        for blocks in [1, 8, 16] {
+            if use_argmax(p, (blocks, threads)) {
+                modes.push((blocks, threads));
+            } else {
+                assert!(!hopper, "{device}: clusters of {blocks} do not fit");
+                eprintln!("skipping the argmax in clusters of {blocks}: they do not fit on {device}");
+            }
         }
     }
     modes
+}
+
+/// Sets the argmax `(blocks, threads)`; whether it was taken as asked.
+fn use_argmax(p: &mut CudaProgram, (blocks, threads): (u32, u32)) -> bool {
+    p.set_argmax_threads(threads) == threads && p.set_argmax_cluster(blocks) == blocks
 }
 
 /// Greedy sampling over vocabulary-wide rows (many chunks per row): the
@@ -1622,13 +1630,13 @@ fn greedy_argmax_over_wide_rows_matches_the_host() {
         }
         let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
         let y = p.run(&inputs).unwrap()["y"].to_f64_vec();
-        for blocks in argmax_modes(&mut p) {
-            p.set_argmax_cluster(blocks);
+        for mode in argmax_modes(&mut p) {
+            assert!(use_argmax(&mut p, mode));
             let got = p.run_greedy(&inputs, "y").unwrap();
             assert_eq!(got.len(), rows);
             for r in 0..rows {
                 let (best, lp) = host_greedy(&y[r * cols..(r + 1) * cols]);
-                let at = format!("{t} cols {cols} blocks {blocks} row {r}");
+                let at = format!("{t} cols {cols} (blocks, threads) {mode:?} row {r}");
                 if lp == f64::NEG_INFINITY {
                     assert_eq!(got[r], (0, f32::NEG_INFINITY), "{at}");
                     continue;
@@ -1665,8 +1673,8 @@ fn greedy_argmax_past_the_split_counters_matches_the_host() {
     let x = random(rows * cols, &mut seed);
     let inputs = BTreeMap::from([("x".to_string(), Tensor::from_f32(DType::F32, &[rows, cols], &x))]);
     let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
-    for blocks in argmax_modes(&mut p) {
-        p.set_argmax_cluster(blocks);
+    for mode in argmax_modes(&mut p) {
+        assert!(use_argmax(&mut p, mode));
         let got = p.run_greedy(&inputs, "y").unwrap();
         assert_eq!(got.len(), rows);
         for (r, &(tok, lp)) in got.iter().enumerate() {
@@ -1675,10 +1683,10 @@ fn greedy_argmax_past_the_split_counters_matches_the_host() {
                 .map(|&v| -f64::from(v))
                 .collect();
             let (best, want) = host_greedy(&row);
-            assert_eq!(tok as usize, best, "blocks {blocks} row {r}");
+            assert_eq!(tok as usize, best, "{mode:?} row {r}");
             assert!(
                 (f64::from(lp) - want).abs() <= 1e-5,
-                "blocks {blocks} row {r}: log p {lp} against {want}"
+                "{mode:?} row {r}: log p {lp} against {want}"
             );
         }
     }

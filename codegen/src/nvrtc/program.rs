@@ -1429,6 +1429,16 @@ impl CudaProgram {
         b
     }
 
+    /// Threads of a cluster argmax block: 512 for `threads` of 512 or
+    /// more, else 256 (the default unless `OPTC_CUDA_ARGMAX_THREADS=512`);
+    /// returns the number taken. The blocks a row are checked again
+    /// (`set_argmax_cluster`). Captured graphs are dropped.
+    pub fn set_argmax_threads(&mut self, threads: u32) -> u32 {
+        self.argmax_cluster_threads = if threads >= 512 { 512 } else { 256 };
+        self.set_argmax_cluster(self.argmax_cluster_blocks);
+        self.argmax_cluster_threads
+    }
+
     /// Runs, and graph captures, whose greedy pick the LM head's ring
     /// GEMV made (a replay does not count).
     pub fn gemv_picks(&self) -> u64 {
