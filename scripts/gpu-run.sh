@@ -128,21 +128,20 @@ bench_kernels() {
 }
 if has ends; then
   # A W1 step's two ends, each behind a switch until measured: the cluster argmax
-  # (OPTC_CUDA_ARGMAX_CLUSTER=16 against the chunked 0) and the early embedding (the rotary
-  # tables launched first, the embedding gathering before its wait: OPTC_CUDA_EARLY_EMBEDDING=1
-  # against 0). W1 at each of the four pairs, alternating, twice; W2 and W3 with both on and
-  # both off; the step bench's two argmax ends; W1's time per kernel kind with both on.
+  # (OPTC_CUDA_ARGMAX_CLUSTER=16 against the chunked 0; OPTC_CUDA_ARGMAX_THREADS 256 or 512 a
+  # block) and the early embedding (the rotary tables launched first, the embedding gathering
+  # before its wait: OPTC_CUDA_EARLY_EMBEDDING=1 against 0). W1 at five settings, alternating,
+  # twice; W2 and W3 with both on and both off; the step bench's two argmax ends; W1's time
+  # per kernel kind with both on.
   for round in 1 2; do
-    for pair in "0 0" "16 0" "0 1" "16 1"; do
-      set -- $pair
-      echo "== W1 with OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_EARLY_EMBEDDING=$2 (round $round)"
-      OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_EARLY_EMBEDDING=$2 "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
+    for setting in "0 256 0" "16 256 0" "0 256 1" "16 256 1" "16 512 1"; do
+      set -- $setting
+      echo "== W1 with OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_ARGMAX_THREADS=$2 OPTC_CUDA_EARLY_EMBEDDING=$3 (round $round)"
+      OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_ARGMAX_THREADS=$2 OPTC_CUDA_EARLY_EMBEDDING=$3 "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
     done
   done
-  echo "== W1 with OPTC_CUDA_ARGMAX_CLUSTER=16 OPTC_CUDA_ARGMAX_THREADS=512"
-  OPTC_CUDA_ARGMAX_CLUSTER=16 OPTC_CUDA_ARGMAX_THREADS=512 "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
-  for pair in "16 1" "0 0"; do
-    set -- $pair
+  for setting in "16 1" "0 0"; do
+    set -- $setting
     echo "== W2, W3 with OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_EARLY_EMBEDDING=$2"
     OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_EARLY_EMBEDDING=$2 "$BIN" bench $MODEL --target nvrtc --workloads W2,W3 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
   done

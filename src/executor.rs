@@ -196,12 +196,13 @@ impl Executor for CudaExecutor {
         let s = p.summary();
         let [first, second] = p.graph_replays();
         let mut line = format!(
-            "nvrtc: decode graphs: {} shapes, {} copies, {first} + {second} replays; greedy picks in the LM head's GEMV: {}; picked ids read by the embedding: {}; argmax blocks a row (0: chunked): {}; early embeddings: {}",
+            "nvrtc: decode graphs: {} shapes, {} copies, {first} + {second} replays; greedy picks in the LM head's GEMV: {}; picked ids read by the embedding: {}; argmax blocks a row (0: chunked): {} of {} threads; early embeddings: {}",
             p.captured_graphs(),
             p.graph_copies(),
             p.gemv_picks(),
             p.embedding_picks(),
             p.argmax_cluster_blocks(),
+            p.argmax_cluster_threads(),
             p.early_embeddings()
         );
         if let Some(kernel) = s.mega_kernel.as_deref() {

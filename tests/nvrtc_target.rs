@@ -1572,8 +1572,11 @@ fn argmax_modes(p: &mut CudaProgram) -> Vec<(u32, u32)> {
             if use_argmax(p, (blocks, threads)) {
                 modes.push((blocks, threads));
             } else {
-                assert!(!hopper, "{device}: clusters of {blocks} do not fit");
-                eprintln!("skipping the argmax in clusters of {blocks}: they do not fit on {device}");
+                assert!(
+                    !hopper,
+                    "{device}: clusters of {blocks} blocks of {threads} do not fit"
+                );
+                eprintln!("skipping the argmax in clusters of {blocks} blocks of {threads}: they do not fit on {device}");
             }
         }
     }

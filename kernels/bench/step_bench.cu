@@ -538,6 +538,8 @@ int main() {
     {
         // A card without non-portable clusters refuses this: 8 then.
         cudaFuncSetAttribute((const void*)argmax_cluster_bf16, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+        // As optc (Gpu::prefer_shared_memory): the SM's largest carveout.
+        cudaFuncSetAttribute((const void*)argmax_cluster_bf16, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
         cudaLaunchConfig_t c = {};
         c.gridDim = dim3(1, 16, 1);
         c.blockDim = dim3(256);

@@ -126,10 +126,8 @@ fn bad_parameters_are_named() {
     assert!(SamplingParams::default().validate(100).is_ok());
 }
 
-/// NaN logits are never picked and take no mass, as on the GPU: greedy and
-/// sampling keep to the other tokens (even with NaN at token 0), their log
-/// probabilities are those of the row without the NaN, and a row of
-/// nothing but NaN and -inf gives token 0 at -inf.
+/// Logits at +inf share all the mass, as on the GPU: k of them give each a
+/// log probability of -ln k, and greedy takes the first.
 #[test]
 fn logits_at_plus_infinity_share_the_mass() {
     let row = [1.0, f32::INFINITY, 0.0, f32::INFINITY];
@@ -142,6 +140,10 @@ fn logits_at_plus_infinity_share_the_mass() {
     );
 }
 
+/// NaN logits are never picked and take no mass, as on the GPU: greedy and
+/// sampling keep to the other tokens (even with NaN at token 0), their log
+/// probabilities are those of the row without the NaN, and a row of
+/// nothing but NaN and -inf gives token 0 at -inf.
 #[test]
 fn nan_logits_are_never_picked() {
     let row = [f32::NAN, 1.0, f32::NAN, 3.0, 2.0];

@@ -262,6 +262,24 @@ impl Gpu {
         }
     }
 
+    /// Asks for the SM's largest shared-memory carveout while `f` runs (a
+    /// hint; a kernel with little shared memory of its own would otherwise
+    /// prefer a smaller one than kernels it may share an SM with).
+    pub fn prefer_shared_memory(&self, f: &CudaFunction) {
+        if self.ctx.bind_to_thread().is_err() {
+            return;
+        }
+        // SAFETY: `f` is a loaded function of this context. A refusal
+        // leaves the default, which only costs co-residence.
+        let _ = unsafe {
+            sys::cuFuncSetAttribute(
+                f.cu_function(),
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                100,
+            )
+        };
+    }
+
     /// Whether clusters of `cluster_y` blocks of `threads` threads of `f`
     /// can be resident on this GPU (sm_90 and later), allowing sizes past
     /// the portable 8 on `f` first when asked for. The driver refuses a

@@ -186,13 +186,18 @@ pub(super) enum PickKernel {
 }
 
 /// Threads of an `argmax_cluster_*` block: 256 by default, so a block
-/// fits on an SM beside the LM head's three ring blocks and waits there
-/// for their end (512, `OPTC_CUDA_ARGMAX_THREADS=512`, loads the row in
-/// half the rounds a thread; its `__launch_bounds__`).
+/// (at most 64 registers a thread, its `__launch_bounds__`) fits on an SM
+/// beside the LM head's three ring blocks and waits there for their end;
+/// `OPTC_CUDA_ARGMAX_THREADS` of 512 or more takes 512 (about two 16-byte
+/// groups a thread instead of four at a 128k vocabulary).
 pub(super) fn argmax_cluster_threads() -> u32 {
-    match std::env::var("OPTC_CUDA_ARGMAX_THREADS").as_deref() {
-        Ok("512") => 512,
-        _ => 256,
+    let asked = std::env::var("OPTC_CUDA_ARGMAX_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok());
+    if asked.is_some_and(|t| t >= 512) {
+        512
+    } else {
+        256
     }
 }
 

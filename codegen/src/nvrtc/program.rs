@@ -216,6 +216,9 @@ pub struct CudaProgram {
     pub(super) argmax_cluster_blocks: u32,
     /// Threads of an `argmax_cluster_*` block (`argmax_cluster_threads`).
     pub(super) argmax_cluster_threads: u32,
+    /// The blocks a row last asked for (`OPTC_CUDA_ARGMAX_CLUSTER` or
+    /// `set_argmax_cluster`), which a change of threads fits again.
+    pub(super) argmax_cluster_asked: u32,
     /// Copies a run's picked tokens into the next run's ids on the GPU.
     pub(super) ids_from_picks: CudaFunction,
     /// `sample_{stats,hist,}_{dtype}`: temperature, top-k, top-p and min-p.
@@ -920,14 +923,18 @@ impl CudaProgram {
         let (mut argmax, mut sample) = (HashMap::new(), HashMap::new());
         let mut argmax_cluster = HashMap::new();
         let argmax_cluster_threads = super::pick::argmax_cluster_threads();
-        let mut argmax_cluster_blocks = std::env::var("OPTC_CUDA_ARGMAX_CLUSTER")
+        let argmax_cluster_asked = std::env::var("OPTC_CUDA_ARGMAX_CLUSTER")
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0)
             .min(super::pick::ARGMAX_CLUSTER_MOST);
+        let mut argmax_cluster_blocks = argmax_cluster_asked;
         for d in pick_types {
             argmax.insert(d, gpu.function(&format!("argmax_part_{d}")).map_err(&gerr)?);
             let f = gpu.function(&format!("argmax_cluster_{d}")).map_err(&gerr)?;
+            // Little shared memory of its own: the most for the SM, so its
+            // blocks can share one with the LM head's ring blocks.
+            gpu.prefer_shared_memory(&f);
             argmax_cluster_blocks =
                 super::pick::argmax_cluster_fit(&gpu, &f, argmax_cluster_blocks, argmax_cluster_threads);
             argmax_cluster.insert(d, f);
@@ -1164,6 +1171,7 @@ impl CudaProgram {
             argmax_cluster,
             argmax_cluster_blocks,
             argmax_cluster_threads,
+            argmax_cluster_asked,
             ids_from_picks,
             sample,
             summary,
@@ -1421,7 +1429,8 @@ impl CudaProgram {
     /// number taken. Captured graphs are dropped.
     pub fn set_argmax_cluster(&mut self, blocks: u32) -> u32 {
         self.drop_captures();
-        let mut b = blocks.min(super::pick::ARGMAX_CLUSTER_MOST);
+        self.argmax_cluster_asked = blocks.min(super::pick::ARGMAX_CLUSTER_MOST);
+        let mut b = self.argmax_cluster_asked;
         for f in self.argmax_cluster.values() {
             b = super::pick::argmax_cluster_fit(&self.gpu, f, b, self.argmax_cluster_threads);
         }
@@ -1431,11 +1440,16 @@ impl CudaProgram {
 
     /// Threads of a cluster argmax block: 512 for `threads` of 512 or
     /// more, else 256 (the default unless `OPTC_CUDA_ARGMAX_THREADS=512`);
-    /// returns the number taken. The blocks a row are checked again
-    /// (`set_argmax_cluster`). Captured graphs are dropped.
+    /// returns the number taken. The blocks a row last asked for are
+    /// fitted again (`set_argmax_cluster`). Captured graphs are dropped.
     pub fn set_argmax_threads(&mut self, threads: u32) -> u32 {
         self.argmax_cluster_threads = if threads >= 512 { 512 } else { 256 };
-        self.set_argmax_cluster(self.argmax_cluster_blocks);
+        self.set_argmax_cluster(self.argmax_cluster_asked);
+        self.argmax_cluster_threads
+    }
+
+    /// Threads of a cluster argmax block (`set_argmax_threads`).
+    pub fn argmax_cluster_threads(&self) -> u32 {
         self.argmax_cluster_threads
     }
 
