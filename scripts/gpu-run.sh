@@ -145,6 +145,10 @@ if has ends; then
     echo "== W2, W3 with OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_EARLY_EMBEDDING=$2"
     OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_EARLY_EMBEDDING=$2 "$BIN" bench $MODEL --target nvrtc --workloads W2,W3 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
   done
+  for ids in 32 8; do
+    echo "== W2 with OPTC_CUDA_IDS_IN_EMBEDDING=$ids (the embedding reads the 32 picks itself, or they are copied first), both switches on"
+    OPTC_CUDA_IDS_IN_EMBEDDING=$ids OPTC_CUDA_ARGMAX_CLUSTER=16 OPTC_CUDA_EARLY_EMBEDDING=1 "$BIN" bench $MODEL --target nvrtc --workloads W2 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
+  done
   echo "== step bench: the chunked and the cluster argmax after the LM head"
   STEP_ONLY="8 warps, head as optc before: norm in the ring, argmax kernel: whole step|8 warps, head: norm in the ring, cluster argmax: whole step" \
     bench_kernels step_bench "this=kernels" 1

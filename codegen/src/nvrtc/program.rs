@@ -1186,7 +1186,12 @@ impl CudaProgram {
             one_pass_samples: 0,
             gemv_picks: 0,
             ids_embedding,
-            ids_in_embedding_max: super::run::IDS_IN_EMBEDDING_MAX,
+            // To compare at W2 (32 ids), where a scan of the pairs a thread
+            // may beat the copy kernel ahead of the embedding.
+            ids_in_embedding_max: std::env::var("OPTC_CUDA_IDS_IN_EMBEDDING")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(super::run::IDS_IN_EMBEDDING_MAX),
             embedding_picks: 0,
             early_chains: std::env::var("OPTC_CUDA_EARLY_CHAINS").map_or(true, |v| v != "0"),
             early_chain_launches: 0,

@@ -34,7 +34,7 @@ pub(super) struct IdsHead {
 
 /// Most ids an embedding reads through the head itself by default (each
 /// of its threads scans the head's pairs); past this the ids are copied
-/// first (`CudaProgram::set_ids_in_embedding`).
+/// first (`CudaProgram::set_ids_in_embedding`, `OPTC_CUDA_IDS_IN_EMBEDDING`).
 pub(super) const IDS_IN_EMBEDDING_MAX: usize = 8;
 
 impl CudaProgram {
