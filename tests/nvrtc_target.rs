@@ -2370,13 +2370,23 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
     for name in ["llama", "llama_bf16"] {
         let m = step_graph(name);
         let g = &m.graph;
-        let nb = Bindings::from([("NB".to_string(), 16)]);
+        let nb = Bindings::from([("NB".to_string(), 80)]);
         let steps = 14;
         // One sequence (one row of logits: the LM head may take the ring
-        // GEMV) and two.
-        for nseq in [1, 2] {
-            let tables = [vec![3i64, 9, 1, 12, 5, 4], vec![0, 7, 2, 14, 8, 6]];
-            let prompts: Vec<Vec<i64>> = [vec![5i64, 9, 13, 2, 1, 4], vec![8, 3, 3]][..nseq].to_vec();
+        // GEMV), two, and twelve (more picks than the embedding reads
+        // itself by default: `set_ids_in_embedding(32)` lets it).
+        for nseq in [1, 2, 12] {
+            let mut tables = vec![vec![3i64, 9, 1, 12, 5, 4], vec![0, 7, 2, 14, 8, 6]];
+            let mut prompts: Vec<Vec<i64>> = vec![vec![5i64, 9, 13, 2, 1, 4], vec![8, 3, 3]];
+            for q in 2..nseq {
+                tables.push((0..6).map(|b| (16 + (q - 2) * 6 + b) as i64).collect());
+                prompts.push(
+                    (0..2 + q % 4)
+                        .map(|i| ((q * 7 + i * 11) % 300 + 1) as i64)
+                        .collect(),
+                );
+            }
+            prompts.truncate(nseq);
             let inputs_at = |step: usize, toks: &[Vec<i64>]| {
                 let mut s = StepInputs::default();
                 for q in 0..nseq {
@@ -2489,6 +2499,8 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                     if copied {
                         // `ids_from_picks` first, as for more than 8 ids.
                         cuda.set_ids_in_embedding(0);
+                    } else if nseq > 8 {
+                        cuda.set_ids_in_embedding(32);
                     }
                     if rings {
                         // Bit-equal to the register GEMV (see the fused GEMV
