@@ -206,22 +206,24 @@ pub(super) fn argmax_cluster_threads() -> u32 {
 /// load a 128k-logit row in four 16-byte groups a thread, all at once.
 pub(super) const ARGMAX_CLUSTER_MOST: u32 = 16;
 
-/// The blocks of the cluster argmax a row that fit for `f` (blocks of
-/// `threads`) on `gpu`: the `asked` size, else the portable 8 (for asked
-/// sizes past it), else 0 (the chunked argmax). 0 and 1 need no cluster.
-pub(super) fn argmax_cluster_fit(
+/// The blocks of the cluster argmax a row that fit for every kernel of
+/// `fs` (blocks of `threads`) on `gpu`: the `asked` size (at most
+/// `ARGMAX_CLUSTER_MOST`), else the portable 8 (for asked sizes past it),
+/// else 0 (the chunked argmax). 0 and 1 need no cluster.
+pub(super) fn argmax_cluster_fit<'a>(
     gpu: &super::device::Gpu,
-    f: &CudaFunction,
+    fs: impl Iterator<Item = &'a CudaFunction> + Clone,
     asked: u32,
     threads: u32,
 ) -> u32 {
+    let asked = asked.min(ARGMAX_CLUSTER_MOST);
     if asked <= 1 {
         return asked;
     }
     [asked, 8]
         .into_iter()
         .filter(|&b| b <= asked)
-        .find(|&b| gpu.cluster_fits(f, b, threads))
+        .find(|&b| fs.clone().all(|f| gpu.cluster_fits(f, b, threads)))
         .unwrap_or(0)
 }
 

@@ -402,6 +402,19 @@ fn sole_embeddings(
         .collect()
 }
 
+/// The buffer owner of each value: a view's result is its operand's
+/// buffer, and takes its place (`locs`) too.
+fn alias_views(steps: &[Step], locs: &mut [Option<Loc>]) -> Vec<usize> {
+    let mut owner: Vec<usize> = (0..locs.len()).collect();
+    for s in steps {
+        if let Exec::View = s.exec {
+            owner[s.outs[0]] = owner[s.args[0]];
+            locs[s.outs[0]] = locs[s.args[0]];
+        }
+    }
+    owner
+}
+
 /// Per buffer (owner), the step after which it goes back to the pool:
 /// its last reader when the steps launch in `order`; `usize::MAX` for the
 /// graph's outputs (`outputs`, owners), which outlive the run.
@@ -928,15 +941,12 @@ impl CudaProgram {
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0)
             .min(super::pick::ARGMAX_CLUSTER_MOST);
-        let mut argmax_cluster_blocks = argmax_cluster_asked;
         for d in pick_types {
             argmax.insert(d, gpu.function(&format!("argmax_part_{d}")).map_err(&gerr)?);
             let f = gpu.function(&format!("argmax_cluster_{d}")).map_err(&gerr)?;
             // Little shared memory of its own: the most for the SM, so its
             // blocks can share one with the LM head's ring blocks.
             gpu.prefer_shared_memory(&f);
-            argmax_cluster_blocks =
-                super::pick::argmax_cluster_fit(&gpu, &f, argmax_cluster_blocks, argmax_cluster_threads);
             argmax_cluster.insert(d, f);
             let kernels = super::pick::SampleKernels {
                 stats: gpu.function(&format!("sample_stats_{d}")).map_err(&gerr)?,
@@ -945,6 +955,12 @@ impl CudaProgram {
             };
             sample.insert(d, kernels);
         }
+        let argmax_cluster_blocks = super::pick::argmax_cluster_fit(
+            &gpu,
+            argmax_cluster.values(),
+            argmax_cluster_asked,
+            argmax_cluster_threads,
+        );
         let argmax_combine = gpu.function("argmax_combine").map_err(&gerr)?;
         let ids_from_picks = gpu.function("ids_from_picks").map_err(&gerr)?;
         // Evaluate folded ops and upload the constants kernels read.
@@ -1110,13 +1126,7 @@ impl CudaProgram {
         summary.weight_bytes = weights.iter().map(|w| w.bytes).sum();
         summary.upload_millis = upload_start.elapsed().as_secs_f64() * 1e3;
         // Buffer owners and liveness.
-        let mut owner: Vec<usize> = (0..types.len()).collect();
-        for s in &steps {
-            if let Exec::View = s.exec {
-                owner[s.outs[0]] = owner[s.args[0]];
-                locs[s.outs[0]] = locs[s.args[0]];
-            }
-        }
+        let owner = alias_views(&steps, &mut locs);
         let output_owners: Vec<usize> = g.outputs().iter().map(|o| owner[vid[&o.value]]).collect();
         let last_use = last_readers(&steps, &owner, 0..steps.len(), &output_owners);
         let locs: Vec<Loc> = locs.into_iter().map(|l| l.unwrap_or(Loc::Temp)).collect();
@@ -1435,12 +1445,13 @@ impl CudaProgram {
     pub fn set_argmax_cluster(&mut self, blocks: u32) -> u32 {
         self.drop_captures();
         self.argmax_cluster_asked = blocks.min(super::pick::ARGMAX_CLUSTER_MOST);
-        let mut b = self.argmax_cluster_asked;
-        for f in self.argmax_cluster.values() {
-            b = super::pick::argmax_cluster_fit(&self.gpu, f, b, self.argmax_cluster_threads);
-        }
-        self.argmax_cluster_blocks = b;
-        b
+        self.argmax_cluster_blocks = super::pick::argmax_cluster_fit(
+            &self.gpu,
+            self.argmax_cluster.values(),
+            self.argmax_cluster_asked,
+            self.argmax_cluster_threads,
+        );
+        self.argmax_cluster_blocks
     }
 
     /// Threads of a cluster argmax block: 512 for `threads` of 512 or
@@ -1583,7 +1594,7 @@ mod tests {
     use optc_ir::ops::{Op, Transpose};
     use optc_ir::{DType, Dim, TensorType};
 
-    use super::{inputs_first, moves_only_unit_axes, plan, Exec, Loc};
+    use super::{alias_views, inputs_first, moves_only_unit_axes, plan, Exec, Loc};
     use crate::nvrtc::select::Kernel;
 
     fn transpose_is_view(dims: &[Dim], perm: &[i64]) -> bool {
@@ -1613,19 +1624,13 @@ mod tests {
     fn launch_plan(graph: &str) -> (super::Plan, Vec<Loc>, Vec<usize>, Vec<usize>) {
         let g = optc_ir::parse(graph).unwrap();
         let p = plan(&g, "test").unwrap();
-        let mut owner: Vec<usize> = (0..p.types.len()).collect();
         let mut locs = p.locs.clone();
         for (v, l) in locs.iter_mut().enumerate() {
             if l.is_none() && p.consts.contains(&v) {
                 *l = Some(Loc::Weight(0));
             }
         }
-        for s in &p.steps {
-            if let Exec::View = s.exec {
-                owner[s.outs[0]] = owner[s.args[0]];
-                locs[s.outs[0]] = locs[s.args[0]];
-            }
-        }
+        let owner = alias_views(&p.steps, &mut locs);
         let locs: Vec<Loc> = locs.into_iter().map(|l| l.unwrap_or(Loc::Temp)).collect();
         let order = inputs_first(&p.steps, &locs, &owner);
         (p, locs, owner, order)

@@ -811,6 +811,11 @@ impl CudaProgram {
                 Some(_) => runs_norm[si],
                 None => self.fused_gemv_fits(s, steps, dims, ptr),
             });
+            // Its results' buffers are new to this run (a kernel that
+            // reads only what is ready before the run may then work
+            // before its wait).
+            let fresh =
+                s.outs.iter().all(|&o| self.locs[o] == Loc::Temp) && self.pool.released == released_before;
             let r = match &s.exec {
                 _ if deferred || done[si] => Ok(()),
                 Exec::Kernel(..) if fused => {
@@ -821,10 +826,9 @@ impl CudaProgram {
                     let head = cx.embedding.map_or(0, |(_, h)| h);
                     // Its table is a weight, the head in the arena, the
                     // picks the previous run's: ready before the run, so
-                    // with a fresh result buffer it may gather first.
-                    let fresh = s.outs.iter().all(|&o| self.locs[o] == Loc::Temp)
-                        && self.pool.released == released_before;
-                    let early = hoist && cx.barrier && fresh;
+                    // with a fresh result buffer it may gather first
+                    // (`hoist` holds only behind a full barrier).
+                    let early = hoist && fresh;
                     self.early_embedding_launches += u64::from(early);
                     self.launch_embedding_picked(fns, s, dims, ptr, head, early)
                 }
@@ -836,8 +840,6 @@ impl CudaProgram {
                         Loc::Input(i) => Some(i) != cx.written_input,
                         _ => false,
                     });
-                    let fresh = s.outs.iter().all(|&o| self.locs[o] == Loc::Temp)
-                        && self.pool.released == released_before;
                     let early = self.early_chains && cx.barrier && ready && fresh;
                     self.early_chain_launches += u64::from(early);
                     self.launch_chain(fns, s, dims, ptr, early)
