@@ -6,7 +6,7 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, clocks, warps, sample, mega, ab, ends, gemvbench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, clocks, warps, sample, mega, ab, ends, endsw1, ttft, gemvbench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
 # `clocks` runs W1 twice while nvidia-smi samples the SM and memory clocks, power and temperature (20 a second).
 # `mega` runs W1 and W2 with the one-token decode megakernel on and off (OPTC_CUDA_MEGA=1, 0, 1, 0), W1
 # with its L2 prefetch, bulk-copy and cooperative-launch variants, then W1's GPU time per kernel kind with it on.
@@ -36,7 +36,7 @@ if has tests; then
   echo "== tests"
   "$DEV"/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
 fi
-if has compile || has bench || has clocks || has warps || has sample || has mega || has ab || has ends || has profile || has graphprof || has ncu || has ncudetail || has peer; then
+if has compile || has bench || has clocks || has warps || has sample || has mega || has ab || has ends || has endsw1 || has ttft || has profile || has graphprof || has ncu || has ncudetail || has peer; then
   if [ ! -e $MODEL/config.json ]; then
     python3 .device/hf_baseline.py --parts save_model --model-dir $MODEL 2>&1 | tail -2
   fi
@@ -126,20 +126,22 @@ bench_kernels() {
     done
   done
 }
-if has ends; then
+if has ends || has endsw1; then
   # A W1 step's two ends, each behind a switch until measured: the cluster argmax
   # (OPTC_CUDA_ARGMAX_CLUSTER=16 against the chunked 0; OPTC_CUDA_ARGMAX_THREADS 256 or 512 a
   # block) and the early embedding (the rotary tables launched first, the embedding gathering
   # before its wait: OPTC_CUDA_EARLY_EMBEDDING=1 against 0). W1 at five settings, alternating,
   # twice; W2 and W3 with both on and both off; the step bench's two argmax ends; W1's time
   # per kernel kind with both on.
-  for round in 1 2; do
-    for setting in "0 256 0" "16 256 0" "0 256 1" "16 256 1" "16 512 1"; do
-      set -- $setting
+  for round in $(seq ${ENDS_ROUNDS:-2}); do
+    for setting in ${ENDS_SETTINGS:-0/256/0 16/256/0 0/256/1 16/256/1 16/512/1}; do
+      set -- ${setting//\// }
       echo "== W1 with OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_ARGMAX_THREADS=$2 OPTC_CUDA_EARLY_EMBEDDING=$3 (round $round)"
-      OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_ARGMAX_THREADS=$2 OPTC_CUDA_EARLY_EMBEDDING=$3 "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
+      OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_ARGMAX_THREADS=$2 OPTC_CUDA_EARLY_EMBEDDING=$3 "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps ${ENDS_REPS:-1} --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:" | tee -a "$OUT/ends.log"
     done
   done
+fi
+if has ends; then
   for setting in "16 1" "0 0"; do
     set -- $setting
     echo "== W2, W3 with OPTC_CUDA_ARGMAX_CLUSTER=$1 OPTC_CUDA_EARLY_EMBEDDING=$2"
@@ -154,6 +156,14 @@ if has ends; then
     bench_kernels step_bench "this=kernels" 1
   echo "== W1 with OPTC_CUDA_PROFILE=1 (graphs off): GPU time per kernel kind, prefill apart"
   OPTC_CUDA_ARGMAX_CLUSTER=16 OPTC_CUDA_EARLY_EMBEDDING=1 OPTC_CUDA_PROFILE=1 "$BIN" bench $MODEL --target nvrtc --workloads W1 --reps 1 --max-num-tokens 16384 2>&1 | tee "$OUT/profile_ends_W1.log" | head -60
+fi
+if has ttft; then
+  # W1's first token alone: a 128-token prefill and one pick, TTFT_REPS times after a warm-up,
+  # then the same with OPTC_CUDA_PROFILE=1 (GPU time per prefill kernel kind, host time per run).
+  echo "== W1's prefill alone (batch 1, prompt 128, one token), ${TTFT_REPS:-20} runs"
+  "$BIN" bench $MODEL --target nvrtc --batch 1 --input-len 128 --output-len 1 --reps ${TTFT_REPS:-20} --max-num-tokens 16384 --json 2>&1 | tee "$OUT/ttft.jsonl" | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
+  echo "-- with OPTC_CUDA_PROFILE=1"
+  OPTC_CUDA_PROFILE=1 "$BIN" bench $MODEL --target nvrtc --batch 1 --input-len 128 --output-len 1 --reps ${TTFT_REPS:-20} --max-num-tokens 16384 2>&1 | tee "$OUT/ttft_profile.log" | grep -vE "^W|^batch"
 fi
 if has stepbench; then
   # STEP_KERNELS="NAME=DIR ..." (bench_kernels), STEP_REPS rounds; STEP_ONLY ("name|name") picks the variants.
