@@ -209,10 +209,10 @@ pub struct CudaProgram {
     /// path). Used with `argmax_cluster_blocks` blocks a row when that is
     /// not 0.
     pub(super) argmax_cluster: HashMap<&'static str, CudaFunction>,
-    /// Blocks of `argmax_cluster_*` a row: 0 for argmax_part (the
-    /// default until the cluster argmax is measured on a GPU), 2 to 16 in
-    /// one cluster where such clusters fit (else 8, else 0), 1 for a block
-    /// a row without clusters (`OPTC_CUDA_ARGMAX_CLUSTER`).
+    /// Blocks of `argmax_cluster_*` a row: 2 to 16 in one cluster where
+    /// such clusters fit (16 by default, else 8, else 0), 0 for
+    /// argmax_part, 1 for a block a row without clusters
+    /// (`OPTC_CUDA_ARGMAX_CLUSTER`).
     pub(super) argmax_cluster_blocks: u32,
     /// Threads of an `argmax_cluster_*` block (`argmax_cluster_threads`).
     pub(super) argmax_cluster_threads: u32,
@@ -939,7 +939,7 @@ impl CudaProgram {
         let argmax_cluster_asked = std::env::var("OPTC_CUDA_ARGMAX_CLUSTER")
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
+            .unwrap_or(super::pick::ARGMAX_CLUSTER_MOST)
             .min(super::pick::ARGMAX_CLUSTER_MOST);
         for d in pick_types {
             argmax.insert(d, gpu.function(&format!("argmax_part_{d}")).map_err(&gerr)?);
