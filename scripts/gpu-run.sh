@@ -162,6 +162,8 @@ if has ttft; then
   # then the same with OPTC_CUDA_PROFILE=1 (GPU time per prefill kernel kind, host time per run).
   echo "== W1's prefill alone (batch 1, prompt 128, one token), ${TTFT_REPS:-20} runs"
   "$BIN" bench $MODEL --target nvrtc --batch 1 --input-len 128 --output-len 1 --reps ${TTFT_REPS:-20} --max-num-tokens 16384 --json 2>&1 | tee "$OUT/ttft.jsonl" | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
+  echo "-- with OPTC_CUDA_GEMM_TUNE=1 (cuBLASLt's first algorithms timed for each skinny shape)"
+  OPTC_CUDA_GEMM_TUNE=1 "$BIN" bench $MODEL --target nvrtc --batch 1 --input-len 128 --output-len 1 --reps ${TTFT_REPS:-20} --max-num-tokens 16384 --json 2>&1 | tee "$OUT/ttft_tune.jsonl" | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
   for v in 1 all; do
     echo "-- with OPTC_CUDA_SKINNY=$v (optc's skinny GEMM for the prefill's linears instead of cuBLASLt)"
     OPTC_CUDA_SKINNY=$v "$BIN" bench $MODEL --target nvrtc --batch 1 --input-len 128 --output-len 1 --reps ${TTFT_REPS:-20} --max-num-tokens 16384 --json 2>&1 | tee "$OUT/ttft_skinny_$v.jsonl" | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c

@@ -205,6 +205,13 @@ impl Executor for CudaExecutor {
             p.argmax_cluster_threads(),
             p.early_embeddings()
         );
+        let tuning = p.gemm_tuning();
+        if tuning.tuned > 0 {
+            line += &format!(
+                "; cuBLASLt shapes timed: {} ({} off the heuristic's first choice)",
+                tuning.tuned, tuning.changed
+            );
+        }
         if let Some(kernel) = s.mega_kernel.as_deref() {
             line += &format!(
                 "; one-token decode megakernel {kernel}: {}",

@@ -1196,7 +1196,8 @@ fn norms_at_model_widths_match_the_interpreter() {
 /// four), at small batches (16-bit: the tensor-core skinny GEMM up to 128
 /// rows, its k split over blocks for narrow outputs or not for short k;
 /// f32: cuBLASLt) and past them (cuBLASLt), with and without bias, at odd
-/// output widths and a k that is not a multiple of the 64-wide tiles.
+/// output widths and a k that is not a multiple of the 64-wide tiles; and
+/// past the GEMV's rows on cuBLASLt with each shape's algorithm timed.
 #[test]
 fn linears_at_decode_batches_match_the_interpreter() {
     let shapes = |t: DType| {
@@ -1231,18 +1232,39 @@ fn linears_at_decode_batches_match_the_interpreter() {
             let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
             p.set_skinny_gemm(SkinnyGemm::All);
             let got = p.run(&inputs).unwrap();
+            // Past the GEMV's rows, cuBLASLt again with its first few
+            // algorithms timed for each shape (the fastest kept).
+            let tuned = (m > src::GEMV_MAX_ROWS).then(|| {
+                p.set_skinny_gemm(SkinnyGemm::Off);
+                p.set_gemm_tuning(true).unwrap();
+                let got = p.run(&inputs).unwrap();
+                assert_eq!(
+                    p.gemm_tuning().tuned,
+                    2,
+                    "{t} m {m} k {k} n {n}: both linears' shapes timed"
+                );
+                got
+            });
             for (o, wt) in g.outputs().iter().zip(&want) {
-                let e = rel_l2(&got[&o.name], wt);
-                // cuBLASLt's half-precision bias epilogue rounds the
-                // product, then the sum; the GEMV and the skinny GEMM
-                // round once.
-                let cublas = m > src::SKINNY_MAX_ROWS || (m > 4 && t == DType::F32);
-                let tol = if cublas && o.name == "z" {
-                    tolerance(t)
-                } else {
-                    tolerance(t) / 10.0 + 1e-6
-                };
-                assert!(e < tol, "{t} m {m} k {k} n {n} %{}: rel L2 {e}", o.name);
+                for (got, cublas) in [
+                    (&got, m > src::SKINNY_MAX_ROWS || (m > 4 && t == DType::F32)),
+                    (tuned.as_ref().unwrap_or(&got), m > src::GEMV_MAX_ROWS),
+                ] {
+                    let e = rel_l2(&got[&o.name], wt);
+                    // cuBLASLt's half-precision bias epilogue rounds the
+                    // product, then the sum; the GEMV and the skinny GEMM
+                    // round once.
+                    let tol = if cublas && o.name == "z" {
+                        tolerance(t)
+                    } else {
+                        tolerance(t) / 10.0 + 1e-6
+                    };
+                    assert!(
+                        e < tol,
+                        "{t} m {m} k {k} n {n} %{} (cuBLASLt {cublas}): rel L2 {e}",
+                        o.name
+                    );
+                }
             }
         }
     }

@@ -1,6 +1,9 @@
-//! GEMMs through cuBLASLt: one descriptor, layout set and heuristic
-//! algorithm per distinct shape, chosen on first use and reused, with the
-//! bias add fused as an epilogue.
+//! GEMMs through cuBLASLt: one descriptor, layout set and algorithm per
+//! distinct shape, chosen on first use and reused, with the bias add fused
+//! as an epilogue. The algorithm is cuBLASLt's heuristic first choice or,
+//! with tuning on (`OPTC_CUDA_GEMM_TUNE=1`), the fastest of its first few
+//! choices, timed once per skinny shape (as TensorRT-LLM profiles its GEMM
+//! tactics at build time).
 //!
 //! Row-major `y[M, N] = x[M, K] · op(w)` is the column-major product
 //! `yᵀ = op(w)ᵀ · xᵀ`, so cuBLASLt's A is the weight and B the activation.
@@ -8,8 +11,11 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::mem::size_of;
+use std::sync::Arc;
 
 use cudarc::cublaslt::{result as lt, sys};
+use cudarc::driver::sys::{CUevent_flags, CUstreamCaptureStatus};
+use cudarc::driver::{CudaContext, CudaStream};
 use optc_ir::DType;
 
 use super::device::DeviceBox;
@@ -34,6 +40,39 @@ struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     layouts: [sys::cublasLtMatrixLayout_t; 3],
     algo: sys::cublasLtMatmulAlgo_t,
+    /// cuBLASLt's first choices, best first, for a shape to tune (`algo`
+    /// is the first until then); emptied once tuned.
+    candidates: Vec<sys::cublasLtMatmulAlgo_t>,
+}
+
+/// Heuristic choices timed for a tuned shape.
+const TUNE_CANDIDATES: usize = 8;
+/// Shapes with at most this many activation rows are tuned: skinny,
+/// memory-bound GEMMs (decode batches, short prefills), where the
+/// heuristic's first choice is least sure and the shapes are few. Wider
+/// ones are compute-bound, and every new prefill length would pay the
+/// timing again.
+pub const TUNE_MAX_ROWS: u64 = 256;
+/// Timed runs of each candidate, after one untimed run.
+const TUNE_RUNS: usize = 5;
+/// The largest scratch output a timing run allocates; larger shapes keep
+/// the heuristic's choice.
+const TUNE_SCRATCH_MAX: usize = 256 << 20;
+
+/// Where tuning runs: its own stream, so a stream that is capturing a
+/// CUDA graph can still have a new shape timed (its capture began after
+/// a sync, so nothing else runs meanwhile).
+struct Tuner {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+}
+
+/// Shapes timed so far, and how many of them took an algorithm other than
+/// the heuristic's first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GemmTuning {
+    pub tuned: usize,
+    pub changed: usize,
 }
 
 /// A cuBLASLt handle, its workspace and the plans made so far.
@@ -41,6 +80,8 @@ pub(crate) struct Gemm {
     handle: sys::cublasLtHandle_t,
     workspace: DeviceBox,
     plans: HashMap<GemmShape, Plan>,
+    tuner: Option<Tuner>,
+    tuning: GemmTuning,
 }
 
 fn data_type(d: DType) -> Result<sys::cudaDataType, String> {
@@ -101,15 +142,33 @@ impl Gemm {
             handle,
             workspace: DeviceBox::new(bytes)?,
             plans: HashMap::new(),
+            tuner: None,
+            tuning: GemmTuning::default(),
         })
     }
 
-    fn plan(&mut self, s: GemmShape) -> Result<&Plan, String> {
-        if !self.plans.contains_key(&s) {
-            let p = unsafe { self.make_plan(s)? };
-            self.plans.insert(s, p);
+    /// Times new skinny shapes' candidates on `stream` of `ctx` (or stops
+    /// with `None`); plans made so far are dropped, so each shape is
+    /// chosen again on its next use.
+    pub fn set_tuning(&mut self, on: Option<(Arc<CudaContext>, Arc<CudaStream>)>) {
+        self.tuner = on.map(|(ctx, stream)| Tuner { ctx, stream });
+        self.clear_plans();
+    }
+
+    /// What tuning did so far.
+    pub fn tuning(&self) -> GemmTuning {
+        self.tuning
+    }
+
+    fn clear_plans(&mut self) {
+        for (_, p) in self.plans.drain() {
+            unsafe {
+                let _ = lt::destroy_matmul_desc(p.desc);
+                for l in p.layouts {
+                    let _ = lt::destroy_matrix_layout(l);
+                }
+            }
         }
-        Ok(&self.plans[&s])
     }
 
     unsafe fn make_plan(&self, s: GemmShape) -> Result<Plan, String> {
@@ -153,14 +212,132 @@ impl Gemm {
             size_of::<usize>(),
         )
         .map_err(e)?;
-        let h = lt::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref);
+        let want = if self.tuner.is_some() && s.n <= TUNE_MAX_ROWS && s.batch == 1 {
+            TUNE_CANDIDATES
+        } else {
+            1
+        };
+        let mut found: Vec<sys::cublasLtMatmulHeuristicResult_t> = vec![std::mem::zeroed(); want];
+        let mut count = 0i32;
+        let h = sys::cublasLtMatmulAlgoGetHeuristic(
+            self.handle,
+            desc,
+            a,
+            b,
+            c,
+            c,
+            pref,
+            want as i32,
+            found.as_mut_ptr(),
+            &mut count,
+        );
         let _ = lt::destroy_matmul_pref(pref);
-        let h = h.map_err(|x| format!("cuBLASLt has no algorithm for {s:?}: {x:?}"))?;
+        found.truncate(count.max(0) as usize);
+        found.retain(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+        let first = match found.first() {
+            Some(r) if h == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS => r.algo,
+            _ => {
+                let _ = lt::destroy_matmul_desc(desc);
+                for l in [a, b, c] {
+                    let _ = lt::destroy_matrix_layout(l);
+                }
+                return Err(format!("cuBLASLt has no algorithm for {s:?}: {h:?}"));
+            }
+        };
         Ok(Plan {
             desc,
             layouts: [a, b, c],
-            algo: h.algo,
+            algo: first,
+            candidates: if want > 1 {
+                found.iter().map(|r| r.algo).collect()
+            } else {
+                Vec::new()
+            },
         })
+    }
+
+    /// Times each candidate of `s`'s new plan (`TUNE_RUNS` runs into a
+    /// scratch output, reading the real operands) and keeps the fastest.
+    /// The main stream's work ends first, so the candidates run alone.
+    /// Returns the chosen candidate's index, or `None` where the shape
+    /// cannot be timed now (a capture in a bad state, no room for the
+    /// scratch output).
+    unsafe fn tune(&self, s: GemmShape, a: u64, b: u64, main: &CudaStream) -> Result<Option<usize>, String> {
+        let Some(t) = &self.tuner else {
+            return Ok(None);
+        };
+        let Some(p) = self.plans.get(&s) else {
+            return Ok(None);
+        };
+        let ge = |x: cudarc::driver::DriverError| format!("GEMM tuning: {x}");
+        match main.capture_status().map_err(ge)? {
+            CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE => main.synchronize().map_err(ge)?,
+            CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE => {}
+            _ => return Ok(None),
+        }
+        let esize = s.dtype.storage_bytes(1) as u64;
+        let bytes = s.m.saturating_mul(s.n).saturating_mul(esize) as usize;
+        if bytes > TUNE_SCRATCH_MAX {
+            return Ok(None);
+        }
+        let scratch = match DeviceBox::new(bytes.max(256)) {
+            Ok(d) => d,
+            Err(_) => return Ok(None),
+        };
+        let stream = t.stream.cu_stream();
+        let (alpha, beta) = (1f32, 0f32);
+        let run = |algo: &sys::cublasLtMatmulAlgo_t| {
+            lt::matmul(
+                self.handle,
+                p.desc,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                a as *const c_void,
+                p.layouts[0],
+                b as *const c_void,
+                p.layouts[1],
+                scratch.ptr as *const c_void,
+                p.layouts[2],
+                scratch.ptr as *mut c_void,
+                p.layouts[2],
+                algo,
+                self.workspace.ptr as *mut c_void,
+                self.workspace.bytes,
+                stream as _,
+            )
+        };
+        let mut best: Option<(f32, usize)> = None;
+        for (i, algo) in p.candidates.iter().enumerate() {
+            // A candidate that fails to launch is skipped.
+            if run(algo).is_err() {
+                continue;
+            }
+            let start = t
+                .ctx
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(ge)?;
+            let end = t
+                .ctx
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(ge)?;
+            start.record(&t.stream).map_err(ge)?;
+            if (0..TUNE_RUNS).any(|_| run(algo).is_err()) {
+                continue;
+            }
+            end.record(&t.stream).map_err(ge)?;
+            end.synchronize().map_err(ge)?;
+            let ms = start.elapsed_ms(&end).map_err(ge)?;
+            if best.is_none_or(|(b, _)| ms < b) {
+                best = Some((ms, i));
+            }
+        }
+        // The scratch output is freed only after its last run.
+        t.stream.synchronize().map_err(ge)?;
+        drop(scratch);
+        if let Some((ms, i)) = best {
+            tracing::debug!(shape = ?s, chosen = i, us = 1e3 * ms / TUNE_RUNS as f32, "cuBLASLt algorithm timed");
+        }
+        Ok(best.map(|(_, i)| i))
     }
 
     /// `c = op(a) · b (+ bias)` on `stream`; pointers are device addresses.
@@ -171,10 +348,35 @@ impl Gemm {
         b: u64,
         c: u64,
         bias: u64,
-        stream: *mut c_void,
+        stream: &CudaStream,
     ) -> Result<(), String> {
+        if !self.plans.contains_key(&s) {
+            let p = self.make_plan(s)?;
+            let tune = !p.candidates.is_empty();
+            self.plans.insert(s, p);
+            if tune {
+                if s.bias {
+                    if let Some(p) = self.plans.get(&s) {
+                        set_desc(
+                            p.desc,
+                            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                            &bias,
+                        )?;
+                    }
+                }
+                let chosen = self.tune(s, a, b, stream)?;
+                if let Some(p) = self.plans.get_mut(&s) {
+                    if let Some(&algo) = chosen.and_then(|i| p.candidates.get(i)) {
+                        p.algo = algo;
+                        self.tuning.tuned += 1;
+                        self.tuning.changed += usize::from(chosen != Some(0));
+                    }
+                    p.candidates = Vec::new();
+                }
+            }
+        }
         let (handle, ws, wsb) = (self.handle, self.workspace.ptr, self.workspace.bytes);
-        let p = self.plan(s)?;
+        let p = self.plans.get(&s).ok_or("cuBLASLt: a plan went missing")?;
         if s.bias {
             set_desc(
                 p.desc,
@@ -199,7 +401,7 @@ impl Gemm {
             &p.algo,
             ws as *mut c_void,
             wsb,
-            stream as _,
+            stream.cu_stream() as _,
         )
         .map_err(|x| format!("cuBLASLt matmul {s:?}: {x:?}"))
     }
@@ -207,13 +409,8 @@ impl Gemm {
 
 impl Drop for Gemm {
     fn drop(&mut self) {
+        self.clear_plans();
         unsafe {
-            for (_, p) in self.plans.drain() {
-                let _ = lt::destroy_matmul_desc(p.desc);
-                for l in p.layouts {
-                    let _ = lt::destroy_matrix_layout(l);
-                }
-            }
             let _ = lt::destroy_handle(self.handle);
         }
     }

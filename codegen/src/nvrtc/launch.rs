@@ -672,14 +672,8 @@ impl CudaProgram {
                     bias: a.len() > 2,
                 };
                 unsafe {
-                    self.gemm.run(
-                        shape,
-                        ptr[a[1]],
-                        ptr[a[0]],
-                        ptr[o0],
-                        opt(2),
-                        gpu.stream.cu_stream() as _,
-                    )
+                    self.gemm
+                        .run(shape, ptr[a[1]], ptr[a[0]], ptr[o0], opt(2), &gpu.stream)
                 }
             }
             (Kernel::MatMul, _) => {
@@ -699,14 +693,8 @@ impl CudaProgram {
                     bias: false,
                 };
                 unsafe {
-                    self.gemm.run(
-                        shape,
-                        ptr[a[1]],
-                        ptr[a[0]],
-                        ptr[o0],
-                        0,
-                        gpu.stream.cu_stream() as _,
-                    )
+                    self.gemm
+                        .run(shape, ptr[a[1]], ptr[a[0]], ptr[o0], 0, &gpu.stream)
                 }
             }
             (Kernel::RmsNorm, Op::RmsNorm(o)) => {

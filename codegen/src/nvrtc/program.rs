@@ -18,7 +18,7 @@ use optc_kernels::cuda as src;
 
 use super::compile::{self, CompileReport};
 use super::device::{DeviceBox, Gpu, Pool};
-use super::gemm::Gemm;
+use super::gemm::{Gemm, GemmTuning};
 use super::profile::Profile;
 use super::select::{choose, float_name, foldable, function_names, instances_for, Kernel};
 use crate::CodegenError;
@@ -1149,7 +1149,11 @@ impl CudaProgram {
             .filter(|o| !state_names.contains(&o.name))
             .map(|o| (o.name.clone(), vid[&o.value]))
             .collect();
-        let gemm = Gemm::new(gpu.arch.0).map_err(&gerr)?;
+        let mut gemm = Gemm::new(gpu.arch.0).map_err(&gerr)?;
+        if std::env::var("OPTC_CUDA_GEMM_TUNE").is_ok_and(|v| v != "0") {
+            let stream = gpu.ctx.new_stream().map_err(|e| gerr(e.to_string()))?;
+            gemm.set_tuning(Some((gpu.ctx.clone(), stream)));
+        }
         // Split GEMVs and attention count their blocks here, and so do
         // the token picks, which any program may run over an output.
         let split_counters = DeviceBox::new(SPLIT_COUNTERS * 4).map_err(&gerr)?;
@@ -1268,6 +1272,33 @@ impl CudaProgram {
     /// through the ring GEMV (`usize::MAX`: never; 0: always).
     pub fn set_gemv_ring_min_bytes(&mut self, bytes: usize) {
         self.gemv_ring_min_bytes = bytes;
+    }
+
+    /// Times cuBLASLt's first few algorithms for each new skinny GEMM shape
+    /// (at most `TUNE_MAX_ROWS` activation rows) and keeps the fastest,
+    /// when `on`, as `OPTC_CUDA_GEMM_TUNE=1` does at construction; else
+    /// takes the heuristic's first. Shapes chosen so far and captured
+    /// graphs are dropped, so each shape is chosen again.
+    pub fn set_gemm_tuning(&mut self, on: bool) -> Result<(), CodegenError> {
+        self.drop_captures();
+        let tuner = if on {
+            let stream = self
+                .gpu
+                .ctx
+                .new_stream()
+                .map_err(|e| node_err(&self.graph.name)(e.to_string()))?;
+            Some((self.gpu.ctx.clone(), stream))
+        } else {
+            None
+        };
+        self.gemm.set_tuning(tuner);
+        Ok(())
+    }
+
+    /// GEMM shapes timed so far, and how many took other than cuBLASLt's
+    /// first choice (`set_gemm_tuning`).
+    pub fn gemm_tuning(&self) -> GemmTuning {
+        self.gemm.tuning()
     }
 
     /// Overrides `OPTC_CUDA_SKINNY` for this program's linears.
