@@ -55,16 +55,27 @@ const TUNE_CANDIDATES: usize = 8;
 pub const TUNE_MAX_ROWS: u64 = 256;
 /// Timed runs of each candidate, after one untimed run.
 const TUNE_RUNS: usize = 5;
-/// The largest scratch output a timing run allocates; larger shapes keep
-/// the heuristic's choice.
-const TUNE_SCRATCH_MAX: usize = 256 << 20;
+/// The largest scratch output timing runs write (128 MiB: a 128k-token
+/// vocabulary's logits at 256 rows); larger shapes keep the heuristic's
+/// choice.
+const TUNE_SCRATCH_MAX: usize = 128 << 20;
 
 /// Where tuning runs: its own stream, so a stream that is capturing a
 /// CUDA graph can still have a new shape timed (its capture began after
-/// a sync, so nothing else runs meanwhile).
+/// a sync, so nothing else runs on it meanwhile), and the buffers it
+/// keeps (freeing device memory may synchronise, which a capture
+/// forbids, so they are kept and only outgrown ones wait to be freed).
 struct Tuner {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// The timed runs' output (the real one may still be in use).
+    scratch: Option<DeviceBox>,
+    /// Outgrown scratch buffers, freed when no capture is under way.
+    retired: Vec<DeviceBox>,
+    /// Written before each timed run, so that the run reads its weights
+    /// from DRAM as a decode step does, not from L2: twice the L2's size,
+    /// or none where that could not be had.
+    flush: Option<DeviceBox>,
 }
 
 /// Shapes timed so far, and how many of them took an algorithm other than
@@ -148,10 +159,23 @@ impl Gemm {
     }
 
     /// Times new skinny shapes' candidates on `stream` of `ctx` (or stops
-    /// with `None`); plans made so far are dropped, so each shape is
-    /// chosen again on its next use.
+    /// with `None`); plans made so far and the counts are dropped, so each
+    /// shape is chosen again on its next use.
     pub fn set_tuning(&mut self, on: Option<(Arc<CudaContext>, Arc<CudaStream>)>) {
-        self.tuner = on.map(|(ctx, stream)| Tuner { ctx, stream });
+        self.tuner = on.map(|(ctx, stream)| {
+            let l2 = ctx
+                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+                .map_or(0, |b| b.max(0) as usize);
+            let flush = (l2 > 0).then(|| DeviceBox::new(2 * l2).ok()).flatten();
+            Tuner {
+                ctx,
+                stream,
+                scratch: None,
+                retired: Vec::new(),
+                flush,
+            }
+        });
+        self.tuning = GemmTuning::default();
         self.clear_plans();
     }
 
@@ -217,6 +241,21 @@ impl Gemm {
         } else {
             1
         };
+        if want > 1 && s.dtype != DType::F32 {
+            // Split-k candidates sum their parts in f32, never in the 16-bit
+            // output (or in place in it): the tuned result is as precise as
+            // the heuristic's, whichever candidate wins the timing.
+            let mask = sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
+            if let Err(x) = lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                &mask as *const u32 as *const c_void,
+                size_of::<u32>(),
+            ) {
+                let _ = lt::destroy_matmul_pref(pref);
+                return Err(e(x));
+            }
+        }
         let mut found: Vec<sys::cublasLtMatmulHeuristicResult_t> = vec![std::mem::zeroed(); want];
         let mut count = 0i32;
         let h = sys::cublasLtMatmulAlgoGetHeuristic(
@@ -256,39 +295,61 @@ impl Gemm {
         })
     }
 
-    /// Times each candidate of `s`'s new plan (`TUNE_RUNS` runs into a
-    /// scratch output, reading the real operands) and keeps the fastest.
+    /// Times each candidate of `s`'s new plan (one untimed run, then
+    /// `TUNE_RUNS` runs into a scratch output, each after the L2 is
+    /// flushed and between its own pair of events) and keeps the fastest.
     /// The main stream's work ends first, so the candidates run alone.
     /// Returns the chosen candidate's index, or `None` where the shape
     /// cannot be timed now (a capture in a bad state, no room for the
     /// scratch output).
-    unsafe fn tune(&self, s: GemmShape, a: u64, b: u64, main: &CudaStream) -> Result<Option<usize>, String> {
-        let Some(t) = &self.tuner else {
+    unsafe fn tune(
+        &mut self,
+        s: GemmShape,
+        a: u64,
+        b: u64,
+        main: &CudaStream,
+    ) -> Result<Option<usize>, String> {
+        let Gemm {
+            handle,
+            workspace,
+            plans,
+            tuner,
+            ..
+        } = self;
+        let (Some(t), Some(p)) = (tuner.as_mut(), plans.get(&s)) else {
             return Ok(None);
         };
-        let Some(p) = self.plans.get(&s) else {
-            return Ok(None);
-        };
+        if p.candidates.len() < 2 {
+            return Ok((p.candidates.len() == 1).then_some(0));
+        }
         let ge = |x: cudarc::driver::DriverError| format!("GEMM tuning: {x}");
         match main.capture_status().map_err(ge)? {
-            CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE => main.synchronize().map_err(ge)?,
+            CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE => {
+                main.synchronize().map_err(ge)?;
+                t.retired.clear();
+            }
             CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE => {}
             _ => return Ok(None),
         }
         let esize = s.dtype.storage_bytes(1) as u64;
-        let bytes = s.m.saturating_mul(s.n).saturating_mul(esize) as usize;
+        let bytes = (s.m.saturating_mul(s.n).saturating_mul(esize) as usize).max(256);
         if bytes > TUNE_SCRATCH_MAX {
             return Ok(None);
         }
-        let scratch = match DeviceBox::new(bytes.max(256)) {
-            Ok(d) => d,
-            Err(_) => return Ok(None),
-        };
+        if t.scratch.as_ref().is_none_or(|d| d.bytes < bytes) {
+            let Ok(grown) = DeviceBox::new(bytes) else {
+                return Ok(None);
+            };
+            if let Some(old) = t.scratch.replace(grown) {
+                t.retired.push(old);
+            }
+        }
+        let out = t.scratch.as_ref().map_or(0, |d| d.ptr);
         let stream = t.stream.cu_stream();
         let (alpha, beta) = (1f32, 0f32);
         let run = |algo: &sys::cublasLtMatmulAlgo_t| {
             lt::matmul(
-                self.handle,
+                *handle,
                 p.desc,
                 &alpha as *const f32 as *const c_void,
                 &beta as *const f32 as *const c_void,
@@ -296,44 +357,57 @@ impl Gemm {
                 p.layouts[0],
                 b as *const c_void,
                 p.layouts[1],
-                scratch.ptr as *const c_void,
+                out as *const c_void,
                 p.layouts[2],
-                scratch.ptr as *mut c_void,
+                out as *mut c_void,
                 p.layouts[2],
                 algo,
-                self.workspace.ptr as *mut c_void,
-                self.workspace.bytes,
+                workspace.ptr as *mut c_void,
+                workspace.bytes,
                 stream as _,
             )
+            .is_ok()
         };
-        let mut best: Option<(f32, usize)> = None;
-        for (i, algo) in p.candidates.iter().enumerate() {
-            // A candidate that fails to launch is skipped.
-            if run(algo).is_err() {
-                continue;
+        let timed = (|| {
+            let event = || t.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(ge);
+            let marks = (0..TUNE_RUNS)
+                .map(|_| Ok((event()?, event()?)))
+                .collect::<Result<Vec<_>, String>>()?;
+            let mut best: Option<(f32, usize)> = None;
+            for (i, algo) in p.candidates.iter().enumerate() {
+                // A candidate that fails to launch is skipped.
+                if !run(algo) {
+                    continue;
+                }
+                let mut launched = true;
+                for (r, (start, end)) in marks.iter().enumerate() {
+                    if let Some(f) = &t.flush {
+                        cudarc::driver::result::memset_d8_async(f.ptr, r as u8, f.bytes, stream)
+                            .map_err(ge)?;
+                    }
+                    start.record(&t.stream).map_err(ge)?;
+                    launched &= run(algo);
+                    end.record(&t.stream).map_err(ge)?;
+                }
+                t.stream.synchronize().map_err(ge)?;
+                if !launched {
+                    continue;
+                }
+                let mut ms = 0f32;
+                for (start, end) in &marks {
+                    ms += start.elapsed_ms(end).map_err(ge)?;
+                }
+                if best.is_none_or(|(b, _)| ms < b) {
+                    best = Some((ms, i));
+                }
             }
-            let start = t
-                .ctx
-                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(ge)?;
-            let end = t
-                .ctx
-                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(ge)?;
-            start.record(&t.stream).map_err(ge)?;
-            if (0..TUNE_RUNS).any(|_| run(algo).is_err()) {
-                continue;
-            }
-            end.record(&t.stream).map_err(ge)?;
-            end.synchronize().map_err(ge)?;
-            let ms = start.elapsed_ms(&end).map_err(ge)?;
-            if best.is_none_or(|(b, _)| ms < b) {
-                best = Some((ms, i));
-            }
-        }
-        // The scratch output is freed only after its last run.
-        t.stream.synchronize().map_err(ge)?;
-        drop(scratch);
+            Ok::<_, String>(best)
+        })();
+        // Nothing of the timing is left running on any path out: the
+        // scratch output and the operands are the main stream's again.
+        let synced = t.stream.synchronize().map_err(ge);
+        let best = timed?;
+        synced?;
         if let Some((ms, i)) = best {
             tracing::debug!(shape = ?s, chosen = i, us = 1e3 * ms / TUNE_RUNS as f32, "cuBLASLt algorithm timed");
         }
@@ -364,7 +438,12 @@ impl Gemm {
                         )?;
                     }
                 }
-                let chosen = self.tune(s, a, b, stream)?;
+                // Timing is an optimisation: where it fails, the
+                // heuristic's first choice stands.
+                let chosen = self.tune(s, a, b, stream).unwrap_or_else(|x| {
+                    tracing::warn!(shape = ?s, error = %x, "cuBLASLt algorithm not timed");
+                    None
+                });
                 if let Some(p) = self.plans.get_mut(&s) {
                     if let Some(&algo) = chosen.and_then(|i| p.candidates.get(i)) {
                         p.algo = algo;
