@@ -348,27 +348,8 @@ impl Gemm {
         }
         let out = t.scratch.as_ref().map_or(0, |d| d.ptr);
         let stream = t.stream.cu_stream();
-        let (alpha, beta) = (1f32, 0f32);
         let run = |algo: &sys::cublasLtMatmulAlgo_t| {
-            lt::matmul(
-                *handle,
-                p.desc,
-                &alpha as *const f32 as *const c_void,
-                &beta as *const f32 as *const c_void,
-                a as *const c_void,
-                p.layouts[0],
-                b as *const c_void,
-                p.layouts[1],
-                out as *const c_void,
-                p.layouts[2],
-                out as *mut c_void,
-                p.layouts[2],
-                algo,
-                workspace.ptr as *mut c_void,
-                workspace.bytes,
-                stream as _,
-            )
-            .is_ok()
+            matmul(*handle, p, algo, [a, b, out], workspace, stream).is_ok()
         };
         let timed = (|| {
             let event = || t.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(ge);
@@ -456,7 +437,6 @@ impl Gemm {
                 }
             }
         }
-        let (handle, ws, wsb) = (self.handle, self.workspace.ptr, self.workspace.bytes);
         let p = self.plans.get(&s).ok_or("cuBLASLt: a plan went missing")?;
         if s.bias {
             set_desc(
@@ -465,27 +445,47 @@ impl Gemm {
                 &bias,
             )?;
         }
-        let (alpha, beta) = (1f32, 0f32);
-        lt::matmul(
-            handle,
-            p.desc,
-            &alpha as *const f32 as *const c_void,
-            &beta as *const f32 as *const c_void,
-            a as *const c_void,
-            p.layouts[0],
-            b as *const c_void,
-            p.layouts[1],
-            c as *const c_void,
-            p.layouts[2],
-            c as *mut c_void,
-            p.layouts[2],
+        matmul(
+            self.handle,
+            p,
             &p.algo,
-            ws as *mut c_void,
-            wsb,
-            stream.cu_stream() as _,
+            [a, b, c],
+            &self.workspace,
+            stream.cu_stream(),
         )
         .map_err(|x| format!("cuBLASLt matmul {s:?}: {x:?}"))
     }
+}
+
+/// `c = op(a) · b` (+ the bias its descriptor holds) with `algo`, for
+/// `[a, b, c]` device addresses on `stream`.
+unsafe fn matmul(
+    handle: sys::cublasLtHandle_t,
+    p: &Plan,
+    algo: &sys::cublasLtMatmulAlgo_t,
+    [a, b, c]: [u64; 3],
+    workspace: &DeviceBox,
+    stream: cudarc::driver::sys::CUstream,
+) -> Result<(), lt::CublasError> {
+    let (alpha, beta) = (1f32, 0f32);
+    lt::matmul(
+        handle,
+        p.desc,
+        &alpha as *const f32 as *const c_void,
+        &beta as *const f32 as *const c_void,
+        a as *const c_void,
+        p.layouts[0],
+        b as *const c_void,
+        p.layouts[1],
+        c as *const c_void,
+        p.layouts[2],
+        c as *mut c_void,
+        p.layouts[2],
+        algo,
+        workspace.ptr as *mut c_void,
+        workspace.bytes,
+        stream as _,
+    )
 }
 
 impl Drop for Gemm {
