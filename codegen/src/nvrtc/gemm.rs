@@ -45,6 +45,42 @@ struct Plan {
     candidates: Vec<sys::cublasLtMatmulAlgo_t>,
 }
 
+impl Drop for Plan {
+    fn drop(&mut self) {
+        unsafe {
+            let _ = lt::destroy_matmul_desc(self.desc);
+            for l in self.layouts {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+        }
+    }
+}
+
+/// cuBLASLt objects `make_plan` has created so far: destroyed if it
+/// returns early, else the descriptor and layouts move into the plan.
+#[derive(Default)]
+struct Made {
+    desc: Option<sys::cublasLtMatmulDesc_t>,
+    layouts: Vec<sys::cublasLtMatrixLayout_t>,
+    pref: Option<sys::cublasLtMatmulPreference_t>,
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        unsafe {
+            if let Some(d) = self.desc.take() {
+                let _ = lt::destroy_matmul_desc(d);
+            }
+            for l in self.layouts.drain(..) {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+            if let Some(p) = self.pref.take() {
+                let _ = lt::destroy_matmul_pref(p);
+            }
+        }
+    }
+}
+
 /// Heuristic choices timed for a tuned shape.
 const TUNE_CANDIDATES: usize = 8;
 /// Shapes with at most this many activation rows are tuned: skinny,
@@ -185,20 +221,15 @@ impl Gemm {
     }
 
     fn clear_plans(&mut self) {
-        for (_, p) in self.plans.drain() {
-            unsafe {
-                let _ = lt::destroy_matmul_desc(p.desc);
-                for l in p.layouts {
-                    let _ = lt::destroy_matrix_layout(l);
-                }
-            }
-        }
+        self.plans.clear();
     }
 
     unsafe fn make_plan(&self, s: GemmShape) -> Result<Plan, String> {
         let dt = data_type(s.dtype)?;
         let compute = sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
+        let mut made = Made::default();
         let desc = lt::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F).map_err(e)?;
+        made.desc = Some(desc);
         let ta: i32 = s.trans_a.into();
         set_desc(
             desc,
@@ -225,9 +256,13 @@ impl Gemm {
         } else {
             layout(dt, s.m, s.k, s.m as i64, s.batch, s.stride_a)?
         };
+        made.layouts.push(a);
         let b = layout(dt, s.k, s.n, s.k as i64, s.batch, s.stride_b)?;
+        made.layouts.push(b);
         let c = layout(dt, s.m, s.n, s.m as i64, s.batch, s.stride_c)?;
+        made.layouts.push(c);
         let pref = lt::create_matmul_pref().map_err(e)?;
+        made.pref = Some(pref);
         let ws = self.workspace.bytes;
         lt::set_matmul_pref_attribute(
             pref,
@@ -272,19 +307,16 @@ impl Gemm {
             found.as_mut_ptr(),
             &mut count,
         );
-        let _ = lt::destroy_matmul_pref(pref);
         found.truncate(count.max(0) as usize);
         found.retain(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
         let first = match found.first() {
             Some(r) if h == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS => r.algo,
-            _ => {
-                let _ = lt::destroy_matmul_desc(desc);
-                for l in [a, b, c] {
-                    let _ = lt::destroy_matrix_layout(l);
-                }
-                return Err(format!("cuBLASLt has no algorithm for {s:?}: {h:?}"));
-            }
+            _ => return Err(format!("cuBLASLt has no algorithm for {s:?}: {h:?}")),
         };
+        // The plan owns the descriptor and layouts from here; `made` still
+        // destroys the preference.
+        made.desc = None;
+        made.layouts.clear();
         Ok(Plan {
             desc,
             layouts: [a, b, c],
