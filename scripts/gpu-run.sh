@@ -127,8 +127,8 @@ bench_kernels() {
   done
 }
 if has ends || has endsw1; then
-  # A W1 step's two ends, each behind a switch until measured: the cluster argmax
-  # (OPTC_CUDA_ARGMAX_CLUSTER=16 against the chunked 0; OPTC_CUDA_ARGMAX_THREADS 256 or 512 a
+  # A W1 step's two ends (the seventeenth session measured them; the cluster argmax is now
+  # the default): the cluster argmax (OPTC_CUDA_ARGMAX_CLUSTER=16 against the chunked 0; OPTC_CUDA_ARGMAX_THREADS 256 or 512 a
   # block) and the early embedding (the rotary tables launched first, the embedding gathering
   # before its wait: OPTC_CUDA_EARLY_EMBEDDING=1 against 0). W1 at five settings, alternating,
   # twice; W2 and W3 with both on and both off; the step bench's two argmax ends; W1's time
@@ -159,17 +159,23 @@ if has ends; then
 fi
 if has ttft; then
   # W1's first token alone: a 128-token prefill and one pick, TTFT_REPS times after a warm-up,
-  # then the same with OPTC_CUDA_PROFILE=1 (GPU time per prefill kernel kind, host time per run).
+  # with each linear path, then with OPTC_CUDA_PROFILE=1 (GPU time per prefill kernel kind).
+  # prefill_alone NAME [VAR=VALUE...]: the runs' TTFTs, counted, and all of it in $OUT/ttft_NAME.
+  prefill_alone() {
+    local name=$1; shift
+    env "$@" "$BIN" bench $MODEL --target nvrtc --batch 1 --input-len 128 --output-len 1 --reps ${TTFT_REPS:-20} \
+      --max-num-tokens 16384 --json 2>&1 | tee "$OUT/ttft_$name.log"
+  }
   echo "== W1's prefill alone (batch 1, prompt 128, one token), ${TTFT_REPS:-20} runs"
-  "$BIN" bench $MODEL --target nvrtc --batch 1 --input-len 128 --output-len 1 --reps ${TTFT_REPS:-20} --max-num-tokens 16384 --json 2>&1 | tee "$OUT/ttft.jsonl" | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
+  prefill_alone cublaslt | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
   echo "-- with OPTC_CUDA_GEMM_TUNE=1 (cuBLASLt's first algorithms timed for each skinny shape)"
-  OPTC_CUDA_GEMM_TUNE=1 "$BIN" bench $MODEL --target nvrtc --batch 1 --input-len 128 --output-len 1 --reps ${TTFT_REPS:-20} --max-num-tokens 16384 --json 2>&1 | tee "$OUT/ttft_tune.jsonl" | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
+  prefill_alone tuned OPTC_CUDA_GEMM_TUNE=1 | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
   for v in 1 all; do
     echo "-- with OPTC_CUDA_SKINNY=$v (optc's skinny GEMM for the prefill's linears instead of cuBLASLt)"
-    OPTC_CUDA_SKINNY=$v "$BIN" bench $MODEL --target nvrtc --batch 1 --input-len 128 --output-len 1 --reps ${TTFT_REPS:-20} --max-num-tokens 16384 --json 2>&1 | tee "$OUT/ttft_skinny_$v.jsonl" | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
+    prefill_alone skinny_$v OPTC_CUDA_SKINNY=$v | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
   done
   echo "-- with OPTC_CUDA_PROFILE=1"
-  OPTC_CUDA_PROFILE=1 "$BIN" bench $MODEL --target nvrtc --batch 1 --input-len 128 --output-len 1 --reps ${TTFT_REPS:-20} --max-num-tokens 16384 2>&1 | tee "$OUT/ttft_profile.log" | grep -vE "^W|^batch"
+  prefill_alone profile OPTC_CUDA_PROFILE=1 | grep -vE "^\{|^W|^batch"
 fi
 if has stepbench; then
   # STEP_KERNELS="NAME=DIR ..." (bench_kernels), STEP_REPS rounds; STEP_ONLY ("name|name") picks the variants.

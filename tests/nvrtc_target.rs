@@ -1246,10 +1246,8 @@ fn linears_at_decode_batches_match_the_interpreter() {
                 got
             });
             for (o, wt) in g.outputs().iter().zip(&want) {
-                for (got, cublas) in [
-                    (&got, m > src::SKINNY_MAX_ROWS || (m > 4 && t == DType::F32)),
-                    (tuned.as_ref().unwrap_or(&got), m > src::GEMV_MAX_ROWS),
-                ] {
+                let first = (&got, m > src::SKINNY_MAX_ROWS || (m > 4 && t == DType::F32));
+                for (got, cublas) in std::iter::once(first).chain(tuned.as_ref().map(|g| (g, true))) {
                     let e = rel_l2(&got[&o.name], wt);
                     // cuBLASLt's half-precision bias epilogue rounds the
                     // product, then the sum; the GEMV and the skinny GEMM

@@ -88,7 +88,7 @@ const TUNE_CANDIDATES: usize = 8;
 /// heuristic's first choice is least sure and the shapes are few. Wider
 /// ones are compute-bound, and every new prefill length would pay the
 /// timing again.
-pub const TUNE_MAX_ROWS: u64 = 256;
+const TUNE_MAX_ROWS: u64 = 256;
 /// Timed runs of each candidate, after one untimed run.
 const TUNE_RUNS: usize = 5;
 /// The largest scratch output timing runs write (128 MiB: a 128k-token
@@ -194,34 +194,36 @@ impl Gemm {
         })
     }
 
-    /// Times new skinny shapes' candidates on `stream` of `ctx` (or stops
-    /// with `None`); plans made so far and the counts are dropped, so each
-    /// shape is chosen again on its next use.
-    pub fn set_tuning(&mut self, on: Option<(Arc<CudaContext>, Arc<CudaStream>)>) {
-        self.tuner = on.map(|(ctx, stream)| {
-            let l2 = ctx
-                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
-                .map_or(0, |b| b.max(0) as usize);
-            let flush = (l2 > 0).then(|| DeviceBox::new(2 * l2).ok()).flatten();
-            Tuner {
-                ctx,
-                stream,
-                scratch: None,
-                retired: Vec::new(),
-                flush,
+    /// Times new skinny shapes' candidates, on a stream of their own of
+    /// `ctx`, when `on` is that context (`None` stops); plans made so far
+    /// and the counts are dropped, so each shape is chosen again on its
+    /// next use.
+    pub fn set_tuning(&mut self, on: Option<&Arc<CudaContext>>) -> Result<(), String> {
+        self.tuner = match on {
+            Some(ctx) => {
+                let stream = ctx.new_stream().map_err(|x| format!("GEMM tuning: {x}"))?;
+                let l2 = ctx
+                    .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+                    .map_or(0, |b| b.max(0) as usize);
+                let flush = (l2 > 0).then(|| DeviceBox::new(2 * l2).ok()).flatten();
+                Some(Tuner {
+                    ctx: ctx.clone(),
+                    stream,
+                    scratch: None,
+                    retired: Vec::new(),
+                    flush,
+                })
             }
-        });
+            None => None,
+        };
         self.tuning = GemmTuning::default();
-        self.clear_plans();
+        self.plans.clear();
+        Ok(())
     }
 
     /// What tuning did so far.
     pub fn tuning(&self) -> GemmTuning {
         self.tuning
-    }
-
-    fn clear_plans(&mut self) {
-        self.plans.clear();
     }
 
     unsafe fn make_plan(&self, s: GemmShape) -> Result<Plan, String> {
@@ -441,33 +443,7 @@ impl Gemm {
     ) -> Result<(), String> {
         if !self.plans.contains_key(&s) {
             let p = self.make_plan(s)?;
-            let tune = !p.candidates.is_empty();
             self.plans.insert(s, p);
-            if tune {
-                if s.bias {
-                    if let Some(p) = self.plans.get(&s) {
-                        set_desc(
-                            p.desc,
-                            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                            &bias,
-                        )?;
-                    }
-                }
-                // Timing is an optimisation: where it fails, the
-                // heuristic's first choice stands.
-                let chosen = self.tune(s, a, b, stream).unwrap_or_else(|x| {
-                    tracing::warn!(shape = ?s, error = %x, "cuBLASLt algorithm not timed");
-                    None
-                });
-                if let Some(p) = self.plans.get_mut(&s) {
-                    if let Some(&algo) = chosen.and_then(|i| p.candidates.get(i)) {
-                        p.algo = algo;
-                        self.tuning.tuned += 1;
-                        self.tuning.changed += usize::from(chosen != Some(0));
-                    }
-                    p.candidates = Vec::new();
-                }
-            }
         }
         let p = self.plans.get(&s).ok_or("cuBLASLt: a plan went missing")?;
         if s.bias {
@@ -477,6 +453,24 @@ impl Gemm {
                 &bias,
             )?;
         }
+        // A plan to tune still holds its candidates, until its first run.
+        if !p.candidates.is_empty() {
+            // Timing is an optimisation: where it fails, the heuristic's
+            // first choice stands.
+            let chosen = self.tune(s, a, b, stream).unwrap_or_else(|x| {
+                tracing::warn!(shape = ?s, error = %x, "cuBLASLt algorithm not timed");
+                None
+            });
+            if let Some(p) = self.plans.get_mut(&s) {
+                if let Some(&algo) = chosen.and_then(|i| p.candidates.get(i)) {
+                    p.algo = algo;
+                    self.tuning.tuned += 1;
+                    self.tuning.changed += usize::from(chosen != Some(0));
+                }
+                p.candidates = Vec::new();
+            }
+        }
+        let p = self.plans.get(&s).ok_or("cuBLASLt: a plan went missing")?;
         matmul(
             self.handle,
             p,
@@ -522,7 +516,8 @@ unsafe fn matmul(
 
 impl Drop for Gemm {
     fn drop(&mut self) {
-        self.clear_plans();
+        // The plans' descriptors go before the handle.
+        self.plans.clear();
         unsafe {
             let _ = lt::destroy_handle(self.handle);
         }

@@ -62,6 +62,6 @@ mod strided;
 
 pub use compile::{cache_dir, CompileReport};
 pub use device::available;
-pub use gemm::{GemmTuning, TUNE_MAX_ROWS};
+pub use gemm::GemmTuning;
 pub use pick::{PickedId, SampleRow};
 pub use program::{plan_summary, AttentionPaths, CudaProgram, CudaSummary, SkinnyGemm};

@@ -1151,8 +1151,7 @@ impl CudaProgram {
             .collect();
         let mut gemm = Gemm::new(gpu.arch.0).map_err(&gerr)?;
         if std::env::var("OPTC_CUDA_GEMM_TUNE").is_ok_and(|v| v != "0") {
-            let stream = gpu.ctx.new_stream().map_err(|e| gerr(e.to_string()))?;
-            gemm.set_tuning(Some((gpu.ctx.clone(), stream)));
+            gemm.set_tuning(Some(&gpu.ctx)).map_err(&gerr)?;
         }
         // Split GEMVs and attention count their blocks here, and so do
         // the token picks, which any program may run over an output.
@@ -1275,24 +1274,15 @@ impl CudaProgram {
     }
 
     /// Times cuBLASLt's first few algorithms for each new skinny GEMM shape
-    /// (at most `TUNE_MAX_ROWS` activation rows) and keeps the fastest,
+    /// (at most 256 activation rows) and keeps the fastest,
     /// when `on`, as `OPTC_CUDA_GEMM_TUNE=1` does at construction; else
     /// takes the heuristic's first. Shapes chosen so far and captured
     /// graphs are dropped, so each shape is chosen again.
     pub fn set_gemm_tuning(&mut self, on: bool) -> Result<(), CodegenError> {
         self.drop_captures();
-        let tuner = if on {
-            let stream = self
-                .gpu
-                .ctx
-                .new_stream()
-                .map_err(|e| node_err(&self.graph.name)(e.to_string()))?;
-            Some((self.gpu.ctx.clone(), stream))
-        } else {
-            None
-        };
-        self.gemm.set_tuning(tuner);
-        Ok(())
+        self.gemm
+            .set_tuning(on.then_some(&self.gpu.ctx))
+            .map_err(node_err(&self.graph.name))
     }
 
     /// GEMM shapes timed so far, and how many took other than cuBLASLt's
