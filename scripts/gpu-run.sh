@@ -170,6 +170,8 @@ if has ttft; then
   prefill_alone cublaslt | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
   echo "-- with OPTC_CUDA_GEMM_TUNE=1 (cuBLASLt's first algorithms timed for each skinny shape)"
   prefill_alone tuned OPTC_CUDA_GEMM_TUNE=1 | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
+  echo "-- with OPTC_CUDA_PREFILL_GRAPHS=512 (the prefill replayed from a graph of its shape)"
+  prefill_alone graphs OPTC_CUDA_PREFILL_GRAPHS=512 | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
   for v in 1 all; do
     echo "-- with OPTC_CUDA_SKINNY=$v (optc's skinny GEMM for the prefill's linears instead of cuBLASLt)"
     prefill_alone skinny_$v OPTC_CUDA_SKINNY=$v | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c

@@ -205,6 +205,10 @@ impl Executor for CudaExecutor {
             p.argmax_cluster_threads(),
             p.early_embeddings()
         );
+        let (shapes, replays) = p.prefill_graphs();
+        if shapes > 0 {
+            line += &format!("; prefill graphs: {shapes} shapes, {replays} replays");
+        }
         let tuning = p.gemm_tuning();
         if tuning.tuned > 0 {
             line += &format!(

@@ -2359,6 +2359,93 @@ fn cuda_graph_replay_equals_eager_decode() {
     }
 }
 
+/// Short prefills replayed from a graph of their shape (captured the first
+/// time the shape runs) give eager launches' logits whatever the prompts'
+/// tokens and blocks, and leave in the KV cache what the decode step after
+/// them reads; prefills past the token limit run eagerly.
+#[test]
+fn prefill_graph_replay_equals_eager_prefill() {
+    if !gpu() {
+        return;
+    }
+    for name in ["llama", "llama_bf16"] {
+        let mut m = load(name);
+        Compiler::new()
+            .set_pipeline(Pipeline::serving(BLOCK))
+            .compile(&mut m.graph, &mut m.weights)
+            .unwrap();
+        let g = &m.graph;
+        let nb = Bindings::from([("NB".to_string(), 24)]);
+        let mut eager = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
+        eager.set_cuda_graphs(false);
+        eager.init_state(&nb).unwrap();
+        let mut graphed = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
+        graphed.set_cuda_graphs(true);
+        graphed.set_prefill_graphs(64);
+        graphed.init_state(&nb).unwrap();
+        let inputs_of = |s: StepInputs| {
+            let mut inputs = s.tensors(g, 16, DType::I64).unwrap();
+            inputs.retain(|k, _| !k.contains("_cache."));
+            inputs
+        };
+        let round = |p: &mut CudaProgram, e: &mut CudaProgram, round: usize| {
+            // A 7- and a 5-token prompt (one prefill shape), in other
+            // blocks and with other tokens each round.
+            let lens = [7usize, 5];
+            let tables: Vec<Vec<i64>> = (0..2)
+                .map(|q| (0..3).map(|b| (round * 6 + q * 3 + b) as i64).collect())
+                .collect();
+            let mut s = StepInputs::default();
+            for q in 0..2 {
+                s.ids
+                    .extend((0..lens[q]).map(|i| ((round * 31 + q * 17 + i * 13) % 250 + 1) as i64));
+                s.push_seq(&tables[q], BLOCK, 0, lens[q], true);
+            }
+            let inputs = inputs_of(s);
+            let (a, b) = (e.run(&inputs).unwrap(), p.run(&inputs).unwrap());
+            assert_eq!(
+                a["logits"].to_f32_vec(),
+                b["logits"].to_f32_vec(),
+                "{name} round {round}: prefill"
+            );
+            // The decode step after it reads the keys the prefill cached.
+            let mut s = StepInputs::default();
+            for q in 0..2 {
+                s.ids.push(9 + q as i64);
+                s.push_seq(&tables[q], BLOCK, lens[q], 1, true);
+            }
+            let inputs = inputs_of(s);
+            let (a, b) = (e.run(&inputs).unwrap(), p.run(&inputs).unwrap());
+            assert_eq!(
+                a["logits"].to_f32_vec(),
+                b["logits"].to_f32_vec(),
+                "{name} round {round}: the decode step after the prefill"
+            );
+        };
+        for r in 0..3 {
+            round(&mut graphed, &mut eager, r);
+        }
+        assert_eq!(
+            graphed.prefill_graphs(),
+            (1, 3),
+            "{name}: one prefill shape, replayed each round"
+        );
+        assert!(
+            graphed.captured_graphs() > 0,
+            "{name}: the decode steps are graphs too"
+        );
+        assert_eq!(eager.prefill_graphs(), (0, 0));
+        // Twelve tokens are past a limit of 8: eager, and nothing captured.
+        graphed.set_prefill_graphs(8);
+        round(&mut graphed, &mut eager, 3);
+        assert_eq!(
+            graphed.prefill_graphs(),
+            (0, 0),
+            "{name}: a prefill past the limit"
+        );
+    }
+}
+
 /// Submitted decode steps (the next step queued before the one ahead
 /// ends, its ids copied from that step's picks on the GPU) give the tokens
 /// of synchronous steps whose ids the host writes, whether the step graphs

@@ -98,8 +98,9 @@ pub(super) struct Replayed {
 }
 
 impl CudaProgram {
-    /// Captures a step shape's graph, and a second copy of it when its
-    /// buffers are small and `graph_pairs` holds.
+    /// Captures a step shape's graph, and a second copy of it when `pairs`
+    /// (a decode step, which the next one follows at once), its buffers are
+    /// small and `graph_pairs` holds.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn capture_set(
         &mut self,
@@ -110,6 +111,7 @@ impl CudaProgram {
         attn: &HashMap<usize, AttentionRun>,
         pick: Option<(&Pick, usize)>,
         ids: Option<IdsHead>,
+        pairs: bool,
     ) -> Result<CaptureSet, String> {
         let mut first = self.capture(arena, offsets, dims, bindings, attn, pick, ids)?;
         let bytes = first.pool.bytes + first.arena.bytes;
@@ -119,7 +121,11 @@ impl CudaProgram {
             .filter_map(|s| s.copies.get(1))
             .map(|c| c.pool.bytes + c.arena.bytes)
             .sum();
-        if !self.graph_pairs || bytes > SECOND_COPY_MAX_BYTES || held + bytes > SECOND_COPIES_MAX_BYTES {
+        if !pairs
+            || !self.graph_pairs
+            || bytes > SECOND_COPY_MAX_BYTES
+            || held + bytes > SECOND_COPIES_MAX_BYTES
+        {
             return Ok(CaptureSet {
                 copies: vec![first],
                 next: 0,

@@ -235,6 +235,14 @@ pub struct CudaProgram {
     /// around a step run beside the step before (`OPTC_CUDA_GRAPH_PAIRS=0`
     /// keeps one).
     pub(super) graph_pairs: bool,
+    /// Prefill-like steps of at most this many tokens a paged attention
+    /// replay a graph of their exact shape too, for the first
+    /// `MAX_PREFILL_CAPTURES` shapes; `OPTC_CUDA_PREFILL_GRAPHS` (0:
+    /// never). A short prompt's prefill otherwise waits on the host
+    /// launching each kernel and cuBLASLt call in turn.
+    pub(super) prefill_graph_tokens: usize,
+    /// The captured shapes that are prefills.
+    pub(super) prefill_keys: HashSet<CaptureKey>,
     /// A greedy pick is made by the LM head's one-row ring GEMV as it
     /// stores the logits (`gemv*_ring_argmax_*`), where it runs there,
     /// instead of by the argmax kernel after it (`OPTC_CUDA_PICK_IN_GEMV=1`
@@ -357,6 +365,16 @@ pub(super) struct CaptureKey {
 }
 
 pub(super) const MAX_CAPTURES: usize = 64;
+
+/// Prefill shapes captured at most: each holds its own activations, and
+/// prompts of many lengths would otherwise fill the graphs' room. (Each
+/// capture costs about one eager prefill's host time, once.)
+pub(super) const MAX_PREFILL_CAPTURES: usize = 8;
+
+/// The largest prefill (tokens a paged attention) replayed from a graph
+/// unless `OPTC_CUDA_PREFILL_GRAPHS` says otherwise; vLLM's largest
+/// captured size is 512 too.
+pub(super) const PREFILL_GRAPH_TOKENS: usize = 0;
 
 /// What [`CudaProgram::execute`] leaves for the caller.
 pub(super) struct Executed {
@@ -1192,6 +1210,11 @@ impl CudaProgram {
             graphs: std::env::var("OPTC_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             captures: HashMap::new(),
             graph_pairs: std::env::var("OPTC_CUDA_GRAPH_PAIRS").map_or(true, |v| v != "0"),
+            prefill_graph_tokens: std::env::var("OPTC_CUDA_PREFILL_GRAPHS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(PREFILL_GRAPH_TOKENS),
+            prefill_keys: HashSet::new(),
             // Off by default: on an H100 it measured 1.6 % slower at W1
             // than the argmax kernel (tenth session; see perf.md).
             pick_in_gemv: std::env::var("OPTC_CUDA_PICK_IN_GEMV").is_ok_and(|v| v != "0"),
@@ -1372,8 +1395,7 @@ impl CudaProgram {
         self.graphs = on;
         if !on {
             // A submitted run may still use a graph's buffers.
-            self.finish_pending();
-            self.captures.clear();
+            self.drop_captures();
         }
     }
 
@@ -1382,6 +1404,27 @@ impl CudaProgram {
     fn drop_captures(&mut self) {
         self.finish_pending();
         self.captures.clear();
+        self.prefill_keys.clear();
+    }
+
+    /// Replays prefill-like steps of up to `max_tokens` tokens a paged
+    /// attention from graphs of their exact shape, for the first
+    /// `MAX_PREFILL_CAPTURES` shapes (0 turns this off). Captured graphs
+    /// are dropped.
+    pub fn set_prefill_graphs(&mut self, max_tokens: usize) {
+        self.drop_captures();
+        self.prefill_graph_tokens = max_tokens;
+    }
+
+    /// Prefill shapes captured as graphs, and their replays.
+    pub fn prefill_graphs(&self) -> (usize, u64) {
+        let replays = self
+            .prefill_keys
+            .iter()
+            .filter_map(|k| self.captures.get(k))
+            .map(|s| s.replays()[0] + s.replays()[1])
+            .sum();
+        (self.prefill_keys.len(), replays)
     }
 
     /// Gives small step graphs a second copy (the default unless
@@ -1504,18 +1547,26 @@ impl CudaProgram {
 
     /// Decode shapes captured as CUDA graphs so far.
     pub fn captured_graphs(&self) -> usize {
-        self.captures.len()
+        self.captures.len() - self.prefill_keys.len()
     }
 
-    /// Graphs captured so far, counting each shape's second copy.
+    /// Decode graphs captured so far, counting each shape's second copy.
     pub fn graph_copies(&self) -> usize {
-        self.captures.values().map(super::graphs::CaptureSet::len).sum()
+        self.decode_sets().map(super::graphs::CaptureSet::len).sum()
+    }
+
+    /// The captured decode shapes' graphs (prefill shapes left out).
+    fn decode_sets(&self) -> impl Iterator<Item = &super::graphs::CaptureSet> {
+        self.captures
+            .iter()
+            .filter(|(k, _)| !self.prefill_keys.contains(*k))
+            .map(|(_, s)| s)
     }
 
     /// Replays so far of the shapes' first copies and of their second
     /// copies (taken in turn with the first).
     pub fn graph_replays(&self) -> [u64; 2] {
-        self.captures.values().fold([0, 0], |t, s| {
+        self.decode_sets().fold([0, 0], |t, s| {
             let r = s.replays();
             [t[0] + r[0], t[1] + r[1]]
         })

@@ -15,7 +15,7 @@ use super::device::DeviceBox;
 use super::pick::{GemvPick, IdsPatch, Pick, SAMPLE_ROW_BYTES};
 use super::program::{
     node_err, AttentionRun, CaptureKey, CudaProgram, Exec, Executed, Loc, Step, ATTENTION_MMA, MAX_CAPTURES,
-    SPLIT_COUNTERS,
+    MAX_PREFILL_CAPTURES, SPLIT_COUNTERS,
 };
 use super::select::Kernel;
 use crate::CodegenError;
@@ -578,18 +578,24 @@ impl CudaProgram {
         }
         let head = head.map(|(h, _)| h);
         // Decode steps (one token per sequence, all on the GPU) replay a
-        // graph captured on the first step of their shape.
-        let graphable = self.graphs
+        // graph captured on the first step of their shape, and so do short
+        // prefills (`prefill_graph_tokens`) of the first few shapes.
+        let on_gpu = self.graphs
             && self.profile.as_ref().is_none_or(|p| !p.per_kernel)
             && !attn.is_empty()
-            && self.steps.iter().all(|s| match &s.exec {
-                Exec::Host => false,
+            && self.steps.iter().all(|s| !matches!(s.exec, Exec::Host));
+        let attention_tokens = |most: usize, per_seq: bool| {
+            self.steps.iter().all(|s| match &s.exec {
                 Exec::Kernel(Kernel::PagedAttention, _) => {
-                    dims[s.args[0]][0] == dims[s.args[7]][0] && dims[s.args[0]][0] <= 1024
+                    let tokens = dims[s.args[0]][0];
+                    tokens <= most && (!per_seq || tokens == dims[s.args[7]][0])
                 }
                 _ => true,
-            });
-        if graphable {
+            })
+        };
+        let decode = on_gpu && attention_tokens(1024, true);
+        let prefill = on_gpu && !decode && attention_tokens(self.prefill_graph_tokens, false);
+        if decode || prefill {
             let mut attention: Vec<(usize, AttentionRun)> = attn.iter().map(|(k, v)| (*k, *v)).collect();
             attention.sort_unstable_by_key(|x| x.0);
             let key = CaptureKey {
@@ -605,19 +611,37 @@ impl CudaProgram {
                 }),
                 ids: head,
             };
-            if !self.captures.contains_key(&key) && self.captures.len() < MAX_CAPTURES {
-                let set = self
-                    .capture_set(
-                        &arena,
-                        &offsets,
-                        dims,
-                        bindings,
-                        &attn,
-                        pick.as_ref().map(|p| (p, params_offset)),
-                        head,
-                    )
-                    .map_err(node_err(&self.graph.name))?;
-                self.captures.insert(key.clone(), set);
+            let room = self.captures.len() < MAX_CAPTURES;
+            let capture = !self.captures.contains_key(&key)
+                && room
+                && (decode || self.prefill_keys.len() < MAX_PREFILL_CAPTURES);
+            if capture {
+                let set = self.capture_set(
+                    &arena,
+                    &offsets,
+                    dims,
+                    bindings,
+                    &attn,
+                    pick.as_ref().map(|p| (p, params_offset)),
+                    head,
+                    decode,
+                );
+                match set {
+                    Ok(set) => {
+                        self.captures.insert(key.clone(), set);
+                        if prefill {
+                            self.prefill_keys.insert(key.clone());
+                        }
+                    }
+                    Err(e) if decode => return Err(node_err(&self.graph.name)(e)),
+                    // Prefills run eagerly from here on, as they did
+                    // before: a capture that failed once (out of memory,
+                    // most likely) would fail again.
+                    Err(e) => {
+                        tracing::warn!(graph = %self.graph.name, error = %e, "a prefill graph could not be captured; prefills run without graphs from now on");
+                        self.prefill_graph_tokens = 0;
+                    }
+                }
             }
             let t_upload = Instant::now();
             if let Some(r) = self.replay(&key, &arena).map_err(node_err(&self.graph.name))? {
