@@ -133,19 +133,33 @@ impl BenchResult {
     }
 }
 
-/// Runs `w` on `llm` (whose vocabulary has `vocab` tokens).
-pub fn run(llm: &mut LLM, vocab: usize, w: &Workload) -> Result<BenchResult, LlmError> {
-    let mut state = w.seed | 1;
+/// `w`'s random prompts over a vocabulary of `vocab` tokens: distinct
+/// seeds give distinct prompts, so no run of a benchmark finds another's
+/// prompt in the prefix cache.
+pub fn prompts(w: &Workload, vocab: usize) -> Vec<Vec<u32>> {
+    // A bijection of the seed (xor, then a multiply by an odd constant),
+    // kept off xorshift's fixed point 0.
+    let mut state = (w.seed ^ 0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    if state == 0 {
+        state = 1;
+    }
     let mut next = move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state
     };
+    let vocab = vocab.max(1) as u64;
+    (0..w.batch)
+        .map(|_| (0..w.input_len).map(|_| (next() % vocab) as u32).collect())
+        .collect()
+}
+
+/// Runs `w` on `llm` (whose vocabulary has `vocab` tokens).
+pub fn run(llm: &mut LLM, vocab: usize, w: &Workload) -> Result<BenchResult, LlmError> {
     let start = Instant::now();
     let mut seqs = Vec::new();
-    for i in 0..w.batch {
-        let prompt: Vec<u32> = (0..w.input_len).map(|_| (next() % vocab as u64) as u32).collect();
+    for (i, prompt) in prompts(w, vocab).into_iter().enumerate() {
         let params = w.sampling.params(w.output_len, w.seed.wrapping_add(i as u64));
         seqs.push(llm.engine().add(prompt, params)?);
     }
@@ -186,4 +200,34 @@ pub fn run(llm: &mut LLM, vocab: usize, w: &Workload) -> Result<BenchResult, Llm
         decode_steps,
         output_tokens: count.iter().sum(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seeds `optc bench` gives its warm-up and measured runs (7, then
+    /// 11, 12, ...) once mapped two seeds to one prompt (`seed | 1`), so
+    /// every other run hit the prefix cache.
+    #[test]
+    fn distinct_seeds_give_distinct_prompts() {
+        let w = |seed| Workload {
+            batch: 2,
+            input_len: 16,
+            output_len: 1,
+            seed,
+            sampling: Sampling::default(),
+        };
+        let mut seen = std::collections::HashSet::new();
+        for seed in [7, 11, 12, 13, 14, 15, 0, 1] {
+            let p = prompts(&w(seed), 1000);
+            assert_eq!(p.len(), 2);
+            assert!(p.iter().all(|q| q.len() == 16 && q.iter().all(|&t| t < 1000)));
+            assert_ne!(p[0], p[1], "seed {seed}: the batch's prompts");
+            for q in p {
+                assert!(seen.insert(q), "seed {seed} repeats an earlier prompt");
+            }
+        }
+        assert_eq!(prompts(&w(12), 1000), prompts(&w(12), 1000));
+    }
 }

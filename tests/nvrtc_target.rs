@@ -2518,6 +2518,7 @@ fn submitted_steps_give_the_synchronous_tokens_with_paired_graphs() {
                 reference.set_cuda_graphs(false);
                 reference.set_pick_in_gemv(false);
                 reference.set_argmax_cluster(0);
+                reference.set_early_embedding(false);
                 reference.init_state(&nb).unwrap();
                 let mut toks = prompts.clone();
                 for step in 0..steps {

@@ -237,8 +237,8 @@ pub struct CudaProgram {
     pub(super) graph_pairs: bool,
     /// Prefill-like steps of at most this many tokens a paged attention
     /// replay a graph of their exact shape too, for the first
-    /// `MAX_PREFILL_CAPTURES` shapes; `OPTC_CUDA_PREFILL_GRAPHS` (0:
-    /// never). A short prompt's prefill otherwise waits on the host
+    /// `MAX_PREFILL_CAPTURES` shapes; `OPTC_CUDA_PREFILL_GRAPHS` (default
+    /// `PREFILL_GRAPH_TOKENS`, 0: never). A short prompt's prefill otherwise waits on the host
     /// launching each kernel and cuBLASLt call in turn.
     pub(super) prefill_graph_tokens: usize,
     /// The captured shapes that are prefills.
@@ -273,9 +273,8 @@ pub struct CudaProgram {
     /// Steps reading only the run's inputs (the rotary tables) launch
     /// first (`launch_order`), and an embedding reading picked ids
     /// through the head, behind a full barrier into a fresh buffer,
-    /// gathers before its wait (`OPTC_CUDA_EARLY_EMBEDDING=1`; off until
-    /// measured on a GPU): one kernel boundary fewer at a decode step's
-    /// start.
+    /// gathers before its wait (on unless `OPTC_CUDA_EARLY_EMBEDDING=0`):
+    /// one kernel boundary fewer at a decode step's start.
     pub(super) early_embedding: bool,
     /// `inputs_first` of the steps.
     pub(super) launch_order: Vec<usize>,
@@ -373,8 +372,9 @@ pub(super) const MAX_PREFILL_CAPTURES: usize = 8;
 
 /// The largest prefill (tokens a paged attention) replayed from a graph
 /// unless `OPTC_CUDA_PREFILL_GRAPHS` says otherwise; vLLM's largest
-/// captured size is 512 too.
-pub(super) const PREFILL_GRAPH_TOKENS: usize = 0;
+/// captured size is 512 too. W1's 128-token prefill: TTFT 1.4 ms against
+/// 1.6–1.7 eager on an H200 (eighteenth session, perf.md).
+pub(super) const PREFILL_GRAPH_TOKENS: usize = 512;
 
 /// What [`CudaProgram::execute`] leaves for the caller.
 pub(super) struct Executed {
@@ -1231,7 +1231,8 @@ impl CudaProgram {
             embedding_picks: 0,
             early_chains: std::env::var("OPTC_CUDA_EARLY_CHAINS").map_or(true, |v| v != "0"),
             early_chain_launches: 0,
-            early_embedding: std::env::var("OPTC_CUDA_EARLY_EMBEDDING").is_ok_and(|v| v != "0"),
+            // +0.1 % at W1 on an H200 (eighteenth session, perf.md).
+            early_embedding: std::env::var("OPTC_CUDA_EARLY_EMBEDDING").map_or(true, |v| v != "0"),
             launch_order,
             launch_last_use,
             early_embedding_launches: 0,
@@ -1466,8 +1467,8 @@ impl CudaProgram {
     }
 
     /// Launches the steps that read only the run's inputs first and lets
-    /// an embedding reading picked ids gather before its wait (off unless
-    /// `OPTC_CUDA_EARLY_EMBEDDING=1`), or not. Captured graphs are
+    /// an embedding reading picked ids gather before its wait (on unless
+    /// `OPTC_CUDA_EARLY_EMBEDDING=0`), or not. Captured graphs are
     /// dropped.
     pub fn set_early_embedding(&mut self, on: bool) {
         self.drop_captures();
