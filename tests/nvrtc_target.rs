@@ -2277,6 +2277,15 @@ fn gpu_sampling_over_wide_rows_keeps_the_filters() {
 
 /// Step `step`'s sampling rows for `rows` sequences (top-k 40, top-p
 /// 0.95, temperature 0.9), each with its own uniform.
+/// A program for a step graph with CUDA graphs on or off, its state
+/// allocated for `nb`.
+fn program_with_graphs(m: &hf::HfModel, nb: &Bindings, graphs: bool) -> CudaProgram {
+    let mut p = CudaProgram::new(&m.graph, &m.weights, &mut no_progress()).unwrap();
+    p.set_cuda_graphs(graphs);
+    p.init_state(nb).unwrap();
+    p
+}
+
 fn sample_rows(step: usize, rows: usize) -> Vec<nvrtc::SampleRow> {
     (0..rows)
         .map(|q| nvrtc::SampleRow {
@@ -2298,19 +2307,11 @@ fn cuda_graph_replay_equals_eager_decode() {
         return;
     }
     for name in ["llama", "llama_bf16"] {
-        let mut m = load(name);
-        Compiler::new()
-            .set_pipeline(Pipeline::serving(BLOCK))
-            .compile(&mut m.graph, &mut m.weights)
-            .unwrap();
+        let m = step_graph(name);
         let g = &m.graph;
         let nb = Bindings::from([("NB".to_string(), 16)]);
-        let mut eager = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
-        eager.set_cuda_graphs(false);
-        eager.init_state(&nb).unwrap();
-        let mut graphed = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
-        graphed.set_cuda_graphs(true);
-        graphed.init_state(&nb).unwrap();
+        let mut eager = program_with_graphs(&m, &nb, false);
+        let mut graphed = program_with_graphs(&m, &nb, true);
         let tables = [vec![3i64, 9, 1, 12, 5], vec![0, 7, 2, 14, 8]];
         let mut toks = [vec![5i64, 9, 13, 2, 1, 4], vec![8, 3, 3]];
         let mut pos = [0usize, 0];
@@ -2369,20 +2370,12 @@ fn prefill_graph_replay_equals_eager_prefill() {
         return;
     }
     for name in ["llama", "llama_bf16"] {
-        let mut m = load(name);
-        Compiler::new()
-            .set_pipeline(Pipeline::serving(BLOCK))
-            .compile(&mut m.graph, &mut m.weights)
-            .unwrap();
+        let m = step_graph(name);
         let g = &m.graph;
         let nb = Bindings::from([("NB".to_string(), 24)]);
-        let mut eager = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
-        eager.set_cuda_graphs(false);
-        eager.init_state(&nb).unwrap();
-        let mut graphed = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
-        graphed.set_cuda_graphs(true);
+        let mut eager = program_with_graphs(&m, &nb, false);
+        let mut graphed = program_with_graphs(&m, &nb, true);
         graphed.set_prefill_graphs(64);
-        graphed.init_state(&nb).unwrap();
         let inputs_of = |s: StepInputs| {
             let mut inputs = s.tensors(g, 16, DType::I64).unwrap();
             inputs.retain(|k, _| !k.contains("_cache."));
