@@ -2275,8 +2275,6 @@ fn gpu_sampling_over_wide_rows_keeps_the_filters() {
     }
 }
 
-/// Step `step`'s sampling rows for `rows` sequences (top-k 40, top-p
-/// 0.95, temperature 0.9), each with its own uniform.
 /// A program for a step graph with CUDA graphs on or off, its state
 /// allocated for `nb`.
 fn program_with_graphs(m: &hf::HfModel, nb: &Bindings, graphs: bool) -> CudaProgram {
@@ -2286,6 +2284,8 @@ fn program_with_graphs(m: &hf::HfModel, nb: &Bindings, graphs: bool) -> CudaProg
     p
 }
 
+/// Step `step`'s sampling rows for `rows` sequences (top-k 40, top-p
+/// 0.95, temperature 0.9), each with its own uniform.
 fn sample_rows(step: usize, rows: usize) -> Vec<nvrtc::SampleRow> {
     (0..rows)
         .map(|q| nvrtc::SampleRow {
@@ -2361,9 +2361,11 @@ fn cuda_graph_replay_equals_eager_decode() {
 }
 
 /// Short prefills replayed from a graph of their shape (captured the first
-/// time the shape runs) give eager launches' logits whatever the prompts'
-/// tokens and blocks, and leave in the KV cache what the decode step after
-/// them reads; prefills past the token limit run eagerly.
+/// time the shape runs) give eager launches' logits and sampled picks
+/// whatever the prompts' tokens, blocks and positions (a second chunk of
+/// each prompt, further on, replays the first chunk's graph), and leave in
+/// the KV cache what the decode step after them reads; prefills past the
+/// token limit run eagerly.
 #[test]
 fn prefill_graph_replay_equals_eager_prefill() {
     if !gpu() {
@@ -2372,7 +2374,7 @@ fn prefill_graph_replay_equals_eager_prefill() {
     for name in ["llama", "llama_bf16"] {
         let m = step_graph(name);
         let g = &m.graph;
-        let nb = Bindings::from([("NB".to_string(), 24)]);
+        let nb = Bindings::from([("NB".to_string(), 32)]);
         let mut eager = program_with_graphs(&m, &nb, false);
         let mut graphed = program_with_graphs(&m, &nb, true);
         graphed.set_prefill_graphs(64);
@@ -2381,25 +2383,44 @@ fn prefill_graph_replay_equals_eager_prefill() {
             inputs.retain(|k, _| !k.contains("_cache."));
             inputs
         };
-        let round = |p: &mut CudaProgram, e: &mut CudaProgram, round: usize| {
-            // A 7- and a 5-token prompt (one prefill shape), in other
-            // blocks and with other tokens each round.
-            let lens = [7usize, 5];
-            let tables: Vec<Vec<i64>> = (0..2)
-                .map(|q| (0..3).map(|b| (round * 6 + q * 3 + b) as i64).collect())
-                .collect();
-            let mut s = StepInputs::default();
-            for q in 0..2 {
-                s.ids
-                    .extend((0..lens[q]).map(|i| ((round * 31 + q * 17 + i * 13) % 250 + 1) as i64));
-                s.push_seq(&tables[q], BLOCK, 0, lens[q], true);
-            }
+        let same_logits = |p: &mut CudaProgram, e: &mut CudaProgram, s: StepInputs, what: &str| {
             let inputs = inputs_of(s);
             let (a, b) = (e.run(&inputs).unwrap(), p.run(&inputs).unwrap());
             assert_eq!(
                 a["logits"].to_f32_vec(),
                 b["logits"].to_f32_vec(),
-                "{name} round {round}: prefill"
+                "{name} {what}"
+            );
+            inputs
+        };
+        let round = |p: &mut CudaProgram, e: &mut CudaProgram, round: usize| {
+            // A 7- and a 5-token chunk of two prompts (one prefill shape),
+            // in other blocks and with other tokens each round.
+            let lens = [7usize, 5];
+            let tables: Vec<Vec<i64>> = (0..2)
+                .map(|q| (0..4).map(|b| (round * 8 + q * 4 + b) as i64).collect())
+                .collect();
+            // The first chunk at position 0; the second after the prompt's
+            // first chunk and one decoded token.
+            let chunk = |second: bool| {
+                let mut s = StepInputs::default();
+                for q in 0..2 {
+                    let at = if second { lens[q] + 1 } else { 0 };
+                    s.ids.extend(
+                        (0..lens[q]).map(|i| ((round * 31 + q * 17 + (at + i) * 13) % 250 + 1) as i64),
+                    );
+                    s.push_seq(&tables[q], BLOCK, at, lens[q], true);
+                }
+                s
+            };
+            let inputs = same_logits(p, e, chunk(false), &format!("round {round}: prefill"));
+            // Sampled on the GPU: another shape (it picks), the same cache
+            // writes again.
+            let rows = sample_rows(round, 2);
+            assert_eq!(
+                e.run_sample(&inputs, "logits", &rows).unwrap(),
+                p.run_sample(&inputs, "logits", &rows).unwrap(),
+                "{name} round {round}: sampled picks of the prefill"
             );
             // The decode step after it reads the keys the prefill cached.
             let mut s = StepInputs::default();
@@ -2407,21 +2428,23 @@ fn prefill_graph_replay_equals_eager_prefill() {
                 s.ids.push(9 + q as i64);
                 s.push_seq(&tables[q], BLOCK, lens[q], 1, true);
             }
-            let inputs = inputs_of(s);
-            let (a, b) = (e.run(&inputs).unwrap(), p.run(&inputs).unwrap());
-            assert_eq!(
-                a["logits"].to_f32_vec(),
-                b["logits"].to_f32_vec(),
-                "{name} round {round}: the decode step after the prefill"
+            same_logits(
+                p,
+                e,
+                s,
+                &format!("round {round}: the decode step after the prefill"),
             );
+            // Each prompt's second chunk, after that token: positions and
+            // context lengths differ, the shape does not.
+            same_logits(p, e, chunk(true), &format!("round {round}: the second chunk"));
         };
         for r in 0..3 {
             round(&mut graphed, &mut eager, r);
         }
         assert_eq!(
             graphed.prefill_graphs(),
-            (1, 3),
-            "{name}: one prefill shape, replayed each round"
+            (2, 9),
+            "{name}: two prefill shapes (the second picks), three replays a round"
         );
         assert!(
             graphed.captured_graphs() > 0,

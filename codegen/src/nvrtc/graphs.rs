@@ -84,6 +84,11 @@ impl CaptureSet {
     pub(super) fn replays(&self) -> [u64; 2] {
         self.replays
     }
+
+    /// Device memory its copies own (activation pools and input arenas).
+    pub(super) fn bytes(&self) -> usize {
+        self.copies.iter().map(|c| c.pool.bytes + c.arena.bytes).sum()
+    }
 }
 
 /// What a replay left for `execute`.

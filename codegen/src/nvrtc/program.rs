@@ -243,6 +243,9 @@ pub struct CudaProgram {
     pub(super) prefill_graph_tokens: usize,
     /// The captured shapes that are prefills.
     pub(super) prefill_keys: HashSet<CaptureKey>,
+    /// No more prefill shapes are captured (those captured still replay):
+    /// a capture failed, or they reached `PREFILL_GRAPHS_MAX_BYTES`.
+    pub(super) prefill_captures_closed: bool,
     /// A greedy pick is made by the LM head's one-row ring GEMV as it
     /// stores the logits (`gemv*_ring_argmax_*`), where it runs there,
     /// instead of by the argmax kernel after it (`OPTC_CUDA_PICK_IN_GEMV=1`
@@ -369,6 +372,11 @@ pub(super) const MAX_CAPTURES: usize = 64;
 /// prompts of many lengths would otherwise fill the graphs' room. (Each
 /// capture costs about one eager prefill's host time, once.)
 pub(super) const MAX_PREFILL_CAPTURES: usize = 8;
+
+/// Device memory the prefill graphs together may hold (their activation
+/// pools and arenas): as for second copies, the KV cache was sized before
+/// any graph was captured, and a decode capture must still fit.
+pub(super) const PREFILL_GRAPHS_MAX_BYTES: usize = 256 << 20;
 
 /// The largest prefill (tokens a paged attention) replayed from a graph
 /// unless `OPTC_CUDA_PREFILL_GRAPHS` says otherwise; vLLM's largest
@@ -1215,6 +1223,7 @@ impl CudaProgram {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(PREFILL_GRAPH_TOKENS),
             prefill_keys: HashSet::new(),
+            prefill_captures_closed: false,
             // Off by default: on an H100 it measured 1.6 % slower at W1
             // than the argmax kernel (tenth session; see perf.md).
             pick_in_gemv: std::env::var("OPTC_CUDA_PICK_IN_GEMV").is_ok_and(|v| v != "0"),
@@ -1293,7 +1302,9 @@ impl CudaProgram {
 
     /// Overrides the smallest weight (bytes) a one-row linear streams
     /// through the ring GEMV (`usize::MAX`: never; 0: always).
+    /// Captured graphs are dropped.
     pub fn set_gemv_ring_min_bytes(&mut self, bytes: usize) {
+        self.drop_captures();
         self.gemv_ring_min_bytes = bytes;
     }
 
@@ -1315,8 +1326,10 @@ impl CudaProgram {
         self.gemm.tuning()
     }
 
-    /// Overrides `OPTC_CUDA_SKINNY` for this program's linears.
+    /// Overrides `OPTC_CUDA_SKINNY` for this program's linears. Captured
+    /// graphs are dropped.
     pub fn set_skinny_gemm(&mut self, mode: SkinnyGemm) {
+        self.drop_captures();
         self.skinny = mode;
     }
 
@@ -1375,8 +1388,7 @@ impl CudaProgram {
     /// are dropped.
     pub fn set_decode_warps(&mut self, warps: usize) {
         if warps == 4 || warps == 8 {
-            self.finish_pending();
-            self.captures.clear();
+            self.drop_captures();
             self.gpu.decode_warps = warps;
         }
     }
@@ -1406,6 +1418,7 @@ impl CudaProgram {
         self.finish_pending();
         self.captures.clear();
         self.prefill_keys.clear();
+        self.prefill_captures_closed = false;
     }
 
     /// Replays prefill-like steps of up to `max_tokens` tokens a paged
@@ -1548,7 +1561,7 @@ impl CudaProgram {
 
     /// Decode shapes captured as CUDA graphs so far.
     pub fn captured_graphs(&self) -> usize {
-        self.captures.len() - self.prefill_keys.len()
+        self.decode_sets().count()
     }
 
     /// Decode graphs captured so far, counting each shape's second copy.
@@ -1611,7 +1624,7 @@ impl CudaProgram {
             let bytes = ty.dtype.storage_bytes(shape.iter().product());
             // Captured graphs and the megakernel's layer table point at
             // the old state.
-            self.captures.clear();
+            self.drop_captures();
             if let Some(m) = &mut self.mega {
                 m.invalidate();
             }

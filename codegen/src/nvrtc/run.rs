@@ -15,7 +15,7 @@ use super::device::DeviceBox;
 use super::pick::{GemvPick, IdsPatch, Pick, SAMPLE_ROW_BYTES};
 use super::program::{
     node_err, AttentionRun, CaptureKey, CudaProgram, Exec, Executed, Loc, Step, ATTENTION_MMA, MAX_CAPTURES,
-    MAX_PREFILL_CAPTURES, SPLIT_COUNTERS,
+    MAX_PREFILL_CAPTURES, PREFILL_GRAPHS_MAX_BYTES, SPLIT_COUNTERS,
 };
 use super::select::Kernel;
 use crate::CodegenError;
@@ -594,7 +594,10 @@ impl CudaProgram {
             })
         };
         let decode = on_gpu && attention_tokens(1024, true);
-        let prefill = on_gpu && !decode && attention_tokens(self.prefill_graph_tokens, false);
+        let prefill = on_gpu
+            && !decode
+            && self.prefill_graph_tokens > 0
+            && attention_tokens(self.prefill_graph_tokens, false);
         if decode || prefill {
             let mut attention: Vec<(usize, AttentionRun)> = attn.iter().map(|(k, v)| (*k, *v)).collect();
             attention.sort_unstable_by_key(|x| x.0);
@@ -614,7 +617,8 @@ impl CudaProgram {
             let room = self.captures.len() < MAX_CAPTURES;
             let capture = !self.captures.contains_key(&key)
                 && room
-                && (decode || self.prefill_keys.len() < MAX_PREFILL_CAPTURES);
+                && (decode
+                    || !self.prefill_captures_closed && self.prefill_keys.len() < MAX_PREFILL_CAPTURES);
             if capture {
                 let set = self.capture_set(
                     &arena,
@@ -627,19 +631,33 @@ impl CudaProgram {
                     decode,
                 );
                 match set {
-                    Ok(set) => {
+                    Ok(set) if decode => {
                         self.captures.insert(key.clone(), set);
-                        if prefill {
+                    }
+                    Ok(set) => {
+                        let held: usize = self
+                            .prefill_keys
+                            .iter()
+                            .filter_map(|k| self.captures.get(k))
+                            .map(super::graphs::CaptureSet::bytes)
+                            .sum();
+                        if held + set.bytes() <= PREFILL_GRAPHS_MAX_BYTES {
+                            self.captures.insert(key.clone(), set);
                             self.prefill_keys.insert(key.clone());
+                        } else {
+                            // Never replayed: its buffers go now, and this
+                            // prefill runs eagerly.
+                            tracing::debug!(graph = %self.graph.name, held, "prefill graphs hold their memory budget; new prefill shapes run eagerly");
+                            self.prefill_captures_closed = true;
                         }
                     }
                     Err(e) if decode => return Err(node_err(&self.graph.name)(e)),
-                    // Prefills run eagerly from here on, as they did
-                    // before: a capture that failed once (out of memory,
-                    // most likely) would fail again.
+                    // New prefill shapes run eagerly from here on (those
+                    // captured still replay): a capture that failed once,
+                    // out of memory most likely, would fail again.
                     Err(e) => {
-                        tracing::warn!(graph = %self.graph.name, error = %e, "a prefill graph could not be captured; prefills run without graphs from now on");
-                        self.prefill_graph_tokens = 0;
+                        tracing::warn!(graph = %self.graph.name, error = %e, "a prefill graph could not be captured; new prefill shapes run without graphs");
+                        self.prefill_captures_closed = true;
                     }
                 }
             }
