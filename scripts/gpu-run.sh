@@ -159,24 +159,29 @@ if has ends; then
 fi
 if has ttft; then
   # W1's first token alone: a 128-token prefill and one pick, TTFT_REPS times after a warm-up,
-  # with each linear path, then with OPTC_CUDA_PROFILE=1 (GPU time per prefill kernel kind).
-  # prefill_alone NAME [VAR=VALUE...]: the runs' TTFTs, counted, and all of it in $OUT/ttft_NAME.
+  # replayed from its graph (the default), eager, with the other linear paths, then with
+  # OPTC_CUDA_PROFILE=1 (eager; GPU time per prefill kernel kind).
+  # prefill_alone NAME [VAR=VALUE...]: the runs' TTFTs, sorted, and all of it appended to
+  # $OUT/ttft.log under "### NAME" (one file: a device call returns at most 8).
   prefill_alone() {
     local name=$1; shift
+    echo "### $name $*" >> "$OUT/ttft.log"
     env "$@" "$BIN" bench $MODEL --target nvrtc --batch 1 --input-len 128 --output-len 1 --reps ${TTFT_REPS:-20} \
-      --max-num-tokens 16384 --json 2>&1 | tee "$OUT/ttft_$name.log"
+      --max-num-tokens 16384 --json 2>&1 | tee -a "$OUT/ttft.log"
   }
-  echo "== W1's prefill alone (batch 1, prompt 128, one token), ${TTFT_REPS:-20} runs"
-  prefill_alone cublaslt | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
+  ttfts() { grep -oE '"ttft_ms_p50": [0-9.]+' | awk '{print $2}' | sort -n | tr '\n' ' '; echo; }
+  echo "== W1's prefill alone (batch 1, prompt 128, one token), ${TTFT_REPS:-20} runs, TTFT ms sorted"
+  echo "-- replayed from its graph (the default)"
+  prefill_alone graphs | ttfts
+  echo "-- eager (OPTC_CUDA_PREFILL_GRAPHS=0)"
+  prefill_alone eager OPTC_CUDA_PREFILL_GRAPHS=0 | ttfts
   echo "-- with OPTC_CUDA_GEMM_TUNE=1 (cuBLASLt's first algorithms timed for each skinny shape)"
-  prefill_alone tuned OPTC_CUDA_GEMM_TUNE=1 | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
-  echo "-- with OPTC_CUDA_PREFILL_GRAPHS=512 (the prefill replayed from a graph of its shape)"
-  prefill_alone graphs OPTC_CUDA_PREFILL_GRAPHS=512 | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
+  prefill_alone tuned OPTC_CUDA_GEMM_TUNE=1 | ttfts
   for v in 1 all; do
     echo "-- with OPTC_CUDA_SKINNY=$v (optc's skinny GEMM for the prefill's linears instead of cuBLASLt)"
-    prefill_alone skinny_$v OPTC_CUDA_SKINNY=$v | grep -oE '"ttft_ms_p50": [0-9.]+' | sort | uniq -c
+    prefill_alone skinny_$v OPTC_CUDA_SKINNY=$v | ttfts
   done
-  echo "-- with OPTC_CUDA_PROFILE=1"
+  echo "-- with OPTC_CUDA_PROFILE=1 (eager)"
   prefill_alone profile OPTC_CUDA_PROFILE=1 | grep -vE "^\{|^W|^batch"
 fi
 if has stepbench; then
