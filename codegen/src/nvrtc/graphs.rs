@@ -18,7 +18,7 @@ use optc_ir::Bindings;
 
 use super::device::{DeviceBox, Gpu, PinnedHost, Pool};
 use super::pick::Pick;
-use super::program::{AttentionRun, CudaProgram};
+use super::program::{AttentionRun, CaptureKey, CudaProgram, PREFILL_GRAPHS_MAX_BYTES};
 use super::run::{IdsHead, StepCx};
 
 /// Largest activation pool (plus arena) a step graph may have for a second
@@ -103,6 +103,26 @@ pub(super) struct Replayed {
 }
 
 impl CudaProgram {
+    /// Keeps a prefill shape's new graph while the prefill graphs fit in
+    /// `PREFILL_GRAPHS_MAX_BYTES`; past that it is dropped unreplayed (the
+    /// prefill runs eagerly) and no new prefill shape is captured, while
+    /// those kept still replay.
+    pub(super) fn keep_prefill_capture(&mut self, key: CaptureKey, set: CaptureSet) {
+        let held: usize = self
+            .prefill_keys
+            .iter()
+            .filter_map(|k| self.captures.get(k))
+            .map(CaptureSet::bytes)
+            .sum();
+        if held + set.bytes() <= PREFILL_GRAPHS_MAX_BYTES {
+            self.prefill_keys.insert(key.clone());
+            self.captures.insert(key, set);
+        } else {
+            tracing::debug!(graph = %self.graph.name, held, "prefill graphs hold their memory budget; new prefill shapes run eagerly");
+            self.prefill_captures_closed = true;
+        }
+    }
+
     /// Captures a step shape's graph, and a second copy of it when `pairs`
     /// (a decode step, which the next one follows at once), its buffers are
     /// small and `graph_pairs` holds.

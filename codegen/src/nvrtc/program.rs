@@ -238,8 +238,9 @@ pub struct CudaProgram {
     /// Prefill-like steps of at most this many tokens a paged attention
     /// replay a graph of their exact shape too, for the first
     /// `MAX_PREFILL_CAPTURES` shapes; `OPTC_CUDA_PREFILL_GRAPHS` (default
-    /// `PREFILL_GRAPH_TOKENS`, 0: never). A short prompt's prefill otherwise waits on the host
-    /// launching each kernel and cuBLASLt call in turn.
+    /// `PREFILL_GRAPH_TOKENS`, 0: never). A short prompt's prefill
+    /// otherwise waits on the host launching each kernel and cuBLASLt call
+    /// in turn.
     pub(super) prefill_graph_tokens: usize,
     /// The captured shapes that are prefills.
     pub(super) prefill_keys: HashSet<CaptureKey>,

@@ -15,7 +15,7 @@ use super::device::DeviceBox;
 use super::pick::{GemvPick, IdsPatch, Pick, SAMPLE_ROW_BYTES};
 use super::program::{
     node_err, AttentionRun, CaptureKey, CudaProgram, Exec, Executed, Loc, Step, ATTENTION_MMA, MAX_CAPTURES,
-    MAX_PREFILL_CAPTURES, PREFILL_GRAPHS_MAX_BYTES, SPLIT_COUNTERS,
+    MAX_PREFILL_CAPTURES, SPLIT_COUNTERS,
 };
 use super::select::Kernel;
 use crate::CodegenError;
@@ -634,27 +634,10 @@ impl CudaProgram {
                     Ok(set) if decode => {
                         self.captures.insert(key.clone(), set);
                     }
-                    Ok(set) => {
-                        let held: usize = self
-                            .prefill_keys
-                            .iter()
-                            .filter_map(|k| self.captures.get(k))
-                            .map(super::graphs::CaptureSet::bytes)
-                            .sum();
-                        if held + set.bytes() <= PREFILL_GRAPHS_MAX_BYTES {
-                            self.captures.insert(key.clone(), set);
-                            self.prefill_keys.insert(key.clone());
-                        } else {
-                            // Never replayed: its buffers go now, and this
-                            // prefill runs eagerly.
-                            tracing::debug!(graph = %self.graph.name, held, "prefill graphs hold their memory budget; new prefill shapes run eagerly");
-                            self.prefill_captures_closed = true;
-                        }
-                    }
+                    Ok(set) => self.keep_prefill_capture(key.clone(), set),
                     Err(e) if decode => return Err(node_err(&self.graph.name)(e)),
-                    // New prefill shapes run eagerly from here on (those
-                    // captured still replay): a capture that failed once,
-                    // out of memory most likely, would fail again.
+                    // A capture that failed once, out of memory most
+                    // likely, would fail again.
                     Err(e) => {
                         tracing::warn!(graph = %self.graph.name, error = %e, "a prefill graph could not be captured; new prefill shapes run without graphs");
                         self.prefill_captures_closed = true;
