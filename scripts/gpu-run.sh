@@ -6,7 +6,7 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, clocks, warps, sample, mega, ab, ends, endsw1, ttft, gemvbench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, clocks, warps, sample, mega, ab, ends, endsw1, ttft, gemvbench, skinnybench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
 # `clocks` runs W1 twice while nvidia-smi samples the SM and memory clocks, power and temperature (20 a second).
 # `mega` runs W1 and W2 with the one-token decode megakernel on and off (OPTC_CUDA_MEGA=1, 0, 1, 0), W1
 # with its L2 prefetch, bulk-copy and cooperative-launch variants, then W1's GPU time per kernel kind with it on.
@@ -183,6 +183,12 @@ if has ttft; then
   done
   echo "-- with OPTC_CUDA_PROFILE=1 (eager)"
   prefill_alone profile OPTC_CUDA_PROFILE=1 | grep -vE "^\{|^W|^batch"
+fi
+if has skinnybench; then
+  # SKINNY_ROWS (default "32 128"): the batched decode linears on cuBLASLt against the skinny GEMM's variants.
+  echo "== batched decode linears: cuBLASLt against the skinny GEMM (kernels/bench/skinny_bench.cu)"
+  nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/skinny_bench kernels/bench/skinny_bench.cu -lcublasLt 2>&1 | grep -i error
+  /tmp/skinny_bench ${SKINNY_ROWS:-32 128} | tee "$OUT/skinny_bench.txt"
 fi
 if has stepbench; then
   # STEP_KERNELS="NAME=DIR ..." (bench_kernels), STEP_REPS rounds; STEP_ONLY ("name|name") picks the variants.

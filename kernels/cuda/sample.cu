@@ -231,7 +231,7 @@ template <typename T> __device__ void argmax_cluster_impl(const T* x, int cols, 
         argmax_cluster_impl<T>(x, cols, out, lp);                                                    \
     }
 
-// OPTC_ARGMAX and OPTC_SAMPLE are instantiated by the host for the float
+// OPTC_ARGMAX, OPTC_SAMPLE_PARTS and OPTC_SAMPLE_PICK are instantiated by the host for the float
 // types of the outputs tokens are picked from (`pick_instances`).
 
 // ---- Sampling: temperature, top-k, top-p and min-p on the GPU ----
@@ -467,9 +467,14 @@ __device__ __forceinline__ void hist_add(u64* hist, unsigned d, u64 w) {
 // weigh at least `target` (at most their total); `*above` gets the weight
 // of those with key > t, `*at` of those with key t. Keys use their low
 // `bits` bits (at least 1); eight bits a pass, from the top.
+// Not inlined (nor are tie_select, list_bin and sample_gather_sorted):
+// sample_impl calls it from seven places, and inlined into that one
+// 1,024-thread kernel (64 registers) ptxas took 20 s, the bound of a cold
+// compile; as calls it takes 5 s, and the kernel spills less. They cost
+// 7-8 % of the slow path on flat rows (about 1 us on peaked ones).
 template <class W, class KW>
-__device__ unsigned radix_select(const W& walk, const KW& kw, int bits, u64 target, u64* above_out, u64* at_out,
-                                 SelectScratch& s) {
+__device__ __noinline__ unsigned radix_select(const W& walk, const KW& kw, int bits, u64 target, u64* above_out,
+                                              u64* at_out, SelectScratch& s) {
     unsigned prefix = 0, mask = 0;
     u64 above = 0;
     for (int shift = (bits + 7) / 8 * 8 - 8; shift >= 0; shift -= 8) {
@@ -1120,8 +1125,8 @@ __device__ __forceinline__ void sample_none(int* out, float* lp, i64 r) {
 // With `near` (the row's parts, when every piece listed its near elements
 // and hi < SAMPLE_NEAR_BINS) it gathers from their lists, not the row.
 template <typename T>
-__device__ bool sample_gather_sorted(const T* x, int n, float t, float m, int lo, int hi, int cands, u64 base,
-                                     SampleFast& f, u64* ured, const SamplePart* near, int nparts) {
+__device__ __noinline__ bool sample_gather_sorted(const T* x, int n, float t, float m, int lo, int hi, int cands,
+                                                  u64 base, SampleFast& f, u64* ured, const SamplePart* near, int nparts) {
     if (threadIdx.x == 0) f.n = 0;
     __syncthreads();
     // In any order; the sort orders them.
@@ -1220,7 +1225,7 @@ struct ListWalk {
 
 // Of the elements `walk` visits, the largest id among the first `need`
 // (by id) whose key is `tau`: where a cut or a draw ends among ties.
-template <class W> __device__ int tie_select(const W& walk, int n, unsigned tau, u64 need, SelectScratch& s) {
+template <class W> __device__ __noinline__ int tie_select(const W& walk, int n, unsigned tau, u64 need, SelectScratch& s) {
     auto ties = [&](int i, float z, unsigned& k) -> u64 {
         k = (unsigned)(n - 1 - i);
         return sample_key(z) == tau ? 1ull : 0ull;
@@ -1235,7 +1240,7 @@ template <class W> __device__ int tie_select(const W& walk, int n, unsigned tau,
 // bin too full to sort in shared memory, so that the selects after it
 // walk its elements instead of the whole row. `count` is shared.
 template <typename T>
-__device__ int list_bin(const T* x, int n, float t, float m, int b, unsigned* key, int* id, int cap, int* count) {
+__device__ __noinline__ int list_bin(const T* x, int n, float t, float m, int b, unsigned* key, int* id, int cap, int* count) {
     if (threadIdx.x == 0) *count = 0;
     __syncthreads();
     const int lane = threadIdx.x & 31;
@@ -1616,7 +1621,10 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     SAMPLE_MARK(34, traced);
 }
 
-#define OPTC_SAMPLE(T, N)                                                                              \
+// The row statistics and histogram kernels, and the pick, are separate
+// instantiations so that NVRTC compiles them as separate units (in
+// parallel: the pick alone bounds a cold compile).
+#define OPTC_SAMPLE_PARTS(T, N)                                                                        \
     extern "C" __global__ void __launch_bounds__(256)                                                  \
         sample_stats_##N(const T* x, const SampleRow* rows, SampleStat* out, SamplePart* parts, int n, \
                          int* counters, int* tok, float* lp) {                                         \
@@ -1628,10 +1636,13 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
                         int n, int one_pass) {                                                         \
         pdl_start();                                                                                   \
         sample_hist_impl<T>(x, rows, stats, out, n, one_pass);                                         \
-    }                                                                                                  \
+    }
+#define OPTC_SAMPLE_PICK(T, N)                                                                         \
     extern "C" __global__ void __launch_bounds__(1024)                                                 \
         sample_##N(const T* x, const SampleRow* rows, int* out, float* lp, int n,                     \
                    const SampleStat* stats, SamplePart* parts, int nparts, int one_pass) {            \
         pdl_start();                                                                                   \
         sample_impl<T>(x, rows, out, lp, n, stats, parts, nparts, one_pass);                           \
     }
+// All three in one unit (the kernel benches).
+#define OPTC_SAMPLE(T, N) OPTC_SAMPLE_PARTS(T, N) OPTC_SAMPLE_PICK(T, N)

@@ -213,7 +213,8 @@ pub fn pick_instances(dtype: &str) -> Vec<String> {
     let c = if dtype == "f32" { "float" } else { dtype };
     vec![
         format!("OPTC_ARGMAX({c}, {dtype})\n"),
-        format!("OPTC_SAMPLE({c}, {dtype})\n"),
+        format!("OPTC_SAMPLE_PARTS({c}, {dtype})\n"),
+        format!("OPTC_SAMPLE_PICK({c}, {dtype})\n"),
     ]
 }
 

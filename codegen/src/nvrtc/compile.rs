@@ -288,12 +288,19 @@ mod tests {
     fn each_instance_gets_a_unit_of_its_kernel_file() {
         let attention = "OPTC_PAGED_ATTENTION(bf16, bf16, 64, 64)\n".to_string();
         let gemvs = optc_kernels::cuda::gemv_instances("bf16");
+        // The argmax, the sampling statistics and the sampling pick: three
+        // units, so the pick (the slowest to compile) bounds a cold compile
+        // alone.
+        let picks = optc_kernels::cuda::pick_instances("bf16");
+        assert_eq!(picks.len(), 3);
         let mut instances = vec![attention.clone()];
         instances.extend(gemvs.iter().cloned());
+        instances.extend(picks.iter().cloned());
         let units = super::sources(&instances).unwrap();
         let files = optc_kernels::cuda::FILES;
-        // Files without instances once; attention.cu once; gemv.cu once a line.
-        assert_eq!(units.len(), files.len() - 2 + 1 + gemvs.len());
+        // Files without instances once; attention.cu once; gemv.cu and
+        // sample.cu once a line.
+        assert_eq!(units.len(), files.len() - 3 + 1 + gemvs.len() + picks.len());
         for (name, _) in files {
             let tag = format!("// ---- {name}\n");
             let of: Vec<&String> = units.iter().filter(|u| u.contains(&tag)).collect();
@@ -304,6 +311,7 @@ mod tests {
             let want: Vec<&String> = match name {
                 "attention.cu" => vec![&attention],
                 "gemv.cu" => gemvs.iter().collect(),
+                "sample.cu" => picks.iter().collect(),
                 _ => Vec::new(),
             };
             if want.is_empty() {

@@ -1,0 +1,437 @@
+// Microbenchmark of the linears of a batched decode step (W2: 32 rows, W3:
+// 128) on a Llama-3.2-1B shape: cuBLASLt's heuristic algorithm (what optc
+// runs) against the tensor-core skinny GEMM (gemv.cu) and variants of it
+// defined here (wider blocks, more stages, weights streamed before the PDL
+// wait, split counts). Each shape has 16 weight copies (a step's layers,
+// far past L2), launched back to back in a CUDA graph (skinny kernels as
+// programmatic dependents, as optc launches them). Prints microseconds a
+// launch and the weight bandwidth, and each variant's largest difference
+// from cuBLASLt relative to the output's largest magnitude. On the GPU machine:
+//   nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/skinny_bench kernels/bench/skinny_bench.cu -lcublasLt
+//   /tmp/skinny_bench [ROWS...]
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <cuda_runtime.h>
+#include <cublasLt.h>
+
+#include "common.cuh"
+#include "gemv.cu"
+#include "bench.cuh"
+
+OPTC_SKINNY_ALL(bf16, bf16)
+
+#define CL(x)                                                                          \
+    do {                                                                               \
+        cublasStatus_t st = (x);                                                       \
+        if (st != CUBLAS_STATUS_SUCCESS) {                                             \
+            fprintf(stderr, "%s:%d %s: cublas status %d\n", __FILE__, __LINE__, #x, (int)st); \
+            exit(1);                                                                   \
+        }                                                                              \
+    } while (0)
+
+// The skinny GEMM generalised: WARPS warps of 16 weight rows each (the
+// block streams 16 * WARPS rows), STAGES cp.async stages, and with EARLY the
+// first STAGES - 1 weight tiles requested before the PDL wait (weights are
+// no kernel's output), x's after it.
+template <typename T, int MT, int WARPS, int STAGES, bool EARLY>
+__device__ void skinny2_impl(const T* x, const T* w, T* y, float* part, int* counters, int n, int k, int m) {
+    constexpr int RS = SKINNY_RS, WROWS = 16 * WARPS, XROWS = 8 * MT, BK = SKINNY_BK;
+    constexpr int STAGE = (WROWS + XROWS) * RS;
+    extern __shared__ __align__(16) unsigned char skinny_smem[];
+    T* smem = reinterpret_cast<T*>(skinny_smem);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n0 = blockIdx.x * WROWS, z = blockIdx.y, nsplit = gridDim.y;
+    const int ktiles = (k + BK - 1) / BK;
+    const int per = (ktiles + nsplit - 1) / nsplit;
+    const int kt0 = z * per, kt1 = min(ktiles, kt0 + per), nk = max(0, kt1 - kt0);
+    auto load_w = [&](int kt, int st) {
+        T* ws = smem + st * STAGE;
+        const int kb = kt * BK;
+        for (int i = threadIdx.x; i < WROWS * (BK / 8); i += blockDim.x) {
+            const int r = i / (BK / 8), c = (i % (BK / 8)) * 8, kk = kb + c;
+            const bool ok = n0 + r < n && kk < k;
+            cp_async16_or_zero(ws + r * RS + c, ok ? w + (i64)(n0 + r) * k + kk : w, ok);
+        }
+    };
+    auto load_x = [&](int kt, int st) {
+        T* xs = smem + st * STAGE + WROWS * RS;
+        const int kb = kt * BK;
+        for (int i = threadIdx.x; i < XROWS * (BK / 8); i += blockDim.x) {
+            const int r = i / (BK / 8), c = (i % (BK / 8)) * 8, kk = kb + c;
+            const bool ok = r < m && kk < k;
+            cp_async16_or_zero(xs + r * RS + c, ok ? x + (i64)r * k + kk : x, ok);
+        }
+    };
+    if (EARLY) {
+        pdl_trigger();
+#pragma unroll
+        for (int s = 0; s < STAGES - 1; ++s)
+            if (s < nk) load_w(kt0 + s, s);
+        pdl_wait();
+#pragma unroll
+        for (int s = 0; s < STAGES - 1; ++s) {
+            if (s < nk) load_x(kt0 + s, s);
+            cp_async_commit();
+        }
+    } else {
+        pdl_start();
+#pragma unroll
+        for (int s = 0; s < STAGES - 1; ++s) {
+            if (s < nk) {
+                load_w(kt0 + s, s);
+                load_x(kt0 + s, s);
+            }
+            cp_async_commit();
+        }
+    }
+    float acc[MT][4];
+#pragma unroll
+    for (int j = 0; j < MT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    const int mblocks = (m + 7) / 8;
+    for (int i = 0; i < nk; ++i) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        if (i + STAGES - 1 < nk) {
+            load_w(kt0 + i + STAGES - 1, (i + STAGES - 1) % STAGES);
+            load_x(kt0 + i + STAGES - 1, (i + STAGES - 1) % STAGES);
+        }
+        cp_async_commit();
+        const T* ws = smem + (i % STAGES) * STAGE;
+        const T* xs = ws + WROWS * RS;
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ++ks) {
+            unsigned a[4];
+            ldsm_x4(a, ws + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * RS + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+            for (int j = 0; j < MT; j += 2) {
+                if (j * 8 >= m) break;
+                unsigned bb[4];
+                ldsm_x4(bb, xs + ((j + (lane >> 4)) * 8 + (lane & 7)) * RS + ks * 16 + ((lane >> 3) & 1) * 8);
+                mma16816((T*)nullptr, acc[j], a[0], a[1], a[2], a[3], bb[0], bb[1]);
+                if (j + 1 < mblocks) mma16816((T*)nullptr, acc[j + 1], a[0], a[1], a[2], a[3], bb[2], bb[3]);
+            }
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    constexpr int CS = WROWS + 4;
+    float* cs = reinterpret_cast<float*>(skinny_smem);
+    const int g = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int j = 0; j < MT; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int row = j * 8 + 2 * tq + (e & 1), col = warp * 16 + g + (e >> 1) * 8;
+            cs[row * CS + col] = acc[j][e];
+        }
+    }
+    __syncthreads();
+    const int cols = min(WROWS, n - n0);
+    if (nsplit == 1) {
+        for (int i = threadIdx.x; i < m * WROWS; i += blockDim.x) {
+            const int r = i / WROWS, c = i % WROWS;
+            if (c < cols) st(&y[(i64)r * n + n0 + c], cs[r * CS + c]);
+        }
+        return;
+    }
+    const i64 np = (i64)gridDim.x * WROWS;
+    for (int i = threadIdx.x; i < m * (WROWS / 4); i += blockDim.x) {
+        const int r = i / (WROWS / 4), c = (i % (WROWS / 4)) * 4;
+        const float* src = cs + r * CS + c;
+        __stcg(reinterpret_cast<float4*>(part + ((i64)z * m + r) * np + n0 + c),
+               make_float4(src[0], src[1], src[2], src[3]));
+    }
+    __threadfence();
+    __syncthreads();
+    __shared__ int last;
+    if (threadIdx.x == 0) {
+        int* ctr = counters + blockIdx.x;
+        const int done = atomicAdd(ctr, 1);
+        last = done == nsplit - 1;
+        if (last) *ctr = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < m * (WROWS / 4); i += blockDim.x) {
+        const int r = i / (WROWS / 4), c = (i % (WROWS / 4)) * 4;
+        if (c >= cols) continue;
+        const float4* p = reinterpret_cast<const float4*>(part + (i64)r * np + n0 + c);
+        const i64 zs = (i64)m * np / 4;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        int zz = 0;
+        for (; zz + 4 <= nsplit; zz += 4) {
+            float4 a[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) a[u] = __ldcg(p + (zz + u) * zs);
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                v.x += a[u].x;
+                v.y += a[u].y;
+                v.z += a[u].z;
+                v.w += a[u].w;
+            }
+        }
+        for (; zz < nsplit; ++zz) {
+            const float4 a = __ldcg(p + zz * zs);
+            v.x += a.x;
+            v.y += a.y;
+            v.z += a.z;
+            v.w += a.w;
+        }
+        const float vs[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            if (c + e < cols) st(&y[(i64)r * n + n0 + c + e], vs[e]);
+    }
+}
+
+template <int MT, int WARPS, int STAGES, bool EARLY>
+__global__ void __launch_bounds__(WARPS * 32)
+    skinny2(const bf16* x, const bf16* w, bf16* y, float* part, int* counters, int n, int k, int m) {
+    skinny2_impl<bf16, MT, WARPS, STAGES, EARLY>(x, w, y, part, counters, n, k, m);
+}
+
+struct Args {
+    const bf16* x;
+    const bf16* w;
+    bf16* y;
+    float* part;
+    int* counters;
+    int n, k, m;
+};
+
+static int g_sms = 132;
+
+// The host's split rule (launch.rs): narrow outputs split k until the grid
+// fills the GPU twice, keeping at least four 64-wide k tiles a block.
+static int host_split(int tiles, int k) {
+    const int ktiles = (k + 63) / 64;
+    if (tiles >= g_sms) return 1;
+    return std::max(1, std::min((2 * g_sms + tiles - 1) / tiles, ktiles / 4));
+}
+
+template <int MT, int WARPS, int STAGES, bool EARLY>
+void launch2(cudaStream_t s, const Args& a, int split) {
+    constexpr int WROWS = 16 * WARPS;
+    const int tiles = (a.n + WROWS - 1) / WROWS;
+    const int ns = split > 0 ? split : host_split(tiles, a.k);
+    const int smem = std::max(STAGES * (WROWS + 8 * MT) * SKINNY_RS * 2, 8 * MT * (WROWS + 4) * 4);
+    static bool attr = false;
+    if (!attr) {
+        CK(cudaFuncSetAttribute(skinny2<MT, WARPS, STAGES, EARLY>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                200 << 10));
+        attr = true;
+    }
+    cudaLaunchConfig_t c = {};
+    c.gridDim = dim3(tiles, ns);
+    c.blockDim = dim3(WARPS * 32);
+    c.dynamicSmemBytes = smem;
+    c.stream = s;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    c.attrs = at;
+    c.numAttrs = 1;
+    CK(cudaLaunchKernelEx(&c, skinny2<MT, WARPS, STAGES, EARLY>, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
+}
+
+// gemv.cu's own skinny kernel, as launch.rs launches it.
+void launch_main(cudaStream_t s, const Args& a, int split) {
+    const int tiles = (a.n + 63) / 64;
+    const int ns = split > 0 ? split : host_split(tiles, a.k);
+    int rows = a.m <= 32 ? 32 : a.m <= 64 ? 64 : 128;
+    auto f = rows == 32 ? skinny_bf16_m32 : rows == 64 ? skinny_bf16_m64 : skinny_bf16_m128;
+    const int smem = 4 * (64 + rows) * 72 * 2;
+    CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 << 10));
+    cudaLaunchConfig_t c = {};
+    c.gridDim = dim3(tiles, ns);
+    c.blockDim = dim3(128);
+    c.dynamicSmemBytes = smem;
+    c.stream = s;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    c.attrs = at;
+    c.numAttrs = 1;
+    CK(cudaLaunchKernelEx(&c, f, a.x, a.w, (const bf16*)nullptr, a.y, a.part, a.counters, a.n, a.k, a.m));
+}
+
+typedef void (*Launch)(cudaStream_t, const Args&, int);
+
+struct Lt {
+    cublasLtHandle_t h;
+    void* ws;
+    size_t ws_bytes = 32 << 20;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+    // y[m, n] = x[m, k] w[n, k]^T as column-major C[n, m] = A^T B with A = w
+    // (k x n, ld k), B = x (k x m, ld k), as gemm.rs sets it up.
+    void setup(int n, int k, int m) {
+        CL(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
+        CL(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
+        CL(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof(nn)));
+        CL(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, k, n, k));
+        CL(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, m, k));
+        CL(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, n, m, n));
+        cublasLtMatmulPreference_t pref;
+        CL(cublasLtMatmulPreferenceCreate(&pref));
+        CL(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
+                                                sizeof(ws_bytes)));
+        cublasLtMatmulHeuristicResult_t r;
+        int got = 0;
+        CL(cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, lc, lc, pref, 1, &r, &got));
+        if (!got) {
+            fprintf(stderr, "no cuBLASLt algorithm\n");
+            exit(1);
+        }
+        algo = r.algo;
+        cublasLtMatmulPreferenceDestroy(pref);
+    }
+    void run(cudaStream_t s, const Args& a) {
+        float one = 1.f, zero = 0.f;
+        CL(cublasLtMatmul(h, op, &one, a.w, la, a.x, lb, &zero, a.y, lc, a.y, lc, &algo, ws, ws_bytes, s));
+    }
+    void teardown() {
+        cublasLtMatrixLayoutDestroy(la);
+        cublasLtMatrixLayoutDestroy(lb);
+        cublasLtMatrixLayoutDestroy(lc);
+        cublasLtMatmulDescDestroy(op);
+    }
+};
+
+static float time_graph(cudaStream_t s, const std::function<void()>& body, int reps) {
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    body();
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge, s));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<float> ts;
+    for (int i = 0; i < reps; ++i) {
+        CK(cudaEventRecord(e0, s));
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        ts.push_back(ms);
+    }
+    std::sort(ts.begin(), ts.end());
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    return ts[ts.size() / 2];
+}
+
+static float max_rel_diff(const bf16* a, const bf16* b, size_t n) {
+    std::vector<bf16> ha(n), hb(n);
+    CK(cudaMemcpy(ha.data(), a, n * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(hb.data(), b, n * 2, cudaMemcpyDeviceToHost));
+    float big = 0.f, diff = 0.f;
+    for (size_t i = 0; i < n; ++i) {
+        const float x = __bfloat162float(ha[i]), y = __bfloat162float(hb[i]);
+        big = std::max(big, std::fabs(y));
+        diff = std::max(diff, std::fabs(x - y));
+    }
+    return big > 0.f ? diff / big : diff;
+}
+
+struct Variant {
+    const char* name;
+    Launch f;
+    int split;  // 0: the host's rule
+};
+
+int main(int argc, char** argv) {
+    std::vector<int> rows_list;
+    for (int i = 1; i < argc; ++i) rows_list.push_back(atoi(argv[i]));
+    if (rows_list.empty()) rows_list = {32, 128};
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    g_sms = prop.multiProcessorCount;
+    printf("%s, %d SMs\n", prop.name, g_sms);
+    constexpr int LAYERS = 16;
+    struct Shape {
+        const char* name;
+        int n, k;
+    } shapes[] = {{"qkv", 3072, 2048}, {"o", 2048, 2048}, {"gate/up", 16384, 2048}, {"down", 2048, 8192}};
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    Lt lt;
+    CL(cublasLtCreate(&lt.h));
+    CK(cudaMalloc(&lt.ws, lt.ws_bytes));
+    float* part;
+    CK(cudaMalloc(&part, 64 << 20));
+    int* counters;
+    CK(cudaMalloc(&counters, 1 << 16));
+    CK(cudaMemset(counters, 0, 1 << 16));
+    for (int m : rows_list) {
+        std::vector<Variant> vs;
+        if (m <= 32) {
+            vs = {{"skinny (main)", launch_main, 0},
+                  {"main split 1", launch_main, 1},
+                  {"main split 2", launch_main, 2},
+                  {"main split 4", launch_main, 4},
+                  {"w4 s4", launch2<4, 4, 4, false>, 0},
+                  {"w4 s4 early", launch2<4, 4, 4, true>, 0},
+                  {"w4 s6 early", launch2<4, 4, 6, true>, 0},
+                  {"w4 s8 early", launch2<4, 4, 8, true>, 0},
+                  {"w8 s4 early", launch2<4, 8, 4, true>, 0},
+                  {"w8 s6 early", launch2<4, 8, 6, true>, 0},
+                  {"w8 s6 early split 1", launch2<4, 8, 6, true>, 1},
+                  {"w8 s6 early split 2", launch2<4, 8, 6, true>, 2},
+                  {"w8 s6 early split 4", launch2<4, 8, 6, true>, 4}};
+        } else {
+            vs = {{"skinny (main)", launch_main, 0},
+                  {"w4 s4 early", launch2<16, 4, 4, true>, 0},
+                  {"w8 s3 early", launch2<16, 8, 3, true>, 0},
+                  {"w8 s4 early", launch2<16, 8, 4, true>, 0},
+                  {"w8 s4 early split 1", launch2<16, 8, 4, true>, 1},
+                  {"w8 s4 early split 2", launch2<16, 8, 4, true>, 2}};
+        }
+        for (auto& sh : shapes) {
+            const size_t wn = (size_t)sh.n * sh.k;
+            std::vector<bf16*> w(LAYERS);
+            for (auto& p : w) {
+                CK(cudaMalloc(&p, wn * 2));
+                fill_random<<<1024, 256>>>(p, wn, (unsigned)(size_t)p, 0.05f);
+            }
+            bf16 *x, *y, *yref;
+            CK(cudaMalloc(&x, (size_t)m * sh.k * 2));
+            CK(cudaMalloc(&y, (size_t)m * sh.n * 2));
+            CK(cudaMalloc(&yref, (size_t)m * sh.n * 2));
+            fill_random<<<256, 256>>>(x, (size_t)m * sh.k, 7u, 1.f);
+            CK(cudaDeviceSynchronize());
+            lt.setup(sh.n, sh.k, m);
+            const double gb = (double)wn * 2 * 1e-9;
+            auto args = [&](int l, bf16* out) { return Args{x, w[l], out, part, counters, sh.n, sh.k, m}; };
+            const float tl = time_graph(s, [&] { for (int l = 0; l < LAYERS; ++l) lt.run(s, args(l, yref)); }, 50);
+            printf("rows %3d %-8s n %5d k %5d  %-24s %7.2f us  %5.2f TB/s\n", m, sh.name, sh.n, sh.k,
+                   "cuBLASLt (heuristic)", tl * 1e3 / LAYERS, gb / (tl * 1e-3 / LAYERS) * 1e-3);
+            for (auto& v : vs) {
+                const float t =
+                    time_graph(s, [&] { for (int l = 0; l < LAYERS; ++l) v.f(s, args(l, y), v.split); }, 50);
+                CK(cudaStreamSynchronize(s));
+                printf("rows %3d %-8s n %5d k %5d  %-24s %7.2f us  %5.2f TB/s  diff %.1e\n", m, sh.name, sh.n,
+                       sh.k, v.name, t * 1e3 / LAYERS, gb / (t * 1e-3 / LAYERS) * 1e-3,
+                       max_rel_diff(y, yref, (size_t)m * sh.n));
+            }
+            lt.teardown();
+            for (auto p : w) CK(cudaFree(p));
+            CK(cudaFree(x));
+            CK(cudaFree(y));
+            CK(cudaFree(yref));
+        }
+    }
+    return 0;
+}
