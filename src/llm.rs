@@ -32,6 +32,10 @@ pub enum LlmError {
     Exec(String),
     #[error("{0}")]
     Tokenizer(String),
+    /// `generate` was called while requests added through `LLM::engine`
+    /// were unfinished.
+    #[error("{0} request(s) added through engine() are unfinished; step or abort them before generate")]
+    Busy(usize),
 }
 
 /// Runs steps on the reference interpreter, without a KV cache: each
@@ -343,20 +347,47 @@ impl LLM {
 
     /// Generates for every prompt (batched by the scheduler); calls
     /// `on_text(index, piece)` as text becomes available (streaming).
+    /// Refuses to start while requests added through [`LLM::engine`] are
+    /// unfinished (their events would be consumed here and lost); when it
+    /// fails part way (a prompt the scheduler refuses, an executor or
+    /// tokenizer error) it aborts the requests it added, so the engine is
+    /// left as it found it.
     pub fn generate_stream(
         &mut self,
         prompts: &[Prompt],
         params: &SamplingParams,
         mut on_text: impl FnMut(usize, &str),
     ) -> Result<Vec<Output>, LlmError> {
-        let mut index: HashMap<SeqId, usize> = HashMap::new();
-        let mut detok: HashMap<SeqId, Detokenizer> = HashMap::new();
-        let mut outputs: Vec<Option<Output>> = vec![None; prompts.len()];
+        let busy = self.engine.scheduler().num_unfinished();
+        if busy > 0 {
+            return Err(LlmError::Busy(busy));
+        }
         let mut ids = Vec::new();
         for p in prompts {
             ids.push(self.ids(p)?);
         }
-        for (i, prompt) in ids.into_iter().enumerate() {
+        let mut index: HashMap<SeqId, usize> = HashMap::new();
+        let run = self.run_requests(ids, params, &mut index, &mut on_text);
+        if run.is_err() {
+            for seq in index.keys() {
+                self.engine.abort(*seq);
+            }
+        }
+        run
+    }
+
+    /// Queues `prompts` (recording each request's place in `index`) and
+    /// steps the engine until all of them finish.
+    fn run_requests(
+        &mut self,
+        prompts: Vec<Vec<u32>>,
+        params: &SamplingParams,
+        index: &mut HashMap<SeqId, usize>,
+        on_text: &mut impl FnMut(usize, &str),
+    ) -> Result<Vec<Output>, LlmError> {
+        let mut detok: HashMap<SeqId, Detokenizer> = HashMap::new();
+        let mut outputs: Vec<Option<Output>> = vec![None; prompts.len()];
+        for (i, prompt) in prompts.into_iter().enumerate() {
             let seq = self.engine.add(prompt.clone(), params.clone())?;
             index.insert(seq, i);
             detok.insert(seq, Detokenizer::new(&prompt, params.stop.clone()));
@@ -367,26 +398,38 @@ impl LLM {
             for e in events {
                 match e {
                     Event::Token { seq, sample } => {
-                        if let (Some(tok), Some(d)) = (&self.tokenizer, detok.get_mut(&seq)) {
-                            let delta = d
-                                .push(&TokenizerDecoder(tok), sample.token)
-                                .map_err(LlmError::Tokenizer)?;
-                            on_text(index[&seq], &delta.text);
-                            if delta.stopped {
-                                let out = self.engine.abort(seq).unwrap_or_default();
-                                finished.insert(seq, (out, FinishReason::Stop));
-                            }
+                        // A step can return two tokens of one request (the
+                        // asynchronous engine's fallback): those after a stop
+                        // string ended it are not part of its output.
+                        if finished.contains_key(&seq) {
+                            continue;
+                        }
+                        let (Some(&i), Some(tok), Some(d)) =
+                            (index.get(&seq), &self.tokenizer, detok.get_mut(&seq))
+                        else {
+                            continue;
+                        };
+                        let delta = d
+                            .push(&TokenizerDecoder(tok), sample.token)
+                            .map_err(LlmError::Tokenizer)?;
+                        on_text(i, &delta.text);
+                        if delta.stopped {
+                            let out = self.engine.abort(seq).unwrap_or_default();
+                            finished.insert(seq, (out, FinishReason::Stop));
                         }
                     }
                     Event::Finished { seq, output, reason } => {
-                        finished.entry(seq).or_insert((output, reason));
+                        if index.contains_key(&seq) {
+                            finished.entry(seq).or_insert((output, reason));
+                        }
                     }
                 }
             }
         }
         for (seq, (token_ids, reason)) in finished {
-            let i = index[&seq];
-            let d = detok.get_mut(&seq).expect("one per request");
+            let (Some(&i), Some(d)) = (index.get(&seq), detok.get_mut(&seq)) else {
+                continue;
+            };
             let rest = d.finish();
             on_text(i, &rest.text);
             outputs[i] = Some(Output {
@@ -395,10 +438,11 @@ impl LLM {
                 finish_reason: reason,
             });
         }
-        Ok(outputs
+        outputs
             .into_iter()
-            .map(|o| o.expect("every request finishes"))
-            .collect())
+            .enumerate()
+            .map(|(i, o)| o.ok_or_else(|| LlmError::Exec(format!("request {i} ended without an output"))))
+            .collect()
     }
 
     /// Renders a conversation with the model's chat template (as

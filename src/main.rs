@@ -264,6 +264,20 @@ fn load_graph(path: &Path) -> Result<Graph> {
     Ok(g)
 }
 
+/// A weight's element count, or an error naming it when its dims are
+/// negative or their product overflows (a hand-made file can say anything).
+fn weight_elements(g: &optc::ir::Graph, w: optc::ir::NodeId) -> Result<u64> {
+    let Some(dims) = g.node(w).outputs[0].shape.as_consts() else {
+        return Ok(0);
+    };
+    dims.iter()
+        .try_fold(1u64, |n, &d| u64::try_from(d).ok().and_then(|d| n.checked_mul(d)))
+        .ok_or_else(|| {
+            let name = g.node_name(w).unwrap_or("?");
+            anyhow::anyhow!("weight {name}: dims {dims:?} are negative or too large")
+        })
+}
+
 fn inspect(path: &Path, print_ir: bool) -> Result<()> {
     if path.is_dir() || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         return inspect_model(path, print_ir);
@@ -325,11 +339,11 @@ fn inspect(path: &Path, print_ir: bool) -> Result<()> {
     );
     let mut params: BTreeMap<String, u64> = BTreeMap::new();
     for &w in g.weights() {
-        let ty = &g.node(w).outputs[0];
-        let n: i64 = ty.shape.as_consts().map_or(0, |d| d.iter().product());
-        *params.entry(ty.dtype.to_string()).or_insert(0) += n as u64;
+        let n = weight_elements(&g, w)?;
+        let e = params.entry(g.node(w).outputs[0].dtype.to_string()).or_insert(0);
+        *e = e.saturating_add(n);
     }
-    let total: u64 = params.values().sum();
+    let total: u64 = params.values().fold(0, |a, &n| a.saturating_add(n));
     let by_dtype: Vec<String> = params.iter().map(|(d, n)| format!("{d} {n}")).collect();
     println!(
         "weights  {} tensors, {total} parameters ({})",
@@ -384,10 +398,11 @@ fn inspect_model(dir: &Path, print_ir: bool) -> Result<()> {
     let mut by_dtype: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for &w in m.graph.weights() {
         let ty = &m.graph.node(w).outputs[0];
-        let n: i64 = ty.shape.as_consts().map_or(0, |d| d.iter().product());
+        let n = weight_elements(&m.graph, w)?;
+        let bytes = n.saturating_mul(ty.dtype.bits() as u64).div_ceil(8);
         let e = by_dtype.entry(ty.dtype.to_string()).or_insert((0, 0));
-        e.0 += n as u64;
-        e.1 += ty.dtype.storage_bytes(n as usize) as u64;
+        e.0 = e.0.saturating_add(n);
+        e.1 = e.1.saturating_add(bytes);
     }
     let total: u64 = by_dtype.values().map(|(n, _)| n).sum();
     let bytes: u64 = by_dtype.values().map(|(_, b)| b).sum();

@@ -114,6 +114,13 @@ fn user_errors_are_reported_not_panicked() {
         &optc(&["inspect", &p(&dir, "ill.ir")]),
         "invalid graph: %0 = neg declares f32[3] but its operands give f32[2]",
     );
+    // A weight whose element count overflows (a hand-made file).
+    std::fs::write(
+        dir.join("huge.ir"),
+        "graph g(%x: f32[2]) -> (%y: f32[2]) {\n  weight @w: f32[4294967296, 4294967296, 4294967296] = \"w\"\n  %0: f32[2] = neg(%x)\n  return %0\n}",
+    )
+    .unwrap();
+    assert_user_error(&optc(&["inspect", &p(&dir, "huge.ir")]), "weight w: dims");
     let m = p(&dir, "m.ir");
     let w = p(&dir, "w.safetensors");
     assert_user_error(&optc(&["eval", &m, "--weights", &w]), "missing input %ids");

@@ -148,6 +148,40 @@ fn stop_strings_and_bad_requests() {
         .generate(&[Prompt::Text("The robot".into())], &SamplingParams::greedy(12))
         .unwrap();
     assert_eq!(again[0].text, text);
+    // A batch whose second prompt is refused after the first was queued:
+    // the first is aborted with it, and the next call is not handed its
+    // tokens (it used to find a request it did not add, and panic).
+    let mixed = [Prompt::Text("The robot".into()), Prompt::Ids(vec![1, 9999])];
+    let err = llm.generate(&mixed, &SamplingParams::greedy(12)).unwrap_err();
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+    assert_eq!(llm.engine().scheduler().num_unfinished(), 0);
+    let after = llm
+        .generate(&[Prompt::Text("The robot".into())], &SamplingParams::greedy(12))
+        .unwrap();
+    assert_eq!(after[0].text, text);
+    // Requests added through engine() and still running: generate refuses
+    // rather than consume their events; once they finish it serves again.
+    let own = llm
+        .engine()
+        .add(vec![1, 2, 3], SamplingParams::greedy(4))
+        .unwrap();
+    let busy = llm
+        .generate(&[Prompt::Text("The robot".into())], &SamplingParams::greedy(12))
+        .unwrap_err();
+    assert!(
+        busy.to_string().contains("1 request(s) added through engine()"),
+        "{busy}"
+    );
+    let mut done = false;
+    while !done {
+        for e in llm.engine().step().unwrap() {
+            done |= matches!(e, Event::Finished { seq, .. } if seq == own);
+        }
+    }
+    let last = llm
+        .generate(&[Prompt::Text("The robot".into())], &SamplingParams::greedy(12))
+        .unwrap();
+    assert_eq!(last[0].text, text);
 }
 
 /// A second request sharing a 3-block prefix with a finished one finds those

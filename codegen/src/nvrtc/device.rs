@@ -143,7 +143,8 @@ impl Gpu {
             decode_chunks: std::env::var("OPTC_DECODE_CHUNKS")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .filter(|&n| n > 0)
+                // Past 1,024 chunks (32K keys) a warp nothing splits anyway.
+                .filter(|&n| (1..=1024).contains(&n))
                 .unwrap_or(DECODE_CHUNKS_PER_WARP),
             decode_warps: std::env::var("OPTC_DECODE_WARPS")
                 .ok()
