@@ -240,7 +240,7 @@ void launch2(cudaStream_t s, const Args& a, int split) {
     CK(cudaLaunchKernelEx(&c, skinny2<MT, WARPS, STAGES, EARLY>, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
 }
 
-// gemv.cu's own skinny kernel, as launch.rs launches it.
+// gemv.cu's own skinny kernel (w4 s4 early), as launch.rs launches it.
 void launch_main(cudaStream_t s, const Args& a, int split) {
     const int tiles = (a.n + 63) / 64;
     const int ns = split > 0 ? split : host_split(tiles, a.k);
@@ -382,7 +382,7 @@ int main(int argc, char** argv) {
                   {"main split 1", launch_main, 1},
                   {"main split 2", launch_main, 2},
                   {"main split 4", launch_main, 4},
-                  {"w4 s4", launch2<4, 4, 4, false>, 0},
+                  {"w4 s4 (waits first)", launch2<4, 4, 4, false>, 0},
                   {"w4 s4 early", launch2<4, 4, 4, true>, 0},
                   {"w4 s6 early", launch2<4, 4, 6, true>, 0},
                   {"w4 s8 early", launch2<4, 4, 8, true>, 0},

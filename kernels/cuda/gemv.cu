@@ -761,7 +761,9 @@ static_assert(GemvRingPlain::WARPS * 32 == 256 && GemvRingGlu::WARPS * 32 == 128
 // block of a slab to finish (counted in `counters`, reset to 0) adds them
 // in a fixed order, so the sum does not depend on timing; one rounding at
 // the store. Needs k % 8 == 0 and 16-byte-aligned operands (the host
-// checks); MT n8 column blocks cover up to 8 * MT rows of x.
+// checks); MT n8 column blocks cover up to 8 * MT rows of x. The first
+// stages' weights are requested before the PDL wait (cuBLASLt's kernels
+// cannot start before the kernel ahead ends).
 constexpr int SKINNY_BN = 64, SKINNY_BK = 64, SKINNY_STAGES = 4, SKINNY_RS = SKINNY_BK + 8;
 
 template <typename T, int MT>
@@ -777,26 +779,36 @@ __device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float
     const int per = (ktiles + nsplit - 1) / nsplit;
     const int kt0 = z * per, kt1 = min(ktiles, kt0 + per), nk = max(0, kt1 - kt0);
 
-    // Starts the copies of k tile kt (weights, then x) into stage st.
-    auto load = [&](int kt, int st) {
+    // Start the copies of k tile kt's weights, and of its x, into stage st.
+    auto load_w = [&](int kt, int st) {
         T* ws = smem + st * STAGE;
-        T* xs = ws + WROWS * RS;
         const int kb = kt * SKINNY_BK;
-        for (int i = threadIdx.x; i < (WROWS + XROWS) * (SKINNY_BK / 8); i += blockDim.x) {
+        for (int i = threadIdx.x; i < WROWS * (SKINNY_BK / 8); i += blockDim.x) {
             const int r = i / (SKINNY_BK / 8), c = (i % (SKINNY_BK / 8)) * 8, kk = kb + c;
-            if (r < WROWS) {
-                const bool ok = n0 + r < n && kk < k;
-                cp_async16_or_zero(ws + r * RS + c, ok ? w + (i64)(n0 + r) * k + kk : w, ok);
-            } else {
-                const int rx = r - WROWS;
-                const bool ok = rx < m && kk < k;
-                cp_async16_or_zero(xs + rx * RS + c, ok ? x + (i64)rx * k + kk : x, ok);
-            }
+            const bool ok = n0 + r < n && kk < k;
+            cp_async16_or_zero(ws + r * RS + c, ok ? w + (i64)(n0 + r) * k + kk : w, ok);
         }
     };
+    auto load_x = [&](int kt, int st) {
+        T* xs = smem + st * STAGE + WROWS * RS;
+        const int kb = kt * SKINNY_BK;
+        for (int i = threadIdx.x; i < XROWS * (SKINNY_BK / 8); i += blockDim.x) {
+            const int r = i / (SKINNY_BK / 8), c = (i % (SKINNY_BK / 8)) * 8, kk = kb + c;
+            const bool ok = r < m && kk < k;
+            cp_async16_or_zero(xs + r * RS + c, ok ? x + (i64)r * k + kk : x, ok);
+        }
+    };
+    // The first stages' weights (no kernel of the run writes them) are
+    // asked for while the kernel ahead finishes; x only after the wait.
+    // The first commit group holds those weights and x's first tile.
+    pdl_trigger();
+#pragma unroll
+    for (int s = 0; s < SKINNY_STAGES - 1; ++s)
+        if (s < nk) load_w(kt0 + s, s);
+    pdl_wait();
 #pragma unroll
     for (int s = 0; s < SKINNY_STAGES - 1; ++s) {
-        if (s < nk) load(kt0 + s, s);
+        if (s < nk) load_x(kt0 + s, s);
         cp_async_commit();
     }
     float acc[MT][4];
@@ -806,7 +818,10 @@ __device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float
     for (int i = 0; i < nk; ++i) {
         cp_async_wait<SKINNY_STAGES - 2>();
         __syncthreads();
-        if (i + SKINNY_STAGES - 1 < nk) load(kt0 + i + SKINNY_STAGES - 1, (i + SKINNY_STAGES - 1) % SKINNY_STAGES);
+        if (i + SKINNY_STAGES - 1 < nk) {
+            load_w(kt0 + i + SKINNY_STAGES - 1, (i + SKINNY_STAGES - 1) % SKINNY_STAGES);
+            load_x(kt0 + i + SKINNY_STAGES - 1, (i + SKINNY_STAGES - 1) % SKINNY_STAGES);
+        }
         cp_async_commit();
         const T* ws = smem + (i % SKINNY_STAGES) * STAGE;
         const T* xs = ws + WROWS * RS;
@@ -906,7 +921,6 @@ __device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float
     extern "C" __global__ void __launch_bounds__(128)                                                      \
         skinny_##N##_##NAME(const T* x, const T* w, const T* b, T* y, float* part, int* counters, int n,   \
                             int k, int m) {                                                                \
-        pdl_start();                                                                                       \
         skinny_gemm_impl<T, MT>(x, w, b, y, part, counters, n, k, m);                                      \
     }
 // The row variants (`SKINNY_VARIANTS` on the host), instantiated with the

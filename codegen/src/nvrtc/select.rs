@@ -476,9 +476,10 @@ mod tests {
     /// entries before its own `pdl_wait()`.
     #[test]
     fn entry_points_wait_before_they_work() {
-        const WAIT_INSIDE: [&str; 4] = [
+        const WAIT_INSIDE: [&str; 5] = [
             "gemv_impl<",
             "gemv_ring_impl<",
+            "skinny_gemm_impl<",
             "paged_decode_impl<",
             "mega_decode_impl<",
         ];
@@ -531,7 +532,7 @@ mod tests {
             .iter()
             .find(|f| f.0 == "gemv.cu")
             .map_or("", |f| f.1);
-        for f in ["void gemv_impl(", "void gemv_ring_impl("] {
+        for f in ["void gemv_impl(", "void gemv_ring_impl(", "void skinny_gemm_impl("] {
             let at = gemv.find(f).unwrap_or_else(|| panic!("{f}"));
             assert!(gemv[at..].contains("pdl_wait();"), "{f}");
         }
