@@ -54,13 +54,19 @@ def main():
     copy_tbps = ceilings.get("copy_TBps_rw")
     floor_ms = weight_bytes / (copy_tbps * 1e12) * 1e3 if weight_bytes and copy_tbps else None
 
-    print("| workload | optc tok/s | transformers tok/s | ratio | TTFT p50 optc / transformers |")
+    print("| workload | optc tok/s | transformers tok/s | ratio | TTFT optc p50 (p99) / transformers |")
     print("|---|---|---|---|---|")
     verdicts = []
     for w in sorted(set(runs) | set(static)):
-        ours, theirs = runs.get(w, []), static.get(w)
+        ours = runs.get(w, [])
+        # A workload the harness skipped, or one cut off after its warm-up,
+        # has a record without throughput.
+        theirs = static.get(w) if "out_tok_per_s" in static.get(w, {}) else None
         toks = [r["output_tok_s"] for r in ours]
         ttfts = [r["ttft_ms_p50"] for r in ours]
+        # The harness's TTFT ends when the whole batch has its first token:
+        # optc's nearest figure is the last requests' (p99).
+        last_ttfts = [r["ttft_ms_p99"] for r in ours]
         mine = ", ".join(f"{t:,.1f}" for t in toks) or "—"
         if theirs and toks:
             ratio = span([t / theirs["out_tok_per_s"] for t in toks], "{:.2f}×")
@@ -68,7 +74,7 @@ def main():
             peer_ttft = f"{theirs['ttft_ms']:.1f} ms"
         else:
             ratio, peer_tok, peer_ttft = "—", "—", "—"
-        ttft = span(ttfts, "{:.1f} ms") if ttfts else "—"
+        ttft = f"{span(ttfts, '{:.1f}')} ({span(last_ttfts, '{:.1f}')}) ms" if ttfts else "—"
         print(f"| {w} | {mine} | {peer_tok} | {ratio} | {ttft} / {peer_ttft} |")
         if not (theirs and toks):
             continue
@@ -77,9 +83,10 @@ def main():
             ok = worst >= THROUGHPUT_RATIO
             verdicts.append(f"{w} ≥ {THROUGHPUT_RATIO}× transformers: {'met' if ok else 'missed'} ({worst:.2f}× at worst)")
         if w == "W3":
-            ok = max(ttfts) < theirs["ttft_ms"]
+            ok = max(last_ttfts) < theirs["ttft_ms"]
             verdicts.append(
-                f"W3 TTFT below transformers': {'met' if ok else 'missed'} ({max(ttfts):.1f} against {theirs['ttft_ms']:.1f} ms)"
+                f"W3 TTFT below transformers': {'met' if ok else 'missed'} "
+                f"(p99 {max(last_ttfts):.1f} against {theirs['ttft_ms']:.1f} ms)"
             )
     if floor_ms and runs.get("W1"):
         steps = [harness_decode_ms(r) for r in runs["W1"]]

@@ -404,8 +404,8 @@ fn inspect_model(dir: &Path, print_ir: bool) -> Result<()> {
         e.0 = e.0.saturating_add(n);
         e.1 = e.1.saturating_add(bytes);
     }
-    let total: u64 = by_dtype.values().map(|(n, _)| n).sum();
-    let bytes: u64 = by_dtype.values().map(|(_, b)| b).sum();
+    let total: u64 = by_dtype.values().fold(0, |a, (n, _)| a.saturating_add(*n));
+    let bytes: u64 = by_dtype.values().fold(0, |a, (_, b)| a.saturating_add(*b));
     let parts: Vec<String> = by_dtype.iter().map(|(d, (n, _))| format!("{d} {n}")).collect();
     println!("params   {total} ({})", parts.join(", "));
     println!("memory   {:.2} MiB of weights", bytes as f64 / (1024.0 * 1024.0));

@@ -2,8 +2,11 @@
 // with the failing call and CUDA's message, and a deterministic fill of
 // bf16 buffers with hashed values in [-scale, scale).
 #pragma once
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
+#include <vector>
 #include <cuda_runtime.h>
 
 #define CK(x)                                                                                      \
@@ -24,3 +27,55 @@ __global__ void fill_random(bf16* p, size_t n, unsigned seed, float scale) {
         p[i] = __float2bfloat16((float)(h & 0xffff) / 32768.f * scale - scale);
     }
 }
+
+// Captures what `body` launches on `s` into a CUDA graph and returns the
+// median of `reps` replays in ms (after three untimed ones), each between
+// its own two events.
+static float time_graph(cudaStream_t s, const std::function<void()>& body, int reps) {
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    body();
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge, s));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<float> ts;
+    for (int i = 0; i < reps; ++i) {
+        CK(cudaEventRecord(e0, s));
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        ts.push_back(ms);
+    }
+    std::sort(ts.begin(), ts.end());
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    return ts[ts.size() / 2];
+}
+
+// A launch on `s` as optc launches its kernels: with programmatic stream
+// serialization (PDL: the kernel may start while the one ahead ends) when
+// `pdl`. Use it in place (its config points at its own attribute).
+struct PdlLaunch {
+    cudaLaunchConfig_t c = {};
+    cudaLaunchAttribute at[1];
+    PdlLaunch(dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl = true) {
+        c.gridDim = grid;
+        c.blockDim = block;
+        c.dynamicSmemBytes = smem;
+        c.stream = s;
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        c.attrs = at;
+        c.numAttrs = pdl ? 1 : 0;
+    }
+    PdlLaunch(const PdlLaunch&) = delete;
+    PdlLaunch& operator=(const PdlLaunch&) = delete;
+};

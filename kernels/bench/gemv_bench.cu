@@ -51,17 +51,8 @@ template <typename Geo, bool NORM, bool GLU> void launch(cudaStream_t s, const A
         CK(cudaFuncSetAttribute(bench_gemv<Geo, NORM, GLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
         attr = true;
     }
-    cudaLaunchConfig_t c = {};
-    c.gridDim = dim3(blocks);
-    c.blockDim = dim3(Geo::WARPS * 32);
-    c.dynamicSmemBytes = smem;
-    c.stream = s;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    c.attrs = at;
-    c.numAttrs = g_pdl ? 1 : 0;
-    CK(cudaLaunchKernelEx(&c, bench_gemv<Geo, NORM, GLU>, g.a, g.r, g.nw, g.sum, g.w, g.y, g.n, g.k));
+    PdlLaunch l(dim3(blocks), dim3(Geo::WARPS * 32), smem, s, g_pdl);
+    CK(cudaLaunchKernelEx(&l.c, bench_gemv<Geo, NORM, GLU>, g.a, g.r, g.nw, g.sum, g.w, g.y, g.n, g.k));
 }
 
 struct Variant {
@@ -86,33 +77,6 @@ struct Kind {
     int n, k;
     std::vector<Variant> variants;
 };
-
-static float time_graph(cudaStream_t s, const std::vector<std::pair<Launch, Args>>& seq, int reps) {
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    for (auto& [f, a] : seq) f(s, a);
-    CK(cudaStreamEndCapture(s, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge, s));
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    std::vector<float> ts;
-    for (int i = 0; i < reps; ++i) {
-        CK(cudaEventRecord(e0, s));
-        CK(cudaGraphLaunch(ge, s));
-        CK(cudaEventRecord(e1, s));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        ts.push_back(ms);
-    }
-    std::sort(ts.begin(), ts.end());
-    CK(cudaGraphExecDestroy(ge));
-    CK(cudaGraphDestroy(g));
-    return ts[ts.size() / 2];
-}
 
 int main() {
     const int L = 16, D = 2048;
@@ -187,7 +151,7 @@ int main() {
                 const int launches = 16;
                 std::vector<std::pair<Launch, Args>> seq;
                 for (int l = 0; l < launches; ++l) seq.push_back({f, args(i, l, y)});
-                us[pdl] = time_graph(s, seq, 20) * 1000.f / launches;
+                us[pdl] = time_graph(s, [&] { for (auto& [f, a] : seq) f(s, a); }, 20) * 1000.f / launches;
                 if (us[pdl] < best_us[pdl]) best_us[pdl] = us[pdl], (pdl ? best_pdl : best)[i] = (int)v;
             }
             printf("  %-26s %8.2f us %6.2f TB/s | %8.2f us %6.2f TB/s  %s\n", kd.variants[v].name, us[0],
@@ -207,7 +171,7 @@ int main() {
         for (int l = 0; l < L; ++l)
             for (size_t i = 0; i < 4; ++i) seq.push_back({pick(i), args(i, l, y)});
         seq.push_back({pick(4), args(4, 0, y)});
-        printf("16 layers + LM head, %s: %.1f us\n", names[mode], time_graph(s, seq, 20) * 1000.f);
+        printf("16 layers + LM head, %s: %.1f us\n", names[mode], time_graph(s, [&] { for (auto& [f, a] : seq) f(s, a); }, 20) * 1000.f);
     }
     return 0;
 }

@@ -1,8 +1,9 @@
 // Microbenchmark of the linears of a batched decode step (W2: 32 rows, W3:
 // 128) on a Llama-3.2-1B shape: cuBLASLt's heuristic algorithm (what optc
-// runs) against the tensor-core skinny GEMM (gemv.cu) and variants of it
-// defined here (wider blocks, more stages, weights streamed before the PDL
-// wait, split counts). Each shape has 16 weight copies (a step's layers,
+// runs) against the tensor-core skinny GEMM (gemv.cu's skinny_gemm_impl)
+// as optc launches it and at other warps a block (16 weight rows each),
+// cp.async stages, split counts, and with its weights requested after the
+// PDL wait rather than before. Each shape has 16 weight copies (a step's layers,
 // far past L2), launched back to back in a CUDA graph (skinny kernels as
 // programmatic dependents, as optc launches them). Prints microseconds a
 // launch and the weight bandwidth, and each variant's largest difference
@@ -33,167 +34,10 @@ OPTC_SKINNY_ALL(bf16, bf16)
         }                                                                              \
     } while (0)
 
-// The skinny GEMM generalised: WARPS warps of 16 weight rows each (the
-// block streams 16 * WARPS rows), STAGES cp.async stages, and with EARLY the
-// first STAGES - 1 weight tiles requested before the PDL wait (weights are
-// no kernel's output), x's after it.
-template <typename T, int MT, int WARPS, int STAGES, bool EARLY>
-__device__ void skinny2_impl(const T* x, const T* w, T* y, float* part, int* counters, int n, int k, int m) {
-    constexpr int RS = SKINNY_RS, WROWS = 16 * WARPS, XROWS = 8 * MT, BK = SKINNY_BK;
-    constexpr int STAGE = (WROWS + XROWS) * RS;
-    extern __shared__ __align__(16) unsigned char skinny_smem[];
-    T* smem = reinterpret_cast<T*>(skinny_smem);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int n0 = blockIdx.x * WROWS, z = blockIdx.y, nsplit = gridDim.y;
-    const int ktiles = (k + BK - 1) / BK;
-    const int per = (ktiles + nsplit - 1) / nsplit;
-    const int kt0 = z * per, kt1 = min(ktiles, kt0 + per), nk = max(0, kt1 - kt0);
-    auto load_w = [&](int kt, int st) {
-        T* ws = smem + st * STAGE;
-        const int kb = kt * BK;
-        for (int i = threadIdx.x; i < WROWS * (BK / 8); i += blockDim.x) {
-            const int r = i / (BK / 8), c = (i % (BK / 8)) * 8, kk = kb + c;
-            const bool ok = n0 + r < n && kk < k;
-            cp_async16_or_zero(ws + r * RS + c, ok ? w + (i64)(n0 + r) * k + kk : w, ok);
-        }
-    };
-    auto load_x = [&](int kt, int st) {
-        T* xs = smem + st * STAGE + WROWS * RS;
-        const int kb = kt * BK;
-        for (int i = threadIdx.x; i < XROWS * (BK / 8); i += blockDim.x) {
-            const int r = i / (BK / 8), c = (i % (BK / 8)) * 8, kk = kb + c;
-            const bool ok = r < m && kk < k;
-            cp_async16_or_zero(xs + r * RS + c, ok ? x + (i64)r * k + kk : x, ok);
-        }
-    };
-    if (EARLY) {
-        pdl_trigger();
-#pragma unroll
-        for (int s = 0; s < STAGES - 1; ++s)
-            if (s < nk) load_w(kt0 + s, s);
-        pdl_wait();
-#pragma unroll
-        for (int s = 0; s < STAGES - 1; ++s) {
-            if (s < nk) load_x(kt0 + s, s);
-            cp_async_commit();
-        }
-    } else {
-        pdl_start();
-#pragma unroll
-        for (int s = 0; s < STAGES - 1; ++s) {
-            if (s < nk) {
-                load_w(kt0 + s, s);
-                load_x(kt0 + s, s);
-            }
-            cp_async_commit();
-        }
-    }
-    float acc[MT][4];
-#pragma unroll
-    for (int j = 0; j < MT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-    const int mblocks = (m + 7) / 8;
-    for (int i = 0; i < nk; ++i) {
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-        if (i + STAGES - 1 < nk) {
-            load_w(kt0 + i + STAGES - 1, (i + STAGES - 1) % STAGES);
-            load_x(kt0 + i + STAGES - 1, (i + STAGES - 1) % STAGES);
-        }
-        cp_async_commit();
-        const T* ws = smem + (i % STAGES) * STAGE;
-        const T* xs = ws + WROWS * RS;
-#pragma unroll
-        for (int ks = 0; ks < BK / 16; ++ks) {
-            unsigned a[4];
-            ldsm_x4(a, ws + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * RS + ks * 16 + (lane >> 4) * 8);
-#pragma unroll
-            for (int j = 0; j < MT; j += 2) {
-                if (j * 8 >= m) break;
-                unsigned bb[4];
-                ldsm_x4(bb, xs + ((j + (lane >> 4)) * 8 + (lane & 7)) * RS + ks * 16 + ((lane >> 3) & 1) * 8);
-                mma16816((T*)nullptr, acc[j], a[0], a[1], a[2], a[3], bb[0], bb[1]);
-                if (j + 1 < mblocks) mma16816((T*)nullptr, acc[j + 1], a[0], a[1], a[2], a[3], bb[2], bb[3]);
-            }
-        }
-    }
-    cp_async_wait<0>();
-    __syncthreads();
-    constexpr int CS = WROWS + 4;
-    float* cs = reinterpret_cast<float*>(skinny_smem);
-    const int g = lane >> 2, tq = lane & 3;
-#pragma unroll
-    for (int j = 0; j < MT; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int row = j * 8 + 2 * tq + (e & 1), col = warp * 16 + g + (e >> 1) * 8;
-            cs[row * CS + col] = acc[j][e];
-        }
-    }
-    __syncthreads();
-    const int cols = min(WROWS, n - n0);
-    if (nsplit == 1) {
-        for (int i = threadIdx.x; i < m * WROWS; i += blockDim.x) {
-            const int r = i / WROWS, c = i % WROWS;
-            if (c < cols) st(&y[(i64)r * n + n0 + c], cs[r * CS + c]);
-        }
-        return;
-    }
-    const i64 np = (i64)gridDim.x * WROWS;
-    for (int i = threadIdx.x; i < m * (WROWS / 4); i += blockDim.x) {
-        const int r = i / (WROWS / 4), c = (i % (WROWS / 4)) * 4;
-        const float* src = cs + r * CS + c;
-        __stcg(reinterpret_cast<float4*>(part + ((i64)z * m + r) * np + n0 + c),
-               make_float4(src[0], src[1], src[2], src[3]));
-    }
-    __threadfence();
-    __syncthreads();
-    __shared__ int last;
-    if (threadIdx.x == 0) {
-        int* ctr = counters + blockIdx.x;
-        const int done = atomicAdd(ctr, 1);
-        last = done == nsplit - 1;
-        if (last) *ctr = 0;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    for (int i = threadIdx.x; i < m * (WROWS / 4); i += blockDim.x) {
-        const int r = i / (WROWS / 4), c = (i % (WROWS / 4)) * 4;
-        if (c >= cols) continue;
-        const float4* p = reinterpret_cast<const float4*>(part + (i64)r * np + n0 + c);
-        const i64 zs = (i64)m * np / 4;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        int zz = 0;
-        for (; zz + 4 <= nsplit; zz += 4) {
-            float4 a[4];
-#pragma unroll
-            for (int u = 0; u < 4; ++u) a[u] = __ldcg(p + (zz + u) * zs);
-#pragma unroll
-            for (int u = 0; u < 4; ++u) {
-                v.x += a[u].x;
-                v.y += a[u].y;
-                v.z += a[u].z;
-                v.w += a[u].w;
-            }
-        }
-        for (; zz < nsplit; ++zz) {
-            const float4 a = __ldcg(p + zz * zs);
-            v.x += a.x;
-            v.y += a.y;
-            v.z += a.z;
-            v.w += a.w;
-        }
-        const float vs[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-            if (c + e < cols) st(&y[(i64)r * n + n0 + c + e], vs[e]);
-    }
-}
-
 template <int MT, int WARPS, int STAGES, bool EARLY>
 __global__ void __launch_bounds__(WARPS * 32)
-    skinny2(const bf16* x, const bf16* w, bf16* y, float* part, int* counters, int n, int k, int m) {
-    skinny2_impl<bf16, MT, WARPS, STAGES, EARLY>(x, w, y, part, counters, n, k, m);
+    skinny_variant(const bf16* x, const bf16* w, bf16* y, float* part, int* counters, int n, int k, int m) {
+    skinny_gemm_impl<bf16, MT, WARPS, STAGES, EARLY>(x, w, nullptr, y, part, counters, n, k, m);
 }
 
 struct Args {
@@ -216,28 +60,19 @@ static int host_split(int tiles, int k) {
 }
 
 template <int MT, int WARPS, int STAGES, bool EARLY>
-void launch2(cudaStream_t s, const Args& a, int split) {
+void launch_variant(cudaStream_t s, const Args& a, int split) {
     constexpr int WROWS = 16 * WARPS;
     const int tiles = (a.n + WROWS - 1) / WROWS;
     const int ns = split > 0 ? split : host_split(tiles, a.k);
     const int smem = std::max(STAGES * (WROWS + 8 * MT) * SKINNY_RS * 2, 8 * MT * (WROWS + 4) * 4);
     static bool attr = false;
     if (!attr) {
-        CK(cudaFuncSetAttribute(skinny2<MT, WARPS, STAGES, EARLY>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CK(cudaFuncSetAttribute(skinny_variant<MT, WARPS, STAGES, EARLY>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 200 << 10));
         attr = true;
     }
-    cudaLaunchConfig_t c = {};
-    c.gridDim = dim3(tiles, ns);
-    c.blockDim = dim3(WARPS * 32);
-    c.dynamicSmemBytes = smem;
-    c.stream = s;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    c.attrs = at;
-    c.numAttrs = 1;
-    CK(cudaLaunchKernelEx(&c, skinny2<MT, WARPS, STAGES, EARLY>, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
+    PdlLaunch l(dim3(tiles, ns), dim3(WARPS * 32), smem, s);
+    CK(cudaLaunchKernelEx(&l.c, skinny_variant<MT, WARPS, STAGES, EARLY>, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
 }
 
 // gemv.cu's own skinny kernel (w4 s4 early), as launch.rs launches it.
@@ -248,17 +83,8 @@ void launch_main(cudaStream_t s, const Args& a, int split) {
     auto f = rows == 32 ? skinny_bf16_m32 : rows == 64 ? skinny_bf16_m64 : skinny_bf16_m128;
     const int smem = 4 * (64 + rows) * 72 * 2;
     CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 << 10));
-    cudaLaunchConfig_t c = {};
-    c.gridDim = dim3(tiles, ns);
-    c.blockDim = dim3(128);
-    c.dynamicSmemBytes = smem;
-    c.stream = s;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    c.attrs = at;
-    c.numAttrs = 1;
-    CK(cudaLaunchKernelEx(&c, f, a.x, a.w, (const bf16*)nullptr, a.y, a.part, a.counters, a.n, a.k, a.m));
+    PdlLaunch l(dim3(tiles, ns), dim3(128), smem, s);
+    CK(cudaLaunchKernelEx(&l.c, f, a.x, a.w, (const bf16*)nullptr, a.y, a.part, a.counters, a.n, a.k, a.m));
 }
 
 typedef void (*Launch)(cudaStream_t, const Args&, int);
@@ -305,33 +131,6 @@ struct Lt {
         cublasLtMatmulDescDestroy(op);
     }
 };
-
-static float time_graph(cudaStream_t s, const std::function<void()>& body, int reps) {
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    body();
-    CK(cudaStreamEndCapture(s, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge, s));
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    std::vector<float> ts;
-    for (int i = 0; i < reps; ++i) {
-        CK(cudaEventRecord(e0, s));
-        CK(cudaGraphLaunch(ge, s));
-        CK(cudaEventRecord(e1, s));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        ts.push_back(ms);
-    }
-    std::sort(ts.begin(), ts.end());
-    CK(cudaGraphExecDestroy(ge));
-    CK(cudaGraphDestroy(g));
-    return ts[ts.size() / 2];
-}
 
 static float max_rel_diff(const bf16* a, const bf16* b, size_t n) {
     std::vector<bf16> ha(n), hb(n);
@@ -382,22 +181,22 @@ int main(int argc, char** argv) {
                   {"main split 1", launch_main, 1},
                   {"main split 2", launch_main, 2},
                   {"main split 4", launch_main, 4},
-                  {"w4 s4 (waits first)", launch2<4, 4, 4, false>, 0},
-                  {"w4 s4 early", launch2<4, 4, 4, true>, 0},
-                  {"w4 s6 early", launch2<4, 4, 6, true>, 0},
-                  {"w4 s8 early", launch2<4, 4, 8, true>, 0},
-                  {"w8 s4 early", launch2<4, 8, 4, true>, 0},
-                  {"w8 s6 early", launch2<4, 8, 6, true>, 0},
-                  {"w8 s6 early split 1", launch2<4, 8, 6, true>, 1},
-                  {"w8 s6 early split 2", launch2<4, 8, 6, true>, 2},
-                  {"w8 s6 early split 4", launch2<4, 8, 6, true>, 4}};
+                  {"w4 s4 (waits first)", launch_variant<4, 4, 4, false>, 0},
+                  {"w4 s4 early", launch_variant<4, 4, 4, true>, 0},
+                  {"w4 s6 early", launch_variant<4, 4, 6, true>, 0},
+                  {"w4 s8 early", launch_variant<4, 4, 8, true>, 0},
+                  {"w8 s4 early", launch_variant<4, 8, 4, true>, 0},
+                  {"w8 s6 early", launch_variant<4, 8, 6, true>, 0},
+                  {"w8 s6 early split 1", launch_variant<4, 8, 6, true>, 1},
+                  {"w8 s6 early split 2", launch_variant<4, 8, 6, true>, 2},
+                  {"w8 s6 early split 4", launch_variant<4, 8, 6, true>, 4}};
         } else {
             vs = {{"skinny (main)", launch_main, 0},
-                  {"w4 s4 early", launch2<16, 4, 4, true>, 0},
-                  {"w8 s3 early", launch2<16, 8, 3, true>, 0},
-                  {"w8 s4 early", launch2<16, 8, 4, true>, 0},
-                  {"w8 s4 early split 1", launch2<16, 8, 4, true>, 1},
-                  {"w8 s4 early split 2", launch2<16, 8, 4, true>, 2}};
+                  {"w4 s4 early", launch_variant<16, 4, 4, true>, 0},
+                  {"w8 s3 early", launch_variant<16, 8, 3, true>, 0},
+                  {"w8 s4 early", launch_variant<16, 8, 4, true>, 0},
+                  {"w8 s4 early split 1", launch_variant<16, 8, 4, true>, 1},
+                  {"w8 s4 early split 2", launch_variant<16, 8, 4, true>, 2}};
         }
         for (auto& sh : shapes) {
             const size_t wn = (size_t)sh.n * sh.k;

@@ -754,27 +754,29 @@ static_assert(GemvRingPlain::WARPS * 32 == 256 && GemvRingGlu::WARPS * 32 == 128
 // Linear layers at small batches (5..128 rows of x) on the tensor cores,
 // for 16-bit types: y = x wᵀ (+ b) as yᵀ = w xᵀ, so the weight rows are
 // the MMA rows and the few rows of x its columns, and a block streams a
-// 64-row slab of w once. Four warps own 16 weight rows each; tiles of 64
-// along k pass through SKINNY_STAGES cp.async stages (rows padded by 8
-// elements for ldmatrix). With few slabs (narrow outputs) the k range is
-// split over gridDim.y blocks: each leaves f32 partial sums and the last
-// block of a slab to finish (counted in `counters`, reset to 0) adds them
-// in a fixed order, so the sum does not depend on timing; one rounding at
-// the store. Needs k % 8 == 0 and 16-byte-aligned operands (the host
-// checks); MT n8 column blocks cover up to 8 * MT rows of x. The first
+// slab of 16 * WARPS weight rows once (64 as the host launches it:
+// SKINNY_ROWS_PER_BLOCK), each warp owning 16. Tiles of 64 along k pass
+// through STAGES cp.async stages (rows padded by 8 elements for
+// ldmatrix). With few slabs (narrow outputs) the k range is split over
+// gridDim.y blocks: each leaves f32 partial sums and the last block of a
+// slab to finish (counted in `counters`, reset to 0) adds them in a fixed
+// order, so the sum does not depend on timing; one rounding at the store.
+// Needs k % 8 == 0 and 16-byte-aligned operands (the host checks); MT n8
+// column blocks cover up to 8 * MT rows of x. With EARLY the first
 // stages' weights are requested before the PDL wait (cuBLASLt's kernels
-// cannot start before the kernel ahead ends).
-constexpr int SKINNY_BN = 64, SKINNY_BK = 64, SKINNY_STAGES = 4, SKINNY_RS = SKINNY_BK + 8;
+// cannot start before the kernel ahead ends). kernels/bench/skinny_bench.cu
+// times other WARPS, STAGES and EARLY against cuBLASLt.
+constexpr int SKINNY_BK = 64, SKINNY_STAGES = 4, SKINNY_RS = SKINNY_BK + 8;
 
-template <typename T, int MT>
+template <typename T, int MT, int WARPS = 4, int STAGES = SKINNY_STAGES, bool EARLY = true>
 __device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float* part, int* counters, int n, int k,
                                  int m) {
-    constexpr int RS = SKINNY_RS, WROWS = SKINNY_BN, XROWS = 8 * MT;
+    constexpr int RS = SKINNY_RS, WROWS = 16 * WARPS, XROWS = 8 * MT;
     constexpr int STAGE = (WROWS + XROWS) * RS;
     extern __shared__ __align__(16) unsigned char skinny_smem[];
     T* smem = reinterpret_cast<T*>(skinny_smem);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int n0 = blockIdx.x * SKINNY_BN, z = blockIdx.y, nsplit = gridDim.y;
+    const int n0 = blockIdx.x * WROWS, z = blockIdx.y, nsplit = gridDim.y;
     const int ktiles = (k + SKINNY_BK - 1) / SKINNY_BK;
     const int per = (ktiles + nsplit - 1) / nsplit;
     const int kt0 = z * per, kt1 = min(ktiles, kt0 + per), nk = max(0, kt1 - kt0);
@@ -801,13 +803,15 @@ __device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float
     // The first stages' weights (no kernel of the run writes them) are
     // asked for while the kernel ahead finishes; x only after the wait.
     // The first commit group holds those weights and x's first tile.
+    // (Without EARLY, everything after the wait: for the benches.)
     pdl_trigger();
+    if (!EARLY) pdl_wait();
 #pragma unroll
-    for (int s = 0; s < SKINNY_STAGES - 1; ++s)
+    for (int s = 0; s < STAGES - 1; ++s)
         if (s < nk) load_w(kt0 + s, s);
-    pdl_wait();
+    if (EARLY) pdl_wait();
 #pragma unroll
-    for (int s = 0; s < SKINNY_STAGES - 1; ++s) {
+    for (int s = 0; s < STAGES - 1; ++s) {
         if (s < nk) load_x(kt0 + s, s);
         cp_async_commit();
     }
@@ -816,14 +820,14 @@ __device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float
     for (int j = 0; j < MT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
     const int mblocks = (m + 7) / 8;
     for (int i = 0; i < nk; ++i) {
-        cp_async_wait<SKINNY_STAGES - 2>();
+        cp_async_wait<STAGES - 2>();
         __syncthreads();
-        if (i + SKINNY_STAGES - 1 < nk) {
-            load_w(kt0 + i + SKINNY_STAGES - 1, (i + SKINNY_STAGES - 1) % SKINNY_STAGES);
-            load_x(kt0 + i + SKINNY_STAGES - 1, (i + SKINNY_STAGES - 1) % SKINNY_STAGES);
+        if (i + STAGES - 1 < nk) {
+            load_w(kt0 + i + STAGES - 1, (i + STAGES - 1) % STAGES);
+            load_x(kt0 + i + STAGES - 1, (i + STAGES - 1) % STAGES);
         }
         cp_async_commit();
-        const T* ws = smem + (i % SKINNY_STAGES) * STAGE;
+        const T* ws = smem + (i % STAGES) * STAGE;
         const T* xs = ws + WROWS * RS;
 #pragma unroll
         for (int ks = 0; ks < SKINNY_BK / 16; ++ks) {
@@ -843,7 +847,7 @@ __device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float
     __syncthreads();
     // The block's [8 MT, 64] tile of y in f32, through shared memory so the
     // stores run along n.
-    constexpr int CS = SKINNY_BN + 4;
+    constexpr int CS = WROWS + 4;
     float* cs = reinterpret_cast<float*>(skinny_smem);
     const int g = lane >> 2, tq = lane & 3;
 #pragma unroll
@@ -855,18 +859,18 @@ __device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float
         }
     }
     __syncthreads();
-    const int cols = min(SKINNY_BN, n - n0);
+    const int cols = min(WROWS, n - n0);
     if (nsplit == 1) {
-        for (int i = threadIdx.x; i < m * SKINNY_BN; i += blockDim.x) {
-            const int r = i / SKINNY_BN, c = i % SKINNY_BN;
+        for (int i = threadIdx.x; i < m * WROWS; i += blockDim.x) {
+            const int r = i / WROWS, c = i % WROWS;
             if (c < cols) st(&y[(i64)r * n + n0 + c], b ? cs[r * CS + c] + ld(&b[n0 + c]) : cs[r * CS + c]);
         }
         return;
     }
     // Partials in rows of gridDim.x * 64 floats: 16-byte aligned.
-    const i64 np = (i64)gridDim.x * SKINNY_BN;
-    for (int i = threadIdx.x; i < m * (SKINNY_BN / 4); i += blockDim.x) {
-        const int r = i / (SKINNY_BN / 4), c = (i % (SKINNY_BN / 4)) * 4;
+    const i64 np = (i64)gridDim.x * WROWS;
+    for (int i = threadIdx.x; i < m * (WROWS / 4); i += blockDim.x) {
+        const int r = i / (WROWS / 4), c = (i % (WROWS / 4)) * 4;
         const float* src = cs + r * CS + c;
         __stcg(reinterpret_cast<float4*>(part + ((i64)z * m + r) * np + n0 + c), make_float4(src[0], src[1], src[2], src[3]));
     }
@@ -883,8 +887,8 @@ __device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float
     if (!last) return;
     __threadfence();
     // Four splits' loads in flight at a time, summed in split order.
-    for (int i = threadIdx.x; i < m * (SKINNY_BN / 4); i += blockDim.x) {
-        const int r = i / (SKINNY_BN / 4), c = (i % (SKINNY_BN / 4)) * 4;
+    for (int i = threadIdx.x; i < m * (WROWS / 4); i += blockDim.x) {
+        const int r = i / (WROWS / 4), c = (i % (WROWS / 4)) * 4;
         if (c >= cols) continue;
         const float4* p = reinterpret_cast<const float4*>(part + (i64)r * np + n0 + c);
         const i64 zs = (i64)m * np / 4;

@@ -31,6 +31,11 @@ pub fn available() -> Result<(), String> {
 /// The default of `Gpu::decode_chunks`.
 const DECODE_CHUNKS_PER_WARP: usize = 4;
 
+/// The most `Gpu::decode_chunks` may be: 1,024 chunks of 32 keys a warp
+/// (32K keys) already means "never split"; larger settings are clamped so
+/// the split arithmetic cannot overflow.
+pub(super) const MAX_DECODE_CHUNKS: usize = 1024;
+
 /// The default of `Gpu::decode_warps`.
 const DECODE_WARPS: usize = 8;
 
@@ -143,8 +148,8 @@ impl Gpu {
             decode_chunks: std::env::var("OPTC_DECODE_CHUNKS")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                // Past 1,024 chunks (32K keys) a warp nothing splits anyway.
-                .filter(|&n| (1..=1024).contains(&n))
+                .filter(|&n| n > 0)
+                .map(|n: usize| n.min(MAX_DECODE_CHUNKS))
                 .unwrap_or(DECODE_CHUNKS_PER_WARP),
             decode_warps: std::env::var("OPTC_DECODE_WARPS")
                 .ok()

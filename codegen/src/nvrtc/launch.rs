@@ -650,8 +650,11 @@ impl CudaProgram {
                         0
                     };
                     let counters = self.split_counters.ptr;
+                    // Its first weight tiles are requested before the wait:
+                    // only a weight (which no kernel writes) may be.
+                    let early = matches!(self.locs[self.owner[a[1]]], Loc::Weight(_));
                     let gpu = &self.gpu;
-                    let r = launch!(gpu, &fns[2 + v], cfg((tiles as u32, nsplit as u32, 1), 128, smem);
+                    let r = launch_dependent!(gpu, &fns[2 + v], cfg((tiles as u32, nsplit as u32, 1), 128, smem), early;
                         x = ptr[a[0]], w = ptr[a[1]], b = opt(2), y = ptr[o0], part = part, ctr = counters,
                         n = nn as i32, k = kd as i32, m = m as i32);
                     if part != 0 {

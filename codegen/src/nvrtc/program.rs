@@ -1394,13 +1394,13 @@ impl CudaProgram {
         }
     }
 
-    /// Overrides `OPTC_DECODE_CHUNKS` (at least 1): the key chunks each
+    /// Overrides `OPTC_DECODE_CHUNKS` (1 to 1,024): the key chunks each
     /// decode warp takes before the keys are split over more blocks, so
     /// tests can force the split path at short contexts. Captured graphs
     /// are dropped.
     pub fn set_decode_chunks(&mut self, chunks: usize) {
         self.drop_captures();
-        self.gpu.decode_chunks = chunks.max(1);
+        self.gpu.decode_chunks = chunks.clamp(1, super::device::MAX_DECODE_CHUNKS);
     }
 
     /// Turns CUDA graph capture of decode steps on or off (on by default

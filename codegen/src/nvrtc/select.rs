@@ -532,7 +532,11 @@ mod tests {
             .iter()
             .find(|f| f.0 == "gemv.cu")
             .map_or("", |f| f.1);
-        for f in ["void gemv_impl(", "void gemv_ring_impl(", "void skinny_gemm_impl("] {
+        for f in [
+            "void gemv_impl(",
+            "void gemv_ring_impl(",
+            "void skinny_gemm_impl(",
+        ] {
             let at = gemv.find(f).unwrap_or_else(|| panic!("{f}"));
             assert!(gemv[at..].contains("pdl_wait();"), "{f}");
         }
