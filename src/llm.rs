@@ -393,6 +393,8 @@ impl LLM {
             detok.insert(seq, Detokenizer::new(&prompt, params.stop.clone()));
         }
         let mut finished: HashMap<SeqId, (Vec<u32>, FinishReason)> = HashMap::new();
+        // Tokens handed to each request's detokenizer so far.
+        let mut seen: HashMap<SeqId, usize> = HashMap::new();
         while index.keys().any(|s| !finished.contains_key(s)) {
             let events = self.engine.step().map_err(LlmError::Exec)?;
             for e in events {
@@ -412,9 +414,14 @@ impl LLM {
                         let delta = d
                             .push(&TokenizerDecoder(tok), sample.token)
                             .map_err(LlmError::Tokenizer)?;
+                        let n = seen.entry(seq).or_insert(0);
+                        *n += 1;
                         on_text(i, &delta.text);
                         if delta.stopped {
-                            let out = self.engine.abort(seq).unwrap_or_default();
+                            // The scheduler may hold a token past this one
+                            // (from the same step): not part of the output.
+                            let mut out = self.engine.abort(seq).unwrap_or_default();
+                            out.truncate(*n);
                             finished.insert(seq, (out, FinishReason::Stop));
                         }
                     }
