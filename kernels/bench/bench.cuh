@@ -28,20 +28,13 @@ __global__ void fill_random(bf16* p, size_t n, unsigned seed, float scale) {
     }
 }
 
-// Captures what `body` launches on `s` into a CUDA graph and returns the
-// median of `reps` replays in ms (after three untimed ones), each between
-// its own two events.
-static float time_graph(cudaStream_t s, const std::function<void()>& body, int reps) {
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    body();
-    CK(cudaStreamEndCapture(s, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge, s));
+// Replays graph `ge` on `s` `warm` times untimed, then `reps` times, each
+// between its own two events; those `reps` times in ms, sorted.
+static std::vector<float> replay_ms(cudaGraphExec_t ge, cudaStream_t s, int warm, int reps) {
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
+    for (int i = 0; i < warm; ++i) CK(cudaGraphLaunch(ge, s));
     std::vector<float> ts;
     for (int i = 0; i < reps; ++i) {
         CK(cudaEventRecord(e0, s));
@@ -52,9 +45,23 @@ static float time_graph(cudaStream_t s, const std::function<void()>& body, int r
         CK(cudaEventElapsedTime(&ms, e0, e1));
         ts.push_back(ms);
     }
-    std::sort(ts.begin(), ts.end());
+    CK(cudaGetLastError());
     CK(cudaEventDestroy(e0));
     CK(cudaEventDestroy(e1));
+    std::sort(ts.begin(), ts.end());
+    return ts;
+}
+
+// Captures what `body` launches on `s` into a CUDA graph and returns the
+// median of `reps` replays in ms (after three untimed ones).
+static float time_graph(cudaStream_t s, const std::function<void()>& body, int reps) {
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    body();
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    const std::vector<float> ts = replay_ms(ge, s, 3, reps);
     CK(cudaGraphExecDestroy(ge));
     CK(cudaGraphDestroy(g));
     return ts[ts.size() / 2];

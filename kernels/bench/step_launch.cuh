@@ -50,22 +50,7 @@ static bf16* dalloc(size_t n, unsigned seed, float scale) {
 // Replays graph `ge` on the stream 55 times; the last 50's times in
 // microseconds, sorted (median at the middle, minimum first).
 static std::vector<float> replay_times(cudaGraphExec_t ge) {
-    static cudaEvent_t e0 = nullptr, e1 = nullptr;
-    if (!e0) {
-        CK(cudaEventCreate(&e0));
-        CK(cudaEventCreate(&e1));
-    }
-    std::vector<float> ts;
-    for (int i = 0; i < 55; ++i) {
-        CK(cudaEventRecord(e0, stream));
-        CK(cudaGraphLaunch(ge, stream));
-        CK(cudaEventRecord(e1, stream));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        if (i >= 5) ts.push_back(ms * 1000.f);
-    }
-    CK(cudaGetLastError());
-    std::sort(ts.begin(), ts.end());
+    std::vector<float> ts = replay_ms(ge, stream, 5, 50);
+    for (float& t : ts) t *= 1000.f;
     return ts;
 }
