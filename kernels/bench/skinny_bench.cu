@@ -3,7 +3,9 @@
 // runs) against the tensor-core skinny GEMM (gemv.cu's skinny_gemm_impl)
 // as optc launches it and at other warps a block (16 weight rows each),
 // cp.async stages, split counts, and with its weights requested after the
-// PDL wait rather than before. Each shape has 16 weight copies (a step's layers,
+// PDL wait rather than before, and with 128- or 256-wide k tiles (longer
+// runs of each weight row per request); also cuBLASLt's next heuristic
+// candidates. Each shape has 16 weight copies (a step's layers,
 // far past L2), launched back to back in a CUDA graph (skinny kernels as
 // programmatic dependents, as optc launches them). Prints microseconds a
 // launch and the weight bandwidth, and each variant's largest difference
@@ -34,12 +36,17 @@ OPTC_SKINNY_ALL(bf16, bf16)
         }                                                                              \
     } while (0)
 
-template <int MT, int WARPS, int STAGES, bool EARLY>
+template <int MT, int WARPS, int STAGES, bool EARLY, int BK>
 __global__ void __launch_bounds__(WARPS * 32)
     skinny_variant(const bf16* x, const bf16* w, bf16* y, float* part, int* counters, int n, int k, int m) {
-    skinny_gemm_impl<bf16, MT, WARPS, STAGES, EARLY>(x, w, nullptr, y, part, counters, n, k, m);
+    skinny_gemm_impl<bf16, MT, WARPS, STAGES, EARLY, BK>(x, w, nullptr, y, part, counters, n, k, m);
 }
 
+template <int MT, int WARPS, int U>
+__global__ void __launch_bounds__(WARPS * 32)
+    skinny_stream_variant(const bf16* x, const bf16* w, bf16* y, float* part, int* counters, int n, int k, int m) {
+    skinny_stream_impl<bf16, MT, WARPS, U>(x, w, nullptr, y, part, counters, n, k, m);
+}
 struct Args {
     const bf16* x;
     const bf16* w;
@@ -50,33 +57,57 @@ struct Args {
 };
 
 static int g_sms = 132;
+static int g_smem_max = 200 << 10;  // dynamic shared memory a block may opt into
 
 // The host's split rule (launch.rs): narrow outputs split k until the grid
-// fills the GPU twice, keeping at least four 64-wide k tiles a block.
-static int host_split(int tiles, int k) {
-    const int ktiles = (k + 63) / 64;
+// fills the GPU twice, keeping at least four 64-wide k tiles a block
+// (four BK-wide tiles for the variants).
+static int host_split(int tiles, int k, int bk = 64) {
+    const int ktiles = (k + bk - 1) / bk;
     if (tiles >= g_sms) return 1;
     return std::max(1, std::min((2 * g_sms + tiles - 1) / tiles, ktiles / 4));
 }
 
-template <int MT, int WARPS, int STAGES, bool EARLY>
-void launch_variant(cudaStream_t s, const Args& a, int split) {
+template <int MT, int WARPS, int STAGES, bool EARLY, int BK = SKINNY_BK>
+bool launch_variant(cudaStream_t s, const Args& a, int split) {
     constexpr int WROWS = 16 * WARPS;
     const int tiles = (a.n + WROWS - 1) / WROWS;
-    const int ns = split > 0 ? split : host_split(tiles, a.k);
-    const int smem = std::max(STAGES * (WROWS + 8 * MT) * SKINNY_RS * 2, 8 * MT * (WROWS + 4) * 4);
+    const int ns = split > 0 ? split : host_split(tiles, a.k, BK);
+    const int smem = std::max(STAGES * (WROWS + 8 * MT) * (BK + 8) * 2, 8 * MT * (WROWS + 4) * 4);
+    auto f = skinny_variant<MT, WARPS, STAGES, EARLY, BK>;
     static bool attr = false;
     if (!attr) {
-        CK(cudaFuncSetAttribute(skinny_variant<MT, WARPS, STAGES, EARLY>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                200 << 10));
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, g_smem_max));
         attr = true;
     }
     PdlLaunch l(dim3(tiles, ns), dim3(WARPS * 32), smem, s);
-    CK(cudaLaunchKernelEx(&l.c, skinny_variant<MT, WARPS, STAGES, EARLY>, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
+    CK(cudaLaunchKernelEx(&l.c, f, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
+    return true;
 }
 
+// The register-streaming skinny GEMM (skinny_stream_impl) at the host's
+// split rule or a fixed split; skipped (no launch) where x's k range would
+// not fit in shared memory.
+template <int MT, int WARPS, int U>
+bool launch_stream(cudaStream_t s, const Args& a, int split) {
+    constexpr int WROWS = 16 * WARPS;
+    const int tiles = (a.n + WROWS - 1) / WROWS;
+    const int ns = split > 0 ? split : host_split(tiles, a.k);
+    const int per = ((a.k + 63) / 64 + ns - 1) / ns;
+    const int smem = std::max(8 * MT * skinny_stream_stride(per) * 2, 8 * MT * (WROWS + 4) * 4);
+    if (smem > g_smem_max) return false;
+    auto f = skinny_stream_variant<MT, WARPS, U>;
+    static bool attr = false;
+    if (!attr) {
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, g_smem_max));
+        attr = true;
+    }
+    PdlLaunch l(dim3(tiles, ns), dim3(WARPS * 32), smem, s);
+    CK(cudaLaunchKernelEx(&l.c, f, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
+    return true;
+}
 // gemv.cu's own skinny kernel (w4 s4 early), as launch.rs launches it.
-void launch_main(cudaStream_t s, const Args& a, int split) {
+bool launch_main(cudaStream_t s, const Args& a, int split) {
     const int tiles = (a.n + 63) / 64;
     const int ns = split > 0 ? split : host_split(tiles, a.k);
     int rows = a.m <= 32 ? 32 : a.m <= 64 ? 64 : 128;
@@ -85,9 +116,10 @@ void launch_main(cudaStream_t s, const Args& a, int split) {
     CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 << 10));
     PdlLaunch l(dim3(tiles, ns), dim3(128), smem, s);
     CK(cudaLaunchKernelEx(&l.c, f, a.x, a.w, (const bf16*)nullptr, a.y, a.part, a.counters, a.n, a.k, a.m));
+    return true;
 }
 
-typedef void (*Launch)(cudaStream_t, const Args&, int);
+typedef bool (*Launch)(cudaStream_t, const Args&, int);  // false: not launched (does not fit)
 
 struct Lt {
     cublasLtHandle_t h;
@@ -95,7 +127,8 @@ struct Lt {
     size_t ws_bytes = 32 << 20;
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, lc;
-    cublasLtMatmulAlgo_t algo;
+    std::vector<cublasLtMatmulAlgo_t> algos;  // the heuristic's first CANDIDATES, best first
+    static constexpr int CANDIDATES = 8;
     // y[m, n] = x[m, k] w[n, k]^T as column-major C[n, m] = A^T B with A = w
     // (k x n, ld k), B = x (k x m, ld k), as gemm.rs sets it up.
     void setup(int n, int k, int m) {
@@ -110,19 +143,21 @@ struct Lt {
         CL(cublasLtMatmulPreferenceCreate(&pref));
         CL(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
                                                 sizeof(ws_bytes)));
-        cublasLtMatmulHeuristicResult_t r;
+        cublasLtMatmulHeuristicResult_t r[CANDIDATES];
         int got = 0;
-        CL(cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, lc, lc, pref, 1, &r, &got));
-        if (!got) {
+        CL(cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, lc, lc, pref, CANDIDATES, r, &got));
+        algos.clear();
+        for (int i = 0; i < got; ++i)
+            if (r[i].state == CUBLAS_STATUS_SUCCESS) algos.push_back(r[i].algo);
+        if (algos.empty()) {
             fprintf(stderr, "no cuBLASLt algorithm\n");
             exit(1);
         }
-        algo = r.algo;
         cublasLtMatmulPreferenceDestroy(pref);
     }
-    void run(cudaStream_t s, const Args& a) {
+    void run(cudaStream_t s, const Args& a, size_t which = 0) {
         float one = 1.f, zero = 0.f;
-        CL(cublasLtMatmul(h, op, &one, a.w, la, a.x, lb, &zero, a.y, lc, a.y, lc, &algo, ws, ws_bytes, s));
+        CL(cublasLtMatmul(h, op, &one, a.w, la, a.x, lb, &zero, a.y, lc, a.y, lc, &algos[which], ws, ws_bytes, s));
     }
     void teardown() {
         cublasLtMatrixLayoutDestroy(la);
@@ -158,6 +193,7 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     g_sms = prop.multiProcessorCount;
+    g_smem_max = (int)prop.sharedMemPerBlockOptin - 1024;
     printf("%s, %d SMs\n", prop.name, g_sms);
     constexpr int LAYERS = 16;
     struct Shape {
@@ -189,14 +225,37 @@ int main(int argc, char** argv) {
                   {"w8 s6 early", launch_variant<4, 8, 6, true>, 0},
                   {"w8 s6 early split 1", launch_variant<4, 8, 6, true>, 1},
                   {"w8 s6 early split 2", launch_variant<4, 8, 6, true>, 2},
-                  {"w8 s6 early split 4", launch_variant<4, 8, 6, true>, 4}};
+                  {"w8 s6 early split 4", launch_variant<4, 8, 6, true>, 4},
+                  {"stream w4 u4", launch_stream<4, 4, 4>, 0},
+                  {"stream w4 u4 split 1", launch_stream<4, 4, 4>, 1},
+                  {"stream w4 u4 split 2", launch_stream<4, 4, 4>, 2},
+                  {"stream w4 u4 split 4", launch_stream<4, 4, 4>, 4},
+                  {"stream w4 u4 split 8", launch_stream<4, 4, 4>, 8},
+                  {"stream w4 u4 split 16", launch_stream<4, 4, 4>, 16},
+                  {"stream w4 u2", launch_stream<4, 4, 2>, 0},
+                  {"stream w4 u8", launch_stream<4, 4, 8>, 0},
+                  {"stream w8 u4", launch_stream<4, 8, 4>, 0},
+                  {"stream w8 u4 split 4", launch_stream<4, 8, 4>, 4},
+                  {"stream w2 u4", launch_stream<4, 2, 4>, 0},
+                  {"stream w2 u4 split 4", launch_stream<4, 2, 4>, 4},
+                  {"w4 s4 early bk128", launch_variant<4, 4, 4, true, 128>, 0},
+                  {"w4 s3 early bk256", launch_variant<4, 4, 3, true, 256>, 0},
+                  {"w8 s4 early bk128", launch_variant<4, 8, 4, true, 128>, 0},
+                  {"w2 s4 early bk128", launch_variant<4, 2, 4, true, 128>, 0},
+                  {"w2 s4 early bk256", launch_variant<4, 2, 4, true, 256>, 0}};
         } else {
             vs = {{"skinny (main)", launch_main, 0},
                   {"w4 s4 early", launch_variant<16, 4, 4, true>, 0},
                   {"w8 s3 early", launch_variant<16, 8, 3, true>, 0},
                   {"w8 s4 early", launch_variant<16, 8, 4, true>, 0},
                   {"w8 s4 early split 1", launch_variant<16, 8, 4, true>, 1},
-                  {"w8 s4 early split 2", launch_variant<16, 8, 4, true>, 2}};
+                  {"w8 s4 early split 2", launch_variant<16, 8, 4, true>, 2},
+                  {"stream w4 u4", launch_stream<16, 4, 4>, 0},
+                  {"stream w4 u2", launch_stream<16, 4, 2>, 0},
+                  {"stream w8 u2", launch_stream<16, 8, 2>, 0},
+                  {"stream w4 u2 split 4", launch_stream<16, 4, 2>, 4},
+                  {"w4 s3 early bk128", launch_variant<16, 4, 3, true, 128>, 0},
+                  {"w8 s3 early bk128", launch_variant<16, 8, 3, true, 128>, 0}};
         }
         for (auto& sh : shapes) {
             const size_t wn = (size_t)sh.n * sh.k;
@@ -217,7 +276,25 @@ int main(int argc, char** argv) {
             const float tl = time_graph(s, [&] { for (int l = 0; l < LAYERS; ++l) lt.run(s, args(l, yref)); }, 50);
             printf("rows %3d %-8s n %5d k %5d  %-24s %7.2f us  %5.2f TB/s\n", m, sh.name, sh.n, sh.k,
                    "cuBLASLt (heuristic)", tl * 1e3 / LAYERS, gb / (tl * 1e-3 / LAYERS) * 1e-3);
+            // The heuristic's other candidates, timed the same way (what a
+            // tuner timing whole steps would choose from).
+            for (size_t c = 1; c < lt.algos.size(); ++c) {
+                const float t =
+                    time_graph(s, [&] { for (int l = 0; l < LAYERS; ++l) lt.run(s, args(l, y), c); }, 50);
+                CK(cudaStreamSynchronize(s));
+                char name[32];
+                snprintf(name, sizeof name, "cuBLASLt candidate %zu", c);
+                printf("rows %3d %-8s n %5d k %5d  %-24s %7.2f us  %5.2f TB/s  diff %.1e\n", m, sh.name, sh.n,
+                       sh.k, name, t * 1e3 / LAYERS, gb / (t * 1e-3 / LAYERS) * 1e-3,
+                       max_rel_diff(y, yref, (size_t)m * sh.n));
+            }
             for (auto& v : vs) {
+                if (!v.f(s, args(0, y), v.split)) {
+                    printf("rows %3d %-8s n %5d k %5d  %-24s  skipped: x's k range does not fit in shared memory\n", m,
+                           sh.name, sh.n, sh.k, v.name);
+                    continue;
+                }
+                CK(cudaStreamSynchronize(s));
                 const float t =
                     time_graph(s, [&] { for (int l = 0; l < LAYERS; ++l) v.f(s, args(l, y), v.split); }, 50);
                 CK(cudaStreamSynchronize(s));

@@ -173,6 +173,9 @@ pub(super) const ATTENTION_DECODE8: usize = 4;
 /// Where a 16-bit linear's kernels hold the one-row ring GEMV: after the
 /// two register GEMVs and the skinny GEMMs (`function_names`).
 pub(super) const GEMV_RING_AT: usize = 2 + src::SKINNY_VARIANTS.len();
+/// Where a linear's kernels list the streaming skinny GEMMs: after the
+/// two ring GEMVs.
+pub(super) const SKINNY_STREAM_AT: usize = GEMV_RING_AT + 2;
 
 /// Split counters of the decode attention and the skinny GEMM: at most
 /// this many (token, KV head) pairs or 64-row weight slabs per launch.
@@ -294,6 +297,8 @@ pub struct CudaProgram {
     /// Where linears of 5..=128 rows (16-bit) take the tensor-core skinny
     /// GEMM instead of cuBLASLt.
     pub(super) skinny: SkinnyGemm,
+    /// Which kernel those linears take.
+    pub(super) skinny_kernel: SkinnyKernel,
     /// Every value's dims per input-shape set seen lately.
     pub(super) dims_cache: crate::lowering::DimsCache,
     pub(super) attention_paths: AttentionPaths,
@@ -349,6 +354,27 @@ impl SkinnyGemm {
             Ok("1") => SkinnyGemm::Narrow,
             Ok("all") => SkinnyGemm::All,
             _ => SkinnyGemm::Off,
+        }
+    }
+}
+
+/// Which tensor-core kernel the skinny linears take (where `SkinnyGemm`
+/// sends them). `OPTC_CUDA_SKINNY_KERNEL=stream` picks `Stream`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkinnyKernel {
+    /// Weight tiles through cp.async stages in shared memory
+    /// (`skinny_gemm_impl` in gemv.cu), up to 128 rows of x.
+    Staged,
+    /// Weights straight into registers, as the GEMVs stream them
+    /// (`skinny_stream_impl`), up to 64 rows of x; `Staged` past that.
+    Stream,
+}
+
+impl SkinnyKernel {
+    fn from_env() -> SkinnyKernel {
+        match std::env::var("OPTC_CUDA_SKINNY_KERNEL").as_deref() {
+            Ok("stream") => SkinnyKernel::Stream,
+            _ => SkinnyKernel::Staged,
         }
     }
 }
@@ -844,6 +870,13 @@ impl CudaProgram {
                     {
                         fns.truncate(GEMV_RING_AT + 1);
                     }
+                    if fns.len() > SKINNY_STREAM_AT
+                        && fns[SKINNY_STREAM_AT..]
+                            .iter()
+                            .any(|f| allow_smem(f, src::SKINNY_STREAM_MAX_SMEM).is_err())
+                    {
+                        fns.truncate(SKINNY_STREAM_AT);
+                    }
                     let smem = |i: usize| match i {
                         0 | 1 => src::GEMV_MAX_SMEM,
                         _ => src::skinny_smem_bytes(src::SKINNY_VARIANTS[i - 2].1, esize),
@@ -1248,6 +1281,7 @@ impl CudaProgram {
             early_embedding_launches: 0,
             split_counters,
             skinny: SkinnyGemm::from_env(),
+            skinny_kernel: SkinnyKernel::from_env(),
             dims_cache: Default::default(),
             attention_paths: AttentionPaths::default(),
             fused_gemv_launches: 0,
@@ -1332,6 +1366,13 @@ impl CudaProgram {
     pub fn set_skinny_gemm(&mut self, mode: SkinnyGemm) {
         self.drop_captures();
         self.skinny = mode;
+    }
+
+    /// Overrides `OPTC_CUDA_SKINNY_KERNEL` for this program's skinny
+    /// linears. Captured graphs are dropped.
+    pub fn set_skinny_kernel(&mut self, kernel: SkinnyKernel) {
+        self.drop_captures();
+        self.skinny_kernel = kernel;
     }
 
     /// Runs one-token decode steps (one sequence, one token) through the
