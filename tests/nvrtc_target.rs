@@ -608,6 +608,83 @@ fn eight_warp_and_split_decode_attention_matches_the_cpu_target() {
     }
 }
 
+/// Decode attention that does the rope + cache write itself
+/// (`paged_decode_rope_*`: past the GEMV's four rows, where the rope step
+/// would otherwise be a launch of its own) against the CPU target: six
+/// sequences, one of 300 keys and five short, prompted together, then
+/// decoded together, on the 16-bit fixtures (Mistral's sliding window
+/// included) at four key chunks a warp (the new key reaches its warp's
+/// stage from the loop, past the first two chunks) and at one chunk a
+/// warp (split over blocks, CUDA graphs on). The caches it wrote match
+/// the CPU's; the f32 fixture keeps the rope launch (no tensor-core
+/// decode), and with it off every decode step does.
+#[test]
+fn decode_attention_doing_the_rope_and_cache_write_matches_the_cpu_target() {
+    if !gpu() {
+        return;
+    }
+    for name in ["llama_bf16", "qwen2_f16", "mistral in bf16", "llama"] {
+        let (m, copy) = decode_model(name);
+        let g = &m.graph;
+        let dtype = g.outputs()[0].ty.dtype;
+        let layers = m.config.num_layers as u64;
+        for (chunks, graphs, on) in [(4, false, true), (1, true, true), (4, false, false)] {
+            let what = format!("{name}, {chunks} chunks, graphs {graphs}, rope in attention {on}");
+            const NB: usize = 128;
+            let nb = Bindings::from([("NB".to_string(), NB as i64)]);
+            let mut cpu = CpuProgram::new(g, &m.weights).unwrap();
+            cpu.init_state(&nb).unwrap();
+            let mut cuda = CudaProgram::new(g, &m.weights, &mut no_progress()).unwrap();
+            cuda.set_cuda_graphs(graphs);
+            cuda.set_decode_chunks(chunks);
+            cuda.set_decode_rope(on);
+            cuda.init_state(&nb).unwrap();
+            let vocab = m.config.vocab_size;
+            // 37 is prime to NB: the blocks are a scattered permutation.
+            let block = |i: usize| (i * 37 % NB) as i64;
+            let lens = [300usize, 3, 5, 7, 2, 6];
+            let tables: Vec<Vec<i64>> = std::iter::once((0..80).map(block).collect())
+                .chain((0..5).map(|q| (80 + 4 * q..84 + 4 * q).map(block).collect()))
+                .collect();
+            let mut ids: Vec<Vec<i64>> = lens
+                .iter()
+                .enumerate()
+                .map(|(q, &n)| (0..n).map(|i| ((i * 37 + 5 + q * 11) % vocab) as i64).collect())
+                .collect();
+            let mut si = StepInputs::default();
+            for (q, seq) in ids.iter().enumerate() {
+                si.ids.extend(seq);
+                si.push_seq(&tables[q], BLOCK, 0, seq.len(), true);
+            }
+            let mut logits = step_on_both(g, &mut cpu, &mut cuda, &si, NB, &format!("{what}, prompts"));
+            let before = cuda.attention_paths();
+            for step in 0..8 {
+                let mut si = StepInputs::default();
+                for (q, seq) in ids.iter_mut().enumerate() {
+                    let row = &logits[q * vocab..(q + 1) * vocab];
+                    let next = (0..vocab).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0) as i64;
+                    seq.push(next);
+                    si.ids.push(next);
+                    si.push_seq(&tables[q], BLOCK, seq.len() - 1, 1, true);
+                }
+                logits = step_on_both(g, &mut cpu, &mut cuda, &si, NB, &format!("{what}, step {step}"));
+            }
+            let paths = cuda.attention_paths();
+            let (decode, roped) = (
+                paths.decode - before.decode,
+                paths.decode_rope - before.decode_rope,
+            );
+            assert!(decode >= layers, "{what}: {paths:?}");
+            let want = if on && dtype != DType::F32 { decode } else { 0 };
+            assert_eq!(roped, want, "{what}: {paths:?}");
+            caches_match(&cuda, &cpu, &nb, dtype, &what);
+        }
+        if let Some(dir) = copy {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// The eighth session saw the random hidden-1,024 Llama's logits 1.02e-2
 /// from the CPU's at 300 keys with eight-warp decode attention, just past
 /// the bf16 bound. Whether that is the model's own bf16 error at a long

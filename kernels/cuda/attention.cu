@@ -439,10 +439,38 @@ template <int D> struct DecodeMma {
     static constexpr int STAGE = 2 * KS * RS;     // K rows, then V rows
 };
 
-template <typename T, int D, int NW = 4>
+// The rope + cache write done inside decode attention (`paged_decode_rope_*`):
+// queries, keys and values come from the QKV projection's rows (`qkv`, of
+// `width`: hq query heads, hkv key heads, hkv value heads, all of the head
+// dim), rotated as `rope_qkv_cache_impl` rotates them (cos/sin rows of `r`
+// per token, `il` interleaved pairs) and rounded to T as it stores them.
+// The warp whose chunk holds the new key writes it and its value to the
+// cache (`slots`, as `rope_qkv_cache_impl`; negative: no write) and into
+// its stage, so no other block or kernel reads them this step.
+template <typename T> struct DecodeRope {
+    const T* qkv;
+    const T* cs;
+    const T* sn;
+    const i64* slots;
+    T* kc;  // the caches, as the kernel's kc and vc but writable
+    T* vc;
+    int width, r, il;
+    // Channel c of a head's row x (of token t), rotated.
+    __device__ __forceinline__ float at(const T* x, int t, int c) const {
+        const float v = ld(&x[c]);
+        if (c >= r) return v;
+        const int half = r / 2;
+        const float rot = il ? ((c % 2 == 0) ? -ld(&x[c + 1]) : ld(&x[c - 1]))
+                             : (c < half ? -ld(&x[c + half]) : ld(&x[c - half]));
+        return v * ld(&cs[(i64)t * r + c]) + rot * ld(&sn[(i64)t * r + c]);
+    }
+};
+
+template <typename T, int D, int NW = 4, bool ROPE = false>
 __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, const i64* positions,
                                       const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
-                                      int ntok, int hq, int hkv, int bs, float scale, int window) {
+                                      int ntok, int hq, int hkv, int bs, float scale, int window,
+                                      DecodeRope<T> rope = {}) {
     constexpr int KS = DecodeMma<D>::KS, RS = DecodeMma<D>::RS, STAGE = DecodeMma<D>::STAGE;
     constexpr int NB = KS / 8, DK = D / 16, DN = D / 8, PIECES = D / 8, GM = DECODE_GROUP;
     extern __shared__ __align__(16) unsigned char decode_smem[];
@@ -462,6 +490,7 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     // keys past the context are zeros. `early`: issued before pdl_wait(),
     // so the key at p (which the kernel ahead writes) is left for
     // `load_current`; every earlier key was written by an earlier step.
+    // With ROPE the key at p never comes from the cache (`put_current`).
     auto load = [&](int c, T* st, bool early) {
         const int k0 = first + c * KS;
         const int mine = k0 + lane % KS;
@@ -470,7 +499,7 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
         for (int it = 0; it < KS * PIECES / 32; ++it) {
             const int i = lane + 32 * it, r = i / PIECES, pc = i % PIECES;
             const int sl = __shfl_sync(0xffffffffu, slot, r);
-            if (early && k0 + r == p) continue;
+            if ((early || ROPE) && k0 + r == p) continue;
             const bool ok = k0 + r <= p;
             const i64 off = ok ? ((i64)sl * hkv + kh) * D + pc * 8 : 0;
             cp_async16_or_zero(st + r * RS + pc * 8, kc + off, ok);
@@ -500,7 +529,53 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     pdl_wait();
     const int current = (p - first) / KS;  // the chunk holding p
     const bool late = current < c_end && (current == c || current == c + NW);
-    if (late) load_current(current, stages + (current == c ? 0 : STAGE));
+    // ROPE: the warp whose chunks include `current` rotates the new key
+    // (lane's channels lane, lane + 32, ...), writes it and the value to
+    // the cache, and keeps them to put into that chunk's stage.
+    constexpr int PER_LANE = (D + 31) / 32;
+    T kp[PER_LANE], vp[PER_LANE];
+    const bool owner = ROPE && current >= c && current < c_end && (current - c) % NW == 0;
+    if constexpr (ROPE) {
+        if (owner) {
+            const T* row = rope.qkv + (i64)t * rope.width;
+            const T* xk = row + (hq + kh) * D;
+            const T* xv = row + (hq + hkv) * D + kh * D;
+            const i64 sl = rope.slots[t];
+#pragma unroll
+            for (int e = 0; e < PER_LANE; ++e) {
+                const int ch = lane + 32 * e;
+                if (ch < D) {
+                    st(&kp[e], rope.at(xk, t, ch));
+                    vp[e] = xv[ch];
+                    if (sl >= 0) {
+                        rope.kc[(sl * hkv + kh) * D + ch] = kp[e];
+                        rope.vc[(sl * hkv + kh) * D + ch] = vp[e];
+                    }
+                }
+            }
+        }
+    }
+    // The kept key and value into row p - k0 of chunk cc's stage (plain
+    // stores: the warp syncs before it reads the stage).
+    auto put_current = [&](int cc, T* st, bool commit) {
+        const int r = p - (first + cc * KS);
+#pragma unroll
+        for (int e = 0; e < PER_LANE; ++e) {
+            const int ch = lane + 32 * e;
+            if (ch < D) {
+                st[r * RS + ch] = kp[e];
+                st[(KS + r) * RS + ch] = vp[e];
+            }
+        }
+        if (commit) cp_async_commit();  // the group load_current would have made
+    };
+    if (late) {
+        if constexpr (ROPE) {
+            put_current(current, stages + (current == c ? 0 : STAGE), true);
+        } else {
+            load_current(current, stages + (current == c ? 0 : STAGE));
+        }
+    }
     // Query rows g < G of this KV group as A fragments (columns 2tq, +1
     // and 2tq + 8, +9 of each 16-dim step).
     unsigned qa[DK][2];
@@ -508,10 +583,17 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     for (int s = 0; s < DK; ++s) {
         qa[s][0] = qa[s][1] = 0u;
         if (g < G) {
-            // From L2 (.cg): read once, by this block only.
-            const T* qr = q + ((i64)t * hq + kh * G + g) * D + 16 * s + 2 * tq;
-            qa[s][0] = __ldcg(reinterpret_cast<const unsigned*>(qr));
-            qa[s][1] = __ldcg(reinterpret_cast<const unsigned*>(qr + 8));
+            if constexpr (ROPE) {
+                const T* qr = rope.qkv + (i64)t * rope.width + (kh * G + g) * D;
+                const int c0 = 16 * s + 2 * tq;
+                qa[s][0] = pack2((T*)nullptr, rope.at(qr, t, c0), rope.at(qr, t, c0 + 1));
+                qa[s][1] = pack2((T*)nullptr, rope.at(qr, t, c0 + 8), rope.at(qr, t, c0 + 9));
+            } else {
+                // From L2 (.cg): read once, by this block only.
+                const T* qr = q + ((i64)t * hq + kh * G + g) * D + 16 * s + 2 * tq;
+                qa[s][0] = __ldcg(reinterpret_cast<const unsigned*>(qr));
+                qa[s][1] = __ldcg(reinterpret_cast<const unsigned*>(qr + 8));
+            }
         }
     }
     OPTC_TRACE_MARK(3);
@@ -596,7 +678,10 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
         }
         // The chunk two ahead takes this stage once every lane is done.
         __syncwarp();
-        if (c + 2 * NW < c_end) load(c + 2 * NW, st, false);
+        if (c + 2 * NW < c_end) {
+            load(c + 2 * NW, st, false);
+            if (ROPE && c + 2 * NW == current) put_current(current, st, false);
+        }
         buf ^= 1;
     }
     l_r += __shfl_xor_sync(0xffffffffu, l_r, 1);
@@ -623,10 +708,11 @@ __device__ void paged_decode_mma_impl(const T* q, const T* kc, const T* vc, cons
     decode_merge<T, D, NW>(m_s, l_s, a_s, last_s, out, part, counters, t, kh, z, nsplit, ntok, hq, hkv, G);
 }
 
-template <typename T, int D, int NW = 4>
+template <typename T, int D, int NW = 4, bool ROPE = false>
 __device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i64* positions,
                                   const i64* block_tables, int max_blocks, T* out, float* part, int* counters,
-                                  int ntok, int hq, int hkv, int bs, float scale, int window) {
+                                  int ntok, int hq, int hkv, int bs, float scale, int window,
+                                  DecodeRope<T> rope = {}) {
     // Launched as a dependent (programmatic dependent launch): the
     // o projection's GEMV after this may start streaming its weights. Each
     // path calls pdl_wait() before it reads what the kernels ahead write
@@ -635,9 +721,9 @@ __device__ void paged_decode_impl(const T* q, const T* kc, const T* vc, const i6
     // The host sizes shared memory by the same rule (`decode_mma_supported`),
     // and launches the eight-warp kernel only on the tensor-core path.
     if constexpr (sizeof(T) == 2 && D % 16 == 0 && D <= 128) {
-        paged_decode_mma_impl<T, D, NW>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok,
-                                        hq, hkv, bs, scale, window);
-    } else if constexpr (NW == 4) {
+        paged_decode_mma_impl<T, D, NW, ROPE>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters,
+                                              ntok, hq, hkv, bs, scale, window, rope);
+    } else if constexpr (NW == 4 && !ROPE) {
         paged_decode_simt_impl<T, D>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters, ntok,
                                      hq, hkv, bs, scale, window);
     } else {
@@ -686,4 +772,12 @@ OPTC_ATTENTION_COMMON(f16, f16)
         float scale, int window) {                                                                        \
         paged_decode_impl<T, D, 8>(q, kc, vc, positions, block_tables, max_blocks, out, part, counters,   \
                                    ntok, hq, hkv, bs, scale, window);                                     \
+    }                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(128) paged_decode_rope_##N##_d##D(                       \
+        const T* qkv, const T* cs, const T* sn, const i64* slots, int width, int r, int il, T* kc,        \
+        T* vc, const i64* positions, const i64* block_tables, int max_blocks, T* out, float* part,  \
+        int* counters, int ntok, int hq, int hkv, int bs, float scale, int window) {                      \
+        paged_decode_impl<T, D, 4, true>(nullptr, kc, vc, positions, block_tables, max_blocks, out, part, \
+                                         counters, ntok, hq, hkv, bs, scale, window,                      \
+                                         DecodeRope<T>{qkv, cs, sn, slots, kc, vc, width, r, il});        \
     }

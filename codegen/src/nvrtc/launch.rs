@@ -10,8 +10,8 @@ use super::chains::{EwIndex, MAX_LEAVES};
 use super::gemm::GemmShape;
 use super::pick::GemvPick;
 use super::program::{
-    AttentionRun, CudaProgram, Loc, SkinnyGemm, SkinnyKernel, Step, ATTENTION_DECODE8, ATTENTION_MMA,
-    GEMV_RING_AT, SKINNY_STREAM_AT, SPLIT_COUNTERS,
+    AttentionRun, CudaProgram, Exec, Loc, SkinnyGemm, SkinnyKernel, Step, ATTENTION_DECODE8,
+    ATTENTION_DECODE_ROPE, ATTENTION_MMA, GEMV_RING_AT, SKINNY_STREAM_AT, SPLIT_COUNTERS,
 };
 use super::select::Kernel;
 use super::strided::{broadcast_strides, contiguous, strided, MAX_RANK};
@@ -356,6 +356,36 @@ impl CudaProgram {
         })
     }
 
+    /// The rope + cache write step whose work decode attention step `ai`
+    /// can do itself this run (`paged_decode_rope_*`): the step that made
+    /// its queries and wrote its cache, past the GEMV's rows (up to them
+    /// the QKV GEMV does it), on the tensor-core decode kernel (the
+    /// caller checks four warps), values as wide as keys. Saves a launch
+    /// a layer.
+    pub(super) fn decode_rope_step(&self, steps: &[Step], ai: usize, dims: &[Vec<usize>]) -> Option<usize> {
+        let s = &steps[ai];
+        let Exec::Kernel(Kernel::PagedAttention, fns) = &s.exec else {
+            return None;
+        };
+        if !self.decode_rope || !s.cache_written || fns.len() <= ATTENTION_DECODE_ROPE {
+            return None;
+        }
+        let q = self.owner[*s.args.first()?];
+        let ri = (0..ai).rev().find(|&j| {
+            matches!(steps[j].exec, Exec::Kernel(Kernel::RopeQkvCache, _))
+                && steps[j].outs.first().is_some_and(|&o| self.owner[o] == q)
+        })?;
+        let g = RopeQkv::of(&steps[ri], dims).ok()?;
+        let esize = self.types[s.args[0]].dtype.storage_bytes(1);
+        let fits = g.ntok > src::GEMV_MAX_ROWS
+            && g.dv == g.d
+            && g.r <= g.d
+            && dims[s.args[0]].last() == Some(&g.d)
+            && src::decode_mma_supported(g.d, esize)
+            && g.width <= i32::MAX as usize;
+        fits.then_some(ri)
+    }
+
     /// Warps of the decode attention blocks of a grid of `blocks`
     /// (sequences × KV heads) for head dim `d` of `esize`-byte elements,
     /// given the step's `nfns` functions: `Gpu::decode_warps` where the
@@ -540,6 +570,7 @@ impl CudaProgram {
         dims: &[Vec<usize>],
         ptr: &[u64],
         attn: Option<&AttentionRun>,
+        rope: Option<&Step>,
         arena: u64,
         pick: Option<&mut GemvPick>,
     ) -> Result<(), String> {
@@ -924,6 +955,26 @@ impl CudaProgram {
                     // Four warps, or eight (`decode_warps`: the splits were sized for them).
                     let warps = run.warps;
                     let smem = src::paged_decode_smem_bytes(d, esize as usize, warps) as u32;
+                    if let Some(rs) = rope {
+                        // The rope + cache write step's work too: its
+                        // operands instead of the queries.
+                        let Op::Rope(ro) = &rs.op else {
+                            return Err(format!("{} fused as a rope (a lowering bug)", rs.op.name()));
+                        };
+                        let g = RopeQkv::of(rs, dims)?;
+                        let ra = &rs.args;
+                        let r = launch!(gpu, &fns[ATTENTION_DECODE_ROPE], cfg(grid, 128, smem);
+                            qkv = ptr[ra[0]], c = ptr[ra[1]], sn = ptr[ra[2]], sl = ptr[ra[5]],
+                            width = g.width as i32, r = g.r as i32, il = i32::from(ro.interleaved),
+                            kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],
+                            mb = dims[a[8]][1] as i32, out = ptr[o0], part = part, ctr = counters,
+                            nt = ntok as i32, hq = hq as i32, hkv = hkv as i32, bs = bs as i32, scale = scale,
+                            window = window);
+                        if part != 0 {
+                            self.pool.release(part);
+                        }
+                        return r;
+                    }
                     let f = if warps == 8 {
                         &fns[ATTENTION_DECODE8]
                     } else {

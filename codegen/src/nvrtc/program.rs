@@ -145,6 +145,9 @@ pub(super) struct AttentionRun {
     pub(super) decode: bool,
     /// Its warps a block (`CudaProgram::decode_warps`; the splits assume them).
     pub(super) warps: usize,
+    /// The rope + cache write step whose work the decode kernel does this
+    /// run (`CudaProgram::decode_rope_step`): that step is not launched.
+    pub(super) rope_from: Option<usize>,
 }
 
 /// How many paged-attention launches took each kernel since the program
@@ -156,6 +159,9 @@ pub struct AttentionPaths {
     pub decode: u64,
     /// Those of them on its eight-warp form (`OPTC_DECODE_WARPS=8`).
     pub decode8: u64,
+    /// Those of them that rotated the queries and the new key and wrote
+    /// the cache themselves (`OPTC_CUDA_DECODE_ROPE`).
+    pub decode_rope: u64,
     /// Prefill-like steps on the tensor-core prefill kernel.
     pub prefill_mma: u64,
     /// Steps on the tiled CUDA-core kernel (split or not).
@@ -163,9 +169,13 @@ pub struct AttentionPaths {
 }
 
 /// A paged-attention step's functions: the cache write, the tiled kernel,
-/// its split combine, the decode kernels of four and of eight warps, then
+/// its split combine, the decode kernels of four and of eight warps, the
+/// four-warp decode kernel that does the rope + cache write itself, then
 /// (when it built) the MMA prefill at this index.
-pub(super) const ATTENTION_MMA: usize = 5;
+pub(super) const ATTENTION_MMA: usize = 6;
+
+/// Where the decode kernel with the rope + cache write is among them.
+pub(super) const ATTENTION_DECODE_ROPE: usize = 5;
 
 /// Where the eight-warp decode kernel is among them.
 pub(super) const ATTENTION_DECODE8: usize = 4;
@@ -299,6 +309,10 @@ pub struct CudaProgram {
     pub(super) skinny: SkinnyGemm,
     /// Which kernel those linears take.
     pub(super) skinny_kernel: SkinnyKernel,
+    /// Whether decode attention past the GEMV's rows does the rope + cache
+    /// write before it (`decode_rope_step`; `OPTC_CUDA_DECODE_ROPE=0` turns
+    /// it off).
+    pub(super) decode_rope: bool,
     /// Every value's dims per input-shape set seen lately.
     pub(super) dims_cache: crate::lowering::DimsCache,
     pub(super) attention_paths: AttentionPaths,
@@ -921,6 +935,14 @@ impl CudaProgram {
                         if src::decode_mma_supported(d, esize) {
                             let bytes = src::paged_decode_smem_bytes(d, esize, 8);
                             decode8 &= allow_smem(&fns[ATTENTION_DECODE8], bytes).is_ok();
+                            // The rope-doing form: the four-warp one's memory.
+                            let bytes = src::paged_decode_smem_bytes(d, esize, 4);
+                            allow_smem(&fns[ATTENTION_DECODE_ROPE], bytes).map_err(|e| CodegenError::Node {
+                                node: s.node.clone(),
+                                message: format!(
+                                    "decode attention for head dim {d} needs {bytes} bytes of shared memory: {e}"
+                                ),
+                            })?;
                         }
                     }
                     let f = float_name(types[s.outs[0]].dtype).unwrap_or("f32");
@@ -1282,6 +1304,7 @@ impl CudaProgram {
             split_counters,
             skinny: SkinnyGemm::from_env(),
             skinny_kernel: SkinnyKernel::from_env(),
+            decode_rope: std::env::var("OPTC_CUDA_DECODE_ROPE").map_or(true, |v| v != "0"),
             dims_cache: Default::default(),
             attention_paths: AttentionPaths::default(),
             fused_gemv_launches: 0,
@@ -1366,6 +1389,13 @@ impl CudaProgram {
     pub fn set_skinny_gemm(&mut self, mode: SkinnyGemm) {
         self.drop_captures();
         self.skinny = mode;
+    }
+
+    /// Overrides `OPTC_CUDA_DECODE_ROPE`: whether decode attention does
+    /// the rope + cache write before it. Captured graphs are dropped.
+    pub fn set_decode_rope(&mut self, on: bool) {
+        self.drop_captures();
+        self.decode_rope = on;
     }
 
     /// Overrides `OPTC_CUDA_SKINNY_KERNEL` for this program's skinny

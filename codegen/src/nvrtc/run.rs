@@ -2,7 +2,7 @@
 //! step loop over the buffer pool, and CUDA graph capture and replay for
 //! decode steps (with the token pick of `pick.rs` at their end).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use optc_ir::dim::normalize_axis;
@@ -502,6 +502,7 @@ impl CudaProgram {
                             mma: prefill_mma,
                             decode,
                             warps,
+                            rope_from: None,
                         },
                     );
                 }
@@ -525,6 +526,15 @@ impl CudaProgram {
             arena.extend_from_slice(p.params());
             arena.resize(arena.len().div_ceil(256) * 256, 0);
         }
+        // Decode attention that does its rope + cache write step's work
+        // (per step: layers share their runs, not their rope steps).
+        for (&si, r) in attn.iter_mut() {
+            r.rope_from = if r.decode && r.tiles > 0 && r.warps == 4 {
+                self.decode_rope_step(&self.steps, si, dims)
+            } else {
+                None
+            };
+        }
         // (The megakernel's attention is its own.)
         let mega = self
             .mega
@@ -540,6 +550,7 @@ impl CudaProgram {
                 (true, _) => {
                     p.decode += 1;
                     p.decode8 += u64::from(r.warps == 8);
+                    p.decode_rope += u64::from(r.rope_from.is_some());
                 }
                 (false, true) => p.prefill_mma += 1,
                 (false, false) => p.tiled += 1,
@@ -781,6 +792,16 @@ impl CudaProgram {
         // step's work in this run, and SwiGLU steps a GEMV already did.
         let mut runs_norm = vec![false; steps.len()];
         let mut done = vec![false; steps.len()];
+        // Rope + cache write steps a decode attention does: not launched,
+        // their operands kept until that attention has run.
+        let mut rope_of: HashMap<usize, usize> = HashMap::new();
+        for (&ai, r) in attn {
+            if let Some(ri) = r.rope_from {
+                done[ri] = true;
+                rope_of.insert(ai, ri);
+            }
+        }
+        let roped: HashSet<usize> = rope_of.values().copied().collect();
         // The megakernel's first step, and its last once it launched: the
         // steps between are its work.
         let mega_first = self.mega.as_ref().filter(|m| m.on).map(|m| m.stack.first);
@@ -876,20 +897,37 @@ impl CudaProgram {
                     dims,
                     ptr,
                     attn.get(&si),
+                    rope_of.get(&si).map(|&ri| &steps[ri]),
                     cx.arena,
                     cx.pick.as_deref_mut(),
                 ),
                 _ => self.host_step(s, dims, bindings, ptr),
             };
             r.map_err(node_err(&s.node))?;
-            for &a in s.args.iter().chain(&s.also_reads) {
+            // What this step read last (for an attention that did a rope
+            // step's work, what that step read last too).
+            let reads = |i: usize| {
+                steps[i]
+                    .args
+                    .iter()
+                    .chain(&steps[i].also_reads)
+                    .map(move |&a| (i, a))
+            };
+            let read: Vec<(usize, usize)> = if roped.contains(&si) {
+                Vec::new()
+            } else {
+                reads(si)
+                    .chain(rope_of.get(&si).into_iter().flat_map(|&ri| reads(ri)))
+                    .collect()
+            };
+            for (i, a) in read {
                 let o = self.owner[a];
                 let last = if hoist {
                     self.launch_last_use.get(&o)
                 } else {
                     self.last_use.get(&o)
                 };
-                if last == Some(&si) && self.locs[o] == Loc::Temp && ptr[o] != 0 {
+                if last == Some(&i) && self.locs[o] == Loc::Temp && ptr[o] != 0 {
                     self.pool.release(ptr[o]);
                     ptr[o] = 0;
                 }

@@ -252,6 +252,7 @@ pub(super) fn function_names(k: Kernel, args: &[&TensorType], out: &TensorType) 
                 format!("attention_combine_{f}"),
                 format!("paged_decode_{f}_d{d}"),
                 format!("paged_decode8_{f}_d{d}"),
+                format!("paged_decode_rope_{f}_d{d}"),
             ]
         }
     }
