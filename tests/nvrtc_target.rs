@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use optc::codegen::cpu::CpuProgram;
-use optc::codegen::nvrtc::{self, CudaProgram, SkinnyGemm, SkinnyKernel};
+use optc::codegen::nvrtc::{self, CudaProgram, SkinnyGemm};
 use optc::frontends::hf;
 use optc::ir::{parse, run, Bindings, DType, Graph, Tensor, WeightStore};
 use optc::passes::kv_cache::StepInputs;
@@ -1271,8 +1271,8 @@ fn norms_at_model_widths_match_the_interpreter() {
 
 /// Linear layers at decode batch sizes (the GEMV kernels: one row, up to
 /// four), at small batches (16-bit: the tensor-core skinny GEMM up to 128
-/// rows, its k split over blocks for narrow outputs or not for short k,
-/// and the register-streaming one up to 64; f32: cuBLASLt) and past them (cuBLASLt), with and without bias, at odd
+/// rows, its k split over blocks for narrow outputs or not for short k;
+/// f32: cuBLASLt) and past them (cuBLASLt), with and without bias, at odd
 /// output widths and a k that is not a multiple of the 64-wide tiles; and
 /// past the GEMV's rows on cuBLASLt with each shape's algorithm timed.
 #[test]
@@ -1309,13 +1309,6 @@ fn linears_at_decode_batches_match_the_interpreter() {
             let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
             p.set_skinny_gemm(SkinnyGemm::All);
             let got = p.run(&inputs).unwrap();
-            // The register-streaming skinny GEMM where it covers the rows.
-            let streamed = (t != DType::F32 && (src::GEMV_MAX_ROWS + 1..=64).contains(&m)).then(|| {
-                p.set_skinny_kernel(SkinnyKernel::Stream);
-                let got = p.run(&inputs).unwrap();
-                p.set_skinny_kernel(SkinnyKernel::Staged);
-                got
-            });
             // Past the GEMV's rows, cuBLASLt again with its first few
             // algorithms timed for each shape (the fastest kept).
             let tuned = (m > src::GEMV_MAX_ROWS).then(|| {
@@ -1331,11 +1324,7 @@ fn linears_at_decode_batches_match_the_interpreter() {
             });
             for (o, wt) in g.outputs().iter().zip(&want) {
                 let first = (&got, m > src::SKINNY_MAX_ROWS || (m > 4 && t == DType::F32));
-                let second = streamed.as_ref().map(|g| (g, false));
-                for (got, cublas) in std::iter::once(first)
-                    .chain(second)
-                    .chain(tuned.as_ref().map(|g| (g, true)))
-                {
+                for (got, cublas) in std::iter::once(first).chain(tuned.as_ref().map(|g| (g, true))) {
                     let e = rel_l2(&got[&o.name], wt);
                     // cuBLASLt's half-precision bias epilogue rounds the
                     // product, then the sum; the GEMV and the skinny GEMM

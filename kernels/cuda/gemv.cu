@@ -752,7 +752,7 @@ static_assert(GemvRingPlain::WARPS * 32 == 256 && GemvRingGlu::WARPS * 32 == 128
 // most of this file's compile time, so a bf16 model does not build the
 // f32 and f16 GEMVs.
 
-// The end of both skinny GEMMs (below): the block's [8 MT, 16 WARPS] tile of y
+// The end of the skinny GEMM (below, and the bench's register-streaming one): the block's [8 MT, 16 WARPS] tile of y
 // (acc as mma16816 leaves it: weight rows down, rows of x across) goes
 // through shared memory in f32 so the stores run along n; with k split
 // over gridDim.y blocks, the last block of a slab adds the partial sums in
@@ -934,109 +934,15 @@ __device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float
     skinny_finish<T, MT, WARPS>(acc, b, y, part, counters, n, m);
 }
 
-// The skinny GEMM without shared-memory stages: each warp streams its 16
-// weight rows straight into registers, as the GEMVs do, two loads of 16
-// bytes a lane per 32 elements of k (U of them a round, two rounds in
-// flight), so nothing waits on a block-wide barrier in the loop. A lane's
-// 8 elements of row g (and g + 8) serve as its k fragment of two mma k
-// steps in a permuted k order (elements 0-1 and 2-3 the first step's
-// columns 2tq.. and 2tq + 8.., 4-7 the second's); the rows of x, in
-// shared memory for the block's k range, are read in the same order, so
-// the dot products are unchanged. The block's k range (`per` 64-wide
-// tiles of gridDim.y splits) of x is copied once after the PDL wait, its
-// rows padded to `skinny_stream_stride` (a row ≡ 64 bytes mod 128: the
-// 16-byte reads of a quarter warp hit distinct banks) and zero past k
-// and m. Same launch as skinny_gemm_impl but for shared memory
-// (`skinny_stream_smem_bytes` on the host).
-__host__ __device__ constexpr int skinny_stream_stride(int per) { return per * 64 + 32; }
-
-template <typename T, int MT, int WARPS = 4, int U = 4, bool EARLY = true>
-__device__ void skinny_stream_impl(const T* x, const T* w, const T* b, T* y, float* part, int* counters, int n, int k,
-                                   int m) {
-    constexpr int WROWS = 16 * WARPS, KG = 32 * U;
-    extern __shared__ __align__(16) unsigned char skinny_smem[];
-    T* xs = reinterpret_cast<T*>(skinny_smem);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
-    const int ktiles = (k + 63) / 64, per = (ktiles + gridDim.y - 1) / gridDim.y;
-    const int kb = min(k, (int)blockIdx.y * per * 64), klen = min(k, kb + per * 64) - kb;
-    const int xstride = skinny_stream_stride(per), iters = (klen + KG - 1) / KG;
-    const int r0 = blockIdx.x * WROWS + warp * 16 + g;
-    const bool ok0 = r0 < n, ok1 = r0 + 8 < n;
-    const T* w0 = w + (i64)(ok0 ? r0 : 0) * k + kb + tq * 8;
-    const T* w1 = w + (i64)(ok1 ? r0 + 8 : 0) * k + kb + tq * 8;
-    auto load = [&](uint4 (&lo)[U], uint4 (&hi)[U], int it) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int kk = it * KG + u * 32;
-            const bool in = kk + tq * 8 < klen;
-            lo[u] = in && ok0 ? *reinterpret_cast<const uint4*>(w0 + kk) : make_uint4(0, 0, 0, 0);
-            hi[u] = in && ok1 ? *reinterpret_cast<const uint4*>(w1 + kk) : make_uint4(0, 0, 0, 0);
-        }
-    };
-    float acc[MT][4];
-#pragma unroll
-    for (int j = 0; j < MT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-    auto use = [&](const uint4 (&lo)[U], const uint4 (&hi)[U], int it) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int kc = it * KG + u * 32;
-            if (kc >= klen) break;
-            const T* xr = xs + g * xstride + kc + tq * 8;
-#pragma unroll
-            for (int j = 0; j < MT; ++j) {
-                if (j * 8 >= m) break;
-                const uint4 xv = *reinterpret_cast<const uint4*>(xr + j * 8 * xstride);
-                mma16816((T*)nullptr, acc[j], lo[u].x, hi[u].x, lo[u].y, hi[u].y, xv.x, xv.y);
-                mma16816((T*)nullptr, acc[j], lo[u].z, hi[u].z, lo[u].w, hi[u].w, xv.z, xv.w);
-            }
-        }
-    };
-    uint4 p0[U], p1[U], q0[U], q1[U];
-    // The first two rounds' weights (no kernel of the run writes them)
-    // stream in while the kernel ahead finishes; x only after the wait.
-    pdl_trigger();
-    if (!EARLY) pdl_wait();
-    load(p0, p1, 0);
-    if (iters > 1) load(q0, q1, 1);
-    if (EARLY) pdl_wait();
-    const int xrows = (min(m, 8 * MT) + 7) / 8 * 8, pieces = per * 8;
-    for (int i = threadIdx.x; i < xrows * pieces; i += blockDim.x) {
-        const int r = i / pieces, c = (i % pieces) * 8;
-        const bool ok = r < m && c < klen;
-        cp_async16_or_zero(xs + r * xstride + c, ok ? x + (i64)r * k + kb + c : x, ok);
-    }
-    cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-    for (int it = 0; it < iters; it += 2) {
-        use(p0, p1, it);
-        if (it + 2 < iters) load(p0, p1, it + 2);
-        if (it + 1 < iters) {
-            use(q0, q1, it + 1);
-            if (it + 3 < iters) load(q0, q1, it + 3);
-        }
-    }
-    __syncthreads();
-    skinny_finish<T, MT, WARPS>(acc, b, y, part, counters, n, m);
-}
-
 #define OPTC_SKINNY(T, N, MT, NAME)                                                                        \
     extern "C" __global__ void __launch_bounds__(128)                                                      \
         skinny_##N##_##NAME(const T* x, const T* w, const T* b, T* y, float* part, int* counters, int n,   \
                             int k, int m) {                                                                \
         skinny_gemm_impl<T, MT>(x, w, b, y, part, counters, n, k, m);                                      \
     }
-#define OPTC_SKINNY_STREAM(T, N, MT, NAME)                                                                 \
-    extern "C" __global__ void __launch_bounds__(128)                                                      \
-        skinny_stream_##N##_##NAME(const T* x, const T* w, const T* b, T* y, float* part, int* counters,   \
-                                   int n, int k, int m) {                                                  \
-        skinny_stream_impl<T, MT>(x, w, b, y, part, counters, n, k, m);                                    \
-    }
-// The row variants (`SKINNY_VARIANTS` and `SKINNY_STREAM_VARIANTS` on the
-// host), instantiated with the GEMVs for the 16-bit types.
-#define OPTC_SKINNY_ALL(T, N)          \
-    OPTC_SKINNY(T, N, 4, m32)          \
-    OPTC_SKINNY(T, N, 8, m64)          \
-    OPTC_SKINNY(T, N, 16, m128)        \
-    OPTC_SKINNY_STREAM(T, N, 4, m32)   \
-    OPTC_SKINNY_STREAM(T, N, 8, m64)
+// The row variants (`SKINNY_VARIANTS` on the host), instantiated with the
+// GEMVs for the 16-bit types.
+#define OPTC_SKINNY_ALL(T, N)    \
+    OPTC_SKINNY(T, N, 4, m32)    \
+    OPTC_SKINNY(T, N, 8, m64)    \
+    OPTC_SKINNY(T, N, 16, m128)

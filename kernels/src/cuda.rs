@@ -133,24 +133,6 @@ pub const SKINNY_ROWS_PER_BLOCK: usize = 64;
 /// The skinny-GEMM kernels as (name suffix, rows of x they cover).
 pub const SKINNY_VARIANTS: [(&str, usize); 3] = [("m32", 32), ("m64", 64), ("m128", 128)];
 
-/// The register-streaming skinny GEMMs (`skinny_stream_{dtype}_m32`,
-/// `_m64`) as (name suffix, rows of x they cover): the weights go straight
-/// to registers, so their shared memory holds only the block's k range of
-/// x, and more rows than 64 would not fit it.
-pub const SKINNY_STREAM_VARIANTS: [(&str, usize); 2] = [("m32", 32), ("m64", 64)];
-
-/// The most dynamic shared memory a streaming skinny-GEMM block may take:
-/// the host splits k further until x's range fits.
-pub const SKINNY_STREAM_MAX_SMEM: usize = 160 << 10;
-
-/// Dynamic shared memory of a streaming skinny-GEMM block covering `rows`
-/// rows of x over `per` 64-wide k tiles: x's rows padded to
-/// `skinny_stream_stride` in gemv.cu, or the f32 tile of y its end
-/// passes through, whichever is larger.
-pub fn skinny_stream_smem_bytes(rows: usize, per: usize, elem_bytes: usize) -> usize {
-    (rows * (per * 64 + 32) * elem_bytes).max(rows * (SKINNY_ROWS_PER_BLOCK + 4) * 4)
-}
-
 /// Dynamic shared memory of a skinny-GEMM block covering `rows` rows of
 /// x: four stages of 64 weight rows and the x rows, 64 elements along k
 /// each, padded by 8 (`SKINNY_*` in gemv.cu).

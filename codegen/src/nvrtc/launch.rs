@@ -10,8 +10,8 @@ use super::chains::{EwIndex, MAX_LEAVES};
 use super::gemm::GemmShape;
 use super::pick::GemvPick;
 use super::program::{
-    AttentionRun, CudaProgram, Exec, Loc, SkinnyGemm, SkinnyKernel, Step, ATTENTION_DECODE8,
-    ATTENTION_DECODE_ROPE, ATTENTION_MMA, GEMV_RING_AT, SKINNY_STREAM_AT, SPLIT_COUNTERS,
+    AttentionRun, CudaProgram, Exec, Loc, SkinnyGemm, Step, ATTENTION_DECODE8, ATTENTION_DECODE_ROPE,
+    ATTENTION_MMA, GEMV_RING_AT, SPLIT_COUNTERS,
 };
 use super::select::Kernel;
 use super::strided::{broadcast_strides, contiguous, strided, MAX_RANK};
@@ -665,43 +665,14 @@ impl CudaProgram {
                         .iter()
                         .position(|&(_, rows)| m <= rows)
                         .unwrap_or(src::SKINNY_VARIANTS.len() - 1);
+                    let smem = src::skinny_smem_bytes(src::SKINNY_VARIANTS[v].1, esize as usize) as u32;
                     // Narrow outputs split k until the grid fills the GPU
                     // twice, keeping at least four 64-wide k tiles a block.
                     let ktiles = kd.div_ceil(64);
-                    let mut nsplit = if tiles >= sms as usize {
+                    let nsplit = if tiles >= sms as usize {
                         1
                     } else {
                         (2 * sms as usize).div_ceil(tiles).min(ktiles / 4).max(1)
-                    };
-                    // The streaming kernel holds the block's k range of x
-                    // in shared memory: k splits further until it fits.
-                    let stream = src::SKINNY_STREAM_VARIANTS
-                        .iter()
-                        .position(|&(_, rows)| m <= rows)
-                        .filter(|i| {
-                            self.skinny_kernel == SkinnyKernel::Stream && fns.len() > SKINNY_STREAM_AT + i
-                        })
-                        .and_then(|i| {
-                            let rows = src::SKINNY_STREAM_VARIANTS[i].1;
-                            let fits = |ns: usize| {
-                                src::skinny_stream_smem_bytes(rows, ktiles.div_ceil(ns), esize as usize)
-                                    <= src::SKINNY_STREAM_MAX_SMEM
-                            };
-                            let ns = (nsplit..=ktiles.max(1)).find(|&ns| fits(ns))?;
-                            Some((i, ns))
-                        });
-                    let (f, smem) = match stream {
-                        Some((i, ns)) => {
-                            nsplit = ns;
-                            let rows = src::SKINNY_STREAM_VARIANTS[i].1;
-                            let smem =
-                                src::skinny_stream_smem_bytes(rows, ktiles.div_ceil(ns), esize as usize);
-                            (&fns[SKINNY_STREAM_AT + i], smem as u32)
-                        }
-                        None => (
-                            &fns[2 + v],
-                            src::skinny_smem_bytes(src::SKINNY_VARIANTS[v].1, esize as usize) as u32,
-                        ),
                     };
                     let part = if nsplit > 1 {
                         self.pool
@@ -714,7 +685,7 @@ impl CudaProgram {
                     // only a weight (which no kernel writes) may be.
                     let early = matches!(self.locs[self.owner[a[1]]], Loc::Weight(_));
                     let gpu = &self.gpu;
-                    let r = launch_dependent!(gpu, f, cfg((tiles as u32, nsplit as u32, 1), 128, smem), early;
+                    let r = launch_dependent!(gpu, &fns[2 + v], cfg((tiles as u32, nsplit as u32, 1), 128, smem), early;
                         x = ptr[a[0]], w = ptr[a[1]], b = opt(2), y = ptr[o0], part = part, ctr = counters,
                         n = nn as i32, k = kd as i32, m = m as i32);
                     if part != 0 {

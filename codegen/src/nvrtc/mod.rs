@@ -64,4 +64,4 @@ pub use compile::{cache_dir, CompileReport};
 pub use device::available;
 pub use gemm::GemmTuning;
 pub use pick::{PickedId, SampleRow};
-pub use program::{plan_summary, AttentionPaths, CudaProgram, CudaSummary, SkinnyGemm, SkinnyKernel};
+pub use program::{plan_summary, AttentionPaths, CudaProgram, CudaSummary, SkinnyGemm};

@@ -183,9 +183,6 @@ pub(super) const ATTENTION_DECODE8: usize = 4;
 /// Where a 16-bit linear's kernels hold the one-row ring GEMV: after the
 /// two register GEMVs and the skinny GEMMs (`function_names`).
 pub(super) const GEMV_RING_AT: usize = 2 + src::SKINNY_VARIANTS.len();
-/// Where a linear's kernels list the streaming skinny GEMMs: after the
-/// two ring GEMVs.
-pub(super) const SKINNY_STREAM_AT: usize = GEMV_RING_AT + 2;
 
 /// Split counters of the decode attention and the skinny GEMM: at most
 /// this many (token, KV head) pairs or 64-row weight slabs per launch.
@@ -307,8 +304,6 @@ pub struct CudaProgram {
     /// Where linears of 5..=128 rows (16-bit) take the tensor-core skinny
     /// GEMM instead of cuBLASLt.
     pub(super) skinny: SkinnyGemm,
-    /// Which kernel those linears take.
-    pub(super) skinny_kernel: SkinnyKernel,
     /// Whether decode attention past the GEMV's rows does the rope + cache
     /// write before it (`decode_rope_step`; `OPTC_CUDA_DECODE_ROPE=0` turns
     /// it off).
@@ -368,27 +363,6 @@ impl SkinnyGemm {
             Ok("1") => SkinnyGemm::Narrow,
             Ok("all") => SkinnyGemm::All,
             _ => SkinnyGemm::Off,
-        }
-    }
-}
-
-/// Which tensor-core kernel the skinny linears take (where `SkinnyGemm`
-/// sends them). `OPTC_CUDA_SKINNY_KERNEL=stream` picks `Stream`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SkinnyKernel {
-    /// Weight tiles through cp.async stages in shared memory
-    /// (`skinny_gemm_impl` in gemv.cu), up to 128 rows of x.
-    Staged,
-    /// Weights straight into registers, as the GEMVs stream them
-    /// (`skinny_stream_impl`), up to 64 rows of x; `Staged` past that.
-    Stream,
-}
-
-impl SkinnyKernel {
-    fn from_env() -> SkinnyKernel {
-        match std::env::var("OPTC_CUDA_SKINNY_KERNEL").as_deref() {
-            Ok("stream") => SkinnyKernel::Stream,
-            _ => SkinnyKernel::Staged,
         }
     }
 }
@@ -884,13 +858,6 @@ impl CudaProgram {
                     {
                         fns.truncate(GEMV_RING_AT + 1);
                     }
-                    if fns.len() > SKINNY_STREAM_AT
-                        && fns[SKINNY_STREAM_AT..]
-                            .iter()
-                            .any(|f| allow_smem(f, src::SKINNY_STREAM_MAX_SMEM).is_err())
-                    {
-                        fns.truncate(SKINNY_STREAM_AT);
-                    }
                     let smem = |i: usize| match i {
                         0 | 1 => src::GEMV_MAX_SMEM,
                         _ => src::skinny_smem_bytes(src::SKINNY_VARIANTS[i - 2].1, esize),
@@ -1303,7 +1270,6 @@ impl CudaProgram {
             early_embedding_launches: 0,
             split_counters,
             skinny: SkinnyGemm::from_env(),
-            skinny_kernel: SkinnyKernel::from_env(),
             decode_rope: std::env::var("OPTC_CUDA_DECODE_ROPE").map_or(true, |v| v != "0"),
             dims_cache: Default::default(),
             attention_paths: AttentionPaths::default(),
@@ -1396,13 +1362,6 @@ impl CudaProgram {
     pub fn set_decode_rope(&mut self, on: bool) {
         self.drop_captures();
         self.decode_rope = on;
-    }
-
-    /// Overrides `OPTC_CUDA_SKINNY_KERNEL` for this program's skinny
-    /// linears. Captured graphs are dropped.
-    pub fn set_skinny_kernel(&mut self, kernel: SkinnyKernel) {
-        self.drop_captures();
-        self.skinny_kernel = kernel;
     }
 
     /// Runs one-token decode steps (one sequence, one token) through the

@@ -196,12 +196,6 @@ pub(super) fn function_names(k: Kernel, args: &[&TensorType], out: &TensorType) 
                 // then the same picking the greedy token of its row.
                 v.push(format!("gemv_ring_{f}_m1"));
                 v.push(format!("gemv_ring_argmax_{f}_m1"));
-                // At `SKINNY_STREAM_AT`: the register-streaming skinny GEMMs.
-                v.extend(
-                    src::SKINNY_STREAM_VARIANTS
-                        .iter()
-                        .map(|(n, _)| format!("skinny_stream_{f}_{n}")),
-                );
             }
             v
         }
@@ -483,11 +477,10 @@ mod tests {
     /// entries before its own `pdl_wait()`.
     #[test]
     fn entry_points_wait_before_they_work() {
-        const WAIT_INSIDE: [&str; 6] = [
+        const WAIT_INSIDE: [&str; 5] = [
             "gemv_impl<",
             "gemv_ring_impl<",
             "skinny_gemm_impl<",
-            "skinny_stream_impl<",
             "paged_decode_impl<",
             "mega_decode_impl<",
         ];
@@ -544,7 +537,6 @@ mod tests {
             "void gemv_impl(",
             "void gemv_ring_impl(",
             "void skinny_gemm_impl(",
-            "void skinny_stream_impl(",
         ] {
             let at = gemv.find(f).unwrap_or_else(|| panic!("{f}"));
             assert!(gemv[at..].contains("pdl_wait();"), "{f}");
