@@ -157,20 +157,26 @@ static int host_split(int tiles, int k, int bk = 64) {
     return std::max(1, std::min((2 * g_sms + tiles - 1) / tiles, ktiles / 4));
 }
 
+// A bench kernel f of `warps` warps a block over `grid`, as a programmatic
+// dependent (as optc launches the skinny GEMM); its shared memory limit is
+// raised the first time (`attr`, one flag per kernel).
+template <typename F>
+void launch_grid(F f, bool& attr, dim3 grid, int warps, int smem, cudaStream_t s, const Args& a) {
+    if (!attr) {
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, g_smem_max));
+        attr = true;
+    }
+    PdlLaunch l(grid, dim3(warps * 32), smem, s);
+    CK(cudaLaunchKernelEx(&l.c, f, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
+}
 template <int MT, int WARPS, int STAGES, bool EARLY, int BK = SKINNY_BK>
 bool launch_variant(cudaStream_t s, const Args& a, int split) {
     constexpr int WROWS = 16 * WARPS;
     const int tiles = (a.n + WROWS - 1) / WROWS;
     const int ns = split > 0 ? split : host_split(tiles, a.k, BK);
     const int smem = std::max(STAGES * (WROWS + 8 * MT) * (BK + 8) * 2, 8 * MT * (WROWS + 4) * 4);
-    auto f = skinny_variant<MT, WARPS, STAGES, EARLY, BK>;
     static bool attr = false;
-    if (!attr) {
-        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, g_smem_max));
-        attr = true;
-    }
-    PdlLaunch l(dim3(tiles, ns), dim3(WARPS * 32), smem, s);
-    CK(cudaLaunchKernelEx(&l.c, f, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
+    launch_grid(skinny_variant<MT, WARPS, STAGES, EARLY, BK>, attr, dim3(tiles, ns), WARPS, smem, s, a);
     return true;
 }
 
@@ -185,14 +191,8 @@ bool launch_stream(cudaStream_t s, const Args& a, int split) {
     const int per = ((a.k + 63) / 64 + ns - 1) / ns;
     const int smem = std::max(8 * MT * skinny_stream_stride(per) * 2, 8 * MT * (WROWS + 4) * 4);
     if (smem > g_smem_max) return false;
-    auto f = skinny_stream_variant<MT, WARPS, U>;
     static bool attr = false;
-    if (!attr) {
-        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, g_smem_max));
-        attr = true;
-    }
-    PdlLaunch l(dim3(tiles, ns), dim3(WARPS * 32), smem, s);
-    CK(cudaLaunchKernelEx(&l.c, f, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
+    launch_grid(skinny_stream_variant<MT, WARPS, U>, attr, dim3(tiles, ns), WARPS, smem, s, a);
     return true;
 }
 // gemv.cu's own skinny kernel (w4 s4 early), as launch.rs launches it.

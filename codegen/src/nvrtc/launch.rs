@@ -926,36 +926,34 @@ impl CudaProgram {
                     // Four warps, or eight (`decode_warps`: the splits were sized for them).
                     let warps = run.warps;
                     let smem = src::paged_decode_smem_bytes(d, esize as usize, warps) as u32;
-                    if let Some(rs) = rope {
+                    let r = match rope.map(|rs| (rs, &rs.op, RopeQkv::of(rs, dims))) {
                         // The rope + cache write step's work too: its
                         // operands instead of the queries.
-                        let Op::Rope(ro) = &rs.op else {
-                            return Err(format!("{} fused as a rope (a lowering bug)", rs.op.name()));
-                        };
-                        let g = RopeQkv::of(rs, dims)?;
-                        let ra = &rs.args;
-                        let r = launch!(gpu, &fns[ATTENTION_DECODE_ROPE], cfg(grid, 128, smem);
-                            qkv = ptr[ra[0]], c = ptr[ra[1]], sn = ptr[ra[2]], sl = ptr[ra[5]],
-                            width = g.width as i32, r = g.r as i32, il = i32::from(ro.interleaved),
-                            kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],
-                            mb = dims[a[8]][1] as i32, out = ptr[o0], part = part, ctr = counters,
-                            nt = ntok as i32, hq = hq as i32, hkv = hkv as i32, bs = bs as i32, scale = scale,
-                            window = window);
-                        if part != 0 {
-                            self.pool.release(part);
+                        Some((rs, Op::Rope(ro), Ok(g))) => {
+                            let ra = &rs.args;
+                            launch!(gpu, &fns[ATTENTION_DECODE_ROPE], cfg(grid, 128, smem);
+                                qkv = ptr[ra[0]], c = ptr[ra[1]], sn = ptr[ra[2]], sl = ptr[ra[5]],
+                                width = g.width as i32, r = g.r as i32, il = i32::from(ro.interleaved),
+                                kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],
+                                mb = dims[a[8]][1] as i32, out = ptr[o0], part = part, ctr = counters,
+                                nt = ntok as i32, hq = hq as i32, hkv = hkv as i32, bs = bs as i32, scale = scale,
+                                window = window)
                         }
-                        return r;
-                    }
-                    let f = if warps == 8 {
-                        &fns[ATTENTION_DECODE8]
-                    } else {
-                        &fns[3]
+                        Some((_, _, Err(e))) => Err(e),
+                        Some((rs, ..)) => Err(format!("{} fused as a rope (a lowering bug)", rs.op.name())),
+                        None => {
+                            let f = if warps == 8 {
+                                &fns[ATTENTION_DECODE8]
+                            } else {
+                                &fns[3]
+                            };
+                            launch_dependent!(gpu, f, cfg(grid, 32 * warps as u32, smem), ntok <= src::GEMV_MAX_ROWS;
+                                q = ptr[a[0]], kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],
+                                mb = dims[a[8]][1] as i32, out = ptr[o0], part = part, ctr = counters,
+                                nt = ntok as i32, hq = hq as i32, hkv = hkv as i32, bs = bs as i32, scale = scale,
+                                window = window)
+                        }
                     };
-                    let r = launch_dependent!(gpu, f, cfg(grid, 32 * warps as u32, smem), ntok <= src::GEMV_MAX_ROWS;
-                        q = ptr[a[0]], kc = ptr[a[3]], vc = ptr[a[4]], pos = ptr[a[5]], bt = ptr[a[8]],
-                        mb = dims[a[8]][1] as i32, out = ptr[o0], part = part, ctr = counters,
-                        nt = ntok as i32, hq = hq as i32, hkv = hkv as i32, bs = bs as i32, scale = scale,
-                        window = window);
                     if part != 0 {
                         self.pool.release(part);
                     }
