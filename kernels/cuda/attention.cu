@@ -457,12 +457,7 @@ template <typename T> struct DecodeRope {
     int width, r, il;
     // Channel c of a head's row x (of token t), rotated.
     __device__ __forceinline__ float at(const T* x, int t, int c) const {
-        const float v = ld(&x[c]);
-        if (c >= r) return v;
-        const int half = r / 2;
-        const float rot = il ? ((c % 2 == 0) ? -ld(&x[c + 1]) : ld(&x[c - 1]))
-                             : (c < half ? -ld(&x[c + half]) : ld(&x[c - half]));
-        return v * ld(&cs[(i64)t * r + c]) + rot * ld(&sn[(i64)t * r + c]);
+        return c >= r ? ld(&x[c]) : rope_rotate(x, cs + (i64)t * r, sn + (i64)t * r, c, r, il);
     }
 };
 

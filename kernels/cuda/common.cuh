@@ -119,6 +119,23 @@ template <typename T> __device__ __forceinline__ float rnd(float v) {
 // ---- L2 prefetches and bulk copies (TMA, sm_90): the megakernel and the
 // ring GEMV's variants. Every kernel file is compiled for the GPU's own
 // arch, so the prefetch is a no-op before sm_90.
+// RoPE of channel k (< r) of a head's row xr, with that token's cos/sin
+// rows (of r): pairs (2i, 2i + 1) when interleaved, else the halves. In
+// f32, before the caller rounds it to T (rope_impl, rope_qkv_cache_impl,
+// the rope-doing decode attention).
+template <typename T>
+__device__ __forceinline__ float rope_rotate(const T* xr, const T* cs_row, const T* sn_row, int k, int r,
+                                             int interleaved) {
+    const int half = r / 2;
+    float rot;
+    if (interleaved) {
+        rot = (k % 2 == 0) ? -ld(&xr[k + 1]) : ld(&xr[k - 1]);
+    } else {
+        rot = k < half ? -ld(&xr[k + half]) : ld(&xr[k - half]);
+    }
+    return ld(&xr[k]) * ld(&cs_row[k]) + rot * ld(&sn_row[k]);
+}
+
 __device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");

@@ -79,7 +79,6 @@ template <typename T>
 __device__ void rope_impl(const T* x, const T* cs, const T* sn, T* y, i64 rows, int d, int r, int interleaved,
                           Strided s) {
     i64 n = rows * d;
-    int half = r / 2;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         int k = (int)(i % d);
         i64 row = i / d;
@@ -90,13 +89,7 @@ __device__ void rope_impl(const T* x, const T* cs, const T* sn, T* y, i64 rows, 
         }
         i64 crow, unused;
         strided_offsets(s, row, &crow, &unused);
-        float rot;
-        if (interleaved) {
-            rot = (k % 2 == 0) ? -ld(&xr[k + 1]) : ld(&xr[k - 1]);
-        } else {
-            rot = k < half ? -ld(&xr[k + half]) : ld(&xr[k - half]);
-        }
-        st(&y[i], ld(&xr[k]) * ld(&cs[crow * r + k]) + rot * ld(&sn[crow * r + k]));
+        st(&y[i], rope_rotate(xr, cs + crow * r, sn + crow * r, k, r, interleaved));
     }
 }
 
@@ -121,7 +114,7 @@ OPTC_ROPE(f16, f16)
 template <typename T>
 __device__ void rope_qkv_cache_impl(const T* qkv, const T* cs, const T* sn, T* q, T* kc, T* vc, const i64* slots,
                                     i64 ntok, int hq, int hkv, int d, int dv, int r, int interleaved) {
-    const int qk = (hq + hkv) * d, w = qk + hkv * dv, half = r / 2;
+    const int qk = (hq + hkv) * d, w = qk + hkv * dv;
     const i64 n = ntok * w;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         const i64 t = i / w;
@@ -138,13 +131,7 @@ __device__ void rope_qkv_cache_impl(const T* qkv, const T* cs, const T* sn, T* q
         if (k >= r) {
             out = xr[k];
         } else {
-            float rot;
-            if (interleaved) {
-                rot = (k % 2 == 0) ? -ld(&xr[k + 1]) : ld(&xr[k - 1]);
-            } else {
-                rot = k < half ? -ld(&xr[k + half]) : ld(&xr[k - half]);
-            }
-            st(&out, ld(&xr[k]) * ld(&cs[t * r + k]) + rot * ld(&sn[t * r + k]));
+            st(&out, rope_rotate(xr, cs + t * r, sn + t * r, k, r, interleaved));
         }
         if (c < hq * d) {
             q[t * hq * d + c] = out;

@@ -891,25 +891,22 @@ impl CudaProgram {
                     if d % 8 == 0 && d <= src::DECODE_MAX_HEAD_DIM {
                         let esize = types[s.outs[0]].dtype.storage_bytes(1);
                         let bytes = src::paged_decode_smem_bytes(d, esize, 4);
-                        allow_smem(&fns[3], bytes).map_err(|e| CodegenError::Node {
-                            node: s.node.clone(),
-                            message: format!(
-                                "decode attention for head dim {d} needs {bytes} bytes of shared memory: {e}"
-                            ),
-                        })?;
+                        // The four-warp kernel, and its rope-doing form.
+                        let four = |f: &CudaFunction| {
+                            allow_smem(f, bytes).map_err(|e| CodegenError::Node {
+                                node: s.node.clone(),
+                                message: format!(
+                                    "decode attention for head dim {d} needs {bytes} bytes of shared memory: {e}"
+                                ),
+                            })
+                        };
+                        four(&fns[3])?;
                         // Eight warps (tensor cores only) are optional: past
                         // the GPU's per-block shared memory, decode keeps four.
                         if src::decode_mma_supported(d, esize) {
                             let bytes = src::paged_decode_smem_bytes(d, esize, 8);
                             decode8 &= allow_smem(&fns[ATTENTION_DECODE8], bytes).is_ok();
-                            // The rope-doing form: the four-warp one's memory.
-                            let bytes = src::paged_decode_smem_bytes(d, esize, 4);
-                            allow_smem(&fns[ATTENTION_DECODE_ROPE], bytes).map_err(|e| CodegenError::Node {
-                                node: s.node.clone(),
-                                message: format!(
-                                    "decode attention for head dim {d} needs {bytes} bytes of shared memory: {e}"
-                                ),
-                            })?;
+                            four(&fns[ATTENTION_DECODE_ROPE])?;
                         }
                     }
                     let f = float_name(types[s.outs[0]].dtype).unwrap_or("f32");

@@ -905,31 +905,23 @@ impl CudaProgram {
             };
             r.map_err(node_err(&s.node))?;
             // What this step read last (for an attention that did a rope
-            // step's work, what that step read last too).
-            let reads = |i: usize| {
-                steps[i]
-                    .args
-                    .iter()
-                    .chain(&steps[i].also_reads)
-                    .map(move |&a| (i, a))
-            };
-            let read: Vec<(usize, usize)> = if roped.contains(&si) {
-                Vec::new()
-            } else {
-                reads(si)
-                    .chain(rope_of.get(&si).into_iter().flat_map(|&ri| reads(ri)))
-                    .collect()
-            };
-            for (i, a) in read {
-                let o = self.owner[a];
-                let last = if hoist {
-                    self.launch_last_use.get(&o)
-                } else {
-                    self.last_use.get(&o)
-                };
-                if last == Some(&i) && self.locs[o] == Loc::Temp && ptr[o] != 0 {
-                    self.pool.release(ptr[o]);
-                    ptr[o] = 0;
+            // step's work, what that step read last too; a rope step done
+            // so keeps its operands for that attention).
+            let readers = std::iter::once(si)
+                .filter(|i| !roped.contains(i))
+                .chain(rope_of.get(&si).copied());
+            for i in readers {
+                for &a in steps[i].args.iter().chain(&steps[i].also_reads) {
+                    let o = self.owner[a];
+                    let last = if hoist {
+                        self.launch_last_use.get(&o)
+                    } else {
+                        self.last_use.get(&o)
+                    };
+                    if last == Some(&i) && self.locs[o] == Loc::Temp && ptr[o] != 0 {
+                        self.pool.release(ptr[o]);
+                        ptr[o] = 0;
+                    }
                 }
             }
             for &o in &s.outs {
