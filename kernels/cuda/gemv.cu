@@ -852,7 +852,7 @@ __device__ void skinny_finish(const float (&acc)[MT][4], const T* b, T* y, float
 // stages' weights are requested before the PDL wait (cuBLASLt's kernels
 // cannot start before the kernel ahead ends). kernels/bench/skinny_bench.cu
 // times other WARPS, STAGES and EARLY against cuBLASLt.
-constexpr int SKINNY_BK = 64, SKINNY_STAGES = 4, SKINNY_RS = SKINNY_BK + 8;
+constexpr int SKINNY_BK = 64, SKINNY_STAGES = 4;
 
 template <typename T, int MT, int WARPS = 4, int STAGES = SKINNY_STAGES, bool EARLY = true, int BK = SKINNY_BK>
 __device__ void skinny_gemm_impl(const T* x, const T* w, const T* b, T* y, float* part, int* counters, int n, int k,
