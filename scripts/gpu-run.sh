@@ -6,7 +6,7 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, clocks, warps, sample, mega, ab, ends, endsw1, ttft, gemvbench, skinnybench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, clocks, warps, sample, mega, ab, ends, endsw1, ttft, gemvbench, skinnybench, ltsearch, l2warmbench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
 # `clocks` runs W1 twice while nvidia-smi samples the SM and memory clocks, power and temperature (20 a second).
 # `mega` runs W1 and W2 with the one-token decode megakernel on and off (OPTC_CUDA_MEGA=1, 0, 1, 0), W1
 # with its L2 prefetch, bulk-copy and cooperative-launch variants, then W1's GPU time per kernel kind with it on.
@@ -189,6 +189,19 @@ if has skinnybench; then
   echo "== batched decode linears: cuBLASLt against the skinny GEMM (kernels/bench/skinny_bench.cu)"
   nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/skinny_bench kernels/bench/skinny_bench.cu -lcublasLt 2>&1 | grep -i error
   /tmp/skinny_bench ${SKINNY_ROWS:-32 128} | tee "$OUT/skinny_bench.txt"
+fi
+if has ltsearch; then
+  # LT_SEARCH_S (default 12) seconds of search a shape, LT_SEARCH_ROWS (default "32 128") rows: every cuBLASLt
+  # configuration of the batched decode linears against the heuristic's choice.
+  echo "== batched decode linears: cuBLASLt's configurations searched (kernels/bench/lt_search.cu)"
+  nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/lt_search kernels/bench/lt_search.cu -lcublasLt 2>&1 | grep -i error
+  /tmp/lt_search ${LT_SEARCH_S:-12} ${LT_SEARCH_ROWS:-32 128} | tee "$OUT/lt_search.txt"
+fi
+if has l2warmbench; then
+  # L2WARM_ROWS (default 32): the batched decode linears after a gap, with the next weights read into L2 during it.
+  echo "== batched decode linears with their weights read into L2 ahead (kernels/bench/l2warm_bench.cu)"
+  nvcc -O3 -std=c++17 -arch=sm_90 -I kernels/cuda -o /tmp/l2warm_bench kernels/bench/l2warm_bench.cu -lcublasLt 2>&1 | grep -i error
+  /tmp/l2warm_bench ${L2WARM_ROWS:-32} | tee "$OUT/l2warm_bench.txt"
 fi
 if has stepbench; then
   # STEP_KERNELS="NAME=DIR ..." (bench_kernels), STEP_REPS rounds; STEP_ONLY ("name|name") picks the variants.

@@ -209,6 +209,9 @@ impl Executor for CudaExecutor {
         if shapes > 0 {
             line += &format!("; prefill graphs: {shapes} shapes, {replays} replays");
         }
+        if p.l2_warms() > 0 {
+            line += &format!("; L2 warms ahead of batched linears: {}", p.l2_warms());
+        }
         let tuning = p.gemm_tuning();
         if tuning.tuned > 0 {
             line += &format!(

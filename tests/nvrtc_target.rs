@@ -2441,6 +2441,55 @@ fn cuda_graph_replay_equals_eager_decode() {
     }
 }
 
+/// The L2 warm ahead of batched decode linears (a side stream asking L2
+/// for the next linear's weights while the kernels before it run) is a
+/// hint: with it (the default) and without it, eagerly and in captured
+/// step graphs, six sequences (past the GEMVs' four rows, so the linears
+/// run on cuBLASLt) give the same logits bit for bit, and only the
+/// program with it launched warms.
+#[test]
+fn l2_warm_ahead_of_batched_linears_leaves_the_logits_as_they_were() {
+    if !gpu() {
+        return;
+    }
+    for name in ["llama", "llama_bf16"] {
+        let m = step_graph(name);
+        let g = &m.graph;
+        let nb = Bindings::from([("NB".to_string(), 32)]);
+        for graphs in [false, true] {
+            let mut warm = program_with_graphs(&m, &nb, graphs);
+            let mut cold = program_with_graphs(&m, &nb, graphs);
+            cold.set_l2_warm_mib(0).unwrap();
+            let vocab = m.config.vocab_size as i64;
+            let mut toks: Vec<Vec<i64>> = (0..6)
+                .map(|q| (0..3).map(|i| (q * 29 + i * 11 + 4) % vocab).collect())
+                .collect();
+            let tables: Vec<Vec<i64>> = (0..6).map(|q| vec![q, q + 6, q + 12]).collect();
+            for step in 0..6 {
+                let mut s = StepInputs::default();
+                for q in 0..6 {
+                    let (start, len) = if step == 0 { (0, 3) } else { (toks[q].len() - 1, 1) };
+                    s.ids.extend(&toks[q][start..start + len]);
+                    s.push_seq(&tables[q], BLOCK, start, len, true);
+                }
+                let mut inputs = s.tensors(g, 16, DType::I64).unwrap();
+                inputs.retain(|k, _| !k.contains("_cache."));
+                let a = warm.run(&inputs).unwrap()["logits"].to_f32_vec();
+                let b = cold.run(&inputs).unwrap()["logits"].to_f32_vec();
+                assert_eq!(a, b, "{name} graphs {graphs} step {step}");
+                let vocab = m.config.vocab_size;
+                for (q, t) in toks.iter_mut().enumerate() {
+                    let row = &a[q * vocab..(q + 1) * vocab];
+                    t.push((0..vocab).fold(0, |b, i| if row[i] > row[b] { i } else { b }) as i64);
+                }
+            }
+            assert!(warm.l2_warms() > 0, "{name} graphs {graphs}: no L2 warm launched");
+            assert_eq!(cold.l2_warms(), 0, "{name} graphs {graphs}");
+            assert_eq!(warm.captured_graphs() > 0, graphs, "{name}");
+        }
+    }
+}
+
 /// Short prefills replayed from a graph of their shape (captured the first
 /// time the shape runs) give eager launches' logits and sampled picks
 /// whatever the prompts' tokens, blocks and positions (a second chunk of

@@ -71,6 +71,19 @@ OPTC_LAYOUT(unsigned short, b2)
 OPTC_LAYOUT(unsigned int, b4)
 OPTC_LAYOUT(unsigned long long, b8)
 
+// Asks L2 for the first `bytes` of a batched decode linear's weights while
+// the small kernels before that linear run (l2warm.rs launches it on a
+// side stream, beside them): one prefetch a 128-byte line, which holds no
+// register and waits for nothing, so the kernel ends once its requests
+// are out. It reads only weights, which no kernel writes.
+extern "C" __global__ void l2_warm(const char* p, unsigned long long bytes) {
+    pdl_start();
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x * 128;
+    for (unsigned long long i = ((unsigned long long)blockIdx.x * blockDim.x + threadIdx.x) * 128; i < bytes;
+         i += stride)
+        asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p + i));
+}
+
 // RoPE over rows of `d`: the first `r` values of each row rotate with the
 // row's cos/sin (rows of `r`), found through `s` (s.dims: x's leading
 // dims; s.src: the cos/sin row strides per leading dim, 0 where they

@@ -174,7 +174,23 @@ fn compile_unit(src: &str, arch: (i32, i32)) -> Result<(Ptx, bool), String> {
     }
     let mut options = vec![format!("--gpu-architecture={arch_s}"), "--std=c++17".into()];
     options.extend(includes.iter().map(|d| format!("--include-path={d}")));
+    let t = Instant::now();
     let cubin = nvrtc_cubin(src, &options)?;
+    // Which unit bounds a cold compile (`optc compile -vv`).
+    let mut lines = src.lines();
+    let file = lines
+        .by_ref()
+        .take_while(|l| *l != "// ---- instantiation")
+        .filter_map(|l| l.strip_prefix("// ---- "))
+        .last()
+        .unwrap_or("?");
+    let instance = lines.next().unwrap_or("");
+    tracing::debug!(
+        file,
+        instance,
+        ms = t.elapsed().as_secs_f64() * 1e3,
+        "NVRTC compiled a unit"
+    );
     if let Some(p) = &path {
         // Written whole under another name, then renamed: a reader never
         // sees half a file.

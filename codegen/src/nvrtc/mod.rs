@@ -50,6 +50,7 @@ mod device;
 mod fuse;
 mod gemm;
 mod graphs;
+mod l2warm;
 mod launch;
 mod mega;
 mod pick;

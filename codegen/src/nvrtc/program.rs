@@ -308,6 +308,9 @@ pub struct CudaProgram {
     /// write before it (`decode_rope_step`; `OPTC_CUDA_DECODE_ROPE=1`). Off
     /// by default: W2 and W3 measured 1–3 % slower with it on an H100.
     pub(super) decode_rope: bool,
+    /// Asks L2 for the next batched decode linear's weights beside the
+    /// kernels before it (`l2warm.rs`; `OPTC_CUDA_L2_WARM_MB`, 0: off).
+    pub(super) l2warm: Option<super::l2warm::L2Warm>,
     /// Every value's dims per input-shape set seen lately.
     pub(super) dims_cache: crate::lowering::DimsCache,
     pub(super) attention_paths: AttentionPaths,
@@ -1009,6 +1012,12 @@ impl CudaProgram {
         );
         let argmax_combine = gpu.function("argmax_combine").map_err(&gerr)?;
         let ids_from_picks = gpu.function("ids_from_picks").map_err(&gerr)?;
+        let l2warm_mib = std::env::var("OPTC_CUDA_L2_WARM_MB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(super::l2warm::L2_WARM_MIB);
+        let l2warm_fn = gpu.function("l2_warm").map_err(&gerr)?;
+        let l2warm = super::l2warm::L2Warm::new(&gpu.stream, l2warm_fn, l2warm_mib << 20).map_err(&gerr)?;
         // Evaluate folded ops and upload the constants kernels read.
         let mut host: HashMap<usize, Tensor> = HashMap::new();
         let weight_node: HashMap<usize, (String, String)> = order
@@ -1268,6 +1277,7 @@ impl CudaProgram {
             split_counters,
             skinny: SkinnyGemm::from_env(),
             decode_rope: std::env::var("OPTC_CUDA_DECODE_ROPE").is_ok_and(|v| v != "0"),
+            l2warm,
             dims_cache: Default::default(),
             attention_paths: AttentionPaths::default(),
             fused_gemv_launches: 0,
@@ -1491,6 +1501,30 @@ impl CudaProgram {
     pub fn set_one_pass_sampling(&mut self, on: bool) {
         self.drop_captures();
         self.one_pass_sampling = on;
+    }
+
+    /// Asks L2 for the first `mib` MiB of each batched decode linear's
+    /// weights beside the kernels before it (`OPTC_CUDA_L2_WARM_MB`,
+    /// default `L2_WARM_MIB`), or not (0). Captured graphs are dropped.
+    pub fn set_l2_warm_mib(&mut self, mib: usize) -> Result<(), CodegenError> {
+        self.drop_captures();
+        if mib == 0 {
+            self.l2warm = None;
+            return Ok(());
+        }
+        if let Some(w) = self.l2warm.as_mut() {
+            w.bytes = mib << 20;
+            return Ok(());
+        }
+        let f = self.gpu.function("l2_warm").map_err(node_err(&self.graph.name))?;
+        self.l2warm =
+            super::l2warm::L2Warm::new(&self.gpu.stream, f, mib << 20).map_err(node_err(&self.graph.name))?;
+        Ok(())
+    }
+
+    /// L2 warm launches so far (a graph replay does not count).
+    pub fn l2_warms(&self) -> u64 {
+        self.l2warm.as_ref().map_or(0, |w| w.launches)
     }
 
     /// Generated chain launches that worked before their wait (a graph

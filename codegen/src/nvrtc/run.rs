@@ -12,6 +12,7 @@ use optc_kernels::cpu::attention::{check_paged_meta, PagedMeta, PagedShape};
 use optc_kernels::cuda as src;
 
 use super::device::DeviceBox;
+use super::l2warm::L2_WARM_MAX_ROWS;
 use super::pick::{GemvPick, IdsPatch, Pick, SAMPLE_ROW_BYTES};
 use super::program::{
     node_err, AttentionRun, CaptureKey, CudaProgram, Exec, Executed, Loc, Step, ATTENTION_MMA, MAX_CAPTURES,
@@ -782,6 +783,60 @@ impl CudaProgram {
         bindings: &Bindings,
         ptr: &mut [u64],
         attn: &HashMap<usize, AttentionRun>,
+        cx: StepCx,
+    ) -> Result<(), CodegenError> {
+        let r = self.launch_steps(steps, dims, bindings, ptr, attn, cx);
+        // The run's last L2 warm joins the program's stream (a captured
+        // graph must join every branch it forked); after a failed launch
+        // it is dropped with the run.
+        if let Some(w) = self.l2warm.as_mut() {
+            match &r {
+                Ok(()) => w.finish(&self.gpu.stream).map_err(node_err(&self.graph.name))?,
+                Err(_) => w.abandon(),
+            }
+        }
+        r
+    }
+
+    /// The linears of `steps` (by their place in the launch order) whose
+    /// weights an L2 warm asks ahead (`l2warm.rs`): past the GEMVs' rows
+    /// (so on cuBLASLt), at most `L2_WARM_MAX_ROWS`, reading a weight.
+    /// With the weights' pointer and bytes.
+    fn l2_warm_targets(
+        &self,
+        steps: &[Step],
+        dims: &[Vec<usize>],
+        ptr: &[u64],
+        order: impl Fn(usize) -> usize,
+    ) -> Vec<(usize, u64, usize)> {
+        if self.l2warm.is_none() {
+            return Vec::new();
+        }
+        (0..steps.len())
+            .filter_map(|k| {
+                let s = &steps[order(k)];
+                if !matches!(s.exec, Exec::Kernel(Kernel::Linear, _)) || s.args.len() < 2 {
+                    return None;
+                }
+                let (x, w) = (s.args[0], s.args[1]);
+                let cols = dims[x].last().copied().unwrap_or(0);
+                let rows = dims[x].iter().product::<usize>().checked_div(cols)?;
+                let weight = matches!(self.locs[self.owner[w]], Loc::Weight(_));
+                let len = self.types[w].dtype.storage_bytes(dims[w].iter().product());
+                (weight && rows > src::GEMV_MAX_ROWS && rows <= L2_WARM_MAX_ROWS && ptr[w] != 0)
+                    .then_some((k, ptr[w], len))
+            })
+            .collect()
+    }
+
+    /// `run_steps` without the last warm's join.
+    fn launch_steps(
+        &mut self,
+        steps: &[Step],
+        dims: &[Vec<usize>],
+        bindings: &Bindings,
+        ptr: &mut [u64],
+        attn: &HashMap<usize, AttentionRun>,
         mut cx: StepCx,
     ) -> Result<(), CodegenError> {
         let mut events = Vec::new();
@@ -814,9 +869,17 @@ impl CudaProgram {
             && cx.embedding.is_some()
             && cx.barrier
             && self.launch_order.len() == steps.len();
+        let order = |k: usize| if hoist { self.launch_order[k] } else { k };
+        let warm_targets = self.l2_warm_targets(steps, dims, ptr, order);
+        let mut next_warm = 0;
         for k in 0..steps.len() {
             let si = if hoist { self.launch_order[k] } else { k };
             let s = &steps[si];
+            // A linear whose weights a warm asked ahead waits for it.
+            let warm_target = warm_targets.get(next_warm).is_some_and(|t| t.0 == k);
+            if let (true, Some(w)) = (warm_target, self.l2warm.as_mut()) {
+                w.finish(&self.gpu.stream).map_err(node_err(&s.node))?;
+            }
             if let Exec::View = s.exec {
                 ptr[s.outs[0]] = ptr[s.args[0]];
                 continue;
@@ -904,6 +967,15 @@ impl CudaProgram {
                 _ => self.host_step(s, dims, bindings, ptr),
             };
             r.map_err(node_err(&s.node))?;
+            // Once this linear has run, the next one's weights go to L2
+            // beside the kernels between them.
+            if warm_target {
+                next_warm += 1;
+                if let (Some(&(_, wp, len)), Some(w)) = (warm_targets.get(next_warm), self.l2warm.as_mut()) {
+                    w.start(&self.gpu.stream, wp, len, self.gpu.sms)
+                        .map_err(node_err(&s.node))?;
+                }
+            }
             // What this step read last (for an attention that did a rope
             // step's work, what that step read last too; a rope step done
             // so keeps its operands for that attention).

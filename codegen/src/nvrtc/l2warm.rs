@@ -1,0 +1,112 @@
+//! Weights asked of L2 ahead of a batched decode linear.
+//!
+//! At decode batches past the GEMVs' rows (W2's 32, W3's 128) the linears
+//! run on cuBLASLt, which streams the weights at 1.3–2.5 TB/s and cannot
+//! start before the kernel ahead of it ends; between two linears DRAM idles
+//! while the small kernels run (add + RMSNorm, rope, attention, SwiGLU).
+//! Right after a linear is launched, a side stream waits for it and then
+//! runs `l2_warm` (layout.cu) over the first bytes of the next linear's
+//! weights, beside those small kernels; the next linear waits for that
+//! kernel too. Captured step graphs get the same fork and join as
+//! branches. `kernels/bench/l2warm_bench.cu` measured 0.5–2.2 µs a linear
+//! on an H100 at 32 rows; end to end W2 gained 1.6 % with 4 MiB, less with
+//! 8 and lost with 16, and W3 (128 rows) lost 1–2 %, hence the limits
+//! below (docs/perf.md, twenty-first session).
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+
+/// MiB of each linear's weights asked ahead by default
+/// (`OPTC_CUDA_L2_WARM_MB` overrides it; 0 turns it off).
+pub(super) const L2_WARM_MIB: usize = 4;
+
+/// Most rows of a linear whose weights are asked ahead: past this the
+/// linear is a prefill's, bound by its arithmetic rather than its weights.
+pub(super) const L2_WARM_MAX_ROWS: usize = 64;
+
+/// Threads of an `l2_warm` block; blocks are half the SMs, so the small
+/// kernels it runs beside keep most of the GPU.
+const THREADS: u32 = 512;
+
+/// The side stream, the two events that fork it from the program's stream
+/// and join it back, and whether a warm is in flight.
+pub(super) struct L2Warm {
+    f: CudaFunction,
+    stream: Arc<CudaStream>,
+    fork: CudaEvent,
+    join: CudaEvent,
+    /// Bytes of each linear's weights asked ahead.
+    pub(super) bytes: usize,
+    pending: bool,
+    /// Warm launches so far (a graph replay does not count).
+    pub(super) launches: u64,
+}
+
+impl L2Warm {
+    /// `None` when `bytes` is 0 (off).
+    pub(super) fn new(stream: &CudaStream, f: CudaFunction, bytes: usize) -> Result<Option<L2Warm>, String> {
+        if bytes == 0 {
+            return Ok(None);
+        }
+        let ctx = stream.context();
+        let err = |e: cudarc::driver::DriverError| format!("L2 warm stream: {e}");
+        Ok(Some(L2Warm {
+            f,
+            stream: ctx.new_stream().map_err(err)?,
+            fork: ctx.new_event(None).map_err(err)?,
+            join: ctx.new_event(None).map_err(err)?,
+            bytes,
+            pending: false,
+            launches: 0,
+        }))
+    }
+
+    /// Asks L2 for the first `self.bytes` of the `len` bytes at `weights`
+    /// once what `main` holds so far has run. A warm still in flight is
+    /// joined first.
+    pub(super) fn start(
+        &mut self,
+        main: &CudaStream,
+        weights: u64,
+        len: usize,
+        sms: u32,
+    ) -> Result<(), String> {
+        self.finish(main)?;
+        let bytes = self.bytes.min(len) as u64;
+        let err = |e: cudarc::driver::DriverError| format!("L2 warm: {e}");
+        self.fork.record(main).map_err(err)?;
+        self.stream.wait(&self.fork).map_err(err)?;
+        let cfg = LaunchConfig {
+            grid_dim: (sms.div_ceil(2).max(1), 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&self.f);
+        launch.arg(&weights).arg(&bytes);
+        // SAFETY: `l2_warm(const char*, unsigned long long)` takes these two
+        // arguments, and it only issues prefetches inside the weights.
+        unsafe { launch.launch(cfg) }.map_err(err)?;
+        self.join.record(&self.stream).map_err(err)?;
+        self.pending = true;
+        self.launches += 1;
+        Ok(())
+    }
+
+    /// Makes `main` wait for the warm in flight, if any: before the linear
+    /// it was for, and before a run ends (a captured graph must join every
+    /// branch it forked).
+    pub(super) fn finish(&mut self, main: &CudaStream) -> Result<(), String> {
+        if self.pending {
+            main.wait(&self.join).map_err(|e| format!("L2 warm join: {e}"))?;
+            self.pending = false;
+        }
+        Ok(())
+    }
+
+    /// Forgets the warm in flight without a join: its run failed (and a
+    /// capture with it), so nothing waits for that warm.
+    pub(super) fn abandon(&mut self) {
+        self.pending = false;
+    }
+}
