@@ -9,9 +9,11 @@
 //! weights, beside those small kernels; the next linear waits for that
 //! kernel too. Captured step graphs get the same fork and join as
 //! branches. `kernels/bench/l2warm_bench.cu` measured 0.5–2.2 µs a linear
-//! on an H100 at 32 rows; end to end W2 gained 1.6 % with 4 MiB, less with
-//! 8 and lost with 16, and W3 (128 rows) lost 1–2 %, hence the limits
-//! below (docs/perf.md, twenty-first session).
+//! on an H100 at 32 rows. End to end (H100, docs/perf.md, twenty-first
+//! session) W2 gained 2.6–3.2 % with 8 MiB from 16 blocks, 1.6 % with
+//! 4 MiB; more MiB, or 8 blocks (the linear then waits for the warm's
+//! requests to go out), lost; W3's 128 rows neither gained nor lost with
+//! 16 blocks (1–2 % lost with 66), hence the defaults below.
 
 use std::sync::Arc;
 
@@ -19,15 +21,21 @@ use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, LaunchConfig, PushKern
 
 /// MiB of each linear's weights asked ahead by default
 /// (`OPTC_CUDA_L2_WARM_MB` overrides it; 0 turns it off).
-pub(super) const L2_WARM_MIB: usize = 4;
+pub(super) const L2_WARM_MIB: usize = 8;
 
-/// Most rows of a linear whose weights are asked ahead: past this the
-/// linear is a prefill's, bound by its arithmetic rather than its weights.
-pub(super) const L2_WARM_MAX_ROWS: usize = 64;
+/// Most rows of a linear whose weights are asked ahead: W3's 128 rows
+/// gained nothing, and past that a linear is a prefill's, bound by its
+/// arithmetic rather than its weights.
+const L2_WARM_MAX_ROWS: usize = 64;
 
-/// Threads of an `l2_warm` block; blocks are half the SMs, so the small
-/// kernels it runs beside keep most of the GPU.
+/// Threads of an `l2_warm` block.
 const THREADS: u32 = 512;
+
+/// `l2_warm` blocks (`OPTC_CUDA_L2_WARM_BLOCKS` overrides it): few, so
+/// the small kernels it runs beside keep the GPU, but enough that its
+/// requests are out before the gap ends (8 blocks lost 4 % at W2, 32
+/// gained half of what 16 did).
+const BLOCKS: u32 = 16;
 
 /// The side stream, the two events that fork it from the program's stream
 /// and join it back, and whether a warm is in flight.
@@ -38,7 +46,15 @@ pub(super) struct L2Warm {
     join: CudaEvent,
     /// Bytes of each linear's weights asked ahead.
     pub(super) bytes: usize,
+    /// Linears with fewer bytes of weights get no warm
+    /// (`OPTC_CUDA_L2_WARM_MIN_MB`, default 0): a small linear's time on
+    /// cuBLASLt is mostly its fixed cost.
+    pub(super) min_bytes: usize,
     pending: bool,
+    blocks: u32,
+    /// Most rows of a linear whose weights are asked ahead
+    /// (`L2_WARM_MAX_ROWS`; `OPTC_CUDA_L2_WARM_ROWS` overrides it).
+    pub(super) max_rows: usize,
     /// Warm launches so far (a graph replay does not count).
     pub(super) launches: u64,
 }
@@ -57,28 +73,38 @@ impl L2Warm {
             fork: ctx.new_event(None).map_err(err)?,
             join: ctx.new_event(None).map_err(err)?,
             bytes,
+            min_bytes: std::env::var("OPTC_CUDA_L2_WARM_MIN_MB")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .map_or(0, |mib| mib << 20),
             pending: false,
+            blocks: std::env::var("OPTC_CUDA_L2_WARM_BLOCKS")
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|&b| b > 0)
+                .unwrap_or(BLOCKS),
+            max_rows: std::env::var("OPTC_CUDA_L2_WARM_ROWS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(L2_WARM_MAX_ROWS),
             launches: 0,
         }))
     }
 
     /// Asks L2 for the first `self.bytes` of the `len` bytes at `weights`
     /// once what `main` holds so far has run. A warm still in flight is
-    /// joined first.
-    pub(super) fn start(
-        &mut self,
-        main: &CudaStream,
-        weights: u64,
-        len: usize,
-        sms: u32,
-    ) -> Result<(), String> {
+    /// joined first. Weights under `min_bytes` get none.
+    pub(super) fn start(&mut self, main: &CudaStream, weights: u64, len: usize) -> Result<(), String> {
         self.finish(main)?;
+        if len < self.min_bytes {
+            return Ok(());
+        }
         let bytes = self.bytes.min(len) as u64;
         let err = |e: cudarc::driver::DriverError| format!("L2 warm: {e}");
         self.fork.record(main).map_err(err)?;
         self.stream.wait(&self.fork).map_err(err)?;
         let cfg = LaunchConfig {
-            grid_dim: (sms.div_ceil(2).max(1), 1, 1),
+            grid_dim: (self.blocks, 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -12,7 +12,6 @@ use optc_kernels::cpu::attention::{check_paged_meta, PagedMeta, PagedShape};
 use optc_kernels::cuda as src;
 
 use super::device::DeviceBox;
-use super::l2warm::L2_WARM_MAX_ROWS;
 use super::pick::{GemvPick, IdsPatch, Pick, SAMPLE_ROW_BYTES};
 use super::program::{
     node_err, AttentionRun, CaptureKey, CudaProgram, Exec, Executed, Loc, Step, ATTENTION_MMA, MAX_CAPTURES,
@@ -800,7 +799,7 @@ impl CudaProgram {
 
     /// The linears of `steps` (by their place in the launch order) whose
     /// weights an L2 warm asks ahead (`l2warm.rs`): past the GEMVs' rows
-    /// (so on cuBLASLt), at most `L2_WARM_MAX_ROWS`, reading a weight.
+    /// (so on cuBLASLt), at most the warm's `max_rows`, reading a weight.
     /// With the weights' pointer and bytes.
     fn l2_warm_targets(
         &self,
@@ -809,9 +808,9 @@ impl CudaProgram {
         ptr: &[u64],
         order: impl Fn(usize) -> usize,
     ) -> Vec<(usize, u64, usize)> {
-        if self.l2warm.is_none() {
+        let Some(max_rows) = self.l2warm.as_ref().map(|w| w.max_rows) else {
             return Vec::new();
-        }
+        };
         (0..steps.len())
             .filter_map(|k| {
                 let s = &steps[order(k)];
@@ -823,7 +822,7 @@ impl CudaProgram {
                 let rows = dims[x].iter().product::<usize>().checked_div(cols)?;
                 let weight = matches!(self.locs[self.owner[w]], Loc::Weight(_));
                 let len = self.types[w].dtype.storage_bytes(dims[w].iter().product());
-                (weight && rows > src::GEMV_MAX_ROWS && rows <= L2_WARM_MAX_ROWS && ptr[w] != 0)
+                (weight && rows > src::GEMV_MAX_ROWS && rows <= max_rows && ptr[w] != 0)
                     .then_some((k, ptr[w], len))
             })
             .collect()
@@ -972,8 +971,7 @@ impl CudaProgram {
             if warm_target {
                 next_warm += 1;
                 if let (Some(&(_, wp, len)), Some(w)) = (warm_targets.get(next_warm), self.l2warm.as_mut()) {
-                    w.start(&self.gpu.stream, wp, len, self.gpu.sms)
-                        .map_err(node_err(&s.node))?;
+                    w.start(&self.gpu.stream, wp, len).map_err(node_err(&s.node))?;
                 }
             }
             // What this step read last (for an attention that did a rope
