@@ -52,6 +52,10 @@ pub(super) struct L2Warm {
     pub(super) min_bytes: usize,
     pending: bool,
     blocks: u32,
+    /// Whether each linear waits for its warm (the default), or only the
+    /// run's end does (`OPTC_CUDA_L2_WARM_JOIN=run`): a warm whose
+    /// requests are late then overlaps its linear instead of delaying it.
+    join_each: bool,
     /// Most rows of a linear whose weights are asked ahead
     /// (`L2_WARM_MAX_ROWS`; `OPTC_CUDA_L2_WARM_ROWS` overrides it).
     pub(super) max_rows: usize,
@@ -83,6 +87,7 @@ impl L2Warm {
                 .and_then(|v| v.parse::<u32>().ok())
                 .filter(|&b| b > 0)
                 .unwrap_or(BLOCKS),
+            join_each: std::env::var("OPTC_CUDA_L2_WARM_JOIN").map_or(true, |v| v != "run"),
             max_rows: std::env::var("OPTC_CUDA_L2_WARM_ROWS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -93,9 +98,10 @@ impl L2Warm {
 
     /// Asks L2 for the first `self.bytes` of the `len` bytes at `weights`
     /// once what `main` holds so far has run. A warm still in flight is
-    /// joined first. Weights under `min_bytes` get none.
+    /// joined first (unless only the run's end joins). Weights under
+    /// `min_bytes` get none.
     pub(super) fn start(&mut self, main: &CudaStream, weights: u64, len: usize) -> Result<(), String> {
-        self.finish(main)?;
+        self.before_linear(main)?;
         if len < self.min_bytes {
             return Ok(());
         }
@@ -119,9 +125,18 @@ impl L2Warm {
         Ok(())
     }
 
-    /// Makes `main` wait for the warm in flight, if any: before the linear
-    /// it was for, and before a run ends (a captured graph must join every
-    /// branch it forked).
+    /// Before the linear a warm was for: `main` waits for it, unless only
+    /// the run's end joins.
+    pub(super) fn before_linear(&mut self, main: &CudaStream) -> Result<(), String> {
+        if self.join_each {
+            self.finish(main)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `main` wait for the warms in flight, if any (the side stream
+    /// runs them in order, so the last one's join covers all): before a
+    /// run ends, since a captured graph must join every branch it forked.
     pub(super) fn finish(&mut self, main: &CudaStream) -> Result<(), String> {
         if self.pending {
             main.wait(&self.join).map_err(|e| format!("L2 warm join: {e}"))?;

@@ -877,7 +877,7 @@ impl CudaProgram {
             // A linear whose weights a warm asked ahead waits for it.
             let warm_target = warm_targets.get(next_warm).is_some_and(|t| t.0 == k);
             if let (true, Some(w)) = (warm_target, self.l2warm.as_mut()) {
-                w.finish(&self.gpu.stream).map_err(node_err(&s.node))?;
+                w.before_linear(&self.gpu.stream).map_err(node_err(&s.node))?;
             }
             if let Exec::View = s.exec {
                 ptr[s.outs[0]] = ptr[s.args[0]];
