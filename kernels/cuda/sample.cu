@@ -471,9 +471,12 @@ __device__ __forceinline__ void hist_add(u64* hist, unsigned d, u64 w) {
 // sample_impl calls it from seven places, and inlined into that one
 // 1,024-thread kernel (64 registers) ptxas took 20 s, the bound of a cold
 // compile; as calls it takes 5 s, and the kernel spills less. They cost
-// 7-8 % of the slow path on flat rows (about 1 us on peaked ones).
+// 7-8 % of the slow path on flat rows (about 1 us on peaked ones); taking
+// the walk and the weights by value (the callers' lambdas capture by
+// value) won back 2-6 % (sample_bf16's stack frame 256 -> 128 bytes;
+// docs/perf.md, twenty-first session).
 template <class W, class KW>
-__device__ __noinline__ unsigned radix_select(const W& walk, const KW& kw, int bits, u64 target, u64* above_out,
+__device__ __noinline__ unsigned radix_select(const W walk, const KW kw, int bits, u64 target, u64* above_out,
                                               u64* at_out, SelectScratch& s) {
     unsigned prefix = 0, mask = 0;
     u64 above = 0;
@@ -1225,8 +1228,8 @@ struct ListWalk {
 
 // Of the elements `walk` visits, the largest id among the first `need`
 // (by id) whose key is `tau`: where a cut or a draw ends among ties.
-template <class W> __device__ __noinline__ int tie_select(const W& walk, int n, unsigned tau, u64 need, SelectScratch& s) {
-    auto ties = [&](int i, float z, unsigned& k) -> u64 {
+template <class W> __device__ __noinline__ int tie_select(const W walk, int n, unsigned tau, u64 need, SelectScratch& s) {
+    auto ties = [=](int i, float z, unsigned& k) -> u64 {
         k = (unsigned)(n - 1 - i);
         return sample_key(z) == tau ? 1ull : 0ull;
     };
@@ -1473,7 +1476,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
             } else if (in_bin > SAMPLE_CAP && list(bp)) {
                 SAMPLE_MARK(24, traced);
                 // The cut within the bin: the bins before it weigh `base`.
-                auto weigh = [&](int, float z, unsigned& k) -> u64 {
+                auto weigh = [=](int, float z, unsigned& k) -> u64 {
                     k = sample_key(z);
                     return sample_mass(z, m);
                 };
@@ -1563,7 +1566,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
         }
     };
     if (top_k > 0 && (u64)top_k < valid) {
-        auto count = [&](int, float z, unsigned& k) -> u64 {
+        auto count = [](int, float z, unsigned& k) -> u64 {
             k = sample_key(z);
             return k ? 1ull : 0ull;
         };
@@ -1575,7 +1578,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     }
     if (!greedy && p.top_p < 1.f) {
         const u64 target = top_p_target;
-        auto weigh = [&](int, float z, unsigned& k) -> u64 {
+        auto weigh = [=](int, float z, unsigned& k) -> u64 {
             k = sample_key(z);
             return k ? sample_mass(z, m) : 0ull;
         };
@@ -1592,7 +1595,7 @@ __device__ void sample_impl(const T* x, const SampleRow* rows, int* out, float* 
     // where the running mass in (key, lower id) order first passes the
     // goal. A select over the kept masses finds its key, a select over ids
     // its place among that key's ties (the kept ones are the lowest ids).
-    auto kept = [&](int i, float z, unsigned& k) -> u64 {
+    auto kept = [=](int i, float z, unsigned& k) -> u64 {
         k = sample_key(z);
         const bool in = k && (k > cut_key || (k == cut_key && i <= cut_id));
         return in ? sample_mass(z, m) : 0ull;
