@@ -18,12 +18,14 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <memory>
 #include <cuda_runtime.h>
 #include <cublasLt.h>
 
 #include "common.cuh"
 #include "gemv.cu"
 #include "bench.cuh"
+#include "lt.cuh"
 
 OPTC_SKINNY_ALL(bf16, bf16)
 
@@ -116,15 +118,6 @@ __device__ void skinny_stream_impl(const T* x, const T* w, const T* b, T* y, flo
 }
 
 
-#define CL(x)                                                                          \
-    do {                                                                               \
-        cublasStatus_t st = (x);                                                       \
-        if (st != CUBLAS_STATUS_SUCCESS) {                                             \
-            fprintf(stderr, "%s:%d %s: cublas status %d\n", __FILE__, __LINE__, #x, (int)st); \
-            exit(1);                                                                   \
-        }                                                                              \
-    } while (0)
-
 template <int MT, int WARPS, int STAGES, bool EARLY, int BK>
 __global__ void __launch_bounds__(WARPS * 32)
     skinny_variant(const bf16* x, const bf16* w, bf16* y, float* part, int* counters, int n, int k, int m) {
@@ -214,46 +207,16 @@ struct Lt {
     cublasLtHandle_t h;
     void* ws;
     size_t ws_bytes = 32 << 20;
-    cublasLtMatmulDesc_t op;
-    cublasLtMatrixLayout_t la, lb, lc;
+    std::unique_ptr<LtLinear> lin;
     std::vector<cublasLtMatmulAlgo_t> algos;  // the heuristic's first CANDIDATES, best first
     static constexpr int CANDIDATES = 8;
-    // y[m, n] = x[m, k] w[n, k]^T as column-major C[n, m] = A^T B with A = w
-    // (k x n, ld k), B = x (k x m, ld k), as gemm.rs sets it up.
     void setup(int n, int k, int m) {
-        CL(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-        cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
-        CL(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
-        CL(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof(nn)));
-        CL(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, k, n, k));
-        CL(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, m, k));
-        CL(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, n, m, n));
-        cublasLtMatmulPreference_t pref;
-        CL(cublasLtMatmulPreferenceCreate(&pref));
-        CL(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
-                                                sizeof(ws_bytes)));
-        cublasLtMatmulHeuristicResult_t r[CANDIDATES];
-        int got = 0;
-        CL(cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, lc, lc, pref, CANDIDATES, r, &got));
+        lin = std::make_unique<LtLinear>(h, ws, ws_bytes, n, k, m);
         algos.clear();
-        for (int i = 0; i < got; ++i)
-            if (r[i].state == CUBLAS_STATUS_SUCCESS) algos.push_back(r[i].algo);
-        if (algos.empty()) {
-            fprintf(stderr, "no cuBLASLt algorithm\n");
-            exit(1);
-        }
-        cublasLtMatmulPreferenceDestroy(pref);
+        for (const auto& r : lin->heuristic(CANDIDATES)) algos.push_back(r.algo);
     }
-    void run(cudaStream_t s, const Args& a, size_t which = 0) {
-        float one = 1.f, zero = 0.f;
-        CL(cublasLtMatmul(h, op, &one, a.w, la, a.x, lb, &zero, a.y, lc, a.y, lc, &algos[which], ws, ws_bytes, s));
-    }
-    void teardown() {
-        cublasLtMatrixLayoutDestroy(la);
-        cublasLtMatrixLayoutDestroy(lb);
-        cublasLtMatrixLayoutDestroy(lc);
-        cublasLtMatmulDescDestroy(op);
-    }
+    void run(cudaStream_t s, const Args& a, size_t which = 0) { CL(lin->run(s, algos[which], a.w, a.x, a.y)); }
+    void teardown() { lin.reset(); }
 };
 
 static float max_rel_diff(const bf16* a, const bf16* b, size_t n) {

@@ -820,10 +820,13 @@ impl CudaProgram {
                 let (x, w) = (s.args[0], s.args[1]);
                 let cols = dims[x].last().copied().unwrap_or(0);
                 let rows = dims[x].iter().product::<usize>().checked_div(cols)?;
-                let weight = matches!(self.locs[self.owner[w]], Loc::Weight(_));
+                // A view of a weight shares its buffer (its own pointer is
+                // set only when its view step runs).
+                let owner = self.owner[w];
+                let weight = matches!(self.locs[owner], Loc::Weight(_));
                 let len = self.types[w].dtype.storage_bytes(dims[w].iter().product());
-                (weight && rows > src::GEMV_MAX_ROWS && rows <= max_rows && ptr[w] != 0)
-                    .then_some((k, ptr[w], len))
+                (weight && rows > src::GEMV_MAX_ROWS && rows <= max_rows && ptr[owner] != 0)
+                    .then_some((k, ptr[owner], len))
             })
             .collect()
     }
