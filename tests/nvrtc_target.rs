@@ -2442,11 +2442,13 @@ fn cuda_graph_replay_equals_eager_decode() {
 }
 
 /// The L2 warm ahead of batched decode linears (a side stream asking L2
-/// for the next linear's weights while the kernels before it run) is a
-/// hint: with it (the default) and without it, eagerly and in captured
-/// step graphs, six sequences (past the GEMVs' four rows, so the linears
-/// run on cuBLASLt) give the same logits bit for bit, and only the
-/// program with it launched warms.
+/// for the next linear's weights while the kernels before it run, forked
+/// and joined around each linear, in a captured graph as branches) runs
+/// and captures without error: with it (the default) and without it,
+/// eagerly and in captured step graphs (the prefill's too), six sequences
+/// (past the GEMVs' four rows, so the linears run on cuBLASLt) give the
+/// same logits bit for bit, the decode steps launch warms of their own,
+/// and only the program with it launched any.
 #[test]
 fn l2_warm_ahead_of_batched_linears_leaves_the_logits_as_they_were() {
     if !gpu() {
@@ -2465,6 +2467,7 @@ fn l2_warm_ahead_of_batched_linears_leaves_the_logits_as_they_were() {
                 .map(|q| (0..3).map(|i| (q * 29 + i * 11 + 4) % vocab).collect())
                 .collect();
             let tables: Vec<Vec<i64>> = (0..6).map(|q| vec![q, q + 6, q + 12]).collect();
+            let mut after_prefill = 0;
             for step in 0..6 {
                 let mut s = StepInputs::default();
                 for q in 0..6 {
@@ -2477,15 +2480,27 @@ fn l2_warm_ahead_of_batched_linears_leaves_the_logits_as_they_were() {
                 let a = warm.run(&inputs).unwrap()["logits"].to_f32_vec();
                 let b = cold.run(&inputs).unwrap()["logits"].to_f32_vec();
                 assert_eq!(a, b, "{name} graphs {graphs} step {step}");
+                if step == 0 {
+                    after_prefill = warm.l2_warms();
+                }
                 let vocab = m.config.vocab_size;
                 for (q, t) in toks.iter_mut().enumerate() {
                     let row = &a[q * vocab..(q + 1) * vocab];
                     t.push((0..vocab).fold(0, |b, i| if row[i] > row[b] { i } else { b }) as i64);
                 }
             }
-            assert!(warm.l2_warms() > 0, "{name} graphs {graphs}: no L2 warm launched");
+            assert!(
+                after_prefill > 0,
+                "{name} graphs {graphs}: the prefill launched no L2 warm"
+            );
+            assert!(
+                warm.l2_warms() > after_prefill,
+                "{name} graphs {graphs}: the decode steps launched no L2 warm"
+            );
             assert_eq!(cold.l2_warms(), 0, "{name} graphs {graphs}");
+            // Captures that failed would have run eagerly, unseen.
             assert_eq!(warm.captured_graphs() > 0, graphs, "{name}");
+            assert_eq!(warm.prefill_graphs().0 > 0, graphs, "{name}");
         }
     }
 }

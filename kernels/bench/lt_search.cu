@@ -3,7 +3,8 @@
 // against the heuristic's first choice that optc runs: every algorithm id
 // cuBLASLt has for bf16 in / bf16 out / f32 compute, each at every tile,
 // stage count, split-k count (with each reduction scheme it allows) and
-// custom option it reports, as cuBLASLt's own custom-find sample does.
+// custom option it reports (the first eight), as cuBLASLt's own
+// custom-find sample does.
 // `OPTC_CUDA_GEMM_TUNE` only timed the heuristic's first eight (and lost,
 // docs/perf.md); this says whether any configuration streams the skinny
 // linears faster, and by how much, before optc grows an ahead-of-time
@@ -114,7 +115,10 @@ struct Problem : LtLinear {
         CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
         bool ok = true;
         for (int l = 0; l < (int)w.size() && ok; ++l) ok = run(s, a, l) == CUBLAS_STATUS_SUCCESS;
-        if (cudaStreamEndCapture(s, &g) != cudaSuccess || !ok) {
+        g = nullptr;
+        const bool captured = cudaStreamEndCapture(s, &g) == cudaSuccess;
+        if (!captured || !ok) {
+            if (g) cudaGraphDestroy(g);
             cudaGetLastError();
             return -1.f;
         }

@@ -177,14 +177,18 @@ fn compile_unit(src: &str, arch: (i32, i32)) -> Result<(Ptx, bool), String> {
     let t = Instant::now();
     let cubin = nvrtc_cubin(src, &options)?;
     // Which unit bounds a cold compile (`optc compile -vv`).
-    let mut lines = src.lines();
-    let file = lines
-        .by_ref()
-        .take_while(|l| *l != "// ---- instantiation")
-        .filter_map(|l| l.strip_prefix("// ---- "))
-        .last()
+    // Every unit is the helpers, then `// ---- FILE`, the file, and its
+    // instantiations after `// ---- instantiation(s)`.
+    let body = src.strip_prefix(optc_kernels::cuda::COMMON).unwrap_or(src);
+    let file = body
+        .lines()
+        .find_map(|l| l.strip_prefix("// ---- "))
         .unwrap_or("?");
-    let instance = lines.next().unwrap_or("");
+    let instance = body
+        .lines()
+        .skip_while(|l| !l.starts_with("// ---- instantiation"))
+        .nth(1)
+        .unwrap_or("");
     tracing::debug!(
         file,
         instance,

@@ -23,9 +23,10 @@ use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, LaunchConfig, PushKern
 /// (`OPTC_CUDA_L2_WARM_MB` overrides it; 0 turns it off).
 pub(super) const L2_WARM_MIB: usize = 8;
 
-/// Most rows of a linear whose weights are asked ahead: W3's 128 rows
-/// gained nothing, and past that a linear is a prefill's, bound by its
-/// arithmetic rather than its weights.
+/// Most rows of a linear whose weights are asked ahead: at W3's 128-row
+/// decode steps it gained nothing, and the more rows, the more a linear
+/// is bound by its arithmetic rather than its weights. (Short prefills
+/// and mixed steps of 5-64 rows get warms too.)
 const L2_WARM_MAX_ROWS: usize = 64;
 
 /// Threads of an `l2_warm` block.
@@ -36,6 +37,9 @@ const THREADS: u32 = 512;
 /// requests are out before the gap ends (8 blocks lost 4 % at W2, 32
 /// gained half of what 16 did).
 const BLOCKS: u32 = 16;
+
+/// Most `l2_warm` blocks `OPTC_CUDA_L2_WARM_BLOCKS` may ask for.
+const MAX_BLOCKS: u32 = 4096;
 
 /// The side stream, the two events that fork it from the program's stream
 /// and join it back, and whether a warm is in flight.
@@ -49,7 +53,7 @@ pub(super) struct L2Warm {
     /// Linears with fewer bytes of weights get no warm
     /// (`OPTC_CUDA_L2_WARM_MIN_MB`, default 0): a small linear's time on
     /// cuBLASLt is mostly its fixed cost.
-    pub(super) min_bytes: usize,
+    min_bytes: usize,
     pending: bool,
     blocks: u32,
     /// Whether each linear waits for its warm (the default), or only the
@@ -80,13 +84,13 @@ impl L2Warm {
             min_bytes: std::env::var("OPTC_CUDA_L2_WARM_MIN_MB")
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
-                .map_or(0, |mib| mib << 20),
+                .map_or(0, |mib| mib.saturating_mul(1 << 20)),
             pending: false,
             blocks: std::env::var("OPTC_CUDA_L2_WARM_BLOCKS")
                 .ok()
                 .and_then(|v| v.parse::<u32>().ok())
                 .filter(|&b| b > 0)
-                .unwrap_or(BLOCKS),
+                .map_or(BLOCKS, |b| b.min(MAX_BLOCKS)),
             join_each: std::env::var("OPTC_CUDA_L2_WARM_JOIN").map_or(true, |v| v != "run"),
             max_rows: std::env::var("OPTC_CUDA_L2_WARM_ROWS")
                 .ok()
@@ -97,11 +101,11 @@ impl L2Warm {
     }
 
     /// Asks L2 for the first `self.bytes` of the `len` bytes at `weights`
-    /// once what `main` holds so far has run. A warm still in flight is
-    /// joined first (unless only the run's end joins). Weights under
-    /// `min_bytes` get none.
+    /// once what `main` holds so far has run. No warm is in flight then
+    /// unless only the run's end joins (the linear the last one was for
+    /// joined it just before its launch). Weights under `min_bytes` get
+    /// none.
     pub(super) fn start(&mut self, main: &CudaStream, weights: u64, len: usize) -> Result<(), String> {
-        self.before_linear(main)?;
         if len < self.min_bytes {
             return Ok(());
         }
@@ -139,8 +143,10 @@ impl L2Warm {
     /// run ends, since a captured graph must join every branch it forked.
     pub(super) fn finish(&mut self, main: &CudaStream) -> Result<(), String> {
         if self.pending {
-            main.wait(&self.join).map_err(|e| format!("L2 warm join: {e}"))?;
+            // Cleared first: a failed wait leaves nothing for later runs
+            // to wait on (the run fails, and a capture with it).
             self.pending = false;
+            main.wait(&self.join).map_err(|e| format!("L2 warm join: {e}"))?;
         }
         Ok(())
     }

@@ -1017,7 +1017,8 @@ impl CudaProgram {
             .and_then(|v| v.parse().ok())
             .unwrap_or(super::l2warm::L2_WARM_MIB);
         let l2warm_fn = gpu.function("l2_warm").map_err(&gerr)?;
-        let l2warm = super::l2warm::L2Warm::new(&gpu.stream, l2warm_fn, l2warm_mib << 20).map_err(&gerr)?;
+        let l2warm = super::l2warm::L2Warm::new(&gpu.stream, l2warm_fn, l2warm_mib.saturating_mul(1 << 20))
+            .map_err(&gerr)?;
         // Evaluate folded ops and upload the constants kernels read.
         let mut host: HashMap<usize, Tensor> = HashMap::new();
         let weight_node: HashMap<usize, (String, String)> = order
@@ -1513,12 +1514,12 @@ impl CudaProgram {
             return Ok(());
         }
         if let Some(w) = self.l2warm.as_mut() {
-            w.bytes = mib << 20;
+            w.bytes = mib.saturating_mul(1 << 20);
             return Ok(());
         }
         let f = self.gpu.function("l2_warm").map_err(node_err(&self.graph.name))?;
-        self.l2warm =
-            super::l2warm::L2Warm::new(&self.gpu.stream, f, mib << 20).map_err(node_err(&self.graph.name))?;
+        self.l2warm = super::l2warm::L2Warm::new(&self.gpu.stream, f, mib.saturating_mul(1 << 20))
+            .map_err(node_err(&self.graph.name))?;
         Ok(())
     }
 

@@ -811,6 +811,11 @@ impl CudaProgram {
         let Some(max_rows) = self.l2warm.as_ref().map(|w| w.max_rows) else {
             return Vec::new();
         };
+        // The skinny GEMM (an experiment, off by default) streams its own
+        // weights early; the warms are for cuBLASLt's linears.
+        if !matches!(self.skinny, super::program::SkinnyGemm::Off) {
+            return Vec::new();
+        }
         (0..steps.len())
             .filter_map(|k| {
                 let s = &steps[order(k)];
