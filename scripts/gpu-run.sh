@@ -6,7 +6,7 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, clocks, warps, sample, mega, ab, ends, endsw1, ttft, gemvbench, skinnybench, ltsearch, l2warmbench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, settings, clocks, warps, sample, mega, ab, ends, endsw1, ttft, gemvbench, skinnybench, ltsearch, l2warmbench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
 # `clocks` runs W1 twice while nvidia-smi samples the SM and memory clocks, power and temperature (20 a second).
 # `mega` runs W1 and W2 with the one-token decode megakernel on and off (OPTC_CUDA_MEGA=1, 0, 1, 0), W1
 # with its L2 prefetch, bulk-copy and cooperative-launch variants, then W1's GPU time per kernel kind with it on.
@@ -17,6 +17,10 @@
 # kernels/bench/gemv_bench.cu (the decode GEMV geometries) with nvcc.
 # PROFILE_WORKLOADS (default "W1 W2 W3") picks the workloads of the profile stage,
 # NCU_DETAIL the "WORKLOAD:kernel-regex:launches-to-skip" of the ncudetail stage.
+# `settings` alternates whole sets of switches, SETTINGS_ROUNDS (default 2) rounds of one run each:
+#   SETTINGS="OPTC_CUDA_L2_WARM_MB=8,OPTC_CUDA_L2_WARM_BLOCKS=16 OPTC_CUDA_L2_WARM_MB=0" SETTINGS_WORKLOADS=W2
+# (spaces between sets, commas within one). PEER_DEADLINE (default 280 s) bounds the peer stage;
+# BENCH_REPS=1 PEER_DEADLINE=200 bash scripts/gpu-run.sh tests,compile,bench,peer fits one 600 s call.
 set -u
 STAGES=${1:-tests,compile,bench,peer}
 OUT=${OUT:-$PWD/out}
@@ -36,7 +40,7 @@ if has tests; then
   echo "== tests"
   "$DEV"/nvrtc_target --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|rel L2|skipping" | head -40
 fi
-if has compile || has bench || has clocks || has warps || has sample || has mega || has ab || has ends || has endsw1 || has ttft || has profile || has graphprof || has ncu || has ncudetail || has peer; then
+if has compile || has bench || has settings || has clocks || has warps || has sample || has mega || has ab || has ends || has endsw1 || has ttft || has profile || has graphprof || has ncu || has ncudetail || has peer; then
   if [ ! -e $MODEL/config.json ]; then
     python3 .device/hf_baseline.py --parts save_model --model-dir $MODEL 2>&1 | tail -2
   fi
@@ -102,6 +106,14 @@ if has ab; then
   for v in ${AB_VALUES:-1 0 1 0}; do
     echo "== optc bench with $AB_VAR=$v"
     env "$AB_VAR=$v" "$BIN" bench $MODEL --target nvrtc --workloads ${AB_WORKLOADS:-W1,W2,W3} --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror|nvrtc:"
+  done
+fi
+if has settings; then
+  for round in $(seq ${SETTINGS_ROUNDS:-2}); do
+    for set in ${SETTINGS:?SETTINGS: sets of VAR=VALUE,VAR=VALUE separated by spaces}; do
+      echo "== optc bench with ${set//,/ } (round $round)"
+      env ${set//,/ } "$BIN" bench $MODEL --target nvrtc --workloads ${SETTINGS_WORKLOADS:-W2} --reps 1 --max-num-tokens 16384 2>&1 | grep -E "^W|rror"
+    done
   done
 fi
 if has gemvbench; then
@@ -265,7 +277,7 @@ if has ncudetail; then
 fi
 if has peer; then
   echo "== peer (transformers)"
-  python3 .device/hf_baseline.py --model-dir $MODEL --parts ceilings,static --deadline-s 280 2>&1 | tail -25
+  python3 .device/hf_baseline.py --model-dir $MODEL --parts ceilings,static --deadline-s ${PEER_DEADLINE:-280} 2>&1 | tail -25
   if [ -s "$OUT/optc_bench.jsonl" ] && [ -s "$OUT/results.json" ]; then
     echo "== side by side (this call's optc bench against transformers; scripts/side_by_side.py)"
     python3 scripts/side_by_side.py "$OUT/optc_bench.jsonl" "$OUT/results.json"
