@@ -40,12 +40,42 @@ struct Config {
     const char* origin = "search";
 };
 
-template <typename V>
-static V config_get(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t at) {
+// One attribute of an algorithm through `get` (its config or its
+// capabilities: both getters have this shape).
+template <typename V, typename Attr>
+static V algo_get(cublasStatus_t (*get)(const cublasLtMatmulAlgo_t*, Attr, void*, size_t, size_t*),
+                  const cublasLtMatmulAlgo_t& a, Attr at) {
     V v{};
     size_t w = 0;
-    cublasLtMatmulAlgoConfigGetAttribute(&a, at, &v, sizeof v, &w);
+    get(&a, at, &v, sizeof v, &w);
     return v;
+}
+template <typename V> static V config_get(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t at) {
+    return algo_get<V>(cublasLtMatmulAlgoConfigGetAttribute, a, at);
+}
+template <typename V> static V cap_get(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoCapAttributes_t at) {
+    return algo_get<V>(cublasLtMatmulAlgoCapGetAttribute, a, at);
+}
+
+template <typename V> static void config_set(Config& c, cublasLtMatmulAlgoConfigAttributes_t at, V v) {
+    cublasLtMatmulAlgoConfigSetAttribute(&c.algo, at, &v, sizeof v);
+}
+
+// Calls f(split, reduction) for every split-k count of `splits` that
+// `algo` allows, with each reduction scheme it allows (none at 1).
+template <typename F>
+static void for_each_split(const cublasLtMatmulAlgo_t& algo, const std::vector<uint32_t>& splits, F f) {
+    const int32_t splitk_ok = cap_get<int32_t>(algo, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT);
+    const uint32_t red_mask = cap_get<uint32_t>(algo, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK);
+    for (uint32_t split : splits) {
+        if (split == 1) {
+            f(split, 0u);
+            continue;
+        }
+        if (!splitk_ok) break;
+        for (uint32_t red = 1; red <= 4; red <<= 1)
+            if (red & red_mask) f(split, red);
+    }
 }
 
 static void read_back(Config& c) {
@@ -68,14 +98,6 @@ static std::vector<uint32_t> cap_ids(const cublasLtMatmulAlgo_t& a, cublasLtMatm
     size_t w = 0;
     cublasLtMatmulAlgoCapGetAttribute(&a, at, ids.data(), bytes, &w);
     return ids;
-}
-
-template <typename V>
-static V cap_get(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoCapAttributes_t at) {
-    V v{};
-    size_t w = 0;
-    cublasLtMatmulAlgoCapGetAttribute(&a, at, &v, sizeof v, &w);
-    return v;
 }
 
 struct Problem : LtLinear {
@@ -174,7 +196,7 @@ int main(int argc, char** argv) {
         const char* name;
         int n, k;
     } shapes[] = {{"qkv", 3072, 2048}, {"o", 2048, 2048}, {"gate/up", 16384, 2048}, {"down", 2048, 8192}};
-    const uint32_t splits[] = {1, 2, 3, 4, 5, 6, 8, 12, 16};
+    const std::vector<uint32_t> splits = {1, 2, 3, 4, 5, 6, 8, 12, 16};
     cudaStream_t s;
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     cublasLtHandle_t h;
@@ -207,33 +229,29 @@ int main(int argc, char** argv) {
             const std::vector<bf16> ref = p.output(s, found[0].algo, (size_t)m * sh.n);
             size_t tried = 0, valid = 0, left = 0;
             for (auto& c : found) c.us = p.time(s, c.algo, FIRST_REPS);
+            // A configuration cuBLASLt accepts is timed and kept.
+            auto consider = [&](Config c) {
+                ++tried;
+                if (!p.valid(c)) return;
+                ++valid;
+                read_back(c);
+                c.us = p.time(s, c.algo, FIRST_REPS);
+                found.push_back(c);
+            };
             // Each heuristic choice at every split-k count and reduction
             // scheme its algorithm allows (a fresh AlgoInit of a Hopper
             // algorithm lacks the heuristic's cluster and inner shapes).
             const size_t seeds = found.size();
             for (size_t i = 0; i < seeds; ++i) {
-                const int32_t splitk_ok = cap_get<int32_t>(found[i].algo, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT);
-                const uint32_t red_mask = cap_get<uint32_t>(found[i].algo, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK);
-                for (uint32_t split : splits) {
-                    if (!splitk_ok) break;
-                    for (uint32_t red = 0; red <= 4; red = red ? red << 1 : 1) {
-                        if (split == 1 && red) break;
-                        if (split > 1 && !(red & red_mask)) continue;
-                        if (split == found[i].splitk && red == found[i].reduction) continue;
-                        Config c = found[i];
-                        c.origin = "heur-split";
-                        cublasLtMatmulAlgoConfigSetAttribute(&c.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split,
-                                                             sizeof split);
-                        cublasLtMatmulAlgoConfigSetAttribute(&c.algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red,
-                                                             sizeof red);
-                        ++tried;
-                        if (!p.valid(c)) continue;
-                        ++valid;
-                        read_back(c);
-                        c.us = p.time(s, c.algo, FIRST_REPS);
-                        found.push_back(c);
-                    }
-                }
+                const Config seed = found[i];
+                for_each_split(seed.algo, splits, [&](uint32_t split, uint32_t red) {
+                    if (split == seed.splitk && red == seed.reduction) return;
+                    Config c = seed;
+                    c.origin = "heur-split";
+                    config_set(c, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, split);
+                    config_set(c, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, red);
+                    consider(c);
+                });
             }
             // The heuristic's algorithm ids first, then the rest, so a search
             // cut short by its time budget has seen the likeliest ones.
@@ -251,41 +269,23 @@ int main(int argc, char** argv) {
                 std::vector<uint32_t> stages = cap_ids(base.algo, CUBLASLT_ALGO_CAP_STAGES_IDS);
                 if (tiles.empty()) tiles.push_back(0);
                 if (stages.empty()) stages.push_back(0);
-                const int32_t splitk_ok = cap_get<int32_t>(base.algo, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT);
-                const uint32_t red_mask = cap_get<uint32_t>(base.algo, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK);
                 const int32_t custom_max = std::min(cap_get<int32_t>(base.algo, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX), 7);
                 for (uint32_t tile : tiles)
                     for (uint32_t stage : stages)
                         for (int32_t custom = 0; custom <= custom_max; ++custom)
-                            for (uint32_t split : splits) {
-                                if (split > 1 && !splitk_ok) break;
-                                for (uint32_t red = 0; red <= 4; red = red ? red << 1 : 1) {
-                                    if (split == 1 && red) break;
-                                    if (split > 1 && !(red & red_mask)) continue;
-                                    if (elapsed() > budget_s) {
-                                        ++left;
-                                        continue;
-                                    }
-                                    Config c = base;
-                                    const uint32_t cu = (uint32_t)custom;
-                                    cublasLtMatmulAlgoConfigSetAttribute(&c.algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile,
-                                                                         sizeof tile);
-                                    cublasLtMatmulAlgoConfigSetAttribute(&c.algo, CUBLASLT_ALGO_CONFIG_STAGES_ID,
-                                                                         &stage, sizeof stage);
-                                    cublasLtMatmulAlgoConfigSetAttribute(&c.algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION,
-                                                                         &cu, sizeof cu);
-                                    cublasLtMatmulAlgoConfigSetAttribute(&c.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
-                                                                         &split, sizeof split);
-                                    cublasLtMatmulAlgoConfigSetAttribute(
-                                        &c.algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red, sizeof red);
-                                    ++tried;
-                                    if (!p.valid(c)) continue;
-                                    ++valid;
-                                    read_back(c);
-                                    c.us = p.time(s, c.algo, FIRST_REPS);
-                                    found.push_back(c);
+                            for_each_split(base.algo, splits, [&](uint32_t split, uint32_t red) {
+                                if (elapsed() > budget_s) {
+                                    ++left;
+                                    return;
                                 }
-                            }
+                                Config c = base;
+                                config_set(c, CUBLASLT_ALGO_CONFIG_TILE_ID, tile);
+                                config_set(c, CUBLASLT_ALGO_CONFIG_STAGES_ID, stage);
+                                config_set(c, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, (uint32_t)custom);
+                                config_set(c, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, split);
+                                config_set(c, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, red);
+                                consider(c);
+                            });
             }
             const Config heuristic = found[0];
             std::vector<Config> ok;

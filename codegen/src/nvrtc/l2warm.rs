@@ -19,9 +19,11 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 
+use super::device::Gpu;
+
 /// MiB of each linear's weights asked ahead by default
 /// (`OPTC_CUDA_L2_WARM_MB` overrides it; 0 turns it off).
-pub(super) const L2_WARM_MIB: usize = 8;
+const L2_WARM_MIB: usize = 8;
 
 /// Most rows of a linear whose weights are asked ahead: at W3's 128-row
 /// decode steps it gained nothing, and the more rows, the more a linear
@@ -49,7 +51,7 @@ pub(super) struct L2Warm {
     fork: CudaEvent,
     join: CudaEvent,
     /// Bytes of each linear's weights asked ahead.
-    pub(super) bytes: usize,
+    bytes: usize,
     /// Linears with fewer bytes of weights get no warm
     /// (`OPTC_CUDA_L2_WARM_MIN_MB`, default 0): a small linear's time on
     /// cuBLASLt is mostly its fixed cost.
@@ -68,19 +70,29 @@ pub(super) struct L2Warm {
 }
 
 impl L2Warm {
-    /// `None` when `bytes` is 0 (off).
-    pub(super) fn new(stream: &CudaStream, f: CudaFunction, bytes: usize) -> Result<Option<L2Warm>, String> {
-        if bytes == 0 {
+    /// MiB to ask ahead: `OPTC_CUDA_L2_WARM_MB`, else `L2_WARM_MIB`.
+    pub(super) fn mib_from_env() -> usize {
+        std::env::var("OPTC_CUDA_L2_WARM_MB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(L2_WARM_MIB)
+    }
+
+    /// The warm asking `mib` MiB of each linear's weights ahead on `gpu`;
+    /// `None` when `mib` is 0 (off).
+    pub(super) fn new(gpu: &mut Gpu, mib: usize) -> Result<Option<L2Warm>, String> {
+        if mib == 0 {
             return Ok(None);
         }
-        let ctx = stream.context();
+        let f = gpu.function("l2_warm")?;
+        let ctx = gpu.stream.context();
         let err = |e: cudarc::driver::DriverError| format!("L2 warm stream: {e}");
         Ok(Some(L2Warm {
             f,
             stream: ctx.new_stream().map_err(err)?,
             fork: ctx.new_event(None).map_err(err)?,
             join: ctx.new_event(None).map_err(err)?,
-            bytes,
+            bytes: mib.saturating_mul(1 << 20),
             min_bytes: std::env::var("OPTC_CUDA_L2_WARM_MIN_MB")
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
@@ -127,6 +139,11 @@ impl L2Warm {
         self.pending = true;
         self.launches += 1;
         Ok(())
+    }
+
+    /// Asks `mib` (> 0) MiB of each linear's weights ahead from now on.
+    pub(super) fn set_mib(&mut self, mib: usize) {
+        self.bytes = mib.saturating_mul(1 << 20);
     }
 
     /// Before the linear a warm was for: `main` waits for it, unless only

@@ -19,6 +19,7 @@ use optc_kernels::cuda as src;
 use super::compile::{self, CompileReport};
 use super::device::{DeviceBox, Gpu, Pool};
 use super::gemm::{Gemm, GemmTuning};
+use super::l2warm::L2Warm;
 use super::profile::Profile;
 use super::select::{choose, float_name, foldable, function_names, instances_for, Kernel};
 use crate::CodegenError;
@@ -310,7 +311,7 @@ pub struct CudaProgram {
     pub(super) decode_rope: bool,
     /// Asks L2 for the next batched decode linear's weights beside the
     /// kernels before it (`l2warm.rs`; `OPTC_CUDA_L2_WARM_MB`, 0: off).
-    pub(super) l2warm: Option<super::l2warm::L2Warm>,
+    pub(super) l2warm: Option<L2Warm>,
     /// Every value's dims per input-shape set seen lately.
     pub(super) dims_cache: crate::lowering::DimsCache,
     pub(super) attention_paths: AttentionPaths,
@@ -1012,13 +1013,7 @@ impl CudaProgram {
         );
         let argmax_combine = gpu.function("argmax_combine").map_err(&gerr)?;
         let ids_from_picks = gpu.function("ids_from_picks").map_err(&gerr)?;
-        let l2warm_mib = std::env::var("OPTC_CUDA_L2_WARM_MB")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(super::l2warm::L2_WARM_MIB);
-        let l2warm_fn = gpu.function("l2_warm").map_err(&gerr)?;
-        let l2warm = super::l2warm::L2Warm::new(&gpu.stream, l2warm_fn, l2warm_mib.saturating_mul(1 << 20))
-            .map_err(&gerr)?;
+        let l2warm = L2Warm::new(&mut gpu, L2Warm::mib_from_env()).map_err(&gerr)?;
         // Evaluate folded ops and upload the constants kernels read.
         let mut host: HashMap<usize, Tensor> = HashMap::new();
         let weight_node: HashMap<usize, (String, String)> = order
@@ -1514,12 +1509,10 @@ impl CudaProgram {
             return Ok(());
         }
         if let Some(w) = self.l2warm.as_mut() {
-            w.bytes = mib.saturating_mul(1 << 20);
+            w.set_mib(mib);
             return Ok(());
         }
-        let f = self.gpu.function("l2_warm").map_err(node_err(&self.graph.name))?;
-        self.l2warm = super::l2warm::L2Warm::new(&self.gpu.stream, f, mib.saturating_mul(1 << 20))
-            .map_err(node_err(&self.graph.name))?;
+        self.l2warm = L2Warm::new(&mut self.gpu, mib).map_err(node_err(&self.graph.name))?;
         Ok(())
     }
 
