@@ -413,6 +413,10 @@ struct Variant {
     // by: 1, o before its wait; 2, o after it; 3, attention at its start;
     // 4, attention at its end.
     int pf = 0, pf_rows = 0;
+    // Gate/up's ring grid: 0, three blocks an SM (optc's); 1, the fewest
+    // blocks that keep its warps' most units a warp, so every warp gets
+    // the same number (no warps left with one unit more after the rest).
+    int gu_grid = 0;
 };
 
 // STEP_CHECK=1: each ring variant's gate/up, down and LM head results
@@ -531,6 +535,11 @@ int main() {
     // then 64 KB of rings a block.
     const unsigned ring_grid = 3 * sms, ring = 64 << 10;
     const int big = 24 << 20;  // GEMV_RING_MIN_BYTES
+    // Gate/up's F units over GemvRingGlu's 4 warps a block: the most a warp
+    // takes on ring_grid blocks, then the fewest blocks that keep it.
+    const unsigned gu_most = (F + 4 * ring_grid - 1) / (4 * ring_grid);
+    const unsigned gu_even = (F + 4 * gu_most - 1) / (4 * gu_most);
+    printf("== gate/up: %u units a warp at most on %u blocks; even on %u\n", gu_most, ring_grid, gu_even);
     // The cluster argmax's blocks a row, as optc picks them (pick.rs's
     // argmax_cluster_fit): 16 where such clusters fit, else 8; 256
     // threads a block (optc's default).
@@ -619,6 +628,10 @@ int main() {
          0, 0, 2},
         {"8 warps, head: norm in the ring, cluster argmax: whole step", true, true, true, true, true, true, 1, 0, 1,
          0, 8, 0, 0, 3},
+        {"8 warps, head: norm in the ring, cluster argmax, gate/up units even: whole step", true, true, true, true,
+         true, true, 1, 0, 1, 0, 8, 0, 0, 3, false, 0, 0, 1},
+        {"rings: gate/up only, units even", false, false, false, true, false, false, 1, 0, 1, 0, 4, 0, 0, 0, false, 0,
+         0, 1},
         {"8 warps, the gate/up norm at o's end: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0,
          0, 0, true},
         {"8 warps, QKV of 4 warps: whole step", true, true, true, true, true, true, 1, 0, 1, 0, 8, 0, 1},
@@ -731,7 +744,8 @@ int main() {
                     launch(ring_vars[v.ring_var].gu, ring_grid, 1, 1, 128, 2 * D * 2 + ring, (const bf16*)ob,
                            (const bf16*)sum, (const bf16*)nw2[l], resid, eps, (const bf16*)wgu[l], glu, F, D);
                 else if (v.gate_up && rings((size_t)2 * F * D * 2))
-                    launch(gemv_norm_glu_ring_bf16_m1, ring_grid, 1, 1, 128, 2 * D * 2 + ring, (const bf16*)ob,
+                    launch(gemv_norm_glu_ring_bf16_m1, v.gu_grid ? gu_even : ring_grid, 1, 1, 128, 2 * D * 2 + ring,
+                           (const bf16*)ob,
                            (const bf16*)sum, (const bf16*)nw2[l], resid, eps, (const bf16*)wgu[l],
                            (const bf16*)nullptr, glu, F, D, 1);
                 else if (v.gate_up)
