@@ -118,6 +118,216 @@ __device__ void skinny_stream_impl(const T* x, const T* w, const T* b, T* y, flo
 }
 
 
+// A linear whose weights fit in shared memory across the SMs (W2's QKV and
+// o: 12.6 and 8.4 MB over 132 SMs), as one block an SM that requests its
+// whole slice of `cols` weight rows before the PDL wait, so the slice
+// streams in while the kernel ahead runs; after the wait it copies x's
+// MT * 16 rows (zeros past m) and multiplies on the tensor cores, each
+// warp taking every WARPS-th 16-wide k step of all its tiles, then the
+// warps' partial sums are added in warp order (deterministic) and stored.
+// Rows of both operands are k elements with their 16-byte chunks swizzled
+// (chunk c of row r at c ^ (r & 7)), so ldmatrix reads 8 rows without
+// bank conflicts and nothing is padded. Needs k % 64 == 0, cols % 8 == 0,
+// cols <= 8 * NT, (cols + 16 * MT) * k * sizeof(T) bytes of shared memory.
+__device__ __forceinline__ void ldsm_x2(unsigned* r, const void* p) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(s));
+}
+__device__ __forceinline__ int resident_at(int r, int c, int k) { return r * k + ((c ^ (r & 7)) << 3); }
+
+template <typename T, int MT, int NT, int WARPS>
+__device__ void resident_impl(const T* x, const T* w, const T* b, T* y, int n, int k, int m, int cols, bool early) {
+    extern __shared__ __align__(128) unsigned char resident_smem[];
+    T* ws = reinterpret_cast<T*>(resident_smem);
+    T* xs = ws + (size_t)cols * k;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int col0 = blockIdx.x * cols, kc = k >> 3, nt = cols >> 3;
+    auto load_w = [&] {
+        for (int i = threadIdx.x; i < cols * kc; i += blockDim.x) {
+            const int r = i / kc, c = i - r * kc;
+            const bool ok = col0 + r < n;
+            cp_async16_or_zero(ws + resident_at(r, c, k), w + (size_t)(ok ? col0 + r : 0) * k + c * 8, ok);
+        }
+        cp_async_commit();
+    };
+    pdl_trigger();
+    if (early) load_w();
+    pdl_wait();
+    if (!early) load_w();
+    for (int i = threadIdx.x; i < MT * 16 * kc; i += blockDim.x) {
+        const int r = i / kc, c = i - r * kc;
+        const bool ok = r < m;
+        cp_async16_or_zero(xs + resident_at(r, c, k), x + (size_t)(ok ? r : 0) * k + c * 8, ok);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+    for (int ks = warp; ks < (k >> 4); ks += WARPS) {
+        unsigned a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) ldsm_x4(a[mt], xs + resident_at(mt * 16 + (lane & 15), 2 * ks + (lane >> 4), k));
+#pragma unroll
+        for (int j = 0; j < NT; j += 2) {
+            if (j >= nt) break;
+            unsigned bb[4];
+            if (j + 1 < nt)
+                ldsm_x4(bb, ws + resident_at((j + (lane >> 4)) * 8 + (lane & 7), 2 * ks + ((lane >> 3) & 1), k));
+            else
+                ldsm_x2(bb, ws + resident_at(j * 8 + (lane & 7), 2 * ks + ((lane >> 3) & 1), k));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                mma16816((T*)nullptr, acc[mt][j], a[mt][0], a[mt][1], a[mt][2], a[mt][3], bb[0], bb[1]);
+                if (j + 1 < NT && j + 1 < nt)
+                    mma16816((T*)nullptr, acc[mt][j + 1], a[mt][0], a[mt][1], a[mt][2], a[mt][3], bb[2], bb[3]);
+            }
+        }
+    }
+    // The warps' partial tiles, in x's place, then summed in warp order.
+    __syncthreads();
+    float* red = reinterpret_cast<float*>(xs);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) red[(((warp * MT + mt) * NT + j) * 32 + lane) * 4 + e] = acc[mt][j][e];
+    __syncthreads();
+    for (int i = threadIdx.x; i < MT * 16 * cols; i += blockDim.x) {
+        const int r = i / cols, c = i - r * cols;
+        if (r >= m || col0 + c >= n) continue;
+        const int mt = r >> 4, rr = r & 15, j = c >> 3, cc = c & 7;
+        const int at = (((mt * NT + j) * 32 + (rr & 7) * 4 + (cc >> 1)) * 4) + (rr >> 3) * 2 + (cc & 1);
+        float v = 0.f;
+        for (int q = 0; q < WARPS; ++q) v += red[q * MT * NT * 128 + at];
+        if (b) v += ld(&b[col0 + c]);
+        st(&y[(size_t)r * n + col0 + c], v);
+    }
+}
+// The same with k split over a cluster of CL blocks (one an SM): the
+// cluster owns `cc` columns, each block the whole k/CL slice of their
+// weights (the same bytes an SM as above) but only x's k/CL slice, so x
+// crosses from L2 CL times less. Each warp owns a pair of 8-column tiles
+// over the block's k slice (tensor cores, no reduction between warps);
+// the blocks' partial sums meet through distributed shared memory after
+// a cluster barrier, each block adding up a CL-th of the outputs in rank
+// order. Needs k % (64 * CL) == 0, cc % 16 == 0, cc <= 16 * WARPS.
+__device__ __forceinline__ unsigned cl_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ void cl_barrier() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ float cl_ld(const float* local, unsigned rank) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(local);
+    unsigned remote;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+template <typename T, int MT, int CL, int WARPS>
+__device__ void clustered_impl(const T* x, const T* w, const T* b, T* y, int n, int k, int m, int cc, bool early) {
+    extern __shared__ __align__(128) unsigned char clustered_smem[];
+    const int ks_len = k / CL;  // this block's k slice
+    T* ws = reinterpret_cast<T*>(clustered_smem);
+    T* xs = ws + (size_t)cc * ks_len;
+    float* part = reinterpret_cast<float*>(xs + (size_t)MT * 16 * ks_len);  // [MT * 16][cc]
+    const unsigned rank = cl_rank();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int col0 = (blockIdx.x / CL) * cc, k0 = rank * ks_len, kc = ks_len >> 3;
+    auto load_w = [&] {
+        for (int i = threadIdx.x; i < cc * kc; i += blockDim.x) {
+            const int r = i / kc, c = i - r * kc;
+            const bool ok = col0 + r < n;
+            cp_async16_or_zero(ws + resident_at(r, c, ks_len), w + (size_t)(ok ? col0 + r : 0) * k + k0 + c * 8, ok);
+        }
+        cp_async_commit();
+    };
+    pdl_trigger();
+    if (early) load_w();
+    pdl_wait();
+    if (!early) load_w();
+    for (int i = threadIdx.x; i < MT * 16 * kc; i += blockDim.x) {
+        const int r = i / kc, c = i - r * kc;
+        const bool ok = r < m;
+        cp_async16_or_zero(xs + resident_at(r, c, ks_len), x + (size_t)(ok ? r : 0) * k + k0 + c * 8, ok);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    // Warp w: columns 16 w .. 16 w + 15 of the cluster's (two 8-column tiles).
+    const int j = warp * 16;
+    if (j < cc) {
+        float acc[MT][2][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) acc[mt][h][0] = acc[mt][h][1] = acc[mt][h][2] = acc[mt][h][3] = 0.f;
+        for (int ks = 0; ks < (ks_len >> 4); ++ks) {
+            unsigned bb[4];
+            ldsm_x4(bb, ws + resident_at(j + (lane >> 4) * 8 + (lane & 7), 2 * ks + ((lane >> 3) & 1), ks_len));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                unsigned a[4];
+                ldsm_x4(a, xs + resident_at(mt * 16 + (lane & 15), 2 * ks + (lane >> 4), ks_len));
+                mma16816((T*)nullptr, acc[mt][0], a[0], a[1], a[2], a[3], bb[0], bb[1]);
+                mma16816((T*)nullptr, acc[mt][1], a[0], a[1], a[2], a[3], bb[2], bb[3]);
+            }
+        }
+        // C fragments: rows g and g + 8, columns 2 tq and 2 tq + 1.
+        const int g = lane >> 2, tq = lane & 3;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int c = j + h * 8 + 2 * tq;
+                part[(mt * 16 + g) * cc + c] = acc[mt][h][0];
+                part[(mt * 16 + g) * cc + c + 1] = acc[mt][h][1];
+                part[(mt * 16 + g + 8) * cc + c] = acc[mt][h][2];
+                part[(mt * 16 + g + 8) * cc + c + 1] = acc[mt][h][3];
+            }
+    }
+    cl_barrier();
+    // This block's CL-th of the cluster's outputs, summed in rank order.
+    const int outs = MT * 16 * cc, per = (outs + CL - 1) / CL;
+    for (int i = rank * per + threadIdx.x; i < min(outs, (int)(rank + 1) * per); i += blockDim.x) {
+        const int r = i / cc, c = i - r * cc;
+        float v = 0.f;
+#pragma unroll
+        for (int q = 0; q < CL; ++q) v += cl_ld(part + i, q);
+        if (r < m && col0 + c < n) {
+            if (b) v += ld(&b[col0 + c]);
+            st(&y[(size_t)r * n + col0 + c], v);
+        }
+    }
+    // No block leaves while another may still read its partial sums.
+    cl_barrier();
+}
+template <int MT, int CL, bool EARLY>
+__global__ void __launch_bounds__(256)
+    clustered_variant(const bf16* x, const bf16* w, bf16* y, float*, int*, int n, int k, int m) {
+    // The clusters' share of n in whole 16-column pairs (as the host sized the grid).
+    const int clusters = (int)gridDim.x / CL;
+    const int cc = ((n + clusters - 1) / clusters + 15) / 16 * 16;
+    clustered_impl<bf16, MT, CL, 8>(x, w, nullptr, y, n, k, m, cc, EARLY);
+}
+
+template <int MT, int NT, bool EARLY>
+__global__ void __launch_bounds__(256)
+    resident_variant(const bf16* x, const bf16* w, bf16* y, float*, int*, int n, int k, int m) {
+    // The grid's share of n in whole 8-column tiles (the host sized the
+    // grid from it, so this is at most the host's and covers n).
+    const int cols = ((n + (int)gridDim.x - 1) / (int)gridDim.x + 7) / 8 * 8;
+    resident_impl<bf16, MT, NT, 8>(x, w, nullptr, y, n, k, m, cols, EARLY);
+}
+
 template <int MT, int WARPS, int STAGES, bool EARLY, int BK>
 __global__ void __launch_bounds__(WARPS * 32)
     skinny_variant(const bf16* x, const bf16* w, bf16* y, float* part, int* counters, int n, int k, int m) {
@@ -201,6 +411,64 @@ bool launch_main(cudaStream_t s, const Args& a, int split) {
     return true;
 }
 
+// The resident-weights linear: one block an SM when its slice and x fit
+// (cols = the SMs' share of n, in whole 8-column tiles); `split` unused.
+template <bool EARLY>
+bool launch_resident(cudaStream_t s, const Args& a, int) {
+    if (a.k % 64 != 0 || a.m > 32) return false;
+    const int cols = ((a.n + g_sms - 1) / g_sms + 7) / 8 * 8;
+    const int mt = a.m <= 16 ? 1 : 2;
+    const int smem = (cols + 16 * mt) * a.k * 2;
+    if (cols > 48 || smem > g_smem_max) return false;
+    const dim3 grid((a.n + cols - 1) / cols);
+    static bool attr[2] = {false, false};
+    auto f = mt == 1 ? resident_variant<1, 6, EARLY> : resident_variant<2, 6, EARLY>;
+    bool& at = attr[mt - 1];
+    if (!at) {
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, g_smem_max));
+        at = true;
+    }
+    PdlLaunch l(grid, dim3(256), smem, s);
+    CK(cudaLaunchKernelEx(&l.c, f, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
+    return true;
+}
+
+// The clustered variant: clusters of CL blocks, one an SM, the columns
+// split over the SMs / CL clusters in 16-column pairs.
+template <int CL, bool EARLY>
+bool launch_clustered(cudaStream_t s, const Args& a, int) {
+    if (a.k % (64 * CL) != 0 || a.m > 32) return false;
+    const int clusters = g_sms / CL;
+    const int cc = ((a.n + clusters - 1) / clusters + 15) / 16 * 16;
+    const int mt = a.m <= 16 ? 1 : 2;
+    const int ks = a.k / CL;
+    const int smem = (cc + 16 * mt) * ks * 2 + 16 * mt * cc * 4;
+    if (cc > 128 || smem > g_smem_max) return false;
+    const int used = (a.n + cc - 1) / cc;  // clusters with columns
+    auto f = mt == 1 ? clustered_variant<1, CL, EARLY> : clustered_variant<2, CL, EARLY>;
+    static bool attr[2] = {false, false};
+    if (!attr[mt - 1]) {
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, g_smem_max));
+        attr[mt - 1] = true;
+    }
+    cudaLaunchConfig_t c = {};
+    c.gridDim = dim3(used * CL);
+    c.blockDim = dim3(256);
+    c.dynamicSmemBytes = smem;
+    c.stream = s;
+    cudaLaunchAttribute at[2];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    at[1].id = cudaLaunchAttributeClusterDimension;
+    at[1].val.clusterDim.x = CL;
+    at[1].val.clusterDim.y = 1;
+    at[1].val.clusterDim.z = 1;
+    c.attrs = at;
+    c.numAttrs = 2;
+    CK(cudaLaunchKernelEx(&c, f, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
+    return true;
+}
+
 typedef bool (*Launch)(cudaStream_t, const Args&, int);  // false: not launched (does not fit)
 
 struct Lt {
@@ -265,7 +533,13 @@ int main(int argc, char** argv) {
     for (int m : rows_list) {
         std::vector<Variant> vs;
         if (m <= 32) {
-            vs = {{"skinny (main)", launch_main, 0},
+            vs = {{"clustered 4", launch_clustered<4, true>, 0},
+                  {"clustered 2", launch_clustered<2, true>, 0},
+                  {"clustered 8", launch_clustered<8, true>, 0},
+                  {"clustered 4, waits first", launch_clustered<4, false>, 0},
+                  {"resident weights", launch_resident<true>, 0},
+                  {"resident, waits first", launch_resident<false>, 0},
+                  {"skinny (main)", launch_main, 0},
                   {"main split 1", launch_main, 1},
                   {"main split 2", launch_main, 2},
                   {"main split 4", launch_main, 4},
