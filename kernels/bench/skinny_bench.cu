@@ -5,7 +5,9 @@
 // cp.async stages, split counts, and with its weights requested after the
 // PDL wait rather than before, and with 128- or 256-wide k tiles (longer
 // runs of each weight row per request); also cuBLASLt's next heuristic
-// candidates. Each shape has 16 weight copies (a step's layers,
+// candidates, and at 32 rows two designs that hold a linear's weights in
+// shared memory across the SMs (`resident`, `clustered`; QKV and o only,
+// where they fit). Each shape has 16 weight copies (a step's layers,
 // far past L2), launched back to back in a CUDA graph (skinny kernels as
 // programmatic dependents, as optc launches them). Prints microseconds a
 // launch and the weight bandwidth, and each variant's largest difference
