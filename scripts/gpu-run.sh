@@ -21,6 +21,7 @@
 #   SETTINGS="OPTC_CUDA_L2_WARM_MB=8,OPTC_CUDA_L2_WARM_BLOCKS=16 OPTC_CUDA_L2_WARM_MB=0" SETTINGS_WORKLOADS=W2
 # (spaces between sets, commas within one). PEER_DEADLINE (default 280 s) bounds the peer stage;
 # BENCH_REPS=1 PEER_DEADLINE=200 bash scripts/gpu-run.sh tests,compile,bench,peer fits one 600 s call.
+# REQUIRE_GPU=H200 runs nothing (exit 0) unless the card's name has H200 in it.
 set -u
 STAGES=${1:-tests,compile,bench,peer}
 OUT=${OUT:-$PWD/out}
@@ -34,6 +35,12 @@ export OPTC_CACHE_DIR=/tmp/optc-cache
 export PYTHONUNBUFFERED=1
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader
+# REQUIRE_GPU=H200: stop at once (exit 0) on any other card, so a call that
+# was lent another kind costs seconds, not the whole run.
+if [ -n "${REQUIRE_GPU:-}" ] && ! nvidia-smi --query-gpu=name --format=csv,noheader | grep -q "$REQUIRE_GPU"; then
+  echo "not a $REQUIRE_GPU: stopping (REQUIRE_GPU)"
+  exit 0
+fi
 # Test binaries find the fixtures under the path they were built in.
 if [ ! -e /work/main ]; then mkdir -p /work && ln -s "$PWD" /work/main; fi
 if has tests; then
