@@ -72,16 +72,25 @@ static float time_graph(cudaStream_t s, const std::function<void()>& body, int r
 // `pdl`. Use it in place (its config points at its own attribute).
 struct PdlLaunch {
     cudaLaunchConfig_t c = {};
-    cudaLaunchAttribute at[1];
-    PdlLaunch(dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl = true) {
+    cudaLaunchAttribute at[2];
+    // With `cluster_x` or `cluster_y` > 1, in thread block clusters of
+    // (cluster_x, cluster_y, 1) blocks.
+    PdlLaunch(dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl = true, unsigned cluster_x = 1,
+              unsigned cluster_y = 1) {
         c.gridDim = grid;
         c.blockDim = block;
         c.dynamicSmemBytes = smem;
         c.stream = s;
         at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
         at[0].val.programmaticStreamSerializationAllowed = 1;
+        at[1].id = cudaLaunchAttributeClusterDimension;
+        at[1].val.clusterDim.x = cluster_x;
+        at[1].val.clusterDim.y = cluster_y;
+        at[1].val.clusterDim.z = 1;
+        // The cluster attribute alone sits in slot 0 when PDL is off.
+        if (!pdl) at[0] = at[1];
         c.attrs = at;
-        c.numAttrs = pdl ? 1 : 0;
+        c.numAttrs = (pdl ? 1 : 0) + (cluster_x * cluster_y > 1 ? 1 : 0);
     }
     PdlLaunch(const PdlLaunch&) = delete;
     PdlLaunch& operator=(const PdlLaunch&) = delete;

@@ -137,18 +137,20 @@ __device__ __forceinline__ void ldsm_x2(unsigned* r, const void* p) {
 }
 __device__ __forceinline__ int resident_at(int r, int c, int k) { return r * k + ((c ^ (r & 7)) << 3); }
 
-template <typename T, int MT, int NT, int WARPS>
-__device__ void resident_impl(const T* x, const T* w, const T* b, T* y, int n, int k, int m, int cols, bool early) {
-    extern __shared__ __align__(128) unsigned char resident_smem[];
-    T* ws = reinterpret_cast<T*>(resident_smem);
-    T* xs = ws + (size_t)cols * k;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int col0 = blockIdx.x * cols, kc = k >> 3, nt = cols >> 3;
+// Both forms' start: the weight rows col0 .. col0 + cols - 1 (zeros past
+// n) and x's MT * 16 rows (zeros past m), columns k0 .. k0 + klen - 1 of
+// each, into ws and xs as swizzled rows of klen; the weights before the
+// PDL wait when `early` (they are no kernel's output), x after it; all
+// landed and visible to the block on return.
+template <typename T, int MT>
+__device__ void resident_fill(T* ws, T* xs, const T* w, const T* x, int n, int k, int m, int col0, int cols, int k0,
+                              int klen, bool early) {
+    const int kc = klen >> 3;
     auto load_w = [&] {
         for (int i = threadIdx.x; i < cols * kc; i += blockDim.x) {
             const int r = i / kc, c = i - r * kc;
             const bool ok = col0 + r < n;
-            cp_async16_or_zero(ws + resident_at(r, c, k), w + (size_t)(ok ? col0 + r : 0) * k + c * 8, ok);
+            cp_async16_or_zero(ws + resident_at(r, c, klen), w + (size_t)(ok ? col0 + r : 0) * k + k0 + c * 8, ok);
         }
         cp_async_commit();
     };
@@ -159,11 +161,21 @@ __device__ void resident_impl(const T* x, const T* w, const T* b, T* y, int n, i
     for (int i = threadIdx.x; i < MT * 16 * kc; i += blockDim.x) {
         const int r = i / kc, c = i - r * kc;
         const bool ok = r < m;
-        cp_async16_or_zero(xs + resident_at(r, c, k), x + (size_t)(ok ? r : 0) * k + c * 8, ok);
+        cp_async16_or_zero(xs + resident_at(r, c, klen), x + (size_t)(ok ? r : 0) * k + k0 + c * 8, ok);
     }
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
+}
+
+template <typename T, int MT, int NT, int WARPS>
+__device__ void resident_impl(const T* x, const T* w, const T* b, T* y, int n, int k, int m, int cols, bool early) {
+    extern __shared__ __align__(128) unsigned char resident_smem[];
+    T* ws = reinterpret_cast<T*>(resident_smem);
+    T* xs = ws + (size_t)cols * k;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int col0 = blockIdx.x * cols, nt = cols >> 3;
+    resident_fill<T, MT>(ws, xs, w, x, n, k, m, col0, cols, 0, k, early);
     float acc[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -243,27 +255,8 @@ __device__ void clustered_impl(const T* x, const T* w, const T* b, T* y, int n, 
     float* part = reinterpret_cast<float*>(xs + (size_t)MT * 16 * ks_len);  // [MT * 16][cc]
     const unsigned rank = cl_rank();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int col0 = (blockIdx.x / CL) * cc, k0 = rank * ks_len, kc = ks_len >> 3;
-    auto load_w = [&] {
-        for (int i = threadIdx.x; i < cc * kc; i += blockDim.x) {
-            const int r = i / kc, c = i - r * kc;
-            const bool ok = col0 + r < n;
-            cp_async16_or_zero(ws + resident_at(r, c, ks_len), w + (size_t)(ok ? col0 + r : 0) * k + k0 + c * 8, ok);
-        }
-        cp_async_commit();
-    };
-    pdl_trigger();
-    if (early) load_w();
-    pdl_wait();
-    if (!early) load_w();
-    for (int i = threadIdx.x; i < MT * 16 * kc; i += blockDim.x) {
-        const int r = i / kc, c = i - r * kc;
-        const bool ok = r < m;
-        cp_async16_or_zero(xs + resident_at(r, c, ks_len), x + (size_t)(ok ? r : 0) * k + k0 + c * 8, ok);
-    }
-    cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
+    const int col0 = (blockIdx.x / CL) * cc;
+    resident_fill<T, MT>(ws, xs, w, x, n, k, m, col0, cc, rank * ks_len, ks_len, early);
     // Warp w: columns 16 w .. 16 w + 15 of the cluster's (two 8-column tiles).
     const int j = warp * 16;
     if (j < cc) {
@@ -453,21 +446,8 @@ bool launch_clustered(cudaStream_t s, const Args& a, int) {
         CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, g_smem_max));
         attr[mt - 1] = true;
     }
-    cudaLaunchConfig_t c = {};
-    c.gridDim = dim3(used * CL);
-    c.blockDim = dim3(256);
-    c.dynamicSmemBytes = smem;
-    c.stream = s;
-    cudaLaunchAttribute at[2];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    at[1].id = cudaLaunchAttributeClusterDimension;
-    at[1].val.clusterDim.x = CL;
-    at[1].val.clusterDim.y = 1;
-    at[1].val.clusterDim.z = 1;
-    c.attrs = at;
-    c.numAttrs = 2;
-    CK(cudaLaunchKernelEx(&c, f, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
+    PdlLaunch l(dim3(used * CL), dim3(256), smem, s, true, CL);
+    CK(cudaLaunchKernelEx(&l.c, f, a.x, a.w, a.y, a.part, a.counters, a.n, a.k, a.m));
     return true;
 }
 

@@ -16,21 +16,8 @@ static std::vector<const void*> launched;
 template <typename... Args>
 static void launch_clustered(void (*k)(Args...), unsigned cluster_y, unsigned gx, unsigned gy, unsigned gz,
                              unsigned threads, unsigned smem, Args... args) {
-    cudaLaunchConfig_t c = {};
-    c.gridDim = dim3(gx, gy, gz);
-    c.blockDim = dim3(threads);
-    c.dynamicSmemBytes = smem;
-    c.stream = stream;
-    cudaLaunchAttribute at[2];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    at[1].id = cudaLaunchAttributeClusterDimension;
-    at[1].val.clusterDim.x = 1;
-    at[1].val.clusterDim.y = cluster_y;
-    at[1].val.clusterDim.z = 1;
-    c.attrs = at;
-    c.numAttrs = cluster_y > 1 ? 2 : 1;
-    CK(cudaLaunchKernelEx(&c, k, args...));
+    PdlLaunch l(dim3(gx, gy, gz), dim3(threads), smem, stream, true, 1, cluster_y);
+    CK(cudaLaunchKernelEx(&l.c, k, args...));
     launched.push_back((const void*)k);
 }
 
