@@ -618,6 +618,12 @@ fn print_nvrtc_kernels(s: &optc::codegen::nvrtc::CudaSummary) {
             s.gemv_norms, s.gemv_glus, s.gemv_ropes
         );
     }
+    if s.gemm_biases + s.gemm_gelus > 0 {
+        eprintln!(
+            "  cuBLASLt epilogues: {} matmuls add their bias, {} apply the tanh GELU after",
+            s.gemm_biases, s.gemm_gelus
+        );
+    }
     for (k, n) in &s.host {
         eprintln!("  host      {k:<20} {n}");
     }

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 
 use optc_ir::dim::normalize_axis;
-use optc_ir::ops::Op;
+use optc_ir::ops::{BinaryKind, GeluApprox, Op};
 use optc_ir::{Dim, TensorType};
 
 use super::program::{Exec, FusedGemv, Step};
@@ -130,10 +130,112 @@ pub(super) fn fuse(
             ]);
         }
     }
+    for i in 0..steps.len() {
+        let Some(e) = gemm_epilogue(steps, types, outputs, &uses, i) else {
+            continue;
+        };
+        if let Some((add, bias)) = e.bias {
+            steps[i].args.push(bias);
+            removed.insert(add);
+            counts.push((Kernel::Binary.name(), -1));
+        }
+        if let Some((gelu, views)) = e.gelu {
+            steps[i].gelu = true;
+            removed.insert(gelu);
+            removed.extend(views);
+            counts.push((Kernel::Gelu.name(), -1));
+        }
+        steps[i].outs = vec![e.out];
+    }
     if !removed.is_empty() {
         drop_fused(steps, &removed);
     }
     counts
+}
+
+/// What a GEMM's cuBLASLt epilogue takes over (`gemm_epilogue`).
+struct GemmEpilogue {
+    /// The bias add (its step, the bias).
+    bias: Option<(usize, usize)>,
+    /// The tanh GELU after it (its step, the views between).
+    gelu: Option<(usize, Vec<usize>)>,
+    /// The value the GEMM then writes.
+    out: usize,
+}
+
+/// A plain 2-D `matmul` (cuBLASLt, one batch) whose product is read only
+/// by the add of a bias (a vector as wide as the product's rows), then
+/// only by a tanh GELU, through reshapes: each is cuBLASLt's epilogue
+/// (BIAS, GELU, GELU_BIAS) instead of a launch of its own, as GPT-2's
+/// `Conv1D` layers and their `gelu_new` are lowered. cuBLASLt applies them
+/// to the f32 sums before the one rounding, where the interpreter rounds
+/// the product first (the same in f32). Graph outputs are left alone.
+fn gemm_epilogue(
+    steps: &[Step],
+    types: &[TensorType],
+    outputs: &HashSet<usize>,
+    uses: &Uses,
+    i: usize,
+) -> Option<GemmEpilogue> {
+    let s = &steps[i];
+    if !matches!(s.exec, Exec::Kernel(Kernel::MatMul, _))
+        || s.args.len() != 2
+        || s.args.iter().any(|&a| types[a].rank() != 2)
+    {
+        return None;
+    }
+    let product = *s.outs.first()?;
+    let ty = &types[product];
+    let only_reader = |v: usize| -> Option<usize> {
+        match uses.readers.get(&v).map(Vec::as_slice) {
+            Some(&[r]) if !outputs.contains(&v) => Some(r),
+            _ => None,
+        }
+    };
+    let mut out = product;
+    let mut bias = None;
+    if let Some(a) = only_reader(product) {
+        let add = &steps[a];
+        let is_add = matches!(add.exec, Exec::Kernel(Kernel::Binary, _))
+            && matches!(add.op, Op::Binary(BinaryKind::Add))
+            && add.args.len() == 2;
+        if is_add {
+            let other = if add.args[0] == product {
+                add.args[1]
+            } else {
+                add.args[0]
+            };
+            let b = &types[other];
+            let width = ty.shape.0.last().and_then(konst);
+            let vector = b.rank() == 1 && b.dtype == ty.dtype && b.shape.0.first().and_then(konst) == width;
+            if vector && width.is_some() && other != product && types[add.outs[0]] == *ty {
+                bias = Some((a, other));
+                out = add.outs[0];
+            }
+        }
+    }
+    // Through reshapes to a tanh GELU of the same element type.
+    let mut views = Vec::new();
+    let mut v = out;
+    let mut gelu = None;
+    while let Some(r) = only_reader(v) {
+        let st = &steps[r];
+        match (&st.exec, &st.op) {
+            (Exec::View, _) => {
+                views.push(r);
+                v = st.outs[0];
+            }
+            (Exec::Kernel(Kernel::Gelu, _), Op::Gelu(g))
+                if g.approximate == GeluApprox::Tanh && types[st.outs[0]].dtype == ty.dtype =>
+            {
+                gelu = Some((r, std::mem::take(&mut views)));
+                out = st.outs[0];
+                break;
+            }
+            _ => break,
+        }
+    }
+    (bias.is_some() || gelu.is_some()).then_some(GemmEpilogue { bias, gelu, out })
 }
 
 /// Drops the `removed` steps and the views of what they produced.

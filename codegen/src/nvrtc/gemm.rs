@@ -34,6 +34,9 @@ pub(crate) struct GemmShape {
     pub stride_b: i64,
     pub stride_c: i64,
     pub bias: bool,
+    /// The tanh GELU applied to the result (after the bias) as cuBLASLt's
+    /// epilogue, so the GELU is no launch of its own (`fuse::gemm_epilogue`).
+    pub gelu: bool,
 }
 
 struct Plan {
@@ -244,8 +247,13 @@ impl Gemm {
             sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
             &tb,
         )?;
-        if s.bias {
-            let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+        let epilogue = match (s.bias, s.gelu) {
+            (true, true) => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS),
+            (true, false) => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS),
+            (false, true) => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU),
+            (false, false) => None,
+        };
+        if let Some(epi) = epilogue {
             set_desc(
                 desc,
                 sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,

@@ -704,6 +704,7 @@ impl CudaProgram {
                     stride_b: 0,
                     stride_c: 0,
                     bias: a.len() > 2,
+                    gelu: false,
                 };
                 unsafe {
                     self.gemm
@@ -724,11 +725,13 @@ impl CudaProgram {
                     stride_a: if db.len() == 2 { 0 } else { (kd * nn) as i64 },
                     stride_b: (m * kd) as i64,
                     stride_c: (m * nn) as i64,
-                    bias: false,
+                    // A bias and a GELU fused at lowering (`fuse::gemm_epilogue`).
+                    bias: a.len() > 2,
+                    gelu: s.gelu,
                 };
                 unsafe {
                     self.gemm
-                        .run(shape, ptr[a[1]], ptr[a[0]], ptr[o0], 0, &gpu.stream)
+                        .run(shape, ptr[a[1]], ptr[a[0]], ptr[o0], opt(2), &gpu.stream)
                 }
             }
             (Kernel::RmsNorm, Op::RmsNorm(o)) => {

@@ -62,6 +62,9 @@ pub(super) struct Step {
     pub(super) also_reads: Vec<usize>,
     /// On a `Kernel::EwChain` step: its generated kernel.
     pub(super) chain: Option<Box<super::chains::EwChain>>,
+    /// On a `Kernel::MatMul` step: cuBLASLt applies the tanh GELU that read
+    /// its product (`fuse::gemm_epilogue`); its output is the GELU's.
+    pub(super) gelu: bool,
 }
 
 impl Step {
@@ -78,6 +81,7 @@ impl Step {
             deferred_to: None,
             also_reads: Vec::new(),
             chain: None,
+            gelu: false,
         }
     }
 }
@@ -123,6 +127,10 @@ pub struct CudaSummary {
     /// QKV linears whose GEMV rotates its product and writes the KV
     /// cache, at decode batch sizes.
     pub gemv_ropes: usize,
+    /// Matmuls whose bias add cuBLASLt does as its epilogue.
+    pub gemm_biases: usize,
+    /// Matmuls whose tanh GELU cuBLASLt does as its epilogue.
+    pub gemm_gelus: usize,
     /// The tensor-core prefill kernel: "on", or why it is off.
     pub prefill_mma: Option<String>,
     /// Layers of the decode stack the one-token megakernel covers (0:
@@ -732,6 +740,11 @@ fn plan(g: &Graph, device: &str) -> Result<Plan, CodegenError> {
             *n = n.saturating_add_signed(by as isize);
         }
         summary.kernels.retain(|_, n| *n > 0);
+        let matmuls = steps
+            .iter()
+            .filter(|s| matches!(s.exec, Exec::Kernel(Kernel::MatMul, _)));
+        summary.gemm_biases = matmuls.clone().filter(|s| s.args.len() > 2).count();
+        summary.gemm_gelus = matmuls.filter(|s| s.gelu).count();
         if std::env::var("OPTC_CUDA_FUSE_GEMV").map_or(true, |v| v != "0") {
             let n = super::fuse::fused_gemvs(&mut steps, &types, &outputs);
             (summary.gemv_norms, summary.gemv_glus, summary.gemv_ropes) = (n.norms, n.glus, n.ropes);
