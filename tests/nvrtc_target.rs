@@ -1412,6 +1412,23 @@ fn matmul_epilogues_match_the_interpreter() {
     }
 }
 
+/// A bias the graph computes after the matmul is not ready when the matmul
+/// runs: that add stays a kernel of its own (planned without a GPU).
+#[test]
+fn a_bias_computed_after_its_matmul_stays_an_add() {
+    let g = parse(
+        "graph e(%x: f32[3, 8], %w: f32[8, 5], %b: f32[5]) -> (%y: f32[3, 5]) {
+  %0: f32[3, 5] = matmul(%x, %w)
+  %1: f32[5] = mul(%b, %b)
+  %2: f32[3, 5] = add(%1, %0)
+  return %2
+}",
+    )
+    .unwrap();
+    let s = nvrtc::plan_summary(&g).unwrap();
+    assert_eq!((s.gemm_biases, s.gemm_gelus), (0, 0), "{s:?}");
+}
+
 /// Fused GEMVs at one to four rows: the norm (with and without the
 /// residual add) before a linear done as the GEMV fills x
 /// (`gemv_norm_*`), SwiGLU of a gate/up product done at its store

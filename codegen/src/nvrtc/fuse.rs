@@ -208,7 +208,9 @@ fn gemm_epilogue(
             let b = &types[other];
             let width = ty.shape.0.last().and_then(konst);
             let vector = b.rank() == 1 && b.dtype == ty.dtype && b.shape.0.first().and_then(konst) == width;
-            if vector && width.is_some() && other != product && types[add.outs[0]] == *ty {
+            // The matmul reads the bias now: it must be ready by then.
+            let ready = uses.producer.get(&other).is_none_or(|&p| p < i);
+            if vector && ready && width.is_some() && other != product && types[add.outs[0]] == *ty {
                 bias = Some((a, other));
                 out = add.outs[0];
             }
