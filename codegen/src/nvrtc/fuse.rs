@@ -188,15 +188,9 @@ fn gemm_epilogue(
     }
     let product = *s.outs.first()?;
     let ty = &types[product];
-    let only_reader = |v: usize| -> Option<usize> {
-        match uses.readers.get(&v).map(Vec::as_slice) {
-            Some(&[r]) if !outputs.contains(&v) => Some(r),
-            _ => None,
-        }
-    };
     let mut out = product;
     let mut bias = None;
-    if let Some(a) = only_reader(product) {
+    if let Some((a, _)) = reader_past_views(steps, outputs, uses, product).filter(|(_, v)| v.is_empty()) {
         let add = &steps[a];
         let is_add = matches!(add.exec, Exec::Kernel(Kernel::Binary, _))
             && matches!(add.op, Op::Binary(BinaryKind::Add))
@@ -219,25 +213,13 @@ fn gemm_epilogue(
         }
     }
     // Through reshapes to a tanh GELU of the same element type.
-    let mut views = Vec::new();
-    let mut v = out;
-    let mut gelu = None;
-    while let Some(r) = only_reader(v) {
-        let st = &steps[r];
-        match (&st.exec, &st.op) {
-            (Exec::View, _) => {
-                views.push(r);
-                v = st.outs[0];
-            }
-            (Exec::Kernel(Kernel::Gelu, _), Op::Gelu(g))
-                if g.approximate == GeluApprox::Tanh && types[st.outs[0]].dtype == ty.dtype =>
-            {
-                gelu = Some((r, std::mem::take(&mut views)));
-                out = st.outs[0];
-                break;
-            }
-            _ => break,
-        }
+    let gelu = reader_past_views(steps, outputs, uses, out).filter(|&(g, _)| {
+        matches!(&steps[g].op, Op::Gelu(o) if o.approximate == GeluApprox::Tanh)
+            && matches!(steps[g].exec, Exec::Kernel(Kernel::Gelu, _))
+            && types[steps[g].outs[0]].dtype == ty.dtype
+    });
+    if let Some((g, _)) = &gelu {
+        out = steps[*g].outs[0];
     }
     (bias.is_some() || gelu.is_some()).then_some(GemmEpilogue { bias, gelu, out })
 }
@@ -524,17 +506,33 @@ fn fusable_rope(
 /// The kernel step of kind `k` that is the one reader of `v` (not a graph
 /// output), directly or at the end of a chain of views.
 fn sole_reader(steps: &[Step], outputs: &HashSet<usize>, uses: &Uses, v: usize, k: Kernel) -> Option<usize> {
-    let &[mut s] = uses.readers.get(&v)?.as_slice() else {
-        return None;
-    };
-    while matches!(steps[s].exec, Exec::View) {
-        let &[next] = uses.readers.get(&steps[s].outs[0])?.as_slice() else {
+    let (s, _) = reader_past_views(steps, outputs, uses, v)?;
+    matches!(&steps[s].exec, Exec::Kernel(kk, _) if *kk == k).then_some(s)
+}
+
+/// The one step past views that reads `v`, and those views: `v` and each
+/// view's value read by one step and no graph output.
+fn reader_past_views(
+    steps: &[Step],
+    outputs: &HashSet<usize>,
+    uses: &Uses,
+    v: usize,
+) -> Option<(usize, Vec<usize>)> {
+    let mut views = Vec::new();
+    let mut v = v;
+    loop {
+        let &[r] = uses.readers.get(&v)?.as_slice() else {
             return None;
         };
-        s = next;
+        if outputs.contains(&v) {
+            return None;
+        }
+        if !matches!(steps[r].exec, Exec::View) {
+            return Some((r, views));
+        }
+        views.push(r);
+        v = steps[r].outs[0];
     }
-    (matches!(&steps[s].exec, Exec::Kernel(kk, _) if *kk == k) && uses.read_only_by(steps, v, s, outputs))
-        .then_some(s)
 }
 
 /// The split SwiGLU step that is the one reader of linear `li`'s product
