@@ -292,7 +292,7 @@ fn compile_runs_a_pipeline_with_dumps_and_checks() {
     std::fs::write(dir.join("p.toml"), "[[pass]]\nname = \"fuse_magic\"\n").unwrap();
     assert_user_error(
         &optc(&["compile", &llama, "--pipeline", &p(&dir, "p.toml")]),
-        "unknown pass 'fuse_magic' (known: canonicalize, cast_weights, constant_fold, cse, dce, fuse_add_rmsnorm, fuse_attention, fuse_gelu, fuse_gemm, fuse_layernorm, fuse_rmsnorm, fuse_rope, fuse_swiglu, insert_kv_cache, quantize_int8, simplify_outer_products, sink_rope_transposes)",
+        "unknown pass 'fuse_magic' (known: canonicalize, cast_weights, constant_fold, cse, dce, fuse_add_rmsnorm, fuse_attention, fuse_gelu, fuse_gemm, fuse_layernorm, fuse_rmsnorm, fuse_rope, fuse_swiglu, insert_kv_cache, matmul_to_linear, quantize_int8, simplify_outer_products, sink_rope_transposes)",
     );
     let o = optc(&["passes"]);
     assert!(

@@ -1,7 +1,8 @@
 //! The default pipeline on every fixture architecture: one norm op per
 //! norm, one rope per rotated q and k, one attention per layer (GQA
 //! through the kv heads, causal where the mask is), one swiglu (or gelu) per MLP, one QKV and one gate/up GEMM per
-//! layer where the checkpoint has separate projections, no leftover
+//! layer where the checkpoint has separate projections, every projection a
+//! linear (GPT-2's Conv1D matmuls too), no leftover
 //! rsqrt/silu/tanh chains, and logits unchanged (1e-5, f32 fixtures).
 
 use std::collections::BTreeMap;
@@ -72,6 +73,10 @@ fn gpt2() {
     for gone in ["tanh", "pow", "softmax"] {
         assert_eq!(count(&g, gone), 0, "{gone} left");
     }
+    // The Conv1D matmuls and their bias adds are linears
+    // (`matmul_to_linear`): c_attn, c_proj, c_fc, mlp.c_proj and the LM head.
+    assert_eq!(count(&g, "linear"), 4 * l + 1);
+    assert_eq!(count(&g, "matmul"), 0);
     same_logits(&before, &g, &w, 1e-5);
 }
 

@@ -206,10 +206,18 @@ fn planned_step_graphs_fuse_the_rotary_tables_and_the_final_norm() {
         let s = nvrtc::plan_summary(&m.graph).unwrap();
         assert!(s.host.is_empty(), "{name}: {s:?}");
         if name == "gpt2" {
-            // Each Conv1D's bias add and the MLP's tanh GELU run as
-            // cuBLASLt epilogues of their matmuls: four a layer, one GELU.
+            // Each Conv1D is a linear with its bias (`matmul_to_linear`),
+            // so decode runs GEMVs, and the MLP's tanh GELU is its first
+            // linear's epilogue: four linears a layer and the LM head, no
+            // matmul against a weight, no GELU kernel.
             let layers = m.config.num_layers;
-            assert_eq!((s.gemm_biases, s.gemm_gelus), (4 * layers, layers), "{s:?}");
+            assert_eq!(
+                s.kernels.get("linear (cuBLASLt)"),
+                Some(&(4 * layers + 1)),
+                "{s:?}"
+            );
+            assert_eq!(s.kernels.get("matmul (cuBLASLt)"), None, "{s:?}");
+            assert_eq!((s.gemm_biases, s.gemm_gelus), (0, layers), "{s:?}");
             assert_eq!(s.kernels.get("gelu"), None, "{s:?}");
             continue;
         }
@@ -1407,6 +1415,70 @@ fn matmul_epilogues_match_the_interpreter() {
                     tolerance(t)
                 };
                 assert!(e < tol, "{t} m {m} k {k} n {n} %{}: rel L2 {e}", o.name);
+            }
+        }
+    }
+}
+
+/// A linear's tanh GELU (GPT-2's MLP once `matmul_to_linear` made its
+/// `Conv1D` a linear) is the GEMM's: cuBLASLt's epilogue past four rows,
+/// the decode GEMV's store up to them (the register GEMV, and the ring at
+/// one row of a 16-bit type with the ring's threshold at 0), with and
+/// without a bias, through a reshape; the skinny GEMM (which has no GELU)
+/// steps aside for it. Odd widths and a k of 200.
+#[test]
+fn linear_gelu_epilogues_match_the_interpreter() {
+    for t in [DType::F32, DType::BF16, DType::F16] {
+        for (m, k, n) in [
+            (1usize, 200usize, 96usize),
+            (4, 64, 37),
+            (7, 200, 37),
+            (130, 256, 520),
+        ] {
+            let text = format!(
+                "graph e(%x: {t}[{m}, {k}], %w: {t}[{n}, {k}], %b: {t}[{n}]) -> (%y: {t}[1, {m}, {n}], %z: {t}[{m}, {n}]) {{
+  %0: {t}[{m}, {n}] = linear(%x, %w, %b)
+  %1: {t}[1, {m}, {n}] = reshape(%0) {{shape = [1, {m}, {n}]}}
+  %2: {t}[1, {m}, {n}] = gelu(%1) {{approximate = \"tanh\"}}
+  %3: {t}[{m}, {n}] = linear(%x, %w)
+  %4: {t}[{m}, {n}] = gelu(%3) {{approximate = \"tanh\"}}
+  return %2, %4
+}}"
+            );
+            let g = parse(&text).unwrap();
+            let s = nvrtc::plan_summary(&g).unwrap();
+            assert_eq!((s.gemm_gelus, s.kernels.get("gelu")), (2, None), "{t}: {s:?}");
+            let inputs = random_inputs(
+                t,
+                &[("x", vec![m, k]), ("w", vec![n, k]), ("b", vec![n])],
+                (m * 131 + k) as u64,
+            );
+            let want = run(&g, &inputs, &WeightStore::new()).unwrap();
+            if !gpu() {
+                return;
+            }
+            for ring in [false, true] {
+                let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
+                p.set_skinny_gemm(SkinnyGemm::All);
+                if ring {
+                    p.set_gemv_ring_min_bytes(0);
+                }
+                let got = p.run(&inputs).unwrap();
+                for (o, wt) in g.outputs().iter().zip(&want) {
+                    let e = rel_l2(&got[&o.name], wt);
+                    // As `matmul_epilogues_match_the_interpreter`: one
+                    // rounding where the interpreter rounds the product.
+                    let tol = if t == DType::F32 {
+                        tolerance(t) / 10.0 + 1e-6
+                    } else {
+                        tolerance(t)
+                    };
+                    assert!(
+                        e < tol,
+                        "{t} m {m} k {k} n {n} ring {ring} %{}: rel L2 {e}",
+                        o.name
+                    );
+                }
             }
         }
     }

@@ -56,6 +56,10 @@ pub enum View {
     Concat { sources: Vec<String>, axis: usize },
     /// `source` converted to `dtype` (rounding as `Tensor::cast`).
     Cast { source: String, dtype: DType },
+    /// The 2-D `source` with its axes swapped: a `[k, n]` weight that a
+    /// matmul reads (GPT-2's Conv1D, an ONNX `MatMul` initializer) as the
+    /// `[n, k]` weight a `linear` reads.
+    Transpose { source: String },
 }
 
 struct MappedFile {
@@ -281,6 +285,13 @@ impl WeightStore {
                 (dt, shape)
             }
             View::Cast { source, dtype } => (*dtype, self.info(source)?.1),
+            View::Transpose { source } => {
+                let (dt, shape) = self.info(source)?;
+                match shape[..] {
+                    [rows, cols] => (dt, vec![cols, rows]),
+                    _ => return Err(bad(format!("transpose of {source} {shape:?}, which is not 2-D"))),
+                }
+            }
         };
         self.entries.insert(name, Entry::View { view, dtype, shape });
         Ok(())
@@ -439,8 +450,48 @@ impl WeightStore {
                 run(Concat { axis: *axis as i64 }.eval(&refs, &cx))
             }
             View::Cast { source, dtype } => Ok(self.get(source)?.cast(*dtype)),
+            View::Transpose { source } => {
+                let t = self.get(source)?;
+                let &[rows, cols] = t.shape() else {
+                    return Err(WeightError::View {
+                        name: format!("{view:?}"),
+                        message: format!("{source} {:?} is not 2-D", t.shape()),
+                    });
+                };
+                let size = t.dtype().storage_bytes(1);
+                if t.dtype().storage_bytes(2) != 2 * size {
+                    // Packed sub-byte elements: the interpreter's transpose.
+                    let perm = crate::ops::Transpose { perm: vec![1, 0] };
+                    return run(perm.eval(&[&t], &cx));
+                }
+                let bytes = transpose_bytes(&t.to_le_bytes(), rows, cols, size);
+                Tensor::from_le_bytes(t.dtype(), &[cols, rows], &bytes).map_err(|e| WeightError::View {
+                    name: format!("{view:?}"),
+                    message: e.to_string(),
+                })
+            }
         }
     }
+}
+
+/// The `rows × cols` matrix of `size`-byte elements in `src`, transposed,
+/// a 32 × 32 tile at a time so both sides stay in cache (a weight of a
+/// billion-parameter model moves at memory speed, not one miss an element).
+fn transpose_bytes(src: &[u8], rows: usize, cols: usize, size: usize) -> Vec<u8> {
+    const TILE: usize = 32;
+    let mut out = vec![0u8; src.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    let from = (r * cols + c) * size;
+                    let to = (c * rows + r) * size;
+                    out[to..to + size].copy_from_slice(&src[from..from + size]);
+                }
+            }
+        }
+    }
+    out
 }
 
 struct StTensor<'a> {

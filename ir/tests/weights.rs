@@ -105,6 +105,51 @@ fn views_slice_concat_and_cast_lazily() {
     assert_eq!((c.dtype(), c.shape()), (DType::BF16, &[3usize, 3][..]));
 }
 
+/// A transpose view is the interpreter's `transpose` of its source, for
+/// every element width (odd sizes cross the copy's 32 × 32 tiles; 4-bit
+/// codes take the interpreter's path), and rejects what is not a matrix.
+#[test]
+fn transpose_views_match_the_interpreter() {
+    use optc_ir::ops::{EvalCx, OpImpl, Transpose};
+    let (rows, cols) = (45, 70);
+    let vals: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+    let ints: Vec<i64> = (0..rows * cols).map(|i| (i as i64 % 15) - 7).collect();
+    let tensors = [
+        Tensor::from_f32(DType::F32, &[rows, cols], &vals),
+        Tensor::from_f32(DType::BF16, &[rows, cols], &vals),
+        Tensor::from_f32(DType::F16, &[1, cols], &vals[..cols]),
+        Tensor::from_i64(DType::I64, &[rows, cols], &ints),
+        Tensor::from_i64(DType::I8, &[rows, cols], &ints),
+        Tensor::from_i64(DType::I4, &[rows, cols], &ints),
+    ];
+    let bindings = Default::default();
+    let cx = EvalCx { bindings: &bindings };
+    let mut store = WeightStore::new();
+    for (i, t) in tensors.iter().enumerate() {
+        store.insert(format!("w{i}"), t.clone()).unwrap();
+        let name = format!("w{i}.T");
+        store
+            .add_view(
+                &name,
+                View::Transpose {
+                    source: format!("w{i}"),
+                },
+            )
+            .unwrap();
+        let want = Transpose { perm: vec![1, 0] }.eval(&[t], &cx).unwrap().remove(0);
+        let shape = want.shape().to_vec();
+        assert_eq!(store.info(&name).unwrap(), (t.dtype(), shape), "{name}");
+        assert_eq!(store.get(&name).unwrap(), want, "{name} ({})", t.dtype());
+    }
+    store
+        .insert("v", Tensor::from_i64(DType::I64, &[3], &[1, 2, 3]))
+        .unwrap();
+    let e = store
+        .add_view("v.T", View::Transpose { source: "v".into() })
+        .unwrap_err();
+    assert_eq!(e.to_string(), "view 'v.T': transpose of v [3], which is not 2-D");
+}
+
 #[test]
 fn bad_views_are_rejected_when_added() {
     let mut store = WeightStore::new();

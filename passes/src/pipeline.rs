@@ -54,6 +54,7 @@ impl Pipeline {
                 "fuse_attention",
                 "fuse_add_rmsnorm",
                 "dce",
+                "matmul_to_linear",
                 "fuse_gemm",
                 "dce",
                 "simplify_outer_products",

@@ -33,6 +33,7 @@ impl PassRegistry {
         r.register(Arc::new(Dce));
         r.register(Arc::new(SimplifyOuterProducts));
         r.register(Arc::new(FuseGemm));
+        r.register(Arc::new(crate::fusion::MatmulToLinear));
         r.register(Arc::new(FuseRmsNorm));
         r.register(Arc::new(FuseSwiglu));
         r.register(Arc::new(FuseRope));

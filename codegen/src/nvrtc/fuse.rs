@@ -3,8 +3,8 @@
 //! feeding query/key RoPE and the paged-attention cache write. The split
 //! copies, one of the two RoPE launches and the cache write disappear: a
 //! Llama layer goes from 16 launches to 10. A matmul's bias add and the
-//! tanh GELU after it become cuBLASLt's epilogue (`gemm_epilogue`: GPT-2's
-//! layers lose five launches). The IR is left as it is; these are facts
+//! tanh GELU after it or a linear become the GEMM's epilogue
+//! (`gemm_epilogue`). The IR is left as it is; these are facts
 //! about the CUDA kernels, not rewrites every target wants.
 //! `OPTC_CUDA_FUSE=0` turns them off (to compare).
 //!
@@ -168,10 +168,12 @@ struct GemmEpilogue {
 /// A plain 2-D `matmul` (cuBLASLt, one batch) whose product is read only
 /// by the add of a bias (a vector as wide as the product's rows), then
 /// only by a tanh GELU, through reshapes: each is cuBLASLt's epilogue
-/// (BIAS, GELU, GELU_BIAS) instead of a launch of its own, as GPT-2's
-/// `Conv1D` layers and their `gelu_new` are lowered. cuBLASLt applies them
-/// to the f32 sums before the one rounding, where the interpreter rounds
-/// the product first (the same in f32). Graph outputs are left alone.
+/// (BIAS, GELU, GELU_BIAS) instead of a launch of its own. A `linear`
+/// (GPT-2's `Conv1D` once `matmul_to_linear` has run, with its bias in)
+/// takes the GELU the same way; its decode GEMVs apply it at the store.
+/// Both apply them to the f32 sums before the one rounding, where the
+/// interpreter rounds the product first (the same in f32). Graph outputs
+/// are left alone.
 fn gemm_epilogue(
     steps: &[Step],
     types: &[TensorType],
@@ -180,17 +182,20 @@ fn gemm_epilogue(
     i: usize,
 ) -> Option<GemmEpilogue> {
     let s = &steps[i];
-    if !matches!(s.exec, Exec::Kernel(Kernel::MatMul, _))
-        || s.args.len() != 2
-        || s.args.iter().any(|&a| types[a].rank() != 2)
-    {
+    // A linear (its bias is its own) takes only the GELU.
+    let linear = matches!(s.exec, Exec::Kernel(Kernel::Linear, _));
+    let plain_matmul = matches!(s.exec, Exec::Kernel(Kernel::MatMul, _))
+        && s.args.len() == 2
+        && s.args.iter().all(|&a| types[a].rank() == 2);
+    if !linear && !plain_matmul {
         return None;
     }
     let product = *s.outs.first()?;
     let ty = &types[product];
     let mut out = product;
     let mut bias = None;
-    if let Some((a, _)) = reader_past_views(steps, outputs, uses, product).filter(|(_, v)| v.is_empty()) {
+    let bias_add = reader_past_views(steps, outputs, uses, product).filter(|(_, v)| v.is_empty() && !linear);
+    if let Some((a, _)) = bias_add {
         let add = &steps[a];
         let is_add = matches!(add.exec, Exec::Kernel(Kernel::Binary, _))
             && matches!(add.op, Op::Binary(BinaryKind::Add))
@@ -369,7 +374,8 @@ pub(super) fn fused_gemvs(steps: &mut [Step], types: &[TensorType], outputs: &Ha
     let uses = Uses::new(steps);
     let mut count = GemvFusions::default();
     for li in 0..steps.len() {
-        if !matches!(steps[li].exec, Exec::Kernel(Kernel::Linear, _)) {
+        // A GELU epilogue (`gemm_epilogue`) leaves only the plain GEMV.
+        if !matches!(steps[li].exec, Exec::Kernel(Kernel::Linear, _)) || steps[li].gelu {
             continue;
         }
         let glu = fusable_glu(steps, types, outputs, &uses, li);

@@ -601,6 +601,7 @@ impl CudaProgram {
                 let aligned = [ptr[a[0]], ptr[a[1]], ptr[o0], opt(2)]
                     .iter()
                     .all(|p| p % 16 == 0);
+                let act = i32::from(s.gelu);
                 if fns.len() >= 2
                     && (1..=src::GEMV_MAX_ROWS).contains(&m)
                     && kd % 8 == 0
@@ -629,7 +630,7 @@ impl CudaProgram {
                     // Streamed before the wait: only a weight may be.
                     let early = matches!(self.locs[self.owner[a[1]]], Loc::Weight(_));
                     // The greedy pick of its logits, as the ring stores them.
-                    if let Some(fa) = fns.get(GEMV_RING_AT + 1).filter(|_| on_ring) {
+                    if let Some(fa) = fns.get(GEMV_RING_AT + 1).filter(|_| on_ring && !s.gelu) {
                         let counters = Some(self.split_counters.ptr);
                         let args =
                             GemvPick::args(pick, &self.owner, o0, counters, &mut self.pool, c.grid_dim.0)?;
@@ -645,7 +646,7 @@ impl CudaProgram {
                     let gpu = &self.gpu;
                     return launch_dependent!(gpu, f, c, early;
                         x = ptr[a[0]], w = ptr[a[1]], b = opt(2), y = ptr[o0], n = nn as i32, k = kd as i32,
-                        m = m as i32);
+                        m = m as i32, act = act);
                 }
                 let tiles = nn.div_ceil(src::SKINNY_ROWS_PER_BLOCK);
                 if fns.len() >= 2 + src::SKINNY_VARIANTS.len()
@@ -655,6 +656,7 @@ impl CudaProgram {
                     && nn <= i32::MAX as usize
                     && kd <= i32::MAX as usize
                     && tiles <= SPLIT_COUNTERS
+                    && !s.gelu
                     && match self.skinny {
                         SkinnyGemm::Off => false,
                         SkinnyGemm::Narrow => tiles < sms as usize,
@@ -704,7 +706,7 @@ impl CudaProgram {
                     stride_b: 0,
                     stride_c: 0,
                     bias: a.len() > 2,
-                    gelu: false,
+                    gelu: s.gelu,
                 };
                 unsafe {
                     self.gemm

@@ -129,7 +129,8 @@ pub struct CudaSummary {
     pub gemv_ropes: usize,
     /// Matmuls whose bias add cuBLASLt does as its epilogue.
     pub gemm_biases: usize,
-    /// Matmuls whose tanh GELU cuBLASLt does as its epilogue.
+    /// Matmuls and linears whose tanh GELU the GEMM (cuBLASLt's epilogue,
+    /// or the decode GEMV's store) applies.
     pub gemm_gelus: usize,
     /// The tensor-core prefill kernel: "on", or why it is off.
     pub prefill_mma: Option<String>,
@@ -744,7 +745,7 @@ fn plan(g: &Graph, device: &str) -> Result<Plan, CodegenError> {
             .iter()
             .filter(|s| matches!(s.exec, Exec::Kernel(Kernel::MatMul, _)));
         summary.gemm_biases = matmuls.clone().filter(|s| s.args.len() > 2).count();
-        summary.gemm_gelus = matmuls.filter(|s| s.gelu).count();
+        summary.gemm_gelus = steps.iter().filter(|s| s.gelu).count();
         if std::env::var("OPTC_CUDA_FUSE_GEMV").map_or(true, |v| v != "0") {
             let n = super::fuse::fused_gemvs(&mut steps, &types, &outputs);
             (summary.gemv_norms, summary.gemv_glus, summary.gemv_ropes) = (n.norms, n.glus, n.ropes);
