@@ -6,7 +6,7 @@
 # by git); the device call carries .device and runs, from the repo root,
 #   bash scripts/gpu-run.sh tests,compile,bench,profile,peer
 #
-# Stages (comma-separated): tests, compile, bench, settings, clocks, warps, sample, mega, ab, ends, endsw1, ttft, gemvbench, skinnybench, ltsearch, l2warmbench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
+# Stages (comma-separated): tests, compile, bench, gpt2bench, settings, clocks, warps, sample, mega, ab, ends, endsw1, ttft, gemvbench, skinnybench, ltsearch, l2warmbench, stepbench, samplebench, steptrace, megabench, profile, graphprof, ncu, ncudetail, peer.
 # `clocks` runs W1 twice while nvidia-smi samples the SM and memory clocks, power and temperature (20 a second).
 # `mega` runs W1 and W2 with the one-token decode megakernel on and off (OPTC_CUDA_MEGA=1, 0, 1, 0), W1
 # with its L2 prefetch, bulk-copy and cooperative-launch variants, then W1's GPU time per kernel kind with it on.
@@ -66,6 +66,18 @@ fi
 if has bench; then
   echo "== optc bench"
   "$BIN" bench $MODEL --target nvrtc --workloads ${BENCH_WORKLOADS:-W1,W2,W3} --reps ${BENCH_REPS:-2} --max-num-tokens 16384 --json 2>&1 | tee -a "$OUT/optc_bench.jsonl" | grep -E "workload|rror|panic|nvrtc:"
+fi
+if has gpt2bench; then
+  # A random GPT-2-small-shaped bf16 model (scripts/random_gpt2.py), W1 and W2 (GPT2_WORKLOADS) with
+  # each binary of GPT2_BINS (default this one; e.g. "$DEV/base/optc $DEV/optc"), alternating, twice.
+  echo "== optc bench on a random GPT-2 (124M)"
+  [ -e /tmp/gpt2s/config.json ] || python3 scripts/random_gpt2.py /tmp/gpt2s 2>&1 | tail -1
+  for round in 1 2; do
+    for b in ${GPT2_BINS:-$BIN}; do
+      echo "-- $b"
+      "$b" bench /tmp/gpt2s --target nvrtc --workloads ${GPT2_WORKLOADS:-W1,W2} --reps 1 --max-num-tokens 16384 2>&1 | tee -a "$OUT/gpt2_bench.log" | grep -E "^W|rror|panic"
+    done
+  done
 fi
 if has clocks; then
   echo "== W1 with the clocks sampled (counts of each reading: SM, memory, power, temperature)"

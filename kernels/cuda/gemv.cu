@@ -193,13 +193,12 @@ using GemvGlu = GemvGeometry<4, 1, 4>;
 // fill instead of adding an L2 round trip after the sums (at more rows,
 // and in the ring GEMV, it runs at the store).
 
-// y[j, i] = sum (+ b[i]), through the tanh GELU when `act` is set (a
-// linear whose GELU the host fused as the GEMM's epilogue).
-template <typename T> struct GemvStore {
+// y[j, i] = sum (+ b[i]); with GELU, through the tanh GELU (a linear
+// whose GELU the host fused as the GEMM's epilogue: `gemv_gelu_*`).
+template <typename T, bool GELU = false> struct GemvStore {
     static constexpr bool GLU = false, PICK = false;
     T* y;
     const T* b;
-    int act = 0;
     struct Pre {};
     __device__ int weight_row(int i) const { return i; }
     __device__ Pre prepare(int, int, int) const { return {}; }
@@ -209,7 +208,11 @@ template <typename T> struct GemvStore {
             const int i = i0 + r;
             if (i >= n) continue;
             const float o = b ? v[r] + ld(&b[i]) : v[r];
-            st(&y[(i64)j * n + i], act ? gelu_op(1, o) : o);
+            if constexpr (GELU) {
+                st(&y[(i64)j * n + i], gelu_op(1, o));
+            } else {
+                st(&y[(i64)j * n + i], o);
+            }
         }
     }
 };
@@ -677,8 +680,12 @@ static_assert(GemvPlain::WARPS * 32 == 256 && GemvNorm::WARPS * 32 == 256 && Gem
               "launch bounds out of step with the GEMV geometries");
 #define OPTC_GEMV_ROWS(T, N, MR)                                                                           \
     extern "C" __global__ void __launch_bounds__(256) gemv_##N##_m##MR(const T* x, const T* w, const T* b, \
-                                                                       T* y, int n, int k, int m, int act) { \
-        gemv_impl<T, MR, GemvPlain>(GemvCopy<T>{x}, GemvStore<T>{y, b, act}, w, n, k, m);                  \
+                                                                       T* y, int n, int k, int m) {        \
+        gemv_impl<T, MR, GemvPlain>(GemvCopy<T>{x}, GemvStore<T>{y, b}, w, n, k, m);                       \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) gemv_gelu_##N##_m##MR(                               \
+        const T* x, const T* w, const T* b, T* y, int n, int k, int m) {                                   \
+        gemv_impl<T, MR, GemvPlain>(GemvCopy<T>{x}, GemvStore<T, true>{y, b}, w, n, k, m);                 \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                      \
         gemv_norm_##N##_m##MR(const T* a, const T* r, const T* nw, T* sum, float eps, const i64* rows,     \
@@ -719,8 +726,12 @@ static_assert(GemvRingPlain::WARPS * 32 == 256 && GemvRingGlu::WARPS * 32 == 128
 #define OPTC_GEMV_RING(T, N)                                                                               \
     extern "C" __global__ void __launch_bounds__(256) gemv_ring_##N##_m1(const T* x, const T* w,           \
                                                                          const T* b, T* y, int n, int k,   \
-                                                                         int m, int act) {                 \
-        gemv_ring_impl<T, 1, GemvRingPlain>(GemvCopy<T>{x}, GemvStore<T>{y, b, act}, w, n, k, m);          \
+                                                                         int m) {                          \
+        gemv_ring_impl<T, 1, GemvRingPlain>(GemvCopy<T>{x}, GemvStore<T>{y, b}, w, n, k, m);               \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) gemv_gelu_ring_##N##_m1(                             \
+        const T* x, const T* w, const T* b, T* y, int n, int k, int m) {                                   \
+        gemv_ring_impl<T, 1, GemvRingPlain>(GemvCopy<T>{x}, GemvStore<T, true>{y, b}, w, n, k, m);         \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                      \
         gemv_norm_ring_##N##_m1(const T* a, const T* r, const T* nw, T* sum, float eps, const i64* rows,   \

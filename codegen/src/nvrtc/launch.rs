@@ -601,7 +601,6 @@ impl CudaProgram {
                 let aligned = [ptr[a[0]], ptr[a[1]], ptr[o0], opt(2)]
                     .iter()
                     .all(|p| p % 16 == 0);
-                let act = i32::from(s.gelu);
                 if fns.len() >= 2
                     && (1..=src::GEMV_MAX_ROWS).contains(&m)
                     && kd % 8 == 0
@@ -646,7 +645,7 @@ impl CudaProgram {
                     let gpu = &self.gpu;
                     return launch_dependent!(gpu, f, c, early;
                         x = ptr[a[0]], w = ptr[a[1]], b = opt(2), y = ptr[o0], n = nn as i32, k = kd as i32,
-                        m = m as i32, act = act);
+                        m = m as i32);
                 }
                 let tiles = nn.div_ceil(src::SKINNY_ROWS_PER_BLOCK);
                 if fns.len() >= 2 + src::SKINNY_VARIANTS.len()

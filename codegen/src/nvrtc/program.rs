@@ -857,6 +857,12 @@ impl CudaProgram {
             if let Exec::Kernel(k, fns) = &mut s.exec {
                 let arg_types: Vec<&TensorType> = s.args.iter().map(|&a| &types[a]).collect();
                 for name in function_names(*k, &arg_types, &types[s.outs[0]]) {
+                    // A linear with a GELU epilogue: the GEMVs that apply it.
+                    let name = if s.gelu {
+                        super::select::gelu_gemv(&name)
+                    } else {
+                        name
+                    };
                     fns.push(gpu.function(&name).map_err(node_err(&s.node))?);
                 }
                 if let Some(c) = &s.chain {

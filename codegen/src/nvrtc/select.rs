@@ -176,6 +176,17 @@ pub(super) fn instances_for(k: Kernel, out: &TensorType) -> Vec<String> {
     }
 }
 
+/// The name of a linear's kernel for a step whose tanh GELU it applies
+/// (`fuse::gemm_epilogue`): the GEMVs' `gemv_gelu_*` instances, which
+/// store through the GELU; the other kernels (the skinny GEMM and the
+/// picking ring, which the launcher passes over for such a step) as they are.
+pub(super) fn gelu_gemv(name: &str) -> String {
+    match name.strip_prefix("gemv_") {
+        Some(rest) if !rest.starts_with("ring_argmax_") => format!("gemv_gelu_{rest}"),
+        _ => name.to_string(),
+    }
+}
+
 /// The kernel functions a step launches.
 pub(super) fn function_names(k: Kernel, args: &[&TensorType], out: &TensorType) -> Vec<String> {
     let f = float_name(out.dtype).unwrap_or("f32");
@@ -458,6 +469,9 @@ mod tests {
             "gemv_norm_rope_bf16_m4",
             "gemv_norm_rope_f16_m1",
             "gemv_ring_bf16_m1",
+            "gemv_gelu_f32_m1",
+            "gemv_gelu_bf16_m4",
+            "gemv_gelu_ring_f16_m1",
             "gemv_norm_ring_f16_m1",
             "gemv_ring_argmax_bf16_m1",
             "gemv_norm_ring_argmax_f16_m1",
@@ -468,6 +482,18 @@ mod tests {
             assert!(have.contains(name), "{name}");
         }
         assert!(!have.contains("gemv_ring_f32_m1"), "rings are for 16-bit types");
+        // A linear with a GELU epilogue finds every GEMV it launches; the
+        // kernels it passes over keep their names.
+        let out = TensorType::new(DType::BF16, optc_ir::Shape::of(&[1, 96]));
+        for name in function_names(Kernel::Linear, &[&out, &out], &out) {
+            let g = super::gelu_gemv(&name);
+            assert!(have.contains(&g), "{g}");
+            assert_eq!(
+                g != name,
+                !name.starts_with("skinny_") && !name.contains("argmax"),
+                "{name}"
+            );
+        }
     }
 
     /// `launch!` launches every kernel as a dependent of the one ahead, so
