@@ -299,6 +299,6 @@ if has peer; then
   python3 .device/hf_baseline.py --model-dir $MODEL --parts ceilings,static --deadline-s ${PEER_DEADLINE:-280} 2>&1 | tail -25
   if [ -s "$OUT/optc_bench.jsonl" ] && [ -s "$OUT/results.json" ]; then
     echo "== side by side (this call's optc bench against transformers; scripts/side_by_side.py)"
-    python3 scripts/side_by_side.py "$OUT/optc_bench.jsonl" "$OUT/results.json"
+    python3 scripts/side_by_side.py "$OUT/optc_bench.jsonl" "$OUT/results.json" $MODEL
   fi
 fi

@@ -1,6 +1,6 @@
 """The issue's side-by-side table from one device call's results.
 
-Usage: python3 scripts/side_by_side.py OPTC_JSONL PEER_JSON
+Usage: python3 scripts/side_by_side.py OPTC_JSONL PEER_JSON [MODEL_DIR]
 
 OPTC_JSONL is `optc bench --json` output (one object a run, as
 `scripts/gpu-run.sh bench` appends to $OUT/optc_bench.jsonl); PEER_JSON is
@@ -9,6 +9,9 @@ OPTC_JSONL is `optc bench --json` output (one object a run, as
 runs against transformers' as ratios, W1's decode step against the weight
 floor measured in that call (weights / D2D copy bandwidth), and each of the
 issue's targets met or missed. Only numbers from the same call mean anything.
+The weight bytes come from PEER_JSON's `model` (written when the harness made
+the model); a call that found the model already saved has none, and then the
+bytes are counted from MODEL_DIR's safetensors headers.
 """
 import json
 import sys
@@ -30,6 +33,21 @@ def optc_runs(path):
     return runs
 
 
+def safetensors_bytes(model_dir):
+    """The tensor bytes of model_dir's model*.safetensors files (from their headers)."""
+    import glob
+    import os
+    import struct
+
+    total = 0
+    for path in glob.glob(os.path.join(model_dir, "model*.safetensors")):
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        total += sum(t["data_offsets"][1] - t["data_offsets"][0] for k, t in header.items() if k != "__metadata__")
+    return total or None
+
+
 def harness_decode_ms(r):
     """The harness's (total - TTFT) / (N - 1), from optc's output tok/s."""
     n = r["output_len"]
@@ -43,7 +61,7 @@ def span(values, fmt):
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
     runs = optc_runs(sys.argv[1])
     with open(sys.argv[2]) as f:
@@ -51,6 +69,8 @@ def main():
     static = peer.get("runs", {}).get("static", {})
     ceilings = peer.get("ceilings", {})
     weight_bytes = peer.get("model", {}).get("weight_bytes_bf16")
+    if not weight_bytes and len(sys.argv) == 4:
+        weight_bytes = safetensors_bytes(sys.argv[3])
     copy_tbps = ceilings.get("copy_TBps_rw")
     floor_ms = weight_bytes / (copy_tbps * 1e12) * 1e3 if weight_bytes and copy_tbps else None
 
