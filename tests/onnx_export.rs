@@ -118,3 +118,76 @@ fn non_onnx_ops_are_export_errors_naming_the_node() {
         .to_string();
     assert!(err.contains("shift_left") && err.contains("unsigned"), "{err}");
 }
+
+/// An MLP exported to ONNX comes back as `Transpose` of each weight into a
+/// `MatMul` and an `Add` of the bias (what exporters write for a linear);
+/// the default pipeline makes them linears again (`matmul_to_linear`),
+/// reading the weights as they are, with their biases, and the re-imported
+/// graph computes what the original did. The weights are past the
+/// importer's folding limit (64 Ki elements), as a real model's are.
+#[test]
+fn exported_linears_compile_back_to_linears() {
+    let text = "graph mlp(%x: f32[B, 256]) -> (%y: f32[B, 256]) {
+  weight @up: f32[320, 256] = \"up.weight\"
+  weight @up_b: f32[320] = \"up.bias\"
+  weight @down: f32[256, 320] = \"down.weight\"
+  %0: f32[B, 320] = linear(%x, @up, @up_b)
+  %1: f32[B, 320] = gelu(%0) {approximate = \"tanh\"}
+  %2: f32[B, 256] = linear(%1, @down)
+  return %2
+}";
+    let g = ir::parse(text).unwrap();
+    let mut w = WeightStore::new();
+    let mut seed = 11u64;
+    for (name, shape) in [
+        ("up.weight", vec![320, 256]),
+        ("up.bias", vec![320]),
+        ("down.weight", vec![256, 320]),
+    ] {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+            })
+            .collect();
+        w.insert(name, Tensor::from_f32(DType::F32, &shape, &v)).unwrap();
+    }
+    let (m, _) = export::export(&g, &w, &export::WeightPlacement::Inline).unwrap();
+    let mut back = onnx::load_bytes(&m.encode_to_vec(), None, &ImportOptions::default()).unwrap();
+    let counts = back.graph.op_counts();
+    assert_eq!(
+        (counts.get("matmul"), counts.get("linear")),
+        (Some(&2), None),
+        "{counts:?}"
+    );
+    Compiler::new()
+        .compile(&mut back.graph, &mut back.weights)
+        .unwrap();
+    let counts = back.graph.op_counts();
+    assert_eq!(
+        (counts.get("linear"), counts.get("matmul")),
+        (Some(&2), None),
+        "{counts:?}"
+    );
+    assert_eq!(counts.get("transpose"), None, "{counts:?}");
+    // The bias is the first linear's again (the adds left are the GELU's,
+    // which the exporter spells out).
+    let biased = back
+        .graph
+        .node_ids()
+        .filter(|&n| back.graph.node(n).op().is_some_and(|o| o.name() == "linear"))
+        .map(|n| back.graph.operands(n).len())
+        .collect::<Vec<_>>();
+    assert_eq!(biased, [3, 2]);
+    let x: Vec<f32> = (0..3 * 256)
+        .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
+        .collect();
+    let inp = BTreeMap::from([("x".to_string(), Tensor::from_f32(DType::F32, &[3, 256], &x))]);
+    let want = ir::run(&g, &inp, &w).unwrap();
+    let got = ir::run(&back.graph, &inp, &back.weights).unwrap();
+    let err = want[0].max_abs_diff(&got[0]);
+    assert!(err <= 1e-5, "the re-imported MLP moved by {err}");
+}
