@@ -297,6 +297,15 @@ impl WeightStore {
         Ok(())
     }
 
+    /// The view behind `name`, if it is one: a pass that names its views
+    /// after their sources reuses one it made, never a same-named tensor.
+    pub fn view(&self, name: &str) -> Option<&View> {
+        match self.entries.get(name) {
+            Some(Entry::View { view, .. }) => Some(view),
+            _ => None,
+        }
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
     }

@@ -21,7 +21,8 @@
 //!
 //! Left as they are: a weight some other op also reads as it is (a view
 //! would store it twice), weights that are computed (a `cast` of one),
-//! and matmuls of two activations (attention's products).
+//! matmuls of two activations (attention's products), and a weight whose
+//! view's name (`@w.T`) the store already gives another tensor.
 //!
 //! The bias fold rounds once where the matmul and the add rounded twice,
 //! as a GEMM epilogue does; in f32 the two agree to the last bits.
@@ -82,13 +83,16 @@ fn linear_weight(g: &mut Graph, cx: &mut PassContext, n: NodeId) -> Result<Optio
         return Ok(None);
     }
     let name = format!("{key}.T");
-    if !cx.weights.contains(&name) {
-        cx.weights
-            .add_view(&name, View::Transpose { source: key })
-            .map_err(|e| PassError::Failed {
-                pass: NAME.into(),
-                message: e.to_string(),
-            })?;
+    let view = View::Transpose { source: key };
+    match cx.weights.view(&name) {
+        Some(v) if *v == view => {}
+        // The name holds another tensor: leave this matmul as it is.
+        Some(_) => return Ok(None),
+        None if cx.weights.contains(&name) => return Ok(None),
+        None => cx.weights.add_view(&name, view).map_err(|e| PassError::Failed {
+            pass: NAME.into(),
+            message: e.to_string(),
+        })?,
     }
     let dims = wt.shape.dims();
     let ty = TensorType::new(wt.dtype, optc_ir::Shape(vec![dims[1].clone(), dims[0].clone()]));
