@@ -122,8 +122,9 @@ fn non_onnx_ops_are_export_errors_naming_the_node() {
 /// An MLP exported to ONNX comes back as `Transpose` of each weight into a
 /// `MatMul` and an `Add` of the bias (what exporters write for a linear);
 /// the default pipeline makes them linears again (`matmul_to_linear`),
-/// reading the weights as they are, with their biases, and the re-imported
-/// graph computes what the original did. The weights are past the
+/// reading the weights as they are, with their biases (and `fuse_gelu`
+/// finds the spelled-out GELU), and the re-imported graph computes what
+/// the original did. The weights are past the
 /// importer's folding limit (64 Ki elements), as a real model's are.
 #[test]
 fn exported_linears_compile_back_to_linears() {
@@ -172,9 +173,18 @@ fn exported_linears_compile_back_to_linears() {
         (Some(&2), None),
         "{counts:?}"
     );
-    assert_eq!(counts.get("transpose"), None, "{counts:?}");
-    // The bias is the first linear's again (the adds left are the GELU's,
-    // which the exporter spells out).
+    // The GELU the exporter spells out (x³ as x · x · x) is one op again.
+    assert_eq!(
+        (counts.get("transpose"), counts.get("gelu")),
+        (None, Some(&1)),
+        "{counts:?}"
+    );
+    assert_eq!(
+        (counts.get("add"), counts.get("tanh")),
+        (None, None),
+        "{counts:?}"
+    );
+    // The bias is the first linear's again.
     let biased = back
         .graph
         .node_ids()

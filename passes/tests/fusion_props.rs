@@ -238,23 +238,36 @@ proptest! {
         prop_assert!(err <= 1e-5, "error {}", err);
     }
 
+    /// x³ as a power or a product either way round (`cube`), each of the
+    /// six commutative ops' operands in either order (`swap`'s bits), and
+    /// both groupings of the outer product.
     #[test]
-    fn gelu_tanh(wrong_c in any::<bool>(), wrong_half in any::<bool>()) {
+    fn gelu_tanh(wrong_c in any::<bool>(), wrong_half in any::<bool>(), cube in 0..3usize, swap in 0..64u32, torch_grouping in any::<bool>()) {
         let mut b = GraphBuilder::new("g");
         let x = b.input("x", parse_type("f32[2, 8]").unwrap());
-        let three = scalar(&mut b, 3.0);
-        let cube = b.binary(BinaryKind::Pow, x, three).unwrap();
+        let flip = |i: u32| swap >> i & 1 == 1;
+        let x3 = match cube {
+            0 => { let three = scalar(&mut b, 3.0); b.binary(BinaryKind::Pow, x, three).unwrap() }
+            1 => { let x2 = b.mul(x, x).unwrap(); b.mul(x2, x).unwrap() }
+            _ => { let x2 = b.mul(x, x).unwrap(); b.mul(x, x2).unwrap() }
+        };
         let c = scalar(&mut b, if wrong_c { 0.05 } else { 0.044715 });
-        let cube = b.mul(cube, c).unwrap();
-        let inner = b.add(x, cube).unwrap();
+        let cx3 = mul(&mut b, x3, c, flip(0));
+        let inner = if flip(1) { b.add(cx3, x).unwrap() } else { b.add(x, cx3).unwrap() };
         let k = scalar(&mut b, (2.0 / std::f64::consts::PI).sqrt());
-        let inner = b.mul(inner, k).unwrap();
+        let inner = mul(&mut b, inner, k, flip(2));
         let t = b.unary(UnaryKind::Tanh, inner).unwrap();
         let one = scalar(&mut b, 1.0);
-        let t = b.add(t, one).unwrap();
+        let t = if flip(3) { b.add(one, t).unwrap() } else { b.add(t, one).unwrap() };
         let half = scalar(&mut b, if wrong_half { 0.25 } else { 0.5 });
-        let hx = b.mul(x, half).unwrap();
-        let y = b.mul(hx, t).unwrap();
+        // (x · 0.5) · p, or (x · p) · 0.5 as torch.onnx groups it.
+        let y = if torch_grouping {
+            let xp = mul(&mut b, x, t, flip(4));
+            mul(&mut b, xp, half, flip(5))
+        } else {
+            let hx = mul(&mut b, x, half, flip(4));
+            mul(&mut b, hx, t, flip(5))
+        };
         b.output("y", y);
         let (n, err) = fuse(b.finish().unwrap(), "fuse_gelu", "gelu");
         prop_assert_eq!(n, (!wrong_c && !wrong_half) as usize);
@@ -285,23 +298,31 @@ proptest! {
         prop_assert!(err <= 0.05, "error {}", err);
     }
 
+    /// Divided by √2 or scaled by 1/√2, operands in either order (`swap`'s
+    /// bits), both groupings of the outer product.
     #[test]
-    fn gelu_erf(divide in any::<bool>(), wrong in any::<bool>()) {
+    fn gelu_erf(divide in any::<bool>(), wrong in any::<bool>(), swap in 0..16u32, torch_grouping in any::<bool>()) {
         let mut b = GraphBuilder::new("e");
         let x = b.input("x", parse_type("f32[2, 8]").unwrap());
-        let half = scalar(&mut b, 0.5);
-        let hx = b.mul(x, half).unwrap();
+        let flip = |i: u32| swap >> i & 1 == 1;
         let inner = if divide {
             let s = scalar(&mut b, if wrong { 1.5 } else { std::f64::consts::SQRT_2 });
             b.binary(BinaryKind::Div, x, s).unwrap()
         } else {
             let r = scalar(&mut b, if wrong { 0.6 } else { std::f64::consts::FRAC_1_SQRT_2 });
-            b.mul(x, r).unwrap()
+            mul(&mut b, x, r, flip(0))
         };
         let e = b.unary(UnaryKind::Erf, inner).unwrap();
         let one = scalar(&mut b, 1.0);
-        let t = b.add(e, one).unwrap();
-        let y = b.mul(hx, t).unwrap();
+        let t = if flip(1) { b.add(one, e).unwrap() } else { b.add(e, one).unwrap() };
+        let half = scalar(&mut b, 0.5);
+        let y = if torch_grouping {
+            let xp = mul(&mut b, x, t, flip(2));
+            mul(&mut b, xp, half, flip(3))
+        } else {
+            let hx = mul(&mut b, x, half, flip(2));
+            mul(&mut b, hx, t, flip(3))
+        };
         b.output("y", y);
         let (n, err) = fuse(b.finish().unwrap(), "fuse_gelu", "gelu");
         prop_assert_eq!(n, (!wrong) as usize);

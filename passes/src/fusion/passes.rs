@@ -31,6 +31,11 @@ fn run_rules(pass: &str, rules: Vec<Rule>, g: &mut Graph, cx: &PassContext) -> R
 
 macro_rules! egg_pass {
     ($ty:ident, $name:literal, $doc:literal, $rules:expr) => {
+        egg_pass!($ty, $name, $doc, $rules, needs = []);
+    };
+    // `needs`: ops one of which every pattern has; a graph with none of
+    // them is left alone without building the e-graph.
+    ($ty:ident, $name:literal, $doc:literal, $rules:expr, needs = [$($op:literal),*]) => {
         #[doc = $doc]
         pub struct $ty;
 
@@ -44,6 +49,13 @@ macro_rules! egg_pass {
             }
 
             fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<PassReport, PassError> {
+                let needs: &[&str] = &[$($op),*];
+                if !needs.is_empty() {
+                    let counts = g.op_counts();
+                    if !needs.iter().any(|op| counts.contains_key(*op)) {
+                        return Ok(PassReport::default());
+                    }
+                }
                 run_rules($name, $rules, g, cx)
             }
         }
@@ -84,5 +96,6 @@ egg_pass!(
     FuseGelu,
     "fuse_gelu",
     "fuse the written-out tanh and erf GELU formulas into gelu",
-    rules::gelu::rules()
+    rules::gelu::rules(),
+    needs = ["tanh", "erf"]
 );

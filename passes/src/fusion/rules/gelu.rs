@@ -1,8 +1,11 @@
 //! GELU written out, into `gelu`:
 //!
 //! - tanh form (GPT-2's `gelu_new`, `NewGELUActivation`):
-//!   `(x * 0.5) * (1 + tanh(√(2/π) * (x + 0.044715 * x³)))`;
-//! - erf form: `(x * 0.5) * (1 + erf(x * 1/√2))` or `... erf(x / √2) ...`.
+//!   `(x * 0.5) * (1 + tanh(√(2/π) * (x + 0.044715 * x³)))`, x³ as a
+//!   power or as `x · x · x` (how ONNX exporters write it);
+//! - erf form: `(x * 0.5) * (1 + erf(x * 1/√2))` or `... erf(x / √2) ...`;
+//! - either grouped as `(x · p) · 0.5` too (torch.onnx's spelling), and
+//!   every commutative op's operands in either order.
 //!
 //! Conditions: every constant is the scalar the formula has (relative
 //! tolerance 1e-6, as Python floats are written out to a few digits).
@@ -10,7 +13,7 @@
 use egg::Id;
 use optc_ir::ops::{Gelu, GeluApprox, Op};
 
-use super::{rule, Rule};
+use super::{rule, Builder, Rule};
 use crate::fusion::egraph::{scalar_is, FusionGraph};
 
 const TOL: f64 = 1e-6;
@@ -19,6 +22,23 @@ fn tanh_form(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
     let (x, half, three, c, k, one) = (v[0], v[1], v[2], v[3], v[4], v[5]);
     let ok = scalar_is(eg, half, 0.5, TOL)
         && scalar_is(eg, three, 3.0, TOL)
+        && scalar_is(eg, c, 0.044715, TOL)
+        && scalar_is(eg, k, (2.0 / std::f64::consts::PI).sqrt(), TOL)
+        && scalar_is(eg, one, 1.0, TOL);
+    ok.then(|| {
+        (
+            Op::Gelu(Gelu {
+                approximate: GeluApprox::Tanh,
+            }),
+            vec![x],
+        )
+    })
+}
+
+/// [`tanh_form`] with x³ written as a product (no exponent to check).
+fn tanh_cube_form(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
+    let (x, half, c, k, one) = (v[0], v[1], v[2], v[3], v[4]);
+    let ok = scalar_is(eg, half, 0.5, TOL)
         && scalar_is(eg, c, 0.044715, TOL)
         && scalar_is(eg, k, (2.0 / std::f64::consts::PI).sqrt(), TOL)
         && scalar_is(eg, one, 1.0, TOL);
@@ -62,25 +82,84 @@ fn erf_div_form(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
     })
 }
 
+/// `(op a b)` and `(op b a)`.
+fn orders(op: &str, a: &str, b: &str) -> [String; 2] {
+    [format!("({op} {a} {b})"), format!("({op} {b} {a})")]
+}
+
+/// `x · 0.5 · p` for the bracket `p` (`1 + tanh(…)` or `1 + erf(…)`),
+/// grouped either way (`(x · 0.5) · p` as HF writes it, `(x · p) · 0.5` as
+/// torch.onnx does), each product's operands in either order.
+fn halves(p: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for hx in orders("mul", "?x", "?half") {
+        out.extend(orders("mul", &hx, p));
+    }
+    for xp in orders("mul", "?x", p) {
+        out.extend(orders("mul", &xp, "?half"));
+    }
+    out
+}
+
+/// Every rule of one form: `pat` for each spelling, named `name-N`.
+fn spelled(out: &mut Vec<Rule>, name: &str, pats: Vec<String>, vars: &[&str], build: Builder) {
+    for (n, pat) in pats.iter().enumerate() {
+        out.push(rule(&format!("{name}-{n}"), pat, vars, build));
+    }
+}
+
 pub fn rules() -> Vec<Rule> {
-    vec![
-        rule(
-            "gelu-tanh",
-            "(mul (mul ?x ?half) (add (tanh (mul (add ?x (mul (pow ?x ?three) ?c)) ?k)) ?one))",
-            &["?x", "?half", "?three", "?c", "?k", "?one"],
-            tanh_form,
-        ),
-        rule(
-            "gelu-erf-mul",
-            "(mul (mul ?x ?half) (add (erf (mul ?x ?r)) ?one))",
-            &["?x", "?half", "?r", "?one"],
-            erf_mul_form,
-        ),
-        rule(
-            "gelu-erf-div",
-            "(mul (mul ?x ?half) (add (erf (div ?x ?s)) ?one))",
-            &["?x", "?half", "?s", "?one"],
-            erf_div_form,
-        ),
-    ]
+    let mut out = Vec::new();
+    // The tanh form: x³ as a power (`torch.pow`, HF's `NewGELUActivation`)
+    // or a product either way round (ONNX exporters, optc's own among
+    // them), every operand order of its commutative ops.
+    let cubes: [(&str, Builder); 3] = [
+        ("(pow ?x ?three)", tanh_form),
+        ("(mul (mul ?x ?x) ?x)", tanh_cube_form),
+        ("(mul ?x (mul ?x ?x))", tanh_cube_form),
+    ];
+    for (ci, (cube, build)) in cubes.into_iter().enumerate() {
+        let mut pats = Vec::new();
+        for cx3 in orders("mul", cube, "?c") {
+            for sum in orders("add", "?x", &cx3) {
+                for scaled in orders("mul", &sum, "?k") {
+                    for p in orders("add", &format!("(tanh {scaled})"), "?one") {
+                        pats.extend(halves(&p));
+                    }
+                }
+            }
+        }
+        let vars: &[&str] = if ci == 0 {
+            &["?x", "?half", "?three", "?c", "?k", "?one"]
+        } else {
+            &["?x", "?half", "?c", "?k", "?one"]
+        };
+        spelled(&mut out, &format!("gelu-tanh-{ci}"), pats, vars, build);
+    }
+    // The erf form, x scaled by 1/√2 or divided by √2.
+    let mut pats = Vec::new();
+    for scaled in orders("mul", "?x", "?r") {
+        for p in orders("add", &format!("(erf {scaled})"), "?one") {
+            pats.extend(halves(&p));
+        }
+    }
+    spelled(
+        &mut out,
+        "gelu-erf-mul",
+        pats,
+        &["?x", "?half", "?r", "?one"],
+        erf_mul_form,
+    );
+    let mut pats = Vec::new();
+    for p in orders("add", "(erf (div ?x ?s))", "?one") {
+        pats.extend(halves(&p));
+    }
+    spelled(
+        &mut out,
+        "gelu-erf-div",
+        pats,
+        &["?x", "?half", "?s", "?one"],
+        erf_div_form,
+    );
+    out
 }
