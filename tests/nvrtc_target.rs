@@ -1403,20 +1403,25 @@ fn matmul_epilogues_match_the_interpreter() {
             }
             let mut p = CudaProgram::new(&g, &WeightStore::new(), &mut no_progress()).unwrap();
             let got = p.run(&inputs).unwrap();
-            for (o, wt) in g.outputs().iter().zip(&want) {
-                let e = rel_l2(&got[&o.name], wt);
-                // f32: as close as the plain product (the GELU is the
-                // tanh form). 16-bit: cuBLASLt rounds the product before
-                // its epilogue and again after (as with the linear's bias),
-                // an ulp from the interpreter's order (3.9e-3 measured).
-                let tol = if t == DType::F32 {
-                    tolerance(t) / 10.0 + 1e-6
-                } else {
-                    tolerance(t)
-                };
-                assert!(e < tol, "{t} m {m} k {k} n {n} %{}: rel L2 {e}", o.name);
-            }
+            assert_epilogue_outputs(&g, &got, &want, &format!("{t} m {m} k {k} n {n}"));
         }
+    }
+}
+
+/// Each output of `g` from the GPU within an epilogue's bound of the
+/// interpreter's. f32: as close as the plain product (the GELU is the tanh
+/// form). 16-bit: the GEMM rounds the product before its epilogue and
+/// again after (as with the linear's bias), an ulp from the interpreter's
+/// order (3.9e-3 measured).
+fn assert_epilogue_outputs(g: &Graph, got: &BTreeMap<String, Tensor>, want: &[Tensor], what: &str) {
+    for (o, wt) in g.outputs().iter().zip(want) {
+        let e = rel_l2(&got[&o.name], wt);
+        let tol = if wt.dtype() == DType::F32 {
+            tolerance(DType::F32) / 10.0 + 1e-6
+        } else {
+            tolerance(wt.dtype())
+        };
+        assert!(e < tol, "{what} %{}: rel L2 {e}", o.name);
     }
 }
 
@@ -1464,21 +1469,7 @@ fn linear_gelu_epilogues_match_the_interpreter() {
                     p.set_gemv_ring_min_bytes(0);
                 }
                 let got = p.run(&inputs).unwrap();
-                for (o, wt) in g.outputs().iter().zip(&want) {
-                    let e = rel_l2(&got[&o.name], wt);
-                    // As `matmul_epilogues_match_the_interpreter`: one
-                    // rounding where the interpreter rounds the product.
-                    let tol = if t == DType::F32 {
-                        tolerance(t) / 10.0 + 1e-6
-                    } else {
-                        tolerance(t)
-                    };
-                    assert!(
-                        e < tol,
-                        "{t} m {m} k {k} n {n} ring {ring} %{}: rel L2 {e}",
-                        o.name
-                    );
-                }
+                assert_epilogue_outputs(&g, &got, &want, &format!("{t} m {m} k {k} n {n} ring {ring}"));
             }
         }
     }

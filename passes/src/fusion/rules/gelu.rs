@@ -18,27 +18,12 @@ use crate::fusion::egraph::{scalar_is, FusionGraph};
 
 const TOL: f64 = 1e-6;
 
+/// Variables: x, ½, the 0.044715 coefficient, √(2/π), 1, and the exponent
+/// 3 where x³ is a power (a product of x's has none to check).
 fn tanh_form(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
-    let (x, half, three, c, k, one) = (v[0], v[1], v[2], v[3], v[4], v[5]);
-    let ok = scalar_is(eg, half, 0.5, TOL)
-        && scalar_is(eg, three, 3.0, TOL)
-        && scalar_is(eg, c, 0.044715, TOL)
-        && scalar_is(eg, k, (2.0 / std::f64::consts::PI).sqrt(), TOL)
-        && scalar_is(eg, one, 1.0, TOL);
-    ok.then(|| {
-        (
-            Op::Gelu(Gelu {
-                approximate: GeluApprox::Tanh,
-            }),
-            vec![x],
-        )
-    })
-}
-
-/// [`tanh_form`] with x³ written as a product (no exponent to check).
-fn tanh_cube_form(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
     let (x, half, c, k, one) = (v[0], v[1], v[2], v[3], v[4]);
     let ok = scalar_is(eg, half, 0.5, TOL)
+        && v.get(5).is_none_or(|&three| scalar_is(eg, three, 3.0, TOL))
         && scalar_is(eg, c, 0.044715, TOL)
         && scalar_is(eg, k, (2.0 / std::f64::consts::PI).sqrt(), TOL)
         && scalar_is(eg, one, 1.0, TOL);
@@ -113,12 +98,8 @@ pub fn rules() -> Vec<Rule> {
     // The tanh form: x³ as a power (`torch.pow`, HF's `NewGELUActivation`)
     // or a product either way round (ONNX exporters, optc's own among
     // them), every operand order of its commutative ops.
-    let cubes: [(&str, Builder); 3] = [
-        ("(pow ?x ?three)", tanh_form),
-        ("(mul (mul ?x ?x) ?x)", tanh_cube_form),
-        ("(mul ?x (mul ?x ?x))", tanh_cube_form),
-    ];
-    for (ci, (cube, build)) in cubes.into_iter().enumerate() {
+    let cubes = ["(pow ?x ?three)", "(mul (mul ?x ?x) ?x)", "(mul ?x (mul ?x ?x))"];
+    for (ci, cube) in cubes.into_iter().enumerate() {
         let mut pats = Vec::new();
         for cx3 in orders("mul", cube, "?c") {
             for sum in orders("add", "?x", &cx3) {
@@ -130,11 +111,11 @@ pub fn rules() -> Vec<Rule> {
             }
         }
         let vars: &[&str] = if ci == 0 {
-            &["?x", "?half", "?three", "?c", "?k", "?one"]
+            &["?x", "?half", "?c", "?k", "?one", "?three"]
         } else {
             &["?x", "?half", "?c", "?k", "?one"]
         };
-        spelled(&mut out, &format!("gelu-tanh-{ci}"), pats, vars, build);
+        spelled(&mut out, &format!("gelu-tanh-{ci}"), pats, vars, tanh_form);
     }
     // The erf form, x scaled by 1/√2 or divided by √2.
     let mut pats = Vec::new();
