@@ -620,7 +620,7 @@ fn print_nvrtc_kernels(s: &optc::codegen::nvrtc::CudaSummary) {
     }
     if s.gemm_biases + s.gemm_gelus > 0 {
         eprintln!(
-            "  cuBLASLt epilogues: {} matmuls add their bias, {} apply the tanh GELU after",
+            "  GEMM epilogues: {} matmuls add their bias, {} matmuls or linears apply the tanh GELU after",
             s.gemm_biases, s.gemm_gelus
         );
     }
