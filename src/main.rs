@@ -597,6 +597,16 @@ fn compile(
                 );
             }
             print_nvrtc_kernels(s);
+            if let Some((tbps, wide)) = s.dram {
+                eprintln!(
+                    "  DRAM {tbps:.2} TB/s (memory clock x bus width): {} (OPTC_CUDA_WIDE_DRAM=1/0 forces it)",
+                    if wide {
+                        "wide-DRAM GEMVs (gate/up's ring by bulk copies, QKV with two loads a stage)"
+                    } else {
+                        "the standard GEMV geometries"
+                    }
+                );
+            }
             if let Some(m) = &s.prefill_mma {
                 eprintln!("  tensor-core prefill attention: {m}");
             }

@@ -762,6 +762,44 @@ static_assert(GemvRingPlain::WARPS * 32 == 256 && GemvRingGlu::WARPS * 32 == 128
                                             GemvArgmaxStore<T>{y, b, part, counter, tok, lp}, w, n, k, m); \
     }
 
+// The geometries for DRAM that streams 4 TB/s or more (the H200;
+// `Gpu::wide_dram` on the host), which the step bench measured faster there
+// and not on the H100 (twenty-third session, docs/perf.md): gate/up's ring
+// filled by bulk copies, which take none of the SM's load slots (10 µs a
+// W1 step), and the QKV GEMV with two loads a stage (7 µs). Same arguments
+// and launch shapes as `gemv_*glu_ring_*` and `gemv_*rope_*`. Bulk copies
+// are sm_90 instructions: the host instantiates these only there.
+using GemvRingGluBulk = GemvRing<4, 1, 4, 1024, 0, false, true>;
+using GemvNormTwoLoads = GemvGeometry<8, 2, 2>;
+static_assert(GemvRingGluBulk::WARPS * 32 == 128 && GemvNormTwoLoads::WARPS * 32 == 256,
+              "launch bounds out of step with the wide-DRAM geometries");
+#define OPTC_GEMV_WIDE_DRAM(T, N)                                                                          \
+    extern "C" __global__ void __launch_bounds__(128) gemv_glu_ring_bulk_##N##_m1(                         \
+        const T* x, const T* w, const T* b, T* y, int n, int k, int m) {                                   \
+        gemv_ring_impl<T, 1, GemvRingGluBulk>(GemvCopy<T>{x}, GemvGluStore<T>{y, b}, w, n, k, m);          \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(128)                                                      \
+        gemv_norm_glu_ring_bulk_##N##_m1(const T* a, const T* r, const T* nw, T* sum, float eps,           \
+                                         const T* w, const T* b, T* y, int n, int k, int m) {              \
+        gemv_ring_impl<T, 1, GemvRingGluBulk>(GemvAddRmsNorm<T, 1>{a, r, nw, sum, eps},                    \
+                                              GemvGluStore<T>{y, b}, w, n, k, m);                          \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) gemv_rope2_##N##_m1(                                 \
+        const T* x, const T* w, const T* b, int n, int k, int m, const T* cs, const T* sn, T* q, T* kc,    \
+        T* vc, const i64* slots, int hq, int hkv, int d, int dv, int rd, int il) {                         \
+        gemv_impl<T, 1, GemvNormTwoLoads>(GemvCopy<T>{x},                                                  \
+                                          GemvRopeStore<T>{b, cs, sn, q, kc, vc, slots, hq, hkv, d, dv, rd, il}, \
+                                          w, n, k, m);                                                     \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) gemv_norm_rope2_##N##_m1(                            \
+        const T* a, const T* r, const T* nw, T* sum, float eps, const T* w, const T* b, int n, int k,      \
+        int m, const T* cs, const T* sn, T* q, T* kc, T* vc, const i64* slots, int hq, int hkv, int d,     \
+        int dv, int rd, int il) {                                                                          \
+        gemv_impl<T, 1, GemvNormTwoLoads>(GemvAddRmsNorm<T, 1>{a, r, nw, sum, eps},                        \
+                                          GemvRopeStore<T>{b, cs, sn, q, kc, vc, slots, hq, hkv, d, dv, rd, il}, \
+                                          w, n, k, m);                                                     \
+    }
+
 // Instantiated by the host for each float type a graph's linears use
 // (`gemv_instances` in kernels/src/cuda.rs, a unit for each row count):
 // most of this file's compile time, so a bf16 model does not build the

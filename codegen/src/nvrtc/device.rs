@@ -38,6 +38,10 @@ pub(super) const MAX_DECODE_CHUNKS: usize = 1024;
 
 /// The default of `Gpu::decode_warps`.
 const DECODE_WARPS: usize = 8;
+/// DRAM bandwidth (TB/s, from the memory clock and bus width) from which
+/// the wide-DRAM GEMV geometries pay: an H200's 4.9 does, an H100's 3.35
+/// does not (`Gpu::wide_dram`).
+const WIDE_DRAM_TBPS: f64 = 4.0;
 
 /// How a kernel is launched besides its grid (`Gpu::launch_opts`).
 #[derive(Clone, Copy)]
@@ -108,6 +112,15 @@ pub(crate) struct Gpu {
     /// takes a key chunk a warp up to twice the keys before it loops).
     /// `OPTC_DECODE_WARPS` overrides it.
     pub decode_warps: usize,
+    /// The DRAM bandwidth the memory clock and bus width give (TB/s; 0 if
+    /// the driver does not say): 3.35 on an H100 SXM, 4.9 on an H200.
+    pub dram_tbps: f64,
+    /// Use the decode GEMV geometries for DRAM of `WIDE_DRAM_TBPS` or more
+    /// (`OPTC_GEMV_WIDE_DRAM` in gemv.cu: gate/up's ring filled by bulk
+    /// copies, the QKV GEMV with two loads a stage), which the step bench
+    /// measured 10 and 7 µs a W1 step faster on an H200 and no faster on an
+    /// H100. `OPTC_CUDA_WIDE_DRAM=1`/`0` overrides (to compare).
+    pub wide_dram: bool,
     /// One module per compiled unit (see `compile::sources`).
     modules: Vec<Arc<CudaModule>>,
     /// Optional kernels in modules of their own (the tensor-core prefill, the megakernel).
@@ -136,6 +149,18 @@ impl Gpu {
             .map_err(|e| e.to_string())? as u32;
         let arch = ctx.compute_capability().map_err(|e| e.to_string())?;
         let name = ctx.name().unwrap_or_else(|_| "GPU".into());
+        let attr = |a| ctx.attribute(a).map_or(0.0, |v| v.max(0) as f64);
+        // kHz, double data rate, bits: bytes a second.
+        let dram_tbps = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE) * 1e3 * 2.0
+            * attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)
+            / 8.0
+            / 1e12;
+        let wide_dram = match std::env::var("OPTC_CUDA_WIDE_DRAM").as_deref() {
+            Ok("1") => true,
+            Ok("0") => false,
+            _ => dram_tbps >= WIDE_DRAM_TBPS,
+        };
+        tracing::debug!(gpu = %name, dram_tbps, wide_dram, "device");
         Ok(Gpu {
             ctx,
             stream,
@@ -144,6 +169,8 @@ impl Gpu {
             sms,
             name,
             arch,
+            dram_tbps,
+            wide_dram,
             pdl: arch.0 >= 9 && std::env::var("OPTC_CUDA_PDL").map_or(true, |v| v != "0"),
             decode_chunks: std::env::var("OPTC_DECODE_CHUNKS")
                 .ok()

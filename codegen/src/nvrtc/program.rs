@@ -134,6 +134,10 @@ pub struct CudaSummary {
     pub gemm_gelus: usize,
     /// The tensor-core prefill kernel: "on", or why it is off.
     pub prefill_mma: Option<String>,
+    /// The GPU's DRAM bandwidth from its memory clock and bus width (TB/s)
+    /// and whether the wide-DRAM GEMV geometries are on (`Gpu::wide_dram`);
+    /// `None` when planned without a GPU.
+    pub dram: Option<(f64, bool)>,
     /// Layers of the decode stack the one-token megakernel covers (0:
     /// none), with the LM head.
     pub mega_layers: usize,
@@ -852,6 +856,7 @@ impl CudaProgram {
         if mma {
             summary.prefill_mma = Some("on".into());
         }
+        summary.dram = Some((gpu.dram_tbps, gpu.wide_dram));
         let mut decode8 = true;
         for s in &mut steps {
             if let Exec::Kernel(k, fns) = &mut s.exec {
@@ -965,11 +970,21 @@ impl CudaProgram {
                 if rope.is_some() { "_rope" } else { "" }
             );
             let gemv_on = matches!(&steps[li].exec, Exec::Kernel(_, fns) if !fns.is_empty());
-            let mut fns: Vec<CudaFunction> = ["m1", "m4"]
-                .iter()
-                .filter_map(|m| gpu.function(&format!("{name}_{m}")).ok())
-                .filter(|func| allow_smem(func, src::GEMV_MAX_SMEM).is_ok())
-                .collect();
+            let mut fns: Vec<CudaFunction> = Vec::new();
+            for m in ["m1", "m4"] {
+                // On wide DRAM the one-row QKV GEMV takes two loads a
+                // stage (`gemv_*rope2_*`, where built: sm_90).
+                let two_loads = gpu.wide_dram && rope.is_some() && m == "m1";
+                let func = match two_loads {
+                    true => gpu.function(&format!("{}_{m}", name.replace("_rope_", "_rope2_"))).ok(),
+                    false => None,
+                };
+                let func = match func {
+                    Some(func) => Some(func),
+                    None => gpu.function(&format!("{name}_{m}")).ok(),
+                };
+                fns.extend(func.filter(|func| allow_smem(func, src::GEMV_MAX_SMEM).is_ok()));
+            }
             // The one-row ring GEMV of this kind, where one exists (16-bit
             // types, not the rope kinds): `fns[2]`.
             if rope.is_none() && fns.len() == 2 {
@@ -978,7 +993,17 @@ impl CudaProgram {
                     if norm.is_some() { "_norm" } else { "" },
                     if glu.is_some() { "_glu" } else { "" }
                 );
-                if let Ok(func) = gpu.function(&ring) {
+                // On wide DRAM gate/up's ring fills by bulk copies
+                // (`gemv_*glu_ring_bulk_*`, where built: sm_90).
+                let bulk = match gpu.wide_dram && glu.is_some() {
+                    true => gpu.function(&ring.replace("_ring_", "_ring_bulk_")).ok(),
+                    false => None,
+                };
+                let ring = match bulk {
+                    Some(func) => Some(func),
+                    None => gpu.function(&ring).ok(),
+                };
+                if let Some(func) = ring {
                     if allow_smem(&func, src::GEMV_RING_MAX_SMEM).is_ok() {
                         fns.push(func);
                     }
