@@ -768,11 +768,15 @@ static_assert(GemvRingPlain::WARPS * 32 == 256 && GemvRingGlu::WARPS * 32 == 128
 // filled by bulk copies, which take none of the SM's load slots (10 µs a
 // W1 step), and the QKV GEMV with two loads a stage (7 µs). Same arguments
 // and launch shapes as `gemv_*glu_ring_*` and `gemv_*rope_*`. Bulk copies
-// are sm_90 instructions: the host instantiates these only there.
+// are sm_90 instructions: before sm_90 the macro defines nothing, and the
+// host finds no such kernels and keeps the standard ones.
 using GemvRingGluBulk = GemvRing<4, 1, 4, 1024, 0, false, true>;
 using GemvNormTwoLoads = GemvGeometry<8, 2, 2>;
 static_assert(GemvRingGluBulk::WARPS * 32 == 128 && GemvNormTwoLoads::WARPS * 32 == 256,
               "launch bounds out of step with the wide-DRAM geometries");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define OPTC_GEMV_WIDE_DRAM(T, N)
+#else
 #define OPTC_GEMV_WIDE_DRAM(T, N)                                                                          \
     extern "C" __global__ void __launch_bounds__(128) gemv_glu_ring_bulk_##N##_m1(                         \
         const T* x, const T* w, const T* b, T* y, int n, int k, int m) {                                   \
@@ -799,6 +803,7 @@ static_assert(GemvRingGluBulk::WARPS * 32 == 128 && GemvNormTwoLoads::WARPS * 32
                                           GemvRopeStore<T>{b, cs, sn, q, kc, vc, slots, hq, hkv, d, dv, rd, il}, \
                                           w, n, k, m);                                                     \
     }
+#endif
 
 // Instantiated by the host for each float type a graph's linears use
 // (`gemv_instances` in kernels/src/cuda.rs, a unit for each row count):

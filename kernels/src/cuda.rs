@@ -202,10 +202,8 @@ pub fn gemv_instances(dtype: &str) -> Vec<String> {
     if dtype != "f32" {
         v.push(format!("OPTC_SKINNY_ALL({c}, {dtype})\n"));
         v.push(format!("OPTC_GEMV_RING({c}, {dtype})\n"));
-        // Bulk copies are sm_90 instructions (NVRTC defines __CUDA_ARCH__).
-        v.push(format!(
-            "#if __CUDA_ARCH__ >= 900\nOPTC_GEMV_WIDE_DRAM({c}, {dtype})\n#endif\n"
-        ));
+        // Empty before sm_90 (gemv.cu): bulk copies are sm_90 instructions.
+        v.push(format!("OPTC_GEMV_WIDE_DRAM({c}, {dtype})\n"));
     }
     v
 }
