@@ -151,7 +151,9 @@ impl Gpu {
         let name = ctx.name().unwrap_or_else(|_| "GPU".into());
         let attr = |a| ctx.attribute(a).map_or(0.0, |v| v.max(0) as f64);
         // kHz, double data rate, bits: bytes a second.
-        let dram_tbps = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE) * 1e3 * 2.0
+        let dram_tbps = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)
+            * 1e3
+            * 2.0
             * attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)
             / 8.0
             / 1e12;

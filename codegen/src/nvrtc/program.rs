@@ -976,7 +976,9 @@ impl CudaProgram {
                 // stage (`gemv_*rope2_*`, where built: sm_90).
                 let two_loads = gpu.wide_dram && rope.is_some() && m == "m1";
                 let func = match two_loads {
-                    true => gpu.function(&format!("{}_{m}", name.replace("_rope_", "_rope2_"))).ok(),
+                    true => gpu
+                        .function(&format!("{}_{m}", name.replace("_rope_", "_rope2_")))
+                        .ok(),
                     false => None,
                 };
                 let func = match func {
