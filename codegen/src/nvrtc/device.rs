@@ -43,6 +43,16 @@ const DECODE_WARPS: usize = 8;
 /// does not (`Gpu::wide_dram`).
 const WIDE_DRAM_TBPS: f64 = 4.0;
 
+/// `Gpu::wide_dram`: `forced` ("1" or "0", from `OPTC_CUDA_WIDE_DRAM`),
+/// else whether the DRAM bandwidth reaches `WIDE_DRAM_TBPS`.
+fn wide_dram(dram_tbps: f64, forced: Option<&str>) -> bool {
+    match forced {
+        Some("1") => true,
+        Some("0") => false,
+        _ => dram_tbps >= WIDE_DRAM_TBPS,
+    }
+}
+
 /// How a kernel is launched besides its grid (`Gpu::launch_opts`).
 #[derive(Clone, Copy)]
 struct LaunchOpts {
@@ -157,11 +167,7 @@ impl Gpu {
             * attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)
             / 8.0
             / 1e12;
-        let wide_dram = match std::env::var("OPTC_CUDA_WIDE_DRAM").as_deref() {
-            Ok("1") => true,
-            Ok("0") => false,
-            _ => dram_tbps >= WIDE_DRAM_TBPS,
-        };
+        let wide_dram = wide_dram(dram_tbps, std::env::var("OPTC_CUDA_WIDE_DRAM").ok().as_deref());
         tracing::debug!(gpu = %name, dram_tbps, wide_dram, "device");
         Ok(Gpu {
             ctx,
@@ -573,5 +579,22 @@ impl Drop for DeviceBox {
         unsafe {
             let _ = result::free_sync(self.ptr);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// An H200 (HBM3e: 3,201 MHz, 6,144 bits) gets the wide-DRAM GEMVs, an
+    /// H100 SXM (HBM3: 2,619 MHz, 5,120 bits) and a driver that reports no
+    /// clock do not; the switch forces either way.
+    #[test]
+    fn wide_dram_is_the_h200_not_the_h100() {
+        let tbps = |mhz: f64, bits: f64| mhz * 1e6 * 2.0 * bits / 8.0 / 1e12;
+        assert!(super::wide_dram(tbps(3201.0, 6144.0), None));
+        assert!(!super::wide_dram(tbps(2619.0, 5120.0), None));
+        assert!(!super::wide_dram(0.0, None));
+        assert!(super::wide_dram(0.0, Some("1")));
+        assert!(!super::wide_dram(9.0, Some("0")));
+        assert!(!super::wide_dram(3.35, Some("yes")));
     }
 }
