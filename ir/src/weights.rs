@@ -460,21 +460,23 @@ impl WeightStore {
             }
             View::Cast { source, dtype } => Ok(self.get(source)?.cast(*dtype)),
             View::Transpose { source } => {
-                let t = self.get(source)?;
-                let &[rows, cols] = t.shape() else {
+                let (dtype, shape) = self.info(source)?;
+                let [rows, cols] = shape[..] else {
                     return Err(WeightError::View {
                         name: format!("{view:?}"),
-                        message: format!("{source} {:?} is not 2-D", t.shape()),
+                        message: format!("{source} {shape:?} is not 2-D"),
                     });
                 };
-                let size = t.dtype().storage_bytes(1);
-                if t.dtype().storage_bytes(2) != 2 * size {
+                let size = dtype.storage_bytes(1);
+                if dtype.storage_bytes(2) != 2 * size {
                     // Packed sub-byte elements: the interpreter's transpose.
                     let perm = crate::ops::Transpose { perm: vec![1, 0] };
-                    return run(perm.eval(&[&t], &cx));
+                    return run(perm.eval(&[&self.get(source)?], &cx));
                 }
-                let bytes = transpose_bytes(&t.to_le_bytes(), rows, cols, size);
-                Tensor::from_le_bytes(t.dtype(), &[cols, rows], &bytes).map_err(|e| WeightError::View {
+                // From the mapped bytes where they lie whole (no tensor
+                // parsed and written back first).
+                let bytes = transpose_bytes(&self.get_le_bytes(source)?, rows, cols, size);
+                Tensor::from_le_bytes(dtype, &[cols, rows], &bytes).map_err(|e| WeightError::View {
                     name: format!("{view:?}"),
                     message: e.to_string(),
                 })

@@ -580,6 +580,14 @@ fn unfuse(steps: &mut [Step], li: usize, summary: &mut CudaSummary) {
     }
 }
 
+/// The kernel `preferred` names where the GPU has it (a variant built only
+/// for some architectures), else `name`'s; `None` if neither is defined.
+fn first_defined(gpu: &mut Gpu, preferred: Option<String>, name: &str) -> Option<CudaFunction> {
+    preferred
+        .and_then(|p| gpu.function(&p).ok())
+        .or_else(|| gpu.function(name).ok())
+}
+
 pub(super) fn allow_smem(f: &CudaFunction, bytes: usize) -> Result<(), cudarc::driver::DriverError> {
     f.set_attribute(
         cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -975,16 +983,8 @@ impl CudaProgram {
                 // On wide DRAM the one-row QKV GEMV takes two loads a
                 // stage (`gemv_*rope2_*`, where built: sm_90).
                 let two_loads = gpu.wide_dram && rope.is_some() && m == "m1";
-                let func = match two_loads {
-                    true => gpu
-                        .function(&format!("{}_{m}", name.replace("_rope_", "_rope2_")))
-                        .ok(),
-                    false => None,
-                };
-                let func = match func {
-                    Some(func) => Some(func),
-                    None => gpu.function(&format!("{name}_{m}")).ok(),
-                };
+                let wide = two_loads.then(|| format!("{}_{m}", name.replace("_rope_", "_rope2_")));
+                let func = first_defined(&mut gpu, wide, &format!("{name}_{m}"));
                 fns.extend(func.filter(|func| allow_smem(func, src::GEMV_MAX_SMEM).is_ok()));
             }
             // The one-row ring GEMV of this kind, where one exists (16-bit
@@ -997,15 +997,8 @@ impl CudaProgram {
                 );
                 // On wide DRAM gate/up's ring fills by bulk copies
                 // (`gemv_*glu_ring_bulk_*`, where built: sm_90).
-                let bulk = match gpu.wide_dram && glu.is_some() {
-                    true => gpu.function(&ring.replace("_ring_", "_ring_bulk_")).ok(),
-                    false => None,
-                };
-                let ring = match bulk {
-                    Some(func) => Some(func),
-                    None => gpu.function(&ring).ok(),
-                };
-                if let Some(func) = ring {
+                let bulk = (gpu.wide_dram && glu.is_some()).then(|| ring.replace("_ring_", "_ring_bulk_"));
+                if let Some(func) = first_defined(&mut gpu, bulk, &ring) {
                     if allow_smem(&func, src::GEMV_RING_MAX_SMEM).is_ok() {
                         fns.push(func);
                     }

@@ -23,7 +23,7 @@ use crate::{Pass, PassContext, PassError, PassReport};
 pub struct FuseGemm;
 
 /// The store key of a graph weight operand, if it is one.
-fn weight_key(g: &Graph, v: Value) -> Option<String> {
+pub(super) fn weight_key(g: &Graph, v: Value) -> Option<String> {
     match &g.node(v.node).kind {
         NodeKind::Weight { key, .. } => Some(key.clone()),
         _ => None,

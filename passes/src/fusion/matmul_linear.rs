@@ -30,6 +30,7 @@
 use optc_ir::ops::{BinaryKind, Linear, Op};
 use optc_ir::{Graph, NodeId, NodeKind, TensorType, Value, View};
 
+use super::gemm::weight_key;
 use crate::cleanup::op_order;
 use crate::{Pass, PassContext, PassError, PassReport};
 
@@ -37,14 +38,6 @@ use crate::{Pass, PassContext, PassError, PassReport};
 pub struct MatmulToLinear;
 
 const NAME: &str = "matmul_to_linear";
-
-/// The store key of a graph weight, if `v` is one.
-fn weight_key(g: &Graph, v: Value) -> Option<String> {
-    match &g.node(v.node).kind {
-        NodeKind::Weight { key, .. } => Some(key.clone()),
-        _ => None,
-    }
-}
 
 /// The weight `v` reads through a plain 2-D transpose, if it does.
 fn transposed_weight(g: &Graph, v: Value) -> Option<Value> {

@@ -18,6 +18,11 @@ use crate::fusion::egraph::{scalar_is, FusionGraph};
 
 const TOL: f64 = 1e-6;
 
+/// `gelu(x)` of the given form, when `ok`.
+fn gelu(ok: bool, approximate: GeluApprox, x: Id) -> Option<(Op, Vec<Id>)> {
+    ok.then(|| (Op::Gelu(Gelu { approximate }), vec![x]))
+}
+
 /// Variables: x, ½, the 0.044715 coefficient, √(2/π), 1, and the exponent
 /// 3 where x³ is a power (a product of x's has none to check).
 fn tanh_form(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
@@ -27,44 +32,23 @@ fn tanh_form(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
         && scalar_is(eg, c, 0.044715, TOL)
         && scalar_is(eg, k, (2.0 / std::f64::consts::PI).sqrt(), TOL)
         && scalar_is(eg, one, 1.0, TOL);
-    ok.then(|| {
-        (
-            Op::Gelu(Gelu {
-                approximate: GeluApprox::Tanh,
-            }),
-            vec![x],
-        )
-    })
+    gelu(ok, GeluApprox::Tanh, x)
+}
+
+/// Variables: x, ½, the scale of x inside erf, 1; the scale is 1/√2
+/// (`x * r`) or √2 (`x / s`).
+fn erf_form(eg: &mut FusionGraph, v: &[Id], scale: f64) -> Option<(Op, Vec<Id>)> {
+    let (x, half, r, one) = (v[0], v[1], v[2], v[3]);
+    let ok = scalar_is(eg, half, 0.5, TOL) && scalar_is(eg, r, scale, TOL) && scalar_is(eg, one, 1.0, TOL);
+    gelu(ok, GeluApprox::None, x)
 }
 
 fn erf_mul_form(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
-    let (x, half, r, one) = (v[0], v[1], v[2], v[3]);
-    let ok = scalar_is(eg, half, 0.5, TOL)
-        && scalar_is(eg, r, std::f64::consts::FRAC_1_SQRT_2, TOL)
-        && scalar_is(eg, one, 1.0, TOL);
-    ok.then(|| {
-        (
-            Op::Gelu(Gelu {
-                approximate: GeluApprox::None,
-            }),
-            vec![x],
-        )
-    })
+    erf_form(eg, v, std::f64::consts::FRAC_1_SQRT_2)
 }
 
 fn erf_div_form(eg: &mut FusionGraph, v: &[Id]) -> Option<(Op, Vec<Id>)> {
-    let (x, half, s, one) = (v[0], v[1], v[2], v[3]);
-    let ok = scalar_is(eg, half, 0.5, TOL)
-        && scalar_is(eg, s, std::f64::consts::SQRT_2, TOL)
-        && scalar_is(eg, one, 1.0, TOL);
-    ok.then(|| {
-        (
-            Op::Gelu(Gelu {
-                approximate: GeluApprox::None,
-            }),
-            vec![x],
-        )
-    })
+    erf_form(eg, v, std::f64::consts::SQRT_2)
 }
 
 /// `(op a b)` and `(op b a)`.
@@ -117,30 +101,19 @@ pub fn rules() -> Vec<Rule> {
         };
         spelled(&mut out, &format!("gelu-tanh-{ci}"), pats, vars, tanh_form);
     }
-    // The erf form, x scaled by 1/√2 or divided by √2.
-    let mut pats = Vec::new();
-    for scaled in orders("mul", "?x", "?r") {
-        for p in orders("add", &format!("(erf {scaled})"), "?one") {
-            pats.extend(halves(&p));
+    // The erf form, x scaled by 1/√2 (either order) or divided by √2.
+    let scaled_x: [(&str, Vec<String>, Builder); 2] = [
+        ("gelu-erf-mul", orders("mul", "?x", "?r").into(), erf_mul_form),
+        ("gelu-erf-div", vec!["(div ?x ?r)".into()], erf_div_form),
+    ];
+    for (name, forms, build) in scaled_x {
+        let mut pats = Vec::new();
+        for scaled in forms {
+            for p in orders("add", &format!("(erf {scaled})"), "?one") {
+                pats.extend(halves(&p));
+            }
         }
+        spelled(&mut out, name, pats, &["?x", "?half", "?r", "?one"], build);
     }
-    spelled(
-        &mut out,
-        "gelu-erf-mul",
-        pats,
-        &["?x", "?half", "?r", "?one"],
-        erf_mul_form,
-    );
-    let mut pats = Vec::new();
-    for p in orders("add", "(erf (div ?x ?s))", "?one") {
-        pats.extend(halves(&p));
-    }
-    spelled(
-        &mut out,
-        "gelu-erf-div",
-        pats,
-        &["?x", "?half", "?s", "?one"],
-        erf_div_form,
-    );
     out
 }
