@@ -3,47 +3,22 @@
 //! and the interpreter gives the same results before and after; near misses
 //! stay as they are.
 
+mod common;
+
 use std::collections::BTreeMap;
 
-use optc_ir::{parse, print, run, verify, DType, Graph, Tensor, WeightStore};
-use optc_passes::{PassContext, PassRegistry};
-
-fn random(dtype: DType, shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_f32(dtype, shape, &v)
-}
+use common::{random, run_pass};
+use optc_ir::{print, run, DType, Graph, WeightStore};
 
 /// Runs the pass on `text` with random weights of the given shapes; the
 /// graph before, after, the rewrites and the store.
 fn apply(text: &str, weights: &[(&str, DType, &[usize])]) -> (Graph, Graph, usize, WeightStore) {
-    let before = parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    verify(&before).unwrap();
     let mut store = WeightStore::new();
     for (i, (name, dtype, shape)) in weights.iter().enumerate() {
         store.insert(*name, random(*dtype, shape, 7 + i as u64)).unwrap();
     }
-    let mut g = before.clone();
-    let p = PassRegistry::builtin().get("matmul_to_linear").unwrap();
-    let r = p
-        .run(
-            &mut g,
-            &mut PassContext {
-                weights: &mut store,
-                options: &toml::Table::new(),
-            },
-        )
-        .unwrap();
-    verify(&g).unwrap_or_else(|e| panic!("the pass broke the graph: {e}\n{}", print(&g)));
-    (before, g, r.rewrites, store)
+    let (before, g, rewrites) = run_pass("matmul_to_linear", text, &mut store);
+    (before, g, rewrites, store)
 }
 
 fn count(g: &Graph, op: &str) -> usize {

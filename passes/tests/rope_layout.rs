@@ -2,42 +2,19 @@
 //! transpose becomes one rope with permuted cos/sin, with the same results
 //! on the interpreter; near misses stay as they are.
 
+mod common;
+
 use std::collections::BTreeMap;
 
-use optc_ir::{parse, print, run, verify, DType, Graph, Tensor, WeightStore};
-use optc_passes::{PassContext, PassRegistry};
+use common::run_pass;
+use optc_ir::{print, run, DType, Graph, Tensor, WeightStore};
 
 fn apply(text: &str) -> (Graph, Graph, usize) {
-    let before = parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    verify(&before).unwrap();
-    let mut g = before.clone();
-    let mut weights = WeightStore::new();
-    let p = PassRegistry::builtin().get("sink_rope_transposes").unwrap();
-    let r = p
-        .run(
-            &mut g,
-            &mut PassContext {
-                weights: &mut weights,
-                options: &toml::Table::new(),
-            },
-        )
-        .unwrap();
-    verify(&g).unwrap_or_else(|e| panic!("the pass broke the graph: {e}\n{}", print(&g)));
-    (before, g, r.rewrites)
+    run_pass("sink_rope_transposes", text, &mut WeightStore::new())
 }
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_f32(DType::F32, shape, &v)
+    common::random(DType::F32, shape, seed)
 }
 
 fn results(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Vec<Tensor> {
