@@ -5,6 +5,8 @@
 //! ratios and long contexts (the split-K path), greedy generation, and
 //! bad inputs. On a machine without a GPU every test says why it skips.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -133,15 +135,7 @@ fn random_llama(
     std::fs::create_dir_all(&to).unwrap();
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut random = |shape: &[usize]| {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
-            })
-            .collect();
+        let v = common::lcg_uniform(&mut state, shape.iter().product(), 0.1);
         Tensor::from_f32(DType::BF16, shape, &v)
     };
     let ones = |n: usize| Tensor::from_f32(DType::BF16, &[n], &vec![1.0; n]);

@@ -7,6 +7,8 @@
 //! a message when they are missing, unless `OPTC_REQUIRE_ONNXRUNTIME=1`
 //! (set by `.ci/run`) makes it required.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -145,15 +147,7 @@ fn exported_linears_compile_back_to_linears() {
         ("up.bias", vec![320]),
         ("down.weight", vec![256, 320]),
     ] {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
-            })
-            .collect();
+        let v = common::lcg_uniform(&mut seed, shape.iter().product(), 0.2);
         w.insert(name, Tensor::from_f32(DType::F32, &shape, &v)).unwrap();
     }
     let (m, _) = export::export(&g, &w, &export::WeightPlacement::Inline).unwrap();

@@ -32,6 +32,25 @@ fn mul(b: &mut GraphBuilder, x: Value, y: Value, swap: bool) -> Value {
     }
 }
 
+/// GELU's outer product x · 0.5 · p, grouped (x · 0.5) · p or, as torch.onnx
+/// writes it, (x · p) · 0.5; `swap` orders each product's operands.
+fn gelu_outer(
+    b: &mut GraphBuilder,
+    x: Value,
+    half: Value,
+    p: Value,
+    torch_grouping: bool,
+    swap: [bool; 2],
+) -> Value {
+    if torch_grouping {
+        let xp = mul(b, x, p, swap[0]);
+        mul(b, xp, half, swap[1])
+    } else {
+        let hx = mul(b, x, half, swap[0]);
+        mul(b, hx, p, swap[1])
+    }
+}
+
 fn inputs(g: &optc_ir::Graph) -> BTreeMap<String, Tensor> {
     let mut out = BTreeMap::new();
     for &i in g.inputs() {
@@ -260,14 +279,7 @@ proptest! {
         let one = scalar(&mut b, 1.0);
         let t = if flip(3) { b.add(one, t).unwrap() } else { b.add(t, one).unwrap() };
         let half = scalar(&mut b, if wrong_half { 0.25 } else { 0.5 });
-        // (x · 0.5) · p, or (x · p) · 0.5 as torch.onnx groups it.
-        let y = if torch_grouping {
-            let xp = mul(&mut b, x, t, flip(4));
-            mul(&mut b, xp, half, flip(5))
-        } else {
-            let hx = mul(&mut b, x, half, flip(4));
-            mul(&mut b, hx, t, flip(5))
-        };
+        let y = gelu_outer(&mut b, x, half, t, torch_grouping, [flip(4), flip(5)]);
         b.output("y", y);
         let (n, err) = fuse(b.finish().unwrap(), "fuse_gelu", "gelu");
         prop_assert_eq!(n, (!wrong_c && !wrong_half) as usize);
@@ -316,13 +328,7 @@ proptest! {
         let one = scalar(&mut b, 1.0);
         let t = if flip(1) { b.add(one, e).unwrap() } else { b.add(e, one).unwrap() };
         let half = scalar(&mut b, 0.5);
-        let y = if torch_grouping {
-            let xp = mul(&mut b, x, t, flip(2));
-            mul(&mut b, xp, half, flip(3))
-        } else {
-            let hx = mul(&mut b, x, half, flip(2));
-            mul(&mut b, hx, t, flip(3))
-        };
+        let y = gelu_outer(&mut b, x, half, t, torch_grouping, [flip(2), flip(3)]);
         b.output("y", y);
         let (n, err) = fuse(b.finish().unwrap(), "fuse_gelu", "gelu");
         prop_assert_eq!(n, (!wrong) as usize);
