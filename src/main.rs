@@ -148,6 +148,11 @@ enum Cmd {
         /// Send the prompt as a user message through the model's chat template.
         #[arg(long)]
         chat: bool,
+        /// nvrtc target: the fraction of GPU memory optc may use in all
+        /// (weights, activations and the KV cache, which takes what is
+        /// left), as in vLLM (default 0.9).
+        #[arg(long)]
+        gpu_memory_utilization: Option<f32>,
     },
     /// Measure serving throughput and latency on a standard workload.
     Bench {
@@ -192,6 +197,12 @@ enum Cmd {
         /// With --temperature: keep the smallest set reaching this mass.
         #[arg(long, default_value_t = 1.0)]
         top_p: f32,
+        /// nvrtc target: the fraction of GPU memory optc may use in all
+        /// (weights, activations and the KV cache, which takes what is
+        /// left), as in vLLM; without it
+        /// the cache holds exactly what the workloads need.
+        #[arg(long)]
+        gpu_memory_utilization: Option<f32>,
     },
     /// List every pass with its one-line description.
     Passes,
@@ -682,6 +693,25 @@ fn load_llm(model: &Path, opts: optc::LlmOptions) -> Result<optc::LLM> {
     Ok(llm?)
 }
 
+/// `--gpu-memory-utilization` checked against the target: a fraction in
+/// (0, 1], and only where the KV cache lives on a GPU (`default` when the
+/// flag is absent there).
+fn gpu_memory_utilization(
+    target: optc::Target,
+    given: Option<f32>,
+    default: Option<f32>,
+) -> Result<Option<f32>> {
+    match (target, given) {
+        (optc::Target::Nvrtc, Some(u)) if u > 0.0 && u <= 1.0 => Ok(Some(u)),
+        (optc::Target::Nvrtc, Some(u)) => bail!("--gpu-memory-utilization {u} is not in (0, 1]"),
+        (optc::Target::Nvrtc, None) => Ok(default),
+        (_, Some(_)) => {
+            bail!("--gpu-memory-utilization sizes the KV cache on a GPU: it needs --target nvrtc")
+        }
+        (_, None) => Ok(None),
+    }
+}
+
 /// Runs each named workload `(batch, input_len, output_len)` on one
 /// engine sized for the largest: one warm-up, then `reps` measured runs.
 #[allow(clippy::too_many_arguments)]
@@ -694,6 +724,7 @@ fn bench(
     max_num_tokens: usize,
     json: bool,
     sampling: optc::bench::Sampling,
+    gpu_memory_utilization: Option<f32>,
 ) -> Result<()> {
     sampling.check()?;
     if workloads
@@ -720,6 +751,7 @@ fn bench(
         block_size,
         target,
         weight_dtype,
+        gpu_memory_utilization,
         ..optc::LlmOptions::default()
     };
     let mut llm = load_llm(model, opts)?;
@@ -772,6 +804,7 @@ fn generate(
     params: optc::runtime::sampler::SamplingParams,
     json: bool,
     chat: bool,
+    gpu_memory_utilization: Option<f32>,
 ) -> Result<()> {
     use std::io::Write;
     let start = std::time::Instant::now();
@@ -779,7 +812,7 @@ fn generate(
         target,
         weight_dtype,
         // On the GPU the cache takes what memory allows, as in vLLM.
-        gpu_memory_utilization: (target == optc::Target::Nvrtc).then_some(0.9),
+        gpu_memory_utilization,
         ..optc::LlmOptions::default()
     };
     let mut llm = load_llm(model, opts)?;
@@ -989,6 +1022,7 @@ fn main() -> ExitCode {
             stop,
             json,
             chat,
+            gpu_memory_utilization: gpu_mem,
         } => {
             let params = optc::runtime::sampler::SamplingParams {
                 temperature: *temperature,
@@ -1000,15 +1034,17 @@ fn main() -> ExitCode {
                 ..Default::default()
             };
             (|| {
+                let target = target(tgt)?;
                 generate(
                     model,
-                    target(tgt)?,
+                    target,
                     weight_dtype(wd.as_deref())?,
                     prompt.as_deref(),
                     ids,
                     params,
                     *json,
                     *chat,
+                    gpu_memory_utilization(target, *gpu_mem, Some(0.9))?,
                 )
             })()
         }
@@ -1026,7 +1062,10 @@ fn main() -> ExitCode {
             temperature,
             top_k,
             top_p,
+            gpu_memory_utilization: gpu_mem,
         } => (|| {
+            let target = target(tgt)?;
+            let gpu_mem = gpu_memory_utilization(target, *gpu_mem, None)?;
             let named = if workloads.is_empty() {
                 vec![(String::new(), (*batch, *input_len, *output_len))]
             } else {
@@ -1042,7 +1081,7 @@ fn main() -> ExitCode {
             };
             bench(
                 model,
-                target(tgt)?,
+                target,
                 weight_dtype(wd.as_deref())?,
                 &named,
                 *reps,
@@ -1053,6 +1092,7 @@ fn main() -> ExitCode {
                     top_k: *top_k,
                     top_p: *top_p,
                 },
+                gpu_mem,
             )
         })(),
         Cmd::OnnxConformance {

@@ -244,6 +244,29 @@ fn sizes_and_settings_out_of_range_are_user_errors() {
     let (tiny, greedy) = (run("1e-40"), run("0"));
     assert!(tiny.status.success(), "{}", stderr(&tiny));
     assert_eq!(stdout(&tiny), stdout(&greedy));
+    // The GPU memory fraction: only where a GPU holds the cache, and in
+    // (0, 1] (checked before anything is loaded, so no GPU is needed).
+    assert_user_error(
+        &optc(&[
+            "generate",
+            &llama,
+            "--ids",
+            "1,2",
+            "--gpu-memory-utilization",
+            "0.5",
+        ]),
+        "--gpu-memory-utilization sizes the KV cache on a GPU: it needs --target nvrtc",
+    );
+    for (cmd, u) in [("generate", "1.5"), ("bench", "0"), ("generate", "NaN")] {
+        let mut args = vec![cmd, &llama, "--target", "nvrtc", "--gpu-memory-utilization", u];
+        if cmd == "generate" {
+            args.extend(["--ids", "1"]);
+        }
+        assert_user_error(
+            &optc(&args),
+            &format!("--gpu-memory-utilization {u} is not in (0, 1]"),
+        );
+    }
     // Check inputs of 2^64 elements.
     assert_user_error(
         &optc(&[

@@ -3146,3 +3146,35 @@ fn bad_inputs_are_errors_naming_what_is_wrong() {
     // The program still runs after errors.
     assert!(p.run(&ok).is_ok());
 }
+
+/// `gpu_memory_utilization` sizes the KV cache from the GPU's memory, as
+/// vLLM's does: with room to spare the cache holds what the longest batch
+/// can use (the fixed `num_blocks` is ignored), and a fraction too small
+/// for any block is an error that names the flag to raise.
+#[test]
+fn gpu_memory_utilization_sizes_the_kv_cache() {
+    if !gpu() {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama_bf16");
+    let opts = |u: f32| optc::LlmOptions {
+        target: optc::Target::Nvrtc,
+        gpu_memory_utilization: Some(u),
+        ..optc::LlmOptions::default()
+    };
+    let mut llm = optc::LLM::new(&dir, opts(0.9)).unwrap();
+    let defaults = optc::LlmOptions::default();
+    // Eight sequences of the fixture's 128 positions, blocks of 16, and
+    // the block kept free for padding.
+    let most = defaults.max_batch_size * 128usize.div_ceil(defaults.block_size) + 1;
+    assert_ne!(most, defaults.num_blocks);
+    assert_eq!(llm.engine().scheduler().blocks().num_blocks(), most);
+    drop(llm);
+    match optc::LLM::new(&dir, opts(0.01)) {
+        Ok(_) => panic!("1 % of the GPU's memory left room for a KV cache"),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("raise --gpu-memory-utilization"), "{e}");
+        }
+    }
+}
