@@ -3,11 +3,13 @@
 
     python3 scripts/check_onnx_export.py DIR
 
-DIR holds one folder per case, in the ONNX backend test layout optc's test
-writes: model.onnx and test_data_set_0/{input,output}_K.pb, the outputs being
-the reference interpreter's. For each case: onnx.checker.check_model (full
-check, with shape inference), then an onnxruntime session on the inputs,
-compared with the interpreter's outputs. Exit status 1 if any case fails.
+DIR holds one folder per case, in the ONNX backend test layout optc's tests
+write: model.onnx and test_data_set_N/{input,output}_K.pb (one set per call:
+a decoder-with-past network has a set for each call of a generation), the
+outputs being the reference interpreter's. For each case:
+onnx.checker.check_model (full check, with shape inference), then an
+onnxruntime session run on every set's inputs, compared with the
+interpreter's outputs. Exit status 1 if any case fails.
 Needs `pip install onnx onnxruntime`.
 """
 
@@ -38,20 +40,26 @@ def check(case):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    data = os.path.join(case, "test_data_set_0")
-    inputs = load_set(data, "input")
-    want = load_set(data, "output")
-    feed = {i.name: x for i, x in zip(sess.get_inputs(), inputs)}
-    got = sess.run(None, feed)
+    sets = sorted(glob.glob(os.path.join(case, "test_data_set_*")), key=lambda p: int(p.rsplit("_", 1)[1]))
+    if not sets:
+        raise AssertionError("no test_data_set_N folders")
     worst = 0.0
-    for k, (g, w) in enumerate(zip(got, want)):
-        if g.shape != w.shape or g.dtype != w.dtype:
-            raise AssertionError(f"output {k}: got {g.dtype}{g.shape}, want {w.dtype}{w.shape}")
-        if np.issubdtype(w.dtype, np.floating):
-            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f"output {k}")
-            worst = max(worst, float(np.max(np.abs(g.astype(np.float64) - w))) if w.size else 0.0)
-        else:
-            np.testing.assert_array_equal(g, w, err_msg=f"output {k}")
+    for data in sets:
+        inputs = load_set(data, "input")
+        want = load_set(data, "output")
+        feed = {i.name: x for i, x in zip(sess.get_inputs(), inputs)}
+        got = sess.run(None, feed)
+        if len(got) != len(want):
+            raise AssertionError(f"{os.path.basename(data)}: {len(got)} outputs, want {len(want)}")
+        for k, (g, w) in enumerate(zip(got, want)):
+            where = f"{os.path.basename(data)} output {k}"
+            if g.shape != w.shape or g.dtype != w.dtype:
+                raise AssertionError(f"{where}: got {g.dtype}{g.shape}, want {w.dtype}{w.shape}")
+            if np.issubdtype(w.dtype, np.floating):
+                np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=where)
+                worst = max(worst, float(np.max(np.abs(g.astype(np.float64) - w))) if w.size else 0.0)
+            else:
+                np.testing.assert_array_equal(g, w, err_msg=where)
     return worst
 
 

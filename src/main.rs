@@ -108,6 +108,14 @@ enum Cmd {
         /// is compiled or uploaded.
         #[arg(long, requires = "target")]
         plan_only: bool,
+        /// With --target tensorrt: the most sequences one engine call takes.
+        #[arg(long, default_value_t = 8)]
+        max_batch: i64,
+        /// With --target tensorrt: the longest sequence (past + new
+        /// tokens) the engine takes (default: the model's
+        /// max_position_embeddings).
+        #[arg(long)]
+        max_seq_len: Option<i64>,
     },
     /// Generate text with a model (compiled for the CPU target by default).
     Generate {
@@ -477,6 +485,21 @@ fn logits(model: &Path, ids: &[i64], text: Option<&str>, out: Option<&Path>) -> 
     Ok(())
 }
 
+/// What `optc compile` writes.
+enum Emit {
+    /// The text IR, to `-o` or standard output.
+    Ir,
+    /// An ONNX model, its weights in a side file when `external`.
+    Onnx { path: PathBuf, external: bool },
+    /// The tensorrt target's folder: the network, its build script and
+    /// manifest.
+    TensorRt {
+        dir: PathBuf,
+        max_batch: i64,
+        max_seq_len: Option<i64>,
+    },
+}
+
 #[allow(clippy::too_many_arguments)]
 fn compile(
     model: &Path,
@@ -490,8 +513,10 @@ fn compile(
     kv_cache: Option<usize>,
     lower: Option<&str>,
     plan_only: bool,
-    onnx_out: Option<(PathBuf, bool)>,
+    emit: Emit,
 ) -> Result<()> {
+    // The longest sequence the model takes, where its config says.
+    let mut max_positions = None;
     let (mut graph, mut store) = if fx::is_pt2(model) {
         let m = fx::load(model)?;
         (m.graph, m.weights)
@@ -507,6 +532,7 @@ fn compile(
         (g, store)
     } else {
         let m = load_model(model)?;
+        max_positions = Some(m.config.max_position_embeddings as i64);
         (m.graph, m.weights)
     };
     let mut compiler = Compiler::new();
@@ -515,6 +541,12 @@ fn compile(
     }
     if let Some(bs) = kv_cache {
         compiler.set_pipeline(Pipeline::serving(bs));
+    }
+    if let Emit::TensorRt { .. } = emit {
+        if pipeline.is_some() || kv_cache.is_some() {
+            bail!("--target tensorrt runs its own pipeline (the default passes, then insert_past_kv): drop --pipeline and --kv-cache");
+        }
+        compiler.set_pipeline(Pipeline::decoder_with_past());
     }
     if !dump_after.is_empty() {
         let after = if dump_after.iter().any(|a| a == "all") {
@@ -534,15 +566,45 @@ fn compile(
     let report = compiler.compile(&mut graph, &mut store)?;
     let passes_millis = passes_start.elapsed().as_secs_f64() * 1e3;
     // With the IR going to a file, the pass report goes to stderr.
-    let report_always = out.is_some() || onnx_out.is_some();
-    if let Some((path, external)) = onnx_out {
-        onnx::export::write(&path, &graph, &store, external)?;
-        println!("wrote {}", path.display());
-    } else {
-        let text = ir::print(&graph);
-        match out {
-            Some(o) => std::fs::write(o, &text).with_context(|| format!("cannot write {}", o.display()))?,
-            None => print!("{text}"),
+    let report_always = out.is_some() || !matches!(emit, Emit::Ir);
+    match emit {
+        Emit::Onnx { path, external } => {
+            onnx::export::write(&path, &graph, &store, external)?;
+            println!("wrote {}", path.display());
+        }
+        Emit::TensorRt {
+            dir,
+            max_batch,
+            max_seq_len,
+        } => {
+            let max_seq_len = max_seq_len.or(max_positions).with_context(|| {
+                format!(
+                    "{}: no max_position_embeddings to size the engine's profile by; give --max-seq-len",
+                    model.display()
+                )
+            })?;
+            let profile = optc::codegen::tensorrt::EngineProfile {
+                max_batch,
+                max_seq_len,
+            };
+            let net =
+                optc::codegen::tensorrt::write(&dir, &graph, &store, optc::passes::past_kv::PAST, &profile)?;
+            println!(
+                "wrote {}: model.onnx (+ model.onnx.data), build_engine.sh, network.json; {} attention layers, \
+                 batch up to {max_batch}, sequences up to {max_seq_len} tokens (sh {}/build_engine.sh builds the engine with trtexec)",
+                dir.display(),
+                net.layers,
+                dir.display()
+            );
+        }
+        Emit::Ir => {
+            let text = ir::print(&graph);
+            match out {
+                Some(o) => {
+                    std::fs::write(o, &text).with_context(|| format!("cannot write {}", o.display()))?
+                }
+                None => print!("{text}"),
+            }
         }
     }
     if verbose || report_always {
@@ -672,7 +734,10 @@ fn target(name: &str) -> Result<optc::Target> {
         "cpu" => Ok(optc::Target::Cpu),
         "reference" => Ok(optc::Target::Reference),
         "nvrtc" | "cuda" => Ok(optc::Target::Nvrtc),
-        "tensorrt" => bail!("target '{name}' is not built yet; use --target nvrtc or cpu"),
+        "tensorrt" => bail!(
+            "optc does not run TensorRT engines: `optc compile MODEL --target tensorrt -o DIR` writes the network \
+             and the trtexec line that builds one; to run here, use --target nvrtc or cpu"
+        ),
         _ => bail!("unknown target '{name}' (known: cpu, nvrtc, reference)"),
     }
 }
@@ -982,12 +1047,36 @@ fn main() -> ExitCode {
             block_size,
             target: lower,
             plan_only,
+            max_batch,
+            max_seq_len,
         } => (|| {
-            let onnx_out = match (emit.as_str(), out) {
-                ("onnx", Some(o)) => Some((o.clone(), *external_data)),
-                ("onnx", None) => bail!("--emit onnx needs -o FILE.onnx"),
-                _ => None,
+            let tensorrt = lower.as_deref() == Some("tensorrt");
+            let to = match (emit.as_str(), out, tensorrt) {
+                ("onnx", _, true) => bail!("--target tensorrt writes its own ONNX network: drop --emit onnx"),
+                (_, Some(o), true) => Emit::TensorRt {
+                    dir: o.clone(),
+                    max_batch: *max_batch,
+                    max_seq_len: *max_seq_len,
+                },
+                (_, None, true) => {
+                    bail!("--target tensorrt needs -o DIR (the folder for the network and its build script)")
+                }
+                ("onnx", Some(o), false) => Emit::Onnx {
+                    path: o.clone(),
+                    external: *external_data,
+                },
+                ("onnx", None, false) => bail!("--emit onnx needs -o FILE.onnx"),
+                _ => Emit::Ir,
             };
+            if tensorrt && *plan_only {
+                bail!("--plan-only is for --target nvrtc; --target tensorrt writes a network for TensorRT to build");
+            }
+            if *max_batch < 1 || max_seq_len.is_some_and(|n| n < 2) {
+                bail!(
+                    "--max-batch ({max_batch}) must be at least 1 and --max-seq-len ({}) at least 2",
+                    max_seq_len.map_or("the model's".into(), |n| n.to_string())
+                );
+            }
             let check = if *check_passes {
                 Some(check_config(*check_tolerance, check_symbols)?)
             } else {
@@ -1003,9 +1092,9 @@ fn main() -> ExitCode {
                 out.as_deref(),
                 cli.verbose > 0,
                 kv_cache.then_some(*block_size),
-                lower.as_deref(),
+                lower.as_deref().filter(|_| !tensorrt),
                 *plan_only,
-                onnx_out,
+                to,
             )
         })(),
         Cmd::Generate {

@@ -315,7 +315,7 @@ fn compile_runs_a_pipeline_with_dumps_and_checks() {
     std::fs::write(dir.join("p.toml"), "[[pass]]\nname = \"fuse_magic\"\n").unwrap();
     assert_user_error(
         &optc(&["compile", &llama, "--pipeline", &p(&dir, "p.toml")]),
-        "unknown pass 'fuse_magic' (known: canonicalize, cast_weights, constant_fold, cse, dce, fuse_add_rmsnorm, fuse_attention, fuse_gelu, fuse_gemm, fuse_layernorm, fuse_rmsnorm, fuse_rope, fuse_swiglu, insert_kv_cache, matmul_to_linear, quantize_int8, simplify_outer_products, sink_rope_transposes)",
+        "unknown pass 'fuse_magic' (known: canonicalize, cast_weights, constant_fold, cse, dce, fuse_add_rmsnorm, fuse_attention, fuse_gelu, fuse_gemm, fuse_layernorm, fuse_rmsnorm, fuse_rope, fuse_swiglu, insert_kv_cache, insert_past_kv, matmul_to_linear, quantize_int8, simplify_outer_products, sink_rope_transposes)",
     );
     let o = optc(&["passes"]);
     assert!(
@@ -356,8 +356,70 @@ fn the_nvrtc_target_without_a_gpu_says_so() {
         "/dev/null",
     ]);
     assert_user_error(&o, "use --target cpu");
-    let o = optc(&["bench", &model, "--target", "tensorrt"]);
-    assert_user_error(&o, "not built yet");
+}
+
+/// The tensorrt target writes a folder from `compile`; what it cannot do
+/// is said, not panicked or ignored.
+#[test]
+fn the_tensorrt_target_says_what_it_needs() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama");
+    let model = model.display().to_string();
+    let dir = bundle("tensorrt");
+    let out = p(&dir, "engine");
+    let trt = |extra: &[&str]| {
+        let mut args = vec!["compile", &model, "--target", "tensorrt"];
+        args.extend(extra);
+        optc(&args)
+    };
+    assert_user_error(&trt(&[]), "--target tensorrt needs -o DIR");
+    assert_user_error(
+        &trt(&["-o", &out, "--kv-cache"]),
+        "drop --pipeline and --kv-cache",
+    );
+    assert_user_error(&trt(&["-o", &out, "--emit", "onnx"]), "drop --emit onnx");
+    assert_user_error(
+        &trt(&["-o", &out, "--plan-only"]),
+        "--plan-only is for --target nvrtc",
+    );
+    assert_user_error(
+        &trt(&["-o", &out, "--max-batch", "0"]),
+        "--max-batch (0) must be at least 1",
+    );
+    assert!(!dir.join("engine").exists(), "nothing is written on an error");
+    // A graph without attention has no cache to take.
+    let ir_dir = bundle("tensorrt-mlp");
+    std::fs::write(
+        ir_dir.join("mlp.ir"),
+        "graph mlp(%ids: i64[B, S]) -> (%y: f32[B, S]) {\n  %0: f32[B, S] = cast(%ids) {to = f32}\n  return %0\n}\n",
+    )
+    .unwrap();
+    assert_user_error(
+        &optc(&[
+            "compile",
+            &p(&ir_dir, "mlp.ir"),
+            "--target",
+            "tensorrt",
+            "-o",
+            &out,
+            "--max-seq-len",
+            "16",
+        ]),
+        "pass 'insert_past_kv': the graph has no scaled_dot_product_attention to cache",
+    );
+    let run = [
+        optc(&["generate", &model, "--target", "tensorrt", "--ids", "1"]),
+        optc(&["bench", &model, "--target", "tensorrt"]),
+    ];
+    for o in &run {
+        assert_user_error(o, "optc compile MODEL --target tensorrt -o DIR");
+    }
+    let o = trt(&["-o", &out, "--check-passes"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("2 attention layers, batch up to 8, sequences up to 128 tokens"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 /// `--plan-only` shows the nvrtc plan without a GPU: a Llama step graph's

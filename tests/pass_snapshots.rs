@@ -41,3 +41,19 @@ fn llama_serving_step_graph() {
         insta::assert_snapshot!("llama_serving_step", optc::ir::print(&m.graph));
     });
 }
+
+/// The tensorrt target's network (`insert_past_kv` and its cleanup after
+/// the default passes) for Mistral, whose sliding window is rebuilt over
+/// the past: contiguous `past_key_values` inputs, `present` outputs.
+#[test]
+fn mistral_decoder_with_past_graph() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/mistral");
+    let mut m = hf::load(dir).unwrap();
+    PassManager::new(&PassRegistry::builtin(), &Pipeline::decoder_with_past())
+        .unwrap()
+        .run(&mut m.graph, &mut m.weights)
+        .unwrap();
+    insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!("mistral_decoder_with_past", optc::ir::print(&m.graph));
+    });
+}

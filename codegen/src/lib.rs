@@ -5,10 +5,13 @@
 //!   reference semantics from the IR, so every graph runs.
 //! - [`nvrtc`]: CUDA kernels compiled at run time by NVRTC, GEMMs through
 //!   cuBLASLt, on one NVIDIA GPU.
+//! - [`tensorrt`]: the decoder-with-past network as ONNX, with the
+//!   `trtexec` line and profile that build a TensorRT engine from it.
 
 pub mod cpu;
 mod lowering;
 pub mod nvrtc;
+pub mod tensorrt;
 
 /// Why a graph could not be lowered or run; names the node or tensor.
 #[derive(Debug, thiserror::Error)]

@@ -53,7 +53,7 @@ fn fail(message: String) -> PassError {
 
 /// The window of a sliding-window mask `triu(m, 1) + tril(m, -w)` with `m`
 /// a `full(-inf)` (either order of the add), or `None`.
-fn sliding_window(g: &Graph, mask: Value) -> Option<i64> {
+pub(crate) fn sliding_window(g: &Graph, mask: Value) -> Option<i64> {
     let mut v = mask;
     // Look through broadcasting unsqueezes.
     while let Some(Op::Unsqueeze(_)) = g.node(v.node).op() {
@@ -174,7 +174,7 @@ impl Pass for InsertKvCache {
                 message: format!("block_size must be in 1..=4096, got {block_size}"),
             });
         }
-        let (ids_node, b, s) = token_input(g)?;
+        let (ids_node, b, s) = token_input(g).map_err(fail)?;
         let head = lm_head(g).ok_or_else(|| {
             fail("output 0 is not made by a linear (the LM head), so logits cannot be gathered".into())
         })?;
@@ -384,24 +384,25 @@ impl Pass for InsertKvCache {
     }
 }
 
-/// The one graph input, `ids[B, S]` (integer), and the symbols `B` and `S`.
-fn token_input(g: &Graph) -> Result<(NodeId, String, String), PassError> {
+/// The one graph input, `ids[B, S]` (integer), and the symbols `B` and `S`;
+/// the error says what the graph has instead.
+pub(crate) fn token_input(g: &Graph) -> Result<(NodeId, String, String), String> {
     let [id] = g.inputs() else {
         let names: Vec<&str> = g.inputs().iter().filter_map(|&i| g.node_name(i)).collect();
-        return Err(fail(format!(
+        return Err(format!(
             "expected one input (token ids [batch, seq]), found {}: {}",
             names.len(),
             names.join(", ")
-        )));
+        ));
     };
     let ty = &g.node(*id).outputs[0];
     let syms: Vec<Option<&str>> = ty.shape.dims().iter().map(Dim::as_sym).collect();
     match (ty.dtype.is_int(), syms.as_slice()) {
         (true, [Some(b), Some(s)]) if b != s => Ok((*id, b.to_string(), s.to_string())),
-        _ => Err(fail(format!(
+        _ => Err(format!(
             "input %{} is {ty}; expected integer token ids [batch, seq] with two symbols",
             g.node_name(*id).unwrap_or_default()
-        ))),
+        )),
     }
 }
 
@@ -413,7 +414,7 @@ pub fn step_inputs_for_batch(
     inputs: &BTreeMap<String, Tensor>,
     after: &Graph,
 ) -> Result<BTreeMap<String, Tensor>, String> {
-    let (id, _, _) = token_input(before).map_err(|e| e.to_string())?;
+    let (id, _, _) = token_input(before)?;
     let name = before.node_name(id).unwrap_or_default();
     let ids = inputs.get(name).ok_or_else(|| format!("no input %{name}"))?;
     let [b, s] = [ids.shape()[0], ids.shape()[1]];

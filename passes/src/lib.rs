@@ -13,6 +13,7 @@ pub mod fusion;
 pub mod kv_cache;
 mod manager;
 mod pass;
+pub mod past_kv;
 mod pipeline;
 pub mod quant;
 mod registry;

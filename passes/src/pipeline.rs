@@ -82,6 +82,17 @@ impl Pipeline {
         p
     }
 
+    /// What the tensorrt target exports: the default passes, then
+    /// `insert_past_kv` (the decoder-with-past graph: contiguous
+    /// `past_key_values` inputs, `present` outputs) and a cleanup.
+    pub fn decoder_with_past() -> Pipeline {
+        let mut p = Pipeline::default_pipeline();
+        for n in ["insert_past_kv", "canonicalize", "cse", "dce"] {
+            p.passes.push(PassSpec::new(n));
+        }
+        p
+    }
+
     /// Parses a pipeline file; `path` is only for messages.
     pub fn from_toml(path: &str, text: &str) -> Result<Pipeline, PassError> {
         let err = |message: String| PassError::Pipeline {

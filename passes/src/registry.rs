@@ -43,6 +43,7 @@ impl PassRegistry {
         r.register(Arc::new(FuseGelu));
         r.register(Arc::new(crate::fusion::SinkRopeTransposes));
         r.register(Arc::new(crate::kv_cache::InsertKvCache));
+        r.register(Arc::new(crate::past_kv::InsertPastKv));
         r.register(Arc::new(crate::quant::CastWeights));
         r.register(Arc::new(crate::quant::QuantizeInt8));
         r

@@ -182,7 +182,7 @@ fn pipeline_files_are_checked() {
         .unwrap();
     assert_eq!(
         e.to_string(),
-        "unknown pass 'fuse_everything' (known: breaking, canonicalize, cast_weights, constant_fold, cse, dce, fuse_add_rmsnorm, fuse_attention, fuse_gelu, fuse_gemm, fuse_layernorm, fuse_rmsnorm, fuse_rope, fuse_swiglu, insert_kv_cache, matmul_to_linear, quantize_int8, simplify_outer_products, sink_rope_transposes, wrong)"
+        "unknown pass 'fuse_everything' (known: breaking, canonicalize, cast_weights, constant_fold, cse, dce, fuse_add_rmsnorm, fuse_attention, fuse_gelu, fuse_gemm, fuse_layernorm, fuse_rmsnorm, fuse_rope, fuse_swiglu, insert_kv_cache, insert_past_kv, matmul_to_linear, quantize_int8, simplify_outer_products, sink_rope_transposes, wrong)"
     );
     let opt = Pipeline::from_toml(
         "p.toml",

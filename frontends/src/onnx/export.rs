@@ -703,20 +703,41 @@ impl Ex<'_> {
         let sc = self.scalar(scale.unwrap_or(1.0 / (d as f64).sqrt()), dt);
         let mut s = self.node("Mul", &[&s, &sc], vec![]);
         if causal {
-            // -inf where j > i + (Sk - Sq): Trilu keeps j - i >= k.
+            // -inf where j > i + (Sk - Sq).
             let (sq, sk) = (qd[r - 2].clone(), kd[r - 2].clone());
-            let shape = self.shape_tensor(&[sq.clone(), sk.clone()])?;
-            let fill = self.node(
-                "ConstantOfShape",
-                &[&shape],
-                vec![attr_t(
-                    "value",
-                    from_tensor("value", &Tensor::from_f64(dt, &[1], &[f64::NEG_INFINITY])),
-                )],
-            );
-            let kdiag = &(&sk - &sq) + &Dim::constant(1);
-            let kk = self.dim_scalar(&kdiag)?;
-            let m = self.node("Trilu", &[&fill, &kk], vec![attr_i("upper", 1)]);
+            let offset = &sk - &sq;
+            let m = if offset.as_const().is_some() {
+                // A constant diagonal: Trilu keeps j - i >= k.
+                let shape = self.shape_tensor(&[sq.clone(), sk.clone()])?;
+                let fill = self.node(
+                    "ConstantOfShape",
+                    &[&shape],
+                    vec![attr_t(
+                        "value",
+                        from_tensor("value", &Tensor::from_f64(dt, &[1], &[f64::NEG_INFINITY])),
+                    )],
+                );
+                let kk = self.dim_scalar(&(&offset + &Dim::constant(1)))?;
+                self.node("Trilu", &[&fill, &kk], vec![attr_i("upper", 1)])
+            } else {
+                // A diagonal that moves with the inputs' shapes (queries
+                // after a cache): positions compared, since importers and
+                // TensorRT want Trilu's k known when the model is built.
+                let zero = self.constant(&Tensor::from_i64(DType::I64, &[], &[0]));
+                let one = self.constant(&Tensor::from_i64(DType::I64, &[], &[1]));
+                let (nq, nk) = (self.dim_scalar(&sq)?, self.dim_scalar(&sk)?);
+                let qi = self.node("Range", &[&zero, &nq, &one], vec![]);
+                let kj = self.node("Range", &[&zero, &nk, &one], vec![]);
+                let off = self.dim_scalar(&offset)?;
+                let last = self.node("Add", &[&qi, &off], vec![]);
+                let (ax1, ax0) = (self.i64s(&[1]), self.i64s(&[0]));
+                let last = self.node("Unsqueeze", &[&last, &ax1], vec![]);
+                let kj = self.node("Unsqueeze", &[&kj, &ax0], vec![]);
+                let seen = self.node("LessOrEqual", &[&kj, &last], vec![]);
+                let z = self.scalar(0.0, dt);
+                let ni = self.scalar(f64::NEG_INFINITY, dt);
+                self.node("Where", &[&seen, &z, &ni], vec![])
+            };
             s = self.node("Add", &[&s, &m], vec![]);
         }
         if let Some(m) = a.get(3) {

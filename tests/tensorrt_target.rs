@@ -1,0 +1,278 @@
+//! The tensorrt target: `optc compile MODEL --target tensorrt -o DIR`
+//! writes the decoder-with-past network (`Pipeline::decoder_with_past`) as
+//! ONNX, with its `trtexec` build line and manifest. TensorRT is not
+//! installable here, so the network is checked the way its parser would
+//! see it, against the reference interpreter running the imported model
+//! over whole sequences:
+//! - the compiled graph, called in chunks (a prefill, a decode step, three
+//!   tokens after a past) with each call's `present` fed back as `past`,
+//!   gives the whole sequence's logits, on every fixture architecture
+//!   (Mistral's sliding window of 4 included);
+//! - so does the written `model.onnx`, read back by optc's ONNX importer;
+//! - and under onnxruntime (`scripts/check_onnx_export.py`, one test data
+//!   set per call), which needs Python with `onnx` and `onnxruntime`: it is
+//!   skipped with a message when they are missing, unless
+//!   `OPTC_REQUIRE_ONNXRUNTIME=1` (set by `.ci/run`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use optc::frontends::hf;
+use optc::frontends::onnx::{self, tensor::from_tensor};
+use optc::ir::{self, DType, Graph, Tensor, WeightStore};
+use optc::passes::Pipeline;
+use optc::Compiler;
+use prost::Message;
+
+const FIXTURES: [&str; 5] = ["llama", "mistral", "qwen2", "gpt2", "phi3"];
+/// Tokens per call: a prefill, a decode step, three tokens after a past.
+const CHUNKS: [usize; 3] = [5, 1, 3];
+const BATCH: usize = 2;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/hf").join(name)
+}
+
+/// Two different sequences of `n` token ids under the fixtures' vocab (320).
+fn sequences(n: usize) -> Vec<Vec<i64>> {
+    (0..BATCH)
+        .map(|row| (0..n).map(|i| ((i * 37 + row * 101) % 300) as i64 + 1).collect())
+        .collect()
+}
+
+/// Token ids `[BATCH, end - start]`: columns `start..end` of `rows`.
+fn ids(rows: &[Vec<i64>], start: usize, end: usize) -> Tensor {
+    let v: Vec<i64> = rows.iter().flat_map(|r| r[start..end].iter().copied()).collect();
+    Tensor::from_i64(DType::I64, &[rows.len(), end - start], &v)
+}
+
+/// The largest gap between `got` (`[B, len, V]`) and columns
+/// `start..start + len` of `want` (`[B, n, V]`), and `want`'s largest
+/// magnitude there.
+fn gap(want: &Tensor, start: usize, got: &Tensor) -> (f64, f64) {
+    let (w, g) = (want.to_f64_vec(), got.to_f64_vec());
+    let [b, n, v] = [want.shape()[0], want.shape()[1], want.shape()[2]];
+    let len = got.shape()[1];
+    assert_eq!(got.shape(), [b, len, v]);
+    let (mut worst, mut scale) = (0f64, 0f64);
+    for row in 0..b {
+        for t in 0..len {
+            for k in 0..v {
+                let x = w[(row * n + start + t) * v + k];
+                worst = worst.max((x - g[(row * len + t) * v + k]).abs());
+                scale = scale.max(x.abs());
+            }
+        }
+    }
+    (worst, scale)
+}
+
+/// One call of a decoder-with-past graph: its inputs and outputs.
+struct Call {
+    inputs: Vec<(String, Tensor)>,
+    outputs: Vec<Tensor>,
+}
+
+/// Runs `g` over `rows` in calls of [`CHUNKS`] tokens, each call's
+/// `present.*` outputs fed to the next as `past_key_values.*` (empty at
+/// first).
+fn run_in_calls(g: &Graph, w: &WeightStore, rows: &[Vec<i64>]) -> Vec<Call> {
+    let mut past: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut calls = Vec::new();
+    let mut start = 0;
+    for len in CHUNKS {
+        let mut inputs = Vec::new();
+        for &i in g.inputs() {
+            let name = g.node_name(i).unwrap().to_string();
+            let t = if name == "ids" {
+                ids(rows, start, start + len)
+            } else if let Some(t) = past.get(&name) {
+                t.clone()
+            } else {
+                let ty = &g.node(i).outputs[0];
+                let d = ty.shape.dims();
+                let shape = [
+                    rows.len(),
+                    d[1].as_const().unwrap() as usize,
+                    0,
+                    d[3].as_const().unwrap() as usize,
+                ];
+                Tensor::from_f64(ty.dtype, &shape, &[])
+            };
+            inputs.push((name, t));
+        }
+        let feed: BTreeMap<String, Tensor> = inputs.iter().cloned().collect();
+        let outputs = ir::run(g, &feed, w).unwrap();
+        for (o, t) in g.outputs().iter().zip(&outputs) {
+            if let Some(layer) = o.name.strip_prefix("present.") {
+                past.insert(format!("past_key_values.{layer}"), t.clone());
+            }
+        }
+        calls.push(Call { inputs, outputs });
+        start += len;
+    }
+    calls
+}
+
+/// Checks each call's logits against the whole sequence's.
+fn check_calls(name: &str, want: &Tensor, calls: &[Call]) {
+    let mut start = 0;
+    for (c, len) in calls.iter().zip(CHUNKS) {
+        let (worst, scale) = gap(want, start, &c.outputs[0]);
+        assert!(
+            worst <= 1e-4 * scale.max(1.0),
+            "{name}: logits of tokens {start}..{} are {worst} off (largest {scale})",
+            start + len
+        );
+        start += len;
+    }
+}
+
+fn reference(name: &str, rows: &[Vec<i64>]) -> Tensor {
+    let m = hf::load(fixture(name)).unwrap();
+    let n = rows[0].len();
+    let inputs = BTreeMap::from([("ids".to_string(), ids(rows, 0, n))]);
+    ir::run(&m.graph, &inputs, &m.weights).unwrap().remove(0)
+}
+
+#[test]
+fn the_decoder_with_past_gives_the_whole_sequences_logits() {
+    let n: usize = CHUNKS.iter().sum();
+    let rows = sequences(n);
+    for name in FIXTURES {
+        let want = reference(name, &rows);
+        let mut m = hf::load(fixture(name)).unwrap();
+        let mut c = Compiler::new();
+        c.set_pipeline(Pipeline::decoder_with_past());
+        c.compile(&mut m.graph, &mut m.weights).unwrap();
+        let layers = m.config.num_layers;
+        let past = m
+            .graph
+            .inputs()
+            .iter()
+            .filter(|&&i| m.graph.node_name(i).unwrap().starts_with("past_key_values."))
+            .count();
+        assert_eq!(past, 2 * layers, "{name}: a key and a value input per layer");
+        assert_eq!(m.graph.outputs().len(), 1 + 2 * layers, "{name}");
+        check_calls(name, &want, &run_in_calls(&m.graph, &m.weights, &rows));
+    }
+}
+
+fn optc(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_optc"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn write_pb(path: &Path, name: &str, t: &Tensor) {
+    std::fs::write(path, from_tensor(name, t).encode_to_vec()).unwrap();
+}
+
+#[test]
+fn the_written_network_runs_under_onnx_importers_and_onnxruntime() {
+    let dir = root().join("target/tensorrt-target-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    let n: usize = CHUNKS.iter().sum();
+    let rows = sequences(n);
+    for name in FIXTURES {
+        let out = dir.join(name);
+        let o = optc(&[
+            "compile",
+            fixture(name).to_str().unwrap(),
+            "--target",
+            "tensorrt",
+            "-o",
+            out.to_str().unwrap(),
+            "--max-batch",
+            "4",
+        ]);
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        // The manifest: the inputs, and the profile that bounds them.
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("network.json")).unwrap()).unwrap();
+        assert_eq!(manifest["symbols"]["past"], "P");
+        let longest = hf::load(fixture(name)).unwrap().config.max_position_embeddings;
+        assert_eq!(
+            manifest["max_seq_len"], longest,
+            "{name}: max_position_embeddings"
+        );
+        assert_eq!(manifest["profile"]["min"]["ids"], serde_json::json!([1, 1]));
+        assert_eq!(manifest["profile"]["opt"]["ids"], serde_json::json!([4, 1]));
+        assert_eq!(manifest["profile"]["max"]["ids"], serde_json::json!([4, longest]));
+        let key = &manifest["profile"]["max"]["past_key_values.0.key"];
+        assert_eq!(
+            (key[0].clone(), key[2].clone()),
+            (4.into(), (longest - 1).into()),
+            "{name}"
+        );
+        // The build line names every input at the profile's three points.
+        let script = std::fs::read_to_string(out.join("build_engine.sh")).unwrap();
+        let inputs = manifest["inputs"].as_array().unwrap();
+        for i in inputs {
+            let input = i["name"].as_str().unwrap();
+            assert_eq!(script.matches(&format!("{input}:")).count(), 3, "{name}: {input}");
+        }
+        assert!(script.contains("trtexec --onnx=model.onnx") && script.contains("--stronglyTyped"));
+        // Read back by optc's importer, the network computes the same.
+        let back = onnx::load(out.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let names: Vec<&str> = back
+            .graph
+            .inputs()
+            .iter()
+            .map(|&i| back.graph.node_name(i).unwrap())
+            .collect();
+        let listed: Vec<&str> = inputs.iter().map(|i| i["name"].as_str().unwrap()).collect();
+        assert_eq!(names, listed, "{name}");
+        let want = reference(name, &rows);
+        let calls = run_in_calls(&back.graph, &back.weights, &rows);
+        check_calls(name, &want, &calls);
+        // One test data set per call, for onnxruntime.
+        for (k, c) in calls.iter().enumerate() {
+            let data = out.join(format!("test_data_set_{k}"));
+            std::fs::create_dir_all(&data).unwrap();
+            for (j, (input, t)) in c.inputs.iter().enumerate() {
+                write_pb(&data.join(format!("input_{j}.pb")), input, t);
+            }
+            for (j, t) in c.outputs.iter().enumerate() {
+                write_pb(
+                    &data.join(format!("output_{j}.pb")),
+                    &back.graph.outputs()[j].name,
+                    t,
+                );
+            }
+        }
+    }
+    let required = std::env::var("OPTC_REQUIRE_ONNXRUNTIME").is_ok_and(|v| v == "1");
+    let probe = Command::new("python3")
+        .args(["-c", "import onnx, onnxruntime"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        assert!(
+            !required,
+            "OPTC_REQUIRE_ONNXRUNTIME=1 but python3 cannot import onnx and onnxruntime"
+        );
+        eprintln!("skipping the onnxruntime half: python3 with onnx and onnxruntime not found (pip install onnx onnxruntime)");
+        return;
+    }
+    let out = Command::new("python3")
+        .arg(root().join("scripts/check_onnx_export.py"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "onnxruntime disagrees with the interpreter:\n{text}"
+    );
+}
