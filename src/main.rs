@@ -110,10 +110,14 @@ enum Cmd {
         plan_only: bool,
         /// With --target tensorrt: the most sequences one engine call takes.
         #[arg(long, default_value_t = 8)]
-        max_batch: i64,
+        max_batch_size: i64,
+        /// With --target tensorrt: the most new tokens one call takes (the
+        /// longest prompt prefilled at once).
+        #[arg(long, default_value_t = 1024)]
+        max_input_len: i64,
         /// With --target tensorrt: the longest sequence (past + new
         /// tokens) the engine takes (default: the model's
-        /// max_position_embeddings).
+        /// max_position_embeddings, at most 4096).
         #[arg(long)]
         max_seq_len: Option<i64>,
     },
@@ -496,6 +500,7 @@ enum Emit {
     TensorRt {
         dir: PathBuf,
         max_batch: i64,
+        max_input_len: i64,
         max_seq_len: Option<i64>,
     },
 }
@@ -575,25 +580,33 @@ fn compile(
         Emit::TensorRt {
             dir,
             max_batch,
+            max_input_len,
             max_seq_len,
         } => {
-            let max_seq_len = max_seq_len.or(max_positions).with_context(|| {
-                format!(
-                    "{}: no max_position_embeddings to size the engine's profile by; give --max-seq-len",
-                    model.display()
-                )
-            })?;
+            // Past 4,096 positions the largest shapes' attention scores
+            // outgrow a GPU (TensorRT plans its memory for them).
+            let max_seq_len = max_seq_len
+                .or(max_positions.map(|n| n.min(4096)))
+                .with_context(|| {
+                    format!(
+                        "{}: no max_position_embeddings to size the engine's profile by; give --max-seq-len",
+                        model.display()
+                    )
+                })?;
             let profile = optc::codegen::tensorrt::EngineProfile {
                 max_batch,
+                max_input_len: max_input_len.min(max_seq_len),
                 max_seq_len,
             };
             let net =
                 optc::codegen::tensorrt::write(&dir, &graph, &store, optc::passes::past_kv::PAST, &profile)?;
             println!(
                 "wrote {}: model.onnx (+ model.onnx.data), build_engine.sh, network.json; {} attention layers, \
-                 batch up to {max_batch}, sequences up to {max_seq_len} tokens (sh {}/build_engine.sh builds the engine with trtexec)",
+                 batch up to {max_batch}, {} new tokens a call, sequences up to {max_seq_len} tokens \
+                 (sh {}/build_engine.sh builds the engine with trtexec)",
                 dir.display(),
                 net.layers,
+                profile.max_input_len,
                 dir.display()
             );
         }
@@ -1047,7 +1060,8 @@ fn main() -> ExitCode {
             block_size,
             target: lower,
             plan_only,
-            max_batch,
+            max_batch_size,
+            max_input_len,
             max_seq_len,
         } => (|| {
             let tensorrt = lower.as_deref() == Some("tensorrt");
@@ -1055,7 +1069,8 @@ fn main() -> ExitCode {
                 ("onnx", _, true) => bail!("--target tensorrt writes its own ONNX network: drop --emit onnx"),
                 (_, Some(o), true) => Emit::TensorRt {
                     dir: o.clone(),
-                    max_batch: *max_batch,
+                    max_batch: *max_batch_size,
+                    max_input_len: *max_input_len,
                     max_seq_len: *max_seq_len,
                 },
                 (_, None, true) => {
@@ -1071,9 +1086,10 @@ fn main() -> ExitCode {
             if tensorrt && *plan_only {
                 bail!("--plan-only is for --target nvrtc; --target tensorrt writes a network for TensorRT to build");
             }
-            if *max_batch < 1 || max_seq_len.is_some_and(|n| n < 2) {
+            if *max_batch_size < 1 || *max_input_len < 1 || max_seq_len.is_some_and(|n| n < 2) {
                 bail!(
-                    "--max-batch ({max_batch}) must be at least 1 and --max-seq-len ({}) at least 2",
+                    "--max-batch-size ({max_batch_size}) and --max-input-len ({max_input_len}) must be at least 1, \
+                     --max-seq-len ({}) at least 2",
                     max_seq_len.map_or("the model's".into(), |n| n.to_string())
                 );
             }

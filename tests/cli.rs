@@ -382,8 +382,8 @@ fn the_tensorrt_target_says_what_it_needs() {
         "--plan-only is for --target nvrtc",
     );
     assert_user_error(
-        &trt(&["-o", &out, "--max-batch", "0"]),
-        "--max-batch (0) must be at least 1",
+        &trt(&["-o", &out, "--max-batch-size", "0"]),
+        "--max-batch-size (0) and --max-input-len (1024) must be at least 1",
     );
     assert!(!dir.join("engine").exists(), "nothing is written on an error");
     // A graph without attention has no cache to take.
@@ -416,7 +416,8 @@ fn the_tensorrt_target_says_what_it_needs() {
     let o = trt(&["-o", &out, "--check-passes"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stdout(&o).contains("2 attention layers, batch up to 8, sequences up to 128 tokens"),
+        stdout(&o)
+            .contains("2 attention layers, batch up to 8, 128 new tokens a call, sequences up to 128 tokens"),
         "{}",
         stdout(&o)
     );

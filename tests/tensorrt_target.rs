@@ -189,8 +189,10 @@ fn the_written_network_runs_under_onnx_importers_and_onnxruntime() {
             "tensorrt",
             "-o",
             out.to_str().unwrap(),
-            "--max-batch",
+            "--max-batch-size",
             "4",
+            "--max-input-len",
+            "16",
         ]);
         assert!(
             o.status.success(),
@@ -208,7 +210,8 @@ fn the_written_network_runs_under_onnx_importers_and_onnxruntime() {
         );
         assert_eq!(manifest["profile"]["min"]["ids"], serde_json::json!([1, 1]));
         assert_eq!(manifest["profile"]["opt"]["ids"], serde_json::json!([4, 1]));
-        assert_eq!(manifest["profile"]["max"]["ids"], serde_json::json!([4, longest]));
+        assert_eq!(manifest["max_input_len"], 16);
+        assert_eq!(manifest["profile"]["max"]["ids"], serde_json::json!([4, 16]));
         let key = &manifest["profile"]["max"]["past_key_values.0.key"];
         assert_eq!(
             (key[0].clone(), key[2].clone()),

@@ -35,6 +35,8 @@ pub enum TensorRtError {
 pub struct EngineProfile {
     /// Sequences per call.
     pub max_batch: i64,
+    /// Most new tokens per call (the longest prompt prefilled at once).
+    pub max_input_len: i64,
     /// Longest sequence (past plus new tokens) a call may reach.
     pub max_seq_len: i64,
 }
@@ -60,7 +62,8 @@ pub struct Network {
 /// The values of the batch (`B`), new-token (`S`) and past (`P`) symbols
 /// at the profile's three points. The typical point is a decode step of a
 /// full batch halfway through the longest sequence: the call an engine
-/// makes most.
+/// makes most. TensorRT sizes its activations for the largest point, so
+/// the new tokens there are the longest prompt, not the longest sequence.
 fn profile_bindings(
     g: &Graph,
     batch: &str,
@@ -68,10 +71,11 @@ fn profile_bindings(
     past: &str,
     p: &EngineProfile,
 ) -> Result<[Bindings; 3], TensorRtError> {
-    if p.max_batch < 1 || p.max_seq_len < 2 {
+    if p.max_batch < 1 || p.max_seq_len < 2 || !(1..=p.max_seq_len).contains(&p.max_input_len) {
         return Err(TensorRtError::Profile(format!(
-            "the profile needs a batch of at least 1 and a sequence of at least 2 tokens, got {} and {}",
-            p.max_batch, p.max_seq_len
+            "the profile needs a batch of at least 1, a sequence of at least 2 tokens and a prompt of 1 to that many, \
+             got {}, {} and {}",
+            p.max_batch, p.max_seq_len, p.max_input_len
         )));
     }
     if let Some(other) = g
@@ -87,7 +91,7 @@ fn profile_bindings(
     Ok([
         at(1, 1, 0),
         at(p.max_batch, 1, p.max_seq_len / 2),
-        at(p.max_batch, p.max_seq_len, p.max_seq_len - 1),
+        at(p.max_batch, p.max_input_len, p.max_seq_len - 1),
     ])
 }
 
@@ -150,7 +154,8 @@ fn manifest(net: &Network, batch: &str, seq: &str, past: &str, p: &EngineProfile
             "past": "past_key_values.L.key / .value: [batch, kv_heads, past, head_dim]",
             "present": "present.L.key / .value: [batch, kv_heads, past + new_tokens, head_dim], the next call's past",
         },
-        "max_batch": p.max_batch,
+        "max_batch_size": p.max_batch,
+        "max_input_len": p.max_input_len,
         "max_seq_len": p.max_seq_len,
         "inputs": net.inputs.iter().map(json_tensor).collect::<Vec<_>>(),
         "outputs": net.outputs.iter().map(json_tensor).collect::<Vec<_>>(),

@@ -764,6 +764,21 @@ pub fn export(
     weights: &WeightStore,
     placement: &WeightPlacement,
 ) -> Result<(ModelProto, Vec<u8>), ExportError> {
+    let mut external = Vec::new();
+    let model = export_to(g, weights, placement, &mut external, "the side file")?;
+    Ok((model, external))
+}
+
+/// [`export`] with the external weights streamed to `side` (named `what`
+/// in errors), so a model's weights are never held twice in memory.
+fn export_to(
+    g: &Graph,
+    weights: &WeightStore,
+    placement: &WeightPlacement,
+    side: &mut dyn std::io::Write,
+    what: &str,
+) -> Result<ModelProto, ExportError> {
+    let mut offset = 0usize;
     let mut ex = Ex {
         g,
         nodes: Vec::new(),
@@ -773,7 +788,6 @@ pub fn export(
         sym_src: BTreeMap::new(),
         dim_cache: HashMap::new(),
     };
-    let mut external = Vec::new();
     let mut inputs = Vec::new();
     for &i in g.inputs() {
         let name = g.node_name(i).unwrap_or("input").to_string();
@@ -800,10 +814,10 @@ pub fn export(
             .map_err(|e| ExportError::Weight(key.clone(), e.to_string()))?;
         let mut tp = from_tensor(key, &t);
         if let WeightPlacement::External(file) = placement {
-            let offset = external.len();
-            external.extend_from_slice(&tp.raw_data);
+            side.write_all(&tp.raw_data)
+                .map_err(|e| ExportError::Io(what.to_string(), e))?;
             let length = tp.raw_data.len();
-            tp.raw_data.clear();
+            tp.raw_data = Vec::new();
             tp.data_location = DATA_LOCATION_EXTERNAL;
             tp.external_data = [
                 ("location", file.clone()),
@@ -816,6 +830,7 @@ pub fn export(
                 value: v,
             })
             .collect();
+            offset += length;
         }
         ex.inits.push(tp);
     }
@@ -868,7 +883,7 @@ pub fn export(
         graph: Some(graph),
         ..Default::default()
     };
-    Ok((model, external))
+    Ok(model)
 }
 
 /// Writes `path` (and, for external weights, `<path>.data` next to it).
@@ -884,11 +899,17 @@ pub fn write(path: &Path, g: &Graph, weights: &WeightStore, external: bool) -> R
     } else {
         WeightPlacement::Inline
     };
-    let (model, data) = export(g, weights, &placement)?;
-    let io = |e| ExportError::Io(path.display().to_string(), e);
-    if let WeightPlacement::External(file) = &placement {
-        let side = path.with_file_name(file);
-        std::fs::write(&side, &data).map_err(|e| ExportError::Io(side.display().to_string(), e))?;
-    }
-    std::fs::write(path, model.encode_to_vec()).map_err(io)
+    let model = match &placement {
+        WeightPlacement::External(file) => {
+            let side = path.with_file_name(file);
+            let what = side.display().to_string();
+            let f = std::fs::File::create(&side).map_err(|e| ExportError::Io(what.clone(), e))?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 22, f);
+            let model = export_to(g, weights, &placement, &mut out, &what)?;
+            std::io::Write::flush(&mut out).map_err(|e| ExportError::Io(what, e))?;
+            model
+        }
+        WeightPlacement::Inline => export(g, weights, &placement)?.0,
+    };
+    std::fs::write(path, model.encode_to_vec()).map_err(|e| ExportError::Io(path.display().to_string(), e))
 }
