@@ -1086,7 +1086,7 @@ fn main() -> ExitCode {
             if tensorrt && *plan_only {
                 bail!("--plan-only is for --target nvrtc; --target tensorrt writes a network for TensorRT to build");
             }
-            if *max_batch_size < 1 || *max_input_len < 1 || max_seq_len.is_some_and(|n| n < 2) {
+            if tensorrt && (*max_batch_size < 1 || *max_input_len < 1 || max_seq_len.is_some_and(|n| n < 2)) {
                 bail!(
                     "--max-batch-size ({max_batch_size}) and --max-input-len ({max_input_len}) must be at least 1, \
                      --max-seq-len ({}) at least 2",

@@ -119,6 +119,24 @@ fn non_onnx_ops_are_export_errors_naming_the_node() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("shift_left") && err.contains("unsigned"), "{err}");
+    // Written with external weights, a failed export leaves the folder as
+    // it was: an older model and its side file are not split apart.
+    let dir = root().join("target/onnx-export-failed");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("model.onnx");
+    std::fs::write(&model, b"older model").unwrap();
+    std::fs::write(dir.join("model.onnx.data"), b"older weights").unwrap();
+    let err = export::write(&model, &g, &WeightStore::new(), true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shift_left"), "{err}");
+    assert_eq!(std::fs::read(&model).unwrap(), b"older model");
+    assert_eq!(
+        std::fs::read(dir.join("model.onnx.data")).unwrap(),
+        b"older weights"
+    );
+    assert!(!dir.join("model.onnx.data.partial").exists());
 }
 
 /// An MLP exported to ONNX comes back as `Transpose` of each weight into a

@@ -225,7 +225,60 @@ fn the_written_network_runs_under_onnx_importers_and_onnxruntime() {
             let input = i["name"].as_str().unwrap();
             assert_eq!(script.matches(&format!("{input}:")).count(), 3, "{name}: {input}");
         }
-        assert!(script.contains("trtexec --onnx=model.onnx") && script.contains("--stronglyTyped"));
+        // Run with a stand-in trtexec that records its arguments, from
+        // another folder: the model is found next to the script, the
+        // engine path and extra options are the caller's.
+        // (Beside the cases' folder, which holds only cases.)
+        let bin = root().join("target/tensorrt-target-bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let args_file = bin.join(format!("{name}.args"));
+        std::fs::write(
+            bin.join("trtexec"),
+            format!("#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\n", args_file.display()),
+        )
+        .unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(bin.join("trtexec"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        for (extra, engine) in [
+            (vec![], format!("{}/model.plan", out.display())),
+            (vec!["my.plan", "--verbose"], "my.plan".into()),
+        ] {
+            let run = Command::new("sh")
+                .arg(out.join("build_engine.sh"))
+                .args(&extra)
+                .env("PATH", &path)
+                .current_dir(std::env::temp_dir())
+                .output()
+                .unwrap();
+            assert!(
+                run.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            let args = std::fs::read_to_string(&args_file).unwrap();
+            let args: Vec<&str> = args.lines().collect();
+            assert_eq!(args[0], format!("--onnx={}/model.onnx", out.display()), "{name}");
+            assert_eq!(args[1], format!("--saveEngine={engine}"), "{name}");
+            assert_eq!(args[2], "--stronglyTyped");
+            let ids_at = |k: usize| {
+                let p = &manifest["profile"][["min", "opt", "max"][k]]["ids"];
+                format!("ids:{}x{}", p[0], p[1])
+            };
+            for (k, flag) in ["--minShapes=", "--optShapes=", "--maxShapes="]
+                .iter()
+                .enumerate()
+            {
+                assert!(
+                    args[3 + k].starts_with(flag) && args[3 + k].contains(&ids_at(k)),
+                    "{name}: {}",
+                    args[3 + k]
+                );
+            }
+            assert_eq!(args.len(), 6 + usize::from(!extra.is_empty()), "{name}: {args:?}");
+        }
         // Read back by optc's importer, the network computes the same.
         let back = onnx::load(out.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: {e}"));
         let names: Vec<&str> = back

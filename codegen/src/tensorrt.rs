@@ -101,20 +101,19 @@ fn dims_text(d: &[i64]) -> String {
 
 /// The `trtexec` line that builds the engine.
 fn build_script(net: &Network) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "#!/bin/sh");
-    let _ = writeln!(
-        s,
-        "# Builds a TensorRT engine from the network optc wrote next to this script\n\
-         # (optc {}). Needs TensorRT's trtexec on PATH. Usage:\n\
-         #   sh build_engine.sh [ENGINE [more trtexec options]]   (default model.plan)",
+    let mut s = format!(
+        r#"#!/bin/sh
+# Builds a TensorRT engine from the network optc {} wrote next to this
+# script. Needs TensorRT's trtexec on PATH. Usage:
+#   sh DIR/build_engine.sh [ENGINE [more trtexec options]]
+# ENGINE defaults to DIR/model.plan; paths stay relative to where you run it.
+set -e
+dir=$(dirname "$0")
+engine=${{1:-"$dir/model.plan"}}
+[ $# -gt 0 ] && shift
+exec trtexec --onnx="$dir/model.onnx" --saveEngine="$engine" --stronglyTyped \
+"#,
         env!("CARGO_PKG_VERSION")
-    );
-    let _ = writeln!(s, "set -e\ncd \"$(dirname \"$0\")\"");
-    let _ = writeln!(s, "engine=${{1:-model.plan}}\n[ $# -gt 0 ] && shift");
-    let _ = writeln!(
-        s,
-        "exec trtexec --onnx=model.onnx --saveEngine=\"$engine\" --stronglyTyped \\"
     );
     for (k, flag) in ["--minShapes", "--optShapes", "--maxShapes"].iter().enumerate() {
         let shapes: Vec<String> = net
@@ -122,9 +121,9 @@ fn build_script(net: &Network) -> String {
             .iter()
             .map(|(name, pts)| format!("{name}:{}", dims_text(&pts[k])))
             .collect();
-        let _ = writeln!(s, "  {flag}={} \\", shapes.join(","));
+        let _ = writeln!(s, "  '{flag}={}' \\", shapes.join(","));
     }
-    let _ = writeln!(s, "  \"$@\"");
+    s.push_str("  \"$@\"\n");
     s
 }
 

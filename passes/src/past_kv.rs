@@ -196,7 +196,12 @@ impl Pass for InsertPastKv {
                                 )))
                             }
                         },
-                        _ => {
+                        (Some(_), true) => {
+                            return Err(fail(format!(
+                                "{what}: causal attention with a mask as well cannot be extended over a past"
+                            )))
+                        }
+                        (None, false) => {
                             return Err(fail(format!(
                                 "{what}: attention is not causal; a decoder's KV cache needs causal attention"
                             )))

@@ -899,17 +899,30 @@ pub fn write(path: &Path, g: &Graph, weights: &WeightStore, external: bool) -> R
     } else {
         WeightPlacement::Inline
     };
-    let model = match &placement {
+    let io = |p: &Path, e| ExportError::Io(p.display().to_string(), e);
+    match &placement {
         WeightPlacement::External(file) => {
+            // Streamed to a temporary name, renamed once the model is
+            // written: a failed export leaves no side file that an older
+            // model next to it would read.
             let side = path.with_file_name(file);
-            let what = side.display().to_string();
-            let f = std::fs::File::create(&side).map_err(|e| ExportError::Io(what.clone(), e))?;
-            let mut out = std::io::BufWriter::with_capacity(1 << 22, f);
-            let model = export_to(g, weights, &placement, &mut out, &what)?;
-            std::io::Write::flush(&mut out).map_err(|e| ExportError::Io(what, e))?;
-            model
+            let partial = path.with_file_name(format!("{file}.partial"));
+            let result = (|| {
+                let f = std::fs::File::create(&partial).map_err(|e| io(&partial, e))?;
+                let mut out = std::io::BufWriter::with_capacity(1 << 22, f);
+                let model = export_to(g, weights, &placement, &mut out, &partial.display().to_string())?;
+                std::io::Write::flush(&mut out).map_err(|e| io(&partial, e))?;
+                std::fs::write(path, model.encode_to_vec()).map_err(|e| io(path, e))?;
+                std::fs::rename(&partial, &side).map_err(|e| io(&side, e))
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&partial);
+            }
+            result
         }
-        WeightPlacement::Inline => export(g, weights, &placement)?.0,
-    };
-    std::fs::write(path, model.encode_to_vec()).map_err(|e| ExportError::Io(path.display().to_string(), e))
+        WeightPlacement::Inline => {
+            let (model, _) = export(g, weights, &placement)?;
+            std::fs::write(path, model.encode_to_vec()).map_err(|e| io(path, e))
+        }
+    }
 }
