@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use optc::frontends::hf;
 use optc::frontends::onnx::{self, export, tensor::from_tensor, ImportOptions};
@@ -76,29 +75,7 @@ fn exported_models_round_trip_and_run_under_onnxruntime() {
             );
         }
     }
-    let required = std::env::var("OPTC_REQUIRE_ONNXRUNTIME").is_ok_and(|v| v == "1");
-    let probe = Command::new("python3")
-        .args(["-c", "import onnx, onnxruntime"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        assert!(
-            !required,
-            "OPTC_REQUIRE_ONNXRUNTIME=1 but python3 cannot import onnx and onnxruntime"
-        );
-        eprintln!("skipping the onnxruntime half: python3 with onnx and onnxruntime not found (pip install onnx onnxruntime)");
-        return;
-    }
-    let out = Command::new("python3")
-        .arg(root().join("scripts/check_onnx_export.py"))
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "onnxruntime disagrees with the interpreter:\n{text}"
-    );
+    common::check_under_onnxruntime(&dir);
 }
 
 #[test]

@@ -14,6 +14,8 @@
 //!   skipped with a message when they are missing, unless
 //!   `OPTC_REQUIRE_ONNXRUNTIME=1` (set by `.ci/run`).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -308,27 +310,5 @@ fn the_written_network_runs_under_onnx_importers_and_onnxruntime() {
             }
         }
     }
-    let required = std::env::var("OPTC_REQUIRE_ONNXRUNTIME").is_ok_and(|v| v == "1");
-    let probe = Command::new("python3")
-        .args(["-c", "import onnx, onnxruntime"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        assert!(
-            !required,
-            "OPTC_REQUIRE_ONNXRUNTIME=1 but python3 cannot import onnx and onnxruntime"
-        );
-        eprintln!("skipping the onnxruntime half: python3 with onnx and onnxruntime not found (pip install onnx onnxruntime)");
-        return;
-    }
-    let out = Command::new("python3")
-        .arg(root().join("scripts/check_onnx_export.py"))
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "onnxruntime disagrees with the interpreter:\n{text}"
-    );
+    common::check_under_onnxruntime(&dir);
 }

@@ -53,7 +53,7 @@ fn fail(message: String) -> PassError {
 
 /// The window of a sliding-window mask `triu(m, 1) + tril(m, -w)` with `m`
 /// a `full(-inf)` (either order of the add), or `None`.
-pub(crate) fn sliding_window(g: &Graph, mask: Value) -> Option<i64> {
+fn sliding_window(g: &Graph, mask: Value) -> Option<i64> {
     let mut v = mask;
     // Look through broadcasting unsqueezes.
     while let Some(Op::Unsqueeze(_)) = g.node(v.node).op() {
@@ -78,6 +78,32 @@ pub(crate) fn sliding_window(g: &Graph, mask: Value) -> Option<i64> {
     match (tri(parts[0])?, tri(parts[1])?) {
         ((true, 1), (false, k)) | ((false, k), (true, 1)) if k < 0 => Some(-k),
         _ => None,
+    }
+}
+
+/// The window of a decoder's attention node `id` (`None`: plainly causal),
+/// or why a cache cannot be put under it: it is not causal, or its mask is
+/// not a sliding window (both `insert_kv_cache` and `insert_past_kv`
+/// extend only these two over cached tokens).
+pub(crate) fn decoder_window(g: &Graph, id: NodeId, causal: bool) -> Result<Option<i64>, String> {
+    match (g.operands(id).get(3), causal) {
+        (None, true) => Ok(None),
+        (Some(&mask), false) => sliding_window(g, mask).map(Some).ok_or_else(|| {
+            "its mask is neither causal nor a sliding window, so it cannot be extended over a cache".into()
+        }),
+        (Some(_), true) => Err("causal attention with a mask as well cannot be extended over a cache".into()),
+        (None, false) => Err("attention is not causal; a decoder's KV cache needs causal attention".into()),
+    }
+}
+
+/// Declares `g`'s weights in `new` (a graph being rebuilt from `g`),
+/// mapping each old weight value to its new one.
+pub(crate) fn copy_weights(g: &Graph, new: &mut Graph, map: &mut HashMap<Value, Value>) {
+    for &w in g.weights() {
+        if let NodeKind::Weight { name, key } = &g.node(w).kind {
+            let nw = new.add_weight(name.clone(), key.clone(), g.node(w).outputs[0].clone());
+            map.insert(Value::of(w), nw);
+        }
     }
 }
 
@@ -203,13 +229,7 @@ impl Pass for InsertKvCache {
         .collect();
         let [positions, seq_starts, context_lens, block_tables, slot_mapping, logits_indices] =
             meta.try_into().expect("six metadata inputs");
-        for &w in g.weights() {
-            if let NodeKind::Weight { name, key } = &g.node(w).kind {
-                let ty = g.node(w).outputs[0].clone();
-                let nw = r.new.add_weight(name.clone(), key.clone(), ty);
-                r.map.insert(Value::of(w), nw);
-            }
-        }
+        copy_weights(g, &mut r.new, &mut r.map);
         let order = g
             .topo_order()
             .map_err(|n| fail(format!("the graph has a cycle at {}", g.describe(n))))?;
@@ -244,25 +264,8 @@ impl Pass for InsertKvCache {
                     r.map.insert(Value::of(id), p);
                 }
                 Op::Attention(ScaledDotProductAttention { causal, scale }) => {
-                    let window = match (g.operands(id).get(3), causal) {
-                        (None, true) => None,
-                        (Some(&mask), false) => match sliding_window(g, mask) {
-                            Some(w) => {
-                                windows += 1;
-                                Some(w)
-                            }
-                            None => {
-                                return Err(fail(format!(
-                                    "{what}: its mask is neither causal nor a sliding window, which paged attention cannot express"
-                                )))
-                            }
-                        },
-                        _ => {
-                            return Err(fail(format!(
-                                "{what}: attention is not causal; a decoder's KV cache needs causal attention"
-                            )))
-                        }
-                    };
+                    let window = decoder_window(g, id, *causal).map_err(|m| fail(format!("{what}: {m}")))?;
+                    windows += usize::from(window.is_some());
                     let layer = caches.len();
                     let [qt, kt, vt] = [args[0], args[1], args[2]].map(|a| r.token_major(a, &loc, &what));
                     let (qt, kt, vt) = (qt?, kt?, vt?);

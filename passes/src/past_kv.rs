@@ -27,7 +27,7 @@ use optc_ir::ops::{
 };
 use optc_ir::{DType, Dim, Graph, NodeId, NodeKind, Shape, Tensor, TensorType, Value};
 
-use crate::kv_cache::{sliding_window, token_input};
+use crate::kv_cache::{copy_weights, decoder_window, token_input};
 use crate::{Pass, PassContext, PassError, PassReport};
 
 /// Inserts the contiguous past/present KV cache (see the module docs).
@@ -153,12 +153,7 @@ impl Pass for InsertPastKv {
         let ids_name = g.node_name(ids_node).unwrap_or("ids").to_string();
         let ids = new.add_input(ids_name, g.node(ids_node).outputs[0].clone());
         map.insert(Value::of(ids_node), ids);
-        for &w in g.weights() {
-            if let NodeKind::Weight { name, key } = &g.node(w).kind {
-                let nw = new.add_weight(name.clone(), key.clone(), g.node(w).outputs[0].clone());
-                map.insert(Value::of(w), nw);
-            }
-        }
+        copy_weights(g, &mut new, &mut map);
         let order = g
             .topo_order()
             .map_err(|n| fail(format!("the graph has a cycle at {}", g.describe(n))))?;
@@ -186,27 +181,7 @@ impl Pass for InsertPastKv {
                     map.insert(Value::of(id), v);
                 }
                 Op::Attention(ScaledDotProductAttention { causal, scale }) => {
-                    let window = match (g.operands(id).get(3), causal) {
-                        (None, true) => None,
-                        (Some(&mask), false) => match sliding_window(g, mask) {
-                            Some(w) => Some(w),
-                            None => {
-                                return Err(fail(format!(
-                                    "{what}: its mask is neither causal nor a sliding window, so it cannot be extended over a past"
-                                )))
-                            }
-                        },
-                        (Some(_), true) => {
-                            return Err(fail(format!(
-                                "{what}: causal attention with a mask as well cannot be extended over a past"
-                            )))
-                        }
-                        (None, false) => {
-                            return Err(fail(format!(
-                                "{what}: attention is not causal; a decoder's KV cache needs causal attention"
-                            )))
-                        }
-                    };
+                    let window = decoder_window(g, id, *causal).map_err(|m| fail(format!("{what}: {m}")))?;
                     let layer = presents.len();
                     let names = cache_names(layer, false);
                     let mut cat = Vec::with_capacity(2);
