@@ -99,8 +99,11 @@ enum Cmd {
         /// Tokens per KV-cache block (with --kv-cache).
         #[arg(long, default_value_t = 16)]
         block_size: usize,
-        /// Also lower the result for this target and print its plan
-        /// (kernels, reference fallbacks, buffers) to standard error.
+        /// Also lower the result for this target (`cpu`, `nvrtc`) and print
+        /// its plan (kernels, reference fallbacks, buffers) to standard
+        /// error; or `tensorrt`: run the decoder-with-past pipeline and
+        /// write the network, its trtexec build script and manifest to
+        /// the folder -o names.
         #[arg(long)]
         target: Option<String>,
         /// With --target nvrtc: only plan the lowering (kernels by kind,
@@ -751,7 +754,7 @@ fn target(name: &str) -> Result<optc::Target> {
             "optc does not run TensorRT engines: `optc compile MODEL --target tensorrt -o DIR` writes the network \
              and the trtexec line that builds one; to run here, use --target nvrtc or cpu"
         ),
-        _ => bail!("unknown target '{name}' (known: cpu, nvrtc, reference)"),
+        _ => bail!("unknown target '{name}' (known: cpu, nvrtc, reference; tensorrt for optc compile)"),
     }
 }
 
@@ -1083,6 +1086,10 @@ fn main() -> ExitCode {
                 ("onnx", None, false) => bail!("--emit onnx needs -o FILE.onnx"),
                 _ => Emit::Ir,
             };
+            // A misspelt target fails before any work is done or written.
+            if let Some(l) = lower.as_deref().filter(|_| !tensorrt) {
+                target(l)?;
+            }
             if tensorrt && *plan_only {
                 bail!("--plan-only is for --target nvrtc; --target tensorrt writes a network for TensorRT to build");
             }

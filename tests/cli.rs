@@ -386,6 +386,13 @@ fn the_tensorrt_target_says_what_it_needs() {
         "--max-batch-size (0) and --max-input-len (1024) must be at least 1",
     );
     assert!(!dir.join("engine").exists(), "nothing is written on an error");
+    // A misspelt target is refused before the passes run or anything is written.
+    let never = p(&dir, "never.ir");
+    assert_user_error(
+        &optc(&["compile", &model, "--target", "tensorrtt", "-o", &never]),
+        "unknown target 'tensorrtt' (known: cpu, nvrtc, reference; tensorrt for optc compile)",
+    );
+    assert!(!dir.join("never.ir").exists());
     // A graph without attention has no cache to take.
     let ir_dir = bundle("tensorrt-mlp");
     std::fs::write(
