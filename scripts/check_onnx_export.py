@@ -9,7 +9,9 @@ a decoder-with-past network has a set for each call of a generation), the
 outputs being the reference interpreter's. For each case:
 onnx.checker.check_model (full check, with shape inference), then an
 onnxruntime session run on every set's inputs, compared with the
-interpreter's outputs. Exit status 1 if any case fails.
+interpreter's outputs. A case without data sets (a network in a dtype
+onnxruntime's CPU kernels lack, such as bf16) gets the checker only.
+Exit status 1 if any case fails.
 Needs `pip install onnx onnxruntime`.
 """
 
@@ -37,12 +39,12 @@ def load_set(folder, prefix):
 def check(case):
     path = os.path.join(case, "model.onnx")
     onnx.checker.check_model(path, full_check=True)
+    sets = sorted(glob.glob(os.path.join(case, "test_data_set_*")), key=lambda p: int(p.rsplit("_", 1)[1]))
+    if not sets:
+        return None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    sets = sorted(glob.glob(os.path.join(case, "test_data_set_*")), key=lambda p: int(p.rsplit("_", 1)[1]))
-    if not sets:
-        raise AssertionError("no test_data_set_N folders")
     worst = 0.0
     for data in sets:
         inputs = load_set(data, "input")
@@ -71,7 +73,10 @@ def main():
     for case in cases:
         try:
             worst = check(case)
-            print(f"ok      {os.path.basename(case)} (max abs diff {worst:.2e})")
+            if worst is None:
+                print(f"ok      {os.path.basename(case)} (onnx.checker only: no test data)")
+            else:
+                print(f"ok      {os.path.basename(case)} (max abs diff {worst:.2e})")
         except Exception as e:  # report every case, then fail
             failed += 1
             print(f"FAILED  {os.path.basename(case)}: {e}")

@@ -121,13 +121,18 @@ fn run_in_calls(g: &Graph, w: &WeightStore, rows: &[Vec<i64>]) -> Vec<Call> {
     calls
 }
 
-/// Checks each call's logits against the whole sequence's.
-fn check_calls(name: &str, want: &Tensor, calls: &[Call]) {
+/// Checks each call's logits against the whole sequence's, within `rel`
+/// of the largest logit.
+fn check_calls(name: &str, want: &Tensor, calls: &[Call], rel: f64) {
     let mut start = 0;
     for (c, len) in calls.iter().zip(CHUNKS) {
         let (worst, scale) = gap(want, start, &c.outputs[0]);
+        eprintln!(
+            "{name}: tokens {start}..{}: {worst:.3e} off, largest {scale:.3e}",
+            start + len
+        );
         assert!(
-            worst <= 1e-4 * scale.max(1.0),
+            worst <= rel * scale.max(1.0),
             "{name}: logits of tokens {start}..{} are {worst} off (largest {scale})",
             start + len
         );
@@ -161,7 +166,7 @@ fn the_decoder_with_past_gives_the_whole_sequences_logits() {
             .count();
         assert_eq!(past, 2 * layers, "{name}: a key and a value input per layer");
         assert_eq!(m.graph.outputs().len(), 1 + 2 * layers, "{name}");
-        check_calls(name, &want, &run_in_calls(&m.graph, &m.weights, &rows));
+        check_calls(name, &want, &run_in_calls(&m.graph, &m.weights, &rows), 1e-4);
     }
 }
 
@@ -293,7 +298,7 @@ fn the_written_network_runs_under_onnx_importers_and_onnxruntime() {
         assert_eq!(names, listed, "{name}");
         let want = reference(name, &rows);
         let calls = run_in_calls(&back.graph, &back.weights, &rows);
-        check_calls(name, &want, &calls);
+        check_calls(name, &want, &calls, 1e-4);
         // One test data set per call, for onnxruntime.
         for (k, c) in calls.iter().enumerate() {
             let data = out.join(format!("test_data_set_{k}"));
@@ -309,6 +314,55 @@ fn the_written_network_runs_under_onnx_importers_and_onnxruntime() {
                 );
             }
         }
+    }
+    common::check_under_onnxruntime(&dir);
+}
+
+/// A bf16 or f16 checkpoint gives a network in its own dtype (so the
+/// `--stronglyTyped` engine computes in it): its caches and logits are
+/// half, onnx.checker accepts it, and read back by optc's importer it
+/// gives the whole sequences' logits within half precision. (onnxruntime's
+/// CPU kernels do not cover bf16, so it does not run here.)
+#[test]
+fn half_precision_networks_keep_their_dtype() {
+    let dir = root().join("target/tensorrt-target-half");
+    let _ = std::fs::remove_dir_all(&dir);
+    let n: usize = CHUNKS.iter().sum();
+    let rows = sequences(n);
+    for (name, dtype) in [("llama_bf16", "bf16"), ("qwen2_f16", "f16")] {
+        let out = dir.join(name);
+        let o = optc(&[
+            "compile",
+            fixture(name).to_str().unwrap(),
+            "--target",
+            "tensorrt",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("network.json")).unwrap()).unwrap();
+        for t in manifest["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(manifest["outputs"].as_array().unwrap())
+        {
+            let want = if t["name"] == "ids" { "i64" } else { dtype };
+            assert_eq!(t["dtype"], want, "{name}: {}", t["name"]);
+        }
+        let back = onnx::load(out.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want = reference(name, &rows);
+        check_calls(
+            name,
+            &want,
+            &run_in_calls(&back.graph, &back.weights, &rows),
+            3e-2,
+        );
     }
     common::check_under_onnxruntime(&dir);
 }
