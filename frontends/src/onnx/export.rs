@@ -721,8 +721,8 @@ impl Ex<'_> {
                 self.node("Trilu", &[&fill, &kk], vec![attr_i("upper", 1)])
             } else {
                 // A diagonal that moves with the inputs' shapes (queries
-                // after a cache): positions compared, since importers and
-                // TensorRT want Trilu's k known when the model is built.
+                // after a cache): positions compared, since importers (optc's
+                // among them) want Trilu's k known when a model is read.
                 let zero = self.constant(&Tensor::from_i64(DType::I64, &[], &[0]));
                 let one = self.constant(&Tensor::from_i64(DType::I64, &[], &[1]));
                 let (nq, nk) = (self.dim_scalar(&sq)?, self.dim_scalar(&sk)?);
