@@ -605,10 +605,11 @@ fn compile(
                 optc::codegen::tensorrt::write(&dir, &graph, &store, optc::passes::past_kv::PAST, &profile)?;
             println!(
                 "wrote {}: model.onnx (+ model.onnx.data), build_engine.sh, network.json; {} attention layers, \
-                 batch up to {max_batch}, {} new tokens a call, sequences up to {max_seq_len} tokens \
+                 batch up to {}, {} new tokens a call, sequences up to {max_seq_len} tokens \
                  (sh {}/build_engine.sh builds the engine with trtexec)",
                 dir.display(),
                 net.layers,
+                net.max_batch,
                 profile.max_input_len,
                 dir.display()
             );

@@ -366,3 +366,44 @@ fn half_precision_networks_keep_their_dtype() {
     }
     common::check_under_onnxruntime(&dir);
 }
+
+/// A network whose token ids have a fixed batch (torch.export writes a
+/// batch of one as the number 1) keeps it: the profile does not range
+/// over it, the manifest says so, and its calls give the whole sequence's
+/// logits.
+#[test]
+fn a_fixed_batch_stays_fixed() {
+    let m = hf::load(fixture("llama")).unwrap();
+    let text = ir::print(&m.graph).replace("[B, ", "[1, ");
+    let mut g = ir::parse(&text).unwrap();
+    let mut weights = m.weights;
+    let mut c = Compiler::new();
+    c.set_pipeline(Pipeline::decoder_with_past());
+    c.compile(&mut g, &mut weights).unwrap();
+    let dir = root().join("target/tensorrt-target-fixed");
+    let _ = std::fs::remove_dir_all(&dir);
+    let profile = optc::codegen::tensorrt::EngineProfile {
+        max_batch: 8,
+        max_input_len: 16,
+        max_seq_len: 128,
+    };
+    let net =
+        optc::codegen::tensorrt::write(&dir, &g, &weights, optc::passes::past_kv::PAST, &profile).unwrap();
+    assert_eq!(net.max_batch, 1);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("network.json")).unwrap()).unwrap();
+    assert_eq!(manifest["symbols"]["batch"], 1);
+    assert_eq!(manifest["max_batch_size"], 1);
+    assert_eq!(manifest["profile"]["opt"]["ids"], serde_json::json!([1, 1]));
+    assert_eq!(
+        manifest["profile"]["max"]["past_key_values.1.value"],
+        serde_json::json!([1, 2, 127, 16])
+    );
+    let rows = &sequences(CHUNKS.iter().sum())[..1];
+    check_calls(
+        "llama, batch 1",
+        &reference("llama", rows),
+        &run_in_calls(&g, &weights, rows),
+        1e-4,
+    );
+}

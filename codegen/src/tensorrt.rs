@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use optc_ir::{Bindings, Dim, Graph, TensorType, WeightStore};
+use optc_ir::{Bindings, Graph, TensorType, WeightStore};
 
 /// Why the network could not be written; names the input or file.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,15 @@ pub struct Network {
     pub layers: usize,
     /// The profile's shapes of every input: smallest, typical, largest.
     pub shapes: BTreeMap<String, [Vec<i64>; 3]>,
+    /// The most sequences a call takes: the profile's, or the network's
+    /// own where its batch is fixed (torch.export's batch of one).
+    pub max_batch: i64,
+}
+
+/// The token ids' batch dim: a symbol the profile ranges over, or fixed.
+enum Batch {
+    Sym(String),
+    Fixed(i64),
 }
 
 /// The values of the batch (`B`), new-token (`S`) and past (`P`) symbols
@@ -66,7 +75,7 @@ pub struct Network {
 /// the new tokens there are the longest prompt, not the longest sequence.
 fn profile_bindings(
     g: &Graph,
-    batch: &str,
+    batch: &Batch,
     seq: &str,
     past: &str,
     p: &EngineProfile,
@@ -78,16 +87,23 @@ fn profile_bindings(
             p.max_batch, p.max_seq_len, p.max_input_len
         )));
     }
-    if let Some(other) = g
-        .symbols()
-        .into_iter()
-        .find(|s| ![batch, seq, past].contains(&s.as_str()))
-    {
+    let mut known = vec![seq, past];
+    if let Batch::Sym(b) = batch {
+        known.push(b);
+    }
+    if let Some(other) = g.symbols().into_iter().find(|s| !known.contains(&s.as_str())) {
         return Err(TensorRtError::Profile(format!(
-            "the network's inputs use the symbol {other}, which the profile cannot bound (only {batch}, {seq} and {past})"
+            "the network's inputs use the symbol {other}, which the profile cannot bound (only {})",
+            known.join(", ")
         )));
     }
-    let at = |b: i64, s: i64, p: i64| Bindings::from([(batch.into(), b), (seq.into(), s), (past.into(), p)]);
+    let at = |b: i64, s: i64, p: i64| {
+        let mut x = Bindings::from([(seq.into(), s), (past.into(), p)]);
+        if let Batch::Sym(name) = batch {
+            x.insert(name.clone(), b);
+        }
+        x
+    };
     Ok([
         at(1, 1, 0),
         at(p.max_batch, 1, p.max_seq_len / 2),
@@ -140,7 +156,11 @@ fn json_tensor(t: &NetworkTensor) -> serde_json::Value {
 
 /// `network.json`: the contract between the folder and whatever runs the
 /// engine.
-fn manifest(net: &Network, batch: &str, seq: &str, past: &str, p: &EngineProfile) -> String {
+fn manifest(net: &Network, batch: &Batch, seq: &str, past: &str, p: &EngineProfile) -> String {
+    let batch = match batch {
+        Batch::Sym(b) => serde_json::Value::from(b.as_str()),
+        Batch::Fixed(c) => serde_json::Value::from(*c),
+    };
     let point = |k: usize| -> BTreeMap<&str, &Vec<i64>> {
         net.shapes.iter().map(|(n, pts)| (n.as_str(), &pts[k])).collect()
     };
@@ -153,7 +173,7 @@ fn manifest(net: &Network, batch: &str, seq: &str, past: &str, p: &EngineProfile
             "past": "past_key_values.L.key / .value: [batch, kv_heads, past, head_dim]",
             "present": "present.L.key / .value: [batch, kv_heads, past + new_tokens, head_dim], the next call's past",
         },
-        "max_batch_size": p.max_batch,
+        "max_batch_size": net.max_batch,
         "max_input_len": p.max_input_len,
         "max_seq_len": p.max_seq_len,
         "inputs": net.inputs.iter().map(json_tensor).collect::<Vec<_>>(),
@@ -186,14 +206,30 @@ pub fn write(
     let ids = inputs
         .first()
         .ok_or_else(|| TensorRtError::Profile("the network has no inputs".into()))?;
-    let syms: Vec<Option<&str>> = ids.ty.shape.dims().iter().map(Dim::as_sym).collect();
-    let [Some(batch), Some(seq)] = syms[..] else {
-        return Err(TensorRtError::Input {
-            name: ids.name.clone(),
-            message: format!("{} is not token ids [batch, new_tokens] with two symbols", ids.ty),
-        });
+    let (batch, seq) = match ids.ty.shape.dims() {
+        [b, s] if s.as_sym().is_some() => {
+            let batch = match (b.as_sym(), b.as_const()) {
+                (Some(name), _) => Batch::Sym(name.to_string()),
+                (None, Some(c)) => Batch::Fixed(c),
+                _ => {
+                    return Err(TensorRtError::Input {
+                        name: ids.name.clone(),
+                        message: format!("{}: the batch dim is neither a symbol nor a number", ids.ty),
+                    })
+                }
+            };
+            (batch, s.as_sym().unwrap_or_default().to_string())
+        }
+        _ => {
+            return Err(TensorRtError::Input {
+                name: ids.name.clone(),
+                message: format!(
+                    "{} is not token ids [batch, new_tokens], the new tokens a symbol",
+                    ids.ty
+                ),
+            })
+        }
     };
-    let (batch, seq) = (batch.to_string(), seq.to_string());
     let points = profile_bindings(g, &batch, &seq, past, profile)?;
     let mut shapes = BTreeMap::new();
     for t in &inputs {
@@ -226,11 +262,16 @@ pub fn write(
         .filter(|t| t.name.starts_with("past_key_values."))
         .count()
         / 2;
+    let max_batch = match batch {
+        Batch::Sym(_) => profile.max_batch,
+        Batch::Fixed(c) => c,
+    };
     let net = Network {
         inputs,
         outputs,
         layers,
         shapes,
+        max_batch,
     };
     let io = |p: &Path, e| TensorRtError::Io(p.display().to_string(), e);
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;

@@ -201,13 +201,26 @@ impl Pass for InsertKvCache {
             });
         }
         let (ids_node, b, s) = token_input(g).map_err(fail)?;
+        // Every token becomes a row of one flat batch: the batch dim is 1.
+        let mut subst = BTreeMap::from([(s.clone(), Dim::sym("T"))]);
+        match (b.as_sym(), b.as_const()) {
+            (Some(sym), _) => {
+                subst.insert(sym.to_string(), Dim::constant(1));
+            }
+            (None, Some(1)) => {}
+            _ => {
+                return Err(fail(format!(
+                    "the token ids have a fixed batch of {b}; the step graph needs a batch of 1 or a symbolic one"
+                )))
+            }
+        }
         let head = lm_head(g).ok_or_else(|| {
             fail("output 0 is not made by a linear (the LM head), so logits cannot be gathered".into())
         })?;
         let mut r = Rebuild {
             new: Graph::new(g.name.clone()),
             map: HashMap::new(),
-            subst: BTreeMap::from([(b, Dim::constant(1)), (s.clone(), Dim::sym("T"))]),
+            subst,
         };
         let i64t = |dims: Vec<Dim>| TensorType::new(DType::I64, Shape(dims));
         let (t, q, m, n) = (Dim::sym("T"), Dim::sym("Q"), Dim::sym("M"), Dim::sym("N"));
@@ -387,9 +400,10 @@ impl Pass for InsertKvCache {
     }
 }
 
-/// The one graph input, `ids[B, S]` (integer), and the symbols `B` and `S`;
-/// the error says what the graph has instead.
-pub(crate) fn token_input(g: &Graph) -> Result<(NodeId, String, String), String> {
+/// The one graph input, `ids[B, S]` (integer): its batch dim (a symbol, or
+/// a constant as torch.export writes for a batch of one) and the symbol
+/// `S`; the error says what the graph has instead.
+pub(crate) fn token_input(g: &Graph) -> Result<(NodeId, Dim, String), String> {
     let [id] = g.inputs() else {
         let names: Vec<&str> = g.inputs().iter().filter_map(|&i| g.node_name(i)).collect();
         return Err(format!(
@@ -399,11 +413,15 @@ pub(crate) fn token_input(g: &Graph) -> Result<(NodeId, String, String), String>
         ));
     };
     let ty = &g.node(*id).outputs[0];
-    let syms: Vec<Option<&str>> = ty.shape.dims().iter().map(Dim::as_sym).collect();
-    match (ty.dtype.is_int(), syms.as_slice()) {
-        (true, [Some(b), Some(s)]) if b != s => Ok((*id, b.to_string(), s.to_string())),
+    let dims = ty.shape.dims();
+    match (ty.dtype.is_int(), dims) {
+        (true, [b, s])
+            if (b.as_sym().is_some() || b.as_const().is_some()) && s.as_sym().is_some() && b != s =>
+        {
+            Ok((*id, b.clone(), s.as_sym().unwrap_or_default().to_string()))
+        }
         _ => Err(format!(
-            "input %{} is {ty}; expected integer token ids [batch, seq] with two symbols",
+            "input %{} is {ty}; expected integer token ids [batch, seq], the sequence a symbol",
             g.node_name(*id).unwrap_or_default()
         )),
     }

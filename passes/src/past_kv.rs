@@ -285,7 +285,10 @@ pub fn empty_past_inputs(
     let (id, b, _) = token_input(before)?;
     let name = before.node_name(id).unwrap_or_default();
     let ids = inputs.get(name).ok_or_else(|| format!("no input %{name}"))?;
-    let bindings = BTreeMap::from([(PAST.to_string(), 0), (b, ids.shape()[0] as i64)]);
+    let mut bindings = BTreeMap::from([(PAST.to_string(), 0)]);
+    if let Some(b) = b.as_sym() {
+        bindings.insert(b.to_string(), ids.shape()[0] as i64);
+    }
     let mut out = BTreeMap::from([(name.to_string(), ids.clone())]);
     for &i in after.inputs() {
         let n = after.node_name(i).unwrap_or_default();
