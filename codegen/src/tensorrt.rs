@@ -19,12 +19,16 @@ use optc_ir::{Bindings, Graph, TensorType, WeightStore};
 /// Why the network could not be written; names the input or file.
 #[derive(Debug, thiserror::Error)]
 pub enum TensorRtError {
+    /// A network input the profile cannot describe.
     #[error("input %{name}: {message}")]
     Input { name: String, message: String },
+    /// Profile limits that give no valid shape range.
     #[error("{0}")]
     Profile(String),
+    /// An op with no ONNX form (named by the exporter).
     #[error(transparent)]
     Export(#[from] optc_frontends::onnx::export::ExportError),
+    /// The folder or one of its files could not be written.
     #[error("cannot write {0}: {1}")]
     Io(String, std::io::Error),
 }
@@ -44,14 +48,18 @@ pub struct EngineProfile {
 /// One tensor of the network, as `network.json` lists it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NetworkTensor {
+    /// The ONNX tensor name a runner binds.
     pub name: String,
+    /// Its dtype and shape, symbolic dims by name.
     pub ty: TensorType,
 }
 
 /// What [`write`] wrote.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Network {
+    /// Token ids, then each layer's past key and value.
     pub inputs: Vec<NetworkTensor>,
+    /// Logits, then each layer's present key and value.
     pub outputs: Vec<NetworkTensor>,
     /// Attention layers (pairs of past/present cache tensors).
     pub layers: usize,
