@@ -177,6 +177,21 @@ fn optc(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `optc compile FIXTURE --target tensorrt -o OUT EXTRA...`; its manifest.
+fn write_network(name: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let model = fixture(name);
+    let mut args = vec!["compile", model.to_str().unwrap(), "--target", "tensorrt", "-o"];
+    args.push(out.to_str().unwrap());
+    args.extend(extra);
+    let o = optc(&args);
+    assert!(
+        o.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(out.join("network.json")).unwrap()).unwrap()
+}
+
 fn write_pb(path: &Path, name: &str, t: &Tensor) {
     std::fs::write(path, from_tensor(name, t).encode_to_vec()).unwrap();
 }
@@ -189,26 +204,7 @@ fn the_written_network_runs_under_onnx_importers_and_onnxruntime() {
     let rows = sequences(n);
     for name in FIXTURES {
         let out = dir.join(name);
-        let o = optc(&[
-            "compile",
-            fixture(name).to_str().unwrap(),
-            "--target",
-            "tensorrt",
-            "-o",
-            out.to_str().unwrap(),
-            "--max-batch-size",
-            "4",
-            "--max-input-len",
-            "16",
-        ]);
-        assert!(
-            o.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        // The manifest: the inputs, and the profile that bounds them.
-        let manifest: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("network.json")).unwrap()).unwrap();
+        let manifest = write_network(name, &out, &["--max-batch-size", "4", "--max-input-len", "16"]);
         assert_eq!(manifest["symbols"]["past"], "P");
         let longest = hf::load(fixture(name)).unwrap().config.max_position_embeddings;
         assert_eq!(
@@ -331,21 +327,7 @@ fn half_precision_networks_keep_their_dtype() {
     let rows = sequences(n);
     for (name, dtype) in [("llama_bf16", "bf16"), ("qwen2_f16", "f16")] {
         let out = dir.join(name);
-        let o = optc(&[
-            "compile",
-            fixture(name).to_str().unwrap(),
-            "--target",
-            "tensorrt",
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        assert!(
-            o.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let manifest: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("network.json")).unwrap()).unwrap();
+        let manifest = write_network(name, &out, &[]);
         for t in manifest["inputs"]
             .as_array()
             .unwrap()
