@@ -20,13 +20,14 @@
 //!
 //! Option: `block_size` (tokens per cache block, default 16).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use optc_ir::ops::{
     Arange, Cast, IndexSelect, Op, PagedAttention, Reshape, ScaledDotProductAttention, Transpose, Unsqueeze,
 };
 use optc_ir::{DType, Dim, Graph, NodeId, NodeKind, Shape, Tensor, TensorType, Value};
 
+use crate::rebuild::Rebuild;
 use crate::{Pass, PassContext, PassError, PassReport};
 
 /// Inserts the paged KV cache (see the module docs).
@@ -96,17 +97,6 @@ pub(crate) fn decoder_window(g: &Graph, id: NodeId, causal: bool) -> Result<Opti
     }
 }
 
-/// Declares `g`'s weights in `new` (a graph being rebuilt from `g`),
-/// mapping each old weight value to its new one.
-pub(crate) fn copy_weights(g: &Graph, new: &mut Graph, map: &mut HashMap<Value, Value>) {
-    for &w in g.weights() {
-        if let NodeKind::Weight { name, key } = &g.node(w).kind {
-            let nw = new.add_weight(name.clone(), key.clone(), g.node(w).outputs[0].clone());
-            map.insert(Value::of(w), nw);
-        }
-    }
-}
-
 /// The LM head: the `linear` that makes output 0, through casts.
 fn lm_head(g: &Graph) -> Option<NodeId> {
     let mut v = g.outputs().first()?.value;
@@ -119,35 +109,7 @@ fn lm_head(g: &Graph) -> Option<NodeId> {
     }
 }
 
-struct Rebuild {
-    new: Graph,
-    map: HashMap<Value, Value>,
-    subst: BTreeMap<String, Dim>,
-}
-
 impl Rebuild {
-    /// Adds an op, inferring its output types from its operands.
-    fn op(&mut self, op: Op, args: &[Value], loc: Option<String>, what: &str) -> Result<NodeId, PassError> {
-        let types: Vec<TensorType> = args
-            .iter()
-            .map(|&a| self.new.value_type(a).cloned().expect("built here"))
-            .collect();
-        let outs = op.infer(&types).map_err(|m| {
-            fail(format!(
-                "{what}: {m} (after setting batch to 1 and sequence to T)"
-            ))
-        })?;
-        Ok(self.new.add_op(op, args, outs, loc))
-    }
-
-    fn op1(&mut self, op: Op, args: &[Value], loc: &Option<String>, what: &str) -> Result<Value, PassError> {
-        Ok(Value::of(self.op(op, args, loc.clone(), what)?))
-    }
-
-    fn ty(&self, v: Value) -> TensorType {
-        self.new.value_type(v).cloned().expect("built here")
-    }
-
     /// `[1, H, T, D]` (attention layout) to `[T, H, D]`.
     fn token_major(&mut self, x: Value, loc: &Option<String>, what: &str) -> Result<Value, PassError> {
         let t = self.ty(x);
@@ -217,11 +179,7 @@ impl Pass for InsertKvCache {
         let head = lm_head(g).ok_or_else(|| {
             fail("output 0 is not made by a linear (the LM head), so logits cannot be gathered".into())
         })?;
-        let mut r = Rebuild {
-            new: Graph::new(g.name.clone()),
-            map: HashMap::new(),
-            subst,
-        };
+        let mut r = Rebuild::new(g, NAME, "after setting batch to 1 and sequence to T", subst);
         let i64t = |dims: Vec<Dim>| TensorType::new(DType::I64, Shape(dims));
         let (t, q, m, n) = (Dim::sym("T"), Dim::sym("Q"), Dim::sym("M"), Dim::sym("N"));
         let ids_dtype = g.node(ids_node).outputs[0].dtype;
@@ -242,7 +200,7 @@ impl Pass for InsertKvCache {
         .collect();
         let [positions, seq_starts, context_lens, block_tables, slot_mapping, logits_indices] =
             meta.try_into().expect("six metadata inputs");
-        copy_weights(g, &mut r.new, &mut r.map);
+        r.copy_weights(g);
         let order = g
             .topo_order()
             .map_err(|n| fail(format!("the graph has a cycle at {}", g.describe(n))))?;

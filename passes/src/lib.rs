@@ -16,6 +16,7 @@ mod pass;
 pub mod past_kv;
 mod pipeline;
 pub mod quant;
+mod rebuild;
 mod registry;
 
 pub use manager::{DumpConfig, PassManager, PassRun, PipelineReport};

@@ -20,14 +20,15 @@
 //! `insert_kv_cache` (a paged cache and one flat batch, for optc's own
 //! runtime), the result needs only standard ONNX ops.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use optc_ir::ops::{
     Arange, BinaryKind, CompareKind, Concat, Constant, Op, ScaledDotProductAttention, Unsqueeze,
 };
-use optc_ir::{DType, Dim, Graph, NodeId, NodeKind, Shape, Tensor, TensorType, Value};
+use optc_ir::{DType, Dim, Graph, NodeKind, Shape, Tensor, TensorType, Value};
 
-use crate::kv_cache::{copy_weights, decoder_window, token_input};
+use crate::kv_cache::{decoder_window, token_input};
+use crate::rebuild::Rebuild;
 use crate::{Pass, PassContext, PassError, PassReport};
 
 /// Inserts the contiguous past/present KV cache (see the module docs).
@@ -55,29 +56,15 @@ pub fn cache_names(layer: usize, present: bool) -> [String; 2] {
     [format!("{base}.key"), format!("{base}.value")]
 }
 
-/// Adds an op to `g`, its output types inferred from its operands.
-fn add(g: &mut Graph, op: Op, args: &[Value], loc: &Option<String>, what: &str) -> Result<NodeId, PassError> {
-    let types: Vec<TensorType> = args
-        .iter()
-        .map(|&a| {
-            g.value_type(a)
-                .cloned()
-                .expect("operands are built before their users")
-        })
-        .collect();
-    let outs = op
-        .infer(&types)
-        .map_err(|m| fail(format!("{what}: {m} (with a past of {PAST} tokens)")))?;
-    Ok(g.add_op(op, args, outs, loc.clone()))
-}
-
-fn add1(g: &mut Graph, op: Op, args: &[Value], loc: &Option<String>, what: &str) -> Result<Value, PassError> {
-    Ok(Value::of(add(g, op, args, loc, what)?))
-}
-
 /// The bool mask `[S, P + S]` of a sliding window of `w` tokens after a
 /// past of `P`: key `j` is visible to query `i` when `0 <= P + i - j < w`.
-fn window_mask(g: &mut Graph, s: &Dim, w: i64, loc: &Option<String>, what: &str) -> Result<Value, PassError> {
+fn window_mask(
+    r: &mut Rebuild,
+    s: &Dim,
+    w: i64,
+    loc: &Option<String>,
+    what: &str,
+) -> Result<Value, PassError> {
     let p = Dim::sym(PAST);
     let total = &p + s;
     let range = |start: Dim| {
@@ -88,33 +75,21 @@ fn window_mask(g: &mut Graph, s: &Dim, w: i64, loc: &Option<String>, what: &str)
             dtype: DType::I64,
         })
     };
-    let q = add1(g, range(p.clone()), &[], loc, what)?;
-    let k = add1(g, range(Dim::constant(0)), &[], loc, what)?;
-    let q = add1(g, Op::Unsqueeze(Unsqueeze { axes: vec![1] }), &[q], loc, what)?;
-    let k = add1(g, Op::Unsqueeze(Unsqueeze { axes: vec![0] }), &[k], loc, what)?;
-    let dist = add1(g, Op::Binary(BinaryKind::Sub), &[q, k], loc, what)?;
+    let q = r.op1(range(p.clone()), &[], loc, what)?;
+    let k = r.op1(range(Dim::constant(0)), &[], loc, what)?;
+    let q = r.op1(Op::Unsqueeze(Unsqueeze { axes: vec![1] }), &[q], loc, what)?;
+    let k = r.op1(Op::Unsqueeze(Unsqueeze { axes: vec![0] }), &[k], loc, what)?;
+    let dist = r.op1(Op::Binary(BinaryKind::Sub), &[q, k], loc, what)?;
     let scalar = |x: i64| {
         Op::Constant(Constant {
             value: Tensor::from_i64(DType::I64, &[], &[x]),
         })
     };
-    let zero = add1(g, scalar(0), &[], loc, what)?;
-    let width = add1(g, scalar(w), &[], loc, what)?;
-    let past_ok = add1(
-        g,
-        Op::Compare(CompareKind::GreaterEqual),
-        &[dist, zero],
-        loc,
-        what,
-    )?;
-    let in_window = add1(g, Op::Compare(CompareKind::Less), &[dist, width], loc, what)?;
-    add1(
-        g,
-        Op::Binary(BinaryKind::BitAnd),
-        &[past_ok, in_window],
-        loc,
-        what,
-    )
+    let zero = r.op1(scalar(0), &[], loc, what)?;
+    let width = r.op1(scalar(w), &[], loc, what)?;
+    let past_ok = r.op1(Op::Compare(CompareKind::GreaterEqual), &[dist, zero], loc, what)?;
+    let in_window = r.op1(Op::Compare(CompareKind::Less), &[dist, width], loc, what)?;
+    r.op1(Op::Binary(BinaryKind::BitAnd), &[past_ok, in_window], loc, what)
 }
 
 impl Pass for InsertPastKv {
@@ -148,12 +123,11 @@ impl Pass for InsertPastKv {
         }
         let s = Dim::sym(s);
         let p = Dim::sym(PAST);
-        let mut new = Graph::new(g.name.clone());
-        let mut map: HashMap<Value, Value> = HashMap::new();
+        let mut r = Rebuild::new(g, NAME, "with a past of P tokens", BTreeMap::new());
         let ids_name = g.node_name(ids_node).unwrap_or("ids").to_string();
-        let ids = new.add_input(ids_name, g.node(ids_node).outputs[0].clone());
-        map.insert(Value::of(ids_node), ids);
-        copy_weights(g, &mut new, &mut map);
+        let ids = r.new.add_input(ids_name, g.node(ids_node).outputs[0].clone());
+        r.map.insert(Value::of(ids_node), ids);
+        r.copy_weights(g);
         let order = g
             .topo_order()
             .map_err(|n| fail(format!("the graph has a cycle at {}", g.describe(n))))?;
@@ -163,7 +137,7 @@ impl Pass for InsertPastKv {
             let node = g.node(id);
             let (loc, what) = (node.loc.clone(), g.describe(id));
             let NodeKind::Op(op) = &node.kind else { continue };
-            let args: Vec<Value> = g.operands(id).iter().map(|v| map[v]).collect();
+            let args: Vec<Value> = g.operands(id).iter().map(|v| r.map[v]).collect();
             match op {
                 Op::Arange(Arange {
                     start,
@@ -177,8 +151,8 @@ impl Pass for InsertPastKv {
                         step: 1,
                         dtype: *dtype,
                     });
-                    let v = add1(&mut new, shifted, &[], &loc, &what)?;
-                    map.insert(Value::of(id), v);
+                    let v = r.op1(shifted, &[], &loc, &what)?;
+                    r.map.insert(Value::of(id), v);
                 }
                 Op::Attention(ScaledDotProductAttention { causal, scale }) => {
                     let window = decoder_window(g, id, *causal).map_err(|m| fail(format!("{what}: {m}")))?;
@@ -186,7 +160,7 @@ impl Pass for InsertPastKv {
                     let names = cache_names(layer, false);
                     let mut cat = Vec::with_capacity(2);
                     for (arg, name) in [args[1], args[2]].into_iter().zip(names) {
-                        let t = new.value_type(arg).cloned().expect("built here");
+                        let t = r.ty(arg);
                         let d = t.shape.dims();
                         if d.len() != 4 || d[2] != s {
                             return Err(fail(format!(
@@ -197,49 +171,42 @@ impl Pass for InsertPastKv {
                             t.dtype,
                             Shape(vec![d[0].clone(), d[1].clone(), p.clone(), d[3].clone()]),
                         );
-                        let past = new.add_input(name, past_ty);
-                        cat.push(add1(
-                            &mut new,
-                            Op::Concat(Concat { axis: 2 }),
-                            &[past, arg],
-                            &loc,
-                            &what,
-                        )?);
+                        let past = r.new.add_input(name, past_ty);
+                        cat.push(r.op1(Op::Concat(Concat { axis: 2 }), &[past, arg], &loc, &what)?);
                     }
                     let (k, v) = (cat[0], cat[1]);
                     let out = match window {
-                        None => add(
-                            &mut new,
+                        None => r.op(
                             Op::Attention(ScaledDotProductAttention {
                                 causal: true,
                                 scale: *scale,
                             }),
                             &[args[0], k, v],
-                            &loc,
+                            loc.clone(),
                             &what,
                         )?,
                         Some(w) => {
                             windows += 1;
-                            let mask = window_mask(&mut new, &s, w, &loc, &what)?;
-                            add(
-                                &mut new,
+                            let mask = window_mask(&mut r, &s, w, &loc, &what)?;
+                            r.op(
                                 Op::Attention(ScaledDotProductAttention {
                                     causal: false,
                                     scale: *scale,
                                 }),
                                 &[args[0], k, v, mask],
-                                &loc,
+                                loc.clone(),
                                 &what,
                             )?
                         }
                     };
-                    map.insert(Value::of(id), Value::of(out));
+                    r.map.insert(Value::of(id), Value::of(out));
                     presents.push((k, v));
                 }
                 _ => {
-                    let nid = add(&mut new, op.clone(), &args, &loc, &what)?;
+                    let nid = r.op(op.clone(), &args, loc, &what)?;
                     for i in 0..node.outputs.len() as u32 {
-                        map.insert(Value { node: id, index: i }, Value { node: nid, index: i });
+                        r.map
+                            .insert(Value { node: id, index: i }, Value { node: nid, index: i });
                     }
                 }
             }
@@ -250,17 +217,17 @@ impl Pass for InsertPastKv {
             ));
         }
         for o in g.outputs() {
-            let v = map[&o.value];
-            let ty = new.value_type(v).cloned().expect("built here");
-            new.add_output(o.name.clone(), v, ty);
+            let v = r.map[&o.value];
+            let ty = r.ty(v);
+            r.new.add_output(o.name.clone(), v, ty);
         }
         for (layer, &(k, v)) in presents.iter().enumerate() {
             for (x, name) in [k, v].into_iter().zip(cache_names(layer, true)) {
-                let ty = new.value_type(x).cloned().expect("built here");
-                new.add_output(name, x, ty);
+                let ty = r.ty(x);
+                r.new.add_output(name, x, ty);
             }
         }
-        *g = new;
+        *g = r.new;
         let layers = presents.len();
         let mut report = PassReport::with_rewrites(layers);
         report.notes.push(format!(
