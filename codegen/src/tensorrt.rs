@@ -241,20 +241,18 @@ pub fn write(
     let points = profile_bindings(g, &batch, &seq, past, profile)?;
     let mut shapes = BTreeMap::new();
     for t in &inputs {
-        let mut at = Vec::with_capacity(3);
-        for b in &points {
-            let dims =
+        let at = points
+            .iter()
+            .map(|b| {
                 t.ty.shape
-                    .dims()
-                    .iter()
-                    .map(|d| d.eval(b))
-                    .collect::<Result<Vec<i64>, String>>()
-                    .map_err(|message| TensorRtError::Input {
-                        name: t.name.clone(),
-                        message,
-                    })?;
-            at.push(dims);
-        }
+                    .eval(b)
+                    .map(|d| d.into_iter().map(|x| x as i64).collect())
+            })
+            .collect::<Result<Vec<Vec<i64>>, String>>()
+            .map_err(|message| TensorRtError::Input {
+                name: t.name.clone(),
+                message,
+            })?;
         shapes.insert(t.name.clone(), at.try_into().expect("three points"));
     }
     let outputs = g
