@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use optc::frontends::hf;
-use optc::frontends::onnx::{self, export, tensor::from_tensor, ImportOptions};
+use optc::frontends::onnx::{self, export, ImportOptions};
 use optc::ir::{self, DType, Graph, Tensor, WeightStore};
 use optc::Compiler;
 use prost::Message;
@@ -40,10 +40,6 @@ fn cases() -> Vec<(String, Graph, WeightStore)> {
     out
 }
 
-fn write_pb(path: &Path, name: &str, t: &Tensor) {
-    std::fs::write(path, from_tensor(name, t).encode_to_vec()).unwrap();
-}
-
 #[test]
 fn exported_models_round_trip_and_run_under_onnxruntime() {
     let dir = root().join("target/onnx-export-test");
@@ -57,9 +53,9 @@ fn exported_models_round_trip_and_run_under_onnxruntime() {
         // Inline weights for half the cases, external data for the others.
         let external = name.ends_with("_compiled");
         export::write(&case.join("model.onnx"), &g, &w, external).unwrap();
-        write_pb(&data.join("input_0.pb"), "ids", &inputs["ids"]);
+        common::write_pb(&data.join("input_0.pb"), "ids", &inputs["ids"]);
         for (k, t) in want.iter().enumerate() {
-            write_pb(&data.join(format!("output_{k}.pb")), &g.outputs()[k].name, t);
+            common::write_pb(&data.join(format!("output_{k}.pb")), &g.outputs()[k].name, t);
         }
         // Round trip through optc's own importer.
         let back = onnx::load(case.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -21,11 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use optc::frontends::hf;
-use optc::frontends::onnx::{self, tensor::from_tensor};
+use optc::frontends::onnx;
 use optc::ir::{self, DType, Graph, Tensor, WeightStore};
 use optc::passes::Pipeline;
 use optc::Compiler;
-use prost::Message;
 
 const FIXTURES: [&str; 5] = ["llama", "mistral", "qwen2", "gpt2", "phi3"];
 /// Tokens per call: a prefill, a decode step, three tokens after a past.
@@ -40,8 +39,10 @@ fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures/hf").join(name)
 }
 
-/// Two different sequences of `n` token ids under the fixtures' vocab (320).
-fn sequences(n: usize) -> Vec<Vec<i64>> {
+/// Two different sequences of token ids under the fixtures' vocab (320),
+/// as long as [`CHUNKS`] together.
+fn sequences() -> Vec<Vec<i64>> {
+    let n: usize = CHUNKS.iter().sum();
     (0..BATCH)
         .map(|row| (0..n).map(|i| ((i * 37 + row * 101) % 300) as i64 + 1).collect())
         .collect()
@@ -149,8 +150,7 @@ fn reference(name: &str, rows: &[Vec<i64>]) -> Tensor {
 
 #[test]
 fn the_decoder_with_past_gives_the_whole_sequences_logits() {
-    let n: usize = CHUNKS.iter().sum();
-    let rows = sequences(n);
+    let rows = sequences();
     for name in FIXTURES {
         let want = reference(name, &rows);
         let mut m = hf::load(fixture(name)).unwrap();
@@ -192,16 +192,11 @@ fn write_network(name: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(out.join("network.json")).unwrap()).unwrap()
 }
 
-fn write_pb(path: &Path, name: &str, t: &Tensor) {
-    std::fs::write(path, from_tensor(name, t).encode_to_vec()).unwrap();
-}
-
 #[test]
 fn the_written_network_runs_under_onnx_importers_and_onnxruntime() {
     let dir = root().join("target/tensorrt-target-test");
     let _ = std::fs::remove_dir_all(&dir);
-    let n: usize = CHUNKS.iter().sum();
-    let rows = sequences(n);
+    let rows = sequences();
     for name in FIXTURES {
         let out = dir.join(name);
         let manifest = write_network(name, &out, &["--max-batch-size", "4", "--max-input-len", "16"]);
@@ -300,10 +295,10 @@ fn the_written_network_runs_under_onnx_importers_and_onnxruntime() {
             let data = out.join(format!("test_data_set_{k}"));
             std::fs::create_dir_all(&data).unwrap();
             for (j, (input, t)) in c.inputs.iter().enumerate() {
-                write_pb(&data.join(format!("input_{j}.pb")), input, t);
+                common::write_pb(&data.join(format!("input_{j}.pb")), input, t);
             }
             for (j, t) in c.outputs.iter().enumerate() {
-                write_pb(
+                common::write_pb(
                     &data.join(format!("output_{j}.pb")),
                     &back.graph.outputs()[j].name,
                     t,
@@ -323,8 +318,7 @@ fn the_written_network_runs_under_onnx_importers_and_onnxruntime() {
 fn half_precision_networks_keep_their_dtype() {
     let dir = root().join("target/tensorrt-target-half");
     let _ = std::fs::remove_dir_all(&dir);
-    let n: usize = CHUNKS.iter().sum();
-    let rows = sequences(n);
+    let rows = sequences();
     for (name, dtype) in [("llama_bf16", "bf16"), ("qwen2_f16", "f16")] {
         let out = dir.join(name);
         let manifest = write_network(name, &out, &[]);
@@ -381,7 +375,7 @@ fn a_fixed_batch_stays_fixed() {
         manifest["profile"]["max"]["past_key_values.1.value"],
         serde_json::json!([1, 2, 127, 16])
     );
-    let rows = &sequences(CHUNKS.iter().sum())[..1];
+    let rows = &sequences()[..1];
     check_calls(
         "llama, batch 1",
         &reference("llama", rows),

@@ -44,3 +44,12 @@ pub fn check_under_onnxruntime(dir: &std::path::Path) {
         "onnxruntime disagrees with the interpreter:\n{text}"
     );
 }
+
+/// Writes `t` as one ONNX `TensorProto` file named `name` (the backend
+/// test layout's `input_K.pb` / `output_K.pb`).
+#[allow(dead_code)] // not every test binary writes ONNX test data
+pub fn write_pb(path: &std::path::Path, name: &str, t: &optc::ir::Tensor) {
+    use prost::Message;
+    let proto = optc::frontends::onnx::tensor::from_tensor(name, t);
+    std::fs::write(path, proto.encode_to_vec()).unwrap();
+}
