@@ -33,6 +33,10 @@ fn failure(text: &str) -> (String, bool) {
         .expect_err("the pass refuses this graph")
 }
 
+/// A causal attention of `%3` to itself, for [`graph`].
+const CAUSAL: &str =
+    "%4: f32[B, 2, S, 8] = scaled_dot_product_attention(%3, %3, %3) {causal = true} loc(\"layer.0.attn\")";
+
 /// Token ids to heads `[B, 2, S, 8]`, attended to themselves by `attn`
 /// (the attention line, with `%3` as q, k and v).
 fn graph(attn: &str, extra_inputs: &str) -> String {
@@ -82,19 +86,13 @@ fn a_mask_that_is_not_a_sliding_window_is_refused_by_name() {
 
 #[test]
 fn a_graph_already_using_the_past_symbol_is_refused() {
-    let text = graph(
-        "%4: f32[B, 2, S, 8] = scaled_dot_product_attention(%3, %3, %3) {causal = true} loc(\"layer.0.attn\")",
-        ", %extra: f32[P]",
-    );
+    let text = graph(CAUSAL, ", %extra: f32[P]");
     let (e, unchanged) = failure(&text);
     assert!(e.contains("pass 'insert_past_kv': expected one input"), "{e}");
     assert!(unchanged);
-    let text = graph(
-        "%4: f32[B, 2, S, 8] = scaled_dot_product_attention(%3, %3, %3) {causal = true} loc(\"layer.0.attn\")",
-        "",
-    )
-    .replace("[B, S]", "[P, S]")
-    .replace("[B, ", "[P, ");
+    let text = graph(CAUSAL, "")
+        .replace("[B, S]", "[P, S]")
+        .replace("[B, ", "[P, ");
     let (e, unchanged) = failure(&text);
     assert!(e.contains("already uses the symbol P"), "{e}");
     assert!(unchanged);
@@ -104,11 +102,7 @@ fn a_graph_already_using_the_past_symbol_is_refused() {
 /// and the pasts have that batch.
 #[test]
 fn a_fixed_batch_of_one_is_kept() {
-    let text = graph(
-        "%4: f32[B, 2, S, 8] = scaled_dot_product_attention(%3, %3, %3) {causal = true} loc(\"layer.0.attn\")",
-        "",
-    )
-    .replace("[B, ", "[1, ");
+    let text = graph(CAUSAL, "").replace("[B, ", "[1, ");
     let g = run("insert_past_kv", &text).unwrap_or_else(|(e, _)| panic!("{e}"));
     optc_ir::verify(&g).unwrap();
     let printed = print(&g);
@@ -123,11 +117,7 @@ fn a_fixed_batch_of_one_is_kept() {
 /// batch other than one is refused by `insert_kv_cache`.
 #[test]
 fn the_step_graph_refuses_a_fixed_batch_of_two() {
-    let text = graph(
-        "%4: f32[B, 2, S, 8] = scaled_dot_product_attention(%3, %3, %3) {causal = true} loc(\"layer.0.attn\")",
-        "",
-    )
-    .replace("[B, ", "[2, ");
+    let text = graph(CAUSAL, "").replace("[B, ", "[2, ");
     let (e, unchanged) = run("insert_kv_cache", &text)
         .map(|_| ())
         .expect_err("a batch of two");
